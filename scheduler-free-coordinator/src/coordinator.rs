@@ -1,0 +1,443 @@
+//! The coordinator: a sans-IO state machine over the jobs this peer coordinates. The driver feeds
+//! it submissions, lease requests, attestations and timer ticks, each with `now`, and drains the
+//! events it emits. It does no I/O and reads no clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobTable;
+use crate::task::needs_peers;
+use crate::verdict::decide;
+use crate::{
+    Attestation, Failure, JobId, JobSpec, JobState, PeerId, PolicyCaps, PolicyError, Reputation, TaskCounts,
+    TaskId, TaskState, Verdict,
+};
+
+/// Milliseconds on the driver's clock (real or simulated).
+pub type Millis = u64;
+
+/// Bounds and keys of a coordinator.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// What submitters may ask for.
+    pub caps: PolicyCaps,
+    /// Added to a task's timeout to make its lease duration (fetch, queueing, reporting).
+    pub lease_grace_ms: u64,
+    /// Most jobs held at once.
+    pub max_jobs: usize,
+    /// Secret key of the unpredictable task order; never leaves this peer.
+    pub secret: [u8; 32],
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig { caps: PolicyCaps::default(), lease_grace_ms: 30_000, max_jobs: 10_000, secret: [0; 32] }
+    }
+}
+
+/// A peer's time-bounded claim on one replica of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task to run.
+    pub task: TaskId,
+    /// The peer that holds it.
+    pub peer: PeerId,
+    /// When it lapses and the replica returns to the pool.
+    pub expires_at: Millis,
+}
+
+/// What the coordinator tells its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A task reached its final verdict.
+    TaskFinal { task: TaskId, verdict: Verdict },
+    /// Every task of the job is final, or the job was cancelled.
+    JobFinished { job: JobId, state: JobState },
+    /// A lease lapsed without a report; its replica is back in the pool.
+    LeaseExpired { task: TaskId, peer: PeerId },
+}
+
+/// Why a job was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The policy or task count is outside the caps.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A job with this id is already held.
+    #[error("job {0} already exists")]
+    Duplicate(JobId),
+    /// The coordinator holds its maximum number of jobs.
+    #[error("this peer holds its maximum of {0} jobs")]
+    Full(usize),
+}
+
+/// Why an attestation was not recorded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// No such job here.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// The index is past the job's last task.
+    #[error("task {0} does not exist")]
+    UnknownTask(TaskId),
+    /// The peer holds no live lease on the task (never leased, expired, or already reported).
+    #[error("peer {peer:?} holds no lease on task {task}")]
+    NoLease { task: TaskId, peer: PeerId },
+}
+
+/// Why a leased replica is handed back without an attestation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The run passed its wall deadline (not deterministic, so not an attestation).
+    Deadline,
+    /// The worker could not run it (busy, fetch failed, shutting down).
+    Abandoned,
+}
+
+/// What happened to an attestation that was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reported {
+    /// Recorded; the task has no verdict yet.
+    Recorded,
+    /// Recorded, and the task is now final.
+    Decided,
+    /// The task was already final; only reputation took note.
+    Late,
+}
+
+/// A job as a status report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// Its id.
+    pub id: JobId,
+    /// Its spec.
+    pub spec: JobSpec,
+    /// Where it stands.
+    pub state: JobState,
+    /// Its tasks by state.
+    pub counts: TaskCounts,
+    /// Why it waits, in words, when it waits on something outside it.
+    pub message: Option<String>,
+}
+
+/// A task as a status report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    /// Its id.
+    pub id: TaskId,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// The peers whose agreeing attestations make up the quorum.
+    pub verified_by: Vec<PeerId>,
+    /// Attestations received so far.
+    pub attestations: u32,
+    /// Why it failed or waits, in words.
+    pub note: Option<String>,
+}
+
+/// The jobs this peer coordinates.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    jobs: HashMap<JobId, JobTable>,
+    /// Jobs with work to hand out, highest priority first, then oldest first.
+    active: Vec<JobId>,
+    /// Rotates which of equally ranked jobs is served first, for fairness.
+    turn: usize,
+    expiries: BinaryHeap<Reverse<(Millis, TaskId, PeerId)>>,
+    reputation: Reputation,
+    live_peers: usize,
+    events: VecDeque<Event>,
+}
+
+impl Coordinator {
+    /// An empty coordinator.
+    pub fn new(config: CoordinatorConfig) -> Coordinator {
+        Coordinator {
+            config,
+            jobs: HashMap::new(),
+            active: Vec::new(),
+            turn: 0,
+            expiries: BinaryHeap::new(),
+            reputation: Reputation::default(),
+            live_peers: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The caps submissions are checked against.
+    pub fn caps(&self) -> &PolicyCaps {
+        &self.config.caps
+    }
+
+    /// Tells the coordinator how many distinct live peers the mesh has (itself included), for
+    /// the "needs more peers" message.
+    pub fn set_live_peers(&mut self, n: usize) {
+        self.live_peers = n.max(1);
+    }
+
+    /// Accepts a new job, checking its policy against the caps.
+    pub fn submit(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
+        self.config.caps.check(&spec.policy, u64::from(spec.task_count))?;
+        self.insert(id, spec)
+    }
+
+    /// Takes back a job this peer accepted earlier (after a restart); caps are not re-checked,
+    /// since they may have changed since the job was accepted.
+    pub fn restore(&mut self, id: JobId, spec: JobSpec, cancelled: bool) -> Result<(), SubmitError> {
+        self.insert(id, spec)?;
+        if cancelled {
+            self.cancel(&id);
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
+        if self.jobs.contains_key(&id) {
+            return Err(SubmitError::Duplicate(id));
+        }
+        if self.jobs.len() >= self.config.max_jobs {
+            return Err(SubmitError::Full(self.config.max_jobs));
+        }
+        let key = u64::from_le_bytes(
+            blake3::keyed_hash(&self.config.secret, id.as_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        self.jobs.insert(id, JobTable::new(spec, key));
+        self.active.push(id);
+        self.sort_active();
+        Ok(())
+    }
+
+    fn sort_active(&mut self) {
+        let jobs = &self.jobs;
+        self.active.sort_by_key(|id| {
+            jobs.get(id).map(|j| (Reverse(j.spec.policy.priority), j.spec.submitted_at_ms, *id))
+        });
+    }
+
+    /// Hands `peer` up to `max` replicas to run, across jobs: highest priority first, equally
+    /// ranked jobs in turn. Never two replicas of one task to one peer; none to a banned peer.
+    pub fn lease(&mut self, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        let mut out = Vec::new();
+        if max == 0 || self.reputation.is_banned(&peer) || self.active.is_empty() {
+            return out;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let top = self.jobs.get(&self.active[0]).map_or(0, |j| j.spec.policy.priority);
+        let ties = self.active.iter().take_while(|id| self.jobs.get(id).is_some_and(|j| j.spec.policy.priority == top)).count();
+        let order: Vec<JobId> = (0..self.active.len())
+            .map(|k| if k < ties { self.active[(k + self.turn) % ties] } else { self.active[k] })
+            .collect();
+        for id in order {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let picked = job.pick(&peer, max - out.len());
+            if picked.is_empty() {
+                continue;
+            }
+            job.started = true;
+            let expires_at = now.saturating_add(job.spec.policy.limits.timeout_ms + self.config.lease_grace_ms);
+            for index in picked {
+                job.mutate(index, |t, _| t.leases.push((peer, expires_at)));
+                let task = TaskId { job: id, index };
+                self.expiries.push(Reverse((expires_at, task, peer)));
+                out.push(Lease { task, peer, expires_at });
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Records an attestation whose signature the driver has checked. The peer must hold a live
+    /// lease on the task.
+    pub fn report(&mut self, att: Attestation) -> Result<Reported, ReportError> {
+        self.record(att, true)
+    }
+
+    /// Replays an attestation recorded before a restart (no lease needed).
+    pub fn restore_attestation(&mut self, att: Attestation) -> Result<Reported, ReportError> {
+        self.record(att, false)
+    }
+
+    fn record(&mut self, att: Attestation, need_lease: bool) -> Result<Reported, ReportError> {
+        let task = att.task;
+        let job = self.jobs.get_mut(&task.job).ok_or(ReportError::UnknownJob(task.job))?;
+        let entry = job.tasks.get(task.index as usize).ok_or(ReportError::UnknownTask(task))?;
+        let peer = att.peer;
+        if let Some(key) = entry.verdict().agreed() {
+            // Late: the verdict stands; the report still tells us whether the peer is honest.
+            if need_lease && !entry.leases.iter().any(|(p, _)| *p == peer) {
+                return Err(ReportError::NoLease { task, peer });
+            }
+            if key == &att.result {
+                self.reputation.agreed(peer);
+            } else {
+                self.reputation.disagreed(peer);
+            }
+            job.mutate(task.index, |t, _| t.leases.retain(|(p, _)| *p != peer));
+            return Ok(Reported::Late);
+        }
+        let leased = entry.leases.iter().any(|(p, _)| *p == peer);
+        let attested = entry.attestations.iter().any(|a| a.peer == peer);
+        if attested || (need_lease && !leased) || entry.verdict().is_final() {
+            return Err(ReportError::NoLease { task, peer });
+        }
+        job.started = true;
+        let (verdict, decided) = job.mutate(task.index, |t, policy| {
+            t.leases.retain(|(p, _)| *p != peer);
+            t.attestations.push(att);
+            t.verdict.0 = decide(&t.attestations, policy);
+            if t.verdict.0.is_final() {
+                // Replicas still out are moot; their reports will be late.
+                t.leases.clear();
+            }
+            t.verdict.0.clone()
+        });
+        if !decided {
+            return Ok(Reported::Recorded);
+        }
+        if let Some(key) = verdict.agreed() {
+            for a in &job.tasks[task.index as usize].attestations {
+                if &a.result == key {
+                    self.reputation.agreed(a.peer);
+                } else {
+                    self.reputation.disagreed(a.peer);
+                }
+            }
+        }
+        self.events.push_back(Event::TaskFinal { task, verdict });
+        self.after_final(task.job);
+        Ok(Reported::Decided)
+    }
+
+    /// Hands back a leased replica that produced no attestation. Past `max_replicas` deadline
+    /// misses the task fails, so a task that can never finish in time does not loop forever.
+    pub fn release(&mut self, task: TaskId, peer: PeerId, why: Release) {
+        let Some(job) = self.jobs.get_mut(&task.job) else { return };
+        if task.index >= job.spec.task_count {
+            return;
+        }
+        let (verdict, decided) = job.mutate(task.index, |t, policy| {
+            let before = t.leases.len();
+            t.leases.retain(|(p, _)| *p != peer);
+            if why == Release::Deadline && t.leases.len() < before && !t.verdict.0.is_final() {
+                t.timeouts += 1;
+                if t.timeouts >= policy.max_replicas {
+                    t.verdict.0 = Verdict::Failed(Failure::TimedOut(t.timeouts));
+                    t.leases.clear();
+                }
+            }
+            t.verdict.0.clone()
+        });
+        if decided {
+            self.events.push_back(Event::TaskFinal { task, verdict });
+            self.after_final(task.job);
+        }
+    }
+
+    fn after_final(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let state = job.state();
+        if state.is_final() {
+            self.active.retain(|j| *j != id);
+            self.events.push_back(Event::JobFinished { job: id, state });
+        }
+    }
+
+    /// Expires lapsed leases; their replicas return to the pool.
+    pub fn tick(&mut self, now: Millis) {
+        while let Some(Reverse((at, task, peer))) = self.expiries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            let Some(job) = self.jobs.get_mut(&task.job) else { continue };
+            let live = job
+                .tasks
+                .get(task.index as usize)
+                .is_some_and(|t| t.leases.iter().any(|&(p, e)| p == peer && e == at));
+            if live {
+                job.mutate(task.index, |t, _| t.leases.retain(|&(p, e)| !(p == peer && e == at)));
+                self.events.push_back(Event::LeaseExpired { task, peer });
+            }
+        }
+    }
+
+    /// When the next lease lapses, so the driver knows when to tick.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.expiries.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Cancels a job: no more leases, outstanding ones void. Returns false for an unknown job.
+    pub fn cancel(&mut self, id: &JobId) -> bool {
+        let Some(job) = self.jobs.get_mut(id) else { return false };
+        if job.state().is_final() {
+            return true;
+        }
+        job.cancelled = true;
+        for i in 0..job.spec.task_count {
+            if !job.tasks[i as usize].leases.is_empty() {
+                job.mutate(i, |t, _| t.leases.clear());
+            }
+        }
+        self.active.retain(|j| j != id);
+        self.events.push_back(Event::JobFinished { job: *id, state: JobState::Cancelled });
+        true
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Reputation of the peers seen.
+    pub fn reputation(&self) -> &Reputation {
+        &self.reputation
+    }
+
+    /// Holds a dropped record (bad signature) against `peer`.
+    pub fn penalize(&mut self, peer: PeerId) {
+        self.reputation.invalid(peer);
+    }
+
+    /// Ids of every job held.
+    pub fn job_ids(&self) -> impl Iterator<Item = &JobId> {
+        self.jobs.keys()
+    }
+
+    /// A job's status.
+    pub fn job(&self, id: &JobId) -> Option<JobView> {
+        let job = self.jobs.get(id)?;
+        let state = job.state();
+        let q = job.spec.policy.quorum;
+        let message = (!state.is_final() && q as usize > self.live_peers).then(|| needs_peers(q, self.live_peers));
+        Some(JobView { id: *id, spec: job.spec.clone(), state, counts: job.counts(), message })
+    }
+
+    /// One task's status.
+    pub fn task(&self, id: &TaskId) -> Option<TaskView> {
+        let job = self.jobs.get(&id.job)?;
+        let t = job.tasks.get(id.index as usize)?;
+        Some(TaskView {
+            id: *id,
+            state: t.state(),
+            verdict: t.verdict().clone(),
+            verified_by: t.verified_by(),
+            attestations: t.attestations.len() as u32,
+            note: t.note(&job.spec.policy, self.live_peers),
+        })
+    }
+
+    /// The agreed attestation of a final task (the first that carried the agreed result).
+    pub fn agreed_attestation(&self, id: &TaskId) -> Option<&Attestation> {
+        let t = self.jobs.get(&id.job)?.tasks.get(id.index as usize)?;
+        let key = t.verdict().agreed()?;
+        t.attestations.iter().find(|a| &a.result == key)
+    }
+}

@@ -1,0 +1,194 @@
+//! A job's table: its spec, every task, the index of tasks that want more replicas, and counts
+//! kept up to date as tasks change.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::TaskEntry;
+use crate::{BlobId, JobId, PeerId, Policy, TaskState};
+
+/// What the coordinator needs to know of a job (inputs and module bytes stay with the store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The WebAssembly module every task runs.
+    pub module: BlobId,
+    /// Number of tasks (inputs).
+    pub task_count: u32,
+    /// Quorum, replica bound, limits, priority.
+    pub policy: Policy,
+    /// The peer that accepted the submission.
+    pub origin: PeerId,
+    /// When the origin accepted it, Unix milliseconds.
+    pub submitted_at_ms: u64,
+    /// Free-form name.
+    pub label: String,
+}
+
+/// Derives a JobId from the origin, a digest of the job's content (module, inputs, policy,
+/// arguments) and a nonce, so the same content submitted twice makes two jobs.
+pub fn derive_job_id(origin: &PeerId, content_digest: &[u8; 32], nonce: &[u8]) -> JobId {
+    let mut h = blake3::Hasher::new_derive_key("spare.v1 job id");
+    h.update(origin.as_bytes());
+    h.update(content_digest);
+    h.update(nonce);
+    JobId(*h.finalize().as_bytes())
+}
+
+/// A job as status reports show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// No replica has started yet.
+    Queued,
+    /// Some task is not final.
+    Running,
+    /// Every task is verified.
+    Completed,
+    /// Every task is final and at least one failed or is inconclusive.
+    Failed,
+    /// Cancelled by the submitter.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job will change no more.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Task counts by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    /// All tasks.
+    pub total: u32,
+    /// Not final, no replica running.
+    pub pending: u32,
+    /// Not final, some replica running.
+    pub running: u32,
+    /// Verified.
+    pub verified: u32,
+    /// Inconclusive.
+    pub inconclusive: u32,
+    /// Failed.
+    pub failed: u32,
+}
+
+pub(crate) struct JobTable {
+    pub spec: JobSpec,
+    pub tasks: Vec<TaskEntry>,
+    /// Tasks that want more replicas, fewest replicas first, then in an order peers cannot
+    /// predict (a keyed shuffle), so colluders cannot arrange to pair up on a task.
+    open: BTreeSet<(u32, u64, u32)>,
+    shuffle_key: u64,
+    running: u32,
+    verified: u32,
+    inconclusive: u32,
+    failed: u32,
+    pub started: bool,
+    pub cancelled: bool,
+}
+
+/// splitmix64: a cheap keyed permutation of task indices.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl JobTable {
+    pub fn new(spec: JobSpec, shuffle_key: u64) -> JobTable {
+        let n = spec.task_count;
+        let mut t = JobTable {
+            tasks: vec![TaskEntry::default(); n as usize],
+            spec,
+            open: BTreeSet::new(),
+            shuffle_key,
+            running: 0,
+            verified: 0,
+            inconclusive: 0,
+            failed: 0,
+            started: false,
+            cancelled: false,
+        };
+        for i in 0..n {
+            t.index(i);
+        }
+        t
+    }
+
+    fn key(&self, i: u32) -> (u32, u64, u32) {
+        (self.tasks[i as usize].load(), mix(self.shuffle_key ^ u64::from(i)), i)
+    }
+
+    fn index(&mut self, i: u32) {
+        if self.tasks[i as usize].wanted(&self.spec.policy) > 0 {
+            let k = self.key(i);
+            self.open.insert(k);
+        }
+    }
+
+    /// Changes task `i` through `f`, keeping the open index and the counts true.
+    /// Returns what `f` returned and whether the task just became final.
+    pub fn mutate<R>(&mut self, i: u32, f: impl FnOnce(&mut TaskEntry, &Policy) -> R) -> (R, bool) {
+        let k = self.key(i);
+        self.open.remove(&k);
+        let before = self.tasks[i as usize].state();
+        let r = f(&mut self.tasks[i as usize], &self.spec.policy);
+        let after = self.tasks[i as usize].state();
+        self.count(before, -1);
+        self.count(after, 1);
+        self.index(i);
+        (r, !before.is_final() && after.is_final())
+    }
+
+    fn count(&mut self, s: TaskState, d: i32) {
+        let c = match s {
+            TaskState::Pending => return,
+            TaskState::Running => &mut self.running,
+            TaskState::Verified => &mut self.verified,
+            TaskState::Inconclusive => &mut self.inconclusive,
+            TaskState::Failed => &mut self.failed,
+        };
+        *c = c.wrapping_add_signed(d);
+    }
+
+    /// Up to `max` tasks that `peer` may take a replica of, most needed first.
+    pub fn pick(&self, peer: &PeerId, max: usize) -> Vec<u32> {
+        self.open
+            .iter()
+            .filter(|&&(_, _, i)| !self.tasks[i as usize].involves(peer))
+            .take(max)
+            .map(|&(_, _, i)| i)
+            .collect()
+    }
+
+    pub fn counts(&self) -> TaskCounts {
+        let total = self.spec.task_count;
+        let done = self.running + self.verified + self.inconclusive + self.failed;
+        TaskCounts {
+            total,
+            pending: total.saturating_sub(done),
+            running: self.running,
+            verified: self.verified,
+            inconclusive: self.inconclusive,
+            failed: self.failed,
+        }
+    }
+
+    pub fn state(&self) -> JobState {
+        let c = self.counts();
+        if self.cancelled {
+            JobState::Cancelled
+        } else if c.verified == c.total {
+            JobState::Completed
+        } else if c.verified + c.failed + c.inconclusive == c.total {
+            JobState::Failed
+        } else if self.started {
+            JobState::Running
+        } else {
+            JobState::Queued
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Spare's coordination protocol as a sans-IO state machine.
+//!
+//! A [`Coordinator`] holds the task tables of the jobs this peer coordinates. The driver (the
+//! peer's event loop in `spare-worker`, or the simulator) feeds it submissions, lease requests,
+//! attestations and timer ticks, each with `now`, and drains [`Event`]s. It never touches a
+//! socket, a disk or a clock, so the same code runs in a real peer and in a seeded simulation.
+//!
+//! The rules it enforces:
+//! - a task is verified only when `quorum` attestations from distinct peers agree bit for bit on
+//!   the outcome and the output hash, and a final verdict never changes;
+//! - no peer ever holds two replicas (leases or attestations) of one task;
+//! - tasks with the fewest replicas are handed out first, in an order peers cannot predict;
+//! - a lease lapses after the task's timeout plus a grace period and its replica returns to the
+//!   pool; a replica that misses its deadline `max_replicas` times fails the task;
+//! - peers whose attestations contradict verdicts lose reputation and, far enough down, work.
+
+mod attestation;
+mod coordinator;
+mod ids;
+mod job;
+mod outcome;
+mod policy;
+mod reputation;
+mod task;
+mod verdict;
+
+pub use attestation::Attestation;
+pub use coordinator::{
+    Coordinator, CoordinatorConfig, Event, JobView, Lease, Millis, Release, ReportError, Reported, SubmitError,
+    TaskView,
+};
+pub use ids::{BlobId, JobId, ParseIdError, PeerId, TaskId};
+pub use job::{JobSpec, JobState, TaskCounts, derive_job_id};
+pub use outcome::{Outcome, ResultKey};
+pub use policy::{Limits, Policy, PolicyCaps, PolicyError};
+pub use reputation::{Record, Reputation};
+pub use task::TaskState;
+pub use verdict::{Failure, Verdict};

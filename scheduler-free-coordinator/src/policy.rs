@@ -1,0 +1,168 @@
+//! A job's policy (quorum, replica bound, sandbox limits, priority), its defaults, and the caps a
+//! coordinator enforces on what submitters may ask for.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-task sandbox limits. Every field is explicit once a job is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Linear memory a task may grow to, in bytes.
+    pub memory_bytes: u64,
+    /// Deterministic instruction budget.
+    pub fuel: u64,
+    /// Wall-clock deadline per replica, in milliseconds (not deterministic: a miss is retried).
+    pub timeout_ms: u64,
+    /// Largest stdout a task may write.
+    pub output_bytes: u64,
+}
+
+/// How a job's results are trusted and bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Distinct peers that must agree bit for bit.
+    pub quorum: u32,
+    /// Most replicas (attestations) one task may get before it is inconclusive.
+    pub max_replicas: u32,
+    /// Sandbox limits of every task.
+    pub limits: Limits,
+    /// Higher is served first.
+    pub priority: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            fuel: 100_000_000_000,
+            timeout_ms: 60_000,
+            output_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { quorum: 2, max_replicas: 5, limits: Limits::default(), priority: 0 }
+    }
+}
+
+/// The most a coordinator accepts; submissions beyond are refused with a [`PolicyError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCaps {
+    /// Largest quorum.
+    pub max_quorum: u32,
+    /// Largest max_replicas.
+    pub max_replicas: u32,
+    /// Largest limits a task may ask for.
+    pub limits: Limits,
+    /// Most tasks in one job.
+    pub max_tasks: u32,
+}
+
+impl Default for PolicyCaps {
+    fn default() -> Self {
+        PolicyCaps {
+            max_quorum: 16,
+            max_replicas: 32,
+            limits: Limits {
+                memory_bytes: 4 << 30,
+                fuel: u64::MAX / 2,
+                timeout_ms: 24 * 3600 * 1000,
+                output_bytes: 64 << 20,
+            },
+            max_tasks: 1_000_000,
+        }
+    }
+}
+
+/// Why a policy or job shape was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Quorum of zero cannot verify anything.
+    #[error("quorum must be at least 1")]
+    ZeroQuorum,
+    /// Quorum above the cap.
+    #[error("quorum {quorum} is above this peer's cap of {max}")]
+    QuorumTooLarge { quorum: u32, max: u32 },
+    /// max_replicas below quorum could never verify.
+    #[error("max_replicas {max_replicas} is below quorum {quorum}")]
+    ReplicasBelowQuorum { max_replicas: u32, quorum: u32 },
+    /// max_replicas above the cap.
+    #[error("max_replicas {max_replicas} is above this peer's cap of {max}")]
+    TooManyReplicas { max_replicas: u32, max: u32 },
+    /// A limit is zero after defaults, or above the cap.
+    #[error("limit {name} = {value} is outside 1..={max}")]
+    LimitOutOfRange { name: &'static str, value: u64, max: u64 },
+    /// A job must have at least one task.
+    #[error("a job needs at least one task")]
+    NoTasks,
+    /// Too many tasks for one job.
+    #[error("{count} tasks is above this peer's cap of {max} per job")]
+    TooManyTasks { count: u64, max: u32 },
+}
+
+impl PolicyCaps {
+    /// Checks a complete policy and a task count against these caps.
+    pub fn check(&self, policy: &Policy, tasks: u64) -> Result<(), PolicyError> {
+        if tasks == 0 {
+            return Err(PolicyError::NoTasks);
+        }
+        if tasks > u64::from(self.max_tasks) {
+            return Err(PolicyError::TooManyTasks { count: tasks, max: self.max_tasks });
+        }
+        if policy.quorum == 0 {
+            return Err(PolicyError::ZeroQuorum);
+        }
+        if policy.quorum > self.max_quorum {
+            return Err(PolicyError::QuorumTooLarge { quorum: policy.quorum, max: self.max_quorum });
+        }
+        if policy.max_replicas < policy.quorum {
+            return Err(PolicyError::ReplicasBelowQuorum {
+                max_replicas: policy.max_replicas,
+                quorum: policy.quorum,
+            });
+        }
+        if policy.max_replicas > self.max_replicas {
+            return Err(PolicyError::TooManyReplicas {
+                max_replicas: policy.max_replicas,
+                max: self.max_replicas,
+            });
+        }
+        let l = &policy.limits;
+        let c = &self.limits;
+        for (name, value, max) in [
+            ("memory_bytes", l.memory_bytes, c.memory_bytes),
+            ("fuel", l.fuel, c.fuel),
+            ("timeout_ms", l.timeout_ms, c.timeout_ms),
+            ("output_bytes", l.output_bytes, c.output_bytes),
+        ] {
+            if value == 0 || value > max {
+                return Err(PolicyError::LimitOutOfRange { name, value, max });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_passes_default_caps() {
+        assert_eq!(PolicyCaps::default().check(&Policy::default(), 10), Ok(()));
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let caps = PolicyCaps::default();
+        let p = Policy { quorum: 3, max_replicas: 2, ..Policy::default() };
+        assert_eq!(
+            caps.check(&p, 1),
+            Err(PolicyError::ReplicasBelowQuorum { max_replicas: 2, quorum: 3 })
+        );
+        assert_eq!(caps.check(&Policy::default(), 0), Err(PolicyError::NoTasks));
+        let p = Policy { quorum: 0, ..Policy::default() };
+        assert_eq!(caps.check(&p, 1), Err(PolicyError::ZeroQuorum));
+    }
+}

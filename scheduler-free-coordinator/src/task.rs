@@ -1,0 +1,120 @@
+//! One task's replicas: the attestations received (one per distinct peer, in arrival order), the
+//! leases out, and the verdict they give.
+
+use serde::{Deserialize, Serialize};
+
+use crate::verdict::{agreeing_peers, best_group};
+use crate::{Attestation, Failure, Millis, PeerId, Policy, Verdict};
+
+/// A task as status reports show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for a replica to start, or for more peers to reach the quorum.
+    Pending,
+    /// At least one replica is leased.
+    Running,
+    /// A quorum agreed on a successful run.
+    Verified,
+    /// Replicas disagreed up to `max_replicas`.
+    Inconclusive,
+    /// A quorum agreed on a failure, or the replicas kept missing their deadline.
+    Failed,
+}
+
+impl TaskState {
+    /// Whether the task will change no more.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Verified | TaskState::Inconclusive | TaskState::Failed)
+    }
+}
+
+/// One task's state inside a job table.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TaskEntry {
+    pub attestations: Vec<Attestation>,
+    /// (peer, lease expiry); never two for one peer, never for a peer that attested.
+    pub leases: Vec<(PeerId, Millis)>,
+    pub verdict: VerdictSlot,
+    /// Replicas that missed their wall deadline.
+    pub timeouts: u32,
+}
+
+/// `Verdict` with a `Default`, so a fresh table is cheap to build.
+#[derive(Clone, Debug)]
+pub(crate) struct VerdictSlot(pub Verdict);
+
+impl Default for VerdictSlot {
+    fn default() -> Self {
+        VerdictSlot(Verdict::Pending)
+    }
+}
+
+impl TaskEntry {
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict.0
+    }
+
+    pub fn state(&self) -> TaskState {
+        match &self.verdict.0 {
+            Verdict::Pending if self.leases.is_empty() => TaskState::Pending,
+            Verdict::Pending => TaskState::Running,
+            Verdict::Verified(_) => TaskState::Verified,
+            Verdict::Inconclusive => TaskState::Inconclusive,
+            Verdict::Failed(_) => TaskState::Failed,
+        }
+    }
+
+    /// Whether `peer` already holds or ran a replica of this task.
+    pub fn involves(&self, peer: &PeerId) -> bool {
+        self.leases.iter().any(|(p, _)| p == peer) || self.attestations.iter().any(|a| &a.peer == peer)
+    }
+
+    /// Replicas held or done: the order in which tasks are handed out (fewest first).
+    pub fn load(&self) -> u32 {
+        (self.attestations.len() + self.leases.len()) as u32
+    }
+
+    /// How many more replicas should be leased now: enough to reach the quorum if the running
+    /// ones agree with the best group, never past `max_replicas`.
+    pub fn wanted(&self, policy: &Policy) -> u32 {
+        if self.verdict.0.is_final() {
+            return 0;
+        }
+        let best = best_group(&self.attestations).map_or(0, |(_, n)| n);
+        let in_flight = self.leases.len() as u32;
+        let room = policy.max_replicas.saturating_sub(self.load());
+        policy.quorum.saturating_sub(best).saturating_sub(in_flight).min(room)
+    }
+
+    /// Peers whose attestations carry the agreed result.
+    pub fn verified_by(&self) -> Vec<PeerId> {
+        match self.verdict.0.agreed() {
+            Some(k) => agreeing_peers(&self.attestations, k),
+            None => Vec::new(),
+        }
+    }
+
+    /// Words for a task that failed or waits.
+    pub fn note(&self, policy: &Policy, live_peers: usize) -> Option<String> {
+        match &self.verdict.0 {
+            Verdict::Failed(Failure::Agreed(k)) => Some(k.outcome.describe()),
+            Verdict::Failed(Failure::TimedOut(n)) => {
+                Some(format!("{n} replicas missed the {} ms deadline", policy.limits.timeout_ms))
+            }
+            Verdict::Inconclusive => Some(format!(
+                "{} replicas gave no {} agreeing results",
+                self.attestations.len(),
+                policy.quorum
+            )),
+            Verdict::Pending if (policy.quorum as usize) > live_peers && !self.attestations.is_empty() => {
+                Some(needs_peers(policy.quorum, live_peers))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The message shown while a quorum cannot be reached for lack of distinct peers.
+pub(crate) fn needs_peers(quorum: u32, live_peers: usize) -> String {
+    format!("waiting for more peers: quorum {quorum} needs {quorum} distinct peers, {live_peers} known")
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `spare` binary: run a peer, submit jobs, check status, fetch results, run the demo.
+
+fn main() -> std::process::ExitCode {
+    spare_worker::cli::main()
+}

@@ -1,0 +1,261 @@
+//! [`Client`]: a connection to one peer, and the calls that follow a job after it is submitted.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::{
+    self, blob_service_client::BlobServiceClient, job_event::Event,
+    job_service_client::JobServiceClient, peer_service_client::PeerServiceClient,
+};
+use crate::{Error, JobId, Result, is_final};
+
+/// Largest gRPC message the client sends or accepts: 64 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long [`Client::connect`] waits for the TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of HTTP/2 keepalive pings, and how long to wait for their answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection to one Spare peer, which accepts jobs and answers for every job it coordinates.
+///
+/// Cloning is cheap and clones share the connection; every method takes `&self`, so one client can
+/// serve many tasks at once.
+#[derive(Clone, Debug)]
+pub struct Client {
+    addr: String,
+    pub(crate) jobs: JobServiceClient<Channel>,
+    pub(crate) blobs: BlobServiceClient<Channel>,
+    pub(crate) peers: PeerServiceClient<Channel>,
+}
+
+/// `host:port` becomes `http://host:port`; an address with a scheme is kept as it is.
+pub(crate) fn normalize_addr(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl Client {
+    /// Connects to the peer at `addr`, given as `host:port` or `http://host:port`.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the address is malformed or nothing answers there.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client> {
+        let addr = addr.into();
+        let connect_err = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let endpoint = Endpoint::from_shared(normalize_addr(&addr))
+            .map_err(connect_err)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // Watch and Results streams can sit idle for hours: keep NATs and proxies from
+            // dropping them, and notice a dead peer.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(connect_err)?;
+        Ok(Client::from_channel(channel, addr))
+    }
+
+    /// Wraps an already built channel (an in-process server, custom TLS...); `addr` is only
+    /// reported by [`addr`](Self::addr).
+    pub fn from_channel(channel: Channel, addr: impl Into<String>) -> Client {
+        Client {
+            addr: addr.into(),
+            jobs: JobServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            blobs: BlobServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            peers: PeerServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The peer's address as given to [`connect`](Self::connect).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Status of a job, with every task's state when `include_tasks` is set.
+    pub async fn status(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
+        let request = proto::GetJobRequest {
+            job_id: job.to_string(),
+            include_tasks,
+        };
+        Ok(self.jobs.clone().get(request).await?.into_inner())
+    }
+
+    /// Follows a job: a snapshot first, then an event per finished task, then `finished`, after
+    /// which the stream ends.
+    pub async fn watch(
+        &self,
+        job: &JobId,
+    ) -> Result<impl Stream<Item = Result<proto::JobEvent>> + Send + Unpin + 'static> {
+        let request = proto::WatchRequest {
+            job_id: job.to_string(),
+        };
+        let stream = self.jobs.clone().watch(request).await?.into_inner();
+        Ok(stream.map(|item| item.map_err(Error::from)))
+    }
+
+    /// Verified results in task order, waiting for tasks not yet final; ends when the job ends.
+    pub async fn results(
+        &self,
+        job: &JobId,
+    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+        self.results_from(job, 0, true).await
+    }
+
+    /// The results final now, in task order, without waiting for the rest.
+    pub async fn results_now(
+        &self,
+        job: &JobId,
+    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+        self.results_from(job, 0, false).await
+    }
+
+    /// Results of tasks with index `>= from_index`, waiting for the job to end when `wait` is set
+    /// (to resume a stream that broke off).
+    pub async fn results_from(
+        &self,
+        job: &JobId,
+        from_index: u32,
+        wait: bool,
+    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+        let request = proto::ResultsRequest {
+            job_id: job.to_string(),
+            from_index,
+            no_wait: !wait,
+        };
+        let stream = self.jobs.clone().results(request).await?.into_inner();
+        Ok(stream.map(|item| item.map_err(Error::from)))
+    }
+
+    /// Waits until the job ends (completed, failed or cancelled) and returns its final status.
+    ///
+    /// Follows [`watch`](Self::watch). If the stream ends without a `finished` event, asks for the
+    /// status once more and returns it if final.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] if the stream ended while the job was still running, or any error of
+    /// the calls made.
+    pub async fn wait(&self, job: &JobId) -> Result<proto::JobStatus> {
+        let mut events = self.watch(job).await?;
+        while let Some(event) = events.next().await {
+            match event?.event {
+                Some(Event::Finished(status)) => return Ok(status),
+                Some(Event::Snapshot(status)) if is_final(status.state()) => return Ok(status),
+                _ => {}
+            }
+        }
+        let status = self.status(job, false).await?;
+        if is_final(status.state()) {
+            Ok(status)
+        } else {
+            Err(Error::Protocol(format!(
+                "the watch stream of job {job} ended before the job finished"
+            )))
+        }
+    }
+
+    /// Cancels a job; returns its status afterwards.
+    pub async fn cancel(&self, job: &JobId) -> Result<proto::JobStatus> {
+        let request = proto::CancelRequest {
+            job_id: job.to_string(),
+        };
+        Ok(self.jobs.clone().cancel(request).await?.into_inner())
+    }
+
+    /// Jobs the peer knows, newest first: at most `limit` (0 means the peer's default of 100).
+    pub async fn list(&self, limit: u32) -> Result<Vec<proto::JobStatus>> {
+        let request = proto::ListJobsRequest { limit };
+        Ok(self.jobs.clone().list(request).await?.into_inner().jobs)
+    }
+
+    /// What the peer says about itself.
+    pub async fn info(&self) -> Result<proto::PeerInfo> {
+        Ok(self
+            .peers
+            .clone()
+            .info(proto::InfoRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The peers this peer knows.
+    pub async fn peers(&self) -> Result<Vec<proto::PeerInfo>> {
+        Ok(self
+            .peers
+            .clone()
+            .peers(proto::PeersRequest {})
+            .await?
+            .into_inner()
+            .peers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(normalize_addr("127.0.0.1:7070"), "http://127.0.0.1:7070");
+        assert_eq!(normalize_addr(" [::1]:7070 "), "http://[::1]:7070");
+        assert_eq!(
+            normalize_addr("http://peer.example:7070"),
+            "http://peer.example:7070"
+        );
+        assert_eq!(
+            normalize_addr("https://peer.example:7070"),
+            "https://peer.example:7070"
+        );
+    }
+
+    /// Compile-time check: the streams outlive the client and id they came from and can be
+    /// moved to another task.
+    #[allow(dead_code)]
+    async fn streams_are_static_and_send(client: Client, id: JobId) -> Result<()> {
+        let events = client.watch(&id).await?;
+        let results = client.results(&id).await?;
+        drop((client, id));
+        tokio::spawn(async move { (events.count().await, results.count().await) });
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn malformed_address_is_a_connect_error() {
+        match Client::connect("not a uri at all").await {
+            Err(Error::Connect { addr, .. }) => assert_eq!(addr, "not a uri at all"),
+            other => panic!("expected Connect error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_connect_error() {
+        // Bind then drop a listener to get a local port where nothing listens.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        match Client::connect(addr.clone()).await {
+            Err(Error::Connect { addr: got, .. }) => assert_eq!(got, addr),
+            other => panic!("expected Connect error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The SDK's error type: every way connecting, building, submitting or following a job can fail.
+
+use std::path::PathBuf;
+
+/// Shorthand for results whose error is the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an SDK call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer address is malformed or the peer could not be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as given to [`Client::connect`](crate::Client::connect).
+        addr: String,
+        /// What the transport reported.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The peer answered with a gRPC error (shown as `"{code}: {message}"`).
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[source] tonic::Status),
+    /// A file or directory named in a job could not be read.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job has no tasks.
+    #[error("the job has no tasks")]
+    NoTasks,
+    /// The job has no module.
+    #[error("the job has no module")]
+    NoModule,
+    /// The job's module is zero bytes long.
+    #[error("the job's module is empty")]
+    EmptyModule,
+    /// The job's description is inconsistent (a zero chunk size, a quorum above `max_replicas`...).
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// A string that should be a job id (64 hex characters) is not one.
+    #[error("not a job id (64 hex characters): {0:?}")]
+    InvalidId(String),
+    /// Even with every input uploaded as a blob, the submit request exceeds the message budget.
+    #[error(
+        "job too large to submit: {tasks} tasks need a {bytes}-byte request even with every input as a blob"
+    )]
+    JobTooLarge {
+        /// Number of tasks in the job.
+        tasks: usize,
+        /// Encoded size of the smallest possible submit request.
+        bytes: usize,
+    },
+    /// The peer sent something the protocol does not allow (a malformed id, a stream that ended early).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The operating system could not provide randomness for the job's nonce.
+    #[error("no system randomness for the job nonce: {0}")]
+    Random(getrandom::Error),
+}
+
+impl Error {
+    /// The gRPC status code, when the peer answered with an error.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// True when the peer said the job or blob does not exist (`NOT_FOUND`).
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(tonic::Code::NotFound)
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Status(status)
+    }
+}
+
+/// A short lowercase name for a gRPC status code, as shown in error messages.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid argument",
+        DeadlineExceeded => "deadline exceeded",
+        NotFound => "not found",
+        AlreadyExists => "already exists",
+        PermissionDenied => "permission denied",
+        ResourceExhausted => "resource exhausted",
+        FailedPrecondition => "failed precondition",
+        Aborted => "aborted",
+        OutOfRange => "out of range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_code_and_message() {
+        let err = Error::from(tonic::Status::not_found("no job abc"));
+        assert_eq!(err.to_string(), "not found: no job abc");
+        assert!(err.is_not_found());
+        assert_eq!(Error::NoTasks.code(), None);
+    }
+
+    #[test]
+    fn io_error_names_the_path() {
+        let err = Error::io(
+            "/no/such/file.wasm",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert!(err.to_string().starts_with("/no/such/file.wasm: "), "{err}");
+    }
+}

@@ -1,0 +1,76 @@
+//! The `spare` command line: `peer` runs a peer; `submit`, `status` and `results` talk to one
+//! over gRPC through the SDK; `demo` runs a whole job on an embedded mesh.
+
+mod demo;
+mod peer;
+mod progress;
+mod results;
+mod status;
+mod submit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The peer the client commands talk to unless `--peer` or `SPARE_PEER` says otherwise.
+pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
+
+/// Spare: volunteer computing with WebAssembly tasks, verified by redundant execution.
+#[derive(Parser, Debug)]
+#[command(name = "spare", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a peer: serve the gRPC API, run tasks in local slots, keep jobs in a data directory.
+    Peer(peer::PeerArgs),
+    /// Submit a job: one task per input, all running the same WebAssembly module.
+    Submit(submit::SubmitArgs),
+    /// Show a job's status.
+    Status(status::StatusArgs),
+    /// Write a job's verified outputs to a directory, one file per task.
+    Results(results::ResultsArgs),
+    /// Run an example job on an embedded mesh, check it against a native run, and time it.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPARE_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.command, Command::Peer(_)) { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Peer(a) => peer::run(a).await,
+            Command::Submit(a) => submit::run(a).await,
+            Command::Status(a) => status::run(a).await,
+            Command::Results(a) => results::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects the SDK to a peer, with the address in the error.
+async fn connect(peer: &str) -> anyhow::Result<spare_sdk::Client> {
+    spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| anyhow::anyhow!("{e}"))
+}

@@ -1,0 +1,82 @@
+//! `spare peer`: runs a peer until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::node::{Node, NodeConfig};
+
+/// Options of `spare peer`.
+#[derive(Args, Debug)]
+pub struct PeerArgs {
+    /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the store, blobs, compiled modules and the peer's key (created if missing).
+    #[arg(long, env = "SPARE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Tasks to run at once (default: every CPU).
+    #[arg(long)]
+    cpus: Option<usize>,
+    /// A peer to join the mesh through (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<String>,
+    /// Largest module this peer accepts, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_module_bytes: usize,
+    /// Largest blob (module or input) this peer accepts in one upload, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_blob_bytes: u64,
+    /// Most memory one task may ask for, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    max_task_memory: u64,
+}
+
+pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = NodeConfig::new(a.listen, a.data_dir.clone());
+    if let Some(cpus) = a.cpus {
+        anyhow::ensure!(cpus >= 1, "--cpus must be at least 1");
+        config.cpus = cpus;
+    }
+    config.bootstrap = a.bootstrap;
+    config.max_module_bytes = a.max_module_bytes;
+    config.max_blob_bytes = a.max_blob_bytes;
+    config.caps.limits.memory_bytes = a.max_task_memory;
+    if !config.bootstrap.is_empty() {
+        tracing::warn!("--bootstrap is accepted but this version runs a single-peer mesh");
+    }
+    let mut handle = Node::start(config.clone()).await?;
+    println!(
+        "spare peer {} listening on {} ({} slots, data in {})",
+        handle.node.peer_id(),
+        handle.addr,
+        config.cpus,
+        a.data_dir.display()
+    );
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        r = handle.stopped() => return r.map(|_| ExitCode::FAILURE),
+    }
+    eprintln!("stopping");
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! `spare status`: a job's state and task counts, optionally every task, as text or JSON.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{Value, json};
+use spare_sdk::proto::{self, OutcomeKind};
+use spare_sdk::{JobId, state_name, task_state_name};
+
+/// Options of `spare status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The peer to ask.
+    #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
+    peer: String,
+    /// The job id, as `spare submit` printed it.
+    job: String,
+    /// Also list every task: its state, output hash, the peers that verified it, its error.
+    #[arg(long)]
+    tasks: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = super::connect(&a.peer).await?;
+    let status = client.status(&id, a.tasks).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
+    } else {
+        print!("{}", status_text(&status, a.tasks));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kind of an outcome as a word: `exited`, `trapped`, `out_of_fuel`…
+pub fn outcome_kind(kind: OutcomeKind) -> &'static str {
+    match kind {
+        OutcomeKind::Unspecified => "unspecified",
+        OutcomeKind::Exited => "exited",
+        OutcomeKind::Trapped => "trapped",
+        OutcomeKind::OutOfFuel => "out_of_fuel",
+        OutcomeKind::MemoryLimit => "memory_limit",
+        OutcomeKind::OutputTooLarge => "output_too_large",
+        OutcomeKind::Deadline => "deadline",
+        OutcomeKind::InvalidModule => "invalid_module",
+    }
+}
+
+fn outcome_json(o: &proto::Outcome) -> Value {
+    json!({ "kind": outcome_kind(o.kind()), "exit_code": o.exit_code, "message": o.message })
+}
+
+/// A job's status as the JSON object `spare status --json` prints.
+pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
+    let c = s.tasks.unwrap_or_default();
+    let p = s.policy.unwrap_or_default();
+    let l = p.limits.unwrap_or_default();
+    let mut v = json!({
+        "job_id": s.job_id,
+        "state": state_name(s.state()),
+        "label": s.label,
+        "message": s.message,
+        "module_id": s.module_id,
+        "origin": s.origin,
+        "submitted_at_ms": s.submitted_at_ms,
+        "policy": {
+            "quorum": p.quorum, "max_replicas": p.max_replicas, "priority": p.priority,
+            "memory_bytes": l.memory_bytes, "fuel": l.fuel, "timeout_ms": l.timeout_ms, "output_bytes": l.output_bytes,
+        },
+        "tasks": {
+            "total": c.total, "pending": c.pending, "running": c.running,
+            "verified": c.verified, "inconclusive": c.inconclusive, "failed": c.failed,
+        },
+    });
+    if with_tasks {
+        let list: Vec<Value> = s
+            .task_list
+            .iter()
+            .map(|t| {
+                json!({
+                    "index": t.index,
+                    "state": task_state_name(t.state()),
+                    "output_hash": t.output_hash,
+                    "verified_by": t.verified_by,
+                    "error": t.error,
+                    "outcome": t.outcome.as_ref().map(outcome_json),
+                    "attestations": t.attestations,
+                })
+            })
+            .collect();
+        v["task_list"] = Value::Array(list);
+    }
+    v
+}
+
+/// A job's status as text.
+pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
+    use std::fmt::Write;
+    let c = s.tasks.unwrap_or_default();
+    let mut out = String::new();
+    let label = if s.label.is_empty() { String::new() } else { format!("  ({})", s.label) };
+    let _ = writeln!(out, "job    {}{label}", s.job_id);
+    let _ = writeln!(out, "state  {}", state_name(s.state()));
+    if !s.message.is_empty() {
+        let _ = writeln!(out, "note   {}", s.message);
+    }
+    let _ = writeln!(
+        out,
+        "tasks  {} total: {} verified, {} running, {} pending, {} failed, {} inconclusive",
+        c.total, c.verified, c.running, c.pending, c.failed, c.inconclusive
+    );
+    if with_tasks {
+        let _ = writeln!(out, "{:>7}  {:<12}  {:<16}  {:<20}  error", "index", "state", "output", "verified by");
+        for t in &s.task_list {
+            let hash = t.output_hash.get(..16).unwrap_or(&t.output_hash);
+            let by: Vec<&str> = t.verified_by.iter().map(|p| p.get(..8).unwrap_or(p)).collect();
+            let _ = writeln!(
+                out,
+                "{:>7}  {:<12}  {:<16}  {:<20}  {}",
+                t.index,
+                task_state_name(t.state()),
+                hash,
+                by.join(","),
+                t.error
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,123 @@
+//! `spare submit`: one task per input (per file, per file of a directory, or per line), all
+//! running one module; optionally waits for the job with a live progress bar.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use spare_sdk::{Job, JobState};
+
+/// Options of `spare submit`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("inputs").required(true).args(["input", "inputs_dir", "stdin_lines"])))]
+pub struct SubmitArgs {
+    /// The peer to submit to.
+    #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
+    peer: String,
+    /// The WebAssembly module (a WASI preview 1 command) every task runs.
+    module: PathBuf,
+    /// A file whose bytes are one task's stdin (repeatable: one task per file).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    input: Vec<PathBuf>,
+    /// A directory: one task per regular file, in file-name order.
+    #[arg(long, value_name = "DIR")]
+    inputs_dir: Option<PathBuf>,
+    /// A text file: one task per non-empty line (the line and its newline are the stdin).
+    #[arg(long, value_name = "FILE")]
+    stdin_lines: Option<PathBuf>,
+    /// Distinct peers that must agree on each task's output.
+    #[arg(long, default_value_t = 2)]
+    quorum: u32,
+    /// Most replicas of one task before it is inconclusive (default: 5, or the quorum if larger).
+    #[arg(long)]
+    max_replicas: Option<u32>,
+    /// Instruction budget per task (deterministic; running out is a result).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory limit per task, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Wall-clock limit per replica, in seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Largest output per task, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    output_bytes: Option<u64>,
+    /// Higher runs first among jobs competing for slots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// An argument passed to every task after argv[0] (repeatable).
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// An environment variable for every task, as KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A name shown in status and lists.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Wait for the job to end, showing progress; exits non-zero unless it completed.
+    #[arg(long)]
+    wait: bool,
+    /// Print JSON on stdout and nothing else: `{"job_id": …}`, or with --wait the final status.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut b = Job::builder().module_file(&a.module).quorum(a.quorum).priority(a.priority).label(&a.label);
+    if !a.input.is_empty() {
+        b = b.task_files(a.input.iter().cloned());
+    }
+    if let Some(dir) = &a.inputs_dir {
+        b = b.inputs_dir(dir);
+    }
+    if let Some(file) = &a.stdin_lines {
+        b = b.lines_file(file);
+    }
+    if let Some(n) = a.max_replicas {
+        b = b.max_replicas(n);
+    }
+    if let Some(f) = a.fuel {
+        b = b.fuel(f);
+    }
+    if let Some(m) = a.memory {
+        b = b.memory_bytes(m);
+    }
+    if let Some(t) = a.timeout {
+        anyhow::ensure!(t.is_finite() && t > 0.0, "--timeout must be a positive number of seconds");
+        b = b.timeout(Duration::from_secs_f64(t));
+    }
+    if let Some(o) = a.output_bytes {
+        b = b.output_bytes(o);
+    }
+    b = b.args(a.args.iter().cloned());
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--env {kv:?} is not KEY=VALUE"))?;
+        b = b.env(k, v);
+    }
+    let job = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tasks = job.task_count();
+    let client = super::connect(&a.peer).await?;
+    let id = client.submit(&job).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !a.wait {
+        if a.json {
+            println!("{}", serde_json::json!({ "job_id": id.as_str() }));
+        } else {
+            println!("{id}");
+            eprintln!("submitted {tasks} tasks; follow with `spare status {id}`");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !a.json {
+        eprintln!("submitted job {id} ({tasks} tasks)");
+    }
+    let bar = super::progress::bar(tasks as u64, false);
+    let status = super::progress::follow(&client, &id, &bar).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&super::status::status_json(&status, false))?);
+    } else {
+        print!("{}", super::status::status_text(&status, false));
+    }
+    Ok(if status.state() == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,139 @@
+//! A peer's identity: its ed25519 key, made on first start and kept in the data directory
+//! (mode 0600). The PeerId is the public key; attestations are signed with the secret key.
+
+use std::io::Write;
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use spare_coordinator::{Attestation, PeerId};
+
+/// The file, inside the data directory, that holds the 32-byte secret key.
+pub const KEY_FILE: &str = "identity.key";
+
+/// Why the identity could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing the key file failed.
+    #[error("key file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The key file is not 32 bytes.
+    #[error("key file {path} holds {len} bytes, expected 32")]
+    Corrupt { path: String, len: usize },
+    /// The system gave no randomness for a new key.
+    #[error("no randomness for a new key: {0}")]
+    Random(String),
+}
+
+/// This peer's signing key and the PeerId derived from it.
+#[derive(Clone)]
+pub struct Identity {
+    key: SigningKey,
+    id: PeerId,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.id.short())
+    }
+}
+
+impl Identity {
+    /// A fresh random identity (tests, the simulator).
+    pub fn generate() -> Result<Identity, IdentityError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+        Ok(Identity::from_secret(secret))
+    }
+
+    /// The identity with this secret key.
+    pub fn from_secret(secret: [u8; 32]) -> Identity {
+        let key = SigningKey::from_bytes(&secret);
+        let id = PeerId(key.verifying_key().to_bytes());
+        Identity { key, id }
+    }
+
+    /// Loads the key from `dir`, or makes one there (mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
+        let path = dir.join(KEY_FILE);
+        let shown = path.display().to_string();
+        let io = |source| IdentityError::Io { path: shown.clone(), source };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] =
+                    bytes.as_slice().try_into().map_err(|_| IdentityError::Corrupt { path: shown.clone(), len: bytes.len() })?;
+                Ok(Identity::from_secret(secret))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let identity = Identity::generate()?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(&path).map_err(io)?;
+                f.write_all(&identity.key.to_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Ok(identity)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// This peer's id (its public key).
+    pub fn peer_id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Signs arbitrary bytes.
+    pub fn sign(&self, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(bytes).to_bytes()
+    }
+
+    /// Fills in `att.peer` and `att.signature`.
+    pub fn sign_attestation(&self, att: &mut Attestation) {
+        att.peer = self.id;
+        att.signature = self.sign(&att.signing_bytes()).to_vec();
+    }
+}
+
+/// Whether `signature` is `peer`'s signature of `bytes`.
+pub fn verify(peer: &PeerId, bytes: &[u8], signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(peer.as_bytes()) else { return false };
+    let Ok(sig) = Signature::from_slice(signature) else { return false };
+    key.verify(bytes, &sig).is_ok()
+}
+
+/// Whether an attestation carries a valid signature of the peer it names.
+pub fn verify_attestation(att: &Attestation) -> bool {
+    verify(&att.peer, &att.signing_bytes(), &att.signature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spare_coordinator::{BlobId, JobId, Outcome, ResultKey, TaskId};
+
+    #[test]
+    fn key_is_kept_and_attestations_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.peer_id(), b.peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut att = Attestation {
+            task: TaskId { job: JobId([1; 32]), index: 3 },
+            peer: PeerId([0; 32]),
+            result: ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId::of(b"x") },
+            fuel_used: 5,
+            signature: vec![],
+        };
+        a.sign_attestation(&mut att);
+        assert!(verify_attestation(&att));
+        att.fuel_used = 6;
+        assert!(!verify_attestation(&att), "a changed field breaks the signature");
+    }
+}

@@ -1,0 +1,85 @@
+//! The peer's protocol state behind one lock: the coordinator and what the sandbox needs of each
+//! job. Every call into the coordinator drains its events here and turns them into store writes
+//! and change notices, queued while the lock is held so that they land in the order the
+//! coordinator made them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use spare_coordinator::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
+
+use crate::store::{Op, StoredResult};
+
+/// What a run needs of a job besides its coordinator spec.
+#[derive(Clone, Debug)]
+pub struct JobMeta {
+    /// The spec as accepted.
+    pub spec: JobSpec,
+    /// argv[1..] of every task.
+    pub args: Arc<Vec<String>>,
+    /// Environment of every task.
+    pub env: Arc<Vec<(String, String)>>,
+}
+
+/// A change that watchers hear of, once it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A task reached its final verdict.
+    TaskFinal(TaskId),
+    /// A job ended (completed, failed or cancelled).
+    JobFinished(JobId),
+}
+
+/// The output and detail of the run whose attestation is being reported, so a verdict it decides
+/// can keep the canonical output.
+pub struct Evidence<'a> {
+    /// The attestation just reported.
+    pub attestation: &'a Attestation,
+    /// Its stdout.
+    pub output: &'a [u8],
+    /// Its detail (trap text, which limit).
+    pub message: &'a str,
+}
+
+/// The coordinator and job metadata.
+pub struct Core {
+    /// The sans-IO protocol state.
+    pub coord: Coordinator,
+    /// Jobs held, with what runs need.
+    pub jobs: HashMap<JobId, JobMeta>,
+}
+
+impl Core {
+    /// Drains the coordinator's events into store writes and the changes to announce after them.
+    pub fn drain(&mut self, evidence: Option<&Evidence<'_>>) -> (Vec<Op>, Vec<Change>) {
+        let mut ops = Vec::new();
+        let mut changes = Vec::new();
+        while let Some(event) = self.coord.poll_event() {
+            match event {
+                Event::TaskFinal { task, verdict } => {
+                    ops.push(Op::PutResult(task, self.result_of(&task, verdict, evidence)));
+                    changes.push(Change::TaskFinal(task));
+                }
+                Event::JobFinished { job, .. } => changes.push(Change::JobFinished(job)),
+                Event::LeaseExpired { task, peer } => {
+                    tracing::debug!(%task, peer = %peer.short(), "lease expired; replica back in the pool");
+                }
+            }
+        }
+        (ops, changes)
+    }
+
+    fn result_of(&self, task: &TaskId, verdict: Verdict, evidence: Option<&Evidence<'_>>) -> StoredResult {
+        let view = self.coord.task(task);
+        let (verified_by, attestations) = view.map(|v| (v.verified_by, v.attestations)).unwrap_or_default();
+        // The attestation that completes a quorum always carries the agreed result, so the
+        // canonical output is the one that came with it.
+        let from_evidence = evidence.filter(|e| e.attestation.task == *task && verdict.agreed() == Some(&e.attestation.result));
+        let output = match (&verdict, from_evidence) {
+            (Verdict::Verified(_), Some(e)) => e.output.to_vec(),
+            _ => Vec::new(),
+        };
+        let message = from_evidence.map(|e| e.message.to_string()).unwrap_or_default();
+        StoredResult { verdict, verified_by, output, message, attestations }
+    }
+}

@@ -1,0 +1,319 @@
+//! A running peer: the store, the sandbox, the coordinator behind its lock, the local worker
+//! slots that pull work, and the gRPC server. [`Node::start`] brings one up on a data directory
+//! and a listening address; the `spare peer` command and the in-process tests both use it.
+
+mod core;
+mod slots;
+mod submit;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use spare_coordinator::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
+use tokio::sync::{Notify, broadcast, watch};
+
+pub use self::core::{Change, Core, JobMeta};
+pub use submit::{NewJob, SubmitFailure};
+
+use crate::identity::Identity;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::Store;
+
+/// How often lapsed leases are looked for.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a shutdown waits for requests in flight to let go of the peer.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
+const CHANGE_BUFFER: usize = 4096;
+
+/// What a peer is started with.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Address to serve gRPC on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where the store, blobs, compiled modules and key live.
+    pub data_dir: PathBuf,
+    /// Tasks run at once (sandbox threads).
+    pub cpus: usize,
+    /// Peers to join through (used by the mesh).
+    pub bootstrap: Vec<String>,
+    /// What submitters may ask for.
+    pub caps: PolicyCaps,
+    /// Largest module accepted.
+    pub max_module_bytes: usize,
+    /// Largest blob accepted by an upload.
+    pub max_blob_bytes: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a peer on `listen` with data in `data_dir`, one slot per CPU.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            listen,
+            data_dir,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            bootstrap: Vec::new(),
+            caps: PolicyCaps::default(),
+            max_module_bytes: 64 << 20,
+            max_blob_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A running peer; cheap to clone.
+#[derive(Clone)]
+pub struct Node(Arc<Shared>);
+
+struct Shared {
+    config: NodeConfig,
+    identity: Identity,
+    store: Store,
+    sandbox: Sandbox,
+    core: Mutex<Core>,
+    changes: broadcast::Sender<Change>,
+    /// Wakes the local slots: a job arrived, a lease lapsed, a task needs another replica.
+    work: Notify,
+    /// Serialises module compiles so two slots never compile the same module at once.
+    prepare: tokio::sync::Mutex<()>,
+    started: Instant,
+    shutdown: watch::Sender<bool>,
+    running: std::sync::atomic::AtomicUsize,
+    /// Jobs whose end is durable: every result they will have is in the store.
+    finished: dashmap::DashSet<JobId>,
+}
+
+/// A started peer: its address, and how to stop it.
+pub struct NodeHandle {
+    /// The node itself, for in-process use.
+    pub node: Node,
+    /// The address gRPC is served on.
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving and running, and waits for the server to close.
+    pub async fn shutdown(self) {
+        let _ = self.node.0.shutdown.send(true);
+        self.node.0.work.notify_one();
+        if !self.server.is_finished() {
+            let _ = self.server.await;
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        // Streams still draining to clients hold the node; once they are gone, dropping the last
+        // handle closes the store, so the data directory can be opened again at once.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.node.0) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.node.0) > 1 {
+            tracing::warn!("peer stopped with requests still holding it; its store closes when they end");
+        }
+    }
+
+    /// Resolves when the server stops, which it only does on its own when it fails.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await.context("server task")?.context("gRPC server")?;
+        anyhow::bail!("the gRPC server stopped")
+    }
+}
+
+impl Node {
+    /// Opens the data directory, restores the jobs it holds, and starts serving.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let identity = Identity::load_or_create(dir)?;
+        let store = Store::open(dir)?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            slots: config.cpus.max(1),
+            cache_dir: Some(dir.join("modules")),
+            max_module_bytes: config.max_module_bytes,
+            max_memory_bytes: config.caps.limits.memory_bytes,
+            ..SandboxConfig::default()
+        })
+        .context("cannot start the sandbox")?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let coord = Coordinator::new(CoordinatorConfig { caps: config.caps, secret, ..CoordinatorConfig::default() });
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let node = Node(Arc::new(Shared {
+            config,
+            identity,
+            store,
+            sandbox,
+            core: Mutex::new(Core { coord, jobs: Default::default() }),
+            changes,
+            work: Notify::new(),
+            prepare: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+            shutdown: watch::channel(false).0,
+            running: Default::default(),
+            finished: Default::default(),
+        }));
+        let restored = node.restore()?;
+        tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
+        let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
+        let tasks = vec![tokio::spawn(slots::run(node.clone())), tokio::spawn(node.clone().ticker())];
+        Ok(NodeHandle { node, addr, server, tasks })
+    }
+
+    /// Loads every stored job and replays its attestations, so verdicts come back as they were.
+    fn restore(&self) -> anyhow::Result<usize> {
+        let jobs = self.0.store.jobs()?;
+        let mut core = self.core();
+        for (id, job) in &jobs {
+            core.coord
+                .restore(*id, job.spec.clone(), job.cancelled)
+                .with_context(|| format!("restoring job {id}"))?;
+            core.jobs.insert(
+                *id,
+                JobMeta { spec: job.spec.clone(), args: Arc::new(job.args.clone()), env: Arc::new(job.env.clone()) },
+            );
+            for att in self.0.store.attestations(id)? {
+                if let Err(e) = core.coord.restore_attestation(att) {
+                    tracing::warn!(job = %id, "stored attestation not replayed: {e}");
+                }
+            }
+        }
+        // Their events describe the past; everything they record is already stored.
+        while core.coord.poll_event().is_some() {}
+        for (id, _) in &jobs {
+            if core.coord.job(id).is_some_and(|v| v.state.is_final()) {
+                self.0.finished.insert(*id);
+            }
+        }
+        Ok(jobs.len())
+    }
+
+    async fn ticker(self) {
+        let mut stop = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => return,
+            }
+            let now = self.now();
+            let write = {
+                let mut core = self.core();
+                core.coord.tick(now);
+                let (ops, changes) = core.drain(None);
+                (!ops.is_empty() || !changes.is_empty()).then(|| (self.0.store.write(ops), changes))
+            };
+            if let Some((write, changes)) = write {
+                self.0.work.notify_one();
+                self.publish(write, changes).await;
+            }
+        }
+    }
+
+    /// Waits for a write, then tells watchers what it made durable.
+    async fn publish(
+        &self,
+        write: impl std::future::Future<Output = Result<(), crate::store::StoreError>>,
+        changes: Vec<Change>,
+    ) {
+        match write.await {
+            Ok(()) => {
+                for c in changes {
+                    if let Change::JobFinished(job) = c {
+                        self.0.finished.insert(job);
+                    }
+                    let _ = self.0.changes.send(c);
+                }
+            }
+            Err(e) => tracing::error!("could not store results: {e}"),
+        }
+    }
+
+    /// The protocol state, locked. Never held across an await.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock is a bug; the state is still the best there is.
+        self.0.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This peer's id.
+    pub fn peer_id(&self) -> spare_coordinator::PeerId {
+        self.0.identity.peer_id()
+    }
+
+    /// This peer's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.0.config
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.0.sandbox
+    }
+
+    /// Durable changes, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.0.changes.subscribe()
+    }
+
+    /// Whether a job has ended and all its results are durable.
+    pub fn is_finished(&self, id: &JobId) -> bool {
+        self.0.finished.contains(id)
+    }
+
+    /// Replicas running on this peer now.
+    pub fn running(&self) -> usize {
+        self.0.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long this peer has been up.
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+
+    /// Milliseconds on this peer's monotonic protocol clock.
+    pub fn now(&self) -> Millis {
+        self.0.started.elapsed().as_millis() as Millis
+    }
+
+    /// Resolves to `true` once the peer is shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+
+    /// Cancels a job; false when unknown. Durable before it returns.
+    pub async fn cancel(&self, id: &JobId) -> anyhow::Result<bool> {
+        let (write, changes) = {
+            let mut core = self.core();
+            if !core.coord.cancel(id) {
+                return Ok(false);
+            }
+            let (mut ops, changes) = core.drain(None);
+            let stored = self.0.store.job(id)?;
+            if let Some(mut job) = stored {
+                job.cancelled = true;
+                ops.push(crate::store::Op::PutJob(*id, job));
+            }
+            (self.0.store.write(ops), changes)
+        };
+        self.publish(write, changes).await;
+        Ok(true)
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,184 @@
+//! Accepting a job at this peer (its origin): check the module and inputs, derive the JobId,
+//! make the job durable, then hand it to the coordinator.
+
+use std::sync::Arc;
+
+use spare_coordinator::{BlobId, JobId, JobSpec, Policy, SubmitError, derive_job_id};
+
+use super::{JobMeta, Node, unix_ms};
+use crate::sandbox::ModuleError;
+use crate::store::{Op, StoredInput, StoredJob};
+
+/// A job as a submitter sent it, with the policy's defaults already filled in.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// The module blob.
+    pub module: BlobId,
+    /// One input per task.
+    pub inputs: Vec<StoredInput>,
+    /// Complete policy.
+    pub policy: Policy,
+    /// argv[1..] of every task.
+    pub args: Vec<String>,
+    /// Environment of every task.
+    pub env: Vec<(String, String)>,
+    /// Free-form name.
+    pub label: String,
+    /// Makes the id unique.
+    pub nonce: Vec<u8>,
+}
+
+/// Why a submission was refused, by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitFailure {
+    /// Something in the request is wrong (policy, module, shape).
+    #[error("{0}")]
+    Invalid(String),
+    /// A blob the job names is not stored here.
+    #[error("{0}")]
+    Missing(String),
+    /// The job exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// This peer is full.
+    #[error("{0}")]
+    Full(String),
+    /// This peer failed (disk, database).
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// Most bytes of argv and environment together.
+const MAX_ARGS_BYTES: usize = 64 << 10;
+
+impl Node {
+    /// Accepts a job; it is durable when this returns.
+    pub async fn submit(&self, job: NewJob) -> Result<JobId, SubmitFailure> {
+        let caps = *self.core().coord.caps();
+        caps.check(&job.policy, job.inputs.len() as u64).map_err(|e| SubmitFailure::Invalid(e.to_string()))?;
+        let arg_bytes: usize =
+            job.args.iter().map(String::len).sum::<usize>() + job.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if arg_bytes > MAX_ARGS_BYTES {
+            return Err(SubmitFailure::Invalid(format!("args and env take {arg_bytes} bytes; the cap is {MAX_ARGS_BYTES}")));
+        }
+        if let Some((k, _)) = job.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
+            return Err(SubmitFailure::Invalid(format!("environment variable name {k:?} is empty or holds '='")));
+        }
+        self.check_module(&job.module).await?;
+        for (i, input) in job.inputs.iter().enumerate() {
+            if let StoredInput::Blob(id) = input {
+                if !self.store().blobs().has(id).await {
+                    return Err(SubmitFailure::Missing(format!("input blob {id} of task {i} is not stored at this peer")));
+                }
+            }
+        }
+        let origin = self.peer_id();
+        let id = derive_job_id(&origin, &digest(&job), &job.nonce);
+        let spec = JobSpec {
+            module: job.module,
+            task_count: job.inputs.len() as u32,
+            policy: job.policy,
+            origin,
+            submitted_at_ms: unix_ms(),
+            label: job.label,
+        };
+        let stored = StoredJob { spec: spec.clone(), args: job.args, env: job.env, cancelled: false };
+        let meta = JobMeta { spec: spec.clone(), args: Arc::new(stored.args.clone()), env: Arc::new(stored.env.clone()) };
+        let write = {
+            let mut core = self.core();
+            if core.jobs.contains_key(&id) {
+                return Err(SubmitFailure::Exists(format!("job {id} already exists")));
+            }
+            core.coord.submit(id, spec).map_err(|e| match e {
+                SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
+                SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),
+                SubmitError::Full(_) => SubmitFailure::Full(e.to_string()),
+            })?;
+            core.jobs.insert(id, meta);
+            // Queued under the lock, so a result of this job can never be written before it.
+            self.store().write(vec![Op::PutJob(id, stored), Op::PutInputs { job: id, first: 0, inputs: job.inputs }])
+        };
+        if let Err(e) = write.await {
+            // Not durable, so not accepted: forget it.
+            let mut core = self.core();
+            core.coord.cancel(&id);
+            core.jobs.remove(&id);
+            return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
+        }
+        tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
+        self.0.work.notify_one();
+        Ok(id)
+    }
+
+    /// The module must be stored here, within the size cap, and valid under the ABI. It is
+    /// compiled now, so the first replica does not pay for it.
+    async fn check_module(&self, id: &BlobId) -> Result<(), SubmitFailure> {
+        let size = self
+            .store()
+            .blobs()
+            .size(id)
+            .await
+            .ok_or_else(|| SubmitFailure::Missing(format!("module {id} is not stored at this peer; upload it with BlobService.Put first")))?;
+        let max = self.config().max_module_bytes;
+        if size > max as u64 {
+            return Err(SubmitFailure::Invalid(format!("module is {size} bytes; this peer's cap is {max}")));
+        }
+        self.prepare_module(id).await.map_err(|e| match e {
+            PrepareError::Module(e) => SubmitFailure::Invalid(format!("module {}: {e}", id.short())),
+            PrepareError::Other(e) => SubmitFailure::Internal(e),
+        })
+    }
+
+    /// Compiles a stored module into the sandbox, once.
+    pub(crate) async fn prepare_module(&self, id: &BlobId) -> Result<(), PrepareError> {
+        if self.sandbox().is_prepared(id) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.0.prepare.lock().await;
+        if self.sandbox().is_prepared(id) {
+            return Ok(());
+        }
+        let wasm = self.store().blobs().read(id).await.map_err(|e| PrepareError::Other(e.into()))?;
+        let sandbox = self.sandbox().clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || sandbox.prepare(id, &wasm).map(|_| ()))
+            .await
+            .map_err(|e| PrepareError::Other(anyhow::anyhow!("compile task failed: {e}")))?
+            .map_err(PrepareError::Module)
+    }
+}
+
+/// Why a module could not be made ready.
+#[derive(Debug)]
+pub(crate) enum PrepareError {
+    /// The module breaks the ABI.
+    Module(ModuleError),
+    /// The peer failed.
+    Other(anyhow::Error),
+}
+
+fn stored_count(core: &super::Core, id: &JobId) -> u32 {
+    core.jobs.get(id).map_or(0, |m| m.spec.task_count)
+}
+
+/// A digest of everything that defines the job's results.
+fn digest(job: &NewJob) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("spare.v1 job content");
+    h.update(job.module.as_bytes());
+    h.update(&postcard::to_stdvec(&job.policy).unwrap_or_default());
+    h.update(&postcard::to_stdvec(&(&job.args, &job.env)).unwrap_or_default());
+    h.update(&(job.inputs.len() as u64).to_le_bytes());
+    for input in &job.inputs {
+        match input {
+            StoredInput::Inline(b) => {
+                h.update(&[0]);
+                h.update(blake3::hash(b).as_bytes());
+            }
+            StoredInput::Blob(id) => {
+                h.update(&[1]);
+                h.update(id.as_bytes());
+            }
+        }
+    }
+    *h.finalize().as_bytes()
+}

@@ -1,0 +1,165 @@
+//! Compiled modules: a bounded in-memory cache of `InstancePre`s (least recently used out
+//! first), and an on-disk cache of serialized compiled modules, so that each module is compiled
+//! once per peer, not once per process.
+//!
+//! Disk format: `<cache_dir>/<blob hex>-<engine hash>.cwasm`, holding `Module::serialize()`
+//! followed by the 32-byte BLAKE3 of those bytes. Files are written to a temporary name and
+//! renamed, so a reader never sees a partial file; the checksum catches anything else (a torn
+//! write after a power loss, bit rot), after which the module is recompiled and the file
+//! overwritten.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use spare_coordinator::BlobId;
+use wasmtime::{Engine, InstancePre, Module};
+
+use super::run::StoreData;
+
+/// A module ready to instantiate.
+pub(crate) struct Compiled {
+    pub(crate) pre: InstancePre<StoreData>,
+    last_used: AtomicU64,
+}
+
+/// Modules prepared in this process, plus the disk cache behind them.
+pub(crate) struct ModuleCache {
+    map: RwLock<HashMap<BlobId, Arc<Compiled>>>,
+    clock: AtomicU64,
+    capacity: usize,
+    /// One lock per module being prepared, so concurrent `prepare`s of one module compile once.
+    inflight: Mutex<HashMap<BlobId, Arc<Mutex<()>>>>,
+    pub(crate) disk: Option<DiskCache>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ModuleCache {
+    pub(crate) fn new(capacity: usize, disk: Option<DiskCache>) -> ModuleCache {
+        ModuleCache {
+            map: RwLock::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            capacity: capacity.max(1),
+            inflight: Mutex::new(HashMap::new()),
+            disk,
+        }
+    }
+
+    /// The prepared module, marking it used.
+    pub(crate) fn get(&self, id: &BlobId) -> Option<Arc<Compiled>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let c = map.get(id)?.clone();
+        c.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(c)
+    }
+
+    pub(crate) fn contains(&self, id: &BlobId) -> bool {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
+    /// Adds a prepared module, evicting the least recently used beyond capacity. Evicted modules
+    /// stay alive while runs use them; a later `prepare` reloads them from disk.
+    pub(crate) fn insert(&self, id: BlobId, pre: InstancePre<StoreData>) {
+        let used = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(id, Arc::new(Compiled { pre, last_used: AtomicU64::new(used) }));
+        while map.len() > self.capacity {
+            let oldest = map.iter().min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed)).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    map.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Runs `f` while holding this module's preparation lock.
+    pub(crate) fn with_inflight<R>(&self, id: BlobId, f: impl FnOnce() -> R) -> R {
+        let slot = lock(&self.inflight).entry(id).or_default().clone();
+        let result = {
+            let _held = lock(&slot);
+            f()
+        };
+        let mut inflight = lock(&self.inflight);
+        // The map's reference and ours: nobody else waits, so the entry can go.
+        if Arc::strong_count(&slot) == 2 {
+            inflight.remove(&id);
+        }
+        result
+    }
+}
+
+/// The on-disk cache of compiled modules for one engine configuration.
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    engine_hash: String,
+    tmp_counter: AtomicU64,
+}
+
+/// Outcome of a disk lookup.
+pub(crate) enum Loaded {
+    Hit(Module),
+    Miss,
+    /// A file was there but unusable (it will be overwritten).
+    Bad(String),
+}
+
+impl DiskCache {
+    pub(crate) fn new(dir: &Path, engine_hash: String) -> std::io::Result<DiskCache> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DiskCache { dir: dir.to_path_buf(), engine_hash, tmp_counter: AtomicU64::new(0) })
+    }
+
+    fn path(&self, id: &BlobId) -> PathBuf {
+        self.dir.join(format!("{}-{}.cwasm", id.to_hex(), self.engine_hash))
+    }
+
+    pub(crate) fn load(&self, engine: &Engine, id: &BlobId) -> Loaded {
+        let bytes = match std::fs::read(self.path(id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Miss,
+            Err(e) => return Loaded::Bad(format!("read: {e}")),
+        };
+        let Some(split) = bytes.len().checked_sub(32) else {
+            return Loaded::Bad("file too short".into());
+        };
+        let (body, sum) = bytes.split_at(split);
+        if blake3::hash(body).as_bytes().as_slice() != sum {
+            return Loaded::Bad("checksum mismatch".into());
+        }
+        // SAFETY: `Module::deserialize` trusts its input to be wasmtime's own compiled output:
+        // it maps it as executable code. These bytes are: the file lives in this peer's own
+        // data directory, is written only by `store` below (from `Module::serialize` of a module
+        // this process compiled from bytes whose BLAKE3 is `id`), is named by `id` and by the
+        // engine compatibility hash (so a module compiled by another wasmtime version or config
+        // is never looked up; wasmtime re-checks the version and config in the header anyway),
+        // is written under a temporary name and renamed (never seen partially), and its
+        // checksum was verified just now (torn or corrupted files are rejected). The bytes are
+        // copied into a fresh mapping, so later changes to the file cannot affect the module.
+        // Someone able to write into the data directory already controls this peer.
+        match unsafe { Module::deserialize(engine, body) } {
+            Ok(m) => Loaded::Hit(m),
+            Err(e) => Loaded::Bad(format!("deserialize: {e:#}")),
+        }
+    }
+
+    /// Writes a compiled module (best effort: a failure only costs a recompile later).
+    pub(crate) fn store(&self, id: &BlobId, module: &Module) -> Result<(), String> {
+        let mut body = module.serialize().map_err(|e| format!("serialize: {e:#}"))?;
+        let sum = *blake3::hash(&body).as_bytes();
+        body.extend_from_slice(&sum);
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{}-{}.{}.{n}.tmp", id.to_hex(), self.engine_hash, std::process::id()));
+        let result = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, self.path(id)));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("write {}: {e}", tmp.display()));
+        }
+        Ok(())
+    }
+}

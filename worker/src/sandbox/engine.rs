@@ -1,0 +1,199 @@
+//! The wasmtime `Config` of the sandbox (determinism switches, limits, a pooling allocator sized
+//! to the peer's slots), the engine compatibility hash that names cached compiled modules, and
+//! the epoch ticker thread behind wall deadlines.
+//!
+//! Address space: the pool reserves, per engine, `slots + 2` linear-memory slots of
+//! `memory_reservation` (4 GiB, or `max_memory_bytes` if larger) plus a 32 MiB guard each, and
+//! `(slots + 2) * MAX_TABLES_PER_MODULE` tables of `TABLE_ELEMENTS` pointers (8 MiB each). All of
+//! it is `PROT_NONE`/untouched until used, so it costs address space, not memory: about 24.2 GiB
+//! for 4 slots, 16.1 GiB for 2 (wasmtime's defaults reserve about 4 TiB). The 4 GiB reservation
+//! is kept because it lets Cranelift drop bounds checks on 32-bit memories, which is most of
+//! the speed of sandboxed code.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails, WasmFeatures,
+};
+
+use super::SandboxConfig;
+use super::error::SandboxError;
+
+/// One epoch tick: the granularity of wall deadlines.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Native stack a module may use; deeper recursion is a `StackOverflow` trap. Sandbox threads
+/// get [`THREAD_STACK`] so that host frames always fit beside it.
+pub(crate) const MAX_WASM_STACK: usize = 1 << 20;
+/// Stack of the pool's threads.
+pub(crate) const THREAD_STACK: usize = 8 << 20;
+/// Most elements a table may have (initially or by growing). Same on every peer.
+pub(crate) const TABLE_ELEMENTS: usize = 1 << 20;
+/// Most tables a module may define.
+pub(crate) const MAX_TABLES_PER_MODULE: u32 = 2;
+/// Largest `VMContext` of an instance (grows with functions, globals, tables of a module).
+const CORE_INSTANCE_SIZE: usize = 16 << 20;
+/// Reservation of one linear memory: 4 GiB covers every 32-bit memory without bounds checks.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+/// Guard after each linear memory (wasmtime's default on 64-bit hosts).
+const MEMORY_GUARD: u64 = 32 << 20;
+/// Bumped whenever the sandbox changes what a compiled module means (its config, its ABI),
+/// so that cached compiled modules of an older sandbox are never loaded.
+const SANDBOX_ABI_VERSION: &str = "spare.v1 sandbox abi 1";
+
+/// How many instances (and memories) the pool holds: one per slot plus a little room for
+/// `run_blocking` callers and instances still being torn down.
+pub(crate) fn pool_instances(slots: usize) -> u32 {
+    u32::try_from(slots.saturating_add(2)).unwrap_or(u32::MAX)
+}
+
+/// The reservation per linear memory, in bytes.
+fn memory_reservation(config: &SandboxConfig) -> u64 {
+    let wanted = config.max_memory_bytes.max(MEMORY_RESERVATION);
+    // Round up to whole 64 KiB wasm pages.
+    wanted.div_ceil(1 << 16).saturating_mul(1 << 16)
+}
+
+/// Address space one engine reserves up front, in bytes (see the module docs).
+pub fn reserved_address_space(config: &SandboxConfig) -> u64 {
+    let n = u64::from(pool_instances(config.slots.max(1)));
+    let memories = n * (memory_reservation(config) + MEMORY_GUARD) + MEMORY_GUARD;
+    let tables = n * u64::from(MAX_TABLES_PER_MODULE) * (TABLE_ELEMENTS as u64) * 8;
+    memories + tables
+}
+
+/// The sandbox's engine configuration. `metered` turns fuel and epoch interruption on (the
+/// sandbox always does); benchmarks build an unmetered twin to measure what metering costs.
+pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
+    let slots = config.slots.max(1);
+    let n = pool_instances(slots);
+    let reservation = memory_reservation(config);
+
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(n)
+        .total_memories(n)
+        .total_tables(n.saturating_mul(MAX_TABLES_PER_MODULE))
+        .total_gc_heaps(n)
+        .max_memories_per_module(1)
+        .max_tables_per_module(MAX_TABLES_PER_MODULE)
+        .table_elements(TABLE_ELEMENTS)
+        .max_core_instance_size(CORE_INSTANCE_SIZE)
+        // Every 32-bit memory fits, on every peer: the per-task limit is the resource
+        // limiter's job, so whether a module can be instantiated never depends on this peer's
+        // `max_memory_bytes`.
+        .max_memory_size(usize::try_from(reservation).unwrap_or(usize::MAX))
+        .max_unused_warm_slots(n);
+
+    let mut c = Config::new();
+    c.cache(None)
+        .consume_fuel(metered)
+        .epoch_interruption(metered)
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true)
+        .shared_memory(false)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .wasm_backtrace_details(WasmBacktraceDetails::Disable)
+        .memory_reservation(reservation)
+        .memory_guard_size(MEMORY_GUARD)
+        .memory_may_move(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Proposals the ABI leaves out: threads (not deterministic), and what would make instances
+    // need more than one pooled memory/table slot or a GC heap. Set through `wasm_features` so
+    // this holds whichever wasmtime cargo features are compiled in (`wasm_threads` only exists
+    // with the `threads` feature, which this build leaves out: threads cannot be enabled).
+    for off in [
+        WasmFeatures::THREADS,
+        WasmFeatures::SHARED_EVERYTHING_THREADS,
+        WasmFeatures::MEMORY64,
+        WasmFeatures::MULTI_MEMORY,
+        WasmFeatures::CUSTOM_PAGE_SIZES,
+        WasmFeatures::GC,
+        WasmFeatures::EXCEPTIONS,
+        WasmFeatures::LEGACY_EXCEPTIONS,
+        WasmFeatures::STACK_SWITCHING,
+        WasmFeatures::COMPONENT_MODEL,
+    ] {
+        c.wasm_features(off, false);
+    }
+    c
+}
+
+/// Builds the sandbox's (metered) engine.
+pub(crate) fn build_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
+    Engine::new(&engine_config(config, true)).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+}
+
+/// A short, stable name of everything that makes a compiled module loadable by this engine:
+/// wasmtime's own compatibility hash plus [`SANDBOX_ABI_VERSION`], through BLAKE3 (std's
+/// hashers are not stable across Rust releases). 16 hex characters.
+pub(crate) fn engine_hash(engine: &Engine) -> String {
+    let mut h = Blake3Hasher(blake3::Hasher::new());
+    SANDBOX_ABI_VERSION.hash(&mut h);
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let digest = h.0.finalize();
+    hex::encode(&digest.as_bytes()[..8])
+}
+
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(b)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The thread that advances the engine's epoch every [`EPOCH_TICK`]. Stops (and is joined) when
+/// dropped, which happens when the last clone of the `Sandbox` goes.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine) -> Result<EpochTicker, SandboxError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spare-sandbox-epoch".into())
+            .spawn(move || {
+                let mut next = Instant::now() + EPOCH_TICK;
+                while !flag.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    if now < next {
+                        // park_timeout may wake early (or by `unpark` on drop): re-check.
+                        std::thread::park_timeout(next - now);
+                        continue;
+                    }
+                    engine.increment_epoch();
+                    next += EPOCH_TICK;
+                    if next < now {
+                        // We were descheduled for several ticks: do not burst to catch up.
+                        next = now + EPOCH_TICK;
+                    }
+                }
+            })
+            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            // The ticker never holds a `Sandbox`, so this cannot wait on ourselves.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}

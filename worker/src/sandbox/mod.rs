@@ -1,0 +1,314 @@
+//! The WebAssembly sandbox (ABI v1): validates, compiles and caches task modules, and runs them
+//! deterministically under fuel, memory, output and wall-time limits on a bounded pool of
+//! threads. Everything a module does ends as a [`RunReport`]; only host problems are errors.
+//!
+//! ```text
+//! prepare(id, wasm) ── validate ─┬─ memory cache ── disk cache ── compile ──> InstancePre
+//! run(req) ── bounded queue ── slot thread ── fresh Store + WASI ctx ── _start ──> RunReport
+//! ```
+//!
+//! What a run can observe is a function of the module, the request and the seed only: argv
+//! (`[module hex id] ++ args`), env, stdin, a fixed wall clock (2000-01-01T00:00:00Z), a virtual
+//! monotonic clock (0, 1 µs, 2 µs… per reading; sleeping jumps it forward), seeded random bytes,
+//! NaN-canonicalized floats, deterministic relaxed SIMD, no threads, no files, no sockets.
+
+mod cache;
+mod determinism;
+mod engine;
+mod error;
+mod limits;
+mod poll;
+mod pool;
+mod run;
+mod validate;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spare_coordinator::{BlobId, Limits, Outcome, ResultKey};
+use wasmtime::{Engine, Linker, Module};
+
+pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
+pub use engine::{engine_config, reserved_address_space};
+pub use error::{ModuleError, SandboxError};
+
+use cache::{DiskCache, Loaded, ModuleCache};
+use engine::EpochTicker;
+use pool::Pool;
+use run::StoreData;
+use validate::AllowedImports;
+
+/// How a sandbox is sized. Build with `SandboxConfig { slots: 4, ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Threads that run tasks (the peer's `--cpus`). At least 1.
+    pub slots: usize,
+    /// On-disk cache of compiled modules (`None`: memory only). Created if missing; must be
+    /// private to this peer.
+    pub cache_dir: Option<PathBuf>,
+    /// Modules above this size are refused. Default 64 MiB.
+    pub max_module_bytes: usize,
+    /// Largest per-task memory limit this peer accepts. Default 4 GiB.
+    pub max_memory_bytes: u64,
+    /// stderr kept per run (the rest is dropped, never an error). Default 64 KiB.
+    pub stderr_bytes: usize,
+    /// Runs that may wait for a slot before `run` refuses with `QueueFull`. Default `slots * 64`
+    /// (computed from the default `slots`: set it when you set `slots`).
+    pub queue: usize,
+    /// Compiled modules kept in memory (least recently used evicted; a later `prepare`
+    /// reloads from disk). Default 256.
+    pub cached_modules: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get());
+        SandboxConfig {
+            slots,
+            cache_dir: None,
+            max_module_bytes: 64 << 20,
+            max_memory_bytes: 4 << 30,
+            stderr_bytes: 64 << 10,
+            queue: slots * 64,
+            cached_modules: 256,
+        }
+    }
+}
+
+/// One task to run.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    /// A module prepared on this sandbox.
+    pub module: BlobId,
+    /// stdin.
+    pub input: Vec<u8>,
+    /// argv after argv\[0\] (which is the module's hex id).
+    pub args: Vec<String>,
+    /// The environment, exactly.
+    pub env: Vec<(String, String)>,
+    /// Fuel, memory, wall deadline and stdout cap.
+    pub limits: Limits,
+    /// Seed of `random_get`: [`task_seed`] of the task.
+    pub seed: [u8; 32],
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Deterministic: what a quorum compares. stdout is only meaningful for `Exited`.
+    /// `message` says which trap or limit (for people; never compared).
+    Done { outcome: Outcome, message: String },
+    /// The wall deadline passed (epoch interruption). Not deterministic: never attested.
+    Deadline,
+    /// The module cannot run here (it should have been refused at submission).
+    Invalid(ModuleError),
+}
+
+impl RunOutcome {
+    /// The attestable outcome, if any.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            RunOutcome::Done { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    /// stdout (up to `limits.output_bytes`).
+    pub stdout: Vec<u8>,
+    /// stderr (up to `stderr_bytes`).
+    pub stderr: Vec<u8>,
+    /// Fuel given minus fuel left (also on traps). Deterministic.
+    pub fuel_used: u64,
+    /// Wall time of the run, for metrics (not deterministic).
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// What a quorum compares, for deterministic outcomes: the outcome and the BLAKE3 of stdout
+    /// for `Exited`, of the empty string for every other outcome (their partial stdout is not
+    /// part of the result). `None` for `Deadline` and `Invalid`.
+    pub fn result_key(&self) -> Option<ResultKey> {
+        let outcome = self.outcome.outcome()?;
+        let output: &[u8] = if matches!(outcome, Outcome::Exited(_)) { &self.stdout } else { b"" };
+        Some(ResultKey { outcome, output_hash: BlobId::of(output) })
+    }
+}
+
+/// Where `prepare` found the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Compiled now (and written to the disk cache, if any).
+    Compiled,
+    /// Loaded from the disk cache.
+    FromDisk,
+    /// Already prepared in this sandbox.
+    InMemory,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    allowed: AllowedImports,
+    cache: ModuleCache,
+    config: SandboxConfig,
+    // Dropped in this order: the queue closes (slot threads end), then the ticker stops.
+    pool: Pool,
+    _ticker: EpochTicker,
+}
+
+/// A peer's sandbox. Cheap to clone (an `Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, the WASI linker, the slot threads and the epoch ticker.
+    pub fn new(mut config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        config.slots = config.slots.max(1);
+        config.queue = config.queue.max(1);
+        let engine = engine::build_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut StoreData| &mut d.wasi)
+            .map_err(|e| SandboxError::Engine(format!("WASI linker: {e:#}")))?;
+        poll::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("poll_oneoff: {e:#}")))?;
+        let allowed = AllowedImports::from_linker(&engine, &linker)?;
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(
+                DiskCache::new(dir, engine::engine_hash(&engine))
+                    .map_err(|e| SandboxError::CacheDir(format!("{}: {e}", dir.display())))?,
+            ),
+            None => None,
+        };
+        let cache = ModuleCache::new(config.cached_modules, disk);
+        let pool = Pool::start(config.slots, config.queue)?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(Sandbox { inner: Arc::new(Inner { engine, linker, allowed, cache, config, pool, _ticker: ticker }) })
+    }
+
+    /// Validates and compiles, once per module per peer: the memory cache, then the disk cache
+    /// (keyed by module hash and engine compatibility hash), then a compile. Idempotent.
+    /// `id` must be the BLAKE3 of `wasm`.
+    pub fn prepare(&self, id: BlobId, wasm: &[u8]) -> Result<Prepared, ModuleError> {
+        let inner = &self.inner;
+        if inner.cache.contains(&id) {
+            return Ok(Prepared::InMemory);
+        }
+        let actual = BlobId::of(wasm);
+        if actual != id {
+            return Err(ModuleError::WrongId { expected: id, actual });
+        }
+        self.validate(wasm)?;
+        inner.cache.with_inflight(id, || {
+            if inner.cache.contains(&id) {
+                return Ok(Prepared::InMemory);
+            }
+            let (module, how) = match inner.cache.disk.as_ref().map(|d| d.load(&inner.engine, &id)) {
+                Some(Loaded::Hit(m)) => (m, Prepared::FromDisk),
+                other => {
+                    if let Some(Loaded::Bad(why)) = other {
+                        tracing::warn!(module = %id.short(), %why, "unusable cached module; recompiling");
+                    }
+                    let m = Module::new(&inner.engine, wasm).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+                    if let Some(disk) = &inner.cache.disk
+                        && let Err(why) = disk.store(&id, &m)
+                    {
+                        tracing::warn!(module = %id.short(), %why, "cannot write the module cache");
+                    }
+                    (m, Prepared::Compiled)
+                }
+            };
+            let pre = inner.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+            inner.cache.insert(id, pre);
+            Ok(how)
+        })
+    }
+
+    /// Whether `id` is prepared (in memory) here.
+    pub fn is_prepared(&self, id: &BlobId) -> bool {
+        self.inner.cache.contains(id)
+    }
+
+    /// Validation only, for submission: size cap, well-formed, `_start: func() -> ()` exported,
+    /// every import a `wasi_snapshot_preview1` function of the ABI with its signature (no
+    /// `sock_*`), no imported memories, tables, globals or tags, tables within the sandbox's.
+    pub fn validate(&self, wasm: &[u8]) -> Result<(), ModuleError> {
+        let inner = &self.inner;
+        validate::validate(&inner.engine, &inner.allowed, wasm, inner.config.max_module_bytes)
+    }
+
+    /// The WASI preview 1 functions a module may import.
+    pub fn allowed_imports(&self) -> Vec<String> {
+        self.inner.allowed.names()
+    }
+
+    /// Runs one task on the bounded pool (never on the async runtime's threads). Errors only
+    /// for host problems (module not prepared, queue full, pool shut down, limit above this
+    /// peer's maximum); everything the module does is in the [`RunReport`].
+    pub async fn run(&self, req: RunRequest) -> Result<RunReport, SandboxError> {
+        self.check(&req)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = self.inner.clone();
+        self.inner.pool.submit(Box::new(move || {
+            let _ = tx.send(run_guarded(&inner, &req));
+        }))?;
+        rx.await.map_err(|_| SandboxError::ShutDown)?
+    }
+
+    /// Same as [`Sandbox::run`], on the calling thread (for benchmarks and tools). Must not be
+    /// called on a tokio runtime worker thread (WASI's sync bindings block on tokio), and its
+    /// calls are not bounded by the pool: more concurrent callers than `slots + 2` minus running
+    /// pool tasks get `Busy`.
+    pub fn run_blocking(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
+        self.check(req)?;
+        run_guarded(&self.inner, req)
+    }
+
+    /// Number of slot threads.
+    pub fn slots(&self) -> usize {
+        self.inner.pool.slots()
+    }
+
+    /// Address space the engine reserved up front, in bytes.
+    pub fn reserved_address_space(&self) -> u64 {
+        engine::reserved_address_space(&self.inner.config)
+    }
+
+    fn check(&self, req: &RunRequest) -> Result<(), SandboxError> {
+        let max = self.inner.config.max_memory_bytes;
+        if req.limits.memory_bytes > max {
+            return Err(SandboxError::LimitTooLarge { asked: req.limits.memory_bytes, max });
+        }
+        if !self.inner.cache.contains(&req.module) {
+            return Err(SandboxError::NotPrepared(req.module));
+        }
+        Ok(())
+    }
+}
+
+/// One run with panics turned into errors.
+fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxError> {
+    let compiled = inner.cache.get(&req.module).ok_or(SandboxError::NotPrepared(req.module))?;
+    catch_unwind(AssertUnwindSafe(|| run::run_one(&inner.engine, &compiled, req, inner.config.stderr_bytes)))
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(SandboxError::Panicked(msg))
+        })
+}

@@ -1,0 +1,96 @@
+//! `spare.v1.BlobService`: content-addressed uploads and downloads, deduplicated by BLAKE3.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use spare_coordinator::BlobId;
+use spare_proto as pb;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::parse_id;
+use crate::node::Node;
+use crate::store::BlobError;
+
+/// Bytes per chunk of a download.
+pub const CHUNK: usize = 1 << 20;
+
+/// The BlobService of one peer.
+pub struct BlobApi {
+    node: Node,
+}
+
+impl BlobApi {
+    /// The service over `node`.
+    pub fn new(node: Node) -> BlobApi {
+        BlobApi { node }
+    }
+}
+
+/// A blob error as a gRPC status.
+pub fn blob_status(e: BlobError) -> Status {
+    match e {
+        BlobError::NotFound(_) => Status::not_found(e.to_string()),
+        BlobError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        BlobError::HashMismatch { .. } => Status::invalid_argument(e.to_string()),
+        BlobError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::blob_service_server::BlobService for BlobApi {
+    async fn put(&self, req: Request<Streaming<pb::PutBlobRequest>>) -> Result<Response<pb::BlobInfo>, Status> {
+        let mut stream = req.into_inner();
+        let max = self.node.config().max_blob_bytes;
+        let mut writer = self.node.store().blobs().writer(max).await.map_err(blob_status)?;
+        let mut expected: Option<BlobId> = None;
+        let mut first = true;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            if first && !msg.expected_id.is_empty() {
+                expected = Some(parse_id("expected_id", &msg.expected_id)?);
+            }
+            first = false;
+            writer.write(&msg.chunk).await.map_err(blob_status)?;
+        }
+        let (id, size, existed) = writer.finish(expected).await.map_err(blob_status)?;
+        Ok(Response::new(pb::BlobInfo { blob_id: id.to_hex(), size, existed }))
+    }
+
+    type GetStream = Pin<Box<dyn Stream<Item = Result<pb::BlobChunk, Status>> + Send>>;
+
+    async fn get(&self, req: Request<pb::GetBlobRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let id: BlobId = parse_id("blob_id", &req.into_inner().blob_id)?;
+        let mut file = self.node.store().blobs().open_read(&id).await.map_err(blob_status)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(pb::BlobChunk { chunk: buf })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("reading blob {id}: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stat(&self, req: Request<pb::GetBlobRequest>) -> Result<Response<pb::BlobInfo>, Status> {
+        let id: BlobId = parse_id("blob_id", &req.into_inner().blob_id)?;
+        match self.node.store().blobs().size(&id).await {
+            Some(size) => Ok(Response::new(pb::BlobInfo { blob_id: id.to_hex(), size, existed: true })),
+            None => Err(Status::not_found(format!("blob {id} is not stored at this peer"))),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Between the wire (`spare.v1`) and the coordinator's types: policies with their defaults,
+//! outcomes, and job and task status as the API shows them.
+
+use spare_coordinator::{
+    Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, TaskCounts, TaskState, TaskView, Verdict,
+};
+use spare_proto as pb;
+use tonic::Status;
+
+use crate::store::StoredResult;
+
+/// A complete policy from the request: zero fields take the defaults.
+pub fn policy(p: Option<&pb::Policy>) -> Policy {
+    let d = Policy::default();
+    let Some(p) = p else { return d };
+    let quorum = if p.quorum == 0 { d.quorum } else { p.quorum };
+    let max_replicas = if p.max_replicas == 0 { d.max_replicas.max(quorum) } else { p.max_replicas };
+    let dl = Limits::default();
+    let l = p.limits.unwrap_or_default();
+    let or = |v: u64, dv: u64| if v == 0 { dv } else { v };
+    Policy {
+        quorum,
+        max_replicas,
+        limits: Limits {
+            memory_bytes: or(l.memory_bytes, dl.memory_bytes),
+            fuel: or(l.fuel, dl.fuel),
+            timeout_ms: or(l.timeout_ms, dl.timeout_ms),
+            output_bytes: or(l.output_bytes, dl.output_bytes),
+        },
+        priority: p.priority,
+    }
+}
+
+/// The policy as the API shows it.
+pub fn policy_pb(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        quorum: p.quorum,
+        max_replicas: p.max_replicas,
+        limits: Some(pb::Limits {
+            memory_bytes: p.limits.memory_bytes,
+            fuel: p.limits.fuel,
+            timeout_ms: p.limits.timeout_ms,
+            output_bytes: p.limits.output_bytes,
+        }),
+        priority: p.priority,
+    }
+}
+
+/// Parses a hex id, or says which field is wrong.
+pub fn parse_id<T: std::str::FromStr>(field: &str, s: &str) -> Result<T, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty")));
+    }
+    s.parse().map_err(|_| Status::invalid_argument(format!("{field} {s:?} is not a 64-character hex id")))
+}
+
+/// An outcome on the wire.
+pub fn outcome_pb(o: &Outcome, message: String) -> pb::Outcome {
+    use pb::OutcomeKind as K;
+    let (kind, exit_code) = match o {
+        Outcome::Exited(c) => (K::Exited, *c),
+        Outcome::Trapped => (K::Trapped, 0),
+        Outcome::OutOfFuel => (K::OutOfFuel, 0),
+        Outcome::MemoryLimit => (K::MemoryLimit, 0),
+        Outcome::OutputTooLarge => (K::OutputTooLarge, 0),
+    };
+    pb::Outcome { kind: kind as i32, exit_code, message }
+}
+
+/// The agreed outcome of a final verdict, on the wire.
+pub fn verdict_outcome(v: &Verdict, message: &str) -> Option<pb::Outcome> {
+    match v {
+        Verdict::Verified(k) | Verdict::Failed(Failure::Agreed(k)) => Some(outcome_pb(&k.outcome, message.to_string())),
+        Verdict::Failed(Failure::TimedOut(_)) => Some(pb::Outcome {
+            kind: pb::OutcomeKind::Deadline as i32,
+            exit_code: 0,
+            message: message.to_string(),
+        }),
+        Verdict::Pending | Verdict::Inconclusive => None,
+    }
+}
+
+/// A job state on the wire.
+pub fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Completed => pb::JobState::Completed,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+/// A task state on the wire.
+pub fn task_state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Verified => pb::TaskState::Verified,
+        TaskState::Inconclusive => pb::TaskState::Inconclusive,
+        TaskState::Failed => pb::TaskState::Failed,
+    }
+}
+
+fn counts(c: &TaskCounts) -> pb::TaskCounts {
+    pb::TaskCounts {
+        total: c.total,
+        pending: c.pending,
+        running: c.running,
+        verified: c.verified,
+        inconclusive: c.inconclusive,
+        failed: c.failed,
+    }
+}
+
+fn peers(ps: &[PeerId]) -> Vec<String> {
+    ps.iter().map(PeerId::to_hex).collect()
+}
+
+/// A job's status (without its tasks).
+pub fn job_status(v: &JobView) -> pb::JobStatus {
+    pb::JobStatus {
+        job_id: v.id.to_hex(),
+        state: job_state(v.state) as i32,
+        tasks: Some(counts(&v.counts)),
+        task_list: Vec::new(),
+        policy: Some(policy_pb(&v.spec.policy)),
+        module_id: v.spec.module.to_hex(),
+        label: v.spec.label.clone(),
+        submitted_at_ms: v.spec.submitted_at_ms,
+        message: v.message.clone().unwrap_or_default(),
+        origin: v.spec.origin.to_hex(),
+    }
+}
+
+/// A task's status; `stored` is its stored result, once final.
+pub fn task_status(t: &TaskView, stored: Option<&StoredResult>) -> pb::TaskStatus {
+    let message = stored.map_or("", |r| r.message.as_str());
+    let output_hash = t.verdict.agreed().map(|k| k.output_hash.to_hex()).unwrap_or_default();
+    let error = match (t.state, &t.note) {
+        (TaskState::Verified, _) => String::new(),
+        (_, Some(note)) if !message.is_empty() => format!("{note}: {message}"),
+        (_, Some(note)) => note.clone(),
+        (_, None) => String::new(),
+    };
+    pb::TaskStatus {
+        index: t.id.index,
+        state: task_state(t.state) as i32,
+        output_hash,
+        verified_by: peers(&t.verified_by),
+        outcome: verdict_outcome(&t.verdict, message),
+        error,
+        attestations: t.attestations,
+    }
+}
+
+/// A final task's result from the store.
+pub fn task_result(index: u32, r: StoredResult) -> pb::TaskResult {
+    let state = match &r.verdict {
+        Verdict::Verified(_) => TaskState::Verified,
+        Verdict::Inconclusive => TaskState::Inconclusive,
+        Verdict::Failed(_) => TaskState::Failed,
+        Verdict::Pending => TaskState::Pending,
+    };
+    let outcome = verdict_outcome(&r.verdict, &r.message);
+    pb::TaskResult {
+        index,
+        state: task_state(state) as i32,
+        output_hash: r.verdict.agreed().map(|k| k.output_hash.to_hex()).unwrap_or_default(),
+        output: r.output,
+        outcome,
+        verified_by: peers(&r.verified_by),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_fields_take_defaults() {
+        let p = policy(Some(&pb::Policy { quorum: 1, ..Default::default() }));
+        assert_eq!(p.quorum, 1);
+        assert_eq!(p.max_replicas, 5);
+        assert_eq!(p.limits, Limits::default());
+        let p = policy(Some(&pb::Policy { quorum: 7, ..Default::default() }));
+        assert_eq!(p.max_replicas, 7, "the default replica bound never sits below the quorum");
+        assert_eq!(policy(None), Policy::default());
+    }
+}

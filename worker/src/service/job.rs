@@ -1,0 +1,238 @@
+//! `spare.v1.JobService`: submit, status, watch, results, cancel, list.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use spare_coordinator::{BlobId, JobId, TaskId, TaskState};
+use spare_proto as pb;
+use spare_proto::job_event::Event as Ev;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, parse_id};
+use crate::node::{Change, NewJob, Node, SubmitFailure};
+use crate::store::StoredInput;
+
+/// Most tasks listed in one status reply; larger jobs are read with Results.
+const MAX_TASK_LIST: u32 = 100_000;
+/// Results read from the store per round.
+const RESULTS_CHUNK: usize = 256;
+/// Messages buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 64;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The JobService of one peer.
+pub struct JobApi {
+    node: Node,
+}
+
+impl JobApi {
+    /// The service over `node`.
+    pub fn new(node: Node) -> JobApi {
+        JobApi { node }
+    }
+}
+
+fn not_found(id: &JobId) -> Status {
+    Status::not_found(format!("job {id} is not known at this peer"))
+}
+
+/// The status of a job, with its tasks when asked.
+pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
+    let (mut s, views) = {
+        let core = node.core();
+        let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
+        let s = convert::job_status(&view);
+        let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
+        let views: Vec<_> = (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect();
+        (s, views)
+    };
+    if include_tasks && s.tasks.as_ref().is_some_and(|c| c.total > MAX_TASK_LIST) {
+        let note = format!("task_list holds the first {MAX_TASK_LIST} tasks; read the rest with Results");
+        s.message = if s.message.is_empty() { note } else { format!("{}; {note}", s.message) };
+    }
+    for v in &views {
+        // Only failures carry a stored detail worth a read.
+        let stored = match v.state {
+            TaskState::Failed | TaskState::Inconclusive => node.store().result(&v.id).ok().flatten(),
+            _ => None,
+        };
+        s.task_list.push(convert::task_status(v, stored.as_ref()));
+    }
+    Ok(s)
+}
+
+fn task_done(node: &Node, task: &TaskId) -> Option<pb::TaskStatus> {
+    let view = node.core().coord.task(task)?;
+    let stored = node.store().result(task).ok().flatten();
+    Some(convert::task_status(&view, stored.as_ref()))
+}
+
+fn is_final(node: &Node, id: &JobId) -> bool {
+    node.is_finished(id)
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for JobApi {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let r = req.into_inner();
+        let module: BlobId = parse_id("module_id", &r.module_id)?;
+        if r.tasks.is_empty() {
+            return Err(Status::invalid_argument("a job needs at least one task; tasks is empty"));
+        }
+        let mut inputs = Vec::with_capacity(r.tasks.len());
+        for (i, t) in r.tasks.into_iter().enumerate() {
+            inputs.push(match t.source {
+                Some(pb::task_input::Source::Inline(b)) => StoredInput::Inline(b),
+                Some(pb::task_input::Source::BlobId(s)) => StoredInput::Blob(parse_id(&format!("tasks[{i}].blob_id"), &s)?),
+                // An empty input is a valid input (a task that reads nothing).
+                None => StoredInput::Inline(Vec::new()),
+            });
+        }
+        let job = NewJob {
+            module,
+            inputs,
+            policy: convert::policy(r.policy.as_ref()),
+            args: r.args,
+            env: r.env.into_iter().map(|e| (e.key, e.value)).collect(),
+            label: r.label,
+            nonce: r.nonce,
+        };
+        match self.node.submit(job).await {
+            Ok(id) => Ok(Response::new(pb::SubmitResponse { job_id: id.to_hex() })),
+            Err(SubmitFailure::Invalid(m)) => Err(Status::invalid_argument(m)),
+            Err(SubmitFailure::Missing(m)) => Err(Status::failed_precondition(m)),
+            Err(SubmitFailure::Exists(m)) => Err(Status::already_exists(m)),
+            Err(SubmitFailure::Full(m)) => Err(Status::resource_exhausted(m)),
+            Err(SubmitFailure::Internal(e)) => Err(Status::internal(format!("{e:#}"))),
+        }
+    }
+
+    async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let r = req.into_inner();
+        let id: JobId = parse_id("job_id", &r.job_id)?;
+        Ok(Response::new(status(&self.node, &id, r.include_tasks)?))
+    }
+
+    type WatchStream = BoxStream<pb::JobEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let id: JobId = parse_id("job_id", &req.into_inner().job_id)?;
+        // Subscribe before the snapshot so no change falls between them.
+        let mut changes = self.node.subscribe();
+        let snapshot = status(&self.node, &id, false)?;
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let event = |e| Ok(pb::JobEvent { event: Some(e) });
+            if tx.send(event(Ev::Snapshot(snapshot))).await.is_err() {
+                return;
+            }
+            loop {
+                if is_final(&node, &id) {
+                    if let Ok(s) = status(&node, &id, false) {
+                        let _ = tx.send(event(Ev::Finished(s))).await;
+                    }
+                    return;
+                }
+                let next = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = tx.closed() => return,
+                };
+                match next {
+                    Ok(Change::TaskFinal(task)) if task.job == id => {
+                        if let Some(t) = task_done(&node, &task) {
+                            if tx.send(event(Ev::TaskDone(t))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let Ok(s) = status(&node, &id, false) else { return };
+                        if tx.send(event(Ev::Snapshot(s))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ResultsStream = BoxStream<pb::TaskResult>;
+
+    async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
+        let r = req.into_inner();
+        let id: JobId = parse_id("job_id", &r.job_id)?;
+        let total = self.node.core().coord.job(&id).ok_or_else(|| not_found(&id))?.spec.task_count;
+        let mut changes = self.node.subscribe();
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut next = r.from_index;
+            // Waiting mode sends in strict task order; once the job has ended (or with
+            // no_wait) it sends whatever is there, skipping tasks that never got a result.
+            let mut gaps_ok = r.no_wait;
+            while next < total {
+                let rows = match node.store().results(&id, next, RESULTS_CHUNK) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let mut progressed = false;
+                for (index, result) in rows {
+                    if index != next && !gaps_ok {
+                        break; // results go out in task order; wait for `next`
+                    }
+                    if tx.send(Ok(convert::task_result(index, result))).await.is_err() {
+                        return;
+                    }
+                    next = index + 1;
+                    progressed = true;
+                }
+                if progressed {
+                    continue;
+                }
+                if gaps_ok {
+                    return;
+                }
+                if is_final(&node, &id) {
+                    gaps_ok = true;
+                    continue;
+                }
+                tokio::select! {
+                    _ = changes.recv() => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let id: JobId = parse_id("job_id", &req.into_inner().job_id)?;
+        match self.node.cancel(&id).await {
+            Ok(true) => Ok(Response::new(status(&self.node, &id, false)?)),
+            Ok(false) => Err(not_found(&id)),
+            Err(e) => Err(Status::internal(format!("{e:#}"))),
+        }
+    }
+
+    async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 100,
+            n => n.min(1000),
+        } as usize;
+        let core = self.node.core();
+        let mut views: Vec<_> = core.jobs.keys().filter_map(|id| core.coord.job(id)).collect();
+        views.sort_by_key(|v| std::cmp::Reverse((v.spec.submitted_at_ms, v.id)));
+        let jobs = views.iter().take(limit).map(convert::job_status).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+}

@@ -1,0 +1,56 @@
+//! The gRPC server of a peer: JobService, BlobService and PeerService of `spare.v1`, plus gRPC
+//! health (`grpc.health.v1`) and server reflection, so `grpcurl -plaintext HOST:PORT list`
+//! works.
+
+mod blob;
+pub mod convert;
+mod job;
+mod peer;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use blob::BlobApi;
+pub use job::{JobApi, status};
+pub use peer::PeerApi;
+
+use crate::node::Node;
+use spare_proto as pb;
+
+/// Largest gRPC message accepted or sent (a submission with many inline inputs).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Requests served at once per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Serves the API on `listener` until `shutdown` turns true.
+pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::job_service_server::JobServiceServer<JobApi>>().await;
+    health.set_serving::<pb::blob_service_server::BlobServiceServer<BlobApi>>().await;
+    health.set_serving::<pb::peer_service_server::PeerServiceServer<PeerApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| tracing::error!("reflection disabled: {e}"))
+        .ok();
+    let jobs = pb::job_service_server::JobServiceServer::new(JobApi::new(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let blobs = pb::blob_service_server::BlobServiceServer::new(BlobApi::new(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let peers = pb::peer_service_server::PeerServiceServer::new(PeerApi::new(node));
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(jobs)
+        .add_service(blobs)
+        .add_service(peers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}

@@ -1,0 +1,261 @@
+//! The durable store: redb in the data directory for jobs, inputs, attestations and results;
+//! blobs as files named by hash beside it ([`blobs`]). Writes go through one writer thread that
+//! commits whatever has queued up in a single transaction (group commit), so a burst of task
+//! results costs one fsync, not one per task.
+
+pub mod blobs;
+pub mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use spare_coordinator::{Attestation, JobId, TaskId};
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use blobs::{BlobError, BlobStore, BlobWriter};
+pub use records::{StoredInput, StoredJob, StoredResult};
+use records::{AttestationKey, JobKey, TaskKey, attestation_key, decode, encode, task_key, task_of};
+
+const JOBS: TableDefinition<JobKey, &[u8]> = TableDefinition::new("jobs");
+const INPUTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("inputs");
+const ATTESTATIONS: TableDefinition<AttestationKey, &[u8]> = TableDefinition::new("attestations");
+const RESULTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("results");
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "spare.redb";
+/// Most batches folded into one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (I/O, corruption).
+    #[error("database: {0}")]
+    Db(String),
+    /// A record did not decode.
+    #[error("corrupt record in table {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    /// The writer thread is gone (the peer is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// Creating the data directory failed.
+    #[error("data directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    /// A blob operation failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum Op {
+    /// A job, new or updated (cancelled).
+    PutJob(JobId, StoredJob),
+    /// Inputs of a job's tasks, from index `first` on.
+    PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
+    /// The `ordinal`-th attestation the coordinator recorded for its task.
+    PutAttestation { ordinal: u32, attestation: Attestation },
+    /// A task's final verdict.
+    PutResult(TaskId, StoredResult),
+}
+
+type Batch = (Vec<Op>, Option<oneshot::Sender<Result<(), StoreError>>>);
+
+/// A handle on the store; cheap to clone. When the last handle is dropped, the writer thread
+/// finishes what is queued and the database file is closed before the drop returns, so the same
+/// directory can be opened again at once.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    blobs: BlobStore,
+    writer: mpsc::UnboundedSender<Batch>,
+    _closer: Arc<Closer>,
+}
+
+/// Joins the writer thread when the last [`Store`] handle goes. Declared last in [`Store`], so
+/// by then that handle's sender is dropped and the writer sees its queue close.
+struct Closer {
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
+        let db = Arc::new(Database::create(dir.join(DB_FILE)).map_err(db_err)?);
+        {
+            // Make every table exist, so readers never meet a missing one.
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(JOBS).map_err(db_err)?;
+            tx.open_table(INPUTS).map_err(db_err)?;
+            tx.open_table(ATTESTATIONS).map_err(db_err)?;
+            tx.open_table(RESULTS).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        let blobs = BlobStore::open(&dir.join("blobs"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The writer owns the database's other handle; it drops it when the queue closes.
+        let wdb = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("spare-store".into())
+            .spawn(move || writer(wdb, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
+        let closer = Closer { thread: std::sync::Mutex::new(Some(thread)) };
+        Ok(Store { db, blobs, writer: tx, _closer: Arc::new(closer) })
+    }
+
+    /// The blob store beside the database.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Queues `ops` to be applied atomically, in call order with every other write, and returns
+    /// a future that resolves once they are durable. The queue itself is unbounded so that it can
+    /// be fed while a caller holds a lock (which keeps writes in the order the coordinator made
+    /// them); its length is bounded by the callers: one batch per report or submission in flight.
+    pub fn write(&self, ops: Vec<Op>) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send((ops, Some(tx))).is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Every job, for a restart.
+    pub fn jobs(&self) -> Result<Vec<(JobId, StoredJob)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(JOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((JobId(k.value()), decode_in("jobs", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One job.
+    pub fn job(&self, id: &JobId) -> Result<Option<StoredJob>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(JOBS).map_err(db_err)?;
+        t.get(id.0).map_err(db_err)?.map(|v| decode_in("jobs", v.value())).transpose()
+    }
+
+    /// One task's input.
+    pub fn input(&self, task: &TaskId) -> Result<Option<StoredInput>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(INPUTS).map_err(db_err)?;
+        t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("inputs", v.value())).transpose()
+    }
+
+    /// Every attestation of a job, by task and then in the order the coordinator recorded them.
+    pub fn attestations(&self, job: &JobId) -> Result<Vec<Attestation>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(ATTESTATIONS).map_err(db_err)?;
+        let lo = attestation_key(&TaskId { job: *job, index: 0 }, 0);
+        let hi = attestation_key(&TaskId { job: *job, index: u32::MAX }, u32::MAX);
+        let mut out = Vec::new();
+        for row in t.range(lo..=hi).map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(decode_in("attestations", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One task's final result, if it has one.
+    pub fn result(&self, task: &TaskId) -> Result<Option<StoredResult>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(RESULTS).map_err(db_err)?;
+        t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("results", v.value())).transpose()
+    }
+
+    /// Up to `limit` final results of a job with index >= `from`, in index order.
+    pub fn results(&self, job: &JobId, from: u32, limit: usize) -> Result<Vec<(u32, StoredResult)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(RESULTS).map_err(db_err)?;
+        let lo = task_key(&TaskId { job: *job, index: from });
+        let hi = task_key(&TaskId { job: *job, index: u32::MAX });
+        let mut out = Vec::new();
+        for row in t.range(lo..=hi).map_err(db_err)?.take(limit) {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((task_of(&k.value()).index, decode_in("results", v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T, StoreError> {
+    decode(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
+}
+
+/// The writer thread: takes every batch that has queued up, applies them in one transaction,
+/// commits once, then answers each sender.
+fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&db, group.iter().flat_map(|(ops, _)| ops.iter()));
+        for (_, reply) in group {
+            if let Some(reply) = reply {
+                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Db(e.to_string())));
+            }
+        }
+        if let Err(e) = result {
+            tracing::error!("store write failed: {e}");
+        }
+    }
+}
+
+fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
+        let mut inputs = tx.open_table(INPUTS).map_err(db_err)?;
+        let mut atts = tx.open_table(ATTESTATIONS).map_err(db_err)?;
+        let mut results = tx.open_table(RESULTS).map_err(db_err)?;
+        let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
+        for op in ops {
+            match op {
+                Op::PutJob(id, job) => {
+                    jobs.insert(id.0, encode(job).map_err(enc)?.as_slice()).map_err(db_err)?;
+                }
+                Op::PutInputs { job, first, inputs: list } => {
+                    for (i, input) in list.iter().enumerate() {
+                        let task = TaskId { job: *job, index: first + i as u32 };
+                        inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    }
+                }
+                Op::PutAttestation { ordinal, attestation } => {
+                    let k = attestation_key(&attestation.task, *ordinal);
+                    atts.insert(k, encode(attestation).map_err(enc)?.as_slice()).map_err(db_err)?;
+                }
+                Op::PutResult(task, result) => {
+                    results.insert(task_key(task), encode(result).map_err(enc)?.as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(db_err)
+}
+
+fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}

@@ -1,0 +1,101 @@
+//! What the store keeps, as serde records, and the byte layout of table keys. Keys are
+//! big-endian so a job's tasks sort by index and range scans read them in order.
+
+use serde::{Deserialize, Serialize};
+use spare_coordinator::{Attestation, BlobId, JobId, JobSpec, PeerId, TaskId, Verdict};
+
+/// A job as the origin accepted it: what the coordinator needs plus what the sandbox needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredJob {
+    /// Module, task count, policy, origin, submission time, label.
+    pub spec: JobSpec,
+    /// argv[1..] of every task.
+    pub args: Vec<String>,
+    /// Environment of every task.
+    pub env: Vec<(String, String)>,
+    /// Whether the submitter cancelled it.
+    pub cancelled: bool,
+}
+
+/// One task's input: inline bytes, or a blob stored beside the database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredInput {
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+    /// A blob in the blob store.
+    Blob(BlobId),
+}
+
+/// A task's final verdict and, when a quorum agreed, the canonical output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResult {
+    /// The verdict, as the coordinator decided it.
+    pub verdict: Verdict,
+    /// Peers whose attestations make up the quorum.
+    pub verified_by: Vec<PeerId>,
+    /// The agreed stdout (empty unless a quorum agreed on it).
+    pub output: Vec<u8>,
+    /// Detail from the run that decided it (trap text, which limit), for diagnosis.
+    pub message: String,
+    /// Attestations the task had when it was decided.
+    pub attestations: u32,
+}
+
+/// Key of a job: its 32 bytes.
+pub type JobKey = [u8; 32];
+/// Key of a task: job ++ index (big-endian).
+pub type TaskKey = [u8; 36];
+/// Key of an attestation: job ++ index ++ arrival ordinal (both big-endian).
+pub type AttestationKey = [u8; 40];
+
+/// The key of a task.
+pub fn task_key(task: &TaskId) -> TaskKey {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(task.job.as_bytes());
+    k[32..].copy_from_slice(&task.index.to_be_bytes());
+    k
+}
+
+/// The task a task key names.
+pub fn task_of(k: &TaskKey) -> TaskId {
+    let mut job = [0u8; 32];
+    job.copy_from_slice(&k[..32]);
+    let mut idx = [0u8; 4];
+    idx.copy_from_slice(&k[32..36]);
+    TaskId { job: JobId(job), index: u32::from_be_bytes(idx) }
+}
+
+/// The key of the `ordinal`-th attestation of a task.
+pub fn attestation_key(task: &TaskId, ordinal: u32) -> AttestationKey {
+    let mut k = [0u8; 40];
+    k[..36].copy_from_slice(&task_key(task));
+    k[36..].copy_from_slice(&ordinal.to_be_bytes());
+    k
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(value)
+}
+
+/// Decodes a record.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// An attestation as stored (its arrival ordinal is in the key).
+pub type StoredAttestation = Attestation;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_job_then_index_then_ordinal() {
+        let t = |i| TaskId { job: JobId([7; 32]), index: i };
+        assert!(task_key(&t(1)) < task_key(&t(256)));
+        assert!(attestation_key(&t(1), 2) < attestation_key(&t(2), 0));
+        assert!(attestation_key(&t(1), 1) < attestation_key(&t(1), 2));
+        assert_eq!(task_of(&task_key(&t(300))), t(300));
+    }
+}

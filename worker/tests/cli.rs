@@ -1,0 +1,162 @@
+//! The `spare` binary as a user runs it: a real `spare peer` process on loopback, and the
+//! `submit`, `status` and `results` commands against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SPARE: &str = env!("CARGO_BIN_EXE_spare");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `spare peer` process, stopped with SIGTERM when dropped.
+struct Peer {
+    child: Child,
+    addr: String,
+}
+
+impl Peer {
+    fn start(data: &Path) -> Peer {
+        let mut child = Command::new(SPARE)
+            .args(["peer", "--listen", "127.0.0.1:0", "--cpus", "2", "--data-dir"])
+            .arg(data)
+            .env("SPARE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spare peer starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // The first line says where it listens; reading it is the readiness signal.
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("peer prints its address");
+        let addr = line.split("listening on ").nth(1).and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
+        Peer { child, addr }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "peer did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spare(peer: &Peer, args: &[&str]) -> Output {
+    Command::new(SPARE).args(args).env("SPARE_PEER", &peer.addr).output().expect("spare runs")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn submit_status_and_results_against_a_real_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = Peer::start(&tmp.path().join("peer"));
+    let inputs = tmp.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    let ranges: Vec<(u64, u64)> = (0..12).map(|i| (i * 50_000, (i + 1) * 50_000)).collect();
+    for (i, (lo, hi)) in ranges.iter().enumerate() {
+        std::fs::write(inputs.join(format!("{i:02}.txt")), format!("{lo} {hi}\n")).unwrap();
+    }
+    let module = root().join("examples/wasm/primes.wasm");
+    let module = module.to_str().unwrap();
+
+    // Without --wait: only the id, as JSON.
+    let out = spare(&peer, &["submit", module, "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "1", "--json"]);
+    let v = json(&out);
+    let job = v["job_id"].as_str().expect("job_id").to_string();
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+
+    // With --wait: the final status.
+    let out = spare(&peer, &["submit", module, "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "1", "--wait", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["tasks"]["verified"], 12);
+
+    // The first job completes too; status shows every task and who verified it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let v = json(&spare(&peer, &["status", &job, "--tasks", "--json"]));
+        if v["state"] == "completed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "job did not complete: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for key in ["total", "pending", "running", "verified", "inconclusive", "failed"] {
+        assert!(status["tasks"][key].is_u64(), "tasks.{key} missing: {status}");
+    }
+    let list = status["task_list"].as_array().expect("task_list");
+    assert_eq!(list.len(), 12);
+    for t in list {
+        assert_eq!(t["state"], "verified");
+        assert_eq!(t["verified_by"].as_array().map(Vec::len), Some(1));
+        assert_eq!(t["output_hash"].as_str().map(str::len), Some(64));
+        assert_eq!(t["error"], "");
+    }
+
+    // Results: one file per task, named by index, holding the verified output.
+    let out_dir = tmp.path().join("out");
+    let out = spare(&peer, &["results", &job, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, (lo, hi)) in ranges.iter().enumerate() {
+        let got = std::fs::read_to_string(out_dir.join(i.to_string())).unwrap();
+        assert_eq!(got, format!("{}\n", spare_example_primes::count_primes(*lo, *hi)), "task {i}");
+    }
+
+    // --stdin-lines: one task per line; a failing task makes `results` say which.
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, "0 1000\nnot numbers\n1000 2000\n").unwrap();
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines.to_str().unwrap(), "--quorum", "1", "--wait", "--json"]);
+    assert!(!out.status.success(), "a job with a failed task exits non-zero");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "failed");
+    assert_eq!((v["tasks"]["verified"].as_u64(), v["tasks"]["failed"].as_u64()), (Some(2), Some(1)));
+    let failed_job = v["job_id"].as_str().unwrap().to_string();
+    let v = json(&spare(&peer, &["status", &failed_job, "--tasks", "--json"]));
+    assert_eq!(v["task_list"][1]["state"], "failed");
+    assert!(v["task_list"][1]["error"].as_str().unwrap().contains("exit 2"), "{v}");
+    let out = spare(&peer, &["results", &failed_job, "--out", tmp.path().join("out2").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tasks without a verified result: 1 (failed"), "{err}");
+
+    // Clear errors for what does not exist.
+    let out = spare(&peer, &["status", &"ab".repeat(32)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spare(&peer, &["submit", "/nonexistent.wasm", "--input", "/etc/hostname"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.wasm"));
+
+    assert!(peer.stop().success(), "SIGTERM stops the peer cleanly");
+}
+
+#[test]
+fn help_is_there_for_every_command() {
+    for cmd in ["peer", "submit", "status", "results", "demo"] {
+        let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: spare"), "{cmd}");
+    }
+}

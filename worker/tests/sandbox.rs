@@ -279,15 +279,14 @@ fn unreachable_traps_with_a_message() {
     assert_eq!(outcome(&r), Outcome::Trapped);
     assert!(message(&r).contains("unreachable"), "{}", message(&r));
 
-    let id = prepare(
-        &sb,
-        r#"(module (func (export "_start") (drop (i32.div_u (i32.const 1) (i32.const 0)))))"#,
-    );
+    let id =
+        prepare(&sb, r#"(module (func (export "_start") (drop (i32.div_u (i32.const 1) (i32.const 0)))))"#);
     let r = run(&sb, &request(id));
     assert_eq!(outcome(&r), Outcome::Trapped);
     assert!(message(&r).contains("divide by zero"), "{}", message(&r));
 
-    let id = prepare(&sb, r#"(module (memory 1) (func (export "_start") (drop (i32.load (i32.const 70000)))))"#);
+    let id =
+        prepare(&sb, r#"(module (memory 1) (func (export "_start") (drop (i32.load (i32.const 70000)))))"#);
     let r = run(&sb, &request(id));
     assert_eq!(outcome(&r), Outcome::Trapped);
     assert!(message(&r).contains("out of bounds"), "{}", message(&r));
@@ -382,6 +381,47 @@ fn clocks_are_virtual() {
 }
 
 #[test]
+fn odd_wasi_calls_are_deterministic_errors_not_host_failures() {
+    let sb = sandbox();
+    // poll_oneoff with no subscriptions (EINVAL = 28), with too many (28), out of bounds
+    // (EFAULT = 21), and on stdin + a clock (stdin is ready: one event, time does not move);
+    // the four errnos / counts go to stdout.
+    let id = prepare(
+        &sb,
+        &module(
+            r#"(func (export "_start")
+              (i32.store (i32.const 1024) (call $poll_oneoff (i32.const 2048) (i32.const 3072) (i32.const 0) (i32.const 1100)))
+              (i32.store (i32.const 1028) (call $poll_oneoff (i32.const 2048) (i32.const 3072) (i32.const 100000) (i32.const 1100)))
+              (i32.store (i32.const 1032) (call $poll_oneoff (i32.const 131000) (i32.const 3072) (i32.const 2) (i32.const 1100)))
+              ;; fd_read on fd 0 (tag 1), and a 1 s monotonic clock
+              (i32.store8 (i32.const 2056) (i32.const 1))
+              (i32.store (i32.const 2064) (i32.const 0))
+              (i32.store8 (i32.const 2104) (i32.const 0))
+              (i32.store (i32.const 2112) (i32.const 1))
+              (i64.store (i32.const 2120) (i64.const 1000000000))
+              (drop (call $poll_oneoff (i32.const 2048) (i32.const 3072) (i32.const 2) (i32.const 1100)))
+              (i32.store (i32.const 1036) (i32.load (i32.const 1100)))
+              (call $write (i32.const 1) (i32.const 1024) (i32.const 16)))"#,
+        ),
+    );
+    let r = run(&sb, &RunRequest { input: b"x".to_vec(), ..request(id) });
+    assert_eq!(outcome(&r), Outcome::Exited(0), "{r:?}");
+    let words: Vec<u32> = r.stdout.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(words, [28, 28, 21, 1]);
+
+    // random_get above the per-call cap, and proc_exit outside WASI's range: traps.
+    let id = prepare(
+        &sb,
+        &module(r#"(func (export "_start") (drop (call $random_get (i32.const 0) (i32.const 33554432))))"#),
+    );
+    let r = run(&sb, &request(id));
+    assert_eq!(outcome(&r), Outcome::Trapped);
+    assert!(message(&r).contains("exceeds limit"), "{}", message(&r));
+    let id = prepare(&sb, &module(r#"(func (export "_start") (call $proc_exit (i32.const 200)))"#));
+    assert_eq!(outcome(&run(&sb, &request(id))), Outcome::Trapped);
+}
+
+#[test]
 fn args_and_env_are_exactly_as_given() {
     let sb = sandbox();
     let id = prepare(
@@ -413,10 +453,14 @@ fn args_and_env_are_exactly_as_given() {
 #[test]
 fn validation_refusals_are_typed() {
     let sb = Sandbox::new(SandboxConfig { slots: 1, max_module_bytes: 4096, ..Default::default() }).unwrap();
-    let forbidden = |module: &str, name: &str| ModuleError::ForbiddenImport { module: module.into(), name: name.into() };
+    let forbidden =
+        |module: &str, name: &str| ModuleError::ForbiddenImport { module: module.into(), name: name.into() };
     let check = |wat: &str| sb.validate(&wasm(wat));
 
-    assert_eq!(check(r#"(module (import "env" "foo" (func)) (func (export "_start")))"#), Err(forbidden("env", "foo")));
+    assert_eq!(
+        check(r#"(module (import "env" "foo" (func)) (func (export "_start")))"#),
+        Err(forbidden("env", "foo"))
+    );
     for name in ["sock_open", "sock_recv", "made_up"] {
         let wat = format!(
             r#"(module (import "wasi_snapshot_preview1" "{name}" (func (param i32) (result i32))) (func (export "_start")))"#
@@ -432,7 +476,9 @@ fn validation_refusals_are_typed() {
         Err(forbidden("wasi_snapshot_preview1", "g"))
     );
     assert!(matches!(
-        check(r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i64))) (func (export "_start")))"#),
+        check(
+            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i64))) (func (export "_start")))"#
+        ),
         Err(ModuleError::ImportSignature { .. })
     ));
 
@@ -440,15 +486,33 @@ fn validation_refusals_are_typed() {
     assert!(matches!(sb.validate(b""), Err(ModuleError::NotWasm(_))));
     assert!(matches!(sb.validate(b"\0asm\x01\0\0\0\x01"), Err(ModuleError::NotWasm(_))));
     assert_eq!(check("(module)"), Err(ModuleError::NoStart));
-    assert!(matches!(check(r#"(module (func (export "_start") (param i32)))"#), Err(ModuleError::BadStart(_))));
-    assert!(matches!(check(r#"(module (global (export "_start") i32 (i32.const 0)))"#), Err(ModuleError::BadStart(_))));
+    assert!(matches!(
+        check(r#"(module (func (export "_start") (param i32)))"#),
+        Err(ModuleError::BadStart(_))
+    ));
+    assert!(matches!(
+        check(r#"(module (global (export "_start") i32 (i32.const 0)))"#),
+        Err(ModuleError::BadStart(_))
+    ));
     // Threads and multi-memory are off.
-    assert!(matches!(check(r#"(module (memory 1 1 shared) (func (export "_start")))"#), Err(ModuleError::NotWasm(_))));
-    assert!(matches!(check(r#"(module (memory 1) (memory 1) (func (export "_start")))"#), Err(ModuleError::NotWasm(_))));
+    assert!(matches!(
+        check(r#"(module (memory 1 1 shared) (func (export "_start")))"#),
+        Err(ModuleError::NotWasm(_))
+    ));
+    assert!(matches!(
+        check(r#"(module (memory 1) (memory 1) (func (export "_start")))"#),
+        Err(ModuleError::NotWasm(_))
+    ));
     // Tables beyond the sandbox's.
-    assert!(matches!(check(r#"(module (table 2000000 funcref) (func (export "_start")))"#), Err(ModuleError::Unsupported(_))));
+    assert!(matches!(
+        check(r#"(module (table 2000000 funcref) (func (export "_start")))"#),
+        Err(ModuleError::Unsupported(_))
+    ));
     // Size cap.
-    let big = format!(r#"(module (func (export "_start")) (data (memory 0) (i32.const 0) "{}") (memory 1))"#, "x".repeat(5000));
+    let big = format!(
+        r#"(module (memory 1) (data (i32.const 0) "{}") (func (export "_start")))"#,
+        "x".repeat(5000)
+    );
     assert!(matches!(check(&big), Err(ModuleError::TooLarge { max: 4096, .. })));
 
     // What the real WASI guests import is allowed.
@@ -466,7 +530,8 @@ fn validation_refusals_are_typed() {
 
 #[test]
 fn host_errors_are_errors() {
-    let sb = Sandbox::new(SandboxConfig { slots: 1, max_memory_bytes: 64 << 20, ..Default::default() }).unwrap();
+    let sb =
+        Sandbox::new(SandboxConfig { slots: 1, max_memory_bytes: 64 << 20, ..Default::default() }).unwrap();
     let missing = BlobId::of(b"never prepared");
     assert_eq!(sb.run_blocking(&request(missing)), Err(SandboxError::NotPrepared(missing)));
     let id = prepare(&sb, RETURN);
@@ -483,7 +548,8 @@ fn sandbox_survives_the_hostile_suite() {
     let sb = sandbox();
     let hostile = [
         LOOP.to_string(),
-        r#"(module (memory 1) (func (export "_start") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#.into(),
+        r#"(module (memory 1) (func (export "_start") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#
+            .into(),
         r#"(module (memory 1000) (func (export "_start")))"#.into(),
         r#"(module (func $f (export "_start") (call $f)))"#.into(),
         flood(1, 1_000_000),
@@ -523,8 +589,8 @@ fn compute_module() -> String {
           (f32.store (i32.const 1032) (f32.div (f32.const 0) (f32.const 0)))
           (f64.store (i32.const 1036) (f64.sqrt (f64.const -1)))
           (drop (call $random_get (i32.const 1044) (i32.const 16)))
-          (drop (call $clock_time_get (i32.const 1) (i64.const 0) (i32.const 1060)))
-          (call $write (i32.const 1) (i32.const 1024) (i32.const 44)))"#,
+          (drop (call $clock_time_get (i32.const 1) (i64.const 0) (i32.const 1064)))
+          (call $write (i32.const 1) (i32.const 1024) (i32.const 48)))"#,
     )
 }
 
@@ -539,7 +605,7 @@ fn runs_are_identical_across_runs_and_sandboxes() {
     let r1 = run(&a, &request(ia));
     let r2 = run(&a, &request(ia));
     let r3 = run(&b, &request(ib));
-    assert_eq!(outcome(&r1), Outcome::Exited(0));
+    assert_eq!(outcome(&r1), Outcome::Exited(0), "{r1:?}");
     for r in [&r2, &r3] {
         assert_eq!(r.stdout, r1.stdout);
         assert_eq!(r.fuel_used, r1.fuel_used);
@@ -601,7 +667,8 @@ fn a_full_queue_is_refused() {
 #[test]
 fn compiled_modules_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || SandboxConfig { slots: 1, cache_dir: Some(dir.path().join("modules")), ..Default::default() };
+    let config =
+        || SandboxConfig { slots: 1, cache_dir: Some(dir.path().join("modules")), ..Default::default() };
     let bytes = wasm(&echo());
     let id = BlobId::of(&bytes);
 
@@ -638,7 +705,8 @@ fn compiled_modules_are_cached_on_disk() {
 // The example guests (examples/wasm), when built.
 
 fn guest(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm").join(format!("{name}.wasm"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm").join(format!("{name}.wasm"));
     match std::fs::read(&path) {
         Ok(b) => Some(b),
         Err(_) => {

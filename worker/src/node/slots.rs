@@ -14,7 +14,7 @@ use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
 
 /// Replicas leased per slot, so a slot finishing one has the next at hand.
-const LEASES_PER_SLOT: usize = 2;
+const LEASES_PER_SLOT: usize = 4;
 /// Pause after a replica had to be abandoned, so a failing peer does not spin.
 const BACKOFF: Duration = Duration::from_millis(250);
 
@@ -131,7 +131,9 @@ impl Node {
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone() });
             (self.store().write(ops), changes)
         };
-        self.publish(write.0, write.1).await;
+        // The write is queued in order already; the slot need not wait for the disk.
+        let node = self.clone();
+        tokio::spawn(async move { node.publish(write.0, write.1).await });
     }
 
     async fn release(&self, lease: Lease, why: Release) {

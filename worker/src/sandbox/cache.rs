@@ -154,7 +154,8 @@ impl DiskCache {
         let sum = *blake3::hash(&body).as_bytes();
         body.extend_from_slice(&sum);
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".{}-{}.{}.{n}.tmp", id.to_hex(), self.engine_hash, std::process::id()));
+        let tmp =
+            self.dir.join(format!(".{}-{}.{}.{n}.tmp", id.to_hex(), self.engine_hash, std::process::id()));
         let result = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, self.path(id)));
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);

@@ -2,13 +2,14 @@
 //! to the peer's slots), the engine compatibility hash that names cached compiled modules, and
 //! the epoch ticker thread behind wall deadlines.
 //!
-//! Address space: the pool reserves, per engine, `slots + 2` linear-memory slots of
-//! `memory_reservation` (4 GiB, or `max_memory_bytes` if larger) plus a 32 MiB guard each, and
-//! `(slots + 2) * MAX_TABLES_PER_MODULE` tables of `TABLE_ELEMENTS` pointers (8 MiB each). All of
-//! it is `PROT_NONE`/untouched until used, so it costs address space, not memory: about 24.2 GiB
-//! for 4 slots, 16.1 GiB for 2 (wasmtime's defaults reserve about 4 TiB). The 4 GiB reservation
-//! is kept because it lets Cranelift drop bounds checks on 32-bit memories, which is most of
-//! the speed of sandboxed code.
+//! Address space: with `n = slots + 2`, the pool reserves per engine `n` linear-memory slots of
+//! `memory_reservation` (4 GiB, or `max_memory_bytes` if larger) plus a 32 MiB guard each,
+//! `n * MAX_TABLES_PER_MODULE` tables of `TABLE_ELEMENTS` pointers (8 MiB each) and `n` fiber
+//! stacks of 2 MiB (never used). All of it is inaccessible or untouched until used, so it costs
+//! address space, not memory: about 12.2 GiB for 1 slot, 16.2 GiB for 2, 24.3 GiB for 4
+//! ([`reserved_address_space`]; wasmtime's defaults would reserve about 4 TiB). The 4 GiB
+//! reservation is kept because it lets Cranelift drop bounds checks on 32-bit memories, which
+//! is much of the speed of sandboxed code.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ const CORE_INSTANCE_SIZE: usize = 16 << 20;
 const MEMORY_RESERVATION: u64 = 4 << 30;
 /// Guard after each linear memory (wasmtime's default on 64-bit hosts).
 const MEMORY_GUARD: u64 = 32 << 20;
+/// wasmtime's default fiber stack size (see `total_stacks` below).
+const ASYNC_STACK: u64 = 2 << 20;
 /// Bumped whenever the sandbox changes what a compiled module means (its config, its ABI),
 /// so that cached compiled modules of an older sandbox are never loaded.
 const SANDBOX_ABI_VERSION: &str = "spare.v1 sandbox abi 1";
@@ -62,8 +65,12 @@ pub fn reserved_address_space(config: &SandboxConfig) -> u64 {
     let n = u64::from(pool_instances(config.slots.max(1)));
     let memories = n * (memory_reservation(config) + MEMORY_GUARD) + MEMORY_GUARD;
     let tables = n * u64::from(MAX_TABLES_PER_MODULE) * (TABLE_ELEMENTS as u64) * 8;
-    memories + tables
+    let stacks = n * (ASYNC_STACK + 4096);
+    memories + tables + stacks
 }
+
+/// Bytes of each pooled memory kept resident between tasks (reset by memset, not madvise).
+const KEEP_RESIDENT: usize = 4 << 20;
 
 /// The sandbox's engine configuration. `metered` turns fuel and epoch interruption on (the
 /// sandbox always does); benchmarks build an unmetered twin to measure what metering costs.
@@ -77,6 +84,10 @@ pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
         .total_memories(n)
         .total_tables(n.saturating_mul(MAX_TABLES_PER_MODULE))
         .total_gc_heaps(n)
+        // Fiber stacks exist because wasmtime-wasi turns wasmtime's `async` feature on; the
+        // sandbox never runs async. The default (1000 stacks of 2 MiB, each with a guard page)
+        // would reserve 2 GiB and split the mapping into ~2000 areas per engine.
+        .total_stacks(n)
         .max_memories_per_module(1)
         .max_tables_per_module(MAX_TABLES_PER_MODULE)
         .table_elements(TABLE_ELEMENTS)
@@ -85,7 +96,14 @@ pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
         // limiter's job, so whether a module can be instantiated never depends on this peer's
         // `max_memory_bytes`.
         .max_memory_size(usize::try_from(reservation).unwrap_or(usize::MAX))
-        .max_unused_warm_slots(n);
+        .max_unused_warm_slots(n)
+        // Reset a slot's memory with memset rather than madvise when little was touched: a
+        // madvise in a multi-threaded process costs TLB shootdowns on every core, and the next
+        // task page-faults its memory back in. Only touched pages are reset where the kernel
+        // can say which (PAGEMAP_SCAN, Linux 6.7+).
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
 
     let mut c = Config::new();
     c.cache(None)
@@ -95,6 +113,7 @@ pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
         .relaxed_simd_deterministic(true)
         .shared_memory(false)
         .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(ASYNC_STACK as usize)
         .wasm_backtrace_details(WasmBacktraceDetails::Disable)
         .memory_reservation(reservation)
         .memory_guard_size(MEMORY_GUARD)

@@ -47,28 +47,44 @@ impl Limiter {
     }
 }
 
+/// Whether a growth to `desired` may proceed, and whether refusing it counts as hitting our
+/// limit. `maximum` is what wasmtime passes: the module's declared maximum, already clamped
+/// by the pool for tables. A growth refused only because of the module's own (smaller)
+/// maximum is not our limit: the guest sees the same -1 either way.
+fn decide(desired: usize, maximum: Option<usize>, limit: u64) -> (bool, bool) {
+    let within_max = maximum.is_none_or(|m| desired <= m);
+    if desired as u64 <= limit {
+        return (within_max, false);
+    }
+    let module_refuses_first = maximum.is_some_and(|m| (m as u64) < limit && desired > m);
+    (false, !module_refuses_first)
+}
+
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|m| desired > m) {
-            // The module's own declared maximum refuses this; not our limit.
-            return Ok(false);
-        }
-        if desired as u64 > self.memory_bytes {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let (allow, hit) = decide(desired, maximum, self.memory_bytes);
+        if hit {
             let _ = self.hit.set(LimitKind::Memory);
-            return Ok(false);
         }
-        Ok(true)
+        Ok(allow)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|m| desired > m) {
-            return Ok(false);
-        }
-        if desired > TABLE_ELEMENTS {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let (allow, hit) = decide(desired, maximum, TABLE_ELEMENTS as u64);
+        if hit {
             let _ = self.hit.set(LimitKind::Table);
-            return Ok(false);
         }
-        Ok(true)
+        Ok(allow)
     }
 
     fn instances(&self) -> usize {
@@ -219,6 +235,17 @@ mod tests {
         assert!(p.write(Bytes::from_static(b"f")).is_err());
         assert_eq!(hit.get(), Some(&LimitKind::Output));
         assert_eq!(p.take(), b"abcde");
+    }
+
+    #[test]
+    fn limiter_blames_only_its_own_limit() {
+        assert_eq!(decide(10, None, 100), (true, false));
+        assert_eq!(decide(10, Some(5), 100), (false, false));
+        assert_eq!(decide(200, None, 100), (false, true));
+        // The module's maximum (50) refuses first.
+        assert_eq!(decide(200, Some(50), 100), (false, false));
+        // A maximum at or above our limit (e.g. clamped by the pool): ours.
+        assert_eq!(decide(200, Some(100), 100), (false, true));
     }
 
     #[test]

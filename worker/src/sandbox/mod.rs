@@ -196,7 +196,9 @@ impl Sandbox {
         let cache = ModuleCache::new(config.cached_modules, disk);
         let pool = Pool::start(config.slots, config.queue)?;
         let ticker = EpochTicker::start(engine.clone())?;
-        Ok(Sandbox { inner: Arc::new(Inner { engine, linker, allowed, cache, config, pool, _ticker: ticker }) })
+        Ok(Sandbox {
+            inner: Arc::new(Inner { engine, linker, allowed, cache, config, pool, _ticker: ticker }),
+        })
     }
 
     /// Validates and compiles, once per module per peer: the memory cache, then the disk cache
@@ -222,7 +224,8 @@ impl Sandbox {
                     if let Some(Loaded::Bad(why)) = other {
                         tracing::warn!(module = %id.short(), %why, "unusable cached module; recompiling");
                     }
-                    let m = Module::new(&inner.engine, wasm).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+                    let m = Module::new(&inner.engine, wasm)
+                        .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
                     if let Some(disk) = &inner.cache.disk
                         && let Err(why) = disk.store(&id, &m)
                     {
@@ -231,7 +234,8 @@ impl Sandbox {
                     (m, Prepared::Compiled)
                 }
             };
-            let pre = inner.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+            let pre =
+                inner.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
             inner.cache.insert(id, pre);
             Ok(how)
         })

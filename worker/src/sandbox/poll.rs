@@ -142,7 +142,13 @@ fn fire(subs: Vec<Sub>, time: &VirtualTime) -> Vec<Event> {
     clocks
         .into_iter()
         .filter(|c| c.1 == earliest)
-        .map(|(userdata, _)| Event { userdata, error: ERRNO_SUCCESS, kind: EVENTTYPE_CLOCK, nbytes: 0, flags: 0 })
+        .map(|(userdata, _)| Event {
+            userdata,
+            error: ERRNO_SUCCESS,
+            kind: EVENTTYPE_CLOCK,
+            nbytes: 0,
+            flags: 0,
+        })
         .collect()
 }
 
@@ -186,7 +192,8 @@ fn poll_oneoff(
 
     // Check the output areas before firing (firing may advance time).
     let data = memory.data_mut(&mut caller);
-    let (Some(ev_range), Some(count_range)) = (range(events_ptr, subs.len() * EVENT_SIZE), range(nevents_ptr, 4))
+    let (Some(ev_range), Some(count_range)) =
+        (range(events_ptr, subs.len() * EVENT_SIZE), range(nevents_ptr, 4))
     else {
         return Ok(ERRNO_FAULT);
     };

@@ -54,8 +54,7 @@ pub(crate) fn deadline_ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(tick).saturating_add(1)
 }
 
-/// Runs `req` on the calling thread. `max_memory_bytes` and `stderr_bytes` come from the
-/// sandbox's config.
+/// Runs `req` on the calling thread; `stderr_bytes` is the sandbox's stderr cap.
 pub(crate) fn run_one(
     engine: &wasmtime::Engine,
     compiled: &Compiled,
@@ -64,7 +63,8 @@ pub(crate) fn run_one(
 ) -> Result<RunReport, SandboxError> {
     let started = Instant::now();
     let hit = LimitHit::default();
-    let stdout = CappedPipe::failing(usize::try_from(req.limits.output_bytes).unwrap_or(usize::MAX), hit.clone());
+    let stdout =
+        CappedPipe::failing(usize::try_from(req.limits.output_bytes).unwrap_or(usize::MAX), hit.clone());
     let stderr = CappedPipe::truncating(stderr_bytes);
     let stdin = MemoryInputPipe::new(req.input.clone());
     let time = Arc::new(VirtualTime::default());
@@ -105,7 +105,13 @@ pub(crate) fn run_one(
     drop(store);
 
     let outcome = classify(ended, hit.get().copied())?;
-    Ok(RunReport { outcome, stdout: stdout.take(), stderr: stderr.take(), fuel_used, elapsed: started.elapsed() })
+    Ok(RunReport {
+        outcome,
+        stdout: stdout.take(),
+        stderr: stderr.take(),
+        fuel_used,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// How a run stopped, before classification.

@@ -40,7 +40,8 @@ pub(crate) struct Sig {
 
 impl fmt::Display for Sig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[Val]| v.iter().map(|x| format!("{x:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
+        let list =
+            |v: &[Val]| v.iter().map(|x| format!("{x:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
         write!(f, "func({}) -> ({})", list(&self.params), list(&self.results))
     }
 }
@@ -67,7 +68,10 @@ impl Sig {
             wasmparser::ValType::V128 => Val::V128,
             wasmparser::ValType::Ref(_) => Val::Ref,
         };
-        Sig { params: ty.params().iter().map(conv).collect(), results: ty.results().iter().map(conv).collect() }
+        Sig {
+            params: ty.params().iter().map(conv).collect(),
+            results: ty.results().iter().map(conv).collect(),
+        }
     }
 
     fn is_unit(&self) -> bool {
@@ -80,7 +84,10 @@ pub(crate) struct AllowedImports(HashMap<String, Sig>);
 
 impl AllowedImports {
     /// Reads the linker's definitions (through a throwaway store).
-    pub(crate) fn from_linker(engine: &Engine, linker: &Linker<StoreData>) -> Result<AllowedImports, SandboxError> {
+    pub(crate) fn from_linker(
+        engine: &Engine,
+        linker: &Linker<StoreData>,
+    ) -> Result<AllowedImports, SandboxError> {
         let mut store = Store::new(engine, StoreData::placeholder());
         let defs: Vec<(String, String, Extern)> =
             linker.iter(&mut store).map(|(m, n, e)| (m.to_string(), n.to_string(), e)).collect();
@@ -186,7 +193,12 @@ impl Shape<'_> {
 }
 
 /// Checks a module against the ABI. Never compiles it.
-pub(crate) fn validate(engine: &Engine, allowed: &AllowedImports, wasm: &[u8], max: usize) -> Result<(), ModuleError> {
+pub(crate) fn validate(
+    engine: &Engine,
+    allowed: &AllowedImports,
+    wasm: &[u8],
+    max: usize,
+) -> Result<(), ModuleError> {
     if wasm.len() > max {
         return Err(ModuleError::TooLarge { size: wasm.len(), max });
     }

@@ -9,7 +9,7 @@ mod peer;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use blob::BlobApi;
 pub use job::{JobApi, status};
@@ -49,7 +49,8 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .add_service(jobs)
         .add_service(blobs)
         .add_service(peers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // No Nagle: streams of small events would otherwise stall on delayed ACKs.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await

@@ -3,7 +3,8 @@
 //! - the fixed cost of one task: `prepare` (cached) + instantiate + run, for a WAT module that
 //!   just returns and for the `empty` example guest;
 //! - what fuel and epoch interruption cost on a tight `f64` loop: the sandbox's engine against
-//!   the same engine configuration without them (and each alone), with a native baseline.
+//!   the same engine configuration without them (and each alone), with a native baseline;
+//! - each example guest's kernel natively, as plain wasm, and through the sandbox.
 //!
 //! Figures are medians over repeated runs. Add a case by pushing a [`Case`] in `main`.
 
@@ -178,10 +179,11 @@ fn unmetered_guest_case(name: &str, wasm: &[u8], input: Vec<u8>, samples: usize)
     }
 }
 
-fn example(name: &str) -> Option<Vec<u8>> {
+/// A committed example guest (`examples/wasm/<name>.wasm`).
+fn example(name: &str) -> Vec<u8> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm").join(format!("{name}.wasm"));
-    std::fs::read(path).ok()
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
 }
 
 /// Virtual size of this process (Linux), in bytes.
@@ -213,10 +215,7 @@ fn main() {
         wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat"),
         3000,
     )];
-    match example("empty") {
-        Some(wasm) => cases.push(task_case(&sb, "task: empty guest (prepare+instantiate+run)", wasm, 3000)),
-        None => eprintln!("examples/wasm/empty.wasm not built: skipping the empty guest"),
-    }
+    cases.push(task_case(&sb, "task: empty guest (prepare+instantiate+run)", example("empty"), 3000));
     cases.push(Case {
         name: "f64 loop: native".into(),
         samples: 7,
@@ -239,17 +238,33 @@ fn main() {
         cases.push(c);
     }
 
-    // The example guests, unmetered and through the sandbox.
-    for (guest, input) in [
-        ("primes", &b"0 20000000\n"[..]),
-        ("mandelbrot", &b"-2 1.5 1 -1.5 800 600 1000"[..]),
-        ("sha256", &b"1000000\nspare\n"[..]),
-    ] {
-        let Some(wasm) = example(guest) else { continue };
-        let plain = format!("{guest}: wasm, no fuel/epoch");
-        cases.push(unmetered_guest_case(&plain, &wasm, input.to_vec(), 5));
+    // The example guests: the same Rust kernel natively, as plain wasm, and through the sandbox
+    // (fuel, epochs, limiter, WASI), both wasm figures compared with native.
+    type Kernel = fn(&[u8]) -> Result<Vec<u8>, String>;
+    let guests: [(&str, &[u8], Kernel); 3] = [
+        ("primes", b"0 20000000\n", spare_example_primes::task),
+        ("mandelbrot", b"-2 1.5 1 -1.5 800 600 1000", spare_example_mandelbrot::task),
+        ("sha256", b"1000000\nspare\n", spare_example_sha256::task),
+    ];
+    for (guest, input, kernel) in guests {
+        let wasm = example(guest);
+        let native = format!("{guest}: native");
+        let owned = input.to_vec();
+        cases.push(Case {
+            name: native.clone(),
+            samples: 5,
+            sample: Box::new(move || {
+                let t = Instant::now();
+                black_box(kernel(black_box(&owned)).expect("kernel accepts its input"));
+                t.elapsed()
+            }),
+            baseline: None,
+        });
+        let mut plain = unmetered_guest_case(&format!("{guest}: wasm, no fuel/epoch"), &wasm, input.to_vec(), 5);
+        plain.baseline = Some(native.clone());
+        cases.push(plain);
         let mut c = sandboxed_case(&sb, &format!("{guest}: sandbox"), wasm, input.to_vec(), 5);
-        c.baseline = Some(plain);
+        c.baseline = Some(native);
         cases.push(c);
     }
 

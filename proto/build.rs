@@ -8,6 +8,7 @@ const FILES: &[&str] = &[
     "spare/v1/job.proto",
     "spare/v1/blob.proto",
     "spare/v1/peer.proto",
+    "spare/v1/mesh.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,477 @@
+//! Membership: who is in the mesh and whether they answer, by SWIM (the `foca` crate, itself a
+//! sans-IO state machine), plus the signed records ([`Advert`]s and [`JobAd`]s) that ride along
+//! with its messages. The driver feeds in received bytes and the time; it drains bytes to send
+//! (to a member's address) and [`MeshEvent`]s. No sockets, no clock, no threads.
+//!
+//! Wire framing of what [`Membership::poll_send`] yields: one tag byte, then a foca packet (`0`),
+//! a postcard list of encoded records sent directly to a newcomer (`1`), or a hello (`2`): the
+//! postcard [`Member`] of a peer joining through an address whose peer it does not know yet; the
+//! receiver answers with a SWIM announce to it, and SWIM takes over.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::{BroadcastHandler, Config, Foca, Identity, Invalidates, Notification, PostcardCodec, Runtime, State, Timer};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
+use crate::{Millis, PeerId};
+
+const TAG_FOCA: u8 = 0;
+const TAG_RECORDS: u8 = 1;
+const TAG_HELLO: u8 = 2;
+/// Most records one direct sync message carries.
+const MAX_SYNC_RECORDS: usize = 256;
+
+/// A member as SWIM knows it: the peer, where to reach it, and the epoch of its current run (a
+/// restart or a rejoin after being declared dead takes a larger epoch, which wins).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its gRPC address (host:port).
+    pub addr: String,
+    /// Larger for a later run of the same peer.
+    pub epoch: u64,
+}
+
+impl Identity for Member {
+    type Addr = PeerId;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Member { epoch: self.epoch + 1, ..self.clone() })
+    }
+
+    fn addr(&self) -> PeerId {
+        self.peer
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.epoch > adversary.epoch
+    }
+}
+
+/// How a member looks from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Answering.
+    Alive,
+    /// Someone could not reach it; it has a while to refute.
+    Suspect,
+    /// Declared dead.
+    Dead,
+}
+
+/// What membership tells the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// A member became active.
+    PeerUp(Member),
+    /// A member was declared dead.
+    PeerDown(Member),
+    /// A new or newer record arrived (already verified).
+    Record(Record),
+    /// A record with a bad or missing signature, or that did not decode, was dropped.
+    Invalid {
+        /// The member that sent it, when known.
+        sender: Option<PeerId>,
+    },
+    /// This peer is known by at least one active member.
+    Joined,
+    /// Every known member left or died.
+    Idle,
+}
+
+/// Timings and sizes of membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// How often a random member is probed.
+    pub probe_period_ms: u64,
+    /// How long a probe waits before asking others to probe indirectly.
+    pub probe_rtt_ms: u64,
+    /// How long a suspect has to refute before it is declared dead.
+    pub suspect_to_down_ms: u64,
+    /// How often updates are gossiped to a few members.
+    pub gossip_period_ms: u64,
+    /// How often this peer re-announces itself to a random member (heals partitions).
+    pub announce_period_ms: u64,
+    /// How long a dead member is remembered (it cannot rejoin with the same epoch meanwhile).
+    pub remove_down_after_ms: u64,
+    /// Largest message, in bytes.
+    pub max_packet_bytes: usize,
+    /// Expected mesh size; sets how many times an update is retransmitted.
+    pub cluster_size: u32,
+}
+
+impl MembershipConfig {
+    /// Settings for peers on one network (loopback, LAN): failures noticed in a few seconds.
+    pub fn lan(cluster_size: u32) -> MembershipConfig {
+        MembershipConfig {
+            probe_period_ms: 1_000,
+            probe_rtt_ms: 500,
+            suspect_to_down_ms: 4_000,
+            gossip_period_ms: 500,
+            announce_period_ms: 10_000,
+            remove_down_after_ms: 60_000,
+            max_packet_bytes: 16 << 10,
+            cluster_size: cluster_size.max(2),
+        }
+    }
+
+    fn foca(&self) -> Config {
+        let mut c = Config::new_lan(NonZeroU32::new(self.cluster_size.max(2)).unwrap_or(NonZeroU32::MIN));
+        c.probe_period = Duration::from_millis(self.probe_period_ms);
+        c.probe_rtt = Duration::from_millis(self.probe_rtt_ms);
+        c.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
+        c.remove_down_after = Some(Duration::from_millis(self.remove_down_after_ms));
+        c.max_packet_size = NonZeroUsize::new(self.max_packet_bytes).unwrap_or(NonZeroUsize::MIN);
+        c.max_transmissions = NonZeroU8::new(c.max_transmissions.get().max(4)).unwrap_or(NonZeroU8::MIN);
+        if let Some(g) = c.periodic_gossip.as_mut() {
+            g.frequency = Duration::from_millis(self.gossip_period_ms);
+            g.num_members = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
+        }
+        if let Some(a) = c.periodic_announce.as_mut() {
+            a.frequency = Duration::from_millis(self.announce_period_ms);
+        }
+        c
+    }
+}
+
+/// Why received bytes were not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Empty, or an unknown tag.
+    #[error("malformed membership message")]
+    Malformed,
+    /// foca refused the packet.
+    #[error("membership packet refused: {0}")]
+    Refused(String),
+}
+
+/// Records known, shared between [`Membership`] and foca's broadcast handler (which foca owns).
+struct RecordState {
+    records: HashMap<RecordKey, Record>,
+    verifier: Verifier,
+    events: VecDeque<MeshEvent>,
+    /// Set while this peer hands foca a record it has already taken, to be disseminated.
+    relaying: bool,
+}
+
+impl RecordState {
+    /// Takes a record if it verifies and is newer than what is known. Returns whether it was.
+    fn accept(&mut self, bytes: &[u8], sender: Option<PeerId>) -> Option<(RecordKey, u64)> {
+        let Some(record) = Record::decode(bytes).filter(|r| r.verify(&self.verifier)) else {
+            self.events.push_back(MeshEvent::Invalid { sender });
+            return None;
+        };
+        let key = record.key();
+        if self.records.get(&key).is_some_and(|known| known.seq() >= record.seq()) {
+            return None;
+        }
+        let seq = record.seq();
+        self.records.insert(key, record.clone());
+        self.events.push_back(MeshEvent::Record(record));
+        Some((key, seq))
+    }
+}
+
+/// foca's view of a record in its dissemination backlog.
+struct Versioned(RecordKey, u64);
+
+impl Invalidates for Versioned {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.0 == other.0 && self.1 >= other.1
+    }
+}
+
+struct Handler(Arc<Mutex<RecordState>>);
+
+impl BroadcastHandler<Member> for Handler {
+    type Key = Versioned;
+    type Error = std::convert::Infallible;
+
+    fn receive_item(&mut self, data: &[u8], sender: Option<&Member>) -> Result<Option<Versioned>, Self::Error> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.relaying {
+            return Ok(Record::decode(data).map(|r| Versioned(r.key(), r.seq())));
+        }
+        Ok(state.accept(data, sender.map(|m| m.peer)).map(|(k, s)| Versioned(k, s)))
+    }
+}
+
+/// What foca asks of the world during one call, collected for the driver.
+struct Collect<'a> {
+    now: Millis,
+    timers: &'a mut BTreeMap<(Millis, u64), Timer<Member>>,
+    timer_seq: &'a mut u64,
+    out: &'a mut VecDeque<(Member, Vec<u8>)>,
+    events: &'a mut VecDeque<MeshEvent>,
+    newcomers: &'a mut Vec<Member>,
+}
+
+impl Runtime<Member> for Collect<'_> {
+    fn notify(&mut self, n: Notification<'_, Member>) {
+        match n {
+            Notification::MemberUp(m) => {
+                self.newcomers.push(m.clone());
+                self.events.push_back(MeshEvent::PeerUp(m.clone()));
+            }
+            Notification::MemberDown(m) => self.events.push_back(MeshEvent::PeerDown(m.clone())),
+            Notification::Rename(_, to) => self.events.push_back(MeshEvent::PeerUp(to.clone())),
+            Notification::Active | Notification::Rejoin(_) => self.events.push_back(MeshEvent::Joined),
+            Notification::Idle => self.events.push_back(MeshEvent::Idle),
+            Notification::Defunct => {}
+        }
+    }
+
+    fn send_to(&mut self, to: Member, data: &[u8]) {
+        let mut framed = Vec::with_capacity(data.len() + 1);
+        framed.push(TAG_FOCA);
+        framed.extend_from_slice(data);
+        self.out.push_back((to, framed));
+    }
+
+    fn submit_after(&mut self, event: Timer<Member>, after: Duration) {
+        *self.timer_seq += 1;
+        let due = self.now.saturating_add(after.as_millis() as Millis);
+        self.timers.insert((due, *self.timer_seq), event);
+    }
+}
+
+/// This peer's membership state.
+pub struct Membership {
+    foca: Foca<Member, PostcardCodec, SmallRng, Handler>,
+    shared: Arc<Mutex<RecordState>>,
+    timers: BTreeMap<(Millis, u64), Timer<Member>>,
+    timer_seq: u64,
+    out: VecDeque<(Member, Vec<u8>)>,
+    events: VecDeque<MeshEvent>,
+    /// Records this peer authored, sent directly to every newcomer.
+    own: HashSet<RecordKey>,
+    max_packet: usize,
+}
+
+impl Membership {
+    /// Membership for `me`, with foca's randomness seeded by `seed`.
+    pub fn new(me: Member, config: MembershipConfig, seed: u64, verifier: Verifier) -> Membership {
+        let shared = Arc::new(Mutex::new(RecordState { records: HashMap::new(), verifier, events: VecDeque::new(), relaying: false }));
+        let foca = Foca::with_custom_broadcast(
+            me,
+            config.foca(),
+            SmallRng::seed_from_u64(seed),
+            PostcardCodec,
+            Handler(shared.clone()),
+        );
+        Membership {
+            foca,
+            shared,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            own: HashSet::new(),
+            max_packet: config.max_packet_bytes,
+        }
+    }
+
+    /// This peer as a member.
+    pub fn me(&self) -> &Member {
+        self.foca.identity()
+    }
+
+    fn with<R>(&mut self, now: Millis, f: impl FnOnce(&mut Foca<Member, PostcardCodec, SmallRng, Handler>, &mut Collect<'_>) -> R) -> R {
+        let mut newcomers = Vec::new();
+        let r = {
+            let mut rt = Collect {
+                now,
+                timers: &mut self.timers,
+                timer_seq: &mut self.timer_seq,
+                out: &mut self.out,
+                events: &mut self.events,
+                newcomers: &mut newcomers,
+            };
+            f(&mut self.foca, &mut rt)
+        };
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        self.events.extend(shared.events.drain(..));
+        drop(shared);
+        for m in newcomers {
+            self.sync_to(m);
+        }
+        r
+    }
+
+    /// Joins the mesh through a peer known only by its address: says hello, and the peer there
+    /// announces itself back (SWIM only accepts an announce addressed to its own identity).
+    pub fn join(&mut self, addr: &str, _now: Millis) {
+        let placeholder = Member { peer: PeerId([0; 32]), addr: addr.to_string(), epoch: 0 };
+        let hello = postcard::to_stdvec(self.foca.identity()).unwrap_or_default();
+        self.out.push_back((placeholder, frame(TAG_HELLO, &hello)));
+    }
+
+    /// Takes bytes another peer sent.
+    pub fn handle_data(&mut self, data: &[u8], now: Millis) -> Result<(), MembershipError> {
+        match data.split_first() {
+            Some((&TAG_FOCA, packet)) => {
+                self.with(now, |foca, rt| foca.handle_data(packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+            }
+            Some((&TAG_HELLO, body)) => {
+                let joiner: Member = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
+                if joiner.peer == self.foca.identity().peer {
+                    return Ok(());
+                }
+                self.with(now, |foca, rt| foca.announce(joiner, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+            }
+            Some((&TAG_RECORDS, body)) => {
+                let list: Vec<Vec<u8>> = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
+                for bytes in list.iter().take(MAX_SYNC_RECORDS) {
+                    self.take_record(bytes, None);
+                }
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                self.events.extend(shared.events.drain(..));
+                Ok(())
+            }
+            _ => Err(MembershipError::Malformed),
+        }
+    }
+
+    /// Verifies a record received outside foca and, if new, relays it by gossip too.
+    fn take_record(&mut self, bytes: &[u8], sender: Option<PeerId>) {
+        let fresh = self.shared.lock().unwrap_or_else(|p| p.into_inner()).accept(bytes, sender).is_some();
+        if fresh {
+            self.relay(bytes);
+        }
+    }
+
+    /// Hands foca a record already taken, for dissemination.
+    fn relay(&mut self, bytes: &[u8]) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).relaying = true;
+        let _ = self.foca.add_broadcast(bytes);
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).relaying = false;
+    }
+
+    /// Fires due timers.
+    pub fn tick(&mut self, now: Millis) {
+        while let Some((&(due, seq), _)) = self.timers.first_key_value() {
+            if due > now {
+                break;
+            }
+            let Some(timer) = self.timers.remove(&(due, seq)) else { break };
+            let _ = self.with(now, |foca, rt| foca.handle_timer(timer, rt));
+        }
+    }
+
+    /// When [`Membership::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.first_key_value().map(|(&(due, _), _)| due)
+    }
+
+    /// Spreads a record this peer signed (a newer version replaces the older one everywhere).
+    pub fn publish(&mut self, record: Record) -> bool {
+        let key = record.key();
+        let bytes = record.encode();
+        if bytes.len() + 64 > self.max_packet {
+            return false;
+        }
+        let fresh = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = shared.accept(&bytes, None).is_some();
+            // Our own news is not news to us.
+            shared.events.retain(|e| !matches!(e, MeshEvent::Record(r) if r.key() == key));
+            fresh
+        };
+        if fresh {
+            self.own.insert(key);
+            self.relay(&bytes);
+        }
+        fresh
+    }
+
+    /// Sends this peer's own records straight to a member that just came up, so a newcomer
+    /// learns every advert and job without waiting for them to be re-gossiped.
+    fn sync_to(&mut self, m: Member) {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for key in &self.own {
+            let Some(r) = shared.records.get(key) else { continue };
+            if matches!(r, Record::JobAd(j) if j.done) {
+                continue;
+            }
+            let bytes = r.encode();
+            if size + bytes.len() + 16 > self.max_packet || batch.len() >= MAX_SYNC_RECORDS {
+                let body = postcard::to_stdvec(&batch).unwrap_or_default();
+                self.out.push_back((m.clone(), frame(TAG_RECORDS, &body)));
+                batch.clear();
+                size = 0;
+            }
+            size += bytes.len() + 4;
+            batch.push(bytes);
+        }
+        drop(shared);
+        if !batch.is_empty() {
+            let body = postcard::to_stdvec(&batch).unwrap_or_default();
+            self.out.push_back((m, frame(TAG_RECORDS, &body)));
+        }
+    }
+
+    /// The next message to send: to whom, and the bytes.
+    pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<MeshEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every member known (not this peer), with its state.
+    pub fn members(&self) -> Vec<(Member, MemberState)> {
+        let me = self.foca.identity().peer;
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.id().peer != me)
+            .map(|m| {
+                let state = match m.state() {
+                    State::Alive => MemberState::Alive,
+                    State::Suspect => MemberState::Suspect,
+                    State::Down => MemberState::Dead,
+                };
+                (m.id().clone(), state)
+            })
+            .collect()
+    }
+
+    /// Active members (alive or suspect), not this peer.
+    pub fn active(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// The newest advert of every peer seen (this one's included).
+    pub fn adverts(&self) -> Vec<Advert> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.records.values().filter_map(|r| if let Record::Advert(a) = r { Some(a.clone()) } else { None }).collect()
+    }
+
+    /// The newest ad of every job seen.
+    pub fn job_ads(&self) -> Vec<JobAd> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.records.values().filter_map(|r| if let Record::JobAd(j) = r { Some(j.clone()) } else { None }).collect()
+    }
+
+    /// One record, if known.
+    pub fn record(&self, key: &RecordKey) -> Option<Record> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).cloned()
+    }
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.push(tag);
+    v.extend_from_slice(body);
+    v
+}

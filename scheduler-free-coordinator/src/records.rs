@@ -1,0 +1,202 @@
+//! Signed records that spread through the whole mesh by gossip: a peer's [`Advert`] (what it is
+//! and offers) and a job's [`JobAd`] (what it is and who coordinates it). Each carries a sequence
+//! number so a newer version replaces an older one, and a signature by the peer that made it;
+//! a record whose signature does not check is dropped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BlobId, JobId, PeerId, Policy};
+
+/// Checks an ed25519 signature: `(signer, message, signature) -> valid`. Injected by the driver,
+/// so keys and crypto stay at the edge (and the simulator can skip the cost).
+pub type Verifier = std::sync::Arc<dyn Fn(&PeerId, &[u8], &[u8]) -> bool + Send + Sync>;
+
+/// Signs bytes as this peer. Injected by the driver, which holds the key.
+pub type Signer = std::sync::Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+/// A peer's signed self-description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// The peer (its public key).
+    pub peer: PeerId,
+    /// Newer adverts of the same peer have larger numbers.
+    pub seq: u64,
+    /// Where it serves gRPC (host:port).
+    pub addr: String,
+    /// Task slots in all.
+    pub cpus_total: u32,
+    /// Task slots idle when this advert was made.
+    pub cpus_free: u32,
+    /// Largest task memory it accepts.
+    pub memory_bytes: u64,
+    /// Software version.
+    pub version: String,
+    /// Whether other peers can dial it (coordinators and blob sources are chosen among these).
+    pub reachable: bool,
+    /// ed25519 signature of [`Record::signing_bytes`] by `peer`.
+    pub signature: Vec<u8>,
+}
+
+/// A job announced to the mesh by its origin: small, and enough for a peer to decide to pull
+/// work from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAd {
+    /// The job.
+    pub job: JobId,
+    /// The peer that accepted it (and signed this).
+    pub origin: PeerId,
+    /// Newer ads of the same job have larger numbers.
+    pub seq: u64,
+    /// The module every task runs.
+    pub module: BlobId,
+    /// Number of tasks.
+    pub task_count: u32,
+    /// Quorum, limits, priority.
+    pub policy: Policy,
+    /// Peers holding the job's task table, to ask for leases, status and results.
+    pub coordinators: Vec<PeerId>,
+    /// When the origin accepted it, Unix milliseconds.
+    pub submitted_at_ms: u64,
+    /// No more work: every task is final, or the job was cancelled.
+    pub done: bool,
+    /// ed25519 signature of [`Record::signing_bytes`] by `origin`.
+    pub signature: Vec<u8>,
+}
+
+/// Anything that spreads by gossip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A peer's advert.
+    Advert(Advert),
+    /// A job's ad.
+    JobAd(JobAd),
+}
+
+/// Which record a newer version replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKey {
+    /// The advert of a peer.
+    Advert(PeerId),
+    /// The ad of a job.
+    JobAd(JobId),
+}
+
+const DOMAIN: &[u8] = b"spare.v1.record\0";
+
+impl Record {
+    /// The peer that signs it.
+    pub fn signer(&self) -> PeerId {
+        match self {
+            Record::Advert(a) => a.peer,
+            Record::JobAd(j) => j.origin,
+        }
+    }
+
+    /// What a newer version of it replaces.
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Record::Advert(a) => RecordKey::Advert(a.peer),
+            Record::JobAd(j) => RecordKey::JobAd(j.job),
+        }
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Advert(a) => a.seq,
+            Record::JobAd(j) => j.seq,
+        }
+    }
+
+    fn signature(&self) -> &[u8] {
+        match self {
+            Record::Advert(a) => &a.signature,
+            Record::JobAd(j) => &j.signature,
+        }
+    }
+
+    fn signature_mut(&mut self) -> &mut Vec<u8> {
+        match self {
+            Record::Advert(a) => &mut a.signature,
+            Record::JobAd(j) => &mut j.signature,
+        }
+    }
+
+    /// The bytes that are signed: a domain tag and the record's encoding with an empty signature.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.signature_mut().clear();
+        let mut out = DOMAIN.to_vec();
+        out.extend(postcard::to_stdvec(&unsigned).unwrap_or_default());
+        out
+    }
+
+    /// Signs it in place.
+    pub fn sign(&mut self, signer: &Signer) {
+        let sig = signer(&self.signing_bytes());
+        *self.signature_mut() = sig;
+    }
+
+    /// Whether its signature is its signer's.
+    pub fn verify(&self, verifier: &Verifier) -> bool {
+        !self.signature().is_empty() && verifier(&self.signer(), &self.signing_bytes(), self.signature())
+    }
+
+    /// The wire encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes the wire encoding.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_signer(key: u8) -> Signer {
+        std::sync::Arc::new(move |m: &[u8]| {
+            let mut s = blake3::hash(m).as_bytes().to_vec();
+            s.push(key);
+            s
+        })
+    }
+
+    fn fake_verifier() -> Verifier {
+        std::sync::Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| {
+            let mut want = blake3::hash(m).as_bytes().to_vec();
+            want.push(p.0[0]);
+            want == s
+        })
+    }
+
+    #[test]
+    fn signatures_cover_every_field() {
+        let mut r = Record::Advert(Advert {
+            peer: PeerId([1; 32]),
+            seq: 3,
+            addr: "127.0.0.1:7070".into(),
+            cpus_total: 4,
+            cpus_free: 2,
+            memory_bytes: 1 << 30,
+            version: "0.1.0".into(),
+            reachable: true,
+            signature: vec![],
+        });
+        assert!(!r.verify(&fake_verifier()), "unsigned records do not verify");
+        r.sign(&fake_signer(1));
+        assert!(r.verify(&fake_verifier()));
+        let mut forged = r.clone();
+        if let Record::Advert(a) = &mut forged {
+            a.cpus_free = 4;
+        }
+        assert!(!forged.verify(&fake_verifier()));
+        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+        let mut other = r.clone();
+        other.sign(&fake_signer(2));
+        assert!(!other.verify(&fake_verifier()), "signed by someone else");
+    }
+}

@@ -1,0 +1,226 @@
+//! Membership on a virtual network: peers join through one address, learn each other, spread
+//! signed records, notice a silent peer die, and drop forged records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use spare_coordinator::membership::{MeshEvent, Member, MemberState, Membership, MembershipConfig};
+use spare_coordinator::records::{Advert, JobAd, Record, Signer, Verifier};
+use spare_coordinator::{BlobId, JobId, PeerId, Policy};
+
+/// A stand-in signature scheme: BLAKE3 of the message, keyed by the signer's id.
+fn signer(peer: PeerId) -> Signer {
+    Arc::new(move |m: &[u8]| blake3::keyed_hash(&peer.0, m).as_bytes().to_vec())
+}
+
+fn verifier() -> Verifier {
+    Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| blake3::keyed_hash(&p.0, m).as_bytes().as_slice() == s)
+}
+
+struct Net {
+    peers: Vec<Membership>,
+    down: Vec<bool>,
+    now: u64,
+    events: Vec<Vec<MeshEvent>>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let peers = (0..n)
+            .map(|i| {
+                let me = Member { peer: PeerId([i as u8 + 1; 32]), addr: format!("peer{i}"), epoch: 1 };
+                Membership::new(me, MembershipConfig::lan(n as u32), i as u64, verifier())
+            })
+            .collect();
+        Net { peers, down: vec![false; n], now: 0, events: vec![Vec::new(); n] }
+    }
+
+    fn index(&self) -> HashMap<String, usize> {
+        self.peers.iter().enumerate().map(|(i, p)| (p.me().addr.clone(), i)).collect()
+    }
+
+    /// Delivers every queued message (to peers that are up) and fires timers, in 10 ms steps.
+    fn run(&mut self, ms: u64) {
+        let index = self.index();
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 10;
+            for i in 0..self.peers.len() {
+                if !self.down[i] {
+                    self.peers[i].tick(self.now);
+                }
+            }
+            loop {
+                let mut moved = false;
+                for i in 0..self.peers.len() {
+                    while let Some((to, bytes)) = self.peers[i].poll_send() {
+                        moved = true;
+                        let Some(&j) = index.get(&to.addr) else { continue };
+                        if self.down[i] || self.down[j] {
+                            continue;
+                        }
+                        let _ = self.peers[j].handle_data(&bytes, self.now);
+                    }
+                    while let Some(e) = self.peers[i].poll_event() {
+                        self.events[i].push(e);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn alive_seen_by(&self, i: usize) -> usize {
+        self.peers[i].members().iter().filter(|(_, s)| *s == MemberState::Alive).count()
+    }
+}
+
+fn advert(peer: PeerId, seq: u64, free: u32) -> Record {
+    let mut r = Record::Advert(Advert {
+        peer,
+        seq,
+        addr: "x".into(),
+        cpus_total: 4,
+        cpus_free: free,
+        memory_bytes: 1 << 30,
+        version: "test".into(),
+        reachable: true,
+        signature: vec![],
+    });
+    r.sign(&signer(peer));
+    r
+}
+
+fn job_ad(origin: PeerId, job: u8) -> Record {
+    let mut r = Record::JobAd(JobAd {
+        job: JobId([job; 32]),
+        origin,
+        seq: 1,
+        module: BlobId([9; 32]),
+        task_count: 10,
+        policy: Policy::default(),
+        coordinators: vec![origin],
+        submitted_at_ms: 0,
+        done: false,
+        signature: vec![],
+    });
+    r.sign(&signer(origin));
+    r
+}
+
+#[test]
+fn peers_join_through_one_address_and_see_each_other() {
+    let mut net = Net::new(5);
+    let first = net.peers[0].me().addr.clone();
+    for i in 1..5 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    net.run(5_000);
+    for i in 0..5 {
+        assert_eq!(net.alive_seen_by(i), 4, "peer {i} sees {:?}", net.peers[i].members());
+    }
+}
+
+#[test]
+fn records_spread_newer_versions_win_and_newcomers_catch_up() {
+    let mut net = Net::new(6);
+    let first = net.peers[0].me().addr.clone();
+    // Peer 5 joins late.
+    for i in 1..5 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    net.run(3_000);
+    for i in 0..5 {
+        let me = net.peers[i].me().peer;
+        assert!(net.peers[i].publish(advert(me, 1, 4)));
+    }
+    let origin = net.peers[2].me().peer;
+    net.peers[2].publish(job_ad(origin, 7));
+    net.run(3_000);
+    for i in 0..5 {
+        assert_eq!(net.peers[i].adverts().len(), 5, "peer {i}");
+        assert_eq!(net.peers[i].job_ads().len(), 1, "peer {i}");
+    }
+    // A newer advert replaces the older one everywhere.
+    let p1 = net.peers[1].me().peer;
+    net.peers[1].publish(advert(p1, 2, 1));
+    net.run(3_000);
+    for i in 0..5 {
+        let a = net.peers[i].adverts().into_iter().find(|a| a.peer == p1).unwrap();
+        assert_eq!((a.seq, a.cpus_free), (2, 1), "peer {i}");
+    }
+    // The late peer learns every advert and the job from the members' direct syncs.
+    let now = net.now;
+    net.peers[5].join(&first, now);
+    net.run(5_000);
+    assert_eq!(net.peers[5].adverts().len(), 5);
+    assert_eq!(net.peers[5].job_ads().len(), 1);
+    assert!(net.events[5].iter().any(|e| matches!(e, MeshEvent::Record(Record::JobAd(_)))));
+}
+
+#[test]
+fn a_silent_peer_is_suspected_then_declared_dead_and_can_rejoin() {
+    let mut net = Net::new(4);
+    let first = net.peers[0].me().addr.clone();
+    for i in 1..4 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    net.run(3_000);
+    net.down[3] = true;
+    let gone = net.peers[3].me().peer;
+    net.run(15_000);
+    for i in 0..3 {
+        let state = net.peers[i].members().into_iter().find(|(m, _)| m.peer == gone).map(|(_, s)| s);
+        assert_eq!(state, Some(MemberState::Dead), "peer {i}");
+        assert!(net.events[i].iter().any(|e| matches!(e, MeshEvent::PeerDown(m) if m.peer == gone)));
+    }
+    // It comes back (a restart: a later epoch) and is alive again everywhere.
+    let me = Member { peer: gone, addr: "peer3".into(), epoch: 2 };
+    net.peers[3] = Membership::new(me, MembershipConfig::lan(4), 99, verifier());
+    net.down[3] = false;
+    let now = net.now;
+    net.peers[3].join(&first, now);
+    net.run(5_000);
+    for i in 0..3 {
+        let state = net.peers[i].members().into_iter().find(|(m, _)| m.peer == gone).map(|(m, s)| (m.epoch, s));
+        assert_eq!(state, Some((2, MemberState::Alive)), "peer {i}");
+    }
+}
+
+#[test]
+fn forged_records_are_dropped_and_reported() {
+    let mut net = Net::new(3);
+    let first = net.peers[0].me().addr.clone();
+    for i in 1..3 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    net.run(3_000);
+    // Peer 1 publishes an advert claiming to be peer 2, signed with its own key.
+    let victim = net.peers[2].me().peer;
+    let mut forged = advert(victim, 5, 99);
+    if let Record::Advert(a) = &mut forged {
+        a.signature = blake3::keyed_hash(&[7; 32], b"whatever").as_bytes().to_vec();
+    }
+    assert!(!forged.verify(&verifier()));
+    // Our own forgeries are refused before they leave.
+    assert!(!net.peers[1].publish(forged.clone()));
+    // A liar sends the bytes straight to peer 0 as a record sync (tag 1, postcard list).
+    let mut frame = vec![1u8];
+    frame.extend(postcard::to_stdvec(&vec![forged.encode()]).unwrap());
+    let now = net.now;
+    net.peers[0].handle_data(&frame, now).unwrap();
+    net.run(3_000);
+    assert!(net.events[0].iter().any(|e| matches!(e, MeshEvent::Invalid { .. })));
+    // Garbage is refused as malformed.
+    assert!(net.peers[0].handle_data(&[9, 9, 9], now).is_err());
+    assert!(net.peers[0].handle_data(&[], now).is_err());
+    for i in [0, 2] {
+        assert!(net.peers[i].adverts().iter().all(|a| a.cpus_free != 99), "peer {i} took a forged advert");
+    }
+}

@@ -7,12 +7,13 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::JobTable;
-use crate::task::needs_peers;
-use crate::verdict::decide;
+use crate::job::{JobTable, LeaseIndex};
+pub use crate::job::JobView;
+use crate::task::TaskEntry;
+pub use crate::task::TaskView;
 use crate::{
-    Attestation, Failure, JobId, JobSpec, JobState, PeerId, PolicyCaps, PolicyError, Reputation, TaskCounts,
-    TaskId, TaskState, Verdict,
+    Attestation, Failure, JobId, JobSpec, JobState, PeerId, Policy, PolicyCaps, PolicyError, Reputation,
+    TaskId, Verdict,
 };
 
 /// Milliseconds on the driver's clock (real or simulated).
@@ -24,6 +25,7 @@ pub struct CoordinatorConfig {
     /// What submitters may ask for.
     pub caps: PolicyCaps,
     /// Added to a task's timeout to make its lease duration (fetch, queueing, reporting).
+    /// Default 5 000.
     pub lease_grace_ms: u64,
     /// Most jobs held at once.
     pub max_jobs: usize,
@@ -33,7 +35,7 @@ pub struct CoordinatorConfig {
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        CoordinatorConfig { caps: PolicyCaps::default(), lease_grace_ms: 30_000, max_jobs: 10_000, secret: [0; 32] }
+        CoordinatorConfig { caps: PolicyCaps::default(), lease_grace_ms: 5_000, max_jobs: 10_000, secret: [0; 32] }
     }
 }
 
@@ -55,7 +57,8 @@ pub enum Event {
     TaskFinal { task: TaskId, verdict: Verdict },
     /// Every task of the job is final, or the job was cancelled.
     JobFinished { job: JobId, state: JobState },
-    /// A lease lapsed without a report; its replica is back in the pool.
+    /// A lease lapsed without a report (it expired, or its peer was declared down); its replica
+    /// is back in the pool and that peer never gets the task again.
     LeaseExpired { task: TaskId, peer: PeerId },
 }
 
@@ -107,38 +110,6 @@ pub enum Reported {
     Late,
 }
 
-/// A job as a status report shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobView {
-    /// Its id.
-    pub id: JobId,
-    /// Its spec.
-    pub spec: JobSpec,
-    /// Where it stands.
-    pub state: JobState,
-    /// Its tasks by state.
-    pub counts: TaskCounts,
-    /// Why it waits, in words, when it waits on something outside it.
-    pub message: Option<String>,
-}
-
-/// A task as a status report shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskView {
-    /// Its id.
-    pub id: TaskId,
-    /// Where it stands.
-    pub state: TaskState,
-    /// Its verdict.
-    pub verdict: Verdict,
-    /// The peers whose agreeing attestations make up the quorum.
-    pub verified_by: Vec<PeerId>,
-    /// Attestations received so far.
-    pub attestations: u32,
-    /// Why it failed or waits, in words.
-    pub note: Option<String>,
-}
-
 /// The jobs this peer coordinates.
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -148,12 +119,18 @@ pub struct Coordinator {
     /// Rotates which of equally ranked jobs is served first, for fairness.
     turn: usize,
     expiries: BinaryHeap<Reverse<(Millis, TaskId, PeerId)>>,
+    /// Live leases by peer, kept true by every change of a task's leases.
+    held: LeaseIndex,
     reputation: Reputation,
     live_peers: usize,
     events: VecDeque<Event>,
 }
 
 impl Coordinator {
+    /// How many lapsed peers a task remembers beyond its `max_replicas`: it keeps the newest
+    /// `max_replicas + LAPSED_SLACK`, so memory stays bounded however many peers let it lapse.
+    pub const LAPSED_SLACK: u32 = 4;
+
     /// An empty coordinator.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
         Coordinator {
@@ -162,6 +139,7 @@ impl Coordinator {
             active: Vec::new(),
             turn: 0,
             expiries: BinaryHeap::new(),
+            held: LeaseIndex::default(),
             reputation: Reputation::default(),
             live_peers: 1,
             events: VecDeque::new(),
@@ -221,7 +199,8 @@ impl Coordinator {
     }
 
     /// Hands `peer` up to `max` replicas to run, across jobs: highest priority first, equally
-    /// ranked jobs in turn. Never two replicas of one task to one peer; none to a banned peer.
+    /// ranked jobs in turn. Never two replicas of one task to one peer, nor a task whose lease
+    /// the peer let lapse; none to a banned peer.
     pub fn lease(&mut self, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
         let mut out = Vec::new();
         if max == 0 || self.reputation.is_banned(&peer) || self.active.is_empty() {
@@ -244,6 +223,7 @@ impl Coordinator {
             for index in picked {
                 job.mutate(index, |t, _| t.leases.push((peer, expires_at)));
                 let task = TaskId { job: id, index };
+                self.held.hold(peer, task);
                 self.expiries.push(Reverse((expires_at, task, peer)));
                 out.push(Lease { task, peer, expires_at });
             }
@@ -270,45 +250,30 @@ impl Coordinator {
         let job = self.jobs.get_mut(&task.job).ok_or(ReportError::UnknownJob(task.job))?;
         let entry = job.tasks.get(task.index as usize).ok_or(ReportError::UnknownTask(task))?;
         let peer = att.peer;
+        let leased = entry.leases.iter().any(|(p, _)| *p == peer);
         if let Some(key) = entry.verdict().agreed() {
             // Late: the verdict stands; the report still tells us whether the peer is honest.
-            if need_lease && !entry.leases.iter().any(|(p, _)| *p == peer) {
+            if need_lease && !leased {
                 return Err(ReportError::NoLease { task, peer });
             }
-            if key == &att.result {
-                self.reputation.agreed(peer);
-            } else {
-                self.reputation.disagreed(peer);
-            }
-            job.mutate(task.index, |t, _| t.leases.retain(|(p, _)| *p != peer));
+            self.reputation.judged(peer, key == &att.result);
+            self.mutate_task(task, |t, _| t.leases.retain(|(p, _)| *p != peer));
             return Ok(Reported::Late);
         }
-        let leased = entry.leases.iter().any(|(p, _)| *p == peer);
         let attested = entry.attestations.iter().any(|a| a.peer == peer);
         if attested || (need_lease && !leased) || entry.verdict().is_final() {
             return Err(ReportError::NoLease { task, peer });
         }
         job.started = true;
-        let (verdict, decided) = job.mutate(task.index, |t, policy| {
-            t.leases.retain(|(p, _)| *p != peer);
-            t.attestations.push(att);
-            t.verdict.0 = decide(&t.attestations, policy);
-            if t.verdict.0.is_final() {
-                // Replicas still out are moot; their reports will be late.
-                t.leases.clear();
-            }
-            t.verdict.0.clone()
-        });
+        let (verdict, decided) = self
+            .mutate_task(task, |t, policy| t.attest(att, policy))
+            .ok_or(ReportError::UnknownTask(task))?;
         if !decided {
             return Ok(Reported::Recorded);
         }
-        if let Some(key) = verdict.agreed() {
+        if let (Some(key), Some(job)) = (verdict.agreed(), self.jobs.get(&task.job)) {
             for a in &job.tasks[task.index as usize].attestations {
-                if &a.result == key {
-                    self.reputation.agreed(a.peer);
-                } else {
-                    self.reputation.disagreed(a.peer);
-                }
+                self.reputation.judged(a.peer, &a.result == key);
             }
         }
         self.events.push_back(Event::TaskFinal { task, verdict });
@@ -316,14 +281,16 @@ impl Coordinator {
         Ok(Reported::Decided)
     }
 
+    /// Changes one task through `f`, keeping the per-peer lease index true (see
+    /// [`LeaseIndex::mutate`]). `None` when the task does not exist.
+    fn mutate_task<R>(&mut self, task: TaskId, f: impl FnOnce(&mut TaskEntry, &Policy) -> R) -> Option<(R, bool)> {
+        self.held.mutate(self.jobs.get_mut(&task.job)?, task, f)
+    }
+
     /// Hands back a leased replica that produced no attestation. Past `max_replicas` deadline
     /// misses the task fails, so a task that can never finish in time does not loop forever.
     pub fn release(&mut self, task: TaskId, peer: PeerId, why: Release) {
-        let Some(job) = self.jobs.get_mut(&task.job) else { return };
-        if task.index >= job.spec.task_count {
-            return;
-        }
-        let (verdict, decided) = job.mutate(task.index, |t, policy| {
+        let Some((verdict, decided)) = self.mutate_task(task, |t, policy| {
             let before = t.leases.len();
             t.leases.retain(|(p, _)| *p != peer);
             if why == Release::Deadline && t.leases.len() < before && !t.verdict.0.is_final() {
@@ -334,7 +301,9 @@ impl Coordinator {
                 }
             }
             t.verdict.0.clone()
-        });
+        }) else {
+            return;
+        };
         if decided {
             self.events.push_back(Event::TaskFinal { task, verdict });
             self.after_final(task.job);
@@ -350,23 +319,62 @@ impl Coordinator {
         }
     }
 
-    /// Expires lapsed leases; their replicas return to the pool.
+    /// Expires lapsed leases; their replicas return to the pool, and their peers never get those
+    /// tasks again and lose some reputation.
     pub fn tick(&mut self, now: Millis) {
         while let Some(Reverse((at, task, peer))) = self.expiries.peek().copied() {
             if at > now {
                 break;
             }
             self.expiries.pop();
-            let Some(job) = self.jobs.get_mut(&task.job) else { continue };
-            let live = job
-                .tasks
-                .get(task.index as usize)
-                .is_some_and(|t| t.leases.iter().any(|&(p, e)| p == peer && e == at));
-            if live {
-                job.mutate(task.index, |t, _| t.leases.retain(|&(p, e)| !(p == peer && e == at)));
-                self.events.push_back(Event::LeaseExpired { task, peer });
-            }
+            self.lapse(task, peer, Some(at), true);
         }
+    }
+
+    /// The membership layer declared `peer` dead at `now`: every live lease it holds lapses at
+    /// once, exactly as if it had expired (an [`Event::LeaseExpired`] each, in task order), so its
+    /// replicas return to the pool without waiting. Costs the peer's leases, not the job table.
+    /// Returns how many leases lapsed. A peer that comes back may lease other tasks.
+    pub fn peer_down(&mut self, peer: PeerId, now: Millis) -> usize {
+        let _ = now; // The lapse takes effect at once; `now` is taken for symmetry with `tick`.
+        let tasks = self.held.take(&peer);
+        let n = tasks.len();
+        // A crash is not a lie: these lapses cost the peer no reputation.
+        let lapsed = tasks.into_iter().filter(|task| self.lapse(*task, peer, None, false)).count();
+        debug_assert_eq!(lapsed, n, "the lease index held a lease the task does not");
+        lapsed
+    }
+
+    /// The live leases `peer` holds, in task order.
+    pub fn leases_of(&self, peer: &PeerId) -> Vec<Lease> {
+        self.held
+            .of(peer)
+            .filter_map(|task| {
+                let t = self.jobs.get(&task.job)?.tasks.get(task.index as usize)?;
+                let lease = t.leases.iter().find(|(p, _)| p == peer);
+                debug_assert!(lease.is_some(), "the lease index held a lease the task does not");
+                let &(_, expires_at) = lease?;
+                Some(Lease { task: *task, peer: *peer, expires_at })
+            })
+            .collect()
+    }
+
+    /// Lapses `peer`'s lease on `task` (the one expiring at `expiry`, when given): the replica
+    /// returns to the pool, the task remembers the peer, and (when `blame`) the peer's record
+    /// counts a lapse.
+    fn lapse(&mut self, task: TaskId, peer: PeerId, expiry: Option<Millis>, blame: bool) -> bool {
+        let lapsed = self
+            .mutate_task(task, |t, policy| {
+                t.lapse(&peer, expiry, policy.max_replicas.saturating_add(Self::LAPSED_SLACK) as usize)
+            })
+            .is_some_and(|(lapsed, _)| lapsed);
+        if lapsed {
+            if blame {
+                self.reputation.lapsed(peer);
+            }
+            self.events.push_back(Event::LeaseExpired { task, peer });
+        }
+        lapsed
     }
 
     /// When the next lease lapses, so the driver knows when to tick.
@@ -381,10 +389,9 @@ impl Coordinator {
             return true;
         }
         job.cancelled = true;
-        for i in 0..job.spec.task_count {
-            if !job.tasks[i as usize].leases.is_empty() {
-                job.mutate(i, |t, _| t.leases.clear());
-            }
+        let leased: Vec<u32> = (0..job.spec.task_count).filter(|&i| !job.tasks[i as usize].leases.is_empty()).collect();
+        for index in leased {
+            self.mutate_task(TaskId { job: *id, index }, |t, _| t.leases.clear());
         }
         self.active.retain(|j| j != id);
         self.events.push_back(Event::JobFinished { job: *id, state: JobState::Cancelled });
@@ -413,25 +420,13 @@ impl Coordinator {
 
     /// A job's status.
     pub fn job(&self, id: &JobId) -> Option<JobView> {
-        let job = self.jobs.get(id)?;
-        let state = job.state();
-        let q = job.spec.policy.quorum;
-        let message = (!state.is_final() && q as usize > self.live_peers).then(|| needs_peers(q, self.live_peers));
-        Some(JobView { id: *id, spec: job.spec.clone(), state, counts: job.counts(), message })
+        Some(self.jobs.get(id)?.view(*id, self.live_peers))
     }
 
     /// One task's status.
     pub fn task(&self, id: &TaskId) -> Option<TaskView> {
         let job = self.jobs.get(&id.job)?;
-        let t = job.tasks.get(id.index as usize)?;
-        Some(TaskView {
-            id: *id,
-            state: t.state(),
-            verdict: t.verdict().clone(),
-            verified_by: t.verified_by(),
-            attestations: t.attestations.len() as u32,
-            note: t.note(&job.spec.policy, self.live_peers),
-        })
+        Some(job.tasks.get(id.index as usize)?.view(*id, &job.spec.policy, self.live_peers))
     }
 
     /// The agreed attestation of a final task (the first that carried the agreed result).

@@ -1,12 +1,12 @@
 //! A job's table: its spec, every task, the index of tasks that want more replicas, and counts
-//! kept up to date as tasks change.
+//! kept up to date as tasks change; and the index of live leases by peer, across jobs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::TaskEntry;
-use crate::{BlobId, JobId, PeerId, Policy, TaskState};
+use crate::task::{TaskEntry, needs_peers};
+use crate::{BlobId, JobId, PeerId, Policy, TaskId, TaskState};
 
 /// What the coordinator needs to know of a job (inputs and module bytes stay with the store).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,21 @@ pub struct TaskCounts {
     pub inconclusive: u32,
     /// Failed.
     pub failed: u32,
+}
+
+/// A job as a status report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// Its id.
+    pub id: JobId,
+    /// Its spec.
+    pub spec: JobSpec,
+    /// Where it stands.
+    pub state: JobState,
+    /// Its tasks by state.
+    pub counts: TaskCounts,
+    /// Why it waits, in words, when it waits on something outside it.
+    pub message: Option<String>,
 }
 
 pub(crate) struct JobTable {
@@ -164,6 +179,14 @@ impl JobTable {
             .collect()
     }
 
+    /// The job as a status report shows it.
+    pub fn view(&self, id: JobId, live_peers: usize) -> JobView {
+        let state = self.state();
+        let q = self.spec.policy.quorum;
+        let message = (!state.is_final() && q as usize > live_peers).then(|| needs_peers(q, live_peers));
+        JobView { id, spec: self.spec.clone(), state, counts: self.counts(), message }
+    }
+
     pub fn counts(&self) -> TaskCounts {
         let total = self.spec.task_count;
         let done = self.running + self.verified + self.inconclusive + self.failed;
@@ -190,5 +213,59 @@ impl JobTable {
         } else {
             JobState::Queued
         }
+    }
+}
+
+/// The tasks on which each peer holds a live lease, across jobs, so that a peer declared down is
+/// released without scanning every task. Sets are ordered, so what comes out is deterministic.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseIndex(HashMap<PeerId, BTreeSet<TaskId>>);
+
+impl LeaseIndex {
+    pub fn hold(&mut self, peer: PeerId, task: TaskId) {
+        self.0.entry(peer).or_default().insert(task);
+    }
+
+    pub fn unhold(&mut self, peer: &PeerId, task: &TaskId) {
+        if let Some(set) = self.0.get_mut(peer) {
+            set.remove(task);
+            if set.is_empty() {
+                self.0.remove(peer);
+            }
+        }
+    }
+
+    /// Changes task `task` of `job` through `f` (see [`JobTable::mutate`]), holding and unholding
+    /// whichever leases `f` added or removed. `None` when the task does not exist.
+    pub fn mutate<R>(
+        &mut self,
+        job: &mut JobTable,
+        task: TaskId,
+        f: impl FnOnce(&mut TaskEntry, &Policy) -> R,
+    ) -> Option<(R, bool)> {
+        let before: Vec<PeerId> = job.tasks.get(task.index as usize)?.leases.iter().map(|l| l.0).collect();
+        let out = job.mutate(task.index, f);
+        let after = &job.tasks[task.index as usize].leases;
+        for p in &before {
+            if !after.iter().any(|l| l.0 == *p) {
+                self.unhold(p, &task);
+            }
+        }
+        for (p, _) in after {
+            if !before.contains(p) {
+                self.hold(*p, task);
+            }
+        }
+        Some(out)
+    }
+
+    /// Forgets every lease of `peer`, returning their tasks.
+    pub fn take(&mut self, peer: &PeerId) -> BTreeSet<TaskId> {
+        self.0.remove(peer).unwrap_or_default()
+    }
+
+    /// The tasks `peer` holds a lease on, in order.
+    pub fn of(&self, peer: &PeerId) -> impl Iterator<Item = &TaskId> {
+        self.0.get(peer).into_iter().flatten()
     }
 }

@@ -10,6 +10,8 @@
 //!   the outcome and the output hash, and a final verdict never changes;
 //! - no peer ever holds two replicas (leases or attestations) of one task;
 //! - tasks with the fewest replicas are handed out first, in an order peers cannot predict;
+//! - a peer that lets a lease lapse never gets that task again, and the lapse counts against its
+//!   reputation (unless membership declared it dead: a crash is not a lie);
 //! - a lease lapses after the task's timeout plus a grace period and its replica returns to the
 //!   pool; a replica that misses its deadline `max_replicas` times fails the task;
 //! - peers whose attestations contradict verdicts lose reputation and, far enough down, work.

@@ -1,5 +1,12 @@
-//! Reputation: per-peer counts of attestations that agreed or disagreed with final verdicts, and
-//! of records dropped for bad signatures, as this peer has seen them.
+//! Reputation: per-peer counts of attestations that agreed or disagreed with final verdicts, of
+//! records dropped for bad signatures and of leases let lapse, as this peer has seen them.
+//!
+//! The ban rule: a peer gets no more leases once its weighted bad evidence
+//! (`disagreed + invalid + lapsed / 2`) reaches [`MIN_EVIDENCE`] and its [`Record::score`] is below
+//! [`BAN_SCORE`]. A lapse weighs half a disagreement: it wastes a replica's time but claims no
+//! false result. So a peer that only ever lets its leases lapse is banned at its sixth lapse, a
+//! liar at its third disagreement, and an honest peer with a long record of agreement survives
+//! the odd crash.
 
 use std::collections::HashMap;
 
@@ -16,13 +23,22 @@ pub struct Record {
     pub disagreed: u64,
     /// Records dropped because their signature did not check.
     pub invalid: u64,
+    /// Leases that lapsed without a report (expired, or the peer was declared down).
+    #[serde(default)]
+    pub lapsed: u64,
 }
 
 impl Record {
-    /// A score in (0, 1): the share of agreeing attestations with a prior of one of each, and
-    /// invalid records weighing as much as disagreements.
+    /// Bad evidence against the peer: disagreements and invalid records count one each, lapsed
+    /// leases half each.
+    pub fn bad(&self) -> f64 {
+        (self.disagreed + self.invalid) as f64 + self.lapsed as f64 / 2.0
+    }
+
+    /// A score in (0, 1): the share of agreeing attestations with a prior of one of each, where
+    /// invalid records weigh as much as disagreements and lapsed leases half as much.
     pub fn score(&self) -> f64 {
-        (self.agreed as f64 + 1.0) / ((self.agreed + self.disagreed + self.invalid) as f64 + 2.0)
+        (self.agreed as f64 + 1.0) / (self.agreed as f64 + self.bad() + 2.0)
     }
 }
 
@@ -32,9 +48,10 @@ pub struct Reputation {
     records: HashMap<PeerId, Record>,
 }
 
-/// Below this score, with at least [`MIN_EVIDENCE`] bad records, a peer gets no more leases.
+/// Below this score, with at least [`MIN_EVIDENCE`] of bad evidence, a peer gets no more leases.
 pub const BAN_SCORE: f64 = 0.25;
-/// Bad records needed before a peer can be banned, so one unlucky result bans nobody.
+/// Bad evidence ([`Record::bad`]) needed before a peer can be banned, so one unlucky result bans
+/// nobody.
 pub const MIN_EVIDENCE: u64 = 3;
 
 impl Reputation {
@@ -56,15 +73,30 @@ impl Reputation {
         self.records.entry(peer).or_default().disagreed += 1;
     }
 
+    /// Counts an attestation of `peer` against a final verdict it agreed with or not.
+    pub(crate) fn judged(&mut self, peer: PeerId, agrees: bool) {
+        if agrees {
+            self.agreed(peer);
+        } else {
+            self.disagreed(peer);
+        }
+    }
+
+    pub(crate) fn lapsed(&mut self, peer: PeerId) {
+        self.records.entry(peer).or_default().lapsed += 1;
+    }
+
     /// Holds a dropped record (bad signature, forged field) against `peer`.
     pub fn invalid(&mut self, peer: PeerId) {
         self.records.entry(peer).or_default().invalid += 1;
     }
 
-    /// Whether `peer` has shown enough bad records to stop getting work.
+    /// Whether `peer` has shown enough bad evidence to stop getting work: a [`Record::bad`] of
+    /// at least 3 (`MIN_EVIDENCE`) and a [`Record::score`] below 0.25 (`BAN_SCORE`). A peer that
+    /// only lets leases lapse is banned at its sixth lapse, a peer that only lies at its third.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         let r = self.get(peer);
-        r.disagreed + r.invalid >= MIN_EVIDENCE && r.score() < BAN_SCORE
+        r.bad() >= MIN_EVIDENCE as f64 && r.score() < BAN_SCORE
     }
 }
 
@@ -84,5 +116,33 @@ mod tests {
         assert!(r.is_banned(&liar));
         assert!(!r.is_banned(&honest));
         assert!(r.get(&liar).score() < r.get(&honest).score());
+    }
+
+    #[test]
+    fn lapses_weigh_half_and_a_pure_lapser_is_banned() {
+        let mut r = Reputation::default();
+        let (idle, busy) = (PeerId([3; 32]), PeerId([4; 32]));
+        for n in 1..=6 {
+            r.lapsed(idle);
+            assert_eq!(r.is_banned(&idle), n >= 6, "after {n} lapses");
+        }
+        for _ in 0..20 {
+            r.agreed(busy);
+        }
+        for _ in 0..8 {
+            r.lapsed(busy);
+        }
+        assert!(!r.is_banned(&busy), "an honest peer survives a crash that lapses a batch");
+        let d = Record { disagreed: 1, ..Record::default() };
+        let l = Record { lapsed: 2, ..Record::default() };
+        assert_eq!(d.score(), l.score());
+    }
+
+    #[test]
+    fn old_records_without_lapsed_still_parse() {
+        use serde::de::value::{Error, MapDeserializer};
+        let fields = [("agreed", 1u64), ("disagreed", 2), ("invalid", 3)];
+        let old = Record::deserialize(MapDeserializer::<_, Error>::new(fields.into_iter()));
+        assert_eq!(old, Ok(Record { agreed: 1, disagreed: 2, invalid: 3, lapsed: 0 }));
     }
 }

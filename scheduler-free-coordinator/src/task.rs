@@ -1,10 +1,10 @@
 //! One task's replicas: the attestations received (one per distinct peer, in arrival order), the
-//! leases out, and the verdict they give.
+//! leases out, the peers that let a lease lapse, and the verdict they give.
 
 use serde::{Deserialize, Serialize};
 
-use crate::verdict::{agreeing_peers, best_group};
-use crate::{Attestation, Failure, Millis, PeerId, Policy, Verdict};
+use crate::verdict::{agreeing_peers, best_group, decide};
+use crate::{Attestation, Failure, Millis, PeerId, Policy, TaskId, Verdict};
 
 /// A task as status reports show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,6 +28,23 @@ impl TaskState {
     }
 }
 
+/// A task as a status report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    /// Its id.
+    pub id: TaskId,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// The peers whose agreeing attestations make up the quorum.
+    pub verified_by: Vec<PeerId>,
+    /// Attestations received so far.
+    pub attestations: u32,
+    /// Why it failed or waits, in words.
+    pub note: Option<String>,
+}
+
 /// One task's state inside a job table.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TaskEntry {
@@ -37,6 +54,9 @@ pub(crate) struct TaskEntry {
     pub verdict: VerdictSlot,
     /// Replicas that missed their wall deadline.
     pub timeouts: u32,
+    /// Peers that let a lease on this task lapse, oldest first; they never get it again (while
+    /// remembered: only the newest [`TaskEntry::lapse`]'s `bound` are kept).
+    pub lapsed: Vec<PeerId>,
 }
 
 /// `Verdict` with a `Default`, so a fresh table is cheap to build.
@@ -64,9 +84,41 @@ impl TaskEntry {
         }
     }
 
-    /// Whether `peer` already holds or ran a replica of this task.
+    /// Whether `peer` already holds or ran a replica of this task, or let a lease on it lapse.
     pub fn involves(&self, peer: &PeerId) -> bool {
-        self.leases.iter().any(|(p, _)| p == peer) || self.attestations.iter().any(|a| &a.peer == peer)
+        self.leases.iter().any(|(p, _)| p == peer)
+            || self.attestations.iter().any(|a| &a.peer == peer)
+            || self.lapsed.contains(peer)
+    }
+
+    /// Records an attestation from a peer that holds no other (checked by the caller): ends its
+    /// lease, and recomputes the verdict; a final verdict voids the replicas still out (their
+    /// reports will be late). Returns the verdict.
+    pub fn attest(&mut self, att: Attestation, policy: &Policy) -> Verdict {
+        self.leases.retain(|(p, _)| *p != att.peer);
+        self.attestations.push(att);
+        self.verdict.0 = decide(&self.attestations, policy);
+        if self.verdict.0.is_final() {
+            self.leases.clear();
+        }
+        self.verdict.0.clone()
+    }
+
+    /// Drops `peer`'s lease as lapsed (only the one expiring at `expiry`, when given) and
+    /// remembers the peer, keeping the newest `bound` lapsed peers. Returns whether a lease was
+    /// dropped.
+    pub fn lapse(&mut self, peer: &PeerId, expiry: Option<Millis>, bound: usize) -> bool {
+        let Some(i) = self.leases.iter().position(|(p, e)| p == peer && expiry.is_none_or(|x| x == *e)) else {
+            return false;
+        };
+        self.leases.remove(i);
+        if !self.lapsed.contains(peer) {
+            if self.lapsed.len() >= bound.max(1) {
+                self.lapsed.remove(0);
+            }
+            self.lapsed.push(*peer);
+        }
+        true
     }
 
     /// Replicas held or done: the order in which tasks are handed out (fewest first).
@@ -84,6 +136,18 @@ impl TaskEntry {
         let in_flight = self.leases.len() as u32;
         let room = policy.max_replicas.saturating_sub(self.load());
         policy.quorum.saturating_sub(best).saturating_sub(in_flight).min(room)
+    }
+
+    /// The task as a status report shows it.
+    pub fn view(&self, id: TaskId, policy: &Policy, live_peers: usize) -> TaskView {
+        TaskView {
+            id,
+            state: self.state(),
+            verdict: self.verdict().clone(),
+            verified_by: self.verified_by(),
+            attestations: self.attestations.len() as u32,
+            note: self.note(policy, live_peers),
+        }
     }
 
     /// Peers whose attestations carry the agreed result.

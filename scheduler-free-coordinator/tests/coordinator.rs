@@ -192,3 +192,129 @@ fn submissions_are_checked() {
     assert_eq!(c.submit(job(1), spec(1, 1, 1)), Err(SubmitError::Duplicate(job(1))));
     assert_eq!(c.submit(job(2), spec(1, 1, 1)), Err(SubmitError::Full(1)));
 }
+
+#[test]
+fn a_peer_never_gets_back_a_task_it_let_lapse() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    let mut s = spec(1, 1, 2);
+    s.policy.limits.timeout_ms = 1_000;
+    c.submit(job(1), s).unwrap();
+    let t = TaskId { job: job(1), index: 0 };
+    let l = c.lease(peer(1), 10, 0);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].expires_at, 1_000 + CoordinatorConfig::default().lease_grace_ms);
+    c.tick(l[0].expires_at);
+    assert_eq!(drain(&mut c), vec![Event::LeaseExpired { task: t, peer: peer(1) }]);
+    assert!(c.lease(peer(1), 10, l[0].expires_at).is_empty(), "the hoarder gets nothing back");
+    assert_eq!(c.reputation().get(&peer(1)).lapsed, 1);
+    // Lapses are no deadline misses: however many peers lapse, the task waits for a new one.
+    for p in 2..=9 {
+        let l = c.lease(peer(p), 10, 0);
+        assert_eq!(l.len(), 1);
+        c.tick(l[0].expires_at);
+    }
+    assert_eq!(c.task(&t).unwrap().state, TaskState::Pending);
+    let l = c.lease(peer(10), 10, 0);
+    assert_eq!(l.len(), 1);
+    assert_eq!(c.report(att(t, peer(10), honest(0))), Ok(Reported::Decided));
+    assert_eq!(c.job(&job(1)).unwrap().state, JobState::Completed);
+}
+
+#[test]
+fn lapsed_peers_are_remembered_up_to_a_bound() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(1, 1, 1)).unwrap();
+    let bound = 1 + Coordinator::LAPSED_SLACK as u8;
+    let mut now = 0;
+    for p in 1..=bound + 1 {
+        let l = c.lease(peer(p), 1, now);
+        assert_eq!(l.len(), 1, "peer {p}");
+        now = l[0].expires_at;
+        c.tick(now);
+    }
+    // Peer 1 was pushed out by the newer lapses and may try again; peer 2 may not.
+    assert!(c.lease(peer(2), 1, now).is_empty());
+    assert_eq!(c.lease(peer(1), 1, now).len(), 1);
+}
+
+#[test]
+fn a_peer_that_only_lets_leases_lapse_is_banned() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(20, 1, 1)).unwrap();
+    let mut now = 0;
+    let mut lapses = 0;
+    while let Some(l) = c.lease(peer(1), 1, now).pop() {
+        now = l.expires_at;
+        c.tick(now);
+        lapses += 1;
+        assert!(lapses <= 20);
+    }
+    assert_eq!(lapses, 6, "banned at its sixth lapse");
+    assert!(c.reputation().is_banned(&peer(1)));
+    assert_eq!(c.lease(peer(2), 100, now).len(), 20, "its tasks went back to the pool");
+}
+
+#[test]
+fn peer_down_lapses_its_leases_at_once_across_jobs() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(3, 2, 3)).unwrap();
+    c.submit(job(2), spec(2, 1, 1)).unwrap();
+    let held = c.lease(peer(1), 10, 0);
+    assert_eq!(held.len(), 5);
+    let mut sorted = held.clone();
+    sorted.sort_by_key(|l| l.task);
+    assert_eq!(c.leases_of(&peer(1)), sorted);
+    let other = c.lease(peer(2), 1, 0);
+    assert_eq!(other.len(), 1);
+    // One task is reported before the peer dies: its lease is no longer held.
+    c.report(att(held[0].task, peer(1), honest(held[0].task.index))).unwrap();
+    drain(&mut c);
+    assert_eq!(c.leases_of(&peer(1)).len(), 4);
+    assert_eq!(c.peer_down(peer(1), 10), 4);
+    let events = drain(&mut c);
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|e| matches!(e, Event::LeaseExpired { peer: p, .. } if *p == peer(1))));
+    assert!(c.leases_of(&peer(1)).is_empty());
+    assert_eq!(c.leases_of(&peer(2)), other, "other peers keep theirs");
+    assert_eq!(c.peer_down(peer(1), 10), 0, "nothing left to lapse");
+    assert_eq!(c.reputation().get(&peer(1)).lapsed, 0, "a crash costs no reputation");
+    // Its replicas are back in the pool at once, for others only.
+    assert!(c.lease(peer(1), 10, 10).iter().all(|l| l.task == held[0].task));
+    let retaken = c.lease(peer(3), 10, 10);
+    assert_eq!(retaken.len(), 4);
+    // The stale expiries of the dropped leases do nothing.
+    c.tick(u64::MAX / 2);
+    let expired: Vec<Event> = drain(&mut c);
+    assert!(expired.iter().all(|e| !matches!(e, Event::LeaseExpired { peer: p, .. } if *p == peer(1))));
+}
+
+#[test]
+fn leases_of_follows_reports_releases_verdicts_and_cancel() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(4, 2, 3)).unwrap();
+    let a = c.lease(peer(1), 4, 0);
+    let b = c.lease(peer(2), 4, 0);
+    assert_eq!((a.len(), b.len()), (4, 4));
+    assert_eq!(c.leases_of(&peer(1)).len(), 4);
+    let t0 = TaskId { job: job(1), index: 0 };
+    c.report(att(t0, peer(1), honest(0))).unwrap();
+    c.release(TaskId { job: job(1), index: 1 }, peer(1), Release::Abandoned);
+    assert_eq!(c.leases_of(&peer(1)).iter().map(|l| l.task.index).collect::<Vec<_>>(), vec![2, 3]);
+    c.report(att(t0, peer(2), honest(0))).unwrap();
+    assert_eq!(c.task(&t0).unwrap().state, TaskState::Verified);
+    assert_eq!(c.leases_of(&peer(2)).len(), 3);
+    assert!(c.cancel(&job(1)));
+    assert!(c.leases_of(&peer(1)).is_empty());
+    assert!(c.leases_of(&peer(2)).is_empty());
+    assert_eq!(c.peer_down(peer(2), 0), 0);
+}
+
+#[test]
+fn default_grace_is_five_seconds() {
+    assert_eq!(CoordinatorConfig::default().lease_grace_ms, 5_000);
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(1, 1, 1)).unwrap();
+    let l = c.lease(peer(1), 1, 100);
+    assert_eq!(l[0].expires_at, 100 + Limits::default().timeout_ms + 5_000);
+    assert_eq!(c.next_deadline(), Some(l[0].expires_at));
+}

@@ -1,12 +1,17 @@
-//! Property tests: whatever the order, duplication and timing of messages, no task is verified
-//! without a quorum of distinct agreeing peers, no peer holds two replicas of one task, and
-//! every verified output is the honest one while liars do not collude.
+//! Property tests: whatever the order, duplication and timing of messages, lapses and peers
+//! declared down, no task is verified without a quorum of distinct agreeing peers, no peer holds
+//! two replicas of one task or gets back a task it let lapse, every verified output is the honest
+//! one while liars are fewer than the quorum (or do not collude), a final verdict never changes,
+//! counts add up, and fresh honest peers can always finish what is left.
 
 mod common;
+#[path = "properties/mesh.rs"]
+mod mesh;
 
 use std::collections::HashSet;
 
 use common::*;
+use mesh::{Mesh, Model, TIMEOUT_MS, World, shape, step};
 use proptest::prelude::*;
 use spare_coordinator::*;
 
@@ -85,13 +90,10 @@ proptest! {
                     let a = sent[nth as usize % sent.len()].clone();
                     let fresh = out.iter().any(|o| o.peer == a.peer && o.task == a.task && o.expires_at > now);
                     let key = (a.peer, a.task.index);
-                    match c.report(a) {
-                        Ok(_) => {
-                            prop_assert!(fresh && !attested.contains(&key), "a duplicate was accepted");
-                            attested.insert(key);
-                            out.retain(|o| !(o.peer == key.0 && o.task.index == key.1));
-                        }
-                        Err(_) => {}
+                    if c.report(a).is_ok() {
+                        prop_assert!(fresh && !attested.contains(&key), "a duplicate was accepted");
+                        attested.insert(key);
+                        out.retain(|o| !(o.peer == key.0 && o.task.index == key.1));
                     }
                 }
                 Op::Release { nth } if !out.is_empty() => {
@@ -125,5 +127,35 @@ proptest! {
         let counts = c.job(&job(1)).unwrap().counts;
         prop_assert_eq!(counts.verified, verified);
         prop_assert_eq!(counts.total, counts.pending + counts.running + counts.verified + counts.failed + counts.inconclusive);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_mesh_with_liars_keeps_every_rule(
+        n in 3u8..=8,
+        liars in any::<u8>(),
+        collude in any::<bool>(),
+        shapes in prop::collection::vec(shape(), 1..=2),
+        steps in prop::collection::vec(step(), 1..400),
+    ) {
+        let mut w = World {
+            c: Coordinator::new(CoordinatorConfig::default()),
+            mesh: Mesh { n, liars, collude },
+            jobs: Vec::new(),
+            m: Model::default(),
+        };
+        for (k, (tasks, q, max)) in shapes.into_iter().enumerate() {
+            let mut s = spec(tasks, q, max);
+            s.policy.limits.timeout_ms = TIMEOUT_MS;
+            w.c.submit(job(k as u8 + 1), s.clone()).unwrap();
+            w.jobs.push((job(k as u8 + 1), s));
+        }
+        for s in steps {
+            w.run(s)?;
+        }
+        w.finish()?;
     }
 }

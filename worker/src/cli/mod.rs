@@ -3,6 +3,7 @@
 
 mod demo;
 mod peer;
+mod peers;
 mod progress;
 mod results;
 mod status;
@@ -31,6 +32,8 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Show a job's status.
     Status(status::StatusArgs),
+    /// List the peers of the mesh as a peer sees them.
+    Peers(peers::PeersArgs),
     /// Write a job's verified outputs to a directory, one file per task.
     Results(results::ResultsArgs),
     /// Run an example job on an embedded mesh, check it against a native run, and time it.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
             Command::Peer(a) => peer::run(a).await,
             Command::Submit(a) => submit::run(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Peers(a) => peers::run(a).await,
             Command::Results(a) => results::run(a).await,
             Command::Demo(a) => demo::run(a).await,
         }

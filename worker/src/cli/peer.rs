@@ -32,6 +32,13 @@ pub struct PeerArgs {
     /// Most memory one task may ask for, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_task_memory: u64,
+    /// The address other peers should dial, when it is not the listening one (e.g. listening on 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Misbehave, to test the mesh: lie (wrong outputs), forge (bad signatures), silent (never report).
+    #[cfg(feature = "chaos")]
+    #[arg(long, value_enum, value_name = "MODE")]
+    chaos: Option<crate::node::Chaos>,
 }
 
 pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
@@ -44,8 +51,13 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
     config.max_module_bytes = a.max_module_bytes;
     config.max_blob_bytes = a.max_blob_bytes;
     config.caps.limits.memory_bytes = a.max_task_memory;
-    if !config.bootstrap.is_empty() {
-        tracing::warn!("--bootstrap is accepted but this version runs a single-peer mesh");
+    if a.listen.ip().is_unspecified() && a.advertise.is_none() {
+        anyhow::bail!("listening on {} needs --advertise HOST:PORT so other peers know where to dial", a.listen);
+    }
+    config.advertise = a.advertise;
+    #[cfg(feature = "chaos")]
+    {
+        config.chaos = a.chaos;
     }
     let mut handle = Node::start(config.clone()).await?;
     println!(

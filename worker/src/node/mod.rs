@@ -2,7 +2,10 @@
 //! slots that pull work, and the gRPC server. [`Node::start`] brings one up on a data directory
 //! and a listening address; the `spare peer` command and the in-process tests both use it.
 
+mod clients;
 mod core;
+pub mod mesh;
+pub mod remote;
 mod slots;
 mod submit;
 
@@ -16,6 +19,7 @@ use spare_coordinator::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCap
 use tokio::sync::{Notify, broadcast, watch};
 
 pub use self::core::{Change, Core, JobMeta};
+pub use mesh::{MeshState, PeerView};
 pub use submit::{NewJob, SubmitFailure};
 
 use crate::identity::Identity;
@@ -46,6 +50,23 @@ pub struct NodeConfig {
     pub max_module_bytes: usize,
     /// Largest blob accepted by an upload.
     pub max_blob_bytes: u64,
+    /// The address other peers dial (default: the listening address).
+    pub advertise: Option<String>,
+    /// Misbehaviour, for testing how the mesh copes with it.
+    #[cfg(feature = "chaos")]
+    pub chaos: Option<Chaos>,
+}
+
+/// How a `chaos` peer misbehaves.
+#[cfg(feature = "chaos")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Chaos {
+    /// Reports a wrong output (and its hash) for every task.
+    Lie,
+    /// Signs its attestations wrongly.
+    Forge,
+    /// Takes leases and never reports.
+    Silent,
 }
 
 impl NodeConfig {
@@ -59,6 +80,9 @@ impl NodeConfig {
             caps: PolicyCaps::default(),
             max_module_bytes: 64 << 20,
             max_blob_bytes: 1 << 30,
+            advertise: None,
+            #[cfg(feature = "chaos")]
+            chaos: None,
         }
     }
 }
@@ -83,6 +107,18 @@ struct Shared {
     running: std::sync::atomic::AtomicUsize,
     /// Jobs whose end is durable: every result they will have is in the store.
     finished: dashmap::DashSet<JobId>,
+    /// Membership and what this peer published.
+    mesh: Mutex<mesh::MeshState>,
+    /// Wakes the mesh loop: something to send.
+    mesh_wake: Notify,
+    /// Channels to other peers.
+    clients: clients::Clients,
+    /// Report batchers, one per coordinator address.
+    reporters: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<remote::ReportMsg>>>,
+    /// The address other peers dial.
+    advertised: String,
+    /// Records and attestations dropped for bad signatures.
+    invalid_records: std::sync::atomic::AtomicU64,
 }
 
 /// A started peer: its address, and how to stop it.
@@ -148,6 +184,8 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let membership = mesh::new_membership(&identity, advertised.clone(), u64::from_le_bytes(secret[..8].try_into().unwrap_or_default()));
         let node = Node(Arc::new(Shared {
             config,
             identity,
@@ -161,11 +199,21 @@ impl Node {
             shutdown: watch::channel(false).0,
             running: Default::default(),
             finished: Default::default(),
+            mesh: Mutex::new(mesh::MeshState::new(membership)),
+            mesh_wake: Notify::new(),
+            clients: Default::default(),
+            reporters: Default::default(),
+            advertised,
+            invalid_records: Default::default(),
         }));
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
         let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
-        let tasks = vec![tokio::spawn(slots::run(node.clone())), tokio::spawn(node.clone().ticker())];
+        let tasks = vec![
+            tokio::spawn(slots::run(node.clone())),
+            tokio::spawn(node.clone().ticker()),
+            tokio::spawn(node.clone().mesh_loop()),
+        ];
         Ok(NodeHandle { node, addr, server, tasks })
     }
 
@@ -189,10 +237,18 @@ impl Node {
         }
         // Their events describe the past; everything they record is already stored.
         while core.coord.poll_event().is_some() {}
+        let mut open = Vec::new();
         for (id, _) in &jobs {
             if core.coord.job(id).is_some_and(|v| v.state.is_final()) {
                 self.0.finished.insert(*id);
+            } else {
+                open.push(*id);
             }
+        }
+        drop(core);
+        // Jobs still running are announced again, so peers come back to work on them.
+        for id in open {
+            self.publish_job(id, false);
         }
         Ok(jobs.len())
     }
@@ -229,6 +285,7 @@ impl Node {
                 for c in changes {
                     if let Change::JobFinished(job) = c {
                         self.0.finished.insert(job);
+                        self.publish_job(job, true);
                     }
                     let _ = self.0.changes.send(c);
                 }
@@ -266,6 +323,16 @@ impl Node {
     /// Durable changes, as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.0.changes.subscribe()
+    }
+
+    /// Counts a record or attestation dropped for a bad signature.
+    pub fn count_invalid(&self) {
+        self.0.invalid_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records and attestations dropped for bad signatures so far.
+    pub fn invalid_count(&self) -> u64 {
+        self.0.invalid_records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a job has ended and all its results are durable.

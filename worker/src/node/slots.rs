@@ -1,15 +1,19 @@
-//! The local worker slots: when slots are free, pull leases from the coordinator, run each
-//! replica in the sandbox, sign the attestation and report it. Nothing pushes work here; idle
-//! slots ask for it.
+//! The local worker slots: when slots are free, pull work — leases from this peer's own
+//! coordinator first, then from the coordinators of jobs other peers announced, chosen fairly by
+//! the [`Puller`] — run each replica in the sandbox, sign the attestation and report it. Nothing
+//! pushes work here; idle slots ask for it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use spare_coordinator::{Attestation, BlobId, Lease, Outcome, Release, Reported, ResultKey};
+use spare_coordinator::pull::Puller;
+use spare_coordinator::{Attestation, BlobId, JobId, Lease, Outcome, Release, Reported, ResultKey, TaskId};
+use spare_proto as pb;
 use tokio::task::JoinSet;
 
 use super::Node;
 use super::core::Evidence;
+use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
 
@@ -17,30 +21,94 @@ use crate::store::StoredInput;
 const LEASES_PER_SLOT: usize = 4;
 /// Pause after a replica had to be abandoned, so a failing peer does not spin.
 const BACKOFF: Duration = Duration::from_millis(250);
+/// How often idle slots look again at announced jobs (backoffs expire).
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// What finished in the slot loop.
+enum Done {
+    /// A replica ran (or was given up: `true`).
+    Replica(bool),
+    /// A remote lease request came back.
+    Leased(JobId, anyhow::Result<Vec<RemoteReplica>>),
+}
+
+/// What a run produced, ready to attest.
+struct Ran {
+    outcome: Outcome,
+    output: Vec<u8>,
+    message: String,
+    fuel: u64,
+}
 
 /// Pulls and runs work until the peer shuts down.
 pub(super) async fn run(node: Node) {
     let capacity = node.sandbox().slots() * LEASES_PER_SLOT;
-    let mut running = JoinSet::new();
+    let mut running: JoinSet<Done> = JoinSet::new();
+    let mut replicas = 0usize;
+    let mut asking: Option<u32> = None;
+    let mut puller = Puller::new();
     let mut stop = node.shutdown_signal();
     loop {
-        let free = capacity.saturating_sub(running.len());
+        let mut free = capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize);
         if free > 0 {
             let now = node.now();
             let me = node.peer_id();
             let leases = node.core().coord.lease(me, free, now);
             for lease in leases {
+                replicas += 1;
+                free -= 1;
                 node.0.running.fetch_add(1, Ordering::Relaxed);
-                running.spawn(node.clone().replica(lease));
+                let n = node.clone();
+                running.spawn(async move { Done::Replica(n.replica(lease).await) });
+            }
+        }
+        if free > 0 && asking.is_none() {
+            let ads: Vec<_> = {
+                let held = &node.core().jobs;
+                node.mesh().membership.job_ads().into_iter().filter(|a| !held.contains_key(&a.job)).collect()
+            };
+            if let Some((job, n)) = puller.pick(&ads, free as u32, node.now()) {
+                asking = Some(n);
+                let node2 = node.clone();
+                running.spawn(async move { Done::Leased(job, node2.lease_remote(job, n).await) });
             }
         }
         tokio::select! {
             _ = node.0.work.notified() => {}
-            Some(abandoned) = running.join_next(), if !running.is_empty() => {
-                if abandoned.unwrap_or(true) {
-                    tokio::time::sleep(BACKOFF).await;
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok(Done::Replica(abandoned)) => {
+                    replicas -= 1;
+                    if abandoned {
+                        tokio::time::sleep(BACKOFF).await;
+                    }
                 }
-            }
+                Ok(Done::Leased(job, Ok(got))) => {
+                    asking = None;
+                    if got.is_empty() {
+                        puller.empty(job, node.now());
+                    } else {
+                        puller.got(job);
+                    }
+                    for r in got {
+                        replicas += 1;
+                        node.0.running.fetch_add(1, Ordering::Relaxed);
+                        let n = node.clone();
+                        running.spawn(async move { Done::Replica(n.remote_replica(r).await) });
+                    }
+                }
+                Ok(Done::Leased(job, Err(e))) => {
+                    asking = None;
+                    tracing::debug!(job = %job.short(), "lease request failed: {e:#}");
+                    puller.empty(job, node.now());
+                }
+                Err(e) => {
+                    // A replica task panicked or was cancelled; its slot is free again.
+                    tracing::error!("slot task ended abnormally: {e}");
+                    replicas = running.len().min(replicas.saturating_sub(1));
+                    asking = None;
+                }
+            },
+            _ = tokio::time::sleep(LOOK_AGAIN) => {}
             _ = stop.changed() => break,
         }
     }
@@ -48,13 +116,14 @@ pub(super) async fn run(node: Node) {
 }
 
 impl Node {
-    /// Runs one leased replica and reports it. Returns true when it had to be abandoned.
+    /// Runs one replica leased from this peer's own coordinator and reports it. Returns true
+    /// when it had to be abandoned.
     async fn replica(self, lease: Lease) -> bool {
         let abandoned = match self.execute(&lease).await {
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(task = %lease.task, "replica abandoned: {e:#}");
-                self.release(lease, Release::Abandoned).await;
+                self.release_task(lease.task, lease.peer, Release::Abandoned).await;
                 true
             }
         };
@@ -71,34 +140,112 @@ impl Node {
             Some(StoredInput::Blob(id)) => self.store().blobs().read(&id).await?,
             None => anyhow::bail!("task {task} has no stored input"),
         };
-        let module = meta.spec.module;
-        let prepared = self.prepare_module(&module).await;
         let req = RunRequest {
-            module,
+            module: meta.spec.module,
             input,
             args: meta.args.to_vec(),
             env: meta.env.to_vec(),
             limits: meta.spec.policy.limits,
             seed: task_seed(&task.job, task.index),
         };
-        let (outcome, output, message, fuel) = match prepared {
+        let Some(ran) = self.run_replica(req).await? else {
+            self.release_task(task, lease.peer, Release::Deadline).await;
+            return Ok(());
+        };
+        let Some((att, output)) = self.attest(task, ran.outcome, ran.output, ran.fuel) else { return Ok(()) };
+        self.report(att, &output, &ran.message).await;
+        Ok(())
+    }
+
+    /// Runs one replica leased from another peer's coordinator and reports it there.
+    async fn remote_replica(self, r: RemoteReplica) -> bool {
+        let abandoned = match self.execute_remote(&r).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(task = %r.task, coordinator = %r.coordinator, "replica abandoned: {e:#}");
+                self.release_remote(&r, Release::Abandoned).await;
+                true
+            }
+        };
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        abandoned
+    }
+
+    async fn execute_remote(&self, r: &RemoteReplica) -> anyhow::Result<()> {
+        #[cfg(feature = "chaos")]
+        if self.config().chaos == Some(super::Chaos::Silent) {
+            return Ok(()); // holds the lease and never reports
+        }
+        if !self.sandbox().is_prepared(&r.module) {
+            let max = self.config().max_module_bytes as u64;
+            self.fetch_blob(&r.coordinator, &r.module, max).await?;
+        }
+        let input = match &r.input {
+            RemoteInput::Inline(b) => b.clone(),
+            RemoteInput::Blob(id) => {
+                self.fetch_blob(&r.coordinator, id, self.config().max_blob_bytes).await?;
+                self.store().blobs().read(id).await?
+            }
+        };
+        let req = RunRequest {
+            module: r.module,
+            input,
+            args: r.args.clone(),
+            env: r.env.clone(),
+            limits: r.limits,
+            seed: task_seed(&r.task.job, r.task.index),
+        };
+        let Some(ran) = self.run_replica(req).await? else {
+            self.release_remote(r, Release::Deadline).await;
+            return Ok(());
+        };
+        let Some((att, output)) = self.attest(r.task, ran.outcome, ran.output, ran.fuel) else { return Ok(()) };
+        let item = pb::ReportItem {
+            attestation: Some(crate::service::mesh::attestation_pb(&att)),
+            output,
+            message: ran.message,
+        };
+        self.send_report(&r.coordinator, ReportMsg::Attestation(item)).await;
+        Ok(())
+    }
+
+    /// Runs a request in the sandbox (compiling the module first if needed). `None` when the
+    /// run passed its wall deadline, which is not a result.
+    async fn run_replica(&self, req: RunRequest) -> anyhow::Result<Option<Ran>> {
+        let prepared = self.prepare_module(&req.module).await;
+        Ok(Some(match prepared {
             Err(super::submit::PrepareError::Other(e)) => return Err(e),
-            // Validated at submission, so this is not expected; every peer would refuse the same
-            // module the same way, so it is attested as a trap rather than retried forever.
-            Err(super::submit::PrepareError::Module(e)) => (Outcome::Trapped, Vec::new(), format!("invalid module: {e}"), 0),
+            // Every peer refuses the same module the same way, so this is attested as a trap
+            // rather than retried forever.
+            Err(super::submit::PrepareError::Module(e)) => {
+                Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 }
+            }
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
                 match report.outcome {
-                    RunOutcome::Done { outcome, message } => (outcome, report.stdout, message, report.fuel_used),
-                    RunOutcome::Deadline => {
-                        self.release(*lease, Release::Deadline).await;
-                        return Ok(());
+                    RunOutcome::Done { outcome, message } => {
+                        Ran { outcome, output: report.stdout, message, fuel: report.fuel_used }
                     }
-                    RunOutcome::Invalid(e) => (Outcome::Trapped, Vec::new(), format!("invalid module: {e}"), 0),
+                    RunOutcome::Deadline => return Ok(None),
+                    RunOutcome::Invalid(e) => {
+                        Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 }
+                    }
                 }
             }
-        };
-        let output = if outcome.is_success() { output } else { Vec::new() };
+        }))
+    }
+
+    /// The signed attestation of a run, and the output that goes with it. `None` when this
+    /// peer (in chaos mode) keeps quiet.
+    fn attest(&self, task: TaskId, outcome: Outcome, output: Vec<u8>, fuel: u64) -> Option<(Attestation, Vec<u8>)> {
+        // Only a successful run's stdout is a result; a failure is its outcome alone.
+        #[allow(unused_mut)]
+        let mut output = if outcome.is_success() { output } else { Vec::new() };
+        #[cfg(feature = "chaos")]
+        if self.config().chaos == Some(super::Chaos::Lie) {
+            // Every task its own wrong answer, as a careless or malicious peer would give.
+            output = format!("lie from {} about {task}\n", self.peer_id().short()).into_bytes();
+        }
         let mut att = Attestation {
             task,
             peer: self.peer_id(),
@@ -107,22 +254,27 @@ impl Node {
             signature: Vec::new(),
         };
         self.0.identity.sign_attestation(&mut att);
-        self.report(att, &output, &message).await;
-        Ok(())
+        #[cfg(feature = "chaos")]
+        match self.config().chaos {
+            Some(super::Chaos::Forge) => att.signature = vec![7; 64],
+            Some(super::Chaos::Silent) => return None,
+            _ => {}
+        }
+        Some((att, output))
     }
 
     /// Records an attestation with the coordinator, then stores it (and any verdict it made)
-    /// and tells watchers once that is durable.
-    pub(crate) async fn report(&self, att: Attestation, output: &[u8], message: &str) {
+    /// and tells watchers once that is durable. Returns whether it was taken.
+    pub(crate) async fn report(&self, att: Attestation, output: &[u8], message: &str) -> bool {
         let write = {
             let mut core = self.core();
             match core.coord.report(att.clone()) {
                 Ok(Reported::Recorded | Reported::Decided) => {}
                 // The verdict was in before it; it counted for reputation only.
-                Ok(Reported::Late) => return,
+                Ok(Reported::Late) => return true,
                 Err(e) => {
                     tracing::debug!("attestation not recorded: {e}");
-                    return;
+                    return false;
                 }
             }
             let ordinal = core.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
@@ -131,15 +283,17 @@ impl Node {
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone() });
             (self.store().write(ops), changes)
         };
-        // The write is queued in order already; the slot need not wait for the disk.
+        // The write is queued in order already; the caller need not wait for the disk.
         let node = self.clone();
         tokio::spawn(async move { node.publish(write.0, write.1).await });
+        true
     }
 
-    async fn release(&self, lease: Lease, why: Release) {
+    /// Hands back a leased replica that produced no attestation.
+    pub(crate) async fn release_task(&self, task: TaskId, peer: spare_coordinator::PeerId, why: Release) {
         let write = {
             let mut core = self.core();
-            core.coord.release(lease.task, lease.peer, why);
+            core.coord.release(task, peer, why);
             let (ops, changes) = core.drain(None);
             (!ops.is_empty() || !changes.is_empty()).then(|| (self.store().write(ops), changes))
         };

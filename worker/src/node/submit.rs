@@ -106,6 +106,7 @@ impl Node {
             return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
         }
         tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
+        self.publish_job(id, false);
         self.0.work.notify_one();
         Ok(id)
     }

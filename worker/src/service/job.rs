@@ -39,6 +39,35 @@ fn not_found(id: &JobId) -> Status {
     Status::not_found(format!("job {id} is not known at this peer"))
 }
 
+/// Marks a request one peer forwarded to another, so it is never forwarded twice.
+const PROXIED: &str = "spare-proxied";
+
+/// Where to forward a request about a job this peer does not hold: a live coordinator named in
+/// the job's ad. `Err` says which peers to ask when forwarding is not possible.
+fn coordinator_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<pb::job_service_client::JobServiceClient<tonic::transport::Channel>, Status> {
+    let Some(ad) = node.job_ad(id) else { return Err(not_found(id)) };
+    let addrs: Vec<String> = ad.coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
+    if req.metadata().contains_key(PROXIED) || addrs.is_empty() {
+        let who: Vec<String> = ad.coordinators.iter().map(|c| c.short()).collect();
+        return Err(Status::not_found(format!(
+            "job {id} is coordinated by peer(s) {} at {}; ask there",
+            who.join(", "),
+            if addrs.is_empty() { "no known address".to_string() } else { addrs.join(", ") }
+        )));
+    }
+    node.client_jobs(&addrs[0]).ok_or_else(|| Status::unavailable("no channel to the job's coordinator"))
+}
+
+fn forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(PROXIED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+fn holds(node: &Node, id: &JobId) -> bool {
+    node.core().jobs.contains_key(id)
+}
+
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
     let (mut s, views) = {
@@ -111,15 +140,24 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
+        if !holds(&self.node, &id) {
+            let mut client = coordinator_of(&self.node, &id, &req)?;
+            return client.get(forwarded(req.into_inner())).await;
+        }
         let r = req.into_inner();
-        let id: JobId = parse_id("job_id", &r.job_id)?;
         Ok(Response::new(status(&self.node, &id, r.include_tasks)?))
     }
 
     type WatchStream = BoxStream<pb::JobEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let id: JobId = parse_id("job_id", &req.into_inner().job_id)?;
+        let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
+        if !holds(&self.node, &id) {
+            let mut client = coordinator_of(&self.node, &id, &req)?;
+            let stream = client.watch(forwarded(req.into_inner())).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         // Subscribe before the snapshot so no change falls between them.
         let mut changes = self.node.subscribe();
         let snapshot = status(&self.node, &id, false)?;
@@ -166,8 +204,13 @@ impl pb::job_service_server::JobService for JobApi {
     type ResultsStream = BoxStream<pb::TaskResult>;
 
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
+        let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
+        if !holds(&self.node, &id) {
+            let mut client = coordinator_of(&self.node, &id, &req)?;
+            let stream = client.results(forwarded(req.into_inner())).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let r = req.into_inner();
-        let id: JobId = parse_id("job_id", &r.job_id)?;
         let total = self.node.core().coord.job(&id).ok_or_else(|| not_found(&id))?.spec.task_count;
         let mut changes = self.node.subscribe();
         let node = self.node.clone();
@@ -216,7 +259,11 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::JobStatus>, Status> {
-        let id: JobId = parse_id("job_id", &req.into_inner().job_id)?;
+        let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
+        if !holds(&self.node, &id) {
+            let mut client = coordinator_of(&self.node, &id, &req)?;
+            return client.cancel(forwarded(req.into_inner())).await;
+        }
         match self.node.cancel(&id).await {
             Ok(true) => Ok(Response::new(status(&self.node, &id, false)?)),
             Ok(false) => Err(not_found(&id)),

@@ -5,6 +5,7 @@
 mod blob;
 pub mod convert;
 mod job;
+pub mod mesh;
 mod peer;
 
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     health.set_serving::<pb::job_service_server::JobServiceServer<JobApi>>().await;
     health.set_serving::<pb::blob_service_server::BlobServiceServer<BlobApi>>().await;
     health.set_serving::<pb::peer_service_server::PeerServiceServer<PeerApi>>().await;
+    health.set_serving::<pb::mesh_service_server::MeshServiceServer<mesh::MeshApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -41,7 +43,10 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     let blobs = pb::blob_service_server::BlobServiceServer::new(BlobApi::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let peers = pb::peer_service_server::PeerServiceServer::new(PeerApi::new(node));
+    let peers = pb::peer_service_server::PeerServiceServer::new(PeerApi::new(node.clone()));
+    let mesh = pb::mesh_service_server::MeshServiceServer::new(mesh::MeshApi::new(node))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(health_service)
@@ -49,6 +54,7 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .add_service(jobs)
         .add_service(blobs)
         .add_service(peers)
+        .add_service(mesh)
         // No Nagle: streams of small events would otherwise stall on delayed ACKs.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

@@ -36,14 +36,45 @@ pub fn info(node: &Node, addr: &str) -> pb::PeerInfo {
 
 #[tonic::async_trait]
 impl pb::peer_service_server::PeerService for PeerApi {
-    async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::PeerInfo>, Status> {
-        let addr = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        Ok(Response::new(info(&self.node, &addr)))
+    async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::PeerInfo>, Status> {
+        Ok(Response::new(info(&self.node, &self.node.advertised_addr())))
     }
 
-    async fn peers(&self, req: Request<pb::PeersRequest>) -> Result<Response<pb::PeersResponse>, Status> {
-        // Until the mesh exists, the only peer known is this one.
-        let addr = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        Ok(Response::new(pb::PeersResponse { peers: vec![info(&self.node, &addr)] }))
+    async fn peers(&self, _req: Request<pb::PeersRequest>) -> Result<Response<pb::PeersResponse>, Status> {
+        let me = self.node.peer_id();
+        let peers = self
+            .node
+            .peers()
+            .into_iter()
+            .map(|v| {
+                if v.peer == me {
+                    return info(&self.node, &v.addr);
+                }
+                let a = v.advert.unwrap_or_else(|| spare_coordinator::records::Advert {
+                    peer: v.peer,
+                    seq: 0,
+                    addr: v.addr.clone(),
+                    cpus_total: 0,
+                    cpus_free: 0,
+                    memory_bytes: 0,
+                    version: String::new(),
+                    reachable: false,
+                    signature: Vec::new(),
+                });
+                pb::PeerInfo {
+                    peer_id: v.peer.to_hex(),
+                    addr: v.addr,
+                    version: a.version,
+                    cpus_total: a.cpus_total,
+                    cpus_free: a.cpus_free,
+                    memory_bytes: a.memory_bytes,
+                    state: crate::node::mesh::peer_state(v.state) as i32,
+                    features: Vec::new(),
+                    jobs: 0,
+                    uptime_ms: 0,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PeersResponse { peers }))
     }
 }

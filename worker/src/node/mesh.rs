@@ -1,0 +1,354 @@
+//! The peer's side of the mesh: drives [`Membership`] (SWIM plus signed records) with real time,
+//! sends what it wants sent over `MeshService.Gossip`, publishes this peer's advert and the ads
+//! of the jobs it originates, and reacts to what membership reports (peers up and down, forged
+//! records).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spare_coordinator::membership::{MemberState, MeshEvent, Membership, MembershipConfig};
+use spare_coordinator::records::{Advert, JobAd, Record, RecordKey, Signer, Verifier};
+use spare_coordinator::{JobId, Millis, PeerId};
+use spare_proto as pb;
+use tokio::sync::Semaphore;
+
+use super::{Node, unix_ms};
+
+/// Longest wait between two looks at membership's timers.
+const MAX_NAP: Duration = Duration::from_millis(100);
+/// Gossip requests in flight at once; past it a message is dropped (SWIM tolerates loss).
+const MAX_SENDS: usize = 64;
+/// How long one gossip request may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// An advert is refreshed this often even when nothing changed.
+const ADVERT_REFRESH_MS: Millis = 30_000;
+/// Free-slot changes are advertised at most this often.
+const ADVERT_MIN_GAP_MS: Millis = 1_000;
+/// While alone, bootstrap peers are greeted again this often.
+const REJOIN_MS: Millis = 3_000;
+
+/// Membership and what this peer has published.
+pub struct MeshState {
+    /// SWIM and the records.
+    pub membership: Membership,
+    advert_seq: u64,
+    advertised_free: Option<u32>,
+    advertised_at: Millis,
+    job_seq: HashMap<JobId, u64>,
+    last_join: Millis,
+}
+
+impl MeshState {
+    /// Membership for this peer.
+    pub fn new(membership: Membership) -> MeshState {
+        MeshState {
+            membership,
+            advert_seq: 0,
+            advertised_free: None,
+            advertised_at: 0,
+            job_seq: HashMap::new(),
+            last_join: 0,
+        }
+    }
+}
+
+/// The signer and verifier membership uses: this peer's ed25519 key, and ed25519 checks.
+pub fn crypto(identity: &crate::identity::Identity) -> (Signer, Verifier) {
+    let id = identity.clone();
+    let signer: Signer = Arc::new(move |m: &[u8]| id.sign(m).to_vec());
+    let verifier: Verifier = Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| crate::identity::verify(p, m, s));
+    (signer, verifier)
+}
+
+/// Membership settings for a peer.
+pub fn membership_config() -> MembershipConfig {
+    MembershipConfig::lan(16)
+}
+
+/// A peer as `spare peers` shows it.
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its address.
+    pub addr: String,
+    /// Alive, suspect or dead.
+    pub state: MemberState,
+    /// Its newest advert, if one arrived.
+    pub advert: Option<Advert>,
+}
+
+impl Node {
+    /// Membership, locked. Never held across an await.
+    pub fn mesh(&self) -> std::sync::MutexGuard<'_, MeshState> {
+        self.0.mesh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signer(&self) -> Signer {
+        crypto(&self.0.identity).0
+    }
+
+    /// Takes a gossip message another peer sent.
+    pub fn mesh_receive(&self, data: &[u8]) -> Result<(), spare_coordinator::membership::MembershipError> {
+        let now = self.now();
+        let r = self.mesh().membership.handle_data(data, now);
+        self.0.mesh_wake.notify_one();
+        r
+    }
+
+    /// Publishes this peer's advert if its free slots changed (at most once a second) or it is
+    /// due a refresh; `force` publishes now.
+    pub(crate) fn publish_advert(&self, force: bool) {
+        let now = self.now();
+        let total = self.sandbox().slots() as u32;
+        let free = total.saturating_sub(self.running().min(total as usize) as u32);
+        let mut mesh = self.mesh();
+        let changed = mesh.advertised_free != Some(free) && now >= mesh.advertised_at + ADVERT_MIN_GAP_MS;
+        if !(force || changed || now >= mesh.advertised_at + ADVERT_REFRESH_MS) {
+            return;
+        }
+        mesh.advert_seq += 1;
+        let mut record = Record::Advert(Advert {
+            peer: self.peer_id(),
+            seq: unix_ms().max(mesh.advert_seq),
+            addr: self.advertised_addr(),
+            cpus_total: total,
+            cpus_free: free,
+            memory_bytes: self.config().caps.limits.memory_bytes,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            reachable: true,
+            signature: Vec::new(),
+        });
+        if let Record::Advert(a) = &record {
+            mesh.advert_seq = a.seq;
+        }
+        record.sign(&self.signer());
+        mesh.membership.publish(record);
+        mesh.advertised_free = Some(free);
+        mesh.advertised_at = now;
+        drop(mesh);
+        self.0.mesh_wake.notify_one();
+    }
+
+    /// Announces a job this peer originated (again, with `done` once it has ended).
+    pub(crate) fn publish_job(&self, job: JobId, done: bool) {
+        let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else { return };
+        if spec.origin != self.peer_id() {
+            return;
+        }
+        let mut mesh = self.mesh();
+        // Unix time, so an ad made after a restart still replaces the ones before it.
+        let seq = (mesh.job_seq.get(&job).copied().unwrap_or(0) + 1).max(unix_ms());
+        mesh.job_seq.insert(job, seq);
+        let mut record = Record::JobAd(JobAd {
+            job,
+            origin: spec.origin,
+            seq,
+            module: spec.module,
+            task_count: spec.task_count,
+            policy: spec.policy,
+            coordinators: vec![self.peer_id()],
+            submitted_at_ms: spec.submitted_at_ms,
+            done,
+            signature: Vec::new(),
+        });
+        record.sign(&self.signer());
+        mesh.membership.publish(record);
+        drop(mesh);
+        self.0.mesh_wake.notify_one();
+    }
+
+    /// JobService of the peer at `addr`.
+    pub fn client_jobs(&self, addr: &str) -> Option<pb::job_service_client::JobServiceClient<tonic::transport::Channel>> {
+        self.0.clients.jobs(addr)
+    }
+
+    /// The address other peers should dial.
+    pub fn advertised_addr(&self) -> String {
+        self.0.advertised.clone()
+    }
+
+    /// The ad of a job, if one was heard.
+    pub fn job_ad(&self, job: &JobId) -> Option<JobAd> {
+        match self.mesh().membership.record(&RecordKey::JobAd(*job)) {
+            Some(Record::JobAd(ad)) => Some(ad),
+            _ => None,
+        }
+    }
+
+    /// The address of a live peer, from membership or its advert.
+    pub fn addr_of(&self, peer: &PeerId) -> Option<String> {
+        if *peer == self.peer_id() {
+            return Some(self.advertised_addr());
+        }
+        let mesh = self.mesh();
+        let from_members = mesh
+            .membership
+            .members()
+            .into_iter()
+            .find(|(m, s)| m.peer == *peer && *s != MemberState::Dead)
+            .map(|(m, _)| m.addr);
+        from_members.or_else(|| match mesh.membership.record(&RecordKey::Advert(*peer)) {
+            Some(Record::Advert(a)) => Some(a.addr),
+            _ => None,
+        })
+    }
+
+    /// Every peer known, this one first.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let mesh = self.mesh();
+        let adverts: HashMap<PeerId, Advert> =
+            mesh.membership.adverts().into_iter().map(|a| (a.peer, a)).collect();
+        let me = self.peer_id();
+        let mut out = vec![PeerView {
+            peer: me,
+            addr: self.advertised_addr(),
+            state: MemberState::Alive,
+            advert: adverts.get(&me).cloned(),
+        }];
+        let mut others: Vec<PeerView> = mesh
+            .membership
+            .members()
+            .into_iter()
+            .map(|(m, state)| PeerView { advert: adverts.get(&m.peer).cloned(), peer: m.peer, addr: m.addr, state })
+            .collect();
+        others.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out.extend(others);
+        out
+    }
+
+    /// Alive peers, this one included.
+    pub fn live_peers(&self) -> usize {
+        1 + self.mesh().membership.active()
+    }
+
+    /// Drives membership until shutdown.
+    pub(super) async fn mesh_loop(self) {
+        let mut stop = self.shutdown_signal();
+        let sends = Arc::new(Semaphore::new(MAX_SENDS));
+        self.greet_bootstrap();
+        self.publish_advert(true);
+        loop {
+            let now = self.now();
+            let nap = {
+                let mut mesh = self.mesh();
+                mesh.membership.tick(now);
+                mesh.membership.next_deadline().map_or(MAX_NAP, |d| Duration::from_millis(d.saturating_sub(now))).min(MAX_NAP)
+            };
+            self.flush_mesh(&sends);
+            self.publish_advert(false);
+            if self.mesh().membership.active() == 0 && now >= self.mesh().last_join + REJOIN_MS {
+                self.greet_bootstrap();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.0.mesh_wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    fn greet_bootstrap(&self) {
+        let now = self.now();
+        let mut mesh = self.mesh();
+        mesh.last_join = now;
+        for addr in &self.config().bootstrap {
+            if *addr != self.advertised_addr() {
+                mesh.membership.join(addr, now);
+            }
+        }
+    }
+
+    /// Sends what membership queued and handles its events.
+    fn flush_mesh(&self, sends: &Arc<Semaphore>) {
+        let (out, events) = {
+            let mut mesh = self.mesh();
+            let out: Vec<_> = std::iter::from_fn(|| mesh.membership.poll_send()).collect();
+            let events: Vec<_> = std::iter::from_fn(|| mesh.membership.poll_event()).collect();
+            (out, events)
+        };
+        for (to, data) in out {
+            let Ok(permit) = sends.clone().try_acquire_owned() else {
+                tracing::debug!("gossip dropped: too many sends in flight");
+                continue;
+            };
+            let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let req = pb::GossipRequest { data };
+                let sent = tokio::time::timeout(SEND_TIMEOUT, client.gossip(req)).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    node.0.clients.forget(&to.addr);
+                }
+                drop(permit);
+            });
+        }
+        for event in events {
+            self.on_mesh_event(event);
+        }
+    }
+
+    fn on_mesh_event(&self, event: MeshEvent) {
+        match event {
+            MeshEvent::PeerUp(m) => {
+                tracing::info!(peer = %m.peer.short(), addr = %m.addr, "peer up");
+                self.peers_changed(None);
+            }
+            MeshEvent::PeerDown(m) => {
+                tracing::info!(peer = %m.peer.short(), addr = %m.addr, "peer down");
+                self.peers_changed(Some(m.peer));
+            }
+            MeshEvent::Record(Record::JobAd(ad)) => {
+                tracing::debug!(job = %ad.job.short(), done = ad.done, "job ad");
+                self.0.work.notify_one();
+            }
+            MeshEvent::Record(Record::Advert(_)) => {}
+            MeshEvent::Invalid { sender } => {
+                self.0.invalid_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(sender = ?sender.map(|p| p.short()), "dropped a record with a bad signature");
+                if let Some(p) = sender {
+                    self.core().coord.penalize(p);
+                }
+            }
+            MeshEvent::Joined => tracing::info!("joined the mesh"),
+            MeshEvent::Idle => tracing::info!("no other live peer known"),
+        }
+    }
+
+    /// Membership changed: tell the coordinator how many peers there are, and hand a dead
+    /// peer's leases back to the pool.
+    fn peers_changed(&self, down: Option<PeerId>) {
+        let live = self.live_peers();
+        let now = self.now();
+        let write = {
+            let mut core = self.core();
+            core.coord.set_live_peers(live);
+            if let Some(p) = down {
+                core.coord.peer_down(p, now);
+            }
+            let (ops, changes) = core.drain(None);
+            (!ops.is_empty() || !changes.is_empty()).then(|| (self.store().write(ops), changes))
+        };
+        if let Some((write, changes)) = write {
+            let node = self.clone();
+            tokio::spawn(async move { node.publish(write, changes).await });
+        }
+        self.0.work.notify_one();
+    }
+}
+
+/// `spare.v1.PeerState` of a member state.
+pub fn peer_state(s: MemberState) -> pb::PeerState {
+    match s {
+        MemberState::Alive => pb::PeerState::Alive,
+        MemberState::Suspect => pb::PeerState::Suspect,
+        MemberState::Dead => pb::PeerState::Dead,
+    }
+}
+
+/// A fresh membership for this node's identity.
+pub fn new_membership(identity: &crate::identity::Identity, addr: String, seed: u64) -> Membership {
+    let me = spare_coordinator::membership::Member { peer: identity.peer_id(), addr, epoch: unix_ms() };
+    Membership::new(me, membership_config(), seed, crypto(identity).1)
+}

@@ -1,0 +1,196 @@
+//! Working for jobs other peers coordinate: ask a coordinator for a batch of leases (signed, so
+//! nobody can take leases in another peer's name), fetch the module and inputs by hash (checked),
+//! and report attestations back in batches.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use spare_coordinator::{BlobId, JobId, Limits, Release, TaskId};
+use spare_proto as pb;
+use tokio::sync::mpsc;
+
+use super::{Node, unix_ms};
+use crate::service::convert::parse_id;
+
+/// A replica leased from another peer's coordinator.
+#[derive(Clone, Debug)]
+pub struct RemoteReplica {
+    /// The coordinator's address.
+    pub coordinator: String,
+    /// The task.
+    pub task: TaskId,
+    /// The module to run.
+    pub module: BlobId,
+    /// Its input: inline bytes or a blob to fetch.
+    pub input: RemoteInput,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Sandbox limits.
+    pub limits: Limits,
+}
+
+/// Where a remote replica's input is.
+#[derive(Clone, Debug)]
+pub enum RemoteInput {
+    /// In the lease reply.
+    Inline(Vec<u8>),
+    /// A blob at the coordinator.
+    Blob(BlobId),
+}
+
+/// One thing a reporter sends to a coordinator.
+#[derive(Debug)]
+pub enum ReportMsg {
+    /// A signed attestation with its output.
+    Attestation(pb::ReportItem),
+    /// A replica handed back without a result.
+    Release(pb::Release),
+}
+
+/// Reports batched per coordinator: at most this many per request…
+const REPORT_BATCH: usize = 256;
+/// …or this many output bytes…
+const REPORT_BYTES: usize = 4 << 20;
+/// …or this long after the first one waits.
+const REPORT_LINGER: Duration = Duration::from_millis(5);
+/// Reports waiting per coordinator before new ones wait their turn.
+const REPORT_QUEUE: usize = 4096;
+/// Attempts at one report batch before it is given up (its leases then lapse).
+const REPORT_TRIES: u32 = 3;
+/// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
+pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The bytes a lease request's signature covers.
+pub fn lease_signing_bytes(job: &JobId, max: u32, timestamp_ms: u64) -> Vec<u8> {
+    let mut b = b"spare.v1.lease\0".to_vec();
+    b.extend_from_slice(job.as_bytes());
+    b.extend_from_slice(&max.to_le_bytes());
+    b.extend_from_slice(&timestamp_ms.to_le_bytes());
+    b
+}
+
+impl Node {
+    /// Asks a coordinator of `job` for up to `max` replicas.
+    pub(super) async fn lease_remote(&self, job: JobId, max: u32) -> anyhow::Result<Vec<RemoteReplica>> {
+        let ad = self.job_ad(&job).ok_or_else(|| anyhow::anyhow!("no ad for job {job}"))?;
+        let addr = ad
+            .coordinators
+            .iter()
+            .find_map(|c| self.addr_of(c))
+            .ok_or_else(|| anyhow::anyhow!("no live coordinator of job {}", job.short()))?;
+        let ts = unix_ms();
+        let req = pb::LeaseRequest {
+            peer_id: self.peer_id().to_hex(),
+            job_id: job.to_hex(),
+            max,
+            timestamp_ms: ts,
+            signature: self.0.identity.sign(&lease_signing_bytes(&job, max, ts)).to_vec(),
+        };
+        let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
+        let reply = match client.lease(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                self.0.clients.forget(&addr);
+                anyhow::bail!("lease from {addr}: {e}");
+            }
+        };
+        let module: BlobId = parse_id("module_id", &reply.module_id).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let l = reply.limits.unwrap_or_default();
+        let limits = Limits { memory_bytes: l.memory_bytes, fuel: l.fuel, timeout_ms: l.timeout_ms, output_bytes: l.output_bytes };
+        let env: Vec<(String, String)> = reply.env.into_iter().map(|e| (e.key, e.value)).collect();
+        let mut out = Vec::with_capacity(reply.tasks.len());
+        for t in reply.tasks.into_iter().take(max as usize) {
+            let input = match t.input.and_then(|i| i.source) {
+                Some(pb::task_input::Source::Inline(b)) => RemoteInput::Inline(b),
+                Some(pb::task_input::Source::BlobId(s)) => {
+                    RemoteInput::Blob(parse_id("blob_id", &s).map_err(|e| anyhow::anyhow!("{}", e.message()))?)
+                }
+                None => RemoteInput::Inline(Vec::new()),
+            };
+            out.push(RemoteReplica {
+                coordinator: addr.clone(),
+                task: TaskId { job, index: t.index },
+                module,
+                input,
+                args: reply.args.clone(),
+                env: env.clone(),
+                limits,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes sure blob `id` is stored here, fetching it from `addr` (and checking its hash).
+    pub(super) async fn fetch_blob(&self, addr: &str, id: &BlobId, max: u64) -> anyhow::Result<()> {
+        if self.store().blobs().has(id).await {
+            return Ok(());
+        }
+        let mut client = self.0.clients.blobs(addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
+        let mut stream = client.get(pb::GetBlobRequest { blob_id: id.to_hex() }).await?.into_inner();
+        let mut writer = self.store().blobs().writer(max).await?;
+        while let Some(chunk) = stream.next().await {
+            writer.write(&chunk?.chunk).await?;
+        }
+        writer.finish(Some(*id)).await?;
+        Ok(())
+    }
+
+    /// Queues a report for the coordinator at `addr`; batches go out from one task per coordinator.
+    pub(super) async fn send_report(&self, addr: &str, msg: ReportMsg) {
+        let tx = {
+            let mut reporters = self.0.reporters.lock().unwrap_or_else(|p| p.into_inner());
+            reporters.retain(|_, tx| !tx.is_closed());
+            reporters
+                .entry(addr.to_string())
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+                    tokio::spawn(self.clone().reporter(addr.to_string(), rx));
+                    tx
+                })
+                .clone()
+        };
+        let _ = tx.send(msg).await;
+    }
+
+    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<ReportMsg>) {
+        while let Some(first) = rx.recv().await {
+            let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
+            let add = |m: ReportMsg, req: &mut pb::ReportRequest| match m {
+                ReportMsg::Attestation(item) => req.items.push(item),
+                ReportMsg::Release(r) => req.released.push(r),
+            };
+            let bytes = |req: &pb::ReportRequest| req.items.iter().map(|i| i.output.len()).sum::<usize>();
+            add(first, &mut req);
+            let linger = tokio::time::sleep(REPORT_LINGER);
+            tokio::pin!(linger);
+            while req.items.len() + req.released.len() < REPORT_BATCH && bytes(&req) < REPORT_BYTES {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => add(m, &mut req),
+                        None => break,
+                    },
+                    _ = &mut linger => break,
+                }
+            }
+            for attempt in 1..=REPORT_TRIES {
+                let Some(mut client) = self.0.clients.mesh(&addr) else { break };
+                match client.report(req.clone()).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(%addr, attempt, "report failed: {e}");
+                        self.0.clients.forget(&addr);
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a remote replica back without a result.
+    pub(super) async fn release_remote(&self, r: &RemoteReplica, why: Release) {
+        let msg = pb::Release { job_id: r.task.job.to_hex(), index: r.task.index, deadline: why == Release::Deadline };
+        self.send_report(&r.coordinator, ReportMsg::Release(msg)).await;
+    }
+}

@@ -1,0 +1,165 @@
+//! `spare.v1.MeshService`: what peers say to each other. Gossip goes to membership; Lease and
+//! Report reach the coordinator of the jobs this peer holds, after their signatures are checked.
+
+use spare_coordinator::{Attestation, BlobId, JobId, Outcome, PeerId, Release, ResultKey, TaskId};
+use spare_proto as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, parse_id};
+use crate::identity;
+use crate::node::{Node, remote, unix_ms};
+use crate::store::StoredInput;
+
+/// Inputs up to this size travel inside a lease reply; larger ones are fetched as blobs.
+const INLINE_INPUT: usize = 64 << 10;
+
+/// The MeshService of one peer.
+pub struct MeshApi {
+    node: Node,
+}
+
+impl MeshApi {
+    /// The service over `node`.
+    pub fn new(node: Node) -> MeshApi {
+        MeshApi { node }
+    }
+}
+
+/// An attestation from the wire, or why it is malformed.
+pub fn attestation(a: &pb::Attestation) -> Result<Attestation, Status> {
+    use pb::OutcomeKind as K;
+    let outcome = match a.kind() {
+        K::Exited => Outcome::Exited(a.exit_code),
+        K::Trapped => Outcome::Trapped,
+        K::OutOfFuel => Outcome::OutOfFuel,
+        K::MemoryLimit => Outcome::MemoryLimit,
+        K::OutputTooLarge => Outcome::OutputTooLarge,
+        other => return Err(Status::invalid_argument(format!("outcome {other:?} cannot be attested"))),
+    };
+    Ok(Attestation {
+        task: TaskId { job: parse_id("job_id", &a.job_id)?, index: a.index },
+        peer: parse_id("peer_id", &a.peer_id)?,
+        result: ResultKey { outcome, output_hash: parse_id("output_hash", &a.output_hash)? },
+        fuel_used: a.fuel_used,
+        signature: a.signature.clone(),
+    })
+}
+
+/// An attestation on the wire.
+pub fn attestation_pb(a: &Attestation) -> pb::Attestation {
+    let o = convert::outcome_pb(&a.result.outcome, String::new());
+    pb::Attestation {
+        job_id: a.task.job.to_hex(),
+        index: a.task.index,
+        peer_id: a.peer.to_hex(),
+        kind: o.kind,
+        exit_code: o.exit_code,
+        output_hash: a.result.output_hash.to_hex(),
+        fuel_used: a.fuel_used,
+        signature: a.signature.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::mesh_service_server::MeshService for MeshApi {
+    async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipReply>, Status> {
+        self.node
+            .mesh_receive(&req.into_inner().data)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::GossipReply {}))
+    }
+
+    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+        let r = req.into_inner();
+        let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
+        let job: JobId = parse_id("job_id", &r.job_id)?;
+        if unix_ms().abs_diff(r.timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+            return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
+        }
+        if !identity::verify(&peer, &remote::lease_signing_bytes(&job, r.max, r.timestamp_ms), &r.signature) {
+            self.node.core().coord.penalize(peer);
+            return Err(Status::unauthenticated("the lease request is not signed by peer_id"));
+        }
+        let now = self.node.now();
+        let max = r.max.min(spare_coordinator::pull::MAX_BATCH) as usize;
+        let (meta, leases, banned) = {
+            let mut core = self.node.core();
+            let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
+            let banned = core.coord.reputation().is_banned(&peer);
+            (meta, core.coord.lease(peer, max, now), banned)
+        };
+        let mut tasks = Vec::with_capacity(leases.len());
+        for l in &leases {
+            let input = match self.node.store().input(&l.task) {
+                Ok(Some(StoredInput::Inline(b))) if b.len() <= INLINE_INPUT => pb::task_input::Source::Inline(b),
+                Ok(Some(StoredInput::Inline(b))) => {
+                    let (id, _) = self.node.store().blobs().put(&b).await.map_err(|e| Status::internal(e.to_string()))?;
+                    pb::task_input::Source::BlobId(id.to_hex())
+                }
+                Ok(Some(StoredInput::Blob(id))) => pb::task_input::Source::BlobId(id.to_hex()),
+                Ok(None) => return Err(Status::internal(format!("task {} has no stored input", l.task))),
+                Err(e) => return Err(Status::internal(e.to_string())),
+            };
+            tasks.push(pb::LeasedTask {
+                index: l.task.index,
+                input: Some(pb::TaskInput { source: Some(input) }),
+                expires_in_ms: l.expires_at.saturating_sub(now),
+            });
+        }
+        let note = match (tasks.is_empty(), banned) {
+            (false, _) => String::new(),
+            (true, true) => "this peer gets no leases: too many of its results disagreed with verdicts".into(),
+            (true, false) => "no task wants another replica from this peer now".into(),
+        };
+        let policy = convert::policy_pb(&meta.spec.policy);
+        Ok(Response::new(pb::LeaseReply {
+            job_id: job.to_hex(),
+            module_id: meta.spec.module.to_hex(),
+            args: meta.args.to_vec(),
+            env: meta.env.iter().map(|(k, v)| pb::EnvVar { key: k.clone(), value: v.clone() }).collect(),
+            limits: policy.limits,
+            tasks,
+            note,
+        }))
+    }
+
+    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
+        let r = req.into_inner();
+        let mut reply = pb::ReportReply::default();
+        for item in r.items {
+            let Some(a) = item.attestation.as_ref() else {
+                reply.rejected += 1;
+                continue;
+            };
+            let att = match attestation(a) {
+                Ok(att) => att,
+                Err(_) => {
+                    reply.rejected += 1;
+                    continue;
+                }
+            };
+            // A forged or corrupted attestation is dropped and held against the peer it names.
+            let honest_bytes = BlobId::of(&item.output) == att.result.output_hash;
+            if !identity::verify_attestation(&att) || !honest_bytes {
+                self.node.count_invalid();
+                self.node.core().coord.penalize(att.peer);
+                reply.rejected += 1;
+                continue;
+            }
+            if self.node.report(att, &item.output, &item.message).await {
+                reply.accepted += 1;
+            } else {
+                reply.rejected += 1;
+            }
+        }
+        if !r.released.is_empty() {
+            let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
+            for rel in r.released {
+                let job: JobId = parse_id("job_id", &rel.job_id)?;
+                let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
+                self.node.release_task(TaskId { job, index: rel.index }, peer, why).await;
+            }
+        }
+        Ok(Response::new(reply))
+    }
+}

@@ -213,23 +213,39 @@ impl Coordinator {
             .map(|k| if k < ties { self.active[(k + self.turn) % ties] } else { self.active[k] })
             .collect();
         for id in order {
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
-            let picked = job.pick(&peer, max - out.len());
-            if picked.is_empty() {
-                continue;
-            }
-            job.started = true;
-            let expires_at = now.saturating_add(job.spec.policy.limits.timeout_ms + self.config.lease_grace_ms);
-            for index in picked {
-                job.mutate(index, |t, _| t.leases.push((peer, expires_at)));
-                let task = TaskId { job: id, index };
-                self.held.hold(peer, task);
-                self.expiries.push(Reverse((expires_at, task, peer)));
-                out.push(Lease { task, peer, expires_at });
-            }
+            let room = max - out.len();
+            out.extend(self.lease_in(id, peer, room, now));
             if out.len() >= max {
                 break;
             }
+        }
+        out
+    }
+
+    /// Hands `peer` up to `max` replicas of one job (a worker pulling work for a job it chose).
+    /// Same rules as [`Coordinator::lease`].
+    pub fn lease_job(&mut self, job: &JobId, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        if max == 0 || self.reputation.is_banned(&peer) || !self.active.contains(job) {
+            return Vec::new();
+        }
+        self.lease_in(*job, peer, max, now)
+    }
+
+    fn lease_in(&mut self, id: JobId, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        let Some(job) = self.jobs.get_mut(&id) else { return Vec::new() };
+        let picked = job.pick(&peer, max);
+        if picked.is_empty() {
+            return Vec::new();
+        }
+        job.started = true;
+        let expires_at = now.saturating_add(job.spec.policy.limits.timeout_ms + self.config.lease_grace_ms);
+        let mut out = Vec::with_capacity(picked.len());
+        for index in picked {
+            job.mutate(index, |t, _| t.leases.push((peer, expires_at)));
+            let task = TaskId { job: id, index };
+            self.held.hold(peer, task);
+            self.expiries.push(Reverse((expires_at, task, peer)));
+            out.push(Lease { task, peer, expires_at });
         }
         out
     }

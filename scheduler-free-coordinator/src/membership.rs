@@ -116,7 +116,9 @@ impl MembershipConfig {
             suspect_to_down_ms: 4_000,
             gossip_period_ms: 500,
             announce_period_ms: 10_000,
-            remove_down_after_ms: 60_000,
+            // Remembered long enough that the periodic announces to dead members (below) can
+            // heal a partition of several minutes.
+            remove_down_after_ms: 10 * 60_000,
             max_packet_bytes: 16 << 10,
             cluster_size: cluster_size.max(2),
         }
@@ -136,6 +138,9 @@ impl MembershipConfig {
         }
         if let Some(a) = c.periodic_announce.as_mut() {
             a.frequency = Duration::from_millis(self.announce_period_ms);
+        }
+        if let Some(a) = c.periodic_announce_to_down_members.as_mut() {
+            a.frequency = Duration::from_millis(self.announce_period_ms.saturating_mul(2));
         }
         c
     }
@@ -159,6 +164,9 @@ struct RecordState {
     events: VecDeque<MeshEvent>,
     /// Set while this peer hands foca a record it has already taken, to be disseminated.
     relaying: bool,
+    /// The authenticated sender of the message being handled (foca's own sender field is
+    /// whatever the packet claims, so it is not used to blame anyone).
+    sender: Option<PeerId>,
 }
 
 impl RecordState {
@@ -169,8 +177,15 @@ impl RecordState {
             return None;
         };
         let key = record.key();
-        if self.records.get(&key).is_some_and(|known| known.seq() >= record.seq()) {
-            return None;
+        if let Some(known) = self.records.get(&key) {
+            if known.seq() >= record.seq() {
+                return None;
+            }
+            // A job's ad can only ever be replaced by its origin.
+            if known.signer() != record.signer() {
+                self.events.push_back(MeshEvent::Invalid { sender });
+                return None;
+            }
         }
         let seq = record.seq();
         self.records.insert(key, record.clone());
@@ -194,12 +209,13 @@ impl BroadcastHandler<Member> for Handler {
     type Key = Versioned;
     type Error = std::convert::Infallible;
 
-    fn receive_item(&mut self, data: &[u8], sender: Option<&Member>) -> Result<Option<Versioned>, Self::Error> {
+    fn receive_item(&mut self, data: &[u8], _claimed: Option<&Member>) -> Result<Option<Versioned>, Self::Error> {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if state.relaying {
             return Ok(Record::decode(data).map(|r| Versioned(r.key(), r.seq())));
         }
-        Ok(state.accept(data, sender.map(|m| m.peer)).map(|(k, s)| Versioned(k, s)))
+        let sender = state.sender;
+        Ok(state.accept(data, sender).map(|(k, s)| Versioned(k, s)))
     }
 }
 
@@ -258,7 +274,7 @@ pub struct Membership {
 impl Membership {
     /// Membership for `me`, with foca's randomness seeded by `seed`.
     pub fn new(me: Member, config: MembershipConfig, seed: u64, verifier: Verifier) -> Membership {
-        let shared = Arc::new(Mutex::new(RecordState { records: HashMap::new(), verifier, events: VecDeque::new(), relaying: false }));
+        let shared = Arc::new(Mutex::new(RecordState { records: HashMap::new(), verifier, events: VecDeque::new(), relaying: false, sender: None }));
         let foca = Foca::with_custom_broadcast(
             me,
             config.foca(),
@@ -313,8 +329,16 @@ impl Membership {
         self.out.push_back((placeholder, frame(TAG_HELLO, &hello)));
     }
 
-    /// Takes bytes another peer sent.
-    pub fn handle_data(&mut self, data: &[u8], now: Millis) -> Result<(), MembershipError> {
+    /// Takes bytes another peer sent; `sender` is that peer when the transport authenticated it
+    /// (a bad record in the message is then held against it).
+    pub fn handle_data(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).sender = sender;
+        let r = self.dispatch(data, sender, now);
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).sender = None;
+        r
+    }
+
+    fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&TAG_FOCA, packet)) => {
                 self.with(now, |foca, rt| foca.handle_data(packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
@@ -329,7 +353,7 @@ impl Membership {
             Some((&TAG_RECORDS, body)) => {
                 let list: Vec<Vec<u8>> = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
                 for bytes in list.iter().take(MAX_SYNC_RECORDS) {
-                    self.take_record(bytes, None);
+                    self.take_record(bytes, sender);
                 }
                 let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 self.events.extend(shared.events.drain(..));
@@ -371,7 +395,7 @@ impl Membership {
     }
 
     /// Spreads a record this peer signed (a newer version replaces the older one everywhere).
-    pub fn publish(&mut self, record: Record) -> bool {
+    pub fn publish(&mut self, record: Record, now: Millis) -> bool {
         let key = record.key();
         let bytes = record.encode();
         if bytes.len() + 64 > self.max_packet {
@@ -387,6 +411,8 @@ impl Membership {
         if fresh {
             self.own.insert(key);
             self.relay(&bytes);
+            // News goes out now rather than with the next periodic gossip.
+            let _ = self.with(now, |foca, rt| foca.gossip(rt));
         }
         fresh
     }

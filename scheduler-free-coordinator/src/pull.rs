@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::records::JobAd;
-use crate::{JobId, Millis, PeerId};
+use crate::{JobId, Millis};
 
 /// First pause after an empty lease reply.
 const BACKOFF_MIN_MS: u64 = 200;
@@ -17,17 +17,31 @@ const BACKOFF_MAX_MS: u64 = 5_000;
 pub const MAX_BATCH: u32 = 64;
 
 /// The pulling side's memory: backoffs per job and whose turn it is.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Puller {
     /// job -> (not before, current pause)
     backoff: HashMap<JobId, (Millis, u64)>,
     turn: usize,
+    /// Jobs asking for more memory per task than this peer gives are not pulled.
+    memory_cap: u64,
+}
+
+impl Default for Puller {
+    fn default() -> Self {
+        Puller { backoff: HashMap::new(), turn: 0, memory_cap: u64::MAX }
+    }
 }
 
 impl Puller {
     /// A puller with no history.
     pub fn new() -> Puller {
         Puller::default()
+    }
+
+    /// Skips jobs whose tasks may use more memory than `bytes`.
+    pub fn with_memory_cap(mut self, bytes: u64) -> Puller {
+        self.memory_cap = bytes;
+        self
     }
 
     /// The job to ask next for up to `free` replicas, and how many to ask for; `None` when no
@@ -38,7 +52,7 @@ impl Puller {
         }
         let mut open: Vec<&JobAd> = ads
             .iter()
-            .filter(|a| !a.done && !a.coordinators.is_empty())
+            .filter(|a| !a.done && !a.coordinators.is_empty() && a.policy.limits.memory_bytes <= self.memory_cap)
             .filter(|a| self.backoff.get(&a.job).is_none_or(|(until, _)| *until <= now))
             .collect();
         let top = open.iter().map(|a| a.policy.priority).max()?;
@@ -67,21 +81,16 @@ impl Puller {
         self.backoff.remove(&job);
     }
 
-    /// The job is gone (done, cancelled, forgotten).
-    pub fn forget(&mut self, job: &JobId) {
-        self.backoff.remove(job);
-    }
-
-    /// Whether `peer` is one of the job's coordinators.
-    pub fn coordinated_by(ad: &JobAd, peer: &PeerId) -> bool {
-        ad.coordinators.contains(peer)
+    /// Forgets the backoffs of jobs no longer announced as open, so memory stays bounded.
+    pub fn retain(&mut self, open: impl Fn(&JobId) -> bool) {
+        self.backoff.retain(|j, _| open(j));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BlobId, Policy};
+    use crate::{BlobId, PeerId, Policy};
 
     fn ad(job: u8, origin: u8, at: u64, priority: i32) -> JobAd {
         JobAd {
@@ -127,5 +136,8 @@ mod tests {
         let mut done = ads.clone();
         done[0].done = true;
         assert_eq!(p.pick(&done, 1, 10_000), None);
+        let mut big = ads.clone();
+        big[0].policy.limits.memory_bytes = 8 << 30;
+        assert_eq!(Puller::new().with_memory_cap(4 << 30).pick(&big, 1, 0), None, "too much memory");
     }
 }

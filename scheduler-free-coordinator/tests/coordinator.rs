@@ -318,3 +318,16 @@ fn default_grace_is_five_seconds() {
     assert_eq!(l[0].expires_at, 100 + Limits::default().timeout_ms + 5_000);
     assert_eq!(c.next_deadline(), Some(l[0].expires_at));
 }
+
+#[test]
+fn lease_job_gives_only_tasks_of_that_job() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(5, 2, 3)).unwrap();
+    c.submit(job(2), spec(5, 2, 3)).unwrap();
+    let got = c.lease_job(&job(2), peer(1), 10, 0);
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|l| l.task.job == job(2)));
+    assert!(c.lease_job(&job(9), peer(1), 10, 0).is_empty(), "unknown job");
+    c.cancel(&job(1));
+    assert!(c.lease_job(&job(1), peer(2), 10, 0).is_empty(), "cancelled job");
+}

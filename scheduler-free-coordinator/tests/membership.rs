@@ -59,7 +59,8 @@ impl Net {
                         if self.down[i] || self.down[j] {
                             continue;
                         }
-                        let _ = self.peers[j].handle_data(&bytes, self.now);
+                        let from = self.peers[i].me().peer;
+                        let _ = self.peers[j].handle_data(&bytes, Some(from), self.now);
                     }
                     while let Some(e) = self.peers[i].poll_event() {
                         self.events[i].push(e);
@@ -136,10 +137,10 @@ fn records_spread_newer_versions_win_and_newcomers_catch_up() {
     net.run(3_000);
     for i in 0..5 {
         let me = net.peers[i].me().peer;
-        assert!(net.peers[i].publish(advert(me, 1, 4)));
+        assert!(net.peers[i].publish(advert(me, 1, 4), net.now));
     }
     let origin = net.peers[2].me().peer;
-    net.peers[2].publish(job_ad(origin, 7));
+    net.peers[2].publish(job_ad(origin, 7), net.now);
     net.run(3_000);
     for i in 0..5 {
         assert_eq!(net.peers[i].adverts().len(), 5, "peer {i}");
@@ -147,7 +148,7 @@ fn records_spread_newer_versions_win_and_newcomers_catch_up() {
     }
     // A newer advert replaces the older one everywhere.
     let p1 = net.peers[1].me().peer;
-    net.peers[1].publish(advert(p1, 2, 1));
+    net.peers[1].publish(advert(p1, 2, 1), net.now);
     net.run(3_000);
     for i in 0..5 {
         let a = net.peers[i].adverts().into_iter().find(|a| a.peer == p1).unwrap();
@@ -209,18 +210,50 @@ fn forged_records_are_dropped_and_reported() {
     }
     assert!(!forged.verify(&verifier()));
     // Our own forgeries are refused before they leave.
-    assert!(!net.peers[1].publish(forged.clone()));
+    assert!(!net.peers[1].publish(forged.clone(), net.now));
     // A liar sends the bytes straight to peer 0 as a record sync (tag 1, postcard list).
     let mut frame = vec![1u8];
     frame.extend(postcard::to_stdvec(&vec![forged.encode()]).unwrap());
     let now = net.now;
-    net.peers[0].handle_data(&frame, now).unwrap();
+    let liar = net.peers[1].me().peer;
+    net.peers[0].handle_data(&frame, Some(liar), now).unwrap();
     net.run(3_000);
-    assert!(net.events[0].iter().any(|e| matches!(e, MeshEvent::Invalid { .. })));
+    assert!(net.events[0].iter().any(|e| matches!(e, MeshEvent::Invalid { sender: Some(p) } if *p == liar)));
     // Garbage is refused as malformed.
-    assert!(net.peers[0].handle_data(&[9, 9, 9], now).is_err());
-    assert!(net.peers[0].handle_data(&[], now).is_err());
+    assert!(net.peers[0].handle_data(&[9, 9, 9], None, now).is_err());
+    assert!(net.peers[0].handle_data(&[], None, now).is_err());
     for i in [0, 2] {
         assert!(net.peers[i].adverts().iter().all(|a| a.cpus_free != 99), "peer {i} took a forged advert");
     }
+}
+
+#[test]
+fn only_its_origin_can_replace_a_job_ad() {
+    let mut net = Net::new(3);
+    let first = net.peers[0].me().addr.clone();
+    for i in 1..3 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    net.run(3_000);
+    let origin = net.peers[0].me().peer;
+    net.peers[0].publish(job_ad(origin, 5), net.now);
+    net.run(2_000);
+    // Peer 2 signs an ad for the same job, with a higher sequence number, marking it done.
+    let thief = net.peers[2].me().peer;
+    let mut hijack = job_ad(thief, 5);
+    if let Record::JobAd(j) = &mut hijack {
+        j.seq = u64::MAX;
+        j.done = true;
+        j.origin = thief;
+    }
+    hijack.sign(&signer(thief));
+    let mut frame = vec![1u8];
+    frame.extend(postcard::to_stdvec(&vec![hijack.encode()]).unwrap());
+    let now = net.now;
+    net.peers[1].handle_data(&frame, Some(thief), now).unwrap();
+    net.run(1_000);
+    let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == JobId([5; 32])).unwrap();
+    assert_eq!((ad.origin, ad.done), (origin, false));
+    assert!(net.events[1].iter().any(|e| matches!(e, MeshEvent::Invalid { sender: Some(p) } if *p == thief)));
 }

@@ -25,8 +25,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const ADVERT_REFRESH_MS: Millis = 30_000;
 /// Free-slot changes are advertised at most this often.
 const ADVERT_MIN_GAP_MS: Millis = 1_000;
-/// While alone, bootstrap peers are greeted again this often.
+/// While alone, bootstrap peers are greeted again this often…
 const REJOIN_MS: Millis = 3_000;
+/// …and this often otherwise, which heals a partition whose sides forgot each other.
+const REGREET_MS: Millis = 30_000;
 
 /// Membership and what this peer has published.
 pub struct MeshState {
@@ -89,10 +91,10 @@ impl Node {
         crypto(&self.0.identity).0
     }
 
-    /// Takes a gossip message another peer sent.
-    pub fn mesh_receive(&self, data: &[u8]) -> Result<(), spare_coordinator::membership::MembershipError> {
+    /// Takes a gossip message another peer sent (and signed: `sender`).
+    pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_coordinator::membership::MembershipError> {
         let now = self.now();
-        let r = self.mesh().membership.handle_data(data, now);
+        let r = self.mesh().membership.handle_data(data, Some(sender), now);
         self.0.mesh_wake.notify_one();
         r
     }
@@ -124,7 +126,7 @@ impl Node {
             mesh.advert_seq = a.seq;
         }
         record.sign(&self.signer());
-        mesh.membership.publish(record);
+        mesh.membership.publish(record, now);
         mesh.advertised_free = Some(free);
         mesh.advertised_at = now;
         drop(mesh);
@@ -154,7 +156,8 @@ impl Node {
             signature: Vec::new(),
         });
         record.sign(&self.signer());
-        mesh.membership.publish(record);
+        let now = self.now();
+        mesh.membership.publish(record, now);
         drop(mesh);
         self.0.mesh_wake.notify_one();
     }
@@ -183,16 +186,13 @@ impl Node {
             return Some(self.advertised_addr());
         }
         let mesh = self.mesh();
-        let from_members = mesh
-            .membership
-            .members()
-            .into_iter()
-            .find(|(m, s)| m.peer == *peer && *s != MemberState::Dead)
-            .map(|(m, _)| m.addr);
-        from_members.or_else(|| match mesh.membership.record(&RecordKey::Advert(*peer)) {
-            Some(Record::Advert(a)) => Some(a.addr),
-            _ => None,
-        })
+        let alive = mesh.membership.members().into_iter().find(|(m, s)| m.peer == *peer && *s != MemberState::Dead);
+        // The signed advert's address first: membership's is whatever a packet claimed.
+        match (alive, mesh.membership.record(&RecordKey::Advert(*peer))) {
+            (Some(_), Some(Record::Advert(a))) => Some(a.addr),
+            (Some((m, _)), _) => Some(m.addr),
+            (None, _) => None,
+        }
     }
 
     /// Every peer known, this one first.
@@ -238,7 +238,11 @@ impl Node {
             };
             self.flush_mesh(&sends);
             self.publish_advert(false);
-            if self.mesh().membership.active() == 0 && now >= self.mesh().last_join + REJOIN_MS {
+            let (alone, last) = {
+                let m = self.mesh();
+                (m.membership.active() == 0, m.last_join)
+            };
+            if now >= last + if alone { REJOIN_MS } else { REGREET_MS } {
                 self.greet_bootstrap();
             }
             tokio::select! {
@@ -275,8 +279,10 @@ impl Node {
             };
             let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
             let node = self.clone();
+            let signature = self.0.identity.sign(&super::remote::gossip_signing_bytes(&data)).to_vec();
+            let peer_id = self.peer_id().to_hex();
             tokio::spawn(async move {
-                let req = pb::GossipRequest { data };
+                let req = pb::GossipRequest { data, peer_id, signature };
                 let sent = tokio::time::timeout(SEND_TIMEOUT, client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     node.0.clients.forget(&to.addr);

@@ -143,6 +143,8 @@ impl NodeHandle {
             t.abort();
             let _ = t.await;
         }
+        // Report batchers end when their queues close.
+        self.node.0.reporters.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Streams still draining to clients hold the node; once they are gone, dropping the last
         // handle closes the store, so the data directory can be opened again at once.
         let deadline = Instant::now() + SHUTDOWN_GRACE;

@@ -29,6 +29,8 @@ pub struct RemoteReplica {
     pub env: Vec<(String, String)>,
     /// Sandbox limits.
     pub limits: Limits,
+    /// When the lease lapses, on this peer's clock.
+    pub expires_at: spare_coordinator::Millis,
 }
 
 /// Where a remote replica's input is.
@@ -71,6 +73,23 @@ pub fn lease_signing_bytes(job: &JobId, max: u32, timestamp_ms: u64) -> Vec<u8> 
     b
 }
 
+/// The bytes a report batch's signature covers.
+pub fn report_signing_bytes(req: &pb::ReportRequest) -> Vec<u8> {
+    use prost::Message;
+    let mut unsigned = req.clone();
+    unsigned.signature.clear();
+    let mut b = b"spare.v1.report\0".to_vec();
+    b.extend_from_slice(blake3::hash(&unsigned.encode_to_vec()).as_bytes());
+    b
+}
+
+/// The bytes a gossip message's signature covers.
+pub fn gossip_signing_bytes(data: &[u8]) -> Vec<u8> {
+    let mut b = b"spare.v1.gossip\0".to_vec();
+    b.extend_from_slice(blake3::hash(data).as_bytes());
+    b
+}
+
 impl Node {
     /// Asks a coordinator of `job` for up to `max` replicas.
     pub(super) async fn lease_remote(&self, job: JobId, max: u32) -> anyhow::Result<Vec<RemoteReplica>> {
@@ -89,6 +108,7 @@ impl Node {
             signature: self.0.identity.sign(&lease_signing_bytes(&job, max, ts)).to_vec(),
         };
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
+        let asked = self.now();
         let reply = match client.lease(req).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
@@ -117,6 +137,8 @@ impl Node {
                 args: reply.args.clone(),
                 env: env.clone(),
                 limits,
+                // Counted from when it was asked for: the reply's own travel time is unknown.
+                expires_at: asked + t.expires_in_ms,
             });
         }
         Ok(out)
@@ -174,6 +196,8 @@ impl Node {
                     _ = &mut linger => break,
                 }
             }
+            req.timestamp_ms = unix_ms();
+            req.signature = self.0.identity.sign(&report_signing_bytes(&req)).to_vec();
             for attempt in 1..=REPORT_TRIES {
                 let Some(mut client) = self.0.clients.mesh(&addr) else { break };
                 match client.report(req.clone()).await {
@@ -181,7 +205,9 @@ impl Node {
                     Err(e) => {
                         tracing::warn!(%addr, attempt, "report failed: {e}");
                         self.0.clients.forget(&addr);
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                        if attempt < REPORT_TRIES {
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                        }
                     }
                 }
             }

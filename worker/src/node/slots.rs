@@ -32,6 +32,11 @@ enum Done {
     Leased(JobId, anyhow::Result<Vec<RemoteReplica>>),
 }
 
+/// A leased replica that waited so long its lease would lapse before a run could finish.
+#[derive(Debug, thiserror::Error)]
+#[error("the lease would lapse before the run could finish")]
+struct Stale;
+
 /// What a run produced, ready to attest.
 struct Ran {
     outcome: Outcome,
@@ -46,10 +51,12 @@ pub(super) async fn run(node: Node) {
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut replicas = 0usize;
     let mut asking: Option<u32> = None;
-    let mut puller = Puller::new();
+    let mut puller = Puller::new().with_memory_cap(node.config().caps.limits.memory_bytes);
     let mut stop = node.shutdown_signal();
+    let mut paused_until = tokio::time::Instant::now();
     loop {
-        let mut free = capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize);
+        let paused = tokio::time::Instant::now() < paused_until;
+        let mut free = if paused { 0 } else { capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize) };
         if free > 0 {
             let now = node.now();
             let me = node.peer_id();
@@ -67,6 +74,7 @@ pub(super) async fn run(node: Node) {
                 let held = &node.core().jobs;
                 node.mesh().membership.job_ads().into_iter().filter(|a| !held.contains_key(&a.job)).collect()
             };
+            puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = puller.pick(&ads, free as u32, node.now()) {
                 asking = Some(n);
                 let node2 = node.clone();
@@ -79,7 +87,8 @@ pub(super) async fn run(node: Node) {
                 Ok(Done::Replica(abandoned)) => {
                     replicas -= 1;
                     if abandoned {
-                        tokio::time::sleep(BACKOFF).await;
+                        // A failing peer should not spin: take no new work for a moment.
+                        paused_until = tokio::time::Instant::now() + BACKOFF;
                     }
                 }
                 Ok(Done::Leased(job, Ok(got))) => {
@@ -120,6 +129,11 @@ impl Node {
     /// when it had to be abandoned.
     async fn replica(self, lease: Lease) -> bool {
         let abandoned = match self.execute(&lease).await {
+            Err(e) if e.is::<Stale>() => {
+                // Queued too long behind other replicas: hand it back unblamed for another peer.
+                self.release_task(lease.task, lease.peer, Release::Abandoned).await;
+                false
+            }
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(task = %lease.task, "replica abandoned: {e:#}");
@@ -135,6 +149,9 @@ impl Node {
         let task = lease.task;
         let meta = self.core().jobs.get(&task.job).cloned();
         let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
+        if self.now() + meta.spec.policy.limits.timeout_ms > lease.expires_at {
+            return Err(Stale.into());
+        }
         let input = match self.store().input(&task)? {
             Some(StoredInput::Inline(bytes)) => bytes,
             Some(StoredInput::Blob(id)) => self.store().blobs().read(&id).await?,
@@ -160,6 +177,10 @@ impl Node {
     /// Runs one replica leased from another peer's coordinator and reports it there.
     async fn remote_replica(self, r: RemoteReplica) -> bool {
         let abandoned = match self.execute_remote(&r).await {
+            Err(e) if e.is::<Stale>() => {
+                self.release_remote(&r, Release::Abandoned).await;
+                false
+            }
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(task = %r.task, coordinator = %r.coordinator, "replica abandoned: {e:#}");
@@ -175,6 +196,9 @@ impl Node {
         #[cfg(feature = "chaos")]
         if self.config().chaos == Some(super::Chaos::Silent) {
             return Ok(()); // holds the lease and never reports
+        }
+        if self.now() + r.limits.timeout_ms > r.expires_at {
+            return Err(Stale.into());
         }
         if !self.sandbox().is_prepared(&r.module) {
             let max = self.config().max_module_bytes as u64;

@@ -63,9 +63,12 @@ pub fn attestation_pb(a: &Attestation) -> pb::Attestation {
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
     async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipReply>, Status> {
-        self.node
-            .mesh_receive(&req.into_inner().data)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let r = req.into_inner();
+        let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
+        if !identity::verify(&sender, &remote::gossip_signing_bytes(&r.data), &r.signature) {
+            return Err(Status::unauthenticated("the gossip message is not signed by peer_id"));
+        }
+        self.node.mesh_receive(&r.data, sender).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::GossipReply {}))
     }
 
@@ -77,7 +80,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
         }
         if !identity::verify(&peer, &remote::lease_signing_bytes(&job, r.max, r.timestamp_ms), &r.signature) {
-            self.node.core().coord.penalize(peer);
+            // Whoever sent it, it was not `peer`: nobody to blame.
             return Err(Status::unauthenticated("the lease request is not signed by peer_id"));
         }
         let now = self.node.now();
@@ -86,7 +89,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             let mut core = self.node.core();
             let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
             let banned = core.coord.reputation().is_banned(&peer);
-            (meta, core.coord.lease(peer, max, now), banned)
+            (meta, core.coord.lease_job(&job, peer, max, now), banned)
         };
         let mut tasks = Vec::with_capacity(leases.len());
         for l in &leases {
@@ -125,6 +128,13 @@ impl pb::mesh_service_server::MeshService for MeshApi {
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
         let r = req.into_inner();
+        let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
+        if unix_ms().abs_diff(r.timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+            return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
+        }
+        if !identity::verify(&sender, &remote::report_signing_bytes(&r), &r.signature) {
+            return Err(Status::unauthenticated("the report is not signed by peer_id"));
+        }
         let mut reply = pb::ReportReply::default();
         for item in r.items {
             let Some(a) = item.attestation.as_ref() else {
@@ -138,11 +148,12 @@ impl pb::mesh_service_server::MeshService for MeshApi {
                     continue;
                 }
             };
-            // A forged or corrupted attestation is dropped and held against the peer it names.
+            // A forged or corrupted attestation, or one not the sender's own, is dropped and
+            // held against the sender (authenticated by the batch signature).
             let honest_bytes = BlobId::of(&item.output) == att.result.output_hash;
-            if !identity::verify_attestation(&att) || !honest_bytes {
+            if att.peer != sender || !identity::verify_attestation(&att) || !honest_bytes {
                 self.node.count_invalid();
-                self.node.core().coord.penalize(att.peer);
+                self.node.core().coord.penalize(sender);
                 reply.rejected += 1;
                 continue;
             }
@@ -152,13 +163,10 @@ impl pb::mesh_service_server::MeshService for MeshApi {
                 reply.rejected += 1;
             }
         }
-        if !r.released.is_empty() {
-            let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
-            for rel in r.released {
-                let job: JobId = parse_id("job_id", &rel.job_id)?;
-                let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
-                self.node.release_task(TaskId { job, index: rel.index }, peer, why).await;
-            }
+        for rel in r.released {
+            let job: JobId = parse_id("job_id", &rel.job_id)?;
+            let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
+            self.node.release_task(TaskId { job, index: rel.index }, sender, why).await;
         }
         Ok(Response::new(reply))
     }

@@ -107,6 +107,27 @@ pub fn verify_attestation(att: &Attestation) -> bool {
     verify(&att.peer, &att.signing_bytes(), &att.signature)
 }
 
+/// Which of these attestations carry valid signatures. Checks them as one batch first (about
+/// twice as fast per signature), and one by one only when the batch holds a bad one.
+pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
+    let parsed: Option<(Vec<Vec<u8>>, Vec<Signature>, Vec<VerifyingKey>)> = atts.iter().try_fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |(mut m, mut s, mut k), a| {
+            m.push(a.signing_bytes());
+            s.push(Signature::from_slice(&a.signature).ok()?);
+            k.push(VerifyingKey::from_bytes(a.peer.as_bytes()).ok()?);
+            Some((m, s, k))
+        },
+    );
+    if let Some((messages, signatures, keys)) = parsed {
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
+            return vec![true; atts.len()];
+        }
+    }
+    atts.iter().map(|a| verify_attestation(a)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +154,13 @@ mod tests {
         };
         a.sign_attestation(&mut att);
         assert!(verify_attestation(&att));
+        let good = att.clone();
         att.fuel_used = 6;
         assert!(!verify_attestation(&att), "a changed field breaks the signature");
+        assert_eq!(verify_attestations(&[&good, &good]), vec![true, true]);
+        assert_eq!(verify_attestations(&[&good, &att, &good]), vec![true, false, true]);
+        let mut garbage = good.clone();
+        garbage.signature = vec![1, 2, 3];
+        assert_eq!(verify_attestations(&[&garbage, &good]), vec![false, true]);
     }
 }

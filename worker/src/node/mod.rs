@@ -105,6 +105,8 @@ struct Shared {
     started: Instant,
     shutdown: watch::Sender<bool>,
     running: std::sync::atomic::AtomicUsize,
+    /// Moving average of how long a replica runs here, in microseconds.
+    mean_run_us: std::sync::atomic::AtomicU64,
     /// Jobs whose end is durable: every result they will have is in the store.
     finished: dashmap::DashSet<JobId>,
     /// Membership and what this peer published.
@@ -200,6 +202,7 @@ impl Node {
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             running: Default::default(),
+            mean_run_us: std::sync::atomic::AtomicU64::new(100_000),
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
@@ -340,6 +343,19 @@ impl Node {
     /// Whether a job has ended and all its results are durable.
     pub fn is_finished(&self, id: &JobId) -> bool {
         self.0.finished.contains(id)
+    }
+
+    /// How long a replica runs here, on average lately.
+    pub fn mean_run(&self) -> Duration {
+        Duration::from_micros(self.0.mean_run_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Folds one run's duration into the average (weight 1/8).
+    pub(crate) fn note_run(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        let _ = self.0.mean_run_us.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |m| {
+            Some(m - m / 8 + us / 8)
+        });
     }
 
     /// Replicas running on this peer now.

@@ -17,8 +17,17 @@ use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
 
-/// Replicas leased per slot, so a slot finishing one has the next at hand.
-const LEASES_PER_SLOT: usize = 4;
+/// Replicas held per slot, so a slot finishing one has the next at hand: many when replicas
+/// are quick (a lease round trip must not leave the slot idle), few when they are slow (queued
+/// leases keep other peers from tasks they could run now).
+fn leases_per_slot(mean_run: Duration) -> usize {
+    match mean_run.as_micros() {
+        0..=2_000 => 32,
+        2_001..=20_000 => 8,
+        20_001..=200_000 => 3,
+        _ => 2,
+    }
+}
 /// Pause after a replica had to be abandoned, so a failing peer does not spin.
 const BACKOFF: Duration = Duration::from_millis(250);
 /// How often idle slots look again at announced jobs (backoffs expire).
@@ -47,7 +56,6 @@ struct Ran {
 
 /// Pulls and runs work until the peer shuts down.
 pub(super) async fn run(node: Node) {
-    let capacity = node.sandbox().slots() * LEASES_PER_SLOT;
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut replicas = 0usize;
     let mut asking: Option<u32> = None;
@@ -56,6 +64,7 @@ pub(super) async fn run(node: Node) {
     let mut paused_until = tokio::time::Instant::now();
     loop {
         let paused = tokio::time::Instant::now() < paused_until;
+        let capacity = node.sandbox().slots() * leases_per_slot(node.mean_run());
         let mut free = if paused { 0 } else { capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize) };
         if free > 0 {
             let now = node.now();
@@ -246,6 +255,7 @@ impl Node {
             }
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
+                self.note_run(report.elapsed);
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
                         Ran { outcome, output: report.stdout, message, fuel: report.fuel_used }

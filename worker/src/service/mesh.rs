@@ -136,22 +136,21 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             return Err(Status::unauthenticated("the report is not signed by peer_id"));
         }
         let mut reply = pb::ReportReply::default();
+        // Parse everything first, so the signatures can be checked as one batch.
+        let mut parsed = Vec::with_capacity(r.items.len());
         for item in r.items {
-            let Some(a) = item.attestation.as_ref() else {
-                reply.rejected += 1;
-                continue;
-            };
-            let att = match attestation(a) {
-                Ok(att) => att,
-                Err(_) => {
-                    reply.rejected += 1;
-                    continue;
-                }
-            };
+            match item.attestation.as_ref().map(attestation) {
+                Some(Ok(att)) => parsed.push((att, item)),
+                _ => reply.rejected += 1,
+            }
+        }
+        let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
+        let valid = identity::verify_attestations(&refs);
+        for ((att, item), signed) in parsed.into_iter().zip(valid) {
             // A forged or corrupted attestation, or one not the sender's own, is dropped and
             // held against the sender (authenticated by the batch signature).
             let honest_bytes = BlobId::of(&item.output) == att.result.output_hash;
-            if att.peer != sender || !identity::verify_attestation(&att) || !honest_bytes {
+            if att.peer != sender || !signed || !honest_bytes {
                 self.node.count_invalid();
                 self.node.core().coord.penalize(sender);
                 reply.rejected += 1;

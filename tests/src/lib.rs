@@ -58,3 +58,81 @@ where
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Meshes of in-process peers.
+
+pub use spare_worker::node::Chaos;
+
+/// One peer of a mesh to start: its slots, and how it misbehaves (if it does).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerSpec {
+    /// Task slots (`NodeConfig::cpus`).
+    pub cpus: usize,
+    /// Misbehaviour, or `None` for an honest peer.
+    pub chaos: Option<Chaos>,
+}
+
+impl PeerSpec {
+    /// An honest peer with `cpus` slots.
+    pub fn honest(cpus: usize) -> PeerSpec {
+        PeerSpec { cpus, chaos: None }
+    }
+
+    /// A peer with `cpus` slots that misbehaves as `chaos` says.
+    pub fn chaotic(cpus: usize, chaos: Chaos) -> PeerSpec {
+        PeerSpec { cpus, chaos: Some(chaos) }
+    }
+}
+
+/// `n` honest peers with `cpus` slots each.
+pub fn honest_peers(n: usize, cpus: usize) -> Vec<PeerSpec> {
+    vec![PeerSpec::honest(cpus); n]
+}
+
+/// Starts one peer per spec, each on a free loopback port with data in `dir/peer-<i>`: the
+/// first alone, every other with `bootstrap = [first.addr]`. Waits (with [`DEADLINE`]) until
+/// every peer sees all the others alive, and returns them in spec order.
+pub async fn start_mesh(dir: &Path, specs: &[PeerSpec]) -> Vec<NodeHandle> {
+    assert!(!specs.is_empty(), "a mesh needs at least one peer");
+    let mut peers: Vec<NodeHandle> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let mut c = config(&dir.join(format!("peer-{i}")), spec.cpus);
+        c.chaos = spec.chaos;
+        if let Some(first) = peers.first() {
+            c.bootstrap = vec![first.addr.to_string()];
+        }
+        peers.push(Node::start(c).await.unwrap_or_else(|e| panic!("peer {i} starts: {e:#}")));
+    }
+    wait_until_joined(&peers).await;
+    peers
+}
+
+/// Whether `node` sees every peer of `ids` other than itself as alive.
+pub fn sees_alive(node: &Node, ids: &[spare_coordinator::PeerId]) -> bool {
+    let me = node.peer_id();
+    let view = node.peers();
+    ids.iter().filter(|id| **id != me).all(|id| {
+        view.iter().any(|v| v.peer == *id && v.state == spare_coordinator::membership::MemberState::Alive)
+    })
+}
+
+/// Waits (with [`DEADLINE`]) until every peer sees the other `peers.len() - 1` as alive.
+pub async fn wait_until_joined(peers: &[NodeHandle]) {
+    let ids: Vec<_> = peers.iter().map(|p| p.node.peer_id()).collect();
+    eventually("every peer to see all the others alive", || {
+        let done = peers.iter().all(|p| sees_alive(&p.node, &ids));
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+/// Stops every peer (all at once) and waits for them to close.
+pub async fn stop_all(peers: Vec<NodeHandle>) {
+    futures::future::join_all(peers.into_iter().map(NodeHandle::shutdown)).await;
+}
+
+/// The output the primes guest gives for numbers in `lo..hi`, computed natively.
+pub fn primes_output(lo: u64, hi: u64) -> Vec<u8> {
+    format!("{}\n", spare_example_primes::count_primes(lo, hi)).into_bytes()
+}

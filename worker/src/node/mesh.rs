@@ -327,18 +327,16 @@ impl Node {
     fn peers_changed(&self, down: Option<PeerId>) {
         let live = self.live_peers();
         let now = self.now();
-        let write = {
+        {
             let mut core = self.core();
             core.coord.set_live_peers(live);
             if let Some(p) = down {
                 core.coord.peer_down(p, now);
             }
             let (ops, changes) = core.drain(None);
-            (!ops.is_empty() || !changes.is_empty()).then(|| (self.store().write(ops), changes))
-        };
-        if let Some((write, changes)) = write {
-            let node = self.clone();
-            tokio::spawn(async move { node.publish(write, changes).await });
+            if !ops.is_empty() || !changes.is_empty() {
+                drop(self.announce(ops, changes));
+            }
         }
         self.0.work.notify_one();
     }

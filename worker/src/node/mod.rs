@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use spare_coordinator::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 pub use self::core::{Change, Core, JobMeta};
 pub use mesh::{MeshState, PeerView};
@@ -28,6 +28,11 @@ use crate::store::Store;
 
 /// How often lapsed leases are looked for.
 const TICK: Duration = Duration::from_millis(200);
+/// A queued store write.
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
+/// A write and the changes to announce once it is durable.
+type Announcement = (WriteFuture, Vec<Change>, oneshot::Sender<()>);
+
 /// How long a shutdown waits for requests in flight to let go of the peer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
@@ -107,6 +112,8 @@ struct Shared {
     running: std::sync::atomic::AtomicUsize,
     /// Moving average of how long a replica runs here, in microseconds.
     mean_run_us: std::sync::atomic::AtomicU64,
+    /// Writes whose changes are announced once durable, in order.
+    announcer: mpsc::UnboundedSender<Announcement>,
     /// Jobs whose end is durable: every result they will have is in the store.
     finished: dashmap::DashSet<JobId>,
     /// Membership and what this peer published.
@@ -190,6 +197,7 @@ impl Node {
         let addr = listener.local_addr()?;
         let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let membership = mesh::new_membership(&identity, advertised.clone(), u64::from_le_bytes(secret[..8].try_into().unwrap_or_default()));
+        let (announcer, announcements) = mpsc::unbounded_channel();
         let node = Node(Arc::new(Shared {
             config,
             identity,
@@ -203,6 +211,7 @@ impl Node {
             shutdown: watch::channel(false).0,
             running: Default::default(),
             mean_run_us: std::sync::atomic::AtomicU64::new(100_000),
+            announcer,
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
@@ -215,6 +224,7 @@ impl Node {
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
         let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
         let tasks = vec![
+            tokio::spawn(node.clone().announcer(announcements)),
             tokio::spawn(slots::run(node.clone())),
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
@@ -266,36 +276,49 @@ impl Node {
                 _ = stop.changed() => return,
             }
             let now = self.now();
-            let write = {
+            let changed = {
                 let mut core = self.core();
                 core.coord.tick(now);
                 let (ops, changes) = core.drain(None);
-                (!ops.is_empty() || !changes.is_empty()).then(|| (self.0.store.write(ops), changes))
+                let changed = !ops.is_empty() || !changes.is_empty();
+                if changed {
+                    drop(self.announce(ops, changes));
+                }
+                changed
             };
-            if let Some((write, changes)) = write {
+            if changed {
                 self.0.work.notify_one();
-                self.publish(write, changes).await;
             }
         }
     }
 
-    /// Waits for a write, then tells watchers what it made durable.
-    async fn publish(
-        &self,
-        write: impl std::future::Future<Output = Result<(), crate::store::StoreError>>,
-        changes: Vec<Change>,
-    ) {
-        match write.await {
-            Ok(()) => {
-                for c in changes {
-                    if let Change::JobFinished(job) = c {
-                        self.0.finished.insert(job);
-                        self.publish_job(job, true);
+    /// Queues `ops` for the store and `changes` for watchers, to be announced once the write is
+    /// durable. Call it with the core lock held: writes and announcements then happen in the
+    /// order the coordinator made them. Await the receiver to know the write is durable.
+    pub(crate) fn announce(&self, ops: Vec<crate::store::Op>, changes: Vec<Change>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let write: WriteFuture = Box::pin(self.0.store.write(ops));
+        let _ = self.0.announcer.send((write, changes, tx));
+        rx
+    }
+
+    /// Announces durable changes in the order they were queued (writes commit in that order,
+    /// so waiting on each in turn costs nothing).
+    async fn announcer(self, mut rx: mpsc::UnboundedReceiver<Announcement>) {
+        while let Some((write, changes, done)) = rx.recv().await {
+            match write.await {
+                Ok(()) => {
+                    for c in changes {
+                        if let Change::JobFinished(job) = c {
+                            self.0.finished.insert(job);
+                            self.publish_job(job, true);
+                        }
+                        let _ = self.0.changes.send(c);
                     }
-                    let _ = self.0.changes.send(c);
+                    let _ = done.send(());
                 }
+                Err(e) => tracing::error!("could not store results: {e}"),
             }
-            Err(e) => tracing::error!("could not store results: {e}"),
         }
     }
 
@@ -380,7 +403,7 @@ impl Node {
 
     /// Cancels a job; false when unknown. Durable before it returns.
     pub async fn cancel(&self, id: &JobId) -> anyhow::Result<bool> {
-        let (write, changes) = {
+        let durable = {
             let mut core = self.core();
             if !core.coord.cancel(id) {
                 return Ok(false);
@@ -391,9 +414,9 @@ impl Node {
                 job.cancelled = true;
                 ops.push(crate::store::Op::PutJob(*id, job));
             }
-            (self.0.store.write(ops), changes)
+            self.announce(ops, changes)
         };
-        self.publish(write, changes).await;
+        durable.await.map_err(|_| anyhow::anyhow!("the cancellation could not be stored"))?;
         Ok(true)
     }
 }

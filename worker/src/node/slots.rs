@@ -300,7 +300,7 @@ impl Node {
     /// Records an attestation with the coordinator, then stores it (and any verdict it made)
     /// and tells watchers once that is durable. Returns whether it was taken.
     pub(crate) async fn report(&self, att: Attestation, output: &[u8], message: &str) -> bool {
-        let write = {
+        {
             let mut core = self.core();
             match core.coord.report(att.clone()) {
                 Ok(Reported::Recorded | Reported::Decided) => {}
@@ -315,24 +315,21 @@ impl Node {
             let evidence = Evidence { attestation: &att, output, message };
             let (mut ops, changes) = core.drain(Some(&evidence));
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone() });
-            (self.store().write(ops), changes)
+            // Queued in order; the caller need not wait for the disk.
+            drop(self.announce(ops, changes));
         };
-        // The write is queued in order already; the caller need not wait for the disk.
-        let node = self.clone();
-        tokio::spawn(async move { node.publish(write.0, write.1).await });
         true
     }
 
     /// Hands back a leased replica that produced no attestation.
     pub(crate) async fn release_task(&self, task: TaskId, peer: spare_coordinator::PeerId, why: Release) {
-        let write = {
+        {
             let mut core = self.core();
             core.coord.release(task, peer, why);
             let (ops, changes) = core.drain(None);
-            (!ops.is_empty() || !changes.is_empty()).then(|| (self.store().write(ops), changes))
-        };
-        if let Some((write, changes)) = write {
-            self.publish(write, changes).await;
+            if !ops.is_empty() || !changes.is_empty() {
+                drop(self.announce(ops, changes));
+            }
         }
         self.0.work.notify_one();
     }

@@ -158,8 +158,12 @@ impl pb::job_service_server::JobService for JobApi {
             let stream = client.watch(forwarded(req.into_inner())).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
-        // Subscribe before the snapshot so no change falls between them.
+        // Subscribe first, then look whether the job has ended, then take the snapshot: a job
+        // that had not ended is followed until its end arrives on the subscription, and every
+        // verdict announced after subscribing arrives before it (announcements are in order);
+        // verdicts announced before are in the snapshot, which the coordinator keeps ahead.
         let mut changes = self.node.subscribe();
+        let ended = is_final(&self.node, &id);
         let snapshot = status(&self.node, &id, false)?;
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -168,13 +172,13 @@ impl pb::job_service_server::JobService for JobApi {
             if tx.send(event(Ev::Snapshot(snapshot))).await.is_err() {
                 return;
             }
-            loop {
-                if is_final(&node, &id) {
-                    if let Ok(s) = status(&node, &id, false) {
-                        let _ = tx.send(event(Ev::Finished(s))).await;
-                    }
-                    return;
+            if ended {
+                if let Ok(s) = status(&node, &id, false) {
+                    let _ = tx.send(event(Ev::Finished(s))).await;
                 }
+                return;
+            }
+            loop {
                 let next = tokio::select! {
                     c = changes.recv() => c,
                     _ = tx.closed() => return,
@@ -187,10 +191,19 @@ impl pb::job_service_server::JobService for JobApi {
                             }
                         }
                     }
+                    Ok(Change::JobFinished(job)) if job == id => {
+                        if let Ok(s) = status(&node, &id, false) {
+                            let _ = tx.send(event(Ev::Finished(s))).await;
+                        }
+                        return;
+                    }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind: a fresh snapshot stands for what was missed.
                         let Ok(s) = status(&node, &id, false) else { return };
-                        if tx.send(event(Ev::Snapshot(s))).await.is_err() {
+                        let done = is_final(&node, &id);
+                        let e = if done { Ev::Finished(s) } else { Ev::Snapshot(s) };
+                        if tx.send(event(e)).await.is_err() || done {
                             return;
                         }
                     }

@@ -30,8 +30,13 @@ impl MeshPeer {
     /// Starts a peer with one slot listening on `listen`, joining through `bootstrap` if given,
     /// and returns once it has printed the address it listens on.
     fn start(data: &Path, listen: &str, bootstrap: Option<&str>) -> MeshPeer {
+        MeshPeer::start_with(data, listen, bootstrap, &[])
+    }
+
+    /// [`MeshPeer::start`] with extra `spare peer` arguments.
+    fn start_with(data: &Path, listen: &str, bootstrap: Option<&str>, extra: &[&str]) -> MeshPeer {
         let mut cmd = Command::new(SPARE);
-        cmd.args(["peer", "--listen", listen, "--cpus", "1", "--data-dir"]).arg(data);
+        cmd.args(["peer", "--listen", listen, "--cpus", "1", "--data-dir"]).arg(data).args(extra);
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
@@ -176,5 +181,58 @@ fn three_peer_processes_verify_a_job_by_quorum_and_answer_from_anywhere() {
     for p in &mut peers {
         let status = p.stop();
         assert!(status.success(), "peer {} stopped cleanly on SIGTERM: {status}", p.addr);
+    }
+}
+
+/// With a lying peer among four, no wrong result is ever returned as verified. Needs the
+/// `chaos` feature, which the workspace's test suite turns on (through `spare-tests`).
+#[cfg(feature = "chaos")]
+#[test]
+fn a_lying_peer_process_never_gets_a_wrong_result_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = MeshPeer::start(&tmp.path().join("p1"), "127.0.0.1:0", None);
+    let boot = first.addr.clone();
+    let mut peers = vec![
+        first,
+        MeshPeer::start(&tmp.path().join("p2"), "127.0.0.2:0", Some(&boot)),
+        MeshPeer::start(&tmp.path().join("p3"), "127.0.0.3:0", Some(&boot)),
+        MeshPeer::start_with(&tmp.path().join("liar"), "127.0.0.4:0", Some(&boot), &["--chaos", "lie"]),
+    ];
+    eventually("the four peers to see each other", || {
+        let v = json_of("spare peers --json", &spare_at(&peers[3], &["peers", "--json"]));
+        let alive = v.as_array().map_or(0, |l| l.iter().filter(|e| e["state"] == "alive").count());
+        if alive == 4 { Ok(()) } else { Err(v.to_string()) }
+    });
+    let liar = json_of("spare peers --json", &spare_at(&peers[3], &["peers", "--json"]))[0]["peer_id"]
+        .as_str()
+        .expect("peer_id")
+        .to_string();
+    let inputs = tmp.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    let ranges: Vec<(u64, u64)> = (0..40).map(|i| (i * 10_000, (i + 1) * 10_000)).collect();
+    for (i, (lo, hi)) in ranges.iter().enumerate() {
+        std::fs::write(inputs.join(format!("{i:02}.txt")), format!("{lo} {hi}\n")).unwrap();
+    }
+    let module = primes_wasm();
+    let v = json_of(
+        "spare submit --wait",
+        &spare_at(&peers[0], &["submit", module.to_str().unwrap(), "--inputs-dir", inputs.to_str().unwrap(), "--wait", "--json"]),
+    );
+    assert_eq!(v["state"], "completed", "{v}");
+    let job = v["job_id"].as_str().expect("job_id").to_string();
+    let out_dir = tmp.path().join("out");
+    let out = spare_at(&peers[1], &["results", &job, "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, (lo, hi)) in ranges.iter().enumerate() {
+        let got = std::fs::read_to_string(out_dir.join(i.to_string())).unwrap();
+        assert_eq!(got, format!("{}\n", spare_example_primes::count_primes(*lo, *hi)), "task {i}");
+    }
+    let v = json_of("spare status --tasks", &spare_at(&peers[2], &["status", &job, "--tasks", "--json"]));
+    for t in v["task_list"].as_array().expect("task_list") {
+        let by: Vec<&str> = t["verified_by"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+        assert!(!by.contains(&liar.as_str()), "the liar verified a task: {t}");
+    }
+    for p in &mut peers {
+        assert!(p.stop().success());
     }
 }

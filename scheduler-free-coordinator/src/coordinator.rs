@@ -116,6 +116,8 @@ pub struct Coordinator {
     jobs: HashMap<JobId, JobTable>,
     /// Jobs with work to hand out, highest priority first, then oldest first.
     active: Vec<JobId>,
+    /// Jobs held as a backup coordinator: kept up to date, but leased by another.
+    standby: std::collections::HashSet<JobId>,
     /// Rotates which of equally ranked jobs is served first, for fairness.
     turn: usize,
     expiries: BinaryHeap<Reverse<(Millis, TaskId, PeerId)>>,
@@ -137,6 +139,7 @@ impl Coordinator {
             config,
             jobs: HashMap::new(),
             active: Vec::new(),
+            standby: Default::default(),
             turn: 0,
             expiries: BinaryHeap::new(),
             held: LeaseIndex::default(),
@@ -231,7 +234,25 @@ impl Coordinator {
         self.lease_in(*job, peer, max, now)
     }
 
+    /// Marks a job as held in standby (a backup coordinator: attestations replayed into it, no
+    /// leases handed out) or as active again (after the coordinators before it died).
+    pub fn set_standby(&mut self, job: &JobId, standby: bool) {
+        if standby {
+            self.standby.insert(*job);
+        } else {
+            self.standby.remove(job);
+        }
+    }
+
+    /// Whether a job is held in standby.
+    pub fn is_standby(&self, job: &JobId) -> bool {
+        self.standby.contains(job)
+    }
+
     fn lease_in(&mut self, id: JobId, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        if self.standby.contains(&id) {
+            return Vec::new();
+        }
         let Some(job) = self.jobs.get_mut(&id) else { return Vec::new() };
         let picked = job.pick(&peer, max);
         if picked.is_empty() {

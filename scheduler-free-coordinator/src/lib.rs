@@ -26,6 +26,8 @@ mod policy;
 pub mod pull;
 pub mod records;
 mod reputation;
+pub mod sim;
+pub mod rendezvous;
 mod task;
 mod verdict;
 

@@ -181,8 +181,8 @@ impl RecordState {
             if known.seq() >= record.seq() {
                 return None;
             }
-            // A job's ad can only ever be replaced by its origin.
-            if known.signer() != record.signer() {
+            // A job's ad is replaced only by its announcer or a coordinator it names.
+            if !record.may_replace(known) {
                 self.events.push_back(MeshEvent::Invalid { sender });
                 return None;
             }

@@ -96,6 +96,7 @@ mod tests {
         JobAd {
             job: JobId([job; 32]),
             origin: PeerId([origin; 32]),
+            announcer: PeerId([origin; 32]),
             seq: 1,
             module: BlobId([0; 32]),
             task_count: 1,

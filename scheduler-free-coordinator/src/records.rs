@@ -43,8 +43,11 @@ pub struct Advert {
 pub struct JobAd {
     /// The job.
     pub job: JobId,
-    /// The peer that accepted it (and signed this).
+    /// The peer that accepted it.
     pub origin: PeerId,
+    /// The peer that signed this version: the origin, or one of the coordinators it named
+    /// (which takes over announcing the job when the origin is gone).
+    pub announcer: PeerId,
     /// Newer ads of the same job have larger numbers.
     pub seq: u64,
     /// The module every task runs.
@@ -59,7 +62,7 @@ pub struct JobAd {
     pub submitted_at_ms: u64,
     /// No more work: every task is final, or the job was cancelled.
     pub done: bool,
-    /// ed25519 signature of [`Record::signing_bytes`] by `origin`.
+    /// ed25519 signature of [`Record::signing_bytes`] by `announcer`.
     pub signature: Vec<u8>,
 }
 
@@ -88,7 +91,19 @@ impl Record {
     pub fn signer(&self) -> PeerId {
         match self {
             Record::Advert(a) => a.peer,
-            Record::JobAd(j) => j.origin,
+            Record::JobAd(j) => j.announcer,
+        }
+    }
+
+    /// Whether this record may replace `known`, an older version of it: a peer's advert only by
+    /// that peer; a job's ad by the announcer of the known one or a coordinator it names.
+    pub fn may_replace(&self, known: &Record) -> bool {
+        match (known, self) {
+            (Record::Advert(k), Record::Advert(n)) => k.peer == n.peer,
+            (Record::JobAd(k), Record::JobAd(n)) => {
+                k.job == n.job && k.origin == n.origin && (n.announcer == k.announcer || k.coordinators.contains(&n.announcer))
+            }
+            _ => false,
         }
     }
 

@@ -98,6 +98,7 @@ fn job_ad(origin: PeerId, job: u8) -> Record {
     let mut r = Record::JobAd(JobAd {
         job: JobId([job; 32]),
         origin,
+        announcer: origin,
         seq: 1,
         module: BlobId([9; 32]),
         task_count: 10,
@@ -228,7 +229,7 @@ fn forged_records_are_dropped_and_reported() {
 }
 
 #[test]
-fn only_its_origin_can_replace_a_job_ad() {
+fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     let mut net = Net::new(3);
     let first = net.peers[0].me().addr.clone();
     for i in 1..3 {
@@ -245,7 +246,7 @@ fn only_its_origin_can_replace_a_job_ad() {
     if let Record::JobAd(j) = &mut hijack {
         j.seq = u64::MAX;
         j.done = true;
-        j.origin = thief;
+        j.announcer = thief;
     }
     hijack.sign(&signer(thief));
     let mut frame = vec![1u8];

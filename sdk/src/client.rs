@@ -28,6 +28,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct Client {
     addr: String,
+    /// The coordinators each job's status last named (addresses), shared by clones: where to
+    /// carry on when this peer stops answering.
+    pub(crate) known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     pub(crate) jobs: JobServiceClient<Channel>,
     pub(crate) blobs: BlobServiceClient<Channel>,
     pub(crate) peers: PeerServiceClient<Channel>,
@@ -72,6 +75,7 @@ impl Client {
     pub fn from_channel(channel: Channel, addr: impl Into<String>) -> Client {
         Client {
             addr: addr.into(),
+            known: Default::default(),
             jobs: JobServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -95,7 +99,13 @@ impl Client {
             job_id: job.to_string(),
             include_tasks,
         };
-        Ok(self.jobs.clone().get(request).await?.into_inner())
+        let status = self.jobs.clone().get(request).await?.into_inner();
+        if !status.coordinators.is_empty() {
+            if let Ok(mut known) = self.known.lock() {
+                known.insert(status.job_id.clone(), status.coordinators.clone());
+            }
+        }
+        Ok(status)
     }
 
     /// Follows a job: a snapshot first, then an event per finished task, then `finished`, after
@@ -109,14 +119,6 @@ impl Client {
         };
         let stream = self.jobs.clone().watch(request).await?.into_inner();
         Ok(stream.map(|item| item.map_err(Error::from)))
-    }
-
-    /// Verified results in task order, waiting for tasks not yet final; ends when the job ends.
-    pub async fn results(
-        &self,
-        job: &JobId,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
-        self.results_from(job, 0, true).await
     }
 
     /// The results final now, in task order, without waiting for the rest.
@@ -152,7 +154,7 @@ impl Client {
     /// # Errors
     /// [`Error::Protocol`] if the stream ended while the job was still running, or any error of
     /// the calls made.
-    pub async fn wait(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub(crate) async fn wait_here(&self, job: &JobId) -> Result<proto::JobStatus> {
         let mut events = self.watch(job).await?;
         while let Some(event) = events.next().await {
             match event?.event {

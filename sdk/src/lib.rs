@@ -58,6 +58,7 @@
 
 mod client;
 mod error;
+pub mod failover;
 mod id;
 mod job;
 pub mod plan;

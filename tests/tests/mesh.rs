@@ -106,10 +106,13 @@ async fn three_peers_verify_every_task_by_two_distinct_peers() {
     let total: u64 = all.iter().map(|r| String::from_utf8_lossy(&r.output).trim().parse::<u64>().unwrap()).sum();
     assert_eq!(total, spare_example_primes::count_primes(0, tasks * chunk));
 
-    // Asked of a peer that does not hold the job, the same results (forwarded to the origin).
-    assert!(!holds(&peers[2], &id), "peer 2 does not hold the job");
-    let other = client(&peers[2]).await;
-    assert_eq!(results(&other, &id).await, all, "results through a non-origin peer are identical");
+    // Every peer is a coordinator of the job in a mesh of three (origin plus two by rendezvous),
+    // and each serves the same results from its own replicated copy.
+    for p in &peers[1..] {
+        assert!(holds(p, &id), "a mesh of three gives the job three coordinators");
+        let other = client(p).await;
+        assert_eq!(results(&other, &id).await, all, "results at another coordinator are identical");
+    }
     stop_all(peers).await;
 }
 
@@ -231,11 +234,13 @@ async fn a_peer_killed_mid_job_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_and_results_work_from_any_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    // Four peers: the job gets three coordinators, so one peer does not hold it and forwards.
+    let peers = start_mesh(dir.path(), &honest_peers(4, 1)).await;
     let (tasks, chunk) = (40, 20_000);
     let origin = client(&peers[0]).await;
-    let other = client(&peers[1]).await;
     let id = origin.submit(&primes_job(tasks, chunk, 2).build().unwrap()).await.unwrap();
+    let outsider = peers.iter().position(|p| !holds(p, &id)).expect("one peer is not a coordinator");
+    let other = client(&peers[outsider]).await;
 
     // Once the job's ad reaches it, a peer that does not hold the job forwards to the origin.
     let first = eventually("the job known through peer 1", || async {
@@ -248,7 +253,7 @@ async fn status_watch_and_results_work_from_any_peer() {
     .await;
     assert_eq!(first.job_id, id.to_string());
     assert_eq!(first.tasks.unwrap().total, tasks as u32);
-    assert!(!holds(&peers[1], &id), "peer 1 does not hold the job");
+    assert!(!holds(&peers[outsider], &id), "the outsider does not hold the job");
 
     // Watch through peer 1: a snapshot, task events, then the end (whether every task has its
     // event is `watch_reports_every_task_before_the_end`'s business).

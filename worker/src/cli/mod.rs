@@ -6,6 +6,7 @@ mod peer;
 mod peers;
 mod progress;
 mod results;
+mod sim;
 mod status;
 mod submit;
 
@@ -38,6 +39,8 @@ enum Command {
     Results(results::ResultsArgs),
     /// Run an example job on an embedded mesh, check it against a native run, and time it.
     Demo(demo::DemoArgs),
+    /// Simulate a mesh of virtual peers running one job, with liars, loss and churn.
+    Sim(sim::SimArgs),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
             Command::Peers(a) => peers::run(a).await,
             Command::Results(a) => results::run(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Sim(a) => sim::run(a),
         }
     });
     match result {

@@ -19,6 +19,20 @@ pub struct JobMeta {
     pub args: Arc<Vec<String>>,
     /// Environment of every task.
     pub env: Arc<Vec<(String, String)>>,
+    /// The peers coordinating it, the active one first.
+    pub coordinators: Vec<spare_coordinator::PeerId>,
+}
+
+impl JobMeta {
+    /// What a run and the coordinator need of a stored job.
+    pub fn of(job: &crate::store::StoredJob) -> JobMeta {
+        JobMeta {
+            spec: job.spec.clone(),
+            args: Arc::new(job.args.clone()),
+            env: Arc::new(job.env.clone()),
+            coordinators: job.coordinators.clone(),
+        }
+    }
 }
 
 /// A change that watchers hear of, once it is durable.

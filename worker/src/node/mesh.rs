@@ -25,6 +25,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const ADVERT_REFRESH_MS: Millis = 30_000;
 /// Free-slot changes are advertised at most this often.
 const ADVERT_MIN_GAP_MS: Millis = 1_000;
+/// Roles (active or standby coordinator of each job) are looked at again this often.
+const ROLES_EVERY_MS: Millis = 1_000;
+/// After a start, roles wait this long for membership to learn who is alive.
+const ROLES_GRACE_MS: Millis = 6_000;
 /// While alone, bootstrap peers are greeted again this often…
 const REJOIN_MS: Millis = 3_000;
 /// …and this often otherwise, which heals a partition whose sides forgot each other.
@@ -133,10 +137,13 @@ impl Node {
         self.0.mesh_wake.notify_one();
     }
 
-    /// Announces a job this peer originated (again, with `done` once it has ended).
+    /// Announces a job this peer is the active coordinator of (again, with `done` once it has
+    /// ended, or with new coordinators after one was replaced).
     pub(crate) fn publish_job(&self, job: JobId, done: bool) {
-        let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else { return };
-        if spec.origin != self.peer_id() {
+        let Some((spec, coordinators)) = self.core().jobs.get(&job).map(|m| (m.spec.clone(), m.coordinators.clone())) else {
+            return;
+        };
+        if coordinators.first() != Some(&self.peer_id()) {
             return;
         }
         let mut mesh = self.mesh();
@@ -146,11 +153,12 @@ impl Node {
         let mut record = Record::JobAd(JobAd {
             job,
             origin: spec.origin,
+            announcer: self.peer_id(),
             seq,
             module: spec.module,
             task_count: spec.task_count,
             policy: spec.policy,
-            coordinators: vec![self.peer_id()],
+            coordinators,
             submitted_at_ms: spec.submitted_at_ms,
             done,
             signature: Vec::new(),
@@ -229,6 +237,7 @@ impl Node {
         let sends = Arc::new(Semaphore::new(MAX_SENDS));
         self.greet_bootstrap();
         self.publish_advert(true);
+        let mut next_roles: Millis = 0;
         loop {
             let now = self.now();
             let nap = {
@@ -238,6 +247,11 @@ impl Node {
             };
             self.flush_mesh(&sends);
             self.publish_advert(false);
+            if now >= next_roles && self.roles_ready() {
+                next_roles = now + ROLES_EVERY_MS;
+                let node = self.clone();
+                tokio::spawn(async move { node.evaluate_roles().await });
+            }
             let (alone, last) = {
                 let m = self.mesh();
                 (m.membership.active() == 0, m.last_join)
@@ -251,6 +265,11 @@ impl Node {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Whether membership has had time to learn who is alive (or there is nobody to learn of).
+    fn roles_ready(&self) -> bool {
+        self.config().bootstrap.is_empty() || self.now() >= ROLES_GRACE_MS || self.mesh().membership.active() > 0
     }
 
     fn greet_bootstrap(&self) {
@@ -304,9 +323,12 @@ impl Node {
             MeshEvent::PeerDown(m) => {
                 tracing::info!(peer = %m.peer.short(), addr = %m.addr, "peer down");
                 self.peers_changed(Some(m.peer));
+                let node = self.clone();
+                tokio::spawn(async move { node.evaluate_roles().await });
             }
             MeshEvent::Record(Record::JobAd(ad)) => {
                 tracing::debug!(job = %ad.job.short(), done = ad.done, "job ad");
+                self.follow_job_ad(&ad);
                 self.0.work.notify_one();
             }
             MeshEvent::Record(Record::Advert(_)) => {}
@@ -320,6 +342,22 @@ impl Node {
             MeshEvent::Joined => tracing::info!("joined the mesh"),
             MeshEvent::Idle => tracing::info!("no other live peer known"),
         }
+    }
+
+    /// Another coordinator announced a job this peer holds: take its list of coordinators.
+    fn follow_job_ad(&self, ad: &JobAd) {
+        if ad.announcer == self.peer_id() {
+            return;
+        }
+        let mut core = self.core();
+        let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
+        if meta.coordinators == ad.coordinators {
+            return;
+        }
+        meta.coordinators = ad.coordinators.clone();
+        let Ok(Some(mut stored)) = self.store().job(&ad.job) else { return };
+        stored.coordinators = ad.coordinators.clone();
+        drop(self.announce(vec![crate::store::Op::PutJob(ad.job, stored)], Vec::new()));
     }
 
     /// Membership changed: tell the coordinator how many peers there are, and hand a dead

@@ -6,6 +6,7 @@ mod clients;
 mod core;
 pub mod mesh;
 pub mod remote;
+pub mod replicate;
 mod slots;
 mod submit;
 
@@ -20,7 +21,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 pub use self::core::{Change, Core, JobMeta};
 pub use mesh::{MeshState, PeerView};
-pub use submit::{NewJob, SubmitFailure};
+pub use submit::{NewJob, SubmitFailure, digest, job_signing_bytes};
 
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -30,9 +31,11 @@ use crate::store::Store;
 const TICK: Duration = Duration::from_millis(200);
 /// A queued store write.
 type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
-/// A write and the changes to announce once it is durable.
-type Announcement = (WriteFuture, Vec<Change>, oneshot::Sender<()>);
+/// A write (and maybe a backup's confirmation) and the changes to announce once it is durable.
+type Announcement = (WriteFuture, Option<replicate::BackupAck>, Vec<Change>, oneshot::Sender<()>);
 
+/// How long a shutdown lets requests in flight finish before cutting them.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
 /// How long a shutdown waits for requests in flight to let go of the peer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
@@ -122,6 +125,10 @@ struct Shared {
     mesh_wake: Notify,
     /// Channels to other peers.
     clients: clients::Clients,
+    /// Replication streams, one per backup coordinator address.
+    replicators: Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<replicate::ReplItem>>>,
+    /// Serialises role changes (taking over a job, handing it to a new coordinator).
+    roles: tokio::sync::Mutex<()>,
     /// Report batchers, one per coordinator address.
     reporters: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<remote::ReportMsg>>>,
     /// The address other peers dial.
@@ -145,15 +152,21 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.node.0.shutdown.send(true);
         self.node.0.work.notify_one();
-        if !self.server.is_finished() {
-            let _ = self.server.await;
+        // The server stops taking requests at once and lets those in flight finish, but a
+        // client following a job (Watch, Results) would keep it open for as long as the job
+        // runs: past a short grace, such streams are cut.
+        let mut server = self.server;
+        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
+            server.abort();
+            let _ = server.await;
         }
         for t in self.tasks {
             t.abort();
             let _ = t.await;
         }
-        // Report batchers end when their queues close.
+        // Report and replication batchers end when their queues close.
         self.node.0.reporters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.node.0.replicators.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Streams still draining to clients hold the node; once they are gone, dropping the last
         // handle closes the store, so the data directory can be opened again at once.
         let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -217,6 +230,8 @@ impl Node {
             mesh_wake: Notify::new(),
             clients: Default::default(),
             reporters: Default::default(),
+            replicators: Default::default(),
+            roles: tokio::sync::Mutex::new(()),
             advertised,
             invalid_records: Default::default(),
         }));
@@ -240,10 +255,12 @@ impl Node {
             core.coord
                 .restore(*id, job.spec.clone(), job.cancelled)
                 .with_context(|| format!("restoring job {id}"))?;
-            core.jobs.insert(
-                *id,
-                JobMeta { spec: job.spec.clone(), args: Arc::new(job.args.clone()), env: Arc::new(job.env.clone()) },
-            );
+            core.jobs.insert(*id, JobMeta::of(job));
+            // Another coordinator may have taken over meanwhile: stand by until membership
+            // says who is alive.
+            if job.coordinators.len() > 1 {
+                core.coord.set_standby(id, true);
+            }
             for att in self.0.store.attestations(id)? {
                 if let Err(e) = core.coord.restore_attestation(att) {
                     tracing::warn!(job = %id, "stored attestation not replayed: {e}");
@@ -296,18 +313,36 @@ impl Node {
     /// durable. Call it with the core lock held: writes and announcements then happen in the
     /// order the coordinator made them. Await the receiver to know the write is durable.
     pub(crate) fn announce(&self, ops: Vec<crate::store::Op>, changes: Vec<Change>) -> oneshot::Receiver<()> {
+        self.announce_with(ops, changes, None)
+    }
+
+    /// [`Node::announce`], also waiting (up to [`replicate::BACKUP_ACK_TIMEOUT`]) for `backup`:
+    /// another coordinator having the attestation durably, so an announced verdict is durable
+    /// on two peers.
+    pub(crate) fn announce_with(
+        &self,
+        ops: Vec<crate::store::Op>,
+        changes: Vec<Change>,
+        backup: Option<replicate::BackupAck>,
+    ) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let write: WriteFuture = Box::pin(self.0.store.write(ops));
-        let _ = self.0.announcer.send((write, changes, tx));
+        let _ = self.0.announcer.send((write, backup, changes, tx));
         rx
     }
 
     /// Announces durable changes in the order they were queued (writes commit in that order,
     /// so waiting on each in turn costs nothing).
     async fn announcer(self, mut rx: mpsc::UnboundedReceiver<Announcement>) {
-        while let Some((write, changes, done)) = rx.recv().await {
+        while let Some((write, backup, changes, done)) = rx.recv().await {
             match write.await {
                 Ok(()) => {
+                    if let Some(backup) = backup {
+                        let held = tokio::time::timeout(replicate::BACKUP_ACK_TIMEOUT, backup).await;
+                        if !matches!(held, Ok(true)) && changes.iter().any(|c| matches!(c, Change::TaskFinal(_))) {
+                            tracing::warn!("no other coordinator confirmed a verdict; announcing it from this peer alone");
+                        }
+                    }
                     for c in changes {
                         if let Change::JobFinished(job) = c {
                             self.0.finished.insert(job);

@@ -145,7 +145,7 @@ impl Node {
     }
 
     /// Makes sure blob `id` is stored here, fetching it from `addr` (and checking its hash).
-    pub(super) async fn fetch_blob(&self, addr: &str, id: &BlobId, max: u64) -> anyhow::Result<()> {
+    pub(crate) async fn fetch_blob(&self, addr: &str, id: &BlobId, max: u64) -> anyhow::Result<()> {
         if self.store().blobs().has(id).await {
             return Ok(());
         }

@@ -79,9 +79,12 @@ pub(super) async fn run(node: Node) {
             }
         }
         if free > 0 && asking.is_none() {
+            // Jobs this peer coordinates actively are served above; the rest (including those it
+            // only backs up) are pulled from their active coordinator.
             let ads: Vec<_> = {
-                let held = &node.core().jobs;
-                node.mesh().membership.job_ads().into_iter().filter(|a| !held.contains_key(&a.job)).collect()
+                let core = node.core();
+                let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
+                node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()
             };
             puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = puller.pick(&ads, free as u32, node.now()) {
@@ -315,8 +318,13 @@ impl Node {
             let evidence = Evidence { attestation: &att, output, message };
             let (mut ops, changes) = core.drain(Some(&evidence));
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone() });
+            // The other coordinators get it too (with the output when it decided the task), and
+            // a verdict is announced only once one of them has it.
+            let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
+            let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
+            let backup = self.replicate(&coordinators, &att, decided.then_some(output));
             // Queued in order; the caller need not wait for the disk.
-            drop(self.announce(ops, changes));
+            drop(self.announce_with(ops, changes, backup));
         };
         true
     }

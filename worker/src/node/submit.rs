@@ -1,8 +1,6 @@
 //! Accepting a job at this peer (its origin): check the module and inputs, derive the JobId,
 //! make the job durable, then hand it to the coordinator.
 
-use std::sync::Arc;
-
 use spare_coordinator::{BlobId, JobId, JobSpec, Policy, SubmitError, derive_job_id};
 
 use super::{JobMeta, Node, unix_ms};
@@ -82,8 +80,16 @@ impl Node {
             submitted_at_ms: unix_ms(),
             label: job.label,
         };
-        let stored = StoredJob { spec: spec.clone(), args: job.args, env: job.env, cancelled: false };
-        let meta = JobMeta { spec: spec.clone(), args: Arc::new(stored.args.clone()), env: Arc::new(stored.env.clone()) };
+        let stored = StoredJob {
+            spec: spec.clone(),
+            args: job.args,
+            env: job.env,
+            cancelled: false,
+            origin_signature: self.0.identity.sign(&job_signing_bytes(&id)).to_vec(),
+            nonce: job.nonce,
+            coordinators: vec![origin],
+        };
+        let meta = JobMeta::of(&stored);
         let write = {
             let mut core = self.core();
             if core.jobs.contains_key(&id) {
@@ -106,6 +112,8 @@ impl Node {
             return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
         }
         tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
+        // Other coordinators, so the job outlives this peer.
+        self.add_coordinators(id).await;
         self.publish_job(id, false);
         self.0.work.notify_one();
         Ok(id)
@@ -162,8 +170,15 @@ fn stored_count(core: &super::Core, id: &JobId) -> u32 {
     core.jobs.get(id).map_or(0, |m| m.spec.task_count)
 }
 
-/// A digest of everything that defines the job's results.
-fn digest(job: &NewJob) -> [u8; 32] {
+/// The bytes the origin signs to claim a job id as its own.
+pub fn job_signing_bytes(id: &JobId) -> Vec<u8> {
+    let mut b = b"spare.v1.job\0".to_vec();
+    b.extend_from_slice(id.as_bytes());
+    b
+}
+
+/// A digest of everything that defines the job's results (its id is derived from it).
+pub fn digest(job: &NewJob) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("spare.v1 job content");
     h.update(job.module.as_bytes());
     h.update(&postcard::to_stdvec(&job.policy).unwrap_or_default());

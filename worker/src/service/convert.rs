@@ -130,6 +130,7 @@ pub fn job_status(v: &JobView) -> pb::JobStatus {
         submitted_at_ms: v.spec.submitted_at_ms,
         message: v.message.clone().unwrap_or_default(),
         origin: v.spec.origin.to_hex(),
+        coordinators: Vec::new(),
     }
 }
 

@@ -70,14 +70,16 @@ fn holds(node: &Node, id: &JobId) -> bool {
 
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
-    let (mut s, views) = {
+    let (mut s, views, coordinators) = {
         let core = node.core();
         let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
         let s = convert::job_status(&view);
+        let coordinators = core.jobs.get(id).map(|m| m.coordinators.clone()).unwrap_or_default();
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
         let views: Vec<_> = (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect();
-        (s, views)
+        (s, views, coordinators)
     };
+    s.coordinators = coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
     if include_tasks && s.tasks.as_ref().is_some_and(|c| c.total > MAX_TASK_LIST) {
         let note = format!("task_list holds the first {MAX_TASK_LIST} tasks; read the rest with Results");
         s.message = if s.message.is_empty() { note } else { format!("{}; {note}", s.message) };
@@ -166,6 +168,7 @@ impl pb::job_service_server::JobService for JobApi {
         let ended = is_final(&self.node, &id);
         let snapshot = status(&self.node, &id, false)?;
         let node = self.node.clone();
+        let mut stop = self.node.shutdown_signal();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let event = |e| Ok(pb::JobEvent { event: Some(e) });
@@ -182,6 +185,8 @@ impl pb::job_service_server::JobService for JobApi {
                 let next = tokio::select! {
                     c = changes.recv() => c,
                     _ = tx.closed() => return,
+                    // The peer is stopping: end the stream so the client goes elsewhere.
+                    _ = stop.wait_for(|s| *s) => return,
                 };
                 match next {
                     Ok(Change::TaskFinal(task)) if task.job == id => {
@@ -227,6 +232,7 @@ impl pb::job_service_server::JobService for JobApi {
         let total = self.node.core().coord.job(&id).ok_or_else(|| not_found(&id))?.spec.task_count;
         let mut changes = self.node.subscribe();
         let node = self.node.clone();
+        let mut stop = self.node.shutdown_signal();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut next = r.from_index;
@@ -265,6 +271,7 @@ impl pb::job_service_server::JobService for JobApi {
                 tokio::select! {
                     _ = changes.recv() => {}
                     _ = tx.closed() => return,
+                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         });

@@ -169,4 +169,14 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         Ok(Response::new(reply))
     }
+
+    async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptReply>, Status> {
+        super::replica::adopt(&self.node, req.into_inner()).await?;
+        Ok(Response::new(pb::AdoptReply {}))
+    }
+
+    async fn replicate(&self, req: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateReply>, Status> {
+        let recorded = super::replica::replicate(&self.node, req.into_inner()).await?;
+        Ok(Response::new(pb::ReplicateReply { recorded }))
+    }
 }

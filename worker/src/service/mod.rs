@@ -7,6 +7,7 @@ pub mod convert;
 mod job;
 pub mod mesh;
 mod peer;
+mod replica;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;

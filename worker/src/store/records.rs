@@ -15,6 +15,12 @@ pub struct StoredJob {
     pub env: Vec<(String, String)>,
     /// Whether the submitter cancelled it.
     pub cancelled: bool,
+    /// The nonce its id was derived with (so other coordinators can check the id).
+    pub nonce: Vec<u8>,
+    /// The origin's signature over the job id (`spare.v1.job\0` ++ id).
+    pub origin_signature: Vec<u8>,
+    /// The peers coordinating it, the active one first.
+    pub coordinators: Vec<PeerId>,
 }
 
 /// One task's input: inline bytes, or a blob stored beside the database.

@@ -1,0 +1,129 @@
+//! What a simulation run is asked to do ([`SimConfig`]), its defaults, and why a configuration
+//! is refused ([`SimError`]).
+
+use crate::PolicyCaps;
+
+/// One simulation run: the mesh, the job, the adversaries and the network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Peers at the start, the job's origin included.
+    pub peers: u32,
+    /// Tasks of the one job (default 10 × peers).
+    pub tasks: u32,
+    /// Distinct agreeing peers needed to verify a task.
+    pub quorum: u32,
+    /// Most replicas a task gets before it is inconclusive.
+    pub max_replicas: u32,
+    /// Fraction of the workers that lie (the origin never does).
+    pub liars: f64,
+    /// Liars agree on one wrong answer per task instead of each giving its own.
+    pub collude: bool,
+    /// Probability that any one message is lost.
+    pub loss: f64,
+    /// Fraction of the peers that crash per virtual minute while the job runs; as many fresh
+    /// peers join. The origin never crashes.
+    pub churn: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Most peers in one membership cell, the origin included (see the module docs): a mesh of
+    /// at most this many peers is simulated as one SWIM cluster, a larger one as several.
+    pub cell_size: u32,
+    /// Bootstrap peers per cell, greeted by every peer of the cell at start.
+    pub bootstrap_peers: u32,
+    /// Sandbox slots per peer.
+    pub slots: u32,
+    /// A replica runs for a uniform random time in this range, in milliseconds.
+    pub run_ms: (u64, u64),
+    /// Each message takes a uniform random time in this range, in milliseconds.
+    pub delay_ms: (u64, u64),
+    /// The job's wall deadline per replica (`limits.timeout_ms`); a lease lasts this plus the
+    /// coordinator's 5 s grace.
+    pub task_timeout_ms: u64,
+    /// Size of the job's module, fetched once by every worker from the coordinator.
+    pub module_bytes: u64,
+    /// Size of each task's input (sent inline in lease replies).
+    pub input_bytes: u64,
+    /// Size of each task's output (sent in reports).
+    pub output_bytes: u64,
+    /// An RPC whose request or reply is lost fails at the caller this long after it was sent.
+    pub rpc_fail_ms: u64,
+    /// The run stops at this virtual time even if the job is not finished.
+    pub max_virtual_ms: u64,
+}
+
+impl SimConfig {
+    /// The defaults for `peers` peers: 10 tasks per peer, quorum 2, max_replicas 5, no liars,
+    /// no loss, no churn, seed 1.
+    pub fn new(peers: u32) -> SimConfig {
+        SimConfig {
+            peers,
+            tasks: peers.saturating_mul(10),
+            quorum: 2,
+            max_replicas: 5,
+            liars: 0.0,
+            collude: false,
+            loss: 0.0,
+            churn: 0.0,
+            seed: 1,
+            cell_size: 100,
+            bootstrap_peers: 3,
+            slots: 1,
+            run_ms: (50, 200),
+            delay_ms: (1, 20),
+            task_timeout_ms: 10_000,
+            // The size of examples/wasm/primes.wasm.
+            module_bytes: 58_232,
+            input_bytes: 16,
+            output_bytes: 32,
+            rpc_fail_ms: 1_000,
+            max_virtual_ms: 600_000,
+        }
+    }
+
+    /// Checks that the run makes sense.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |what: &str| Err(SimError::Config(what.to_string()));
+        if self.peers < 2 {
+            return bad("--peers must be at least 2");
+        }
+        if self.peers > 1_000_000 {
+            return bad("--peers must be at most 1,000,000");
+        }
+        if self.tasks == 0 || self.tasks > PolicyCaps::default().max_tasks {
+            return bad("--tasks must be between 1 and 1,000,000");
+        }
+        if self.quorum == 0 || self.max_replicas < self.quorum || self.max_replicas > PolicyCaps::default().max_replicas {
+            return bad("need 1 <= quorum <= max_replicas <= 32");
+        }
+        if !(0.0..1.0).contains(&self.liars) {
+            return bad("--liars must be a fraction in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.loss) {
+            return bad("--loss must be a probability in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.churn) {
+            return bad("--churn must be a fraction per minute in [0, 1]");
+        }
+        if self.cell_size < 4 || self.bootstrap_peers == 0 || self.slots == 0 {
+            return bad("cell size must be at least 4, bootstrap peers and slots at least 1");
+        }
+        if self.run_ms.0 == 0 || self.run_ms.0 > self.run_ms.1 || self.delay_ms.0 > self.delay_ms.1 {
+            return bad("time ranges must be non-empty (and runs take at least 1 ms)");
+        }
+        if self.task_timeout_ms <= self.run_ms.1 {
+            return bad("the task timeout must exceed the longest run");
+        }
+        Ok(())
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The configuration makes no sense.
+    #[error("invalid simulation: {0}")]
+    Config(String),
+    /// The origin's coordinator refused the job.
+    #[error("the coordinator refused the job: {0}")]
+    Submit(String),
+}

@@ -1,0 +1,187 @@
+//! What the run counts, the convergence check, and the figures the report is built from.
+//!
+//! **Convergence** is checked at every probe-period boundary (1 s, one SWIM gossip round)
+//! until it holds: every live peer that was there at the start sees every other such peer of
+//! its cell, and the origin, as a live member (`Alive`, or `Suspect`: SWIM treats a suspect as
+//! alive until it is declared dead, and with message loss some probe is always failing
+//! somewhere) in its real `Membership`, and has heard the job's ad; and the origin's view of
+//! each cell sees that cell's live initial peers likewise. Peers that
+//! joined later are not waited for (with churn there is always one still joining), and peers
+//! that crashed need not be seen dead yet. Once the job has finished its ad is no longer
+//! required: `Membership` stops sending a finished job's ad to newcomers, so a peer the origin
+//! only meets after the end never hears of the job, and needs not.
+
+use crate::JobState;
+use crate::membership::MemberState;
+
+use super::engine::{PROBE_PERIOD_MS, Sim};
+use super::keys;
+use super::peer::View;
+use super::queue::Event;
+use super::report::{Rate, Report};
+
+/// Counters of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Gossip messages sent.
+    pub gossip: u64,
+    /// RPC requests and replies sent.
+    pub rpcs: u64,
+    /// Messages lost.
+    pub lost: u64,
+    /// Gossip messages membership refused.
+    pub refused_gossip: u64,
+    /// Records dropped for a bad signature.
+    pub invalid_records: u64,
+    /// Attestations recorded.
+    pub attestations: u64,
+    /// Attestations that came after the verdict.
+    pub late: u64,
+    /// Attestations refused (no lease, failed checks).
+    pub rejected: u64,
+    /// Replicas handed back as stale before they ran.
+    pub stale: u64,
+    /// Report batches given up after three attempts.
+    pub reports_dropped: u64,
+    /// Tasks verified.
+    pub verified: u32,
+    /// Tasks verified with a wrong output.
+    pub wrong_verified: u32,
+    /// Tasks inconclusive.
+    pub inconclusive: u32,
+    /// Tasks failed.
+    pub failed: u32,
+    /// Leases that lapsed.
+    pub lapses: u64,
+    /// Peers crashed.
+    pub crashes: u32,
+    /// Peers joined during the run.
+    pub joins: u32,
+    /// When membership converged.
+    pub converged_at: Option<u64>,
+    /// When the job finished.
+    pub done_at: Option<u64>,
+    /// How it finished.
+    pub job_state: Option<JobState>,
+    /// Live peers that had not heard the job's ad when it finished.
+    pub unaware_at_end: u32,
+}
+
+/// Whether `view` holds exactly `count` live members (alive or suspect) that pass `wanted`.
+fn sees_all(view: &View, count: usize, wanted: impl Fn(u32) -> bool) -> bool {
+    if view.m.active() < count {
+        return false;
+    }
+    let seen = view.m.members().iter().filter(|(m, s)| *s != MemberState::Dead && wanted(keys::index_of(&m.peer))).count();
+    seen == count
+}
+
+impl Sim {
+    pub(super) fn on_check(&mut self) {
+        if self.m.converged_at.is_some() {
+            return;
+        }
+        if self.converged() {
+            self.m.converged_at = Some(self.now);
+        } else {
+            self.queue.push(self.now + PROBE_PERIOD_MS, Event::Check);
+        }
+    }
+
+    fn converged(&self) -> bool {
+        let origin = &self.peers[self.origin as usize];
+        let need_ad = self.m.done_at.is_none();
+        for (c, cell) in self.cells.iter().enumerate() {
+            let c = c as u32;
+            let expected: Vec<u32> = cell.members.iter().copied().filter(|&i| self.peers[i as usize].initial).collect();
+            let in_cell = |i: u32| {
+                self.peers.get(i as usize).is_some_and(|p| p.alive && p.initial && p.cell == c && i != self.origin)
+            };
+            let Some(ov) = origin.view_of(c) else { return false };
+            if !sees_all(&origin.views[ov], expected.len(), in_cell) {
+                return false;
+            }
+            for &w in &expected {
+                let peer = &self.peers[w as usize];
+                let Some(view) = peer.views.first() else { return false };
+                if (need_ad && !peer.has_ad) || !sees_all(view, expected.len(), |i| i == self.origin || (i != w && in_cell(i))) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The report of the run so far.
+    pub(super) fn report(&self) -> Report {
+        let end = self.now.max(1);
+        let (mut bytes, mut life_s, mut max) = (0u64, 0f64, 0f64);
+        for p in &self.peers {
+            let life = (p.died.unwrap_or(end).saturating_sub(p.born)).max(1_000) as f64 / 1_000.0;
+            bytes += p.bytes_sent;
+            life_s += life;
+            max = max.max(p.bytes_sent as f64 / life);
+        }
+        let origin = &self.peers[self.origin as usize];
+        let origin_rate = origin.bytes_sent as f64 / (end.max(1_000) as f64 / 1_000.0);
+        let (mut banned_liars, mut banned_honest) = (0, 0);
+        let mut liars = 0;
+        if let Some(h) = origin.host.as_ref() {
+            for p in &self.peers {
+                let banned = h.coord.reputation().is_banned(&p.id);
+                match (p.behaviour.lies(), banned) {
+                    (true, true) => banned_liars += 1,
+                    (false, true) => banned_honest += 1,
+                    _ => {}
+                }
+            }
+        }
+        for p in &self.peers {
+            liars += u32::from(p.behaviour.lies());
+        }
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
+        let state = match self.m.job_state {
+            None => "running",
+            Some(JobState::Completed) => "completed",
+            Some(JobState::Failed) => "failed",
+            Some(JobState::Cancelled) => "cancelled",
+            Some(JobState::Queued | JobState::Running) => "running",
+        };
+        Report {
+            peers: self.cfg.peers,
+            tasks: self.cfg.tasks,
+            quorum: self.cfg.quorum,
+            max_replicas: self.cfg.max_replicas,
+            liars,
+            collude: self.cfg.collude,
+            loss: self.cfg.loss,
+            churn: self.cfg.churn,
+            seed: self.cfg.seed,
+            completed: self.m.done_at.is_some(),
+            job_state: state.to_string(),
+            virtual_seconds: end as f64 / 1_000.0,
+            job_seconds: self.m.done_at.map(|t| t as f64 / 1_000.0),
+            gossip_rounds_to_converge: self.m.converged_at.map(|t| t / PROBE_PERIOD_MS),
+            bytes_per_peer_per_second: Rate { mean: round1(bytes as f64 / life_s.max(1.0)), max: round1(max) },
+            origin_bytes_per_second: round1(origin_rate),
+            never_heard_job: self.m.unaware_at_end,
+            replicas_per_task: (self.m.attestations as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,
+            verified: self.m.verified,
+            wrong_verified: self.m.wrong_verified,
+            inconclusive: self.m.inconclusive,
+            failed: self.m.failed,
+            lease_lapses: self.m.lapses,
+            reports_dropped: self.m.reports_dropped,
+            banned_liars,
+            banned_honest,
+            crashes: self.m.crashes,
+            joins: self.m.joins,
+            messages: self.m.gossip + self.m.rpcs,
+            messages_lost: self.m.lost,
+            events: self.queue.handled(),
+            membership_cell_size: self.cfg.cell_size.min(self.cfg.peers),
+            membership_cells: self.cells.len() as u32,
+            origin_protected: true,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The virtual network: every message between virtual peers goes through here. Each is lost
+//! with probability `loss`, independently, and otherwise arrives after a uniform random delay;
+//! its bytes are counted against its sender.
+//!
+//! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
+//! against the receiver). The lease, report and blob RPCs are a request and a reply carrying
+//! what the real ones carry; a lost request or reply, or a callee that crashed, fails the call
+//! at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
+//! would usually deliver late rather than fail; the simulator is the harsher of the two.)
+
+use crate::{BlobId, JobId, Millis};
+
+use super::engine::Sim;
+use super::peer::ReportItem;
+use super::queue::Event;
+use super::wire;
+
+/// A gossip message in flight.
+#[derive(Debug)]
+pub struct Packet {
+    /// Sender.
+    pub from: u32,
+    /// Receiver.
+    pub to: u32,
+    /// The membership cell it belongs to.
+    pub cell: u32,
+    /// What `Membership::poll_send` produced.
+    pub data: Vec<u8>,
+}
+
+/// An RPC request.
+#[derive(Debug)]
+pub enum Request {
+    /// `MeshService.Lease`.
+    Lease { job: JobId, max: u32, asked_at: Millis },
+    /// `MeshService.Report`.
+    Report { batch: Vec<ReportItem> },
+    /// `BlobService.Get` of a module.
+    Blob { module: BlobId },
+}
+
+/// An RPC reply.
+#[derive(Debug)]
+pub enum Reply {
+    /// Leases granted: each task's `(index, expires_in_ms)`, with the job's module and deadline.
+    Lease { job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis },
+    /// The report was taken.
+    Report,
+    /// The module.
+    Blob { module: BlobId },
+}
+
+/// What a failed call was, so the caller can react.
+#[derive(Clone, Copy, Debug)]
+pub enum CallKind {
+    /// A lease request for the job.
+    Lease(JobId),
+    /// A report batch to the coordinator.
+    Report(u32),
+    /// A module fetch.
+    Blob(BlobId),
+}
+
+/// An RPC message in flight.
+#[derive(Debug)]
+pub enum RpcMsg {
+    /// A request from a caller.
+    Request { from: u32, to: u32, sent_at: Millis, req: Request },
+    /// The callee's reply.
+    Reply { from: u32, to: u32, reply: Reply },
+    /// The callee refused the call (an error status).
+    Refused { to: u32, kind: CallKind },
+}
+
+impl Request {
+    fn kind(&self, to: u32) -> CallKind {
+        match self {
+            Request::Lease { job, .. } => CallKind::Lease(*job),
+            Request::Report { .. } => CallKind::Report(to),
+            Request::Blob { module } => CallKind::Blob(*module),
+        }
+    }
+}
+
+pub static INFLIGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+impl Sim {
+    fn delay(&mut self) -> Millis {
+        let (lo, hi) = self.cfg.delay_ms;
+        self.rng.range(lo, hi)
+    }
+
+    fn lost(&mut self) -> bool {
+        let lost = self.rng.chance(self.cfg.loss);
+        if lost {
+            self.m.lost += 1;
+        }
+        lost
+    }
+
+    /// Sends a gossip message (`to` is `None` when the address names no peer).
+    pub(super) fn send_gossip(&mut self, from: u32, to: Option<u32>, cell: u32, data: Vec<u8>) {
+        self.peers[from as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::gossip_request(data.len() as u64);
+        self.m.gossip += 1;
+        let Some(to) = to.filter(|&t| (t as usize) < self.peers.len()) else { return };
+        if self.lost() {
+            return;
+        }
+        INFLIGHT.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let at = self.now + self.delay();
+        self.queue.push(at, Event::Gossip(Box::new(Packet { from, to, cell, data })));
+    }
+
+    /// Starts an RPC whose request body is `size` bytes.
+    pub(super) fn call(&mut self, from: u32, to: u32, req: Request, size: u64) {
+        self.peers[from as usize].bytes_sent += wire::REQUEST_OVERHEAD + size;
+        self.m.rpcs += 1;
+        if self.lost() {
+            let kind = req.kind(to);
+            self.queue.push(self.now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: from, kind });
+            return;
+        }
+        let at = self.now + self.delay();
+        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Request { from, to, sent_at: self.now, req })));
+    }
+
+    /// Answers an RPC with a reply body of `size` bytes; `kind` says what fails if it is lost.
+    pub(super) fn reply(&mut self, from: u32, to: u32, reply: Reply, size: u64, kind: CallKind) {
+        self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
+        self.m.rpcs += 1;
+        if self.lost() {
+            self.queue.push(self.now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: to, kind });
+            return;
+        }
+        let at = self.now + self.delay();
+        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Reply { from, to, reply })));
+    }
+
+    /// Answers an RPC with an error status (`size` bytes of message in the trailers).
+    pub(super) fn refuse(&mut self, from: u32, to: u32, kind: CallKind, size: u64) {
+        self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
+        self.m.rpcs += 1;
+        let at = if self.lost() { self.now + self.cfg.rpc_fail_ms } else { self.now + self.delay() };
+        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Refused { to, kind })));
+    }
+
+    /// A gossip message arrives.
+    pub(super) fn on_gossip(&mut self, pkt: Packet) {
+        INFLIGHT.fetch_sub(pkt.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let to = pkt.to as usize;
+        if !self.peers[to].alive {
+            return;
+        }
+        // The empty GossipReply.
+        self.peers[to].bytes_sent += wire::REPLY_OVERHEAD;
+        let Some(v) = self.peers[to].view_of(pkt.cell) else { return };
+        let sender = self.peers[pkt.from as usize].id;
+        let now = self.now;
+
+        if self.peers[to].views[v].m.handle_data(&pkt.data, Some(sender), now).is_err() {
+            self.m.refused_gossip += 1;
+        }
+        self.after_mesh(pkt.to, v);
+    }
+
+    /// An RPC message arrives.
+    pub(super) fn on_rpc(&mut self, msg: RpcMsg) {
+        match msg {
+            RpcMsg::Request { from, to, sent_at, req } => {
+                if !self.peers[to as usize].alive {
+                    let at = self.now.max(sent_at + self.cfg.rpc_fail_ms);
+                    self.queue.push(at, Event::RpcFailed { peer: from, kind: req.kind(to) });
+                    return;
+                }
+                match req {
+                    Request::Lease { job, max, asked_at } => self.serve_lease(to, from, job, max, asked_at),
+                    Request::Report { batch } => self.serve_report(to, from, batch),
+                    Request::Blob { module } => self.serve_blob(to, from, module),
+                }
+            }
+            RpcMsg::Reply { from, to, reply } => {
+                if !self.peers[to as usize].alive {
+                    return;
+                }
+                match reply {
+                    Reply::Lease { job, module, timeout_ms, tasks, asked_at } => {
+                        self.on_leased(to, from, job, module, timeout_ms, tasks, asked_at)
+                    }
+                    Reply::Report => self.on_reported(to, from),
+                    Reply::Blob { module } => self.on_fetched(to, module),
+                }
+            }
+            RpcMsg::Refused { to, kind } => self.on_rpc_failed(to, kind),
+        }
+    }
+
+    /// A call failed at the caller.
+    pub(super) fn on_rpc_failed(&mut self, peer: u32, kind: CallKind) {
+        if !self.peers[peer as usize].alive {
+            return;
+        }
+        match kind {
+            CallKind::Lease(job) => self.on_lease_failed(peer, job),
+            CallKind::Report(c) => self.on_report_failed(peer, c),
+            CallKind::Blob(module) => self.on_fetch_failed(peer, module),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The discrete-event queue: events ordered by virtual time, then by the order they were
+//! scheduled (a sequence number), so ties break the same way on every run.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::Millis;
+
+use super::net::{CallKind, Packet, RpcMsg};
+use super::peer::Replica;
+
+/// Something that happens to the simulated mesh at a virtual time.
+#[derive(Debug)]
+pub enum Event {
+    /// A membership timer of `peer`'s view number `view` may be due.
+    MeshTick { peer: u32, view: u16 },
+    /// A gossip message arrives.
+    Gossip(Box<Packet>),
+    /// An RPC request or reply arrives.
+    Rpc(Box<RpcMsg>),
+    /// The caller gives up on an RPC (request or reply lost, or the callee is gone).
+    RpcFailed { peer: u32, kind: CallKind },
+    /// The peer's mesh loop: advert refresh and bootstrap greetings.
+    House { peer: u32 },
+    /// The peer's slot loop looks for work.
+    Slots { peer: u32 },
+    /// A replica finished running in a sandbox slot after `ran_ms`.
+    RunDone { peer: u32, ran_ms: u32, replica: Box<Replica> },
+    /// A reporter's linger (or retry pause) ended: send the next report batch to `coordinator`.
+    Flush { peer: u32, coordinator: u32 },
+    /// A coordinator's 200 ms ticker (only scheduled when a lease may lapse).
+    CoordTick { peer: u32 },
+    /// A peer crashes and a fresh one joins.
+    Churn,
+    /// Probe-period boundary: has membership converged?
+    Check,
+}
+
+/// The near future is a ring of one-millisecond buckets, each a FIFO (events pushed for the same
+/// millisecond come out in the order they were pushed); events further ahead wait in a binary
+/// heap by (time, sequence) and move into their bucket, in order, as the ring reaches them.
+/// Popping is then O(1) for the bulk of events (messages, runs, timers a few seconds ahead).
+const RING: u64 = 8_192;
+
+struct Far {
+    at: Millis,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Far {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Far {}
+
+impl PartialOrd for Far {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Far {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest (time, sequence) must compare greatest.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Events waiting to happen, earliest first; ties in the order they were scheduled.
+pub struct Queue {
+    ring: Vec<VecDeque<Event>>,
+    /// The millisecond the ring's cursor is at: every bucket holds events of `cursor..cursor + RING`.
+    cursor: Millis,
+    near: usize,
+    far: BinaryHeap<Far>,
+    seq: u64,
+    handled: u64,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue { ring: (0..RING).map(|_| VecDeque::new()).collect(), cursor: 0, near: 0, far: BinaryHeap::new(), seq: 0, handled: 0 }
+    }
+}
+
+impl Queue {
+    /// Schedules `event` at `at` (a time already past is taken as the current one).
+    pub fn push(&mut self, at: Millis, event: Event) {
+        let at = at.max(self.cursor);
+        self.seq += 1;
+        if at < self.cursor + RING {
+            self.ring[(at % RING) as usize].push_back(event);
+            self.near += 1;
+        } else {
+            self.far.push(Far { at, seq: self.seq, event });
+        }
+    }
+
+    /// The next event, earliest first.
+    pub fn pop(&mut self) -> Option<(Millis, Event)> {
+        loop {
+            if let Some(e) = self.ring[(self.cursor % RING) as usize].pop_front() {
+                self.near -= 1;
+                self.handled += 1;
+                return Some((self.cursor, e));
+            }
+            if self.near == 0 {
+                // Jump straight to the next far event.
+                let next = self.far.peek()?.at;
+                self.cursor = self.cursor.max(next.saturating_sub(RING - 1));
+            } else {
+                self.cursor += 1;
+            }
+            // Events now within the ring move into their buckets, in (time, sequence) order,
+            // before anything else can be pushed there.
+            while self.far.peek().is_some_and(|f| f.at < self.cursor + RING) {
+                if let Some(f) = self.far.pop() {
+                    self.ring[(f.at % RING) as usize].push_back(f.event);
+                    self.near += 1;
+                }
+            }
+        }
+    }
+
+    /// Events handled so far.
+    pub fn handled(&self) -> u64 {
+        self.handled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_then_push_order_near_and_far() {
+        let mut q = Queue::default();
+        let ev = |p: u32| Event::Slots { peer: p };
+        q.push(5, ev(1));
+        q.push(RING * 3, ev(2));
+        q.push(5, ev(3));
+        q.push(RING * 3, ev(4));
+        q.push(0, ev(5));
+        let mut out = Vec::new();
+        while let Some((at, e)) = q.pop() {
+            let Event::Slots { peer } = e else { unreachable!() };
+            out.push((at, peer));
+            if peer == 1 {
+                q.push(RING * 3, ev(6));
+                q.push(5, ev(7));
+            }
+        }
+        assert_eq!(out, vec![(0, 5), (5, 1), (5, 3), (5, 7), (RING * 3, 2), (RING * 3, 4), (RING * 3, 6)]);
+    }
+}

@@ -1,0 +1,129 @@
+//! What a run reports: [`Report`] (serialized as one JSON object by `spare sim --json`) and its
+//! text form. Nothing in it depends on the wall clock, so one seed gives the same report, byte
+//! for byte.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+/// Bytes per peer per second.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Rate {
+    /// All bytes sent by all peers over all the peer-seconds they were alive.
+    pub mean: f64,
+    /// The highest rate of one peer (its bytes over its own lifetime, at least 1 s).
+    pub max: f64,
+}
+
+/// The outcome of one simulation run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// Peers at the start, the origin included.
+    pub peers: u32,
+    /// Tasks of the job.
+    pub tasks: u32,
+    /// The job's quorum.
+    pub quorum: u32,
+    /// The job's max_replicas.
+    pub max_replicas: u32,
+    /// Lying peers, joiners included.
+    pub liars: u32,
+    /// Whether liars colluded on one wrong answer per task.
+    pub collude: bool,
+    /// Message loss probability.
+    pub loss: f64,
+    /// Churn, fraction of peers per virtual minute.
+    pub churn: f64,
+    /// The seed.
+    pub seed: u64,
+    /// Every task reached a final verdict (verified, inconclusive or failed) in time.
+    pub completed: bool,
+    /// The job's state: `completed` (every task verified), `failed` (some inconclusive or
+    /// failed) or `running` (stopped at the time limit).
+    pub job_state: String,
+    /// Virtual time simulated.
+    pub virtual_seconds: f64,
+    /// Virtual time from submission to the job's end.
+    pub job_seconds: Option<f64>,
+    /// Probe periods (1 s) until membership converged (see `sim::metrics`); `null` if it did not.
+    pub gossip_rounds_to_converge: Option<u64>,
+    /// Bytes sent per peer per second: gossip, RPCs, module downloads.
+    pub bytes_per_peer_per_second: Rate,
+    /// The origin's own rate (it serves every lease, report and module download).
+    pub origin_bytes_per_second: f64,
+    /// Live peers that had not heard the job's ad by the time the job finished (the origin
+    /// sends its records straight to a newcomer once, and gossip retransmits a record only a few
+    /// times, so a peer that misses both never hears of the job while it runs).
+    pub never_heard_job: u32,
+    /// Attestations recorded per task.
+    pub replicas_per_task: f64,
+    /// Tasks verified.
+    pub verified: u32,
+    /// Tasks verified with a wrong output.
+    pub wrong_verified: u32,
+    /// Tasks inconclusive.
+    pub inconclusive: u32,
+    /// Tasks failed.
+    pub failed: u32,
+    /// Leases that lapsed (expired, or their peer was declared down).
+    pub lease_lapses: u64,
+    /// Report batches dropped after three failed attempts.
+    pub reports_dropped: u64,
+    /// Liars the coordinator banned by the end.
+    pub banned_liars: u32,
+    /// Honest peers the coordinator banned by the end.
+    pub banned_honest: u32,
+    /// Peers that crashed.
+    pub crashes: u32,
+    /// Peers that joined during the run.
+    pub joins: u32,
+    /// Messages sent (gossip, RPC requests and replies).
+    pub messages: u64,
+    /// Messages lost.
+    pub messages_lost: u64,
+    /// Events simulated.
+    pub events: u64,
+    /// Most peers in one membership cell, the origin included.
+    pub membership_cell_size: u32,
+    /// Membership cells (1: the whole mesh is one SWIM cluster).
+    pub membership_cells: u32,
+    /// The origin was kept from crashing (one coordinator per job cannot survive it yet).
+    pub origin_protected: bool,
+}
+
+impl Report {
+    /// A short table for people.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let rows: Vec<(&str, String)> = vec![
+            ("peers / tasks", format!("{} / {}", self.peers, self.tasks)),
+            ("quorum / max replicas", format!("{} / {}", self.quorum, self.max_replicas)),
+            ("liars", format!("{}{}", self.liars, if self.collude { " (colluding)" } else { "" })),
+            ("loss / churn per minute", format!("{} / {}", self.loss, self.churn)),
+            ("completed", format!("{} ({})", if self.completed { "yes" } else { "no" }, self.job_state)),
+            ("job time", opt(self.job_seconds.map(|s| format!("{s:.1} s")))),
+            ("virtual time", format!("{:.1} s", self.virtual_seconds)),
+            ("gossip rounds to converge", opt(self.gossip_rounds_to_converge.map(|r| r.to_string()))),
+            (
+                "bytes/peer/s mean / max",
+                format!("{:.0} / {:.0}", self.bytes_per_peer_per_second.mean, self.bytes_per_peer_per_second.max),
+            ),
+            ("origin bytes/s", format!("{:.0}", self.origin_bytes_per_second)),
+            ("peers that never heard the job", self.never_heard_job.to_string()),
+            ("replicas per task", format!("{:.3}", self.replicas_per_task)),
+            ("verified / wrong", format!("{} / {}", self.verified, self.wrong_verified)),
+            ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),
+            ("lease lapses", self.lease_lapses.to_string()),
+            ("banned liars / honest", format!("{} / {}", self.banned_liars, self.banned_honest)),
+            ("crashes / joins", format!("{} / {}", self.crashes, self.joins)),
+            ("messages (lost)", format!("{} ({})", self.messages, self.messages_lost)),
+            ("membership cells", format!("{} of up to {} peers", self.membership_cells, self.membership_cell_size)),
+            ("origin protected", self.origin_protected.to_string()),
+        ];
+        let mut out = format!("spare sim, seed {}\n", self.seed);
+        for (k, v) in rows {
+            let _ = writeln!(out, "  {k:<26} {v}");
+        }
+        out
+    }
+}

@@ -1,0 +1,172 @@
+//! A virtual peer's coordinator side, as `worker/src/service/mesh.rs` serves it: lease requests
+//! go to `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is
+//! the sender's own, its signature verifies, its output hashes to what it attests) and recorded,
+//! releases hand replicas back, and a 200 ms ticker lapses expired leases. Any peer can hold a
+//! coordinator for any job; today only the origin does.
+
+use crate::pull::MAX_BATCH;
+use crate::{Attestation, BlobId, Event, JobId, Reported, Verdict};
+
+use super::engine::Sim;
+use super::net::{CallKind, Reply};
+use super::peer::{NEVER, ReportItem};
+use super::queue;
+use super::{wire, workload};
+
+/// The coordinator's ticker period.
+const TICK_MS: u64 = 200;
+const NO_TASK_NOTE: &str = "no task wants another replica from this peer now";
+const BANNED_NOTE: &str = "this peer gets no leases: too many of its results disagreed with verdicts";
+const NOT_HELD: u64 = 100;
+
+impl Sim {
+    /// `MeshService.Lease` at peer `c`, from `worker`.
+    pub(super) fn serve_lease(&mut self, c: u32, worker: u32, job: JobId, max: u32, asked_at: u64) {
+        let (now, wid) = (self.now, self.peers[worker as usize].id);
+        let holds = self.peers[c as usize].holds(&job);
+        let Some(h) = self.peers[c as usize].host.as_mut().filter(|_| holds) else {
+            self.refuse(c, worker, CallKind::Lease(job), NOT_HELD);
+            return;
+        };
+        let banned = h.coord.reputation().is_banned(&wid);
+        let leases = h.coord.lease_job(&job, wid, max.min(MAX_BATCH) as usize, now);
+        let tasks: Vec<(u32, u64)> = leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
+        let note = match (tasks.is_empty(), banned) {
+            (false, _) => 0,
+            (true, true) => BANNED_NOTE.len(),
+            (true, false) => NO_TASK_NOTE.len(),
+        };
+        let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
+        self.schedule_coord_tick(c);
+        let reply = Reply::Lease { job, module: self.spec.module, timeout_ms: self.spec.policy.limits.timeout_ms, tasks, asked_at };
+        self.reply(c, worker, reply, size, CallKind::Lease(job));
+    }
+
+    /// `MeshService.Report` at peer `c`, from `worker`.
+    pub(super) fn serve_report(&mut self, c: u32, worker: u32, batch: Vec<ReportItem>) {
+        let wid = self.peers[worker as usize].id;
+        let (mut accepted, mut rejected) = (0u32, 0u32);
+        let mut released = false;
+        for item in batch {
+            match item {
+                ReportItem::Attest(att, out) => {
+                    if self.record(c, worker, att, out, true) {
+                        accepted += 1;
+                    } else {
+                        rejected += 1;
+                    }
+                }
+                ReportItem::Release(task, why) => {
+                    if let Some(h) = self.peers[c as usize].host.as_mut() {
+                        h.coord.release(task, wid, why);
+                    }
+                    released = true;
+                }
+            }
+            self.drain_coordinator(c);
+        }
+        if released {
+            self.wake(c);
+        }
+        self.reply(c, worker, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(c));
+    }
+
+    /// Records an attestation from `worker` at coordinator `c`; `check` verifies it first, as the
+    /// edge does for other peers' attestations. Returns whether it was accepted.
+    pub(super) fn record(&mut self, c: u32, worker: u32, att: Attestation, out: Vec<u8>, check: bool) -> bool {
+        let wid = self.peers[worker as usize].id;
+        let Some(h) = self.peers[c as usize].host.as_mut() else { return false };
+        if check {
+            let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
+            if att.peer != wid || !signed || BlobId::of(&out) != att.result.output_hash {
+                h.coord.penalize(wid);
+                self.m.rejected += 1;
+                return false;
+            }
+        }
+        match h.coord.report(att) {
+            Ok(Reported::Recorded | Reported::Decided) => {
+                self.m.attestations += 1;
+                true
+            }
+            Ok(Reported::Late) => {
+                self.m.late += 1;
+                true
+            }
+            Err(_) => {
+                self.m.rejected += 1;
+                false
+            }
+        }
+    }
+
+    /// `BlobService.Get` of the module at peer `c`.
+    pub(super) fn serve_blob(&mut self, c: u32, worker: u32, module: BlobId) {
+        let size = wire::blob_reply(self.cfg.module_bytes);
+        self.reply(c, worker, Reply::Blob { module }, size, CallKind::Blob(module));
+    }
+
+    /// Handles what peer `c`'s coordinator emitted: verdicts are scored against the honest
+    /// outputs, the job's end is announced, lapsed leases wake the slots.
+    pub(super) fn drain_coordinator(&mut self, c: u32) {
+        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
+        let events: Vec<Event> = std::iter::from_fn(|| h.coord.poll_event()).collect();
+        let mut wake = false;
+        for e in events {
+            match e {
+                Event::TaskFinal { task, verdict } => match verdict {
+                    Verdict::Verified(key) => {
+                        self.m.verified += 1;
+                        if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
+                            self.m.wrong_verified += 1;
+                        }
+                    }
+                    Verdict::Inconclusive => self.m.inconclusive += 1,
+                    Verdict::Failed(_) => self.m.failed += 1,
+                    Verdict::Pending => {}
+                },
+                Event::JobFinished { job, state } => {
+                    if job == self.job && self.m.done_at.is_none() {
+                        self.m.done_at = Some(self.now);
+                        self.m.job_state = Some(state);
+                        let origin = self.origin;
+                        self.m.unaware_at_end =
+                            self.peers.iter().enumerate().filter(|(i, p)| p.alive && !p.has_ad && *i != origin as usize).count() as u32;
+                        self.publish_job(true);
+                    }
+                }
+                Event::LeaseExpired { .. } => {
+                    self.m.lapses += 1;
+                    wake = true;
+                }
+            }
+        }
+        if wake {
+            self.wake(c);
+        }
+        self.schedule_coord_tick(c);
+    }
+
+    /// Schedules the ticker at the first 200 ms boundary at or after the next lease expiry.
+    pub(super) fn schedule_coord_tick(&mut self, c: u32) {
+        let now = self.now;
+        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
+        let Some(due) = h.coord.next_deadline() else { return };
+        let at = due.max(now).div_ceil(TICK_MS) * TICK_MS;
+        if at < h.tick_at {
+            h.tick_at = at;
+            self.queue.push(at, queue::Event::CoordTick { peer: c });
+        }
+    }
+
+    pub(super) fn on_coord_tick(&mut self, c: u32) {
+        let now = self.now;
+        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
+        if h.tick_at != now {
+            return;
+        }
+        h.tick_at = NEVER;
+        h.coord.tick(now);
+        self.drain_coordinator(c);
+    }
+}

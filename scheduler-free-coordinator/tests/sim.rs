@@ -1,0 +1,86 @@
+//! The simulator (`spare_coordinator::sim`) on small meshes: a seed gives one run byte for byte,
+//! honest peers finish a job through crashes and joins, lone liars never get a wrong result
+//! verified, and colluders get no more than the quorum arithmetic allows.
+//!
+//! Meshes stay at 200 peers or fewer: this crate is built without optimisation in the test
+//! profile (its dependencies with), and each run simulates every peer's real SWIM state machine.
+
+use spare_coordinator::sim::{self, Report, SimConfig};
+
+fn config(peers: u32, seed: u64) -> SimConfig {
+    let mut c = SimConfig::new(peers);
+    c.seed = seed;
+    c
+}
+
+fn run(c: &SimConfig) -> Report {
+    match sim::run(c) {
+        Ok(r) => r,
+        Err(e) => panic!("simulation refused: {e}"),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report() {
+    // Several membership cells, loss, churn and liars, so every random path is exercised.
+    let mut c = config(120, 7);
+    c.cell_size = 40;
+    c.loss = 0.02;
+    c.churn = 0.2;
+    c.liars = 0.1;
+    let a = run(&c);
+    let b = run(&c);
+    assert_eq!(a, b);
+    assert_eq!(a.membership_cells, 4);
+    c.seed = 8;
+    assert_ne!(run(&c), a, "another seed gives another run");
+}
+
+#[test]
+fn honest_peers_finish_through_churn() {
+    // 30% of the peers crash per minute (and as many join): about one crash every 1.5 s.
+    let mut c = config(150, 3);
+    c.churn = 0.3;
+    c.tasks = 3_000;
+    let r = run(&c);
+    assert!(r.crashes > 0 && r.joins == r.crashes, "churn happened: {r:?}");
+    assert!(r.completed && r.job_state == "completed", "{r:?}");
+    assert_eq!((r.verified, r.wrong_verified, r.inconclusive), (3_000, 0, 0));
+    assert!(r.origin_protected);
+    assert!(r.gossip_rounds_to_converge.is_some(), "membership converged: {r:?}");
+    assert!(r.bytes_per_peer_per_second.mean > 0.0 && r.bytes_per_peer_per_second.max >= r.bytes_per_peer_per_second.mean);
+}
+
+#[test]
+fn a_third_of_lone_liars_never_win_with_quorum_two() {
+    // Each liar gives its own wrong answer: two liars never agree, so no wrong quorum forms.
+    let mut c = config(150, 5);
+    c.liars = 0.33;
+    let r = run(&c);
+    assert_eq!(r.liars, 50);
+    assert!(r.completed, "{r:?}");
+    assert_eq!(r.wrong_verified, 0, "{r:?}");
+    assert!(r.replicas_per_task > 2.0, "disagreements cost extra replicas: {r:?}");
+    assert!(r.banned_liars > 0 && r.banned_honest == 0, "{r:?}");
+}
+
+/// Colluders (a fraction `f` of the peers, all giving one shared wrong answer per task) win a
+/// task when two of them reach it before two honest peers agree. With quorum 2 and replicas
+/// drawn in proportion to the peers: both first replicas colluding (f²), or one of them and the
+/// third replica (2f(1−f)·f), so the expected share is f²(3 − 2f), 2.6 f² for f = 0.2. The
+/// test asserts the count stays below 3·f²·tasks (the "theory" bound f^quorum × tasks, three
+/// times over) plus a slack of five standard deviations of that count.
+#[test]
+fn colluders_win_no_more_than_the_quorum_arithmetic_allows() {
+    let mut c = config(200, 11);
+    c.liars = 0.2;
+    c.collude = true;
+    c.tasks = 2_000;
+    let r = run(&c);
+    assert!(r.completed, "{r:?}");
+    let f2 = 0.2f64 * 0.2;
+    let bound = 3.0 * f2 * f64::from(c.tasks);
+    let slack = 5.0 * bound.sqrt();
+    assert!(f64::from(r.wrong_verified) < bound + slack, "{} wrong, bound {bound} + {slack}: {r:?}", r.wrong_verified);
+    assert!(r.wrong_verified > 0, "colluders do win some: {r:?}");
+}

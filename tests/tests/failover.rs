@@ -1,0 +1,96 @@
+//! Replicated coordination in process: a job outlives the peer it was submitted to. The others
+//! finish it, a new coordinator replaces the lost one, status and results are served by the
+//! survivors, and a client that followed the job through the lost peer carries on by itself.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use spare_coordinator::records::{Record, RecordKey};
+use spare_sdk::{Job, JobState, TaskState};
+use spare_tests::*;
+
+fn job_id(id: &spare_sdk::JobId) -> spare_coordinator::JobId {
+    id.as_str().parse().expect("a job id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_dies_mid_job_and_the_others_finish_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = start_mesh(dir.path(), &honest_peers(4, 1)).await;
+    let (tasks, chunk) = (80u64, 1_000_000u64);
+    let through_origin = client(&peers[0]).await;
+    let job = Job::builder().module_bytes(guest("primes")).range(0..tasks * chunk, chunk).quorum(2).build().unwrap();
+    let id = through_origin.submit(&job).await.unwrap();
+    let jid = job_id(&id);
+    let origin = peers[0].node.peer_id();
+
+    // The job has three coordinators, the origin first, and the backups hold it already.
+    let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+    assert_eq!(coordinators.len(), 3);
+    assert_eq!(coordinators[0], origin);
+    let holders: Vec<usize> = (1..4).filter(|i| coordinators.contains(&peers[*i].node.peer_id())).collect();
+    assert_eq!(holders.len(), 2);
+
+    // Follow it through the origin, which dies once some (not all) tasks are verified.
+    let waiter = {
+        let c = through_origin.clone();
+        let id = id.clone();
+        tokio::spawn(async move { c.wait(&id).await })
+    };
+    let origin_node = peers[0].node.clone();
+    eventually("some tasks verified", || {
+        let c = origin_node.core().coord.job(&jid).map(|v| v.counts);
+        async move { c.filter(|c| c.verified >= 4 && c.verified < c.total).map(|_| ()) }
+    })
+    .await;
+    drop(origin_node);
+    let lost = peers.remove(0);
+    lost.shutdown().await;
+
+    // The client carries on at another coordinator and sees the job complete.
+    let status = within("the job completing after its origin died", waiter).await.unwrap().unwrap();
+    assert_eq!(status.state(), JobState::Completed, "{status:?}");
+    let mut all = Vec::new();
+    let mut stream = through_origin.results(&id).await.expect("results, through whichever coordinator answers");
+    while let Some(r) = stream.next().await {
+        all.push(r.unwrap());
+    }
+    assert_eq!(all.len(), tasks as usize);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.index as usize, i);
+        assert_eq!(r.state(), TaskState::Verified);
+        let (lo, hi) = (i as u64 * chunk, (i as u64 + 1) * chunk);
+        assert_eq!(r.output, format!("{}\n", spare_example_primes::count_primes(lo, hi)).into_bytes(), "task {i}");
+        let by: BTreeSet<&String> = r.verified_by.iter().collect();
+        assert_eq!(by.len(), 2, "task {i} verified by two distinct peers");
+    }
+
+    // Every survivor that coordinates the job answers for it, with the same results; a new
+    // coordinator replaced the origin, and the job's ad now names the survivors.
+    let survivors = coordinators[1..].to_vec();
+    let ad = eventually("a job ad without the lost origin", || {
+        let ad = peers[0].node.mesh().membership.record(&RecordKey::JobAd(jid));
+        async move {
+            match ad {
+                Some(Record::JobAd(ad)) if !ad.coordinators.contains(&origin) => Some(ad),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ad.origin, origin, "the ad still names who accepted the job");
+    assert!(survivors.iter().all(|s| ad.coordinators.contains(s)), "{ad:?}");
+    assert_eq!(ad.coordinators.len(), 3, "the lost coordinator was replaced: {ad:?}");
+    for p in &peers {
+        if ad.coordinators.contains(&p.node.peer_id()) {
+            let c = client(p).await;
+            let s = c.status(&id, false).await.unwrap();
+            assert_eq!(s.state(), JobState::Completed);
+            let now: Vec<_> = c.results_now(&id).await.unwrap().collect().await;
+            eprintln!("DBG coordinator {} has {} results now, finished={}", p.node.peer_id().short(), now.len(), p.node.is_finished(&jid));
+            let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;
+            assert_eq!(mine, all, "the same results at every coordinator");
+        }
+    }
+    stop_all(peers).await;
+}

@@ -1,0 +1,76 @@
+//! `spare sim`: simulates a whole mesh of virtual peers in this process, driving the real
+//! membership, coordinator and pulling code on a seeded virtual network and clock, and reports
+//! what happened (see `spare_coordinator::sim`). The same seed gives the same output.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use spare_coordinator::sim::{self, SimConfig};
+
+/// Options of `spare sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Virtual peers at the start, the job's origin included.
+    #[arg(long, default_value_t = 1000)]
+    peers: u32,
+    /// Tasks in the job [default: 10 × peers].
+    #[arg(long)]
+    tasks: Option<u32>,
+    /// Distinct agreeing peers needed to verify a task.
+    #[arg(long, default_value_t = 2)]
+    quorum: u32,
+    /// Most replicas of one task before it is inconclusive.
+    #[arg(long, default_value_t = 5)]
+    max_replicas: u32,
+    /// Fraction of the peers that lie (each with its own wrong answers).
+    #[arg(long, default_value_t = 0.0)]
+    liars: f64,
+    /// Liars collude: they all give the same wrong answer for a task.
+    #[arg(long)]
+    collude: bool,
+    /// Probability that any one message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Fraction of the peers that crash per virtual minute while the job runs (as many fresh
+    /// peers join). The origin never crashes.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Most peers per membership cell: a larger mesh is simulated as cells of this size
+    /// bridged by the origin (full SWIM views of every peer cost N² memory).
+    #[arg(long, default_value_t = 100)]
+    cell_size: u32,
+    /// Sandbox slots per peer.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Stop at this virtual time even if the job has not finished.
+    #[arg(long, default_value_t = 600)]
+    max_virtual_seconds: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = SimConfig::new(a.peers);
+    cfg.tasks = a.tasks.unwrap_or_else(|| a.peers.saturating_mul(10));
+    cfg.quorum = a.quorum;
+    cfg.max_replicas = a.max_replicas;
+    cfg.liars = a.liars;
+    cfg.collude = a.collude;
+    cfg.loss = a.loss;
+    cfg.churn = a.churn;
+    cfg.seed = a.seed;
+    cfg.cell_size = a.cell_size;
+    cfg.slots = a.slots;
+    cfg.max_virtual_ms = a.max_virtual_seconds.saturating_mul(1_000);
+    let report = sim::run(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,154 @@
+//! The receiving side of replicated coordination: `MeshService.Adopt` (become another
+//! coordinator of a job) and `MeshService.Replicate` (the active coordinator's stream of
+//! recorded attestations). Both are signed by their sender, who must be a coordinator of the job.
+
+use spare_coordinator::{Attestation, BlobId, JobId, JobSpec, PeerId, derive_job_id};
+use spare_proto as pb;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use super::convert::{self, parse_id};
+use super::mesh::attestation;
+use crate::identity;
+use crate::node::replicate::{adopt_signing_bytes, replicate_signing_bytes};
+use crate::node::{JobMeta, NewJob, Node, remote, unix_ms};
+use crate::store::{Op, StoredInput, StoredJob};
+
+fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]) -> Result<PeerId, Status> {
+    let sender: PeerId = parse_id("peer_id", peer_id)?;
+    if unix_ms().abs_diff(timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+        return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
+    }
+    if !identity::verify(&sender, bytes, signature) {
+        return Err(Status::unauthenticated("not signed by peer_id"));
+    }
+    Ok(sender)
+}
+
+/// Checks and records attestations a coordinator recorded; resolves once they are durable.
+async fn record_all(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<u32, Status> {
+    let mut parsed: Vec<(Attestation, pb::RecordedAttestation)> = Vec::with_capacity(items.len());
+    for item in items {
+        let att = item.attestation.as_ref().ok_or_else(|| Status::invalid_argument("an item has no attestation")).and_then(attestation)?;
+        if !item.output.is_empty() && BlobId::of(&item.output) != att.result.output_hash {
+            return Err(Status::invalid_argument(format!("the output of {} does not hash to its attestation", att.task)));
+        }
+        parsed.push((att, item));
+    }
+    let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
+    let valid = identity::verify_attestations(&refs);
+    let mut last: Option<oneshot::Receiver<()>> = None;
+    let mut recorded = 0;
+    for ((att, item), ok) in parsed.into_iter().zip(valid) {
+        if !ok {
+            node.count_invalid();
+            continue;
+        }
+        if let Some(rx) = node.record_replicated(att, &item.output, &item.message) {
+            recorded += 1;
+            last = Some(rx);
+        }
+    }
+    // Announcements (and so writes) complete in order: the last one covers all.
+    if let Some(rx) = last {
+        rx.await.map_err(|_| Status::internal("the attestations could not be stored"))?;
+    }
+    Ok(recorded)
+}
+
+/// `MeshService.Adopt`.
+pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &adopt_signing_bytes(&r), &r.signature)?;
+    let job: JobId = parse_id("job_id", &r.job_id)?;
+    let origin: PeerId = parse_id("origin", &r.origin)?;
+    if !identity::verify(&origin, &crate::node::job_signing_bytes(&job), &r.origin_signature) {
+        return Err(Status::unauthenticated("the job is not signed by its origin"));
+    }
+    let coordinators: Vec<PeerId> =
+        r.coordinators.iter().map(|c| parse_id("coordinators", c)).collect::<Result<_, _>>()?;
+    let me = node.peer_id();
+    if !coordinators.contains(&sender) || !coordinators.contains(&me) {
+        return Err(Status::invalid_argument("the coordinators must name the sender and this peer"));
+    }
+    let module: BlobId = parse_id("module_id", &r.module_id)?;
+    let mut inputs = Vec::with_capacity(r.tasks.len());
+    for (i, t) in r.tasks.iter().enumerate() {
+        inputs.push(match &t.source {
+            Some(pb::task_input::Source::Inline(b)) => StoredInput::Inline(b.clone()),
+            Some(pb::task_input::Source::BlobId(s)) => StoredInput::Blob(parse_id(&format!("tasks[{i}].blob_id"), s)?),
+            None => StoredInput::Inline(Vec::new()),
+        });
+    }
+    let new = NewJob {
+        module,
+        inputs,
+        policy: convert::policy(r.policy.as_ref()),
+        args: r.args.clone(),
+        env: r.env.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
+        label: r.label.clone(),
+        nonce: r.nonce.clone(),
+    };
+    if derive_job_id(&origin, &crate::node::digest(&new), &new.nonce) != job {
+        return Err(Status::invalid_argument("the job id does not match its origin and content"));
+    }
+    let caps = *node.core().coord.caps();
+    caps.check(&new.policy, new.inputs.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+    let held = node.core().jobs.contains_key(&job);
+    if !held {
+        // The module and large inputs come from the sender, checked against their hashes.
+        let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
+        let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
+        node.fetch_blob(&addr, &module, node.config().max_module_bytes as u64).await.map_err(fetch)?;
+        for input in &new.inputs {
+            if let StoredInput::Blob(id) = input {
+                node.fetch_blob(&addr, id, node.config().max_blob_bytes).await.map_err(fetch)?;
+            }
+        }
+        let spec = JobSpec {
+            module,
+            task_count: new.inputs.len() as u32,
+            policy: new.policy,
+            origin,
+            submitted_at_ms: r.submitted_at_ms,
+            label: new.label.clone(),
+        };
+        let stored = StoredJob {
+            spec: spec.clone(),
+            args: new.args.clone(),
+            env: new.env.clone(),
+            cancelled: r.cancelled,
+            nonce: new.nonce.clone(),
+            origin_signature: r.origin_signature.clone(),
+            coordinators: coordinators.clone(),
+        };
+        let write = {
+            let mut core = node.core();
+            if !core.jobs.contains_key(&job) {
+                core.coord.restore(job, spec, r.cancelled).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                core.coord.set_standby(&job, true);
+                while core.coord.poll_event().is_some() {}
+                core.jobs.insert(job, JobMeta::of(&stored));
+            }
+            node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs }])
+        };
+        write.await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
+        tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
+    }
+    record_all(node, r.attestations).await?;
+    Ok(())
+}
+
+/// `MeshService.Replicate`.
+pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &replicate_signing_bytes(&r), &r.signature)?;
+    let job: JobId = parse_id("job_id", &r.job_id)?;
+    let coordinators = node.core().jobs.get(&job).map(|m| m.coordinators.clone());
+    let Some(coordinators) = coordinators else {
+        return Err(Status::not_found(format!("job {job} is not held here")));
+    };
+    if !coordinators.contains(&sender) {
+        return Err(Status::permission_denied("the sender is not a coordinator of the job"));
+    }
+    record_all(node, r.items).await
+}

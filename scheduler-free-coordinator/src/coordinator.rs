@@ -31,11 +31,20 @@ pub struct CoordinatorConfig {
     pub max_jobs: usize,
     /// Secret key of the unpredictable task order; never leaves this peer.
     pub secret: [u8; 32],
+    /// Most live leases one peer may hold across every job here; a flood of lease requests from
+    /// one peer gets nothing past it.
+    pub max_leases_per_peer: usize,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        CoordinatorConfig { caps: PolicyCaps::default(), lease_grace_ms: 5_000, max_jobs: 10_000, secret: [0; 32] }
+        CoordinatorConfig {
+            caps: PolicyCaps::default(),
+            lease_grace_ms: 5_000,
+            max_jobs: 10_000,
+            secret: [0; 32],
+            max_leases_per_peer: 4096,
+        }
     }
 }
 
@@ -249,8 +258,17 @@ impl Coordinator {
         self.standby.contains(job)
     }
 
+    /// How many live leases `peer` holds here.
+    pub fn lease_count(&self, peer: &PeerId) -> usize {
+        self.held.count(peer)
+    }
+
     fn lease_in(&mut self, id: JobId, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
         if self.standby.contains(&id) {
+            return Vec::new();
+        }
+        let max = max.min(self.config.max_leases_per_peer.saturating_sub(self.held.count(&peer)));
+        if max == 0 {
             return Vec::new();
         }
         let Some(job) = self.jobs.get_mut(&id) else { return Vec::new() };

@@ -268,4 +268,9 @@ impl LeaseIndex {
     pub fn of(&self, peer: &PeerId) -> impl Iterator<Item = &TaskId> {
         self.0.get(peer).into_iter().flatten()
     }
+
+    /// How many live leases `peer` holds.
+    pub fn count(&self, peer: &PeerId) -> usize {
+        self.0.get(peer).map_or(0, BTreeSet::len)
+    }
 }

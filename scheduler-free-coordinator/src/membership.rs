@@ -24,6 +24,9 @@ use crate::{Millis, PeerId};
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
 const TAG_HELLO: u8 = 2;
+/// Most records held; past it, ads of finished jobs make room, and otherwise new keys are
+/// refused (a flood of freshly signed records cannot grow memory).
+pub const MAX_RECORDS: usize = 200_000;
 /// Most records one direct sync message carries.
 const MAX_SYNC_RECORDS: usize = 256;
 
@@ -185,6 +188,15 @@ impl RecordState {
             if !record.may_replace(known) {
                 self.events.push_back(MeshEvent::Invalid { sender });
                 return None;
+            }
+        }
+        if !self.records.contains_key(&key) && self.records.len() >= MAX_RECORDS {
+            let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
+            match done {
+                Some(k) => {
+                    self.records.remove(&k);
+                }
+                None => return None,
             }
         }
         let seq = record.seq();

@@ -331,3 +331,17 @@ fn lease_job_gives_only_tasks_of_that_job() {
     c.cancel(&job(1));
     assert!(c.lease_job(&job(1), peer(2), 10, 0).is_empty(), "cancelled job");
 }
+
+#[test]
+fn one_peer_never_holds_more_leases_than_its_cap() {
+    let mut c = Coordinator::new(CoordinatorConfig { max_leases_per_peer: 7, ..CoordinatorConfig::default() });
+    c.submit(job(1), spec(20, 2, 3)).unwrap();
+    c.submit(job(2), spec(20, 2, 3)).unwrap();
+    assert_eq!(c.lease(peer(1), 100, 0).len(), 7);
+    assert!(c.lease_job(&job(2), peer(1), 100, 0).is_empty(), "at its cap");
+    assert_eq!(c.lease_count(&peer(1)), 7);
+    assert_eq!(c.lease(peer(2), 100, 0).len(), 7, "the cap is per peer");
+    let l = c.leases_of(&peer(1))[0];
+    c.report(att(l.task, peer(1), honest(l.task.index))).unwrap();
+    assert_eq!(c.lease(peer(1), 100, 0).len(), 1, "a report frees room for one more");
+}

@@ -60,7 +60,6 @@ pub struct Sim {
     pub scratch: (Vec<(Member, Vec<u8>)>, Vec<MeshEvent>),
 }
 
-static mut COUNTS: [u64; 14] = [0; 14];
 /// Runs one simulation.
 pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
     cfg.validate()?;
@@ -70,16 +69,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
         if at > sim.cfg.max_virtual_ms {
             break;
         }
-        if at / 100 != sim.now / 100 && std::env::var("SIM_MEM").is_ok() {
-            let rss = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok())).unwrap_or(0) * 4;
-            eprintln!("t={} events={} inflight={} KB rss={} MB", at, sim.queue.handled(), super::net::INFLIGHT.load(std::sync::atomic::Ordering::Relaxed) / 1024, rss / 1024);
-        }
         sim.now = at;
-        if (1000..1100).contains(&at) && std::env::var("SIM_MEM").is_ok() {
-            let k = match &event { Event::MeshTick{..} => 0, Event::Gossip(p) => if p.data[0] == 0 { 1 } else if p.data[0] == 1 { 11 } else { 12 }, Event::Rpc(_) => 2, Event::RpcFailed{..} => 3, Event::House{..} => 4, Event::Slots{..} => 5, Event::RunDone{..} => 6, Event::Flush{..} => 7, Event::CoordTick{..} => 8, Event::Churn => 9, Event::Check => 10 };
-            unsafe { COUNTS[k] += 1; }
-        }
-        if at >= 1100 && std::env::var("SIM_MEM").is_ok() && unsafe { COUNTS[13] } == 0 { unsafe { COUNTS[13] = 1; let c = COUNTS; eprintln!("{:?}", c); } }
         sim.handle(event);
         if let Some(done) = sim.m.done_at
             && (sim.m.converged_at.is_some() || sim.now >= done + CONVERGE_GRACE_MS)

@@ -82,7 +82,6 @@ impl Request {
     }
 }
 
-pub static INFLIGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 impl Sim {
     fn delay(&mut self) -> Millis {
         let (lo, hi) = self.cfg.delay_ms;
@@ -105,7 +104,6 @@ impl Sim {
         if self.lost() {
             return;
         }
-        INFLIGHT.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let at = self.now + self.delay();
         self.queue.push(at, Event::Gossip(Box::new(Packet { from, to, cell, data })));
     }
@@ -145,7 +143,6 @@ impl Sim {
 
     /// A gossip message arrives.
     pub(super) fn on_gossip(&mut self, pkt: Packet) {
-        INFLIGHT.fetch_sub(pkt.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let to = pkt.to as usize;
         if !self.peers[to].alive {
             return;

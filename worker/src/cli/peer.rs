@@ -32,6 +32,21 @@ pub struct PeerArgs {
     /// Most memory one task may ask for, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_task_memory: u64,
+    /// Submissions checked at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::node::limits::Bounds::default().max_pending_submits)]
+    max_pending_submits: usize,
+    /// Jobs one submitter (by address) may have running here at once.
+    #[arg(long, default_value_t = crate::node::limits::Bounds::default().max_jobs_per_submitter)]
+    max_jobs_per_submitter: usize,
+    /// Tasks of running jobs this peer holds at most (as origin or backup coordinator).
+    #[arg(long, default_value_t = crate::node::limits::Bounds::default().max_held_tasks)]
+    max_held_tasks: u64,
+    /// Live leases one peer may hold from this peer's coordinator.
+    #[arg(long, default_value_t = crate::node::limits::Bounds::default().max_leases_per_peer)]
+    max_leases_per_peer: usize,
+    /// Requests per second one peer may make on average (gossip, leases, reports, replication).
+    #[arg(long, default_value_t = crate::node::limits::Bounds::default().peer_rate)]
+    peer_rate: f64,
     /// The address other peers should dial, when it is not the listening one (e.g. listening on 0.0.0.0).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
@@ -55,6 +70,14 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("listening on {} needs --advertise HOST:PORT so other peers know where to dial", a.listen);
     }
     config.advertise = a.advertise;
+    config.bounds = crate::node::limits::Bounds {
+        max_pending_submits: a.max_pending_submits,
+        max_jobs_per_submitter: a.max_jobs_per_submitter,
+        max_held_tasks: a.max_held_tasks,
+        max_leases_per_peer: a.max_leases_per_peer,
+        peer_rate: a.peer_rate,
+        peer_burst: (a.peer_rate * 4.0).max(1.0),
+    };
     #[cfg(feature = "chaos")]
     {
         config.chaos = a.chaos;

@@ -21,6 +21,8 @@ pub struct JobMeta {
     pub env: Arc<Vec<(String, String)>>,
     /// The peers coordinating it, the active one first.
     pub coordinators: Vec<spare_coordinator::PeerId>,
+    /// Who submitted it here (its address), when this peer is its origin and still runs it.
+    pub submitter: Option<std::net::IpAddr>,
 }
 
 impl JobMeta {
@@ -31,6 +33,7 @@ impl JobMeta {
             args: Arc::new(job.args.clone()),
             env: Arc::new(job.env.clone()),
             coordinators: job.coordinators.clone(),
+            submitter: None,
         }
     }
 }

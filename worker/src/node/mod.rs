@@ -4,6 +4,7 @@
 
 mod clients;
 mod core;
+pub mod limits;
 pub mod mesh;
 pub mod remote;
 pub mod replicate;
@@ -60,6 +61,8 @@ pub struct NodeConfig {
     pub max_blob_bytes: u64,
     /// The address other peers dial (default: the listening address).
     pub advertise: Option<String>,
+    /// Back-pressure: what one submitter or one peer may make this peer hold or do.
+    pub bounds: limits::Bounds,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -89,6 +92,7 @@ impl NodeConfig {
             max_module_bytes: 64 << 20,
             max_blob_bytes: 1 << 30,
             advertise: None,
+            bounds: limits::Bounds::default(),
             #[cfg(feature = "chaos")]
             chaos: None,
         }
@@ -135,6 +139,14 @@ struct Shared {
     advertised: String,
     /// Records and attestations dropped for bad signatures.
     invalid_records: std::sync::atomic::AtomicU64,
+    /// Submissions being checked and stored now.
+    submits: tokio::sync::Semaphore,
+    /// Running jobs per submitter address.
+    submitters: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Tasks of the unfinished jobs held here.
+    held_tasks: std::sync::atomic::AtomicU64,
+    /// Requests per peer.
+    peer_rate: limits::RateLimiter<spare_coordinator::PeerId>,
 }
 
 /// A started peer: its address, and how to stop it.
@@ -202,7 +214,12 @@ impl Node {
         .context("cannot start the sandbox")?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let coord = Coordinator::new(CoordinatorConfig { caps: config.caps, secret, ..CoordinatorConfig::default() });
+        let coord = Coordinator::new(CoordinatorConfig {
+            caps: config.caps,
+            secret,
+            max_leases_per_peer: config.bounds.max_leases_per_peer,
+            ..CoordinatorConfig::default()
+        });
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -212,7 +229,6 @@ impl Node {
         let membership = mesh::new_membership(&identity, advertised.clone(), u64::from_le_bytes(secret[..8].try_into().unwrap_or_default()));
         let (announcer, announcements) = mpsc::unbounded_channel();
         let node = Node(Arc::new(Shared {
-            config,
             identity,
             store,
             sandbox,
@@ -234,6 +250,11 @@ impl Node {
             roles: tokio::sync::Mutex::new(()),
             advertised,
             invalid_records: Default::default(),
+            submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
+            submitters: Default::default(),
+            held_tasks: Default::default(),
+            peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
+            config,
         }));
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
@@ -275,6 +296,7 @@ impl Node {
                 self.0.finished.insert(*id);
             } else {
                 open.push(*id);
+                self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
             }
         }
         drop(core);
@@ -345,7 +367,9 @@ impl Node {
                     }
                     for c in changes {
                         if let Change::JobFinished(job) = c {
-                            self.0.finished.insert(job);
+                            if self.0.finished.insert(job) {
+                                self.job_ended(&job);
+                            }
                             self.publish_job(job, true);
                         }
                         let _ = self.0.changes.send(c);
@@ -386,6 +410,43 @@ impl Node {
     /// Durable changes, as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.0.changes.subscribe()
+    }
+
+    /// Gives back what a running job counted against the bounds.
+    fn job_ended(&self, job: &JobId) {
+        let (tasks, submitter) = {
+            let core = self.core();
+            core.jobs.get(job).map_or((0, None), |m| (m.spec.task_count, m.submitter))
+        };
+        let _ = self.0.held_tasks.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
+            Some(h.saturating_sub(u64::from(tasks)))
+        });
+        if let Some(ip) = submitter {
+            let mut s = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = s.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Counts the tasks of a job taken on (adopted) against the bound on tasks held; false (and
+    /// nothing counted) when it would pass it.
+    pub(crate) fn hold_tasks(&self, n: u64) -> bool {
+        let max = self.config().bounds.max_held_tasks;
+        self.0
+            .held_tasks
+            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
+                (h + n <= max).then_some(h + n)
+            })
+            .is_ok()
+    }
+
+    /// Takes one request's worth of `peer`'s rate; false when it sends too much.
+    pub fn peer_allowed(&self, peer: spare_coordinator::PeerId) -> bool {
+        self.0.peer_rate.allow(peer)
     }
 
     /// Counts a record or attestation dropped for a bad signature.

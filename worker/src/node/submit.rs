@@ -24,6 +24,8 @@ pub struct NewJob {
     pub label: String,
     /// Makes the id unique.
     pub nonce: Vec<u8>,
+    /// Who sent it (its address), for the per-submitter bound.
+    pub submitter: Option<std::net::IpAddr>,
 }
 
 /// Why a submission was refused, by whose fault.
@@ -52,6 +54,28 @@ const MAX_ARGS_BYTES: usize = 64 << 10;
 impl Node {
     /// Accepts a job; it is durable when this returns.
     pub async fn submit(&self, job: NewJob) -> Result<JobId, SubmitFailure> {
+        let bounds = self.config().bounds;
+        let Ok(_checking) = self.0.submits.try_acquire() else {
+            return Err(SubmitFailure::Full(format!(
+                "this peer is already checking {} submissions; try again shortly",
+                bounds.max_pending_submits
+            )));
+        };
+        if let Some(ip) = job.submitter {
+            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&ip).copied().unwrap_or(0);
+            if running >= bounds.max_jobs_per_submitter {
+                return Err(SubmitFailure::Full(format!(
+                    "{ip} already has {running} jobs running here, the most one submitter may have; wait for some to end"
+                )));
+            }
+        }
+        let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
+        if held + job.inputs.len() as u64 > bounds.max_held_tasks {
+            return Err(SubmitFailure::Full(format!(
+                "this peer holds {held} tasks of running jobs and takes at most {}; try another peer or later",
+                bounds.max_held_tasks
+            )));
+        }
         let caps = *self.core().coord.caps();
         caps.check(&job.policy, job.inputs.len() as u64).map_err(|e| SubmitFailure::Invalid(e.to_string()))?;
         let arg_bytes: usize =
@@ -89,7 +113,8 @@ impl Node {
             nonce: job.nonce,
             coordinators: vec![origin],
         };
-        let meta = JobMeta::of(&stored);
+        let mut meta = JobMeta::of(&stored);
+        meta.submitter = job.submitter;
         let write = {
             let mut core = self.core();
             if core.jobs.contains_key(&id) {
@@ -101,6 +126,10 @@ impl Node {
                 SubmitError::Full(_) => SubmitFailure::Full(e.to_string()),
             })?;
             core.jobs.insert(id, meta);
+            self.0.held_tasks.fetch_add(u64::from(job_tasks(&core, &id)), std::sync::atomic::Ordering::Relaxed);
+            if let Some(ip) = job.submitter {
+                *self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_insert(0) += 1;
+            }
             // Queued under the lock, so a result of this job can never be written before it.
             self.store().write(vec![Op::PutJob(id, stored), Op::PutInputs { job: id, first: 0, inputs: job.inputs }])
         };
@@ -164,6 +193,10 @@ pub(crate) enum PrepareError {
     Module(ModuleError),
     /// The peer failed.
     Other(anyhow::Error),
+}
+
+fn job_tasks(core: &super::Core, id: &JobId) -> u32 {
+    core.jobs.get(id).map_or(0, |m| m.spec.task_count)
 }
 
 fn stored_count(core: &super::Core, id: &JobId) -> u32 {

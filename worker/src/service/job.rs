@@ -108,6 +108,7 @@ fn is_final(node: &Node, id: &JobId) -> bool {
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let submitter = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let module: BlobId = parse_id("module_id", &r.module_id)?;
         if r.tasks.is_empty() {
@@ -130,6 +131,7 @@ impl pb::job_service_server::JobService for JobApi {
             env: r.env.into_iter().map(|e| (e.key, e.value)).collect(),
             label: r.label,
             nonce: r.nonce,
+            submitter,
         };
         match self.node.submit(job).await {
             Ok(id) => Ok(Response::new(pb::SubmitResponse { job_id: id.to_hex() })),

@@ -68,6 +68,9 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !identity::verify(&sender, &remote::gossip_signing_bytes(&r.data), &r.signature) {
             return Err(Status::unauthenticated("the gossip message is not signed by peer_id"));
         }
+        if !self.node.peer_allowed(sender) {
+            return Err(Status::resource_exhausted("too many requests from this peer"));
+        }
         self.node.mesh_receive(&r.data, sender).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::GossipReply {}))
     }
@@ -82,6 +85,9 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !identity::verify(&peer, &remote::lease_signing_bytes(&job, r.max, r.timestamp_ms), &r.signature) {
             // Whoever sent it, it was not `peer`: nobody to blame.
             return Err(Status::unauthenticated("the lease request is not signed by peer_id"));
+        }
+        if !self.node.peer_allowed(peer) {
+            return Err(Status::resource_exhausted("too many requests from this peer"));
         }
         let now = self.node.now();
         let max = r.max.min(spare_coordinator::pull::MAX_BATCH) as usize;
@@ -134,6 +140,9 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         if !identity::verify(&sender, &remote::report_signing_bytes(&r), &r.signature) {
             return Err(Status::unauthenticated("the report is not signed by peer_id"));
+        }
+        if !self.node.peer_allowed(sender) {
+            return Err(Status::resource_exhausted("too many requests from this peer"));
         }
         let mut reply = pb::ReportReply::default();
         // Parse everything first, so the signatures can be checked as one batch.

@@ -87,6 +87,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         env: r.env.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
         label: r.label.clone(),
         nonce: r.nonce.clone(),
+        submitter: None,
     };
     if derive_job_id(&origin, &crate::node::digest(&new), &new.nonce) != job {
         return Err(Status::invalid_argument("the job id does not match its origin and content"));
@@ -94,8 +95,14 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     let caps = *node.core().coord.caps();
     caps.check(&new.policy, new.inputs.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
 
+    if !node.peer_allowed(sender) {
+        return Err(Status::resource_exhausted("too many requests from this peer"));
+    }
     let held = node.core().jobs.contains_key(&job);
     if !held {
+        if !node.hold_tasks(new.inputs.len() as u64) {
+            return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
+        }
         // The module and large inputs come from the sender, checked against their hashes.
         let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
         let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
@@ -142,6 +149,9 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
 /// `MeshService.Replicate`.
 pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &replicate_signing_bytes(&r), &r.signature)?;
+    if !node.peer_allowed(sender) {
+        return Err(Status::resource_exhausted("too many requests from this peer"));
+    }
     let job: JobId = parse_id("job_id", &r.job_id)?;
     let coordinators = node.core().jobs.get(&job).map(|m| m.coordinators.clone());
     let Some(coordinators) = coordinators else {

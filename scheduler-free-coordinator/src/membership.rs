@@ -8,7 +8,7 @@
 //! postcard [`Member`] of a peer joining through an address whose peer it does not know yet; the
 //! receiver answers with a SWIM announce to it, and SWIM takes over.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,15 +175,21 @@ struct RecordState {
 impl RecordState {
     /// Takes a record if it verifies and is newer than what is known. Returns whether it was.
     fn accept(&mut self, bytes: &[u8], sender: Option<PeerId>) -> Option<(RecordKey, u64)> {
-        let Some(record) = Record::decode(bytes).filter(|r| r.verify(&self.verifier)) else {
+        let Some(record) = Record::decode(bytes) else {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
         };
         let key = record.key();
+        // Old news is dropped before the signature check: most copies of a record that gossip
+        // delivers are duplicates, and a check costs far more than a comparison.
+        if self.records.get(&key).is_some_and(|known| known.seq() >= record.seq()) {
+            return None;
+        }
+        if !record.verify(&self.verifier) {
+            self.events.push_back(MeshEvent::Invalid { sender });
+            return None;
+        }
         if let Some(known) = self.records.get(&key) {
-            if known.seq() >= record.seq() {
-                return None;
-            }
             // A job's ad is replaced only by its announcer or a coordinator it names.
             if !record.may_replace(known) {
                 self.events.push_back(MeshEvent::Invalid { sender });
@@ -279,7 +285,7 @@ pub struct Membership {
     out: VecDeque<(Member, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
     /// Records this peer authored, sent directly to every newcomer.
-    own: HashSet<RecordKey>,
+    own: BTreeSet<RecordKey>,
     max_packet: usize,
 }
 
@@ -301,7 +307,7 @@ impl Membership {
             timer_seq: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
-            own: HashSet::new(),
+            own: BTreeSet::new(),
             max_packet: config.max_packet_bytes,
         }
     }
@@ -482,6 +488,18 @@ impl Membership {
                 (m.id().clone(), state)
             })
             .collect()
+    }
+
+    /// The state of one member, without copying the others.
+    pub fn state_of(&self, peer: &PeerId) -> Option<(Member, MemberState)> {
+        self.foca.iter_membership_state().find(|m| m.id().peer == *peer).map(|m| {
+            let state = match m.state() {
+                State::Alive => MemberState::Alive,
+                State::Suspect => MemberState::Suspect,
+                State::Down => MemberState::Dead,
+            };
+            (m.id().clone(), state)
+        })
     }
 
     /// Active members (alive or suspect), not this peer.

@@ -56,7 +56,7 @@ pub struct Sim {
     pub m: Metrics,
     /// Sequence number of the job's last ad.
     pub job_seq: u64,
-    /// Buffers [`Sim::after_mesh`] reuses.
+    /// Buffers the membership driver reuses between calls.
     pub scratch: (Vec<(Member, Vec<u8>)>, Vec<MeshEvent>),
 }
 

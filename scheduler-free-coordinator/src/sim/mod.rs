@@ -13,8 +13,8 @@
 //! the job runs. The run ends when the job is finished and membership has converged.
 //!
 //! The pieces:
-//! - [`engine`]: the state and the main loop; [`queue`]: the event queue (a binary heap by
-//!   virtual time, then scheduling order);
+//! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
+//!   scheduling order: a ring of millisecond buckets, with a binary heap for the far future);
 //! - [`net`]: loss, delay, byte counts, the RPCs; [`wire`]: exact protobuf message sizes;
 //! - [`peer`]: a virtual peer; [`mesh`]: driving membership as `worker/src/node/mesh.rs` does;
 //!   [`slots`]: the worker side as `node/{slots,remote}.rs`; [`serve`]: the coordinator side as
@@ -25,23 +25,29 @@
 //!
 //! **Membership cells.** foca keeps its members in a `Vec` and finds one by a linear scan,
 //! once for the sender and once per piggybacked update of every message. So simulating N peers
-//! that each see all N costs N² memory and about N³ time: measured with the real
-//! `Membership` (release build, 30 virtual seconds from a cold start), 500 peers took 2.4 s and
-//! 160 MB, 1,000 peers 14 s and 530 MB, 2,000 peers 91 s and 1.7 GB; 10,000 would need hours
-//! and ~40 GB. A real peer pays only its own share, which is fine; a simulator holding every
-//! peer cannot. So a mesh larger than `cell_size` (default 250) is simulated as *cells*: each
-//! worker belongs to one cell of at most `cell_size − 1` workers, and the origin belongs to
+//! that each see all N costs N² memory and about N³ time: a bare mesh of real `Membership`s
+//! (no job, no adverts; release build, 30 virtual seconds from a cold start) took 2.4 s and
+//! 160 MB at 500 peers, 14 s and 530 MB at 1,000, 91 s and 1.7 GB at 2,000; 10,000 would need
+//! hours and tens of GB. A real peer pays only its own share, which is fine; a simulator holding
+//! every peer cannot. So a mesh larger than `cell_size` (default 100) is simulated as *cells*:
+//! each worker belongs to one cell of at most `cell_size − 1` workers, and the origin belongs to
 //! every cell, through one real `Membership` per cell. Within a cell everything is the real
 //! protocol. Across cells the origin is the bridge: its job ad reaches every cell through its
 //! own membership there, workers see it alive in their own view (so the real liveness rule for
 //! choosing a coordinator applies), and it hears every crash from the crashed peer's cell (so
 //! `peer_down` comes from real failure detection). What is not modelled: a worker seeing
 //! workers of other cells. So per-peer gossip bytes and convergence rounds are those of a
-//! `cell_size`-peer SWIM cluster plus the origin; SWIM's messages do not grow with the cluster,
-//! its dissemination time grows with log N, and adverts (one per peer, re-sent when a peer's
-//! free slots change) grow linearly with the peers a peer sees, so a real 10,000-peer mesh
-//! would gossip more than these figures show. A mesh of at most `cell_size` peers is one cell:
-//! one SWIM cluster, exactly as deployed.
+//! `cell_size`-peer SWIM cluster plus the origin. SWIM's own messages do not grow with the
+//! cluster and its dissemination time grows with log N, but adverts (one per peer, re-sent when
+//! its free slots change) and the direct record sync to every newcomer grow linearly with the
+//! peers a peer sees, so a real 10,000-peer mesh would gossip more than these figures show. A
+//! mesh of at most `cell_size` peers is one cell: one SWIM cluster, exactly as deployed.
+//!
+//! Where the time goes (10,000 peers, cells of 100: about 40 s on a 2-core machine, 2.5 GB):
+//! three quarters inside `Membership`, mostly `RecordState::accept` decoding and verifying
+//! every copy of every advert (each peer receives each advert version about five times), and
+//! the direct record sync every member sends each newcomer (O(cell²) messages when all start
+//! at once). The simulator's own share (events, routing, slots, coordinator) is small.
 //!
 //! Other simplifications, each also noted where it is made:
 //! - signatures are a keyed 64-bit hash stand-in of ed25519's size ([`keys`]);
@@ -50,6 +56,10 @@
 //!   its own (the job ad) the order would leak into the run;
 //! - RPC transport overhead is an estimate ([`wire`]); a lost RPC message fails the call after
 //!   `rpc_fail_ms` ([`net`]);
+//! - the job has one coordinator, its origin, which never crashes (the report says
+//!   `origin_protected`): the replicated coordinators of `node/replicate.rs` are not simulated
+//!   yet, though any virtual peer can hold a [`Coordinator`](crate::Coordinator) and workers
+//!   ask the first live coordinator an ad names, as the real ones do;
 //! - a peer fetches the module once, and replicas never miss their deadline;
 //! - the real peer's cap of 64 gossip sends in flight is not modelled.
 

@@ -192,6 +192,12 @@ impl VirtualPeer {
         self.host.as_ref().is_some_and(|h| h.jobs.contains(job))
     }
 
+    /// Whether this peer is `job`'s active coordinator (its own slots lease from it; a standby
+    /// one pulls like any worker, as `node/slots.rs` does).
+    pub fn serves(&self, job: &JobId) -> bool {
+        self.host.as_ref().is_some_and(|h| h.jobs.contains(job) && !h.coord.is_standby(job))
+    }
+
     /// Its view of `cell`.
     pub fn view_of(&self, cell: u32) -> Option<usize> {
         self.views.iter().position(|v| v.cell == cell)

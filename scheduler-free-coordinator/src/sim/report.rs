@@ -109,7 +109,7 @@ impl Report {
                 format!("{:.0} / {:.0}", self.bytes_per_peer_per_second.mean, self.bytes_per_peer_per_second.max),
             ),
             ("origin bytes/s", format!("{:.0}", self.origin_bytes_per_second)),
-            ("peers that never heard the job", self.never_heard_job.to_string()),
+            ("never heard the job", self.never_heard_job.to_string()),
             ("replicas per task", format!("{:.3}", self.replicas_per_task)),
             ("verified / wrong", format!("{} / {}", self.verified, self.wrong_verified)),
             ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),

@@ -69,7 +69,7 @@ impl Sim {
         let peer = &mut self.peers[p as usize];
         let mut open = false;
         if free > 0 && peer.asking.is_none() {
-            let ads: Vec<_> = peer.ads.iter().filter(|a| !peer.holds(&a.job)).cloned().collect();
+            let ads: Vec<_> = peer.ads.iter().filter(|a| !peer.serves(&a.job)).cloned().collect();
             open = ads.iter().any(|a| !a.done);
             peer.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = peer.puller.pick(&ads, free, now) {

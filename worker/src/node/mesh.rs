@@ -194,7 +194,7 @@ impl Node {
             return Some(self.advertised_addr());
         }
         let mesh = self.mesh();
-        let alive = mesh.membership.members().into_iter().find(|(m, s)| m.peer == *peer && *s != MemberState::Dead);
+        let alive = mesh.membership.state_of(peer).filter(|(_, s)| *s != MemberState::Dead);
         // The signed advert's address first: membership's is whatever a packet claimed.
         match (alive, mesh.membership.record(&RecordKey::Advert(*peer))) {
             (Some(_), Some(Record::Advert(a))) => Some(a.addr),

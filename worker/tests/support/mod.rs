@@ -24,8 +24,19 @@ pub const SPARE: &str = env!("CARGO_BIN_EXE_spare");
 pub const DEADLINE: Duration = Duration::from_secs(60);
 /// How long one `spare` command may run before it is killed and counted as failed.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(20);
-/// What a peer logs (to its log file).
+/// What a peer logs (to its log file), unless `SPARE_TEST_LOG` says otherwise.
 const LOG_FILTER: &str = "warn,spare_worker=info,spare_coordinator=info";
+
+/// A scratch directory for one test (data directories, logs, inputs, results), removed at the
+/// end unless `SPARE_TEST_KEEP` is set (then its path is printed, to read the peers' logs).
+pub fn scratch() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("a temporary directory");
+    if std::env::var_os("SPARE_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
+}
 
 pub fn primes_wasm() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm/primes.wasm")
@@ -123,7 +134,8 @@ impl Peer {
             cmd.args(["--bootstrap", b]);
         }
         let mut child = cmd
-            .env("SPARE_LOG", LOG_FILTER)
+            .env("SPARE_LOG", std::env::var("SPARE_TEST_LOG").unwrap_or_else(|_| LOG_FILTER.to_string()))
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -231,6 +243,11 @@ impl Peer {
         let text = std::fs::read_to_string(self.spec.log_path()).unwrap_or_default();
         text.lines().filter(|l| l.contains(what)).map(String::from).collect()
     }
+
+    /// When this peer first logged a line containing `what` at or after `since` (Unix ms).
+    pub fn logged_at(&self, what: &str, since: u64) -> Option<u64> {
+        self.log_lines(what).iter().filter_map(|l| log_time_ms(l)).find(|t| *t >= since)
+    }
 }
 
 impl Drop for Peer {
@@ -243,6 +260,29 @@ impl Drop for Peer {
             eprintln!("---- log of peer {} ({}) ----\n{}", self.addr, &self.peer_id[..8], self.log_tail(40));
         }
     }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The time of a log line (`2026-01-02T03:04:05.678901Z  INFO …`, UTC), in Unix ms.
+pub fn log_time_ms(line: &str) -> Option<u64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min, sec) = (t.next()?.parse::<u64>().ok()?, t.next()?.parse::<u64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(((days * 86_400 + h * 3_600 + min * 60) as f64 * 1000.0 + sec * 1000.0) as u64)
 }
 
 /// The last `lines` lines of a log file.

@@ -8,7 +8,7 @@
 //! postcard [`Member`] of a peer joining through an address whose peer it does not know yet; the
 //! receiver answers with a SWIM announce to it, and SWIM takes over.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,10 @@ const TAG_HELLO: u8 = 2;
 /// Most records held; past it, ads of finished jobs make room, and otherwise new keys are
 /// refused (a flood of freshly signed records cannot grow memory).
 pub const MAX_RECORDS: usize = 200_000;
+/// Most rival ads remembered as already reported (forgotten all at once past it).
+const MAX_RIVALS_SEEN: usize = 4_096;
+/// Most dead members greeted per round (see [`Membership::greet_dead_members`]).
+const MAX_DEAD_HELLOS: usize = 4;
 /// Most records one direct sync message carries.
 const MAX_SYNC_RECORDS: usize = 256;
 
@@ -78,6 +82,10 @@ pub enum MeshEvent {
     PeerDown(Member),
     /// A new or newer record arrived (already verified).
     Record(Record),
+    /// A correctly signed ad of a known job from an announcer the known ad does not name: after
+    /// a partition heals, each side's coordinator has announced the job alone. Not taken, and
+    /// nobody is blamed; the job's coordinators settle it (see `worker/src/node/heal.rs`).
+    Rival(JobAd),
     /// A record with a bad or missing signature, or that did not decode, was dropped.
     Invalid {
         /// The member that sent it, when known.
@@ -167,6 +175,8 @@ struct RecordState {
     events: VecDeque<MeshEvent>,
     /// Set while this peer hands foca a record it has already taken, to be disseminated.
     relaying: bool,
+    /// Rival ads already reported (job, announcer, seq), so gossip's copies are reported once.
+    rivals_seen: HashSet<(RecordKey, PeerId, u64)>,
     /// The authenticated sender of the message being handled (foca's own sender field is
     /// whatever the packet claims, so it is not used to blame anyone).
     sender: Option<PeerId>,
@@ -180,21 +190,33 @@ impl RecordState {
             return None;
         };
         let key = record.key();
+        let known = self.records.get(&key);
+        // A job's ad is replaced only by its announcer or a coordinator it names; an ad from
+        // anyone else is a rival, whatever its sequence number.
+        let rival = known.is_some_and(|k| !record.may_replace(k));
         // Old news is dropped before the signature check: most copies of a record that gossip
-        // delivers are duplicates, and a check costs far more than a comparison.
-        if self.records.get(&key).is_some_and(|known| known.seq() >= record.seq()) {
+        // delivers are duplicates, and a check costs far more than a comparison. A rival seen
+        // before is old news too.
+        if !rival && known.is_some_and(|k| k.seq() >= record.seq()) {
+            return None;
+        }
+        let rival_tag = (key, record.signer(), record.seq());
+        if rival && self.rivals_seen.contains(&rival_tag) {
             return None;
         }
         if !record.verify(&self.verifier) {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
         }
-        if let Some(known) = self.records.get(&key) {
-            // A job's ad is replaced only by its announcer or a coordinator it names.
-            if !record.may_replace(known) {
-                self.events.push_back(MeshEvent::Invalid { sender });
-                return None;
+        if rival {
+            if let Record::JobAd(ad) = record {
+                if self.rivals_seen.len() >= MAX_RIVALS_SEEN {
+                    self.rivals_seen.clear();
+                }
+                self.rivals_seen.insert(rival_tag);
+                self.events.push_back(MeshEvent::Rival(ad));
             }
+            return None;
         }
         if !self.records.contains_key(&key) && self.records.len() >= MAX_RECORDS {
             let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
@@ -287,12 +309,24 @@ pub struct Membership {
     /// Records this peer authored, sent directly to every newcomer.
     own: BTreeSet<RecordKey>,
     max_packet: usize,
+    /// How often dead members are greeted at their address, and when next.
+    down_hello_every: Millis,
+    next_down_hello: Millis,
+    /// Where the next round of greetings starts among the dead members.
+    down_cursor: usize,
 }
 
 impl Membership {
     /// Membership for `me`, with foca's randomness seeded by `seed`.
     pub fn new(me: Member, config: MembershipConfig, seed: u64, verifier: Verifier) -> Membership {
-        let shared = Arc::new(Mutex::new(RecordState { records: HashMap::new(), verifier, events: VecDeque::new(), relaying: false, sender: None }));
+        let shared = Arc::new(Mutex::new(RecordState {
+            records: HashMap::new(),
+            verifier,
+            events: VecDeque::new(),
+            relaying: false,
+            rivals_seen: HashSet::new(),
+            sender: None,
+        }));
         let foca = Foca::with_custom_broadcast(
             me,
             config.foca(),
@@ -309,6 +343,9 @@ impl Membership {
             events: VecDeque::new(),
             own: BTreeSet::new(),
             max_packet: config.max_packet_bytes,
+            down_hello_every: config.announce_period_ms.saturating_mul(2),
+            next_down_hello: 0,
+            down_cursor: 0,
         }
     }
 
@@ -405,6 +442,29 @@ impl Membership {
             let Some(timer) = self.timers.remove(&(due, seq)) else { break };
             let _ = self.with(now, |foca, rt| foca.handle_timer(timer, rt));
         }
+        if now >= self.next_down_hello {
+            self.next_down_hello = now.saturating_add(self.down_hello_every);
+            self.greet_dead_members();
+        }
+    }
+
+    /// Sends a hello to the address of a few members declared dead. After a partition heals,
+    /// a member declared dead here may be alive under a newer epoch; SWIM's own announces are
+    /// addressed to the identity it knew and are dropped there, while a hello makes the member
+    /// announce itself back with its current identity.
+    fn greet_dead_members(&mut self) {
+        let dead: Vec<String> =
+            self.foca.iter_membership_state().filter(|m| m.state() == State::Down).map(|m| m.id().addr.clone()).collect();
+        if dead.is_empty() {
+            return;
+        }
+        let hello = postcard::to_stdvec(self.foca.identity()).unwrap_or_default();
+        for i in 0..dead.len().min(MAX_DEAD_HELLOS) {
+            let addr = &dead[(self.down_cursor + i) % dead.len()];
+            let placeholder = Member { peer: PeerId([0; 32]), addr: addr.clone(), epoch: 0 };
+            self.out.push_back((placeholder, frame(TAG_HELLO, &hello)));
+        }
+        self.down_cursor = (self.down_cursor + MAX_DEAD_HELLOS) % dead.len();
     }
 
     /// When [`Membership::tick`] next has something to do.

@@ -256,5 +256,13 @@ fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     net.run(1_000);
     let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == JobId([5; 32])).unwrap();
     assert_eq!((ad.origin, ad.done), (origin, false));
-    assert!(net.events[1].iter().any(|e| matches!(e, MeshEvent::Invalid { sender: Some(p) } if *p == thief)));
+    // Correctly signed, so not held against anyone: reported as a rival for the job's
+    // coordinators to settle, once however many copies arrive.
+    let rivals = net.events[1].iter().filter(|e| matches!(e, MeshEvent::Rival(a) if a.announcer == thief)).count();
+    assert_eq!(rivals, 1);
+    assert!(!net.events[1].iter().any(|e| matches!(e, MeshEvent::Invalid { .. })));
+    let now = net.now;
+    net.peers[1].handle_data(&frame, Some(thief), now).unwrap();
+    net.run(1_000);
+    assert_eq!(net.events[1].iter().filter(|e| matches!(e, MeshEvent::Rival(_))).count(), 1);
 }

@@ -170,14 +170,15 @@ fn a_partition_and_its_healing_lose_nothing_and_verify_nothing_twice_differently
     let right_addrs: BTreeSet<String> = right.iter().map(|p| p.addr.clone()).collect();
 
     // A quorum-2 job submitted at the first peer (the CLI runs in its namespace), long enough to
-    // outlast the cut.
+    // outlast the cut. A replica lost in the cut is leased again when its lease lapses: a 10 s
+    // limit per replica keeps that wait short (the tasks take well under a second).
     let inputs = tmp.path().join("inputs");
     let ranges = primes_inputs(&inputs, 400, 20_000_000);
     let total = ranges.len() as u64;
     let module = primes_wasm();
     let v = json_of(
         "spare submit",
-        &peers[0].spare(&["submit", module.to_str().unwrap(), "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "2", "--json"]),
+        &peers[0].spare(&["submit", module.to_str().unwrap(), "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "2", "--timeout", "10", "--json"]),
     );
     let job = v["job_id"].as_str().expect("job_id").to_string();
     let submitted_at = Instant::now();
@@ -247,6 +248,20 @@ fn a_partition_and_its_healing_lose_nothing_and_verify_nothing_twice_differently
          whole mesh alive again {rejoined_after:?} after the heal; completed everywhere {completed_after:?} after it; \
          takeovers: {roles:?}"
     );
+
+    // The split healed into one active coordinator: the origin's side won (the origin outranks
+    // any other coordinator), so every hand-over went to the origin.
+    let origin_id = peers[0].peer_id.clone();
+    let mut handovers = Vec::new();
+    for p in &peers {
+        for line in p.log_lines("handed the job over") {
+            handovers.push(format!("{}: {line}", p.addr));
+            assert!(line.contains(&format!("to={}", &origin_id[..8])), "{} handed the job to another than the origin: {line}", p.addr);
+        }
+        let ignored = p.log_lines("ignored an ad of the job");
+        assert!(ignored.is_empty(), "{}: {ignored:#?}", p.addr);
+    }
+    eprintln!("hand-overs after the heal: {handovers:#?}");
 
     // No task verified twice with different outputs: every peer's status gives every task the
     // output hash of the right count, verified by two distinct peers of the mesh.

@@ -70,7 +70,8 @@ impl Sim {
                 self.take_ad(p, ad);
                 self.wake(p);
             }
-            MeshEvent::Record(Record::Advert(_)) | MeshEvent::Joined | MeshEvent::Idle => {}
+            // The simulated job has one coordinator, so no rival ads arise.
+            MeshEvent::Record(Record::Advert(_)) | MeshEvent::Rival(_) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
                 self.m.invalid_records += 1;
                 if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {

@@ -19,8 +19,12 @@ pub struct JobMeta {
     pub args: Arc<Vec<String>>,
     /// Environment of every task.
     pub env: Arc<Vec<(String, String)>>,
-    /// The peers coordinating it, the active one first.
+    /// The peers coordinating it, the active one first. Change it with
+    /// [`JobMeta::set_coordinators`].
     pub coordinators: Vec<spare_coordinator::PeerId>,
+    /// Every peer named as one of its coordinators since this peer has held it: a rival ad is
+    /// settled only with one of these or the origin (see `heal.rs`).
+    pub named: std::collections::BTreeSet<spare_coordinator::PeerId>,
     /// Who submitted it here (its address), when this peer is its origin and still runs it.
     pub submitter: Option<std::net::IpAddr>,
 }
@@ -33,8 +37,15 @@ impl JobMeta {
             args: Arc::new(job.args.clone()),
             env: Arc::new(job.env.clone()),
             coordinators: job.coordinators.clone(),
+            named: job.coordinators.iter().copied().collect(),
             submitter: None,
         }
+    }
+
+    /// A new list of coordinators; each is remembered as named.
+    pub fn set_coordinators(&mut self, list: Vec<spare_coordinator::PeerId>) {
+        self.named.extend(list.iter().copied());
+        self.coordinators = list;
     }
 }
 

@@ -140,12 +140,21 @@ impl Node {
     /// Announces a job this peer is the active coordinator of (again, with `done` once it has
     /// ended, or with new coordinators after one was replaced).
     pub(crate) fn publish_job(&self, job: JobId, done: bool) {
-        let Some((spec, coordinators)) = self.core().jobs.get(&job).map(|m| (m.spec.clone(), m.coordinators.clone())) else {
+        let Some(coordinators) = self.core().jobs.get(&job).map(|m| m.coordinators.clone()) else {
             return;
         };
         if coordinators.first() != Some(&self.peer_id()) {
             return;
         }
+        self.publish_job_ad(job, coordinators, done);
+    }
+
+    /// Announces the job's ad with this list of coordinators, signed by this peer (also when it
+    /// hands the job to another: the peers that take this peer's ads then take the other's).
+    pub(crate) fn publish_job_ad(&self, job: JobId, coordinators: Vec<PeerId>, done: bool) {
+        let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else {
+            return;
+        };
         let mut mesh = self.mesh();
         // Unix time, so an ad made after a restart still replaces the ones before it.
         let seq = (mesh.job_seq.get(&job).copied().unwrap_or(0) + 1).max(unix_ms());
@@ -332,6 +341,7 @@ impl Node {
                 self.0.work.notify_one();
             }
             MeshEvent::Record(Record::Advert(_)) => {}
+            MeshEvent::Rival(ad) => self.on_rival_ad(ad),
             MeshEvent::Invalid { sender } => {
                 self.0.invalid_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(sender = ?sender.map(|p| p.short()), "dropped a record with a bad signature");
@@ -344,17 +354,34 @@ impl Node {
         }
     }
 
-    /// Another coordinator announced a job this peer holds: take its list of coordinators.
+    /// Another coordinator announced a job this peer holds: take its list of coordinators. An
+    /// active coordinator that the ad no longer puts first hands its records to the one it does.
     fn follow_job_ad(&self, ad: &JobAd) {
-        if ad.announcer == self.peer_id() {
+        let me = self.peer_id();
+        if ad.announcer == me {
             return;
         }
         let mut core = self.core();
+        let was_active = core.jobs.get(&ad.job).is_some_and(|m| m.coordinators.first() == Some(&me)) && !core.coord.is_standby(&ad.job);
         let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
         if meta.coordinators == ad.coordinators {
             return;
         }
-        meta.coordinators = ad.coordinators.clone();
+        if was_active && let Some(&first) = ad.coordinators.first().filter(|c| **c != me) {
+            let origin = meta.spec.origin;
+            drop(core);
+            if super::heal::outranks(&ad.job, &origin, &me, &first) {
+                // Both sides of a healed split lead the job, and this one wins: announce again,
+                // so the other side hears of it and steps down.
+                self.publish_job(ad.job, self.is_finished(&ad.job));
+            } else {
+                let node = self.clone();
+                let ad = ad.clone();
+                tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
+            }
+            return;
+        }
+        meta.set_coordinators(ad.coordinators.clone());
         let Ok(Some(mut stored)) = self.store().job(&ad.job) else { return };
         stored.coordinators = ad.coordinators.clone();
         drop(self.announce(vec![crate::store::Op::PutJob(ad.job, stored)], Vec::new()));

@@ -4,6 +4,7 @@
 
 mod clients;
 mod core;
+mod heal;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
@@ -27,6 +28,9 @@ pub use submit::{NewJob, SubmitFailure, digest, job_signing_bytes};
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::Store;
+
+/// How often verdicts announced without a backup's confirmation are logged.
+const UNCONFIRMED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often lapsed leases are looked for.
 const TICK: Duration = Duration::from_millis(200);
@@ -356,13 +360,22 @@ impl Node {
     /// Announces durable changes in the order they were queued (writes commit in that order,
     /// so waiting on each in turn costs nothing).
     async fn announcer(self, mut rx: mpsc::UnboundedReceiver<Announcement>) {
+        // Verdicts announced without a backup's confirmation, and when that was last logged:
+        // once the backups are unreachable every verdict is, so it is logged once in a while.
+        let mut unconfirmed: u64 = 0;
+        let mut logged: Option<std::time::Instant> = None;
         while let Some((write, backup, changes, done)) = rx.recv().await {
             match write.await {
                 Ok(()) => {
                     if let Some(backup) = backup {
                         let held = tokio::time::timeout(replicate::BACKUP_ACK_TIMEOUT, backup).await;
                         if !matches!(held, Ok(true)) && changes.iter().any(|c| matches!(c, Change::TaskFinal(_))) {
-                            tracing::warn!("no other coordinator confirmed a verdict; announcing it from this peer alone");
+                            unconfirmed += 1;
+                            if logged.is_none_or(|t| t.elapsed() >= UNCONFIRMED_LOG_EVERY) {
+                                tracing::warn!(verdicts = unconfirmed, "no other coordinator confirmed; announcing verdicts from this peer alone");
+                                unconfirmed = 0;
+                                logged = Some(std::time::Instant::now());
+                            }
                         }
                     }
                     for c in changes {

@@ -113,7 +113,7 @@ impl Node {
         let durable = {
             let mut core = self.core();
             let Some(meta) = core.jobs.get_mut(&job) else { return };
-            meta.coordinators = coordinators.clone();
+            meta.set_coordinators(coordinators.clone());
             stored.coordinators = coordinators;
             self.announce(vec![Op::PutJob(job, stored)], Vec::new())
         };
@@ -134,7 +134,14 @@ impl Node {
 
     /// The whole job, as a new coordinator needs it: spec, inputs, attestations (with the
     /// agreed outputs of final tasks).
-    async fn adopt_request(&self, job: &JobId) -> anyhow::Result<pb::AdoptRequest> {
+    pub(crate) async fn adopt_request(&self, job: &JobId) -> anyhow::Result<pb::AdoptRequest> {
+        self.adopt_request_of(job, false).await
+    }
+
+    /// [`Node::adopt_request`], with only the attestations of final tasks when `final_only`: a
+    /// peer with attestations of its own (the other side of a split) could otherwise complete a
+    /// quorum with ones that carry no output (outputs are kept only with verdicts).
+    pub(crate) async fn adopt_request_of(&self, job: &JobId, final_only: bool) -> anyhow::Result<pb::AdoptRequest> {
         let stored = self.store().job(job)?.ok_or_else(|| anyhow::anyhow!("job {job} is not stored"))?;
         let (coordinators, cancelled) = {
             let core = self.core();
@@ -156,7 +163,11 @@ impl Node {
         for att in self.store().attestations(job)? {
             // The agreed output travels with every attestation that carries it, so whichever
             // completes the quorum on the other side brings it.
-            let output = match self.store().result(&att.task)? {
+            let result = self.store().result(&att.task)?;
+            if final_only && result.is_none() {
+                continue;
+            }
+            let output = match result {
                 Some(r) if r.verdict.agreed() == Some(&att.result) => r.output,
                 _ => Vec::new(),
             };
@@ -185,7 +196,7 @@ impl Node {
         Ok(req)
     }
 
-    async fn adopt_to(&self, peer: PeerId, mut req: pb::AdoptRequest) -> anyhow::Result<()> {
+    pub(crate) async fn adopt_to(&self, peer: PeerId, mut req: pb::AdoptRequest) -> anyhow::Result<()> {
         let addr = self.addr_of(&peer).ok_or_else(|| anyhow::anyhow!("no address"))?;
         // The new coordinator is named in the list it receives.
         if !req.coordinators.contains(&peer.to_hex()) {
@@ -305,7 +316,17 @@ impl Node {
         let evidence = (!output.is_empty()).then_some(&evidence);
         let (mut ops, changes) = core.drain(evidence);
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone() });
-        Some(self.announce(ops, changes))
+        let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
+        if decided && output.is_empty() && core.coord.agreed_attestation(&att.task).is_some() {
+            tracing::warn!(task = %att.task, "a verdict was replayed without its output");
+        }
+        // Merged here from another coordinator while this one leads (a healed split): its
+        // backups get it like anything else this peer records.
+        let me = self.peer_id();
+        let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let leads = coordinators.first() == Some(&me) && !core.coord.is_standby(&att.task.job);
+        let backup = if leads { self.replicate(&coordinators, &att, decided.then_some(output)) } else { None };
+        Some(self.announce_with(ops, changes, backup))
     }
 
     /// Decides, for every job held, whether this peer is its active coordinator (the first live
@@ -337,7 +358,7 @@ impl Node {
                     if let Some(meta) = core.jobs.get_mut(&job) {
                         let mut list = vec![me];
                         list.extend(coordinators.iter().copied().filter(|c| *c != me && live.contains(c)));
-                        meta.coordinators = list;
+                        meta.set_coordinators(list);
                     }
                     core.coord.set_standby(&job, false);
                     take_over.push(job);

@@ -44,7 +44,7 @@ const PROXIED: &str = "spare-proxied";
 
 /// Where to forward a request about a job this peer does not hold: a live coordinator named in
 /// the job's ad. `Err` says which peers to ask when forwarding is not possible.
-fn coordinator_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<pb::job_service_client::JobServiceClient<tonic::transport::Channel>, Status> {
+fn coordinator_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<JobClient, Status> {
     let Some(ad) = node.job_ad(id) else { return Err(not_found(id)) };
     let addrs: Vec<String> = ad.coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
     if req.metadata().contains_key(PROXIED) || addrs.is_empty() {
@@ -64,8 +64,23 @@ fn forwarded<T>(msg: T) -> Request<T> {
     r
 }
 
-fn holds(node: &Node, id: &JobId) -> bool {
-    node.core().jobs.contains_key(id)
+type JobClient = pb::job_service_client::JobServiceClient<tonic::transport::Channel>;
+
+/// Where a request about `id` is answered: here (`None`) when this peer is one of the job's
+/// coordinators, or holds the job and cannot forward; otherwise by a coordinator the job's ad
+/// names (a peer that holds a job it no longer coordinates may be behind, e.g. the losing side
+/// of a healed split).
+fn route<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<Option<JobClient>, Status> {
+    let me = node.peer_id();
+    let (held, named) = node.core().jobs.get(id).map_or((false, false), |m| (true, m.coordinators.contains(&me)));
+    if named {
+        return Ok(None);
+    }
+    match coordinator_of(node, id, req) {
+        Ok(client) => Ok(Some(client)),
+        Err(_) if held => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The status of a job, with its tasks when asked.
@@ -145,9 +160,14 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if !holds(&self.node, &id) {
-            let mut client = coordinator_of(&self.node, &id, &req)?;
-            return client.get(forwarded(req.into_inner())).await;
+        if let Some(mut client) = route(&self.node, &id, &req)? {
+            let held = self.node.core().jobs.contains_key(&id);
+            match client.get(forwarded(req.get_ref().clone())).await {
+                Ok(r) => return Ok(r),
+                Err(e) if !held => return Err(e),
+                // Unreachable: what this peer knows is better than nothing.
+                Err(_) => {}
+            }
         }
         let r = req.into_inner();
         Ok(Response::new(status(&self.node, &id, r.include_tasks)?))
@@ -157,8 +177,7 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if !holds(&self.node, &id) {
-            let mut client = coordinator_of(&self.node, &id, &req)?;
+        if let Some(mut client) = route(&self.node, &id, &req)? {
             let stream = client.watch(forwarded(req.into_inner())).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
@@ -225,8 +244,7 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if !holds(&self.node, &id) {
-            let mut client = coordinator_of(&self.node, &id, &req)?;
+        if let Some(mut client) = route(&self.node, &id, &req)? {
             let stream = client.results(forwarded(req.into_inner())).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
@@ -282,8 +300,7 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::JobStatus>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if !holds(&self.node, &id) {
-            let mut client = coordinator_of(&self.node, &id, &req)?;
+        if let Some(mut client) = route(&self.node, &id, &req)? {
             return client.cancel(forwarded(req.into_inner())).await;
         }
         match self.node.cancel(&id).await {

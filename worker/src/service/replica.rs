@@ -143,6 +143,10 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
     }
     record_all(node, r.attestations).await?;
+    if held {
+        // From a coordinator this peer did not name: the other side of a healed split.
+        node.merged_from(job, sender);
+    }
     Ok(())
 }
 

@@ -1,0 +1,164 @@
+//! Healing a split. While the mesh is partitioned, each side that holds a coordinator of a job
+//! makes one of them active, and both go on leasing and deciding. When the sides meet again they
+//! learn of each other through the job's ad: a correctly signed ad from an announcer the known
+//! ad does not name (a *rival*, `MeshEvent::Rival`), or a newer ad that puts another peer first.
+//! The two active coordinators settle it the same way on both sides: the job's origin wins, and
+//! otherwise the higher rendezvous weight. The other *hands over*: it steps down (leases
+//! nothing more), sends everything it recorded to the winner as an adoption, which merges it
+//! (attestations are a set and a verdict is a function of them), then announces an ad that
+//! names the winner first, so the peers that followed it follow the winner from then on.
+//!
+//! A rival is settled only with the job's origin or a peer once named as one of its
+//! coordinators here: a stranger who signs an ad for someone else's job gets nothing.
+
+use std::time::Duration;
+
+use spare_coordinator::rendezvous;
+use spare_coordinator::records::JobAd;
+use spare_coordinator::{JobId, PeerId};
+
+use super::Node;
+use crate::store::Op;
+
+/// Attempts at handing a job over before this peer takes it back.
+const HAND_OVER_TRIES: u32 = 2;
+/// How long after merging a rival's records the winner announces the job again: by then the
+/// rival's hand-over ad, which names the winner, has reached the rival's side.
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(2);
+
+/// Whether `a` should be the job's active coordinator rather than `b`.
+pub fn outranks(job: &JobId, origin: &PeerId, a: &PeerId, b: &PeerId) -> bool {
+    if a == origin || b == origin {
+        return a == origin;
+    }
+    rendezvous::weight(job, a) > rendezvous::weight(job, b)
+}
+
+impl Node {
+    /// The job's origin, if this peer is the job's active coordinator.
+    fn active_origin(&self, job: &JobId) -> Option<PeerId> {
+        let me = self.peer_id();
+        let core = self.core();
+        let meta = core.jobs.get(job)?;
+        (meta.coordinators.first() == Some(&me) && !core.coord.is_standby(job)).then_some(meta.spec.origin)
+    }
+
+    /// A rival ad of a job: step down if its announcer outranks this peer, or announce again if
+    /// the rival has already stepped down in favour of this peer.
+    pub(crate) fn on_rival_ad(&self, ad: JobAd) {
+        let me = self.peer_id();
+        let Some(origin) = self.active_origin(&ad.job) else {
+            tracing::debug!(job = %ad.job.short(), announcer = %ad.announcer.short(), "a rival ad of a job this peer does not lead");
+            return;
+        };
+        let known = self.core().jobs.get(&ad.job).is_some_and(|m| m.named.contains(&ad.announcer));
+        if ad.origin != origin || !(known || ad.announcer == origin) {
+            tracing::warn!(job = %ad.job.short(), announcer = %ad.announcer.short(), "ignored an ad of the job from a peer never named its coordinator");
+            return;
+        }
+        if outranks(&ad.job, &origin, &ad.announcer, &me) {
+            tracing::info!(job = %ad.job.short(), to = %ad.announcer.short(), "another side of a healed split leads the job; handing it over");
+            let node = self.clone();
+            tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
+        } else if ad.coordinators.first() == Some(&me) {
+            self.publish_job(ad.job, self.is_finished(&ad.job));
+        }
+    }
+
+    /// Steps down as `job`'s active coordinator in favour of the first of `theirs`: sends it
+    /// everything recorded here, then announces an ad naming it first. Takes the job back if
+    /// the hand-over fails.
+    pub(crate) async fn hand_over(&self, job: JobId, theirs: Vec<PeerId>) {
+        let me = self.peer_id();
+        let Some(&to) = theirs.first() else { return };
+        let _one_at_a_time = self.0.roles.lock().await;
+        if self.active_origin(&job).is_none() {
+            return;
+        }
+        // This peer is not named: the winner never saw its attestations without outputs, and
+        // requests about the job that reach it are forwarded to the winner.
+        let list: Vec<PeerId> = theirs.iter().copied().filter(|p| *p != me).collect();
+        let Some(old) = self.set_list(job, list.clone(), true).await else { return };
+        let mut sent = false;
+        for attempt in 1..=HAND_OVER_TRIES {
+            let result = async {
+                let mut req = self.adopt_request_of(&job, true).await?;
+                // The adoption must name its sender, also when the winner's list is full.
+                if !req.coordinators.contains(&me.to_hex()) {
+                    req.coordinators.push(me.to_hex());
+                }
+                self.adopt_to(to, req).await
+            };
+            match result.await {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => tracing::warn!(job = %job.short(), to = %to.short(), attempt, "handing the job over failed: {e:#}"),
+            }
+        }
+        if !sent {
+            self.set_list(job, old, false).await;
+            tracing::warn!(job = %job.short(), "kept the job: the coordinator of the other side did not take it");
+            return;
+        }
+        tracing::info!(job = %job.short(), to = %to.short(), "handed the job over");
+        self.publish_job_ad(job, list, self.is_finished(&job));
+        self.0.work.notify_one();
+    }
+
+    /// Stores a new list of coordinators of `job` and whether this peer is in standby for it;
+    /// returns the old list once the new one is durable.
+    async fn set_list(&self, job: JobId, list: Vec<PeerId>, standby: bool) -> Option<Vec<PeerId>> {
+        let mut stored = self.store().job(&job).ok()??;
+        let (old, durable) = {
+            let mut core = self.core();
+            core.coord.set_standby(&job, standby);
+            let meta = core.jobs.get_mut(&job)?;
+            let old = std::mem::take(&mut meta.coordinators);
+            meta.set_coordinators(list.clone());
+            stored.coordinators = list;
+            (old, self.announce(vec![Op::PutJob(job, stored)], Vec::new()))
+        };
+        // Durable in order: once this is, every attestation recorded before it is stored too.
+        let _ = durable.await;
+        Some(old)
+    }
+
+    /// The rival `from` handed `job` over and its records are merged: announce the job again,
+    /// once the rival's hand-over ad has had time to spread. The rival is not named a
+    /// coordinator: it holds attestations this peer never saw, without their outputs, and
+    /// requests about the job that reach it are forwarded here.
+    pub(crate) fn merged_from(&self, job: JobId, from: PeerId) {
+        let me = self.peer_id();
+        {
+            let core = self.core();
+            let Some(meta) = core.jobs.get(&job) else { return };
+            if meta.coordinators.contains(&from) || meta.coordinators.first() != Some(&me) || core.coord.is_standby(&job) {
+                return;
+            }
+        }
+        tracing::info!(job = %job.short(), from = %from.short(), "merged the records of the other side of a healed split");
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REANNOUNCE_AFTER).await;
+            node.publish_job(job, node.is_finished(&job));
+            // A backup that followed the other side's ad for a while refused this peer's
+            // replication meanwhile: bring every backup up to date.
+            let backups: Vec<PeerId> = node.core().jobs.get(&job).map(|m| m.coordinators.iter().skip(1).copied().collect()).unwrap_or_default();
+            if backups.is_empty() {
+                return;
+            }
+            match node.adopt_request(&job).await {
+                Ok(req) => {
+                    for b in backups {
+                        if let Err(e) = node.adopt_to(b, req.clone()).await {
+                            tracing::warn!(job = %job.short(), peer = %b.short(), "catch-up of a backup coordinator failed: {e:#}");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(job = %job.short(), "cannot describe the job: {e:#}"),
+            }
+        });
+    }
+}

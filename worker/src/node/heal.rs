@@ -126,21 +126,30 @@ impl Node {
     }
 
     /// The rival `from` handed `job` over and its records are merged: announce the job again,
-    /// once the rival's hand-over ad has had time to spread. The rival is not named a
-    /// coordinator: it holds attestations this peer never saw, without their outputs, and
-    /// requests about the job that reach it are forwarded here.
+    /// once the rival's hand-over ad has had time to spread, and bring the backups up to date.
+    /// The rival is not (or no longer) named a coordinator: it holds attestations this peer
+    /// never saw, without their outputs, which could complete a quorum there without the
+    /// output; requests about the job that reach it are forwarded here.
     pub(crate) fn merged_from(&self, job: JobId, from: PeerId) {
         let me = self.peer_id();
-        {
+        let named = {
             let core = self.core();
             let Some(meta) = core.jobs.get(&job) else { return };
-            if meta.coordinators.contains(&from) || meta.coordinators.first() != Some(&me) || core.coord.is_standby(&job) {
+            if from == me || meta.coordinators.first() != Some(&me) || core.coord.is_standby(&job) {
                 return;
             }
-        }
+            meta.coordinators.contains(&from)
+        };
         tracing::info!(job = %job.short(), from = %from.short(), "merged the records of the other side of a healed split");
         let node = self.clone();
         tokio::spawn(async move {
+            if named {
+                // Named here before the split: no longer, for the same reason.
+                let list: Vec<PeerId> = node.core().jobs.get(&job).map(|m| m.coordinators.iter().copied().filter(|c| *c != from).collect()).unwrap_or_default();
+                if node.set_list(job, list, false).await.is_none() {
+                    return;
+                }
+            }
             tokio::time::sleep(REANNOUNCE_AFTER).await;
             node.publish_job(job, node.is_finished(&job));
             // A backup that followed the other side's ad for a while refused this peer's

@@ -135,8 +135,9 @@ struct Shared {
     clients: clients::Clients,
     /// Replication streams, one per backup coordinator address.
     replicators: Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<replicate::ReplItem>>>,
-    /// Serialises role changes (taking over a job, handing it to a new coordinator).
-    roles: tokio::sync::Mutex<()>,
+    /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
+    /// when jobs with fewer coordinators than wanted were last topped up.
+    roles: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Report batchers, one per coordinator address.
     reporters: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<remote::ReportMsg>>>,
     /// The address other peers dial.
@@ -251,7 +252,7 @@ impl Node {
             clients: Default::default(),
             reporters: Default::default(),
             replicators: Default::default(),
-            roles: tokio::sync::Mutex::new(()),
+            roles: tokio::sync::Mutex::new(None),
             advertised,
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
@@ -455,6 +456,13 @@ impl Node {
                 (h + n <= max).then_some(h + n)
             })
             .is_ok()
+    }
+
+    /// Gives back tasks counted by [`Node::hold_tasks`] for a job that was not taken after all.
+    pub(crate) fn unhold_tasks(&self, n: u64) {
+        let _ = self.0.held_tasks.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
+            Some(h.saturating_sub(n))
+        });
     }
 
     /// Takes one request's worth of `peer`'s rate; false when it sends too much.

@@ -30,6 +30,9 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attestations per replication request.
 const REPLICATE_BATCH: usize = 256;
+/// How often a job led here with fewer than [`DEFAULT_COORDINATORS`] coordinators is offered
+/// to more live peers.
+const TOP_UP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts at one replication batch.
 const REPLICATE_TRIES: u32 = 3;
 
@@ -317,7 +320,13 @@ impl Node {
         let (mut ops, changes) = core.drain(evidence);
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone() });
         let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
-        if decided && output.is_empty() && core.coord.agreed_attestation(&att.task).is_some() {
+        // A verified task whose output is not empty must have come with it (see `heal.rs`).
+        let lacks_output = ops.iter().any(|op| {
+            matches!(op, Op::PutResult(t, r) if *t == att.task && r.output.is_empty()
+                && matches!(&r.verdict, spare_coordinator::Verdict::Verified(_))
+                && r.verdict.agreed().is_some_and(|a| a.output_hash != spare_coordinator::BlobId::of(&[])))
+        });
+        if lacks_output {
             tracing::warn!(task = %att.task, "a verdict was replayed without its output");
         }
         // Merged here from another coordinator while this one leads (a healed split): its
@@ -332,10 +341,15 @@ impl Node {
     /// Decides, for every job held, whether this peer is its active coordinator (the first live
     /// one in its list) or a standby, and takes over a job whose active coordinator died.
     pub(crate) async fn evaluate_roles(&self) {
-        let _one_at_a_time = self.0.roles.lock().await;
+        let mut roles = self.0.roles.lock().await;
         let me = self.peer_id();
         let live = self.live_set();
         let mut take_over = Vec::new();
+        // Jobs this peer leads with fewer coordinators than wanted while more peers are live
+        // (submitted while the mesh was small): topped up now and then, since each try hands
+        // the whole job over.
+        let top_up_due = roles.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
+        let mut top_up = Vec::new();
         {
             let mut core = self.core();
             let jobs: Vec<(JobId, Vec<PeerId>)> =
@@ -364,7 +378,19 @@ impl Node {
                     take_over.push(job);
                 } else if !active && !standby {
                     core.coord.set_standby(&job, true);
+                } else if active && top_up_due && coordinators.len() < DEFAULT_COORDINATORS && live.len() > coordinators.len() {
+                    top_up.push(job);
                 }
+            }
+        }
+        if top_up_due {
+            *roles = Some(std::time::Instant::now());
+        }
+        for job in top_up {
+            let before = self.core().jobs.get(&job).map(|m| m.coordinators.len());
+            self.add_coordinators(job).await;
+            if self.core().jobs.get(&job).map(|m| m.coordinators.len()) != before {
+                self.publish_job(job, false);
             }
         }
         for job in take_over {

@@ -100,47 +100,16 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     }
     let held = node.core().jobs.contains_key(&job);
     if !held {
-        if !node.hold_tasks(new.inputs.len() as u64) {
+        let count = new.inputs.len() as u64;
+        if !node.hold_tasks(count) {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
         }
-        // The module and large inputs come from the sender, checked against their hashes.
-        let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
-        let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
-        node.fetch_blob(&addr, &module, node.config().max_module_bytes as u64).await.map_err(fetch)?;
-        for input in &new.inputs {
-            if let StoredInput::Blob(id) = input {
-                node.fetch_blob(&addr, id, node.config().max_blob_bytes).await.map_err(fetch)?;
-            }
+        // Counted above; given back unless the job is taken here.
+        let taken = take_job(node, job, origin, sender, &r, &new, &module, &coordinators).await;
+        if !matches!(taken, Ok(true)) {
+            node.unhold_tasks(count);
         }
-        let spec = JobSpec {
-            module,
-            task_count: new.inputs.len() as u32,
-            policy: new.policy,
-            origin,
-            submitted_at_ms: r.submitted_at_ms,
-            label: new.label.clone(),
-        };
-        let stored = StoredJob {
-            spec: spec.clone(),
-            args: new.args.clone(),
-            env: new.env.clone(),
-            cancelled: r.cancelled,
-            nonce: new.nonce.clone(),
-            origin_signature: r.origin_signature.clone(),
-            coordinators: coordinators.clone(),
-        };
-        let write = {
-            let mut core = node.core();
-            if !core.jobs.contains_key(&job) {
-                core.coord.restore(job, spec, r.cancelled).map_err(|e| Status::resource_exhausted(e.to_string()))?;
-                core.coord.set_standby(&job, true);
-                while core.coord.poll_event().is_some() {}
-                core.jobs.insert(job, JobMeta::of(&stored));
-            }
-            node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs }])
-        };
-        write.await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
-        tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
+        taken?;
     }
     record_all(node, r.attestations).await?;
     if held {
@@ -148,6 +117,62 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         node.merged_from(job, sender);
     }
     Ok(())
+}
+
+/// Fetches an adopted job's blobs and takes the job into the coordinator (in standby) and the
+/// store. Returns whether this call took it (false: a concurrent adoption did).
+#[allow(clippy::too_many_arguments)]
+async fn take_job(
+    node: &Node,
+    job: JobId,
+    origin: PeerId,
+    sender: PeerId,
+    r: &pb::AdoptRequest,
+    new: &NewJob,
+    module: &BlobId,
+    coordinators: &[PeerId],
+) -> Result<bool, Status> {
+    let module = *module;
+    // The module and large inputs come from the sender, checked against their hashes.
+    let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
+    let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
+    node.fetch_blob(&addr, &module, node.config().max_module_bytes as u64).await.map_err(fetch)?;
+    for input in &new.inputs {
+        if let StoredInput::Blob(id) = input {
+            node.fetch_blob(&addr, id, node.config().max_blob_bytes).await.map_err(fetch)?;
+        }
+    }
+    let spec = JobSpec {
+        module,
+        task_count: new.inputs.len() as u32,
+        policy: new.policy,
+        origin,
+        submitted_at_ms: r.submitted_at_ms,
+        label: new.label.clone(),
+    };
+    let stored = StoredJob {
+        spec: spec.clone(),
+        args: new.args.clone(),
+        env: new.env.clone(),
+        cancelled: r.cancelled,
+        nonce: new.nonce.clone(),
+        origin_signature: r.origin_signature.clone(),
+        coordinators: coordinators.to_vec(),
+    };
+    let (write, inserted) = {
+        let mut core = node.core();
+        let inserted = !core.jobs.contains_key(&job);
+        if inserted {
+            core.coord.restore(job, spec, r.cancelled).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            core.coord.set_standby(&job, true);
+            while core.coord.poll_event().is_some() {}
+            core.jobs.insert(job, JobMeta::of(&stored));
+        }
+        (node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs.clone() }]), inserted)
+    };
+    write.await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
+    tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
+    Ok(inserted)
 }
 
 /// `MeshService.Replicate`.

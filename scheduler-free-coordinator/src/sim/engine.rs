@@ -4,7 +4,7 @@
 
 use crate::membership::{Member, Membership, MembershipConfig, MeshEvent};
 use crate::records::Verifier;
-use crate::{Coordinator, CoordinatorConfig, JobId, JobSpec, Limits, Millis, Policy, derive_job_id};
+use crate::{Adaptive, Coordinator, CoordinatorConfig, JobId, JobSpec, Limits, Millis, Policy, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -162,6 +162,10 @@ impl Sim {
             max_replicas: self.cfg.max_replicas,
             limits: Limits { timeout_ms: self.cfg.task_timeout_ms, ..Limits::default() },
             priority: 0,
+            adaptive: self
+                .cfg
+                .adaptive
+                .map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.cfg.spot_check_per_mille }),
         };
         self.spec.origin = origin;
         self.spec.label = "spare sim".into();

@@ -16,7 +16,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
-pub use records::{StoredInput, StoredJob, StoredResult};
+pub use records::{StoredAttestation, StoredInput, StoredJob, StoredResult};
 use records::{AttestationKey, JobKey, TaskKey, attestation_key, decode, encode, task_key, task_of};
 
 const JOBS: TableDefinition<JobKey, &[u8]> = TableDefinition::new("jobs");
@@ -56,8 +56,9 @@ pub enum Op {
     PutJob(JobId, StoredJob),
     /// Inputs of a job's tasks, from index `first` on.
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
-    /// The `ordinal`-th attestation the coordinator recorded for its task.
-    PutAttestation { ordinal: u32, attestation: Attestation },
+    /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
+    /// alone (adaptive replication).
+    PutAttestation { ordinal: u32, attestation: Attestation, solo: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
 }
@@ -162,7 +163,7 @@ impl Store {
     }
 
     /// Every attestation of a job, by task and then in the order the coordinator recorded them.
-    pub fn attestations(&self, job: &JobId) -> Result<Vec<Attestation>, StoreError> {
+    pub fn attestations(&self, job: &JobId) -> Result<Vec<StoredAttestation>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(ATTESTATIONS).map_err(db_err)?;
         let lo = attestation_key(&TaskId { job: *job, index: 0 }, 0);
@@ -243,9 +244,11 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                         inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
                     }
                 }
-                Op::PutAttestation { ordinal, attestation } => {
+                Op::PutAttestation { ordinal, attestation, solo } => {
                     let k = attestation_key(&attestation.task, *ordinal);
-                    atts.insert(k, encode(attestation).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    // The record owns its attestation; a clone per write is cheap beside the fsync.
+                    let rec = StoredAttestation { attestation: attestation.clone(), solo: *solo };
+                    atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutResult(task, result) => {
                     results.insert(task_key(task), encode(result).map_err(enc)?.as_slice()).map_err(db_err)?;

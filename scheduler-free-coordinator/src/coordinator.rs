@@ -288,10 +288,14 @@ impl Coordinator {
         let mut out = Vec::with_capacity(picked.len());
         for index in picked {
             let task = TaskId { job: id, index };
-            let solo = lone.is_some_and(|a| !spot_checked(&self.config.secret, &task, a.spot_check_per_mille));
+            let spot = lone.map(|a| spot_checked(&self.config.secret, &task, a.spot_check_per_mille));
             job.mutate(index, |t, _| {
-                if solo && t.load() == 0 {
-                    t.solo = Some(peer);
+                if t.load() == 0 {
+                    match spot {
+                        Some(false) => t.solo = Some(peer),
+                        Some(true) => t.check = true,
+                        None => {}
+                    }
                 }
                 t.leases.push((peer, expires_at));
             });
@@ -515,6 +519,16 @@ impl Coordinator {
     /// Reputation of the peers seen.
     pub fn reputation(&self) -> &Reputation {
         &self.reputation
+    }
+
+    /// Sets what this coordinator knows of `peer`, replacing its record: for a driver that keeps
+    /// reputation across restarts, and for the simulator's peers with a past. The record only
+    /// counts from now on (lone leases already given stand until they end).
+    pub fn set_record(&mut self, peer: PeerId, record: crate::Record) {
+        self.reputation.set(peer, record);
+        if record.disagreed > 0 || record.invalid > 0 {
+            self.distrust(peer);
+        }
     }
 
     /// Holds a dropped record (bad signature) against `peer`.

@@ -71,6 +71,10 @@ impl Reputation {
         self.records.iter()
     }
 
+    pub(crate) fn set(&mut self, peer: PeerId, record: Record) {
+        self.records.insert(peer, record);
+    }
+
     pub(crate) fn agreed(&mut self, peer: PeerId) {
         self.records.entry(peer).or_default().agreed += 1;
     }

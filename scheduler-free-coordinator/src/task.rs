@@ -65,6 +65,9 @@ pub(crate) struct TaskEntry {
     pub solo: Option<PeerId>,
     /// The first attestation was taken alone and decided the task.
     pub solo_verdict: bool,
+    /// A trusted peer took this untouched task as a spot check: its further replicas are leased
+    /// before other tasks', so a trusted liar is caught before many lone lies of its pass.
+    pub check: bool,
 }
 
 /// `Verdict` with a `Default`, so a fresh table is cheap to build.

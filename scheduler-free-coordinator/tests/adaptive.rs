@@ -142,6 +142,29 @@ fn a_disagreement_ends_trust_and_the_lone_leases_in_hand() {
 }
 
 #[test]
+fn a_spot_check_gets_its_next_replicas_before_untouched_tasks() {
+    let mut c = coordinator(1);
+    warm_up(&mut c, job(9), &[peer(1), peer(2)], 10);
+    // Every task a trusted peer takes is a spot check.
+    c.submit(job(1), adaptive(20, 10, 1_000)).unwrap();
+    let checks = c.lease_job(&job(1), peer(1), 2, 0);
+    // An untrusted peer is handed the checks' second replicas before any untouched task.
+    let next = c.lease_job(&job(1), peer(3), 2, 0);
+    let mut a: Vec<TaskId> = checks.iter().map(|l| l.task).collect();
+    let mut b: Vec<TaskId> = next.iter().map(|l| l.task).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+    // The trusted peer lies on one and is caught by the third replica, which also goes first.
+    c.report(att(checks[0].task, peer(1), honest(99))).unwrap();
+    c.report(att(checks[0].task, peer(3), honest(checks[0].task.index))).unwrap();
+    let third = c.lease_job(&job(1), peer(4), 1, 0);
+    assert_eq!(third[0].task, checks[0].task);
+    assert_eq!(c.report(att(third[0].task, peer(4), honest(third[0].task.index))), Ok(Reported::Decided));
+    assert!(!c.reputation().is_trusted(&peer(1), 10));
+}
+
+#[test]
 fn a_lapsed_or_released_lone_lease_sends_its_task_back_to_normal() {
     let mut c = coordinator(1);
     warm_up(&mut c, job(9), &[peer(1), peer(2)], 10);

@@ -21,6 +21,12 @@ pub struct SimConfig {
     /// Liars answer honestly for their first this many replicas, then lie ("sleepers"): a peer
     /// that always lies never earns the trust adaptive replication gives. 0: they always lie.
     pub liars_honest_for: u32,
+    /// Agreements every initial worker (liars included) already has in the origin's reputation
+    /// when the job starts, as if earned on earlier jobs: a coordinator hands out every task's
+    /// first replica before any second one (fewest replicas first), so on a fresh coordinator no
+    /// verdict, and so no trust, comes before the job's tasks have all been started once. Joiners
+    /// start with none. Default 0.
+    pub history: u32,
     /// Adaptive replication: the job's `min_agreed` (`None`: off, the default).
     pub adaptive: Option<u32>,
     /// Adaptive replication's spot-check rate, per mille of a trusted peer's lone tasks.
@@ -70,6 +76,7 @@ impl SimConfig {
             liars: 0.0,
             collude: false,
             liars_honest_for: 0,
+            history: 0,
             adaptive: None,
             spot_check_per_mille: crate::Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
             loss: 0.0,

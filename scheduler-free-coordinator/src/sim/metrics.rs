@@ -161,6 +161,7 @@ impl Sim {
             liars,
             collude: self.cfg.collude,
             liars_honest_for: self.cfg.liars_honest_for,
+            history: self.cfg.history,
             adaptive: self.cfg.adaptive,
             spot_check_per_mille: self.cfg.spot_check_per_mille,
             loss: self.cfg.loss,

@@ -32,6 +32,8 @@ pub struct Report {
     pub collude: bool,
     /// Liars answered honestly for their first this many replicas (sleepers).
     pub liars_honest_for: u32,
+    /// Agreements each initial worker had at the origin when the job started.
+    pub history: u32,
     /// Adaptive replication's `min_agreed` (`null`: off).
     pub adaptive: Option<u32>,
     /// Adaptive replication's spot-check rate, per mille.
@@ -122,7 +124,10 @@ impl Report {
             (
                 "adaptive replication",
                 match self.adaptive {
-                    Some(m) => format!("min agreed {m}, spot checks {}‰", self.spot_check_per_mille),
+                    Some(m) => format!(
+                        "min agreed {m}, spot checks {}‰, history {}",
+                        self.spot_check_per_mille, self.history
+                    ),
                     None => "off".into(),
                 },
             ),

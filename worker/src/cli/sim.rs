@@ -36,6 +36,11 @@ pub struct SimArgs {
     /// disagreement) at the coordinator may run a task alone. Off by default; at least 10.
     #[arg(long, value_name = "MIN_AGREED")]
     adaptive: Option<u32>,
+    /// Agreements every initial peer (liars included) already has at the coordinator, as if
+    /// earned on earlier jobs: a fresh coordinator starts every task once before any second
+    /// replica, so within one job trust comes late.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    history: u32,
     /// With --adaptive: the fraction of a trusted peer's lone tasks that still get the full
     /// quorum (spot checks), in [0, 1]; kept to thousandths.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
@@ -74,6 +79,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.collude = a.collude;
     cfg.liars_honest_for = a.liars_honest_for;
     cfg.adaptive = a.adaptive;
+    cfg.history = a.history;
     if !(0.0..=1.0).contains(&a.spot_check) {
         anyhow::bail!("--spot-check must be a fraction in [0, 1]");
     }

@@ -262,3 +262,39 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
 fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spare_coordinator::{BlobId, Outcome, PeerId, ResultKey};
+
+    #[tokio::test]
+    async fn attestations_keep_their_lone_mark_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let job = JobId([3; 32]);
+        let att = |index: u32, peer: u8| Attestation {
+            task: TaskId { job, index },
+            peer: PeerId([peer; 32]),
+            result: ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId([index as u8; 32]) },
+            fuel_used: 1,
+            signature: vec![peer; 64],
+        };
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let ops = vec![
+                Op::PutAttestation { ordinal: 0, attestation: att(0, 1), solo: true },
+                Op::PutAttestation { ordinal: 0, attestation: att(1, 1), solo: false },
+                Op::PutAttestation { ordinal: 1, attestation: att(1, 2), solo: false },
+            ];
+            store.write(ops).await.expect("write");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let got = store.attestations(&job).expect("read");
+        let want = vec![
+            StoredAttestation { attestation: att(0, 1), solo: true },
+            StoredAttestation { attestation: att(1, 1), solo: false },
+            StoredAttestation { attestation: att(1, 2), solo: false },
+        ];
+        assert_eq!(got, want);
+    }
+}

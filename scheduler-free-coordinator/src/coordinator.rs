@@ -97,6 +97,10 @@ pub enum ReportError {
     /// The peer holds no live lease on the task (never leased, expired, or already reported).
     #[error("peer {peer:?} holds no lease on task {task}")]
     NoLease { task: TaskId, peer: PeerId },
+    /// A replayed attestation is marked as taken alone where that cannot have happened: the
+    /// job does not allow adaptive replication, or the task already had an attestation.
+    #[error("task {0} cannot have been decided by a lone replica")]
+    NotSolo(TaskId),
 }
 
 /// Why a leased replica is handed back without an attestation.
@@ -278,10 +282,23 @@ impl Coordinator {
         }
         job.started = true;
         let expires_at = now.saturating_add(job.spec.policy.limits.timeout_ms + self.config.lease_grace_ms);
+        // Adaptive replication: a trusted peer runs an untouched task alone, unless the task is
+        // one of the spot checks.
+        let lone = job.spec.policy.adaptive.filter(|a| self.reputation.is_trusted(&peer, a.min_agreed));
         let mut out = Vec::with_capacity(picked.len());
         for index in picked {
-            job.mutate(index, |t, _| t.leases.push((peer, expires_at)));
             let task = TaskId { job: id, index };
+            let spot = lone.map(|a| spot_checked(&self.config.secret, &task, a.spot_check_per_mille));
+            job.mutate(index, |t, _| {
+                if t.load() == 0 {
+                    match spot {
+                        Some(false) => t.solo = Some(peer),
+                        Some(true) => t.check = true,
+                        None => {}
+                    }
+                }
+                t.leases.push((peer, expires_at));
+            });
             self.held.hold(peer, task);
             self.expiries.push(Reverse((expires_at, task, peer)));
             out.push(Lease { task, peer, expires_at });
@@ -290,28 +307,48 @@ impl Coordinator {
     }
 
     /// Records an attestation whose signature the driver has checked. The peer must hold a live
-    /// lease on the task.
+    /// lease on the task. Whether it was taken alone (adaptive replication) is in
+    /// [`TaskView::solo`] afterwards: store and replicate that mark with it.
     pub fn report(&mut self, att: Attestation) -> Result<Reported, ReportError> {
-        self.record(att, true)
+        self.record(att, None)
     }
 
-    /// Replays an attestation recorded before a restart (no lease needed).
+    /// Replays an attestation recorded before a restart (no lease needed), as not taken alone.
     pub fn restore_attestation(&mut self, att: Attestation) -> Result<Reported, ReportError> {
-        self.record(att, false)
+        self.record(att, Some(false))
     }
 
-    fn record(&mut self, att: Attestation, need_lease: bool) -> Result<Reported, ReportError> {
+    /// Replays an attestation recorded before a restart or by another coordinator of the job,
+    /// with the recorder's decision whether it was taken alone. Reputation tables differ between
+    /// coordinators, so the decision travels with the attestation and replay reaches the same
+    /// verdicts. A `solo` mark the job's policy or the task's state rules out is refused.
+    pub fn restore_attestation_solo(&mut self, att: Attestation, solo: bool) -> Result<Reported, ReportError> {
+        self.record(att, Some(solo))
+    }
+
+    /// `replay` is `None` for a live report (lease needed, this coordinator decides whether it
+    /// is taken alone) and `Some(solo)` for a replay.
+    fn record(&mut self, att: Attestation, replay: Option<bool>) -> Result<Reported, ReportError> {
+        let need_lease = replay.is_none();
         let task = att.task;
         let job = self.jobs.get_mut(&task.job).ok_or(ReportError::UnknownJob(task.job))?;
+        let adaptive = job.spec.policy.adaptive;
         let entry = job.tasks.get(task.index as usize).ok_or(ReportError::UnknownTask(task))?;
         let peer = att.peer;
         let leased = entry.leases.iter().any(|(p, _)| *p == peer);
         if let Some(key) = entry.verdict().agreed() {
-            // Late: the verdict stands; the report still tells us whether the peer is honest.
+            // Late: the verdict stands; the report still tells us whether the peer is honest
+            // (unless the verdict rests on one peer alone, which proves nothing).
             if need_lease && !leased {
                 return Err(ReportError::NoLease { task, peer });
             }
-            self.reputation.judged(peer, key == &att.result);
+            if !entry.solo_verdict {
+                let agrees = key == &att.result;
+                self.reputation.judged(peer, agrees);
+                if !agrees {
+                    self.distrust(peer);
+                }
+            }
             self.mutate_task(task, |t, _| t.leases.retain(|(p, _)| *p != peer));
             return Ok(Reported::Late);
         }
@@ -319,17 +356,38 @@ impl Coordinator {
         if attested || (need_lease && !leased) || entry.verdict().is_final() {
             return Err(ReportError::NoLease { task, peer });
         }
+        let solo = match replay {
+            // Taken alone only if the peer still holds the lone lease and is still trusted:
+            // evidence against it since the lease was given ends its lone replicas too.
+            None => {
+                entry.solo == Some(peer)
+                    && entry.attestations.is_empty()
+                    && adaptive.is_some_and(|a| self.reputation.is_trusted(&peer, a.min_agreed))
+            }
+            Some(true) if adaptive.is_none() || !entry.attestations.is_empty() => {
+                return Err(ReportError::NotSolo(task));
+            }
+            Some(solo) => solo,
+        };
         job.started = true;
         let (verdict, decided) = self
-            .mutate_task(task, |t, policy| t.attest(att, policy))
+            .mutate_task(task, |t, policy| t.attest(att, policy, solo))
             .ok_or(ReportError::UnknownTask(task))?;
         if !decided {
             return Ok(Reported::Recorded);
         }
-        if let (Some(key), Some(job)) = (verdict.agreed(), self.jobs.get(&task.job)) {
+        let mut liars = Vec::new();
+        if let (Some(key), Some(job), false) = (verdict.agreed(), self.jobs.get(&task.job), solo) {
             for a in &job.tasks[task.index as usize].attestations {
-                self.reputation.judged(a.peer, &a.result == key);
+                let agrees = &a.result == key;
+                self.reputation.judged(a.peer, agrees);
+                if !agrees {
+                    liars.push(a.peer);
+                }
             }
+        }
+        for p in liars {
+            self.distrust(p);
         }
         self.events.push_back(Event::TaskFinal { task, verdict });
         self.after_final(task.job);
@@ -463,9 +521,36 @@ impl Coordinator {
         &self.reputation
     }
 
+    /// Sets what this coordinator knows of `peer`, replacing its record: for a driver that keeps
+    /// reputation across restarts, and for the simulator's peers with a past. The record only
+    /// counts from now on (lone leases already given stand until they end).
+    pub fn set_record(&mut self, peer: PeerId, record: crate::Record) {
+        self.reputation.set(peer, record);
+        if record.disagreed > 0 || record.invalid > 0 {
+            self.distrust(peer);
+        }
+    }
+
     /// Holds a dropped record (bad signature) against `peer`.
     pub fn penalize(&mut self, peer: PeerId) {
         self.reputation.invalid(peer);
+        self.distrust(peer);
+    }
+
+    /// Evidence against `peer` just arrived: its lone leases become ordinary ones, so their tasks
+    /// get the full quorum (its report on them will be checked like anyone's).
+    fn distrust(&mut self, peer: PeerId) {
+        let lone: Vec<TaskId> = self
+            .held
+            .of(&peer)
+            .filter(|t| {
+                self.jobs.get(&t.job).and_then(|j| j.tasks.get(t.index as usize)).is_some_and(|e| e.solo == Some(peer))
+            })
+            .copied()
+            .collect();
+        for task in lone {
+            self.mutate_task(task, |t, _| t.solo = None);
+        }
     }
 
     /// Ids of every job held.
@@ -490,4 +575,18 @@ impl Coordinator {
         let key = t.verdict().agreed()?;
         t.attestations.iter().find(|a| &a.result == key)
     }
+}
+
+/// Whether a trusted peer's lease on `task` is a spot check (full quorum) rather than a lone
+/// replica: a keyed hash of the coordinator's secret and the task, below `per_mille` out of
+/// 1,000. No peer can predict it, and the same task always gets the same answer here.
+fn spot_checked(secret: &[u8; 32], task: &TaskId, per_mille: u32) -> bool {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"spare.v1 spot check\0");
+    h.update(task.job.as_bytes());
+    h.update(&task.index.to_le_bytes());
+    let b = h.finalize();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b.as_bytes()[..8]);
+    u64::from_le_bytes(x) % 1_000 < u64::from(per_mille)
 }

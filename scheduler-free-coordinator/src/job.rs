@@ -92,9 +92,11 @@ pub struct JobView {
 pub(crate) struct JobTable {
     pub spec: JobSpec,
     pub tasks: Vec<TaskEntry>,
-    /// Tasks that want more replicas, fewest replicas first, then in an order peers cannot
-    /// predict (a keyed shuffle), so colluders cannot arrange to pair up on a task.
-    open: BTreeSet<(u32, u64, u32)>,
+    /// Tasks that want more replicas: spot checks of trusted peers first (adaptive replication:
+    /// a trusted liar's lone lies are accepted until a check catches it, so checks must not
+    /// wait), then fewest replicas first, then in an order peers cannot predict (a keyed
+    /// shuffle), so colluders cannot arrange to pair up on a task.
+    open: BTreeSet<(bool, u32, u64, u32)>,
     shuffle_key: u64,
     running: u32,
     verified: u32,
@@ -133,8 +135,9 @@ impl JobTable {
         t
     }
 
-    fn key(&self, i: u32) -> (u32, u64, u32) {
-        (self.tasks[i as usize].load(), mix(self.shuffle_key ^ u64::from(i)), i)
+    fn key(&self, i: u32) -> (bool, u32, u64, u32) {
+        let t = &self.tasks[i as usize];
+        (!t.check, t.load(), mix(self.shuffle_key ^ u64::from(i)), i)
     }
 
     fn index(&mut self, i: u32) {
@@ -151,6 +154,7 @@ impl JobTable {
         self.open.remove(&k);
         let before = self.tasks[i as usize].state();
         let r = f(&mut self.tasks[i as usize], &self.spec.policy);
+        self.tasks[i as usize].settle_solo();
         let after = self.tasks[i as usize].state();
         self.count(before, -1);
         self.count(after, 1);
@@ -173,9 +177,9 @@ impl JobTable {
     pub fn pick(&self, peer: &PeerId, max: usize) -> Vec<u32> {
         self.open
             .iter()
-            .filter(|&&(_, _, i)| !self.tasks[i as usize].involves(peer))
+            .filter(|&&(_, _, _, i)| !self.tasks[i as usize].involves(peer))
             .take(max)
-            .map(|&(_, _, i)| i)
+            .map(|&(_, _, _, i)| i)
             .collect()
     }
 

@@ -39,7 +39,7 @@ pub use coordinator::{
 pub use ids::{BlobId, JobId, ParseIdError, PeerId, TaskId};
 pub use job::{JobSpec, JobState, TaskCounts, derive_job_id};
 pub use outcome::{Outcome, ResultKey};
-pub use policy::{Limits, Policy, PolicyCaps, PolicyError};
+pub use policy::{Adaptive, Limits, Policy, PolicyCaps, PolicyError};
 pub use reputation::{Record, Reputation};
 pub use task::TaskState;
 pub use verdict::{Failure, Verdict};

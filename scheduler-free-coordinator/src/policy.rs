@@ -1,5 +1,5 @@
-//! A job's policy (quorum, replica bound, sandbox limits, priority), its defaults, and the caps a
-//! coordinator enforces on what submitters may ask for.
+//! A job's policy (quorum, replica bound, sandbox limits, priority, adaptive replication), its
+//! defaults, and the caps a coordinator enforces on what submitters may ask for.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,31 @@ pub struct Policy {
     pub limits: Limits,
     /// Higher is served first.
     pub priority: i32,
+    /// Adaptive replication: trusted peers may get single-replica tasks. Off (`None`) by default.
+    pub adaptive: Option<Adaptive>,
+}
+
+/// Adaptive replication, as BOINC does it: a peer with a long record of agreeing results (in
+/// this coordinator's reputation) may get a task alone, and its one attestation decides it. A
+/// share of the tasks it takes still gets the full quorum (spot checks); a disagreement there,
+/// or any other evidence against it, ends its trust at once. The submitter trades replicas for
+/// the risk of accepting a wrong result from a peer that behaved until it was trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// Attestations a peer must have seen agree with quorum verdicts here, with no disagreement
+    /// and no invalid record, before it may run a task alone. At least [`Adaptive::MIN_AGREED`].
+    pub min_agreed: u32,
+    /// Out of 1,000 tasks a trusted peer takes first, how many still get the full quorum. The
+    /// choice is a keyed hash of the coordinator's secret and the task, so no peer can tell a
+    /// spot check from a lone task. 0..=1000; 0 never checks a trusted peer again.
+    pub spot_check_per_mille: u32,
+}
+
+impl Adaptive {
+    /// The least `min_agreed` a coordinator accepts: a peer must show at least this much.
+    pub const MIN_AGREED: u32 = 10;
+    /// The spot-check rate when a submitter asks for adaptive replication without one (10%).
+    pub const DEFAULT_SPOT_CHECK_PER_MILLE: u32 = 100;
 }
 
 impl Default for Limits {
@@ -42,7 +67,7 @@ impl Default for Limits {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { quorum: 2, max_replicas: 5, limits: Limits::default(), priority: 0 }
+        Policy { quorum: 2, max_replicas: 5, limits: Limits::default(), priority: 0, adaptive: None }
     }
 }
 
@@ -99,6 +124,12 @@ pub enum PolicyError {
     /// Too many tasks for one job.
     #[error("{count} tasks is above this peer's cap of {max} per job")]
     TooManyTasks { count: u64, max: u32 },
+    /// Adaptive replication asked to trust peers on too little evidence.
+    #[error("adaptive min_agreed {min_agreed} is below the floor of {min}")]
+    TrustTooCheap { min_agreed: u32, min: u32 },
+    /// A spot-check rate is a share of 1,000.
+    #[error("spot_check_per_mille {0} is above 1000")]
+    SpotCheckOutOfRange(u32),
 }
 
 impl PolicyCaps {
@@ -140,6 +171,14 @@ impl PolicyCaps {
                 return Err(PolicyError::LimitOutOfRange { name, value, max });
             }
         }
+        if let Some(a) = policy.adaptive {
+            if a.min_agreed < Adaptive::MIN_AGREED {
+                return Err(PolicyError::TrustTooCheap { min_agreed: a.min_agreed, min: Adaptive::MIN_AGREED });
+            }
+            if a.spot_check_per_mille > 1_000 {
+                return Err(PolicyError::SpotCheckOutOfRange(a.spot_check_per_mille));
+            }
+        }
         Ok(())
     }
 }
@@ -164,5 +203,18 @@ mod tests {
         assert_eq!(caps.check(&Policy::default(), 0), Err(PolicyError::NoTasks));
         let p = Policy { quorum: 0, ..Policy::default() };
         assert_eq!(caps.check(&p, 1), Err(PolicyError::ZeroQuorum));
+    }
+
+    #[test]
+    fn adaptive_replication_is_bounded() {
+        let caps = PolicyCaps::default();
+        let with = |min_agreed, spot_check_per_mille| Policy {
+            adaptive: Some(Adaptive { min_agreed, spot_check_per_mille }),
+            ..Policy::default()
+        };
+        assert_eq!(caps.check(&with(10, 0), 1), Ok(()));
+        assert_eq!(caps.check(&with(1_000, 1_000), 1), Ok(()));
+        assert_eq!(caps.check(&with(9, 100), 1), Err(PolicyError::TrustTooCheap { min_agreed: 9, min: 10 }));
+        assert_eq!(caps.check(&with(10, 1_001), 1), Err(PolicyError::SpotCheckOutOfRange(1_001)));
     }
 }

@@ -7,6 +7,12 @@
 //! false result. So a peer that only ever lets its leases lapse is banned at its sixth lapse, a
 //! liar at its third disagreement, and an honest peer with a long record of agreement survives
 //! the odd crash.
+//!
+//! The trust rule (adaptive replication, [`Reputation::is_trusted`]): a peer may run a task alone
+//! for a job that allows it once it has at least that job's `min_agreed` agreeing attestations,
+//! no disagreement and no invalid record. Only quorum verdicts count: a lone replica's result
+//! is not evidence of anything, so trust is earned and re-earned only where peers are compared.
+//! Lapses do not end trust (they claim no result), but a banned peer is never trusted.
 
 use std::collections::HashMap;
 
@@ -65,6 +71,10 @@ impl Reputation {
         self.records.iter()
     }
 
+    pub(crate) fn set(&mut self, peer: PeerId, record: Record) {
+        self.records.insert(peer, record);
+    }
+
     pub(crate) fn agreed(&mut self, peer: PeerId) {
         self.records.entry(peer).or_default().agreed += 1;
     }
@@ -97,6 +107,13 @@ impl Reputation {
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         let r = self.get(peer);
         r.bad() >= MIN_EVIDENCE as f64 && r.score() < BAN_SCORE
+    }
+
+    /// Whether `peer` may run a task alone for a job asking `min_agreed` agreements: at least
+    /// that many, never a disagreement or an invalid record, and not banned.
+    pub fn is_trusted(&self, peer: &PeerId, min_agreed: u32) -> bool {
+        let r = self.get(peer);
+        r.agreed >= u64::from(min_agreed) && r.disagreed == 0 && r.invalid == 0 && !self.is_banned(peer)
     }
 }
 
@@ -136,6 +153,27 @@ mod tests {
         let d = Record { disagreed: 1, ..Record::default() };
         let l = Record { lapsed: 2, ..Record::default() };
         assert_eq!(d.score(), l.score());
+    }
+
+    #[test]
+    fn trust_needs_agreements_and_any_disagreement_ends_it() {
+        let mut r = Reputation::default();
+        let p = PeerId([5; 32]);
+        for n in 1..=10 {
+            r.agreed(p);
+            assert_eq!(r.is_trusted(&p, 10), n >= 10, "after {n} agreements");
+        }
+        r.lapsed(p);
+        assert!(r.is_trusted(&p, 10), "a lapse claims no result");
+        let mut d = r.clone();
+        d.disagreed(p);
+        assert!(!d.is_trusted(&p, 10), "one disagreement ends trust");
+        for _ in 0..1_000 {
+            d.agreed(p);
+        }
+        assert!(!d.is_trusted(&p, 10), "and it is not earned back");
+        r.invalid(p);
+        assert!(!r.is_trusted(&p, 10), "nor is an invalid record forgiven");
     }
 
     #[test]

@@ -84,3 +84,55 @@ fn colluders_win_no_more_than_the_quorum_arithmetic_allows() {
     assert!(f64::from(r.wrong_verified) < bound + slack, "{} wrong, bound {bound} + {slack}: {r:?}", r.wrong_verified);
     assert!(r.wrong_verified > 0, "colluders do win some: {r:?}");
 }
+
+/// Adaptive replication with honest peers only: peers that agreed 20 times on earlier jobs
+/// (`history`) run most untouched tasks alone, so a task costs fewer replicas, and nothing
+/// wrong is accepted.
+#[test]
+fn adaptive_replication_lowers_replicas_per_task_with_honest_peers() {
+    let mut c = config(100, 13);
+    c.tasks = 3_000;
+    c.history = 20;
+    let off = run(&c);
+    c.adaptive = Some(10);
+    c.spot_check_per_mille = 100;
+    let on = run(&c);
+    for r in [&off, &on] {
+        assert!(r.completed && r.job_state == "completed", "{r:?}");
+        assert_eq!((r.verified, r.wrong_verified), (3_000, 0), "{r:?}");
+    }
+    assert_eq!(off.solo_verified, 0);
+    assert!(on.solo_verified > 0, "{on:?}");
+    assert!(off.replicas_per_task >= 2.0, "{off:?}");
+    assert!(on.replicas_per_task < off.replicas_per_task - 0.3, "{} vs {} replicas per task", on.replicas_per_task, off.replicas_per_task);
+}
+
+/// Sleeper liars (a clean record of 20 agreements from earlier jobs, honest for their first 10
+/// replicas of this one, then each lying its own way) have their lone lies accepted until a
+/// spot check or any quorum task catches them, which ends their trust at once. Each trusted
+/// liar's lone tasks are spot checks with probability s = 0.2, so it gets (1 − s)/s = 4 lone
+/// lies accepted on average before the first check (variance (1 − s)/s² = 20), plus the few
+/// it finishes while that check waits for its other replicas (checks are leased first, so not
+/// many). For 15 liars: about 60, standard deviation 17; the test asserts at most twice the
+/// mean, 2 · 15 · 4 = 120. Without adaptive replication no lie is accepted.
+#[test]
+fn sleeper_liars_win_only_until_a_spot_check_catches_them() {
+    let mut c = config(150, 17);
+    c.tasks = 4_500;
+    c.liars = 0.1;
+    c.history = 20;
+    c.liars_honest_for = 10;
+    let off = run(&c);
+    assert!(off.completed, "{off:?}");
+    assert_eq!(off.wrong_verified, 0, "{off:?}");
+    c.adaptive = Some(10);
+    c.spot_check_per_mille = 200;
+    let on = run(&c);
+    assert!(on.completed, "{on:?}");
+    assert_eq!(on.liars, 15);
+    assert!(on.wrong_verified > 0, "sleepers do get lone lies accepted: {on:?}");
+    assert_eq!(on.wrong_verified, on.wrong_solo, "only lone verdicts can be wrong: {on:?}");
+    assert!(on.wrong_verified <= 2 * on.liars * 4, "{} wrong for {} liars: {on:?}", on.wrong_verified, on.liars);
+    assert_eq!(on.trusted_liars, 0, "every liar was caught: {on:?}");
+    assert!(on.replicas_per_task < off.replicas_per_task, "{on:?} vs {off:?}");
+}

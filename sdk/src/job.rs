@@ -232,6 +232,17 @@ impl JobBuilder {
         self
     }
 
+    /// Adaptive replication (off unless called): a peer with at least `min_agreed` attestations
+    /// that agreed with quorum verdicts at the coordinator, and none that disagreed, may run a
+    /// task alone and decide it; `spot_check_per_mille` out of 1,000 of those tasks still get the
+    /// full quorum, and a disagreement there ends the peer's trust. Fewer replicas per task, at
+    /// the risk of accepting a wrong result from a peer that behaved until it was trusted (see
+    /// `docs/trust.md`). Peers refuse `min_agreed` below 10 and a rate above 1,000.
+    pub fn adaptive(mut self, min_agreed: u32, spot_check_per_mille: u32) -> Self {
+        self.policy.adaptive = Some(proto::Adaptive { min_agreed, spot_check_per_mille: Some(spot_check_per_mille) });
+        self
+    }
+
     /// Deterministic instruction budget per replica; running out is a result like any other.
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.limits.fuel = fuel;

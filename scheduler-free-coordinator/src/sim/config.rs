@@ -18,6 +18,19 @@ pub struct SimConfig {
     pub liars: f64,
     /// Liars agree on one wrong answer per task instead of each giving its own.
     pub collude: bool,
+    /// Liars answer honestly for their first this many replicas, then lie ("sleepers"): a peer
+    /// that always lies never earns the trust adaptive replication gives. 0: they always lie.
+    pub liars_honest_for: u32,
+    /// Agreements every initial worker (liars included) already has in the origin's reputation
+    /// when the job starts, as if earned on earlier jobs: a coordinator hands out every task's
+    /// first replica before any second one (fewest replicas first), so on a fresh coordinator no
+    /// verdict, and so no trust, comes before the job's tasks have all been started once. Joiners
+    /// start with none. Default 0.
+    pub history: u32,
+    /// Adaptive replication: the job's `min_agreed` (`None`: off, the default).
+    pub adaptive: Option<u32>,
+    /// Adaptive replication's spot-check rate, per mille of a trusted peer's lone tasks.
+    pub spot_check_per_mille: u32,
     /// Probability that any one message is lost.
     pub loss: f64,
     /// Fraction of the peers that crash per virtual minute while the job runs; as many fresh
@@ -62,6 +75,10 @@ impl SimConfig {
             max_replicas: 5,
             liars: 0.0,
             collude: false,
+            liars_honest_for: 0,
+            history: 0,
+            adaptive: None,
+            spot_check_per_mille: crate::Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
             loss: 0.0,
             churn: 0.0,
             seed: 1,
@@ -97,6 +114,12 @@ impl SimConfig {
         }
         if !(0.0..1.0).contains(&self.liars) {
             return bad("--liars must be a fraction in [0, 1)");
+        }
+        if self.adaptive.is_some_and(|m| m < crate::Adaptive::MIN_AGREED) {
+            return bad("--adaptive (min agreed) must be at least 10");
+        }
+        if self.spot_check_per_mille > 1_000 {
+            return bad("--spot-check must be a fraction in [0, 1]");
         }
         if !(0.0..1.0).contains(&self.loss) {
             return bad("--loss must be a probability in [0, 1)");

@@ -4,7 +4,7 @@
 
 use crate::membership::{Member, Membership, MembershipConfig, MeshEvent};
 use crate::records::Verifier;
-use crate::{Coordinator, CoordinatorConfig, JobId, JobSpec, Limits, Millis, Policy, derive_job_id};
+use crate::{Adaptive, Coordinator, CoordinatorConfig, Record, JobId, JobSpec, Limits, Millis, Policy, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -162,12 +162,21 @@ impl Sim {
             max_replicas: self.cfg.max_replicas,
             limits: Limits { timeout_ms: self.cfg.task_timeout_ms, ..Limits::default() },
             priority: 0,
+            adaptive: self
+                .cfg
+                .adaptive
+                .map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.cfg.spot_check_per_mille }),
         };
         self.spec.origin = origin;
         self.spec.label = "spare sim".into();
         self.job = derive_job_id(&origin, blake3::hash(&seed).as_bytes(), b"sim");
         let secret = *blake3::keyed_hash(&[9; 32], &seed).as_bytes();
         let mut coord = Coordinator::new(CoordinatorConfig { secret, ..CoordinatorConfig::default() });
+        if self.cfg.history > 0 {
+            for p in self.peers.iter().skip(1) {
+                coord.set_record(p.id, Record { agreed: u64::from(self.cfg.history), ..Record::default() });
+            }
+        }
         coord.submit(self.job, self.spec.clone()).map_err(|e| SimError::Submit(e.to_string()))?;
         self.peers[self.origin as usize].host = Some(Box::new(Host { coord, jobs: vec![self.job], tick_at: NEVER }));
         Ok(())

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub verified: u32,
     /// Tasks verified with a wrong output.
     pub wrong_verified: u32,
+    /// Tasks verified by one trusted peer alone (adaptive replication).
+    pub solo_verified: u32,
+    /// Of those, verified with a wrong output.
+    pub wrong_solo: u32,
     /// Tasks inconclusive.
     pub inconclusive: u32,
     /// Tasks failed.
@@ -125,9 +129,11 @@ impl Sim {
         let origin = &self.peers[self.origin as usize];
         let origin_rate = origin.bytes_sent as f64 / (end.max(1_000) as f64 / 1_000.0);
         let (mut banned_liars, mut banned_honest) = (0, 0);
-        let mut liars = 0;
+        let (mut liars, mut trusted_liars) = (0, 0);
         if let Some(h) = origin.host.as_ref() {
             for p in &self.peers {
+                let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
+                trusted_liars += u32::from(p.behaviour.lies() && h.coord.reputation().is_trusted(&p.id, min_agreed));
                 let banned = h.coord.reputation().is_banned(&p.id);
                 match (p.behaviour.lies(), banned) {
                     (true, true) => banned_liars += 1,
@@ -154,6 +160,10 @@ impl Sim {
             max_replicas: self.cfg.max_replicas,
             liars,
             collude: self.cfg.collude,
+            liars_honest_for: self.cfg.liars_honest_for,
+            history: self.cfg.history,
+            adaptive: self.cfg.adaptive,
+            spot_check_per_mille: self.cfg.spot_check_per_mille,
             loss: self.cfg.loss,
             churn: self.cfg.churn,
             seed: self.cfg.seed,
@@ -168,6 +178,9 @@ impl Sim {
             replicas_per_task: (self.m.attestations as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,
             verified: self.m.verified,
             wrong_verified: self.m.wrong_verified,
+            solo_verified: self.m.solo_verified,
+            wrong_solo: self.m.wrong_solo,
+            trusted_liars,
             inconclusive: self.m.inconclusive,
             failed: self.m.failed,
             lease_lapses: self.m.lapses,

@@ -100,8 +100,10 @@ pub struct VirtualPeer {
     pub born: Millis,
     /// When it crashed.
     pub died: Option<Millis>,
-    /// How it answers.
+    /// How it answers (a liar answers honestly for its first `liars_honest_for` runs).
     pub behaviour: Behaviour,
+    /// Replicas it has run.
+    pub runs: u32,
     /// Every byte it sent.
     pub bytes_sent: u64,
     /// Its memberships: one, or one per cell for a peer that bridges cells (the origin).
@@ -161,6 +163,7 @@ impl VirtualPeer {
             born,
             died: None,
             behaviour,
+            runs: 0,
             bytes_sent: 0,
             views,
             advertises: true,

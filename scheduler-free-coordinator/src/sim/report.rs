@@ -30,6 +30,14 @@ pub struct Report {
     pub liars: u32,
     /// Whether liars colluded on one wrong answer per task.
     pub collude: bool,
+    /// Liars answered honestly for their first this many replicas (sleepers).
+    pub liars_honest_for: u32,
+    /// Agreements each initial worker had at the origin when the job started.
+    pub history: u32,
+    /// Adaptive replication's `min_agreed` (`null`: off).
+    pub adaptive: Option<u32>,
+    /// Adaptive replication's spot-check rate, per mille.
+    pub spot_check_per_mille: u32,
     /// Message loss probability.
     pub loss: f64,
     /// Churn, fraction of peers per virtual minute.
@@ -61,6 +69,12 @@ pub struct Report {
     pub verified: u32,
     /// Tasks verified with a wrong output.
     pub wrong_verified: u32,
+    /// Tasks verified by one trusted peer alone (adaptive replication).
+    pub solo_verified: u32,
+    /// Of those, verified with a wrong output.
+    pub wrong_solo: u32,
+    /// Liars the coordinator still trusted at the end (adaptive replication).
+    pub trusted_liars: u32,
     /// Tasks inconclusive.
     pub inconclusive: u32,
     /// Tasks failed.
@@ -98,7 +112,25 @@ impl Report {
         let rows: Vec<(&str, String)> = vec![
             ("peers / tasks", format!("{} / {}", self.peers, self.tasks)),
             ("quorum / max replicas", format!("{} / {}", self.quorum, self.max_replicas)),
-            ("liars", format!("{}{}", self.liars, if self.collude { " (colluding)" } else { "" })),
+            (
+                "liars",
+                format!(
+                    "{}{}{}",
+                    self.liars,
+                    if self.collude { " (colluding)" } else { "" },
+                    if self.liars_honest_for > 0 { format!(", honest for their first {}", self.liars_honest_for) } else { String::new() }
+                ),
+            ),
+            (
+                "adaptive replication",
+                match self.adaptive {
+                    Some(m) => format!(
+                        "min agreed {m}, spot checks {}‰, history {}",
+                        self.spot_check_per_mille, self.history
+                    ),
+                    None => "off".into(),
+                },
+            ),
             ("loss / churn per minute", format!("{} / {}", self.loss, self.churn)),
             ("completed", format!("{} ({})", if self.completed { "yes" } else { "no" }, self.job_state)),
             ("job time", opt(self.job_seconds.map(|s| format!("{s:.1} s")))),
@@ -112,6 +144,7 @@ impl Report {
             ("never heard the job", self.never_heard_job.to_string()),
             ("replicas per task", format!("{:.3}", self.replicas_per_task)),
             ("verified / wrong", format!("{} / {}", self.verified, self.wrong_verified)),
+            ("lone verdicts / wrong", format!("{} / {}", self.solo_verified, self.wrong_solo)),
             ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),
             ("lease lapses", self.lease_lapses.to_string()),
             ("banned liars / honest", format!("{} / {}", self.banned_liars, self.banned_honest)),

@@ -111,14 +111,23 @@ impl Sim {
     pub(super) fn drain_coordinator(&mut self, c: u32) {
         let Some(h) = self.peers[c as usize].host.as_mut() else { return };
         let events: Vec<Event> = std::iter::from_fn(|| h.coord.poll_event()).collect();
+        let events: Vec<(Event, bool)> = events
+            .into_iter()
+            .map(|e| {
+                let solo = matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
+                (e, solo)
+            })
+            .collect();
         let mut wake = false;
-        for e in events {
+        for (e, solo) in events {
             match e {
                 Event::TaskFinal { task, verdict } => match verdict {
                     Verdict::Verified(key) => {
                         self.m.verified += 1;
+                        self.m.solo_verified += u32::from(solo);
                         if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
                             self.m.wrong_verified += 1;
+                            self.m.wrong_solo += u32::from(solo);
                         }
                     }
                     Verdict::Inconclusive => self.m.inconclusive += 1,

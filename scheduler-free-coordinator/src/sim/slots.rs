@@ -12,7 +12,7 @@ use super::net::Request;
 use super::peer::{NEVER, Replica, ReportItem, Reporter, leases_per_slot};
 use super::queue::Event;
 use super::wire;
-use super::workload;
+use super::workload::{self, Behaviour};
 
 /// Pause after a replica had to be abandoned.
 const BACKOFF_MS: Millis = 250;
@@ -138,7 +138,10 @@ impl Sim {
         }
         peer.busy -= 1;
         peer.note_run(ran_ms);
-        let (att, out) = workload::attest(peer.behaviour, peer.id, r.task, self.cfg.output_bytes);
+        // A sleeper liar behaves until it has run its quota, then lies.
+        let behaviour = if peer.runs < self.cfg.liars_honest_for { Behaviour::Honest } else { peer.behaviour };
+        peer.runs = peer.runs.saturating_add(1);
+        let (att, out) = workload::attest(behaviour, peer.id, r.task, self.cfg.output_bytes);
         match r.coordinator {
             None => {
                 self.record(p, p, att, out, false);

@@ -28,6 +28,23 @@ pub struct SimArgs {
     /// Liars collude: they all give the same wrong answer for a task.
     #[arg(long)]
     collude: bool,
+    /// Liars answer honestly for their first N replicas, then lie ("sleepers", who earn the
+    /// trust adaptive replication gives before they abuse it).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    liars_honest_for: u32,
+    /// Adaptive replication: a peer with at least MIN_AGREED agreeing results (and no
+    /// disagreement) at the coordinator may run a task alone. Off by default; at least 10.
+    #[arg(long, value_name = "MIN_AGREED")]
+    adaptive: Option<u32>,
+    /// Agreements every initial peer (liars included) already has at the coordinator, as if
+    /// earned on earlier jobs: a fresh coordinator starts every task once before any second
+    /// replica, so within one job trust comes late.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    history: u32,
+    /// With --adaptive: the fraction of a trusted peer's lone tasks that still get the full
+    /// quorum (spot checks), in [0, 1]; kept to thousandths.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
+    spot_check: f64,
     /// Probability that any one message is lost.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -60,6 +77,13 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.max_replicas = a.max_replicas;
     cfg.liars = a.liars;
     cfg.collude = a.collude;
+    cfg.liars_honest_for = a.liars_honest_for;
+    cfg.adaptive = a.adaptive;
+    cfg.history = a.history;
+    if !(0.0..=1.0).contains(&a.spot_check) {
+        anyhow::bail!("--spot-check must be a fraction in [0, 1]");
+    }
+    cfg.spot_check_per_mille = (a.spot_check * 1_000.0).round() as u32;
     cfg.loss = a.loss;
     cfg.churn = a.churn;
     cfg.seed = a.seed;

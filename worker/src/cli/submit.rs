@@ -44,6 +44,15 @@ pub struct SubmitArgs {
     /// Largest output per task, in bytes.
     #[arg(long, value_name = "BYTES")]
     output_bytes: Option<u64>,
+    /// Adaptive replication: a peer with at least MIN_AGREED results that agreed with quorum
+    /// verdicts at the coordinator (and none that disagreed) may run a task alone. Off by
+    /// default; at least 10. See docs/trust.md for the trade-off.
+    #[arg(long, value_name = "MIN_AGREED")]
+    adaptive: Option<u32>,
+    /// With --adaptive: the fraction of a trusted peer's lone tasks that still get the full
+    /// quorum (spot checks), in [0, 1]; kept to thousandths.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1, requires = "adaptive")]
+    spot_check: f64,
     /// Higher runs first among jobs competing for slots.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
@@ -90,6 +99,10 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(o) = a.output_bytes {
         b = b.output_bytes(o);
+    }
+    if let Some(min_agreed) = a.adaptive {
+        anyhow::ensure!((0.0..=1.0).contains(&a.spot_check), "--spot-check must be a fraction in [0, 1]");
+        b = b.adaptive(min_agreed, (a.spot_check * 1_000.0).round() as u32);
     }
     b = b.args(a.args.iter().cloned());
     for kv in &a.env {

@@ -287,8 +287,8 @@ impl Node {
             if job.coordinators.len() > 1 {
                 core.coord.set_standby(id, true);
             }
-            for att in self.0.store.attestations(id)? {
-                if let Err(e) = core.coord.restore_attestation(att) {
+            for rec in self.0.store.attestations(id)? {
+                if let Err(e) = core.coord.restore_attestation_solo(rec.attestation, rec.solo) {
                     tracing::warn!(job = %id, "stored attestation not replayed: {e}");
                 }
             }

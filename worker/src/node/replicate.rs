@@ -163,7 +163,8 @@ impl Node {
             tasks.push(pb::TaskInput { source: Some(source) });
         }
         let mut attestations = Vec::new();
-        for att in self.store().attestations(job)? {
+        for rec in self.store().attestations(job)? {
+            let att = rec.attestation;
             // The agreed output travels with every attestation that carries it, so whichever
             // completes the quorum on the other side brings it.
             let result = self.store().result(&att.task)?;
@@ -174,7 +175,12 @@ impl Node {
                 Some(r) if r.verdict.agreed() == Some(&att.result) => r.output,
                 _ => Vec::new(),
             };
-            attestations.push(pb::RecordedAttestation { attestation: Some(attestation_pb(&att)), output, message: String::new() });
+            attestations.push(pb::RecordedAttestation {
+                attestation: Some(attestation_pb(&att)),
+                output,
+                message: String::new(),
+                solo: rec.solo,
+            });
         }
         let mut req = pb::AdoptRequest {
             job_id: job.to_hex(),
@@ -214,9 +220,17 @@ impl Node {
     }
 
     /// Streams a recorded attestation to the job's other coordinators when this peer is the
-    /// active one. Call with the core lock held (keeps the stream in recording order). The
-    /// returned future resolves once one of them has it durably.
-    pub(crate) fn replicate(&self, coordinators: &[PeerId], att: &Attestation, output: Option<&[u8]>) -> Option<BackupAck> {
+    /// active one, with whether it was taken alone (`solo`: their reputation tables differ from
+    /// this one's, so they replay the decision rather than remake it). Call with the core lock
+    /// held (keeps the stream in recording order). The returned future resolves once one of them
+    /// has it durably.
+    pub(crate) fn replicate(
+        &self,
+        coordinators: &[PeerId],
+        att: &Attestation,
+        solo: bool,
+        output: Option<&[u8]>,
+    ) -> Option<BackupAck> {
         let me = self.peer_id();
         if coordinators.first() != Some(&me) || coordinators.len() < 2 {
             return None;
@@ -225,6 +239,7 @@ impl Node {
             attestation: Some(attestation_pb(att)),
             output: output.map(<[u8]>::to_vec).unwrap_or_default(),
             message: String::new(),
+            solo,
         };
         let mut acks = Vec::new();
         for backup in &coordinators[1..] {
@@ -307,18 +322,29 @@ impl Node {
 
     /// Records an attestation the active coordinator recorded (replication or adoption). The
     /// returned receiver resolves once it is durable here.
-    pub(crate) fn record_replicated(&self, att: Attestation, output: &[u8], message: &str) -> Option<oneshot::Receiver<()>> {
+    /// `solo` is the active coordinator's decision that it took the attestation alone.
+    pub(crate) fn record_replicated(
+        &self,
+        att: Attestation,
+        solo: bool,
+        output: &[u8],
+        message: &str,
+    ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
-        match core.coord.restore_attestation(att.clone()) {
+        match core.coord.restore_attestation_solo(att.clone(), solo) {
             Ok(Reported::Recorded | Reported::Decided) => {}
             // Already final, or already held: nothing to store.
-            Ok(Reported::Late) | Err(_) => return None,
+            Ok(Reported::Late) => return None,
+            Err(e) => {
+                tracing::debug!("replicated attestation not recorded: {e}");
+                return None;
+            }
         }
         let ordinal = core.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
         let evidence = Evidence { attestation: &att, output, message };
         let evidence = (!output.is_empty()).then_some(&evidence);
         let (mut ops, changes) = core.drain(evidence);
-        ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone() });
+        ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), solo });
         let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
         // A verified task whose output is not empty must have come with it (see `heal.rs`).
         let lacks_output = ops.iter().any(|op| {
@@ -334,7 +360,7 @@ impl Node {
         let me = self.peer_id();
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
         let leads = coordinators.first() == Some(&me) && !core.coord.is_standby(&att.task.job);
-        let backup = if leads { self.replicate(&coordinators, &att, decided.then_some(output)) } else { None };
+        let backup = if leads { self.replicate(&coordinators, &att, solo, decided.then_some(output)) } else { None };
         Some(self.announce_with(ops, changes, backup))
     }
 

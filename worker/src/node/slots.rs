@@ -314,15 +314,16 @@ impl Node {
                     return false;
                 }
             }
-            let ordinal = core.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
+            let (ordinal, solo) =
+                core.coord.task(&att.task).map_or((0, false), |t| (t.attestations.saturating_sub(1), t.solo && t.attestations == 1));
             let evidence = Evidence { attestation: &att, output, message };
             let (mut ops, changes) = core.drain(Some(&evidence));
-            ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone() });
+            ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), solo });
             // The other coordinators get it too (with the output when it decided the task), and
             // a verdict is announced only once one of them has it.
             let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
             let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-            let backup = self.replicate(&coordinators, &att, decided.then_some(output));
+            let backup = self.replicate(&coordinators, &att, solo, decided.then_some(output));
             // Queued in order; the caller need not wait for the disk.
             drop(self.announce_with(ops, changes, backup));
         };

@@ -2,7 +2,7 @@
 //! outcomes, and job and task status as the API shows them.
 
 use spare_coordinator::{
-    Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, TaskCounts, TaskState, TaskView, Verdict,
+    Adaptive, Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, TaskCounts, TaskState, TaskView, Verdict,
 };
 use spare_proto as pb;
 use tonic::Status;
@@ -28,6 +28,10 @@ pub fn policy(p: Option<&pb::Policy>) -> Policy {
             output_bytes: or(l.output_bytes, dl.output_bytes),
         },
         priority: p.priority,
+        adaptive: p.adaptive.map(|a| Adaptive {
+            min_agreed: if a.min_agreed == 0 { Adaptive::MIN_AGREED } else { a.min_agreed },
+            spot_check_per_mille: a.spot_check_per_mille.unwrap_or(Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE),
+        }),
     }
 }
 
@@ -43,6 +47,10 @@ pub fn policy_pb(p: &Policy) -> pb::Policy {
             output_bytes: p.limits.output_bytes,
         }),
         priority: p.priority,
+        adaptive: p.adaptive.map(|a| pb::Adaptive {
+            min_agreed: a.min_agreed,
+            spot_check_per_mille: Some(a.spot_check_per_mille),
+        }),
     }
 }
 
@@ -152,6 +160,7 @@ pub fn task_status(t: &TaskView, stored: Option<&StoredResult>) -> pb::TaskStatu
         outcome: verdict_outcome(&t.verdict, message),
         error,
         attestations: t.attestations,
+        solo: t.solo,
     }
 }
 
@@ -187,5 +196,17 @@ mod tests {
         let p = policy(Some(&pb::Policy { quorum: 7, ..Default::default() }));
         assert_eq!(p.max_replicas, 7, "the default replica bound never sits below the quorum");
         assert_eq!(policy(None), Policy::default());
+        assert_eq!(policy(None).adaptive, None, "adaptive replication is off unless asked for");
+    }
+
+    #[test]
+    fn adaptive_replication_round_trips_with_its_defaults() {
+        let asked = pb::Policy { adaptive: Some(pb::Adaptive::default()), ..Default::default() };
+        let p = policy(Some(&asked));
+        assert_eq!(p.adaptive, Some(Adaptive { min_agreed: 10, spot_check_per_mille: 100 }));
+        let none = pb::Adaptive { min_agreed: 50, spot_check_per_mille: Some(0) };
+        let p = policy(Some(&pb::Policy { adaptive: Some(none), ..Default::default() }));
+        assert_eq!(p.adaptive, Some(Adaptive { min_agreed: 50, spot_check_per_mille: 0 }));
+        assert_eq!(policy(Some(&policy_pb(&p))), p);
     }
 }

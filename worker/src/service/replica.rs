@@ -44,7 +44,7 @@ async fn record_all(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<
             node.count_invalid();
             continue;
         }
-        if let Some(rx) = node.record_replicated(att, &item.output, &item.message) {
+        if let Some(rx) = node.record_replicated(att, item.solo, &item.output, &item.message) {
             recorded += 1;
             last = Some(rx);
         }

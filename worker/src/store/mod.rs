@@ -16,7 +16,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
-pub use records::{StoredInput, StoredJob, StoredResult};
+pub use records::{StoredAttestation, StoredInput, StoredJob, StoredResult};
 use records::{AttestationKey, JobKey, TaskKey, attestation_key, decode, encode, task_key, task_of};
 
 const JOBS: TableDefinition<JobKey, &[u8]> = TableDefinition::new("jobs");
@@ -56,8 +56,9 @@ pub enum Op {
     PutJob(JobId, StoredJob),
     /// Inputs of a job's tasks, from index `first` on.
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
-    /// The `ordinal`-th attestation the coordinator recorded for its task.
-    PutAttestation { ordinal: u32, attestation: Attestation },
+    /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
+    /// alone (adaptive replication).
+    PutAttestation { ordinal: u32, attestation: Attestation, solo: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
 }
@@ -162,7 +163,7 @@ impl Store {
     }
 
     /// Every attestation of a job, by task and then in the order the coordinator recorded them.
-    pub fn attestations(&self, job: &JobId) -> Result<Vec<Attestation>, StoreError> {
+    pub fn attestations(&self, job: &JobId) -> Result<Vec<StoredAttestation>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(ATTESTATIONS).map_err(db_err)?;
         let lo = attestation_key(&TaskId { job: *job, index: 0 }, 0);
@@ -243,9 +244,11 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                         inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
                     }
                 }
-                Op::PutAttestation { ordinal, attestation } => {
+                Op::PutAttestation { ordinal, attestation, solo } => {
                     let k = attestation_key(&attestation.task, *ordinal);
-                    atts.insert(k, encode(attestation).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    // The record owns its attestation; a clone per write is cheap beside the fsync.
+                    let rec = StoredAttestation { attestation: attestation.clone(), solo: *solo };
+                    atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutResult(task, result) => {
                     results.insert(task_key(task), encode(result).map_err(enc)?.as_slice()).map_err(db_err)?;
@@ -258,4 +261,40 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
 
 fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spare_coordinator::{BlobId, Outcome, PeerId, ResultKey};
+
+    #[tokio::test]
+    async fn attestations_keep_their_lone_mark_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let job = JobId([3; 32]);
+        let att = |index: u32, peer: u8| Attestation {
+            task: TaskId { job, index },
+            peer: PeerId([peer; 32]),
+            result: ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId([index as u8; 32]) },
+            fuel_used: 1,
+            signature: vec![peer; 64],
+        };
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let ops = vec![
+                Op::PutAttestation { ordinal: 0, attestation: att(0, 1), solo: true },
+                Op::PutAttestation { ordinal: 0, attestation: att(1, 1), solo: false },
+                Op::PutAttestation { ordinal: 1, attestation: att(1, 2), solo: false },
+            ];
+            store.write(ops).await.expect("write");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let got = store.attestations(&job).expect("read");
+        let want = vec![
+            StoredAttestation { attestation: att(0, 1), solo: true },
+            StoredAttestation { attestation: att(1, 1), solo: false },
+            StoredAttestation { attestation: att(1, 2), solo: false },
+        ];
+        assert_eq!(got, want);
+    }
 }

@@ -89,8 +89,15 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Er
     postcard::from_bytes(bytes)
 }
 
-/// An attestation as stored (its arrival ordinal is in the key).
-pub type StoredAttestation = Attestation;
+/// An attestation as stored (its arrival ordinal is in the key), with whether the coordinator
+/// took it alone (adaptive replication), so a replay reaches the verdict it reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAttestation {
+    /// The signed attestation.
+    pub attestation: Attestation,
+    /// It was the task's first attestation and decided it alone.
+    pub solo: bool,
+}
 
 #[cfg(test)]
 mod tests {

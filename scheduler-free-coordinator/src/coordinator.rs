@@ -137,6 +137,9 @@ pub struct Coordinator {
     /// Live leases by peer, kept true by every change of a task's leases.
     held: LeaseIndex,
     reputation: Reputation,
+    /// Lone leases given to each peer since a replicated verdict last showed it agreeing (see
+    /// [`Coordinator::LONE_BUDGET`]).
+    lone_used: HashMap<PeerId, u32>,
     live_peers: usize,
     events: VecDeque<Event>,
 }
@@ -146,6 +149,13 @@ impl Coordinator {
     /// `max_replicas + LAPSED_SLACK`, so memory stays bounded however many peers let it lapse.
     pub const LAPSED_SLACK: u32 = 4;
 
+    /// Most lone leases a trusted peer gets between two replicated verdicts it agrees with. A
+    /// lone result is accepted as it arrives, so without a budget a trusted liar holding many
+    /// leases could plant that many lies before its first spot check is decided; with it, at
+    /// most this many. It binds an honest peer only rarely: at a 10% spot-check rate the run of
+    /// lone leases between checks averages 9.
+    pub const LONE_BUDGET: u32 = 16;
+
     /// An empty coordinator.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
         Coordinator {
@@ -153,6 +163,7 @@ impl Coordinator {
             jobs: HashMap::new(),
             active: Vec::new(),
             standby: Default::default(),
+            lone_used: HashMap::new(),
             turn: 0,
             expiries: BinaryHeap::new(),
             held: LeaseIndex::default(),
@@ -285,6 +296,7 @@ impl Coordinator {
         // Adaptive replication: a trusted peer runs an untouched task alone, unless the task is
         // one of the spot checks.
         let lone = job.spec.policy.adaptive.filter(|a| self.reputation.is_trusted(&peer, a.min_agreed));
+        let used = self.lone_used.entry(peer).or_insert(0);
         let mut out = Vec::with_capacity(picked.len());
         for index in picked {
             let task = TaskId { job: id, index };
@@ -292,9 +304,12 @@ impl Coordinator {
             job.mutate(index, |t, _| {
                 if t.load() == 0 {
                     match spot {
-                        Some(false) => t.solo = Some(peer),
+                        Some(false) if *used < Self::LONE_BUDGET => {
+                            t.solo = Some(peer);
+                            *used += 1;
+                        }
                         Some(true) => t.check = true,
-                        None => {}
+                        _ => {}
                     }
                 }
                 t.leases.push((peer, expires_at));
@@ -381,7 +396,9 @@ impl Coordinator {
             for a in &job.tasks[task.index as usize].attestations {
                 let agrees = &a.result == key;
                 self.reputation.judged(a.peer, agrees);
-                if !agrees {
+                if agrees {
+                    self.lone_used.remove(&a.peer);
+                } else {
                     liars.push(a.peer);
                 }
             }

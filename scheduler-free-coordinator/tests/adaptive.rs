@@ -86,11 +86,17 @@ fn lone_leases_go_only_to_trusted_peers() {
 fn spot_checks_come_at_about_the_rate_and_depend_on_the_secret() {
     let checked = |secret: u8| -> Vec<u32> {
         let mut c = coordinator(secret);
-        warm_up(&mut c, job(9), &[peer(1), peer(2)], 10);
+        // 200 trusted peers (in pairs, through jobs 100..200), each leasing 10 tasks: fewer
+        // than its budget of lone leases, so every task that is not a spot check goes alone.
+        for k in 0..100u8 {
+            warm_up(&mut c, job(100 + k), &[peer(2 * k), peer(2 * k + 1)], 10);
+        }
         c.submit(job(1), adaptive(2_000, 10, 200)).unwrap();
-        assert_eq!(c.lease_job(&job(1), peer(1), 2_000, 0).len(), 2_000);
-        // What a second peer can still get is exactly what peer 1 holds as a spot check.
-        let mut idx: Vec<u32> = c.lease_job(&job(1), peer(2), 2_000, 0).iter().map(|l| l.task.index).collect();
+        for p in 0..=199u8 {
+            assert_eq!(c.lease_job(&job(1), peer(p), 10, 0).len(), 10);
+        }
+        // What a peer without trust can still get is exactly what the others hold as spot checks.
+        let mut idx: Vec<u32> = c.lease_job(&job(1), peer(250), 2_000, 0).iter().map(|l| l.task.index).collect();
         idx.sort_unstable();
         idx
     };
@@ -285,4 +291,37 @@ proptest! {
         }
         prop_assert_eq!(a.job(&job(1)).unwrap().counts.verified, b.job(&job(1)).unwrap().counts.verified);
     }
+}
+
+#[test]
+fn a_trusted_peer_gets_no_more_lone_leases_than_its_budget_between_checks() {
+    let mut c = coordinator(1);
+    warm_up(&mut c, job(9), &[peer(1), peer(2)], 10);
+    // No spot checks at all: every task would go alone, but for the budget.
+    c.submit(job(1), adaptive(100, 10, 0)).unwrap();
+    let leases = c.lease_job(&job(1), peer(1), 100, 0);
+    assert_eq!(leases.len(), 100);
+    let budget = Coordinator::LONE_BUDGET as usize;
+    // Report everything; only the budget's worth is decided alone, the rest waits for a quorum.
+    let mut decided_alone = 0;
+    for l in &leases {
+        if c.report(att(l.task, l.peer, honest(l.task.index))) == Ok(Reported::Decided) {
+            assert!(c.task(&l.task).unwrap().solo);
+            decided_alone += 1;
+        }
+    }
+    assert_eq!(decided_alone, budget);
+    // Peer 2 completes one of the others: a replicated verdict peer 1 agrees with renews its
+    // budget.
+    let open = c.lease_job(&job(1), peer(2), 1, 0);
+    assert_eq!(c.report(att(open[0].task, peer(2), honest(open[0].task.index))), Ok(Reported::Decided));
+    c.submit(job(2), adaptive(100, 10, 0)).unwrap();
+    let again = c.lease_job(&job(2), peer(1), 100, 0);
+    let mut alone = 0;
+    for l in &again {
+        if c.report(att(l.task, l.peer, honest(l.task.index))) == Ok(Reported::Decided) {
+            alone += 1;
+        }
+    }
+    assert_eq!(alone, budget);
 }

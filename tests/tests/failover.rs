@@ -86,10 +86,39 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
             let c = client(p).await;
             let s = c.status(&id, false).await.unwrap();
             assert_eq!(s.state(), JobState::Completed);
-            let now: Vec<_> = c.results_now(&id).await.unwrap().collect().await;
-            eprintln!("DBG coordinator {} has {} results now, finished={}", p.node.peer_id().short(), now.len(), p.node.is_finished(&jid));
             let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;
             assert_eq!(mine, all, "the same results at every coordinator");
+        }
+    }
+    stop_all(peers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    // Long enough to be running when cancelled.
+    let (tasks, chunk) = (400u64, 20_000_000u64);
+    let job = || Job::builder().module_bytes(guest("primes")).range(0..tasks * chunk, chunk).quorum(2);
+    let at_origin = client(&peers[0]).await;
+    for (n, asked) in [(0usize, 0usize), (1, 2)] {
+        // A distinct job each round (the label is part of its content).
+        let id = at_origin.submit(&job().label(format!("round {n}")).build().unwrap()).await.unwrap();
+        let jid = job_id(&id);
+        let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+        assert_eq!(coordinators.len(), 3, "with three peers, each coordinates");
+        // Round 0 cancels at the origin (the active coordinator), round 1 at a backup.
+        let status = client(&peers[asked]).await.cancel(&id).await.expect("cancel");
+        assert_eq!(status.state(), JobState::Cancelled, "{status:?}");
+        for p in &peers {
+            let node = p.node.clone();
+            eventually(&format!("the job cancelled at {} (round {n})", node.peer_id().short()), || {
+                let state = node.core().coord.job(&jid).map(|v| v.state);
+                async move { (state == Some(spare_coordinator::JobState::Cancelled)).then_some(()) }
+            })
+            .await;
+            let s = client(p).await.status(&id, false).await.unwrap();
+            assert_eq!(s.state(), JobState::Cancelled, "status at {}: {s:?}", p.node.peer_id().short());
         }
     }
     stop_all(peers).await;

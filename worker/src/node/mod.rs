@@ -534,6 +534,31 @@ impl Node {
             self.announce(ops, changes)
         };
         durable.await.map_err(|_| anyhow::anyhow!("the cancellation could not be stored"))?;
+        // The backups hold the job too: without this, a failover would run it again.
+        let me = self.peer_id();
+        let backups: Vec<spare_coordinator::PeerId> = {
+            let core = self.core();
+            match core.jobs.get(id) {
+                Some(m) if m.coordinators.first() == Some(&me) => m.coordinators[1..].to_vec(),
+                _ => Vec::new(),
+            }
+        };
+        if !backups.is_empty() {
+            let node = self.clone();
+            let id = *id;
+            tokio::spawn(async move {
+                match node.adopt_request(&id).await {
+                    Ok(req) => {
+                        for b in backups {
+                            if let Err(e) = node.adopt_to(b, req.clone()).await {
+                                tracing::warn!(job = %id.short(), peer = %b.short(), "could not pass the cancellation on: {e:#}");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(job = %id.short(), "cannot describe the job: {e:#}"),
+                }
+            });
+        }
         Ok(true)
     }
 }

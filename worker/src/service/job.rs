@@ -64,6 +64,18 @@ fn forwarded<T>(msg: T) -> Request<T> {
     r
 }
 
+/// The active coordinator of `id` as this peer knows it (the first live one of its list), when
+/// that is another peer and the request was not forwarded already.
+fn active_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Option<JobClient> {
+    if req.metadata().contains_key(PROXIED) {
+        return None;
+    }
+    let me = node.peer_id();
+    let list = node.core().jobs.get(id).map(|m| m.coordinators.clone())?;
+    let addr = list.iter().find_map(|c| if *c == me { Some(None) } else { node.addr_of(c).map(Some) })??;
+    node.client_jobs(&addr)
+}
+
 type JobClient = pb::job_service_client::JobServiceClient<tonic::transport::Channel>;
 
 /// Where a request about `id` is answered: here (`None`) when this peer is one of the job's
@@ -302,6 +314,12 @@ impl pb::job_service_server::JobService for JobApi {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
         if let Some(mut client) = route(&self.node, &id, &req)? {
             return client.cancel(forwarded(req.into_inner())).await;
+        }
+        // A backup coordinator passes a cancellation to the active one, which tells the others.
+        if let Some(mut client) = active_of(&self.node, &id, &req) {
+            if let Ok(r) = client.cancel(forwarded(req.get_ref().clone())).await {
+                return Ok(r);
+            }
         }
         match self.node.cancel(&id).await {
             Ok(true) => Ok(Response::new(status(&self.node, &id, false)?)),

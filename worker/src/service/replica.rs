@@ -112,6 +112,11 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         taken?;
     }
     record_all(node, r.attestations).await?;
+    // A job its coordinator cancelled (the sender must be one of this peer's coordinators of
+    // it: anyone can sign an adoption naming itself).
+    if held && r.cancelled && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender)) {
+        node.cancel(&job).await.map_err(|e| Status::internal(format!("{e:#}")))?;
+    }
     if held {
         // From a coordinator this peer did not name: the other side of a healed split.
         node.merged_from(job, sender);

@@ -148,6 +148,12 @@ impl BlobWriter {
             tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         }
         tokio::fs::rename(&self.tmp, &dest).await.map_err(io(&dest))?;
+        // The rename is durable only once its directory is: without this a power loss could
+        // leave a job whose module or input blob is gone.
+        if let Some(parent) = dest.parent() {
+            let dir = tokio::fs::File::open(parent).await.map_err(io(parent))?;
+            dir.sync_all().await.map_err(io(parent))?;
+        }
         Ok((actual, self.len, false))
     }
 

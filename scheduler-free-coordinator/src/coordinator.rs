@@ -440,6 +440,27 @@ impl Coordinator {
         }
     }
 
+    /// Replays a task that failed because `misses` replicas missed their deadline (a verdict no
+    /// attestation carries: after a restart, or told by the active coordinator). Returns whether
+    /// it changed anything.
+    pub fn restore_timed_out(&mut self, task: TaskId, misses: u32) -> bool {
+        let Some((verdict, decided)) = self.mutate_task(task, |t, _| {
+            if !t.verdict.0.is_final() {
+                t.timeouts = t.timeouts.max(misses);
+                t.verdict.0 = Verdict::Failed(Failure::TimedOut(misses));
+                t.leases.clear();
+            }
+            t.verdict.0.clone()
+        }) else {
+            return false;
+        };
+        if decided {
+            self.events.push_back(Event::TaskFinal { task, verdict });
+            self.after_final(task.job);
+        }
+        decided
+    }
+
     fn after_final(&mut self, id: JobId) {
         let Some(job) = self.jobs.get(&id) else { return };
         let state = job.state();

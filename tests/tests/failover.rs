@@ -123,3 +123,38 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
     }
     stop_all(peers).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    // One task far too long for its 1 s deadline: two replicas miss it and it fails. No
+    // attestation says so, so the backups learn it by a catch-up from the active coordinator.
+    let job = Job::builder()
+        .module_bytes(guest("primes"))
+        .range(0..1_000_000_000_000, 1_000_000_000_000)
+        .quorum(2)
+        .max_replicas(2)
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let at_origin = client(&peers[0]).await;
+    let id = at_origin.submit(&job).await.unwrap();
+    let jid = job_id(&id);
+    let status = within("the job failing", at_origin.wait(&id)).await.unwrap();
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+    assert_eq!(coordinators.len(), 3);
+    for p in &peers {
+        let node = p.node.clone();
+        let view = eventually(&format!("the job failed at {}", node.peer_id().short()), || {
+            let v = node.core().coord.job(&jid);
+            async move { v.filter(|v| v.state == spare_coordinator::JobState::Failed) }
+        })
+        .await;
+        assert_eq!(view.counts.failed, 1, "{:?}", view.counts);
+        let t = p.node.core().coord.task(&spare_coordinator::TaskId { job: jid, index: 0 }).unwrap();
+        assert_eq!(t.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(2)));
+    }
+    stop_all(peers).await;
+}

@@ -95,6 +95,37 @@ async fn results_survive_a_restart_on_the_same_data_directory() {
     peer.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
+    // No attestation records a deadline miss: the verdict comes back from the stored result.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = start(dir.path(), 2).await;
+    let c = client(&peer).await;
+    let job = Job::builder()
+        .module_bytes(guest("primes"))
+        .tasks([b"0 100".to_vec(), b"0 1000000000000".to_vec()])
+        .quorum(1)
+        .max_replicas(1)
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let id = c.submit(&job).await.unwrap();
+    let status = within("job end", c.wait(&id)).await.unwrap();
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    peer.shutdown().await;
+
+    let peer = start(dir.path(), 2).await;
+    let c = client(&peer).await;
+    let status = c.status(&id, true).await.unwrap();
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    let counts = status.tasks.clone().unwrap();
+    assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
+    let jid: spare_coordinator::JobId = id.as_str().parse().unwrap();
+    let t = peer.node.core().coord.task(&spare_coordinator::TaskId { job: jid, index: 1 }).unwrap();
+    assert_eq!(t.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(1)));
+    peer.shutdown().await;
+}
+
 fn raw_submit(module_id: String, tasks: usize, quorum: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         module_id,

@@ -3,6 +3,7 @@
 //! and a listening address; the `spare peer` command and the in-process tests both use it.
 
 mod clients;
+mod catchup;
 mod core;
 mod heal;
 pub mod limits;
@@ -135,6 +136,8 @@ struct Shared {
     clients: clients::Clients,
     /// Replication streams, one per backup coordinator address.
     replicators: Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<replicate::ReplItem>>>,
+    /// Catch-ups of backup coordinators waiting to be sent (see `catchup.rs`).
+    catching_up: dashmap::DashSet<(JobId, spare_coordinator::PeerId)>,
     /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
     /// when jobs with fewer coordinators than wanted were last topped up.
     roles: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -252,6 +255,7 @@ impl Node {
             clients: Default::default(),
             reporters: Default::default(),
             replicators: Default::default(),
+            catching_up: Default::default(),
             roles: tokio::sync::Mutex::new(None),
             advertised,
             invalid_records: Default::default(),
@@ -290,6 +294,12 @@ impl Node {
             for rec in self.0.store.attestations(id)? {
                 if let Err(e) = core.coord.restore_attestation_solo(rec.attestation, rec.solo) {
                     tracing::warn!(job = %id, "stored attestation not replayed: {e}");
+                }
+            }
+            // Tasks failed by deadline misses: no attestation says so, their stored results do.
+            if !core.coord.job(id).is_some_and(|v| v.state.is_final()) {
+                for t in self.timed_out_tasks(id)? {
+                    core.coord.restore_timed_out(spare_coordinator::TaskId { job: *id, index: t.index }, t.misses);
                 }
             }
         }

@@ -42,6 +42,8 @@ pub type BackupAck = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// One attestation on its way to one backup coordinator.
 pub struct ReplItem {
     job: JobId,
+    /// The backup coordinator it goes to.
+    to: PeerId,
     item: pb::RecordedAttestation,
     ack: oneshot::Sender<bool>,
 }
@@ -182,6 +184,7 @@ impl Node {
                 solo: rec.solo,
             });
         }
+        let timed_out = self.timed_out_tasks(job)?;
         let mut req = pb::AdoptRequest {
             job_id: job.to_hex(),
             origin: stored.spec.origin.to_hex(),
@@ -200,6 +203,7 @@ impl Node {
             peer_id: self.peer_id().to_hex(),
             timestamp_ms: unix_ms(),
             signature: Vec::new(),
+            timed_out,
         };
         req.signature = self.0.identity.sign(&adopt_signing_bytes(&req)).to_vec();
         Ok(req)
@@ -256,7 +260,7 @@ impl Node {
                     })
                     .clone()
             };
-            if sender.send(ReplItem { job: att.task.job, item: item.clone(), ack: tx }).is_ok() {
+            if sender.send(ReplItem { job: att.task.job, to: *backup, item: item.clone(), ack: tx }).is_ok() {
                 acks.push(Box::pin(async move { if rx.await.unwrap_or(false) { Ok(()) } else { Err(()) } }));
             }
         }
@@ -313,6 +317,10 @@ impl Node {
                         }
                     }
                 }
+            }
+            if !ok {
+                // Not resent in the stream (it moves on in order); a full adoption repairs it.
+                self.catch_up(job, batch[0].to);
             }
             for i in batch {
                 let _ = i.ack.send(ok);

@@ -332,13 +332,22 @@ impl Node {
 
     /// Hands back a leased replica that produced no attestation.
     pub(crate) async fn release_task(&self, task: TaskId, peer: spare_coordinator::PeerId, why: Release) {
-        {
+        let timed_out = {
             let mut core = self.core();
             core.coord.release(task, peer, why);
             let (ops, changes) = core.drain(None);
+            let timed_out = ops.iter().any(|op| {
+                matches!(op, crate::store::Op::PutResult(_, r)
+                    if matches!(r.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(_))))
+            });
             if !ops.is_empty() || !changes.is_empty() {
                 drop(self.announce(ops, changes));
             }
+            timed_out
+        };
+        // A task failed by deadline misses: no attestation carries that to the backups.
+        if timed_out {
+            self.catch_up_backups(task.job);
         }
         self.0.work.notify_one();
     }

@@ -112,6 +112,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         taken?;
     }
     record_all(node, r.attestations).await?;
+    node.record_timed_out(job, &r.timed_out).await.map_err(|e| Status::internal(format!("{e:#}")))?;
     // A job its coordinator cancelled (the sender must be one of this peer's coordinators of
     // it: anyone can sign an adoption naming itself).
     if held && r.cancelled && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender)) {

@@ -43,8 +43,7 @@ impl Node {
         (meta.coordinators.first() == Some(&me) && !core.coord.is_standby(job)).then_some(meta.spec.origin)
     }
 
-    /// A rival ad of a job: step down if its announcer outranks this peer, or announce again if
-    /// the rival has already stepped down in favour of this peer.
+    /// A rival ad of a job: step down if its announcer outranks this peer, else announce again.
     pub(crate) fn on_rival_ad(&self, ad: JobAd) {
         let me = self.peer_id();
         let Some(origin) = self.active_origin(&ad.job) else {
@@ -60,7 +59,11 @@ impl Node {
             tracing::info!(job = %ad.job.short(), to = %ad.announcer.short(), "another side of a healed split leads the job; handing it over");
             let node = self.clone();
             tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
-        } else if ad.coordinators.first() == Some(&me) {
+        } else {
+            // This peer wins. Announce again (once per version of the rival's ad): a rival that
+            // has stepped down already names this peer first, and its side now takes this
+            // peer's ad; one that has not (a restarted coordinator leading again beside its
+            // replacement) hears of this peer and steps down.
             self.publish_job(ad.job, self.is_finished(&ad.job));
         }
     }

@@ -158,3 +158,62 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
     }
     stop_all(peers).await;
 }
+
+/// Whether `node` is the active coordinator of `job`: first in its list, not in standby.
+fn leads(node: &spare_worker::Node, job: &spare_coordinator::JobId) -> bool {
+    let core = node.core();
+    core.jobs.get(job).is_some_and(|m| m.coordinators.first() == Some(&node.peer_id())) && !core.coord.is_standby(job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_origin_takes_its_job_back_and_one_coordinator_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    let (tasks, chunk) = (300u64, 10_000_000u64);
+    let job = Job::builder().module_bytes(guest("primes")).range(0..tasks * chunk, chunk).quorum(2).build().unwrap();
+    let id = client(&peers[0]).await.submit(&job).await.unwrap();
+    let jid = job_id(&id);
+    let origin = peers[0].node.peer_id();
+    let origin_node = peers[0].node.clone();
+    eventually("some tasks verified", || {
+        let c = origin_node.core().coord.job(&jid).map(|v| v.counts);
+        async move { c.filter(|c| c.verified >= 4 && c.verified * 3 < c.total).map(|_| ()) }
+    })
+    .await;
+    drop(origin_node);
+
+    // The origin stops; another coordinator takes the job over.
+    peers.remove(0).shutdown().await;
+    eventually("another coordinator leading the job", || {
+        let led = peers.iter().any(|p| leads(&p.node, &jid));
+        async move { led.then_some(()) }
+    })
+    .await;
+
+    // The origin comes back on its data directory. It outranks every other coordinator, so the
+    // job ends up led by it alone.
+    let mut c = config(&dir.path().join("peer-0"), 1);
+    c.bootstrap = vec![peers[0].addr.to_string()];
+    let back = spare_worker::Node::start(c).await.expect("the origin restarts");
+    assert_eq!(back.node.peer_id(), origin);
+    peers.insert(0, back);
+    let done = eventually("the job completed at the restarted origin", || {
+        let v = peers[0].node.core().coord.job(&jid);
+        async move { v.filter(|v| v.state == spare_coordinator::JobState::Completed) }
+    })
+    .await;
+    assert_eq!(done.counts.verified, tasks as u32);
+    let leaders: Vec<String> = peers.iter().filter(|p| leads(&p.node, &jid)).map(|p| p.node.peer_id().short()).collect();
+    assert!(leaders.len() <= 1, "one active coordinator at most: {leaders:?}");
+    let mut stream = client(&peers[0]).await.results(&id).await.expect("results at the origin");
+    let mut n = 0;
+    while let Some(r) = stream.next().await {
+        let r = r.unwrap();
+        let (lo, hi) = (u64::from(r.index) * chunk, (u64::from(r.index) + 1) * chunk);
+        assert_eq!(r.state(), TaskState::Verified, "task {}", r.index);
+        assert_eq!(r.output, primes_output(lo, hi), "task {}", r.index);
+        n += 1;
+    }
+    assert_eq!(n, tasks);
+    stop_all(peers).await;
+}

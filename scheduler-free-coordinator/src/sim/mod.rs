@@ -65,6 +65,7 @@
 
 pub mod churn;
 pub mod config;
+pub mod coord;
 pub mod engine;
 pub mod keys;
 pub mod mesh;

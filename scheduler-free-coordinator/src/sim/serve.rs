@@ -126,7 +126,7 @@ impl Sim {
         let events: Vec<(Event, bool)> = events
             .into_iter()
             .map(|e| {
-                let solo = matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
+                let solo = leads && matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
                 (e, solo)
             })
             .collect();

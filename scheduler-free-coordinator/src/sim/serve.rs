@@ -135,12 +135,8 @@ impl Sim {
             match e {
                 Event::TaskFinal { .. } if !leads => {}
                 Event::TaskFinal { task, verdict } => match self.decided.get_mut(task.index as usize) {
-                    Some(Some(first)) => {
-                        if *first != verdict {
-                            self.m.overturned += 1;
-                        }
-                    }
-                    None => {}
+                    Some(Some(first)) if *first != verdict => self.m.overturned += 1,
+                    Some(Some(_)) | None => {}
                     Some(slot @ None) => {
                         *slot = Some(verdict.clone());
                         self.count_verdict(task, verdict, solo);

@@ -123,6 +123,7 @@ fn bytes_field_hi(len: u64) -> u64 {
 /// `AdoptRequest` (`node/replicate.rs:adopt_request`): the job as submitted (16-byte nonce, no
 /// args or env, `tasks` inline inputs of `input` bytes each), its `coordinators`, every recorded
 /// attestation (`items`, sizes from [`recorded_attestation`]) and the sender's signature.
+#[allow(clippy::too_many_arguments)]
 pub fn adopt_request(policy_len: u64, label: u64, tasks: u32, input: u64, coordinators: u64, items: &[u64], submitted_at_ms: u64, timestamp_ms: u64) -> u64 {
     let task = message_field(bytes_field(input));
     bytes_field(HEX_ID) // job_id

@@ -136,3 +136,43 @@ fn sleeper_liars_win_only_until_a_spot_check_catches_them() {
     assert_eq!(on.trusted_liars, 0, "every liar was caught: {on:?}");
     assert!(on.replicas_per_task < off.replicas_per_task, "{on:?} vs {off:?}");
 }
+
+/// The origin (the job's first coordinator) crashes two seconds in. Its backups hold the job in
+/// standby, replaying every attestation it streamed them; once membership declares it dead, the
+/// first backup takes over, hands the job to a replacement and announces itself, and workers
+/// follow. Leases the origin gave are lost and run again; every task still gets exactly one
+/// verdict counted, none of them wrong.
+#[test]
+fn the_job_survives_its_origin_crashing() {
+    let mut c = config(150, 19);
+    c.tasks = 6_000;
+    c.crash_origin_at_ms = Some(2_000);
+    let r = run(&c);
+    assert!(!r.origin_protected);
+    assert_eq!(r.crashes, 1, "{r:?}");
+    assert!(r.coordinator_takeovers >= 1, "a backup took over: {r:?}");
+    assert!(r.completed && r.job_state == "completed", "{r:?}");
+    assert_eq!(r.wrong_verified, 0, "{r:?}");
+    assert_eq!(r.verified + r.failed + r.inconclusive, r.tasks, "one verdict per task: {r:?}");
+    assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided twice agrees: {r:?}");
+    let ms = r.takeover_ms.unwrap_or(u64::MAX);
+    // SWIM declares a peer dead 4 s after suspecting it; backups look at roles from 6 s on.
+    assert!((3_000..20_000).contains(&ms), "takeover took {ms} ms: {r:?}");
+    assert!(r.gossip_rounds_to_converge.is_some(), "membership converged: {r:?}");
+}
+
+/// The same seed gives the same report with the origin crashing, in several cells and with
+/// loss, so takeover, hand-over and replication paths are all replayed.
+#[test]
+fn the_same_seed_gives_the_same_report_through_a_takeover() {
+    let mut c = config(120, 23);
+    c.cell_size = 40;
+    c.loss = 0.01;
+    c.tasks = 4_000;
+    c.crash_origin_at_ms = Some(3_000);
+    let a = run(&c);
+    assert!(a.coordinator_takeovers >= 1, "{a:?}");
+    assert!(a.completed, "{a:?}");
+    assert_eq!(a.verified + a.failed + a.inconclusive, a.tasks, "{a:?}");
+    assert_eq!(run(&c), a);
+}

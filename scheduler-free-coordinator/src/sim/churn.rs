@@ -1,8 +1,10 @@
 //! Churn: while the job runs, peers crash at random (a Poisson process of `churn × peers`
 //! crashes per virtual minute) and as many fresh peers join, each into the cell of the peer it
 //! replaces, greeting three live peers of that cell. A crash loses everything the peer held and
-//! tells nobody: SWIM has to notice. The origin never crashes, since a job with one coordinator
-//! cannot survive that yet (the report says `origin_protected`).
+//! tells nobody: SWIM has to notice. The job's coordinators (the origin, its backups and their
+//! replacements) are spared unless `churn_coordinators`; `crash_origin_at` crashes the origin
+//! once, at a set time. When the one leading crashes, a backup has to take the job over
+//! (`coord.rs`).
 
 use super::engine::Sim;
 use super::keys;
@@ -25,8 +27,9 @@ impl Sim {
         if self.m.done_at.is_some() {
             return;
         }
-        if self.live_workers.len() > 1 {
-            let victim = self.live_workers[self.rng.below(self.live_workers.len() as u64) as usize];
+        if self.live_workers.len() > 1
+            && let Some(victim) = self.pick_victim()
+        {
             let cell = self.peers[victim as usize].cell;
             self.crash(victim);
             self.join(cell);
@@ -34,8 +37,35 @@ impl Sim {
         self.schedule_churn();
     }
 
+    /// A live peer to crash, at random: any worker, and the origin too with
+    /// `churn_coordinators`; otherwise a coordinator drawn is drawn again (so runs without
+    /// coordinators hit draw exactly as before coordinators were spared).
+    fn pick_victim(&mut self) -> Option<u32> {
+        let workers = self.live_workers.len() as u64;
+        let origin = self.origin;
+        let with_origin = self.cfg.churn_coordinators && self.peers[origin as usize].alive;
+        for _ in 0..64 {
+            let i = self.rng.below(workers + u64::from(with_origin));
+            let victim = if i == workers { origin } else { self.live_workers[i as usize] };
+            if self.cfg.churn_coordinators || self.peers[victim as usize].host.is_none() {
+                return Some(victim);
+            }
+        }
+        None
+    }
+
+    /// `--crash-origin-at`: the origin crashes, if the job still runs. Nobody joins for it.
+    pub(super) fn on_crash_origin(&mut self) {
+        if self.m.done_at.is_none() && self.peers[self.origin as usize].alive {
+            self.crash(self.origin);
+        }
+    }
+
     fn crash(&mut self, p: u32) {
         let now = self.now;
+        if self.active == Some(p) && self.m.leaderless_since.is_none() {
+            self.m.leaderless_since = Some(now);
+        }
         let peer = &mut self.peers[p as usize];
         peer.crash(now);
         if let Some(pos) = peer.live_pos.take() {
@@ -58,15 +88,7 @@ impl Sim {
             (true, true) => Behaviour::Colluder,
         };
         // Three live peers of the cell, distinct, as its `--bootstrap` list.
-        let members = &self.cells[cell as usize].members;
-        let want = (self.cfg.bootstrap_peers as usize).min(members.len());
-        let mut bootstrap = Vec::with_capacity(want);
-        while bootstrap.len() < want {
-            let b = members[self.rng.below(members.len() as u64) as usize];
-            if !bootstrap.contains(&b) {
-                bootstrap.push(b);
-            }
-        }
+        let bootstrap = self.pick_bootstrap(cell);
         let view = self.view(p, cell, self.now, bootstrap);
         let mut peer = VirtualPeer::new(keys::peer_id(self.cfg.seed, p), cell, self.now, behaviour, vec![view], false);
         peer.live_pos = Some(self.live_workers.len() as u32);

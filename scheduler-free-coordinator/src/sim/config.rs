@@ -1,7 +1,7 @@
 //! What a simulation run is asked to do ([`SimConfig`]), its defaults, and why a configuration
 //! is refused ([`SimError`]).
 
-use crate::PolicyCaps;
+use crate::{Millis, PolicyCaps};
 
 /// One simulation run: the mesh, the job, the adversaries and the network.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,8 +34,12 @@ pub struct SimConfig {
     /// Probability that any one message is lost.
     pub loss: f64,
     /// Fraction of the peers that crash per virtual minute while the job runs; as many fresh
-    /// peers join. The origin never crashes.
+    /// peers join. The job's coordinators are spared unless `churn_coordinators`.
     pub churn: f64,
+    /// Churn may crash the job's coordinators too (the origin, its backups, their replacements).
+    pub churn_coordinators: bool,
+    /// Crash the origin this long after the job starts (virtual milliseconds), if it still runs.
+    pub crash_origin_at_ms: Option<Millis>,
     /// Seed of every random choice.
     pub seed: u64,
     /// Most peers in one membership cell, the origin included (see the module docs): a mesh of
@@ -81,6 +85,8 @@ impl SimConfig {
             spot_check_per_mille: crate::Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
             loss: 0.0,
             churn: 0.0,
+            churn_coordinators: false,
+            crash_origin_at_ms: None,
             seed: 1,
             cell_size: 100,
             bootstrap_peers: 3,
@@ -95,6 +101,11 @@ impl SimConfig {
             rpc_fail_ms: 1_000,
             max_virtual_ms: 600_000,
         }
+    }
+
+    /// Whether the origin may crash in this run (it is the job's first coordinator).
+    pub fn origin_may_crash(&self) -> bool {
+        self.crash_origin_at_ms.is_some() || (self.churn_coordinators && self.churn > 0.0)
     }
 
     /// Checks that the run makes sense.

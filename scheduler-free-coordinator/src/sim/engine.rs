@@ -4,7 +4,8 @@
 
 use crate::membership::{Member, Membership, MembershipConfig, MeshEvent};
 use crate::records::Verifier;
-use crate::{Adaptive, Coordinator, CoordinatorConfig, Record, JobId, JobSpec, Limits, Millis, Policy, derive_job_id};
+use crate::rendezvous::{self, DEFAULT_COORDINATORS};
+use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Record, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -20,7 +21,7 @@ const CONVERGE_GRACE_MS: Millis = 60_000;
 /// SWIM's probe period (`MembershipConfig::lan`): one gossip round.
 pub const PROBE_PERIOD_MS: Millis = 1_000;
 
-/// One membership cell: the workers in it (the origin bridges every cell).
+/// One membership cell: the workers whose home it is (the job's coordinators bridge every cell).
 pub struct Cell {
     /// Live workers of the cell, by index.
     pub members: Vec<u32>,
@@ -42,10 +43,19 @@ pub struct Sim {
     pub peers: Vec<VirtualPeer>,
     /// Membership cells.
     pub cells: Vec<Cell>,
-    /// Live workers (churn picks among them; the origin is never picked).
+    /// Live workers (churn picks among them, and the origin too with `churn_coordinators`).
     pub live_workers: Vec<u32>,
-    /// The job's origin (and coordinator).
+    /// The job's origin (its first coordinator).
     pub origin: u32,
+    /// The backups the origin hands the job to at submission.
+    pub backups: Vec<u32>,
+    /// Every peer that was made a member of every cell (a coordinator of the job), in order.
+    pub bridges: Vec<u32>,
+    /// The coordinator that last took the lead (the origin first): whose reputation table the
+    /// report reads, and whose crash starts a takeover.
+    pub active: Option<u32>,
+    /// The first final verdict counted for each task (from whichever coordinator led).
+    pub decided: Vec<Option<Verdict>>,
     /// The job.
     pub job: JobId,
     /// Its spec.
@@ -105,12 +115,26 @@ impl Sim {
             c.bootstrap = c.members.iter().take(cfg.bootstrap_peers as usize).copied().collect();
         }
         let verifier = keys::verifier();
+        // The origin hands the job to the live peers that rank highest for it. Every peer starts
+        // at once, so they are taken from every worker rather than from the origin's view, as if
+        // the mesh had formed before the job came (see the module docs).
+        let job = derive_job_id(&keys::peer_id(cfg.seed, 0), blake3::hash(&cfg.seed.to_le_bytes()).as_bytes(), b"sim");
+        let all: Vec<crate::PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
+        let backups: Vec<u32> = rendezvous::choose(&job, &[keys::peer_id(cfg.seed, 0)], &all, DEFAULT_COORDINATORS)
+            .iter()
+            .skip(1)
+            .map(keys::index_of)
+            .collect();
         let mut sim = Sim {
             rng,
             peers: Vec::with_capacity(n as usize),
             live_workers: Vec::with_capacity(n as usize),
             origin: 0,
-            job: JobId([0; 32]),
+            bridges: std::iter::once(0).chain(backups.iter().copied()).collect(),
+            backups,
+            active: Some(0),
+            decided: vec![None; cfg.tasks as usize],
+            job,
             spec: JobSpec {
                 module: crate::BlobId([0; 32]),
                 task_count: cfg.tasks,
@@ -130,9 +154,13 @@ impl Sim {
         };
         for i in 0..n {
             let cell = if i == 0 { 0 } else { (i - 1) % k };
-            let in_cells: Vec<u32> = if i == 0 { (0..k).collect() } else { vec![cell] };
+            // A bridge's home cell comes first.
+            let bridge = sim.bridges.contains(&i);
+            let in_cells: Vec<u32> =
+                if bridge { std::iter::once(cell).chain((0..k).filter(|&c| c != cell)).collect() } else { vec![cell] };
             let views = in_cells.into_iter().map(|c| sim.view(i, c, 0, sim.cells[c as usize].bootstrap.clone())).collect();
             let mut peer = VirtualPeer::new(keys::peer_id(sim.cfg.seed, i), cell, 0, behaviour[i as usize], views, true);
+            peer.bridge = bridge;
             if i > 0 {
                 peer.live_pos = Some(sim.live_workers.len() as u32);
                 sim.live_workers.push(i);
@@ -152,7 +180,8 @@ impl Sim {
         View { cell, m, tick_at: NEVER, last_join: born, bootstrap }
     }
 
-    /// The origin accepts the job: its coordinator holds it.
+    /// The origin accepts the job: its coordinator holds it, with itself as the only coordinator
+    /// until its backups have adopted the job.
     fn submit(&mut self) -> Result<(), SimError> {
         let origin = self.peers[self.origin as usize].id;
         let seed = self.cfg.seed.to_le_bytes();
@@ -169,21 +198,20 @@ impl Sim {
         };
         self.spec.origin = origin;
         self.spec.label = "spare sim".into();
-        self.job = derive_job_id(&origin, blake3::hash(&seed).as_bytes(), b"sim");
-        let secret = *blake3::keyed_hash(&[9; 32], &seed).as_bytes();
-        let mut coord = Coordinator::new(CoordinatorConfig { secret, ..CoordinatorConfig::default() });
+        let mut coord = self.new_coordinator(self.origin);
         if self.cfg.history > 0 {
             for p in self.peers.iter().skip(1) {
                 coord.set_record(p.id, Record { agreed: u64::from(self.cfg.history), ..Record::default() });
             }
         }
         coord.submit(self.job, self.spec.clone()).map_err(|e| SimError::Submit(e.to_string()))?;
-        self.peers[self.origin as usize].host = Some(Box::new(Host { coord, jobs: vec![self.job], tick_at: NEVER }));
+        self.peers[self.origin as usize].host = Some(Box::new(Host::new(coord, self.job, vec![self.origin])));
         Ok(())
     }
 
     /// Every peer starts at once: greets its bootstrap peers and publishes its advert; the origin
-    /// announces the job and its own slots start on it.
+    /// hands the job to its backups (and announces it once they answered), and its own slots
+    /// start on it.
     fn start(&mut self) {
         let origin = self.origin;
         // The origin publishes no advert: see the module docs.
@@ -191,10 +219,15 @@ impl Sim {
         for p in 0..self.peers.len() as u32 {
             self.boot(p);
         }
-        self.publish_job(false);
+        let backups = self.backups.clone();
+        self.add_coordinators(origin, vec![origin], &backups);
+        self.schedule_roles(origin, super::coord::ROLES_GRACE_MS);
         self.wake(origin);
         self.queue.push(PROBE_PERIOD_MS, Event::Check);
         self.schedule_churn();
+        if let Some(at) = self.cfg.crash_origin_at_ms {
+            self.queue.push(at, Event::CrashOrigin);
+        }
     }
 
     /// A peer's first moments: greet, advertise, start its mesh loop.
@@ -223,6 +256,9 @@ impl Sim {
             Event::Flush { peer, coordinator } => self.on_flush(peer, coordinator),
             Event::CoordTick { peer } => self.on_coord_tick(peer),
             Event::Churn => self.on_churn(),
+            Event::CrashOrigin => self.on_crash_origin(),
+            Event::Roles { peer } => self.on_roles(peer),
+            Event::Replicate { peer, to } => self.on_replicate(peer, to),
             Event::Check => self.on_check(),
         }
     }

@@ -1,8 +1,8 @@
 //! Driving membership, as `worker/src/node/mesh.rs` does in the real peer: deliver gossip to
 //! `Membership::handle_data` with the authenticated sender, fire its timers, send what it
 //! queues, publish adverts and job ads, greet bootstrap peers (again every 3 s while alone,
-//! every 30 s otherwise), and react to its events (peers up and down reach the coordinator,
-//! job ads wake the slots).
+//! every 30 s otherwise), and react to its events (peers up and down reach the coordinator and
+//! its roles, job ads wake the slots and give coordinators their list).
 
 use crate::membership::{MemberState, MeshEvent};
 use crate::records::{Advert, JobAd, Record};
@@ -70,7 +70,7 @@ impl Sim {
                 self.take_ad(p, ad);
                 self.wake(p);
             }
-            // The simulated job has one coordinator, so no rival ads arise.
+            // Rival ads arise only from a split, which the simulator does not make.
             MeshEvent::Record(Record::Advert(_)) | MeshEvent::Rival(_) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
                 self.m.invalid_records += 1;
@@ -96,6 +96,10 @@ impl Sim {
                 h.coord.peer_down(who, now);
             }
             self.drain_coordinator(p);
+            if !up {
+                // `node/mesh.rs`: a peer declared down has roles looked at at once.
+                self.schedule_roles(p, now);
+            }
         }
         self.wake(p);
     }
@@ -114,11 +118,17 @@ impl Sim {
             let alive = peer.views.iter().any(|v| v.m.members().iter().any(|(m, s)| m.peer == *c && *s != MemberState::Dead));
             self.peers[p as usize].coordinators.push((*c, alive));
         }
+        let newer = ad.job == self.job && ad.announcer != me && self.peers[p as usize].holds(&ad.job);
+        let list: Vec<u32> = ad.coordinators.iter().map(keys::index_of).collect();
         let ads = &mut self.peers[p as usize].ads;
+        let newer = newer && ads.iter().find(|a| a.job == ad.job).is_none_or(|known| known.seq < ad.seq);
         match ads.iter_mut().find(|a| a.job == ad.job) {
             Some(known) if known.seq < ad.seq => *known = ad,
             Some(_) => {}
             None => ads.push(ad),
+        }
+        if newer {
+            self.follow_ad(p, list);
         }
     }
 
@@ -169,25 +179,30 @@ impl Sim {
         }
     }
 
-    /// The origin announces the job (again, with `done` once it ended) in every view.
-    pub(super) fn publish_job(&mut self, done: bool) {
-        let (now, o) = (self.now, self.origin);
+    /// Coordinator `o` announces the job with its list of coordinators (again, with `done`
+    /// once it ended) in every view.
+    pub(super) fn publish_job(&mut self, o: u32, done: bool) {
+        let now = self.now;
         self.job_seq = self.unix().max(self.job_seq + 1);
-        let origin = self.peers[o as usize].id;
+        let announcer = self.peers[o as usize].id;
+        let coordinators = match self.peers[o as usize].host.as_ref() {
+            Some(h) => h.coordinators.iter().map(|&i| self.peers[i as usize].id).collect(),
+            None => return,
+        };
         let mut record = Record::JobAd(JobAd {
             job: self.job,
-            origin,
-            announcer: origin,
+            origin: self.spec.origin,
+            announcer,
             seq: self.job_seq,
             module: self.spec.module,
             task_count: self.spec.task_count,
             policy: self.spec.policy,
-            coordinators: vec![origin],
+            coordinators,
             submitted_at_ms: self.spec.submitted_at_ms,
             done,
             signature: Vec::new(),
         });
-        record.sign(&keys::signer(origin));
+        record.sign(&keys::signer(announcer));
         if let Record::JobAd(ad) = &record {
             self.take_ad(o, ad.clone());
         }

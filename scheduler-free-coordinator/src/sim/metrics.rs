@@ -2,10 +2,11 @@
 //!
 //! **Convergence** is checked at every probe-period boundary (1 s, one SWIM gossip round)
 //! until it holds: every live peer that was there at the start sees every other such peer of
-//! its cell, and the origin, as a live member (`Alive`, or `Suspect`: SWIM treats a suspect as
-//! alive until it is declared dead, and with message loss some probe is always failing
-//! somewhere) in its real `Membership`, and has heard the job's ad; and the origin's view of
-//! each cell sees that cell's live initial peers likewise. Peers that
+//! its cell, and every live coordinator of the job (the bridges), as a live member (`Alive`, or
+//! `Suspect`: SWIM treats a suspect as alive until it is declared dead, and with message loss
+//! some probe is always failing somewhere) in its real `Membership`, and has heard the job's
+//! ad; and each bridge's view of each cell sees that cell's live initial peers and the other
+//! bridges likewise. Peers that
 //! joined later are not waited for (with churn there is always one still joining), and peers
 //! that crashed need not be seen dead yet. Once the job has finished its ad is no longer
 //! required: `Membership` stops sending a finished job's ad to newcomers, so a peer the origin
@@ -69,6 +70,17 @@ pub struct Metrics {
     pub job_state: Option<JobState>,
     /// Live peers that had not heard the job's ad when it finished.
     pub unaware_at_end: u32,
+    /// Backups that took the job over.
+    pub takeovers: u32,
+    /// Longest time from the leading coordinator's crash to its successor's first lease.
+    pub takeover_ms: u64,
+    /// When the leading coordinator crashed, until its successor leases.
+    pub leaderless_since: Option<u64>,
+    /// Replication batches given up after three attempts.
+    pub replication_dropped: u64,
+    /// Tasks a leading coordinator decided again, differently from the first verdict counted
+    /// (a verdict that had not reached the backup before its coordinator crashed).
+    pub overturned: u32,
 }
 
 /// Whether `view` holds exactly `count` live members (alive or suspect) that pass `wanted`.
@@ -93,22 +105,21 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let origin = &self.peers[self.origin as usize];
         let need_ad = self.m.done_at.is_none();
+        let bridges: Vec<u32> = self.bridges.iter().copied().filter(|&b| self.peers[b as usize].alive).collect();
         for (c, cell) in self.cells.iter().enumerate() {
             let c = c as u32;
-            let expected: Vec<u32> = cell.members.iter().copied().filter(|&i| self.peers[i as usize].initial).collect();
-            let in_cell = |i: u32| {
-                self.peers.get(i as usize).is_some_and(|p| p.alive && p.initial && p.cell == c && i != self.origin)
-            };
-            let Some(ov) = origin.view_of(c) else { return false };
-            if !sees_all(&origin.views[ov], expected.len(), in_cell) {
-                return false;
-            }
+            // Who must be seen in this cell: its live initial workers and every live bridge.
+            let mut expected: Vec<u32> = cell.members.iter().copied().filter(|&i| self.peers[i as usize].initial).collect();
+            expected.extend(bridges.iter().copied());
+            expected.sort_unstable();
+            expected.dedup();
+            let wanted = |i: u32| expected.binary_search(&i).is_ok();
             for &w in &expected {
                 let peer = &self.peers[w as usize];
-                let Some(view) = peer.views.first() else { return false };
-                if (need_ad && !peer.has_ad) || !sees_all(view, expected.len(), |i| i == self.origin || (i != w && in_cell(i))) {
+                let Some(v) = peer.view_of(c) else { return false };
+                let home = peer.cell == c && w != self.origin;
+                if (home && need_ad && !peer.has_ad) || !sees_all(&peer.views[v], expected.len() - 1, |i| i != w && wanted(i)) {
                     return false;
                 }
             }
@@ -127,10 +138,12 @@ impl Sim {
             max = max.max(p.bytes_sent as f64 / life);
         }
         let origin = &self.peers[self.origin as usize];
-        let origin_rate = origin.bytes_sent as f64 / (end.max(1_000) as f64 / 1_000.0);
+        let origin_life = origin.died.unwrap_or(end).saturating_sub(origin.born).max(1_000);
+        let origin_rate = origin.bytes_sent as f64 / (origin_life as f64 / 1_000.0);
         let (mut banned_liars, mut banned_honest) = (0, 0);
         let (mut liars, mut trusted_liars) = (0, 0);
-        if let Some(h) = origin.host.as_ref() {
+        // The reputation table of the coordinator leading at the end.
+        if let Some(h) = self.lead_host() {
             for p in &self.peers {
                 let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
                 trusted_liars += u32::from(p.behaviour.lies() && h.coord.reputation().is_trusted(&p.id, min_agreed));
@@ -194,7 +207,11 @@ impl Sim {
             events: self.queue.handled(),
             membership_cell_size: self.cfg.cell_size.min(self.cfg.peers),
             membership_cells: self.cells.len() as u32,
-            origin_protected: true,
+            origin_protected: !self.cfg.origin_may_crash(),
+            coordinator_takeovers: self.m.takeovers,
+            takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
+            verdicts_overturned: self.m.overturned,
+            replication_dropped: self.m.replication_dropped,
         }
     }
 }

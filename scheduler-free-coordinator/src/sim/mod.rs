@@ -5,12 +5,29 @@
 //! clock, no real crypto: one seed gives one run, byte for byte.
 //!
 //! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
-//! peer 0, the *origin*, accepts one job of `tasks` tasks and announces it; every peer pulls
-//! leases for it, "runs" each replica for a random 50–200 ms on one of its slots, and reports
-//! a signed attestation. A task's honest output is BLAKE3 of its index; liars answer their
-//! own wrong bytes, or with `collude` one shared wrong answer per task. Messages are lost with
+//! peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
+//! and announces it; every peer pulls leases for it from the first live coordinator the ad
+//! names, "runs" each replica for a random 50–200 ms on one of its slots, and reports a signed
+//! attestation. A task's honest output is BLAKE3 of its index; liars answer their own wrong
+//! bytes, or with `collude` one shared wrong answer per task. Messages are lost with
 //! probability `loss` and delayed 1–20 ms. With `churn`, peers crash and fresh ones join while
-//! the job runs. The run ends when the job is finished and membership has converged.
+//! the job runs (coordinators too with `churn_coordinators`); `crash_origin_at` crashes the
+//! origin. The run ends when the job is finished and membership has converged.
+//!
+//! **Replicated coordination** ([`coord`]), as `worker/src/node/replicate.rs` does it: the
+//! origin picks its two backups by [`rendezvous`](crate::rendezvous) and hands them the job
+//! (`Adopt`, with everything recorded so far; its size counts spec, inputs, attestations and the
+//! module fetch). The backups hold a real [`Coordinator`](crate::Coordinator) in standby; the
+//! active coordinator streams every attestation it records to them, in order, in batches of up
+//! to 256 (`Replicate`, lost like any message, tried three times, then dropped for good), and
+//! they replay each with `restore_attestation_solo`. When a backup's membership declares the
+//! coordinators before it dead, it takes the job over: leaves standby, hands the job to a
+//! replacement chosen by rendezvous among the peers it sees live, and announces an ad naming
+//! itself first. Leases the dead coordinator gave are lost and their tasks leased again; reports
+//! to it fail. Only the leading coordinator's verdicts are counted, each task's first once; a
+//! task a successor decides again differently is counted in `verdicts_overturned`. The report
+//! gives `coordinator_takeovers` and `takeover_ms` (from the leader's crash to its successor's
+//! first lease). `coord`'s module docs say where this departs from the real peer.
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
@@ -19,6 +36,8 @@
 //! - [`peer`]: a virtual peer; [`mesh`]: driving membership as `worker/src/node/mesh.rs` does;
 //!   [`slots`]: the worker side as `node/{slots,remote}.rs`; [`serve`]: the coordinator side as
 //!   `service/mesh.rs`;
+//! - [`coord`]: the job's coordinators, hand-overs, replication, roles and takeover as
+//!   `node/replicate.rs`;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and
 //!   the signature stand-in; [`rng`]: the seeded generator;
 //! - [`metrics`] and [`report`]: what is counted and reported; [`config`]: what is asked.
@@ -31,17 +50,20 @@
 //! hours and tens of GB. A real peer pays only its own share, which is fine; a simulator holding
 //! every peer cannot. So a mesh larger than `cell_size` (default 100) is simulated as *cells*:
 //! each worker belongs to one cell of at most `cell_size − 1` workers, and the origin belongs to
-//! every cell, through one real `Membership` per cell. Within a cell everything is the real
-//! protocol. Across cells the origin is the bridge: its job ad reaches every cell through its
-//! own membership there, workers see it alive in their own view (so the real liveness rule for
-//! choosing a coordinator applies), and it hears every crash from the crashed peer's cell (so
-//! `peer_down` comes from real failure detection). What is not modelled: a worker seeing
-//! workers of other cells. So per-peer gossip bytes and convergence rounds are those of a
-//! `cell_size`-peer SWIM cluster plus the origin. SWIM's own messages do not grow with the
-//! cluster and its dissemination time grows with log N, but adverts (one per peer, re-sent when
-//! its free slots change) and the direct record sync to every newcomer grow linearly with the
-//! peers a peer sees, so a real 10,000-peer mesh would gossip more than these figures show. A
-//! mesh of at most `cell_size` peers is one cell: one SWIM cluster, exactly as deployed.
+//! every cell, through one real `Membership` per cell; so does every other coordinator of the
+//! job (the backups from the start, a replacement from when it adopts the job, joining each cell
+//! as a newcomer). Within a cell everything is the real protocol. Across cells the coordinators
+//! are the bridges: their job ads reach every cell through their own memberships there, workers
+//! see them alive or dead in their own view (so the real liveness rule for choosing a
+//! coordinator applies), and they hear every crash from the crashed peer's cell (so
+//! `peer_down`, and a backup's takeover, come from real failure detection). What is not
+//! modelled: a worker seeing workers of other cells. So per-peer gossip bytes and convergence
+//! rounds are those of a `cell_size`-peer SWIM cluster plus the job's coordinators. SWIM's own
+//! messages do not grow with the cluster and its dissemination time grows with log N, but
+//! adverts (one per peer, re-sent when its free slots change) and the direct record sync to
+//! every newcomer grow linearly with the peers a peer sees, so a real 10,000-peer mesh would
+//! gossip more than these figures show. A mesh of at most `cell_size` peers is one cell: one
+//! SWIM cluster, exactly as deployed.
 //!
 //! Where the time goes (10,000 peers, cells of 100: about 40 s on a 2-core machine, 2.5 GB):
 //! three quarters inside `Membership`, mostly `RecordState::accept` decoding and verifying
@@ -51,20 +73,22 @@
 //!
 //! Other simplifications, each also noted where it is made:
 //! - signatures are a keyed 64-bit hash stand-in of ed25519's size ([`keys`]);
-//! - the origin publishes no advert: `Membership` sends its own records to a newcomer in the
-//!   iteration order of a `HashSet`, which differs between runs, and with a second record of
-//!   its own (the job ad) the order would leak into the run;
+//! - the origin publishes no advert (it did not when `Membership` kept its own records in a
+//!   `HashSet`, whose order would have leaked into the run; they are in a `BTreeSet` now, and
+//!   the backups, which are workers too, advertise and announce the job alike);
 //! - RPC transport overhead is an estimate ([`wire`]); a lost RPC message fails the call after
 //!   `rpc_fail_ms` ([`net`]);
-//! - the job has one coordinator, its origin, which never crashes (the report says
-//!   `origin_protected`): the replicated coordinators of `node/replicate.rs` are not simulated
-//!   yet, though any virtual peer can hold a [`Coordinator`](crate::Coordinator) and workers
-//!   ask the first live coordinator an ad names, as the real ones do;
+//! - the origin picks its backups among every initial peer, as if the mesh had formed before
+//!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
+//!   yet); roles, the takeover and the top-up of a short list are as in [`coord`];
+//! - reputation is not replicated (as in the real peer), and `history` is given to the
+//!   origin's coordinator only;
 //! - a peer fetches the module once, and replicas never miss their deadline;
 //! - the real peer's cap of 64 gossip sends in flight is not modelled.
 
 pub mod churn;
 pub mod config;
+pub mod coord;
 pub mod engine;
 pub mod keys;
 pub mod mesh;

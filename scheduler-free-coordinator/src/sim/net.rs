@@ -3,7 +3,7 @@
 //! its bytes are counted against its sender.
 //!
 //! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
-//! against the receiver). The lease, report and blob RPCs are a request and a reply carrying
+//! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a reply carrying
 //! what the real ones carry; a lost request or reply, or a callee that crashed, fails the call
 //! at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
 //! would usually deliver late rather than fail; the simulator is the harsher of the two.)
@@ -11,7 +11,7 @@
 use crate::{BlobId, JobId, Millis};
 
 use super::engine::Sim;
-use super::peer::ReportItem;
+use super::peer::{Logged, ReportItem};
 use super::queue::Event;
 use super::wire;
 
@@ -37,6 +37,12 @@ pub enum Request {
     Report { batch: Vec<ReportItem> },
     /// `BlobService.Get` of a module.
     Blob { module: BlobId },
+    /// `MeshService.Adopt`: the whole job, with the sender's list of its coordinators (the
+    /// receiver included) and every attestation the sender recorded.
+    /// `catch_up`: the second one, after the receiver joined the list.
+    Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, catch_up: bool },
+    /// `MeshService.Replicate`: attestations the active coordinator recorded, in order.
+    Replicate { job: JobId, items: Vec<Logged> },
 }
 
 /// An RPC reply.
@@ -48,6 +54,10 @@ pub enum Reply {
     Report,
     /// The module.
     Blob { module: BlobId },
+    /// The job was adopted.
+    Adopt { catch_up: bool },
+    /// The batch was recorded.
+    Replicate,
 }
 
 /// What a failed call was, so the caller can react.
@@ -59,6 +69,10 @@ pub enum CallKind {
     Report(u32),
     /// A module fetch.
     Blob(BlobId),
+    /// A hand-over of the job to this peer (a catch-up one or not).
+    Adopt(u32, bool),
+    /// A replication batch to this backup.
+    Replicate(u32),
 }
 
 /// An RPC message in flight.
@@ -78,6 +92,8 @@ impl Request {
             Request::Lease { job, .. } => CallKind::Lease(*job),
             Request::Report { .. } => CallKind::Report(to),
             Request::Blob { module } => CallKind::Blob(*module),
+            Request::Adopt { catch_up, .. } => CallKind::Adopt(to, *catch_up),
+            Request::Replicate { .. } => CallKind::Replicate(to),
         }
     }
 }
@@ -172,6 +188,8 @@ impl Sim {
                     Request::Lease { job, max, asked_at } => self.serve_lease(to, from, job, max, asked_at),
                     Request::Report { batch } => self.serve_report(to, from, batch),
                     Request::Blob { module } => self.serve_blob(to, from, module),
+                    Request::Adopt { job, coordinators, log, catch_up } => self.serve_adopt(to, from, job, coordinators, log, catch_up),
+                    Request::Replicate { job, items } => self.serve_replicate(to, from, job, items),
                 }
             }
             RpcMsg::Reply { from, to, reply } => {
@@ -184,6 +202,8 @@ impl Sim {
                     }
                     Reply::Report => self.on_reported(to, from),
                     Reply::Blob { module } => self.on_fetched(to, module),
+                    Reply::Adopt { catch_up } => self.on_adopted(to, from, true, catch_up),
+                    Reply::Replicate => self.on_replicated(to, from, true),
                 }
             }
             RpcMsg::Refused { to, kind } => self.on_rpc_failed(to, kind),
@@ -199,6 +219,8 @@ impl Sim {
             CallKind::Lease(job) => self.on_lease_failed(peer, job),
             CallKind::Report(c) => self.on_report_failed(peer, c),
             CallKind::Blob(module) => self.on_fetch_failed(peer, module),
+            CallKind::Adopt(to, catch_up) => self.on_adopted(peer, to, false, catch_up),
+            CallKind::Replicate(to) => self.on_replicated(peer, to, false),
         }
     }
 }

@@ -76,7 +76,44 @@ pub struct Reporter {
     pub flush_pending: bool,
 }
 
-/// A coordinator held by a peer, with the jobs it coordinates.
+/// One attestation as a coordinator recorded it: what `Replicate` and `Adopt` carry
+/// (`RecordedAttestation`), in recording order.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    /// The worker's signed attestation.
+    pub att: Attestation,
+    /// The recorder took it alone (adaptive replication).
+    pub solo: bool,
+    /// It carries the task's canonical output (it decided the task, or the task is final with
+    /// its result).
+    pub output: bool,
+}
+
+/// The stream of recorded attestations to one backup coordinator (`node/replicate.rs:replicator`).
+pub struct Replicator {
+    /// The backup.
+    pub to: u32,
+    /// Items recorded and not yet sent.
+    pub queue: VecDeque<Logged>,
+    /// The batch in flight and its attempt number.
+    pub batch: Option<(Vec<Logged>, u32)>,
+    /// A send is scheduled.
+    pub flush_pending: bool,
+}
+
+/// A round of hand-overs (`Node::add_coordinators`): `Adopt` sent to each new coordinator, the
+/// list settled once every one answered or failed.
+pub struct AdoptRound {
+    /// The coordinators kept (this peer first).
+    pub keep: Vec<u32>,
+    /// New ones that have not answered yet.
+    pub waiting: Vec<u32>,
+    /// New ones that adopted the job.
+    pub adopted: Vec<u32>,
+}
+
+/// A coordinator held by a peer, with the jobs it coordinates. The simulated job is the only
+/// one, so the per-job state (`JobMeta` in the real peer) is kept here directly.
 pub struct Host {
     /// The real coordinator.
     pub coord: Coordinator,
@@ -84,6 +121,35 @@ pub struct Host {
     pub jobs: Vec<JobId>,
     /// When its ticker next runs ([`NEVER`] if not scheduled).
     pub tick_at: Millis,
+    /// This peer's list of the job's coordinators, the active one first.
+    pub coordinators: Vec<u32>,
+    /// Every attestation recorded here, in order (the store's attestation log).
+    pub log: Vec<Logged>,
+    /// Streams to the backups, while this peer leads.
+    pub replicators: Vec<Replicator>,
+    /// The hand-over round in progress, if any.
+    pub adopting: Option<AdoptRound>,
+    /// When its roles are next looked at ([`NEVER`] if not scheduled).
+    pub roles_at: Millis,
+    /// When a list shorter than wanted may next be topped up.
+    pub top_up_at: Millis,
+}
+
+impl Host {
+    /// A host of `job` with an empty log.
+    pub fn new(coord: Coordinator, job: JobId, coordinators: Vec<u32>) -> Host {
+        Host {
+            coord,
+            jobs: vec![job],
+            tick_at: NEVER,
+            coordinators,
+            log: Vec::new(),
+            replicators: Vec::new(),
+            adopting: None,
+            roles_at: NEVER,
+            top_up_at: 0,
+        }
+    }
 }
 
 /// One simulated peer.
@@ -106,8 +172,11 @@ pub struct VirtualPeer {
     pub runs: u32,
     /// Every byte it sent.
     pub bytes_sent: u64,
-    /// Its memberships: one, or one per cell for a peer that bridges cells (the origin).
+    /// Its memberships: one, or one per cell for a peer that bridges cells (a coordinator of
+    /// the job), its home cell's first.
     pub views: Vec<View>,
+    /// It is a member of every cell (see the module docs of `sim`).
+    pub bridge: bool,
     /// Whether it publishes an advert (see the module docs of `sim` for the origin).
     pub advertises: bool,
     /// Sequence number of its last advert.
@@ -166,6 +235,7 @@ impl VirtualPeer {
             runs: 0,
             bytes_sent: 0,
             views,
+            bridge: false,
             advertises: true,
             advert_seq: 0,
             advertised_free: None,

@@ -32,6 +32,12 @@ pub enum Event {
     CoordTick { peer: u32 },
     /// A peer crashes and a fresh one joins.
     Churn,
+    /// The origin crashes (`--crash-origin-at`).
+    CrashOrigin,
+    /// A coordinator looks at its role in the job (`Node::evaluate_roles`, every second).
+    Roles { peer: u32 },
+    /// A coordinator sends the next replication batch to backup `to`.
+    Replicate { peer: u32, to: u32 },
     /// Probe-period boundary: has membership converged?
     Check,
 }

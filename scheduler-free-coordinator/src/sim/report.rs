@@ -57,7 +57,8 @@ pub struct Report {
     pub gossip_rounds_to_converge: Option<u64>,
     /// Bytes sent per peer per second: gossip, RPCs, module downloads.
     pub bytes_per_peer_per_second: Rate,
-    /// The origin's own rate (it serves every lease, report and module download).
+    /// The origin's own rate over its life (it serves every lease, report and module download
+    /// while it leads).
     pub origin_bytes_per_second: f64,
     /// Live peers that had not heard the job's ad by the time the job finished (the origin
     /// sends its records straight to a newcomer once, and gossip retransmits a record only a few
@@ -101,8 +102,19 @@ pub struct Report {
     pub membership_cell_size: u32,
     /// Membership cells (1: the whole mesh is one SWIM cluster).
     pub membership_cells: u32,
-    /// The origin was kept from crashing (one coordinator per job cannot survive it yet).
+    /// The origin was kept from crashing (neither `--crash-origin-at` nor
+    /// `--churn-coordinators`).
     pub origin_protected: bool,
+    /// Times a backup coordinator took the job over after the one leading died.
+    pub coordinator_takeovers: u32,
+    /// The longest time, in virtual ms, from the leading coordinator's crash to the first lease
+    /// its successor gave (`null`: no takeover).
+    pub takeover_ms: Option<u64>,
+    /// Tasks a coordinator that took over decided again, with another verdict than the one
+    /// counted first (its predecessor's verdict had not reached it).
+    pub verdicts_overturned: u32,
+    /// Replication batches to a backup given up after three attempts (never sent again).
+    pub replication_dropped: u64,
 }
 
 impl Report {
@@ -152,6 +164,14 @@ impl Report {
             ("messages (lost)", format!("{} ({})", self.messages, self.messages_lost)),
             ("membership cells", format!("{} of up to {} peers", self.membership_cells, self.membership_cell_size)),
             ("origin protected", self.origin_protected.to_string()),
+            (
+                "coordinator takeovers",
+                match self.takeover_ms {
+                    Some(ms) => format!("{} (first lease after {ms} ms at most)", self.coordinator_takeovers),
+                    None => self.coordinator_takeovers.to_string(),
+                },
+            ),
+            ("overturned / repl. dropped", format!("{} / {}", self.verdicts_overturned, self.replication_dropped)),
         ];
         let mut out = format!("spare sim, seed {}\n", self.seed);
         for (k, v) in rows {

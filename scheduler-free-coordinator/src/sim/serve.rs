@@ -2,14 +2,15 @@
 //! go to `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is
 //! the sender's own, its signature verifies, its output hashes to what it attests) and recorded,
 //! releases hand replicas back, and a 200 ms ticker lapses expired leases. Any peer can hold a
-//! coordinator for any job; today only the origin does.
+//! coordinator for any job: the origin and its backups do (`coord.rs`), and only the verdicts
+//! of the one leading are counted.
 
 use crate::pull::MAX_BATCH;
 use crate::{Attestation, BlobId, Event, JobId, Reported, Verdict};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
-use super::peer::{NEVER, ReportItem};
+use super::peer::{Logged, NEVER, ReportItem};
 use super::queue;
 use super::{wire, workload};
 
@@ -38,6 +39,9 @@ impl Sim {
         };
         let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
         self.schedule_coord_tick(c);
+        if !tasks.is_empty() {
+            self.leased_by(c);
+        }
         let reply = Reply::Lease { job, module: self.spec.module, timeout_ms: self.spec.policy.limits.timeout_ms, tasks, asked_at };
         self.reply(c, worker, reply, size, CallKind::Lease(job));
     }
@@ -84,9 +88,13 @@ impl Sim {
                 return false;
             }
         }
-        match h.coord.report(att) {
-            Ok(Reported::Recorded | Reported::Decided) => {
+        let task = att.task;
+        match h.coord.report(att.clone()) {
+            Ok(r @ (Reported::Recorded | Reported::Decided)) => {
                 self.m.attestations += 1;
+                // As `Node::report` marks it: taken alone if it is the task's one lone attestation.
+                let solo = h.coord.task(&task).is_some_and(|t| t.solo && t.attestations == 1);
+                self.note_recorded(c, Logged { att, solo, output: r == Reported::Decided });
                 true
             }
             Ok(Reported::Late) => {
@@ -107,41 +115,41 @@ impl Sim {
     }
 
     /// Handles what peer `c`'s coordinator emitted: verdicts are scored against the honest
-    /// outputs, the job's end is announced, lapsed leases wake the slots.
+    /// outputs, the job's end is announced, lapsed leases wake the slots. Only the leading
+    /// coordinator's verdicts count, each task's first one once; a backup's (replayed) are the
+    /// same verdicts again.
     pub(super) fn drain_coordinator(&mut self, c: u32) {
+        let job = self.job;
         let Some(h) = self.peers[c as usize].host.as_mut() else { return };
+        let leads = h.jobs.contains(&job) && !h.coord.is_standby(&job);
         let events: Vec<Event> = std::iter::from_fn(|| h.coord.poll_event()).collect();
         let events: Vec<(Event, bool)> = events
             .into_iter()
             .map(|e| {
-                let solo = matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
+                let solo = leads && matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
                 (e, solo)
             })
             .collect();
         let mut wake = false;
         for (e, solo) in events {
             match e {
-                Event::TaskFinal { task, verdict } => match verdict {
-                    Verdict::Verified(key) => {
-                        self.m.verified += 1;
-                        self.m.solo_verified += u32::from(solo);
-                        if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
-                            self.m.wrong_verified += 1;
-                            self.m.wrong_solo += u32::from(solo);
-                        }
+                Event::TaskFinal { .. } if !leads => {}
+                Event::TaskFinal { task, verdict } => match self.decided.get_mut(task.index as usize) {
+                    Some(Some(first)) if *first != verdict => self.m.overturned += 1,
+                    Some(Some(_)) | None => {}
+                    Some(slot @ None) => {
+                        *slot = Some(verdict.clone());
+                        self.count_verdict(task, verdict, solo);
                     }
-                    Verdict::Inconclusive => self.m.inconclusive += 1,
-                    Verdict::Failed(_) => self.m.failed += 1,
-                    Verdict::Pending => {}
                 },
                 Event::JobFinished { job, state } => {
-                    if job == self.job && self.m.done_at.is_none() {
+                    if leads && job == self.job && self.m.done_at.is_none() {
                         self.m.done_at = Some(self.now);
                         self.m.job_state = Some(state);
                         let origin = self.origin;
                         self.m.unaware_at_end =
                             self.peers.iter().enumerate().filter(|(i, p)| p.alive && !p.has_ad && *i != origin as usize).count() as u32;
-                        self.publish_job(true);
+                        self.publish_job(c, true);
                     }
                 }
                 Event::LeaseExpired { .. } => {
@@ -154,6 +162,23 @@ impl Sim {
             self.wake(c);
         }
         self.schedule_coord_tick(c);
+    }
+
+    /// Scores a task's verdict against the honest output.
+    fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, solo: bool) {
+        match verdict {
+            Verdict::Verified(key) => {
+                self.m.verified += 1;
+                self.m.solo_verified += u32::from(solo);
+                if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
+                    self.m.wrong_verified += 1;
+                    self.m.wrong_solo += u32::from(solo);
+                }
+            }
+            Verdict::Inconclusive => self.m.inconclusive += 1,
+            Verdict::Failed(_) => self.m.failed += 1,
+            Verdict::Pending => {}
+        }
     }
 
     /// Schedules the ticker at the first 200 ms boundary at or after the next lease expiry.

@@ -57,6 +57,9 @@ impl Sim {
             let me = peer.id;
             let leases = peer.host.as_mut().map(|h| h.coord.lease(me, free as usize, now)).unwrap_or_default();
             self.schedule_coord_tick(p);
+            if !leases.is_empty() {
+                self.leased_by(p);
+            }
             let timeout_ms = self.spec.policy.limits.timeout_ms;
             for l in leases {
                 free -= 1;

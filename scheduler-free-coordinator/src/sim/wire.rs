@@ -86,6 +86,62 @@ pub fn report_reply(accepted: u32, rejected: u32) -> u64 {
     varint_field(u64::from(accepted)) + varint_field(u64::from(rejected))
 }
 
+/// `RecordedAttestation{attestation, output, message, solo}` of a successful run with `out`
+/// bytes of output (empty unless it carries the canonical output); `message` is always empty.
+pub fn recorded_attestation(index: u32, fuel: u64, out: u64, solo: bool) -> u64 {
+    message_field(attestation(index, fuel)) + bytes_field(out) + varint_field(u64::from(solo))
+}
+
+/// `ReplicateRequest{job_id, items[], peer_id, timestamp_ms, signature}`; `items` holds each
+/// item's size from [`recorded_attestation`].
+pub fn replicate_request(items: &[u64], timestamp_ms: u64) -> u64 {
+    bytes_field(HEX_ID) + items.iter().map(|&i| message_field(i)).sum::<u64>() + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
+}
+
+/// `ReplicateReply{recorded}`.
+pub fn replicate_reply(recorded: u32) -> u64 {
+    varint_field(u64::from(recorded))
+}
+
+/// `Policy{quorum, max_replicas, limits, priority, adaptive}`.
+pub fn policy(p: &crate::Policy) -> u64 {
+    let adaptive = p.adaptive.map_or(0, |a| {
+        message_field(varint_field(u64::from(a.min_agreed)) + 1 + varint(u64::from(a.spot_check_per_mille)))
+    });
+    varint_field(u64::from(p.quorum))
+        + varint_field(u64::from(p.max_replicas))
+        + message_field(limits(&p.limits))
+        + varint_field(p.priority as u64)
+        + adaptive
+}
+
+/// A field with a tag of 16 or more (two bytes of key), length-delimited.
+fn bytes_field_hi(len: u64) -> u64 {
+    if len == 0 { 0 } else { 2 + varint(len) + len }
+}
+
+/// `AdoptRequest` (`node/replicate.rs:adopt_request`): the job as submitted (16-byte nonce, no
+/// args or env, `tasks` inline inputs of `input` bytes each), its `coordinators`, every recorded
+/// attestation (`items`, sizes from [`recorded_attestation`]) and the sender's signature.
+#[allow(clippy::too_many_arguments)]
+pub fn adopt_request(policy_len: u64, label: u64, tasks: u32, input: u64, coordinators: u64, items: &[u64], submitted_at_ms: u64, timestamp_ms: u64) -> u64 {
+    let task = message_field(bytes_field(input));
+    bytes_field(HEX_ID) // job_id
+        + bytes_field(HEX_ID) // origin
+        + bytes_field(SIGNATURE) // origin_signature
+        + bytes_field(16) // nonce
+        + bytes_field(HEX_ID) // module_id
+        + message_field(policy_len)
+        + bytes_field(label)
+        + varint_field(submitted_at_ms)
+        + u64::from(tasks) * task
+        + coordinators * bytes_field(HEX_ID)
+        + items.iter().map(|&i| message_field(i)).sum::<u64>()
+        + bytes_field(HEX_ID) // peer_id
+        + if timestamp_ms == 0 { 0 } else { 2 + varint(timestamp_ms) }
+        + bytes_field_hi(SIGNATURE)
+}
+
 /// `GetBlobRequest{blob_id}`.
 pub fn blob_request() -> u64 {
     bytes_field(HEX_ID)
@@ -114,5 +170,8 @@ mod tests {
         assert_eq!(varint_field(0), 0);
         // peer id, job id, max 3, a 2023 timestamp, signature.
         assert_eq!(lease_request(3, 1_700_000_000_000), 66 + 66 + 2 + 7 + 66);
+        // An empty replication batch: job id, peer id, timestamp, signature.
+        assert_eq!(replicate_request(&[], 1_700_000_000_000), 66 + 66 + 7 + 66);
+        assert_eq!(bytes_field_hi(64), 67);
     }
 }

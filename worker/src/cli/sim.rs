@@ -49,14 +49,22 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
     /// Fraction of the peers that crash per virtual minute while the job runs (as many fresh
-    /// peers join). The origin never crashes.
+    /// peers join). The job's coordinators are spared unless --churn-coordinators.
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
+    /// Let --churn crash the job's coordinators too (the origin, its backups, their
+    /// replacements).
+    #[arg(long)]
+    churn_coordinators: bool,
+    /// Crash the origin (the job's first coordinator) this many virtual seconds after the job
+    /// starts; a backup coordinator has to take the job over.
+    #[arg(long, value_name = "SECS")]
+    crash_origin_at: Option<f64>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Most peers per membership cell: a larger mesh is simulated as cells of this size
-    /// bridged by the origin (full SWIM views of every peer cost N² memory).
+    /// bridged by the job's coordinators (full SWIM views of every peer cost N² memory).
     #[arg(long, default_value_t = 100)]
     cell_size: u32,
     /// Sandbox slots per peer.
@@ -86,6 +94,13 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.spot_check_per_mille = (a.spot_check * 1_000.0).round() as u32;
     cfg.loss = a.loss;
     cfg.churn = a.churn;
+    cfg.churn_coordinators = a.churn_coordinators;
+    if let Some(secs) = a.crash_origin_at {
+        if !(0.0..=1e6).contains(&secs) {
+            anyhow::bail!("--crash-origin-at must be between 0 and 1,000,000 seconds");
+        }
+        cfg.crash_origin_at_ms = Some((secs * 1_000.0).round() as u64);
+    }
     cfg.seed = a.seed;
     cfg.cell_size = a.cell_size;
     cfg.slots = a.slots;

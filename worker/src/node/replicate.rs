@@ -30,6 +30,9 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attestations per replication request.
 const REPLICATE_BATCH: usize = 256;
+/// For how long after a start a coordinator unknown to membership counts as alive (past it, a
+/// peer nobody has heard of is taken for dead).
+const UNKNOWN_IS_ALIVE_MS: u64 = 30_000;
 /// How often a job led here with fewer than [`DEFAULT_COORDINATORS`] coordinators is offered
 /// to more live peers.
 const TOP_UP_EVERY: Duration = Duration::from_secs(30);
@@ -319,8 +322,23 @@ impl Node {
                 }
             }
             if !ok {
-                // Not resent in the stream (it moves on in order); a full adoption repairs it.
-                self.catch_up(job, batch[0].to);
+                // Not resent in the stream (it moves on in order); a full adoption repairs it,
+                // and everything queued behind it too, so a dead backup's queue is not tried
+                // batch by batch.
+                let mut failed = batch;
+                failed.extend(pending.take());
+                while let Ok(i) = rx.try_recv() {
+                    failed.push(i);
+                }
+                let mut jobs: Vec<(JobId, PeerId)> = failed.iter().map(|i| (i.job, i.to)).collect();
+                jobs.dedup();
+                for (job, to) in jobs {
+                    self.catch_up(job, to);
+                }
+                for i in failed {
+                    let _ = i.ack.send(false);
+                }
+                continue;
             }
             for i in batch {
                 let _ = i.ack.send(ok);
@@ -377,7 +395,15 @@ impl Node {
     pub(crate) async fn evaluate_roles(&self) {
         let mut roles = self.0.roles.lock().await;
         let me = self.peer_id();
-        let live = self.live_set();
+        let mut live = self.live_set();
+        // Soon after a start, a coordinator membership has not heard of yet is taken as alive:
+        // taking a job over from a leader that is merely not known yet makes two leaders.
+        if self.now() < UNKNOWN_IS_ALIVE_MS {
+            let known: HashSet<PeerId> = self.mesh().membership.members().into_iter().map(|(m, _)| m.peer).collect();
+            let unknown: Vec<PeerId> =
+                self.core().jobs.values().flat_map(|m| m.coordinators.iter().copied()).filter(|c| !known.contains(c)).collect();
+            live.extend(unknown);
+        }
         let mut take_over = Vec::new();
         // Jobs this peer leads with fewer coordinators than wanted while more peers are live
         // (submitted while the mesh was small): topped up now and then, since each try hands

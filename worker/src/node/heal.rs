@@ -46,6 +46,10 @@ impl Node {
     /// A rival ad of a job: step down if its announcer outranks this peer, else announce again.
     pub(crate) fn on_rival_ad(&self, ad: JobAd) {
         let me = self.peer_id();
+        if ad.announcer == me {
+            // An older ad of this peer's own, still travelling: nothing to settle.
+            return;
+        }
         let Some(origin) = self.active_origin(&ad.job) else {
             tracing::debug!(job = %ad.job.short(), announcer = %ad.announcer.short(), "a rival ad of a job this peer does not lead");
             return;
@@ -55,8 +59,11 @@ impl Node {
             tracing::warn!(job = %ad.job.short(), announcer = %ad.announcer.short(), "ignored an ad of the job from a peer never named its coordinator");
             return;
         }
-        if outranks(&ad.job, &origin, &ad.announcer, &me) {
-            tracing::info!(job = %ad.job.short(), to = %ad.announcer.short(), "another side of a healed split leads the job; handing it over");
+        // Who the rival's side follows: the first of its list (a hand-over ad names the winner
+        // first, signed by the loser).
+        let leader = ad.coordinators.first().copied().unwrap_or(ad.announcer);
+        if leader != me && outranks(&ad.job, &origin, &leader, &me) {
+            tracing::info!(job = %ad.job.short(), to = %leader.short(), "another side of a healed split leads the job; handing it over");
             let node = self.clone();
             tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
         } else {
@@ -73,7 +80,7 @@ impl Node {
     /// the hand-over fails.
     pub(crate) async fn hand_over(&self, job: JobId, theirs: Vec<PeerId>) {
         let me = self.peer_id();
-        let Some(&to) = theirs.first() else { return };
+        let Some(&to) = theirs.first().filter(|t| **t != me) else { return };
         let _one_at_a_time = self.0.roles.lock().await;
         if self.active_origin(&job).is_none() {
             return;

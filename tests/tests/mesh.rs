@@ -100,9 +100,10 @@ async fn three_peers_verify_every_task_by_two_distinct_peers() {
     let status = finished(&origin, &id).await;
     let all = results(&origin, &id).await;
     let workers = check_primes(&status, &all, tasks, chunk, 2, &[]);
-    // A quorum of two needs two peers per task; all three pulled work.
+    // A quorum of two needs two peers per task, all of them of this mesh. (The third usually
+    // pulls work too, but tasks of microseconds can all be done before it asks.)
     let everyone: BTreeSet<String> = peers.iter().map(hex).collect();
-    assert_eq!(workers, everyone, "every peer took part in some verdict");
+    assert!(workers.len() >= 2 && workers.is_subset(&everyone), "verdicts by peers of the mesh: {workers:?}");
     let total: u64 = all.iter().map(|r| String::from_utf8_lossy(&r.output).trim().parse::<u64>().unwrap()).sum();
     assert_eq!(total, spare_example_primes::count_primes(0, tasks * chunk));
 

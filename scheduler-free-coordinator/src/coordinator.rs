@@ -607,6 +607,25 @@ impl Coordinator {
         Some(job.tasks.get(id.index as usize)?.view(*id, &job.spec.policy, self.live_peers))
     }
 
+    /// A job's tasks that failed by deadline misses, as (index, misses): verdicts no
+    /// attestation carries, which another coordinator must be told of.
+    pub fn timed_out(&self, id: &JobId) -> Vec<(u32, u32)> {
+        let Some(job) = self.jobs.get(id) else { return Vec::new() };
+        (0u32..)
+            .zip(&job.tasks)
+            .filter_map(|(i, t)| match t.verdict() {
+                Verdict::Failed(Failure::TimedOut(misses)) => Some((i, *misses)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Indices of a job's tasks that have no final verdict yet.
+    pub fn unfinished(&self, id: &JobId) -> Vec<u32> {
+        let Some(job) = self.jobs.get(id) else { return Vec::new() };
+        (0u32..).zip(&job.tasks).filter(|(_, t)| !t.verdict().is_final()).map(|(i, _)| i).collect()
+    }
+
     /// The agreed attestation of a final task (the first that carried the agreed result).
     pub fn agreed_attestation(&self, id: &TaskId) -> Option<&Attestation> {
         let t = self.jobs.get(&id.job)?.tasks.get(id.index as usize)?;

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait_timeout::ChildExt;
 
 const SPARE: &str = env!("CARGO_BIN_EXE_spare");
 
@@ -41,13 +42,9 @@ impl Peer {
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "peer did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.wait_timeout(Duration::from_secs(30)).expect("wait") {
+            Some(status) => status,
+            None => panic!("peer did not stop on SIGTERM"),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait_timeout::ChildExt;
 
 const SPARE: &str = env!("CARGO_BIN_EXE_spare");
 /// How long any condition may take before the test fails.
@@ -64,13 +65,9 @@ impl MeshPeer {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
         assert!(sent.success(), "SIGTERM sent to {pid}");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the peer") {
-                return status;
-            }
-            assert!(start.elapsed() < DEADLINE, "peer {} did not stop on SIGTERM", self.addr);
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.wait_timeout(DEADLINE).expect("wait for the peer") {
+            Some(status) => status,
+            None => panic!("peer {} did not stop on SIGTERM", self.addr),
         }
     }
 }

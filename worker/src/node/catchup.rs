@@ -5,15 +5,13 @@
 
 use std::time::Duration;
 
-use spare_coordinator::{Failure, JobId, PeerId, TaskId, Verdict};
+use spare_coordinator::{JobId, PeerId, TaskId};
 use spare_proto as pb;
 
 use super::Node;
 
 /// How long a catch-up waits, so that the failures and verdicts of a burst share one adoption.
 const CATCH_UP_AFTER: Duration = Duration::from_secs(2);
-/// Stored results read at a time when looking for timed-out tasks.
-const RESULTS_PAGE: usize = 1_024;
 
 impl Node {
     /// Sends `peer` the whole job soon, if this peer still leads it and `peer` is still one of
@@ -30,8 +28,7 @@ impl Node {
             let me = node.peer_id();
             let wanted = {
                 let core = node.core();
-                core.jobs.get(&job).is_some_and(|m| m.coordinators.first() == Some(&me) && m.coordinators.contains(&peer))
-                    && !core.coord.is_standby(&job)
+                core.leads(&job, &me) && core.jobs.get(&job).is_some_and(|m| m.coordinators.contains(&peer))
             };
             if !wanted {
                 return;
@@ -49,33 +46,21 @@ impl Node {
     /// [`Node::catch_up`] for every backup of a job this peer leads.
     pub(crate) fn catch_up_backups(&self, job: JobId) {
         let me = self.peer_id();
-        let backups: Vec<PeerId> = match self.core().jobs.get(&job) {
-            Some(m) if m.coordinators.first() == Some(&me) => m.coordinators[1..].to_vec(),
-            _ => return,
+        let backups: Vec<PeerId> = {
+            let core = self.core();
+            match core.jobs.get(&job) {
+                Some(m) if core.leads(&job, &me) => m.coordinators[1..].to_vec(),
+                _ => return,
+            }
         };
         for b in backups {
             self.catch_up(job, b);
         }
     }
 
-    /// The job's tasks that failed by deadline misses, from the store.
-    pub(crate) fn timed_out_tasks(&self, job: &JobId) -> anyhow::Result<Vec<pb::TimedOutTask>> {
-        let mut out = Vec::new();
-        let mut from = 0;
-        loop {
-            let page = self.store().results(job, from, RESULTS_PAGE)?;
-            let Some(&(last, _)) = page.last() else { break };
-            for (index, r) in &page {
-                if let Verdict::Failed(Failure::TimedOut(misses)) = r.verdict {
-                    out.push(pb::TimedOutTask { index: *index, misses });
-                }
-            }
-            if page.len() < RESULTS_PAGE {
-                break;
-            }
-            from = last + 1;
-        }
-        Ok(out)
+    /// The job's tasks that failed by deadline misses, as the coordinator holds them.
+    pub(crate) fn timed_out_tasks(&self, job: &JobId) -> Vec<pb::TimedOutTask> {
+        self.core().coord.timed_out(job).into_iter().map(|(index, misses)| pb::TimedOutTask { index, misses }).collect()
     }
 
     /// Replays tasks of `job` that failed by deadline misses (stored, or told by the active

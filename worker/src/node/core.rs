@@ -78,6 +78,11 @@ pub struct Core {
 }
 
 impl Core {
+    /// Whether `me` leads `job`: first of its coordinators, and not in standby.
+    pub fn leads(&self, job: &JobId, me: &spare_coordinator::PeerId) -> bool {
+        self.jobs.get(job).is_some_and(|m| m.coordinators.first() == Some(me)) && !self.coord.is_standby(job)
+    }
+
     /// Drains the coordinator's events into store writes and the changes to announce after them.
     pub fn drain(&mut self, evidence: Option<&Evidence<'_>>) -> (Vec<Op>, Vec<Change>) {
         let mut ops = Vec::new();

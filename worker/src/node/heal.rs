@@ -39,8 +39,7 @@ impl Node {
     fn active_origin(&self, job: &JobId) -> Option<PeerId> {
         let me = self.peer_id();
         let core = self.core();
-        let meta = core.jobs.get(job)?;
-        (meta.coordinators.first() == Some(&me) && !core.coord.is_standby(job)).then_some(meta.spec.origin)
+        core.leads(job, &me).then(|| core.jobs.get(job).map(|m| m.spec.origin)).flatten()
     }
 
     /// A rival ad of a job: step down if its announcer outranks this peer, else announce again.
@@ -62,16 +61,41 @@ impl Node {
         // Who the rival's side follows: the first of its list (a hand-over ad names the winner
         // first, signed by the loser).
         let leader = ad.coordinators.first().copied().unwrap_or(ad.announcer);
-        if leader != me && outranks(&ad.job, &origin, &leader, &me) {
-            tracing::info!(job = %ad.job.short(), to = %leader.short(), "another side of a healed split leads the job; handing it over");
+        self.settle(ad.job, origin, leader, ad.coordinators);
+    }
+
+    /// Two peers lead `job`, this one and `leader` (whose list is `theirs`): hand the job over
+    /// if `leader` outranks this peer, else announce again.
+    fn settle(&self, job: JobId, origin: PeerId, leader: PeerId, theirs: Vec<PeerId>) {
+        let me = self.peer_id();
+        if leader != me && outranks(&job, &origin, &leader, &me) {
+            tracing::info!(job = %job.short(), to = %leader.short(), "another peer leads the job and outranks this one; handing it over");
             let node = self.clone();
-            tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
+            tokio::spawn(async move { node.hand_over(job, theirs).await });
         } else {
             // This peer wins. Announce again (once per version of the rival's ad): a rival that
             // has stepped down already names this peer first, and its side now takes this
             // peer's ad; one that has not (a restarted coordinator leading again beside its
             // replacement) hears of this peer and steps down.
-            self.publish_job(ad.job, self.is_finished(&ad.job));
+            self.publish_job(job, self.is_finished(&job));
+        }
+    }
+
+    /// An adoption of a job held here came from `sender`, naming `theirs` as coordinators. A
+    /// sender that does not lead that list is handing the job over (the other side of a healed
+    /// split); one that leads it is catching up its backups, and if this peer leads too there
+    /// are two leaders, settled by rank. Only the origin or a peer once named a coordinator
+    /// here is settled with (anyone can sign an adoption naming itself first).
+    pub(crate) fn adopted_from(&self, job: JobId, sender: PeerId, theirs: Vec<PeerId>) {
+        if theirs.first() != Some(&sender) {
+            self.merged_from(job, sender);
+            return;
+        }
+        let Some(origin) = self.active_origin(&job) else { return };
+        let known = self.core().jobs.get(&job).is_some_and(|m| m.named.contains(&sender));
+        if sender != self.peer_id() && (known || sender == origin) {
+            tracing::info!(job = %job.short(), other = %sender.short(), "another peer leads the job too");
+            self.settle(job, origin, sender, theirs);
         }
     }
 
@@ -145,7 +169,7 @@ impl Node {
         let named = {
             let core = self.core();
             let Some(meta) = core.jobs.get(&job) else { return };
-            if from == me || meta.coordinators.first() != Some(&me) || core.coord.is_standby(&job) {
+            if from == me || !core.leads(&job, &me) {
                 return;
             }
             meta.coordinators.contains(&from)
@@ -164,20 +188,7 @@ impl Node {
             node.publish_job(job, node.is_finished(&job));
             // A backup that followed the other side's ad for a while refused this peer's
             // replication meanwhile: bring every backup up to date.
-            let backups: Vec<PeerId> = node.core().jobs.get(&job).map(|m| m.coordinators.iter().skip(1).copied().collect()).unwrap_or_default();
-            if backups.is_empty() {
-                return;
-            }
-            match node.adopt_request(&job).await {
-                Ok(req) => {
-                    for b in backups {
-                        if let Err(e) = node.adopt_to(b, req.clone()).await {
-                            tracing::warn!(job = %job.short(), peer = %b.short(), "catch-up of a backup coordinator failed: {e:#}");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(job = %job.short(), "cannot describe the job: {e:#}"),
-            }
+            node.catch_up_backups(job);
         });
     }
 }

@@ -362,7 +362,7 @@ impl Node {
             return;
         }
         let mut core = self.core();
-        let was_active = core.jobs.get(&ad.job).is_some_and(|m| m.coordinators.first() == Some(&me)) && !core.coord.is_standby(&ad.job);
+        let was_active = core.leads(&ad.job, &me);
         let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
         if meta.coordinators == ad.coordinators {
             return;

@@ -297,9 +297,13 @@ impl Node {
                 }
             }
             // Tasks failed by deadline misses: no attestation says so, their stored results do.
-            if !core.coord.job(id).is_some_and(|v| v.state.is_final()) {
-                for t in self.timed_out_tasks(id)? {
-                    core.coord.restore_timed_out(spare_coordinator::TaskId { job: *id, index: t.index }, t.misses);
+            let open = !core.coord.job(id).is_some_and(|v| v.state.is_final());
+            for index in if open { core.coord.unfinished(id) } else { Vec::new() } {
+                let task = spare_coordinator::TaskId { job: *id, index };
+                if let Some(r) = self.0.store.result(&task)? {
+                    if let spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(misses)) = r.verdict {
+                        core.coord.restore_timed_out(task, misses);
+                    }
                 }
             }
         }
@@ -544,31 +548,9 @@ impl Node {
             self.announce(ops, changes)
         };
         durable.await.map_err(|_| anyhow::anyhow!("the cancellation could not be stored"))?;
-        // The backups hold the job too: without this, a failover would run it again.
-        let me = self.peer_id();
-        let backups: Vec<spare_coordinator::PeerId> = {
-            let core = self.core();
-            match core.jobs.get(id) {
-                Some(m) if m.coordinators.first() == Some(&me) => m.coordinators[1..].to_vec(),
-                _ => Vec::new(),
-            }
-        };
-        if !backups.is_empty() {
-            let node = self.clone();
-            let id = *id;
-            tokio::spawn(async move {
-                match node.adopt_request(&id).await {
-                    Ok(req) => {
-                        for b in backups {
-                            if let Err(e) = node.adopt_to(b, req.clone()).await {
-                                tracing::warn!(job = %id.short(), peer = %b.short(), "could not pass the cancellation on: {e:#}");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(job = %id.short(), "cannot describe the job: {e:#}"),
-                }
-            });
-        }
+        // The backups hold the job too: without this, a failover would run it again. The
+        // adoption carries `cancelled`.
+        self.catch_up_backups(*id);
         Ok(true)
     }
 }

@@ -187,7 +187,7 @@ impl Node {
                 solo: rec.solo,
             });
         }
-        let timed_out = self.timed_out_tasks(job)?;
+        let timed_out = self.timed_out_tasks(job);
         let mut req = pb::AdoptRequest {
             job_id: job.to_hex(),
             origin: stored.spec.origin.to_hex(),
@@ -385,7 +385,7 @@ impl Node {
         // backups get it like anything else this peer records.
         let me = self.peer_id();
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-        let leads = coordinators.first() == Some(&me) && !core.coord.is_standby(&att.task.job);
+        let leads = core.leads(&att.task.job, &me);
         let backup = if leads { self.replicate(&coordinators, &att, solo, decided.then_some(output)) } else { None };
         Some(self.announce_with(ops, changes, backup))
     }
@@ -457,6 +457,10 @@ impl Node {
             tracing::info!(job = %job.short(), "active coordinator of the job");
             // This peer first, dead coordinators replaced.
             self.add_coordinators(job).await;
+            // The backups heard the dead leader's stream separately, so one may lack what this
+            // peer holds (a verdict replayed from here would then stay pending there): each gets
+            // the whole job once.
+            self.catch_up_backups(job);
             self.publish_job(job, false);
             self.0.work.notify_one();
         }

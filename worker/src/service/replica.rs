@@ -119,8 +119,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         node.cancel(&job).await.map_err(|e| Status::internal(format!("{e:#}")))?;
     }
     if held {
-        // From a coordinator this peer did not name: the other side of a healed split.
-        node.merged_from(job, sender);
+        node.adopted_from(job, sender, coordinators);
     }
     Ok(())
 }

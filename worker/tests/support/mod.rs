@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait_timeout::ChildExt;
 
 pub const SPARE: &str = env!("CARGO_BIN_EXE_spare");
 /// How long any one condition may take before the test fails.
@@ -205,13 +206,9 @@ impl Peer {
     }
 
     fn wait_exit(&mut self, after: &str) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the peer") {
-                return status;
-            }
-            assert!(start.elapsed() < DEADLINE, "peer {} did not exit after {after}", self.addr);
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.wait_timeout(DEADLINE).expect("wait for the peer") {
+            Some(status) => status,
+            None => panic!("peer {} did not exit within {DEADLINE:?} after {after}", self.addr),
         }
     }
 
@@ -305,16 +302,12 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> Output {
     };
     let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
     let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
-    let start = Instant::now();
-    let (status, killed) = loop {
-        if let Some(s) = child.try_wait().expect("wait for spare") {
-            break (s, false);
-        }
-        if start.elapsed() > limit {
+    let (status, killed) = match child.wait_timeout(limit).expect("wait for spare") {
+        Some(s) => (s, false),
+        None => {
             let _ = child.kill();
-            break (child.wait().expect("wait for spare"), true);
+            (child.wait().expect("wait for spare"), true)
         }
-        std::thread::sleep(Duration::from_millis(10));
     };
     let stdout = out.join().unwrap_or_default();
     let mut stderr = err.join().unwrap_or_default();

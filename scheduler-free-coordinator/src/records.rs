@@ -96,12 +96,16 @@ impl Record {
     }
 
     /// Whether this record may replace `known`, an older version of it: a peer's advert only by
-    /// that peer; a job's ad by the announcer of the known one or a coordinator it names.
+    /// that peer; a job's ad by the announcer of the known one, a coordinator it names, or the
+    /// job's origin (which wins every split, so a peer that missed the hand-over ad of its side
+    /// still comes to follow the origin).
     pub fn may_replace(&self, known: &Record) -> bool {
         match (known, self) {
             (Record::Advert(k), Record::Advert(n)) => k.peer == n.peer,
             (Record::JobAd(k), Record::JobAd(n)) => {
-                k.job == n.job && k.origin == n.origin && (n.announcer == k.announcer || k.coordinators.contains(&n.announcer))
+                k.job == n.job
+                    && k.origin == n.origin
+                    && (n.announcer == k.announcer || n.announcer == n.origin || k.coordinators.contains(&n.announcer))
             }
             _ => false,
         }
@@ -213,5 +217,32 @@ mod tests {
         let mut other = r.clone();
         other.sign(&fake_signer(2));
         assert!(!other.verify(&fake_verifier()), "signed by someone else");
+    }
+
+    fn ad(origin: u8, announcer: u8, coordinators: &[u8]) -> Record {
+        Record::JobAd(JobAd {
+            job: JobId([9; 32]),
+            origin: PeerId([origin; 32]),
+            announcer: PeerId([announcer; 32]),
+            seq: 1,
+            module: BlobId([0; 32]),
+            task_count: 1,
+            policy: Policy::default(),
+            coordinators: coordinators.iter().map(|c| PeerId([*c; 32])).collect(),
+            submitted_at_ms: 0,
+            done: false,
+            signature: vec![],
+        })
+    }
+
+    #[test]
+    fn a_job_ad_is_replaced_by_its_announcer_a_coordinator_it_names_or_the_origin() {
+        // Peer 3 leads after a takeover from origin 1, naming 3 and 4.
+        let known = ad(1, 3, &[3, 4]);
+        assert!(ad(1, 3, &[3, 4, 5]).may_replace(&known), "its announcer");
+        assert!(ad(1, 4, &[4]).may_replace(&known), "a coordinator it names");
+        assert!(ad(1, 1, &[1, 2]).may_replace(&known), "the origin, though not named");
+        assert!(!ad(1, 2, &[2]).may_replace(&known), "another peer: a rival");
+        assert!(!ad(2, 2, &[2]).may_replace(&known), "a peer claiming to be the origin of the job");
     }
 }

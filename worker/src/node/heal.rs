@@ -73,6 +73,9 @@ impl Node {
             let node = self.clone();
             tokio::spawn(async move { node.hand_over(job, theirs).await });
         } else {
+            if leader != me {
+                tracing::info!(job = %job.short(), other = %leader.short(), "this peer outranks the other leader of the job; announcing it again");
+            }
             // This peer wins. Announce again (once per version of the rival's ad): a rival that
             // has stepped down already names this peer first, and its side now takes this
             // peer's ad; one that has not (a restarted coordinator leading again beside its
@@ -107,6 +110,7 @@ impl Node {
         let Some(&to) = theirs.first().filter(|t| **t != me) else { return };
         let _one_at_a_time = self.0.roles.lock().await;
         if self.active_origin(&job).is_none() {
+            tracing::info!(job = %job.short(), "no longer leads the job: nothing to hand over");
             return;
         }
         // This peer is not named: the winner never saw its attestations without outputs, and

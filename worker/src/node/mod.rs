@@ -139,10 +139,10 @@ struct Shared {
     /// Catch-ups of backup coordinators waiting to be sent (see `catchup.rs`).
     catching_up: dashmap::DashSet<(JobId, spare_coordinator::PeerId)>,
     /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
-    /// when jobs with fewer coordinators than wanted were last topped up.
-    roles: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// when the periodic work of `evaluate_roles` was last done.
+    roles: tokio::sync::Mutex<replicate::RoleTicks>,
     /// Report batchers, one per coordinator address.
-    reporters: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<remote::ReportMsg>>>,
+    reporters: Mutex<std::collections::HashMap<String, remote::ReportQueue>>,
     /// The address other peers dial.
     advertised: String,
     /// Records and attestations dropped for bad signatures.
@@ -256,7 +256,7 @@ impl Node {
             reporters: Default::default(),
             replicators: Default::default(),
             catching_up: Default::default(),
-            roles: tokio::sync::Mutex::new(None),
+            roles: tokio::sync::Mutex::new(replicate::RoleTicks::default()),
             advertised,
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),

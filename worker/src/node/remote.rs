@@ -51,6 +51,9 @@ pub enum ReportMsg {
     Release(pb::Release),
 }
 
+/// Where a coordinator's reports wait: each with when its lease lapses, on this peer's clock.
+pub type ReportQueue = mpsc::Sender<(spare_coordinator::Millis, ReportMsg)>;
+
 /// Reports batched per coordinator: at most this many per request…
 const REPORT_BATCH: usize = 256;
 /// …or this many output bytes…
@@ -59,8 +62,10 @@ const REPORT_BYTES: usize = 4 << 20;
 const REPORT_LINGER: Duration = Duration::from_millis(5);
 /// Reports waiting per coordinator before new ones wait their turn.
 const REPORT_QUEUE: usize = 4096;
-/// Attempts at one report batch before it is given up (its leases then lapse).
-const REPORT_TRIES: u32 = 3;
+/// Longest wait between attempts at a report batch. A batch is retried while the coordinator is
+/// unreachable (restarting, or across a split) until the first of its leases lapses, when the
+/// coordinator has put those replicas back in the pool and would refuse it.
+const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
 pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
@@ -159,8 +164,9 @@ impl Node {
         Ok(())
     }
 
-    /// Queues a report for the coordinator at `addr`; batches go out from one task per coordinator.
-    pub(super) async fn send_report(&self, addr: &str, msg: ReportMsg) {
+    /// Queues a report for the coordinator at `addr`, of a lease that lapses at `until` (this
+    /// peer's clock); batches go out from one task per coordinator.
+    pub(super) async fn send_report(&self, addr: &str, until: spare_coordinator::Millis, msg: ReportMsg) {
         let tx = {
             let mut reporters = self.0.reporters.lock().unwrap_or_else(|p| p.into_inner());
             reporters.retain(|_, tx| !tx.is_closed());
@@ -173,15 +179,20 @@ impl Node {
                 })
                 .clone()
         };
-        let _ = tx.send(msg).await;
+        let _ = tx.send((until, msg)).await;
     }
 
-    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<ReportMsg>) {
+    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<(spare_coordinator::Millis, ReportMsg)>) {
         while let Some(first) = rx.recv().await {
             let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
-            let add = |m: ReportMsg, req: &mut pb::ReportRequest| match m {
-                ReportMsg::Attestation(item) => req.items.push(item),
-                ReportMsg::Release(r) => req.released.push(r),
+            // Retried until the first lease in the batch lapses.
+            let mut until = spare_coordinator::Millis::MAX;
+            let mut add = |(u, m): (spare_coordinator::Millis, ReportMsg), req: &mut pb::ReportRequest| {
+                until = until.min(u);
+                match m {
+                    ReportMsg::Attestation(item) => req.items.push(item),
+                    ReportMsg::Release(r) => req.released.push(r),
+                }
             };
             let bytes = |req: &pb::ReportRequest| req.items.iter().map(|i| i.output.len()).sum::<usize>();
             add(first, &mut req);
@@ -198,25 +209,41 @@ impl Node {
             }
             req.timestamp_ms = unix_ms();
             req.signature = self.0.identity.sign(&report_signing_bytes(&req)).to_vec();
-            for attempt in 1..=REPORT_TRIES {
-                let Some(mut client) = self.0.clients.mesh(&addr) else { break };
-                match client.report(req.clone()).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(%addr, attempt, "report failed: {e}");
-                        self.0.clients.forget(&addr);
-                        if attempt < REPORT_TRIES {
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                        }
-                    }
-                }
+            self.deliver_report(&addr, req, until).await;
+        }
+    }
+
+    /// Sends one report batch, retrying while the coordinator is unreachable and the batch's
+    /// leases last.
+    async fn deliver_report(&self, addr: &str, req: pb::ReportRequest, until: spare_coordinator::Millis) {
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1u32.. {
+            let Some(mut client) = self.0.clients.mesh(addr) else { return };
+            let e = match client.report(req.clone()).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            self.0.clients.forget(addr);
+            // Only an unreachable or busy coordinator may take it later; a refusal is final.
+            let transient = matches!(
+                e.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted | tonic::Code::Unknown
+            );
+            if !transient || self.now() + wait.as_millis() as u64 >= until {
+                tracing::warn!(%addr, attempt, items = req.items.len(), "report given up: {e}");
+                return;
             }
+            if attempt == 1 {
+                tracing::warn!(%addr, "report failed, retrying until its leases lapse: {e}");
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REPORT_BACKOFF_MAX);
         }
     }
 
     /// Hands a remote replica back without a result.
     pub(super) async fn release_remote(&self, r: &RemoteReplica, why: Release) {
         let msg = pb::Release { job_id: r.task.job.to_hex(), index: r.task.index, deadline: why == Release::Deadline };
-        self.send_report(&r.coordinator, ReportMsg::Release(msg)).await;
+        self.send_report(&r.coordinator, r.expires_at, ReportMsg::Release(msg)).await;
     }
 }

@@ -38,6 +38,19 @@ const UNKNOWN_IS_ALIVE_MS: u64 = 30_000;
 const TOP_UP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts at one replication batch.
 const REPLICATE_TRIES: u32 = 3;
+/// How often the active coordinator of an unfinished job announces it again. Gossip sends a
+/// record only a few times, and the one-shot sync to a peer that comes up can be lost on a
+/// connection that died in a cut: without this, the two leaders of a healed split could go on
+/// never hearing of each other (see `heal.rs`), the side that finished first no longer
+/// announcing at all.
+const REANNOUNCE_EVERY: Duration = Duration::from_secs(15);
+
+/// When the periodic parts of [`Node::evaluate_roles`] last ran.
+#[derive(Default)]
+pub struct RoleTicks {
+    top_up: Option<std::time::Instant>,
+    reannounce: Option<std::time::Instant>,
+}
 
 /// Resolves to whether a backup coordinator has an attestation durably.
 pub type BackupAck = Pin<Box<dyn Future<Output = bool> + Send>>;
@@ -408,8 +421,10 @@ impl Node {
         // Jobs this peer leads with fewer coordinators than wanted while more peers are live
         // (submitted while the mesh was small): topped up now and then, since each try hands
         // the whole job over.
-        let top_up_due = roles.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
+        let top_up_due = roles.top_up.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
         let mut top_up = Vec::new();
+        let reannounce_due = roles.reannounce.is_none_or(|t| t.elapsed() >= REANNOUNCE_EVERY);
+        let mut reannounce = Vec::new();
         {
             let mut core = self.core();
             let jobs: Vec<(JobId, Vec<PeerId>)> =
@@ -438,13 +453,24 @@ impl Node {
                     take_over.push(job);
                 } else if !active && !standby {
                     core.coord.set_standby(&job, true);
-                } else if active && top_up_due && coordinators.len() < DEFAULT_COORDINATORS && live.len() > coordinators.len() {
-                    top_up.push(job);
+                } else if active {
+                    if top_up_due && coordinators.len() < DEFAULT_COORDINATORS && live.len() > coordinators.len() {
+                        top_up.push(job);
+                    }
+                    if reannounce_due {
+                        reannounce.push(job);
+                    }
                 }
             }
         }
         if top_up_due {
-            *roles = Some(std::time::Instant::now());
+            roles.top_up = Some(std::time::Instant::now());
+        }
+        if reannounce_due {
+            roles.reannounce = Some(std::time::Instant::now());
+        }
+        for job in reannounce {
+            self.publish_job(job, false);
         }
         for job in top_up {
             let before = self.core().jobs.get(&job).map(|m| m.coordinators.len());

@@ -241,7 +241,7 @@ impl Node {
             output,
             message: ran.message,
         };
-        self.send_report(&r.coordinator, ReportMsg::Attestation(item)).await;
+        self.send_report(&r.coordinator, r.expires_at, ReportMsg::Attestation(item)).await;
         Ok(())
     }
 

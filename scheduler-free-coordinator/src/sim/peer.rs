@@ -68,10 +68,10 @@ pub enum ReportItem {
 pub struct Reporter {
     /// The coordinator.
     pub coordinator: u32,
-    /// Items waiting for the next batch.
-    pub queue: Vec<ReportItem>,
-    /// The batch being sent and its attempt number.
-    pub batch: Option<(Vec<ReportItem>, u32)>,
+    /// Items waiting for the next batch, each with when its lease lapses.
+    pub queue: Vec<(Millis, ReportItem)>,
+    /// The batch being sent, its attempt number, and when its first lease lapses.
+    pub batch: Option<(Vec<ReportItem>, u32, Millis)>,
     /// A flush (linger end or retry) is scheduled.
     pub flush_pending: bool,
 }

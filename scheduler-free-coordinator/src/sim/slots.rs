@@ -21,7 +21,9 @@ const LOOK_AGAIN_MS: Millis = 200;
 /// Report batching.
 const REPORT_LINGER_MS: Millis = 5;
 const REPORT_BATCH: usize = 256;
-const REPORT_TRIES: u32 = 3;
+/// A failed report batch is retried after 200 ms, doubling up to this, until its first lease
+/// lapses (`node/remote.rs:deliver_report`).
+const REPORT_BACKOFF_MAX_MS: Millis = 2_000;
 
 impl Sim {
     /// Wakes the peer's slot loop (`work.notify_one()`): it runs once, now.
@@ -150,7 +152,7 @@ impl Sim {
                 self.record(p, p, att, out, false);
                 self.drain_coordinator(p);
             }
-            Some(c) => self.report_push(p, c, ReportItem::Attest(att, out)),
+            Some(c) => self.report_push(p, c, r.expires_at, ReportItem::Attest(att, out)),
         }
         self.replica_done(p, false);
         if let Some(next) = self.peers[p as usize].waiting.pop_front() {
@@ -168,7 +170,7 @@ impl Sim {
                 }
                 self.drain_coordinator(p);
             }
-            Some(c) => self.report_push(p, c, ReportItem::Release(r.task, why)),
+            Some(c) => self.report_push(p, c, r.expires_at, ReportItem::Release(r.task, why)),
         }
     }
 
@@ -234,7 +236,7 @@ impl Sim {
     }
 
     /// Queues a report item for coordinator `c`; the first one starts the linger.
-    fn report_push(&mut self, p: u32, c: u32, item: ReportItem) {
+    fn report_push(&mut self, p: u32, c: u32, until: Millis, item: ReportItem) {
         let peer = &mut self.peers[p as usize];
         let i = match peer.reporters.iter().position(|r| r.coordinator == c) {
             Some(i) => i,
@@ -244,7 +246,7 @@ impl Sim {
             }
         };
         let r = &mut peer.reporters[i];
-        r.queue.push(item);
+        r.queue.push((until, item));
         if r.batch.is_none() && !r.flush_pending {
             r.flush_pending = true;
             self.queue.push(self.now + REPORT_LINGER_MS, Event::Flush { peer: p, coordinator: c });
@@ -265,9 +267,11 @@ impl Sim {
             if n == 0 {
                 return;
             }
-            r.batch = Some((r.queue.drain(..n).collect(), 1));
+            let items: Vec<(Millis, ReportItem)> = r.queue.drain(..n).collect();
+            let until = items.iter().map(|(u, _)| *u).min().unwrap_or(NEVER);
+            r.batch = Some((items.into_iter().map(|(_, i)| i).collect(), 1, until));
         }
-        let Some((batch, _)) = r.batch.as_ref() else { return };
+        let Some((batch, _, _)) = r.batch.as_ref() else { return };
         let mut items = Vec::new();
         let mut released = Vec::new();
         for item in batch {
@@ -293,15 +297,16 @@ impl Sim {
         }
     }
 
-    /// A report batch failed: try again after 200 ms, then 400 ms, then drop it (its leases
-    /// lapse at the coordinator).
+    /// A report batch failed: try again after 200 ms, doubling up to 2 s, until the next try
+    /// would come after its first lease lapses; then drop it (its leases lapse at the
+    /// coordinator).
     pub(super) fn on_report_failed(&mut self, p: u32, c: u32) {
         let now = self.now;
         let peer = &mut self.peers[p as usize];
         let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        let Some((_, attempt)) = r.batch.as_mut() else { return };
-        if *attempt < REPORT_TRIES {
-            let pause = 200 * Millis::from(*attempt);
+        let Some((_, attempt, until)) = r.batch.as_mut() else { return };
+        let pause = (200 << (*attempt - 1).min(4)).min(REPORT_BACKOFF_MAX_MS);
+        if now + pause < *until {
             *attempt += 1;
             r.flush_pending = true;
             self.queue.push(now + pause, Event::Flush { peer: p, coordinator: c });

@@ -100,10 +100,10 @@ impl Client {
             include_tasks,
         };
         let status = self.jobs.clone().get(request).await?.into_inner();
-        if !status.coordinators.is_empty() {
-            if let Ok(mut known) = self.known.lock() {
-                known.insert(status.job_id.clone(), status.coordinators.clone());
-            }
+        if !status.coordinators.is_empty()
+            && let Ok(mut known) = self.known.lock()
+        {
+            known.insert(status.job_id.clone(), status.coordinators.clone());
         }
         Ok(status)
     }

@@ -52,10 +52,10 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar) -> anyhow::R
             Some(Event::TaskDone(_)) => {
                 bar.inc(1);
                 // Refresh counts and the note now and then, not per task.
-                if bar.position() % 64 == 0 {
-                    if let Ok(s) = client.status(id, false).await {
-                        show(bar, &s);
-                    }
+                if bar.position().is_multiple_of(64)
+                    && let Ok(s) = client.status(id, false).await
+                {
+                    show(bar, &s);
                 }
             }
             Some(Event::Finished(s)) => {

@@ -225,9 +225,14 @@ impl Node {
             };
             self.0.clients.forget(addr);
             // Only an unreachable or busy coordinator may take it later; a refusal is final.
+            // (A connection that timed out is CANCELLED.)
             let transient = matches!(
                 e.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted | tonic::Code::Unknown
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
             );
             if !transient || self.now() + wait.as_millis() as u64 >= until {
                 tracing::warn!(%addr, attempt, items = req.items.len(), "report given up: {e}");

@@ -88,10 +88,10 @@ impl Node {
         }
         self.check_module(&job.module).await?;
         for (i, input) in job.inputs.iter().enumerate() {
-            if let StoredInput::Blob(id) = input {
-                if !self.store().blobs().has(id).await {
-                    return Err(SubmitFailure::Missing(format!("input blob {id} of task {i} is not stored at this peer")));
-                }
+            if let StoredInput::Blob(id) = input
+                && !self.store().blobs().has(id).await
+            {
+                return Err(SubmitFailure::Missing(format!("input blob {id} of task {i} is not stored at this peer")));
             }
         }
         let origin = self.peer_id();

@@ -298,12 +298,13 @@ impl Node {
             }
             // Tasks failed by deadline misses: no attestation says so, their stored results do.
             let open = !core.coord.job(id).is_some_and(|v| v.state.is_final());
-            for index in if open { core.coord.unfinished(id) } else { Vec::new() } {
+            let unfinished = if open { core.coord.unfinished(id) } else { Vec::new() };
+            for index in unfinished {
                 let task = spare_coordinator::TaskId { job: *id, index };
-                if let Some(r) = self.0.store.result(&task)? {
-                    if let spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(misses)) = r.verdict {
-                        core.coord.restore_timed_out(task, misses);
-                    }
+                if let Some(r) = self.0.store.result(&task)?
+                    && let spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(misses)) = r.verdict
+                {
+                    core.coord.restore_timed_out(task, misses);
                 }
             }
         }

@@ -481,12 +481,16 @@ impl Node {
         }
         for job in take_over {
             tracing::info!(job = %job.short(), "active coordinator of the job");
+            // The live backups kept (this peer is first already) heard the dead leader's stream
+            // separately, so one may lack what this peer holds (a verdict replayed from here
+            // would then stay pending there): each gets the whole job once. New ones get it
+            // from `add_coordinators`.
+            let kept: Vec<PeerId> = self.core().jobs.get(&job).map(|m| m.coordinators.iter().skip(1).copied().collect()).unwrap_or_default();
             // This peer first, dead coordinators replaced.
             self.add_coordinators(job).await;
-            // The backups heard the dead leader's stream separately, so one may lack what this
-            // peer holds (a verdict replayed from here would then stay pending there): each gets
-            // the whole job once.
-            self.catch_up_backups(job);
+            for backup in kept {
+                self.catch_up(job, backup);
+            }
             self.publish_job(job, false);
             self.0.work.notify_one();
         }

@@ -105,7 +105,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
         }
         // Counted above; given back unless the job is taken here.
-        let taken = take_job(node, job, origin, sender, &r, &new, &module, &coordinators).await;
+        let taken = take_job(node, job, origin, sender, &r, new, &coordinators).await;
         if !matches!(taken, Ok(true)) {
             node.unhold_tasks(count);
         }
@@ -126,18 +126,16 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
 
 /// Fetches an adopted job's blobs and takes the job into the coordinator (in standby) and the
 /// store. Returns whether this call took it (false: a concurrent adoption did).
-#[allow(clippy::too_many_arguments)]
 async fn take_job(
     node: &Node,
     job: JobId,
     origin: PeerId,
     sender: PeerId,
     r: &pb::AdoptRequest,
-    new: &NewJob,
-    module: &BlobId,
+    new: NewJob,
     coordinators: &[PeerId],
 ) -> Result<bool, Status> {
-    let module = *module;
+    let module = new.module;
     // The module and large inputs come from the sender, checked against their hashes.
     let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
     let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
@@ -153,14 +151,14 @@ async fn take_job(
         policy: new.policy,
         origin,
         submitted_at_ms: r.submitted_at_ms,
-        label: new.label.clone(),
+        label: new.label,
     };
     let stored = StoredJob {
         spec: spec.clone(),
-        args: new.args.clone(),
-        env: new.env.clone(),
+        args: new.args,
+        env: new.env,
         cancelled: r.cancelled,
-        nonce: new.nonce.clone(),
+        nonce: new.nonce,
         origin_signature: r.origin_signature.clone(),
         coordinators: coordinators.to_vec(),
     };
@@ -173,7 +171,7 @@ async fn take_job(
             while core.coord.poll_event().is_some() {}
             core.jobs.insert(job, JobMeta::of(&stored));
         }
-        (node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs.clone() }]), inserted)
+        (node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs }]), inserted)
     };
     write.await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
     tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");

@@ -100,7 +100,7 @@ pub enum ReportError {
     /// A replayed attestation is marked as taken alone where that cannot have happened: the
     /// job does not allow adaptive replication, or the task already had an attestation.
     #[error("task {0} cannot have been decided by a lone replica")]
-    NotSolo(TaskId),
+    NotLone(TaskId),
 }
 
 /// Why a leased replica is handed back without an attestation.
@@ -305,7 +305,7 @@ impl Coordinator {
                 if t.load() == 0 {
                     match spot {
                         Some(false) if *used < Self::LONE_BUDGET => {
-                            t.solo = Some(peer);
+                            t.lone = Some(peer);
                             *used += 1;
                         }
                         Some(true) => t.check = true,
@@ -323,7 +323,7 @@ impl Coordinator {
 
     /// Records an attestation whose signature the driver has checked. The peer must hold a live
     /// lease on the task. Whether it was taken alone (adaptive replication) is in
-    /// [`TaskView::solo`] afterwards: store and replicate that mark with it.
+    /// [`TaskView::lone`] afterwards: store and replicate that mark with it.
     pub fn report(&mut self, att: Attestation) -> Result<Reported, ReportError> {
         self.record(att, None)
     }
@@ -336,13 +336,13 @@ impl Coordinator {
     /// Replays an attestation recorded before a restart or by another coordinator of the job,
     /// with the recorder's decision whether it was taken alone. Reputation tables differ between
     /// coordinators, so the decision travels with the attestation and replay reaches the same
-    /// verdicts. A `solo` mark the job's policy or the task's state rules out is refused.
-    pub fn restore_attestation_solo(&mut self, att: Attestation, solo: bool) -> Result<Reported, ReportError> {
-        self.record(att, Some(solo))
+    /// verdicts. A `lone` mark the job's policy or the task's state rules out is refused.
+    pub fn restore_attestation_lone(&mut self, att: Attestation, lone: bool) -> Result<Reported, ReportError> {
+        self.record(att, Some(lone))
     }
 
     /// `replay` is `None` for a live report (lease needed, this coordinator decides whether it
-    /// is taken alone) and `Some(solo)` for a replay.
+    /// is taken alone) and `Some(lone)` for a replay.
     fn record(&mut self, att: Attestation, replay: Option<bool>) -> Result<Reported, ReportError> {
         let need_lease = replay.is_none();
         let task = att.task;
@@ -357,7 +357,7 @@ impl Coordinator {
             if need_lease && !leased {
                 return Err(ReportError::NoLease { task, peer });
             }
-            if !entry.solo_verdict {
+            if !entry.lone_verdict {
                 let agrees = key == &att.result;
                 self.reputation.judged(peer, agrees);
                 if !agrees {
@@ -371,28 +371,28 @@ impl Coordinator {
         if attested || (need_lease && !leased) || entry.verdict().is_final() {
             return Err(ReportError::NoLease { task, peer });
         }
-        let solo = match replay {
+        let lone = match replay {
             // Taken alone only if the peer still holds the lone lease and is still trusted:
             // evidence against it since the lease was given ends its lone replicas too.
             None => {
-                entry.solo == Some(peer)
+                entry.lone == Some(peer)
                     && entry.attestations.is_empty()
                     && adaptive.is_some_and(|a| self.reputation.is_trusted(&peer, a.min_agreed))
             }
             Some(true) if adaptive.is_none() || !entry.attestations.is_empty() => {
-                return Err(ReportError::NotSolo(task));
+                return Err(ReportError::NotLone(task));
             }
-            Some(solo) => solo,
+            Some(lone) => lone,
         };
         job.started = true;
         let (verdict, decided) = self
-            .mutate_task(task, |t, policy| t.attest(att, policy, solo))
+            .mutate_task(task, |t, policy| t.attest(att, policy, lone))
             .ok_or(ReportError::UnknownTask(task))?;
         if !decided {
             return Ok(Reported::Recorded);
         }
         let mut liars = Vec::new();
-        if let (Some(key), Some(job), false) = (verdict.agreed(), self.jobs.get(&task.job), solo) {
+        if let (Some(key), Some(job), false) = (verdict.agreed(), self.jobs.get(&task.job), lone) {
             for a in &job.tasks[task.index as usize].attestations {
                 let agrees = &a.result == key;
                 self.reputation.judged(a.peer, agrees);
@@ -438,6 +438,26 @@ impl Coordinator {
             self.events.push_back(Event::TaskFinal { task, verdict });
             self.after_final(task.job);
         }
+    }
+
+    /// Replays a lease the active coordinator gave (its replication stream) into a job this
+    /// coordinator holds: should it come to lead, the worker's report for the lease is taken
+    /// instead of the task running again, and meanwhile the task counts the replica out. The
+    /// lease lapses here like any other. Returns whether it was taken (not when the task is final
+    /// or the peer already holds, ran or let lapse a replica of it).
+    pub fn restore_lease(&mut self, lease: Lease) -> bool {
+        let Lease { task, peer, expires_at } = lease;
+        let open = self
+            .jobs
+            .get(&task.job)
+            .and_then(|j| j.tasks.get(task.index as usize))
+            .is_some_and(|t| !t.verdict().is_final() && !t.involves(&peer));
+        if !open {
+            return false;
+        }
+        self.mutate_task(task, |t, _| t.leases.push((peer, expires_at)));
+        self.expiries.push(Reverse((expires_at, task, peer)));
+        true
     }
 
     /// Replays a task that failed because `misses` replicas missed their deadline (a verdict no
@@ -559,12 +579,12 @@ impl Coordinator {
         &self.reputation
     }
 
-    /// Sets what this coordinator knows of `peer`, replacing its record: for a driver that keeps
-    /// reputation across restarts, and for the simulator's peers with a past. The record only
-    /// counts from now on (lone leases already given stand until they end).
-    pub fn set_record(&mut self, peer: PeerId, record: crate::Record) {
-        self.reputation.set(peer, record);
-        if record.disagreed > 0 || record.invalid > 0 {
+    /// Sets what this coordinator knows of `peer`, replacing its standing: for a driver that
+    /// keeps reputation across restarts, and for the simulator's peers with a past. The standing
+    /// only counts from now on (lone leases already given stand until they end).
+    pub fn set_standing(&mut self, peer: PeerId, standing: crate::Standing) {
+        self.reputation.set(peer, standing);
+        if standing.disagreed > 0 || standing.invalid > 0 {
             self.distrust(peer);
         }
     }
@@ -582,12 +602,12 @@ impl Coordinator {
             .held
             .of(&peer)
             .filter(|t| {
-                self.jobs.get(&t.job).and_then(|j| j.tasks.get(t.index as usize)).is_some_and(|e| e.solo == Some(peer))
+                self.jobs.get(&t.job).and_then(|j| j.tasks.get(t.index as usize)).is_some_and(|e| e.lone == Some(peer))
             })
             .copied()
             .collect();
         for task in lone {
-            self.mutate_task(task, |t, _| t.solo = None);
+            self.mutate_task(task, |t, _| t.lone = None);
         }
     }
 

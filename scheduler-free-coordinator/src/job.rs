@@ -154,7 +154,7 @@ impl JobTable {
         self.open.remove(&k);
         let before = self.tasks[i as usize].state();
         let r = f(&mut self.tasks[i as usize], &self.spec.policy);
-        self.tasks[i as usize].settle_solo();
+        self.tasks[i as usize].settle_lone();
         let after = self.tasks[i as usize].state();
         self.count(before, -1);
         self.count(after, 1);

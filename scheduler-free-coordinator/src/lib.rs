@@ -1,7 +1,7 @@
 //! Spare's coordination protocol as a sans-IO state machine.
 //!
 //! A [`Coordinator`] holds the task tables of the jobs this peer coordinates. The driver (the
-//! peer's event loop in `spare-worker`, or the simulator) feeds it submissions, lease requests,
+//! peer's event loop in `spare-peer`, or the simulator) feeds it submissions, lease requests,
 //! attestations and timer ticks, each with `now`, and drains [`Event`]s. It never touches a
 //! socket, a disk or a clock, so the same code runs in a real peer and in a seeded simulation.
 //!
@@ -22,6 +22,7 @@ mod ids;
 mod job;
 pub mod membership;
 mod outcome;
+pub mod peer;
 mod policy;
 pub mod pull;
 pub mod records;
@@ -40,6 +41,6 @@ pub use ids::{BlobId, JobId, ParseIdError, PeerId, TaskId};
 pub use job::{JobSpec, JobState, TaskCounts, derive_job_id};
 pub use outcome::{Outcome, ResultKey};
 pub use policy::{Adaptive, Limits, Policy, PolicyCaps, PolicyError};
-pub use reputation::{Record, Reputation};
+pub use reputation::{Reputation, Standing};
 pub use task::TaskState;
 pub use verdict::{Failure, Verdict};

@@ -42,7 +42,7 @@ pub struct TaskView {
     /// Attestations received so far.
     pub attestations: u32,
     /// The verdict rests on one trusted peer's attestation alone (adaptive replication).
-    pub solo: bool,
+    pub lone: bool,
     /// Why it failed or waits, in words.
     pub note: Option<String>,
 }
@@ -61,10 +61,10 @@ pub(crate) struct TaskEntry {
     pub lapsed: Vec<PeerId>,
     /// The trusted peer holding this task's only lease as a lone replica (adaptive replication):
     /// no other replica is leased while it lives. Cleared when that lease ends (see
-    /// [`TaskEntry::settle_solo`]) or trust in the peer ends.
-    pub solo: Option<PeerId>,
+    /// [`TaskEntry::settle_lone`]) or trust in the peer ends.
+    pub lone: Option<PeerId>,
     /// The first attestation was taken alone and decided the task.
-    pub solo_verdict: bool,
+    pub lone_verdict: bool,
     /// A trusted peer took this untouched task as a spot check: its further replicas are leased
     /// before other tasks', so a trusted liar is caught before many lone lies of its pass.
     pub check: bool,
@@ -104,16 +104,16 @@ impl TaskEntry {
 
     /// Records an attestation from a peer that holds no other (checked by the caller): ends its
     /// lease, and recomputes the verdict; a final verdict voids the replicas still out (their
-    /// reports will be late). With `solo` (the caller checked it is the first attestation), it
+    /// reports will be late). With `lone` (the caller checked it is the first attestation), it
     /// decides the task alone, as with a quorum of one. Returns the verdict.
-    pub fn attest(&mut self, att: Attestation, policy: &Policy, solo: bool) -> Verdict {
+    pub fn attest(&mut self, att: Attestation, policy: &Policy, lone: bool) -> Verdict {
         self.leases.retain(|(p, _)| *p != att.peer);
         // Whoever held a lone lease, it is lone no more: the task has an attestation now.
-        self.solo = None;
-        let solo = solo && self.attestations.is_empty();
-        self.solo_verdict = solo;
+        self.lone = None;
+        let lone = lone && self.attestations.is_empty();
+        self.lone_verdict = lone;
         self.attestations.push(att);
-        self.verdict.0 = if solo {
+        self.verdict.0 = if lone {
             decide(&self.attestations, &Policy { quorum: 1, max_replicas: 1, ..*policy })
         } else {
             decide(&self.attestations, policy)
@@ -143,11 +143,11 @@ impl TaskEntry {
 
     /// Drops the lone-lease mark once its peer's lease is gone or the task has an attestation,
     /// so a lapsed or released lone replica sends the task back to normal replication.
-    pub fn settle_solo(&mut self) {
-        if let Some(p) = self.solo
+    pub fn settle_lone(&mut self) {
+        if let Some(p) = self.lone
             && (!self.attestations.is_empty() || !self.leases.iter().any(|(q, _)| *q == p))
         {
-            self.solo = None;
+            self.lone = None;
         }
     }
 
@@ -159,7 +159,7 @@ impl TaskEntry {
     /// How many more replicas should be leased now: enough to reach the quorum if the running
     /// ones agree with the best group, never past `max_replicas`.
     pub fn wanted(&self, policy: &Policy) -> u32 {
-        if self.verdict.0.is_final() || self.solo.is_some() {
+        if self.verdict.0.is_final() || self.lone.is_some() {
             return 0;
         }
         let best = best_group(&self.attestations).map_or(0, |(_, n)| n);
@@ -176,7 +176,7 @@ impl TaskEntry {
             verdict: self.verdict().clone(),
             verified_by: self.verified_by(),
             attestations: self.attestations.len() as u32,
-            solo: self.solo_verdict,
+            lone: self.lone_verdict,
             note: self.note(policy, live_peers),
         }
     }

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use spare_coordinator::*;
+use spare_protocol::*;
 
 /// A job that lets peers with `min_agreed` agreements run tasks alone, spot-checking `per_mille`.
 fn adaptive(tasks: u32, min_agreed: u32, per_mille: u32) -> JobSpec {
@@ -63,12 +63,12 @@ fn lone_leases_go_only_to_trusted_peers() {
     for l in &lone {
         assert_eq!(c.report(att(l.task, l.peer, honest(l.task.index))), Ok(Reported::Decided));
         let v = c.task(&l.task).unwrap();
-        assert!(v.solo && v.state == TaskState::Verified && v.verified_by == vec![peer(1)], "{v:?}");
+        assert!(v.lone && v.state == TaskState::Verified && v.verified_by == vec![peer(1)], "{v:?}");
     }
     for l in &short {
         assert_eq!(c.report(att(l.task, l.peer, honest(l.task.index))), Ok(Reported::Recorded));
         assert_eq!(c.report(att(l.task, peer(2), honest(l.task.index))), Ok(Reported::Decided));
-        assert!(!c.task(&l.task).unwrap().solo);
+        assert!(!c.task(&l.task).unwrap().lone);
     }
     assert_eq!(c.job(&job(1)).unwrap().state, JobState::Completed);
     // A lone verdict is no evidence: peer 1's record did not move, peer 2's and 3's did.
@@ -136,7 +136,7 @@ fn a_disagreement_ends_trust_and_the_lone_leases_in_hand() {
     for l in &lone {
         assert_eq!(c.report(att(l.task, l.peer, honest(99))), Ok(Reported::Recorded));
         assert_eq!(c.report(att(l.task, peer(2), honest(l.task.index))), Ok(Reported::Recorded));
-        assert!(!c.task(&l.task).unwrap().solo);
+        assert!(!c.task(&l.task).unwrap().lone);
     }
     // And it gets no lone lease again, however much it agrees afterwards.
     let mut c2 = coordinator(1);
@@ -196,14 +196,14 @@ fn lone_marks_are_refused_where_they_cannot_be() {
     c.submit(job(1), spec(1, 2, 5)).unwrap();
     c.submit(job(2), adaptive(1, 10, 0)).unwrap();
     let t1 = task(job(1), 0);
-    assert_eq!(c.restore_attestation_solo(att(t1, peer(1), honest(0)), true), Err(ReportError::NotSolo(t1)));
+    assert_eq!(c.restore_attestation_lone(att(t1, peer(1), honest(0)), true), Err(ReportError::NotLone(t1)));
     let t2 = task(job(2), 0);
-    assert_eq!(c.restore_attestation_solo(att(t2, peer(1), honest(0)), false), Ok(Reported::Recorded));
-    assert_eq!(c.restore_attestation_solo(att(t2, peer(2), honest(0)), true), Err(ReportError::NotSolo(t2)));
+    assert_eq!(c.restore_attestation_lone(att(t2, peer(1), honest(0)), false), Ok(Reported::Recorded));
+    assert_eq!(c.restore_attestation_lone(att(t2, peer(2), honest(0)), true), Err(ReportError::NotLone(t2)));
     let mut d = coordinator(2);
     d.submit(job(2), adaptive(1, 10, 0)).unwrap();
-    assert_eq!(d.restore_attestation_solo(att(t2, peer(1), honest(0)), true), Ok(Reported::Decided));
-    assert!(d.task(&t2).unwrap().solo);
+    assert_eq!(d.restore_attestation_lone(att(t2, peer(1), honest(0)), true), Ok(Reported::Decided));
+    assert!(d.task(&t2).unwrap().lone);
 }
 
 #[derive(Clone, Debug)]
@@ -260,14 +260,14 @@ proptest! {
                     if let Ok(Reported::Recorded | Reported::Decided) = a.report(x.clone()) {
                         let v = a.task(&l.task).unwrap();
                         // The mark is only ever on a task's first attestation, and that decides it.
-                        let solo = v.solo && before == 0;
-                        if solo {
+                        let lone = v.lone && before == 0;
+                        if lone {
                             prop_assert!(trusted, "a lone verdict from an untrusted peer");
                             prop_assert!(v.state.is_final() && v.attestations == 1);
                         } else if v.state == TaskState::Verified {
                             prop_assert!(v.verified_by.len() >= 2, "no quorum: {v:?}");
                         }
-                        log.push((x, solo));
+                        log.push((x, lone));
                     }
                 }
                 Op::Lapse { nth } if !out.is_empty() => {
@@ -280,13 +280,13 @@ proptest! {
         let mut b = coordinator(2);
         b.submit(job(1), adaptive(tasks, 10, per_mille)).unwrap();
         b.set_standby(&job(1), true);
-        for (x, solo) in &log {
-            prop_assert!(b.restore_attestation_solo(x.clone(), *solo).is_ok());
+        for (x, lone) in &log {
+            prop_assert!(b.restore_attestation_lone(x.clone(), *lone).is_ok());
         }
         for i in 0..tasks {
             let (va, vb) = (a.task(&task(job(1), i)).unwrap(), b.task(&task(job(1), i)).unwrap());
             prop_assert_eq!(&va.verdict, &vb.verdict);
-            prop_assert_eq!(va.solo, vb.solo);
+            prop_assert_eq!(va.lone, vb.lone);
             prop_assert_eq!(&va.verified_by, &vb.verified_by);
         }
         prop_assert_eq!(a.job(&job(1)).unwrap().counts.verified, b.job(&job(1)).unwrap().counts.verified);
@@ -306,7 +306,7 @@ fn a_trusted_peer_gets_no_more_lone_leases_than_its_budget_between_checks() {
     let mut decided_alone = 0;
     for l in &leases {
         if c.report(att(l.task, l.peer, honest(l.task.index))) == Ok(Reported::Decided) {
-            assert!(c.task(&l.task).unwrap().solo);
+            assert!(c.task(&l.task).unwrap().lone);
             decided_alone += 1;
         }
     }

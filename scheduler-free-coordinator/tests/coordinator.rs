@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use spare_coordinator::*;
+use spare_protocol::*;
 
 fn drain(c: &mut Coordinator) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
@@ -344,4 +344,49 @@ fn one_peer_never_holds_more_leases_than_its_cap() {
     let l = c.leases_of(&peer(1))[0];
     c.report(att(l.task, peer(1), honest(l.task.index))).unwrap();
     assert_eq!(c.lease(peer(1), 100, 0).len(), 1, "a report frees room for one more");
+}
+
+#[test]
+fn later_agreeing_reports_forgive_lapses_but_not_lies() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(1, 2, 5)).unwrap();
+    let mut s = spec(20, 2, 5);
+    s.policy.limits.timeout_ms = 1_000;
+    c.submit(job(2), s).unwrap();
+    let lossy = peer(1);
+    let wrong = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId([66; 32]) };
+    // It reports one replica, not yet judged (quorum 2)…
+    let first = c.lease_job(&job(1), lossy, 1, 0);
+    assert_eq!(first.len(), 1);
+    assert_eq!(c.report(att(first[0].task, lossy, honest(0))), Ok(Reported::Recorded));
+    // …then two lease answers of three are lost: six leases lapse with blame, and a peer with
+    // six lapses and no agreement is banned.
+    let lost = c.lease_job(&job(2), lossy, 6, 0);
+    assert_eq!(lost.len(), 6);
+    let now = lost[0].expires_at;
+    c.tick(now);
+    assert_eq!(c.reputation().get(&lossy), Standing { lapsed: 6, ..Standing::default() });
+    assert!(c.reputation().is_banned(&lossy));
+    assert!(c.lease(lossy, 1, now).is_empty());
+    // Its report agrees with the verdict another peer completes: one lapse is forgiven.
+    assert_eq!(c.lease_job(&job(1), peer(2), 1, now).len(), 1);
+    assert_eq!(c.report(att(first[0].task, peer(2), honest(0))), Ok(Reported::Decided));
+    assert_eq!(c.reputation().get(&lossy), Standing { agreed: 1, lapsed: 5, forgiven: 1, ..Standing::default() });
+    assert!(!c.reputation().is_banned(&lossy));
+    // Back at work: two agreeing reports forgive two more lapses, a wrong one forgives nothing.
+    assert_eq!(c.lease_job(&job(2), peer(3), 20, now).len(), 20);
+    let mine = c.lease_job(&job(2), lossy, 3, now);
+    assert_eq!(mine.len(), 3);
+    assert!(mine.iter().all(|l| !lost.iter().any(|x| x.task == l.task)), "never a task it let lapse");
+    for (l, r) in mine.iter().zip([honest(mine[0].task.index), honest(mine[1].task.index), wrong]) {
+        c.report(att(l.task, lossy, r)).unwrap();
+        c.report(att(l.task, peer(3), honest(l.task.index))).unwrap();
+    }
+    assert_eq!(c.reputation().get(&lossy), Standing { agreed: 3, lapsed: 3, forgiven: 3, ..Standing::default() });
+    let third = mine[2].task;
+    assert!(c.lease_job(&job(2), peer(4), 20, now).iter().any(|l| l.task == third));
+    assert_eq!(c.report(att(third, peer(4), honest(third.index))), Ok(Reported::Decided));
+    let s = c.reputation().get(&lossy);
+    assert_eq!(s, Standing { agreed: 3, disagreed: 1, lapsed: 3, forgiven: 3, ..Standing::default() });
+    assert_eq!(s.lapses(), 6, "every lapse is still on record");
 }

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use spare_coordinator::membership::{MeshEvent, Member, MemberState, Membership, MembershipConfig};
-use spare_coordinator::records::{Advert, JobAd, Record, Signer, Verifier};
-use spare_coordinator::{BlobId, JobId, PeerId, Policy};
+use spare_protocol::membership::{MeshEvent, Member, MemberState, Membership, MembershipConfig};
+use spare_protocol::records::{Advert, JobAd, Record, Signer, Verifier};
+use spare_protocol::{BlobId, JobId, PeerId, Policy};
 
 /// A stand-in signature scheme: BLAKE3 of the message, keyed by the signer's id.
 fn signer(peer: PeerId) -> Signer {

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use common::*;
 use mesh::{Mesh, Model, TIMEOUT_MS, World, shape, step};
 use proptest::prelude::*;
-use spare_coordinator::*;
+use spare_protocol::*;
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -1,11 +1,11 @@
-//! The simulator (`spare_coordinator::sim`) on small meshes: a seed gives one run byte for byte,
+//! The simulator (`spare_protocol::sim`) on small meshes: a seed gives one run byte for byte,
 //! honest peers finish a job through crashes and joins, lone liars never get a wrong result
 //! verified, and colluders get no more than the quorum arithmetic allows.
 //!
 //! Meshes stay at 200 peers or fewer: this crate is built without optimisation in the test
 //! profile (its dependencies with), and each run simulates every peer's real SWIM state machine.
 
-use spare_coordinator::sim::{self, Report, SimConfig};
+use spare_protocol::sim::{self, Report, SimConfig};
 
 fn config(peers: u32, seed: u64) -> SimConfig {
     let mut c = SimConfig::new(peers);
@@ -101,8 +101,8 @@ fn adaptive_replication_lowers_replicas_per_task_with_honest_peers() {
         assert!(r.completed && r.job_state == "completed", "{r:?}");
         assert_eq!((r.verified, r.wrong_verified), (3_000, 0), "{r:?}");
     }
-    assert_eq!(off.solo_verified, 0);
-    assert!(on.solo_verified > 0, "{on:?}");
+    assert_eq!(off.lone_verified, 0);
+    assert!(on.lone_verified > 0, "{on:?}");
     assert!(off.replicas_per_task >= 2.0, "{off:?}");
     assert!(on.replicas_per_task < off.replicas_per_task - 0.3, "{} vs {} replicas per task", on.replicas_per_task, off.replicas_per_task);
 }
@@ -131,7 +131,7 @@ fn sleeper_liars_win_only_until_a_spot_check_catches_them() {
     assert!(on.completed, "{on:?}");
     assert_eq!(on.liars, 15);
     assert!(on.wrong_verified > 0, "sleepers do get lone lies accepted: {on:?}");
-    assert_eq!(on.wrong_verified, on.wrong_solo, "only lone verdicts can be wrong: {on:?}");
+    assert_eq!(on.wrong_verified, on.wrong_lone, "only lone verdicts can be wrong: {on:?}");
     assert!(on.wrong_verified <= 2 * on.liars * 4, "{} wrong for {} liars: {on:?}", on.wrong_verified, on.liars);
     assert_eq!(on.trusted_liars, 0, "every liar was caught: {on:?}");
     assert!(on.replicas_per_task < off.replicas_per_task, "{on:?} vs {off:?}");

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use spare_worker::{Node, NodeConfig, NodeHandle};
+use spare_peer::{Node, NodeConfig, NodeHandle};
 
 /// How long any condition in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -62,7 +62,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 // ---------------------------------------------------------------------------------------------
 // Meshes of in-process peers.
 
-pub use spare_worker::node::Chaos;
+pub use spare_peer::node::Chaos;
 
 /// One peer of a mesh to start: its slots, and how it misbehaves (if it does).
 #[derive(Clone, Copy, Debug)]
@@ -109,11 +109,11 @@ pub async fn start_mesh(dir: &Path, specs: &[PeerSpec]) -> Vec<NodeHandle> {
 }
 
 /// Whether `node` sees every peer of `ids` other than itself as alive.
-pub fn sees_alive(node: &Node, ids: &[spare_coordinator::PeerId]) -> bool {
+pub fn sees_alive(node: &Node, ids: &[spare_protocol::PeerId]) -> bool {
     let me = node.peer_id();
     let view = node.peers();
     ids.iter().filter(|id| **id != me).all(|id| {
-        view.iter().any(|v| v.peer == *id && v.state == spare_coordinator::membership::MemberState::Alive)
+        view.iter().any(|v| v.peer == *id && v.state == spare_protocol::membership::MemberState::Alive)
     })
 }
 

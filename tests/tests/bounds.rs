@@ -3,7 +3,7 @@
 
 use spare_sdk::{Job, JobState};
 use spare_tests::*;
-use spare_worker::node::limits::Bounds;
+use spare_peer::node::limits::Bounds;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -20,7 +20,7 @@ async fn a_submission_flood_is_refused_past_the_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1);
     cfg.bounds = Bounds { max_jobs_per_submitter: 5, max_pending_submits: 4, ..Bounds::default() };
-    let peer = spare_worker::Node::start(cfg).await.unwrap();
+    let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
     let module = guest("primes");
     // Jobs that cannot finish on a lone peer (quorum 2), so every accepted one stays running.
@@ -68,7 +68,7 @@ async fn tasks_held_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1);
     cfg.bounds = Bounds { max_held_tasks: 1_000, ..Bounds::default() };
-    let peer = spare_worker::Node::start(cfg).await.unwrap();
+    let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
     let job = |n: u64| Job::builder().module_bytes(guest("primes")).range(0..n * 10, 10).quorum(2).build().unwrap();
     c.submit(&job(600)).await.unwrap();
@@ -85,17 +85,17 @@ async fn a_lease_flood_from_one_peer_is_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1);
     cfg.bounds = Bounds { peer_rate: 5.0, peer_burst: 20.0, ..Bounds::default() };
-    let peer = spare_worker::Node::start(cfg).await.unwrap();
+    let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
     let id = c.submit(&Job::builder().module_bytes(guest("primes")).range(0..1_000, 10).quorum(3).build().unwrap()).await.unwrap();
-    let job: spare_coordinator::JobId = id.as_str().parse().unwrap();
+    let job: spare_protocol::JobId = id.as_str().parse().unwrap();
     // A peer nobody knows, asking for leases as fast as it can.
-    let flooder = spare_worker::identity::Identity::generate().unwrap();
+    let flooder = spare_peer::identity::Identity::generate().unwrap();
     let mut mesh = pb::mesh_service_client::MeshServiceClient::connect(format!("http://{}", peer.addr)).await.unwrap();
     let (mut granted, mut refused) = (0, 0);
     for _ in 0..100 {
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let bytes = spare_worker::node::remote::lease_signing_bytes(&job, 1, ts);
+        let bytes = spare_peer::wire::signing::lease(&job, 1, ts);
         let req = pb::LeaseRequest {
             peer_id: flooder.peer_id().to_hex(),
             job_id: job.to_hex(),

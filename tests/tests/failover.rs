@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
-use spare_coordinator::records::{Record, RecordKey};
+use spare_protocol::records::{Record, RecordKey};
 use spare_sdk::{Job, JobState, TaskState};
 use spare_tests::*;
 
-fn job_id(id: &spare_sdk::JobId) -> spare_coordinator::JobId {
+fn job_id(id: &spare_sdk::JobId) -> spare_protocol::JobId {
     id.as_str().parse().expect("a job id")
 }
 
@@ -114,7 +114,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
             let node = p.node.clone();
             eventually(&format!("the job cancelled at {} (round {n})", node.peer_id().short()), || {
                 let state = node.core().coord.job(&jid).map(|v| v.state);
-                async move { (state == Some(spare_coordinator::JobState::Cancelled)).then_some(()) }
+                async move { (state == Some(spare_protocol::JobState::Cancelled)).then_some(()) }
             })
             .await;
             let s = client(p).await.status(&id, false).await.unwrap();
@@ -149,18 +149,18 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
         let node = p.node.clone();
         let view = eventually(&format!("the job failed at {}", node.peer_id().short()), || {
             let v = node.core().coord.job(&jid);
-            async move { v.filter(|v| v.state == spare_coordinator::JobState::Failed) }
+            async move { v.filter(|v| v.state == spare_protocol::JobState::Failed) }
         })
         .await;
         assert_eq!(view.counts.failed, 1, "{:?}", view.counts);
-        let t = p.node.core().coord.task(&spare_coordinator::TaskId { job: jid, index: 0 }).unwrap();
-        assert_eq!(t.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(2)));
+        let t = p.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 0 }).unwrap();
+        assert_eq!(t.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(2)));
     }
     stop_all(peers).await;
 }
 
 /// Whether `node` is the active coordinator of `job`: first in its list, not in standby.
-fn leads(node: &spare_worker::Node, job: &spare_coordinator::JobId) -> bool {
+fn leads(node: &spare_peer::Node, job: &spare_protocol::JobId) -> bool {
     let core = node.core();
     core.jobs.get(job).is_some_and(|m| m.coordinators.first() == Some(&node.peer_id())) && !core.coord.is_standby(job)
 }
@@ -194,12 +194,12 @@ async fn a_restarted_origin_takes_its_job_back_and_one_coordinator_leads() {
     // job ends up led by it alone.
     let mut c = config(&dir.path().join("peer-0"), 1);
     c.bootstrap = vec![peers[0].addr.to_string()];
-    let back = spare_worker::Node::start(c).await.expect("the origin restarts");
+    let back = spare_peer::Node::start(c).await.expect("the origin restarts");
     assert_eq!(back.node.peer_id(), origin);
     peers.insert(0, back);
     let done = eventually("the job completed at the restarted origin", || {
         let v = peers[0].node.core().coord.job(&jid);
-        async move { v.filter(|v| v.state == spare_coordinator::JobState::Completed) }
+        async move { v.filter(|v| v.state == spare_protocol::JobState::Completed) }
     })
     .await;
     assert_eq!(done.counts.verified, tasks as u32);

@@ -74,16 +74,16 @@ fn check_primes(
 }
 
 /// The coordinator's id of a job the SDK named.
-fn job_id(id: &spare_sdk::JobId) -> spare_coordinator::JobId {
+fn job_id(id: &spare_sdk::JobId) -> spare_protocol::JobId {
     id.to_string().parse().expect("a job id")
 }
 
 /// Whether peer `p` holds (coordinates) the job itself.
-fn holds(p: &spare_worker::NodeHandle, id: &spare_sdk::JobId) -> bool {
+fn holds(p: &spare_peer::NodeHandle, id: &spare_sdk::JobId) -> bool {
     p.node.core().jobs.contains_key(&job_id(id))
 }
 
-fn hex(p: &spare_worker::NodeHandle) -> String {
+fn hex(p: &spare_peer::NodeHandle) -> String {
     p.node.peer_id().to_hex()
 }
 
@@ -222,7 +222,7 @@ async fn a_peer_killed_mid_job_loses_nothing() {
     // declared dead; either way the origin declares it dead soon.
     eventually("the origin declares the victim dead", || {
         let state = origin_node.peers().into_iter().find(|v| v.peer == victim_id).map(|v| v.state);
-        async move { (state == Some(spare_coordinator::membership::MemberState::Dead)).then_some(()) }
+        async move { (state == Some(spare_protocol::membership::MemberState::Dead)).then_some(()) }
     })
     .await;
     assert!(origin_node.core().coord.leases_of(&victim_id).is_empty(), "the dead peer holds no lease");

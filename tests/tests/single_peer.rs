@@ -120,9 +120,9 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
     assert_eq!(status.state(), JobState::Failed, "{status:?}");
     let counts = status.tasks.clone().unwrap();
     assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
-    let jid: spare_coordinator::JobId = id.as_str().parse().unwrap();
-    let t = peer.node.core().coord.task(&spare_coordinator::TaskId { job: jid, index: 1 }).unwrap();
-    assert_eq!(t.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(1)));
+    let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
+    let t = peer.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 1 }).unwrap();
+    assert_eq!(t.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(1)));
     peer.shutdown().await;
 }
 
@@ -140,7 +140,7 @@ async fn bad_requests_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1);
     cfg.max_blob_bytes = 1 << 20;
-    let peer = spare_worker::Node::start(cfg).await.unwrap();
+    let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
     let url = format!("http://{}", peer.addr);
     let mut jobs = pb::job_service_client::JobServiceClient::connect(url.clone()).await.unwrap();

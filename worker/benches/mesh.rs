@@ -1,4 +1,4 @@
-//! Mesh throughput, printed (`cargo bench -p spare-worker --bench mesh`): an in-process mesh of
+//! Mesh throughput, printed (`cargo bench -p spare-peer --bench mesh`): an in-process mesh of
 //! three peers on loopback runs tiny tasks (the `empty` guest) with quorum 2, and the bench
 //! prints verified tasks per second and the median time from submit to the first verified result.
 
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use spare_sdk::{Client, Job, JobState};
-use spare_worker::{Node, NodeConfig, NodeHandle};
+use spare_peer::{Node, NodeConfig, NodeHandle};
 
 const PEERS: usize = 3;
 const QUORUM: u32 = 2;

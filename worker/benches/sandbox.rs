@@ -1,4 +1,4 @@
-//! Sandbox cost figures, printed as a table (`cargo bench -p spare-worker --bench sandbox`).
+//! Sandbox cost figures, printed as a table (`cargo bench -p spare-peer --bench sandbox`).
 //!
 //! - the fixed cost of one task: `prepare` (cached) + instantiate + run, for a WAT module that
 //!   just returns and for the `empty` example guest;
@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use spare_coordinator::{BlobId, JobId, Limits, Outcome};
-use spare_worker::sandbox::{
+use spare_protocol::{BlobId, JobId, Limits, Outcome};
+use spare_peer::sandbox::{
     RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space, task_seed,
 };
 use wasmtime::{Engine, Instance, Module, Store};

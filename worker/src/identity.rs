@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use spare_coordinator::{Attestation, PeerId};
+use spare_protocol::{Attestation, PeerId};
 
 /// The file, inside the data directory, that holds the 32-byte secret key.
 pub const KEY_FILE: &str = "identity.key";
@@ -131,7 +131,7 @@ pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spare_coordinator::{BlobId, JobId, Outcome, ResultKey, TaskId};
+    use spare_protocol::{BlobId, JobId, Outcome, ResultKey, TaskId};
 
     #[test]
     fn key_is_kept_and_attestations_verify() {

@@ -1,5 +1,5 @@
 //! The `spare` binary: run a peer, submit jobs, check status, fetch results, run the demo.
 
 fn main() -> std::process::ExitCode {
-    spare_worker::cli::main()
+    spare_peer::cli::main()
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use spare_coordinator::{BlobId, JobId, Limits, Outcome};
-use spare_worker::sandbox::{
+use spare_protocol::{BlobId, JobId, Limits, Outcome};
+use spare_peer::sandbox::{
     ModuleError, Prepared, RunOutcome, RunReport, RunRequest, Sandbox, SandboxConfig, SandboxError,
     WALL_CLOCK_SECS, task_seed,
 };

@@ -4,7 +4,7 @@
 //! tells nobody: SWIM has to notice. The job's coordinators (the origin, its backups and their
 //! replacements) are spared unless `churn_coordinators`; `crash_origin_at` crashes the origin
 //! once, at a set time. When the one leading crashes, a backup has to take the job over
-//! (`coord.rs`).
+//! ([`super::roles`]).
 
 use super::engine::Sim;
 use super::keys;
@@ -89,7 +89,7 @@ impl Sim {
         };
         // Three live peers of the cell, distinct, as its `--bootstrap` list.
         let bootstrap = self.pick_bootstrap(cell);
-        let view = self.view(p, cell, self.now, bootstrap);
+        let view = self.view(p, cell, self.now, &bootstrap);
         let mut peer = VirtualPeer::new(keys::peer_id(self.cfg.seed, p), cell, self.now, behaviour, vec![view], false);
         peer.live_pos = Some(self.live_workers.len() as u32);
         self.live_workers.push(p);

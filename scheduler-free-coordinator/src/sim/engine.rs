@@ -2,10 +2,11 @@
 //! handle events in virtual-time order until the job is finished (and membership converged),
 //! or the time limit.
 
-use crate::membership::{Member, Membership, MembershipConfig, MeshEvent};
+use crate::membership::{Member, Membership, MeshEvent};
+use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
-use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Record, Verdict, derive_job_id};
+use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Standing, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -18,8 +19,10 @@ use super::workload::Behaviour;
 
 /// How long the run goes on after the job finished, waiting for membership to converge.
 const CONVERGE_GRACE_MS: Millis = 60_000;
-/// SWIM's probe period (`MembershipConfig::lan`): one gossip round.
-pub const PROBE_PERIOD_MS: Millis = 1_000;
+/// SWIM's probe period in the peers' membership settings: one gossip round.
+pub fn probe_period_ms() -> Millis {
+    membership_config().probe_period_ms
+}
 
 /// One membership cell: the workers whose home it is (the job's coordinators bridge every cell).
 pub struct Cell {
@@ -64,8 +67,6 @@ pub struct Sim {
     pub verifier: Verifier,
     /// Counters.
     pub m: Metrics,
-    /// Sequence number of the job's last ad.
-    pub job_seq: u64,
     /// Buffers the membership driver reuses between calls.
     pub scratch: (Vec<(Member, Vec<u8>)>, Vec<MeshEvent>),
 }
@@ -145,7 +146,6 @@ impl Sim {
             },
             verifier,
             m: Metrics::default(),
-            job_seq: 0,
             scratch: Default::default(),
             queue: Queue::default(),
             now: 0,
@@ -158,7 +158,7 @@ impl Sim {
             let bridge = sim.bridges.contains(&i);
             let in_cells: Vec<u32> =
                 if bridge { std::iter::once(cell).chain((0..k).filter(|&c| c != cell)).collect() } else { vec![cell] };
-            let views = in_cells.into_iter().map(|c| sim.view(i, c, 0, sim.cells[c as usize].bootstrap.clone())).collect();
+            let views = in_cells.into_iter().map(|c| sim.view(i, c, 0, &sim.cells[c as usize].bootstrap)).collect();
             let mut peer = VirtualPeer::new(keys::peer_id(sim.cfg.seed, i), cell, 0, behaviour[i as usize], views, true);
             peer.bridge = bridge;
             if i > 0 {
@@ -172,12 +172,11 @@ impl Sim {
     }
 
     /// A fresh membership of peer `index` for `cell`, started at `born`.
-    pub(super) fn view(&self, index: u32, cell: u32, born: Millis, bootstrap: Vec<u32>) -> View {
+    pub(super) fn view(&self, index: u32, cell: u32, born: Millis, bootstrap: &[u32]) -> View {
         let me = Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index), epoch: UNIX_BASE_MS + born };
         let seed = mix(self.cfg.seed ^ (u64::from(index) << 20) ^ u64::from(cell));
-        // The real peer's settings (`worker/src/node/mesh.rs:membership_config`).
-        let m = Membership::new(me, MembershipConfig::lan(16), seed, self.verifier.clone());
-        View { cell, m, tick_at: NEVER, last_join: born, bootstrap }
+        let m = Membership::new(me, membership_config(), seed, self.verifier.clone());
+        View { cell, mesh: MeshState::new(m), tick_at: NEVER, bootstrap: bootstrap.iter().map(|&b| keys::addr(b)).collect() }
     }
 
     /// The origin accepts the job: its coordinator holds it, with itself as the only coordinator
@@ -201,11 +200,12 @@ impl Sim {
         let mut coord = self.new_coordinator(self.origin);
         if self.cfg.history > 0 {
             for p in self.peers.iter().skip(1) {
-                coord.set_record(p.id, Record { agreed: u64::from(self.cfg.history), ..Record::default() });
+                coord.set_standing(p.id, Standing { agreed: u64::from(self.cfg.history), ..Standing::default() });
             }
         }
         coord.submit(self.job, self.spec.clone()).map_err(|e| SimError::Submit(e.to_string()))?;
-        self.peers[self.origin as usize].host = Some(Box::new(Host::new(coord, self.job, vec![self.origin])));
+        let named = std::iter::once(origin).collect();
+        self.peers[self.origin as usize].host = Some(Box::new(Host::new(coord, self.job, vec![self.origin], named, 0)));
         Ok(())
     }
 
@@ -221,9 +221,9 @@ impl Sim {
         }
         let backups = self.backups.clone();
         self.add_coordinators(origin, vec![origin], &backups);
-        self.schedule_roles(origin, super::coord::ROLES_GRACE_MS);
+        self.schedule_roles(origin, 0);
         self.wake(origin);
-        self.queue.push(PROBE_PERIOD_MS, Event::Check);
+        self.queue.push(probe_period_ms(), Event::Check);
         self.schedule_churn();
         if let Some(at) = self.cfg.crash_origin_at_ms {
             self.queue.push(at, Event::CrashOrigin);
@@ -235,7 +235,7 @@ impl Sim {
         for v in 0..self.peers[p as usize].views.len() {
             self.greet(p, v);
         }
-        self.publish_advert(p, true);
+        self.publish_advert(p);
         self.schedule_house(p);
     }
 
@@ -259,6 +259,8 @@ impl Sim {
             Event::CrashOrigin => self.on_crash_origin(),
             Event::Roles { peer } => self.on_roles(peer),
             Event::Replicate { peer, to } => self.on_replicate(peer, to),
+            Event::CatchUp { peer } => self.on_catch_up(peer),
+            Event::Announce { peer } => self.on_announce(peer),
             Event::Check => self.on_check(),
         }
     }

@@ -15,7 +15,7 @@
 use crate::JobState;
 use crate::membership::MemberState;
 
-use super::engine::{PROBE_PERIOD_MS, Sim};
+use super::engine::{Sim, probe_period_ms};
 use super::keys;
 use super::peer::View;
 use super::queue::Event;
@@ -42,16 +42,16 @@ pub struct Metrics {
     pub rejected: u64,
     /// Replicas handed back as stale before they ran.
     pub stale: u64,
-    /// Report batches given up after three attempts.
+    /// Report batches given up (refused, or their first lease lapses before another attempt).
     pub reports_dropped: u64,
     /// Tasks verified.
     pub verified: u32,
     /// Tasks verified with a wrong output.
     pub wrong_verified: u32,
     /// Tasks verified by one trusted peer alone (adaptive replication).
-    pub solo_verified: u32,
+    pub lone_verified: u32,
     /// Of those, verified with a wrong output.
-    pub wrong_solo: u32,
+    pub wrong_lone: u32,
     /// Tasks inconclusive.
     pub inconclusive: u32,
     /// Tasks failed.
@@ -76,7 +76,7 @@ pub struct Metrics {
     pub takeover_ms: u64,
     /// When the leading coordinator crashed, until its successor leases.
     pub leaderless_since: Option<u64>,
-    /// Replication batches given up after three attempts.
+    /// Replication batches given up (their jobs were caught up with whole adoptions instead).
     pub replication_dropped: u64,
     /// Tasks a leading coordinator decided again, differently from the first verdict counted
     /// (a verdict that had not reached the backup before its coordinator crashed).
@@ -85,10 +85,10 @@ pub struct Metrics {
 
 /// Whether `view` holds exactly `count` live members (alive or suspect) that pass `wanted`.
 fn sees_all(view: &View, count: usize, wanted: impl Fn(u32) -> bool) -> bool {
-    if view.m.active() < count {
+    if view.mesh.membership.active() < count {
         return false;
     }
-    let seen = view.m.members().iter().filter(|(m, s)| *s != MemberState::Dead && wanted(keys::index_of(&m.peer))).count();
+    let seen = view.mesh.membership.members().iter().filter(|(m, s)| *s != MemberState::Dead && wanted(keys::index_of(&m.peer))).count();
     seen == count
 }
 
@@ -100,7 +100,7 @@ impl Sim {
         if self.converged() {
             self.m.converged_at = Some(self.now);
         } else {
-            self.queue.push(self.now + PROBE_PERIOD_MS, Event::Check);
+            self.queue.push(self.now + probe_period_ms(), Event::Check);
         }
     }
 
@@ -184,15 +184,15 @@ impl Sim {
             job_state: state.to_string(),
             virtual_seconds: end as f64 / 1_000.0,
             job_seconds: self.m.done_at.map(|t| t as f64 / 1_000.0),
-            gossip_rounds_to_converge: self.m.converged_at.map(|t| t / PROBE_PERIOD_MS),
+            gossip_rounds_to_converge: self.m.converged_at.map(|t| t / probe_period_ms()),
             bytes_per_peer_per_second: Rate { mean: round1(bytes as f64 / life_s.max(1.0)), max: round1(max) },
             origin_bytes_per_second: round1(origin_rate),
             never_heard_job: self.m.unaware_at_end,
             replicas_per_task: (self.m.attestations as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,
             verified: self.m.verified,
             wrong_verified: self.m.wrong_verified,
-            solo_verified: self.m.solo_verified,
-            wrong_solo: self.m.wrong_solo,
+            lone_verified: self.m.lone_verified,
+            wrong_lone: self.m.wrong_lone,
             trusted_liars,
             inconclusive: self.m.inconclusive,
             failed: self.m.failed,

@@ -4,6 +4,17 @@
 //! for thousands of virtual peers on a virtual network and clock. No threads, no sockets, no
 //! clock, no real crypto: one seed gives one run, byte for byte.
 //!
+//! **The rules are the peer's.** Every decision a peer makes beyond the job table comes from
+//! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
+//! drives them with virtual time and carries out what they return: replicas per slot, pauses
+//! and stale leases ([`peer::slots`](crate::peer::slots)), report batching and retry
+//! ([`peer::reports`](crate::peer::reports)), the replication stream
+//! ([`peer::replication`](crate::peer::replication)) and catch-ups
+//! ([`peer::catchup`](crate::peer::catchup)), roles and takeover
+//! ([`peer::roles`](crate::peer::roles)), two leaders ([`peer::heal`](crate::peer::heal)), and
+//! what a peer publishes into membership, with the membership settings
+//! ([`peer::mesh`](crate::peer::mesh)). The simulator keeps no copy of their constants.
+//!
 //! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
 //! peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
 //! and announces it; every peer pulls leases for it from the first live coordinator the ad
@@ -14,30 +25,31 @@
 //! the job runs (coordinators too with `churn_coordinators`); `crash_origin_at` crashes the
 //! origin. The run ends when the job is finished and membership has converged.
 //!
-//! **Replicated coordination** ([`coord`]), as `worker/src/node/replicate.rs` does it: the
-//! origin picks its two backups by [`rendezvous`](crate::rendezvous) and hands them the job
-//! (`Adopt`, with everything recorded so far; its size counts spec, inputs, attestations and the
-//! module fetch). The backups hold a real [`Coordinator`](crate::Coordinator) in standby; the
-//! active coordinator streams every attestation it records to them, in order, in batches of up
-//! to 256 (`Replicate`, lost like any message, tried three times, then dropped for good), and
-//! they replay each with `restore_attestation_solo`. When a backup's membership declares the
-//! coordinators before it dead, it takes the job over: leaves standby, hands the job to a
-//! replacement chosen by rendezvous among the peers it sees live, and announces an ad naming
-//! itself first. Leases the dead coordinator gave are lost and their tasks leased again; reports
-//! to it fail. Only the leading coordinator's verdicts are counted, each task's first once; a
-//! task a successor decides again differently is counted in `verdicts_overturned`. The report
-//! gives `coordinator_takeovers` and `takeover_ms` (from the leader's crash to its successor's
-//! first lease). `coord`'s module docs say where this departs from the real peer.
+//! **Replicated coordination.** The origin picks its two backups by
+//! [`rendezvous`](crate::rendezvous) and hands them the job (`Adopt`, with everything recorded
+//! so far; its size counts spec, inputs, attestations and the module fetch). The backups hold a
+//! real [`Coordinator`](crate::Coordinator) in standby; the active coordinator streams every
+//! attestation it records to them, in order (`Replicate`, lost like any message), and they
+//! replay each with `restore_attestation_lone`; a batch that keeps failing is repaired by
+//! sending the backup the whole job. When a backup's membership declares the coordinators
+//! before it dead, it takes the job over: leaves standby, catches up the backups it kept,
+//! hands the job to a replacement chosen by rendezvous among the peers it sees live, and
+//! announces an ad naming itself first. Leases the dead coordinator gave are lost and their
+//! tasks leased again; reports to it fail. Two leaders (a coordinator wrongly declared dead,
+//! under loss) settle by rank: the lower one hands the job to the other. Only the leading
+//! coordinators' verdicts are counted, each task's first once; a task decided again
+//! differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
+//! and `takeover_ms` (from the leader's crash to its successor's first lease).
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
 //!   scheduling order: a ring of millisecond buckets, with a binary heap for the far future);
 //! - [`net`]: loss, delay, byte counts, the RPCs; [`wire`]: exact protobuf message sizes;
-//! - [`peer`]: a virtual peer; [`mesh`]: driving membership as `worker/src/node/mesh.rs` does;
-//!   [`slots`]: the worker side as `node/{slots,remote}.rs`; [`serve`]: the coordinator side as
-//!   `service/mesh.rs`;
-//! - [`coord`]: the job's coordinators, hand-overs, replication, roles and takeover as
-//!   `node/replicate.rs`;
+//! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
+//!   [`slots`]: the worker side (leases, runs, reports); [`serve`]: the coordinator side
+//!   (serving leases and reports, verdicts);
+//! - [`coord`]: the job's coordinators and adoptions; [`replicate`]: the replication stream and
+//!   catch-ups; [`roles`]: leading, standing by, takeover; [`heal`]: two leaders;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and
 //!   the signature stand-in; [`rng`]: the seeded generator;
 //! - [`metrics`] and [`report`]: what is counted and reported; [`config`]: what is asked.
@@ -47,10 +59,10 @@
 //! that each see all N costs N² memory and about N³ time: a bare mesh of real `Membership`s
 //! (no job, no adverts; release build, 30 virtual seconds from a cold start) took 2.4 s and
 //! 160 MB at 500 peers, 14 s and 530 MB at 1,000, 91 s and 1.7 GB at 2,000; 10,000 would need
-//! hours and tens of GB. A real peer pays only its own share, which is fine; a simulator holding
-//! every peer cannot. So a mesh larger than `cell_size` (default 100) is simulated as *cells*:
-//! each worker belongs to one cell of at most `cell_size − 1` workers, and the origin belongs to
-//! every cell, through one real `Membership` per cell; so does every other coordinator of the
+//! hours and tens of GB. A deployed peer pays only its own share, which is fine; a simulator
+//! holding every peer cannot. So a mesh larger than `cell_size` (default 100) is simulated as
+//! *cells*: each worker belongs to one cell of at most `cell_size − 1` workers, and the origin
+//! belongs to every cell, through one real `Membership` per cell; so does every other coordinator of the
 //! job (the backups from the start, a replacement from when it adopts the job, joining each cell
 //! as a newcomer). Within a cell everything is the real protocol. Across cells the coordinators
 //! are the bridges: their job ads reach every cell through their own memberships there, workers
@@ -80,24 +92,29 @@
 //!   `rpc_fail_ms` ([`net`]);
 //! - the origin picks its backups among every initial peer, as if the mesh had formed before
 //!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
-//!   yet); roles, the takeover and the top-up of a short list are as in [`coord`];
-//! - reputation is not replicated (as in the real peer), and `history` is given to the
+//!   yet);
+//! - liveness at a coordinator is simplified ([`roles`]);
+//! - reputation is not replicated (no peer replicates it), and `history` is given to the
 //!   origin's coordinator only;
 //! - a peer fetches the module once, and replicas never miss their deadline;
-//! - the real peer's cap of 64 gossip sends in flight is not modelled.
+//! - the cap on gossip sends in flight
+//!   ([`MAX_GOSSIP_SENDS`](crate::peer::mesh::MAX_GOSSIP_SENDS)) is not modelled.
 
 pub mod churn;
 pub mod config;
 pub mod coord;
 pub mod engine;
+pub mod heal;
 pub mod keys;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod queue;
+pub mod replicate;
 pub mod report;
 pub mod rng;
+pub mod roles;
 pub mod serve;
 pub mod slots;
 pub mod wire;

@@ -10,8 +10,10 @@
 
 use crate::{BlobId, JobId, Millis};
 
+use crate::peer::reports::Delivery;
+
 use super::engine::Sim;
-use super::peer::{Logged, ReportItem};
+use super::peer::{AdoptKind, Logged, ReportItem};
 use super::queue::Event;
 use super::wire;
 
@@ -38,9 +40,8 @@ pub enum Request {
     /// `BlobService.Get` of a module.
     Blob { module: BlobId },
     /// `MeshService.Adopt`: the whole job, with the sender's list of its coordinators (the
-    /// receiver included) and every attestation the sender recorded.
-    /// `catch_up`: the second one, after the receiver joined the list.
-    Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, catch_up: bool },
+    /// receiver and the sender included) and every attestation the sender recorded.
+    Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, kind: AdoptKind },
     /// `MeshService.Replicate`: attestations the active coordinator recorded, in order.
     Replicate { job: JobId, items: Vec<Logged> },
 }
@@ -55,7 +56,7 @@ pub enum Reply {
     /// The module.
     Blob { module: BlobId },
     /// The job was adopted.
-    Adopt { catch_up: bool },
+    Adopt { kind: AdoptKind },
     /// The batch was recorded.
     Replicate,
 }
@@ -69,8 +70,8 @@ pub enum CallKind {
     Report(u32),
     /// A module fetch.
     Blob(BlobId),
-    /// A hand-over of the job to this peer (a catch-up one or not).
-    Adopt(u32, bool),
+    /// An adoption of the job by this peer.
+    Adopt(u32, AdoptKind),
     /// A replication batch to this backup.
     Replicate(u32),
 }
@@ -92,7 +93,7 @@ impl Request {
             Request::Lease { job, .. } => CallKind::Lease(*job),
             Request::Report { .. } => CallKind::Report(to),
             Request::Blob { module } => CallKind::Blob(*module),
-            Request::Adopt { catch_up, .. } => CallKind::Adopt(to, *catch_up),
+            Request::Adopt { kind, .. } => CallKind::Adopt(to, *kind),
             Request::Replicate { .. } => CallKind::Replicate(to),
         }
     }
@@ -163,13 +164,13 @@ impl Sim {
         if !self.peers[to].alive {
             return;
         }
-        // The empty GossipReply.
+        // The empty GossipResponse.
         self.peers[to].bytes_sent += wire::REPLY_OVERHEAD;
         let Some(v) = self.peers[to].view_of(pkt.cell) else { return };
         let sender = self.peers[pkt.from as usize].id;
         let now = self.now;
 
-        if self.peers[to].views[v].m.handle_data(&pkt.data, Some(sender), now).is_err() {
+        if self.peers[to].views[v].mesh.membership.handle_data(&pkt.data, Some(sender), now).is_err() {
             self.m.refused_gossip += 1;
         }
         self.after_mesh(pkt.to, v);
@@ -188,7 +189,7 @@ impl Sim {
                     Request::Lease { job, max, asked_at } => self.serve_lease(to, from, job, max, asked_at),
                     Request::Report { batch } => self.serve_report(to, from, batch),
                     Request::Blob { module } => self.serve_blob(to, from, module),
-                    Request::Adopt { job, coordinators, log, catch_up } => self.serve_adopt(to, from, job, coordinators, log, catch_up),
+                    Request::Adopt { job, coordinators, log, kind } => self.serve_adopt(to, from, job, coordinators, log, kind),
                     Request::Replicate { job, items } => self.serve_replicate(to, from, job, items),
                 }
             }
@@ -200,26 +201,31 @@ impl Sim {
                     Reply::Lease { job, module, timeout_ms, tasks, asked_at } => {
                         self.on_leased(to, from, job, module, timeout_ms, tasks, asked_at)
                     }
-                    Reply::Report => self.on_reported(to, from),
+                    Reply::Report => self.on_report_sent(to, from, Delivery::Taken),
                     Reply::Blob { module } => self.on_fetched(to, module),
-                    Reply::Adopt { catch_up } => self.on_adopted(to, from, true, catch_up),
+                    Reply::Adopt { kind } => self.on_adopted(to, from, true, kind),
                     Reply::Replicate => self.on_replicated(to, from, true),
                 }
             }
-            RpcMsg::Refused { to, kind } => self.on_rpc_failed(to, kind),
+            RpcMsg::Refused { to, kind } => self.call_failed(to, kind, true),
         }
     }
 
-    /// A call failed at the caller.
+    /// A call failed at the caller: no answer came (`Event::RpcFailed`).
     pub(super) fn on_rpc_failed(&mut self, peer: u32, kind: CallKind) {
+        self.call_failed(peer, kind, false);
+    }
+
+    /// A call failed at the caller, `refused` by the callee or unanswered.
+    fn call_failed(&mut self, peer: u32, kind: CallKind, refused: bool) {
         if !self.peers[peer as usize].alive {
             return;
         }
         match kind {
             CallKind::Lease(job) => self.on_lease_failed(peer, job),
-            CallKind::Report(c) => self.on_report_failed(peer, c),
+            CallKind::Report(c) => self.on_report_sent(peer, c, if refused { Delivery::Refused } else { Delivery::Unreachable }),
             CallKind::Blob(module) => self.on_fetch_failed(peer, module),
-            CallKind::Adopt(to, catch_up) => self.on_adopted(peer, to, false, catch_up),
+            CallKind::Adopt(to, kind) => self.on_adopted(peer, to, false, kind),
             CallKind::Replicate(to) => self.on_replicated(peer, to, false),
         }
     }

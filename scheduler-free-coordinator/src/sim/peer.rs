@@ -1,12 +1,18 @@
-//! A virtual peer: what one simulated peer holds. The protocol state is the real thing (a
-//! [`Membership`] per membership cell it belongs to, a [`Puller`], and a [`Coordinator`] when it
-//! coordinates jobs); the rest mirrors what the real peer's event loops keep
-//! (`worker/src/node/{mesh,slots,remote}.rs`): its advert, the ads it heard, its leased replicas,
-//! its sandbox slots and its report batches.
+//! A virtual peer: what one simulated peer holds. The protocol state is the real thing: a
+//! [`MeshState`] (membership and what the peer published) per membership cell it belongs to, a
+//! [`Puller`], its run times, a [`ReportQueue`] per coordinator it reports to, and, when it
+//! coordinates the job, a [`Coordinator`] with its replication streams, catch-ups and roles
+//! (all from [`crate::peer`]). The rest is the simulator's bookkeeping: the ads it heard, its
+//! leased replicas, its sandbox slots and the times its events are scheduled.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
-use crate::membership::Membership;
+use crate::peer::catchup::CatchUps;
+use crate::peer::mesh::MeshState;
+use crate::peer::replication::{ReplicationBatch, ReplicationQueue};
+use crate::peer::reports::{ReportBatch, ReportQueue};
+use crate::peer::roles::Roles;
+use crate::peer::slots::RunTimes;
 use crate::pull::Puller;
 use crate::records::JobAd;
 use crate::{Attestation, BlobId, Coordinator, JobId, Millis, PeerId, Release, TaskId};
@@ -16,28 +22,16 @@ use super::workload::Behaviour;
 /// "Nothing scheduled" for the per-peer timer fields.
 pub const NEVER: Millis = Millis::MAX;
 
-/// Replicas held per slot for a mean run time (`node/slots.rs:leases_per_slot`).
-pub fn leases_per_slot(mean_run_us: u64) -> u32 {
-    match mean_run_us {
-        0..=2_000 => 32,
-        2_001..=20_000 => 8,
-        20_001..=200_000 => 3,
-        _ => 2,
-    }
-}
-
 /// One membership cell as this peer belongs to it.
 pub struct View {
     /// The cell.
     pub cell: u32,
-    /// The real SWIM state machine with its records.
-    pub m: Membership,
+    /// The real SWIM state machine with its records, and what this peer published there.
+    pub mesh: MeshState,
     /// When its next timer event is scheduled ([`NEVER`] if none).
     pub tick_at: Millis,
-    /// When the bootstrap peers were last greeted.
-    pub last_join: Millis,
-    /// The peers greeted at start (the cell's bootstrap peers, by index).
-    pub bootstrap: Vec<u32>,
+    /// The addresses greeted at start (the cell's bootstrap peers).
+    pub bootstrap: Vec<String>,
 }
 
 /// A leased replica on its way through this peer.
@@ -64,16 +58,19 @@ pub enum ReportItem {
     Release(TaskId, Release),
 }
 
-/// Report batching towards one coordinator (`node/remote.rs:reporter`).
+/// Report items on their way to one coordinator.
 pub struct Reporter {
     /// The coordinator.
     pub coordinator: u32,
-    /// Items waiting for the next batch, each with when its lease lapses.
-    pub queue: Vec<(Millis, ReportItem)>,
-    /// The batch being sent, its attempt number, and when its first lease lapses.
-    pub batch: Option<(Vec<ReportItem>, u32, Millis)>,
-    /// A flush (linger end or retry) is scheduled.
-    pub flush_pending: bool,
+    /// Batching and retry.
+    pub queue: ReportQueue<ReportItem>,
+    /// The batch being sent, given back to `queue` with how it went.
+    pub out: Option<ReportBatch<ReportItem>>,
+    /// Items the full queue could not take yet (with their output bytes and lease lapse): they
+    /// wait for room, in order.
+    pub backlog: VecDeque<(ReportItem, usize, Millis)>,
+    /// When its next `Flush` is scheduled ([`NEVER`] if none).
+    pub flush_at: Millis,
 }
 
 /// One attestation as a coordinator recorded it: what `Replicate` and `Adopt` carry
@@ -83,26 +80,45 @@ pub struct Logged {
     /// The worker's signed attestation.
     pub att: Attestation,
     /// The recorder took it alone (adaptive replication).
-    pub solo: bool,
+    pub lone: bool,
     /// It carries the task's canonical output (it decided the task, or the task is final with
     /// its result).
     pub output: bool,
 }
 
-/// The stream of recorded attestations to one backup coordinator (`node/replicate.rs:replicator`).
+/// The stream of recorded attestations to one backup coordinator.
 pub struct Replicator {
     /// The backup.
     pub to: u32,
-    /// Items recorded and not yet sent.
-    pub queue: VecDeque<Logged>,
-    /// The batch in flight and its attempt number.
-    pub batch: Option<(Vec<Logged>, u32)>,
-    /// A send is scheduled.
-    pub flush_pending: bool,
+    /// Batching and retry.
+    pub queue: ReplicationQueue<Logged>,
+    /// The batch in flight, given back to `queue` with how it went.
+    pub out: Option<ReplicationBatch<Logged>>,
+    /// When its next `Replicate` is scheduled ([`NEVER`] if none).
+    pub send_at: Millis,
 }
 
-/// A round of hand-overs (`Node::add_coordinators`): `Adopt` sent to each new coordinator, the
-/// list settled once every one answered or failed.
+/// What an `Adopt` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdoptKind {
+    /// Joining the list (a round of [`AdoptRound`]).
+    Join,
+    /// Bringing a backup up to date with the whole job.
+    CatchUp,
+    /// Stepping down: the sender hands the job to the winner of two leaders.
+    HandOver,
+}
+
+/// A hand-over in progress: this peer stepped down in favour of the first of its list.
+pub struct HandOver {
+    /// The list before it stepped down, taken back if the hand-over fails.
+    pub old: Vec<u32>,
+    /// Attempts made.
+    pub tries: u32,
+}
+
+/// A round of adoptions by new coordinators: `Adopt` sent to each, the list settled once every
+/// one answered or failed.
 pub struct AdoptRound {
     /// The coordinators kept (this peer first).
     pub keep: Vec<u32>,
@@ -113,7 +129,7 @@ pub struct AdoptRound {
 }
 
 /// A coordinator held by a peer, with the jobs it coordinates. The simulated job is the only
-/// one, so the per-job state (`JobMeta` in the real peer) is kept here directly.
+/// one, so the per-job state is kept here directly.
 pub struct Host {
     /// The real coordinator.
     pub coord: Coordinator,
@@ -123,31 +139,46 @@ pub struct Host {
     pub tick_at: Millis,
     /// This peer's list of the job's coordinators, the active one first.
     pub coordinators: Vec<u32>,
+    /// Every peer ever named one of the job's coordinators here (a rival is heard only from one).
+    pub named: BTreeSet<PeerId>,
+    /// Rival ads of the job heard, by announcer and sequence number.
+    pub rivals: BTreeSet<(PeerId, u64)>,
     /// Every attestation recorded here, in order (the store's attestation log).
     pub log: Vec<Logged>,
     /// Streams to the backups, while this peer leads.
     pub replicators: Vec<Replicator>,
-    /// The hand-over round in progress, if any.
+    /// Whole adoptions owed to backups.
+    pub catch_ups: CatchUps,
+    /// When its next `CatchUp` is scheduled ([`NEVER`] if none).
+    pub catch_up_at: Millis,
+    /// The adoption round in progress, if any.
     pub adopting: Option<AdoptRound>,
-    /// When its roles are next looked at ([`NEVER`] if not scheduled).
+    /// The hand-over in progress, if any.
+    pub handing_over: Option<HandOver>,
+    /// When roles were and will be looked at.
+    pub roles: Roles,
+    /// When its next `Roles` is scheduled ([`NEVER`] if none).
     pub roles_at: Millis,
-    /// When a list shorter than wanted may next be topped up.
-    pub top_up_at: Millis,
 }
 
 impl Host {
-    /// A host of `job` with an empty log.
-    pub fn new(coord: Coordinator, job: JobId, coordinators: Vec<u32>) -> Host {
+    /// A host of `job` with an empty log, on a peer that started at `started`.
+    pub fn new(coord: Coordinator, job: JobId, coordinators: Vec<u32>, named: BTreeSet<PeerId>, started: Millis) -> Host {
         Host {
             coord,
             jobs: vec![job],
             tick_at: NEVER,
             coordinators,
+            named,
+            rivals: BTreeSet::new(),
             log: Vec::new(),
             replicators: Vec::new(),
+            catch_ups: CatchUps::default(),
+            catch_up_at: NEVER,
             adopting: None,
+            handing_over: None,
+            roles: Roles::new(started),
             roles_at: NEVER,
-            top_up_at: 0,
         }
     }
 }
@@ -179,12 +210,6 @@ pub struct VirtualPeer {
     pub bridge: bool,
     /// Whether it publishes an advert (see the module docs of `sim` for the origin).
     pub advertises: bool,
-    /// Sequence number of its last advert.
-    pub advert_seq: u64,
-    /// Free slots in its last advert.
-    pub advertised_free: Option<u32>,
-    /// When it last published an advert.
-    pub advertised_at: Millis,
     /// When its mesh loop next runs.
     pub house_at: Millis,
     /// The newest ad of each job heard.
@@ -195,8 +220,8 @@ pub struct VirtualPeer {
     pub coordinators: Vec<(PeerId, bool)>,
     /// The real pulling policy.
     pub puller: Puller,
-    /// Mean run time, microseconds (weight 1/8 per run, from 100 ms).
-    pub mean_run_us: u64,
+    /// How long its replicas run lately (what its capacity follows).
+    pub run_times: RunTimes,
     /// Replicas leased and not yet finished.
     pub replicas: u32,
     /// Replicas asked for in the remote lease request in flight.
@@ -237,15 +262,12 @@ impl VirtualPeer {
             views,
             bridge: false,
             advertises: true,
-            advert_seq: 0,
-            advertised_free: None,
-            advertised_at: 0,
             house_at: NEVER,
             ads: Vec::new(),
             has_ad: false,
             coordinators: Vec::new(),
             puller: Puller::new(),
-            mean_run_us: 100_000,
+            run_times: RunTimes::default(),
             replicas: 0,
             asking: None,
             paused_until: 0,
@@ -266,7 +288,7 @@ impl VirtualPeer {
     }
 
     /// Whether this peer is `job`'s active coordinator (its own slots lease from it; a standby
-    /// one pulls like any worker, as `node/slots.rs` does).
+    /// one pulls like any worker).
     pub fn serves(&self, job: &JobId) -> bool {
         self.host.as_ref().is_some_and(|h| h.jobs.contains(job) && !h.coord.is_standby(job))
     }
@@ -281,10 +303,9 @@ impl VirtualPeer {
         slots.saturating_sub(self.replicas.min(slots))
     }
 
-    /// Folds a run's duration into the mean (`Node::note_run`).
-    pub fn note_run(&mut self, ran_ms: u64) {
-        let us = ran_ms * 1_000;
-        self.mean_run_us = self.mean_run_us - self.mean_run_us / 8 + us / 8;
+    /// Replicas it may hold with `slots` sandbox slots, from how long its replicas run.
+    pub fn capacity(&self, slots: u32) -> u32 {
+        u32::try_from(self.run_times.capacity(slots as usize)).unwrap_or(u32::MAX)
     }
 
     /// Forgets everything a crash loses.

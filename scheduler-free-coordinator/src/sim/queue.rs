@@ -34,10 +34,15 @@ pub enum Event {
     Churn,
     /// The origin crashes (`--crash-origin-at`).
     CrashOrigin,
-    /// A coordinator looks at its role in the job (`Node::evaluate_roles`, every second).
+    /// A coordinator looks at its role in the job (every second, and when a peer is declared
+    /// dead).
     Roles { peer: u32 },
-    /// A coordinator sends the next replication batch to backup `to`.
+    /// A coordinator's stream to backup `to` may have a batch to send.
     Replicate { peer: u32, to: u32 },
+    /// A coordinator's catch-ups of its backups may be due.
+    CatchUp { peer: u32 },
+    /// A coordinator that merged a rival's hand-over announces the job again.
+    Announce { peer: u32 },
     /// Probe-period boundary: has membership converged?
     Check,
 }
@@ -128,6 +133,18 @@ impl Queue {
                     self.near += 1;
                 }
             }
+        }
+    }
+
+    /// Schedules `event` at `at` (a time already past is taken as the current one) if that is
+    /// sooner than the time in `slot`, a timer field that holds when its event is next scheduled
+    /// ([`NEVER`](super::peer::NEVER) if it is not): the handler ignores an event whose time is
+    /// no longer the slot's, so each timer fires once.
+    pub fn arm(&mut self, slot: &mut Millis, at: Millis, event: Event) {
+        let at = at.max(self.cursor);
+        if at < *slot {
+            *slot = at;
+            self.push(at, event);
         }
     }
 

@@ -71,9 +71,9 @@ pub struct Report {
     /// Tasks verified with a wrong output.
     pub wrong_verified: u32,
     /// Tasks verified by one trusted peer alone (adaptive replication).
-    pub solo_verified: u32,
+    pub lone_verified: u32,
     /// Of those, verified with a wrong output.
-    pub wrong_solo: u32,
+    pub wrong_lone: u32,
     /// Liars the coordinator still trusted at the end (adaptive replication).
     pub trusted_liars: u32,
     /// Tasks inconclusive.
@@ -82,7 +82,7 @@ pub struct Report {
     pub failed: u32,
     /// Leases that lapsed (expired, or their peer was declared down).
     pub lease_lapses: u64,
-    /// Report batches dropped after three failed attempts.
+    /// Report batches given up: refused, or not delivered before their first lease lapsed.
     pub reports_dropped: u64,
     /// Liars the coordinator banned by the end.
     pub banned_liars: u32,
@@ -113,7 +113,8 @@ pub struct Report {
     /// Tasks a coordinator that took over decided again, with another verdict than the one
     /// counted first (its predecessor's verdict had not reached it).
     pub verdicts_overturned: u32,
-    /// Replication batches to a backup given up after three attempts (never sent again).
+    /// Replication batches to a backup given up after their tries (the backup then got the whole
+    /// job instead).
     pub replication_dropped: u64,
 }
 
@@ -156,7 +157,7 @@ impl Report {
             ("never heard the job", self.never_heard_job.to_string()),
             ("replicas per task", format!("{:.3}", self.replicas_per_task)),
             ("verified / wrong", format!("{} / {}", self.verified, self.wrong_verified)),
-            ("lone verdicts / wrong", format!("{} / {}", self.solo_verified, self.wrong_solo)),
+            ("lone verdicts / wrong", format!("{} / {}", self.lone_verified, self.wrong_lone)),
             ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),
             ("lease lapses", self.lease_lapses.to_string()),
             ("banned liars / honest", format!("{} / {}", self.banned_liars, self.banned_honest)),

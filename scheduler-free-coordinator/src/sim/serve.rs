@@ -1,9 +1,9 @@
-//! A virtual peer's coordinator side, as `worker/src/service/mesh.rs` serves it: lease requests
-//! go to `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is
-//! the sender's own, its signature verifies, its output hashes to what it attests) and recorded,
+//! A virtual peer's coordinator side, serving `MeshService`: lease requests go to
+//! `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is the
+//! sender's own, its signature verifies, its output hashes to what it attests) and recorded,
 //! releases hand replicas back, and a 200 ms ticker lapses expired leases. Any peer can hold a
-//! coordinator for any job: the origin and its backups do (`coord.rs`), and only the verdicts
-//! of the one leading are counted.
+//! coordinator for any job: the origin and its backups do ([`super::coord`]), and only the
+//! verdicts of one leading are counted.
 
 use crate::pull::MAX_BATCH;
 use crate::{Attestation, BlobId, Event, JobId, Reported, Verdict};
@@ -92,9 +92,9 @@ impl Sim {
         match h.coord.report(att.clone()) {
             Ok(r @ (Reported::Recorded | Reported::Decided)) => {
                 self.m.attestations += 1;
-                // As `Node::report` marks it: taken alone if it is the task's one lone attestation.
-                let solo = h.coord.task(&task).is_some_and(|t| t.solo && t.attestations == 1);
-                self.note_recorded(c, Logged { att, solo, output: r == Reported::Decided });
+                // Taken alone if it is the task's one lone attestation: the backups replay it so.
+                let lone = h.coord.task(&task).is_some_and(|t| t.lone && t.attestations == 1);
+                self.note_recorded(c, Logged { att, lone, output: r == Reported::Decided });
                 true
             }
             Ok(Reported::Late) => {
@@ -126,12 +126,12 @@ impl Sim {
         let events: Vec<(Event, bool)> = events
             .into_iter()
             .map(|e| {
-                let solo = leads && matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.solo));
-                (e, solo)
+                let lone = leads && matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.lone));
+                (e, lone)
             })
             .collect();
         let mut wake = false;
-        for (e, solo) in events {
+        for (e, lone) in events {
             match e {
                 Event::TaskFinal { .. } if !leads => {}
                 Event::TaskFinal { task, verdict } => match self.decided.get_mut(task.index as usize) {
@@ -139,7 +139,7 @@ impl Sim {
                     Some(Some(_)) | None => {}
                     Some(slot @ None) => {
                         *slot = Some(verdict.clone());
-                        self.count_verdict(task, verdict, solo);
+                        self.count_verdict(task, verdict, lone);
                     }
                 },
                 Event::JobFinished { job, state } => {
@@ -165,14 +165,14 @@ impl Sim {
     }
 
     /// Scores a task's verdict against the honest output.
-    fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, solo: bool) {
+    fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, lone: bool) {
         match verdict {
             Verdict::Verified(key) => {
                 self.m.verified += 1;
-                self.m.solo_verified += u32::from(solo);
+                self.m.lone_verified += u32::from(lone);
                 if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
                     self.m.wrong_verified += 1;
-                    self.m.wrong_solo += u32::from(solo);
+                    self.m.wrong_lone += u32::from(lone);
                 }
             }
             Verdict::Inconclusive => self.m.inconclusive += 1,
@@ -187,10 +187,7 @@ impl Sim {
         let Some(h) = self.peers[c as usize].host.as_mut() else { return };
         let Some(due) = h.coord.next_deadline() else { return };
         let at = due.max(now).div_ceil(TICK_MS) * TICK_MS;
-        if at < h.tick_at {
-            h.tick_at = at;
-            self.queue.push(at, queue::Event::CoordTick { peer: c });
-        }
+        self.queue.arm(&mut h.tick_at, at, queue::Event::CoordTick { peer: c });
     }
 
     pub(super) fn on_coord_tick(&mut self, c: u32) {

@@ -1,41 +1,34 @@
-//! A virtual peer's worker side, as `worker/src/node/{slots,remote}.rs` do it: when slots are
-//! free, lease from its own coordinator first, then ask the coordinator of a job the real
-//! [`Puller`](crate::pull::Puller) picks; check each replica's lease is fresh, fetch the module
-//! once, queue for a sandbox slot, "run" for a random time, attest, and report in batches
-//! (5 ms linger, up to 256 items, 3 attempts 200 and 400 ms apart).
+//! A virtual peer's worker side: when slots are free, lease from its own coordinator first, then
+//! ask the coordinator of a job the real [`Puller`](crate::pull::Puller) picks; hand back a
+//! replica whose lease is too close to lapsing, fetch the module once, queue for a sandbox slot,
+//! "run" for a random time, attest, and report. How many replicas a peer holds, when it pauses
+//! and when it looks again are [`crate::peer::slots`]'s rules; reports are batched and retried
+//! by one [`ReportQueue`](crate::peer::reports::ReportQueue) per coordinator, which the
+//! simulator drives: a batch it polls goes out as a `Report` call, and comes back `Taken`,
+//! `Unreachable` (the call failed: lost, or the coordinator crashed) or `Refused`.
 
+use crate::peer::reports::{Delivery, REPORT_QUEUE, Sent};
+use crate::peer::slots::{ABANDON_PAUSE_MS, LOOK_AGAIN_MS, is_stale};
 use crate::pull::MAX_BATCH;
 use crate::{BlobId, JobId, Millis, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
-use super::peer::{NEVER, Replica, ReportItem, Reporter, leases_per_slot};
+use super::peer::{NEVER, Replica, ReportItem, Reporter};
 use super::queue::Event;
 use super::wire;
 use super::workload::{self, Behaviour};
 
-/// Pause after a replica had to be abandoned.
-const BACKOFF_MS: Millis = 250;
-/// How often idle slots look again at announced jobs.
-const LOOK_AGAIN_MS: Millis = 200;
-/// Report batching.
-const REPORT_LINGER_MS: Millis = 5;
-const REPORT_BATCH: usize = 256;
-/// A failed report batch is retried after 200 ms, doubling up to this, until its first lease
-/// lapses (`node/remote.rs:deliver_report`).
-const REPORT_BACKOFF_MAX_MS: Millis = 2_000;
-
 impl Sim {
-    /// Wakes the peer's slot loop (`work.notify_one()`): it runs once, now.
+    /// Wakes the peer's slot loop: it runs once, now.
     pub(super) fn wake(&mut self, p: u32) {
         self.wake_at(p, self.now);
     }
 
     fn wake_at(&mut self, p: u32, at: Millis) {
         let peer = &mut self.peers[p as usize];
-        if peer.alive && at < peer.slots_at {
-            peer.slots_at = at;
-            self.queue.push(at, Event::Slots { peer: p });
+        if peer.alive {
+            self.queue.arm(&mut peer.slots_at, at, Event::Slots { peer: p });
         }
     }
 
@@ -48,12 +41,12 @@ impl Sim {
         self.slot_loop(p);
     }
 
-    /// One pass of the slot loop (`node/slots.rs:run`).
+    /// One pass of the slot loop.
     fn slot_loop(&mut self, p: u32) {
         let (now, slots) = (self.now, self.cfg.slots);
         let peer = &mut self.peers[p as usize];
         let paused = now < peer.paused_until;
-        let capacity = slots * leases_per_slot(peer.mean_run_us);
+        let capacity = peer.capacity(slots);
         let mut free = if paused { 0 } else { capacity.saturating_sub(peer.replicas + peer.asking.unwrap_or(0)) };
         if free > 0 && peer.host.is_some() {
             let me = peer.id;
@@ -78,7 +71,7 @@ impl Sim {
             open = ads.iter().any(|a| !a.done);
             peer.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = peer.puller.pick(&ads, free, now) {
-                // The first coordinator named in the ad that is alive here (`addr_of`).
+                // The first coordinator named in the ad that is alive here.
                 let target = ads.iter().find(|a| a.job == job).and_then(|ad| {
                     ad.coordinators.iter().find(|c| peer.coordinators.iter().any(|(id, up)| id == *c && *up)).copied()
                 });
@@ -92,8 +85,8 @@ impl Sim {
                 }
             }
         }
-        // The real loop also wakes every 200 ms; that only matters while time alone can change
-        // its mind (a pause or a backoff ending).
+        // Idle slots look again every `LOOK_AGAIN_MS`; only while time alone can change the
+        // loop's mind (a pause or a backoff ending) is that simulated.
         let peer = &self.peers[p as usize];
         if paused || (open && peer.asking.is_none()) {
             self.wake_at(p, now + LOOK_AGAIN_MS);
@@ -103,7 +96,7 @@ impl Sim {
     /// A replica was leased: check it can still finish in time, fetch the module if needed,
     /// queue it for a slot.
     fn start_replica(&mut self, p: u32, r: Replica) {
-        if self.now + r.timeout_ms > r.expires_at {
+        if is_stale(self.now, r.timeout_ms, r.expires_at) {
             self.m.stale += 1;
             self.release(p, &r, Release::Abandoned);
             self.replica_done(p, false);
@@ -142,7 +135,7 @@ impl Sim {
             return;
         }
         peer.busy -= 1;
-        peer.note_run(ran_ms);
+        peer.run_times.note(ran_ms * 1_000);
         // A sleeper liar behaves until it has run its quota, then lies.
         let behaviour = if peer.runs < self.cfg.liars_honest_for { Behaviour::Honest } else { peer.behaviour };
         peer.runs = peer.runs.saturating_add(1);
@@ -178,7 +171,7 @@ impl Sim {
         let peer = &mut self.peers[p as usize];
         peer.replicas = peer.replicas.saturating_sub(1);
         if abandoned {
-            peer.paused_until = self.now + BACKOFF_MS;
+            peer.paused_until = self.now + ABANDON_PAUSE_MS;
         }
         self.replicas_changed(p);
         self.wake(p);
@@ -235,88 +228,83 @@ impl Sim {
         }
     }
 
-    /// Queues a report item for coordinator `c`; the first one starts the linger.
+    /// Queues a report item for coordinator `c` (its lease lapses at `until`).
     fn report_push(&mut self, p: u32, c: u32, until: Millis, item: ReportItem) {
+        let now = self.now;
         let peer = &mut self.peers[p as usize];
         let i = match peer.reporters.iter().position(|r| r.coordinator == c) {
             Some(i) => i,
             None => {
-                peer.reporters.push(Reporter { coordinator: c, queue: Vec::new(), batch: None, flush_pending: false });
+                let r = Reporter { coordinator: c, queue: Default::default(), out: None, backlog: Default::default(), flush_at: NEVER };
+                peer.reporters.push(r);
                 peer.reporters.len() - 1
             }
         };
         let r = &mut peer.reporters[i];
-        r.queue.push((until, item));
-        if r.batch.is_none() && !r.flush_pending {
-            r.flush_pending = true;
-            self.queue.push(self.now + REPORT_LINGER_MS, Event::Flush { peer: p, coordinator: c });
+        let bytes = match &item {
+            ReportItem::Attest(_, out) => out.len(),
+            ReportItem::Release(..) => 0,
+        };
+        r.backlog.push_back((item, bytes, until));
+        feed(r, now);
+        self.schedule_flush(p, c);
+    }
+
+    /// Schedules coordinator `c`'s `Flush` when its queue says a batch may be due.
+    fn schedule_flush(&mut self, p: u32, c: u32) {
+        let Some(r) = self.peers[p as usize].reporters.iter_mut().find(|r| r.coordinator == c) else { return };
+        if let Some(at) = r.queue.poll_timeout() {
+            self.queue.arm(&mut r.flush_at, at, Event::Flush { peer: p, coordinator: c });
         }
     }
 
-    /// Sends the batch that is due: a retry of the one in flight, or the next from the queue.
+    /// Sends the batch that is due, if one is.
     pub(super) fn on_flush(&mut self, p: u32, c: u32) {
-        let unix = self.unix();
+        let (now, unix) = (self.now, self.unix());
         let peer = &mut self.peers[p as usize];
         let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        if !peer.alive || !r.flush_pending {
+        if !peer.alive || r.flush_at != now {
             return;
         }
-        r.flush_pending = false;
-        if r.batch.is_none() {
-            let n = r.queue.len().min(REPORT_BATCH);
-            if n == 0 {
-                return;
-            }
-            let items: Vec<(Millis, ReportItem)> = r.queue.drain(..n).collect();
-            let until = items.iter().map(|(u, _)| *u).min().unwrap_or(NEVER);
-            r.batch = Some((items.into_iter().map(|(_, i)| i).collect(), 1, until));
-        }
-        let Some((batch, _, _)) = r.batch.as_ref() else { return };
+        r.flush_at = NEVER;
+        let Some(batch) = r.queue.poll_batch(now) else {
+            self.schedule_flush(p, c);
+            return;
+        };
         let mut items = Vec::new();
         let mut released = Vec::new();
-        for item in batch {
+        for item in &batch.items {
             match item {
                 ReportItem::Attest(a, out) => items.push((a.task.index, a.fuel_used, out.len() as u64)),
                 ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
             }
         }
         let size = wire::report_request(&items, &released, unix);
-        let batch = batch.clone();
-        self.call(p, c, Request::Report { batch }, size);
+        let sent = batch.items.clone();
+        r.out = Some(batch);
+        self.call(p, c, Request::Report { batch: sent }, size);
     }
 
-    /// The coordinator took the batch: the next one may go.
-    pub(super) fn on_reported(&mut self, p: u32, c: u32) {
+    /// The report batch to coordinator `c` came back, delivered or not. A batch given up counts
+    /// in `reports_dropped` (its leases lapse at the coordinator).
+    pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
         let now = self.now;
         let peer = &mut self.peers[p as usize];
         let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        r.batch = None;
-        if !r.queue.is_empty() && !r.flush_pending {
-            r.flush_pending = true;
-            self.queue.push(now + REPORT_LINGER_MS, Event::Flush { peer: p, coordinator: c });
+        let Some(batch) = r.out.take() else { return };
+        if let Sent::Dropped(_) = r.queue.handle_sent(batch, delivery, now) {
+            self.m.reports_dropped += 1;
         }
+        feed(r, now);
+        self.schedule_flush(p, c);
     }
+}
 
-    /// A report batch failed: try again after 200 ms, doubling up to 2 s, until the next try
-    /// would come after its first lease lapses; then drop it (its leases lapse at the
-    /// coordinator).
-    pub(super) fn on_report_failed(&mut self, p: u32, c: u32) {
-        let now = self.now;
-        let peer = &mut self.peers[p as usize];
-        let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        let Some((_, attempt, until)) = r.batch.as_mut() else { return };
-        let pause = (200 << (*attempt - 1).min(4)).min(REPORT_BACKOFF_MAX_MS);
-        if now + pause < *until {
-            *attempt += 1;
-            r.flush_pending = true;
-            self.queue.push(now + pause, Event::Flush { peer: p, coordinator: c });
-            return;
-        }
-        r.batch = None;
-        self.m.reports_dropped += 1;
-        if !r.queue.is_empty() {
-            r.flush_pending = true;
-            self.queue.push(now + REPORT_LINGER_MS, Event::Flush { peer: p, coordinator: c });
-        }
+/// Moves what waits for room into the report queue, in order, while it has room.
+fn feed(r: &mut Reporter, now: Millis) {
+    while r.queue.waiting() < REPORT_QUEUE {
+        let Some((item, bytes, until)) = r.backlog.pop_front() else { break };
+        // There is room, so the queue takes it.
+        let _ = r.queue.push(item, bytes, until, now);
     }
 }

@@ -52,7 +52,7 @@ pub fn limits(l: &crate::Limits) -> u64 {
     varint_field(l.memory_bytes) + varint_field(l.fuel) + varint_field(l.timeout_ms) + varint_field(l.output_bytes)
 }
 
-/// `LeaseReply{job_id, module_id, limits, tasks[], note}` with inline inputs of `input` bytes;
+/// `LeaseResponse{job_id, module_id, limits, tasks[], note}` with inline inputs of `input` bytes;
 /// `tasks` holds each task's `(index, expires_in_ms)`.
 pub fn lease_reply(limits_len: u64, tasks: &[(u32, u64)], input: u64, note: u64) -> u64 {
     let task = |&(index, expires): &(u32, u64)| {
@@ -81,15 +81,15 @@ pub fn report_request(items: &[(u32, u64, u64)], released: &[(u32, bool)], times
         + bytes_field(SIGNATURE)
 }
 
-/// `ReportReply{accepted, rejected}`.
+/// `ReportResponse{accepted, rejected}`.
 pub fn report_reply(accepted: u32, rejected: u32) -> u64 {
     varint_field(u64::from(accepted)) + varint_field(u64::from(rejected))
 }
 
-/// `RecordedAttestation{attestation, output, message, solo}` of a successful run with `out`
+/// `RecordedAttestation{attestation, output, message, lone}` of a successful run with `out`
 /// bytes of output (empty unless it carries the canonical output); `message` is always empty.
-pub fn recorded_attestation(index: u32, fuel: u64, out: u64, solo: bool) -> u64 {
-    message_field(attestation(index, fuel)) + bytes_field(out) + varint_field(u64::from(solo))
+pub fn recorded_attestation(index: u32, fuel: u64, out: u64, lone: bool) -> u64 {
+    message_field(attestation(index, fuel)) + bytes_field(out) + varint_field(u64::from(lone))
 }
 
 /// `ReplicateRequest{job_id, items[], peer_id, timestamp_ms, signature}`; `items` holds each
@@ -98,7 +98,7 @@ pub fn replicate_request(items: &[u64], timestamp_ms: u64) -> u64 {
     bytes_field(HEX_ID) + items.iter().map(|&i| message_field(i)).sum::<u64>() + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
 }
 
-/// `ReplicateReply{recorded}`.
+/// `ReplicateResponse{recorded}`.
 pub fn replicate_reply(recorded: u32) -> u64 {
     varint_field(u64::from(recorded))
 }
@@ -120,7 +120,7 @@ fn bytes_field_hi(len: u64) -> u64 {
     if len == 0 { 0 } else { 2 + varint(len) + len }
 }
 
-/// `AdoptRequest` (`node/replicate.rs:adopt_request`): the job as submitted (16-byte nonce, no
+/// `AdoptRequest`: the job as submitted (16-byte nonce, no
 /// args or env, `tasks` inline inputs of `input` bytes each), its `coordinators`, every recorded
 /// attestation (`items`, sizes from [`recorded_attestation`]) and the sender's signature.
 #[allow(clippy::too_many_arguments)]

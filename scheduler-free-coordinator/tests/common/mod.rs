@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use spare_coordinator::*;
+use spare_protocol::*;
 
 pub fn peer(n: u8) -> PeerId {
     PeerId([n; 32])

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use proptest::prelude::*;
-use spare_coordinator::*;
+use spare_protocol::*;
 
 use crate::common::*;
 

@@ -1,11 +1,11 @@
 //! `spare sim`: simulates a whole mesh of virtual peers in this process, driving the real
 //! membership, coordinator and pulling code on a seeded virtual network and clock, and reports
-//! what happened (see `spare_coordinator::sim`). The same seed gives the same output.
+//! what happened (see `spare_protocol::sim`). The same seed gives the same output.
 
 use std::process::ExitCode;
 
 use clap::Args;
-use spare_coordinator::sim::{self, SimConfig};
+use spare_protocol::sim::{self, SimConfig};
 
 /// Options of `spare sim`.
 #[derive(Args, Debug)]

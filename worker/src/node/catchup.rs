@@ -1,46 +1,46 @@
-//! Bringing a backup coordinator up to date with a whole adoption where the ordered replication
-//! stream cannot: a batch the backup did not take (the stream moves on, in order, without it),
-//! or a verdict no attestation carries (a task failed because its replicas kept missing the
-//! deadline). Requests for one job and one backup coalesce while one is pending.
+//! Catch-ups of backup coordinators: when one is due (`spare_protocol::peer::catchup` decides
+//! when), the whole job goes to the backup as an adoption.
 
-use std::time::Duration;
-
-use spare_coordinator::{JobId, PeerId, TaskId};
+use spare_protocol::{JobId, PeerId, TaskId};
 use spare_proto as pb;
 
 use super::Node;
 
-/// How long a catch-up waits, so that the failures and verdicts of a burst share one adoption.
-const CATCH_UP_AFTER: Duration = Duration::from_secs(2);
-
 impl Node {
-    /// Sends `peer` the whole job soon, if this peer still leads it and `peer` is still one of
-    /// its coordinators then.
+    /// Asks for `peer` to get the whole job soon (coalesced with a pending request).
     pub(crate) fn catch_up(&self, job: JobId, peer: PeerId) {
-        if !self.0.catching_up.insert((job, peer)) {
-            return;
-        }
-        let node = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(CATCH_UP_AFTER).await;
-            // From here on a new reason needs a new catch-up.
-            node.0.catching_up.remove(&(job, peer));
-            let me = node.peer_id();
+        let now = self.now();
+        self.0.catch_ups.lock().unwrap_or_else(|p| p.into_inner()).request(job, peer, now);
+    }
+
+    /// Sends the catch-ups that are due, each if this peer still leads the job and the backup is
+    /// still one of its coordinators.
+    pub(crate) fn send_due_catch_ups(&self) {
+        let now = self.now();
+        let due: Vec<(JobId, PeerId)> = {
+            let mut c = self.0.catch_ups.lock().unwrap_or_else(|p| p.into_inner());
+            std::iter::from_fn(|| c.poll_due(now)).collect()
+        };
+        let me = self.peer_id();
+        for (job, peer) in due {
             let wanted = {
-                let core = node.core();
+                let core = self.core();
                 core.leads(&job, &me) && core.jobs.get(&job).is_some_and(|m| m.coordinators.contains(&peer))
             };
             if !wanted {
-                return;
+                continue;
             }
-            let sent = match node.adopt_request(&job).await {
-                Ok(req) => node.adopt_to(peer, req).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = sent {
-                tracing::warn!(job = %job.short(), peer = %peer.short(), "catch-up of a backup coordinator failed: {e:#}");
-            }
-        });
+            let node = self.clone();
+            tokio::spawn(async move {
+                let sent = match node.adopt_request(&job).await {
+                    Ok(req) => node.adopt_to(peer, req).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(job = %job.short(), peer = %peer.short(), "catch-up of a backup coordinator failed: {e:#}");
+                }
+            });
+        }
     }
 
     /// [`Node::catch_up`] for every backup of a job this peer leads.

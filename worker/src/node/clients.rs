@@ -7,7 +7,7 @@ use dashmap::DashMap;
 use spare_proto as pb;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::service::MAX_MESSAGE_BYTES;
+use crate::wire::MAX_MESSAGE_BYTES;
 
 /// How long dialing a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use spare_coordinator::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
+use spare_protocol::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
 
 use crate::store::{Op, StoredResult};
 
@@ -21,10 +21,10 @@ pub struct JobMeta {
     pub env: Arc<Vec<(String, String)>>,
     /// The peers coordinating it, the active one first. Change it with
     /// [`JobMeta::set_coordinators`].
-    pub coordinators: Vec<spare_coordinator::PeerId>,
+    pub coordinators: Vec<spare_protocol::PeerId>,
     /// Every peer named as one of its coordinators since this peer has held it: a rival ad is
     /// settled only with one of these or the origin (see `heal.rs`).
-    pub named: std::collections::BTreeSet<spare_coordinator::PeerId>,
+    pub named: std::collections::BTreeSet<spare_protocol::PeerId>,
     /// Who submitted it here (its address), when this peer is its origin and still runs it.
     pub submitter: Option<std::net::IpAddr>,
 }
@@ -43,7 +43,7 @@ impl JobMeta {
     }
 
     /// A new list of coordinators; each is remembered as named.
-    pub fn set_coordinators(&mut self, list: Vec<spare_coordinator::PeerId>) {
+    pub fn set_coordinators(&mut self, list: Vec<spare_protocol::PeerId>) {
         self.named.extend(list.iter().copied());
         self.coordinators = list;
     }
@@ -79,7 +79,7 @@ pub struct Core {
 
 impl Core {
     /// Whether `me` leads `job`: first of its coordinators, and not in standby.
-    pub fn leads(&self, job: &JobId, me: &spare_coordinator::PeerId) -> bool {
+    pub fn leads(&self, job: &JobId, me: &spare_protocol::PeerId) -> bool {
         self.jobs.get(job).is_some_and(|m| m.coordinators.first() == Some(me)) && !self.coord.is_standby(job)
     }
 

@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spare_coordinator::membership::{MemberState, MeshEvent, Membership, MembershipConfig};
-use spare_coordinator::records::{Advert, JobAd, Record, RecordKey, Signer, Verifier};
-use spare_coordinator::{JobId, Millis, PeerId};
+use spare_protocol::membership::{MemberState, MeshEvent, Membership};
+pub use spare_protocol::peer::mesh::MeshState;
+use spare_protocol::peer::mesh::{GOSSIP_SEND_TIMEOUT_MS, MAX_GOSSIP_SENDS};
+use spare_protocol::records::{Advert, JobAd, Record, RecordKey, Signer, Verifier};
+use spare_protocol::{JobId, Millis, PeerId};
 use spare_proto as pb;
 use tokio::sync::Semaphore;
 
@@ -17,47 +19,6 @@ use super::{Node, unix_ms};
 
 /// Longest wait between two looks at membership's timers.
 const MAX_NAP: Duration = Duration::from_millis(100);
-/// Gossip requests in flight at once; past it a message is dropped (SWIM tolerates loss).
-const MAX_SENDS: usize = 64;
-/// How long one gossip request may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// An advert is refreshed this often even when nothing changed.
-const ADVERT_REFRESH_MS: Millis = 30_000;
-/// Free-slot changes are advertised at most this often.
-const ADVERT_MIN_GAP_MS: Millis = 1_000;
-/// Roles (active or standby coordinator of each job) are looked at again this often.
-const ROLES_EVERY_MS: Millis = 1_000;
-/// After a start, roles wait this long for membership to learn who is alive.
-const ROLES_GRACE_MS: Millis = 6_000;
-/// While alone, bootstrap peers are greeted again this often…
-const REJOIN_MS: Millis = 3_000;
-/// …and this often otherwise, which heals a partition whose sides forgot each other.
-const REGREET_MS: Millis = 30_000;
-
-/// Membership and what this peer has published.
-pub struct MeshState {
-    /// SWIM and the records.
-    pub membership: Membership,
-    advert_seq: u64,
-    advertised_free: Option<u32>,
-    advertised_at: Millis,
-    job_seq: HashMap<JobId, u64>,
-    last_join: Millis,
-}
-
-impl MeshState {
-    /// Membership for this peer.
-    pub fn new(membership: Membership) -> MeshState {
-        MeshState {
-            membership,
-            advert_seq: 0,
-            advertised_free: None,
-            advertised_at: 0,
-            job_seq: HashMap::new(),
-            last_join: 0,
-        }
-    }
-}
 
 /// The signer and verifier membership uses: this peer's ed25519 key, and ed25519 checks.
 pub fn crypto(identity: &crate::identity::Identity) -> (Signer, Verifier) {
@@ -65,11 +26,6 @@ pub fn crypto(identity: &crate::identity::Identity) -> (Signer, Verifier) {
     let signer: Signer = Arc::new(move |m: &[u8]| id.sign(m).to_vec());
     let verifier: Verifier = Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| crate::identity::verify(p, m, s));
     (signer, verifier)
-}
-
-/// Membership settings for a peer.
-pub fn membership_config() -> MembershipConfig {
-    MembershipConfig::lan(16)
 }
 
 /// A peer as `spare peers` shows it.
@@ -96,28 +52,25 @@ impl Node {
     }
 
     /// Takes a gossip message another peer sent (and signed: `sender`).
-    pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_coordinator::membership::MembershipError> {
+    pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_protocol::membership::MembershipError> {
         let now = self.now();
         let r = self.mesh().membership.handle_data(data, Some(sender), now);
         self.0.mesh_wake.notify_one();
         r
     }
 
-    /// Publishes this peer's advert if its free slots changed (at most once a second) or it is
-    /// due a refresh; `force` publishes now.
+    /// Publishes this peer's advert when the mesh rules say it is due; `force` publishes now.
     pub(crate) fn publish_advert(&self, force: bool) {
         let now = self.now();
         let total = self.sandbox().slots() as u32;
         let free = total.saturating_sub(self.running().min(total as usize) as u32);
         let mut mesh = self.mesh();
-        let changed = mesh.advertised_free != Some(free) && now >= mesh.advertised_at + ADVERT_MIN_GAP_MS;
-        if !(force || changed || now >= mesh.advertised_at + ADVERT_REFRESH_MS) {
+        if !(force || mesh.advert_due(free, now)) {
             return;
         }
-        mesh.advert_seq += 1;
-        let mut record = Record::Advert(Advert {
+        let advert = Advert {
             peer: self.peer_id(),
-            seq: unix_ms().max(mesh.advert_seq),
+            seq: 0,
             addr: self.advertised_addr(),
             cpus_total: total,
             cpus_free: free,
@@ -125,14 +78,8 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_string(),
             reachable: true,
             signature: Vec::new(),
-        });
-        if let Record::Advert(a) = &record {
-            mesh.advert_seq = a.seq;
-        }
-        record.sign(&self.signer());
-        mesh.membership.publish(record, now);
-        mesh.advertised_free = Some(free);
-        mesh.advertised_at = now;
+        };
+        mesh.publish_advert(advert, unix_ms(), &self.signer(), now);
         drop(mesh);
         self.0.mesh_wake.notify_one();
     }
@@ -155,15 +102,11 @@ impl Node {
         let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else {
             return;
         };
-        let mut mesh = self.mesh();
-        // Unix time, so an ad made after a restart still replaces the ones before it.
-        let seq = (mesh.job_seq.get(&job).copied().unwrap_or(0) + 1).max(unix_ms());
-        mesh.job_seq.insert(job, seq);
-        let mut record = Record::JobAd(JobAd {
+        let ad = JobAd {
             job,
             origin: spec.origin,
             announcer: self.peer_id(),
-            seq,
+            seq: 0,
             module: spec.module,
             task_count: spec.task_count,
             policy: spec.policy,
@@ -171,11 +114,9 @@ impl Node {
             submitted_at_ms: spec.submitted_at_ms,
             done,
             signature: Vec::new(),
-        });
-        record.sign(&self.signer());
+        };
         let now = self.now();
-        mesh.membership.publish(record, now);
-        drop(mesh);
+        self.mesh().publish_job_ad(ad, unix_ms(), &self.signer(), now);
         self.0.mesh_wake.notify_one();
     }
 
@@ -243,7 +184,7 @@ impl Node {
     /// Drives membership until shutdown.
     pub(super) async fn mesh_loop(self) {
         let mut stop = self.shutdown_signal();
-        let sends = Arc::new(Semaphore::new(MAX_SENDS));
+        let sends = Arc::new(Semaphore::new(MAX_GOSSIP_SENDS));
         self.greet_bootstrap();
         self.publish_advert(true);
         let mut next_roles: Millis = 0;
@@ -257,15 +198,11 @@ impl Node {
             self.flush_mesh(&sends);
             self.publish_advert(false);
             if now >= next_roles && self.roles_ready() {
-                next_roles = now + ROLES_EVERY_MS;
+                next_roles = now + spare_protocol::peer::roles::ROLES_EVERY_MS;
                 let node = self.clone();
                 tokio::spawn(async move { node.evaluate_roles().await });
             }
-            let (alone, last) = {
-                let m = self.mesh();
-                (m.membership.active() == 0, m.last_join)
-            };
-            if now >= last + if alone { REJOIN_MS } else { REGREET_MS } {
+            if self.mesh().greet_due(now) {
                 self.greet_bootstrap();
             }
             tokio::select! {
@@ -278,18 +215,13 @@ impl Node {
 
     /// Whether membership has had time to learn who is alive (or there is nobody to learn of).
     fn roles_ready(&self) -> bool {
-        self.config().bootstrap.is_empty() || self.now() >= ROLES_GRACE_MS || self.mesh().membership.active() > 0
+        let active = self.mesh().membership.active();
+        spare_protocol::peer::roles::ready(0, self.now(), !self.config().bootstrap.is_empty(), active)
     }
 
     fn greet_bootstrap(&self) {
         let now = self.now();
-        let mut mesh = self.mesh();
-        mesh.last_join = now;
-        for addr in &self.config().bootstrap {
-            if *addr != self.advertised_addr() {
-                mesh.membership.join(addr, now);
-            }
-        }
+        self.mesh().greet(&self.config().bootstrap, &self.advertised_addr(), now);
     }
 
     /// Sends what membership queued and handles its events.
@@ -307,11 +239,11 @@ impl Node {
             };
             let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
             let node = self.clone();
-            let signature = self.0.identity.sign(&super::remote::gossip_signing_bytes(&data)).to_vec();
+            let signature = self.0.identity.sign(&crate::wire::signing::gossip(&data)).to_vec();
             let peer_id = self.peer_id().to_hex();
             tokio::spawn(async move {
                 let req = pb::GossipRequest { data, peer_id, signature };
-                let sent = tokio::time::timeout(SEND_TIMEOUT, client.gossip(req)).await;
+                let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     node.0.clients.forget(&to.addr);
                 }
@@ -354,39 +286,6 @@ impl Node {
         }
     }
 
-    /// Another coordinator announced a job this peer holds: take its list of coordinators. An
-    /// active coordinator that the ad no longer puts first hands its records to the one it does.
-    fn follow_job_ad(&self, ad: &JobAd) {
-        let me = self.peer_id();
-        if ad.announcer == me {
-            return;
-        }
-        let mut core = self.core();
-        let was_active = core.leads(&ad.job, &me);
-        let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
-        if meta.coordinators == ad.coordinators {
-            return;
-        }
-        if was_active && let Some(&first) = ad.coordinators.first().filter(|c| **c != me) {
-            let origin = meta.spec.origin;
-            drop(core);
-            if super::heal::outranks(&ad.job, &origin, &me, &first) {
-                // Both sides of a healed split lead the job, and this one wins: announce again,
-                // so the other side hears of it and steps down.
-                self.publish_job(ad.job, self.is_finished(&ad.job));
-            } else {
-                let node = self.clone();
-                let ad = ad.clone();
-                tokio::spawn(async move { node.hand_over(ad.job, ad.coordinators).await });
-            }
-            return;
-        }
-        meta.set_coordinators(ad.coordinators.clone());
-        let Ok(Some(mut stored)) = self.store().job(&ad.job) else { return };
-        stored.coordinators = ad.coordinators.clone();
-        drop(self.announce(vec![crate::store::Op::PutJob(ad.job, stored)], Vec::new()));
-    }
-
     /// Membership changed: tell the coordinator how many peers there are, and hand a dead
     /// peer's leases back to the pool.
     fn peers_changed(&self, down: Option<PeerId>) {
@@ -418,6 +317,6 @@ pub fn peer_state(s: MemberState) -> pb::PeerState {
 
 /// A fresh membership for this node's identity.
 pub fn new_membership(identity: &crate::identity::Identity, addr: String, seed: u64) -> Membership {
-    let me = spare_coordinator::membership::Member { peer: identity.peer_id(), addr, epoch: unix_ms() };
-    Membership::new(me, membership_config(), seed, crypto(identity).1)
+    let me = spare_protocol::membership::Member { peer: identity.peer_id(), addr, epoch: unix_ms() };
+    Membership::new(me, spare_protocol::peer::mesh::membership_config(), seed, crypto(identity).1)
 }

@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use spare_coordinator::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
+use spare_protocol::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 pub use self::core::{Change, Core, JobMeta};
+pub use crate::start::NodeHandle;
 pub use mesh::{MeshState, PeerView};
-pub use submit::{NewJob, SubmitFailure, digest, job_signing_bytes};
+pub use submit::{NewJob, SubmitFailure, digest};
 
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -40,10 +41,6 @@ type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(),
 /// A write (and maybe a backup's confirmation) and the changes to announce once it is durable.
 type Announcement = (WriteFuture, Option<replicate::BackupAck>, Vec<Change>, oneshot::Sender<()>);
 
-/// How long a shutdown lets requests in flight finish before cutting them.
-const SERVER_GRACE: Duration = Duration::from_secs(2);
-/// How long a shutdown waits for requests in flight to let go of the peer.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
 
@@ -136,13 +133,13 @@ struct Shared {
     clients: clients::Clients,
     /// Replication streams, one per backup coordinator address.
     replicators: Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<replicate::ReplItem>>>,
-    /// Catch-ups of backup coordinators waiting to be sent (see `catchup.rs`).
-    catching_up: dashmap::DashSet<(JobId, spare_coordinator::PeerId)>,
+    /// Catch-ups of backup coordinators waiting to be sent.
+    catch_ups: Mutex<spare_protocol::peer::catchup::CatchUps>,
     /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
     /// when the periodic work of `evaluate_roles` was last done.
-    roles: tokio::sync::Mutex<replicate::RoleTicks>,
+    roles: tokio::sync::Mutex<spare_protocol::peer::roles::Roles>,
     /// Report batchers, one per coordinator address.
-    reporters: Mutex<std::collections::HashMap<String, remote::ReportQueue>>,
+    reporters: Mutex<std::collections::HashMap<String, remote::Reporter>>,
     /// The address other peers dial.
     advertised: String,
     /// Records and attestations dropped for bad signatures.
@@ -154,60 +151,13 @@ struct Shared {
     /// Tasks of the unfinished jobs held here.
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
-    peer_rate: limits::RateLimiter<spare_coordinator::PeerId>,
-}
-
-/// A started peer: its address, and how to stop it.
-pub struct NodeHandle {
-    /// The node itself, for in-process use.
-    pub node: Node,
-    /// The address gRPC is served on.
-    pub addr: SocketAddr,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl NodeHandle {
-    /// Stops serving and running, and waits for the server to close.
-    pub async fn shutdown(self) {
-        let _ = self.node.0.shutdown.send(true);
-        self.node.0.work.notify_one();
-        // The server stops taking requests at once and lets those in flight finish, but a
-        // client following a job (Watch, Results) would keep it open for as long as the job
-        // runs: past a short grace, such streams are cut.
-        let mut server = self.server;
-        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
-            server.abort();
-            let _ = server.await;
-        }
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
-        // Report and replication batchers end when their queues close.
-        self.node.0.reporters.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.node.0.replicators.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        // Streams still draining to clients hold the node; once they are gone, dropping the last
-        // handle closes the store, so the data directory can be opened again at once.
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while Arc::strong_count(&self.node.0) > 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if Arc::strong_count(&self.node.0) > 1 {
-            tracing::warn!("peer stopped with requests still holding it; its store closes when they end");
-        }
-    }
-
-    /// Resolves when the server stops, which it only does on its own when it fails.
-    pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        (&mut self.server).await.context("server task")?.context("gRPC server")?;
-        anyhow::bail!("the gRPC server stopped")
-    }
+    peer_rate: limits::RateLimiter<spare_protocol::PeerId>,
 }
 
 impl Node {
-    /// Opens the data directory, restores the jobs it holds, and starts serving.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+    /// Opens the data directory, restores the jobs it holds, binds the listening address and
+    /// starts the peer's loops; serving gRPC on the listener is the caller's (`crate::start`).
+    pub(crate) async fn open(config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
@@ -247,7 +197,7 @@ impl Node {
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             running: Default::default(),
-            mean_run_us: std::sync::atomic::AtomicU64::new(100_000),
+            mean_run_us: std::sync::atomic::AtomicU64::new(spare_protocol::peer::slots::INITIAL_MEAN_RUN_US),
             announcer,
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
@@ -255,8 +205,8 @@ impl Node {
             clients: Default::default(),
             reporters: Default::default(),
             replicators: Default::default(),
-            catching_up: Default::default(),
-            roles: tokio::sync::Mutex::new(replicate::RoleTicks::default()),
+            catch_ups: Default::default(),
+            roles: tokio::sync::Mutex::new(spare_protocol::peer::roles::Roles::new(0)),
             advertised,
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
@@ -267,14 +217,13 @@ impl Node {
         }));
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
-        let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
         let tasks = vec![
             tokio::spawn(node.clone().announcer(announcements)),
             tokio::spawn(slots::run(node.clone())),
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
         ];
-        Ok(NodeHandle { node, addr, server, tasks })
+        Ok((node, listener, tasks))
     }
 
     /// Loads every stored job and replays its attestations, so verdicts come back as they were.
@@ -292,7 +241,7 @@ impl Node {
                 core.coord.set_standby(id, true);
             }
             for rec in self.0.store.attestations(id)? {
-                if let Err(e) = core.coord.restore_attestation_solo(rec.attestation, rec.solo) {
+                if let Err(e) = core.coord.restore_attestation_lone(rec.attestation, rec.lone) {
                     tracing::warn!(job = %id, "stored attestation not replayed: {e}");
                 }
             }
@@ -300,9 +249,9 @@ impl Node {
             let open = !core.coord.job(id).is_some_and(|v| v.state.is_final());
             let unfinished = if open { core.coord.unfinished(id) } else { Vec::new() };
             for index in unfinished {
-                let task = spare_coordinator::TaskId { job: *id, index };
+                let task = spare_protocol::TaskId { job: *id, index };
                 if let Some(r) = self.0.store.result(&task)?
-                    && let spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(misses)) = r.verdict
+                    && let spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(misses)) = r.verdict
                 {
                     core.coord.restore_timed_out(task, misses);
                 }
@@ -345,6 +294,7 @@ impl Node {
                 }
                 changed
             };
+            self.send_due_catch_ups();
             if changed {
                 self.0.work.notify_one();
             }
@@ -417,7 +367,7 @@ impl Node {
     }
 
     /// This peer's id.
-    pub fn peer_id(&self) -> spare_coordinator::PeerId {
+    pub fn peer_id(&self) -> spare_protocol::PeerId {
         self.0.identity.peer_id()
     }
 
@@ -481,7 +431,7 @@ impl Node {
     }
 
     /// Takes one request's worth of `peer`'s rate; false when it sends too much.
-    pub fn peer_allowed(&self, peer: spare_coordinator::PeerId) -> bool {
+    pub fn peer_allowed(&self, peer: spare_protocol::PeerId) -> bool {
         self.0.peer_rate.allow(peer)
     }
 
@@ -505,11 +455,11 @@ impl Node {
         Duration::from_micros(self.0.mean_run_us.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Folds one run's duration into the average (weight 1/8).
+    /// Folds one run's duration into the average.
     pub(crate) fn note_run(&self, took: Duration) {
         let us = took.as_micros().min(u128::from(u64::MAX / 2)) as u64;
         let _ = self.0.mean_run_us.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |m| {
-            Some(m - m / 8 + us / 8)
+            Some(spare_protocol::peer::slots::fold_run_time(m, us))
         });
     }
 
@@ -531,6 +481,23 @@ impl Node {
     /// Resolves to `true` once the peer is shutting down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
+    }
+
+    /// Tells every loop to stop, and wakes the ones that wait for work.
+    pub(crate) fn begin_shutdown(&self) {
+        let _ = self.0.shutdown.send(true);
+        self.0.work.notify_one();
+    }
+
+    /// Ends the report and replication batchers (each ends when its queue closes).
+    pub(crate) fn close_queues(&self) {
+        self.0.reporters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.0.replicators.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Handles to this peer still held (requests in flight hold one each).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
     }
 
     /// Cancels a job; false when unknown. Durable before it returns.

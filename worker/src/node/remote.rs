@@ -5,12 +5,14 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use spare_coordinator::{BlobId, JobId, Limits, Release, TaskId};
+use spare_protocol::{BlobId, JobId, Limits, Release, TaskId};
 use spare_proto as pb;
+use spare_protocol::peer::reports::{Delivery, REPORT_QUEUE, ReportQueue, Sent};
 use tokio::sync::mpsc;
 
 use super::{Node, unix_ms};
-use crate::service::convert::parse_id;
+use crate::wire::convert::parse_id;
+use crate::wire::signing;
 
 /// A replica leased from another peer's coordinator.
 #[derive(Clone, Debug)]
@@ -30,7 +32,7 @@ pub struct RemoteReplica {
     /// Sandbox limits.
     pub limits: Limits,
     /// When the lease lapses, on this peer's clock.
-    pub expires_at: spare_coordinator::Millis,
+    pub expires_at: spare_protocol::Millis,
 }
 
 /// Where a remote replica's input is.
@@ -51,49 +53,19 @@ pub enum ReportMsg {
     Release(pb::Release),
 }
 
-/// Where a coordinator's reports wait: each with when its lease lapses, on this peer's clock.
-pub type ReportQueue = mpsc::Sender<(spare_coordinator::Millis, ReportMsg)>;
-
-/// Reports batched per coordinator: at most this many per request…
-const REPORT_BATCH: usize = 256;
-/// …or this many output bytes…
-const REPORT_BYTES: usize = 4 << 20;
-/// …or this long after the first one waits.
-const REPORT_LINGER: Duration = Duration::from_millis(5);
-/// Reports waiting per coordinator before new ones wait their turn.
-const REPORT_QUEUE: usize = 4096;
-/// Longest wait between attempts at a report batch. A batch is retried while the coordinator is
-/// unreachable (restarting, or across a split) until the first of its leases lapses, when the
-/// coordinator has put those replicas back in the pool and would refuse it.
-const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
-pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
-
-/// The bytes a lease request's signature covers.
-pub fn lease_signing_bytes(job: &JobId, max: u32, timestamp_ms: u64) -> Vec<u8> {
-    let mut b = b"spare.v1.lease\0".to_vec();
-    b.extend_from_slice(job.as_bytes());
-    b.extend_from_slice(&max.to_le_bytes());
-    b.extend_from_slice(&timestamp_ms.to_le_bytes());
-    b
+impl ReportMsg {
+    /// The job it is about.
+    fn job(&self) -> Option<JobId> {
+        match self {
+            ReportMsg::Attestation(i) => i.attestation.as_ref()?.job_id.parse().ok(),
+            ReportMsg::Release(r) => r.job_id.parse().ok(),
+        }
+    }
 }
 
-/// The bytes a report batch's signature covers.
-pub fn report_signing_bytes(req: &pb::ReportRequest) -> Vec<u8> {
-    use prost::Message;
-    let mut unsigned = req.clone();
-    unsigned.signature.clear();
-    let mut b = b"spare.v1.report\0".to_vec();
-    b.extend_from_slice(blake3::hash(&unsigned.encode_to_vec()).as_bytes());
-    b
-}
-
-/// The bytes a gossip message's signature covers.
-pub fn gossip_signing_bytes(data: &[u8]) -> Vec<u8> {
-    let mut b = b"spare.v1.gossip\0".to_vec();
-    b.extend_from_slice(blake3::hash(data).as_bytes());
-    b
-}
+/// Where a coordinator's reports wait before its reporter takes them: each with when its lease
+/// lapses, on this peer's clock. Bounded like the reporter's own queue.
+pub type Reporter = mpsc::Sender<(spare_protocol::Millis, ReportMsg)>;
 
 impl Node {
     /// Asks a coordinator of `job` for up to `max` replicas.
@@ -110,7 +82,7 @@ impl Node {
             job_id: job.to_hex(),
             max,
             timestamp_ms: ts,
-            signature: self.0.identity.sign(&lease_signing_bytes(&job, max, ts)).to_vec(),
+            signature: self.0.identity.sign(&signing::lease(&job, max, ts)).to_vec(),
         };
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let asked = self.now();
@@ -166,89 +138,122 @@ impl Node {
 
     /// Queues a report for the coordinator at `addr`, of a lease that lapses at `until` (this
     /// peer's clock); batches go out from one task per coordinator.
-    pub(super) async fn send_report(&self, addr: &str, until: spare_coordinator::Millis, msg: ReportMsg) {
-        let tx = {
-            let mut reporters = self.0.reporters.lock().unwrap_or_else(|p| p.into_inner());
-            reporters.retain(|_, tx| !tx.is_closed());
-            reporters
-                .entry(addr.to_string())
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(REPORT_QUEUE);
-                    tokio::spawn(self.clone().reporter(addr.to_string(), rx));
-                    tx
-                })
-                .clone()
-        };
-        let _ = tx.send((until, msg)).await;
+    pub(super) async fn send_report(&self, addr: &str, until: spare_protocol::Millis, msg: ReportMsg) {
+        let _ = self.reporter_for(addr).send((until, msg)).await;
     }
 
-    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<(spare_coordinator::Millis, ReportMsg)>) {
-        while let Some(first) = rx.recv().await {
-            let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
-            // Retried until the first lease in the batch lapses.
-            let mut until = spare_coordinator::Millis::MAX;
-            let mut add = |(u, m): (spare_coordinator::Millis, ReportMsg), req: &mut pb::ReportRequest| {
-                until = until.min(u);
-                match m {
-                    ReportMsg::Attestation(item) => req.items.push(item),
-                    ReportMsg::Release(r) => req.released.push(r),
+    /// The queue of the reporter of the coordinator at `addr`, started if there is none.
+    fn reporter_for(&self, addr: &str) -> Reporter {
+        let mut reporters = self.0.reporters.lock().unwrap_or_else(|p| p.into_inner());
+        reporters.retain(|_, tx| !tx.is_closed());
+        reporters
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+                tokio::spawn(self.clone().reporter(addr.to_string(), rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// Sends one coordinator's reports, batched and retried by the protocol's [`ReportQueue`],
+    /// until the queue's sender is dropped and everything queued went out or was given up.
+    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<(spare_protocol::Millis, ReportMsg)>) {
+        let mut queue: ReportQueue<ReportMsg> = ReportQueue::default();
+        let mut open = true;
+        loop {
+            if let Some(batch) = queue.poll_batch(self.now()) {
+                let (attempt, items) = (batch.attempt, batch.items.len());
+                let delivery = self.deliver_report(&addr, &batch.items).await;
+                match queue.handle_sent(batch, delivery, self.now()) {
+                    Sent::Taken => {}
+                    Sent::Retry(_) => {
+                        if attempt == 1 {
+                            tracing::warn!(%addr, ?delivery, "report failed, retrying until its leases lapse");
+                        }
+                        // Reports whose job another coordinator leads now go there.
+                        let (moved, until) = queue.take_from_retry(|m| self.report_target(m).is_some_and(|a| a != addr));
+                        for m in moved {
+                            if let Some(to) = self.report_target(&m) {
+                                tracing::debug!(from = %addr, %to, "a report follows its job's new coordinator");
+                                // Not awaited: two reporters must never wait on each other.
+                                if self.reporter_for(&to).try_send((until, m)).is_err() {
+                                    tracing::warn!(%to, "report dropped: that coordinator's queue is full");
+                                }
+                            }
+                        }
+                    }
+                    Sent::Dropped(_) => tracing::warn!(%addr, attempt, items, ?delivery, "report given up"),
                 }
-            };
-            let bytes = |req: &pb::ReportRequest| req.items.iter().map(|i| i.output.len()).sum::<usize>();
-            add(first, &mut req);
-            let linger = tokio::time::sleep(REPORT_LINGER);
-            tokio::pin!(linger);
-            while req.items.len() + req.released.len() < REPORT_BATCH && bytes(&req) < REPORT_BYTES {
-                tokio::select! {
-                    m = rx.recv() => match m {
-                        Some(m) => add(m, &mut req),
-                        None => break,
-                    },
-                    _ = &mut linger => break,
-                }
+                continue;
             }
-            req.timestamp_ms = unix_ms();
-            req.signature = self.0.identity.sign(&report_signing_bytes(&req)).to_vec();
-            self.deliver_report(&addr, req, until).await;
-        }
-    }
-
-    /// Sends one report batch, retrying while the coordinator is unreachable and the batch's
-    /// leases last.
-    async fn deliver_report(&self, addr: &str, req: pb::ReportRequest, until: spare_coordinator::Millis) {
-        let mut wait = Duration::from_millis(200);
-        for attempt in 1u32.. {
-            let Some(mut client) = self.0.clients.mesh(addr) else { return };
-            let e = match client.report(req.clone()).await {
-                Ok(_) => return,
-                Err(e) => e,
-            };
-            self.0.clients.forget(addr);
-            // Only an unreachable or busy coordinator may take it later; a refusal is final.
-            // (A connection that timed out is CANCELLED.)
-            let transient = matches!(
-                e.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::ResourceExhausted
-                    | tonic::Code::Unknown
-                    | tonic::Code::Cancelled
-            );
-            if !transient || self.now() + wait.as_millis() as u64 >= until {
-                tracing::warn!(%addr, attempt, items = req.items.len(), "report given up: {e}");
+            if !open && queue.is_idle() {
                 return;
             }
-            if attempt == 1 {
-                tracing::warn!(%addr, "report failed, retrying until its leases lapse: {e}");
+            let nap = queue.poll_timeout().map(|at| Duration::from_millis(at.saturating_sub(self.now())));
+            tokio::select! {
+                m = rx.recv(), if open && queue.waiting() < REPORT_QUEUE => match m {
+                    Some((until, msg)) => {
+                        let bytes = match &msg {
+                            ReportMsg::Attestation(item) => item.output.len(),
+                            ReportMsg::Release(_) => 0,
+                        };
+                        // Room was checked above.
+                        let _ = queue.push(msg, bytes, until, self.now());
+                    }
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(REPORT_BACKOFF_MAX);
         }
+    }
+
+    /// Sends one signed report batch and says how it went.
+    async fn deliver_report(&self, addr: &str, items: &[ReportMsg]) -> Delivery {
+        let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
+        for m in items {
+            match m {
+                ReportMsg::Attestation(item) => req.items.push(item.clone()),
+                ReportMsg::Release(r) => req.released.push(r.clone()),
+            }
+        }
+        req.timestamp_ms = unix_ms();
+        req.signature = self.0.identity.sign(&signing::report(&req)).to_vec();
+        let Some(mut client) = self.0.clients.mesh(addr) else { return Delivery::Refused };
+        match client.report(req).await {
+            Ok(_) => Delivery::Taken,
+            Err(e) => {
+                self.0.clients.forget(addr);
+                tracing::debug!(%addr, "report failed: {e}");
+                delivery_of(e.code())
+            }
+        }
+    }
+
+    /// Where a report of `msg`'s job goes now: the first coordinator of the job's ad with a live
+    /// address.
+    fn report_target(&self, msg: &ReportMsg) -> Option<String> {
+        let ad = self.job_ad(&msg.job()?)?;
+        ad.coordinators.iter().find_map(|c| self.addr_of(c))
     }
 
     /// Hands a remote replica back without a result.
     pub(super) async fn release_remote(&self, r: &RemoteReplica, why: Release) {
         let msg = pb::Release { job_id: r.task.job.to_hex(), index: r.task.index, deadline: why == Release::Deadline };
         self.send_report(&r.coordinator, r.expires_at, ReportMsg::Release(msg)).await;
+    }
+}
+
+/// How a failed call went, as the report rules see it: a coordinator that is unreachable,
+/// restarting or timed out (a connection that timed out is CANCELLED) may take the batch later,
+/// and so may a busy one; anything else is a refusal.
+pub fn delivery_of(code: tonic::Code) -> Delivery {
+    match code {
+        tonic::Code::Ok => Delivery::Taken,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            Delivery::Unreachable
+        }
+        tonic::Code::ResourceExhausted => Delivery::Busy,
+        _ => Delivery::Refused,
     }
 }

@@ -6,89 +6,52 @@
 //! coordinator has it durably. When the active one dies, the next live coordinator takes over,
 //! hands the job to a replacement (`MeshService.Adopt`) and announces the new coordinator list.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::future::select_ok;
-use spare_coordinator::rendezvous::{self, DEFAULT_COORDINATORS};
-use spare_coordinator::{Attestation, JobId, PeerId, Reported};
+use spare_protocol::membership::MemberState;
+use spare_protocol::peer::replication::{
+    ADOPT_TIMEOUT_MS, BACKUP_ACK_TIMEOUT_MS, ReplicationBatch, ReplicationQueue, Replicated,
+};
+use spare_protocol::peer::roles::{RoleChange, RoleView};
+use spare_protocol::rendezvous::{self, DEFAULT_COORDINATORS};
+use spare_protocol::{Attestation, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 use spare_proto as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::Evidence;
 use super::{Node, unix_ms};
-use crate::service::convert;
-use crate::service::mesh::attestation_pb;
+use crate::wire::convert::{self, attestation_pb};
+use crate::wire::signing;
 use crate::store::{Op, StoredInput};
 
-/// How long a new coordinator may take to adopt a job (it fetches the module and inputs).
-const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a verdict's announcement waits for a backup coordinator to have it durably; past it
-/// the verdict is announced anyway (the backups are unreachable) and a warning logged.
-pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attestations per replication request.
-const REPLICATE_BATCH: usize = 256;
-/// For how long after a start a coordinator unknown to membership counts as alive (past it, a
-/// peer nobody has heard of is taken for dead).
-const UNKNOWN_IS_ALIVE_MS: u64 = 30_000;
-/// How often a job led here with fewer than [`DEFAULT_COORDINATORS`] coordinators is offered
-/// to more live peers.
-const TOP_UP_EVERY: Duration = Duration::from_secs(30);
-/// Attempts at one replication batch.
-const REPLICATE_TRIES: u32 = 3;
-/// How often the active coordinator of an unfinished job announces it again. Gossip sends a
-/// record only a few times, and the one-shot sync to a peer that comes up can be lost on a
-/// connection that died in a cut: without this, the two leaders of a healed split could go on
-/// never hearing of each other (see `heal.rs`), the side that finished first no longer
-/// announcing at all.
-const REANNOUNCE_EVERY: Duration = Duration::from_secs(15);
-
-/// When the periodic parts of [`Node::evaluate_roles`] last ran.
-#[derive(Default)]
-pub struct RoleTicks {
-    top_up: Option<std::time::Instant>,
-    reannounce: Option<std::time::Instant>,
-}
+/// How long a verdict's announcement waits for a backup coordinator to have it durably.
+pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_millis(BACKUP_ACK_TIMEOUT_MS);
 
 /// Resolves to whether a backup coordinator has an attestation durably.
 pub type BackupAck = Pin<Box<dyn Future<Output = bool> + Send>>;
 
-/// One attestation on its way to one backup coordinator.
+/// One entry of the replication stream on its way to one backup coordinator.
 pub struct ReplItem {
     job: JobId,
     /// The backup coordinator it goes to.
     to: PeerId,
-    item: pb::RecordedAttestation,
-    ack: oneshot::Sender<bool>,
-}
-
-/// The bytes the sender of an adoption signs.
-pub fn adopt_signing_bytes(req: &pb::AdoptRequest) -> Vec<u8> {
-    signed_digest(b"spare.v1.adopt\0", &pb::AdoptRequest { signature: Vec::new(), ..req.clone() })
-}
-
-/// The bytes the sender of a replication batch signs.
-pub fn replicate_signing_bytes(req: &pb::ReplicateRequest) -> Vec<u8> {
-    signed_digest(b"spare.v1.replicate\0", &pb::ReplicateRequest { signature: Vec::new(), ..req.clone() })
-}
-
-fn signed_digest(tag: &[u8], msg: &impl prost::Message) -> Vec<u8> {
-    let mut b = tag.to_vec();
-    b.extend_from_slice(blake3::hash(&msg.encode_to_vec()).as_bytes());
-    b
+    entry: pb::ReplicationEntry,
+    /// Told whether the backup holds it durably (attestations only).
+    ack: Option<oneshot::Sender<bool>>,
 }
 
 impl Node {
     /// Live peers as membership sees them, this one included.
-    pub(crate) fn live_set(&self) -> HashSet<PeerId> {
-        let mut live: HashSet<PeerId> = self
+    pub(crate) fn live_set(&self) -> std::collections::HashSet<PeerId> {
+        let mut live: std::collections::HashSet<PeerId> = self
             .mesh()
             .membership
             .members()
             .into_iter()
-            .filter(|(_, s)| *s != spare_coordinator::membership::MemberState::Dead)
+            .filter(|(_, s)| *s != spare_protocol::membership::MemberState::Dead)
             .map(|(m, _)| m.peer)
             .collect();
         live.insert(self.peer_id());
@@ -167,12 +130,12 @@ impl Node {
         let (coordinators, cancelled) = {
             let core = self.core();
             let meta = core.jobs.get(job).ok_or_else(|| anyhow::anyhow!("job {job} is not held"))?;
-            let cancelled = core.coord.job(job).is_some_and(|v| v.state == spare_coordinator::JobState::Cancelled);
+            let cancelled = core.coord.job(job).is_some_and(|v| v.state == spare_protocol::JobState::Cancelled);
             (meta.coordinators.clone(), cancelled)
         };
         let mut tasks = Vec::with_capacity(stored.spec.task_count as usize);
         for index in 0..stored.spec.task_count {
-            let task = spare_coordinator::TaskId { job: *job, index };
+            let task = spare_protocol::TaskId { job: *job, index };
             let source = match self.store().input(&task)? {
                 Some(StoredInput::Inline(b)) => pb::task_input::Source::Inline(b),
                 Some(StoredInput::Blob(id)) => pb::task_input::Source::BlobId(id.to_hex()),
@@ -197,7 +160,7 @@ impl Node {
                 attestation: Some(attestation_pb(&att)),
                 output,
                 message: String::new(),
-                solo: rec.solo,
+                lone: rec.lone,
             });
         }
         let timed_out = self.timed_out_tasks(job);
@@ -221,7 +184,7 @@ impl Node {
             signature: Vec::new(),
             timed_out,
         };
-        req.signature = self.0.identity.sign(&adopt_signing_bytes(&req)).to_vec();
+        req.signature = self.0.identity.sign(&signing::adopt(&req)).to_vec();
         Ok(req)
     }
 
@@ -231,16 +194,16 @@ impl Node {
         if !req.coordinators.contains(&peer.to_hex()) {
             req.coordinators.push(peer.to_hex());
         }
-        req.signature = self.0.identity.sign(&adopt_signing_bytes(&req)).to_vec();
+        req.signature = self.0.identity.sign(&signing::adopt(&req)).to_vec();
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let mut request = tonic::Request::new(req);
-        request.set_timeout(ADOPT_TIMEOUT);
+        request.set_timeout(Duration::from_millis(ADOPT_TIMEOUT_MS));
         client.adopt(request).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
         Ok(())
     }
 
     /// Streams a recorded attestation to the job's other coordinators when this peer is the
-    /// active one, with whether it was taken alone (`solo`: their reputation tables differ from
+    /// active one, with whether it was taken alone (`lone`: their reputation tables differ from
     /// this one's, so they replay the decision rather than remake it). Call with the core lock
     /// held (keeps the stream in recording order). The returned future resolves once one of them
     /// has it durably.
@@ -248,23 +211,62 @@ impl Node {
         &self,
         coordinators: &[PeerId],
         att: &Attestation,
-        solo: bool,
+        lone: bool,
         output: Option<&[u8]>,
+    ) -> Option<BackupAck> {
+        let item = pb::RecordedAttestation {
+            attestation: Some(attestation_pb(att)),
+            output: output.map(<[u8]>::to_vec).unwrap_or_default(),
+            message: String::new(),
+            lone,
+        };
+        self.stream(coordinators, att.task.job, pb::replication_entry::Entry::Attestation(item), true)
+    }
+
+    /// Streams a lease this peer gave as the job's active coordinator to its backups, so that a
+    /// backup that takes over takes the worker's report instead of running the task again.
+    /// This peer's own replicas are not streamed: they end with it. Call with the core lock held.
+    pub(crate) fn replicate_lease(&self, coordinators: &[PeerId], lease: &Lease, now: Millis) {
+        if lease.peer == self.peer_id() {
+            return;
+        }
+        let entry = pb::ReplicatedLease {
+            index: lease.task.index,
+            peer_id: lease.peer.to_hex(),
+            expires_in_ms: lease.expires_at.saturating_sub(now),
+        };
+        drop(self.stream(coordinators, lease.task.job, pb::replication_entry::Entry::Lease(entry), false));
+    }
+
+    /// Streams a replica handed back to this peer as the job's active coordinator to its
+    /// backups, so their copies of the lease end too. Call with the core lock held.
+    pub(crate) fn replicate_release(&self, coordinators: &[PeerId], task: TaskId, peer: PeerId, why: Release) {
+        if peer == self.peer_id() {
+            return;
+        }
+        let entry =
+            pb::ReplicatedRelease { index: task.index, peer_id: peer.to_hex(), deadline: why == Release::Deadline };
+        drop(self.stream(coordinators, task.job, pb::replication_entry::Entry::Release(entry), false));
+    }
+
+    /// Queues `entry` for every backup of a job this peer leads (`coordinators`, this peer
+    /// first). With `ack`, the returned future resolves once one of them has it durably.
+    fn stream(
+        &self,
+        coordinators: &[PeerId],
+        job: JobId,
+        entry: pb::replication_entry::Entry,
+        ack: bool,
     ) -> Option<BackupAck> {
         let me = self.peer_id();
         if coordinators.first() != Some(&me) || coordinators.len() < 2 {
             return None;
         }
-        let item = pb::RecordedAttestation {
-            attestation: Some(attestation_pb(att)),
-            output: output.map(<[u8]>::to_vec).unwrap_or_default(),
-            message: String::new(),
-            solo,
-        };
+        let entry = pb::ReplicationEntry { entry: Some(entry) };
         let mut acks = Vec::new();
         for backup in &coordinators[1..] {
             let Some(addr) = self.addr_of(backup) else { continue };
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = if ack { let (t, r) = oneshot::channel(); (Some(t), Some(r)) } else { (None, None) };
             let sender = {
                 let mut reps = self.0.replicators.lock().unwrap_or_else(|p| p.into_inner());
                 reps.retain(|_, tx| !tx.is_closed());
@@ -276,9 +278,14 @@ impl Node {
                     })
                     .clone()
             };
-            if sender.send(ReplItem { job: att.task.job, to: *backup, item: item.clone(), ack: tx }).is_ok() {
+            if sender.send(ReplItem { job, to: *backup, entry: entry.clone(), ack: tx }).is_ok()
+                && let Some(rx) = rx
+            {
                 acks.push(Box::pin(async move { if rx.await.unwrap_or(false) { Ok(()) } else { Err(()) } }));
             }
+        }
+        if !ack {
+            return None;
         }
         if acks.is_empty() {
             return Some(Box::pin(async { false }));
@@ -286,91 +293,87 @@ impl Node {
         Some(Box::pin(async move { select_ok(acks).await.is_ok() }))
     }
 
-    /// Sends replication batches to one backup coordinator, in order.
+    /// Sends replication batches to one backup coordinator, in order, as the protocol's
+    /// [`ReplicationQueue`] batches and retries them; a batch given up is repaired by catch-ups.
     async fn replicator(self, addr: String, mut rx: mpsc::UnboundedReceiver<ReplItem>) {
-        let mut pending: Option<ReplItem> = None;
+        let mut queue: ReplicationQueue<ReplItem> = ReplicationQueue::default();
+        let mut open = true;
         loop {
-            let first = match pending.take() {
-                Some(i) => i,
-                None => match rx.recv().await {
-                    Some(i) => i,
-                    None => return,
-                },
-            };
-            let job = first.job;
-            let mut batch = vec![first];
-            while batch.len() < REPLICATE_BATCH {
-                match rx.try_recv() {
-                    Ok(i) if i.job == job => batch.push(i),
-                    Ok(i) => {
-                        pending = Some(i);
-                        break;
-                    }
-                    Err(_) => break,
-                }
+            while let Ok(i) = rx.try_recv() {
+                queue.push(i.job, i);
             }
-            let mut req = pb::ReplicateRequest {
-                job_id: job.to_hex(),
-                items: batch.iter().map(|i| i.item.clone()).collect(),
-                peer_id: self.peer_id().to_hex(),
-                timestamp_ms: unix_ms(),
-                signature: Vec::new(),
-            };
-            req.signature = self.0.identity.sign(&replicate_signing_bytes(&req)).to_vec();
-            let mut ok = false;
-            for attempt in 1..=REPLICATE_TRIES {
-                let Some(mut client) = self.0.clients.mesh(&addr) else { break };
-                match client.replicate(req.clone()).await {
-                    Ok(_) => {
-                        ok = true;
-                        break;
+            if let Some(batch) = queue.poll_batch(self.now()) {
+                let taken = self.send_replication(&addr, &batch).await;
+                match queue.handle_sent(batch, taken, self.now()) {
+                    Replicated::Taken(items) => {
+                        for ack in items.into_iter().filter_map(|i| i.ack) {
+                            let _ = ack.send(true);
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(%addr, attempt, "replication failed: {e}");
-                        self.0.clients.forget(&addr);
-                        if attempt < REPLICATE_TRIES {
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    Replicated::Retry(_) => {}
+                    Replicated::Failed { items, .. } => {
+                        // Not resent in the stream (it moves on in order): a whole adoption
+                        // repairs each job, everything queued behind the batch included.
+                        let mut jobs: Vec<(JobId, PeerId)> = items.iter().map(|i| (i.job, i.to)).collect();
+                        jobs.sort();
+                        jobs.dedup();
+                        for (job, to) in jobs {
+                            self.catch_up(job, to);
+                        }
+                        for ack in items.into_iter().filter_map(|i| i.ack) {
+                            let _ = ack.send(false);
                         }
                     }
                 }
-            }
-            if !ok {
-                // Not resent in the stream (it moves on in order); a full adoption repairs it,
-                // and everything queued behind it too, so a dead backup's queue is not tried
-                // batch by batch.
-                let mut failed = batch;
-                failed.extend(pending.take());
-                while let Ok(i) = rx.try_recv() {
-                    failed.push(i);
-                }
-                let mut jobs: Vec<(JobId, PeerId)> = failed.iter().map(|i| (i.job, i.to)).collect();
-                jobs.dedup();
-                for (job, to) in jobs {
-                    self.catch_up(job, to);
-                }
-                for i in failed {
-                    let _ = i.ack.send(false);
-                }
                 continue;
             }
-            for i in batch {
-                let _ = i.ack.send(ok);
+            if !open && queue.is_idle() {
+                return;
+            }
+            let nap = queue.poll_timeout(self.now()).map(|at| Duration::from_millis(at.saturating_sub(self.now())));
+            tokio::select! {
+                m = rx.recv(), if open => match m {
+                    Some(i) => queue.push(i.job, i),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
+            }
+        }
+    }
+
+    /// Sends one signed replication batch; true when the backup holds it durably.
+    async fn send_replication(&self, addr: &str, batch: &ReplicationBatch<ReplItem>) -> bool {
+        let mut req = pb::ReplicateRequest {
+            job_id: batch.job.to_hex(),
+            entries: batch.items.iter().map(|i| i.entry.clone()).collect(),
+            peer_id: self.peer_id().to_hex(),
+            timestamp_ms: unix_ms(),
+            signature: Vec::new(),
+        };
+        req.signature = self.0.identity.sign(&signing::replicate(&req)).to_vec();
+        let Some(mut client) = self.0.clients.mesh(addr) else { return false };
+        match client.replicate(req).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(%addr, attempt = batch.attempt, "replication failed: {e}");
+                self.0.clients.forget(addr);
+                false
             }
         }
     }
 
     /// Records an attestation the active coordinator recorded (replication or adoption). The
     /// returned receiver resolves once it is durable here.
-    /// `solo` is the active coordinator's decision that it took the attestation alone.
+    /// `lone` is the active coordinator's decision that it took the attestation alone.
     pub(crate) fn record_replicated(
         &self,
         att: Attestation,
-        solo: bool,
+        lone: bool,
         output: &[u8],
         message: &str,
     ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
-        match core.coord.restore_attestation_solo(att.clone(), solo) {
+        match core.coord.restore_attestation_lone(att.clone(), lone) {
             Ok(Reported::Recorded | Reported::Decided) => {}
             // Already final, or already held: nothing to store.
             Ok(Reported::Late) => return None,
@@ -383,13 +386,13 @@ impl Node {
         let evidence = Evidence { attestation: &att, output, message };
         let evidence = (!output.is_empty()).then_some(&evidence);
         let (mut ops, changes) = core.drain(evidence);
-        ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), solo });
+        ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), lone });
         let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
         // A verified task whose output is not empty must have come with it (see `heal.rs`).
         let lacks_output = ops.iter().any(|op| {
             matches!(op, Op::PutResult(t, r) if *t == att.task && r.output.is_empty()
-                && matches!(&r.verdict, spare_coordinator::Verdict::Verified(_))
-                && r.verdict.agreed().is_some_and(|a| a.output_hash != spare_coordinator::BlobId::of(&[])))
+                && matches!(&r.verdict, spare_protocol::Verdict::Verified(_))
+                && r.verdict.agreed().is_some_and(|a| a.output_hash != spare_protocol::BlobId::of(&[])))
         });
         if lacks_output {
             tracing::warn!(task = %att.task, "a verdict was replayed without its output");
@@ -399,75 +402,64 @@ impl Node {
         let me = self.peer_id();
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
         let leads = core.leads(&att.task.job, &me);
-        let backup = if leads { self.replicate(&coordinators, &att, solo, decided.then_some(output)) } else { None };
+        let backup = if leads { self.replicate(&coordinators, &att, lone, decided.then_some(output)) } else { None };
         Some(self.announce_with(ops, changes, backup))
     }
 
+    /// Holds a lease the active coordinator gave (its replication stream).
+    pub(crate) fn record_lease(&self, lease: Lease) {
+        self.core().coord.restore_lease(lease);
+    }
+
+    /// Ends a lease handed back to the active coordinator (its replication stream); a task
+    /// failed by deadline misses is stored. The receiver resolves once that is durable.
+    pub(crate) fn record_release(&self, task: TaskId, peer: PeerId, why: Release) -> Option<oneshot::Receiver<()>> {
+        let mut core = self.core();
+        core.coord.release(task, peer, why);
+        let (ops, changes) = core.drain(None);
+        (!ops.is_empty() || !changes.is_empty()).then(|| self.announce(ops, changes))
+    }
+
     /// Decides, for every job held, whether this peer is its active coordinator (the first live
-    /// one in its list) or a standby, and takes over a job whose active coordinator died.
+    /// one in its list) or a standby, and takes over a job whose active coordinator died, by
+    /// the protocol's role rules.
     pub(crate) async fn evaluate_roles(&self) {
         let mut roles = self.0.roles.lock().await;
         let me = self.peer_id();
-        let mut live = self.live_set();
-        // Soon after a start, a coordinator membership has not heard of yet is taken as alive:
-        // taking a job over from a leader that is merely not known yet makes two leaders.
-        if self.now() < UNKNOWN_IS_ALIVE_MS {
-            let known: HashSet<PeerId> = self.mesh().membership.members().into_iter().map(|(m, _)| m.peer).collect();
-            let unknown: Vec<PeerId> =
-                self.core().jobs.values().flat_map(|m| m.coordinators.iter().copied()).filter(|c| !known.contains(c)).collect();
-            live.extend(unknown);
-        }
+        let now = self.now();
+        let states: std::collections::HashMap<PeerId, MemberState> =
+            self.mesh().membership.members().into_iter().map(|(m, s)| (m.peer, s)).collect();
+        let live_peers = 1 + states.values().filter(|s| **s != MemberState::Dead).count();
         let mut take_over = Vec::new();
-        // Jobs this peer leads with fewer coordinators than wanted while more peers are live
-        // (submitted while the mesh was small): topped up now and then, since each try hands
-        // the whole job over.
-        let top_up_due = roles.top_up.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
         let mut top_up = Vec::new();
-        let reannounce_due = roles.reannounce.is_none_or(|t| t.elapsed() >= REANNOUNCE_EVERY);
         let mut reannounce = Vec::new();
         {
             let mut core = self.core();
-            let jobs: Vec<(JobId, Vec<PeerId>)> =
-                core.jobs.iter().map(|(id, m)| (*id, m.coordinators.clone())).collect();
-            for (job, coordinators) in jobs {
-                if self.is_finished(&job) {
-                    continue;
-                }
-                if !coordinators.contains(&me) {
-                    // No longer among its coordinators: keep what is here, lease nothing.
-                    core.coord.set_standby(&job, true);
-                    continue;
-                }
-                let first_live = coordinators.iter().find(|c| live.contains(c));
-                let active = first_live == Some(&me);
-                let standby = core.coord.is_standby(&job);
-                if active && (standby || coordinators.iter().any(|c| !live.contains(c))) {
-                    // This peer first, before it leases anything: what it records from now on
-                    // streams to the live backups at once (replacements are added below).
-                    if let Some(meta) = core.jobs.get_mut(&job) {
-                        let mut list = vec![me];
-                        list.extend(coordinators.iter().copied().filter(|c| *c != me && live.contains(c)));
-                        meta.set_coordinators(list);
+            let held: Vec<(JobId, Vec<PeerId>, bool)> = core
+                .jobs
+                .iter()
+                .filter(|(id, _)| !self.is_finished(id))
+                .map(|(id, m)| (*id, m.coordinators.clone(), core.coord.is_standby(id)))
+                .collect();
+            let views = held.iter().map(|(job, list, standby)| RoleView { job: *job, coordinators: list, standby: *standby });
+            let clock = roles.clone();
+            let is_live = |p: &PeerId| clock.counts_as_live(states.get(p).copied(), now);
+            for change in roles.evaluate(me, views, is_live, live_peers, now) {
+                match change {
+                    RoleChange::StandBy(job) => core.coord.set_standby(&job, true),
+                    RoleChange::TakeOver { job, list } => {
+                        // This peer first, before it leases anything: what it records from now
+                        // on streams to the live backups at once (replacements are added below).
+                        if let Some(meta) = core.jobs.get_mut(&job) {
+                            meta.set_coordinators(list);
+                        }
+                        core.coord.set_standby(&job, false);
+                        take_over.push(job);
                     }
-                    core.coord.set_standby(&job, false);
-                    take_over.push(job);
-                } else if !active && !standby {
-                    core.coord.set_standby(&job, true);
-                } else if active {
-                    if top_up_due && coordinators.len() < DEFAULT_COORDINATORS && live.len() > coordinators.len() {
-                        top_up.push(job);
-                    }
-                    if reannounce_due {
-                        reannounce.push(job);
-                    }
+                    RoleChange::TopUp(job) => top_up.push(job),
+                    RoleChange::Reannounce(job) => reannounce.push(job),
                 }
             }
-        }
-        if top_up_due {
-            roles.top_up = Some(std::time::Instant::now());
-        }
-        if reannounce_due {
-            roles.reannounce = Some(std::time::Instant::now());
         }
         for job in reannounce {
             self.publish_job(job, false);

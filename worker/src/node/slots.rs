@@ -6,8 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use spare_coordinator::pull::Puller;
-use spare_coordinator::{Attestation, BlobId, JobId, Lease, Outcome, Release, Reported, ResultKey, TaskId};
+use spare_protocol::peer::slots::{ABANDON_PAUSE_MS, LOOK_AGAIN_MS, leases_per_slot, is_stale};
+use spare_protocol::pull::Puller;
+use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, Release, Reported, ResultKey, TaskId};
 use spare_proto as pb;
 use tokio::task::JoinSet;
 
@@ -16,22 +17,6 @@ use super::core::Evidence;
 use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
-
-/// Replicas held per slot, so a slot finishing one has the next at hand: many when replicas
-/// are quick (a lease round trip must not leave the slot idle), few when they are slow (queued
-/// leases keep other peers from tasks they could run now).
-fn leases_per_slot(mean_run: Duration) -> usize {
-    match mean_run.as_micros() {
-        0..=2_000 => 32,
-        2_001..=20_000 => 8,
-        20_001..=200_000 => 3,
-        _ => 2,
-    }
-}
-/// Pause after a replica had to be abandoned, so a failing peer does not spin.
-const BACKOFF: Duration = Duration::from_millis(250);
-/// How often idle slots look again at announced jobs (backoffs expire).
-const LOOK_AGAIN: Duration = Duration::from_millis(200);
 
 /// What finished in the slot loop.
 enum Done {
@@ -64,7 +49,7 @@ pub(super) async fn run(node: Node) {
     let mut paused_until = tokio::time::Instant::now();
     loop {
         let paused = tokio::time::Instant::now() < paused_until;
-        let capacity = node.sandbox().slots() * leases_per_slot(node.mean_run());
+        let capacity = node.sandbox().slots() * leases_per_slot(node.mean_run().as_micros() as u64);
         let mut free = if paused { 0 } else { capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize) };
         if free > 0 {
             let now = node.now();
@@ -100,7 +85,7 @@ pub(super) async fn run(node: Node) {
                     replicas -= 1;
                     if abandoned {
                         // A failing peer should not spin: take no new work for a moment.
-                        paused_until = tokio::time::Instant::now() + BACKOFF;
+                        paused_until = tokio::time::Instant::now() + Duration::from_millis(ABANDON_PAUSE_MS);
                     }
                 }
                 Ok(Done::Leased(job, Ok(got))) => {
@@ -129,7 +114,7 @@ pub(super) async fn run(node: Node) {
                     asking = None;
                 }
             },
-            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            _ = tokio::time::sleep(Duration::from_millis(LOOK_AGAIN_MS)) => {}
             _ = stop.changed() => break,
         }
     }
@@ -161,7 +146,7 @@ impl Node {
         let task = lease.task;
         let meta = self.core().jobs.get(&task.job).cloned();
         let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
-        if self.now() + meta.spec.policy.limits.timeout_ms > lease.expires_at {
+        if is_stale(self.now(), meta.spec.policy.limits.timeout_ms, lease.expires_at) {
             return Err(Stale.into());
         }
         let input = match self.store().input(&task)? {
@@ -209,7 +194,7 @@ impl Node {
         if self.config().chaos == Some(super::Chaos::Silent) {
             return Ok(()); // holds the lease and never reports
         }
-        if self.now() + r.limits.timeout_ms > r.expires_at {
+        if is_stale(self.now(), r.limits.timeout_ms, r.expires_at) {
             return Err(Stale.into());
         }
         if !self.sandbox().is_prepared(&r.module) {
@@ -237,7 +222,7 @@ impl Node {
         };
         let Some((att, output)) = self.attest(r.task, ran.outcome, ran.output, ran.fuel) else { return Ok(()) };
         let item = pb::ReportItem {
-            attestation: Some(crate::service::mesh::attestation_pb(&att)),
+            attestation: Some(crate::wire::convert::attestation_pb(&att)),
             output,
             message: ran.message,
         };
@@ -314,16 +299,16 @@ impl Node {
                     return false;
                 }
             }
-            let (ordinal, solo) =
-                core.coord.task(&att.task).map_or((0, false), |t| (t.attestations.saturating_sub(1), t.solo && t.attestations == 1));
+            let (ordinal, lone) =
+                core.coord.task(&att.task).map_or((0, false), |t| (t.attestations.saturating_sub(1), t.lone && t.attestations == 1));
             let evidence = Evidence { attestation: &att, output, message };
             let (mut ops, changes) = core.drain(Some(&evidence));
-            ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), solo });
+            ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
             // The other coordinators get it too (with the output when it decided the task), and
             // a verdict is announced only once one of them has it.
             let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
             let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-            let backup = self.replicate(&coordinators, &att, solo, decided.then_some(output));
+            let backup = self.replicate(&coordinators, &att, lone, decided.then_some(output));
             // Queued in order; the caller need not wait for the disk.
             drop(self.announce_with(ops, changes, backup));
         };
@@ -331,14 +316,17 @@ impl Node {
     }
 
     /// Hands back a leased replica that produced no attestation.
-    pub(crate) async fn release_task(&self, task: TaskId, peer: spare_coordinator::PeerId, why: Release) {
+    pub(crate) async fn release_task(&self, task: TaskId, peer: spare_protocol::PeerId, why: Release) {
         let timed_out = {
             let mut core = self.core();
             core.coord.release(task, peer, why);
+            if let Some(m) = core.jobs.get(&task.job) {
+                self.replicate_release(&m.coordinators, task, peer, why);
+            }
             let (ops, changes) = core.drain(None);
             let timed_out = ops.iter().any(|op| {
                 matches!(op, crate::store::Op::PutResult(_, r)
-                    if matches!(r.verdict, spare_coordinator::Verdict::Failed(spare_coordinator::Failure::TimedOut(_))))
+                    if matches!(r.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(_))))
             });
             if !ops.is_empty() || !changes.is_empty() {
                 drop(self.announce(ops, changes));

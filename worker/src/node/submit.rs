@@ -1,7 +1,7 @@
 //! Accepting a job at this peer (its origin): check the module and inputs, derive the JobId,
 //! make the job durable, then hand it to the coordinator.
 
-use spare_coordinator::{BlobId, JobId, JobSpec, Policy, SubmitError, derive_job_id};
+use spare_protocol::{BlobId, JobId, JobSpec, Policy, SubmitError, derive_job_id};
 
 use super::{JobMeta, Node, unix_ms};
 use crate::sandbox::ModuleError;
@@ -109,7 +109,7 @@ impl Node {
             args: job.args,
             env: job.env,
             cancelled: false,
-            origin_signature: self.0.identity.sign(&job_signing_bytes(&id)).to_vec(),
+            origin_signature: self.0.identity.sign(&crate::wire::signing::job(&id)).to_vec(),
             nonce: job.nonce,
             coordinators: vec![origin],
         };
@@ -201,13 +201,6 @@ fn job_tasks(core: &super::Core, id: &JobId) -> u32 {
 
 fn stored_count(core: &super::Core, id: &JobId) -> u32 {
     core.jobs.get(id).map_or(0, |m| m.spec.task_count)
-}
-
-/// The bytes the origin signs to claim a job id as its own.
-pub fn job_signing_bytes(id: &JobId) -> Vec<u8> {
-    let mut b = b"spare.v1.job\0".to_vec();
-    b.extend_from_slice(id.as_bytes());
-    b
 }
 
 /// A digest of everything that defines the job's results (its id is derived from it).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use spare_coordinator::BlobId;
+use spare_protocol::BlobId;
 use wasmtime::{Engine, InstancePre, Module};
 
 use super::run::StoreData;

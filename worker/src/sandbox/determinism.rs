@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand_core::TryRng;
-use spare_coordinator::JobId;
+use spare_protocol::JobId;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
 /// The wall clock every task sees: 2000-01-01T00:00:00Z, forever.

@@ -2,7 +2,7 @@
 //! not run a task at all ([`SandboxError`]). Everything a module *does* is a
 //! [`RunReport`](super::RunReport), never an error.
 
-use spare_coordinator::BlobId;
+use spare_protocol::BlobId;
 
 /// Why a module cannot be accepted or run. Every variant is decided by the module's bytes and
 /// the ABI alone (never by this peer's load or disk), so honest peers refuse the same modules.

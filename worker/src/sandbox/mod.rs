@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spare_coordinator::{BlobId, Limits, Outcome, ResultKey};
+use spare_protocol::{BlobId, Limits, Outcome, ResultKey};
 use wasmtime::{Engine, Linker, Module};
 
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};

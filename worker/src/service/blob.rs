@@ -3,14 +3,14 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use spare_coordinator::BlobId;
+use spare_protocol::BlobId;
 use spare_proto as pb;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::parse_id;
+use crate::wire::convert::parse_id;
 use crate::node::Node;
 use crate::store::BlobError;
 

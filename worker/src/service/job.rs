@@ -3,14 +3,14 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use spare_coordinator::{BlobId, JobId, TaskId, TaskState};
+use spare_protocol::{BlobId, JobId, TaskId, TaskState};
 use spare_proto as pb;
 use spare_proto::job_event::Event as Ev;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, parse_id};
+use crate::wire::convert::{self, parse_id};
 use crate::node::{Change, NewJob, Node, SubmitFailure};
 use crate::store::StoredInput;
 

@@ -1,13 +1,14 @@
 //! `spare.v1.MeshService`: what peers say to each other. Gossip goes to membership; Lease and
 //! Report reach the coordinator of the jobs this peer holds, after their signatures are checked.
 
-use spare_coordinator::{Attestation, BlobId, JobId, Outcome, PeerId, Release, ResultKey, TaskId};
+use spare_protocol::{Attestation, BlobId, JobId, PeerId, Release, TaskId};
 use spare_proto as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, parse_id};
+use crate::wire::convert::{self, attestation, parse_id};
+use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
 use crate::identity;
-use crate::node::{Node, remote, unix_ms};
+use crate::node::{Node, unix_ms};
 use crate::store::StoredInput;
 
 /// Inputs up to this size travel inside a lease reply; larger ones are fetched as blobs.
@@ -25,64 +26,29 @@ impl MeshApi {
     }
 }
 
-/// An attestation from the wire, or why it is malformed.
-pub fn attestation(a: &pb::Attestation) -> Result<Attestation, Status> {
-    use pb::OutcomeKind as K;
-    let outcome = match a.kind() {
-        K::Exited => Outcome::Exited(a.exit_code),
-        K::Trapped => Outcome::Trapped,
-        K::OutOfFuel => Outcome::OutOfFuel,
-        K::MemoryLimit => Outcome::MemoryLimit,
-        K::OutputTooLarge => Outcome::OutputTooLarge,
-        other => return Err(Status::invalid_argument(format!("outcome {other:?} cannot be attested"))),
-    };
-    Ok(Attestation {
-        task: TaskId { job: parse_id("job_id", &a.job_id)?, index: a.index },
-        peer: parse_id("peer_id", &a.peer_id)?,
-        result: ResultKey { outcome, output_hash: parse_id("output_hash", &a.output_hash)? },
-        fuel_used: a.fuel_used,
-        signature: a.signature.clone(),
-    })
-}
-
-/// An attestation on the wire.
-pub fn attestation_pb(a: &Attestation) -> pb::Attestation {
-    let o = convert::outcome_pb(&a.result.outcome, String::new());
-    pb::Attestation {
-        job_id: a.task.job.to_hex(),
-        index: a.task.index,
-        peer_id: a.peer.to_hex(),
-        kind: o.kind,
-        exit_code: o.exit_code,
-        output_hash: a.result.output_hash.to_hex(),
-        fuel_used: a.fuel_used,
-        signature: a.signature.clone(),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
-    async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipReply>, Status> {
+    async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipResponse>, Status> {
         let r = req.into_inner();
         let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
-        if !identity::verify(&sender, &remote::gossip_signing_bytes(&r.data), &r.signature) {
+        if !identity::verify(&sender, &signing::gossip(&r.data), &r.signature) {
             return Err(Status::unauthenticated("the gossip message is not signed by peer_id"));
         }
         if !self.node.peer_allowed(sender) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
         self.node.mesh_receive(&r.data, sender).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(pb::GossipReply {}))
+        Ok(Response::new(pb::GossipResponse {}))
     }
 
-    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = req.into_inner();
         let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
         let job: JobId = parse_id("job_id", &r.job_id)?;
-        if unix_ms().abs_diff(r.timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+        if unix_ms().abs_diff(r.timestamp_ms) > LEASE_CLOCK_SKEW_MS {
             return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
         }
-        if !identity::verify(&peer, &remote::lease_signing_bytes(&job, r.max, r.timestamp_ms), &r.signature) {
+        if !identity::verify(&peer, &signing::lease(&job, r.max, r.timestamp_ms), &r.signature) {
             // Whoever sent it, it was not `peer`: nobody to blame.
             return Err(Status::unauthenticated("the lease request is not signed by peer_id"));
         }
@@ -90,12 +56,18 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
         let now = self.node.now();
-        let max = r.max.min(spare_coordinator::pull::MAX_BATCH) as usize;
+        let max = r.max.min(spare_protocol::pull::MAX_BATCH) as usize;
         let (meta, leases, banned) = {
             let mut core = self.node.core();
             let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
             let banned = core.coord.reputation().is_banned(&peer);
-            (meta, core.coord.lease_job(&job, peer, max, now), banned)
+            let leases = core.coord.lease_job(&job, peer, max, now);
+            // The backups hold the leases too, so a report follows a takeover (in stream order:
+            // the lock is held).
+            for l in &leases {
+                self.node.replicate_lease(&meta.coordinators, l, now);
+            }
+            (meta, leases, banned)
         };
         let mut tasks = Vec::with_capacity(leases.len());
         for l in &leases {
@@ -121,7 +93,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             (true, false) => "no task wants another replica from this peer now".into(),
         };
         let policy = convert::policy_pb(&meta.spec.policy);
-        Ok(Response::new(pb::LeaseReply {
+        Ok(Response::new(pb::LeaseResponse {
             job_id: job.to_hex(),
             module_id: meta.spec.module.to_hex(),
             args: meta.args.to_vec(),
@@ -132,19 +104,19 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }))
     }
 
-    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
+    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
         let r = req.into_inner();
         let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
-        if unix_ms().abs_diff(r.timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+        if unix_ms().abs_diff(r.timestamp_ms) > LEASE_CLOCK_SKEW_MS {
             return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
         }
-        if !identity::verify(&sender, &remote::report_signing_bytes(&r), &r.signature) {
+        if !identity::verify(&sender, &signing::report(&r), &r.signature) {
             return Err(Status::unauthenticated("the report is not signed by peer_id"));
         }
         if !self.node.peer_allowed(sender) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
-        let mut reply = pb::ReportReply::default();
+        let mut reply = pb::ReportResponse::default();
         // Parse everything first, so the signatures can be checked as one batch.
         let mut parsed = Vec::with_capacity(r.items.len());
         for item in r.items {
@@ -179,13 +151,13 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         Ok(Response::new(reply))
     }
 
-    async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptReply>, Status> {
+    async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptResponse>, Status> {
         super::replica::adopt(&self.node, req.into_inner()).await?;
-        Ok(Response::new(pb::AdoptReply {}))
+        Ok(Response::new(pb::AdoptResponse {}))
     }
 
-    async fn replicate(&self, req: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateReply>, Status> {
+    async fn replicate(&self, req: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateResponse>, Status> {
         let recorded = super::replica::replicate(&self.node, req.into_inner()).await?;
-        Ok(Response::new(pb::ReplicateReply { recorded }))
+        Ok(Response::new(pb::ReplicateResponse { recorded }))
     }
 }

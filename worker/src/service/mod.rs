@@ -3,7 +3,6 @@
 //! works.
 
 mod blob;
-pub mod convert;
 mod job;
 pub mod mesh;
 mod peer;
@@ -20,8 +19,7 @@ pub use peer::PeerApi;
 use crate::node::Node;
 use spare_proto as pb;
 
-/// Largest gRPC message accepted or sent (a submission with many inline inputs).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use crate::wire::MAX_MESSAGE_BYTES;
 /// Requests served at once per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 

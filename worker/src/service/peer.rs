@@ -50,7 +50,7 @@ impl pb::peer_service_server::PeerService for PeerApi {
                 if v.peer == me {
                     return info(&self.node, &v.addr);
                 }
-                let a = v.advert.unwrap_or_else(|| spare_coordinator::records::Advert {
+                let a = v.advert.unwrap_or_else(|| spare_protocol::records::Advert {
                     peer: v.peer,
                     seq: 0,
                     addr: v.addr.clone(),

@@ -2,21 +2,21 @@
 //! coordinator of a job) and `MeshService.Replicate` (the active coordinator's stream of
 //! recorded attestations). Both are signed by their sender, who must be a coordinator of the job.
 
-use spare_coordinator::{Attestation, BlobId, JobId, JobSpec, PeerId, derive_job_id};
+use spare_protocol::{Attestation, BlobId, JobId, JobSpec, Lease, PeerId, Release, TaskId, derive_job_id};
 use spare_proto as pb;
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use super::convert::{self, parse_id};
-use super::mesh::attestation;
+use crate::wire::convert::{self, parse_id};
+use crate::wire::convert::attestation;
 use crate::identity;
-use crate::node::replicate::{adopt_signing_bytes, replicate_signing_bytes};
-use crate::node::{JobMeta, NewJob, Node, remote, unix_ms};
+use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
+use crate::node::{JobMeta, NewJob, Node, unix_ms};
 use crate::store::{Op, StoredInput, StoredJob};
 
 fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]) -> Result<PeerId, Status> {
     let sender: PeerId = parse_id("peer_id", peer_id)?;
-    if unix_ms().abs_diff(timestamp_ms) > remote::LEASE_CLOCK_SKEW_MS {
+    if unix_ms().abs_diff(timestamp_ms) > LEASE_CLOCK_SKEW_MS {
         return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
     }
     if !identity::verify(&sender, bytes, signature) {
@@ -25,28 +25,78 @@ fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]
     Ok(sender)
 }
 
+/// One entry of a coordinator's stream, checked.
+enum Entry {
+    Attestation(Attestation, pb::RecordedAttestation),
+    Lease(Lease),
+    Release(TaskId, PeerId, Release),
+}
+
 /// Checks and records attestations a coordinator recorded; resolves once they are durable.
 async fn record_all(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<u32, Status> {
-    let mut parsed: Vec<(Attestation, pb::RecordedAttestation)> = Vec::with_capacity(items.len());
+    let mut entries = Vec::with_capacity(items.len());
     for item in items {
-        let att = item.attestation.as_ref().ok_or_else(|| Status::invalid_argument("an item has no attestation")).and_then(attestation)?;
-        if !item.output.is_empty() && BlobId::of(&item.output) != att.result.output_hash {
-            return Err(Status::invalid_argument(format!("the output of {} does not hash to its attestation", att.task)));
-        }
-        parsed.push((att, item));
+        entries.push(attestation_entry(item)?);
     }
-    let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
-    let valid = identity::verify_attestations(&refs);
+    apply(node, entries).await
+}
+
+fn attestation_entry(item: pb::RecordedAttestation) -> Result<Entry, Status> {
+    let att = item.attestation.as_ref().ok_or_else(|| Status::invalid_argument("an item has no attestation")).and_then(attestation)?;
+    if !item.output.is_empty() && BlobId::of(&item.output) != att.result.output_hash {
+        return Err(Status::invalid_argument(format!("the output of {} does not hash to its attestation", att.task)));
+    }
+    Ok(Entry::Attestation(att, item))
+}
+
+/// Checks the entries of a replication batch for `job`, received `now`.
+fn entries_of(job: JobId, raw: Vec<pb::ReplicationEntry>, now: spare_protocol::Millis) -> Result<Vec<Entry>, Status> {
+    use pb::replication_entry::Entry as E;
+    let mut out = Vec::with_capacity(raw.len());
+    for e in raw {
+        out.push(match e.entry {
+            Some(E::Attestation(item)) => attestation_entry(item)?,
+            Some(E::Lease(l)) => Entry::Lease(Lease {
+                task: TaskId { job, index: l.index },
+                peer: parse_id("lease.peer_id", &l.peer_id)?,
+                expires_at: now.saturating_add(l.expires_in_ms),
+            }),
+            Some(E::Release(r)) => Entry::Release(
+                TaskId { job, index: r.index },
+                parse_id("release.peer_id", &r.peer_id)?,
+                if r.deadline { Release::Deadline } else { Release::Abandoned },
+            ),
+            None => return Err(Status::invalid_argument("an entry is empty")),
+        });
+    }
+    Ok(out)
+}
+
+/// Applies a coordinator's entries in order (attestation signatures checked as one batch);
+/// resolves once the attestations recorded are durable, with how many were.
+async fn apply(node: &Node, entries: Vec<Entry>) -> Result<u32, Status> {
+    let refs: Vec<&Attestation> = entries.iter().filter_map(|e| if let Entry::Attestation(a, _) = e { Some(a) } else { None }).collect();
+    let mut valid = identity::verify_attestations(&refs).into_iter();
     let mut last: Option<oneshot::Receiver<()>> = None;
     let mut recorded = 0;
-    for ((att, item), ok) in parsed.into_iter().zip(valid) {
-        if !ok {
-            node.count_invalid();
-            continue;
-        }
-        if let Some(rx) = node.record_replicated(att, item.solo, &item.output, &item.message) {
-            recorded += 1;
-            last = Some(rx);
+    for e in entries {
+        match e {
+            Entry::Attestation(att, item) => {
+                if !valid.next().unwrap_or(false) {
+                    node.count_invalid();
+                    continue;
+                }
+                if let Some(rx) = node.record_replicated(att, item.lone, &item.output, &item.message) {
+                    recorded += 1;
+                    last = Some(rx);
+                }
+            }
+            Entry::Lease(lease) => node.record_lease(lease),
+            Entry::Release(task, peer, why) => {
+                if let Some(rx) = node.record_release(task, peer, why) {
+                    last = Some(rx);
+                }
+            }
         }
     }
     // Announcements (and so writes) complete in order: the last one covers all.
@@ -58,10 +108,10 @@ async fn record_all(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<
 
 /// `MeshService.Adopt`.
 pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
-    let sender = check_sender(&r.peer_id, r.timestamp_ms, &adopt_signing_bytes(&r), &r.signature)?;
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
     let job: JobId = parse_id("job_id", &r.job_id)?;
     let origin: PeerId = parse_id("origin", &r.origin)?;
-    if !identity::verify(&origin, &crate::node::job_signing_bytes(&job), &r.origin_signature) {
+    if !identity::verify(&origin, &signing::job(&job), &r.origin_signature) {
         return Err(Status::unauthenticated("the job is not signed by its origin"));
     }
     let coordinators: Vec<PeerId> =
@@ -180,7 +230,7 @@ async fn take_job(
 
 /// `MeshService.Replicate`.
 pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
-    let sender = check_sender(&r.peer_id, r.timestamp_ms, &replicate_signing_bytes(&r), &r.signature)?;
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::replicate(&r), &r.signature)?;
     if !node.peer_allowed(sender) {
         return Err(Status::resource_exhausted("too many requests from this peer"));
     }
@@ -192,5 +242,6 @@ pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Stat
     if !coordinators.contains(&sender) {
         return Err(Status::permission_denied("the sender is not a coordinator of the job"));
     }
-    record_all(node, r.items).await
+    let entries = entries_of(job, r.entries, node.now())?;
+    apply(node, entries).await
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use spare_coordinator::BlobId;
+use spare_protocol::BlobId;
 use tokio::io::AsyncWriteExt;
 
 /// Why a blob operation failed.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use spare_coordinator::{Attestation, JobId, TaskId};
+use spare_protocol::{Attestation, JobId, TaskId};
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
@@ -58,7 +58,7 @@ pub enum Op {
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
     /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
     /// alone (adaptive replication).
-    PutAttestation { ordinal: u32, attestation: Attestation, solo: bool },
+    PutAttestation { ordinal: u32, attestation: Attestation, lone: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
 }
@@ -244,10 +244,10 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                         inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
                     }
                 }
-                Op::PutAttestation { ordinal, attestation, solo } => {
+                Op::PutAttestation { ordinal, attestation, lone } => {
                     let k = attestation_key(&attestation.task, *ordinal);
                     // The record owns its attestation; a clone per write is cheap beside the fsync.
-                    let rec = StoredAttestation { attestation: attestation.clone(), solo: *solo };
+                    let rec = StoredAttestation { attestation: attestation.clone(), lone: *lone };
                     atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutResult(task, result) => {
@@ -266,7 +266,7 @@ fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spare_coordinator::{BlobId, Outcome, PeerId, ResultKey};
+    use spare_protocol::{BlobId, Outcome, PeerId, ResultKey};
 
     #[tokio::test]
     async fn attestations_keep_their_lone_mark_across_a_reopen() {
@@ -282,18 +282,18 @@ mod tests {
         {
             let store = Store::open(dir.path()).expect("open");
             let ops = vec![
-                Op::PutAttestation { ordinal: 0, attestation: att(0, 1), solo: true },
-                Op::PutAttestation { ordinal: 0, attestation: att(1, 1), solo: false },
-                Op::PutAttestation { ordinal: 1, attestation: att(1, 2), solo: false },
+                Op::PutAttestation { ordinal: 0, attestation: att(0, 1), lone: true },
+                Op::PutAttestation { ordinal: 0, attestation: att(1, 1), lone: false },
+                Op::PutAttestation { ordinal: 1, attestation: att(1, 2), lone: false },
             ];
             store.write(ops).await.expect("write");
         }
         let store = Store::open(dir.path()).expect("reopen");
         let got = store.attestations(&job).expect("read");
         let want = vec![
-            StoredAttestation { attestation: att(0, 1), solo: true },
-            StoredAttestation { attestation: att(1, 1), solo: false },
-            StoredAttestation { attestation: att(1, 2), solo: false },
+            StoredAttestation { attestation: att(0, 1), lone: true },
+            StoredAttestation { attestation: att(1, 1), lone: false },
+            StoredAttestation { attestation: att(1, 2), lone: false },
         ];
         assert_eq!(got, want);
     }

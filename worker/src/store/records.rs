@@ -2,7 +2,7 @@
 //! big-endian so a job's tasks sort by index and range scans read them in order.
 
 use serde::{Deserialize, Serialize};
-use spare_coordinator::{Attestation, BlobId, JobId, JobSpec, PeerId, TaskId, Verdict};
+use spare_protocol::{Attestation, BlobId, JobId, JobSpec, PeerId, TaskId, Verdict};
 
 /// A job as the origin accepted it: what the coordinator needs plus what the sandbox needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ pub struct StoredAttestation {
     /// The signed attestation.
     pub attestation: Attestation,
     /// It was the task's first attestation and decided it alone.
-    pub solo: bool,
+    pub lone: bool,
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// How long one `spare` command may run before it is killed and counted as failed.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(20);
 /// What a peer logs (to its log file), unless `SPARE_TEST_LOG` says otherwise.
-const LOG_FILTER: &str = "warn,spare_worker=info,spare_coordinator=info";
+const LOG_FILTER: &str = "warn,spare_peer=info,spare_protocol=info";
 
 /// A scratch directory for one test (data directories, logs, inputs, results), removed at the
 /// end unless `SPARE_TEST_KEEP` is set (then its path is printed, to read the peers' logs).

@@ -1,8 +1,9 @@
-//! Between the wire (`spare.v1`) and the coordinator's types: policies with their defaults,
-//! outcomes, and job and task status as the API shows them.
+//! Between the wire (`spare.v1`) and the protocol's types: policies with their defaults,
+//! outcomes, attestations, and job and task status as the API shows them.
 
-use spare_coordinator::{
-    Adaptive, Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, TaskCounts, TaskState, TaskView, Verdict,
+use spare_protocol::{
+    Adaptive, Attestation, Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, ResultKey, TaskCounts, TaskId,
+    TaskState, TaskView, Verdict,
 };
 use spare_proto as pb;
 use tonic::Status;
@@ -160,7 +161,7 @@ pub fn task_status(t: &TaskView, stored: Option<&StoredResult>) -> pb::TaskStatu
         outcome: verdict_outcome(&t.verdict, message),
         error,
         attestations: t.attestations,
-        solo: t.solo,
+        lone: t.lone,
     }
 }
 
@@ -180,6 +181,41 @@ pub fn task_result(index: u32, r: StoredResult) -> pb::TaskResult {
         output: r.output,
         outcome,
         verified_by: peers(&r.verified_by),
+    }
+}
+
+/// An attestation from the wire, or why it is malformed.
+pub fn attestation(a: &pb::Attestation) -> Result<Attestation, Status> {
+    use pb::OutcomeKind as K;
+    let outcome = match a.kind() {
+        K::Exited => Outcome::Exited(a.exit_code),
+        K::Trapped => Outcome::Trapped,
+        K::OutOfFuel => Outcome::OutOfFuel,
+        K::MemoryLimit => Outcome::MemoryLimit,
+        K::OutputTooLarge => Outcome::OutputTooLarge,
+        other => return Err(Status::invalid_argument(format!("outcome {other:?} cannot be attested"))),
+    };
+    Ok(Attestation {
+        task: TaskId { job: parse_id("job_id", &a.job_id)?, index: a.index },
+        peer: parse_id("peer_id", &a.peer_id)?,
+        result: ResultKey { outcome, output_hash: parse_id("output_hash", &a.output_hash)? },
+        fuel_used: a.fuel_used,
+        signature: a.signature.clone(),
+    })
+}
+
+/// An attestation on the wire.
+pub fn attestation_pb(a: &Attestation) -> pb::Attestation {
+    let o = outcome_pb(&a.result.outcome, String::new());
+    pb::Attestation {
+        job_id: a.task.job.to_hex(),
+        index: a.task.index,
+        peer_id: a.peer.to_hex(),
+        kind: o.kind,
+        exit_code: o.exit_code,
+        output_hash: a.result.output_hash.to_hex(),
+        fuel_used: a.fuel_used,
+        signature: a.signature.clone(),
     }
 }
 

@@ -1,0 +1,214 @@
+//! The peer's side of the mesh: [`Membership`] (SWIM plus signed records) and what this peer
+//! publishes into it: its advert (refreshed now and then, and when its free slots change, at
+//! most once a second), the ads of the jobs it leads (each with a sequence number that a later
+//! run of this peer still beats), and greetings to the peers it joins through (again every few
+//! seconds while alone, and now and then otherwise, which heals a partition whose sides forgot
+//! each other).
+
+use std::collections::HashMap;
+
+use crate::membership::{Membership, MembershipConfig};
+use crate::records::{Advert, JobAd, Record, Signer};
+use crate::{JobId, Millis};
+
+/// An advert is refreshed this often even when nothing changed.
+pub const ADVERT_REFRESH_MS: Millis = 30_000;
+/// Free-slot changes are advertised at most this often.
+pub const ADVERT_MIN_GAP_MS: Millis = 1_000;
+/// While alone, the peers joined through are greeted again this often…
+pub const REJOIN_MS: Millis = 3_000;
+/// …and this often otherwise.
+pub const REGREET_MS: Millis = 30_000;
+/// Most gossip sends in flight at once; past it a message is dropped (SWIM tolerates loss).
+pub const MAX_GOSSIP_SENDS: usize = 64;
+/// How long one gossip send may take.
+pub const GOSSIP_SEND_TIMEOUT_MS: Millis = 2_000;
+
+/// Membership settings for a peer.
+pub fn membership_config() -> MembershipConfig {
+    MembershipConfig::lan(16)
+}
+
+/// Membership and what this peer has published.
+pub struct MeshState {
+    /// SWIM and the records.
+    pub membership: Membership,
+    advert_seq: u64,
+    advertised_free: Option<u32>,
+    advertised_at: Option<Millis>,
+    job_seq: HashMap<JobId, u64>,
+    last_greet: Option<Millis>,
+}
+
+impl MeshState {
+    /// What a peer with this membership publishes.
+    pub fn new(membership: Membership) -> MeshState {
+        MeshState {
+            membership,
+            advert_seq: 0,
+            advertised_free: None,
+            advertised_at: None,
+            job_seq: HashMap::new(),
+            last_greet: None,
+        }
+    }
+
+    /// Whether this peer's advert is due, with `free` slots now: never published, a change of
+    /// free slots at least [`ADVERT_MIN_GAP_MS`] after the last, or a refresh.
+    pub fn advert_due(&self, free: u32, now: Millis) -> bool {
+        let Some(at) = self.advertised_at else { return true };
+        (self.advertised_free != Some(free) && now >= at + ADVERT_MIN_GAP_MS) || now >= at + ADVERT_REFRESH_MS
+    }
+
+    /// When [`MeshState::advert_due`] next holds with `free` slots (a time already past if it
+    /// holds now), so a driver can sleep until then.
+    pub fn advert_due_at(&self, free: u32) -> Millis {
+        let Some(at) = self.advertised_at else { return 0 };
+        let refresh = at + ADVERT_REFRESH_MS;
+        if self.advertised_free == Some(free) { refresh } else { refresh.min(at + ADVERT_MIN_GAP_MS) }
+    }
+
+    /// Publishes `advert` (its `seq` and signature are set here) at `unix_ms`.
+    pub fn publish_advert(&mut self, mut advert: Advert, unix_ms: u64, signer: &Signer, now: Millis) {
+        // Unix time, so an advert made after a restart still replaces the ones before it.
+        self.advert_seq = unix_ms.max(self.advert_seq + 1);
+        advert.seq = self.advert_seq;
+        self.advertised_free = Some(advert.cpus_free);
+        self.advertised_at = Some(now);
+        let mut record = Record::Advert(advert);
+        record.sign(signer);
+        self.membership.publish(record, now);
+    }
+
+    /// Publishes `ad` (its `seq` and signature are set here) at `unix_ms`.
+    pub fn publish_job_ad(&mut self, mut ad: JobAd, unix_ms: u64, signer: &Signer, now: Millis) {
+        let seq = (self.job_seq.get(&ad.job).copied().unwrap_or(0) + 1).max(unix_ms);
+        self.job_seq.insert(ad.job, seq);
+        ad.seq = seq;
+        let mut record = Record::JobAd(ad);
+        record.sign(signer);
+        self.membership.publish(record, now);
+    }
+
+    /// The sequence number of this peer's last ad of `job`, if it published one.
+    pub fn job_seq(&self, job: &JobId) -> Option<u64> {
+        self.job_seq.get(job).copied()
+    }
+
+    /// Whether the peers joined through are due a greeting.
+    pub fn greet_due(&self, now: Millis) -> bool {
+        let alone = self.membership.active() == 0;
+        self.last_greet.is_none_or(|at| now >= at + if alone { REJOIN_MS } else { REGREET_MS })
+    }
+
+    /// When [`MeshState::greet_due`] next holds while membership stays as alone (or not) as it
+    /// is now (a time already past if it holds now).
+    pub fn greet_due_at(&self) -> Millis {
+        let gap = if self.membership.active() == 0 { REJOIN_MS } else { REGREET_MS };
+        self.last_greet.map_or(0, |at| at + gap)
+    }
+
+    /// Greets the peers at `bootstrap` (all but `own_addr`), so they announce themselves to
+    /// this peer.
+    pub fn greet(&mut self, bootstrap: &[String], own_addr: &str, now: Millis) {
+        self.last_greet = Some(now);
+        for addr in bootstrap.iter().filter(|a| *a != own_addr) {
+            self.membership.join(addr, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::PeerId;
+    use crate::membership::Member;
+    use crate::records::Verifier;
+
+    fn state() -> MeshState {
+        let verifier: Verifier = Arc::new(|_: &PeerId, _: &[u8], _: &[u8]| true);
+        let me = Member { peer: PeerId([1; 32]), addr: "a:1".into(), epoch: 1 };
+        MeshState::new(Membership::new(me, membership_config(), 7, verifier))
+    }
+
+    fn advert(free: u32) -> Advert {
+        Advert {
+            peer: PeerId([1; 32]),
+            seq: 0,
+            addr: "a:1".into(),
+            cpus_total: 4,
+            cpus_free: free,
+            memory_bytes: 1,
+            version: String::new(),
+            reachable: true,
+            signature: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn adverts_follow_free_slots_at_most_once_a_second_and_refresh() {
+        let signer: Signer = Arc::new(|_: &[u8]| vec![0; 64]);
+        let mut s = state();
+        assert!(s.advert_due(4, 0));
+        s.publish_advert(advert(4), 1_000, &signer, 0);
+        assert!(!s.advert_due(4, 500));
+        assert!(!s.advert_due(3, 999), "too soon after the last");
+        assert!(s.advert_due(3, 1_000));
+        assert!(s.advert_due(4, ADVERT_REFRESH_MS), "refresh");
+        s.publish_advert(advert(3), 900, &signer, 1_000);
+        assert_eq!(s.advert_seq, 1_001, "later than the last even if the clock went back");
+    }
+
+    #[test]
+    fn a_lone_peer_greets_often_and_a_joined_one_rarely() {
+        let mut s = state();
+        assert!(s.greet_due(0));
+        s.greet(&["a:1".into(), "b:2".into()], "a:1", 0);
+        assert!(!s.greet_due(REJOIN_MS - 1));
+        assert!(s.greet_due(REJOIN_MS));
+    }
+
+    #[test]
+    fn due_times_agree_with_due_checks() {
+        let signer: Signer = Arc::new(|_: &[u8]| vec![0; 64]);
+        let mut s = state();
+        assert_eq!((s.advert_due_at(4), s.greet_due_at()), (0, 0), "due at once before the first");
+        s.publish_advert(advert(4), 1_000, &signer, 100);
+        assert_eq!(s.advert_due_at(4), 100 + ADVERT_REFRESH_MS);
+        assert_eq!(s.advert_due_at(3), 100 + ADVERT_MIN_GAP_MS);
+        for free in [3, 4] {
+            let at = s.advert_due_at(free);
+            assert!(!s.advert_due(free, at - 1) && s.advert_due(free, at));
+        }
+        s.greet(&["b:2".into()], "a:1", 50);
+        assert_eq!(s.greet_due_at(), 50 + REJOIN_MS, "alone");
+        assert!(!s.greet_due(s.greet_due_at() - 1) && s.greet_due(s.greet_due_at()));
+    }
+
+    #[test]
+    fn the_last_job_ad_sequence_is_kept() {
+        let signer: Signer = Arc::new(|_: &[u8]| vec![0; 64]);
+        let mut s = state();
+        let job = JobId([3; 32]);
+        assert_eq!(s.job_seq(&job), None);
+        let ad = JobAd {
+            job,
+            origin: PeerId([1; 32]),
+            announcer: PeerId([1; 32]),
+            seq: 0,
+            module: crate::BlobId([0; 32]),
+            task_count: 1,
+            policy: crate::Policy::default(),
+            coordinators: vec![PeerId([1; 32])],
+            submitted_at_ms: 0,
+            done: false,
+            signature: Vec::new(),
+        };
+        s.publish_job_ad(ad.clone(), 5_000, &signer, 0);
+        assert_eq!(s.job_seq(&job), Some(5_000));
+        s.publish_job_ad(ad, 4_000, &signer, 1);
+        assert_eq!(s.job_seq(&job), Some(5_001), "later than the last even if the clock went back");
+    }
+}

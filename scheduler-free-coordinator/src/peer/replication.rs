@@ -1,0 +1,174 @@
+//! The active coordinator's stream to one backup coordinator: every attestation it records, in
+//! recording order, in batches of one job each. A batch the backup does not take is tried again
+//! a few times; past that the stream does not resend it (it moves on, in order): the jobs of the
+//! failed batch, and of everything queued behind it, are caught up by a whole adoption instead
+//! (see [`super::catchup`]), so a dead backup's queue is not tried batch by batch.
+//!
+//! Sans-IO, like [`super::reports`]: push items, poll a batch, hand it back with how it went.
+
+use std::collections::VecDeque;
+
+use crate::{JobId, Millis};
+
+/// Attestations per replication batch.
+pub const REPLICATE_BATCH: usize = 256;
+/// Attempts at one batch.
+pub const REPLICATE_TRIES: u32 = 3;
+/// Pause before attempt `n + 1` is `n` times this.
+pub const REPLICATE_PAUSE_MS: Millis = 100;
+/// How long a new coordinator may take to adopt a job (it fetches the module and inputs).
+pub const ADOPT_TIMEOUT_MS: Millis = 20_000;
+/// How long a recorded verdict waits for a backup to hold its deciding attestation durably
+/// before it is announced anyway (the backups are unreachable) and a warning logged.
+pub const BACKUP_ACK_TIMEOUT_MS: Millis = 10_000;
+
+/// One batch of the stream.
+#[derive(Debug)]
+pub struct ReplicationBatch<T> {
+    /// The job every item belongs to.
+    pub job: JobId,
+    /// The items, in recording order.
+    pub items: Vec<T>,
+    /// The first attempt is 1.
+    pub attempt: u32,
+}
+
+/// What became of a batch handed back with [`ReplicationQueue::handle_sent`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replicated<T> {
+    /// The backup holds every item durably.
+    Taken(Vec<T>),
+    /// To be tried again at this time.
+    Retry(Millis),
+    /// Given up: these items (the batch's and all queued behind it) did not reach the backup,
+    /// and these jobs need a catch-up.
+    Failed { items: Vec<T>, catch_up: Vec<JobId> },
+}
+
+/// The stream to one backup.
+#[derive(Debug)]
+pub struct ReplicationQueue<T> {
+    waiting: VecDeque<(JobId, T)>,
+    retry: Option<(ReplicationBatch<T>, Millis)>,
+    in_flight: bool,
+}
+
+impl<T> Default for ReplicationQueue<T> {
+    fn default() -> ReplicationQueue<T> {
+        ReplicationQueue { waiting: VecDeque::new(), retry: None, in_flight: false }
+    }
+}
+
+impl<T> ReplicationQueue<T> {
+    /// Queues a recorded attestation of `job`.
+    pub fn push(&mut self, job: JobId, item: T) {
+        self.waiting.push_back((job, item));
+    }
+
+    /// Whether nothing waits and nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.retry.is_none() && !self.in_flight
+    }
+
+    /// The next batch to send: a due retry, or up to [`REPLICATE_BATCH`] waiting items of the
+    /// first waiting item's job. One batch is out at a time, so the stream stays in order.
+    pub fn poll_batch(&mut self, now: Millis) -> Option<ReplicationBatch<T>> {
+        if self.in_flight {
+            return None;
+        }
+        if let Some((_, at)) = &self.retry {
+            if *at > now {
+                return None;
+            }
+            let (batch, _) = self.retry.take()?;
+            self.in_flight = true;
+            return Some(batch);
+        }
+        let job = self.waiting.front()?.0;
+        let mut items = Vec::new();
+        while items.len() < REPLICATE_BATCH && self.waiting.front().is_some_and(|(j, _)| *j == job) {
+            let Some((_, item)) = self.waiting.pop_front() else { break };
+            items.push(item);
+        }
+        self.in_flight = true;
+        Some(ReplicationBatch { job, items, attempt: 1 })
+    }
+
+    /// The batch from [`ReplicationQueue::poll_batch`] came back: `taken` when the backup holds
+    /// it durably.
+    pub fn handle_sent(&mut self, mut batch: ReplicationBatch<T>, taken: bool, now: Millis) -> Replicated<T> {
+        self.in_flight = false;
+        if taken {
+            return Replicated::Taken(batch.items);
+        }
+        if batch.attempt < REPLICATE_TRIES {
+            let at = now + REPLICATE_PAUSE_MS * Millis::from(batch.attempt);
+            batch.attempt += 1;
+            self.retry = Some((batch, at));
+            return Replicated::Retry(at);
+        }
+        let mut catch_up = vec![batch.job];
+        let mut items = batch.items;
+        for (job, item) in self.waiting.drain(..) {
+            if !catch_up.contains(&job) {
+                catch_up.push(job);
+            }
+            items.push(item);
+        }
+        Replicated::Failed { items, catch_up }
+    }
+
+    /// When [`ReplicationQueue::poll_batch`] may next have something.
+    pub fn poll_timeout(&self, now: Millis) -> Option<Millis> {
+        if self.in_flight {
+            return None;
+        }
+        match &self.retry {
+            Some((_, at)) => Some(*at),
+            None => (!self.waiting.is_empty()).then_some(now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u8) -> JobId {
+        JobId([n; 32])
+    }
+
+    #[test]
+    fn a_batch_holds_one_job_in_order() {
+        let mut q = ReplicationQueue::default();
+        q.push(job(1), 1);
+        q.push(job(1), 2);
+        q.push(job(2), 3);
+        let b = q.poll_batch(0).unwrap();
+        assert_eq!((b.job, b.items.clone()), (job(1), vec![1, 2]));
+        assert!(q.poll_batch(0).is_none(), "one batch out at a time");
+        assert_eq!(q.handle_sent(b, true, 1), Replicated::Taken(vec![1, 2]));
+        let b = q.poll_batch(1).unwrap();
+        assert_eq!((b.job, b.items.clone()), (job(2), vec![3]));
+    }
+
+    #[test]
+    fn a_failed_batch_is_tried_three_times_then_its_jobs_are_caught_up() {
+        let mut q = ReplicationQueue::default();
+        q.push(job(1), 1);
+        q.push(job(2), 2);
+        q.push(job(1), 3);
+        let b = q.poll_batch(0).unwrap();
+        assert_eq!(q.handle_sent(b, false, 10), Replicated::Retry(110));
+        assert!(q.poll_batch(109).is_none());
+        let b = q.poll_batch(110).unwrap();
+        assert_eq!(q.handle_sent(b, false, 120), Replicated::Retry(320));
+        let b = q.poll_batch(320).unwrap();
+        assert_eq!(b.attempt, REPLICATE_TRIES);
+        assert_eq!(
+            q.handle_sent(b, false, 330),
+            Replicated::Failed { items: vec![1, 2, 3], catch_up: vec![job(1), job(2)] }
+        );
+        assert!(q.is_idle(), "the whole queue went to the catch-up");
+    }
+}

@@ -1,0 +1,165 @@
+//! Replication: the leading coordinator streams every attestation it records to each backup
+//! (`MeshService.Replicate`), in order, and the backups replay them into their standby
+//! [`Coordinator`](crate::Coordinator). Batching and retries are one
+//! [`ReplicationQueue`](crate::peer::replication::ReplicationQueue) per backup: a batch it polls
+//! goes out as a `Replicate` call and comes back taken or not (lost, refused, or the backup
+//! crashed). A batch that finally fails counts in `replication_dropped`, and its job is caught
+//! up instead: [`CatchUps`](crate::peer::catchup::CatchUps) coalesces the requests and says
+//! when each is due, and the backup then gets the whole job as an adoption, if this peer still
+//! leads and the backup is still in its list.
+
+use crate::peer::replication::Replicated;
+use crate::{JobId, Reported};
+
+use super::engine::Sim;
+use super::net::{CallKind, Reply, Request};
+use super::peer::{AdoptKind, Logged, NEVER};
+use super::queue::Event;
+use super::wire;
+
+/// The status message of a refused `Replicate` ("the sender is not a coordinator of the job").
+const NOT_COORDINATOR: u64 = 37;
+
+impl Sim {
+    /// `p` recorded an attestation: log it, and stream it to the backups when `p` leads.
+    pub(super) fn note_recorded(&mut self, p: u32, item: Logged) {
+        let (now, job) = (self.now, self.job);
+        let leads = self.leads(p);
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        if leads {
+            for r in &mut h.replicators {
+                r.queue.push(job, item.clone());
+                if let Some(at) = r.queue.poll_timeout(now) {
+                    self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to: r.to });
+                }
+            }
+        }
+        h.log.push(item);
+    }
+
+    /// Schedules the stream to `to` when its queue says a batch may be due.
+    fn schedule_replicate(&mut self, p: u32, to: u32) {
+        let now = self.now;
+        let Some(r) = self.peers[p as usize].host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
+        if let Some(at) = r.queue.poll_timeout(now) {
+            self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to });
+        }
+    }
+
+    /// Sends the stream's next batch to backup `to`, if one is due.
+    pub(super) fn on_replicate(&mut self, p: u32, to: u32) {
+        let (now, unix) = (self.now, self.unix());
+        let peer = &mut self.peers[p as usize];
+        if !peer.alive {
+            return;
+        }
+        let Some(r) = peer.host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
+        if r.send_at != now {
+            return;
+        }
+        r.send_at = NEVER;
+        let Some(batch) = r.queue.poll_batch(now) else {
+            self.schedule_replicate(p, to);
+            return;
+        };
+        let out = self.cfg.output_bytes;
+        let items: Vec<u64> = batch
+            .items
+            .iter()
+            .map(|l| wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone))
+            .collect();
+        let size = wire::replicate_request(&items, unix);
+        let (job, sent) = (batch.job, batch.items.clone());
+        r.out = Some(batch);
+        self.call(p, to, Request::Replicate { job, items: sent }, size);
+    }
+
+    /// The batch to `to` came back, `taken` or not; a batch given up has its jobs caught up.
+    pub(super) fn on_replicated(&mut self, p: u32, to: u32, taken: bool) {
+        let now = self.now;
+        let Some(r) = self.peers[p as usize].host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
+        let Some(batch) = r.out.take() else { return };
+        if let Replicated::Failed { catch_up, .. } = r.queue.handle_sent(batch, taken, now) {
+            self.m.replication_dropped += 1;
+            for job in catch_up {
+                self.request_catch_up(p, job, to);
+            }
+        }
+        self.schedule_replicate(p, to);
+    }
+
+    /// `MeshService.Replicate` at `b`, from `from`: refused unless `b` holds the job and counts
+    /// the sender among its coordinators.
+    pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Logged>) {
+        let named = self.peers[b as usize].host.as_ref().is_some_and(|h| h.jobs.contains(&job) && h.coordinators.contains(&from));
+        if !named {
+            self.refuse(b, from, CallKind::Replicate(b), NOT_COORDINATOR);
+            return;
+        }
+        let recorded = self.record_replicated(b, items);
+        self.reply(b, from, Reply::Replicate, wire::replicate_reply(recorded), CallKind::Replicate(b));
+    }
+
+    /// Replays attestations another coordinator recorded; returns how many were recorded here.
+    pub(super) fn record_replicated(&mut self, b: u32, items: Vec<Logged>) -> u32 {
+        let mut recorded = 0;
+        for item in items {
+            let Some(h) = self.peers[b as usize].host.as_mut() else { break };
+            match h.coord.restore_attestation_lone(item.att.clone(), item.lone) {
+                Ok(Reported::Recorded | Reported::Decided) => {
+                    recorded += 1;
+                    self.note_recorded(b, item);
+                }
+                Ok(Reported::Late) | Err(_) => {}
+            }
+        }
+        self.drain_coordinator(b);
+        recorded
+    }
+
+    /// Asks for backup `to` to get the whole of `job` soon (coalesced with a pending request).
+    pub(super) fn request_catch_up(&mut self, p: u32, job: JobId, to: u32) {
+        let (now, id) = (self.now, self.peers[to as usize].id);
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        h.catch_ups.request(job, id, now);
+        if let Some(at) = h.catch_ups.poll_timeout() {
+            self.queue.arm(&mut h.catch_up_at, at, Event::CatchUp { peer: p });
+        }
+    }
+
+    /// Catches up every backup of the job `p` leads.
+    pub(super) fn catch_up_backups(&mut self, p: u32) {
+        if !self.leads(p) {
+            return;
+        }
+        let backups = self.peers[p as usize].host.as_ref().map(|h| h.coordinators[1..].to_vec()).unwrap_or_default();
+        for b in backups {
+            self.request_catch_up(p, self.job, b);
+        }
+    }
+
+    /// Sends the catch-ups that are due, each if `p` still leads the job and the backup is still
+    /// one of its coordinators.
+    pub(super) fn on_catch_up(&mut self, p: u32) {
+        let now = self.now;
+        let peer = &mut self.peers[p as usize];
+        let alive = peer.alive;
+        let Some(h) = peer.host.as_mut() else { return };
+        if !alive || h.catch_up_at != now {
+            return;
+        }
+        h.catch_up_at = NEVER;
+        let due: Vec<_> = std::iter::from_fn(|| h.catch_ups.poll_due(now)).collect();
+        for (job, backup) in due {
+            let to = super::keys::index_of(&backup);
+            let list = self.peers[p as usize].host.as_ref().map(|h| h.coordinators.clone()).unwrap_or_default();
+            if job == self.job && self.leads(p) && list.contains(&to) {
+                self.send_adopt(p, to, list, AdoptKind::CatchUp);
+            }
+        }
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        if let Some(at) = h.catch_ups.poll_timeout() {
+            self.queue.arm(&mut h.catch_up_at, at, Event::CatchUp { peer: p });
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Starting a peer: open its node (store, sandbox, protocol state, loops) and serve gRPC on its
+//! address; and stopping it. The `spare peer` command and the in-process tests both use it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::node::{Node, NodeConfig};
+
+/// How long a shutdown lets requests in flight finish before cutting them.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
+/// How long a shutdown waits for requests in flight to let go of the peer.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Opens the data directory, restores the jobs it holds, and starts serving.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
+        let (node, listener, tasks) = Node::open(config).await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
+        Ok(NodeHandle { node, addr, server, tasks })
+    }
+}
+
+/// A started peer: its address, and how to stop it.
+pub struct NodeHandle {
+    /// The node itself, for in-process use.
+    pub node: Node,
+    /// The address gRPC is served on.
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving and running, and waits for the server to close.
+    pub async fn shutdown(self) {
+        self.node.begin_shutdown();
+        // The server stops taking requests at once and lets those in flight finish, but a
+        // client following a job (Watch, Results) would keep it open for as long as the job
+        // runs: past a short grace, such streams are cut.
+        let mut server = self.server;
+        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
+            server.abort();
+            let _ = server.await;
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        // Report and replication batchers end when their queues close.
+        self.node.close_queues();
+        // Streams still draining to clients hold the node; once they are gone, dropping the last
+        // handle closes the store, so the data directory can be opened again at once.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.node.handles() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.node.handles() > 1 {
+            tracing::warn!("peer stopped with requests still holding it; its store closes when they end");
+        }
+    }
+
+    /// Resolves when the server stops, which it only does on its own when it fails.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await.context("server task")?.context("gRPC server")?;
+        anyhow::bail!("the gRPC server stopped")
+    }
+}
+

@@ -1,0 +1,9 @@
+//! Between the wire and the peer: conversions of `spare.v1` messages to the protocol's types,
+//! the bytes signatures cover, and the wire's bounds. Both the driver (`node`) and the gRPC
+//! services (`service`) use it; neither reaches into the other for these.
+
+pub mod convert;
+pub mod signing;
+
+/// Largest gRPC message accepted or sent (a submission with many inline inputs).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -1,0 +1,58 @@
+//! The bytes each signed mesh message's signature covers, with its domain tag, so a signature
+//! made for one kind of message never verifies as another. `proto/` documents each.
+
+use spare_protocol::JobId;
+use spare_proto as pb;
+
+/// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
+pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The bytes the origin signs to claim a job id as its own.
+pub fn job(id: &JobId) -> Vec<u8> {
+    let mut b = b"spare.v1.job\0".to_vec();
+    b.extend_from_slice(id.as_bytes());
+    b
+}
+
+/// The bytes a lease request's signature covers.
+pub fn lease(job: &JobId, max: u32, timestamp_ms: u64) -> Vec<u8> {
+    let mut b = b"spare.v1.lease\0".to_vec();
+    b.extend_from_slice(job.as_bytes());
+    b.extend_from_slice(&max.to_le_bytes());
+    b.extend_from_slice(&timestamp_ms.to_le_bytes());
+    b
+}
+
+/// The bytes a report batch's signature covers.
+pub fn report(req: &pb::ReportRequest) -> Vec<u8> {
+    use prost::Message;
+    let mut unsigned = req.clone();
+    unsigned.signature.clear();
+    let mut b = b"spare.v1.report\0".to_vec();
+    b.extend_from_slice(blake3::hash(&unsigned.encode_to_vec()).as_bytes());
+    b
+}
+
+/// The bytes a gossip message's signature covers.
+pub fn gossip(data: &[u8]) -> Vec<u8> {
+    let mut b = b"spare.v1.gossip\0".to_vec();
+    b.extend_from_slice(blake3::hash(data).as_bytes());
+    b
+}
+
+/// The bytes the sender of an adoption signs.
+pub fn adopt(req: &pb::AdoptRequest) -> Vec<u8> {
+    signed_digest(b"spare.v1.adopt\0", &pb::AdoptRequest { signature: Vec::new(), ..req.clone() })
+}
+
+/// The bytes the sender of a replication batch signs.
+pub fn replicate(req: &pb::ReplicateRequest) -> Vec<u8> {
+    signed_digest(b"spare.v1.replicate\0", &pb::ReplicateRequest { signature: Vec::new(), ..req.clone() })
+}
+
+fn signed_digest(tag: &[u8], msg: &impl prost::Message) -> Vec<u8> {
+    let mut b = tag.to_vec();
+    b.extend_from_slice(blake3::hash(&msg.encode_to_vec()).as_bytes());
+    b
+}
+

@@ -107,10 +107,13 @@ pub fn verify_attestation(att: &Attestation) -> bool {
     verify(&att.peer, &att.signing_bytes(), &att.signature)
 }
 
+/// Signed bytes, signatures and keys of a batch, in order.
+type Batch = (Vec<Vec<u8>>, Vec<Signature>, Vec<VerifyingKey>);
+
 /// Which of these attestations carry valid signatures. Checks them as one batch first (about
 /// twice as fast per signature), and one by one only when the batch holds a bad one.
 pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
-    let parsed: Option<(Vec<Vec<u8>>, Vec<Signature>, Vec<VerifyingKey>)> = atts.iter().try_fold(
+    let parsed: Option<Batch> = atts.iter().try_fold(
         (Vec::new(), Vec::new(), Vec::new()),
         |(mut m, mut s, mut k), a| {
             m.push(a.signing_bytes());

@@ -1,6 +1,8 @@
-//! A running peer: the store, the sandbox, the coordinator behind its lock, the local worker
-//! slots that pull work, and the gRPC server. [`Node::start`] brings one up on a data directory
-//! and a listening address; the `spare peer` command and the in-process tests both use it.
+//! A running peer, the driver of the sans-IO protocol: the store, the sandbox, the coordinator
+//! and membership behind their locks, the loops and timers that carry out what the rules of
+//! `spare_protocol::peer` decide (slots that pull work, reporters, replicators, roles, catch-ups,
+//! the mesh), and the channels to other peers. [`Node::start`] (in `start.rs`) brings one up on a
+//! data directory and a listening address and serves gRPC on it.
 
 mod clients;
 mod catchup;

@@ -105,15 +105,14 @@ impl Node {
         // coordinators joined the list is in the store, and everything after streams to them.
         // A second hand-over of the stored attestations closes the gap between the two.
         let _ = durable.await;
-        if !adopted.is_empty() {
-            if let Ok(req) = self.adopt_request(&job).await {
+        if !adopted.is_empty()
+            && let Ok(req) = self.adopt_request(&job).await {
                 for p in &adopted {
                     if let Err(e) = self.adopt_to(*p, req.clone()).await {
                         tracing::warn!(job = %job.short(), peer = %p.short(), "catch-up of a new coordinator failed: {e:#}");
                     }
                 }
             }
-        }
     }
 
     /// The whole job, as a new coordinator needs it: spec, inputs, attestations (with the
@@ -387,7 +386,7 @@ impl Node {
         let evidence = (!output.is_empty()).then_some(&evidence);
         let (mut ops, changes) = core.drain(evidence);
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), lone });
-        let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
+        let decided = changes.contains(&super::Change::TaskFinal(att.task));
         // A verified task whose output is not empty must have come with it (see `heal.rs`).
         let lacks_output = ops.iter().any(|op| {
             matches!(op, Op::PutResult(t, r) if *t == att.task && r.output.is_empty()

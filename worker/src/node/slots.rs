@@ -306,7 +306,7 @@ impl Node {
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
             // The other coordinators get it too (with the output when it decided the task), and
             // a verdict is announced only once one of them has it.
-            let decided = changes.iter().any(|c| *c == super::Change::TaskFinal(att.task));
+            let decided = changes.contains(&super::Change::TaskFinal(att.task));
             let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
             let backup = self.replicate(&coordinators, &att, lone, decided.then_some(output));
             // Queued in order; the caller need not wait for the disk.

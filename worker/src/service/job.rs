@@ -223,11 +223,10 @@ impl pb::job_service_server::JobService for JobApi {
                 };
                 match next {
                     Ok(Change::TaskFinal(task)) if task.job == id => {
-                        if let Some(t) = task_done(&node, &task) {
-                            if tx.send(event(Ev::TaskDone(t))).await.is_err() {
+                        if let Some(t) = task_done(&node, &task)
+                            && tx.send(event(Ev::TaskDone(t))).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     Ok(Change::JobFinished(job)) if job == id => {
                         if let Ok(s) = status(&node, &id, false) {
@@ -316,11 +315,10 @@ impl pb::job_service_server::JobService for JobApi {
             return client.cancel(forwarded(req.into_inner())).await;
         }
         // A backup coordinator passes a cancellation to the active one, which tells the others.
-        if let Some(mut client) = active_of(&self.node, &id, &req) {
-            if let Ok(r) = client.cancel(forwarded(req.get_ref().clone())).await {
+        if let Some(mut client) = active_of(&self.node, &id, &req)
+            && let Ok(r) = client.cancel(forwarded(req.get_ref().clone())).await {
                 return Ok(r);
             }
-        }
         match self.node.cancel(&id).await {
             Ok(true) => Ok(Response::new(status(&self.node, &id, false)?)),
             Ok(false) => Err(not_found(&id)),

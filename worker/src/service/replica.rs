@@ -27,7 +27,7 @@ fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]
 
 /// One entry of a coordinator's stream, checked.
 enum Entry {
-    Attestation(Attestation, pb::RecordedAttestation),
+    Attestation(Attestation, Box<pb::RecordedAttestation>),
     Lease(Lease),
     Release(TaskId, PeerId, Release),
 }
@@ -46,7 +46,7 @@ fn attestation_entry(item: pb::RecordedAttestation) -> Result<Entry, Status> {
     if !item.output.is_empty() && BlobId::of(&item.output) != att.result.output_hash {
         return Err(Status::invalid_argument(format!("the output of {} does not hash to its attestation", att.task)));
     }
-    Ok(Entry::Attestation(att, item))
+    Ok(Entry::Attestation(att, Box::new(item)))
 }
 
 /// Checks the entries of a replication batch for `job`, received `now`.

@@ -492,13 +492,22 @@ impl Coordinator {
 
     /// Expires lapsed leases; their replicas return to the pool, and their peers never get those
     /// tasks again and lose some reputation.
+    ///
+    /// The leases one answer granted share their expiry, and lapse together when that one
+    /// answer was lost: they count as one lapse against the peer, not one each. The evidence is
+    /// one lost message, and an honest peer behind a lossy link would otherwise be banned by two
+    /// lost answers before any of its results was judged.
     pub fn tick(&mut self, now: Millis) {
+        let mut blamed: std::collections::BTreeSet<(PeerId, Millis)> = std::collections::BTreeSet::new();
         while let Some(Reverse((at, task, peer))) = self.expiries.peek().copied() {
             if at > now {
                 break;
             }
             self.expiries.pop();
-            self.lapse(task, peer, Some(at), true);
+            let first = !blamed.contains(&(peer, at));
+            if self.lapse(task, peer, Some(at), first) && first {
+                blamed.insert((peer, at));
+            }
         }
     }
 

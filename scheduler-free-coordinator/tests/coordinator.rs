@@ -359,11 +359,11 @@ fn later_agreeing_reports_forgive_lapses_but_not_lies() {
     let first = c.lease_job(&job(1), lossy, 1, 0);
     assert_eq!(first.len(), 1);
     assert_eq!(c.report(att(first[0].task, lossy, honest(0))), Ok(Reported::Recorded));
-    // …then two lease answers of three are lost: six leases lapse with blame, and a peer with
-    // six lapses and no agreement is banned.
-    let lost = c.lease_job(&job(2), lossy, 6, 0);
+    // …then six lease answers of one lease each are lost: six lapses with blame, and a peer
+    // with six lapses and no agreement is banned.
+    let lost: Vec<_> = (0..6).flat_map(|i| c.lease_job(&job(2), lossy, 1, i)).collect();
     assert_eq!(lost.len(), 6);
-    let now = lost[0].expires_at;
+    let now = lost[5].expires_at;
     c.tick(now);
     assert_eq!(c.reputation().get(&lossy), Standing { lapsed: 6, ..Standing::default() });
     assert!(c.reputation().is_banned(&lossy));
@@ -389,4 +389,24 @@ fn later_agreeing_reports_forgive_lapses_but_not_lies() {
     let s = c.reputation().get(&lossy);
     assert_eq!(s, Standing { agreed: 3, disagreed: 1, lapsed: 3, forgiven: 3, ..Standing::default() });
     assert_eq!(s.lapses(), 6, "every lapse is still on record");
+}
+
+#[test]
+fn the_leases_of_one_lost_answer_are_one_lapse() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(40, 2, 5)).unwrap();
+    let p = peer(1);
+    // Two answers of six leases each are lost: two lapses, not twelve, and no ban.
+    let a = c.lease_job(&job(1), p, 6, 0);
+    let b = c.lease_job(&job(1), p, 6, 10);
+    assert_eq!((a.len(), b.len()), (6, 6));
+    c.tick(b[0].expires_at);
+    assert_eq!(c.reputation().get(&p).lapsed, 2);
+    assert!(!c.reputation().is_banned(&p));
+    // A silent peer is still banned, one lost answer at a time.
+    for i in 0..4 {
+        let l = c.lease_job(&job(1), p, 1, 1_000_000 * (i + 1));
+        c.tick(l[0].expires_at);
+    }
+    assert!(c.reputation().is_banned(&p), "{:?}", c.reputation().get(&p));
 }

@@ -17,6 +17,7 @@
 pub mod catchup;
 pub mod heal;
 pub mod mesh;
+mod outbox;
 pub mod replication;
 pub mod reports;
 pub mod roles;

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 
+use super::outbox::{Outbox, Polled};
 use crate::{JobId, Millis};
 
 /// Attestations per replication batch.
@@ -49,13 +50,12 @@ pub enum Replicated<T> {
 #[derive(Debug)]
 pub struct ReplicationQueue<T> {
     waiting: VecDeque<(JobId, T)>,
-    retry: Option<(ReplicationBatch<T>, Millis)>,
-    in_flight: bool,
+    out: Outbox<ReplicationBatch<T>>,
 }
 
 impl<T> Default for ReplicationQueue<T> {
     fn default() -> ReplicationQueue<T> {
-        ReplicationQueue { waiting: VecDeque::new(), retry: None, in_flight: false }
+        ReplicationQueue { waiting: VecDeque::new(), out: Outbox::default() }
     }
 }
 
@@ -67,22 +67,16 @@ impl<T> ReplicationQueue<T> {
 
     /// Whether nothing waits and nothing is in flight.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.retry.is_none() && !self.in_flight
+        self.waiting.is_empty() && self.out.is_idle()
     }
 
     /// The next batch to send: a due retry, or up to [`REPLICATE_BATCH`] waiting items of the
     /// first waiting item's job. One batch is out at a time, so the stream stays in order.
     pub fn poll_batch(&mut self, now: Millis) -> Option<ReplicationBatch<T>> {
-        if self.in_flight {
-            return None;
-        }
-        if let Some((_, at)) = &self.retry {
-            if *at > now {
-                return None;
-            }
-            let (batch, _) = self.retry.take()?;
-            self.in_flight = true;
-            return Some(batch);
+        match self.out.poll(now) {
+            Polled::Busy => return None,
+            Polled::Retry(batch) => return Some(batch),
+            Polled::Free => {}
         }
         let job = self.waiting.front()?.0;
         let mut items = Vec::new();
@@ -90,21 +84,21 @@ impl<T> ReplicationQueue<T> {
             let Some((_, item)) = self.waiting.pop_front() else { break };
             items.push(item);
         }
-        self.in_flight = true;
+        self.out.send();
         Some(ReplicationBatch { job, items, attempt: 1 })
     }
 
     /// The batch from [`ReplicationQueue::poll_batch`] came back: `taken` when the backup holds
     /// it durably.
     pub fn handle_sent(&mut self, mut batch: ReplicationBatch<T>, taken: bool, now: Millis) -> Replicated<T> {
-        self.in_flight = false;
+        self.out.returned();
         if taken {
             return Replicated::Taken(batch.items);
         }
         if batch.attempt < REPLICATE_TRIES {
             let at = now + REPLICATE_PAUSE_MS * Millis::from(batch.attempt);
             batch.attempt += 1;
-            self.retry = Some((batch, at));
+            self.out.retry_at(batch, at);
             return Replicated::Retry(at);
         }
         let mut catch_up = vec![batch.job];
@@ -120,11 +114,8 @@ impl<T> ReplicationQueue<T> {
 
     /// When [`ReplicationQueue::poll_batch`] may next have something.
     pub fn poll_timeout(&self, now: Millis) -> Option<Millis> {
-        if self.in_flight {
-            return None;
-        }
-        match &self.retry {
-            Some((_, at)) => Some(*at),
+        match self.out.next()? {
+            Some(at) => Some(at),
             None => (!self.waiting.is_empty()).then_some(now),
         }
     }

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 
+use super::outbox::{Outbox, Polled};
 use crate::Millis;
 
 /// Items per report batch at most…
@@ -75,15 +76,13 @@ pub struct ReportQueue<T> {
     waiting_bytes: usize,
     /// When the oldest waiting item started waiting (the linger counts from it).
     since: Option<Millis>,
-    /// A batch to try again, and when.
-    retry: Option<(ReportBatch<T>, Millis)>,
-    /// Whether a batch is out with the driver.
-    in_flight: bool,
+    /// The batch out, or waiting to be tried again.
+    out: Outbox<ReportBatch<T>>,
 }
 
 impl<T> Default for ReportQueue<T> {
     fn default() -> ReportQueue<T> {
-        ReportQueue { waiting: VecDeque::new(), waiting_bytes: 0, since: None, retry: None, in_flight: false }
+        ReportQueue { waiting: VecDeque::new(), waiting_bytes: 0, since: None, out: Outbox::default() }
     }
 }
 
@@ -113,22 +112,16 @@ impl<T> ReportQueue<T> {
 
     /// Whether nothing waits and nothing is in flight.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.retry.is_none() && !self.in_flight
+        self.waiting.is_empty() && self.out.is_idle()
     }
 
     /// The batch to send now, if one is due: a retry whose pause is over, or the waiting items
     /// once the batch is full or the linger is over. At most one batch is out at a time.
     pub fn poll_batch(&mut self, now: Millis) -> Option<ReportBatch<T>> {
-        if self.in_flight {
-            return None;
-        }
-        if let Some((_, at)) = &self.retry {
-            if *at > now {
-                return None;
-            }
-            let (batch, _) = self.retry.take()?;
-            self.in_flight = true;
-            return Some(batch);
+        match self.out.poll(now) {
+            Polled::Busy => return None,
+            Polled::Retry(batch) => return Some(batch),
+            Polled::Free => {}
         }
         let full = self.waiting.len() >= REPORT_BATCH || self.waiting_bytes >= REPORT_BYTES;
         let lingered = self.since.is_some_and(|s| now >= s + REPORT_LINGER_MS);
@@ -149,13 +142,13 @@ impl<T> ReportQueue<T> {
         }
         self.waiting_bytes -= bytes;
         self.since = (!self.waiting.is_empty()).then_some(now);
-        self.in_flight = true;
+        self.out.send();
         Some(ReportBatch { items, attempt: 1, until })
     }
 
     /// The batch from [`ReportQueue::poll_batch`] came back from the coordinator.
     pub fn handle_sent(&mut self, mut batch: ReportBatch<T>, delivery: Delivery, now: Millis) -> Sent<T> {
-        self.in_flight = false;
+        self.out.returned();
         if !self.waiting.is_empty() {
             // The items that queued up meanwhile start their linger now.
             self.since = Some(self.since.map_or(now, |s| s.max(now)));
@@ -169,7 +162,7 @@ impl<T> ReportQueue<T> {
         }
         batch.attempt += 1;
         let at = now + pause;
-        self.retry = Some((batch, at));
+        self.out.retry_at(batch, at);
         Sent::Retry(at)
     }
 
@@ -179,12 +172,12 @@ impl<T> ReportQueue<T> {
     /// the replication stream), its items go to that leader's queue instead of waiting for this
     /// one to come back. The rest is retried as before.
     pub fn take_from_retry(&mut self, mut moved: impl FnMut(&T) -> bool) -> (Vec<T>, Millis) {
-        let Some((batch, _)) = self.retry.as_mut() else { return (Vec::new(), Millis::MAX) };
+        let Some(batch) = self.out.retry_mut() else { return (Vec::new(), Millis::MAX) };
         let until = batch.until;
         let (out, keep): (Vec<T>, Vec<T>) = std::mem::take(&mut batch.items).into_iter().partition(|i| moved(i));
         batch.items = keep;
         if batch.items.is_empty() {
-            self.retry = None;
+            self.out.drop_retry();
         }
         (out, until)
     }
@@ -192,11 +185,8 @@ impl<T> ReportQueue<T> {
     /// When [`ReportQueue::poll_batch`] may next have something (none while a batch is out, or
     /// nothing waits).
     pub fn poll_timeout(&self) -> Option<Millis> {
-        if self.in_flight {
-            return None;
-        }
-        if let Some((_, at)) = &self.retry {
-            return Some(*at);
+        if let Some(at) = self.out.next()? {
+            return Some(at);
         }
         if self.waiting.len() >= REPORT_BATCH || self.waiting_bytes >= REPORT_BYTES {
             return self.since;

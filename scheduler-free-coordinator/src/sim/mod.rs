@@ -28,17 +28,21 @@
 //! **Replicated coordination.** The origin picks its two backups by
 //! [`rendezvous`](crate::rendezvous) and hands them the job (`Adopt`, with everything recorded
 //! so far; its size counts spec, inputs, attestations and the module fetch). The backups hold a
-//! real [`Coordinator`](crate::Coordinator) in standby; the active coordinator streams every
-//! attestation it records to them, in order (`Replicate`, lost like any message), and they
-//! replay each with `restore_attestation_lone`; a batch that keeps failing is repaired by
-//! sending the backup the whole job. When a backup's membership declares the coordinators
-//! before it dead, it takes the job over: leaves standby, catches up the backups it kept,
-//! hands the job to a replacement chosen by rendezvous among the peers it sees live, and
-//! announces an ad naming itself first. Leases the dead coordinator gave are lost and their
-//! tasks leased again; reports to it fail. Two leaders (a coordinator wrongly declared dead,
-//! under loss) settle by rank: the lower one hands the job to the other. Only the leading
-//! coordinators' verdicts are counted, each task's first once; a task decided again
-//! differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
+//! real [`Coordinator`](crate::Coordinator) in standby; the active coordinator streams to them,
+//! in recording order (`Replicate`, lost like any message), every attestation it records, every
+//! lease it gives another peer and every replica handed back to it, and they replay each
+//! (`restore_attestation_lone`, `restore_lease`, `release`); a batch that keeps failing is
+//! repaired by sending the backup the whole job (attestations only, as the real `Adopt`).
+//! When a backup's membership declares the coordinators before it dead, it takes the job
+//! over: leaves standby, catches up the backups it kept, hands the job to a replacement chosen
+//! by rendezvous among the peers it sees live, and announces an ad naming itself first. It
+//! holds the leases the dead coordinator gave (those the stream delivered), and reports follow
+//! the ad: a worker whose report batch fails moves, before retrying, the items whose job's ad
+//! now names another first live coordinator to that one's queue, so their tasks do not run
+//! again; the dead coordinator's own replicas are lost. Two leaders (a coordinator wrongly
+//! declared dead, under loss) settle by rank: the lower one hands the job to the other. Only
+//! the leading coordinators' verdicts are counted, each task's first once; a task decided
+//! again differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
 //! and `takeover_ms` (from the leader's crash to its successor's first lease).
 //!
 //! The pieces:
@@ -48,8 +52,9 @@
 //! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
 //!   [`slots`]: the worker side (leases, runs, reports); [`serve`]: the coordinator side
 //!   (serving leases and reports, verdicts);
-//! - [`coord`]: the job's coordinators and adoptions; [`replicate`]: the replication stream and
-//!   catch-ups; [`roles`]: leading, standing by, takeover; [`heal`]: two leaders;
+//! - [`coord`]: the job's coordinators and adoptions; [`replicate`]: the replication stream
+//!   (attestations, leases, releases) and catch-ups; [`roles`]: leading, standing by,
+//!   takeover; [`heal`]: two leaders;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and
 //!   the signature stand-in; [`rng`]: the seeded generator;
 //! - [`metrics`] and [`report`]: what is counted and reported; [`config`]: what is asked.

@@ -13,7 +13,7 @@ use crate::{BlobId, JobId, Millis};
 use crate::peer::reports::Delivery;
 
 use super::engine::Sim;
-use super::peer::{AdoptKind, Logged, ReportItem};
+use super::peer::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
 use super::wire;
 
@@ -42,8 +42,9 @@ pub enum Request {
     /// `MeshService.Adopt`: the whole job, with the sender's list of its coordinators (the
     /// receiver and the sender included) and every attestation the sender recorded.
     Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, kind: AdoptKind },
-    /// `MeshService.Replicate`: attestations the active coordinator recorded, in order.
-    Replicate { job: JobId, items: Vec<Logged> },
+    /// `MeshService.Replicate`: what the active coordinator recorded (attestations, leases it
+    /// gave, releases), in order.
+    Replicate { job: JobId, items: Vec<Streamed> },
 }
 
 /// An RPC reply.

@@ -2,7 +2,8 @@
 //! [`MeshState`] (membership and what the peer published) per membership cell it belongs to, a
 //! [`Puller`], its run times, a [`ReportQueue`] per coordinator it reports to, and, when it
 //! coordinates the job, a [`Coordinator`] with its replication streams, catch-ups and roles
-//! (all from [`crate::peer`]). The rest is the simulator's bookkeeping: the ads it heard, its
+//! (all from [`crate::peer`]); its replication streams carry attestations, leases and releases
+//! ([`Streamed`]). The rest is the simulator's bookkeeping: the ads it heard, its
 //! leased replicas, its sandbox slots and the times its events are scheduled.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -58,6 +59,16 @@ pub enum ReportItem {
     Release(TaskId, Release),
 }
 
+impl ReportItem {
+    /// The job it reports on.
+    pub fn job(&self) -> JobId {
+        match self {
+            ReportItem::Attest(att, _) => att.task.job,
+            ReportItem::Release(task, _) => task.job,
+        }
+    }
+}
+
 /// Report items on their way to one coordinator.
 pub struct Reporter {
     /// The coordinator.
@@ -86,14 +97,27 @@ pub struct Logged {
     pub output: bool,
 }
 
-/// The stream of recorded attestations to one backup coordinator.
+/// One entry of the active coordinator's replication stream (`ReplicationEntry`), in recording
+/// order: the backups hold the leases too, so a worker's report follows a takeover.
+#[derive(Clone, Debug)]
+pub enum Streamed {
+    /// An attestation it recorded.
+    Attestation(Logged),
+    /// A lease it gave another peer: the task, the worker, the time left when it was sent (the
+    /// backup counts it from when it receives the entry).
+    Lease { task: TaskId, peer: PeerId, expires_in: Millis },
+    /// A replica handed back to it.
+    Release { task: TaskId, peer: PeerId, why: Release },
+}
+
+/// The stream of what the active coordinator records, to one backup coordinator.
 pub struct Replicator {
     /// The backup.
     pub to: u32,
     /// Batching and retry.
-    pub queue: ReplicationQueue<Logged>,
+    pub queue: ReplicationQueue<Streamed>,
     /// The batch in flight, given back to `queue` with how it went.
-    pub out: Option<ReplicationBatch<Logged>>,
+    pub out: Option<ReplicationBatch<Streamed>>,
     /// When its next `Replicate` is scheduled ([`NEVER`] if none).
     pub send_at: Millis,
 }
@@ -293,6 +317,12 @@ impl VirtualPeer {
         self.host.as_ref().is_some_and(|h| h.jobs.contains(job) && !h.coord.is_standby(job))
     }
 
+    /// The coordinator it leases `job` from and reports to: the first one the job's ad names
+    /// that is alive in its own view.
+    pub fn first_live_coordinator(&self, job: &JobId) -> Option<PeerId> {
+        first_live(&self.ads, &self.coordinators, job)
+    }
+
     /// Its view of `cell`.
     pub fn view_of(&self, cell: u32) -> Option<usize> {
         self.views.iter().position(|v| v.cell == cell)
@@ -319,4 +349,10 @@ impl VirtualPeer {
         self.reporters.clear();
         self.host = None;
     }
+}
+
+/// The first coordinator `job`'s ad (among `ads`) names that `live` marks alive.
+pub fn first_live(ads: &[JobAd], live: &[(PeerId, bool)], job: &JobId) -> Option<PeerId> {
+    let ad = ads.iter().find(|a| a.job == *job)?;
+    ad.coordinators.iter().find(|c| live.iter().any(|(id, up)| id == *c && *up)).copied()
 }

@@ -1,19 +1,26 @@
-//! Replication: the leading coordinator streams every attestation it records to each backup
-//! (`MeshService.Replicate`), in order, and the backups replay them into their standby
-//! [`Coordinator`](crate::Coordinator). Batching and retries are one
+//! Replication: the leading coordinator streams to each backup (`MeshService.Replicate`), in
+//! recording order, every attestation it records, every lease it gives another peer (with the
+//! time left) and every replica handed back to it; its own replicas are not streamed, they end
+//! with it. A backup replays them into its standby [`Coordinator`](crate::Coordinator):
+//! attestations with `restore_attestation_lone`, leases with `restore_lease` (counted from when
+//! the entry arrives), releases with `release`. So it counts the same replicas out, and once it
+//! takes over it takes the workers' reports for leases the dead leader gave instead of running
+//! those tasks again. Batching and retries are one
 //! [`ReplicationQueue`](crate::peer::replication::ReplicationQueue) per backup: a batch it polls
 //! goes out as a `Replicate` call and comes back taken or not (lost, refused, or the backup
 //! crashed). A batch that finally fails counts in `replication_dropped`, and its job is caught
 //! up instead: [`CatchUps`](crate::peer::catchup::CatchUps) coalesces the requests and says
 //! when each is due, and the backup then gets the whole job as an adoption, if this peer still
-//! leads and the backup is still in its list.
+//! leads and the backup is still in its list. An adoption carries attestations only (as the
+//! real `Adopt` does): leases lost with a failed batch are not repaired, and those tasks run
+//! again should the backup take over.
 
 use crate::peer::replication::Replicated;
-use crate::{JobId, Reported};
+use crate::{JobId, Lease, PeerId, Release, Reported, TaskId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply, Request};
-use super::peer::{AdoptKind, Logged, NEVER};
+use super::peer::{AdoptKind, Logged, NEVER, Streamed};
 use super::queue::Event;
 use super::wire;
 
@@ -23,18 +30,43 @@ const NOT_COORDINATOR: u64 = 37;
 impl Sim {
     /// `p` recorded an attestation: log it, and stream it to the backups when `p` leads.
     pub(super) fn note_recorded(&mut self, p: u32, item: Logged) {
+        self.stream(p, Streamed::Attestation(item.clone()));
+        if let Some(h) = self.peers[p as usize].host.as_mut() {
+            h.log.push(item);
+        }
+    }
+
+    /// `p` leased `lease`: stream it to the backups when `p` leads and the lease is another
+    /// peer's (its own replicas end with it).
+    pub(super) fn note_leased(&mut self, p: u32, lease: &Lease) {
+        if lease.peer == self.peers[p as usize].id {
+            return;
+        }
+        let expires_in = lease.expires_at.saturating_sub(self.now);
+        self.stream(p, Streamed::Lease { task: lease.task, peer: lease.peer, expires_in });
+    }
+
+    /// `peer` handed a replica of `task` back to `p`: stream it when `p` leads and it is another
+    /// peer's.
+    pub(super) fn note_released(&mut self, p: u32, task: TaskId, peer: PeerId, why: Release) {
+        if peer != self.peers[p as usize].id {
+            self.stream(p, Streamed::Release { task, peer, why });
+        }
+    }
+
+    /// Queues `entry` for every backup when `p` leads the job.
+    fn stream(&mut self, p: u32, entry: Streamed) {
         let (now, job) = (self.now, self.job);
-        let leads = self.leads(p);
+        if !self.leads(p) {
+            return;
+        }
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        if leads {
-            for r in &mut h.replicators {
-                r.queue.push(job, item.clone());
-                if let Some(at) = r.queue.poll_timeout(now) {
-                    self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to: r.to });
-                }
+        for r in &mut h.replicators {
+            r.queue.push(job, entry.clone());
+            if let Some(at) = r.queue.poll_timeout(now) {
+                self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to: r.to });
             }
         }
-        h.log.push(item);
     }
 
     /// Schedules the stream to `to` when its queue says a batch may be due.
@@ -66,7 +98,15 @@ impl Sim {
         let items: Vec<u64> = batch
             .items
             .iter()
-            .map(|l| wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone))
+            .map(|e| {
+                wire::replication_entry(match e {
+                    Streamed::Attestation(l) => {
+                        wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone)
+                    }
+                    Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
+                    Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
+                })
+            })
             .collect();
         let size = wire::replicate_request(&items, unix);
         let (job, sent) = (batch.job, batch.items.clone());
@@ -90,31 +130,51 @@ impl Sim {
 
     /// `MeshService.Replicate` at `b`, from `from`: refused unless `b` holds the job and counts
     /// the sender among its coordinators.
-    pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Logged>) {
+    pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Streamed>) {
         let named = self.peers[b as usize].host.as_ref().is_some_and(|h| h.jobs.contains(&job) && h.coordinators.contains(&from));
         if !named {
             self.refuse(b, from, CallKind::Replicate(b), NOT_COORDINATOR);
             return;
         }
-        let recorded = self.record_replicated(b, items);
-        self.reply(b, from, Reply::Replicate, wire::replicate_reply(recorded), CallKind::Replicate(b));
-    }
-
-    /// Replays attestations another coordinator recorded; returns how many were recorded here.
-    pub(super) fn record_replicated(&mut self, b: u32, items: Vec<Logged>) -> u32 {
         let mut recorded = 0;
+        let now = self.now;
         for item in items {
-            let Some(h) = self.peers[b as usize].host.as_mut() else { break };
-            match h.coord.restore_attestation_lone(item.att.clone(), item.lone) {
-                Ok(Reported::Recorded | Reported::Decided) => {
-                    recorded += 1;
-                    self.note_recorded(b, item);
+            match item {
+                Streamed::Attestation(l) => recorded += u32::from(self.replay(b, l)),
+                Streamed::Lease { task, peer, expires_in } => {
+                    if let Some(h) = self.peers[b as usize].host.as_mut() {
+                        h.coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
+                    }
                 }
-                Ok(Reported::Late) | Err(_) => {}
+                Streamed::Release { task, peer, why } => {
+                    if let Some(h) = self.peers[b as usize].host.as_mut() {
+                        h.coord.release(task, peer, why);
+                    }
+                }
             }
         }
         self.drain_coordinator(b);
+        self.reply(b, from, Reply::Replicate, wire::replicate_reply(recorded), CallKind::Replicate(b));
+    }
+
+    /// Replays attestations another coordinator recorded (an adoption); returns how many were
+    /// recorded here.
+    pub(super) fn record_replicated(&mut self, b: u32, items: Vec<Logged>) -> u32 {
+        let recorded = items.into_iter().map(|l| u32::from(self.replay(b, l))).sum();
+        self.drain_coordinator(b);
         recorded
+    }
+
+    /// Replays one attestation another coordinator recorded; returns whether it was new here.
+    fn replay(&mut self, b: u32, item: Logged) -> bool {
+        let Some(h) = self.peers[b as usize].host.as_mut() else { return false };
+        match h.coord.restore_attestation_lone(item.att.clone(), item.lone) {
+            Ok(Reported::Recorded | Reported::Decided) => {
+                self.note_recorded(b, item);
+                true
+            }
+            Ok(Reported::Late) | Err(_) => false,
+        }
     }
 
     /// Asks for backup `to` to get the whole of `job` soon (coalesced with a pending request).

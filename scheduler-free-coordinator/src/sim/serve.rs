@@ -1,7 +1,9 @@
 //! A virtual peer's coordinator side, serving `MeshService`: lease requests go to
 //! `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is the
 //! sender's own, its signature verifies, its output hashes to what it attests) and recorded,
-//! releases hand replicas back, and a 200 ms ticker lapses expired leases. Any peer can hold a
+//! releases hand replicas back, and a 200 ms ticker lapses expired leases. The leases given to
+//! other peers and the releases they send stream to the backups ([`super::replicate`]), which
+//! hold those leases too and, after a takeover, take the reports for them. Any peer can hold a
 //! coordinator for any job: the origin and its backups do ([`super::coord`]), and only the
 //! verdicts of one leading are counted.
 
@@ -37,6 +39,10 @@ impl Sim {
             (true, true) => BANNED_NOTE.len(),
             (true, false) => NO_TASK_NOTE.len(),
         };
+        // The backups hold the leases too, so a report follows a takeover.
+        for l in &leases {
+            self.note_leased(c, l);
+        }
         let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
         self.schedule_coord_tick(c);
         if !tasks.is_empty() {
@@ -64,6 +70,7 @@ impl Sim {
                     if let Some(h) = self.peers[c as usize].host.as_mut() {
                         h.coord.release(task, wid, why);
                     }
+                    self.note_released(c, task, wid, why);
                     released = true;
                 }
             }
@@ -153,7 +160,9 @@ impl Sim {
                     }
                 }
                 Event::LeaseExpired { .. } => {
-                    self.m.lapses += 1;
+                    // A backup's copies of the leader's leases lapse too: counted once, by the
+                    // leader.
+                    self.m.lapses += u64::from(leads);
                     wake = true;
                 }
             }

@@ -5,7 +5,11 @@
 //! and when it looks again are [`crate::peer::slots`]'s rules; reports are batched and retried
 //! by one [`ReportQueue`](crate::peer::reports::ReportQueue) per coordinator, which the
 //! simulator drives: a batch it polls goes out as a `Report` call, and comes back `Taken`,
-//! `Unreachable` (the call failed: lost, or the coordinator crashed) or `Refused`.
+//! `Unreachable` (the call failed: lost, or the coordinator crashed) or `Refused`. A report
+//! follows its job's leader: before a failed batch is retried, its items whose job's ad now
+//! names another first live coordinator (the rule a lease follows) move to that coordinator's
+//! queue (`ReportQueue::take_from_retry`), which holds their leases from the dead leader's
+//! replication stream.
 
 use crate::peer::reports::{Delivery, REPORT_QUEUE, Sent};
 use crate::peer::slots::{ABANDON_PAUSE_MS, LOOK_AGAIN_MS, is_stale};
@@ -14,7 +18,7 @@ use crate::{BlobId, JobId, Millis, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
-use super::peer::{NEVER, Replica, ReportItem, Reporter};
+use super::peer::{NEVER, Replica, ReportItem, Reporter, first_live};
 use super::queue::Event;
 use super::wire;
 use super::workload::{self, Behaviour};
@@ -71,11 +75,7 @@ impl Sim {
             open = ads.iter().any(|a| !a.done);
             peer.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = peer.puller.pick(&ads, free, now) {
-                // The first coordinator named in the ad that is alive here.
-                let target = ads.iter().find(|a| a.job == job).and_then(|ad| {
-                    ad.coordinators.iter().find(|c| peer.coordinators.iter().any(|(id, up)| id == *c && *up)).copied()
-                });
-                match target {
+                match peer.first_live_coordinator(&job) {
                     Some(c) => {
                         peer.asking = Some(n);
                         let size = wire::lease_request(n, self.unix());
@@ -286,17 +286,31 @@ impl Sim {
     }
 
     /// The report batch to coordinator `c` came back, delivered or not. A batch given up counts
-    /// in `reports_dropped` (its leases lapse at the coordinator).
+    /// in `reports_dropped` (its leases lapse at the coordinator). Before a retry, the items whose
+    /// job's ad now names another first live coordinator (`c` died and a backup took over,
+    /// holding the leases from the replication stream) move to that one's queue, with the
+    /// batch's lapse time, as the real peer's reporter does.
     pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
         let now = self.now;
         let peer = &mut self.peers[p as usize];
+        let (ads, live) = (&peer.ads, &peer.coordinators);
         let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
         let Some(batch) = r.out.take() else { return };
-        if let Sent::Dropped(_) = r.queue.handle_sent(batch, delivery, now) {
-            self.m.reports_dropped += 1;
+        let target = |item: &ReportItem| first_live(ads, live, &item.job()).map(|t| super::keys::index_of(&t));
+        let mut moved = Vec::new();
+        match r.queue.handle_sent(batch, delivery, now) {
+            Sent::Dropped(_) => self.m.reports_dropped += 1,
+            Sent::Retry(_) => {
+                let (items, until) = r.queue.take_from_retry(|i| target(i).is_some_and(|t| t != c));
+                moved = items.into_iter().filter_map(|i| Some((target(&i)?, until, i))).collect();
+            }
+            Sent::Taken => {}
         }
         feed(r, now);
         self.schedule_flush(p, c);
+        for (to, until, item) in moved {
+            self.report_push(p, to, until, item);
+        }
     }
 }
 

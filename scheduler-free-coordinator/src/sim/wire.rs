@@ -92,10 +92,27 @@ pub fn recorded_attestation(index: u32, fuel: u64, out: u64, lone: bool) -> u64 
     message_field(attestation(index, fuel)) + bytes_field(out) + varint_field(u64::from(lone))
 }
 
-/// `ReplicateRequest{job_id, items[], peer_id, timestamp_ms, signature}`; `items` holds each
-/// item's size from [`recorded_attestation`].
-pub fn replicate_request(items: &[u64], timestamp_ms: u64) -> u64 {
-    bytes_field(HEX_ID) + items.iter().map(|&i| message_field(i)).sum::<u64>() + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
+/// `ReplicatedLease{index, peer_id, expires_in_ms}`.
+pub fn replicated_lease(index: u32, expires_in_ms: u64) -> u64 {
+    varint_field(u64::from(index)) + bytes_field(HEX_ID) + varint_field(expires_in_ms)
+}
+
+/// `ReplicatedRelease{index, peer_id, deadline}`.
+pub fn replicated_release(index: u32, deadline: bool) -> u64 {
+    varint_field(u64::from(index)) + bytes_field(HEX_ID) + varint_field(u64::from(deadline))
+}
+
+/// `ReplicationEntry{oneof entry}` around one member of `len` bytes (from
+/// [`recorded_attestation`], [`replicated_lease`] or [`replicated_release`], tags 1–3): a set
+/// oneof member is written even when empty.
+pub fn replication_entry(len: u64) -> u64 {
+    message_field(len)
+}
+
+/// `ReplicateRequest{job_id, entries[], peer_id, timestamp_ms, signature}`; `entries` holds each
+/// entry's size from [`replication_entry`].
+pub fn replicate_request(entries: &[u64], timestamp_ms: u64) -> u64 {
+    bytes_field(HEX_ID) + entries.iter().map(|&e| message_field(e)).sum::<u64>() + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
 }
 
 /// `ReplicateResponse{recorded}`.
@@ -173,5 +190,18 @@ mod tests {
         // An empty replication batch: job id, peer id, timestamp, signature.
         assert_eq!(replicate_request(&[], 1_700_000_000_000), 66 + 66 + 7 + 66);
         assert_eq!(bytes_field_hi(64), 67);
+    }
+
+    #[test]
+    fn replication_entries() {
+        // Index 3 (1 + 1), peer id (66), 14,950 ms left (1 + 2).
+        assert_eq!(replicated_lease(3, 14_950), 2 + 66 + 3);
+        // Index 0 and `deadline` false are left out.
+        assert_eq!(replicated_release(0, false), 66);
+        assert_eq!(replicated_release(200, true), 3 + 66 + 2);
+        // Entry: tag + length + lease; request: tag + length + entry.
+        let entry = replication_entry(replicated_lease(3, 14_950));
+        assert_eq!(entry, 2 + 71);
+        assert_eq!(replicate_request(&[entry], 1_700_000_000_000), 66 + (2 + entry) + 66 + 7 + 66);
     }
 }

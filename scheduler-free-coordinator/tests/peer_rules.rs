@@ -102,7 +102,7 @@ fn a_catch_up_after_a_lost_replication_batch() {
     let mut stream = ReplicationQueue::default();
     let mut catch_ups = CatchUps::default();
     for i in 0..300 {
-        stream.push(JOB, i);
+        stream.push(JOB, i, 0);
     }
     let mut now = 0;
     let mut tries = 0;

@@ -11,8 +11,12 @@ use std::collections::VecDeque;
 use super::outbox::{Outbox, Polled};
 use crate::{JobId, Millis};
 
-/// Attestations per replication batch.
-pub const REPLICATE_BATCH: usize = 256;
+/// Entries per replication batch at most…
+pub const REPLICATE_BATCH: usize = 2048;
+/// …or this many output bytes (a batch always takes its first entry). One batch is out at a
+/// time, so the stream keeps order; it must be large enough that the stream keeps up with
+/// the leader (every lease and every attestation), or what is queued dies with the leader.
+pub const REPLICATE_BYTES: usize = 4 << 20;
 /// Attempts at one batch.
 pub const REPLICATE_TRIES: u32 = 3;
 /// Pause before attempt `n + 1` is `n` times this.
@@ -49,7 +53,7 @@ pub enum Replicated<T> {
 /// The stream to one backup.
 #[derive(Debug)]
 pub struct ReplicationQueue<T> {
-    waiting: VecDeque<(JobId, T)>,
+    waiting: VecDeque<(JobId, T, usize)>,
     out: Outbox<ReplicationBatch<T>>,
 }
 
@@ -60,9 +64,9 @@ impl<T> Default for ReplicationQueue<T> {
 }
 
 impl<T> ReplicationQueue<T> {
-    /// Queues a recorded attestation of `job`.
-    pub fn push(&mut self, job: JobId, item: T) {
-        self.waiting.push_back((job, item));
+    /// Queues an entry of `job` carrying `bytes` of output.
+    pub fn push(&mut self, job: JobId, item: T, bytes: usize) {
+        self.waiting.push_back((job, item, bytes));
     }
 
     /// Whether nothing waits and nothing is in flight.
@@ -80,8 +84,13 @@ impl<T> ReplicationQueue<T> {
         }
         let job = self.waiting.front()?.0;
         let mut items = Vec::new();
-        while items.len() < REPLICATE_BATCH && self.waiting.front().is_some_and(|(j, _)| *j == job) {
-            let Some((_, item)) = self.waiting.pop_front() else { break };
+        let mut bytes = 0;
+        while let Some((j, _, b)) = self.waiting.front() {
+            if *j != job || items.len() >= REPLICATE_BATCH || (!items.is_empty() && bytes + b > REPLICATE_BYTES) {
+                break;
+            }
+            bytes += b;
+            let Some((_, item, _)) = self.waiting.pop_front() else { break };
             items.push(item);
         }
         self.out.send();
@@ -103,7 +112,7 @@ impl<T> ReplicationQueue<T> {
         }
         let mut catch_up = vec![batch.job];
         let mut items = batch.items;
-        for (job, item) in self.waiting.drain(..) {
+        for (job, item, _) in self.waiting.drain(..) {
             if !catch_up.contains(&job) {
                 catch_up.push(job);
             }
@@ -125,6 +134,14 @@ impl<T> ReplicationQueue<T> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn output_bytes_bound_a_batch() {
+        let mut q = ReplicationQueue::default();
+        q.push(job(1), 1, REPLICATE_BYTES);
+        q.push(job(1), 2, 1);
+        assert_eq!(q.poll_batch(0).map(|b| b.items), Some(vec![1]), "the first always goes, alone past the bound");
+    }
+
     fn job(n: u8) -> JobId {
         JobId([n; 32])
     }
@@ -132,9 +149,9 @@ mod tests {
     #[test]
     fn a_batch_holds_one_job_in_order() {
         let mut q = ReplicationQueue::default();
-        q.push(job(1), 1);
-        q.push(job(1), 2);
-        q.push(job(2), 3);
+        q.push(job(1), 1, 0);
+        q.push(job(1), 2, 0);
+        q.push(job(2), 3, 0);
         let b = q.poll_batch(0).unwrap();
         assert_eq!((b.job, b.items.clone()), (job(1), vec![1, 2]));
         assert!(q.poll_batch(0).is_none(), "one batch out at a time");
@@ -146,9 +163,9 @@ mod tests {
     #[test]
     fn a_failed_batch_is_tried_three_times_then_its_jobs_are_caught_up() {
         let mut q = ReplicationQueue::default();
-        q.push(job(1), 1);
-        q.push(job(2), 2);
-        q.push(job(1), 3);
+        q.push(job(1), 1, 0);
+        q.push(job(2), 2, 0);
+        q.push(job(1), 3, 0);
         let b = q.poll_batch(0).unwrap();
         assert_eq!(q.handle_sent(b, false, 10), Replicated::Retry(110));
         assert!(q.poll_batch(109).is_none());

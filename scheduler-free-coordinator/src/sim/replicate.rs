@@ -61,8 +61,12 @@ impl Sim {
             return;
         }
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        let bytes = match &entry {
+            Streamed::Attestation(l) if l.output => self.cfg.output_bytes as usize,
+            _ => 0,
+        };
         for r in &mut h.replicators {
-            r.queue.push(job, entry.clone());
+            r.queue.push(job, entry.clone(), bytes);
             if let Some(at) = r.queue.poll_timeout(now) {
                 self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to: r.to });
             }

@@ -43,6 +43,16 @@ pub struct ReplItem {
     ack: Option<oneshot::Sender<bool>>,
 }
 
+impl ReplItem {
+    /// The output bytes it carries.
+    fn bytes(&self) -> usize {
+        match &self.entry.entry {
+            Some(pb::replication_entry::Entry::Attestation(a)) => a.output.len(),
+            _ => 0,
+        }
+    }
+}
+
 impl Node {
     /// Live peers as membership sees them, this one included.
     pub(crate) fn live_set(&self) -> std::collections::HashSet<PeerId> {
@@ -299,7 +309,8 @@ impl Node {
         let mut open = true;
         loop {
             while let Ok(i) = rx.try_recv() {
-                queue.push(i.job, i);
+                let bytes = i.bytes();
+                queue.push(i.job, i, bytes);
             }
             if let Some(batch) = queue.poll_batch(self.now()) {
                 let taken = self.send_replication(&addr, &batch).await;
@@ -332,7 +343,10 @@ impl Node {
             let nap = queue.poll_timeout(self.now()).map(|at| Duration::from_millis(at.saturating_sub(self.now())));
             tokio::select! {
                 m = rx.recv(), if open => match m {
-                    Some(i) => queue.push(i.job, i),
+                    Some(i) => {
+                        let bytes = i.bytes();
+                        queue.push(i.job, i, bytes);
+                    }
                     None => open = false,
                 },
                 _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}

@@ -12,7 +12,7 @@ use super::outbox::{Outbox, Polled};
 use crate::{JobId, Millis};
 
 /// Entries per replication batch at most…
-pub const REPLICATE_BATCH: usize = 2048;
+pub const REPLICATE_BATCH: usize = 8192;
 /// …or this many output bytes (a batch always takes its first entry). One batch is out at a
 /// time, so the stream keeps order; it must be large enough that the stream keeps up with
 /// the leader (every lease and every attestation), or what is queued dies with the leader.

@@ -40,6 +40,13 @@ pub struct SimConfig {
     pub churn_coordinators: bool,
     /// Crash the origin this long after the job starts (virtual milliseconds), if it still runs.
     pub crash_origin_at_ms: Option<Millis>,
+    /// Split the network in two this long after the job starts (virtual milliseconds): from
+    /// then every message between the two sides is lost (see [`super::net`] for who is on
+    /// which side). `None`: never.
+    pub partition_at_ms: Option<Millis>,
+    /// Heal the partition at this virtual time (after `partition_at_ms`); `None`: it lasts to
+    /// the end of the run.
+    pub heal_at_ms: Option<Millis>,
     /// Seed of every random choice.
     pub seed: u64,
     /// Most peers in one membership cell, the origin included (see the module docs): a mesh of
@@ -87,6 +94,8 @@ impl SimConfig {
             churn: 0.0,
             churn_coordinators: false,
             crash_origin_at_ms: None,
+            partition_at_ms: None,
+            heal_at_ms: None,
             seed: 1,
             cell_size: 100,
             bootstrap_peers: 3,
@@ -137,6 +146,12 @@ impl SimConfig {
         }
         if !(0.0..=1.0).contains(&self.churn) {
             return bad("--churn must be a fraction per minute in [0, 1]");
+        }
+        match (self.partition_at_ms, self.heal_at_ms) {
+            (None, Some(_)) => return bad("--heal-at needs --partition-at"),
+            (Some(cut), Some(heal)) if heal <= cut => return bad("--heal-at must come after --partition-at"),
+            (Some(_), _) if self.peers < 4 => return bad("a partition needs at least 4 peers"),
+            _ => {}
         }
         if self.cell_size < 4 || self.bootstrap_peers == 0 || self.slots == 0 {
             return bad("cell size must be at least 4, bootstrap peers and slots at least 1");

@@ -23,7 +23,11 @@
 //! bytes, or with `collude` one shared wrong answer per task. Messages are lost with
 //! probability `loss` and delayed 1–20 ms. With `churn`, peers crash and fresh ones join while
 //! the job runs (coordinators too with `churn_coordinators`); `crash_origin_at` crashes the
-//! origin. The run ends when the job is finished and membership has converged.
+//! origin. `partition_at` splits the network in two, by peer, until `heal_at`: every message
+//! between the sides is lost (the origin, its second backup and the workers of even index on
+//! one side, its first backup and the workers of odd index on the other; see [`net`]), so the
+//! far side's backup takes the job over and the two leaders settle after the heal. The run
+//! ends when the job is finished and membership has converged.
 //!
 //! **Replicated coordination.** The origin picks its two backups by
 //! [`rendezvous`](crate::rendezvous) and hands them the job (`Adopt`, with everything recorded
@@ -40,15 +44,18 @@
 //! the ad: a worker whose report batch fails moves, before retrying, the items whose job's ad
 //! now names another first live coordinator to that one's queue, so their tasks do not run
 //! again; the dead coordinator's own replicas are lost. Two leaders (a coordinator wrongly
-//! declared dead, under loss) settle by rank: the lower one hands the job to the other. Only
+//! declared dead, under loss or across a partition) settle by rank: the lower one hands the
+//! job to the other. Only
 //! the leading coordinators' verdicts are counted, each task's first once; a task decided
 //! again differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
-//! and `takeover_ms` (from the leader's crash to its successor's first lease).
+//! and `takeover_ms` (from the leader's crash to its successor's first lease; 0 when no leader
+//! crashed, as in a takeover across a partition).
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
 //!   scheduling order: a ring of millisecond buckets, with a binary heap for the far future);
-//! - [`net`]: loss, delay, byte counts, the RPCs; [`wire`]: exact protobuf message sizes;
+//! - [`net`]: loss, partitions, delay, byte counts, the RPCs; [`wire`]: exact protobuf message
+//!   sizes;
 //! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
 //!   [`slots`]: the worker side (leases, runs, reports); [`serve`]: the coordinator side
 //!   (serving leases and reports, verdicts);

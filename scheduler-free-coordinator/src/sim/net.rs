@@ -2,6 +2,20 @@
 //! with probability `loss`, independently, and otherwise arrives after a uniform random delay;
 //! its bytes are counted against its sender.
 //!
+//! **Partitions.** From `partition_at_ms` until `heal_at_ms` (or the end of the run) the
+//! network is split in two, by peer (not by membership cell: a bridge coordinator is on one
+//! side in every cell it belongs to), and every message sent from one side to the other, gossip,
+//! RPC request, reply or refusal, is lost as the loss model loses one (counted in
+//! `messages_lost`, a lost RPC failing at its caller after `rpc_fail_ms`). The cut is checked
+//! when a message is sent: one already in flight when the partition starts still arrives. The
+//! sides ([`Sim::far_side`]), a fixed rule of the peer's index: the *near* side holds the
+//! origin, every backup but the first, and the workers of even index; the *far* side holds
+//! the origin's first backup and the workers of odd index (joiners too, by the same parity).
+//! So each side has about half the workers and at least one coordinator of the job: the far
+//! side's backup sees the origin die and takes the job over, and when the partition heals the
+//! two leaders settle by [`super::heal`]. Deciding who is cut draws no random number, so a run
+//! without a partition is the same as before, and one with it is the same for one seed.
+//!
 //! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
 //! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a reply carrying
 //! what the real ones carry; a lost request or reply, or a callee that crashed, fails the call
@@ -106,6 +120,35 @@ impl Sim {
         self.rng.range(lo, hi)
     }
 
+    /// Whether `p` is on the far side of a partition (see the module docs): the origin's first
+    /// backup and the workers of odd index; the origin, its other backups and the workers of
+    /// even index are on the near side.
+    pub fn far_side(&self, p: u32) -> bool {
+        if p == self.origin {
+            false
+        } else if self.backups.first() == Some(&p) {
+            true
+        } else if self.backups.contains(&p) {
+            false
+        } else {
+            p % 2 == 1
+        }
+    }
+
+    /// Whether the network is split now.
+    pub fn partitioned(&self) -> bool {
+        self.cfg.partition_at_ms.is_some_and(|at| self.now >= at) && self.cfg.heal_at_ms.is_none_or(|at| self.now < at)
+    }
+
+    /// Whether a message from `a` to `b` sent now is lost: cut by the partition, or by chance.
+    fn lost_between(&mut self, a: u32, b: u32) -> bool {
+        if self.partitioned() && self.far_side(a) != self.far_side(b) {
+            self.m.lost += 1;
+            return true;
+        }
+        self.lost()
+    }
+
     fn lost(&mut self) -> bool {
         let lost = self.rng.chance(self.cfg.loss);
         if lost {
@@ -119,7 +162,7 @@ impl Sim {
         self.peers[from as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::gossip_request(data.len() as u64);
         self.m.gossip += 1;
         let Some(to) = to.filter(|&t| (t as usize) < self.peers.len()) else { return };
-        if self.lost() {
+        if self.lost_between(from, to) {
             return;
         }
         let at = self.now + self.delay();
@@ -130,7 +173,7 @@ impl Sim {
     pub(super) fn call(&mut self, from: u32, to: u32, req: Request, size: u64) {
         self.peers[from as usize].bytes_sent += wire::REQUEST_OVERHEAD + size;
         self.m.rpcs += 1;
-        if self.lost() {
+        if self.lost_between(from, to) {
             let kind = req.kind(to);
             self.queue.push(self.now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: from, kind });
             return;
@@ -143,7 +186,7 @@ impl Sim {
     pub(super) fn reply(&mut self, from: u32, to: u32, reply: Reply, size: u64, kind: CallKind) {
         self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
         self.m.rpcs += 1;
-        if self.lost() {
+        if self.lost_between(from, to) {
             self.queue.push(self.now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: to, kind });
             return;
         }
@@ -155,7 +198,7 @@ impl Sim {
     pub(super) fn refuse(&mut self, from: u32, to: u32, kind: CallKind, size: u64) {
         self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
         self.m.rpcs += 1;
-        let at = if self.lost() { self.now + self.cfg.rpc_fail_ms } else { self.now + self.delay() };
+        let at = if self.lost_between(from, to) { self.now + self.cfg.rpc_fail_ms } else { self.now + self.delay() };
         self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Refused { to, kind })));
     }
 

@@ -1,6 +1,8 @@
 //! `spare sim`: simulates a whole mesh of virtual peers in this process, driving the real
 //! membership, coordinator and pulling code on a seeded virtual network and clock, and reports
-//! what happened (see `spare_protocol::sim`). The same seed gives the same output.
+//! what happened (see `spare_protocol::sim`): with loss, churn, the origin crashing
+//! (`--crash-origin-at`) or a network partition (`--partition-at`, `--heal-at`). The same seed
+//! gives the same output.
 
 use std::process::ExitCode;
 
@@ -60,6 +62,15 @@ pub struct SimArgs {
     /// starts; a backup coordinator has to take the job over.
     #[arg(long, value_name = "SECS")]
     crash_origin_at: Option<f64>,
+    /// Split the network in two this many virtual seconds after the job starts: every message
+    /// between the sides is lost (the origin, its second backup and the peers of even index on
+    /// one side; its first backup and the peers of odd index on the other).
+    #[arg(long, value_name = "SECS")]
+    partition_at: Option<f64>,
+    /// Heal the partition at this virtual time, in seconds (after --partition-at); without it
+    /// the partition lasts to the end of the run.
+    #[arg(long, value_name = "SECS", requires = "partition_at")]
+    heal_at: Option<f64>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -100,6 +111,16 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--crash-origin-at must be between 0 and 1,000,000 seconds");
         }
         cfg.crash_origin_at_ms = Some((secs * 1_000.0).round() as u64);
+    }
+    for (flag, secs, field) in
+        [("--partition-at", a.partition_at, &mut cfg.partition_at_ms), ("--heal-at", a.heal_at, &mut cfg.heal_at_ms)]
+    {
+        if let Some(secs) = secs {
+            if !(0.0..=1e6).contains(&secs) {
+                anyhow::bail!("{flag} must be between 0 and 1,000,000 seconds");
+            }
+            *field = Some((secs * 1_000.0).round() as u64);
+        }
     }
     cfg.seed = a.seed;
     cfg.cell_size = a.cell_size;

@@ -118,7 +118,7 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
     let c = client(&peer).await;
     let status = c.status(&id, true).await.unwrap();
     assert_eq!(status.state(), JobState::Failed, "{status:?}");
-    let counts = status.tasks.clone().unwrap();
+    let counts = status.tasks.unwrap();
     assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
     let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
     let t = peer.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 1 }).unwrap();

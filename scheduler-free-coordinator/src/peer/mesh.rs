@@ -56,8 +56,7 @@ impl MeshState {
     /// Whether this peer's advert is due, with `free` slots now: never published, a change of
     /// free slots at least [`ADVERT_MIN_GAP_MS`] after the last, or a refresh.
     pub fn advert_due(&self, free: u32, now: Millis) -> bool {
-        let Some(at) = self.advertised_at else { return true };
-        (self.advertised_free != Some(free) && now >= at + ADVERT_MIN_GAP_MS) || now >= at + ADVERT_REFRESH_MS
+        now >= self.advert_due_at(free)
     }
 
     /// When [`MeshState::advert_due`] next holds with `free` slots (a time already past if it
@@ -97,8 +96,7 @@ impl MeshState {
 
     /// Whether the peers joined through are due a greeting.
     pub fn greet_due(&self, now: Millis) -> bool {
-        let alone = self.membership.active() == 0;
-        self.last_greet.is_none_or(|at| now >= at + if alone { REJOIN_MS } else { REGREET_MS })
+        now >= self.greet_due_at()
     }
 
     /// When [`MeshState::greet_due`] next holds while membership stays as alone (or not) as it

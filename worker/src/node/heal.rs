@@ -81,15 +81,13 @@ impl Node {
                 tokio::spawn(async move { node.hand_over(job, theirs).await });
             }
             FollowAd::Follow => {
-                let durable = {
-                    let mut core = self.core();
-                    let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
-                    meta.set_coordinators(ad.coordinators.clone());
-                    let Ok(Some(mut stored)) = self.store().job(&ad.job) else { return };
-                    stored.coordinators = ad.coordinators.clone();
-                    self.announce(vec![Op::PutJob(ad.job, stored)], Vec::new())
-                };
-                drop(durable);
+                let mut core = self.core();
+                let Some(meta) = core.jobs.get_mut(&ad.job) else { return };
+                meta.set_coordinators(ad.coordinators.clone());
+                let Ok(Some(mut stored)) = self.store().job(&ad.job) else { return };
+                stored.coordinators = ad.coordinators.clone();
+                // Queued with the core lock held, so it lands in order; nobody waits for it.
+                drop(self.announce(vec![Op::PutJob(ad.job, stored)], Vec::new()));
             }
         }
     }

@@ -160,6 +160,30 @@ fn the_job_survives_its_origin_crashing() {
     assert!(r.gossip_rounds_to_converge.is_some(), "membership converged: {r:?}");
 }
 
+/// The simulated twin of `tests/tests/failover.rs`'s restarted origin: the origin crashes two
+/// seconds in, a backup takes the job over, and at 12 s the origin starts again on what it had
+/// recorded, in standby beside its replacement. It hears the new leader's ad and follows its
+/// list (the list is full, so it is no longer named), and one coordinator leads to the end:
+/// every task gets one verdict, none overturned.
+#[test]
+fn a_restarted_origin_comes_back_beside_its_replacement_and_one_coordinator_leads() {
+    let mut c = config(150, 19);
+    c.tasks = 12_000;
+    c.crash_origin_at_ms = Some(2_000);
+    c.restart_origin_at_ms = Some(12_000);
+    let r = run(&c);
+    assert_eq!((r.crashes, r.restarts), (1, 1), "{r:?}");
+    assert!(r.coordinator_takeovers >= 1, "a backup took over: {r:?}");
+    assert_eq!(r.leaders_at_end, 1, "one coordinator leads: {r:?}");
+    assert!(r.completed && r.job_state == "completed", "{r:?}");
+    assert!(r.job_seconds.is_some_and(|s| s > 12.0), "the job outlasted the restart: {r:?}");
+    assert_eq!((r.verified, r.wrong_verified), (r.tasks, 0), "{r:?}");
+    assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided twice agrees: {r:?}");
+    let mut early = c.clone();
+    early.restart_origin_at_ms = Some(3_000);
+    assert!(sim::run(&early).is_err(), "a restart must wait out what was in flight");
+}
+
 /// The origin crashes mid-job. It streamed every lease it gave another peer (and every
 /// release) to its backups, so the backup that takes over holds them; the workers' reports for
 /// them fail at the dead origin and, before their retry, follow the job's ad to the new leader,
@@ -218,6 +242,7 @@ fn a_partition_and_its_healing_lose_nothing() {
     assert!(r.job_seconds.is_some_and(|s| s > 22.0), "the job outlasted the partition: {r:?}");
     assert_eq!((r.verified, r.wrong_verified, r.inconclusive, r.failed), (c.tasks, 0, 0, 0), "{r:?}");
     assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided on both sides agrees: {r:?}");
+    assert_eq!(r.leaders_at_end, 1, "the two leaders settled: {r:?}");
     assert!(r.replicas_per_task < 2.1, "the sides ran few tasks twice: {r:?}");
     assert!(r.gossip_rounds_to_converge.is_some(), "membership converged after the heal: {r:?}");
 }

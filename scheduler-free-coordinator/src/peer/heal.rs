@@ -17,8 +17,6 @@ use std::collections::BTreeSet;
 use crate::records::JobAd;
 use crate::{JobId, Millis, PeerId, rendezvous};
 
-/// Attempts at handing a job over before this peer takes it back.
-pub const HAND_OVER_TRIES: u32 = 2;
 /// How long after merging a rival's records the winner announces the job again: by then the
 /// rival's hand-over ad, which names the winner, has reached the rival's side.
 pub const REANNOUNCE_AFTER_MS: Millis = 2_000;

@@ -4,21 +4,28 @@
 //!
 //! - [`mesh`]: membership and what this peer publishes (adverts, job ads, greetings);
 //! - [`roles`]: active or standby for each job held, takeover, top-ups, re-announcing;
-//! - [`heal`]: two leaders of one job after a split, hand-overs and merges;
-//! - [`replication`]: the active coordinator's ordered stream to each backup;
+//! - [`adoption`]: rounds that bring a job's list of coordinators up to strength;
+//! - [`heal`]: two leaders of one job after a split, and merges; [`handover`]: stepping down;
+//! - [`replication`]: the active coordinator's ordered stream to each backup, and
+//!   [`replicators`]: those streams for every backup;
 //! - [`catchup`]: whole adoptions where the stream cannot repair a backup;
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
-//! - [`slots`]: how many replicas a peer holds per slot, and the slot loop's other rules.
+//! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
+//! - [`slots`]: the worker side: replicas held per slot, which job to ask next, pauses.
 //!
 //! Each machine has one contract: inputs are `push`/`handle_*`/`request` calls with `now`;
 //! outputs are drained with `poll_*` until they give nothing, and `poll_timeout` says when
 //! polling may give something again.
 
+pub mod adoption;
 pub mod catchup;
+pub mod handover;
 pub mod heal;
 pub mod mesh;
 mod outbox;
 pub mod replication;
+pub mod replicators;
+pub mod reporters;
 pub mod reports;
 pub mod roles;
 pub mod slots;

@@ -1,8 +1,11 @@
-//! Replica sizing: how many leased replicas a peer holds per sandbox slot, from how long its
-//! replicas have run lately, and the slot loop's other rules (a lease too close to lapsing is
-//! handed back; a failing peer pauses).
+//! The worker side of a peer: how many leased replicas it holds per sandbox slot (from how long
+//! its replicas have run lately), when it asks which coordinator for more ([`Slots`], with the
+//! [`Puller`]), and the slot loop's other rules (a lease too close to lapsing is handed back; a
+//! failing peer pauses).
 
-use crate::Millis;
+use crate::pull::Puller;
+use crate::records::JobAd;
+use crate::{JobId, Millis};
 
 /// What the mean run time starts at before any replica ran here (100 ms: few leases at first,
 /// so a new peer does not hoard work it may run slowly).
@@ -64,9 +67,175 @@ impl RunTimes {
     }
 }
 
+/// A peer's slots as the protocol sees them: replicas held, the lease request in flight, the
+/// pause after an abandoned replica, the [`Puller`] and the [`RunTimes`]. Sans-IO, one owner
+/// (the real peer's slot loop, or the simulator).
+///
+/// Contract, once per pass of the slot loop, after anything that may free a slot:
+/// 1. [`Slots::free`] says how many replicas to take; the driver leases up to that many from
+///    the jobs this peer coordinates itself and reports them with [`Slots::took`];
+/// 2. [`Slots::poll_ask`], given the ads of the jobs it does not lead, names a job and a count
+///    to ask that job's coordinator for (one request in flight at a time); its answer comes
+///    back as [`Slots::handle_leased`] or [`Slots::handle_lease_failed`];
+/// 3. every replica ends with [`Slots::handle_done`] (after [`Slots::handle_ran`] if it ran);
+/// 4. [`Slots::poll_timeout`] says when a pass must run again although nothing happened (a
+///    pause or a backoff ends); `None` means only a new input can change the answer.
+#[derive(Debug)]
+pub struct Slots {
+    /// Sandbox slots.
+    slots: usize,
+    run_times: RunTimes,
+    /// Replicas leased and not done.
+    held: usize,
+    /// Replicas asked for in the lease request in flight.
+    asking: Option<u32>,
+    /// No new work before this (after an abandoned replica).
+    paused_until: Millis,
+    /// Whether the last [`Slots::poll_ask`] saw an open job (it may look again later).
+    open: bool,
+    puller: Puller,
+}
+
+impl Slots {
+    /// `slots` sandbox slots pulling with `puller`.
+    pub fn new(slots: usize, puller: Puller) -> Slots {
+        Slots { slots: slots.max(1), run_times: RunTimes::default(), held: 0, asking: None, paused_until: 0, open: false, puller }
+    }
+
+    /// Replicas to take now: none while paused, else what the capacity leaves beside those held
+    /// and asked for.
+    pub fn free(&self, now: Millis) -> usize {
+        if now < self.paused_until {
+            return 0;
+        }
+        let asked = self.asking.unwrap_or(0) as usize;
+        self.run_times.capacity(self.slots).saturating_sub(self.held + asked)
+    }
+
+    /// `n` replicas were taken from this peer's own coordinator.
+    pub fn took(&mut self, n: usize) {
+        self.held += n;
+    }
+
+    /// The job to ask a coordinator for replicas, and how many; `ads` are the announced jobs this
+    /// peer does not lead itself. `None` while a request is out or nothing is free.
+    pub fn poll_ask(&mut self, ads: &[JobAd], now: Millis) -> Option<(JobId, u32)> {
+        let free = self.free(now);
+        if free == 0 || self.asking.is_some() {
+            return None;
+        }
+        self.open = ads.iter().any(|a| !a.done);
+        self.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
+        let (job, n) = self.puller.pick(ads, u32::try_from(free).unwrap_or(u32::MAX), now)?;
+        self.asking = Some(n);
+        Some((job, n))
+    }
+
+    /// The coordinator of `job` answered the request with `got` replicas (none: it is left alone
+    /// for a while).
+    pub fn handle_leased(&mut self, job: JobId, got: usize, now: Millis) {
+        self.asking = None;
+        if got == 0 {
+            self.puller.empty(job, now);
+        } else {
+            self.puller.got(job);
+        }
+        self.held += got;
+    }
+
+    /// The request for `job` failed, or there was no live coordinator to send it to.
+    pub fn handle_lease_failed(&mut self, job: JobId, now: Millis) {
+        self.asking = None;
+        self.puller.empty(job, now);
+    }
+
+    /// A replica ran for `took_us` microseconds.
+    pub fn handle_ran(&mut self, took_us: u64) {
+        self.run_times.note(took_us);
+    }
+
+    /// A replica is done: reported, handed back, or `abandoned` (it could not run here, so the
+    /// peer takes no new work for [`ABANDON_PAUSE_MS`] rather than spin).
+    pub fn handle_done(&mut self, abandoned: bool, now: Millis) {
+        self.held = self.held.saturating_sub(1);
+        if abandoned {
+            self.paused_until = now + ABANDON_PAUSE_MS;
+        }
+    }
+
+    /// When a pass of the slot loop must run again by itself: every [`LOOK_AGAIN_MS`] while
+    /// paused, or while an open job may come out of its backoff and no request is out.
+    pub fn poll_timeout(&self, now: Millis) -> Option<Millis> {
+        let paused = now < self.paused_until;
+        (paused || (self.open && self.asking.is_none())).then_some(now + LOOK_AGAIN_MS)
+    }
+
+    /// Replicas leased and not done.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// How long replicas run here.
+    pub fn run_times(&self) -> RunTimes {
+        self.run_times
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{BlobId, PeerId, Policy};
+
+    fn ad(job: u8, done: bool) -> JobAd {
+        JobAd {
+            job: JobId([job; 32]),
+            origin: PeerId([1; 32]),
+            announcer: PeerId([1; 32]),
+            seq: 1,
+            module: BlobId([0; 32]),
+            task_count: 10,
+            policy: Policy::default(),
+            coordinators: vec![PeerId([1; 32])],
+            submitted_at_ms: 0,
+            done,
+            signature: vec![],
+        }
+    }
+
+    #[test]
+    fn slots_ask_once_at_a_time_and_back_off_an_empty_job() {
+        let mut s = Slots::new(2, Puller::new());
+        assert_eq!(s.free(0), 6, "two slots at 100 ms: three replicas each");
+        s.took(2);
+        let ads = [ad(7, false), ad(8, true)];
+        assert_eq!(s.poll_ask(&ads, 0), Some((JobId([7; 32]), 4)), "only the open job, for what is free");
+        assert_eq!(s.free(0), 0, "what is asked for counts");
+        assert_eq!(s.poll_ask(&ads, 0), None, "one request at a time");
+        assert_eq!(s.poll_timeout(0), None, "the answer, not time, comes next");
+        s.handle_leased(JobId([7; 32]), 0, 10);
+        assert_eq!(s.poll_ask(&ads, 10), None, "an empty job is left alone");
+        assert_eq!(s.poll_timeout(10), Some(10 + LOOK_AGAIN_MS), "but looked at again");
+        assert!(s.poll_ask(&ads, 10 + 200).is_some(), "after its backoff");
+        s.handle_lease_failed(JobId([7; 32]), 300);
+        assert_eq!(s.held(), 2);
+    }
+
+    #[test]
+    fn an_abandoned_replica_pauses_the_slots() {
+        let mut s = Slots::new(1, Puller::new());
+        s.took(3);
+        s.handle_done(false, 0);
+        assert_eq!(s.free(0), 1);
+        s.handle_done(true, 100);
+        assert_eq!(s.free(100), 0, "paused");
+        assert_eq!(s.poll_timeout(100), Some(100 + LOOK_AGAIN_MS));
+        assert_eq!(s.free(100 + ABANDON_PAUSE_MS), 2);
+        for _ in 0..64 {
+            s.handle_ran(500);
+        }
+        assert_eq!(s.free(1_000), 32 - 1, "quick runs: more per slot");
+    }
+
 
     #[test]
     fn quick_runs_hold_many_replicas_per_slot_and_slow_ones_few() {

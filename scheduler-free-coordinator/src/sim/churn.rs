@@ -6,9 +6,11 @@
 //! once, at a set time. When the one leading crashes, a backup has to take the job over
 //! ([`super::roles`]).
 
+use crate::peer::roles::ROLES_EVERY_MS;
+
 use super::engine::Sim;
 use super::keys;
-use super::peer::VirtualPeer;
+use super::peer::{Host, VirtualPeer};
 use super::queue::Event;
 use super::workload::Behaviour;
 
@@ -90,12 +92,55 @@ impl Sim {
         // Three live peers of the cell, distinct, as its `--bootstrap` list.
         let bootstrap = self.pick_bootstrap(cell);
         let view = self.view(p, cell, self.now, &bootstrap);
-        let mut peer = VirtualPeer::new(keys::peer_id(self.cfg.seed, p), cell, self.now, behaviour, vec![view], false);
+        let mut peer = VirtualPeer::new(keys::peer_id(self.cfg.seed, p), cell, self.now, behaviour, vec![view], false, self.cfg.slots);
         peer.live_pos = Some(self.live_workers.len() as u32);
         self.live_workers.push(p);
         self.peers.push(peer);
         self.cells[cell as usize].members.push(p);
         self.m.joins += 1;
         self.boot(p);
+    }
+
+    /// `--restart-origin-at`: the crashed origin starts again on what it recorded, as a real
+    /// peer does on its data directory: a new run of the same peer (a larger membership epoch)
+    /// in every cell, and its job back from its list and every attestation it had recorded, in
+    /// standby (another coordinator may lead meanwhile). Its roles decide the rest: first in its
+    /// own list, it leads again, and the one that took over hands the job back (the origin
+    /// outranks every other coordinator, [`crate::peer::heal::outranks`]).
+    pub(super) fn on_restart_origin(&mut self) {
+        let (p, now, job) = (self.origin, self.now, self.job);
+        if self.peers[p as usize].alive {
+            return;
+        }
+        let Some((list, log)) = self.peers[p as usize].stored.take() else { return };
+        let views = (0..self.cells.len() as u32)
+            .map(|c| {
+                let bootstrap = self.pick_bootstrap(c);
+                self.view(p, c, now, &bootstrap)
+            })
+            .collect();
+        let mut coord = self.new_coordinator(p);
+        if coord.submit(job, self.spec.clone()).is_err() {
+            return;
+        }
+        for l in &log {
+            let _ = coord.restore_attestation_lone(l.att.clone(), l.lone);
+        }
+        // Their events describe the past, as the real peer's restore says.
+        while coord.poll_event().is_some() {}
+        if list.len() > 1 {
+            coord.set_standby(&job, true);
+        }
+        let named = self.ids(&list).into_iter().collect();
+        let mut host = Host::new(coord, job, list, named, now);
+        host.log = log;
+        let slots = self.cfg.slots;
+        let peer = &mut self.peers[p as usize];
+        peer.restart(now, views, slots);
+        peer.host = Some(Box::new(host));
+        self.m.restarts += 1;
+        self.boot(p);
+        self.schedule_roles(p, now + ROLES_EVERY_MS);
+        self.wake(p);
     }
 }

@@ -40,6 +40,9 @@ pub struct SimConfig {
     pub churn_coordinators: bool,
     /// Crash the origin this long after the job starts (virtual milliseconds), if it still runs.
     pub crash_origin_at_ms: Option<Millis>,
+    /// Restart the crashed origin at this virtual time (after `crash_origin_at_ms`), on what
+    /// it had recorded: its job comes back in standby, as a real peer's store brings it back.
+    pub restart_origin_at_ms: Option<Millis>,
     /// Split the network in two this long after the job starts (virtual milliseconds): from
     /// then every message between the two sides is lost (see [`super::net`] for who is on
     /// which side). `None`: never.
@@ -94,6 +97,7 @@ impl SimConfig {
             churn: 0.0,
             churn_coordinators: false,
             crash_origin_at_ms: None,
+            restart_origin_at_ms: None,
             partition_at_ms: None,
             heal_at_ms: None,
             seed: 1,
@@ -146,6 +150,14 @@ impl SimConfig {
         }
         if !(0.0..=1.0).contains(&self.churn) {
             return bad("--churn must be a fraction per minute in [0, 1]");
+        }
+        match (self.crash_origin_at_ms, self.restart_origin_at_ms) {
+            (None, Some(_)) => return bad("--restart-origin-at needs --crash-origin-at"),
+            // What was in flight to or from the crashed origin is over before it comes back.
+            (Some(crash), Some(restart)) if restart <= crash + self.rpc_fail_ms + self.run_ms.1 + self.delay_ms.1 => {
+                return bad("--restart-origin-at must come at least 2 seconds after --crash-origin-at");
+            }
+            _ => {}
         }
         match (self.partition_at_ms, self.heal_at_ms) {
             (None, Some(_)) => return bad("--heal-at needs --partition-at"),

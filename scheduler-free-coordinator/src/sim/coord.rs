@@ -10,14 +10,14 @@
 
 use std::collections::BTreeSet;
 
+use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::ROLES_EVERY_MS;
-use crate::rendezvous::{self, DEFAULT_COORDINATORS};
 use crate::{Coordinator, CoordinatorConfig, JobId, PeerId};
 
 use super::engine::Sim;
 use super::keys;
 use super::net::{CallKind, Reply, Request};
-use super::peer::{AdoptKind, AdoptRound, Host, Logged, NEVER, Replicator};
+use super::peer::{AdoptKind, Host, Logged};
 use super::wire;
 
 impl Sim {
@@ -46,22 +46,21 @@ impl Sim {
         self.active.and_then(|a| self.peers[a as usize].host.as_deref())
     }
 
-    /// Brings `p`'s list up to [`DEFAULT_COORDINATORS`]: `p` first, then the live coordinators
-    /// it keeps, then `Adopt` to the highest-ranked of `candidates`. The list settles, and the
-    /// ad goes out, once every new one answered.
+    /// Brings `p`'s list up to [`DEFAULT_COORDINATORS`](crate::rendezvous::DEFAULT_COORDINATORS)
+    /// by an [`AdoptRound`]: `keep` (`p` first), then `Adopt` to the highest-ranked of
+    /// `candidates`. The list settles, and the ad goes out, once every new one answered.
     pub(super) fn add_coordinators(&mut self, p: u32, keep: Vec<u32>, candidates: &[u32]) {
-        let job = self.job;
-        let wanted = rendezvous::choose(&job, &self.ids(&keep), &self.ids(candidates), DEFAULT_COORDINATORS);
-        let new: Vec<u32> = wanted.iter().map(keys::index_of).filter(|i| !keep.contains(i)).collect();
+        let round = AdoptRound::new(self.job, self.ids(&keep), &self.ids(candidates));
+        let asks: Vec<(u32, Vec<u32>)> =
+            round.asked().iter().map(|n| (keys::index_of(n), round.list_for(*n).iter().map(keys::index_of).collect())).collect();
+        let now = round.settle_now();
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        h.adopting = Some(AdoptRound { keep: keep.clone(), waiting: new.clone(), adopted: Vec::new() });
-        if new.is_empty() {
-            self.settle_coordinators(p);
+        h.adopting = Some(round);
+        if let Some(settled) = now {
+            self.settle_coordinators(p, settled);
             return;
         }
-        for n in new {
-            let mut list = keep.clone();
-            list.push(n);
+        for (n, list) in asks {
             self.send_adopt(p, n, list, AdoptKind::Join);
         }
     }
@@ -131,31 +130,24 @@ impl Sim {
             AdoptKind::HandOver => return self.on_handed_over(p, ok),
             AdoptKind::Join => {}
         }
+        let answered = self.peers[to as usize].id;
         let Some(round) = self.peers[p as usize].host.as_mut().and_then(|h| h.adopting.as_mut()) else { return };
-        let Some(i) = round.waiting.iter().position(|&w| w == to) else { return };
-        round.waiting.swap_remove(i);
-        if ok {
-            round.adopted.push(to);
-        }
-        if round.waiting.is_empty() {
-            self.settle_coordinators(p);
+        if let Some(settled) = round.handle_answer(answered, ok) {
+            self.settle_coordinators(p, settled);
         }
     }
 
-    /// Every adoption of the round answered: the list is the kept coordinators and the new ones
-    /// that adopted; the job's ad goes out with it, and the new ones get a second `Adopt` with
-    /// what was recorded before they were in the list.
-    fn settle_coordinators(&mut self, p: u32) {
+    /// The round settled: the list goes out with the job's ad, and the new coordinators get a
+    /// second `Adopt` with what was recorded before they were in the list.
+    fn settle_coordinators(&mut self, p: u32, settled: Settled) {
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        let Some(mut round) = h.adopting.take() else { return };
-        round.adopted.sort_unstable_by_key(|&i| std::cmp::Reverse(rendezvous::weight(&self.job, &self.peers[i as usize].id)));
-        let mut list = round.keep;
-        list.extend(round.adopted.iter().copied());
+        h.adopting = None;
+        let list: Vec<u32> = settled.coordinators.iter().map(keys::index_of).collect();
         self.set_coordinators(p, list.clone());
         let done = self.peers[p as usize].host.as_ref().is_some_and(|h| job_final(&h.coord, &self.job));
         self.publish_job(p, done);
-        for n in round.adopted {
-            self.send_adopt(p, n, list.clone(), AdoptKind::CatchUp);
+        for n in &settled.catch_up {
+            self.send_adopt(p, keys::index_of(n), list.clone(), AdoptKind::CatchUp);
         }
         self.wake(p);
     }
@@ -165,12 +157,7 @@ impl Sim {
         let ids = self.ids(&list);
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
         let backups: Vec<u32> = if list.first() == Some(&p) { list[1..].to_vec() } else { Vec::new() };
-        h.replicators.retain(|r| backups.contains(&r.to));
-        for b in backups {
-            if !h.replicators.iter().any(|r| r.to == b) {
-                h.replicators.push(Replicator { to: b, queue: Default::default(), out: None, send_at: NEVER });
-            }
-        }
+        h.replicators.retain(|to| backups.contains(to));
         h.named.extend(ids);
         h.coordinators = list;
     }

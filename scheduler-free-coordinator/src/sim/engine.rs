@@ -159,7 +159,7 @@ impl Sim {
             let in_cells: Vec<u32> =
                 if bridge { std::iter::once(cell).chain((0..k).filter(|&c| c != cell)).collect() } else { vec![cell] };
             let views = in_cells.into_iter().map(|c| sim.view(i, c, 0, &sim.cells[c as usize].bootstrap)).collect();
-            let mut peer = VirtualPeer::new(keys::peer_id(sim.cfg.seed, i), cell, 0, behaviour[i as usize], views, true);
+            let mut peer = VirtualPeer::new(keys::peer_id(sim.cfg.seed, i), cell, 0, behaviour[i as usize], views, true, sim.cfg.slots);
             peer.bridge = bridge;
             if i > 0 {
                 peer.live_pos = Some(sim.live_workers.len() as u32);
@@ -228,6 +228,9 @@ impl Sim {
         if let Some(at) = self.cfg.crash_origin_at_ms {
             self.queue.push(at, Event::CrashOrigin);
         }
+        if let Some(at) = self.cfg.restart_origin_at_ms {
+            self.queue.push(at, Event::RestartOrigin);
+        }
     }
 
     /// A peer's first moments: greet, advertise, start its mesh loop.
@@ -253,12 +256,13 @@ impl Sim {
             Event::House { peer } => self.on_house(peer),
             Event::Slots { peer } => self.on_slots(peer),
             Event::RunDone { peer, ran_ms, replica } => self.on_run_done(peer, u64::from(ran_ms), *replica),
-            Event::Flush { peer, coordinator } => self.on_flush(peer, coordinator),
+            Event::Flush { peer } => self.on_flush(peer),
             Event::CoordTick { peer } => self.on_coord_tick(peer),
             Event::Churn => self.on_churn(),
             Event::CrashOrigin => self.on_crash_origin(),
+            Event::RestartOrigin => self.on_restart_origin(),
             Event::Roles { peer } => self.on_roles(peer),
-            Event::Replicate { peer, to } => self.on_replicate(peer, to),
+            Event::Replicate { peer } => self.on_replicate(peer),
             Event::CatchUp { peer } => self.on_catch_up(peer),
             Event::Announce { peer } => self.on_announce(peer),
             Event::Check => self.on_check(),

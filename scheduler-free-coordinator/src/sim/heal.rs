@@ -11,14 +11,15 @@
 
 use std::collections::BTreeSet;
 
-use crate::peer::heal::{self, Adoption, FollowAd, HAND_OVER_TRIES, Held, REANNOUNCE_AFTER_MS, Settle};
+use crate::peer::handover::{HandOver, HandOverStep};
+use crate::peer::heal::{self, Adoption, FollowAd, Held, REANNOUNCE_AFTER_MS, Settle};
 use crate::records::JobAd;
 use crate::PeerId;
 
 use super::coord::job_final;
 use super::engine::Sim;
 use super::keys;
-use super::peer::{AdoptKind, HandOver};
+use super::peer::AdoptKind;
 use super::queue::Event;
 
 impl Sim {
@@ -94,32 +95,30 @@ impl Sim {
         self.catch_up_backups(p);
     }
 
-    /// `p` steps down in favour of the first of `theirs`: it stands by, names their list without
-    /// itself, and sends the winner everything it recorded.
+    /// `p` steps down in favour of the first of `theirs` ([`HandOver`]): it stands by, names
+    /// their list without itself, and sends the winner everything it recorded.
     fn hand_over(&mut self, p: u32, theirs: Vec<PeerId>) {
-        let me = self.peers[p as usize].id;
-        let Some(&to) = theirs.first().filter(|t| **t != me) else { return };
         if !self.leads(p) {
             return;
         }
-        let list: Vec<u32> = theirs.iter().filter(|t| **t != me).map(keys::index_of).collect();
-        let job = self.job;
+        let (me, job) = (self.peers[p as usize].id, self.job);
+        let old = self.peers[p as usize].host.as_ref().map(|h| self.ids(&h.coordinators)).unwrap_or_default();
+        let Some((ho, list)) = HandOver::start(&me, old, &theirs) else { return };
+        let to = keys::index_of(&ho.to);
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
         // Stepping down ends a round of adoptions: the list is the winner's now.
         h.adopting = None;
-        h.handing_over = Some(HandOver { old: h.coordinators.clone(), tries: 1 });
+        h.handing_over = Some(ho);
         h.coord.set_standby(&job, true);
-        self.set_coordinators(p, list);
-        self.send_hand_over(p, keys::index_of(&to));
+        self.set_coordinators(p, list.iter().map(keys::index_of).collect());
+        self.send_hand_over(p, to);
     }
 
-    /// Sends the hand-over adoption: `p`'s list, which names the winner first, and `p` itself
-    /// (an adoption names its sender).
+    /// Sends the hand-over adoption: `p`'s list, which names the winner first, and `p` itself.
     fn send_hand_over(&mut self, p: u32, to: u32) {
-        let Some(mut list) = self.peers[p as usize].host.as_ref().map(|h| h.coordinators.clone()) else { return };
-        if !list.contains(&p) {
-            list.push(p);
-        }
+        let me = self.peers[p as usize].id;
+        let Some(list) = self.peers[p as usize].host.as_ref().map(|h| self.ids(&h.coordinators)) else { return };
+        let list = HandOver::adoption_list(&me, &list).iter().map(keys::index_of).collect();
         self.send_adopt(p, to, list, AdoptKind::HandOver);
     }
 
@@ -128,23 +127,23 @@ impl Sim {
         let job = self.job;
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
         let Some(ho) = h.handing_over.as_mut() else { return };
-        let Some(&to) = h.coordinators.first() else { return };
-        if ok {
-            h.handing_over = None;
-            if self.active == Some(p) {
-                self.active = Some(to);
+        let to = keys::index_of(&ho.to);
+        match ho.handle_answer(ok) {
+            HandOverStep::Done => {
+                h.handing_over = None;
+                if self.active == Some(p) {
+                    self.active = Some(to);
+                }
+                self.publish_job(p, self.is_done(p));
+                self.wake(p);
             }
-            self.publish_job(p, self.is_done(p));
-            self.wake(p);
-        } else if ho.tries < HAND_OVER_TRIES {
-            ho.tries += 1;
-            self.send_hand_over(p, to);
-        } else {
-            let old = std::mem::take(&mut ho.old);
-            h.handing_over = None;
-            h.coord.set_standby(&job, false);
-            self.set_coordinators(p, old);
-            self.wake(p);
+            HandOverStep::Again => self.send_hand_over(p, to),
+            HandOverStep::TakeBack(old) => {
+                h.handing_over = None;
+                h.coord.set_standby(&job, false);
+                self.set_coordinators(p, old.iter().map(keys::index_of).collect());
+                self.wake(p);
+            }
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub crashes: u32,
     /// Peers joined during the run.
     pub joins: u32,
+    /// Crashed peers started again on what they had recorded.
+    pub restarts: u32,
     /// When membership converged.
     pub converged_at: Option<u64>,
     /// When the job finished.
@@ -202,6 +204,7 @@ impl Sim {
             banned_honest,
             crashes: self.m.crashes,
             joins: self.m.joins,
+            restarts: self.m.restarts,
             messages: self.m.gossip + self.m.rpcs,
             messages_lost: self.m.lost,
             events: self.queue.handled(),
@@ -210,6 +213,7 @@ impl Sim {
             origin_protected: !self.cfg.origin_may_crash(),
             coordinator_takeovers: self.m.takeovers,
             takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
+            leaders_at_end: (0..self.peers.len() as u32).filter(|&p| self.peers[p as usize].alive && self.leads(p)).count() as u32,
             verdicts_overturned: self.m.overturned,
             replication_dropped: self.m.replication_dropped,
         }

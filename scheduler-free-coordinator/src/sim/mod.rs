@@ -23,8 +23,10 @@
 //! bytes, or with `collude` one shared wrong answer per task. Messages are lost with
 //! probability `loss` and delayed 1–20 ms. With `churn`, peers crash and fresh ones join while
 //! the job runs (coordinators too with `churn_coordinators`); `crash_origin_at` crashes the
-//! origin. `partition_at` splits the network in two, by peer, until `heal_at`: every message
-//! between the sides is lost (the origin, its second backup and the workers of even index on
+//! origin, and `restart_origin_at` starts it again on what it had recorded (its list and its
+//! attestation log, as a real peer's store keeps them), in standby beside its replacement.
+//! `partition_at` splits the network in two, by peer, until `heal_at`: every message between
+//! the sides is lost (the origin, its second backup and the workers of even index on
 //! one side, its first backup and the workers of odd index on the other; see [`net`]), so the
 //! far side's backup takes the job over and the two leaders settle after the heal. The run
 //! ends when the job is finished and membership has converged.

@@ -8,12 +8,14 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use crate::peer::adoption::AdoptRound;
 use crate::peer::catchup::CatchUps;
+use crate::peer::handover::HandOver;
 use crate::peer::mesh::MeshState;
-use crate::peer::replication::{ReplicationBatch, ReplicationQueue};
-use crate::peer::reports::{ReportBatch, ReportQueue};
+use crate::peer::replicators::Replicators;
+use crate::peer::reporters::Reporters;
 use crate::peer::roles::Roles;
-use crate::peer::slots::RunTimes;
+use crate::peer::slots::Slots;
 use crate::pull::Puller;
 use crate::records::JobAd;
 use crate::{Attestation, BlobId, Coordinator, JobId, Millis, PeerId, Release, TaskId};
@@ -69,21 +71,6 @@ impl ReportItem {
     }
 }
 
-/// Report items on their way to one coordinator.
-pub struct Reporter {
-    /// The coordinator.
-    pub coordinator: u32,
-    /// Batching and retry.
-    pub queue: ReportQueue<ReportItem>,
-    /// The batch being sent, given back to `queue` with how it went.
-    pub out: Option<ReportBatch<ReportItem>>,
-    /// Items the full queue could not take yet (with their output bytes and lease lapse): they
-    /// wait for room, in order.
-    pub backlog: VecDeque<(ReportItem, usize, Millis)>,
-    /// When its next `Flush` is scheduled ([`NEVER`] if none).
-    pub flush_at: Millis,
-}
-
 /// One attestation as a coordinator recorded it: what `Replicate` and `Adopt` carry
 /// (`RecordedAttestation`), in recording order.
 #[derive(Clone, Debug)]
@@ -110,18 +97,6 @@ pub enum Streamed {
     Release { task: TaskId, peer: PeerId, why: Release },
 }
 
-/// The stream of what the active coordinator records, to one backup coordinator.
-pub struct Replicator {
-    /// The backup.
-    pub to: u32,
-    /// Batching and retry.
-    pub queue: ReplicationQueue<Streamed>,
-    /// The batch in flight, given back to `queue` with how it went.
-    pub out: Option<ReplicationBatch<Streamed>>,
-    /// When its next `Replicate` is scheduled ([`NEVER`] if none).
-    pub send_at: Millis,
-}
-
 /// What an `Adopt` is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdoptKind {
@@ -131,25 +106,6 @@ pub enum AdoptKind {
     CatchUp,
     /// Stepping down: the sender hands the job to the winner of two leaders.
     HandOver,
-}
-
-/// A hand-over in progress: this peer stepped down in favour of the first of its list.
-pub struct HandOver {
-    /// The list before it stepped down, taken back if the hand-over fails.
-    pub old: Vec<u32>,
-    /// Attempts made.
-    pub tries: u32,
-}
-
-/// A round of adoptions by new coordinators: `Adopt` sent to each, the list settled once every
-/// one answered or failed.
-pub struct AdoptRound {
-    /// The coordinators kept (this peer first).
-    pub keep: Vec<u32>,
-    /// New ones that have not answered yet.
-    pub waiting: Vec<u32>,
-    /// New ones that adopted the job.
-    pub adopted: Vec<u32>,
 }
 
 /// A coordinator held by a peer, with the jobs it coordinates. The simulated job is the only
@@ -170,7 +126,9 @@ pub struct Host {
     /// Every attestation recorded here, in order (the store's attestation log).
     pub log: Vec<Logged>,
     /// Streams to the backups, while this peer leads.
-    pub replicators: Vec<Replicator>,
+    pub replicators: Replicators<u32, Streamed>,
+    /// When its next `Replicate` is scheduled ([`NEVER`] if none).
+    pub replicate_at: Millis,
     /// Whole adoptions owed to backups.
     pub catch_ups: CatchUps,
     /// When its next `CatchUp` is scheduled ([`NEVER`] if none).
@@ -196,7 +154,8 @@ impl Host {
             named,
             rivals: BTreeSet::new(),
             log: Vec::new(),
-            replicators: Vec::new(),
+            replicators: Replicators::default(),
+            replicate_at: NEVER,
             catch_ups: CatchUps::default(),
             catch_up_at: NEVER,
             adopting: None,
@@ -242,16 +201,8 @@ pub struct VirtualPeer {
     pub has_ad: bool,
     /// Liveness, in its own membership view, of the coordinators its ads name.
     pub coordinators: Vec<(PeerId, bool)>,
-    /// The real pulling policy.
-    pub puller: Puller,
-    /// How long its replicas run lately (what its capacity follows).
-    pub run_times: RunTimes,
-    /// Replicas leased and not yet finished.
-    pub replicas: u32,
-    /// Replicas asked for in the remote lease request in flight.
-    pub asking: Option<u32>,
-    /// No new work before this time (after an abandoned replica).
-    pub paused_until: Millis,
+    /// The real worker side: replicas held, the request out, pauses, the puller, run times.
+    pub slots: Slots,
     /// When its slot loop next runs.
     pub slots_at: Millis,
     /// Sandbox slots running.
@@ -262,17 +213,22 @@ pub struct VirtualPeer {
     pub modules: Vec<BlobId>,
     /// Module fetches in flight, with the replicas waiting on each.
     pub fetching: Vec<(BlobId, Vec<Replica>)>,
-    /// Report batchers, one per coordinator.
-    pub reporters: Vec<Reporter>,
+    /// The real report queues, one per coordinator.
+    pub reports: Reporters<u32, ReportItem>,
+    /// When its next `Flush` is scheduled ([`NEVER`] if none).
+    pub flush_at: Millis,
     /// The coordinator it holds, if any.
     pub host: Option<Box<Host>>,
+    /// What a crash left of its coordinator on disk: the list of the job's coordinators and
+    /// every attestation recorded (a restart brings them back).
+    pub stored: Option<(Vec<u32>, Vec<Logged>)>,
     /// Its position in the list of live workers (churn picks from it).
     pub live_pos: Option<u32>,
 }
 
 impl VirtualPeer {
     /// A peer that starts at `born` with these memberships.
-    pub fn new(id: PeerId, cell: u32, born: Millis, behaviour: Behaviour, views: Vec<View>, initial: bool) -> VirtualPeer {
+    pub fn new(id: PeerId, cell: u32, born: Millis, behaviour: Behaviour, views: Vec<View>, initial: bool, slots: u32) -> VirtualPeer {
         VirtualPeer {
             id,
             cell,
@@ -290,18 +246,16 @@ impl VirtualPeer {
             ads: Vec::new(),
             has_ad: false,
             coordinators: Vec::new(),
-            puller: Puller::new(),
-            run_times: RunTimes::default(),
-            replicas: 0,
-            asking: None,
-            paused_until: 0,
+            slots: Slots::new(slots as usize, Puller::new()),
             slots_at: NEVER,
             busy: 0,
             waiting: VecDeque::new(),
             modules: Vec::new(),
             fetching: Vec::new(),
-            reporters: Vec::new(),
+            reports: Reporters::default(),
+            flush_at: NEVER,
             host: None,
+            stored: None,
             live_pos: None,
         }
     }
@@ -330,12 +284,7 @@ impl VirtualPeer {
 
     /// Free slots as its advert shows them.
     pub fn free_slots(&self, slots: u32) -> u32 {
-        slots.saturating_sub(self.replicas.min(slots))
-    }
-
-    /// Replicas it may hold with `slots` sandbox slots, from how long its replicas run.
-    pub fn capacity(&self, slots: u32) -> u32 {
-        u32::try_from(self.run_times.capacity(slots as usize)).unwrap_or(u32::MAX)
+        slots.saturating_sub(u32::try_from(self.slots.held()).unwrap_or(u32::MAX).min(slots))
     }
 
     /// Forgets everything a crash loses.
@@ -346,8 +295,22 @@ impl VirtualPeer {
         self.ads.clear();
         self.waiting.clear();
         self.fetching.clear();
-        self.reporters.clear();
-        self.host = None;
+        self.reports = Reporters::default();
+        self.stored = self.host.take().map(|h| (h.coordinators, h.log));
+    }
+
+    /// Starts again at `now` with fresh memberships `views`: what was in memory is gone (its
+    /// slots, what it heard, its timers), what is on disk (fetched modules) stays.
+    pub fn restart(&mut self, now: Millis, views: Vec<View>, slots: u32) {
+        self.alive = true;
+        self.born = now;
+        self.views = views;
+        self.coordinators.clear();
+        self.slots = Slots::new(slots as usize, Puller::new());
+        self.busy = 0;
+        self.house_at = NEVER;
+        self.slots_at = NEVER;
+        self.flush_at = NEVER;
     }
 }
 

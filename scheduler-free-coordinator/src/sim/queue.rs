@@ -26,19 +26,21 @@ pub enum Event {
     Slots { peer: u32 },
     /// A replica finished running in a sandbox slot after `ran_ms`.
     RunDone { peer: u32, ran_ms: u32, replica: Box<Replica> },
-    /// A reporter's linger (or retry pause) ended: send the next report batch to `coordinator`.
-    Flush { peer: u32, coordinator: u32 },
+    /// A report batch's linger (or retry pause) ended: send what is due.
+    Flush { peer: u32 },
     /// A coordinator's 200 ms ticker (only scheduled when a lease may lapse).
     CoordTick { peer: u32 },
     /// A peer crashes and a fresh one joins.
     Churn,
     /// The origin crashes (`--crash-origin-at`).
     CrashOrigin,
+    /// The crashed origin starts again on what it recorded (`--restart-origin-at`).
+    RestartOrigin,
     /// A coordinator looks at its role in the job (every second, and when a peer is declared
     /// dead).
     Roles { peer: u32 },
-    /// A coordinator's stream to backup `to` may have a batch to send.
-    Replicate { peer: u32, to: u32 },
+    /// A coordinator's streams to its backups may have a batch to send.
+    Replicate { peer: u32 },
     /// A coordinator's catch-ups of its backups may be due.
     CatchUp { peer: u32 },
     /// A coordinator that merged a rival's hand-over announces the job again.

@@ -56,7 +56,7 @@ impl Sim {
 
     /// Queues `entry` for every backup when `p` leads the job.
     fn stream(&mut self, p: u32, entry: Streamed) {
-        let (now, job) = (self.now, self.job);
+        let job = self.job;
         if !self.leads(p) {
             return;
         }
@@ -65,71 +65,65 @@ impl Sim {
             Streamed::Attestation(l) if l.output => self.cfg.output_bytes as usize,
             _ => 0,
         };
-        for r in &mut h.replicators {
-            r.queue.push(job, entry.clone(), bytes);
-            if let Some(at) = r.queue.poll_timeout(now) {
-                self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to: r.to });
-            }
+        for &b in &h.coordinators[1..] {
+            h.replicators.push(b, job, entry.clone(), bytes);
         }
+        self.schedule_replicate(p);
     }
 
-    /// Schedules the stream to `to` when its queue says a batch may be due.
-    fn schedule_replicate(&mut self, p: u32, to: u32) {
+    /// Schedules `p`'s `Replicate` when its streams say a batch may be due.
+    fn schedule_replicate(&mut self, p: u32) {
         let now = self.now;
-        let Some(r) = self.peers[p as usize].host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
-        if let Some(at) = r.queue.poll_timeout(now) {
-            self.queue.arm(&mut r.send_at, at, Event::Replicate { peer: p, to });
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        if let Some(at) = h.replicators.poll_timeout(now) {
+            self.queue.arm(&mut h.replicate_at, at, Event::Replicate { peer: p });
         }
     }
 
-    /// Sends the stream's next batch to backup `to`, if one is due.
-    pub(super) fn on_replicate(&mut self, p: u32, to: u32) {
-        let (now, unix) = (self.now, self.unix());
+    /// Sends every stream's batch that is due.
+    pub(super) fn on_replicate(&mut self, p: u32) {
+        let (now, unix, out) = (self.now, self.unix(), self.cfg.output_bytes);
         let peer = &mut self.peers[p as usize];
-        if !peer.alive {
+        let alive = peer.alive;
+        let Some(h) = peer.host.as_mut() else { return };
+        if !alive || h.replicate_at != now {
             return;
         }
-        let Some(r) = peer.host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
-        if r.send_at != now {
-            return;
-        }
-        r.send_at = NEVER;
-        let Some(batch) = r.queue.poll_batch(now) else {
-            self.schedule_replicate(p, to);
-            return;
-        };
-        let out = self.cfg.output_bytes;
-        let items: Vec<u64> = batch
-            .items
-            .iter()
-            .map(|e| {
-                wire::replication_entry(match e {
-                    Streamed::Attestation(l) => {
-                        wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone)
-                    }
-                    Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
-                    Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
+        h.replicate_at = NEVER;
+        let mut calls = Vec::new();
+        while let Some((to, batch)) = h.replicators.poll_batch(now) {
+            let items: Vec<u64> = batch
+                .items
+                .iter()
+                .map(|e| {
+                    wire::replication_entry(match e {
+                        Streamed::Attestation(l) => {
+                            wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone)
+                        }
+                        Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
+                        Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
+                    })
                 })
-            })
-            .collect();
-        let size = wire::replicate_request(&items, unix);
-        let (job, sent) = (batch.job, batch.items.clone());
-        r.out = Some(batch);
-        self.call(p, to, Request::Replicate { job, items: sent }, size);
+                .collect();
+            calls.push((to, batch.job, batch.items.clone(), wire::replicate_request(&items, unix)));
+        }
+        for (to, job, items, size) in calls {
+            self.call(p, to, Request::Replicate { job, items }, size);
+        }
+        self.schedule_replicate(p);
     }
 
     /// The batch to `to` came back, `taken` or not; a batch given up has its jobs caught up.
     pub(super) fn on_replicated(&mut self, p: u32, to: u32, taken: bool) {
         let now = self.now;
-        let Some(r) = self.peers[p as usize].host.as_mut().and_then(|h| h.replicators.iter_mut().find(|r| r.to == to)) else { return };
-        let Some(batch) = r.out.take() else { return };
-        if let Replicated::Failed { catch_up, .. } = r.queue.handle_sent(batch, taken, now) {
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        if let Some(Replicated::Failed { catch_up, .. }) = h.replicators.handle_sent(&to, taken, now) {
             self.m.replication_dropped += 1;
             for job in catch_up {
                 self.request_catch_up(p, job, to);
             }
         }
-        self.schedule_replicate(p, to);
+        self.schedule_replicate(p);
     }
 
     /// `MeshService.Replicate` at `b`, from `from`: refused unless `b` holds the job and counts

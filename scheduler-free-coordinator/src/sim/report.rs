@@ -92,6 +92,8 @@ pub struct Report {
     pub crashes: u32,
     /// Peers that joined during the run.
     pub joins: u32,
+    /// Crashed peers started again on what they had recorded (`--restart-origin-at`).
+    pub restarts: u32,
     /// Messages sent (gossip, RPC requests and replies).
     pub messages: u64,
     /// Messages lost.
@@ -110,6 +112,9 @@ pub struct Report {
     /// The longest time, in virtual ms, from the leading coordinator's crash to the first lease
     /// its successor gave (`null`: no takeover).
     pub takeover_ms: Option<u64>,
+    /// Live coordinators leading the job when the run ended (one, unless two leaders never
+    /// met or the job lost every coordinator).
+    pub leaders_at_end: u32,
     /// Tasks a coordinator that took over decided again, with another verdict than the one
     /// counted first (its predecessor's verdict had not reached it).
     pub verdicts_overturned: u32,
@@ -161,7 +166,7 @@ impl Report {
             ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),
             ("lease lapses", self.lease_lapses.to_string()),
             ("banned liars / honest", format!("{} / {}", self.banned_liars, self.banned_honest)),
-            ("crashes / joins", format!("{} / {}", self.crashes, self.joins)),
+            ("crashes / joins / restarts", format!("{} / {} / {}", self.crashes, self.joins, self.restarts)),
             ("messages (lost)", format!("{} ({})", self.messages, self.messages_lost)),
             ("membership cells", format!("{} of up to {} peers", self.membership_cells, self.membership_cell_size)),
             ("origin protected", self.origin_protected.to_string()),
@@ -172,6 +177,7 @@ impl Report {
                     None => self.coordinator_takeovers.to_string(),
                 },
             ),
+            ("leaders at the end", self.leaders_at_end.to_string()),
             ("overturned / repl. dropped", format!("{} / {}", self.verdicts_overturned, self.replication_dropped)),
         ];
         let mut out = format!("spare sim, seed {}\n", self.seed);

@@ -11,14 +11,15 @@
 //! queue (`ReportQueue::take_from_retry`), which holds their leases from the dead leader's
 //! replication stream.
 
-use crate::peer::reports::{Delivery, REPORT_QUEUE, Sent};
-use crate::peer::slots::{ABANDON_PAUSE_MS, LOOK_AGAIN_MS, is_stale};
+use crate::peer::reporters::Handled;
+use crate::peer::reports::{Delivery, Sent};
+use crate::peer::slots::is_stale;
 use crate::pull::MAX_BATCH;
 use crate::{BlobId, JobId, Millis, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
-use super::peer::{NEVER, Replica, ReportItem, Reporter, first_live};
+use super::peer::{NEVER, Replica, ReportItem, first_live};
 use super::queue::Event;
 use super::wire;
 use super::workload::{self, Behaviour};
@@ -45,51 +46,41 @@ impl Sim {
         self.slot_loop(p);
     }
 
-    /// One pass of the slot loop.
+    /// One pass of the slot loop, by the rules of [`Slots`](crate::peer::slots::Slots).
     fn slot_loop(&mut self, p: u32) {
-        let (now, slots) = (self.now, self.cfg.slots);
+        let now = self.now;
         let peer = &mut self.peers[p as usize];
-        let paused = now < peer.paused_until;
-        let capacity = peer.capacity(slots);
-        let mut free = if paused { 0 } else { capacity.saturating_sub(peer.replicas + peer.asking.unwrap_or(0)) };
+        let free = peer.slots.free(now);
         if free > 0 && peer.host.is_some() {
             let me = peer.id;
-            let leases = peer.host.as_mut().map(|h| h.coord.lease(me, free as usize, now)).unwrap_or_default();
+            let leases = peer.host.as_mut().map(|h| h.coord.lease(me, free, now)).unwrap_or_default();
+            peer.slots.took(leases.len());
             self.schedule_coord_tick(p);
             if !leases.is_empty() {
                 self.leased_by(p);
             }
             let timeout_ms = self.spec.policy.limits.timeout_ms;
             for l in leases {
-                free -= 1;
-                self.peers[p as usize].replicas += 1;
                 let r = Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module: self.spec.module };
                 self.start_replica(p, r);
             }
             self.replicas_changed(p);
         }
         let peer = &mut self.peers[p as usize];
-        let mut open = false;
-        if free > 0 && peer.asking.is_none() {
-            let ads: Vec<_> = peer.ads.iter().filter(|a| !peer.serves(&a.job)).cloned().collect();
-            open = ads.iter().any(|a| !a.done);
-            peer.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
-            if let Some((job, n)) = peer.puller.pick(&ads, free, now) {
-                match peer.first_live_coordinator(&job) {
-                    Some(c) => {
-                        peer.asking = Some(n);
-                        let size = wire::lease_request(n, self.unix());
-                        self.call(p, super::keys::index_of(&c), Request::Lease { job, max: n, asked_at: now }, size);
-                    }
-                    None => peer.puller.empty(job, now),
+        let ads: Vec<_> = peer.ads.iter().filter(|a| !peer.serves(&a.job)).cloned().collect();
+        if let Some((job, n)) = peer.slots.poll_ask(&ads, now) {
+            match peer.first_live_coordinator(&job) {
+                Some(c) => {
+                    let size = wire::lease_request(n, self.unix());
+                    self.call(p, super::keys::index_of(&c), Request::Lease { job, max: n, asked_at: now }, size);
                 }
+                None => peer.slots.handle_lease_failed(job, now),
             }
         }
-        // Idle slots look again every `LOOK_AGAIN_MS`; only while time alone can change the
-        // loop's mind (a pause or a backoff ending) is that simulated.
-        let peer = &self.peers[p as usize];
-        if paused || (open && peer.asking.is_none()) {
-            self.wake_at(p, now + LOOK_AGAIN_MS);
+        // Only while time alone can change the loop's mind (a pause or a backoff ending) is the
+        // next look simulated.
+        if let Some(at) = self.peers[p as usize].slots.poll_timeout(now) {
+            self.wake_at(p, at);
         }
     }
 
@@ -135,7 +126,7 @@ impl Sim {
             return;
         }
         peer.busy -= 1;
-        peer.run_times.note(ran_ms * 1_000);
+        peer.slots.handle_ran(ran_ms * 1_000);
         // A sleeper liar behaves until it has run its quota, then lies.
         let behaviour = if peer.runs < self.cfg.liars_honest_for { Behaviour::Honest } else { peer.behaviour };
         peer.runs = peer.runs.saturating_add(1);
@@ -168,11 +159,7 @@ impl Sim {
     }
 
     fn replica_done(&mut self, p: u32, abandoned: bool) {
-        let peer = &mut self.peers[p as usize];
-        peer.replicas = peer.replicas.saturating_sub(1);
-        if abandoned {
-            peer.paused_until = self.now + ABANDON_PAUSE_MS;
-        }
+        self.peers[p as usize].slots.handle_done(abandoned, self.now);
         self.replicas_changed(p);
         self.wake(p);
     }
@@ -185,15 +172,9 @@ impl Sim {
     /// The coordinator answered a lease request.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_leased(&mut self, p: u32, c: u32, job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis) {
-        let peer = &mut self.peers[p as usize];
-        peer.asking = None;
-        if tasks.is_empty() {
-            peer.puller.empty(job, self.now);
-        } else {
-            peer.puller.got(job);
-        }
-        for (index, expires_in) in tasks.into_iter().take(MAX_BATCH as usize) {
-            self.peers[p as usize].replicas += 1;
+        let tasks = &tasks[..tasks.len().min(MAX_BATCH as usize)];
+        self.peers[p as usize].slots.handle_leased(job, tasks.len(), self.now);
+        for &(index, expires_in) in tasks {
             let r = Replica { task: TaskId { job, index }, coordinator: Some(c), expires_at: asked_at + expires_in, timeout_ms, module };
             self.start_replica(p, r);
         }
@@ -202,9 +183,7 @@ impl Sim {
     }
 
     pub(super) fn on_lease_failed(&mut self, p: u32, job: JobId) {
-        let peer = &mut self.peers[p as usize];
-        peer.asking = None;
-        peer.puller.empty(job, self.now);
+        self.peers[p as usize].slots.handle_lease_failed(job, self.now);
         self.wake(p);
     }
 
@@ -230,95 +209,60 @@ impl Sim {
 
     /// Queues a report item for coordinator `c` (its lease lapses at `until`).
     fn report_push(&mut self, p: u32, c: u32, until: Millis, item: ReportItem) {
-        let now = self.now;
-        let peer = &mut self.peers[p as usize];
-        let i = match peer.reporters.iter().position(|r| r.coordinator == c) {
-            Some(i) => i,
-            None => {
-                let r = Reporter { coordinator: c, queue: Default::default(), out: None, backlog: Default::default(), flush_at: NEVER };
-                peer.reporters.push(r);
-                peer.reporters.len() - 1
-            }
-        };
-        let r = &mut peer.reporters[i];
         let bytes = match &item {
             ReportItem::Attest(_, out) => out.len(),
             ReportItem::Release(..) => 0,
         };
-        r.backlog.push_back((item, bytes, until));
-        feed(r, now);
-        self.schedule_flush(p, c);
+        if self.peers[p as usize].reports.push(c, item, bytes, until, self.now).is_err() {
+            self.m.reports_dropped += 1;
+        }
+        self.schedule_flush(p);
     }
 
-    /// Schedules coordinator `c`'s `Flush` when its queue says a batch may be due.
-    fn schedule_flush(&mut self, p: u32, c: u32) {
-        let Some(r) = self.peers[p as usize].reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        if let Some(at) = r.queue.poll_timeout() {
-            self.queue.arm(&mut r.flush_at, at, Event::Flush { peer: p, coordinator: c });
+    /// Schedules the peer's `Flush` when its reports say a batch may be due.
+    fn schedule_flush(&mut self, p: u32) {
+        let peer = &mut self.peers[p as usize];
+        if let Some(at) = peer.reports.poll_timeout() {
+            self.queue.arm(&mut peer.flush_at, at.max(self.now), Event::Flush { peer: p });
         }
     }
 
-    /// Sends the batch that is due, if one is.
-    pub(super) fn on_flush(&mut self, p: u32, c: u32) {
+    /// Sends every batch that is due.
+    pub(super) fn on_flush(&mut self, p: u32) {
         let (now, unix) = (self.now, self.unix());
         let peer = &mut self.peers[p as usize];
-        let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        if !peer.alive || r.flush_at != now {
+        if !peer.alive || peer.flush_at != now {
             return;
         }
-        r.flush_at = NEVER;
-        let Some(batch) = r.queue.poll_batch(now) else {
-            self.schedule_flush(p, c);
-            return;
-        };
-        let mut items = Vec::new();
-        let mut released = Vec::new();
-        for item in &batch.items {
-            match item {
-                ReportItem::Attest(a, out) => items.push((a.task.index, a.fuel_used, out.len() as u64)),
-                ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
+        peer.flush_at = NEVER;
+        while let Some((c, batch)) = self.peers[p as usize].reports.poll_batch(now) {
+            let mut items = Vec::new();
+            let mut released = Vec::new();
+            for item in batch {
+                match item {
+                    ReportItem::Attest(a, out) => items.push((a.task.index, a.fuel_used, out.len() as u64)),
+                    ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
+                }
             }
+            let size = wire::report_request(&items, &released, unix);
+            let sent = batch.to_vec();
+            self.call(p, c, Request::Report { batch: sent }, size);
         }
-        let size = wire::report_request(&items, &released, unix);
-        let sent = batch.items.clone();
-        r.out = Some(batch);
-        self.call(p, c, Request::Report { batch: sent }, size);
+        self.schedule_flush(p);
     }
 
     /// The report batch to coordinator `c` came back, delivered or not. A batch given up counts
     /// in `reports_dropped` (its leases lapse at the coordinator). Before a retry, the items whose
     /// job's ad now names another first live coordinator (`c` died and a backup took over,
-    /// holding the leases from the replication stream) move to that one's queue, with the
-    /// batch's lapse time, as the real peer's reporter does.
+    /// holding the leases from the replication stream) move to that one's queue.
     pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
         let now = self.now;
         let peer = &mut self.peers[p as usize];
         let (ads, live) = (&peer.ads, &peer.coordinators);
-        let Some(r) = peer.reporters.iter_mut().find(|r| r.coordinator == c) else { return };
-        let Some(batch) = r.out.take() else { return };
-        let target = |item: &ReportItem| first_live(ads, live, &item.job()).map(|t| super::keys::index_of(&t));
-        let mut moved = Vec::new();
-        match r.queue.handle_sent(batch, delivery, now) {
-            Sent::Dropped(_) => self.m.reports_dropped += 1,
-            Sent::Retry(_) => {
-                let (items, until) = r.queue.take_from_retry(|i| target(i).is_some_and(|t| t != c));
-                moved = items.into_iter().filter_map(|i| Some((target(&i)?, until, i))).collect();
-            }
-            Sent::Taken => {}
+        let leader = |item: &ReportItem| first_live(ads, live, &item.job()).map(|t| super::keys::index_of(&t));
+        if let Some(Handled { sent: Sent::Dropped(_), .. }) = peer.reports.handle_sent(&c, delivery, now, leader) {
+            self.m.reports_dropped += 1;
         }
-        feed(r, now);
-        self.schedule_flush(p, c);
-        for (to, until, item) in moved {
-            self.report_push(p, to, until, item);
-        }
-    }
-}
-
-/// Moves what waits for room into the report queue, in order, while it has room.
-fn feed(r: &mut Reporter, now: Millis) {
-    while r.queue.waiting() < REPORT_QUEUE {
-        let Some((item, bytes, until)) = r.backlog.pop_front() else { break };
-        // There is room, so the queue takes it.
-        let _ = r.queue.push(item, bytes, until, now);
+        self.schedule_flush(p);
     }
 }

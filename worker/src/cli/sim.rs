@@ -62,6 +62,10 @@ pub struct SimArgs {
     /// starts; a backup coordinator has to take the job over.
     #[arg(long, value_name = "SECS")]
     crash_origin_at: Option<f64>,
+    /// Restart the crashed origin at this virtual time, in seconds, on what it had recorded
+    /// (after --crash-origin-at): it takes its job back from the coordinator that took over.
+    #[arg(long, value_name = "SECS", requires = "crash_origin_at")]
+    restart_origin_at: Option<f64>,
     /// Split the network in two this many virtual seconds after the job starts: every message
     /// between the sides is lost (the origin, its second backup and the peers of even index on
     /// one side; its first backup and the peers of odd index on the other).
@@ -112,9 +116,11 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         }
         cfg.crash_origin_at_ms = Some((secs * 1_000.0).round() as u64);
     }
-    for (flag, secs, field) in
-        [("--partition-at", a.partition_at, &mut cfg.partition_at_ms), ("--heal-at", a.heal_at, &mut cfg.heal_at_ms)]
-    {
+    for (flag, secs, field) in [
+        ("--restart-origin-at", a.restart_origin_at, &mut cfg.restart_origin_at_ms),
+        ("--partition-at", a.partition_at, &mut cfg.partition_at_ms),
+        ("--heal-at", a.heal_at, &mut cfg.heal_at_ms),
+    ] {
         if let Some(secs) = secs {
             if !(0.0..=1e6).contains(&secs) {
                 anyhow::bail!("{flag} must be between 0 and 1,000,000 seconds");

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use spare_protocol::peer::heal::{self, Adoption, FollowAd, HAND_OVER_TRIES, Held, REANNOUNCE_AFTER_MS, Settle};
+use spare_protocol::peer::handover::{HandOver, HandOverStep};
+use spare_protocol::peer::heal::{self, Adoption, FollowAd, Held, REANNOUNCE_AFTER_MS, Settle};
 use spare_protocol::records::JobAd;
 use spare_protocol::{JobId, PeerId};
 
@@ -97,40 +98,39 @@ impl Node {
     /// the hand-over fails.
     pub(crate) async fn hand_over(&self, job: JobId, theirs: Vec<PeerId>) {
         let me = self.peer_id();
-        let Some(&to) = theirs.first().filter(|t| **t != me) else { return };
         let _one_at_a_time = self.0.roles.lock().await;
         if !self.core().leads(&job, &me) {
             tracing::info!(job = %job.short(), "no longer leads the job: nothing to hand over");
             return;
         }
+        let old = self.core().jobs.get(&job).map(|m| m.coordinators.clone()).unwrap_or_default();
         // This peer is not named: the winner never saw its attestations without outputs, and
         // requests about the job that reach it are forwarded to the winner.
-        let list: Vec<PeerId> = theirs.iter().copied().filter(|p| *p != me).collect();
-        let Some(old) = self.set_list(job, list.clone(), true).await else { return };
-        let mut sent = false;
-        for attempt in 1..=HAND_OVER_TRIES {
-            let result = async {
-                let mut req = self.adopt_request_of(&job, true).await?;
-                // The adoption must name its sender, also when the winner's list is full.
-                if !req.coordinators.contains(&me.to_hex()) {
-                    req.coordinators.push(me.to_hex());
-                }
-                self.adopt_to(to, req).await
-            };
-            match result.await {
-                Ok(()) => {
-                    sent = true;
-                    break;
-                }
-                Err(e) => tracing::warn!(job = %job.short(), to = %to.short(), attempt, "handing the job over failed: {e:#}"),
-            }
-        }
-        if !sent {
-            self.set_list(job, old, false).await;
-            tracing::warn!(job = %job.short(), "kept the job: the coordinator of the other side did not take it");
+        let Some((mut ho, list)) = HandOver::start(&me, old, &theirs) else { return };
+        if self.set_list(job, list.clone(), true).await.is_none() {
             return;
         }
-        tracing::info!(job = %job.short(), to = %to.short(), "handed the job over");
+        loop {
+            let result = async {
+                let mut req = self.adopt_request_of(&job, true).await?;
+                req.coordinators = HandOver::adoption_list(&me, &list).iter().map(|p| p.to_hex()).collect();
+                self.adopt_to(ho.to, req).await
+            };
+            let result = result.await;
+            if let Err(e) = &result {
+                tracing::warn!(job = %job.short(), to = %ho.to.short(), "handing the job over failed: {e:#}");
+            }
+            match ho.handle_answer(result.is_ok()) {
+                HandOverStep::Done => break,
+                HandOverStep::Again => {}
+                HandOverStep::TakeBack(old) => {
+                    self.set_list(job, old, false).await;
+                    tracing::warn!(job = %job.short(), "kept the job: the coordinator of the other side did not take it");
+                    return;
+                }
+            }
+        }
+        tracing::info!(job = %job.short(), to = %ho.to.short(), "handed the job over");
         self.publish_job_ad(job, list, self.is_finished(&job));
         self.0.work.notify_one();
     }

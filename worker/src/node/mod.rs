@@ -121,8 +121,6 @@ struct Shared {
     started: Instant,
     shutdown: watch::Sender<bool>,
     running: std::sync::atomic::AtomicUsize,
-    /// Moving average of how long a replica runs here, in microseconds.
-    mean_run_us: std::sync::atomic::AtomicU64,
     /// Writes whose changes are announced once durable, in order.
     announcer: mpsc::UnboundedSender<Announcement>,
     /// Jobs whose end is durable: every result they will have is in the store.
@@ -133,15 +131,15 @@ struct Shared {
     mesh_wake: Notify,
     /// Channels to other peers.
     clients: clients::Clients,
-    /// Replication streams, one per backup coordinator address.
-    replicators: Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<replicate::ReplItem>>>,
+    /// Where the replication stream goes to the replicator (started at the first entry).
+    replicator: Mutex<Option<replicate::ReplSender>>,
     /// Catch-ups of backup coordinators waiting to be sent.
     catch_ups: Mutex<spare_protocol::peer::catchup::CatchUps>,
     /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
     /// when the periodic work of `evaluate_roles` was last done.
     roles: tokio::sync::Mutex<spare_protocol::peer::roles::Roles>,
-    /// Report batchers, one per coordinator address.
-    reporters: Mutex<std::collections::HashMap<String, remote::Reporter>>,
+    /// Where replicas hand their reports to the reporter (started at the first report).
+    reporter: Mutex<Option<remote::ReportSender>>,
     /// The address other peers dial.
     advertised: String,
     /// Records and attestations dropped for bad signatures.
@@ -199,14 +197,13 @@ impl Node {
             started: Instant::now(),
             shutdown: watch::channel(false).0,
             running: Default::default(),
-            mean_run_us: std::sync::atomic::AtomicU64::new(spare_protocol::peer::slots::INITIAL_MEAN_RUN_US),
             announcer,
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
             clients: Default::default(),
-            reporters: Default::default(),
-            replicators: Default::default(),
+            reporter: Default::default(),
+            replicator: Default::default(),
             catch_ups: Default::default(),
             roles: tokio::sync::Mutex::new(spare_protocol::peer::roles::Roles::new(0)),
             advertised,
@@ -452,19 +449,6 @@ impl Node {
         self.0.finished.contains(id)
     }
 
-    /// How long a replica runs here, on average lately.
-    pub fn mean_run(&self) -> Duration {
-        Duration::from_micros(self.0.mean_run_us.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// Folds one run's duration into the average.
-    pub(crate) fn note_run(&self, took: Duration) {
-        let us = took.as_micros().min(u128::from(u64::MAX / 2)) as u64;
-        let _ = self.0.mean_run_us.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |m| {
-            Some(spare_protocol::peer::slots::fold_run_time(m, us))
-        });
-    }
-
     /// Replicas running on this peer now.
     pub fn running(&self) -> usize {
         self.0.running.load(std::sync::atomic::Ordering::Relaxed)
@@ -491,10 +475,10 @@ impl Node {
         self.0.work.notify_one();
     }
 
-    /// Ends the report and replication batchers (each ends when its queue closes).
+    /// Ends the reporter and the replicator (each ends when its queue closes).
     pub(crate) fn close_queues(&self) {
-        self.0.reporters.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.0.replicators.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.0.reporter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.0.replicator.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Handles to this peer still held (requests in flight hold one each).

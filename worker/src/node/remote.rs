@@ -1,14 +1,17 @@
 //! Working for jobs other peers coordinate: ask a coordinator for a batch of leases (signed, so
 //! nobody can take leases in another peer's name), fetch the module and inputs by hash (checked),
-//! and report attestations back in batches.
+//! and report attestations back in batches (the protocol's [`Reporters`] decide when and where).
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use spare_protocol::{BlobId, JobId, Limits, Release, TaskId};
 use spare_proto as pb;
-use spare_protocol::peer::reports::{Delivery, REPORT_QUEUE, ReportQueue, Sent};
+use spare_protocol::peer::reporters::{Handled, Reporters};
+use spare_protocol::peer::reports::{Delivery, Sent};
+use std::collections::HashMap;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::{Node, unix_ms};
 use crate::wire::convert::parse_id;
@@ -63,9 +66,15 @@ impl ReportMsg {
     }
 }
 
-/// Where a coordinator's reports wait before its reporter takes them: each with when its lease
-/// lapses, on this peer's clock. Bounded like the reporter's own queue.
-pub type Reporter = mpsc::Sender<(spare_protocol::Millis, ReportMsg)>;
+/// A report on its way to the reporter: the coordinator's address, when the lease lapses (this
+/// peer's clock), the message.
+type Queued = (String, spare_protocol::Millis, ReportMsg);
+
+/// Where replicas hand their reports to the reporter.
+pub type ReportSender = mpsc::Sender<Queued>;
+
+/// Reports handed over and not yet taken by the reporter; a replica waits for room past it.
+const REPORT_HANDOFF: usize = 1024;
 
 impl Node {
     /// Asks a coordinator of `job` for up to `max` replicas.
@@ -137,79 +146,82 @@ impl Node {
     }
 
     /// Queues a report for the coordinator at `addr`, of a lease that lapses at `until` (this
-    /// peer's clock); batches go out from one task per coordinator.
+    /// peer's clock).
     pub(super) async fn send_report(&self, addr: &str, until: spare_protocol::Millis, msg: ReportMsg) {
-        let _ = self.reporter_for(addr).send((until, msg)).await;
+        let _ = self.reporter().send((addr.to_string(), until, msg)).await;
     }
 
-    /// The queue of the reporter of the coordinator at `addr`, started if there is none.
-    fn reporter_for(&self, addr: &str) -> Reporter {
-        let mut reporters = self.0.reporters.lock().unwrap_or_else(|p| p.into_inner());
-        reporters.retain(|_, tx| !tx.is_closed());
-        reporters
-            .entry(addr.to_string())
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(REPORT_QUEUE);
-                tokio::spawn(self.clone().reporter(addr.to_string(), rx));
-                tx
-            })
-            .clone()
+    /// The reporter's hand-off queue; the reporter is started if it is not running.
+    fn reporter(&self) -> ReportSender {
+        let mut slot = self.0.reporter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(REPORT_HANDOFF);
+        tokio::spawn(self.clone().reporter_loop(rx));
+        *slot = Some(tx.clone());
+        tx
     }
 
-    /// Sends one coordinator's reports, batched and retried by the protocol's [`ReportQueue`],
-    /// until the queue's sender is dropped and everything queued went out or was given up.
-    async fn reporter(self, addr: String, mut rx: mpsc::Receiver<(spare_protocol::Millis, ReportMsg)>) {
-        let mut queue: ReportQueue<ReportMsg> = ReportQueue::default();
+    /// The one owner of this peer's [`Reporters`]: queues what replicas report, sends each
+    /// batch they say is due (to every coordinator at once, one batch out per coordinator),
+    /// and gives each answer back, until the hand-off queue closes and everything queued went
+    /// out or was given up.
+    async fn reporter_loop(self, mut rx: mpsc::Receiver<Queued>) {
+        let mut reports: Reporters<String, ReportMsg> = Reporters::default();
+        let mut out: JoinSet<Delivery> = JoinSet::new();
+        // Which coordinator each send is for, so a send that panicked is answered too.
+        let mut sending: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut open = true;
         loop {
-            if let Some(batch) = queue.poll_batch(self.now()) {
-                let (attempt, items) = (batch.attempt, batch.items.len());
-                let delivery = self.deliver_report(&addr, &batch.items).await;
-                match queue.handle_sent(batch, delivery, self.now()) {
-                    Sent::Taken => {}
-                    Sent::Retry(_) => {
-                        if attempt == 1 {
-                            tracing::warn!(%addr, ?delivery, "report failed, retrying until its leases lapse");
-                        }
-                        // Reports whose job another coordinator leads now go there.
-                        let (moved, until) = queue.take_from_retry(|m| self.report_target(m).is_some_and(|a| a != addr));
-                        for m in moved {
-                            if let Some(to) = self.report_target(&m) {
-                                tracing::debug!(from = %addr, %to, "a report follows its job's new coordinator");
-                                // Not awaited: two reporters must never wait on each other.
-                                if self.reporter_for(&to).try_send((until, m)).is_err() {
-                                    tracing::warn!(%to, "report dropped: that coordinator's queue is full");
-                                }
-                            }
-                        }
-                    }
-                    Sent::Dropped(_) => tracing::warn!(%addr, attempt, items, ?delivery, "report given up"),
-                }
-                continue;
+            let now = self.now();
+            while let Some((addr, items)) = reports.poll_batch(now) {
+                let req = self.report_request(items);
+                let node = self.clone();
+                let to = addr.clone();
+                let handle = out.spawn(async move { node.deliver_report(&to, req).await });
+                sending.insert(handle.id(), addr);
             }
-            if !open && queue.is_idle() {
+            if !open && reports.is_idle() && out.is_empty() {
                 return;
             }
-            let nap = queue.poll_timeout().map(|at| Duration::from_millis(at.saturating_sub(self.now())));
+            let nap = reports.poll_timeout().map(|at| Duration::from_millis(at.saturating_sub(now)));
             tokio::select! {
-                m = rx.recv(), if open && queue.waiting() < REPORT_QUEUE => match m {
-                    Some((until, msg)) => {
+                m = rx.recv(), if open => match m {
+                    Some((addr, until, msg)) => {
                         let bytes = match &msg {
                             ReportMsg::Attestation(item) => item.output.len(),
                             ReportMsg::Release(_) => 0,
                         };
-                        // Room was checked above.
-                        let _ = queue.push(msg, bytes, until, self.now());
+                        if reports.push(addr.clone(), msg, bytes, until, self.now()).is_err() {
+                            tracing::warn!(%addr, "report dropped: too many wait for that coordinator");
+                        }
                     }
                     None => open = false,
+                },
+                Some(done) = out.join_next_with_id(), if !out.is_empty() => {
+                    let (id, delivery) = match done {
+                        Ok((id, delivery)) => (id, delivery),
+                        Err(e) => (e.id(), Delivery::Unreachable),
+                    };
+                    let Some(addr) = sending.remove(&id) else { continue };
+                    match reports.handle_sent(&addr, delivery, self.now(), |m| self.report_target(m)) {
+                        Some(Handled { sent: Sent::Dropped(items), .. }) => {
+                            tracing::warn!(%addr, items = items.len(), ?delivery, "report given up");
+                        }
+                        Some(Handled { sent: Sent::Retry(_), moved }) => {
+                            tracing::debug!(%addr, ?delivery, moved, "report failed, retrying until its leases lapse; reports of jobs led elsewhere now moved there");
+                        }
+                        _ => {}
+                    }
                 },
                 _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
             }
         }
     }
 
-    /// Sends one signed report batch and says how it went.
-    async fn deliver_report(&self, addr: &str, items: &[ReportMsg]) -> Delivery {
+    /// The signed report request of one batch.
+    fn report_request(&self, items: &[ReportMsg]) -> pb::ReportRequest {
         let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
         for m in items {
             match m {
@@ -219,13 +231,18 @@ impl Node {
         }
         req.timestamp_ms = unix_ms();
         req.signature = self.0.identity.sign(&signing::report(&req)).to_vec();
+        req
+    }
+
+    /// Sends one signed report batch and says how it went.
+    async fn deliver_report(&self, addr: &str, req: pb::ReportRequest) -> Delivery {
         let Some(mut client) = self.0.clients.mesh(addr) else { return Delivery::Refused };
         match client.report(req).await {
             Ok(_) => Delivery::Taken,
             Err(e) => {
                 self.0.clients.forget(addr);
                 tracing::debug!(%addr, "report failed: {e}");
-                delivery_of(e.code())
+                delivery_of(&e)
             }
         }
     }
@@ -244,16 +261,39 @@ impl Node {
     }
 }
 
-/// How a failed call went, as the report rules see it: a coordinator that is unreachable,
-/// restarting or timed out (a connection that timed out is CANCELLED) may take the batch later,
-/// and so may a busy one; anything else is a refusal.
-pub fn delivery_of(code: tonic::Code) -> Delivery {
-    match code {
+/// How a failed call went, as the report rules see it: a call that failed in transport (no
+/// answer from the coordinator, e.g. its connection closed with GOAWAY as it shut down, which
+/// tonic reports as INTERNAL) or was unreachable, restarting or timed out (a connection that
+/// timed out is CANCELLED) may be taken later, and so may one a busy coordinator refused;
+/// anything the coordinator answered otherwise is a refusal.
+pub fn delivery_of(status: &tonic::Status) -> Delivery {
+    if std::error::Error::source(status).is_some() {
+        return Delivery::Unreachable;
+    }
+    match status.code() {
         tonic::Code::Ok => Delivery::Taken,
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled => {
             Delivery::Unreachable
         }
         tonic::Code::ResourceExhausted => Delivery::Busy,
         _ => Delivery::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_in_transport_is_retried_and_an_answer_is_not() {
+        // As tonic reports a connection closed by GOAWAY under a call: INTERNAL, with the
+        // transport error as its source.
+        let mut cut = tonic::Status::internal("h2 protocol error: http2 error");
+        cut.set_source(std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "GOAWAY")));
+        assert_eq!(delivery_of(&cut), Delivery::Unreachable);
+        assert_eq!(delivery_of(&tonic::Status::internal("the coordinator failed")), Delivery::Refused);
+        assert_eq!(delivery_of(&tonic::Status::unavailable("down")), Delivery::Unreachable);
+        assert_eq!(delivery_of(&tonic::Status::resource_exhausted("slow down")), Delivery::Busy);
+        assert_eq!(delivery_of(&tonic::Status::permission_denied("bad signature")), Delivery::Refused);
     }
 }

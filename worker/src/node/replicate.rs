@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use futures::future::select_ok;
 use spare_protocol::membership::MemberState;
+use spare_protocol::peer::adoption::{AdoptRound, Settled};
+use spare_protocol::peer::replicators::Replicators;
+use std::collections::HashMap;
+use tokio::task::JoinSet;
 use spare_protocol::peer::replication::{
-    ADOPT_TIMEOUT_MS, BACKUP_ACK_TIMEOUT_MS, ReplicationBatch, ReplicationQueue, Replicated,
+    ADOPT_TIMEOUT_MS, BACKUP_ACK_TIMEOUT_MS, ReplicationBatch, Replicated,
 };
 use spare_protocol::peer::roles::{RoleChange, RoleView};
-use spare_protocol::rendezvous::{self, DEFAULT_COORDINATORS};
 use spare_protocol::{Attestation, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 use spare_proto as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +35,9 @@ pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_millis(BACKUP_ACK_TIMEOU
 
 /// Resolves to whether a backup coordinator has an attestation durably.
 pub type BackupAck = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Where entries go to the replicator: the backup's address and the entry.
+pub type ReplSender = mpsc::UnboundedSender<(String, ReplItem)>;
 
 /// One entry of the replication stream on its way to one backup coordinator.
 pub struct ReplItem {
@@ -68,7 +74,7 @@ impl Node {
         live
     }
 
-    /// Brings the job's coordinators up to [`DEFAULT_COORDINATORS`] live ones (this peer first)
+    /// Brings the job's coordinators up to strength by an [`AdoptRound`] (this peer first)
     /// by handing the job to the highest-ranked live peers, and records the new list.
     pub(crate) async fn add_coordinators(&self, job: JobId) {
         let me = self.peer_id();
@@ -77,28 +83,33 @@ impl Node {
         let mut keep: Vec<PeerId> = vec![me];
         keep.extend(current.iter().filter(|c| **c != me && live.contains(c)));
         let candidates: Vec<PeerId> = live.iter().copied().filter(|p| !keep.contains(p)).collect();
-        let wanted = rendezvous::choose(&job, &keep, &candidates, DEFAULT_COORDINATORS);
-        let new: Vec<PeerId> = wanted.iter().copied().filter(|p| !keep.contains(p)).collect();
-        let mut adopted = Vec::new();
-        if !new.is_empty() {
+        let mut round = AdoptRound::new(job, keep, &candidates);
+        let mut settled = round.settle_now();
+        if settled.is_none() {
             match self.adopt_request(&job).await {
                 Ok(req) => {
-                    let tries = new.iter().map(|p| {
-                        let req = req.clone();
-                        async move { (*p, self.adopt_to(*p, req).await) }
+                    let tries = round.asked().iter().map(|&p| {
+                        let mut req = req.clone();
+                        req.coordinators = round.list_for(p).iter().map(PeerId::to_hex).collect();
+                        async move { (p, self.adopt_to(p, req).await) }
                     });
-                    for (p, r) in futures::future::join_all(tries).await {
-                        match r {
-                            Ok(()) => adopted.push(p),
-                            Err(e) => tracing::warn!(job = %job.short(), peer = %p.short(), "could not hand the job over: {e:#}"),
+                    let answers = futures::future::join_all(tries).await;
+                    for (p, r) in answers {
+                        if let Err(e) = &r {
+                            tracing::warn!(job = %job.short(), peer = %p.short(), "could not hand the job over: {e:#}");
                         }
+                        settled = settled.or(round.handle_answer(p, r.is_ok()));
                     }
                 }
-                Err(e) => tracing::warn!(job = %job.short(), "cannot describe the job for adoption: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(job = %job.short(), "cannot describe the job for adoption: {e:#}");
+                    for p in round.asked().to_vec() {
+                        settled = settled.or(round.handle_answer(p, false));
+                    }
+                }
             }
         }
-        let mut coordinators = keep;
-        coordinators.extend(adopted.iter().copied());
+        let Some(Settled { coordinators, catch_up: adopted }) = settled else { return };
         let Ok(Some(mut stored)) = self.store().job(&job) else { return };
         if coordinators == stored.coordinators {
             return;
@@ -276,18 +287,8 @@ impl Node {
         for backup in &coordinators[1..] {
             let Some(addr) = self.addr_of(backup) else { continue };
             let (tx, rx) = if ack { let (t, r) = oneshot::channel(); (Some(t), Some(r)) } else { (None, None) };
-            let sender = {
-                let mut reps = self.0.replicators.lock().unwrap_or_else(|p| p.into_inner());
-                reps.retain(|_, tx| !tx.is_closed());
-                reps.entry(addr.clone())
-                    .or_insert_with(|| {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        tokio::spawn(self.clone().replicator(addr.clone(), rx));
-                        tx
-                    })
-                    .clone()
-            };
-            if sender.send(ReplItem { job, to: *backup, entry: entry.clone(), ack: tx }).is_ok()
+            let sender = self.replicator();
+            if sender.send((addr, ReplItem { job, to: *backup, entry: entry.clone(), ack: tx })).is_ok()
                 && let Some(rx) = rx
             {
                 acks.push(Box::pin(async move { if rx.await.unwrap_or(false) { Ok(()) } else { Err(()) } }));
@@ -302,60 +303,88 @@ impl Node {
         Some(Box::pin(async move { select_ok(acks).await.is_ok() }))
     }
 
-    /// Sends replication batches to one backup coordinator, in order, as the protocol's
-    /// [`ReplicationQueue`] batches and retries them; a batch given up is repaired by catch-ups.
-    async fn replicator(self, addr: String, mut rx: mpsc::UnboundedReceiver<ReplItem>) {
-        let mut queue: ReplicationQueue<ReplItem> = ReplicationQueue::default();
+    /// The replicator's queue; the replicator is started if it is not running.
+    fn replicator(&self) -> ReplSender {
+        let mut slot = self.0.replicator.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().replicator_loop(rx));
+        *slot = Some(tx.clone());
+        tx
+    }
+
+    /// The one owner of this peer's [`Replicators`]: queues what is streamed to each backup,
+    /// sends each batch they say is due (to every backup at once, one batch out per backup, in
+    /// order), and gives each answer back; a stream given up is repaired by catch-ups. Ends once
+    /// its queue closes and everything queued went out or was given up.
+    async fn replicator_loop(self, mut rx: mpsc::UnboundedReceiver<(String, ReplItem)>) {
+        let mut streams: Replicators<String, ReplItem> = Replicators::default();
+        let mut out: JoinSet<bool> = JoinSet::new();
+        // Which backup each send is for, so a send that panicked is answered too.
+        let mut sending: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut open = true;
         loop {
-            while let Ok(i) = rx.try_recv() {
+            // What is queued joins the streams first, so batches are as large as they can be.
+            while let Ok((addr, i)) = rx.try_recv() {
                 let bytes = i.bytes();
-                queue.push(i.job, i, bytes);
+                streams.push(addr, i.job, i, bytes);
             }
-            if let Some(batch) = queue.poll_batch(self.now()) {
-                let taken = self.send_replication(&addr, &batch).await;
-                match queue.handle_sent(batch, taken, self.now()) {
-                    Replicated::Taken(items) => {
-                        for ack in items.into_iter().filter_map(|i| i.ack) {
-                            let _ = ack.send(true);
-                        }
-                    }
-                    Replicated::Retry(_) => {}
-                    Replicated::Failed { items, .. } => {
-                        // Not resent in the stream (it moves on in order): a whole adoption
-                        // repairs each job, everything queued behind the batch included.
-                        let mut jobs: Vec<(JobId, PeerId)> = items.iter().map(|i| (i.job, i.to)).collect();
-                        jobs.sort();
-                        jobs.dedup();
-                        for (job, to) in jobs {
-                            self.catch_up(job, to);
-                        }
-                        for ack in items.into_iter().filter_map(|i| i.ack) {
-                            let _ = ack.send(false);
-                        }
-                    }
-                }
-                continue;
+            let now = self.now();
+            while let Some((addr, batch)) = streams.poll_batch(now) {
+                let req = self.replicate_request(batch);
+                let (node, to, attempt) = (self.clone(), addr.clone(), batch.attempt);
+                let handle = out.spawn(async move { node.send_replication(&to, req, attempt).await });
+                sending.insert(handle.id(), addr);
             }
-            if !open && queue.is_idle() {
+            if !open && streams.is_idle() && out.is_empty() {
                 return;
             }
-            let nap = queue.poll_timeout(self.now()).map(|at| Duration::from_millis(at.saturating_sub(self.now())));
+            let nap = streams.poll_timeout(now).map(|at| Duration::from_millis(at.saturating_sub(now)));
             tokio::select! {
                 m = rx.recv(), if open => match m {
-                    Some(i) => {
+                    Some((addr, i)) => {
                         let bytes = i.bytes();
-                        queue.push(i.job, i, bytes);
+                        streams.push(addr, i.job, i, bytes);
                     }
                     None => open = false,
+                },
+                Some(done) = out.join_next_with_id(), if !out.is_empty() => {
+                    let (id, taken) = match done {
+                        Ok((id, taken)) => (id, taken),
+                        Err(e) => (e.id(), false),
+                    };
+                    let Some(addr) = sending.remove(&id) else { continue };
+                    match streams.handle_sent(&addr, taken, self.now()) {
+                        Some(Replicated::Taken(items)) => {
+                            for ack in items.into_iter().filter_map(|i| i.ack) {
+                                let _ = ack.send(true);
+                            }
+                        }
+                        Some(Replicated::Failed { items, .. }) => {
+                            // Not resent in the stream (it moves on in order): a whole adoption
+                            // repairs each job, everything queued behind the batch included.
+                            let mut jobs: Vec<(JobId, PeerId)> = items.iter().map(|i| (i.job, i.to)).collect();
+                            jobs.sort();
+                            jobs.dedup();
+                            for (job, to) in jobs {
+                                self.catch_up(job, to);
+                            }
+                            for ack in items.into_iter().filter_map(|i| i.ack) {
+                                let _ = ack.send(false);
+                            }
+                        }
+                        Some(Replicated::Retry(_)) | None => {}
+                    }
                 },
                 _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
             }
         }
     }
 
-    /// Sends one signed replication batch; true when the backup holds it durably.
-    async fn send_replication(&self, addr: &str, batch: &ReplicationBatch<ReplItem>) -> bool {
+    /// The signed request of one replication batch.
+    fn replicate_request(&self, batch: &ReplicationBatch<ReplItem>) -> pb::ReplicateRequest {
         let mut req = pb::ReplicateRequest {
             job_id: batch.job.to_hex(),
             entries: batch.items.iter().map(|i| i.entry.clone()).collect(),
@@ -364,11 +393,16 @@ impl Node {
             signature: Vec::new(),
         };
         req.signature = self.0.identity.sign(&signing::replicate(&req)).to_vec();
+        req
+    }
+
+    /// Sends one signed replication batch; true when the backup holds it durably.
+    async fn send_replication(&self, addr: &str, req: pb::ReplicateRequest, attempt: u32) -> bool {
         let Some(mut client) = self.0.clients.mesh(addr) else { return false };
         match client.replicate(req).await {
             Ok(_) => true,
             Err(e) => {
-                tracing::debug!(%addr, attempt = batch.attempt, "replication failed: {e}");
+                tracing::debug!(%addr, attempt, "replication failed: {e}");
                 self.0.clients.forget(addr);
                 false
             }

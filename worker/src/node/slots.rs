@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use spare_protocol::peer::slots::{ABANDON_PAUSE_MS, LOOK_AGAIN_MS, leases_per_slot, is_stale};
+use spare_protocol::peer::slots::{LOOK_AGAIN_MS, Slots, is_stale};
 use spare_protocol::pull::Puller;
 use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, Release, Reported, ResultKey, TaskId};
 use spare_proto as pb;
@@ -20,8 +20,9 @@ use crate::store::StoredInput;
 
 /// What finished in the slot loop.
 enum Done {
-    /// A replica ran (or was given up: `true`).
-    Replica(bool),
+    /// A replica is done: it ran for this many microseconds (if it ran), and was abandoned
+    /// (`true`) or not.
+    Replica(Option<u64>, bool),
     /// A remote lease request came back.
     Leased(JobId, anyhow::Result<Vec<RemoteReplica>>),
 }
@@ -39,82 +40,80 @@ struct Ran {
     fuel: u64,
 }
 
-/// Pulls and runs work until the peer shuts down.
+/// Pulls and runs work until the peer shuts down: the one owner of this peer's [`Slots`],
+/// carrying out what they decide (lease from this peer's own coordinator, ask another's, run,
+/// look again).
 pub(super) async fn run(node: Node) {
     let mut running: JoinSet<Done> = JoinSet::new();
-    let mut replicas = 0usize;
-    let mut asking: Option<u32> = None;
-    let mut puller = Puller::new().with_memory_cap(node.config().caps.limits.memory_bytes);
+    // The lease request out, by its task, so a request that panicked is still answered.
+    let mut asking: Option<(tokio::task::Id, JobId)> = None;
+    let puller = Puller::new().with_memory_cap(node.config().caps.limits.memory_bytes);
+    let mut slots = Slots::new(node.sandbox().slots(), puller);
     let mut stop = node.shutdown_signal();
-    let mut paused_until = tokio::time::Instant::now();
     loop {
-        let paused = tokio::time::Instant::now() < paused_until;
-        let capacity = node.sandbox().slots() * leases_per_slot(node.mean_run().as_micros() as u64);
-        let mut free = if paused { 0 } else { capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize) };
+        let now = node.now();
+        let free = slots.free(now);
         if free > 0 {
-            let now = node.now();
-            let me = node.peer_id();
-            let leases = node.core().coord.lease(me, free, now);
+            let leases = node.core().coord.lease(node.peer_id(), free, now);
+            slots.took(leases.len());
             for lease in leases {
-                replicas += 1;
-                free -= 1;
                 node.0.running.fetch_add(1, Ordering::Relaxed);
                 let n = node.clone();
-                running.spawn(async move { Done::Replica(n.replica(lease).await) });
+                running.spawn(async move { n.replica(lease).await });
             }
         }
-        if free > 0 && asking.is_none() {
-            // Jobs this peer coordinates actively are served above; the rest (including those it
-            // only backs up) are pulled from their active coordinator.
-            let ads: Vec<_> = {
-                let core = node.core();
-                let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
-                node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()
-            };
-            puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
-            if let Some((job, n)) = puller.pick(&ads, free as u32, node.now()) {
-                asking = Some(n);
-                let node2 = node.clone();
-                running.spawn(async move { Done::Leased(job, node2.lease_remote(job, n).await) });
-            }
+        // Jobs this peer coordinates actively are served above; the rest (including those it
+        // only backs up) are pulled from their active coordinator.
+        let ads: Vec<_> = {
+            let core = node.core();
+            let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
+            node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()
+        };
+        if let Some((job, n)) = slots.poll_ask(&ads, now) {
+            let node2 = node.clone();
+            let handle = running.spawn(async move { Done::Leased(job, node2.lease_remote(job, n).await) });
+            asking = Some((handle.id(), job));
         }
+        // New work or a freed slot wakes the loop; time alone only matters when the slots say so,
+        // and announced jobs are looked at again now and then anyway.
+        let nap = slots.poll_timeout(now).map_or(LOOK_AGAIN_MS, |at| at.saturating_sub(now)).min(LOOK_AGAIN_MS);
         tokio::select! {
             _ = node.0.work.notified() => {}
-            Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok(Done::Replica(abandoned)) => {
-                    replicas -= 1;
-                    if abandoned {
-                        // A failing peer should not spin: take no new work for a moment.
-                        paused_until = tokio::time::Instant::now() + Duration::from_millis(ABANDON_PAUSE_MS);
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
+                Ok((_, Done::Replica(ran_us, abandoned))) => {
+                    if let Some(us) = ran_us {
+                        slots.handle_ran(us);
                     }
+                    slots.handle_done(abandoned, node.now());
                 }
-                Ok(Done::Leased(job, Ok(got))) => {
+                Ok((_, Done::Leased(job, Ok(got)))) => {
                     asking = None;
-                    if got.is_empty() {
-                        puller.empty(job, node.now());
-                    } else {
-                        puller.got(job);
-                    }
+                    slots.handle_leased(job, got.len(), node.now());
                     for r in got {
-                        replicas += 1;
                         node.0.running.fetch_add(1, Ordering::Relaxed);
                         let n = node.clone();
-                        running.spawn(async move { Done::Replica(n.remote_replica(r).await) });
+                        running.spawn(async move { n.remote_replica(r).await });
                     }
                 }
-                Ok(Done::Leased(job, Err(e))) => {
+                Ok((_, Done::Leased(job, Err(e)))) => {
                     asking = None;
                     tracing::debug!(job = %job.short(), "lease request failed: {e:#}");
-                    puller.empty(job, node.now());
+                    slots.handle_lease_failed(job, node.now());
                 }
                 Err(e) => {
-                    // A replica task panicked or was cancelled; its slot is free again.
+                    // A slot task panicked or was cancelled; what it held is free again.
                     tracing::error!("slot task ended abnormally: {e}");
-                    replicas = running.len().min(replicas.saturating_sub(1));
-                    asking = None;
+                    match asking.take() {
+                        Some((id, job)) if id == e.id() => slots.handle_lease_failed(job, node.now()),
+                        other => {
+                            asking = other;
+                            node.0.running.fetch_sub(1, Ordering::Relaxed);
+                            slots.handle_done(true, node.now());
+                        }
+                    }
                 }
             },
-            _ = tokio::time::sleep(Duration::from_millis(LOOK_AGAIN_MS)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(nap)) => {}
             _ = stop.changed() => break,
         }
     }
@@ -122,27 +121,27 @@ pub(super) async fn run(node: Node) {
 }
 
 impl Node {
-    /// Runs one replica leased from this peer's own coordinator and reports it. Returns true
-    /// when it had to be abandoned.
-    async fn replica(self, lease: Lease) -> bool {
-        let abandoned = match self.execute(&lease).await {
+    /// Runs one replica leased from this peer's own coordinator and reports it.
+    async fn replica(self, lease: Lease) -> Done {
+        let done = match self.execute(&lease).await {
             Err(e) if e.is::<Stale>() => {
                 // Queued too long behind other replicas: hand it back unblamed for another peer.
                 self.release_task(lease.task, lease.peer, Release::Abandoned).await;
-                false
+                Done::Replica(None, false)
             }
-            Ok(()) => false,
+            Ok(ran_us) => Done::Replica(ran_us, false),
             Err(e) => {
                 tracing::warn!(task = %lease.task, "replica abandoned: {e:#}");
                 self.release_task(lease.task, lease.peer, Release::Abandoned).await;
-                true
+                Done::Replica(None, true)
             }
         };
         self.0.running.fetch_sub(1, Ordering::Relaxed);
-        abandoned
+        done
     }
 
-    async fn execute(&self, lease: &Lease) -> anyhow::Result<()> {
+    /// Runs a replica of this peer's own job; how long it ran, if it ran.
+    async fn execute(&self, lease: &Lease) -> anyhow::Result<Option<u64>> {
         let task = lease.task;
         let meta = self.core().jobs.get(&task.job).cloned();
         let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
@@ -162,37 +161,39 @@ impl Node {
             limits: meta.spec.policy.limits,
             seed: task_seed(&task.job, task.index),
         };
-        let Some(ran) = self.run_replica(req).await? else {
+        let (ran, took_us) = self.run_replica(req).await?;
+        let Some(ran) = ran else {
             self.release_task(task, lease.peer, Release::Deadline).await;
-            return Ok(());
+            return Ok(took_us);
         };
-        let Some((att, output)) = self.attest(task, ran.outcome, ran.output, ran.fuel) else { return Ok(()) };
+        let Some((att, output)) = self.attest(task, ran.outcome, ran.output, ran.fuel) else { return Ok(took_us) };
         self.report(att, &output, &ran.message).await;
-        Ok(())
+        Ok(took_us)
     }
 
     /// Runs one replica leased from another peer's coordinator and reports it there.
-    async fn remote_replica(self, r: RemoteReplica) -> bool {
-        let abandoned = match self.execute_remote(&r).await {
+    async fn remote_replica(self, r: RemoteReplica) -> Done {
+        let done = match self.execute_remote(&r).await {
             Err(e) if e.is::<Stale>() => {
                 self.release_remote(&r, Release::Abandoned).await;
-                false
+                Done::Replica(None, false)
             }
-            Ok(()) => false,
+            Ok(ran_us) => Done::Replica(ran_us, false),
             Err(e) => {
                 tracing::warn!(task = %r.task, coordinator = %r.coordinator, "replica abandoned: {e:#}");
                 self.release_remote(&r, Release::Abandoned).await;
-                true
+                Done::Replica(None, true)
             }
         };
         self.0.running.fetch_sub(1, Ordering::Relaxed);
-        abandoned
+        done
     }
 
-    async fn execute_remote(&self, r: &RemoteReplica) -> anyhow::Result<()> {
+    /// Runs a replica of another peer's job; how long it ran, if it ran.
+    async fn execute_remote(&self, r: &RemoteReplica) -> anyhow::Result<Option<u64>> {
         #[cfg(feature = "chaos")]
         if self.config().chaos == Some(super::Chaos::Silent) {
-            return Ok(()); // holds the lease and never reports
+            return Ok(None); // holds the lease and never reports
         }
         if is_stale(self.now(), r.limits.timeout_ms, r.expires_at) {
             return Err(Stale.into());
@@ -216,45 +217,49 @@ impl Node {
             limits: r.limits,
             seed: task_seed(&r.task.job, r.task.index),
         };
-        let Some(ran) = self.run_replica(req).await? else {
+        let (ran, took_us) = self.run_replica(req).await?;
+        let Some(ran) = ran else {
             self.release_remote(r, Release::Deadline).await;
-            return Ok(());
+            return Ok(took_us);
         };
-        let Some((att, output)) = self.attest(r.task, ran.outcome, ran.output, ran.fuel) else { return Ok(()) };
+        let Some((att, output)) = self.attest(r.task, ran.outcome, ran.output, ran.fuel) else { return Ok(took_us) };
         let item = pb::ReportItem {
             attestation: Some(crate::wire::convert::attestation_pb(&att)),
             output,
             message: ran.message,
         };
         self.send_report(&r.coordinator, r.expires_at, ReportMsg::Attestation(item)).await;
-        Ok(())
+        Ok(took_us)
     }
 
-    /// Runs a request in the sandbox (compiling the module first if needed). `None` when the
-    /// run passed its wall deadline, which is not a result.
-    async fn run_replica(&self, req: RunRequest) -> anyhow::Result<Option<Ran>> {
+    /// Runs a request in the sandbox (compiling the module first if needed), with how long it
+    /// ran in the sandbox if it did. `None` when the run passed its wall deadline, which is not
+    /// a result.
+    async fn run_replica(&self, req: RunRequest) -> anyhow::Result<(Option<Ran>, Option<u64>)> {
         let prepared = self.prepare_module(&req.module).await;
-        Ok(Some(match prepared {
+        let mut took_us = None;
+        let ran = match prepared {
             Err(super::submit::PrepareError::Other(e)) => return Err(e),
             // Every peer refuses the same module the same way, so this is attested as a trap
             // rather than retried forever.
             Err(super::submit::PrepareError::Module(e)) => {
-                Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 }
+                Some(Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 })
             }
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
-                self.note_run(report.elapsed);
+                took_us = Some(u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX));
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
-                        Ran { outcome, output: report.stdout, message, fuel: report.fuel_used }
+                        Some(Ran { outcome, output: report.stdout, message, fuel: report.fuel_used })
                     }
-                    RunOutcome::Deadline => return Ok(None),
+                    RunOutcome::Deadline => None,
                     RunOutcome::Invalid(e) => {
-                        Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 }
+                        Some(Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 })
                     }
                 }
             }
-        }))
+        };
+        Ok((ran, took_us))
     }
 
     /// The signed attestation of a run, and the output that goes with it. `None` when this

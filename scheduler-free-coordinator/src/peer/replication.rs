@@ -19,6 +19,10 @@ pub const REPLICATE_BATCH: usize = 8192;
 pub const REPLICATE_BYTES: usize = 4 << 20;
 /// Attempts at one batch.
 pub const REPLICATE_TRIES: u32 = 3;
+/// Entries waiting for one backup (not counting the batch out). A backup that falls this far
+/// behind is caught up by a whole adoption instead: what waits is given up at once, so a
+/// leader faster than its slowest backup holds a bounded queue.
+pub const REPLICATE_QUEUE: usize = 65_536;
 /// Pause before attempt `n + 1` is `n` times this.
 pub const REPLICATE_PAUSE_MS: Millis = 100;
 /// How long a new coordinator may take to adopt a job (it fetches the module and inputs).
@@ -64,9 +68,23 @@ impl<T> Default for ReplicationQueue<T> {
 }
 
 impl<T> ReplicationQueue<T> {
-    /// Queues an entry of `job` carrying `bytes` of output.
-    pub fn push(&mut self, job: JobId, item: T, bytes: usize) {
+    /// Queues an entry of `job` carrying `bytes` of output. When [`REPLICATE_QUEUE`] entries
+    /// wait already, everything waiting and this entry are given up instead, as a failed batch
+    /// is: `Some(Replicated::Failed)` names them and the jobs to catch up.
+    pub fn push(&mut self, job: JobId, item: T, bytes: usize) -> Option<Replicated<T>> {
         self.waiting.push_back((job, item, bytes));
+        if self.waiting.len() <= REPLICATE_QUEUE {
+            return None;
+        }
+        let mut catch_up = Vec::new();
+        let mut items = Vec::with_capacity(self.waiting.len());
+        for (job, item, _) in self.waiting.drain(..) {
+            if !catch_up.contains(&job) {
+                catch_up.push(job);
+            }
+            items.push(item);
+        }
+        Some(Replicated::Failed { items, catch_up })
     }
 
     /// Whether nothing waits and nothing is in flight.
@@ -178,5 +196,19 @@ mod tests {
             Replicated::Failed { items: vec![1, 2, 3], catch_up: vec![job(1), job(2)] }
         );
         assert!(q.is_idle(), "the whole queue went to the catch-up");
+    }
+
+    #[test]
+    fn a_backup_too_far_behind_is_caught_up_instead() {
+        let mut q = ReplicationQueue::default();
+        assert_eq!(q.push(job(9), 0, 0), None);
+        let out = q.poll_batch(0).unwrap();
+        for i in 1..=REPLICATE_QUEUE {
+            assert_eq!(q.push(job(1), i, 0), None);
+        }
+        let Some(Replicated::Failed { items, catch_up }) = q.push(job(2), 0, 0) else { panic!("the queue is bounded") };
+        assert_eq!((items.len(), catch_up), (REPLICATE_QUEUE + 1, vec![job(1), job(2)]));
+        assert_eq!(q.handle_sent(out, true, 1), Replicated::Taken(vec![0]), "the batch out is still answered");
+        assert!(q.is_idle());
     }
 }

@@ -38,9 +38,11 @@ impl<K, T> Default for Replicators<K, T> {
 }
 
 impl<K: Ord + Clone, T> Replicators<K, T> {
-    /// Queues an entry of `job`, carrying `bytes` of output, on the stream to `to`.
-    pub fn push(&mut self, to: K, job: JobId, item: T, bytes: usize) {
-        self.streams.entry(to).or_default().queue.push(job, item, bytes);
+    /// Queues an entry of `job`, carrying `bytes` of output, on the stream to `to`. A backup
+    /// too far behind gives up what waits for it: `Some(Replicated::Failed)`, whose jobs the
+    /// driver catches up as after a failed batch.
+    pub fn push(&mut self, to: K, job: JobId, item: T, bytes: usize) -> Option<Replicated<T>> {
+        self.streams.entry(to).or_default().queue.push(job, item, bytes)
     }
 
     /// A batch due now and the backup it goes to (the first in key order with one due). It

@@ -65,8 +65,18 @@ impl Sim {
             Streamed::Attestation(l) if l.output => self.cfg.output_bytes as usize,
             _ => 0,
         };
+        let mut behind = Vec::new();
         for &b in &h.coordinators[1..] {
-            h.replicators.push(b, job, entry.clone(), bytes);
+            if let Some(Replicated::Failed { catch_up, .. }) = h.replicators.push(b, job, entry.clone(), bytes) {
+                behind.push((b, catch_up));
+            }
+        }
+        // A backup too far behind is caught up instead, as after a failed batch.
+        for (b, jobs) in behind {
+            self.m.replication_dropped += 1;
+            for job in jobs {
+                self.request_catch_up(p, job, b);
+            }
         }
         self.schedule_replicate(p);
     }

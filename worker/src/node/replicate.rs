@@ -329,7 +329,9 @@ impl Node {
             // What is queued joins the streams first, so batches are as large as they can be.
             while let Ok((addr, i)) = rx.try_recv() {
                 let bytes = i.bytes();
-                streams.push(addr, i.job, i, bytes);
+                if let Some(Replicated::Failed { items, .. }) = streams.push(addr, i.job, i, bytes) {
+                    self.gave_up(items);
+                }
             }
             let now = self.now();
             while let Some((addr, batch)) = streams.poll_batch(now) {
@@ -346,7 +348,9 @@ impl Node {
                 m = rx.recv(), if open => match m {
                     Some((addr, i)) => {
                         let bytes = i.bytes();
-                        streams.push(addr, i.job, i, bytes);
+                        if let Some(Replicated::Failed { items, .. }) = streams.push(addr, i.job, i, bytes) {
+                            self.gave_up(items);
+                        }
                     }
                     None => open = false,
                 },
@@ -362,24 +366,27 @@ impl Node {
                                 let _ = ack.send(true);
                             }
                         }
-                        Some(Replicated::Failed { items, .. }) => {
-                            // Not resent in the stream (it moves on in order): a whole adoption
-                            // repairs each job, everything queued behind the batch included.
-                            let mut jobs: Vec<(JobId, PeerId)> = items.iter().map(|i| (i.job, i.to)).collect();
-                            jobs.sort();
-                            jobs.dedup();
-                            for (job, to) in jobs {
-                                self.catch_up(job, to);
-                            }
-                            for ack in items.into_iter().filter_map(|i| i.ack) {
-                                let _ = ack.send(false);
-                            }
-                        }
+                        Some(Replicated::Failed { items, .. }) => self.gave_up(items),
                         Some(Replicated::Retry(_)) | None => {}
                     }
                 },
                 _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
             }
+        }
+    }
+
+    /// The stream gave up on `items` (a batch failed its tries, or the backup fell too far
+    /// behind): they are not resent in the stream, which moves on in order; a whole adoption
+    /// repairs each of their jobs at that backup.
+    fn gave_up(&self, items: Vec<ReplItem>) {
+        let mut jobs: Vec<(JobId, PeerId)> = items.iter().map(|i| (i.job, i.to)).collect();
+        jobs.sort();
+        jobs.dedup();
+        for (job, to) in jobs {
+            self.catch_up(job, to);
+        }
+        for ack in items.into_iter().filter_map(|i| i.ack) {
+            let _ = ack.send(false);
         }
     }
 

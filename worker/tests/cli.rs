@@ -157,3 +157,29 @@ fn help_is_there_for_every_command() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: spare"), "{cmd}");
     }
 }
+
+/// The `spare` binary a user builds from the workspace root (`cargo build --release --bin
+/// spare`, `cargo run --release --bin spare`) has no test-only `chaos` code: those commands
+/// select the workspace's default members, which leave out `spare-tests`, the one crate that
+/// turns the feature on. Asked of cargo's feature resolver (what the build would use), not of a
+/// release build, which would take minutes.
+#[test]
+fn a_users_build_has_no_chaos_feature() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let features = |extra: &[&str]| {
+        let out = Command::new(&cargo)
+            .args(["tree", "--offline", "--edges", "features", "--invert", "spare-peer", "--prefix", "none"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .expect("cargo tree runs");
+        assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let user = features(&[]);
+    assert!(user.contains("spare-peer"), "{user}");
+    assert!(!user.contains("feature \"chaos\""), "a plain build from the root gets chaos:\n{user}");
+    // The whole workspace (what `scripts/test` builds) does get it, so the tests keep it.
+    let tests = features(&["--workspace"]);
+    assert!(tests.contains("spare-peer feature \"chaos\""), "{tests}");
+}

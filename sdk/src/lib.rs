@@ -59,6 +59,7 @@
 mod client;
 mod error;
 pub mod failover;
+mod failures;
 mod id;
 mod job;
 pub mod plan;
@@ -72,6 +73,7 @@ pub use spare_proto as proto;
 
 pub use client::{Client, MAX_MESSAGE_BYTES};
 pub use error::{Error, Result, code_name};
+pub use failures::{Failures, Reason, STDERR_LINE_BYTES, stderr_line};
 pub use id::{ID_HEX_LEN, JobId};
 pub use job::{Job, JobBuilder};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};

@@ -1,6 +1,6 @@
 //! Meshes of in-process peers on loopback: jobs verified by a quorum of distinct peers, peers that
 //! lie, forge signatures, hoard leases or die mid-job, status and results asked of a peer that
-//! does not hold the job, and the mesh as `spare peers` shows it.
+//! does not hold the job, why failed tasks failed, and the mesh as `spare peers` shows it.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -350,6 +350,45 @@ async fn watch_reports_every_task_before_the_end() {
             before,
             done.len()
         );
+    }
+    stop_all(peers).await;
+}
+
+/// A failing task's stderr tail is kept with its verdict (whichever peer ran the deciding
+/// replica), returned by every coordinator of the job (it travels with the replication stream),
+/// and never splits a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_task_failed_reaches_every_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    let origin = client(&peers[0]).await;
+    let job = Job::builder().module_bytes(guest("primes")).lines("0 100\nx y\n100 200\nnot numbers\n").quorum(2).build().unwrap();
+    let id = origin.submit(&job).await.unwrap();
+    let end = finished(&origin, &id).await;
+    assert_eq!(end.state(), JobState::Failed);
+    let failed = &end.task_list[1];
+    assert_eq!(failed.state(), TaskState::Failed, "{failed:?}");
+    assert_eq!(failed.verified_by.len(), 2, "two peers agreed on the failure: {failed:?}");
+    assert_eq!(failed.stderr_line, "LO is not an unsigned decimal integer: `x`");
+    assert_eq!(end.task_list[0].stderr_line, "", "a verified task has no failure line");
+    let why = |rs: &[pb::TaskResult]| rs.iter().map(|r| (r.index, r.state(), r.stderr.clone())).collect::<Vec<_>>();
+    let expected = vec![
+        (0, TaskState::Verified, String::new()),
+        (1, TaskState::Failed, "LO is not an unsigned decimal integer: `x`\n".to_string()),
+        (2, TaskState::Verified, String::new()),
+        (3, TaskState::Failed, "LO is not an unsigned decimal integer: `not`\n".to_string()),
+    ];
+    assert_eq!(why(&results(&origin, &id).await), expected);
+    // Each peer coordinates the job (three peers, three coordinators) and answers from its own
+    // store; the backups have it once the replication stream reaches them.
+    for p in &peers[1..] {
+        assert!(holds(p, &id));
+        let c = client(p).await;
+        eventually("a backup with every verdict and its stderr", || async {
+            let now: Vec<_> = c.results_now(&id).await.ok()?.filter_map(|r| async { r.ok() }).collect().await;
+            (why(&now) == expected).then_some(())
+        })
+        .await;
     }
     stop_all(peers).await;
 }

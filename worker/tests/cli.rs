@@ -121,22 +121,34 @@ fn submit_status_and_results_against_a_real_peer() {
         assert_eq!(got, format!("{}\n", spare_example_primes::count_primes(*lo, *hi)), "task {i}");
     }
 
-    // --stdin-lines: one task per line; a failing task makes `results` say which.
+    // --stdin-lines: one task per line. Failing tasks: --wait, status and results say why,
+    // grouped by reason (the guest's last stderr line), and `logs` prints a task's stderr.
     let lines = tmp.path().join("lines.txt");
-    std::fs::write(&lines, "0 1000\nnot numbers\n1000 2000\n").unwrap();
-    let out = spare(&peer, &["submit", module, "--stdin-lines", lines.to_str().unwrap(), "--quorum", "1", "--wait", "--json"]);
+    std::fs::write(&lines, "0 1000\nnot numbers\n1000 2000\nx y\nx y\n").unwrap();
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines.to_str().unwrap(), "--quorum", "1", "--wait"]);
     assert!(!out.status.success(), "a job with a failed task exits non-zero");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["state"], "failed");
-    assert_eq!((v["tasks"]["verified"].as_u64(), v["tasks"]["failed"].as_u64()), (Some(2), Some(1)));
-    let failed_job = v["job_id"].as_str().unwrap().to_string();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let why_x = "2 tasks exited 2: LO is not an unsigned decimal integer: `x` (tasks 3, 4)";
+    let why_not = "1 task exited 2: LO is not an unsigned decimal integer: `not` (task 1)";
+    assert!(text.contains(why_x) && text.contains(why_not), "{text}");
+    let failed_job = text.lines().next().and_then(|l| l.strip_prefix("job    ")).expect(&text).trim().to_string();
     let v = json(&spare(&peer, &["status", &failed_job, "--tasks", "--json"]));
+    assert_eq!((v["tasks"]["verified"].as_u64(), v["tasks"]["failed"].as_u64()), (Some(2), Some(3)));
     assert_eq!(v["task_list"][1]["state"], "failed");
     assert!(v["task_list"][1]["error"].as_str().unwrap().contains("exit 2"), "{v}");
+    assert_eq!(v["task_list"][1]["stderr_line"], "LO is not an unsigned decimal integer: `not`", "{v}");
+    let out = spare(&peer, &["status", &failed_job]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(why_x), "{}", String::from_utf8_lossy(&out.stdout));
     let out = spare(&peer, &["results", &failed_job, "--out", tmp.path().join("out2").to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tasks without a verified result: 1 (failed"), "{err}");
+    assert!(err.contains("tasks without a verified result: 3") && err.contains(why_x) && err.contains(why_not), "{err}");
+    let out = spare(&peer, &["logs", &failed_job, "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "LO is not an unsigned decimal integer: `x`\n");
+    let out = spare(&peer, &["logs", &failed_job]);
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(all.matches("── task").count(), 3, "only failed tasks, each once: {all}");
 
     // Clear errors for what does not exist.
     let out = spare(&peer, &["status", &"ab".repeat(32)]);
@@ -151,7 +163,7 @@ fn submit_status_and_results_against_a_real_peer() {
 
 #[test]
 fn help_is_there_for_every_command() {
-    for cmd in ["peer", "submit", "status", "results", "demo"] {
+    for cmd in ["peer", "submit", "status", "results", "logs", "demo"] {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: spare"), "{cmd}");

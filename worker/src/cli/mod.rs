@@ -2,6 +2,7 @@
 //! over gRPC through the SDK; `demo` runs a whole job on an embedded mesh.
 
 mod demo;
+mod logs;
 mod peer;
 mod peers;
 mod progress;
@@ -37,6 +38,8 @@ enum Command {
     Peers(peers::PeersArgs),
     /// Write a job's verified outputs to a directory, one file per task.
     Results(results::ResultsArgs),
+    /// Show what a job's tasks wrote to stderr: why they failed.
+    Logs(logs::LogsArgs),
     /// Run an example job on an embedded mesh, check it against a native run, and time it.
     Demo(demo::DemoArgs),
     /// Simulate a mesh of virtual peers running one job, with liars, loss and churn.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Peers(a) => peers::run(a).await,
             Command::Results(a) => results::run(a).await,
+            Command::Logs(a) => logs::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Sim(a) => sim::run(a),
         }

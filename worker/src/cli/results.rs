@@ -1,12 +1,12 @@
-//! `spare results`: writes each verified output to `DIR/<index>` and names every task that has
-//! no verified result.
+//! `spare results`: writes each verified output to `DIR/<index>` and says why tasks have no
+//! verified result, grouped by reason.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{JobId, TaskState, task_state_name};
+use spare_sdk::{Failures, JobId, Reason, TaskState};
 
 /// Options of `spare results`.
 #[derive(Args, Debug)]
@@ -24,8 +24,10 @@ pub struct ResultsArgs {
     no_wait: bool,
 }
 
-/// Most failed tasks named one by one; the rest are counted.
+/// Most unfinished tasks named one by one; the rest are counted.
 const NAMED: usize = 20;
+/// Most failure reasons listed one by one; the rest are counted on one line.
+const REASONS_SHOWN: usize = 10;
 
 pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
     let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -38,7 +40,7 @@ pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
     bar.set_message("· results");
     let mut results = client.results_from(&id, 0, !a.no_wait).await.map_err(err)?;
     let mut got = vec![false; total as usize];
-    let mut problems: Vec<String> = Vec::new();
+    let mut failures = Failures::default();
     let mut written = 0u64;
     while let Some(r) = results.next().await {
         let r = r.map_err(err)?;
@@ -52,23 +54,21 @@ pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
             tokio::fs::write(&path, &r.output).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             written += 1;
         } else {
-            let why = r.outcome.as_ref().map(|o| {
-                let kind = super::status::outcome_kind(o.kind());
-                if o.message.is_empty() { kind.to_string() } else { format!("{kind}: {}", o.message) }
-            });
-            problems.push(format!("{} ({}{})", r.index, task_state_name(r.state()), why.map(|w| format!(", {w}")).unwrap_or_default()));
+            failures.add(Reason::of_result(&r), r.index);
         }
     }
     bar.finish_and_clear();
     let missing: Vec<u32> = (0..total).filter(|i| !got[*i as usize]).collect();
     eprintln!("wrote {written} of {total} verified outputs to {}", a.out.display());
-    if problems.is_empty() && missing.is_empty() {
+    if failures.is_empty() && missing.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    if !problems.is_empty() {
-        let more = problems.len().saturating_sub(NAMED);
-        let named = problems.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
-        eprintln!("tasks without a verified result: {named}{}", if more > 0 { format!(" and {more} more") } else { String::new() });
+    if !failures.is_empty() {
+        eprintln!("tasks without a verified result: {}", failures.total());
+        for line in failures.lines(REASONS_SHOWN) {
+            eprintln!("  {line}");
+        }
+        eprintln!("`spare logs {id} TASK` shows a task's stderr");
     }
     if !missing.is_empty() {
         let more = missing.len().saturating_sub(NAMED);

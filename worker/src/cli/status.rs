@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::{Value, json};
 use spare_sdk::proto::{self, OutcomeKind};
-use spare_sdk::{JobId, state_name, task_state_name};
+use spare_sdk::{Failures, JobId, Reason, TaskState, state_name, task_state_name};
 
 /// Options of `spare status`.
 #[derive(Args, Debug)]
@@ -26,13 +26,36 @@ pub struct StatusArgs {
 pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = super::connect(&a.peer).await?;
-    let status = client.status(&id, a.tasks).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut status = client.status(&id, a.tasks).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
     } else {
+        if !a.tasks && has_failures(&status) {
+            // The reasons are in the task list.
+            status = client.status(&id, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         print!("{}", status_text(&status, a.tasks));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether some task of the job failed or was inconclusive.
+pub fn has_failures(s: &proto::JobStatus) -> bool {
+    s.tasks.is_some_and(|c| c.failed + c.inconclusive > 0)
+}
+
+/// Most reasons listed one by one in text; the rest are counted on one line.
+const REASONS_SHOWN: usize = 10;
+
+/// The job's failed tasks grouped by reason, one line each (empty without a task list).
+pub fn failure_lines(s: &proto::JobStatus) -> Vec<String> {
+    let mut failures = Failures::default();
+    for t in &s.task_list {
+        if matches!(t.state(), TaskState::Failed | TaskState::Inconclusive) {
+            failures.add(Reason::of_status(t), t.index);
+        }
+    }
+    failures.lines(REASONS_SHOWN)
 }
 
 /// The kind of an outcome as a word: `exited`, `trapped`, `out_of_fuel`…
@@ -86,6 +109,7 @@ pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
                     "output_hash": t.output_hash,
                     "verified_by": t.verified_by,
                     "error": t.error,
+                    "stderr_line": t.stderr_line,
                     "outcome": t.outcome.as_ref().map(outcome_json),
                     "attestations": t.attestations,
                 })
@@ -112,11 +136,21 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
         "tasks  {} total: {} verified, {} running, {} pending, {} failed, {} inconclusive",
         c.total, c.verified, c.running, c.pending, c.failed, c.inconclusive
     );
+    for line in failure_lines(s) {
+        let _ = writeln!(out, "why    {line}");
+    }
+    if has_failures(s) {
+        let _ = writeln!(out, "       (`spare logs {} TASK` shows a task's stderr)", s.job_id);
+    }
     if with_tasks {
         let _ = writeln!(out, "{:>7}  {:<12}  {:<16}  {:<20}  error", "index", "state", "output", "verified by");
         for t in &s.task_list {
             let hash = t.output_hash.get(..16).unwrap_or(&t.output_hash);
             let by: Vec<&str> = t.verified_by.iter().map(|p| p.get(..8).unwrap_or(p)).collect();
+            let error = match t.state() {
+                TaskState::Failed | TaskState::Inconclusive => Reason::of_status(t).to_string(),
+                _ => t.error.clone(),
+            };
             let _ = writeln!(
                 out,
                 "{:>7}  {:<12}  {:<16}  {:<20}  {}",
@@ -124,7 +158,7 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
                 task_state_name(t.state()),
                 hash,
                 by.join(","),
-                t.error
+                error
             );
         }
     }

@@ -126,10 +126,14 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("submitted job {id} ({tasks} tasks)");
     }
     let bar = super::progress::bar(tasks as u64, false);
-    let status = super::progress::follow(&client, &id, &bar).await?;
+    let mut status = super::progress::follow(&client, &id, &bar).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&super::status::status_json(&status, false))?);
     } else {
+        if super::status::has_failures(&status) {
+            // The reasons are in the task list.
+            status = client.status(&id, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         print!("{}", super::status::status_text(&status, false));
     }
     Ok(if status.state() == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -45,6 +45,8 @@ pub struct StoredResult {
     pub message: String,
     /// Attestations the task had when it was decided.
     pub attestations: u32,
+    /// The tail of the deciding run's stderr, for diagnosis (why a task failed).
+    pub stderr: String,
 }
 
 /// Key of a job: its 32 bytes.

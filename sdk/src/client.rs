@@ -14,6 +14,9 @@ use crate::{Error, JobId, Result, is_final};
 /// Largest gRPC message the client sends or accepts: 64 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most jobs [`Client::find_job`] looks through (the peer's cap on a list).
+const MAX_LISTED: u32 = 1000;
+
 /// How long [`Client::connect`] waits for the TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,6 +56,15 @@ impl Client {
     /// [`Error::Connect`] when the address is malformed or nothing answers there.
     pub async fn connect(addr: impl Into<String>) -> Result<Client> {
         let addr = addr.into();
+        if addr.trim().to_ascii_lowercase().starts_with("https://") {
+            // tonic without a TLS feature would dial it in plaintext.
+            return Err(Error::Address {
+                addr,
+                reason: "https:// needs TLS, which this client does not speak; give host:port or http://host:port \
+                         (put a TLS-terminating proxy in front of the peer's API if it must cross an untrusted network)"
+                    .into(),
+            });
+        }
         let connect_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
@@ -185,6 +197,37 @@ impl Client {
     pub async fn list(&self, limit: u32) -> Result<Vec<proto::JobStatus>> {
         let request = proto::ListJobsRequest { limit };
         Ok(self.jobs.clone().list(request).await?.into_inner().jobs)
+    }
+
+    /// The job a job id or a unique prefix of one names (as `spare` and peer logs print them
+    /// shortened, e.g. `3f2a9c01`), among the jobs this peer holds (its [`list`](Self::list),
+    /// up to 1,000).
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`] for something that is not hex, [`Error::UnknownJob`] when no job
+    /// or more than one starts with it.
+    pub async fn find_job(&self, id_or_prefix: &str) -> Result<JobId> {
+        let prefix = id_or_prefix.trim().trim_end_matches(['…', '.']).to_ascii_lowercase();
+        if let Ok(id) = prefix.parse::<JobId>() {
+            return Ok(id);
+        }
+        if prefix.is_empty() || prefix.len() > crate::ID_HEX_LEN || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidId(id_or_prefix.to_string()));
+        }
+        let jobs = self.list(MAX_LISTED).await?;
+        let found: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).filter(|id| id.starts_with(&prefix)).collect();
+        match found.as_slice() {
+            [one] => one.parse(),
+            [] => Err(Error::UnknownJob(format!(
+                "no job held at {} starts with {prefix}; give the whole job id, or ask a peer that coordinates it",
+                self.addr
+            ))),
+            many => Err(Error::UnknownJob(format!(
+                "{prefix} is the start of {} jobs ({}…); give more of the id",
+                many.len(),
+                many.iter().take(3).map(|id| id.get(..prefix.len() + 4).unwrap_or(id)).collect::<Vec<_>>().join("…, ")
+            ))),
+        }
     }
 
     /// What the peer says about itself.

@@ -23,8 +23,13 @@ struct Peer {
 
 impl Peer {
     fn start(data: &Path) -> Peer {
+        Peer::start_on(data, "127.0.0.1:0")
+    }
+
+    /// A peer listening on `listen` (a host name works too).
+    fn start_on(data: &Path, listen: &str) -> Peer {
         let mut child = Command::new(SPARE)
-            .args(["peer", "--listen", "127.0.0.1:0", "--cpus", "2", "--data-dir"])
+            .args(["peer", "--listen", listen, "--cpus", "2", "--data-dir"])
             .arg(data)
             .env("SPARE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -194,4 +199,86 @@ fn a_users_build_has_no_chaos_feature() {
     // The whole workspace (what `scripts/test` builds) does get it, so the tests keep it.
     let tests = features(&["--workspace"]);
     assert!(tests.contains("spare-peer feature \"chaos\""), "{tests}");
+}
+
+/// Runs `spare` with `args` against `peer`, expecting failure, and returns its stderr.
+fn refused(peer: &str, args: &[&str]) -> String {
+    let out = Command::new(SPARE).args(args).env("SPARE_PEER", peer).output().expect("spare runs");
+    assert!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A local port where nothing listens.
+fn closed_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Mistakes are refused before anything is uploaded, each with one line that names the cause
+/// and what to do; short job ids work wherever a job id is asked for.
+#[test]
+fn mistakes_are_refused_early_and_said_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let module = root().join("examples/wasm/primes.wasm");
+    let module = module.to_str().unwrap();
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, "0 1000\n1000 2000\n").unwrap();
+    let lines = lines.to_str().unwrap();
+    // Nothing listens at `nowhere`: a check that ran after connecting would say so instead.
+    let nowhere = closed_port();
+    let submit = |extra: &[&str]| {
+        let mut args = vec!["submit", module, "--stdin-lines", lines];
+        args.extend_from_slice(extra);
+        refused(&nowhere, &args)
+    };
+    let first_line = |s: &str| s.lines().next().unwrap_or("").to_string();
+    assert!(first_line(&submit(&["--quorum", "0"])).contains("1 or more"));
+    assert!(first_line(&submit(&["--fuel", "-5"])).contains("a whole number above 0"));
+    assert!(first_line(&submit(&["--timeout", "soon"])).contains("30s"));
+    let err = submit(&["--memory", "10"]);
+    assert!(err.contains("--memory 10 B is below the 1.1 MiB") && err.contains("primes.wasm") && err.contains("--memory 2MiB"), "{err}");
+    let err = refused(&nowhere, &["submit", lines, "--stdin-lines", lines]);
+    assert!(err.starts_with(&format!("error: {lines} is not a module a peer can run")), "{err}");
+
+    // Connection problems keep their cause and say what to do.
+    let err = refused(&nowhere, &["status", "ab12"]);
+    assert!(err.contains("Connection refused") && err.contains("spare peer") && err.contains("--peer"), "{err}");
+    let err = refused(&format!("https://{nowhere}"), &["status", "ab12"]);
+    assert!(err.contains("https:// needs TLS"), "{err}");
+    // Something that is not a peer listens: it takes the connection, answers HTTP/1 and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let not_a_peer = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let err = refused(&not_a_peer, &["status", "ab12"]);
+    assert!(err.contains("Spare peer") && err.contains("spare peer --listen"), "{err}");
+
+    // Against a real peer (listening on a host name): short ids, --out, and a quorum the mesh
+    // cannot reach yet.
+    let peer = Peer::start_on(&tmp.path().join("peer"), "localhost:0");
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines, "--quorum", "1", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let job = text.lines().next().and_then(|l| l.strip_prefix("job    ")).expect(&text).trim().to_string();
+    let v = json(&spare(&peer, &["status", &job[..8], "--json"]));
+    assert_eq!(v["job_id"], job.as_str(), "a short id names the job");
+    assert!(refused(&peer.addr, &["status", "0000000"]).contains("no job held at"));
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(out_dir.join("notes.txt"), "mine").unwrap();
+    let err = refused(&peer.addr, &["results", &job[..8], "--out", out_dir.to_str().unwrap()]);
+    assert!(err.contains("is not empty") && err.contains("--force"), "{err}");
+    let out = spare(&peer, &["results", &job[..8], "--out", out_dir.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir.join("1").exists() && out_dir.join("notes.txt").exists());
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines, "--quorum", "3"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: quorum 3 needs 3 distinct peers") && err.contains("1 alive"), "{err}");
 }

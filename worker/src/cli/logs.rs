@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{JobId, Reason, TaskState, task_state_name};
+use spare_sdk::{Reason, TaskState, task_state_name};
 
 /// Options of `spare logs`.
 #[derive(Args, Debug)]
@@ -18,7 +18,7 @@ pub struct LogsArgs {
     /// The peer to ask.
     #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
     peer: String,
-    /// The job id, as `spare submit` printed it.
+    /// The job id, or a unique start of it (as `spare` prints it short).
     job: String,
     /// Only this task (its index); its stderr goes to stdout as it is.
     task: Option<u32>,
@@ -36,9 +36,9 @@ fn describe(r: &spare_sdk::TaskResult) -> String {
 }
 
 pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let err = |e: spare_sdk::Error| anyhow::anyhow!("{e}");
     let client = super::connect(&a.peer).await?;
+    let id = super::job_id(&client, &a.job).await?;
+    let err = |e| super::sdk_error(e, &a.peer);
     let from = a.task.unwrap_or(0);
     if let Some(task) = a.task {
         let total = client.status(&id, false).await.map_err(err)?.tasks.unwrap_or_default().total;

@@ -1,6 +1,7 @@
 //! The `spare` command line: `peer` runs a peer; `submit`, `status` and `results` talk to one
 //! over gRPC through the SDK; `demo` runs a whole job on an embedded mesh.
 
+mod check;
 mod demo;
 mod logs;
 mod peer;
@@ -10,6 +11,7 @@ mod results;
 mod sim;
 mod status;
 mod submit;
+mod units;
 
 use std::process::ExitCode;
 
@@ -82,7 +84,40 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Connects the SDK to a peer, with the address in the error.
+/// Connects the SDK to a peer and checks that a peer answers there; an error keeps its cause
+/// and says what to do.
 async fn connect(peer: &str) -> anyhow::Result<spare_sdk::Client> {
-    spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| anyhow::anyhow!("{e}"))
+    let client = spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| sdk_error(e, peer))?;
+    match client.info().await {
+        Ok(_) => Ok(client),
+        // Something took the connection, then failed below gRPC: not a peer's API.
+        Err(spare_sdk::Error::Status(s)) if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled) => {
+            anyhow::bail!(
+                "{peer} took the connection but did not answer as a Spare peer ({}); is it the address `spare peer --listen` serves?",
+                spare_sdk::Error::Status(s)
+            )
+        }
+        Err(e) => Err(sdk_error(e, peer)),
+    }
+}
+
+/// An SDK error as the client commands show it: with a hint when the peer cannot be reached or
+/// is not a peer.
+fn sdk_error(e: spare_sdk::Error, peer: &str) -> anyhow::Error {
+    use spare_sdk::Error as E;
+    match &e {
+        E::Connect { .. } => anyhow::anyhow!(
+            "{e}; is a peer running there? Start one with `spare peer --data-dir DIR`, or pass --peer HOST:PORT (or set SPARE_PEER)"
+        ),
+        E::NotAPeer { .. } => anyhow::anyhow!("{peer}: {e}"),
+        E::Status(s) if s.code() == tonic::Code::Unavailable => {
+            anyhow::anyhow!("{peer} stopped answering: {e}; is the peer still running?")
+        }
+        _ => anyhow::anyhow!("{e}"),
+    }
+}
+
+/// The job an id, or a unique prefix of one as `spare` prints them, names at `client`'s peer.
+async fn job_id(client: &spare_sdk::Client, id: &str) -> anyhow::Result<spare_sdk::JobId> {
+    client.find_job(id).await.map_err(|e| sdk_error(e, client.addr()))
 }

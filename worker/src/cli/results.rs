@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{Failures, JobId, Reason, TaskState};
+use spare_sdk::{Failures, Reason, TaskState};
 
 /// Options of `spare results`.
 #[derive(Args, Debug)]
@@ -14,7 +14,7 @@ pub struct ResultsArgs {
     /// The peer to ask.
     #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
     peer: String,
-    /// The job id.
+    /// The job id, or a unique start of it (as `spare` prints it short).
     job: String,
     /// Directory to write one file per task into, named by the task's index (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -22,6 +22,23 @@ pub struct ResultsArgs {
     /// Take what is verified now instead of waiting for the job to end.
     #[arg(long)]
     no_wait: bool,
+    /// Write into --out even if it already holds files (files named like a task's index are
+    /// replaced).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Makes `dir` (if missing) and refuses one that holds anything, unless `force`.
+fn out_dir(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create --out {}: {e}", dir.display()))?;
+    let mut entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read --out {}: {e}", dir.display()))?;
+    if !force && entries.next().is_some() {
+        anyhow::bail!(
+            "--out {} is not empty, and results would overwrite files named by task index there; give an empty or new directory, or add --force",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Most unfinished tasks named one by one; the rest are counted.
@@ -30,12 +47,12 @@ const NAMED: usize = 20;
 const REASONS_SHOWN: usize = 10;
 
 pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
-    let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let err = |e: spare_sdk::Error| anyhow::anyhow!("{e}");
     let client = super::connect(&a.peer).await?;
+    let id = super::job_id(&client, &a.job).await?;
+    let err = |e| super::sdk_error(e, &a.peer);
     let status = client.status(&id, false).await.map_err(err)?;
     let total = status.tasks.unwrap_or_default().total;
-    tokio::fs::create_dir_all(&a.out).await.map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
+    out_dir(&a.out, a.force)?;
     let bar = super::progress::bar(u64::from(total), false);
     bar.set_message("· results");
     let mut results = client.results_from(&id, 0, !a.no_wait).await.map_err(err)?;

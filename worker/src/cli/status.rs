@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::{Value, json};
 use spare_sdk::proto::{self, OutcomeKind};
-use spare_sdk::{Failures, JobId, Reason, TaskState, state_name, task_state_name};
+use spare_sdk::{Failures, Reason, TaskState, state_name, task_state_name};
 
 /// Options of `spare status`.
 #[derive(Args, Debug)]
@@ -13,7 +13,7 @@ pub struct StatusArgs {
     /// The peer to ask.
     #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
     peer: String,
-    /// The job id, as `spare submit` printed it.
+    /// The job id, or a unique start of it (as `spare` prints it short).
     job: String,
     /// Also list every task: its state, output hash, the peers that verified it, its error.
     #[arg(long)]
@@ -24,15 +24,16 @@ pub struct StatusArgs {
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = super::connect(&a.peer).await?;
-    let mut status = client.status(&id, a.tasks).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = super::job_id(&client, &a.job).await?;
+    let err = |e| super::sdk_error(e, &a.peer);
+    let mut status = client.status(&id, a.tasks).await.map_err(err)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
     } else {
         if !a.tasks && has_failures(&status) {
             // The reasons are in the task list.
-            status = client.status(&id, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            status = client.status(&id, true).await.map_err(err)?;
         }
         print!("{}", status_text(&status, a.tasks));
     }

@@ -33,6 +33,7 @@ use wasmtime::{Engine, Linker, Module};
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
 pub use engine::{engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
+pub use validate::initial_memory_bytes;
 
 use cache::{DiskCache, Loaded, ModuleCache};
 use engine::EpochTicker;

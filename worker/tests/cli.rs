@@ -167,12 +167,69 @@ fn submit_status_and_results_against_a_real_peer() {
 }
 
 #[test]
-fn help_is_there_for_every_command() {
-    for cmd in ["peer", "submit", "status", "results", "logs", "demo"] {
+fn help_with_examples_is_there_for_every_command() {
+    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "demo", "sim", "completions"];
+    for cmd in commands {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: spare"), "{cmd}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage: spare") && help.contains("Examples:\n  spare"), "{cmd}: {help}");
     }
+    let out = Command::new(SPARE).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in commands {
+        assert!(help.contains(&format!("\n  {cmd} ")), "`spare --help` lists {cmd}: {help}");
+    }
+    let out = Command::new(SPARE).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_spare()"));
+}
+
+/// `spare jobs` lists a job with what it waits for; `status --watch` off a terminal prints a
+/// line saying so (instead of hanging silently) until `spare cancel` ends the job.
+#[test]
+fn jobs_watch_and_cancel_against_a_real_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = Peer::start(&tmp.path().join("peer"));
+    let module = root().join("examples/wasm/primes.wasm");
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, "0 1000\n1000 2000\n").unwrap();
+    // Quorum 2 on a lone peer: the job cannot finish until another peer joins.
+    let v = json(&spare(&peer, &["submit", module.to_str().unwrap(), "--stdin-lines", lines.to_str().unwrap(), "--label", "stuck", "--json"]));
+    let job = v["job_id"].as_str().unwrap().to_string();
+    let list = json(&spare(&peer, &["jobs", "--json"]));
+    let listed = list.as_array().and_then(|l| l.iter().find(|j| j["job_id"] == job.as_str())).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!((listed["state"].as_str(), listed["label"].as_str(), listed["tasks"]["total"].as_u64()), (Some("running"), Some("stuck"), Some(2)));
+    let table = String::from_utf8_lossy(&spare(&peer, &["jobs"]).stdout).into_owned();
+    assert!(table.contains(&job[..12]) && table.contains("stuck"), "{table}");
+
+    let mut watch = Command::new(SPARE)
+        .args(["status", &job[..10], "--watch"])
+        .env("SPARE_PEER", &peer.addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line, read on a thread so that a silent watch fails the test instead of hanging it.
+    let stderr = BufReader::new(watch.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("status --watch prints a line within seconds");
+    assert!(line.contains("0/2 tasks done") && line.contains("waiting for more peers: quorum 2 needs 2 distinct peers"), "{line}");
+
+    let out = spare(&peer, &["cancel", &job[..10]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("cancelled job {job}")));
+    let status = watch.wait_timeout(Duration::from_secs(30)).unwrap().expect("the watch ends with the job");
+    assert!(!status.success(), "a watch of a job that did not complete exits non-zero");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut rest).unwrap();
+    assert!(rest.contains("state  cancelled"), "{rest}");
+    let out = spare(&peer, &["cancel", &job]);
+    assert!(out.status.success(), "cancelling twice is fine");
 }
 
 /// The `spare` binary a user builds from the workspace root (`cargo build --release --bin

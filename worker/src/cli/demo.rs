@@ -93,7 +93,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let accepted = submitted.elapsed();
     eprintln!("submitted job {} to peer 0 ({} tasks of {chunk} numbers, quorum {})", id.short(), inputs.len(), a.quorum);
     let bar = super::progress::bar(inputs.len() as u64, false);
-    let status = super::progress::follow(&client, &id, &bar).await?;
+    let status = super::progress::follow(&client, &id, &bar, false).await?;
     let ran = submitted.elapsed();
     anyhow::ensure!(status.state() == JobState::Completed, "the job ended {:?}: {}", status.state(), status.message);
 

@@ -10,10 +10,6 @@ use spare_sdk::{Reason, TaskState, task_state_name};
 
 /// Options of `spare logs`.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  spare logs 3f2a9c          the stderr of every task without a verified result
-  spare logs 3f2a9c 17       task 17's stderr alone, as the guest wrote it
-  spare logs 3f2a9c --all    verified tasks' stderr too")]
 pub struct LogsArgs {
     /// The peer to ask.
     #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]

@@ -21,6 +21,10 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Follow the job live until it ends (rate and ETA; a line every few seconds when stderr is
+    /// not a terminal), then show its status; exits non-zero unless it completed.
+    #[arg(long)]
+    watch: bool,
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -28,6 +32,15 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let id = super::job_id(&client, &a.job).await?;
     let err = |e| super::sdk_error(e, &a.peer);
     let mut status = client.status(&id, a.tasks).await.map_err(err)?;
+    let mut code = ExitCode::SUCCESS;
+    if a.watch {
+        let bar = super::progress::bar(u64::from(status.tasks.unwrap_or_default().total), false);
+        super::progress::follow(&client, &id, &bar, true).await?;
+        status = client.status(&id, a.tasks).await.map_err(err)?;
+        if status.state() != spare_sdk::JobState::Completed {
+            code = ExitCode::FAILURE;
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
     } else {
@@ -37,7 +50,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         print!("{}", status_text(&status, a.tasks));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// Whether some task of the job failed or was inconclusive.

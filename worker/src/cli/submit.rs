@@ -65,7 +65,8 @@ pub struct SubmitArgs {
     /// A name shown in status and lists.
     #[arg(long, default_value = "")]
     label: String,
-    /// Wait for the job to end, showing progress; exits non-zero unless it completed.
+    /// Wait for the job to end, showing progress (a line every few seconds when stderr is not a
+    /// terminal); exits non-zero unless it completed.
     #[arg(long)]
     wait: bool,
     /// Print JSON on stdout and nothing else: `{"job_id": …}`, or with --wait the final status.
@@ -140,7 +141,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("submitted job {id} ({tasks} tasks)");
     }
     let bar = super::progress::bar(tasks as u64, false);
-    let mut status = super::progress::follow(&client, &id, &bar).await?;
+    let mut status = super::progress::follow(&client, &id, &bar, true).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&super::status::status_json(&status, false))?);
     } else {

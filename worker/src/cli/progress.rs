@@ -3,9 +3,11 @@
 //! the rate, an ETA and what the job waits for.
 //!
 //! Counting: the Watch stream's snapshot has counts, its `task_done` events have indices, and a
-//! task that ends while the watch begins may be in both. So the count shown is the larger of
-//! the latest counts (from the snapshot, or a status asked for every few seconds) and the
-//! distinct tasks that had an event: never a task twice, never above the total.
+//! task that ends while the watch begins may be in both, so counts and events are never added.
+//! Once the snapshot is in, the tasks final by then are read by index (a status with tasks);
+//! a task is done once it is among those or had an event, and the count shown is the larger of
+//! that set's size and the latest counts (a status asked for every few seconds): never a task
+//! twice, never above the total, exact whenever the job fits one task list (100,000 tasks).
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -45,7 +47,8 @@ pub fn done(c: &proto::TaskCounts) -> u64 {
 pub struct Progress {
     /// The latest status (counts, state, note).
     status: proto::JobStatus,
-    /// Tasks that had a `task_done` event.
+    /// Tasks known final: had a `task_done` event, or were final in the task list read after
+    /// the snapshot.
     seen: HashSet<u32>,
     /// When following began, and how many tasks were done then (for the rate).
     since: Instant,
@@ -67,6 +70,12 @@ impl Progress {
     /// Counts a task's final event.
     pub fn task_done(&mut self, index: u32) {
         self.seen.insert(index);
+    }
+
+    /// Counts the final tasks of a status with its task list.
+    pub fn final_tasks(&mut self, status: &proto::JobStatus) {
+        let fin = status.task_list.iter().filter(|t| spare_sdk::is_task_final(t.state()));
+        self.seen.extend(fin.map(|t| t.index));
     }
 
     /// Tasks in the job.
@@ -151,7 +160,12 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
             event = events.next() => match event {
                 None => break,
                 Some(event) => match event.map_err(err)?.event {
-                    Some(Event::Snapshot(s)) => progress.update(s),
+                    Some(Event::Snapshot(s)) => {
+                        progress.update(s);
+                        // Which tasks the snapshot counted: their events may follow it.
+                        let listed = client.status(id, true).await.map_err(err)?;
+                        progress.final_tasks(&listed);
+                    }
                     Some(Event::TaskDone(t)) => progress.task_done(t.index),
                     Some(Event::Finished(s)) => {
                         progress.update(s);
@@ -197,6 +211,16 @@ mod tests {
     fn a_task_in_the_snapshot_and_an_event_counts_once() {
         let mut p = Progress::new();
         p.update(status(100, 30));
+        let mut listed = status(100, 30);
+        listed.task_list = (0..100)
+            .map(|i| proto::TaskStatus {
+                index: i,
+                state: if i < 30 { proto::TaskState::Verified } else { proto::TaskState::Pending } as i32,
+                ..Default::default()
+            })
+            .collect();
+        p.final_tasks(&listed);
+        assert_eq!(p.done(), 30);
         for i in 25..100 {
             p.task_done(i);
             assert!(p.done() <= 100, "{} done of 100 after task {i}", p.done());

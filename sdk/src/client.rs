@@ -105,8 +105,19 @@ impl Client {
         &self.addr
     }
 
-    /// Status of a job, with every task's state when `include_tasks` is set.
-    pub async fn status(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
+    /// Status of a job: its state, task counts, policy and what it waits for.
+    pub async fn status(&self, job: &JobId) -> Result<proto::JobStatus> {
+        self.get(job, false).await
+    }
+
+    /// [`status`](Self::status) with every task's state, outcome and failure line in
+    /// `task_list` (the first 100,000 tasks; read a larger job's with
+    /// [`results`](Self::results)).
+    pub async fn status_with_tasks(&self, job: &JobId) -> Result<proto::JobStatus> {
+        self.get(job, true).await
+    }
+
+    async fn get(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
         let request = proto::GetJobRequest {
             job_id: job.to_string(),
             include_tasks,
@@ -138,12 +149,30 @@ impl Client {
         &self,
         job: &JobId,
     ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
-        self.results_from(job, 0, false).await
+        self.results_now_from(job, 0).await
     }
 
-    /// Results of tasks with index `>= from_index`, waiting for the job to end when `wait` is set
+    /// Results of tasks with index `>= from_index`, in task order, waiting for the job to end
     /// (to resume a stream that broke off).
     pub async fn results_from(
+        &self,
+        job: &JobId,
+        from_index: u32,
+    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+        self.results_request(job, from_index, true).await
+    }
+
+    /// The results final now of tasks with index `>= from_index`, in task order, skipping
+    /// tasks not final yet.
+    pub async fn results_now_from(
+        &self,
+        job: &JobId,
+        from_index: u32,
+    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+        self.results_request(job, from_index, false).await
+    }
+
+    async fn results_request(
         &self,
         job: &JobId,
         from_index: u32,
@@ -175,7 +204,7 @@ impl Client {
                 _ => {}
             }
         }
-        let status = self.status(job, false).await?;
+        let status = self.status(job).await?;
         if is_final(status.state()) {
             Ok(status)
         } else {

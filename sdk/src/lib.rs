@@ -26,14 +26,15 @@
 //! let id = client.submit(&job).await?;
 //! println!("submitted {id}");
 //!
-//! // Progress: a snapshot first, one event per finished task, then `finished`.
-//! let mut events = client.watch(&id).await?;
+//! // Progress: a snapshot first, one event per finished task, then `finished`; each with the
+//! // tasks done so far, every task counted once.
+//! let mut events = client.watch_progress(&id).await?;
 //! while let Some(event) = events.next().await {
-//!     match event?.event {
-//!         Some(Event::Snapshot(status)) => println!("{}", state_name(status.state())),
-//!         Some(Event::TaskDone(task)) => println!("task {} done", task.index),
-//!         Some(Event::Finished(status)) => println!("job {}", state_name(status.state())),
-//!         None => {}
+//!     let (event, p) = event?;
+//!     match event {
+//!         Event::Snapshot(status) => println!("{}", state_name(status.state())),
+//!         Event::TaskDone(task) => println!("task {} done ({}/{})", task.index, p.done, p.total),
+//!         Event::Finished(status) => println!("job {}", state_name(status.state())),
 //!     }
 //! }
 //!
@@ -58,12 +59,13 @@
 
 mod client;
 mod error;
-pub mod failover;
+mod failover;
 mod failures;
 mod id;
 mod job;
-pub mod plan;
-pub mod split;
+mod plan;
+mod progress;
+mod split;
 mod submit;
 
 #[cfg(test)]
@@ -76,6 +78,7 @@ pub use error::{Error, Result, code_name};
 pub use failures::{Failures, Reason, STDERR_LINE_BYTES, stderr_line};
 pub use id::{ID_HEX_LEN, JobId};
 pub use job::{Job, JobBuilder};
+pub use progress::{Progress, ProgressCounter, tasks_done};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};
 
 pub use proto::job_event::Event;

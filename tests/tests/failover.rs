@@ -84,7 +84,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
     for p in &peers {
         if ad.coordinators.contains(&p.node.peer_id()) {
             let c = client(p).await;
-            let s = c.status(&id, false).await.unwrap();
+            let s = c.status(&id).await.unwrap();
             assert_eq!(s.state(), JobState::Completed);
             let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;
             assert_eq!(mine, all, "the same results at every coordinator");
@@ -117,7 +117,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
                 async move { (state == Some(spare_protocol::JobState::Cancelled)).then_some(()) }
             })
             .await;
-            let s = client(p).await.status(&id, false).await.unwrap();
+            let s = client(p).await.status(&id).await.unwrap();
             assert_eq!(s.state(), JobState::Cancelled, "status at {}: {s:?}", p.node.peer_id().short());
         }
     }

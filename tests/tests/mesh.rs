@@ -31,7 +31,7 @@ async fn watch_all(client: &Client, id: &spare_sdk::JobId) -> Vec<Event> {
 async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
     let end = within("job end", client.wait(id)).await.expect("wait");
     assert!(spare_sdk::is_final(end.state()), "{end:?}");
-    client.status(id, true).await.expect("status with tasks")
+    client.status_with_tasks(id).await.expect("status with tasks")
 }
 
 /// Checks a completed primes job: every task verified by exactly `quorum` distinct peers, none of
@@ -245,7 +245,7 @@ async fn status_watch_and_results_work_from_any_peer() {
 
     // Once the job's ad reaches it, a peer that does not hold the job forwards to the origin.
     let first = eventually("the job known through peer 1", || async {
-        match other.status(&id, false).await {
+        match other.status(&id).await {
             Ok(s) => Some(s),
             Err(e) if e.is_not_found() => None,
             Err(e) => panic!("status through peer 1: {e}"),
@@ -269,7 +269,7 @@ async fn status_watch_and_results_work_from_any_peer() {
     }
 
     let here = finished(&origin, &id).await;
-    let there = other.status(&id, true).await.unwrap();
+    let there = other.status_with_tasks(&id).await.unwrap();
     assert_eq!(there, here, "Get through peer 1 is the origin's answer");
     assert_eq!(there.origin, hex(&peers[0]), "the status names the origin");
     let all = results(&origin, &id).await;
@@ -282,7 +282,7 @@ async fn status_watch_and_results_work_from_any_peer() {
     let unknown: spare_sdk::JobId = hex::encode([9u8; 32]).parse().unwrap();
     for p in &peers {
         let c = client(p).await;
-        assert!(c.status(&unknown, false).await.unwrap_err().is_not_found());
+        assert!(c.status(&unknown).await.unwrap_err().is_not_found());
         assert!(c.watch(&unknown).await.err().expect("watch of an unknown job fails").is_not_found());
         assert!(c.results(&unknown).await.err().expect("results of an unknown job fail").is_not_found());
     }
@@ -335,7 +335,7 @@ async fn watch_reports_every_task_before_the_end() {
     let origin = client(&peers[0]).await;
     let other = client(&peers[1]).await;
     let id = origin.submit(&primes_job(u64::from(tasks), 500, 2).build().unwrap()).await.unwrap();
-    eventually("the job known through peer 1", || async { other.status(&id, false).await.ok() }).await;
+    eventually("the job known through peer 1", || async { other.status(&id).await.ok() }).await;
     let (a, b, c, d) = tokio::join!(watch_all(&origin, &id), watch_all(&other, &id), watch_all(&origin, &id), watch_all(&other, &id));
     for (who, events) in [("origin", a), ("peer 1", b), ("origin", c), ("peer 1", d)] {
         let Some(Event::Snapshot(snap)) = events.first() else { panic!("{who}: no snapshot first: {events:?}") };

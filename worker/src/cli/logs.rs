@@ -37,10 +37,10 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let err = |e| super::sdk_error(e, &a.peer);
     let from = a.task.unwrap_or(0);
     if let Some(task) = a.task {
-        let total = client.status(&id, false).await.map_err(err)?.tasks.unwrap_or_default().total;
+        let total = client.status(&id).await.map_err(err)?.tasks.unwrap_or_default().total;
         anyhow::ensure!(task < total, "job {id} has {total} tasks (0 to {}); there is no task {task}", total.saturating_sub(1));
     }
-    let mut results = client.results_from(&id, from, false).await.map_err(err)?;
+    let mut results = client.results_now_from(&id, from).await.map_err(err)?;
     let mut stdout = std::io::stdout().lock();
     let mut shown = 0u64;
     while let Some(r) = results.next().await {

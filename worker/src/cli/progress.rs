@@ -2,21 +2,16 @@
 //! stderr when it is a terminal, otherwise one line every few seconds, each with the tasks done,
 //! the rate, an ETA and what the job waits for.
 //!
-//! Counting: the Watch stream's snapshot has counts, its `task_done` events have indices, and a
-//! task that ends while the watch begins may be in both, so counts and events are never added.
-//! Once the snapshot is in, the tasks final by then are read by index (a status with tasks);
-//! a task is done once it is among those or had an event, and the count shown is the larger of
-//! that set's size and the latest counts (a status asked for every few seconds): never a task
-//! twice, never above the total, exact whenever the job fits one task list (100,000 tasks).
+//! Counting is the SDK's [`ProgressCounter`]: a task in the Watch snapshot and in an event
+//! counts once; a status asked for every few seconds keeps the counts and the note fresh.
 
-use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use spare_sdk::proto::{self, job_event::Event};
-use spare_sdk::{Client, JobId, state_name};
+use spare_sdk::{Client, JobId, ProgressCounter, state_name};
 
 use super::units::show_duration;
 
@@ -38,18 +33,14 @@ pub fn bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Tasks of a job that reached a final state.
-pub fn done(c: &proto::TaskCounts) -> u64 {
-    u64::from(c.verified + c.failed + c.inconclusive)
-}
+pub use spare_sdk::tasks_done as done;
 
 /// What is known of a job while following it.
-pub struct Progress {
+struct Progress {
     /// The latest status (counts, state, note).
     status: proto::JobStatus,
-    /// Tasks known final: had a `task_done` event, or were final in the task list read after
-    /// the snapshot.
-    seen: HashSet<u32>,
+    /// Tasks done, each once.
+    counter: ProgressCounter,
     /// When following began, and how many tasks were done then (for the rate).
     since: Instant,
     done_at_start: Option<u64>,
@@ -57,36 +48,22 @@ pub struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { status: proto::JobStatus::default(), seen: HashSet::new(), since: Instant::now(), done_at_start: None }
+        Progress { status: proto::JobStatus::default(), counter: ProgressCounter::default(), since: Instant::now(), done_at_start: None }
     }
 
     /// Takes a status (snapshot, refresh or end) as the latest counts.
-    pub fn update(&mut self, status: proto::JobStatus) {
-        let c = status.tasks.unwrap_or_default();
-        self.done_at_start.get_or_insert(done(&c));
+    fn update(&mut self, status: proto::JobStatus) {
+        self.counter.update(&status);
+        self.done_at_start.get_or_insert(self.counter.progress().done);
         self.status = status;
     }
 
-    /// Counts a task's final event.
-    pub fn task_done(&mut self, index: u32) {
-        self.seen.insert(index);
+    fn total(&self) -> u64 {
+        self.counter.progress().total
     }
 
-    /// Counts the final tasks of a status with its task list.
-    pub fn final_tasks(&mut self, status: &proto::JobStatus) {
-        let fin = status.task_list.iter().filter(|t| spare_sdk::is_task_final(t.state()));
-        self.seen.extend(fin.map(|t| t.index));
-    }
-
-    /// Tasks in the job.
-    pub fn total(&self) -> u64 {
-        u64::from(self.status.tasks.unwrap_or_default().total)
-    }
-
-    /// Tasks done: never one twice, never more than the job has.
-    pub fn done(&self) -> u64 {
-        let counted = done(&self.status.tasks.unwrap_or_default());
-        counted.max(self.seen.len() as u64).min(self.total())
+    fn done(&self) -> u64 {
+        self.counter.progress().done
     }
 
     /// Tasks done per second since following began, once some were.
@@ -97,7 +74,7 @@ impl Progress {
     }
 
     /// `running · 12.5 tasks/s · ETA 8s · 2 failed · waiting for more peers: …`
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let c = self.status.tasks.unwrap_or_default();
         let mut parts = vec![state_name(self.status.state()).to_string()];
         if let Some(rate) = self.rate() {
@@ -163,10 +140,12 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
                     Some(Event::Snapshot(s)) => {
                         progress.update(s);
                         // Which tasks the snapshot counted: their events may follow it.
-                        let listed = client.status(id, true).await.map_err(err)?;
-                        progress.final_tasks(&listed);
+                        let listed = client.status_with_tasks(id).await.map_err(err)?;
+                        progress.counter.count_final(&listed);
                     }
-                    Some(Event::TaskDone(t)) => progress.task_done(t.index),
+                    Some(Event::TaskDone(t)) => {
+                        progress.counter.task_done(t.index);
+                    }
                     Some(Event::Finished(s)) => {
                         progress.update(s);
                         bar.finish_and_clear();
@@ -177,7 +156,7 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
             },
             _ = refresh.tick() => {
                 // Counts, and what the job waits for, even when no task ends for a while.
-                if let Ok(s) = client.status(id, false).await {
+                if let Ok(s) = client.status(id).await {
                     progress.update(s);
                 }
                 shown.show(&progress, id);
@@ -188,52 +167,9 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
         }
     }
     bar.finish_and_clear();
-    let s = client.status(id, false).await.map_err(err)?;
+    let s = client.status(id).await.map_err(err)?;
     if spare_sdk::is_final(s.state()) {
         return Ok(s);
     }
     anyhow::bail!("lost the job's event stream before it ended; `spare status {id} --watch` follows it again")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(total: u32, verified: u32) -> proto::JobStatus {
-        let tasks = proto::TaskCounts { total, verified, ..Default::default() };
-        proto::JobStatus { tasks: Some(tasks), ..Default::default() }
-    }
-
-    /// The snapshot counted tasks 0..30; events then arrive for 25..100 (25..30 twice, as a
-    /// watch that begins while they end gets them). Adding events to the snapshot's count
-    /// (the old logic) would say 105/100.
-    #[test]
-    fn a_task_in_the_snapshot_and_an_event_counts_once() {
-        let mut p = Progress::new();
-        p.update(status(100, 30));
-        let mut listed = status(100, 30);
-        listed.task_list = (0..100)
-            .map(|i| proto::TaskStatus {
-                index: i,
-                state: if i < 30 { proto::TaskState::Verified } else { proto::TaskState::Pending } as i32,
-                ..Default::default()
-            })
-            .collect();
-        p.final_tasks(&listed);
-        assert_eq!(p.done(), 30);
-        for i in 25..100 {
-            p.task_done(i);
-            assert!(p.done() <= 100, "{} done of 100 after task {i}", p.done());
-        }
-        assert_eq!(p.done(), 100);
-        p.task_done(99);
-        assert_eq!(p.done(), 100, "a repeated event counts once");
-        // A refresh catches up when events lag behind.
-        let mut p = Progress::new();
-        p.update(status(100, 30));
-        p.task_done(3);
-        assert_eq!(p.done(), 30);
-        p.update(status(100, 60));
-        assert_eq!(p.done(), 60);
-    }
 }

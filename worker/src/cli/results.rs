@@ -50,12 +50,17 @@ pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(&a.peer).await?;
     let id = super::job_id(&client, &a.job).await?;
     let err = |e| super::sdk_error(e, &a.peer);
-    let status = client.status(&id, false).await.map_err(err)?;
+    let status = client.status(&id).await.map_err(err)?;
     let total = status.tasks.unwrap_or_default().total;
     out_dir(&a.out, a.force)?;
     let bar = super::progress::bar(u64::from(total), false);
     bar.set_message("· results");
-    let mut results = client.results_from(&id, 0, !a.no_wait).await.map_err(err)?;
+    let mut results = if a.no_wait {
+        client.results_now(&id).await.map(StreamExt::boxed)
+    } else {
+        client.results(&id).await.map(StreamExt::boxed)
+    }
+    .map_err(err)?;
     let mut got = vec![false; total as usize];
     let mut failures = Failures::default();
     let mut written = 0u64;

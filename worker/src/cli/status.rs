@@ -31,12 +31,13 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(&a.peer).await?;
     let id = super::job_id(&client, &a.job).await?;
     let err = |e| super::sdk_error(e, &a.peer);
-    let mut status = client.status(&id, a.tasks).await.map_err(err)?;
+    let get = async |tasks: bool| if tasks { client.status_with_tasks(&id).await } else { client.status(&id).await };
+    let mut status = get(a.tasks).await.map_err(err)?;
     let mut code = ExitCode::SUCCESS;
     if a.watch {
         let bar = super::progress::bar(u64::from(status.tasks.unwrap_or_default().total), false);
         super::progress::follow(&client, &id, &bar, true).await?;
-        status = client.status(&id, a.tasks).await.map_err(err)?;
+        status = get(a.tasks).await.map_err(err)?;
         if status.state() != spare_sdk::JobState::Completed {
             code = ExitCode::FAILURE;
         }
@@ -46,7 +47,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         if !a.tasks && has_failures(&status) {
             // The reasons are in the task list.
-            status = client.status(&id, true).await.map_err(err)?;
+            status = client.status_with_tasks(&id).await.map_err(err)?;
         }
         print!("{}", status_text(&status, a.tasks));
     }

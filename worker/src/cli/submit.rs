@@ -147,7 +147,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     } else {
         if super::status::has_failures(&status) {
             // The reasons are in the task list.
-            status = client.status(&id, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            status = client.status_with_tasks(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         print!("{}", super::status::status_text(&status, false));
     }

@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 use spare_sdk::proto::{self, OutcomeKind};
 use spare_sdk::{Failures, Reason, TaskState, state_name, task_state_name};
 
+use super::units::{show_duration, show_size};
+
 /// Options of `spare status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -145,6 +147,19 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
     let _ = writeln!(out, "state  {}", state_name(s.state()));
     if !s.message.is_empty() {
         let _ = writeln!(out, "note   {}", s.message);
+    }
+    if let Some(p) = s.policy {
+        let l = p.limits.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "policy quorum {}, at most {} replicas; per task: fuel {}, memory {}, timeout {}, output {}",
+            p.quorum,
+            p.max_replicas,
+            l.fuel,
+            show_size(l.memory_bytes),
+            show_duration(std::time::Duration::from_millis(l.timeout_ms)),
+            show_size(l.output_bytes)
+        );
     }
     let _ = writeln!(
         out,

@@ -9,7 +9,7 @@
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use spare_sdk::{Client, Event, Job, TaskState, state_name, task_state_name};
+use spare_sdk::{Client, Event, Job, state_name, task_state_name};
 
 const MODULE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/wasm/primes.wasm");
 const LIMIT: u64 = 10_000_000;
@@ -58,10 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let mut verified = 0u64;
     while let Some(result) = results.next().await {
         let result = result?;
-        if result.state() != TaskState::Verified {
-            let state = task_state_name(result.state());
-            let why = result.outcome.map(|o| o.message).unwrap_or_default();
-            bail!("task {} is {state}: {why}", result.index);
+        if let Some(why) = result.reason() {
+            bail!("task {} is {}: {why}", result.index, task_state_name(result.state));
         }
         let text = String::from_utf8_lossy(&result.output);
         let count: u64 = text

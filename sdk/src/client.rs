@@ -9,7 +9,7 @@ use crate::proto::{
     self, blob_service_client::BlobServiceClient, job_event::Event,
     job_service_client::JobServiceClient, peer_service_client::PeerServiceClient,
 };
-use crate::{Error, JobId, Result, is_final};
+use crate::{Error, JobId, Result, TaskResult, is_final};
 
 /// Largest gRPC message the client sends or accepts: 64 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -148,7 +148,7 @@ impl Client {
     pub async fn results_now(
         &self,
         job: &JobId,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
         self.results_now_from(job, 0).await
     }
 
@@ -158,7 +158,7 @@ impl Client {
         &self,
         job: &JobId,
         from_index: u32,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
         self.results_request(job, from_index, true).await
     }
 
@@ -168,7 +168,7 @@ impl Client {
         &self,
         job: &JobId,
         from_index: u32,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
         self.results_request(job, from_index, false).await
     }
 
@@ -177,14 +177,14 @@ impl Client {
         job: &JobId,
         from_index: u32,
         wait: bool,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
         let request = proto::ResultsRequest {
             job_id: job.to_string(),
             from_index,
             no_wait: !wait,
         };
         let stream = self.jobs.clone().results(request).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+        Ok(stream.map(|item| item.map(TaskResult::from).map_err(Error::from)))
     }
 
     /// Waits until the job ends (completed, failed or cancelled) and returns its final status.

@@ -104,7 +104,7 @@ impl Client {
     /// Verified results in task order, waiting for tasks not yet final; ends when the job ends.
     /// If this peer stops answering, the stream carries on at another of the job's coordinators
     /// from the next task.
-    pub async fn results(&self, job: &JobId) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    pub async fn results(&self, job: &JobId) -> Result<impl Stream<Item = Result<crate::TaskResult>> + Send + Unpin + 'static> {
         let mut fallbacks = self.fallbacks(job).await;
         let mut client = self.clone();
         let first = loop {

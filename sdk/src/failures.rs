@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::proto::{Outcome, OutcomeKind, TaskResult, TaskState, TaskStatus};
+use crate::proto::{TaskState, TaskStatus};
+use crate::{Outcome, TaskResult};
 
 /// Longest [`stderr_line`], in bytes (`TaskStatus.stderr_line` has the same bound).
 pub const STDERR_LINE_BYTES: usize = 160;
@@ -45,37 +46,38 @@ pub struct Reason {
 impl Reason {
     /// The reason of a task in a job's status (`spare status --tasks`, a Watch event).
     pub fn of_status(t: &TaskStatus) -> Reason {
-        Reason::new(t.state(), t.outcome.as_ref(), &t.stderr_line, &t.error)
+        let outcome = t.outcome.as_ref().and_then(Outcome::from_proto);
+        let message = t.outcome.as_ref().map_or("", |o| o.message.as_str());
+        Reason::new(t.state(), outcome, [&t.stderr_line, message, &t.error])
     }
 
     /// The reason of a task's result (`spare results`).
     pub fn of_result(r: &TaskResult) -> Reason {
-        Reason::new(r.state(), r.outcome.as_ref(), stderr_line(&r.stderr), "")
+        Reason::new(r.state, r.outcome, [stderr_line(&r.stderr), &r.message, ""])
     }
 
-    fn new(state: TaskState, outcome: Option<&Outcome>, stderr_line: &str, note: &str) -> Reason {
+    /// `details`: the first that is not blank is the detail.
+    fn new(state: TaskState, outcome: Option<Outcome>, details: [&str; 3]) -> Reason {
         let ended = match (state, outcome) {
             (TaskState::Inconclusive, _) => "ended inconclusive".to_string(),
             (_, Some(o)) => ended(o),
             (state, None) => format!("ended {}", crate::task_state_name(state)),
         };
-        let message = outcome.map_or("", |o| o.message.as_str());
-        let detail = [stderr_line, message, note].into_iter().map(str::trim).find(|s| !s.is_empty()).unwrap_or("");
+        let detail = details.into_iter().map(str::trim).find(|s| !s.is_empty()).unwrap_or("");
         Reason { ended, detail: detail.to_string() }
     }
 }
 
 /// How a run ended, as a past-tense phrase.
-fn ended(o: &Outcome) -> String {
-    match o.kind() {
-        OutcomeKind::Exited => format!("exited {}", o.exit_code),
-        OutcomeKind::Trapped => "trapped".into(),
-        OutcomeKind::OutOfFuel => "ran out of fuel (raise --fuel)".into(),
-        OutcomeKind::MemoryLimit => "hit the memory limit (raise --memory)".into(),
-        OutcomeKind::OutputTooLarge => "wrote more output than allowed (raise --output-bytes)".into(),
-        OutcomeKind::Deadline => "kept missing the deadline (raise --timeout)".into(),
-        OutcomeKind::InvalidModule => "could not run the module".into(),
-        OutcomeKind::Unspecified => "ended".into(),
+fn ended(o: Outcome) -> String {
+    match o {
+        Outcome::Exited(code) => format!("exited {code}"),
+        Outcome::Trapped => "trapped".into(),
+        Outcome::OutOfFuel => "ran out of fuel (raise --fuel)".into(),
+        Outcome::MemoryLimit => "hit the memory limit (raise --memory)".into(),
+        Outcome::OutputTooLarge => "wrote more output than allowed (raise --output-bytes)".into(),
+        Outcome::Deadline => "kept missing the deadline (raise --timeout)".into(),
+        Outcome::InvalidModule => "could not run the module".into(),
     }
 }
 
@@ -168,6 +170,7 @@ mod tests {
 
     #[test]
     fn reasons_prefer_the_guests_words() {
+        use crate::proto::{Outcome, OutcomeKind};
         let exited = |code, message: &str| Outcome { kind: OutcomeKind::Exited as i32, exit_code: code, message: message.into() };
         let t = TaskStatus {
             state: TaskState::Failed as i32,
@@ -180,8 +183,8 @@ mod tests {
         let t = TaskStatus { stderr_line: "LO is not a number: `x`".into(), ..t };
         assert_eq!(Reason::of_status(&t).to_string(), "exited 2: LO is not a number: `x`");
         let trapped = Outcome { kind: OutcomeKind::Trapped as i32, exit_code: 0, message: "wasm trap: unreachable".into() };
-        let r = TaskResult { state: TaskState::Failed as i32, outcome: Some(trapped), ..Default::default() };
-        assert_eq!(Reason::of_result(&r).to_string(), "trapped: `wasm trap: unreachable`");
+        let r = crate::proto::TaskResult { state: TaskState::Failed as i32, outcome: Some(trapped), ..Default::default() };
+        assert_eq!(Reason::of_result(&r.into()).to_string(), "trapped: `wasm trap: unreachable`");
         let t = TaskStatus { state: TaskState::Inconclusive as i32, error: "3 replicas gave no 2 agreeing results".into(), ..Default::default() };
         assert_eq!(Reason::of_status(&t).to_string(), "ended inconclusive: `3 replicas gave no 2 agreeing results`");
     }

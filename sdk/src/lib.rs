@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use futures::StreamExt;
-//! use spare_sdk::{Client, Event, Job, TaskState, state_name};
+//! use spare_sdk::{Client, Event, Job, state_name};
 //!
 //! # async fn run() -> Result<(), spare_sdk::Error> {
 //! let client = Client::connect("127.0.0.1:7070").await?;
@@ -43,8 +43,9 @@
 //! let mut total = 0u64;
 //! while let Some(result) = results.next().await {
 //!     let result = result?;
-//!     if result.state() == TaskState::Verified {
-//!         total += String::from_utf8_lossy(&result.output).trim().parse::<u64>().unwrap_or(0);
+//!     match result.reason() {
+//!         None => total += result.output_text().trim().parse::<u64>().unwrap_or(0),
+//!         Some(why) => println!("task {} failed: {why}", result.index),
 //!     }
 //! }
 //! println!("{total} primes");
@@ -52,8 +53,9 @@
 //! # }
 //! ```
 //!
-//! The wire types are those of [`spare_proto`], re-exported as [`proto`]; any gRPC client in any
-//! language can do what this crate does from the `.proto` files.
+//! Results are typed ([`TaskResult`], [`Outcome`]); job statuses and events are still the wire
+//! types of [`spare_proto`], re-exported as [`proto`]; any gRPC client in any language can do
+//! what this crate does from the `.proto` files.
 
 #![warn(missing_docs)]
 
@@ -65,6 +67,7 @@ mod id;
 mod job;
 mod plan;
 mod progress;
+mod result;
 mod split;
 mod submit;
 
@@ -79,12 +82,13 @@ pub use failures::{Failures, Reason, STDERR_LINE_BYTES, stderr_line};
 pub use id::{ID_HEX_LEN, JobId};
 pub use job::{Job, JobBuilder};
 pub use progress::{Progress, ProgressCounter, tasks_done};
+pub use result::{Outcome, TaskResult};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};
 
 pub use proto::job_event::Event;
 pub use proto::{
-    JobEvent, JobState, JobStatus, Limits, Outcome, OutcomeKind, PeerInfo, Policy, TaskCounts,
-    TaskResult, TaskState, TaskStatus,
+    JobEvent, JobState, JobStatus, Limits, OutcomeKind, PeerInfo, Policy, TaskCounts, TaskState,
+    TaskStatus,
 };
 
 /// The name the CLI shows for a job state: `queued`, `running`, `completed`, `failed` or

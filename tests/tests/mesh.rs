@@ -16,7 +16,7 @@ fn primes_job(tasks: u64, chunk: u64, quorum: u32) -> spare_sdk::JobBuilder {
 }
 
 /// Every result of a job, in task order, waiting for the job to end.
-async fn results(client: &Client, id: &spare_sdk::JobId) -> Vec<pb::TaskResult> {
+async fn results(client: &Client, id: &spare_sdk::JobId) -> Vec<spare_sdk::TaskResult> {
     let stream = client.results(id).await.expect("results");
     within("results", stream.map(|r| r.expect("result")).collect()).await
 }
@@ -39,7 +39,7 @@ async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
 /// that took part in some verdict.
 fn check_primes(
     status: &pb::JobStatus,
-    all: &[pb::TaskResult],
+    all: &[spare_sdk::TaskResult],
     tasks: u64,
     chunk: u64,
     quorum: usize,
@@ -65,7 +65,7 @@ fn check_primes(
     for (i, r) in all.iter().enumerate() {
         let (lo, hi) = (i as u64 * chunk, (i as u64 + 1) * chunk);
         assert_eq!(r.index as usize, i, "results come in task order");
-        assert_eq!(r.state(), TaskState::Verified, "task {i}");
+        assert_eq!(r.state, TaskState::Verified, "task {i}");
         assert_eq!(r.output, primes_output(lo, hi), "task {i}: the output must equal the native count");
         assert_eq!(r.output_hash, blake3::hash(&r.output).to_hex().to_string(), "task {i}");
         assert_eq!(r.verified_by, status.task_list[i].verified_by, "task {i}: results and status agree");
@@ -371,7 +371,7 @@ async fn why_a_task_failed_reaches_every_coordinator() {
     assert_eq!(failed.verified_by.len(), 2, "two peers agreed on the failure: {failed:?}");
     assert_eq!(failed.stderr_line, "LO is not an unsigned decimal integer: `x`");
     assert_eq!(end.task_list[0].stderr_line, "", "a verified task has no failure line");
-    let why = |rs: &[pb::TaskResult]| rs.iter().map(|r| (r.index, r.state(), r.stderr.clone())).collect::<Vec<_>>();
+    let why = |rs: &[spare_sdk::TaskResult]| rs.iter().map(|r| (r.index, r.state, r.stderr.clone())).collect::<Vec<_>>();
     let expected = vec![
         (0, TaskState::Verified, String::new()),
         (1, TaskState::Failed, "LO is not an unsigned decimal integer: `x`\n".to_string()),

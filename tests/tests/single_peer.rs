@@ -7,7 +7,7 @@ use spare_proto as pb;
 use spare_sdk::{Event, Job, JobState, TaskState};
 use spare_tests::*;
 
-async fn results(client: &spare_sdk::Client, id: &spare_sdk::JobId) -> Vec<pb::TaskResult> {
+async fn results(client: &spare_sdk::Client, id: &spare_sdk::JobId) -> Vec<spare_sdk::TaskResult> {
     let stream = client.results(id).await.expect("results");
     within("results", stream.map(|r| r.expect("result")).collect()).await
 }
@@ -30,7 +30,7 @@ async fn hundred_task_primes_job_is_verified_and_correct() {
     assert_eq!(all.len(), 100);
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.index as usize, i, "results come in task order");
-        assert_eq!(r.state(), TaskState::Verified);
+        assert_eq!(r.state, TaskState::Verified);
         let (lo, hi) = (i as u64 * 20_000, (i as u64 + 1) * 20_000);
         assert_eq!(r.output, format!("{}\n", spare_example_primes::count_primes(lo, hi)).into_bytes(), "task {i}");
         assert_eq!(r.output_hash, blake3::hash(&r.output).to_hex().to_string());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{Reason, TaskState, task_state_name};
+use spare_sdk::task_state_name;
 
 /// Options of `spare logs`.
 #[derive(Args, Debug)]
@@ -25,9 +25,9 @@ pub struct LogsArgs {
 
 /// `verified`, or `failed, exited 2: `bad input``.
 fn describe(r: &spare_sdk::TaskResult) -> String {
-    match r.state() {
-        TaskState::Verified => "verified".to_string(),
-        s => format!("{}, {}", task_state_name(s), Reason::of_result(r)),
+    match r.reason() {
+        None => "verified".to_string(),
+        Some(why) => format!("{}, {why}", task_state_name(r.state)),
     }
 }
 
@@ -56,7 +56,7 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
             stdout.write_all(r.stderr.as_bytes())?;
             return Ok(ExitCode::SUCCESS);
         }
-        if r.stderr.is_empty() || (r.state() == TaskState::Verified && !a.all) {
+        if r.stderr.is_empty() || (r.is_verified() && !a.all) {
             continue;
         }
         writeln!(stdout, "── task {}: {}", r.index, describe(&r))?;

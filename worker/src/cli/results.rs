@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{Failures, Reason, TaskState};
+use spare_sdk::{Failures, Reason};
 
 /// Options of `spare results`.
 #[derive(Args, Debug)]
@@ -71,7 +71,7 @@ pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("the peer sent a result for task {} of a {total}-task job", r.index);
         };
         *seen = true;
-        if r.state() == TaskState::Verified {
+        if r.is_verified() {
             let path = a.out.join(r.index.to_string());
             tokio::fs::write(&path, &r.output).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             written += 1;

@@ -233,15 +233,17 @@ impl Client {
     /// up to 1,000).
     ///
     /// # Errors
-    /// [`Error::InvalidId`] for something that is not hex, [`Error::UnknownJob`] when no job
-    /// or more than one starts with it.
+    /// [`Error::UnknownJob`] for something that is not hex, or when no job or more than one
+    /// starts with it.
     pub async fn find_job(&self, id_or_prefix: &str) -> Result<JobId> {
         let prefix = id_or_prefix.trim().trim_end_matches(['…', '.']).to_ascii_lowercase();
         if let Ok(id) = prefix.parse::<JobId>() {
             return Ok(id);
         }
         if prefix.is_empty() || prefix.len() > crate::ID_HEX_LEN || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidId(id_or_prefix.to_string()));
+            return Err(Error::UnknownJob(format!(
+                "{id_or_prefix:?} is not a job id: give the one `spare submit` printed, or a unique start of it (hex digits)"
+            )));
         }
         let jobs = self.list(MAX_LISTED).await?;
         let found: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).filter(|id| id.starts_with(&prefix)).collect();

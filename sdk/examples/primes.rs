@@ -3,13 +3,13 @@
 //! Splits `0..10_000_000` into 100 tasks for `examples/wasm/primes.wasm` (each reads `"LO HI\n"`
 //! and prints how many primes lie in `LO..HI`, in decimal, followed by `"\n"`), submits them with
 //! quorum 1 to the peer at `$SPARE_PEER` (default `127.0.0.1:7070`), prints progress from
-//! `watch`, then adds up the verified counts from `results`.
+//! `watch_progress` (each task counted once), then adds up the verified counts from `results`.
 //!
 //! Run with `cargo run -p spare-sdk --example primes` while a peer is running.
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use spare_sdk::{Client, Event, Job, TaskState, state_name, task_state_name};
+use spare_sdk::{Client, Event, Job, state_name, task_state_name};
 
 const MODULE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/wasm/primes.wasm");
 const LIMIT: u64 = 10_000_000;
@@ -29,30 +29,27 @@ async fn main() -> anyhow::Result<()> {
     let id = client.submit(&job).await?;
     println!("submitted job {id} ({} tasks)", job.task_count());
 
-    let mut events = client.watch(&id).await?;
-    let mut done = 0u64;
+    let mut events = client.watch_progress(&id).await?;
     while let Some(event) = events.next().await {
-        match event?.event {
-            Some(Event::Snapshot(status)) => {
-                let counts = status.tasks.unwrap_or_default();
-                done = u64::from(counts.verified + counts.failed + counts.inconclusive);
-                println!("{}: {done}/{TASKS} tasks done", state_name(status.state()));
+        let (event, progress) = event?;
+        let (done, total) = (progress.done, progress.total);
+        match event {
+            Event::Snapshot(status) => {
+                println!("{}: {done}/{total} tasks done", state_name(status.state()));
             }
-            Some(Event::TaskDone(task)) => {
-                done += 1;
+            Event::TaskDone(task) => {
                 println!(
-                    "task {:3} {:12} ({done}/{TASKS})",
+                    "task {:3} {:12} ({done}/{total})",
                     task.index,
                     task_state_name(task.state())
                 );
             }
-            Some(Event::Finished(status)) => {
+            Event::Finished(status) => {
                 println!("job {}", state_name(status.state()));
                 if !status.message.is_empty() {
                     println!("  {}", status.message);
                 }
             }
-            None => {}
         }
     }
 
@@ -61,10 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let mut verified = 0u64;
     while let Some(result) = results.next().await {
         let result = result?;
-        if result.state() != TaskState::Verified {
-            let state = task_state_name(result.state());
-            let why = result.outcome.map(|o| o.message).unwrap_or_default();
-            bail!("task {} is {state}: {why}", result.index);
+        if let Some(why) = result.reason() {
+            bail!("task {} is {}: {why}", result.index, task_state_name(result.state));
         }
         let text = String::from_utf8_lossy(&result.output);
         let count: u64 = text

@@ -9,10 +9,13 @@ use crate::proto::{
     self, blob_service_client::BlobServiceClient, job_event::Event,
     job_service_client::JobServiceClient, peer_service_client::PeerServiceClient,
 };
-use crate::{Error, JobId, Result, is_final};
+use crate::{Error, JobId, Result, TaskResult, is_final};
 
 /// Largest gRPC message the client sends or accepts: 64 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most jobs [`Client::find_job`] looks through (the peer's cap on a list).
+const MAX_LISTED: u32 = 1000;
 
 /// How long [`Client::connect`] waits for the TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +56,15 @@ impl Client {
     /// [`Error::Connect`] when the address is malformed or nothing answers there.
     pub async fn connect(addr: impl Into<String>) -> Result<Client> {
         let addr = addr.into();
+        if addr.trim().to_ascii_lowercase().starts_with("https://") {
+            // tonic without a TLS feature would dial it in plaintext.
+            return Err(Error::Address {
+                addr,
+                reason: "https:// needs TLS, which this client does not speak; give host:port or http://host:port \
+                         (put a TLS-terminating proxy in front of the peer's API if it must cross an untrusted network)"
+                    .into(),
+            });
+        }
         let connect_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
@@ -93,8 +105,19 @@ impl Client {
         &self.addr
     }
 
-    /// Status of a job, with every task's state when `include_tasks` is set.
-    pub async fn status(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
+    /// Status of a job: its state, task counts, policy and what it waits for.
+    pub async fn status(&self, job: &JobId) -> Result<proto::JobStatus> {
+        self.get(job, false).await
+    }
+
+    /// [`status`](Self::status) with every task's state, outcome and failure line in
+    /// `task_list` (the first 100,000 tasks; read a larger job's with
+    /// [`results`](Self::results)).
+    pub async fn status_with_tasks(&self, job: &JobId) -> Result<proto::JobStatus> {
+        self.get(job, true).await
+    }
+
+    async fn get(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
         let request = proto::GetJobRequest {
             job_id: job.to_string(),
             include_tasks,
@@ -125,25 +148,43 @@ impl Client {
     pub async fn results_now(
         &self,
         job: &JobId,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
-        self.results_from(job, 0, false).await
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
+        self.results_now_from(job, 0).await
     }
 
-    /// Results of tasks with index `>= from_index`, waiting for the job to end when `wait` is set
+    /// Results of tasks with index `>= from_index`, in task order, waiting for the job to end
     /// (to resume a stream that broke off).
     pub async fn results_from(
         &self,
         job: &JobId,
         from_index: u32,
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
+        self.results_request(job, from_index, true).await
+    }
+
+    /// The results final now of tasks with index `>= from_index`, in task order, skipping
+    /// tasks not final yet.
+    pub async fn results_now_from(
+        &self,
+        job: &JobId,
+        from_index: u32,
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
+        self.results_request(job, from_index, false).await
+    }
+
+    async fn results_request(
+        &self,
+        job: &JobId,
+        from_index: u32,
         wait: bool,
-    ) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<TaskResult>> + Send + Unpin + 'static> {
         let request = proto::ResultsRequest {
             job_id: job.to_string(),
             from_index,
             no_wait: !wait,
         };
         let stream = self.jobs.clone().results(request).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+        Ok(stream.map(|item| item.map(TaskResult::from).map_err(Error::from)))
     }
 
     /// Waits until the job ends (completed, failed or cancelled) and returns its final status.
@@ -163,7 +204,7 @@ impl Client {
                 _ => {}
             }
         }
-        let status = self.status(job, false).await?;
+        let status = self.status(job).await?;
         if is_final(status.state()) {
             Ok(status)
         } else {
@@ -185,6 +226,39 @@ impl Client {
     pub async fn list(&self, limit: u32) -> Result<Vec<proto::JobStatus>> {
         let request = proto::ListJobsRequest { limit };
         Ok(self.jobs.clone().list(request).await?.into_inner().jobs)
+    }
+
+    /// The job a job id or a unique prefix of one names (as `spare` and peer logs print them
+    /// shortened, e.g. `3f2a9c01`), among the jobs this peer holds (its [`list`](Self::list),
+    /// up to 1,000).
+    ///
+    /// # Errors
+    /// [`Error::UnknownJob`] for something that is not hex, or when no job or more than one
+    /// starts with it.
+    pub async fn find_job(&self, id_or_prefix: &str) -> Result<JobId> {
+        let prefix = id_or_prefix.trim().trim_end_matches(['…', '.']).to_ascii_lowercase();
+        if let Ok(id) = prefix.parse::<JobId>() {
+            return Ok(id);
+        }
+        if prefix.is_empty() || prefix.len() > crate::ID_HEX_LEN || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::UnknownJob(format!(
+                "{id_or_prefix:?} is not a job id: give the one `spare submit` printed, or a unique start of it (hex digits)"
+            )));
+        }
+        let jobs = self.list(MAX_LISTED).await?;
+        let found: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).filter(|id| id.starts_with(&prefix)).collect();
+        match found.as_slice() {
+            [one] => one.parse(),
+            [] => Err(Error::UnknownJob(format!(
+                "no job held at {} starts with {prefix}; give the whole job id, or ask a peer that coordinates it",
+                self.addr
+            ))),
+            many => Err(Error::UnknownJob(format!(
+                "{prefix} is the start of {} jobs ({}…); give more of the id",
+                many.len(),
+                many.iter().take(3).map(|id| id.get(..prefix.len() + 4).unwrap_or(id)).collect::<Vec<_>>().join("…, ")
+            ))),
+        }
     }
 
     /// What the peer says about itself.

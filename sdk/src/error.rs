@@ -9,8 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The peer address is malformed or the peer could not be reached.
-    #[error("cannot connect to {addr}: {source}")]
+    /// The peer address is malformed or the peer could not be reached. Shown with the deepest
+    /// cause the transport gave (e.g. `Connection refused`).
+    #[error("cannot connect to {addr}: {}", root_cause(source))]
     Connect {
         /// The address as given to [`Client::connect`](crate::Client::connect).
         addr: String,
@@ -18,8 +19,30 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The peer answered with a gRPC error (shown as `"{code}: {message}"`).
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    /// The address cannot be used as given (e.g. `https://`, which needs TLS this client does
+    /// not speak).
+    #[error("cannot use the peer address {addr}: {reason}")]
+    Address {
+        /// The address as given.
+        addr: String,
+        /// Why, and what to give instead.
+        reason: String,
+    },
+    /// Something answered at the address, but not as a Spare peer: plain HTTP rather than
+    /// gRPC, or not HTTP/2 at all (another program listens there).
+    #[error(
+        "the server there is not a Spare peer: {answer} (is the address the one `spare peer --listen` serves?)"
+    )]
+    NotAPeer {
+        /// What it did instead, e.g. "it answered HTTP 404 instead of gRPC".
+        answer: String,
+    },
+    /// No job, or more than one, matches a shortened job id.
+    #[error("{0}")]
+    UnknownJob(String),
+    /// The peer answered with a gRPC error (shown as `"{code}: {message}"`, and the transport's
+    /// own cause when the call failed below gRPC).
+    #[error("{}: {}{}", code_name(.0.code()), .0.message(), transport_cause(.0))]
     Status(#[source] tonic::Status),
     /// A file or directory named in a job could not be read.
     #[error("{}: {source}", .path.display())]
@@ -87,8 +110,41 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
+        // What tonic makes of an HTTP reply without gRPC in it.
+        const NOT_GRPC: &str = "grpc-status header missing, mapped from HTTP status code ";
+        if let Some(code) = status.message().strip_prefix(NOT_GRPC) {
+            return Error::NotAPeer {
+                answer: format!("it answered HTTP {} instead of gRPC", code.trim()),
+            };
+        }
+        // What hyper makes of a server that does not speak HTTP/2 (an HTTP/1 server, TLS).
+        if status.message().starts_with("h2 protocol error") {
+            return Error::NotAPeer {
+                answer: format!("it does not speak gRPC's HTTP/2 ({})", status.message()),
+            };
+        }
         Error::Status(status)
     }
+}
+
+/// `" (cause)"` for a status tonic made of a transport failure, which says only "transport
+/// error" by itself; empty otherwise.
+fn transport_cause(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    match status.source() {
+        Some(source) => format!(" ({})", root_cause(source)),
+        None => String::new(),
+    }
+}
+
+/// The innermost error of a chain, which says what actually went wrong (tonic's own top-level
+/// message is a bare "transport error").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// A short lowercase name for a gRPC status code, as shown in error messages.
@@ -125,6 +181,15 @@ mod tests {
         assert_eq!(err.to_string(), "not found: no job abc");
         assert!(err.is_not_found());
         assert_eq!(Error::NoTasks.code(), None);
+    }
+
+    #[test]
+    fn an_http_reply_without_grpc_is_not_a_peer() {
+        let status = tonic::Status::unimplemented(
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        let err = Error::from(status);
+        assert!(err.to_string().contains("not a Spare peer: it answered HTTP 404"), "{err}");
     }
 
     #[test]

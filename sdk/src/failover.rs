@@ -42,7 +42,7 @@ impl Fallbacks {
         while let Some(addr) = self.next.pop_front() {
             self.tried.push(addr.clone());
             let Ok(client) = Client::connect(addr).await else { continue };
-            if let Ok(status) = client.status(job, false).await {
+            if let Ok(status) = client.status(job).await {
                 self.learn(&status);
                 return Some(client.with_known(known_of(&status)));
             }
@@ -65,7 +65,7 @@ impl Client {
 
     async fn fallbacks(&self, job: &JobId) -> Fallbacks {
         let mut f = Fallbacks { tried: vec![self.addr().to_string()], next: VecDeque::new() };
-        if let Ok(status) = self.status(job, false).await {
+        if let Ok(status) = self.status(job).await {
             f.learn(&status);
         }
         // What earlier statuses said, in case this peer is already gone.
@@ -104,11 +104,11 @@ impl Client {
     /// Verified results in task order, waiting for tasks not yet final; ends when the job ends.
     /// If this peer stops answering, the stream carries on at another of the job's coordinators
     /// from the next task.
-    pub async fn results(&self, job: &JobId) -> Result<impl Stream<Item = Result<proto::TaskResult>> + Send + Unpin + 'static> {
+    pub async fn results(&self, job: &JobId) -> Result<impl Stream<Item = Result<crate::TaskResult>> + Send + Unpin + 'static> {
         let mut fallbacks = self.fallbacks(job).await;
         let mut client = self.clone();
         let first = loop {
-            match client.results_from(job, 0, true).await {
+            match client.results_from(job, 0).await {
                 Ok(s) => break s.boxed(),
                 Err(e) if is_unreachable(&e) => match fallbacks.next_client(job).await {
                     Some(c) => client = c,
@@ -134,7 +134,7 @@ impl Client {
                         let resumed = match fallbacks.next_client(&job).await {
                             Some(c) => {
                                 client = c;
-                                client.results_from(&job, next, true).await.map(|s| s.boxed())
+                                client.results_from(&job, next).await.map(|s| s.boxed())
                             }
                             None => Err(e),
                         };

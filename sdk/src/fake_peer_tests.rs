@@ -377,7 +377,7 @@ async fn refusals_are_status_errors() {
     let (_fake, client) = start().await;
     let id: JobId = "00".repeat(32).parse().expect("id");
     assert_eq!(
-        client.status(&id, false).await.expect("status").job_id,
+        client.status(&id).await.expect("status").job_id,
         id.as_str()
     );
     let refused = client
@@ -422,4 +422,38 @@ async fn oversized_request_moves_inputs_to_blobs() {
     assert!(blobs > 0 && blobs < 1000, "{blobs} inputs as blobs");
     assert!(prost::Message::encoded_len(request) <= crate::plan::REQUEST_BUDGET);
     assert_eq!(state.puts, 1 + blobs);
+}
+
+/// The fake's Watch snapshot already counts every task, and task 0's event follows it (as when
+/// a watch begins while a task ends). The old count, the snapshot's plus one per event, says
+/// 4/3; `watch_progress` counts task 0 once.
+#[tokio::test]
+async fn watch_progress_counts_each_task_once() {
+    let (_fake, client) = start().await;
+    let job = Job::builder()
+        .module_bytes(WASM)
+        .tasks(["a", "b", "c"])
+        .build()
+        .expect("job");
+    let id = client.submit(&job).await.expect("submit");
+    let mut old = 0u64;
+    let mut events = client.watch(&id).await.expect("watch");
+    while let Some(event) = events.next().await {
+        match event.expect("event").event {
+            Some(Event::Snapshot(s)) => old = crate::tasks_done(&s.tasks.unwrap_or_default()),
+            Some(Event::TaskDone(_)) => old += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(old, 4, "the old logic over-counts");
+    let seen: Vec<crate::Progress> = client
+        .watch_progress(&id)
+        .await
+        .expect("watch_progress")
+        .map(|item| item.expect("event").1)
+        .collect()
+        .await;
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|p| p.done <= p.total), "{seen:?}");
+    assert_eq!(seen.last(), Some(&crate::Progress { done: 3, total: 3 }));
 }

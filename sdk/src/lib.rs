@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use futures::StreamExt;
-//! use spare_sdk::{Client, Event, Job, TaskState, state_name};
+//! use spare_sdk::{Client, Event, Job, state_name};
 //!
 //! # async fn run() -> Result<(), spare_sdk::Error> {
 //! let client = Client::connect("127.0.0.1:7070").await?;
@@ -26,14 +26,15 @@
 //! let id = client.submit(&job).await?;
 //! println!("submitted {id}");
 //!
-//! // Progress: a snapshot first, one event per finished task, then `finished`.
-//! let mut events = client.watch(&id).await?;
+//! // Progress: a snapshot first, one event per finished task, then `finished`; each with the
+//! // tasks done so far, every task counted once.
+//! let mut events = client.watch_progress(&id).await?;
 //! while let Some(event) = events.next().await {
-//!     match event?.event {
-//!         Some(Event::Snapshot(status)) => println!("{}", state_name(status.state())),
-//!         Some(Event::TaskDone(task)) => println!("task {} done", task.index),
-//!         Some(Event::Finished(status)) => println!("job {}", state_name(status.state())),
-//!         None => {}
+//!     let (event, p) = event?;
+//!     match event {
+//!         Event::Snapshot(status) => println!("{}", state_name(status.state())),
+//!         Event::TaskDone(task) => println!("task {} done ({}/{})", task.index, p.done, p.total),
+//!         Event::Finished(status) => println!("job {}", state_name(status.state())),
 //!     }
 //! }
 //!
@@ -42,8 +43,9 @@
 //! let mut total = 0u64;
 //! while let Some(result) = results.next().await {
 //!     let result = result?;
-//!     if result.state() == TaskState::Verified {
-//!         total += String::from_utf8_lossy(&result.output).trim().parse::<u64>().unwrap_or(0);
+//!     match result.reason() {
+//!         None => total += result.output_text().trim().parse::<u64>().unwrap_or(0),
+//!         Some(why) => println!("task {} failed: {why}", result.index),
 //!     }
 //! }
 //! println!("{total} primes");
@@ -51,18 +53,22 @@
 //! # }
 //! ```
 //!
-//! The wire types are those of [`spare_proto`], re-exported as [`proto`]; any gRPC client in any
-//! language can do what this crate does from the `.proto` files.
+//! Results are typed ([`TaskResult`], [`Outcome`]); job statuses and events are still the wire
+//! types of [`spare_proto`], re-exported as [`proto`]; any gRPC client in any language can do
+//! what this crate does from the `.proto` files.
 
 #![warn(missing_docs)]
 
 mod client;
 mod error;
-pub mod failover;
+mod failover;
+mod failures;
 mod id;
 mod job;
-pub mod plan;
-pub mod split;
+mod plan;
+mod progress;
+mod result;
+mod split;
 mod submit;
 
 #[cfg(test)]
@@ -72,14 +78,17 @@ pub use spare_proto as proto;
 
 pub use client::{Client, MAX_MESSAGE_BYTES};
 pub use error::{Error, Result, code_name};
+pub use failures::{Failures, Reason, STDERR_LINE_BYTES, stderr_line};
 pub use id::{ID_HEX_LEN, JobId};
 pub use job::{Job, JobBuilder};
+pub use progress::{Progress, ProgressCounter, tasks_done};
+pub use result::{Outcome, TaskResult};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};
 
 pub use proto::job_event::Event;
 pub use proto::{
-    JobEvent, JobState, JobStatus, Limits, Outcome, OutcomeKind, PeerInfo, Policy, TaskCounts,
-    TaskResult, TaskState, TaskStatus,
+    JobEvent, JobState, JobStatus, Limits, OutcomeKind, PeerInfo, Policy, TaskCounts, TaskState,
+    TaskStatus,
 };
 
 /// The name the CLI shows for a job state: `queued`, `running`, `completed`, `failed` or

@@ -18,9 +18,12 @@ pub const MAX_TASKS: u64 = u32::MAX as u64;
 /// (so the chunk is `A..B`, and the chunks together cover `range` exactly). An empty range gives
 /// no inputs.
 ///
+/// What [`JobBuilder::range`](crate::JobBuilder::range) gives:
+///
 /// ```
-/// let inputs = spare_sdk::split::range_inputs(0..10, 4)?;
-/// assert_eq!(inputs, vec![b"0 4\n".to_vec(), b"4 8\n".to_vec(), b"8 10\n".to_vec()]);
+/// # let wasm = b"\0asm\x01\0\0\0".to_vec();
+/// let job = spare_sdk::Job::builder().module_bytes(wasm).range(0..10, 4).build()?;
+/// assert_eq!(job.tasks().collect::<Vec<_>>(), [&b"0 4\n"[..], b"4 8\n", b"8 10\n"]);
 /// # Ok::<(), spare_sdk::Error>(())
 /// ```
 ///
@@ -61,9 +64,13 @@ pub fn range_inputs(range: Range<u64>, chunk: u64) -> Result<Vec<Vec<u8>>> {
 /// Lines that are empty or only whitespace are skipped; other lines are kept byte for byte
 /// (leading and trailing spaces included). Text need not be UTF-8.
 ///
+/// What [`JobBuilder::lines`](crate::JobBuilder::lines) gives:
+///
 /// ```
-/// let inputs = spare_sdk::split::line_inputs(b"3 5\r\n\n  \n7 9");
-/// assert_eq!(inputs, vec![b"3 5\n".to_vec(), b"7 9\n".to_vec()]);
+/// # let wasm = b"\0asm\x01\0\0\0".to_vec();
+/// let job = spare_sdk::Job::builder().module_bytes(wasm).lines(b"3 5\r\n\n  \n7 9").build()?;
+/// assert_eq!(job.tasks().collect::<Vec<_>>(), [&b"3 5\n"[..], b"7 9\n"]);
+/// # Ok::<(), spare_sdk::Error>(())
 /// ```
 pub fn line_inputs(text: &[u8]) -> Vec<Vec<u8>> {
     text.split(|&b| b == b'\n')

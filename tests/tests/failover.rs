@@ -58,7 +58,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
     assert_eq!(all.len(), tasks as usize);
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.index as usize, i);
-        assert_eq!(r.state(), TaskState::Verified);
+        assert_eq!(r.state, TaskState::Verified);
         let (lo, hi) = (i as u64 * chunk, (i as u64 + 1) * chunk);
         assert_eq!(r.output, format!("{}\n", spare_example_primes::count_primes(lo, hi)).into_bytes(), "task {i}");
         let by: BTreeSet<&String> = r.verified_by.iter().collect();
@@ -84,7 +84,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
     for p in &peers {
         if ad.coordinators.contains(&p.node.peer_id()) {
             let c = client(p).await;
-            let s = c.status(&id, false).await.unwrap();
+            let s = c.status(&id).await.unwrap();
             assert_eq!(s.state(), JobState::Completed);
             let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;
             assert_eq!(mine, all, "the same results at every coordinator");
@@ -117,7 +117,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
                 async move { (state == Some(spare_protocol::JobState::Cancelled)).then_some(()) }
             })
             .await;
-            let s = client(p).await.status(&id, false).await.unwrap();
+            let s = client(p).await.status(&id).await.unwrap();
             assert_eq!(s.state(), JobState::Cancelled, "status at {}: {s:?}", p.node.peer_id().short());
         }
     }
@@ -210,7 +210,7 @@ async fn a_restarted_origin_takes_its_job_back_and_one_coordinator_leads() {
     while let Some(r) = stream.next().await {
         let r = r.unwrap();
         let (lo, hi) = (u64::from(r.index) * chunk, (u64::from(r.index) + 1) * chunk);
-        assert_eq!(r.state(), TaskState::Verified, "task {}", r.index);
+        assert_eq!(r.state, TaskState::Verified, "task {}", r.index);
         assert_eq!(r.output, primes_output(lo, hi), "task {}", r.index);
         n += 1;
     }

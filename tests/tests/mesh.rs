@@ -1,6 +1,6 @@
 //! Meshes of in-process peers on loopback: jobs verified by a quorum of distinct peers, peers that
 //! lie, forge signatures, hoard leases or die mid-job, status and results asked of a peer that
-//! does not hold the job, and the mesh as `spare peers` shows it.
+//! does not hold the job, why failed tasks failed, and the mesh as `spare peers` shows it.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -16,7 +16,7 @@ fn primes_job(tasks: u64, chunk: u64, quorum: u32) -> spare_sdk::JobBuilder {
 }
 
 /// Every result of a job, in task order, waiting for the job to end.
-async fn results(client: &Client, id: &spare_sdk::JobId) -> Vec<pb::TaskResult> {
+async fn results(client: &Client, id: &spare_sdk::JobId) -> Vec<spare_sdk::TaskResult> {
     let stream = client.results(id).await.expect("results");
     within("results", stream.map(|r| r.expect("result")).collect()).await
 }
@@ -31,7 +31,7 @@ async fn watch_all(client: &Client, id: &spare_sdk::JobId) -> Vec<Event> {
 async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
     let end = within("job end", client.wait(id)).await.expect("wait");
     assert!(spare_sdk::is_final(end.state()), "{end:?}");
-    client.status(id, true).await.expect("status with tasks")
+    client.status_with_tasks(id).await.expect("status with tasks")
 }
 
 /// Checks a completed primes job: every task verified by exactly `quorum` distinct peers, none of
@@ -39,7 +39,7 @@ async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
 /// that took part in some verdict.
 fn check_primes(
     status: &pb::JobStatus,
-    all: &[pb::TaskResult],
+    all: &[spare_sdk::TaskResult],
     tasks: u64,
     chunk: u64,
     quorum: usize,
@@ -65,7 +65,7 @@ fn check_primes(
     for (i, r) in all.iter().enumerate() {
         let (lo, hi) = (i as u64 * chunk, (i as u64 + 1) * chunk);
         assert_eq!(r.index as usize, i, "results come in task order");
-        assert_eq!(r.state(), TaskState::Verified, "task {i}");
+        assert_eq!(r.state, TaskState::Verified, "task {i}");
         assert_eq!(r.output, primes_output(lo, hi), "task {i}: the output must equal the native count");
         assert_eq!(r.output_hash, blake3::hash(&r.output).to_hex().to_string(), "task {i}");
         assert_eq!(r.verified_by, status.task_list[i].verified_by, "task {i}: results and status agree");
@@ -245,7 +245,7 @@ async fn status_watch_and_results_work_from_any_peer() {
 
     // Once the job's ad reaches it, a peer that does not hold the job forwards to the origin.
     let first = eventually("the job known through peer 1", || async {
-        match other.status(&id, false).await {
+        match other.status(&id).await {
             Ok(s) => Some(s),
             Err(e) if e.is_not_found() => None,
             Err(e) => panic!("status through peer 1: {e}"),
@@ -269,7 +269,7 @@ async fn status_watch_and_results_work_from_any_peer() {
     }
 
     let here = finished(&origin, &id).await;
-    let there = other.status(&id, true).await.unwrap();
+    let there = other.status_with_tasks(&id).await.unwrap();
     assert_eq!(there, here, "Get through peer 1 is the origin's answer");
     assert_eq!(there.origin, hex(&peers[0]), "the status names the origin");
     let all = results(&origin, &id).await;
@@ -282,7 +282,7 @@ async fn status_watch_and_results_work_from_any_peer() {
     let unknown: spare_sdk::JobId = hex::encode([9u8; 32]).parse().unwrap();
     for p in &peers {
         let c = client(p).await;
-        assert!(c.status(&unknown, false).await.unwrap_err().is_not_found());
+        assert!(c.status(&unknown).await.unwrap_err().is_not_found());
         assert!(c.watch(&unknown).await.err().expect("watch of an unknown job fails").is_not_found());
         assert!(c.results(&unknown).await.err().expect("results of an unknown job fail").is_not_found());
     }
@@ -335,7 +335,7 @@ async fn watch_reports_every_task_before_the_end() {
     let origin = client(&peers[0]).await;
     let other = client(&peers[1]).await;
     let id = origin.submit(&primes_job(u64::from(tasks), 500, 2).build().unwrap()).await.unwrap();
-    eventually("the job known through peer 1", || async { other.status(&id, false).await.ok() }).await;
+    eventually("the job known through peer 1", || async { other.status(&id).await.ok() }).await;
     let (a, b, c, d) = tokio::join!(watch_all(&origin, &id), watch_all(&other, &id), watch_all(&origin, &id), watch_all(&other, &id));
     for (who, events) in [("origin", a), ("peer 1", b), ("origin", c), ("peer 1", d)] {
         let Some(Event::Snapshot(snap)) = events.first() else { panic!("{who}: no snapshot first: {events:?}") };
@@ -350,6 +350,45 @@ async fn watch_reports_every_task_before_the_end() {
             before,
             done.len()
         );
+    }
+    stop_all(peers).await;
+}
+
+/// A failing task's stderr tail is kept with its verdict (whichever peer ran the deciding
+/// replica), returned by every coordinator of the job (it travels with the replication stream),
+/// and never splits a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_task_failed_reaches_every_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    let origin = client(&peers[0]).await;
+    let job = Job::builder().module_bytes(guest("primes")).lines("0 100\nx y\n100 200\nnot numbers\n").quorum(2).build().unwrap();
+    let id = origin.submit(&job).await.unwrap();
+    let end = finished(&origin, &id).await;
+    assert_eq!(end.state(), JobState::Failed);
+    let failed = &end.task_list[1];
+    assert_eq!(failed.state(), TaskState::Failed, "{failed:?}");
+    assert_eq!(failed.verified_by.len(), 2, "two peers agreed on the failure: {failed:?}");
+    assert_eq!(failed.stderr_line, "LO is not an unsigned decimal integer: `x`");
+    assert_eq!(end.task_list[0].stderr_line, "", "a verified task has no failure line");
+    let why = |rs: &[spare_sdk::TaskResult]| rs.iter().map(|r| (r.index, r.state, r.stderr.clone())).collect::<Vec<_>>();
+    let expected = vec![
+        (0, TaskState::Verified, String::new()),
+        (1, TaskState::Failed, "LO is not an unsigned decimal integer: `x`\n".to_string()),
+        (2, TaskState::Verified, String::new()),
+        (3, TaskState::Failed, "LO is not an unsigned decimal integer: `not`\n".to_string()),
+    ];
+    assert_eq!(why(&results(&origin, &id).await), expected);
+    // Each peer coordinates the job (three peers, three coordinators) and answers from its own
+    // store; the backups have it once the replication stream reaches them.
+    for p in &peers[1..] {
+        assert!(holds(p, &id));
+        let c = client(p).await;
+        eventually("a backup with every verdict and its stderr", || async {
+            let now: Vec<_> = c.results_now(&id).await.ok()?.filter_map(|r| async { r.ok() }).collect().await;
+            (why(&now) == expected).then_some(())
+        })
+        .await;
     }
     stop_all(peers).await;
 }

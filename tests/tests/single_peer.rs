@@ -7,7 +7,7 @@ use spare_proto as pb;
 use spare_sdk::{Event, Job, JobState, TaskState};
 use spare_tests::*;
 
-async fn results(client: &spare_sdk::Client, id: &spare_sdk::JobId) -> Vec<pb::TaskResult> {
+async fn results(client: &spare_sdk::Client, id: &spare_sdk::JobId) -> Vec<spare_sdk::TaskResult> {
     let stream = client.results(id).await.expect("results");
     within("results", stream.map(|r| r.expect("result")).collect()).await
 }
@@ -30,7 +30,7 @@ async fn hundred_task_primes_job_is_verified_and_correct() {
     assert_eq!(all.len(), 100);
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.index as usize, i, "results come in task order");
-        assert_eq!(r.state(), TaskState::Verified);
+        assert_eq!(r.state, TaskState::Verified);
         let (lo, hi) = (i as u64 * 20_000, (i as u64 + 1) * 20_000);
         assert_eq!(r.output, format!("{}\n", spare_example_primes::count_primes(lo, hi)).into_bytes(), "task {i}");
         assert_eq!(r.output_hash, blake3::hash(&r.output).to_hex().to_string());
@@ -50,7 +50,7 @@ async fn quorum_two_on_a_lone_peer_waits_and_says_why() {
     let id = client.submit(&job).await.unwrap();
     // Each task runs once here, then waits for a second, distinct peer.
     let status = eventually("every task attested once", || async {
-        let s = client.status(&id, true).await.unwrap();
+        let s = client.status_with_tasks(&id).await.unwrap();
         s.task_list.iter().all(|t| t.attestations == 1 && t.state() == TaskState::Pending).then_some(s)
     })
     .await;
@@ -84,11 +84,11 @@ async fn results_survive_a_restart_on_the_same_data_directory() {
     let peer = start(dir.path(), 2).await;
     assert_eq!(peer.node.peer_id(), me, "the identity is kept");
     let c = client(&peer).await;
-    let status = c.status(&id, true).await.unwrap();
+    let status = c.status_with_tasks(&id).await.unwrap();
     assert_eq!(status.state(), JobState::Completed);
     assert_eq!(status.tasks.unwrap().verified, 20);
     assert_eq!(results(&c, &id).await, before, "the same results, byte for byte");
-    let status = c.status(&waiting, false).await.unwrap();
+    let status = c.status(&waiting).await.unwrap();
     assert!(!spare_sdk::is_final(status.state()), "{status:?}");
     let listed: Vec<String> = c.list(0).await.unwrap().into_iter().map(|j| j.job_id).collect();
     assert!(listed.contains(&id.to_string()) && listed.contains(&waiting.to_string()));
@@ -116,7 +116,7 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
 
     let peer = start(dir.path(), 2).await;
     let c = client(&peer).await;
-    let status = c.status(&id, true).await.unwrap();
+    let status = c.status_with_tasks(&id).await.unwrap();
     assert_eq!(status.state(), JobState::Failed, "{status:?}");
     let counts = status.tasks.unwrap();
     assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
@@ -181,7 +181,7 @@ async fn bad_requests_get_clear_errors() {
 
     // Unknown and malformed job ids.
     let unknown: spare_sdk::JobId = hex::encode([9u8; 32]).parse().unwrap();
-    let e = c.status(&unknown, false).await.unwrap_err();
+    let e = c.status(&unknown).await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
     let e = jobs.get(pb::GetJobRequest { job_id: "nope".into(), include_tasks: false }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -222,7 +222,7 @@ async fn hostile_modules_get_typed_outcomes_and_the_peer_carries_on() {
         let id = c.submit(&job).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         let status = within(name, c.wait(&id)).await.unwrap();
         assert_eq!(status.state(), JobState::Failed, "{name}: {status:?}");
-        let task = &c.status(&id, true).await.unwrap().task_list[0];
+        let task = &c.status_with_tasks(&id).await.unwrap().task_list[0];
         assert_eq!(task.state(), TaskState::Failed, "{name}");
         assert_eq!(task.outcome.as_ref().map(|o| o.kind()), Some(kind), "{name}: {task:?}");
         assert!(!task.error.is_empty(), "{name}: a failed task says why");
@@ -233,7 +233,7 @@ async fn hostile_modules_get_typed_outcomes_and_the_peer_carries_on() {
     let id = c.submit(&job).await.unwrap();
     let status = within("deadline job", c.wait(&id)).await.unwrap();
     assert_eq!(status.state(), JobState::Failed);
-    let task = &c.status(&id, true).await.unwrap().task_list[0];
+    let task = &c.status_with_tasks(&id).await.unwrap().task_list[0];
     assert_eq!(task.outcome.as_ref().map(|o| o.kind()), Some(K::Deadline), "{task:?}");
     assert!(task.error.contains("deadline"), "{}", task.error);
 

@@ -23,8 +23,13 @@ struct Peer {
 
 impl Peer {
     fn start(data: &Path) -> Peer {
+        Peer::start_on(data, "127.0.0.1:0")
+    }
+
+    /// A peer listening on `listen` (a host name works too).
+    fn start_on(data: &Path, listen: &str) -> Peer {
         let mut child = Command::new(SPARE)
-            .args(["peer", "--listen", "127.0.0.1:0", "--cpus", "2", "--data-dir"])
+            .args(["peer", "--listen", listen, "--cpus", "2", "--data-dir"])
             .arg(data)
             .env("SPARE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -121,22 +126,34 @@ fn submit_status_and_results_against_a_real_peer() {
         assert_eq!(got, format!("{}\n", spare_example_primes::count_primes(*lo, *hi)), "task {i}");
     }
 
-    // --stdin-lines: one task per line; a failing task makes `results` say which.
+    // --stdin-lines: one task per line. Failing tasks: --wait, status and results say why,
+    // grouped by reason (the guest's last stderr line), and `logs` prints a task's stderr.
     let lines = tmp.path().join("lines.txt");
-    std::fs::write(&lines, "0 1000\nnot numbers\n1000 2000\n").unwrap();
-    let out = spare(&peer, &["submit", module, "--stdin-lines", lines.to_str().unwrap(), "--quorum", "1", "--wait", "--json"]);
+    std::fs::write(&lines, "0 1000\nnot numbers\n1000 2000\nx y\nx y\n").unwrap();
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines.to_str().unwrap(), "--quorum", "1", "--wait"]);
     assert!(!out.status.success(), "a job with a failed task exits non-zero");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["state"], "failed");
-    assert_eq!((v["tasks"]["verified"].as_u64(), v["tasks"]["failed"].as_u64()), (Some(2), Some(1)));
-    let failed_job = v["job_id"].as_str().unwrap().to_string();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let why_x = "2 tasks exited 2: LO is not an unsigned decimal integer: `x` (tasks 3, 4)";
+    let why_not = "1 task exited 2: LO is not an unsigned decimal integer: `not` (task 1)";
+    assert!(text.contains(why_x) && text.contains(why_not), "{text}");
+    let failed_job = text.lines().next().and_then(|l| l.strip_prefix("job    ")).expect(&text).trim().to_string();
     let v = json(&spare(&peer, &["status", &failed_job, "--tasks", "--json"]));
+    assert_eq!((v["tasks"]["verified"].as_u64(), v["tasks"]["failed"].as_u64()), (Some(2), Some(3)));
     assert_eq!(v["task_list"][1]["state"], "failed");
     assert!(v["task_list"][1]["error"].as_str().unwrap().contains("exit 2"), "{v}");
+    assert_eq!(v["task_list"][1]["stderr_line"], "LO is not an unsigned decimal integer: `not`", "{v}");
+    let out = spare(&peer, &["status", &failed_job]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(why_x), "{}", String::from_utf8_lossy(&out.stdout));
     let out = spare(&peer, &["results", &failed_job, "--out", tmp.path().join("out2").to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tasks without a verified result: 1 (failed"), "{err}");
+    assert!(err.contains("tasks without a verified result: 3") && err.contains(why_x) && err.contains(why_not), "{err}");
+    let out = spare(&peer, &["logs", &failed_job, "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "LO is not an unsigned decimal integer: `x`\n");
+    let out = spare(&peer, &["logs", &failed_job]);
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(all.matches("── task").count(), 3, "only failed tasks, each once: {all}");
 
     // Clear errors for what does not exist.
     let out = spare(&peer, &["status", &"ab".repeat(32)]);
@@ -150,10 +167,175 @@ fn submit_status_and_results_against_a_real_peer() {
 }
 
 #[test]
-fn help_is_there_for_every_command() {
-    for cmd in ["peer", "submit", "status", "results", "demo"] {
+fn help_with_examples_is_there_for_every_command() {
+    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "demo", "sim", "completions"];
+    for cmd in commands {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: spare"), "{cmd}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage: spare") && help.contains("Examples:\n  spare"), "{cmd}: {help}");
     }
+    let out = Command::new(SPARE).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in commands {
+        assert!(help.contains(&format!("\n  {cmd} ")), "`spare --help` lists {cmd}: {help}");
+    }
+    let out = Command::new(SPARE).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_spare()"));
+}
+
+/// `spare jobs` lists a job with what it waits for; `status --watch` off a terminal prints a
+/// line saying so (instead of hanging silently) until `spare cancel` ends the job.
+#[test]
+fn jobs_watch_and_cancel_against_a_real_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = Peer::start(&tmp.path().join("peer"));
+    let module = root().join("examples/wasm/primes.wasm");
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, "0 1000\n1000 2000\n").unwrap();
+    // Quorum 2 on a lone peer: the job cannot finish until another peer joins.
+    let v = json(&spare(&peer, &["submit", module.to_str().unwrap(), "--stdin-lines", lines.to_str().unwrap(), "--label", "stuck", "--json"]));
+    let job = v["job_id"].as_str().unwrap().to_string();
+    let list = json(&spare(&peer, &["jobs", "--json"]));
+    let listed = list.as_array().and_then(|l| l.iter().find(|j| j["job_id"] == job.as_str())).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!((listed["state"].as_str(), listed["label"].as_str(), listed["tasks"]["total"].as_u64()), (Some("running"), Some("stuck"), Some(2)));
+    let table = String::from_utf8_lossy(&spare(&peer, &["jobs"]).stdout).into_owned();
+    assert!(table.contains(&job[..12]) && table.contains("stuck"), "{table}");
+
+    let mut watch = Command::new(SPARE)
+        .args(["status", &job[..10], "--watch"])
+        .env("SPARE_PEER", &peer.addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line, read on a thread so that a silent watch fails the test instead of hanging it.
+    let stderr = BufReader::new(watch.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("status --watch prints a line within seconds");
+    assert!(line.contains("0/2 tasks done") && line.contains("waiting for more peers: quorum 2 needs 2 distinct peers"), "{line}");
+
+    let out = spare(&peer, &["cancel", &job[..10]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("cancelled job {job}")));
+    let status = watch.wait_timeout(Duration::from_secs(30)).unwrap().expect("the watch ends with the job");
+    assert!(!status.success(), "a watch of a job that did not complete exits non-zero");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().unwrap(), &mut rest).unwrap();
+    assert!(rest.contains("state  cancelled"), "{rest}");
+    let out = spare(&peer, &["cancel", &job]);
+    assert!(out.status.success(), "cancelling twice is fine");
+}
+
+/// The `spare` binary a user builds from the workspace root (`cargo build --release --bin
+/// spare`, `cargo run --release --bin spare`) has no test-only `chaos` code: those commands
+/// select the workspace's default members, which leave out `spare-tests`, the one crate that
+/// turns the feature on. Asked of cargo's feature resolver (what the build would use), not of a
+/// release build, which would take minutes.
+#[test]
+fn a_users_build_has_no_chaos_feature() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let features = |extra: &[&str]| {
+        let out = Command::new(&cargo)
+            .args(["tree", "--offline", "--edges", "features", "--invert", "spare-peer", "--prefix", "none"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .expect("cargo tree runs");
+        assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let user = features(&[]);
+    assert!(user.contains("spare-peer"), "{user}");
+    assert!(!user.contains("feature \"chaos\""), "a plain build from the root gets chaos:\n{user}");
+    // The whole workspace (what `scripts/test` builds) does get it, so the tests keep it.
+    let tests = features(&["--workspace"]);
+    assert!(tests.contains("spare-peer feature \"chaos\""), "{tests}");
+}
+
+/// Runs `spare` with `args` against `peer`, expecting failure, and returns its stderr.
+fn refused(peer: &str, args: &[&str]) -> String {
+    let out = Command::new(SPARE).args(args).env("SPARE_PEER", peer).output().expect("spare runs");
+    assert!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A local port where nothing listens.
+fn closed_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Mistakes are refused before anything is uploaded, each with one line that names the cause
+/// and what to do; short job ids work wherever a job id is asked for.
+#[test]
+fn mistakes_are_refused_early_and_said_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let module = root().join("examples/wasm/primes.wasm");
+    let module = module.to_str().unwrap();
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, "0 1000\n1000 2000\n").unwrap();
+    let lines = lines.to_str().unwrap();
+    // Nothing listens at `nowhere`: a check that ran after connecting would say so instead.
+    let nowhere = closed_port();
+    let submit = |extra: &[&str]| {
+        let mut args = vec!["submit", module, "--stdin-lines", lines];
+        args.extend_from_slice(extra);
+        refused(&nowhere, &args)
+    };
+    let first_line = |s: &str| s.lines().next().unwrap_or("").to_string();
+    assert!(first_line(&submit(&["--quorum", "0"])).contains("1 or more"));
+    assert!(first_line(&submit(&["--fuel", "-5"])).contains("a whole number above 0"));
+    assert!(first_line(&submit(&["--timeout", "soon"])).contains("30s"));
+    let err = submit(&["--memory", "10"]);
+    assert!(err.contains("--memory 10 B is below the 1.1 MiB") && err.contains("primes.wasm") && err.contains("--memory 2MiB"), "{err}");
+    let err = refused(&nowhere, &["submit", lines, "--stdin-lines", lines]);
+    assert!(err.starts_with(&format!("error: {lines} is not a module a peer can run")), "{err}");
+
+    // Connection problems keep their cause and say what to do.
+    let err = refused(&nowhere, &["status", "ab12"]);
+    assert!(err.contains("Connection refused") && err.contains("spare peer") && err.contains("--peer"), "{err}");
+    let err = refused(&format!("https://{nowhere}"), &["status", "ab12"]);
+    assert!(err.contains("https:// needs TLS"), "{err}");
+    // Something that is not a peer listens: it takes the connection, answers HTTP/1 and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let not_a_peer = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let err = refused(&not_a_peer, &["status", "ab12"]);
+    assert!(err.contains("Spare peer") && err.contains("spare peer --listen"), "{err}");
+
+    // Against a real peer (listening on a host name): short ids, --out, and a quorum the mesh
+    // cannot reach yet.
+    let peer = Peer::start_on(&tmp.path().join("peer"), "localhost:0");
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines, "--quorum", "1", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let job = text.lines().next().and_then(|l| l.strip_prefix("job    ")).expect(&text).trim().to_string();
+    let v = json(&spare(&peer, &["status", &job[..8], "--json"]));
+    assert_eq!(v["job_id"], job.as_str(), "a short id names the job");
+    assert!(refused(&peer.addr, &["status", "0000000"]).contains("no job held at"));
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(out_dir.join("notes.txt"), "mine").unwrap();
+    let err = refused(&peer.addr, &["results", &job[..8], "--out", out_dir.to_str().unwrap()]);
+    assert!(err.contains("is not empty") && err.contains("--force"), "{err}");
+    let out = spare(&peer, &["results", &job[..8], "--out", out_dir.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir.join("1").exists() && out_dir.join("notes.txt").exists());
+    let out = spare(&peer, &["submit", module, "--stdin-lines", lines, "--quorum", "3"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: quorum 3 needs 3 distinct peers") && err.contains("1 alive"), "{err}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
-use spare_sdk::{Client, Job, JobState, TaskState};
+use spare_sdk::{Client, Job, JobState};
 
 use crate::node::{Node, NodeConfig, NodeHandle};
 
@@ -93,7 +93,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let accepted = submitted.elapsed();
     eprintln!("submitted job {} to peer 0 ({} tasks of {chunk} numbers, quorum {})", id.short(), inputs.len(), a.quorum);
     let bar = super::progress::bar(inputs.len() as u64, false);
-    let status = super::progress::follow(&client, &id, &bar).await?;
+    let status = super::progress::follow(&client, &id, &bar, false).await?;
     let ran = submitted.elapsed();
     anyhow::ensure!(status.state() == JobState::Completed, "the job ended {:?}: {}", status.state(), status.message);
 
@@ -106,7 +106,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut per_peer = vec![0usize; peers.len()];
     while let Some(r) = results.next().await {
         let r = r.map_err(err)?;
-        anyhow::ensure!(r.state() == TaskState::Verified, "task {} is not verified", r.index);
+        anyhow::ensure!(r.is_verified(), "task {} is not verified", r.index);
         let by: BTreeSet<&String> = r.verified_by.iter().collect();
         anyhow::ensure!(by.len() >= a.quorum as usize, "task {} verified by {} distinct peers", r.index, by.len());
         for p in by {

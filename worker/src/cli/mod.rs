@@ -1,7 +1,11 @@
-//! The `spare` command line: `peer` runs a peer; `submit`, `status` and `results` talk to one
-//! over gRPC through the SDK; `demo` runs a whole job on an embedded mesh.
+//! The `spare` command line: `peer` runs a peer; `submit`, `status`, `jobs`, `cancel`,
+//! `results`, `logs` and `peers` talk to one over gRPC through the SDK; `demo` runs a whole job
+//! on an embedded mesh; `completions` prints a shell's completion script.
 
+mod check;
 mod demo;
+mod jobs;
+mod logs;
 mod peer;
 mod peers;
 mod progress;
@@ -9,6 +13,7 @@ mod results;
 mod sim;
 mod status;
 mod submit;
+mod units;
 
 use std::process::ExitCode;
 
@@ -19,33 +24,96 @@ pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
 
 /// Spare: volunteer computing with WebAssembly tasks, verified by redundant execution.
 #[derive(Parser, Debug)]
-#[command(name = "spare", version, about, propagate_version = true)]
+#[command(name = "spare", version, about, propagate_version = true, after_help = "Examples:
+  spare demo                                                   # an example job on an embedded mesh
+  spare peer --data-dir /tmp/spare-a &                         # a peer on 127.0.0.1:7070
+  spare submit examples/wasm/primes.wasm --inputs-dir DIR --quorum 1 --wait
+  spare jobs                                                   # what the peer holds
+
+Client commands talk to 127.0.0.1:7070 unless --peer or SPARE_PEER says otherwise.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Every command's `--help` ends with examples (`after_help`), kept here beside each other.
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a peer: serve the gRPC API, run tasks in local slots, keep jobs in a data directory.
+    #[command(after_help = "Examples:
+  spare peer --data-dir /tmp/spare-a                      # on 127.0.0.1:7070, every CPU
+  spare peer --listen localhost:7071 --data-dir /tmp/spare-b --cpus 2 --bootstrap 127.0.0.1:7070")]
     Peer(peer::PeerArgs),
     /// Submit a job: one task per input, all running the same WebAssembly module.
+    #[command(after_help = "Examples:
+  spare submit examples/wasm/primes.wasm --inputs-dir /tmp/ranges --wait
+  spare submit task.wasm --stdin-lines inputs.txt --quorum 3 --memory 256MiB --timeout 30s
+  spare submit task.wasm --input a.bin --input b.bin --arg --verbose --env MODE=fast --json")]
     Submit(submit::SubmitArgs),
-    /// Show a job's status.
+    /// Show a job's status, and why tasks failed.
+    #[command(after_help = "Examples:
+  spare status 3f2a9c01                 # a job id may be shortened to a unique start
+  spare status 3f2a9c01 --watch         # live until it ends, with rate and ETA
+  spare status 3f2a9c01 --tasks --json  # every task, for a script")]
     Status(status::StatusArgs),
+    /// List the jobs a peer holds, newest first, with state and progress.
+    #[command(after_help = "Examples:
+  spare jobs
+  spare jobs --limit 10 --json --peer 127.0.0.1:7071")]
+    Jobs(jobs::JobsArgs),
+    /// Cancel a job: no more of its tasks run; verified results are kept.
+    #[command(after_help = "Examples:
+  spare cancel 3f2a9c01")]
+    Cancel(jobs::CancelArgs),
     /// List the peers of the mesh as a peer sees them.
+    #[command(after_help = "Examples:
+  spare peers
+  spare peers --json --peer 127.0.0.1:7071")]
     Peers(peers::PeersArgs),
     /// Write a job's verified outputs to a directory, one file per task.
+    #[command(after_help = "Examples:
+  spare results 3f2a9c01 --out /tmp/out            # waits for the job to end
+  spare results 3f2a9c01 --out /tmp/out --no-wait  # what is verified now
+  spare results 3f2a9c01 --out /tmp/out --force    # into a directory that holds files already")]
     Results(results::ResultsArgs),
+    /// Show what a job's tasks wrote to stderr: why they failed.
+    #[command(after_help = "Examples:
+  spare logs 3f2a9c01          # the stderr of every task without a verified result
+  spare logs 3f2a9c01 17       # task 17's stderr alone, as the guest wrote it
+  spare logs 3f2a9c01 --all    # verified tasks' stderr too")]
+    Logs(logs::LogsArgs),
     /// Run an example job on an embedded mesh, check it against a native run, and time it.
+    #[command(after_help = "Examples:
+  spare demo
+  spare demo --peers 5 --quorum 3 --tasks 200")]
     Demo(demo::DemoArgs),
     /// Simulate a mesh of virtual peers running one job, with liars, loss and churn.
+    #[command(after_help = "Examples:
+  spare sim --peers 1000 --liars 0.1
+  spare sim --peers 10000 --churn 0.05 --loss 0.01 --json")]
     Sim(sim::SimArgs),
+    /// Print a completion script for a shell.
+    #[command(after_help = "Examples:
+  spare completions bash > ~/.local/share/bash-completion/completions/spare
+  spare completions zsh > \"${fpath[1]}/_spare\"
+  spare completions fish > ~/.config/fish/completions/spare.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Peer(_)) {
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        // Rust ignores SIGPIPE, so `spare jobs | head` would panic on its next print; a
+        // client command ends quietly instead. A peer keeps ignoring it.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPARE_LOG").unwrap_or_else(|_| {
         let default = if matches!(cli.command, Command::Peer(_)) { "info" } else { "warn" };
         tracing_subscriber::EnvFilter::new(default)
@@ -65,6 +133,13 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Peers(a) => peers::run(a).await,
             Command::Results(a) => results::run(a).await,
+            Command::Logs(a) => logs::run(a).await,
+            Command::Jobs(a) => jobs::run(a).await,
+            Command::Cancel(a) => jobs::cancel(a).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "spare", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Demo(a) => demo::run(a).await,
             Command::Sim(a) => sim::run(a),
         }
@@ -78,7 +153,40 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Connects the SDK to a peer, with the address in the error.
+/// Connects the SDK to a peer and checks that a peer answers there; an error keeps its cause
+/// and says what to do.
 async fn connect(peer: &str) -> anyhow::Result<spare_sdk::Client> {
-    spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| anyhow::anyhow!("{e}"))
+    let client = spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| sdk_error(e, peer))?;
+    match client.info().await {
+        Ok(_) => Ok(client),
+        // Something took the connection, then failed below gRPC: not a peer's API.
+        Err(spare_sdk::Error::Status(s)) if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled) => {
+            anyhow::bail!(
+                "{peer} took the connection but did not answer as a Spare peer ({}); is it the address `spare peer --listen` serves?",
+                spare_sdk::Error::Status(s)
+            )
+        }
+        Err(e) => Err(sdk_error(e, peer)),
+    }
+}
+
+/// An SDK error as the client commands show it: with a hint when the peer cannot be reached or
+/// is not a peer.
+fn sdk_error(e: spare_sdk::Error, peer: &str) -> anyhow::Error {
+    use spare_sdk::Error as E;
+    match &e {
+        E::Connect { .. } => anyhow::anyhow!(
+            "{e}; is a peer running there? Start one with `spare peer --data-dir DIR`, or pass --peer HOST:PORT (or set SPARE_PEER)"
+        ),
+        E::NotAPeer { .. } => anyhow::anyhow!("{peer}: {e}"),
+        E::Status(s) if s.code() == tonic::Code::Unavailable => {
+            anyhow::anyhow!("{peer} stopped answering: {e}; is the peer still running?")
+        }
+        _ => anyhow::anyhow!("{e}"),
+    }
+}
+
+/// The job an id, or a unique prefix of one as `spare` prints them, names at `client`'s peer.
+async fn job_id(client: &spare_sdk::Client, id: &str) -> anyhow::Result<spare_sdk::JobId> {
+    client.find_job(id).await.map_err(|e| sdk_error(e, client.addr()))
 }

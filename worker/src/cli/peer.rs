@@ -12,7 +12,7 @@ use crate::node::{Node, NodeConfig};
 #[derive(Args, Debug)]
 pub struct PeerArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_LISTEN")]
+    #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_LISTEN", value_parser = super::units::listen_addr)]
     listen: SocketAddr,
     /// Directory for the store, blobs, compiled modules and the peer's key (created if missing).
     #[arg(long, env = "SPARE_DATA_DIR")]

@@ -28,7 +28,7 @@ fn state(s: PeerState) -> &'static str {
 
 pub async fn run(a: PeersArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(&a.peer).await?;
-    let peers = client.peers().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let peers = client.peers().await.map_err(|e| super::sdk_error(e, &a.peer))?;
     if a.json {
         let list: Vec<_> = peers
             .iter()

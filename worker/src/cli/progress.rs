@@ -1,13 +1,24 @@
-//! A live progress bar that follows a job's Watch stream until the job ends. Drawn on stderr,
-//! and only when stderr is a terminal.
+//! Following a job live until it ends (`submit --wait`, `status --watch`, `demo`): a bar on
+//! stderr when it is a terminal, otherwise one line every few seconds, each with the tasks done,
+//! the rate, an ETA and what the job waits for.
+//!
+//! Counting is the SDK's [`ProgressCounter`]: a task in the Watch snapshot and in an event
+//! counts once; a status asked for every few seconds keeps the counts and the note fresh.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use spare_sdk::proto::{self, job_event::Event};
-use spare_sdk::{Client, JobId, state_name};
+use spare_sdk::{Client, JobId, ProgressCounter, state_name};
+
+use super::units::show_duration;
+
+/// How often the counts and the job's note are asked for while following.
+const REFRESH: Duration = Duration::from_secs(2);
+/// How often a line is printed when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(5);
 
 /// A bar for `total` tasks, hidden when stderr is not a terminal or `quiet` is set.
 pub fn bar(total: u64, quiet: bool) -> ProgressBar {
@@ -22,54 +33,143 @@ pub fn bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn done(c: &proto::TaskCounts) -> u64 {
-    u64::from(c.verified + c.failed + c.inconclusive)
+pub use spare_sdk::tasks_done as done;
+
+/// What is known of a job while following it.
+struct Progress {
+    /// The latest status (counts, state, note).
+    status: proto::JobStatus,
+    /// Tasks done, each once.
+    counter: ProgressCounter,
+    /// When following began, and how many tasks were done then (for the rate).
+    since: Instant,
+    done_at_start: Option<u64>,
 }
 
-fn show(bar: &ProgressBar, s: &proto::JobStatus) {
-    let c = s.tasks.unwrap_or_default();
-    bar.set_length(u64::from(c.total));
-    bar.set_position(done(&c));
-    let mut msg = format!("· {}", state_name(s.state()));
-    if c.failed + c.inconclusive > 0 {
-        msg.push_str(&format!(" · {} failed, {} inconclusive", c.failed, c.inconclusive));
+impl Progress {
+    fn new() -> Progress {
+        Progress { status: proto::JobStatus::default(), counter: ProgressCounter::default(), since: Instant::now(), done_at_start: None }
     }
-    if !s.message.is_empty() {
-        msg.push_str(&format!(" · {}", s.message));
+
+    /// Takes a status (snapshot, refresh or end) as the latest counts.
+    fn update(&mut self, status: proto::JobStatus) {
+        self.counter.update(&status);
+        self.done_at_start.get_or_insert(self.counter.progress().done);
+        self.status = status;
     }
-    bar.set_message(msg);
+
+    fn total(&self) -> u64 {
+        self.counter.progress().total
+    }
+
+    fn done(&self) -> u64 {
+        self.counter.progress().done
+    }
+
+    /// Tasks done per second since following began, once some were.
+    fn rate(&self) -> Option<f64> {
+        let new = self.done().saturating_sub(self.done_at_start.unwrap_or(0));
+        let secs = self.since.elapsed().as_secs_f64();
+        (new > 0 && secs > 0.0).then(|| new as f64 / secs)
+    }
+
+    /// `running · 12.5 tasks/s · ETA 8s · 2 failed · waiting for more peers: …`
+    fn summary(&self) -> String {
+        let c = self.status.tasks.unwrap_or_default();
+        let mut parts = vec![state_name(self.status.state()).to_string()];
+        if let Some(rate) = self.rate() {
+            parts.push(format!("{rate:.1} tasks/s"));
+            let left = self.total().saturating_sub(self.done());
+            if left > 0 {
+                parts.push(format!("ETA {}", show_duration(Duration::from_secs_f64(left as f64 / rate))));
+            }
+        }
+        if c.failed > 0 {
+            parts.push(format!("{} failed", c.failed));
+        }
+        if c.inconclusive > 0 {
+            parts.push(format!("{} inconclusive", c.inconclusive));
+        }
+        if !self.status.message.is_empty() {
+            parts.push(self.status.message.clone());
+        }
+        parts.join(" · ")
+    }
 }
 
-/// Follows the job until it ends and returns its final status.
-pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar) -> anyhow::Result<proto::JobStatus> {
+/// Shows progress on a bar, or as a line every [`LINE_EVERY`] (and when the note changes).
+struct Shown<'a> {
+    bar: &'a ProgressBar,
+    lines: bool,
+    last_line: Option<Instant>,
+    last_note: String,
+}
+
+impl Shown<'_> {
+    fn show(&mut self, p: &Progress, job: &JobId) {
+        self.bar.set_length(p.total());
+        self.bar.set_position(p.done());
+        self.bar.set_message(format!("· {}", p.summary()));
+        if !self.lines {
+            return;
+        }
+        let note_changed = p.status.message != self.last_note;
+        if note_changed || self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
+            eprintln!("job {}: {}/{} tasks done · {}", job.short(), p.done(), p.total(), p.summary());
+            self.last_line = Some(Instant::now());
+            self.last_note = p.status.message.clone();
+        }
+    }
+}
+
+/// Follows the job until it ends and returns its final status. `bar` is drawn on a terminal;
+/// with `lines`, a line goes to stderr every few seconds when the bar is hidden.
+pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool) -> anyhow::Result<proto::JobStatus> {
     let err = |e: spare_sdk::Error| anyhow::anyhow!("{e}");
     let mut events = client.watch(id).await.map_err(err)?;
-    while let Some(event) = events.next().await {
-        match event.map_err(err)?.event {
-            Some(Event::Snapshot(s)) => {
-                show(bar, &s);
-            }
-            Some(Event::TaskDone(_)) => {
-                bar.inc(1);
-                // Refresh counts and the note now and then, not per task.
-                if bar.position().is_multiple_of(64)
-                    && let Ok(s) = client.status(id, false).await
-                {
-                    show(bar, &s);
+    let mut progress = Progress::new();
+    let mut shown = Shown { bar, lines: lines && bar.is_hidden(), last_line: None, last_note: String::new() };
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    refresh.tick().await; // the first tick is now: the snapshot covers it
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                None => break,
+                Some(event) => match event.map_err(err)?.event {
+                    Some(Event::Snapshot(s)) => {
+                        progress.update(s);
+                        // Which tasks the snapshot counted: their events may follow it.
+                        let listed = client.status_with_tasks(id).await.map_err(err)?;
+                        progress.counter.count_final(&listed);
+                    }
+                    Some(Event::TaskDone(t)) => {
+                        progress.counter.task_done(t.index);
+                    }
+                    Some(Event::Finished(s)) => {
+                        progress.update(s);
+                        bar.finish_and_clear();
+                        return Ok(progress.status);
+                    }
+                    None => {}
+                },
+            },
+            _ = refresh.tick() => {
+                // Counts, and what the job waits for, even when no task ends for a while.
+                if let Ok(s) = client.status(id).await {
+                    progress.update(s);
                 }
+                shown.show(&progress, id);
             }
-            Some(Event::Finished(s)) => {
-                show(bar, &s);
-                bar.finish_and_clear();
-                return Ok(s);
-            }
-            None => {}
+        }
+        if !shown.lines {
+            shown.show(&progress, id);
         }
     }
     bar.finish_and_clear();
-    let s = client.status(id, false).await.map_err(err)?;
+    let s = client.status(id).await.map_err(err)?;
     if spare_sdk::is_final(s.state()) {
         return Ok(s);
     }
-    anyhow::bail!("lost the job's event stream before it ended; `spare status {id}` shows where it is")
+    anyhow::bail!("lost the job's event stream before it ended; `spare status {id} --watch` follows it again")
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::{Value, json};
 use spare_sdk::proto::{self, OutcomeKind};
-use spare_sdk::{JobId, state_name, task_state_name};
+use spare_sdk::{Failures, Reason, TaskState, state_name, task_state_name};
+
+use super::units::{show_duration, show_size};
 
 /// Options of `spare status`.
 #[derive(Args, Debug)]
@@ -13,7 +15,7 @@ pub struct StatusArgs {
     /// The peer to ask.
     #[arg(long, default_value = super::DEFAULT_PEER, env = "SPARE_PEER")]
     peer: String,
-    /// The job id, as `spare submit` printed it.
+    /// The job id, or a unique start of it (as `spare` prints it short).
     job: String,
     /// Also list every task: its state, output hash, the peers that verified it, its error.
     #[arg(long)]
@@ -21,18 +23,56 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Follow the job live until it ends (rate and ETA; a line every few seconds when stderr is
+    /// not a terminal), then show its status; exits non-zero unless it completed.
+    #[arg(long)]
+    watch: bool,
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let id: JobId = a.job.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = super::connect(&a.peer).await?;
-    let status = client.status(&id, a.tasks).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = super::job_id(&client, &a.job).await?;
+    let err = |e| super::sdk_error(e, &a.peer);
+    let get = async |tasks: bool| if tasks { client.status_with_tasks(&id).await } else { client.status(&id).await };
+    let mut status = get(a.tasks).await.map_err(err)?;
+    let mut code = ExitCode::SUCCESS;
+    if a.watch {
+        let bar = super::progress::bar(u64::from(status.tasks.unwrap_or_default().total), false);
+        super::progress::follow(&client, &id, &bar, true).await?;
+        status = get(a.tasks).await.map_err(err)?;
+        if status.state() != spare_sdk::JobState::Completed {
+            code = ExitCode::FAILURE;
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
     } else {
+        if !a.tasks && has_failures(&status) {
+            // The reasons are in the task list.
+            status = client.status_with_tasks(&id).await.map_err(err)?;
+        }
         print!("{}", status_text(&status, a.tasks));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// Whether some task of the job failed or was inconclusive.
+pub fn has_failures(s: &proto::JobStatus) -> bool {
+    s.tasks.is_some_and(|c| c.failed + c.inconclusive > 0)
+}
+
+/// Most reasons listed one by one in text; the rest are counted on one line.
+const REASONS_SHOWN: usize = 10;
+
+/// The job's failed tasks grouped by reason, one line each (empty without a task list).
+pub fn failure_lines(s: &proto::JobStatus) -> Vec<String> {
+    let mut failures = Failures::default();
+    for t in &s.task_list {
+        if matches!(t.state(), TaskState::Failed | TaskState::Inconclusive) {
+            failures.add(Reason::of_status(t), t.index);
+        }
+    }
+    failures.lines(REASONS_SHOWN)
 }
 
 /// The kind of an outcome as a word: `exited`, `trapped`, `out_of_fuel`…
@@ -86,6 +126,7 @@ pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
                     "output_hash": t.output_hash,
                     "verified_by": t.verified_by,
                     "error": t.error,
+                    "stderr_line": t.stderr_line,
                     "outcome": t.outcome.as_ref().map(outcome_json),
                     "attestations": t.attestations,
                 })
@@ -107,16 +148,39 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
     if !s.message.is_empty() {
         let _ = writeln!(out, "note   {}", s.message);
     }
+    if let Some(p) = s.policy {
+        let l = p.limits.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "policy quorum {}, at most {} replicas; per task: fuel {}, memory {}, timeout {}, output {}",
+            p.quorum,
+            p.max_replicas,
+            l.fuel,
+            show_size(l.memory_bytes),
+            show_duration(std::time::Duration::from_millis(l.timeout_ms)),
+            show_size(l.output_bytes)
+        );
+    }
     let _ = writeln!(
         out,
         "tasks  {} total: {} verified, {} running, {} pending, {} failed, {} inconclusive",
         c.total, c.verified, c.running, c.pending, c.failed, c.inconclusive
     );
+    for line in failure_lines(s) {
+        let _ = writeln!(out, "why    {line}");
+    }
+    if has_failures(s) {
+        let _ = writeln!(out, "       (`spare logs {} TASK` shows a task's stderr)", s.job_id);
+    }
     if with_tasks {
         let _ = writeln!(out, "{:>7}  {:<12}  {:<16}  {:<20}  error", "index", "state", "output", "verified by");
         for t in &s.task_list {
             let hash = t.output_hash.get(..16).unwrap_or(&t.output_hash);
             let by: Vec<&str> = t.verified_by.iter().map(|p| p.get(..8).unwrap_or(p)).collect();
+            let error = match t.state() {
+                TaskState::Failed | TaskState::Inconclusive => Reason::of_status(t).to_string(),
+                _ => t.error.clone(),
+            };
             let _ = writeln!(
                 out,
                 "{:>7}  {:<12}  {:<16}  {:<20}  {}",
@@ -124,7 +188,7 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
                 task_state_name(t.state()),
                 hash,
                 by.join(","),
-                t.error
+                error
             );
         }
     }

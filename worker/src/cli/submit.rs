@@ -26,23 +26,23 @@ pub struct SubmitArgs {
     /// A text file: one task per non-empty line (the line and its newline are the stdin).
     #[arg(long, value_name = "FILE")]
     stdin_lines: Option<PathBuf>,
-    /// Distinct peers that must agree on each task's output.
-    #[arg(long, default_value_t = 2)]
+    /// Distinct peers that must agree on each task's output (1 trusts a single peer).
+    #[arg(long, default_value_t = 2, value_parser = super::units::quorum, allow_negative_numbers = true)]
     quorum: u32,
     /// Most replicas of one task before it is inconclusive (default: 5, or the quorum if larger).
     #[arg(long)]
     max_replicas: Option<u32>,
-    /// Instruction budget per task (deterministic; running out is a result).
-    #[arg(long)]
+    /// Instruction budget per task (deterministic; running out is a result), e.g. 50_000_000_000.
+    #[arg(long, value_parser = super::units::fuel, allow_negative_numbers = true)]
     fuel: Option<u64>,
-    /// Memory limit per task, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    /// Memory limit per task, e.g. 256MiB (checked against what the module starts with).
+    #[arg(long, value_name = "SIZE", value_parser = super::units::size)]
     memory: Option<u64>,
-    /// Wall-clock limit per replica, in seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// Largest output per task, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    /// Wall-clock limit per replica, e.g. 30s or 2m (a plain number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = super::units::duration, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
+    /// Largest output per task, e.g. 1MiB.
+    #[arg(long, value_name = "SIZE", value_parser = super::units::size)]
     output_bytes: Option<u64>,
     /// Adaptive replication: a peer with at least MIN_AGREED results that agreed with quorum
     /// verdicts at the coordinator (and none that disagreed) may run a task alone. Off by
@@ -65,7 +65,8 @@ pub struct SubmitArgs {
     /// A name shown in status and lists.
     #[arg(long, default_value = "")]
     label: String,
-    /// Wait for the job to end, showing progress; exits non-zero unless it completed.
+    /// Wait for the job to end, showing progress (a line every few seconds when stderr is not a
+    /// terminal); exits non-zero unless it completed.
     #[arg(long)]
     wait: bool,
     /// Print JSON on stdout and nothing else: `{"job_id": …}`, or with --wait the final status.
@@ -73,8 +74,22 @@ pub struct SubmitArgs {
     json: bool,
 }
 
+/// Warns when the mesh, as the peer sees it, has fewer live peers than the quorum: tasks wait
+/// until more peers join.
+async fn warn_if_short_of_peers(client: &spare_sdk::Client, quorum: u32) {
+    let Ok(peers) = client.peers().await else { return };
+    let alive = peers.iter().filter(|p| p.state() == spare_sdk::proto::PeerState::Alive).count().max(1);
+    if (quorum as usize) > alive {
+        eprintln!(
+            "warning: quorum {quorum} needs {quorum} distinct peers, and {} sees {alive} alive; tasks wait until more join (or submit with a smaller --quorum)",
+            client.addr()
+        );
+    }
+}
+
 pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut b = Job::builder().module_file(&a.module).quorum(a.quorum).priority(a.priority).label(&a.label);
+    let wasm = super::check::module(&a.module, a.memory)?;
+    let mut b = Job::builder().module_bytes(wasm).quorum(a.quorum).priority(a.priority).label(&a.label);
     if !a.input.is_empty() {
         b = b.task_files(a.input.iter().cloned());
     }
@@ -94,8 +109,7 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         b = b.memory_bytes(m);
     }
     if let Some(t) = a.timeout {
-        anyhow::ensure!(t.is_finite() && t > 0.0, "--timeout must be a positive number of seconds");
-        b = b.timeout(Duration::from_secs_f64(t));
+        b = b.timeout(t);
     }
     if let Some(o) = a.output_bytes {
         b = b.output_bytes(o);
@@ -112,7 +126,8 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let job = b.build().map_err(|e| anyhow::anyhow!("{e}"))?;
     let tasks = job.task_count();
     let client = super::connect(&a.peer).await?;
-    let id = client.submit(&job).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = client.submit(&job).await.map_err(|e| super::sdk_error(e, &a.peer))?;
+    warn_if_short_of_peers(&client, a.quorum).await;
     if !a.wait {
         if a.json {
             println!("{}", serde_json::json!({ "job_id": id.as_str() }));
@@ -126,10 +141,14 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("submitted job {id} ({tasks} tasks)");
     }
     let bar = super::progress::bar(tasks as u64, false);
-    let status = super::progress::follow(&client, &id, &bar).await?;
+    let mut status = super::progress::follow(&client, &id, &bar, true).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&super::status::status_json(&status, false))?);
     } else {
+        if super::status::has_failures(&status) {
+            // The reasons are in the task list.
+            status = client.status_with_tasks(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         print!("{}", super::status::status_text(&status, false));
     }
     Ok(if status.state() == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })

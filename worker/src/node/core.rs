@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use spare_protocol::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
 
+use crate::sandbox::STDERR_TAIL_BYTES;
 use crate::store::{Op, StoredResult};
 
 /// What a run needs of a job besides its coordinator spec.
@@ -58,15 +59,33 @@ pub enum Change {
     JobFinished(JobId),
 }
 
+/// What a run said besides its result, for people: never signed with the attestation, never
+/// compared by a quorum, so two runs that agree on a result agree whatever they said here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detail {
+    /// Which trap or limit ended it.
+    pub message: String,
+    /// The tail of its stderr (at most [`STDERR_TAIL_BYTES`]).
+    pub stderr: String,
+}
+
+impl Detail {
+    /// A detail from another peer, each part cut to [`STDERR_TAIL_BYTES`].
+    pub fn bounded(message: &str, stderr: &str) -> Detail {
+        let cut = |s: &str| crate::sandbox::tail_text(s.as_bytes(), STDERR_TAIL_BYTES);
+        Detail { message: cut(message), stderr: cut(stderr) }
+    }
+}
+
 /// The output and detail of the run whose attestation is being reported, so a verdict it decides
-/// can keep the canonical output.
+/// can keep the canonical output and say why.
 pub struct Evidence<'a> {
     /// The attestation just reported.
     pub attestation: &'a Attestation,
     /// Its stdout.
     pub output: &'a [u8],
-    /// Its detail (trap text, which limit).
-    pub message: &'a str,
+    /// What the run said (trap text, stderr).
+    pub detail: &'a Detail,
 }
 
 /// The coordinator and job metadata.
@@ -112,7 +131,7 @@ impl Core {
             (Verdict::Verified(_), Some(e)) => e.output.to_vec(),
             _ => Vec::new(),
         };
-        let message = from_evidence.map(|e| e.message.to_string()).unwrap_or_default();
-        StoredResult { verdict, verified_by, output, message, attestations }
+        let detail = from_evidence.map(|e| e.detail.clone()).unwrap_or_default();
+        StoredResult { verdict, verified_by, output, message: detail.message, attestations, stderr: detail.stderr }
     }
 }

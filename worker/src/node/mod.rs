@@ -24,7 +24,7 @@ use anyhow::Context;
 use spare_protocol::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
-pub use self::core::{Change, Core, JobMeta};
+pub use self::core::{Change, Core, Detail, JobMeta};
 pub use crate::start::NodeHandle;
 pub use mesh::{MeshState, PeerView};
 pub use submit::{NewJob, SubmitFailure, digest};

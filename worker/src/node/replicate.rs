@@ -24,7 +24,7 @@ use spare_protocol::{Attestation, JobId, Lease, Millis, PeerId, Release, Reporte
 use spare_proto as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::Evidence;
+use super::core::{Detail, Evidence};
 use super::{Node, unix_ms};
 use crate::wire::convert::{self, attestation_pb};
 use crate::wire::signing;
@@ -172,15 +172,16 @@ impl Node {
             if final_only && result.is_none() {
                 continue;
             }
-            let output = match result {
-                Some(r) if r.verdict.agreed() == Some(&att.result) => r.output,
-                _ => Vec::new(),
+            let (output, message, stderr) = match result {
+                Some(r) if r.verdict.agreed() == Some(&att.result) => (r.output, r.message, r.stderr),
+                _ => Default::default(),
             };
             attestations.push(pb::RecordedAttestation {
                 attestation: Some(attestation_pb(&att)),
                 output,
-                message: String::new(),
+                message,
                 lone: rec.lone,
+                stderr,
             });
         }
         let timed_out = self.timed_out_tasks(job);
@@ -224,21 +225,23 @@ impl Node {
 
     /// Streams a recorded attestation to the job's other coordinators when this peer is the
     /// active one, with whether it was taken alone (`lone`: their reputation tables differ from
-    /// this one's, so they replay the decision rather than remake it). Call with the core lock
-    /// held (keeps the stream in recording order). The returned future resolves once one of them
-    /// has it durably.
+    /// this one's, so they replay the decision rather than remake it), and the run's output and
+    /// detail when it decided the task. Call with the core lock held (keeps the stream in
+    /// recording order). The returned future resolves once one of them has it durably.
     pub(crate) fn replicate(
         &self,
         coordinators: &[PeerId],
         att: &Attestation,
         lone: bool,
-        output: Option<&[u8]>,
+        decided: Option<(&[u8], &Detail)>,
     ) -> Option<BackupAck> {
+        let (output, detail) = decided.map(|(o, d)| (o.to_vec(), d.clone())).unwrap_or_default();
         let item = pb::RecordedAttestation {
             attestation: Some(attestation_pb(att)),
-            output: output.map(<[u8]>::to_vec).unwrap_or_default(),
-            message: String::new(),
+            output,
+            message: detail.message,
             lone,
+            stderr: detail.stderr,
         };
         self.stream(coordinators, att.task.job, pb::replication_entry::Entry::Attestation(item), true)
     }
@@ -424,7 +427,7 @@ impl Node {
         att: Attestation,
         lone: bool,
         output: &[u8],
-        message: &str,
+        detail: &Detail,
     ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
         match core.coord.restore_attestation_lone(att.clone(), lone) {
@@ -437,9 +440,10 @@ impl Node {
             }
         }
         let ordinal = core.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
-        let evidence = Evidence { attestation: &att, output, message };
-        let evidence = (!output.is_empty()).then_some(&evidence);
-        let (mut ops, changes) = core.drain(evidence);
+        // The output and detail count only if this attestation decides its task with the agreed
+        // result (see `Core::drain`); otherwise they come empty.
+        let evidence = Evidence { attestation: &att, output, detail };
+        let (mut ops, changes) = core.drain(Some(&evidence));
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), lone });
         let decided = changes.contains(&super::Change::TaskFinal(att.task));
         // A verified task whose output is not empty must have come with it (see `heal.rs`).
@@ -456,7 +460,7 @@ impl Node {
         let me = self.peer_id();
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
         let leads = core.leads(&att.task.job, &me);
-        let backup = if leads { self.replicate(&coordinators, &att, lone, decided.then_some(output)) } else { None };
+        let backup = if leads { self.replicate(&coordinators, &att, lone, decided.then_some((output, detail))) } else { None };
         Some(self.announce_with(ops, changes, backup))
     }
 

@@ -13,7 +13,7 @@ use spare_proto as pb;
 use tokio::task::JoinSet;
 
 use super::Node;
-use super::core::Evidence;
+use super::core::{Detail, Evidence};
 use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
@@ -36,8 +36,16 @@ struct Stale;
 struct Ran {
     outcome: Outcome,
     output: Vec<u8>,
-    message: String,
+    detail: Detail,
     fuel: u64,
+}
+
+impl Ran {
+    /// A module every peer refuses the same way: attested as a trap rather than retried forever.
+    fn invalid(e: impl std::fmt::Display) -> Ran {
+        let detail = Detail { message: format!("invalid module: {e}"), stderr: String::new() };
+        Ran { outcome: Outcome::Trapped, output: Vec::new(), detail, fuel: 0 }
+    }
 }
 
 /// Pulls and runs work until the peer shuts down: the one owner of this peer's [`Slots`],
@@ -167,7 +175,7 @@ impl Node {
             return Ok(took_us);
         };
         let Some((att, output)) = self.attest(task, ran.outcome, ran.output, ran.fuel) else { return Ok(took_us) };
-        self.report(att, &output, &ran.message).await;
+        self.report(att, &output, &ran.detail).await;
         Ok(took_us)
     }
 
@@ -226,7 +234,8 @@ impl Node {
         let item = pb::ReportItem {
             attestation: Some(crate::wire::convert::attestation_pb(&att)),
             output,
-            message: ran.message,
+            message: ran.detail.message,
+            stderr: ran.detail.stderr,
         };
         self.send_report(&r.coordinator, r.expires_at, ReportMsg::Attestation(item)).await;
         Ok(took_us)
@@ -240,22 +249,17 @@ impl Node {
         let mut took_us = None;
         let ran = match prepared {
             Err(super::submit::PrepareError::Other(e)) => return Err(e),
-            // Every peer refuses the same module the same way, so this is attested as a trap
-            // rather than retried forever.
-            Err(super::submit::PrepareError::Module(e)) => {
-                Some(Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 })
-            }
+            Err(super::submit::PrepareError::Module(e)) => Some(Ran::invalid(e)),
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
                 took_us = Some(u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX));
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
-                        Some(Ran { outcome, output: report.stdout, message, fuel: report.fuel_used })
+                        let stderr = crate::sandbox::tail_text(&report.stderr, crate::sandbox::STDERR_TAIL_BYTES);
+                        Some(Ran { outcome, output: report.stdout, detail: Detail { message, stderr }, fuel: report.fuel_used })
                     }
                     RunOutcome::Deadline => None,
-                    RunOutcome::Invalid(e) => {
-                        Some(Ran { outcome: Outcome::Trapped, output: Vec::new(), message: format!("invalid module: {e}"), fuel: 0 })
-                    }
+                    RunOutcome::Invalid(e) => Some(Ran::invalid(e)),
                 }
             }
         };
@@ -292,7 +296,7 @@ impl Node {
 
     /// Records an attestation with the coordinator, then stores it (and any verdict it made)
     /// and tells watchers once that is durable. Returns whether it was taken.
-    pub(crate) async fn report(&self, att: Attestation, output: &[u8], message: &str) -> bool {
+    pub(crate) async fn report(&self, att: Attestation, output: &[u8], detail: &Detail) -> bool {
         {
             let mut core = self.core();
             match core.coord.report(att.clone()) {
@@ -306,14 +310,14 @@ impl Node {
             }
             let (ordinal, lone) =
                 core.coord.task(&att.task).map_or((0, false), |t| (t.attestations.saturating_sub(1), t.lone && t.attestations == 1));
-            let evidence = Evidence { attestation: &att, output, message };
+            let evidence = Evidence { attestation: &att, output, detail };
             let (mut ops, changes) = core.drain(Some(&evidence));
             ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
             // The other coordinators get it too (with the output when it decided the task), and
             // a verdict is announced only once one of them has it.
             let decided = changes.contains(&super::Change::TaskFinal(att.task));
             let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-            let backup = self.replicate(&coordinators, &att, lone, decided.then_some(output));
+            let backup = self.replicate(&coordinators, &att, lone, decided.then_some((output, detail)));
             // Queued in order; the caller need not wait for the disk.
             drop(self.announce_with(ops, changes, backup));
         };

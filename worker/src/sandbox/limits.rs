@@ -1,5 +1,5 @@
 //! Per-run resource limits that are part of the result: the memory/table limiter, the capped
-//! stdout (past its cap the run ends as `OutputTooLarge`), and the truncating stderr. Each
+//! stdout (past its cap the run ends as `OutputTooLarge`), and stderr, which keeps its tail. Each
 //! records the first limit the run hit, so a refused growth or an overlong write is classified
 //! the same way whatever the guest does afterwards (trap, abort or exit).
 
@@ -106,8 +106,9 @@ impl ResourceLimiter for Limiter {
 enum Overflow {
     /// Record [`LimitKind::Output`] and trap (stdout).
     Fail(LimitHit),
-    /// Drop them silently (stderr).
-    Truncate,
+    /// Keep the last `cap` bytes, dropping older ones silently (stderr: a failing guest says
+    /// why at the end).
+    KeepTail,
 }
 
 struct PipeState {
@@ -129,9 +130,9 @@ impl CappedPipe {
         CappedPipe::new(cap, Overflow::Fail(hit))
     }
 
-    /// stderr: bytes past `cap` are dropped.
-    pub(crate) fn truncating(cap: usize) -> CappedPipe {
-        CappedPipe::new(cap, Overflow::Truncate)
+    /// stderr: only the last `cap` bytes are kept.
+    pub(crate) fn keeping_tail(cap: usize) -> CappedPipe {
+        CappedPipe::new(cap, Overflow::KeepTail)
     }
 
     fn new(cap: usize, overflow: Overflow) -> CappedPipe {
@@ -145,12 +146,24 @@ impl CappedPipe {
 
     /// The bytes kept so far.
     pub(crate) fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut self.lock().buf)
+        let mut s = self.lock();
+        let excess = s.buf.len().saturating_sub(s.cap);
+        s.buf.drain(..excess);
+        std::mem::take(&mut s.buf)
     }
 
     /// Appends what fits; `Err` when bytes had to be refused and the stream fails on overflow.
     fn append(&self, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut s = self.lock();
+        if let Overflow::KeepTail = s.overflow {
+            // Up to twice the cap between trims, so dropping old bytes costs O(1) per byte.
+            s.buf.extend_from_slice(bytes);
+            if s.buf.len() > s.cap.saturating_mul(2) {
+                let excess = s.buf.len() - s.cap;
+                s.buf.drain(..excess);
+            }
+            return Ok(());
+        }
         let room = s.cap.saturating_sub(s.buf.len());
         if bytes.len() <= room {
             s.buf.extend_from_slice(bytes);
@@ -158,7 +171,7 @@ impl CappedPipe {
         }
         s.buf.extend_from_slice(&bytes[..room]);
         match &s.overflow {
-            Overflow::Truncate => Ok(()),
+            Overflow::KeepTail => Ok(()),
             Overflow::Fail(hit) => {
                 let _ = hit.set(LimitKind::Output);
                 Err(OutputLimitExceeded { cap: s.cap })
@@ -249,10 +262,13 @@ mod tests {
     }
 
     #[test]
-    fn stderr_truncates() {
-        let mut p = CappedPipe::truncating(3);
+    fn stderr_keeps_its_tail() {
+        let mut p = CappedPipe::keeping_tail(3);
         assert!(p.write(Bytes::from_static(b"abcdef")).is_ok());
         assert!(p.write(Bytes::from_static(b"g")).is_ok());
-        assert_eq!(p.take(), b"abc");
+        assert_eq!(p.take(), b"efg");
+        let mut p = CappedPipe::keeping_tail(3);
+        assert!(p.write(Bytes::from_static(b"ab")).is_ok());
+        assert_eq!(p.take(), b"ab");
     }
 }

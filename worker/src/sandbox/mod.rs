@@ -33,6 +33,7 @@ use wasmtime::{Engine, Linker, Module};
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
 pub use engine::{engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
+pub use validate::initial_memory_bytes;
 
 use cache::{DiskCache, Loaded, ModuleCache};
 use engine::EpochTicker;
@@ -52,7 +53,8 @@ pub struct SandboxConfig {
     pub max_module_bytes: usize,
     /// Largest per-task memory limit this peer accepts. Default 4 GiB.
     pub max_memory_bytes: u64,
-    /// stderr kept per run (the rest is dropped, never an error). Default 64 KiB.
+    /// The tail of stderr kept per run (older bytes are dropped, never an error). Default
+    /// [`STDERR_TAIL_BYTES`].
     pub stderr_bytes: usize,
     /// Runs that may wait for a slot before `run` refuses with `QueueFull`. Default `slots * 64`
     /// (computed from the default `slots`: set it when you set `slots`).
@@ -70,11 +72,25 @@ impl Default for SandboxConfig {
             cache_dir: None,
             max_module_bytes: 64 << 20,
             max_memory_bytes: 4 << 30,
-            stderr_bytes: 64 << 10,
+            stderr_bytes: STDERR_TAIL_BYTES,
             queue: slots * 64,
             cached_modules: 256,
         }
     }
+}
+
+/// How much of the end of a run's stderr is kept and travels with its attestation (for people:
+/// why a task failed; never compared by a quorum).
+pub const STDERR_TAIL_BYTES: usize = 4 << 10;
+
+/// The last `max` bytes of `bytes` as text (invalid UTF-8 replaced), cut at a character boundary.
+pub fn tail_text(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(max)..]).into_owned();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
 }
 
 /// One task to run.
@@ -315,4 +331,19 @@ fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxErro
                 .unwrap_or_else(|| "non-string panic".into());
             Err(SandboxError::Panicked(msg))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_text;
+
+    #[test]
+    fn tail_text_keeps_the_end_on_a_character_boundary() {
+        assert_eq!(tail_text(b"hello", 10), "hello");
+        assert_eq!(tail_text(b"hello", 3), "llo");
+        // "é" is two bytes: a cut through it drops the half character.
+        assert_eq!(tail_text("aéb".as_bytes(), 3), "éb");
+        assert_eq!(tail_text("aéb".as_bytes(), 2), "b");
+        assert!(tail_text(&[0xff; 10], 4).len() <= 4, "invalid UTF-8 is replaced, still within the bound");
+    }
 }

@@ -54,7 +54,7 @@ pub(crate) fn deadline_ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(tick).saturating_add(1)
 }
 
-/// Runs `req` on the calling thread; `stderr_bytes` is the sandbox's stderr cap.
+/// Runs `req` on the calling thread; `stderr_bytes` is how much of stderr's tail it keeps.
 pub(crate) fn run_one(
     engine: &wasmtime::Engine,
     compiled: &Compiled,
@@ -65,7 +65,7 @@ pub(crate) fn run_one(
     let hit = LimitHit::default();
     let stdout =
         CappedPipe::failing(usize::try_from(req.limits.output_bytes).unwrap_or(usize::MAX), hit.clone());
-    let stderr = CappedPipe::truncating(stderr_bytes);
+    let stderr = CappedPipe::keeping_tail(stderr_bytes);
     let stdin = MemoryInputPipe::new(req.input.clone());
     let time = Arc::new(VirtualTime::default());
 

@@ -192,6 +192,21 @@ impl Shape<'_> {
     }
 }
 
+/// The most bytes a memory the module defines starts with (its initial pages times the page
+/// size), or 0 when it defines none. A task limit below it fails every task with `memory limit`.
+pub fn initial_memory_bytes(wasm: &[u8]) -> u64 {
+    let mut most = 0u64;
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Ok(Payload::MemorySection(r)) = payload {
+            for m in r.into_iter().flatten() {
+                let page = 1u64 << m.page_size_log2.unwrap_or(16);
+                most = most.max(m.initial.saturating_mul(page));
+            }
+        }
+    }
+    most
+}
+
 /// Checks a module against the ABI. Never compiles it.
 pub(crate) fn validate(
     engine: &Engine,

@@ -137,7 +137,8 @@ impl pb::mesh_service_server::MeshService for MeshApi {
                 reply.rejected += 1;
                 continue;
             }
-            if self.node.report(att, &item.output, &item.message).await {
+            let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
+            if self.node.report(att, &item.output, &detail).await {
                 reply.accepted += 1;
             } else {
                 reply.rejected += 1;

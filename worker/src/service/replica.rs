@@ -86,7 +86,8 @@ async fn apply(node: &Node, entries: Vec<Entry>) -> Result<u32, Status> {
                     node.count_invalid();
                     continue;
                 }
-                if let Some(rx) = node.record_replicated(att, item.lone, &item.output, &item.message) {
+                let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
+                if let Some(rx) = node.record_replicated(att, item.lone, &item.output, &detail) {
                     recorded += 1;
                     last = Some(rx);
                 }

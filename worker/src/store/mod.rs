@@ -180,7 +180,7 @@ impl Store {
     pub fn result(&self, task: &TaskId) -> Result<Option<StoredResult>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(RESULTS).map_err(db_err)?;
-        t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("results", v.value())).transpose()
+        t.get(task_key(task)).map_err(db_err)?.map(|v| result_in(v.value())).transpose()
     }
 
     /// Up to `limit` final results of a job with index >= `from`, in index order.
@@ -192,10 +192,14 @@ impl Store {
         let mut out = Vec::new();
         for row in t.range(lo..=hi).map_err(db_err)?.take(limit) {
             let (k, v) = row.map_err(db_err)?;
-            out.push((task_of(&k.value()).index, decode_in("results", v.value())?));
+            out.push((task_of(&k.value()).index, result_in(v.value())?));
         }
         Ok(out)
     }
+}
+
+fn result_in(bytes: &[u8]) -> Result<StoredResult, StoreError> {
+    records::decode_result(bytes).map_err(|e| StoreError::Corrupt { table: "results", detail: e.to_string() })
 }
 
 fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T, StoreError> {

@@ -45,6 +45,27 @@ pub struct StoredResult {
     pub message: String,
     /// Attestations the task had when it was decided.
     pub attestations: u32,
+    /// The tail of the deciding run's stderr, for diagnosis (why a task failed).
+    pub stderr: String,
+}
+
+/// A result as stored before results kept `stderr` (read, so that an older data directory opens).
+#[derive(Deserialize)]
+struct StoredResultV0 {
+    verdict: Verdict,
+    verified_by: Vec<PeerId>,
+    output: Vec<u8>,
+    message: String,
+    attestations: u32,
+}
+
+/// Decodes a stored result, of this shape or the one before it.
+pub fn decode_result(bytes: &[u8]) -> Result<StoredResult, postcard::Error> {
+    decode::<StoredResult>(bytes).or_else(|e| {
+        let old: StoredResultV0 = decode(bytes).map_err(|_| e)?;
+        let StoredResultV0 { verdict, verified_by, output, message, attestations } = old;
+        Ok(StoredResult { verdict, verified_by, output, message, attestations, stderr: String::new() })
+    })
 }
 
 /// Key of a job: its 32 bytes.
@@ -102,6 +123,23 @@ pub struct StoredAttestation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_stored_before_stderr_still_decode() {
+        #[derive(Serialize)]
+        struct V0 {
+            verdict: Verdict,
+            verified_by: Vec<PeerId>,
+            output: Vec<u8>,
+            message: String,
+            attestations: u32,
+        }
+        let old = V0 { verdict: Verdict::Inconclusive, verified_by: Vec::new(), output: b"x".to_vec(), message: "m".into(), attestations: 3 };
+        let r = decode_result(&encode(&old).unwrap()).unwrap();
+        assert_eq!((r.output.as_slice(), r.message.as_str(), r.attestations, r.stderr.as_str()), (&b"x"[..], "m", 3, ""));
+        let new = StoredResult { stderr: "why".into(), ..r };
+        assert_eq!(decode_result(&encode(&new).unwrap()).unwrap(), new);
+    }
 
     #[test]
     fn keys_sort_by_job_then_index_then_ordinal() {

@@ -153,6 +153,10 @@ pub fn task_status(t: &TaskView, stored: Option<&StoredResult>) -> pb::TaskStatu
         (_, Some(note)) => note.clone(),
         (_, None) => String::new(),
     };
+    let stderr_line = match t.state {
+        TaskState::Failed | TaskState::Inconclusive => stored.map(|r| spare_sdk::stderr_line(&r.stderr)).unwrap_or_default(),
+        _ => "",
+    };
     pb::TaskStatus {
         index: t.id.index,
         state: task_state(t.state) as i32,
@@ -162,6 +166,7 @@ pub fn task_status(t: &TaskView, stored: Option<&StoredResult>) -> pb::TaskStatu
         error,
         attestations: t.attestations,
         lone: t.lone,
+        stderr_line: stderr_line.to_string(),
     }
 }
 
@@ -181,6 +186,7 @@ pub fn task_result(index: u32, r: StoredResult) -> pb::TaskResult {
         output: r.output,
         outcome,
         verified_by: peers(&r.verified_by),
+        stderr: r.stderr,
     }
 }
 

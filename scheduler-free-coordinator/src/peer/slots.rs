@@ -93,23 +93,42 @@ pub struct Slots {
     paused_until: Millis,
     /// Whether the last [`Slots::poll_ask`] saw an open job (it may look again later).
     open: bool,
+    /// The most new replicas the donor allows now (`None`: no limit beyond the capacity).
+    allowance: Option<usize>,
     puller: Puller,
 }
 
 impl Slots {
     /// `slots` sandbox slots pulling with `puller`.
     pub fn new(slots: usize, puller: Puller) -> Slots {
-        Slots { slots: slots.max(1), run_times: RunTimes::default(), held: 0, asking: None, paused_until: 0, open: false, puller }
+        Slots {
+            slots: slots.max(1),
+            run_times: RunTimes::default(),
+            held: 0,
+            asking: None,
+            paused_until: 0,
+            open: false,
+            allowance: None,
+            puller,
+        }
     }
 
     /// Replicas to take now: none while paused, else what the capacity leaves beside those held
-    /// and asked for.
+    /// and asked for, and no more than the donor allows.
     pub fn free(&self, now: Millis) -> usize {
         if now < self.paused_until {
             return 0;
         }
         let asked = self.asking.unwrap_or(0) as usize;
-        self.run_times.capacity(self.slots).saturating_sub(self.held + asked)
+        let free = self.run_times.capacity(self.slots).saturating_sub(self.held + asked);
+        self.allowance.map_or(free, |a| free.min(a))
+    }
+
+    /// The donor's limit on new replicas, set by the driver before a pass: `Some(0)` while the
+    /// donor's controls pause the peer (the machine is busy, outside donation hours, memory is
+    /// taken), `None` for no limit beyond the capacity.
+    pub fn set_allowance(&mut self, allowance: Option<usize>) {
+        self.allowance = allowance;
     }
 
     /// `n` replicas were taken from this peer's own coordinator.
@@ -218,6 +237,18 @@ mod tests {
         assert!(s.poll_ask(&ads, 10 + 200).is_some(), "after its backoff");
         s.handle_lease_failed(JobId([7; 32]), 300);
         assert_eq!(s.held(), 2);
+    }
+
+    #[test]
+    fn the_donor_can_hold_the_slots_back() {
+        let mut s = Slots::new(2, Puller::new());
+        s.set_allowance(Some(0));
+        assert_eq!(s.free(0), 0);
+        assert_eq!(s.poll_ask(&[ad(7, false)], 0), None, "nothing asked while held back");
+        s.set_allowance(Some(1));
+        assert_eq!(s.free(0), 1);
+        s.set_allowance(None);
+        assert_eq!(s.free(0), 6);
     }
 
     #[test]

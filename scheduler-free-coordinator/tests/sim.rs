@@ -243,6 +243,9 @@ fn a_partition_and_its_healing_lose_nothing() {
     assert_eq!((r.verified, r.wrong_verified, r.inconclusive, r.failed), (c.tasks, 0, 0, 0), "{r:?}");
     assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided on both sides agrees: {r:?}");
     assert_eq!(r.leaders_at_end, 1, "the two leaders settled: {r:?}");
+    // SWIM declares the far side dead about 5 s after the cut; the backup there then leases.
+    let ms = r.takeover_ms.unwrap_or(u64::MAX);
+    assert!((3_000..20_000).contains(&ms), "the far side led again {ms} ms after the cut: {r:?}");
     assert!(r.replicas_per_task < 2.1, "the sides ran few tasks twice: {r:?}");
     assert!(r.gossip_rounds_to_converge.is_some(), "membership converged after the heal: {r:?}");
 }

@@ -50,8 +50,8 @@
 //! job to the other. Only
 //! the leading coordinators' verdicts are counted, each task's first once; a task decided
 //! again differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
-//! and `takeover_ms` (from the leader's crash to its successor's first lease; 0 when no leader
-//! crashed, as in a takeover across a partition).
+//! and `takeover_ms` (from the leader's crash, or from the cut for a takeover across a
+//! partition, to its successor's first lease).
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then

@@ -109,8 +109,9 @@ pub struct Report {
     pub origin_protected: bool,
     /// Times a backup coordinator took the job over after the one leading died.
     pub coordinator_takeovers: u32,
-    /// The longest time, in virtual ms, from the leading coordinator's crash to the first lease
-    /// its successor gave (`null`: no takeover).
+    /// The longest time, in virtual ms, from the leading coordinator's crash (or from the cut,
+    /// for a takeover across a partition) to the first lease its successor gave (`null`: no
+    /// takeover).
     pub takeover_ms: Option<u64>,
     /// Live coordinators leading the job when the run ended (one, unless two leaders never
     /// met or the job lost every coordinator).

@@ -141,6 +141,10 @@ impl Sim {
         if was_standby {
             self.m.takeovers += 1;
             self.active = Some(p);
+            // Across a cut no leader crashed: the far side was leaderless from the cut.
+            if self.partitioned() && self.m.leaderless_since.is_none() {
+                self.m.leaderless_since = self.cfg.partition_at_ms;
+            }
         }
         for &b in &keep[1..] {
             self.request_catch_up(p, job, b);

@@ -74,9 +74,10 @@ impl RunTimes {
 /// Contract, once per pass of the slot loop, after anything that may free a slot:
 /// 1. [`Slots::free`] says how many replicas to take; the driver leases up to that many from
 ///    the jobs this peer coordinates itself and reports them with [`Slots::took`];
-/// 2. [`Slots::poll_ask`], given the ads of the jobs it does not lead, names a job and a count
-///    to ask that job's coordinator for (one request in flight at a time); its answer comes
-///    back as [`Slots::handle_leased`] or [`Slots::handle_lease_failed`];
+/// 2. [`Slots::poll_ask`] (when [`Slots::may_ask`]), given the ads of the jobs it does not
+///    lead, names a job and a count to ask that job's coordinator for (one request in flight
+///    at a time); its answer comes back as [`Slots::handle_leased`] or
+///    [`Slots::handle_lease_failed`];
 /// 3. every replica ends with [`Slots::handle_done`] (after [`Slots::handle_ran`] if it ran);
 /// 4. [`Slots::poll_timeout`] says when a pass must run again although nothing happened (a
 ///    pause or a backoff ends); `None` means only a new input can change the answer.
@@ -91,7 +92,7 @@ pub struct Slots {
     asking: Option<u32>,
     /// No new work before this (after an abandoned replica).
     paused_until: Millis,
-    /// Whether the last [`Slots::poll_ask`] saw an open job (it may look again later).
+    /// Whether the last [`Slots::poll_ask`] looked and saw an open job (a backoff may end).
     open: bool,
     /// The most new replicas the donor allows now (`None`: no limit beyond the capacity).
     allowance: Option<usize>,
@@ -136,13 +137,21 @@ impl Slots {
         self.held += n;
     }
 
+    /// Whether [`Slots::poll_ask`] may name a job now: something is free and no request is
+    /// out. A driver checks it before gathering the ads.
+    pub fn may_ask(&self, now: Millis) -> bool {
+        self.asking.is_none() && self.free(now) > 0
+    }
+
     /// The job to ask a coordinator for replicas, and how many; `ads` are the announced jobs this
     /// peer does not lead itself. `None` while a request is out or nothing is free.
     pub fn poll_ask(&mut self, ads: &[JobAd], now: Millis) -> Option<(JobId, u32)> {
-        let free = self.free(now);
-        if free == 0 || self.asking.is_some() {
+        if !self.may_ask(now) {
+            // Full or waiting for an answer: only that, not time, frees the slots.
+            self.open = false;
             return None;
         }
+        let free = self.free(now);
         self.open = ads.iter().any(|a| !a.done);
         self.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
         let (job, n) = self.puller.pick(ads, u32::try_from(free).unwrap_or(u32::MAX), now)?;

@@ -67,7 +67,8 @@ impl Sim {
             self.replicas_changed(p);
         }
         let peer = &mut self.peers[p as usize];
-        let ads: Vec<_> = peer.ads.iter().filter(|a| !peer.serves(&a.job)).cloned().collect();
+        let ads: Vec<_> =
+            if peer.slots.may_ask(now) { peer.ads.iter().filter(|a| !peer.serves(&a.job)).cloned().collect() } else { Vec::new() };
         if let Some((job, n)) = peer.slots.poll_ask(&ads, now) {
             match peer.first_live_coordinator(&job) {
                 Some(c) => {

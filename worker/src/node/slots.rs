@@ -72,7 +72,9 @@ pub(super) async fn run(node: Node) {
         }
         // Jobs this peer coordinates actively are served above; the rest (including those it
         // only backs up) are pulled from their active coordinator.
-        let ads: Vec<_> = {
+        let ads: Vec<_> = if !slots.may_ask(now) {
+            Vec::new()
+        } else {
             let core = node.core();
             let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
             node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()

@@ -7,6 +7,7 @@
 mod clients;
 mod catchup;
 mod core;
+pub mod donation;
 mod heal;
 pub mod limits;
 pub mod mesh;
@@ -14,6 +15,7 @@ pub mod remote;
 pub mod replicate;
 mod slots;
 mod submit;
+mod upkeep;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Back-pressure: what one submitter or one peer may make this peer hold or do.
     pub bounds: limits::Bounds,
+    /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
+    pub donation: donation::Donation,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -97,6 +101,7 @@ impl NodeConfig {
             max_blob_bytes: 1 << 30,
             advertise: None,
             bounds: limits::Bounds::default(),
+            donation: donation::Donation::default(),
             #[cfg(feature = "chaos")]
             chaos: None,
         }
@@ -154,6 +159,8 @@ struct Shared {
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
     peer_rate: limits::RateLimiter<spare_protocol::PeerId>,
+    /// Whether the volunteer's controls pause this peer now, and the memory gate of its tasks.
+    donation: donation::State,
 }
 
 impl Node {
@@ -169,6 +176,7 @@ impl Node {
             cache_dir: Some(dir.join("modules")),
             max_module_bytes: config.max_module_bytes,
             max_memory_bytes: config.caps.limits.memory_bytes,
+            idle_priority: config.donation.task_priority == donation::TaskPriority::Idle,
             ..SandboxConfig::default()
         })
         .context("cannot start the sandbox")?;
@@ -215,6 +223,7 @@ impl Node {
             submitters: Default::default(),
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
+            donation: donation::State::new(&config.donation),
             config,
         }));
         let restored = node.restore()?;
@@ -224,6 +233,7 @@ impl Node {
             tokio::spawn(slots::run(node.clone())),
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
+            tokio::spawn(upkeep::run(node.clone())),
         ];
         Ok((node, listener, tasks))
     }
@@ -468,6 +478,16 @@ impl Node {
     /// Replicas running on this peer now.
     pub fn running(&self) -> usize {
         self.0.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why this peer takes no new work now (`None`: it does).
+    pub fn paused(&self) -> Option<donation::Pause> {
+        self.0.donation.pause_reason()
+    }
+
+    /// Bytes of memory the tasks running here may use together now (their limits summed).
+    pub fn task_memory_held(&self) -> u64 {
+        self.0.donation.memory_held()
     }
 
     /// How long this peer has been up.

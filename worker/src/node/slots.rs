@@ -12,8 +12,8 @@ use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, Release, Report
 use spare_proto as pb;
 use tokio::task::JoinSet;
 
-use super::Node;
 use super::core::Evidence;
+use super::{Node, donation};
 use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
@@ -51,6 +51,7 @@ pub(super) async fn run(node: Node) {
         let paused = tokio::time::Instant::now() < paused_until;
         let capacity = node.sandbox().slots() * leases_per_slot(node.mean_run().as_micros() as u64);
         let mut free = if paused { 0 } else { capacity.saturating_sub(replicas + asking.unwrap_or(0) as usize) };
+        free = donation::allowance(free, node.0.donation.paused(), node.0.donation.waiting_for_memory());
         if free > 0 {
             let now = node.now();
             let me = node.peer_id();
@@ -69,7 +70,9 @@ pub(super) async fn run(node: Node) {
             let ads: Vec<_> = {
                 let core = node.core();
                 let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
-                node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()
+                let d = &node.config().donation;
+                let ads = node.mesh().membership.job_ads();
+                ads.into_iter().filter(|a| !mine(&a.job) && donation::serves(d, &a.module, &a.policy).is_ok()).collect()
             };
             puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
             if let Some((job, n)) = puller.pick(&ads, free as u32, node.now()) {
@@ -146,6 +149,8 @@ impl Node {
         let task = lease.task;
         let meta = self.core().jobs.get(&task.job).cloned();
         let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
+        // Waits until the task's memory limit fits beside the running tasks'.
+        let _memory = self.0.donation.admit_memory(meta.spec.policy.limits.memory_bytes).await?;
         if is_stale(self.now(), meta.spec.policy.limits.timeout_ms, lease.expires_at) {
             return Err(Stale.into());
         }
@@ -194,6 +199,7 @@ impl Node {
         if self.config().chaos == Some(super::Chaos::Silent) {
             return Ok(()); // holds the lease and never reports
         }
+        let _memory = self.0.donation.admit_memory(r.limits.memory_bytes).await?;
         if is_stale(self.now(), r.limits.timeout_ms, r.expires_at) {
             return Err(Stale.into());
         }

@@ -166,6 +166,7 @@ impl pb::job_service_server::JobService for JobApi {
             Err(SubmitFailure::Missing(m)) => Err(Status::failed_precondition(m)),
             Err(SubmitFailure::Exists(m)) => Err(Status::already_exists(m)),
             Err(SubmitFailure::Full(m)) => Err(Status::resource_exhausted(m)),
+            Err(SubmitFailure::Refused(m)) => Err(Status::permission_denied(m)),
             Err(SubmitFailure::Internal(e)) => Err(Status::internal(format!("{e:#}"))),
         }
     }

@@ -68,11 +68,13 @@ pub struct PeerSpec {
     pub cpus: usize,
     /// Network namespace to run in (`ip netns exec NS spare peer …`).
     pub netns: Option<String>,
+    /// More flags of `spare peer`.
+    pub args: Vec<String>,
 }
 
 impl PeerSpec {
     pub fn new(data: &Path, listen: &str) -> PeerSpec {
-        PeerSpec { data: data.to_path_buf(), listen: listen.to_string(), bootstrap: None, cpus: 1, netns: None }
+        PeerSpec { data: data.to_path_buf(), listen: listen.to_string(), bootstrap: None, cpus: 1, netns: None, args: Vec::new() }
     }
 
     pub fn bootstrap(mut self, addr: &str) -> PeerSpec {
@@ -82,6 +84,12 @@ impl PeerSpec {
 
     pub fn cpus(mut self, n: usize) -> PeerSpec {
         self.cpus = n;
+        self
+    }
+
+    /// Adds flags to `spare peer`.
+    pub fn args(mut self, args: &[&str]) -> PeerSpec {
+        self.args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -134,6 +142,7 @@ impl Peer {
         if let Some(b) = &spec.bootstrap {
             cmd.args(["--bootstrap", b]);
         }
+        cmd.args(&spec.args);
         let mut child = cmd
             .env("SPARE_LOG", std::env::var("SPARE_TEST_LOG").unwrap_or_else(|_| LOG_FILTER.to_string()))
             .env("NO_COLOR", "1")

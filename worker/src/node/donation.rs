@@ -318,6 +318,9 @@ pub(crate) struct State {
     memory: tokio::sync::Semaphore,
     memory_units: u32,
     waiting: std::sync::atomic::AtomicUsize,
+    /// Ended jobs whose results a submitter fetched from here (retention may remove them
+    /// first at the disk cap). Bounded by the jobs stored.
+    pub(crate) fetched: dashmap::DashSet<spare_protocol::JobId>,
 }
 
 impl State {
@@ -329,6 +332,7 @@ impl State {
             memory: tokio::sync::Semaphore::new(units as usize),
             memory_units: units,
             waiting: Default::default(),
+            fetched: Default::default(),
         }
     }
 

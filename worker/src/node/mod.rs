@@ -13,6 +13,7 @@ pub mod limits;
 pub mod mesh;
 pub mod remote;
 pub mod replicate;
+pub mod retention;
 mod slots;
 mod submit;
 mod upkeep;
@@ -272,9 +273,14 @@ impl Node {
         // Their events describe the past; everything they record is already stored.
         while core.coord.poll_event().is_some() {}
         let mut open = Vec::new();
+        // Jobs that ended before retention kept track (older stores) count as ending now.
+        let ended: std::collections::HashSet<JobId> = self.0.store.finished()?.into_iter().map(|(j, _)| j).collect();
         for (id, _) in &jobs {
             if core.coord.job(id).is_some_and(|v| v.state.is_final()) {
                 self.0.finished.insert(*id);
+                if !ended.contains(id) {
+                    self.note_ended(*id);
+                }
             } else {
                 open.push(*id);
                 self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
@@ -360,6 +366,7 @@ impl Node {
                         if let Change::JobFinished(job) = c {
                             if self.0.finished.insert(job) {
                                 self.job_ended(&job);
+                                self.note_ended(job);
                             }
                             self.publish_job(job, true);
                         }

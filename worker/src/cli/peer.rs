@@ -113,6 +113,10 @@ pub struct PeerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_rate: Option<f64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<SocketAddr>,
     /// Misbehave, to test the mesh: lie (wrong outputs), forge (bad signatures), silent (never report).
     #[cfg(feature = "chaos")]
     #[arg(long, value_enum, value_name = "MODE")]

@@ -66,6 +66,8 @@ pub struct PeerConfig {
     pub max_leases_per_peer: usize,
     /// Requests per second one peer may make on average.
     pub peer_rate: f64,
+    /// Address to serve Prometheus metrics on, at `/metrics` (unset: off).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Every key of [`PeerConfig`], in the order `--print-config` shows them.
@@ -92,6 +94,7 @@ pub const KEYS: &[&str] = &[
     "max_held_tasks",
     "max_leases_per_peer",
     "peer_rate",
+    "metrics",
 ];
 
 impl Default for PeerConfig {
@@ -122,6 +125,7 @@ impl Default for PeerConfig {
             max_held_tasks: bounds.max_held_tasks,
             max_leases_per_peer: bounds.max_leases_per_peer,
             peer_rate: bounds.peer_rate,
+            metrics: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl PeerConfig {
             peer_burst: (peer_rate * 4.0).max(1.0),
         };
         c.donation = donation;
+        c.metrics = self.metrics;
         Ok(c)
     }
 

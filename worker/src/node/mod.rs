@@ -9,6 +9,8 @@ mod catchup;
 mod core;
 pub mod donation;
 mod heal;
+mod journal;
+pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
@@ -72,6 +74,8 @@ pub struct NodeConfig {
     pub bounds: limits::Bounds,
     /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
     pub donation: donation::Donation,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics: Option<SocketAddr>,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -103,6 +107,7 @@ impl NodeConfig {
             advertise: None,
             bounds: limits::Bounds::default(),
             donation: donation::Donation::default(),
+            metrics: None,
             #[cfg(feature = "chaos")]
             chaos: None,
         }
@@ -162,6 +167,8 @@ struct Shared {
     peer_rate: limits::RateLimiter<spare_protocol::PeerId>,
     /// Whether the volunteer's controls pause this peer now, and the memory gate of its tasks.
     donation: donation::State,
+    /// What the peer counts, for its log summary and Prometheus.
+    metrics: metrics::Metrics,
 }
 
 impl Node {
@@ -225,6 +232,7 @@ impl Node {
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
             donation: donation::State::new(&config.donation),
+            metrics: Default::default(),
             config,
         }));
         let restored = node.restore()?;
@@ -235,6 +243,7 @@ impl Node {
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
             tokio::spawn(upkeep::run(node.clone())),
+            tokio::spawn(journal::summaries(node.clone())),
         ];
         Ok((node, listener, tasks))
     }
@@ -349,8 +358,11 @@ impl Node {
         let mut unconfirmed: u64 = 0;
         let mut logged: Option<std::time::Instant> = None;
         while let Some((write, backup, changes, done)) = rx.recv().await {
+            let queued = std::time::Instant::now();
             match write.await {
                 Ok(()) => {
+                    self.0.metrics.store_writes.inc();
+                    self.0.metrics.store_write_seconds.observe(queued.elapsed().as_secs_f64());
                     if let Some(backup) = backup {
                         let held = tokio::time::timeout(replicate::BACKUP_ACK_TIMEOUT, backup).await;
                         if !matches!(held, Ok(true)) && changes.iter().any(|c| matches!(c, Change::TaskFinal(_))) {
@@ -367,8 +379,14 @@ impl Node {
                             if self.0.finished.insert(job) {
                                 self.job_ended(&job);
                                 self.note_ended(job);
+                                self.log_job_end(&job);
                             }
                             self.publish_job(job, true);
+                        }
+                        if let Change::TaskFinal(task) = &c
+                            && let Some(t) = self.core().coord.task(task)
+                        {
+                            self.0.metrics.decided(t.state);
                         }
                         let _ = self.0.changes.send(c);
                     }

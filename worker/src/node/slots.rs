@@ -250,6 +250,7 @@ impl Node {
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
                 self.note_run(report.elapsed);
+                self.0.metrics.ran(&report.outcome, report.elapsed);
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
                         Ran { outcome, output: report.stdout, message, fuel: report.fuel_used }

@@ -149,6 +149,7 @@ impl Node {
             core.jobs.remove(&id);
             return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
         }
+        self.0.metrics.jobs_accepted.inc();
         tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
         // Other coordinators, so the job outlives this peer.
         self.add_coordinators(id).await;

@@ -5,6 +5,7 @@
 mod blob;
 mod job;
 pub mod mesh;
+pub mod metrics;
 mod peer;
 mod replica;
 

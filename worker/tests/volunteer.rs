@@ -109,3 +109,36 @@ fn task_threads_run_at_idle_priority() {
     }
     assert_eq!(sandbox_threads, 2, "one sandbox thread per CPU given");
 }
+
+/// `systemd-analyze`, installed from Debian's `systemd` package when missing (CI's fresh image).
+fn systemd_analyze() -> &'static str {
+    const TOOL: &str = "systemd-analyze";
+    if Command::new(TOOL).arg("--version").output().is_err() {
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let ok = Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "systemd"]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "installing systemd for {TOOL}");
+    }
+    TOOL
+}
+
+#[test]
+fn the_packaged_service_unit_is_valid_and_agrees_with_the_example_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("packaging/spare.service")).unwrap();
+    let tmp = scratch();
+    // The unit as installed, but starting the binary under test.
+    let path = tmp.path().join("spare.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/spare", SPARE)).unwrap();
+    let out = Command::new(systemd_analyze()).arg("verify").arg(&path).output().expect("systemd-analyze runs");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}{}", text(&out.stdout), text(&out.stderr));
+    for line in ["NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=spare", "DynamicUser=yes", "ExecStart=/usr/local/bin/spare peer --config /etc/spare/spare.toml"] {
+        assert!(unit.lines().any(|l| l == line), "the unit has {line}");
+    }
+    // MemoryMax leaves the peer room above what its tasks may hold together.
+    let max: u64 = unit.lines().find_map(|l| l.strip_prefix("MemoryMax=")?.strip_suffix('M')?.parse().ok()).expect("MemoryMax=NM");
+    let example = spare_peer(&["--config", root.join("packaging/spare.toml").to_str().unwrap(), "--print-config"], &[]);
+    let printed = text(&example.stdout);
+    let total = printed.lines().find_map(|l| l.strip_prefix("max_total_memory = \"")?.split('"').next().map(String::from)).expect("max_total_memory");
+    let total: spare_peer::config::Size = total.parse().unwrap();
+    assert!(max << 20 >= total.bytes() + (256 << 20), "MemoryMax={max}M leaves too little above max_total_memory {total}");
+}

@@ -77,7 +77,7 @@ fn unknown_keys_and_bad_values_stop_the_peer_at_start_naming_the_key() {
 #[test]
 fn a_submitter_not_on_the_allow_list_is_refused_clearly() {
     let tmp = scratch();
-    let peer = Peer::start(PeerSpec::new(&tmp.path().join("peer"), "127.0.0.1:0").args(&["--allow-submitter", "192.0.2.0/24"]));
+    let peer = Peer::start(PeerSpec::new(&tmp.path().join("peer"), "127.0.0.1:0").args(&["--allow-submitters", "192.0.2.0/24,198.51.100.7"]));
     let inputs = tmp.path().join("inputs");
     primes_inputs(&inputs, 2, 1000);
     let out = peer.spare(&["submit", primes_wasm().to_str().unwrap(), "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "1"]);

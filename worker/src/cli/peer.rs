@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Size, Span, layers};
 use crate::node::Node;
-use crate::node::donation::{Hours, TaskPriority};
+use crate::node::donation::{Hours, Net, TaskPriority};
 
 /// Options of `spare peer`. Every setting can also come from the config file (`--config`) or a
 /// `SPARE_<KEY>` environment variable; a flag wins over both. Sizes take units (`512 MiB`),
@@ -73,13 +73,13 @@ pub struct PeerArgs {
     #[arg(long, value_name = "HOURS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     hours: Option<Hours>,
-    /// Accept jobs only from these submitter addresses or networks (repeatable) [default: everyone].
-    #[arg(long = "allow-submitter", value_name = "NET")]
-    #[serde(skip_serializing_if = "Vec::is_empty", rename = "allow_submitters")]
-    allow_submitters: Vec<ipnet::IpNet>,
-    /// Accept and run only tasks of these modules, by hex id (repeatable) [default: every module].
-    #[arg(long = "allow-module", value_name = "ID")]
-    #[serde(skip_serializing_if = "Vec::is_empty", rename = "allow_modules")]
+    /// Accept jobs only from these submitter addresses or networks (repeatable, or comma-separated) [default: everyone].
+    #[arg(long, value_name = "NET", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allow_submitters: Vec<Net>,
+    /// Accept and run only tasks of these modules, by hex id (repeatable, or comma-separated) [default: every module].
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_modules: Vec<String>,
     /// Serve only jobs whose quorum is at least this [default: 1].
     #[arg(long, value_name = "N")]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use spare_protocol::BlobId;
 
 use crate::node::NodeConfig;
-use crate::node::donation::{Donation, Hours, TaskPriority};
+use crate::node::donation::{Donation, Hours, Net, TaskPriority};
 use crate::node::limits::Bounds;
 pub use units::{Size, Span};
 
@@ -47,7 +47,7 @@ pub struct PeerConfig {
     /// Local hours when this peer takes work, `HH:MM-HH:MM` (unset: all day).
     pub hours: Option<Hours>,
     /// Submitter addresses or networks whose jobs are accepted (empty: everyone).
-    pub allow_submitters: Vec<ipnet::IpNet>,
+    pub allow_submitters: Vec<Net>,
     /// Module ids (hex) whose tasks are accepted and run (empty: every module).
     pub allow_modules: Vec<String>,
     /// Jobs with a smaller quorum are neither accepted nor run.

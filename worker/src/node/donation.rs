@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use spare_protocol::{BlobId, Policy};
 
-/// How far below `max_other_load` the other load must fall before a paused peer resumes, so a
-/// load hovering at the threshold does not flip the peer on and off at every sample.
-pub const RESUME_MARGIN: f64 = 0.1;
+/// The share of `max_other_load` the other load must fall below before a paused peer resumes,
+/// so a load hovering at the threshold does not flip the peer on and off at every sample.
+pub const RESUME_BELOW: f64 = 0.8;
 /// How often the machine's load (and the hour, and the disk) is looked at.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
@@ -35,7 +35,7 @@ pub struct Donation {
     /// Local hours of the day when this peer takes work (`None`: all day).
     pub hours: Option<Hours>,
     /// Submitters (by address) whose jobs this peer accepts; empty: everyone.
-    pub allow_submitters: Vec<ipnet::IpNet>,
+    pub allow_submitters: Vec<Net>,
     /// Modules whose tasks this peer accepts and runs; empty: every module.
     pub allow_modules: Vec<BlobId>,
     /// Jobs with a smaller quorum are neither accepted nor run here.
@@ -109,7 +109,7 @@ pub struct Sample {
 }
 
 /// Whether to stop taking new work, and why. `paused` is the decision of the last sample: a
-/// peer paused for load resumes only once the load is [`RESUME_MARGIN`] below the threshold.
+/// peer paused for load resumes only once the load is under [`RESUME_BELOW`] of the threshold.
 pub fn pause(d: &Donation, s: Sample, paused: bool) -> Option<Pause> {
     if let Some(h) = d.hours
         && !h.contains(s.minute)
@@ -122,7 +122,7 @@ pub fn pause(d: &Donation, s: Sample, paused: bool) -> Option<Pause> {
         return Some(Pause::Disk { used: s.disk_used, cap });
     }
     if let (Some(max), Some(other)) = (d.max_other_load, s.other_load) {
-        let limit = if paused { max - RESUME_MARGIN } else { max };
+        let limit = if paused { max * RESUME_BELOW } else { max };
         if other > limit {
             return Some(Pause::Load { other, max });
         }
@@ -142,6 +142,46 @@ pub enum Refusal {
     /// The quorum is below `min_quorum`.
     #[error("this peer serves only jobs with a quorum of at least {min} (min_quorum); this job asks for {quorum}")]
     Quorum { quorum: u32, min: u32 },
+}
+
+/// An address or a network: `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net(pub ipnet::IpNet);
+
+impl Net {
+    /// Whether `ip` is in it.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Net, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(Net)
+            .map_err(|_| format!("{s:?} is neither an address nor a network (write 192.0.2.7 or 10.0.0.0/8)"))
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Net {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Net, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Whether a submitter may submit here (`None`: an address unknown, as in-process, is local).
@@ -394,6 +434,8 @@ mod tests {
         let unknown = Sample { other_load: None, minute: 0, disk_used: 0 };
         assert_eq!(pause(&d, unknown, false), None, "an unknown load does not pause");
         assert_eq!(pause(&Donation::default(), sample(1.0, 0, 0), false), None, "no threshold, no pause");
+        let low = Donation { max_other_load: Some(0.05), ..Donation::default() };
+        assert_eq!(pause(&low, sample(0.03, 0, 0), true), None, "a small threshold can still be resumed from");
     }
 
     #[test]
@@ -415,7 +457,7 @@ mod tests {
     fn allow_lists_and_quorum() {
         let module = BlobId::of(b"allowed");
         let d = Donation {
-            allow_submitters: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap()],
+            allow_submitters: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7".parse().unwrap()],
             allow_modules: vec![module],
             min_quorum: 2,
             ..Donation::default()

@@ -110,15 +110,19 @@ impl Node {
             removed.jobs += 1;
         }
         // Blobs: those only removed jobs named go now; others no job names once they are old.
-        let refs = self.store().blob_refs()?;
         let grace = if at_disk_cap { BLOB_GRACE.min(retention) } else { retention };
         let sys_now = SystemTime::now();
-        for (id, size, written) in self.store().blobs().list() {
-            if refs.contains(&id) {
-                continue;
-            }
-            let old = sys_now.duration_since(written).unwrap_or_default() >= grace;
-            if (freed.contains(&id) || old) && self.store().blobs().remove(&id) {
+        let candidates: Vec<_> = self
+            .store()
+            .blobs()
+            .list()
+            .into_iter()
+            .filter(|(id, _, written)| freed.contains(id) || sys_now.duration_since(*written).unwrap_or_default() >= grace)
+            .collect();
+        // Which blobs the kept jobs name takes a scan of every input: only when it matters.
+        let refs = if candidates.is_empty() { HashSet::new() } else { self.store().blob_refs()? };
+        for (id, size, _) in candidates {
+            if !refs.contains(&id) && self.store().blobs().remove(&id) {
                 removed.blobs += 1;
                 removed.blob_bytes += size;
             }

@@ -16,7 +16,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 impl Node {
     /// Opens the data directory, restores the jobs it holds, and starts serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
-        let metrics = config.metrics;
+        let (metrics, web) = (config.metrics, config.web);
         let (node, listener, mut tasks) = Node::open(config).await?;
         let addr = listener.local_addr()?;
         let metrics_addr = match metrics {
@@ -27,8 +27,16 @@ impl Node {
             }
             None => None,
         };
+        let web_addr = match web {
+            Some(at) => {
+                let (bound, task) = crate::service::web::serve(node.clone(), at).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
         let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
-        Ok(NodeHandle { node, addr, metrics_addr, server, tasks })
+        Ok(NodeHandle { node, addr, metrics_addr, web_addr, server, tasks })
     }
 }
 
@@ -40,6 +48,8 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The address Prometheus metrics are served on, if they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// The address the status page is served on, if it is.
+    pub web_addr: Option<SocketAddr>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

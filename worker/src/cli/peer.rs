@@ -12,6 +12,9 @@ use crate::config::{Size, Span, layers};
 use crate::node::Node;
 use crate::node::donation::{Hours, Net, TaskPriority};
 
+/// Where `--web` alone serves the status page: loopback, so only this machine sees it.
+const DEFAULT_WEB: &str = "127.0.0.1:7080";
+
 /// Options of `spare peer`. Every setting can also come from the config file (`--config`) or a
 /// `SPARE_<KEY>` environment variable; a flag wins over both. Sizes take units (`512 MiB`),
 /// durations too (`3days`).
@@ -117,6 +120,10 @@ pub struct PeerArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<SocketAddr>,
+    /// Serve the status page at http://ADDR/ (just --web: 127.0.0.1:7080) [default: off].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_WEB)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web: Option<SocketAddr>,
     /// Misbehave, to test the mesh: lie (wrong outputs), forge (bad signatures), silent (never report).
     #[cfg(feature = "chaos")]
     #[arg(long, value_enum, value_name = "MODE")]

@@ -68,6 +68,8 @@ pub struct PeerConfig {
     pub peer_rate: f64,
     /// Address to serve Prometheus metrics on, at `/metrics` (unset: off).
     pub metrics: Option<SocketAddr>,
+    /// Address to serve the status page on (unset: off).
+    pub web: Option<SocketAddr>,
 }
 
 /// Every key of [`PeerConfig`], in the order `--print-config` shows them.
@@ -95,6 +97,7 @@ pub const KEYS: &[&str] = &[
     "max_leases_per_peer",
     "peer_rate",
     "metrics",
+    "web",
 ];
 
 impl Default for PeerConfig {
@@ -126,6 +129,7 @@ impl Default for PeerConfig {
             max_leases_per_peer: bounds.max_leases_per_peer,
             peer_rate: bounds.peer_rate,
             metrics: None,
+            web: None,
         }
     }
 }
@@ -186,6 +190,7 @@ impl PeerConfig {
         };
         c.donation = donation;
         c.metrics = self.metrics;
+        c.web = self.web;
         Ok(c)
     }
 

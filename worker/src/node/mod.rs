@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub donation: donation::Donation,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics: Option<SocketAddr>,
+    /// Where to serve the status page (`None`: nowhere).
+    pub web: Option<SocketAddr>,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -108,6 +110,7 @@ impl NodeConfig {
             bounds: limits::Bounds::default(),
             donation: donation::Donation::default(),
             metrics: None,
+            web: None,
             #[cfg(feature = "chaos")]
             chaos: None,
         }

@@ -6,6 +6,7 @@ mod blob;
 mod job;
 pub mod mesh;
 pub mod metrics;
+pub mod web;
 mod peer;
 mod replica;
 

@@ -6,12 +6,14 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use spare_protocol::{BlobId, Policy};
+
+pub use super::load::{LoadSource, MachineLoad, ManualLoad, local_minute};
 
 /// The share of `max_other_load` the other load must fall below before a paused peer resumes,
 /// so a load hovering at the threshold does not flip the peer on and off at every sample.
@@ -271,85 +273,6 @@ impl<'de> Deserialize<'de> for Hours {
     }
 }
 
-/// The local minute of the day now.
-pub fn local_minute() -> u32 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let t = libc::time_t::try_from(now).unwrap_or(0);
-    // SAFETY: localtime_r reads `t` and writes only into `tm`, which lives on this stack.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok { (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u32 } else { ((now / 60) % 1440) as u32 }
-}
-
-/// Where the other programs' load comes from.
-pub trait LoadSource: Send + Sync + fmt::Debug {
-    /// Share of the machine's CPUs (0..=1) used by other programs since the last call; `None`
-    /// when it cannot be told (the first call, or no /proc).
-    fn other_load(&self) -> Option<f64>;
-}
-
-/// The machine's load from /proc: CPU time of every process but this one, between two calls.
-#[derive(Debug, Default)]
-pub struct MachineLoad {
-    last: Mutex<Option<(u64, u64, u64)>>,
-}
-
-impl MachineLoad {
-    /// (busy, total) jiffies of all CPUs, and this process's own jiffies.
-    fn read() -> Option<(u64, u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-        let total: u64 = cpu.iter().take(8).sum();
-        let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
-        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name (which may hold spaces) start at the state, field 3.
-        let rest = me.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        Some((total.saturating_sub(idle), total, own))
-    }
-}
-
-impl LoadSource for MachineLoad {
-    fn other_load(&self) -> Option<f64> {
-        let now = MachineLoad::read()?;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let before = last.replace(now)?;
-        let total = now.1.saturating_sub(before.1);
-        if total == 0 {
-            return None;
-        }
-        let busy = now.0.saturating_sub(before.0).saturating_sub(now.2.saturating_sub(before.2));
-        Some((busy as f64 / total as f64).clamp(0.0, 1.0))
-    }
-}
-
-/// A load a test sets by hand; it counts how often the peer looked.
-#[derive(Debug, Default)]
-pub struct ManualLoad {
-    share: AtomicU64,
-    reads: AtomicU64,
-}
-
-impl ManualLoad {
-    /// Sets the other programs' share of the CPUs.
-    pub fn set(&self, share: f64) {
-        self.share.store(share.to_bits(), Ordering::Relaxed);
-    }
-
-    /// How many times the load was read so far.
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-}
-
-impl LoadSource for ManualLoad {
-    fn other_load(&self) -> Option<f64> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        Some(f64::from_bits(self.share.load(Ordering::Relaxed)))
-    }
-}
-
 /// What the node keeps of the controls while it runs: whether it is paused, and the memory
 /// gate the running tasks pass.
 pub(crate) struct State {
@@ -357,6 +280,8 @@ pub(crate) struct State {
     why: Mutex<Option<Pause>>,
     memory: tokio::sync::Semaphore,
     memory_units: u32,
+    /// The most memory the running tasks ever held together, in bytes.
+    memory_peak: std::sync::atomic::AtomicU64,
     waiting: std::sync::atomic::AtomicUsize,
     /// Ended jobs whose results a submitter fetched from here (retention may remove them
     /// first at the disk cap). Bounded by the jobs stored.
@@ -371,6 +296,7 @@ impl State {
             why: Mutex::new(None),
             memory: tokio::sync::Semaphore::new(units as usize),
             memory_units: units,
+            memory_peak: Default::default(),
             waiting: Default::default(),
             fetched: Default::default(),
         }
@@ -406,13 +332,20 @@ impl State {
         u64::from(self.memory_units).saturating_sub(self.memory.available_permits() as u64) * MEMORY_UNIT
     }
 
+    /// The most memory the running tasks ever held together, in bytes.
+    pub fn memory_peak(&self) -> u64 {
+        self.memory_peak.load(Ordering::Relaxed)
+    }
+
     /// Waits until a task with a `limit`-byte memory limit fits beside the running ones, and
     /// holds its share until the permit is dropped.
     pub(crate) async fn admit_memory(&self, limit: u64) -> anyhow::Result<tokio::sync::SemaphorePermit<'_>> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = self.memory.acquire_many(memory_units(limit, self.memory_units)).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
-        permit.map_err(|_| anyhow::anyhow!("the memory gate is closed"))
+        let permit = permit.map_err(|_| anyhow::anyhow!("the memory gate is closed"))?;
+        self.memory_peak.fetch_max(self.memory_held(), Ordering::Relaxed);
+        Ok(permit)
     }
 }
 
@@ -499,5 +432,6 @@ mod tests {
         let _b = second.await.unwrap();
         assert_eq!(s.memory_held(), 60 << 20);
         assert_eq!(s.waiting_for_memory(), 0);
+        assert_eq!(s.memory_peak(), 60 << 20, "never both at once");
     }
 }

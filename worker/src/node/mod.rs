@@ -10,6 +10,7 @@ mod core;
 pub mod donation;
 mod heal;
 mod journal;
+mod load;
 pub mod metrics;
 pub mod limits;
 pub mod mesh;
@@ -516,6 +517,11 @@ impl Node {
     /// Bytes of memory the tasks running here may use together now (their limits summed).
     pub fn task_memory_held(&self) -> u64 {
         self.0.donation.memory_held()
+    }
+
+    /// The most memory the tasks running here ever held together (their limits summed).
+    pub fn task_memory_peak(&self) -> u64 {
+        self.0.donation.memory_peak()
     }
 
     /// How long this peer has been up.

@@ -578,6 +578,25 @@ impl Coordinator {
         true
     }
 
+    /// Forgets a job that has ended (its task table, its place in the queue, leases still
+    /// indexed), so a long-running peer does not hold every job it ever coordinated: the driver
+    /// calls it when retention removes the job's records. False for an unknown or unfinished job.
+    pub fn forget(&mut self, id: &JobId) -> bool {
+        if !self.jobs.get(id).is_some_and(|j| j.state().is_final()) {
+            return false;
+        }
+        if let Some(job) = self.jobs.remove(id) {
+            for (index, t) in job.tasks.iter().enumerate() {
+                for (peer, _) in &t.leases {
+                    self.held.unhold(peer, &TaskId { job: *id, index: index as u32 });
+                }
+            }
+        }
+        self.active.retain(|j| j != id);
+        self.standby.remove(id);
+        true
+    }
+
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -410,3 +410,22 @@ fn the_leases_of_one_lost_answer_are_one_lapse() {
     }
     assert!(c.reputation().is_banned(&p), "{:?}", c.reputation().get(&p));
 }
+
+#[test]
+fn forget_drops_only_ended_jobs_and_their_leases() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(2, 2, 3)).unwrap();
+    c.submit(job(2), spec(2, 1, 1)).unwrap();
+    assert!(!c.forget(&job(1)), "a running job is never forgotten");
+    assert!(!c.forget(&job(9)), "nor an unknown one");
+    // Job 1 gets one replica per task, then is cancelled with its leases outstanding.
+    let leased = c.lease(peer(1), 4, 0);
+    assert!(leased.iter().any(|l| l.task.job == job(1)));
+    assert!(c.cancel(&job(1)));
+    assert!(c.forget(&job(1)));
+    assert!(c.job(&job(1)).is_none());
+    assert!(c.leases_of(&peer(1)).iter().all(|l| l.task.job != job(1)), "its leases are gone from the index");
+    assert!(c.job(&job(2)).is_some(), "other jobs stay");
+    // A forgotten job's id can be taken again (nothing of it is left).
+    c.submit(job(1), spec(1, 1, 1)).unwrap();
+}

@@ -4,6 +4,7 @@
 //! the wire conversions both use ([`wire`]) and the `spare` command line ([`cli`]).
 
 pub mod cli;
+pub mod config;
 pub mod identity;
 pub mod node;
 pub mod sandbox;

@@ -16,10 +16,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 impl Node {
     /// Opens the data directory, restores the jobs it holds, and starts serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
-        let (node, listener, tasks) = Node::open(config).await?;
+        let (metrics, web) = (config.metrics, config.web);
+        let (node, listener, mut tasks) = Node::open(config).await?;
         let addr = listener.local_addr()?;
+        let metrics_addr = match metrics {
+            Some(at) => {
+                let (bound, task) = crate::service::metrics::serve(node.clone(), at).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        let web_addr = match web {
+            Some(at) => {
+                let (bound, task) = crate::service::web::serve(node.clone(), at).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
         let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
-        Ok(NodeHandle { node, addr, server, tasks })
+        Ok(NodeHandle { node, addr, metrics_addr, web_addr, server, tasks })
     }
 }
 
@@ -29,6 +46,10 @@ pub struct NodeHandle {
     pub node: Node,
     /// The address gRPC is served on.
     pub addr: SocketAddr,
+    /// The address Prometheus metrics are served on, if they are.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The address the status page is served on, if it is.
+    pub web_addr: Option<SocketAddr>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -114,11 +114,16 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPARE_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.command, Command::Peer(_)) { "info" } else { "warn" };
-        tracing_subscriber::EnvFilter::new(default)
+    let default = if matches!(cli.command, Command::Peer(_)) { "info" } else { "warn" };
+    let spec = log_filter(std::env::var("SPARE_LOG").ok().as_deref(), default);
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: SPARE_LOG={spec:?} is not a log filter ({e}); using {default}");
+        tracing_subscriber::EnvFilter::new(log_filter(None, default))
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour codes only for a person at a terminal, and never when NO_COLOR is set.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -150,6 +155,27 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Spare's own crates, whose lines a bare level in `SPARE_LOG` selects.
+const OWN_CRATES: [&str; 4] = ["spare", "spare_peer", "spare_protocol", "spare_sdk"];
+
+/// The log filter for `SPARE_LOG` (or `default` when unset): a bare level (`debug`) applies to
+/// Spare's own crates only, the libraries staying at `warn`, so `debug` shows Spare's lines and
+/// not every HTTP/2 frame; `trace`, or a full filter (`h2=debug,spare_peer=info`), is taken as
+/// written.
+fn log_filter(spare_log: Option<&str>, default: &str) -> String {
+    let spec = spare_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(default);
+    let level = spec.to_ascii_lowercase();
+    match level.as_str() {
+        "trace" => level,
+        "error" | "off" => level,
+        "warn" | "info" | "debug" => {
+            let own: Vec<String> = OWN_CRATES.iter().map(|c| format!("{c}={level}")).collect();
+            format!("warn,{}", own.join(","))
+        }
+        _ => spec.to_string(),
     }
 }
 
@@ -189,4 +215,18 @@ fn sdk_error(e: spare_sdk::Error, peer: &str) -> anyhow::Error {
 /// The job an id, or a unique prefix of one as `spare` prints them, names at `client`'s peer.
 async fn job_id(client: &spare_sdk::Client, id: &str) -> anyhow::Result<spare_sdk::JobId> {
     client.find_job(id).await.map_err(|e| sdk_error(e, client.addr()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_level_selects_spares_own_lines() {
+        assert_eq!(log_filter(Some("debug"), "warn"), "warn,spare=debug,spare_peer=debug,spare_protocol=debug,spare_sdk=debug");
+        assert_eq!(log_filter(None, "info"), "warn,spare=info,spare_peer=info,spare_protocol=info,spare_sdk=info");
+        assert_eq!(log_filter(Some("trace"), "info"), "trace", "trace shows everything");
+        assert_eq!(log_filter(Some("h2=debug,spare_peer=info"), "info"), "h2=debug,spare_peer=info", "a named filter as written");
+        assert_eq!(log_filter(Some(""), "warn"), log_filter(None, "warn"));
+    }
 }

@@ -54,6 +54,7 @@ impl Node {
     /// Takes a gossip message another peer sent (and signed: `sender`).
     pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_protocol::membership::MembershipError> {
         let now = self.now();
+        self.0.metrics.gossip_in_bytes.inc_by(data.len() as u64);
         let r = self.mesh().membership.handle_data(data, Some(sender), now);
         self.0.mesh_wake.notify_one();
         r
@@ -188,6 +189,8 @@ impl Node {
         self.greet_bootstrap();
         self.publish_advert(true);
         let mut next_roles: Millis = 0;
+        use super::journal::{Backoff, UNREACHABLE_FIRST, UNREACHABLE_MAX_GAP};
+        let mut unreachable = Backoff::new(UNREACHABLE_FIRST, UNREACHABLE_MAX_GAP);
         loop {
             let now = self.now();
             let nap = {
@@ -205,6 +208,13 @@ impl Node {
             if self.mesh().greet_due(now) {
                 self.greet_bootstrap();
             }
+            // A peer given --bootstrap that has met nobody: say so, less and less often.
+            let bootstrap = &self.config().bootstrap;
+            if bootstrap.is_empty() || self.mesh().membership.active() > 0 {
+                unreachable.reset(self.uptime(), UNREACHABLE_FIRST);
+            } else if unreachable.due(self.uptime()) {
+                tracing::warn!("cannot reach the mesh: no answer from --bootstrap {}; still trying", bootstrap.join(", "));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}
                 _ = self.0.mesh_wake.notified() => {}
@@ -220,6 +230,9 @@ impl Node {
     }
 
     fn greet_bootstrap(&self) {
+        if !self.config().bootstrap.is_empty() {
+            tracing::debug!(bootstrap = ?self.config().bootstrap, "greeting the bootstrap peers");
+        }
         let now = self.now();
         self.mesh().greet(&self.config().bootstrap, &self.advertised_addr(), now);
     }
@@ -239,12 +252,14 @@ impl Node {
             };
             let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
             let node = self.clone();
+            self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
             let signature = self.0.identity.sign(&crate::wire::signing::gossip(&data)).to_vec();
             let peer_id = self.peer_id().to_hex();
             tokio::spawn(async move {
                 let req = pb::GossipRequest { data, peer_id, signature };
                 let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
+                    tracing::debug!(to = %to.addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });
                     node.0.clients.forget(&to.addr);
                 }
                 drop(permit);

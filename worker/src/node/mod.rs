@@ -7,13 +7,19 @@
 mod clients;
 mod catchup;
 mod core;
+pub mod donation;
 mod heal;
+mod journal;
+mod load;
+pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
 pub mod replicate;
+pub mod retention;
 mod slots;
 mod submit;
+mod upkeep;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +73,12 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Back-pressure: what one submitter or one peer may make this peer hold or do.
     pub bounds: limits::Bounds,
+    /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
+    pub donation: donation::Donation,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics: Option<SocketAddr>,
+    /// Where to serve the status page (`None`: nowhere).
+    pub web: Option<SocketAddr>,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -97,6 +109,9 @@ impl NodeConfig {
             max_blob_bytes: 1 << 30,
             advertise: None,
             bounds: limits::Bounds::default(),
+            donation: donation::Donation::default(),
+            metrics: None,
+            web: None,
             #[cfg(feature = "chaos")]
             chaos: None,
         }
@@ -152,6 +167,10 @@ struct Shared {
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
     peer_rate: limits::RateLimiter<spare_protocol::PeerId>,
+    /// Whether the volunteer's controls pause this peer now, and the memory gate of its tasks.
+    donation: donation::State,
+    /// What the peer counts, for its log summary and Prometheus.
+    metrics: metrics::Metrics,
 }
 
 impl Node {
@@ -167,6 +186,7 @@ impl Node {
             cache_dir: Some(dir.join("modules")),
             max_module_bytes: config.max_module_bytes,
             max_memory_bytes: config.caps.limits.memory_bytes,
+            idle_priority: config.donation.task_priority == donation::TaskPriority::Idle,
             ..SandboxConfig::default()
         })
         .context("cannot start the sandbox")?;
@@ -212,6 +232,8 @@ impl Node {
             submitters: Default::default(),
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
+            donation: donation::State::new(&config.donation),
+            metrics: Default::default(),
             config,
         }));
         let restored = node.restore()?;
@@ -221,6 +243,8 @@ impl Node {
             tokio::spawn(slots::run(node.clone())),
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
+            tokio::spawn(upkeep::run(node.clone())),
+            tokio::spawn(journal::summaries(node.clone())),
         ];
         Ok((node, listener, tasks))
     }
@@ -259,9 +283,14 @@ impl Node {
         // Their events describe the past; everything they record is already stored.
         while core.coord.poll_event().is_some() {}
         let mut open = Vec::new();
+        // Jobs that ended before retention kept track (older stores) count as ending now.
+        let ended: std::collections::HashSet<JobId> = self.0.store.finished()?.into_iter().map(|(j, _)| j).collect();
         for (id, _) in &jobs {
             if core.coord.job(id).is_some_and(|v| v.state.is_final()) {
                 self.0.finished.insert(*id);
+                if !ended.contains(id) {
+                    self.note_ended(*id);
+                }
             } else {
                 open.push(*id);
                 self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
@@ -330,8 +359,11 @@ impl Node {
         let mut unconfirmed: u64 = 0;
         let mut logged: Option<std::time::Instant> = None;
         while let Some((write, backup, changes, done)) = rx.recv().await {
+            let queued = std::time::Instant::now();
             match write.await {
                 Ok(()) => {
+                    self.0.metrics.store_writes.inc();
+                    self.0.metrics.store_write_seconds.observe(queued.elapsed().as_secs_f64());
                     if let Some(backup) = backup {
                         let held = tokio::time::timeout(replicate::BACKUP_ACK_TIMEOUT, backup).await;
                         if !matches!(held, Ok(true)) && changes.iter().any(|c| matches!(c, Change::TaskFinal(_))) {
@@ -347,8 +379,15 @@ impl Node {
                         if let Change::JobFinished(job) = c {
                             if self.0.finished.insert(job) {
                                 self.job_ended(&job);
+                                self.note_ended(job);
+                                self.log_job_end(&job);
                             }
                             self.publish_job(job, true);
+                        }
+                        if let Change::TaskFinal(task) = &c
+                            && let Some(t) = self.core().coord.task(task)
+                        {
+                            self.0.metrics.decided(t.state);
                         }
                         let _ = self.0.changes.send(c);
                     }
@@ -452,6 +491,21 @@ impl Node {
     /// Replicas running on this peer now.
     pub fn running(&self) -> usize {
         self.0.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why this peer takes no new work now (`None`: it does).
+    pub fn paused(&self) -> Option<donation::Pause> {
+        self.0.donation.pause_reason()
+    }
+
+    /// Bytes of memory the tasks running here may use together now (their limits summed).
+    pub fn task_memory_held(&self) -> u64 {
+        self.0.donation.memory_held()
+    }
+
+    /// The most memory the tasks running here ever held together (their limits summed).
+    pub fn task_memory_peak(&self) -> u64 {
+        self.0.donation.memory_peak()
     }
 
     /// How long this peer has been up.

@@ -12,8 +12,8 @@ use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, Release, Report
 use spare_proto as pb;
 use tokio::task::JoinSet;
 
-use super::Node;
 use super::core::{Detail, Evidence};
+use super::{Node, donation};
 use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
 use crate::store::StoredInput;
@@ -60,6 +60,9 @@ pub(super) async fn run(node: Node) {
     let mut stop = node.shutdown_signal();
     loop {
         let now = node.now();
+        // The donor's controls hold the slots back (paused, or replicas waiting for memory).
+        let held_back = donation::held_back(node.0.donation.paused(), node.0.donation.waiting_for_memory());
+        slots.set_allowance(held_back.then_some(0));
         let free = slots.free(now);
         if free > 0 {
             let leases = node.core().coord.lease(node.peer_id(), free, now);
@@ -71,13 +74,15 @@ pub(super) async fn run(node: Node) {
             }
         }
         // Jobs this peer coordinates actively are served above; the rest (including those it
-        // only backs up) are pulled from their active coordinator.
+        // only backs up) are pulled from their active coordinator, if the donor serves them.
         let ads: Vec<_> = if !slots.may_ask(now) {
             Vec::new()
         } else {
             let core = node.core();
             let mine = |j: &JobId| core.jobs.contains_key(j) && !core.coord.is_standby(j);
-            node.mesh().membership.job_ads().into_iter().filter(|a| !mine(&a.job)).collect()
+            let d = &node.config().donation;
+            let ads = node.mesh().membership.job_ads();
+            ads.into_iter().filter(|a| !mine(&a.job) && donation::serves(d, &a.module, &a.policy).is_ok()).collect()
         };
         if let Some((job, n)) = slots.poll_ask(&ads, now) {
             let node2 = node.clone();
@@ -155,6 +160,8 @@ impl Node {
         let task = lease.task;
         let meta = self.core().jobs.get(&task.job).cloned();
         let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
+        // Waits until the task's memory limit fits beside the running tasks'.
+        let _memory = self.0.donation.admit_memory(meta.spec.policy.limits.memory_bytes).await?;
         if is_stale(self.now(), meta.spec.policy.limits.timeout_ms, lease.expires_at) {
             return Err(Stale.into());
         }
@@ -205,6 +212,7 @@ impl Node {
         if self.config().chaos == Some(super::Chaos::Silent) {
             return Ok(None); // holds the lease and never reports
         }
+        let _memory = self.0.donation.admit_memory(r.limits.memory_bytes).await?;
         if is_stale(self.now(), r.limits.timeout_ms, r.expires_at) {
             return Err(Stale.into());
         }
@@ -255,6 +263,7 @@ impl Node {
             Ok(()) => {
                 let report = self.sandbox().run(req).await?;
                 took_us = Some(u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX));
+                self.0.metrics.ran(&report.outcome, report.elapsed);
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
                         let stderr = crate::sandbox::tail_text(&report.stderr, crate::sandbox::STDERR_TAIL_BYTES);

@@ -43,6 +43,9 @@ pub enum SubmitFailure {
     /// This peer is full.
     #[error("{0}")]
     Full(String),
+    /// This peer's volunteer does not serve this submitter, module or quorum.
+    #[error("{0}")]
+    Refused(String),
     /// This peer failed (disk, database).
     #[error("{0:#}")]
     Internal(anyhow::Error),
@@ -61,6 +64,12 @@ impl Node {
                 bounds.max_pending_submits
             )));
         };
+        let donation = &self.config().donation;
+        super::donation::admits_submitter(donation, job.submitter).map_err(|e| SubmitFailure::Refused(e.to_string()))?;
+        super::donation::serves(donation, &job.module, &job.policy).map_err(|e| SubmitFailure::Refused(e.to_string()))?;
+        if let Some(why @ super::donation::Pause::Disk { .. }) = self.paused() {
+            return Err(SubmitFailure::Full(format!("this peer takes no new jobs: {why}")));
+        }
         if let Some(ip) = job.submitter {
             let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&ip).copied().unwrap_or(0);
             if running >= bounds.max_jobs_per_submitter {
@@ -140,6 +149,7 @@ impl Node {
             core.jobs.remove(&id);
             return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
         }
+        self.0.metrics.jobs_accepted.inc();
         tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
         // Other coordinators, so the job outlives this peer.
         self.add_coordinators(id).await;

@@ -19,6 +19,7 @@ mod error;
 mod limits;
 mod poll;
 mod pool;
+mod priority;
 mod run;
 mod validate;
 
@@ -33,6 +34,7 @@ use wasmtime::{Engine, Linker, Module};
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
 pub use engine::{engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
+pub use priority::{Priority, current_priority};
 pub use validate::initial_memory_bytes;
 
 use cache::{DiskCache, Loaded, ModuleCache};
@@ -62,6 +64,9 @@ pub struct SandboxConfig {
     /// Compiled modules kept in memory (least recently used evicted; a later `prepare`
     /// reloads from disk). Default 256.
     pub cached_modules: usize,
+    /// Run the slot threads at the lowest scheduling priority (`SCHED_IDLE`, else nice 19), so
+    /// the machine's own programs always come first. Default true.
+    pub idle_priority: bool,
 }
 
 impl Default for SandboxConfig {
@@ -75,6 +80,7 @@ impl Default for SandboxConfig {
             stderr_bytes: STDERR_TAIL_BYTES,
             queue: slots * 64,
             cached_modules: 256,
+            idle_priority: true,
         }
     }
 }
@@ -210,7 +216,7 @@ impl Sandbox {
             None => None,
         };
         let cache = ModuleCache::new(config.cached_modules, disk);
-        let pool = Pool::start(config.slots, config.queue)?;
+        let pool = Pool::start(config.slots, config.queue, config.idle_priority)?;
         let ticker = EpochTicker::start(engine.clone())?;
         Ok(Sandbox {
             inner: Arc::new(Inner { engine, linker, allowed, cache, config, pool, _ticker: ticker }),

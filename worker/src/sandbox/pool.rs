@@ -19,7 +19,8 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn start(slots: usize, queue: usize) -> Result<Pool, SandboxError> {
+    /// `idle`: each thread lowers itself to the idle scheduling priority before taking work.
+    pub(crate) fn start(slots: usize, queue: usize, idle: bool) -> Result<Pool, SandboxError> {
         let (tx, rx) = sync_channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..slots {
@@ -27,7 +28,12 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("spare-sandbox-{i}"))
                 .stack_size(THREAD_STACK)
-                .spawn(move || worker(&rx))
+                .spawn(move || {
+                    if idle {
+                        super::priority::lower_this_thread();
+                    }
+                    worker(&rx)
+                })
                 .map_err(|e| SandboxError::Engine(format!("cannot start sandbox thread {i}: {e}")))?;
         }
         Ok(Pool { tx, slots })
@@ -59,6 +65,26 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
                 let _ = catch_unwind(AssertUnwindSafe(job));
             }
             Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{Priority, current_priority};
+
+    #[test]
+    fn slot_threads_run_at_idle_priority_when_asked() {
+        for (idle, want_idle) in [(true, true), (false, false)] {
+            let pool = Pool::start(1, 1, idle).expect("pool");
+            let (tx, rx) = std::sync::mpsc::channel();
+            pool.submit(Box::new(move || {
+                let _ = tx.send(current_priority());
+            }))
+            .expect("queued");
+            let got = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the job ran");
+            assert_eq!(matches!(got, Priority::Idle | Priority::Nice(19)), want_idle, "idle={idle}: {got:?}");
         }
     }
 }

@@ -166,6 +166,7 @@ impl pb::job_service_server::JobService for JobApi {
             Err(SubmitFailure::Missing(m)) => Err(Status::failed_precondition(m)),
             Err(SubmitFailure::Exists(m)) => Err(Status::already_exists(m)),
             Err(SubmitFailure::Full(m)) => Err(Status::resource_exhausted(m)),
+            Err(SubmitFailure::Refused(m)) => Err(Status::permission_denied(m)),
             Err(SubmitFailure::Internal(e)) => Err(Status::internal(format!("{e:#}"))),
         }
     }
@@ -267,6 +268,7 @@ impl pb::job_service_server::JobService for JobApi {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut next = r.from_index;
+            let from_start = r.from_index == 0;
             // Waiting mode sends in strict task order; once the job has ended (or with
             // no_wait) it sends whatever is there, skipping tasks that never got a result.
             let mut gaps_ok = r.no_wait;
@@ -293,7 +295,7 @@ impl pb::job_service_server::JobService for JobApi {
                     continue;
                 }
                 if gaps_ok {
-                    return;
+                    break;
                 }
                 if is_final(&node, &id) {
                     gaps_ok = true;
@@ -304,6 +306,10 @@ impl pb::job_service_server::JobService for JobApi {
                     _ = tx.closed() => return,
                     _ = stop.wait_for(|s| *s) => return,
                 }
+            }
+            // Everything the job will have was sent: retention may count it as fetched.
+            if from_start && is_final(&node, &id) {
+                node.note_fetched(id);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

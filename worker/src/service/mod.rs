@@ -5,6 +5,8 @@
 mod blob;
 mod job;
 pub mod mesh;
+pub mod metrics;
+pub mod web;
 mod peer;
 mod replica;
 

@@ -90,6 +90,26 @@ impl BlobStore {
         Ok(BlobWriter { store: self.clone(), tmp, file: Some(file), hasher: blake3::Hasher::new(), len: 0, max })
     }
 
+    /// Every stored blob with its size and when it was last written, in no order.
+    pub fn list(&self) -> Vec<(BlobId, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let Ok(shards) = std::fs::read_dir(&self.dir) else { return out };
+        for shard in shards.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let (Some(id), Ok(md)) = (name.to_str().and_then(|n| n.parse::<BlobId>().ok()), f.metadata()) else { continue };
+                out.push((id, md.len(), md.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+        out
+    }
+
+    /// Removes blob `id`; true when it was there.
+    pub fn remove(&self, id: &BlobId) -> bool {
+        std::fs::remove_file(self.path(id)).is_ok()
+    }
+
     /// Stores `bytes` whole; returns its id and whether it was already present.
     pub async fn put(&self, bytes: &[u8]) -> Result<(BlobId, bool), BlobError> {
         let id = BlobId::of(bytes);

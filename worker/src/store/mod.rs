@@ -5,6 +5,7 @@
 
 pub mod blobs;
 pub mod records;
+mod retention;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ const JOBS: TableDefinition<JobKey, &[u8]> = TableDefinition::new("jobs");
 const INPUTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("inputs");
 const ATTESTATIONS: TableDefinition<AttestationKey, &[u8]> = TableDefinition::new("attestations");
 const RESULTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("results");
+/// When each ended job ended here (Unix ms), for retention.
+const FINISHED: TableDefinition<JobKey, u64> = TableDefinition::new("finished");
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "spare.redb";
@@ -61,6 +64,10 @@ pub enum Op {
     PutAttestation { ordinal: u32, attestation: Attestation, lone: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
+    /// When a job ended here (Unix ms).
+    PutFinished(JobId, u64),
+    /// A job and everything stored of it (inputs, attestations, results), by retention.
+    DeleteJob(JobId),
 }
 
 type Batch = (Vec<Op>, Option<oneshot::Sender<Result<(), StoreError>>>);
@@ -102,6 +109,7 @@ impl Store {
             tx.open_table(INPUTS).map_err(db_err)?;
             tx.open_table(ATTESTATIONS).map_err(db_err)?;
             tx.open_table(RESULTS).map_err(db_err)?;
+            tx.open_table(FINISHED).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         let blobs = BlobStore::open(&dir.join("blobs"))?;
@@ -236,6 +244,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
         let mut inputs = tx.open_table(INPUTS).map_err(db_err)?;
         let mut atts = tx.open_table(ATTESTATIONS).map_err(db_err)?;
         let mut results = tx.open_table(RESULTS).map_err(db_err)?;
+        let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
         for op in ops {
             match op {
@@ -256,6 +265,17 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                 }
                 Op::PutResult(task, result) => {
                     results.insert(task_key(task), encode(result).map_err(enc)?.as_slice()).map_err(db_err)?;
+                }
+                Op::PutFinished(job, at) => {
+                    finished.insert(job.0, at).map_err(db_err)?;
+                }
+                Op::DeleteJob(job) => {
+                    let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
+                    inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
+                    results.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
+                    atts.retain_in(attestation_key(&first, 0)..=attestation_key(&last, u32::MAX), |_, _| false).map_err(db_err)?;
+                    finished.remove(job.0).map_err(db_err)?;
+                    jobs.remove(job.0).map_err(db_err)?;
                 }
             }
         }

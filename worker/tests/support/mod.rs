@@ -68,11 +68,15 @@ pub struct PeerSpec {
     pub cpus: usize,
     /// Network namespace to run in (`ip netns exec NS spare peer …`).
     pub netns: Option<String>,
+    /// More flags of `spare peer`.
+    pub args: Vec<String>,
+    /// `SPARE_LOG` of the peer (default: the suite's filter, or `SPARE_TEST_LOG`).
+    pub log: Option<String>,
 }
 
 impl PeerSpec {
     pub fn new(data: &Path, listen: &str) -> PeerSpec {
-        PeerSpec { data: data.to_path_buf(), listen: listen.to_string(), bootstrap: None, cpus: 1, netns: None }
+        PeerSpec { data: data.to_path_buf(), listen: listen.to_string(), bootstrap: None, cpus: 1, netns: None, args: Vec::new(), log: None }
     }
 
     pub fn bootstrap(mut self, addr: &str) -> PeerSpec {
@@ -82,6 +86,18 @@ impl PeerSpec {
 
     pub fn cpus(mut self, n: usize) -> PeerSpec {
         self.cpus = n;
+        self
+    }
+
+    /// Sets the peer's `SPARE_LOG`.
+    pub fn log(mut self, filter: &str) -> PeerSpec {
+        self.log = Some(filter.to_string());
+        self
+    }
+
+    /// Adds flags to `spare peer`.
+    pub fn args(mut self, args: &[&str]) -> PeerSpec {
+        self.args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -134,8 +150,9 @@ impl Peer {
         if let Some(b) = &spec.bootstrap {
             cmd.args(["--bootstrap", b]);
         }
+        cmd.args(&spec.args);
         let mut child = cmd
-            .env("SPARE_LOG", std::env::var("SPARE_TEST_LOG").unwrap_or_else(|_| LOG_FILTER.to_string()))
+            .env("SPARE_LOG", spec.log.clone().or_else(|| std::env::var("SPARE_TEST_LOG").ok()).unwrap_or_else(|| LOG_FILTER.to_string()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,87 @@
+//! Retention on a peer in this process: an ended job goes once it has been over for
+//! `retention`, with the blobs only it named, while a running job stays; at the `max_disk` cap
+//! the peer pauses, keeps an ended job whose results nobody fetched, and removes it (oldest
+//! first) once they are fetched, then resumes.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use spare_peer::node::donation::Pause;
+use spare_sdk::{Job, JobState};
+use spare_tests::*;
+
+/// Whether the peer stores blob `id`.
+async fn blob_exists(peer: &spare_peer::NodeHandle, id: &str) -> bool {
+    peer.node.store().blobs().has(&id.parse().expect("blob id")).await
+}
+
+async fn gone(client: &spare_sdk::Client, id: &spare_sdk::JobId) -> bool {
+    client.status(id).await.is_err_and(|e| e.code() == Some(tonic::Code::NotFound))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_go_after_retention_and_running_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 2);
+    c.donation.retention = Duration::from_millis(500);
+    c.donation.sample_every = Duration::from_millis(50);
+    let peer = spare_peer::Node::start(c).await.expect("peer starts");
+    let client = client(&peer).await;
+    // Quorum 2 on a lone peer: runs once per task and then waits for ever.
+    let running = Job::builder().module_bytes(guest("primes")).range(0..2_000, 1_000).quorum(2).build().unwrap();
+    let running_id = client.submit(&running).await.unwrap();
+    let ended = Job::builder().module_bytes(guest("sha256")).tasks((0..3).map(|i| format!("10\nseed {i}").into_bytes())).quorum(1).build().unwrap();
+    let ended_id = client.submit(&ended).await.unwrap();
+    assert_eq!(within("job end", client.wait(&ended_id)).await.unwrap().state(), JobState::Completed);
+    eventually("the ended job to be removed", || async { gone(&client, &ended_id).await.then_some(()) }).await;
+    // The same pass then removes the module only the removed job named.
+    eventually("the removed job's module to go", || async { (!blob_exists(&peer, &ended.module_id()).await).then_some(()) }).await;
+    let s = client.status(&running_id).await.expect("the running job stays");
+    assert_eq!(s.state(), JobState::Running);
+    assert!(blob_exists(&peer, &running.module_id()).await, "a running job's module stays");
+    peer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_cap_fetched_jobs_go_first_and_work_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A first run measures what the data directory holds with the module compiled.
+    let warm = Job::builder().module_bytes(guest("sha256")).task(b"1\nwarm".to_vec()).quorum(1).build().unwrap();
+    let base = {
+        let peer = start(dir.path(), 1).await;
+        let client = client(&peer).await;
+        let id = client.submit(&warm).await.unwrap();
+        within("warm-up", client.wait(&id)).await.unwrap();
+        let used = peer.node.disk_used().await;
+        peer.shutdown().await;
+        used
+    };
+    const MIB: u64 = 1 << 20;
+    let mut c = config(dir.path(), 1);
+    c.donation.max_disk = Some(base + 6 * MIB);
+    c.donation.sample_every = Duration::from_millis(50);
+    let peer = spare_peer::Node::start(c).await.expect("peer starts");
+    let client = client(&peer).await;
+    // A job with 3 MiB of inputs (blobs) ends; nobody has fetched its results yet.
+    let big = |seed: u8| [b"1\n".as_slice(), &vec![seed; MIB as usize]].concat();
+    let job = Job::builder().module_bytes(guest("sha256")).tasks((0..3).map(big)).quorum(1).build().unwrap();
+    let id = client.submit(&job).await.unwrap();
+    assert_eq!(within("job end", client.wait(&id)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(peer.node.paused(), None);
+    // 4 MiB more (an upload with no job yet) passes the cap: the peer pauses, and keeps the job.
+    client.upload_blob(vec![7u8; 4 * MIB as usize]).await.unwrap();
+    eventually("the peer to pause at the disk cap", || async { matches!(peer.node.paused(), Some(Pause::Disk { .. })).then_some(()) }).await;
+    let next = Job::builder().module_bytes(guest("sha256")).task(b"1\nlater".to_vec()).quorum(1).build().unwrap();
+    let e = client.submit(&next).await.expect_err("no new jobs at the disk cap");
+    assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("max_disk"), "{e}");
+    assert!(!gone(&client, &id).await, "results nobody fetched are kept within retention");
+    // Once its results are fetched, the job goes, its input blobs with it, and work resumes.
+    let fetched: Vec<_> = within("results", client.results(&id).await.unwrap().collect::<Vec<_>>()).await;
+    assert_eq!(fetched.len(), 3);
+    eventually("the fetched job to be removed", || async { gone(&client, &id).await.then_some(()) }).await;
+    eventually("the peer to resume", || async { peer.node.paused().is_none().then_some(()) }).await;
+    let later = client.submit(&next).await.expect("work is taken again");
+    assert_eq!(within("job end", client.wait(&later)).await.unwrap().state(), JobState::Completed);
+    peer.shutdown().await;
+}

@@ -1,0 +1,85 @@
+//! Where the volunteer's controls read the machine: the other programs' share of the CPUs
+//! (from /proc, or set by hand in tests through [`ManualLoad`]) and the local time of day.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The local minute of the day now.
+pub fn local_minute() -> u32 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let t = libc::time_t::try_from(now).unwrap_or(0);
+    // SAFETY: localtime_r reads `t` and writes only into `tm`, which lives on this stack.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok { (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u32 } else { ((now / 60) % 1440) as u32 }
+}
+
+/// Where the other programs' load comes from.
+pub trait LoadSource: Send + Sync + fmt::Debug {
+    /// Share of the machine's CPUs (0..=1) used by other programs since the last call; `None`
+    /// when it cannot be told (the first call, or no /proc).
+    fn other_load(&self) -> Option<f64>;
+}
+
+/// The machine's load from /proc: CPU time of every process but this one, between two calls.
+#[derive(Debug, Default)]
+pub struct MachineLoad {
+    last: Mutex<Option<(u64, u64, u64)>>,
+}
+
+impl MachineLoad {
+    /// (busy, total) jiffies of all CPUs, and this process's own jiffies.
+    fn read() -> Option<(u64, u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start at the state, field 3.
+        let rest = me.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((total.saturating_sub(idle), total, own))
+    }
+}
+
+impl LoadSource for MachineLoad {
+    fn other_load(&self) -> Option<f64> {
+        let now = MachineLoad::read()?;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let before = last.replace(now)?;
+        let total = now.1.saturating_sub(before.1);
+        if total == 0 {
+            return None;
+        }
+        let busy = now.0.saturating_sub(before.0).saturating_sub(now.2.saturating_sub(before.2));
+        Some((busy as f64 / total as f64).clamp(0.0, 1.0))
+    }
+}
+
+/// A load a test sets by hand; it counts how often the peer looked.
+#[derive(Debug, Default)]
+pub struct ManualLoad {
+    share: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl ManualLoad {
+    /// Sets the other programs' share of the CPUs.
+    pub fn set(&self, share: f64) {
+        self.share.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    /// How many times the load was read so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+impl LoadSource for ManualLoad {
+    fn other_load(&self) -> Option<f64> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Some(f64::from_bits(self.share.load(Ordering::Relaxed)))
+    }
+}

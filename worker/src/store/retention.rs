@@ -1,0 +1,54 @@
+//! What retention asks of the store: when each ended job ended, and which blobs the stored
+//! jobs still name (modules and inputs), so nothing a kept job needs is removed.
+
+use std::collections::HashSet;
+
+use redb::{ReadableDatabase, ReadableTable};
+use spare_protocol::{BlobId, JobId};
+
+use super::records::{StoredInput, StoredJob};
+use super::{FINISHED, INPUTS, JOBS, StoreError, db_err, decode_in};
+
+impl super::Store {
+    /// Every ended job with when it ended here (Unix ms), oldest first.
+    pub fn finished(&self) -> Result<Vec<(JobId, u64)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(FINISHED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((JobId(k.value()), v.value()));
+        }
+        out.sort_by_key(|(id, at)| (*at, *id));
+        Ok(out)
+    }
+
+    /// Bytes of the database file that are free for reuse (removed records leave free pages;
+    /// the file does not shrink, but new records fill them before it grows).
+    pub fn reusable_bytes(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let free = tx.stats().map_err(db_err)?.fragmented_bytes();
+        tx.abort().map_err(db_err)?;
+        Ok(free)
+    }
+
+    /// Blobs the stored jobs name: their modules and their inputs kept as blobs.
+    pub fn blob_refs(&self) -> Result<HashSet<BlobId>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let mut refs = HashSet::new();
+        let jobs = tx.open_table(JOBS).map_err(db_err)?;
+        for row in jobs.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            let job: StoredJob = decode_in("jobs", v.value())?;
+            refs.insert(job.spec.module);
+        }
+        let inputs = tx.open_table(INPUTS).map_err(db_err)?;
+        for row in inputs.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            if let StoredInput::Blob(id) = decode_in("inputs", v.value())? {
+                refs.insert(id);
+            }
+        }
+        Ok(refs)
+    }
+}

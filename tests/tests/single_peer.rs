@@ -174,6 +174,14 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("max_replicas 2 is below quorum 3"), "{}", e.message());
 
+    // A memory limit below what the module starts with: every task would fail, so it is
+    // refused whatever client sent it (the CLI checks it too, before uploading).
+    let mut req = raw_submit(module.clone(), 1, 1);
+    req.policy.as_mut().unwrap().limits = Some(pb::Limits { memory_bytes: 10, ..Default::default() });
+    let e = jobs.submit(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("below the") && e.message().contains("MiB"), "{}", e.message());
+
     // A module that was never uploaded.
     let e = jobs.submit(raw_submit(hex::encode([5u8; 32]), 1, 1)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);

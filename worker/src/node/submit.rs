@@ -95,7 +95,7 @@ impl Node {
         if let Some((k, _)) = job.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
             return Err(SubmitFailure::Invalid(format!("environment variable name {k:?} is empty or holds '='")));
         }
-        self.check_module(&job.module).await?;
+        self.check_module(&job.module, job.policy.limits.memory_bytes).await?;
         for (i, input) in job.inputs.iter().enumerate() {
             if let StoredInput::Blob(id) = input
                 && !self.store().blobs().has(id).await
@@ -160,7 +160,10 @@ impl Node {
 
     /// The module must be stored here, within the size cap, and valid under the ABI. It is
     /// compiled now, so the first replica does not pay for it.
-    async fn check_module(&self, id: &BlobId) -> Result<(), SubmitFailure> {
+    /// Checks that module `id` is stored, within the cap, one the sandbox runs, and that a task
+    /// memory limit of `memory_limit` bytes leaves room for the memory it starts with (else every
+    /// task would fail `memory limit`: refused here, whatever client sent it).
+    async fn check_module(&self, id: &BlobId, memory_limit: u64) -> Result<(), SubmitFailure> {
         let size = self
             .store()
             .blobs()
@@ -174,7 +177,17 @@ impl Node {
         self.prepare_module(id).await.map_err(|e| match e {
             PrepareError::Module(e) => SubmitFailure::Invalid(format!("module {}: {e}", id.short())),
             PrepareError::Other(e) => SubmitFailure::Internal(e),
-        })
+        })?;
+        let wasm = self.store().blobs().read(id).await.map_err(|e| SubmitFailure::Internal(e.into()))?;
+        let initial = crate::sandbox::initial_memory_bytes(&wasm);
+        if memory_limit < initial {
+            return Err(SubmitFailure::Invalid(format!(
+                "the task memory limit ({memory_limit} bytes) is below the {initial} bytes module {} starts with, so every task would fail; ask for at least {} MiB",
+                id.short(),
+                initial.div_ceil(1 << 20)
+            )));
+        }
+        Ok(())
     }
 
     /// Compiles a stored module into the sandbox, once.

@@ -265,6 +265,25 @@ fn refused(peer: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A reader that leaves early (`spare completions bash | head -1`) ends a client command quietly,
+/// with no panic; and a client whose peer connection closes under it still says why (it is not
+/// killed by SIGPIPE, as `mistakes_are_refused_early_and_said_plainly` shows for a non-peer).
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let mut child = Command::new(SPARE)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spare runs");
+    // Closed before the command has started printing.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("spare ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(out.status.success() || out.status.code() == Some(141), "{:?}: {err}", out.status);
+}
+
 /// A local port where nothing listens.
 fn closed_port() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -107,12 +107,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Peer(_)) {
-        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
-        // Rust ignores SIGPIPE, so `spare jobs | head` would panic on its next print; a
-        // client command ends quietly instead. A peer keeps ignoring it.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        quiet_on_closed_stdout();
     }
     let default = if matches!(cli.command, Command::Peer(_)) { "info" } else { "warn" };
     let spec = log_filter(std::env::var("SPARE_LOG").ok().as_deref(), default);
@@ -142,8 +137,14 @@ pub fn main() -> ExitCode {
             Command::Jobs(a) => jobs::run(a).await,
             Command::Cancel(a) => jobs::cancel(a).await,
             Command::Completions { shell } => {
-                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "spare", &mut std::io::stdout());
-                Ok(ExitCode::SUCCESS)
+                // Into a buffer first: clap_complete panics when its writer fails.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "spare", &mut script);
+                match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                    // The reader left early (`| head`): nothing more to say.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(141)),
+                    r => r.map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from),
+                }
             }
             Command::Demo(a) => demo::run(a).await,
             Command::Sim(a) => sim::run(a),
@@ -156,6 +157,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Rust ignores SIGPIPE, so once a reader of stdout is gone (`spare jobs | head`) the next print
+/// fails with EPIPE and `println!` panics. Restoring SIGPIPE's default would end that quietly, but
+/// it would also kill a client whose connection to a peer closes under a write (a socket raises
+/// SIGPIPE too), before it could say what happened. So only that one panic is turned into a quiet
+/// exit, with the status a shell gives a process SIGPIPE ended (128 + 13).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Spare's own crates, whose lines a bare level in `SPARE_LOG` selects.

@@ -91,23 +91,32 @@ fn task_threads_run_at_idle_priority() {
     let tmp = scratch();
     let peer = Peer::start(PeerSpec::new(&tmp.path().join("peer"), "127.0.0.1:0").cpus(2));
     let tasks = std::path::PathBuf::from(format!("/proc/{}/task", peer.pid()));
-    let mut sandbox_threads = 0;
-    for t in std::fs::read_dir(&tasks).expect("/proc lists the peer's threads").flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // Fields after the command name; the policy is field 41 of stat, nice field 19.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let (nice, policy) = (fields.get(16).copied().unwrap_or(""), fields.get(38).copied().unwrap_or(""));
-        // Slot threads are `spare-sandbox-N`; the sandbox's epoch ticker is another thread.
-        let slot = comm.trim().strip_prefix("spare-sandbox-").is_some_and(|n| n.parse::<u32>().is_ok());
-        if slot {
-            sandbox_threads += 1;
-            assert!(policy == "5" || nice == "19", "{} runs with policy {policy}, nice {nice}", comm.trim());
-        } else if comm.trim() == "spare" {
-            assert_eq!(policy, "0", "the peer's main thread keeps its normal priority");
+    // The slot threads start and take their names as the sandbox comes up: look until both are
+    // there (or the deadline passes), checking every thread each time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut sandbox_threads = 0;
+        for t in std::fs::read_dir(&tasks).expect("/proc lists the peer's threads").flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // Fields after the command name; the policy is field 41 of stat, nice field 19.
+            let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+            let (nice, policy) = (fields.get(16).copied().unwrap_or(""), fields.get(38).copied().unwrap_or(""));
+            // Slot threads are `spare-sandbox-N`; the sandbox's epoch ticker is another thread.
+            let slot = comm.trim().strip_prefix("spare-sandbox-").is_some_and(|n| n.parse::<u32>().is_ok());
+            if slot {
+                sandbox_threads += 1;
+                assert!(policy == "5" || nice == "19", "{} runs with policy {policy}, nice {nice}", comm.trim());
+            } else if comm.trim() == "spare" {
+                assert_eq!(policy, "0", "the peer's main thread keeps its normal priority");
+            }
         }
+        if sandbox_threads == 2 || std::time::Instant::now() > deadline {
+            assert_eq!(sandbox_threads, 2, "one sandbox thread per CPU given");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(sandbox_threads, 2, "one sandbox thread per CPU given");
 }
 
 /// `systemd-analyze`, installed from Debian's `systemd` package when missing (CI's fresh image).

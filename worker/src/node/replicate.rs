@@ -287,10 +287,10 @@ impl Node {
         }
         let entry = pb::ReplicationEntry { entry: Some(entry) };
         let mut acks = Vec::new();
+        let sender = self.replicator();
         for backup in &coordinators[1..] {
             let Some(addr) = self.addr_of(backup) else { continue };
             let (tx, rx) = if ack { let (t, r) = oneshot::channel(); (Some(t), Some(r)) } else { (None, None) };
-            let sender = self.replicator();
             if sender.send((addr, ReplItem { job, to: *backup, entry: entry.clone(), ack: tx })).is_ok()
                 && let Some(rx) = rx
             {

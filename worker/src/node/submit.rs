@@ -178,8 +178,14 @@ impl Node {
             PrepareError::Module(e) => SubmitFailure::Invalid(format!("module {}: {e}", id.short())),
             PrepareError::Other(e) => SubmitFailure::Internal(e),
         })?;
-        let wasm = self.store().blobs().read(id).await.map_err(|e| SubmitFailure::Internal(e.into()))?;
-        let initial = crate::sandbox::initial_memory_bytes(&wasm);
+        let initial = match self.sandbox().initial_memory(id) {
+            Some(bytes) => bytes,
+            // Evicted since: read it again.
+            None => {
+                let wasm = self.store().blobs().read(id).await.map_err(|e| SubmitFailure::Internal(e.into()))?;
+                crate::sandbox::initial_memory_bytes(&wasm)
+            }
+        };
         if memory_limit < initial {
             return Err(SubmitFailure::Invalid(format!(
                 "the task memory limit ({memory_limit} bytes) is below the {initial} bytes module {} starts with, so every task would fail; ask for at least {} MiB",

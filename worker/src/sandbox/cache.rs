@@ -21,6 +21,8 @@ use super::run::StoreData;
 /// A module ready to instantiate.
 pub(crate) struct Compiled {
     pub(crate) pre: InstancePre<StoreData>,
+    /// The most bytes a memory the module defines starts with (`initial_memory_bytes`).
+    pub(crate) initial_memory: u64,
     last_used: AtomicU64,
 }
 
@@ -63,10 +65,10 @@ impl ModuleCache {
 
     /// Adds a prepared module, evicting the least recently used beyond capacity. Evicted modules
     /// stay alive while runs use them; a later `prepare` reloads them from disk.
-    pub(crate) fn insert(&self, id: BlobId, pre: InstancePre<StoreData>) {
+    pub(crate) fn insert(&self, id: BlobId, pre: InstancePre<StoreData>, initial_memory: u64) {
         let used = self.clock.fetch_add(1, Ordering::Relaxed);
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(id, Arc::new(Compiled { pre, last_used: AtomicU64::new(used) }));
+        map.insert(id, Arc::new(Compiled { pre, initial_memory, last_used: AtomicU64::new(used) }));
         while map.len() > self.capacity {
             let oldest = map.iter().min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed)).map(|(k, _)| *k);
             match oldest {

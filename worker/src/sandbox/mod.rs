@@ -258,9 +258,14 @@ impl Sandbox {
             };
             let pre =
                 inner.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-            inner.cache.insert(id, pre);
+            inner.cache.insert(id, pre, initial_memory_bytes(wasm));
             Ok(how)
         })
+    }
+
+    /// The memory prepared module `id` starts with, in bytes (`None`: not prepared here).
+    pub fn initial_memory(&self, id: &BlobId) -> Option<u64> {
+        self.inner.cache.get(id).map(|c| c.initial_memory)
     }
 
     /// Whether `id` is prepared (in memory) here.

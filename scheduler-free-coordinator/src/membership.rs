@@ -4,9 +4,16 @@
 //! (to a member's address) and [`MeshEvent`]s. No sockets, no clock, no threads.
 //!
 //! Wire framing of what [`Membership::poll_send`] yields: one tag byte, then a foca packet (`0`),
-//! a postcard list of encoded records sent directly to a newcomer (`1`), or a hello (`2`): the
+//! a postcard list of encoded records sent directly to one member (`1`), a hello (`2`): the
 //! postcard [`Member`] of a peer joining through an address whose peer it does not know yet; the
-//! receiver answers with a SWIM announce to it, and SWIM takes over.
+//! receiver answers with a SWIM announce to it, and SWIM takes over), or a digest (`3`): what
+//! the sender holds, summed up (see [`Membership::answer_digest`]).
+//!
+//! What it costs: a record goes by gossip only when it is news (published or changed), and an
+//! advert received directly is not re-gossiped (a job's ad is); a member that comes up gets each peer's own
+//! records straight from that peer, and lost news of a job is repaired by the digests (one small
+//! message per peer per [`MembershipConfig::digest_period_ms`]), not by re-sending what did not
+//! change. So a quiet mesh carries SWIM's probes and little else, whatever its size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
@@ -24,6 +31,7 @@ use crate::{Millis, PeerId};
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
 const TAG_HELLO: u8 = 2;
+const TAG_DIGEST: u8 = 3;
 /// Most records held; past it, ads of finished jobs make room, and otherwise new keys are
 /// refused (a flood of freshly signed records cannot grow memory).
 pub const MAX_RECORDS: usize = 200_000;
@@ -33,6 +41,12 @@ const MAX_RIVALS_SEEN: usize = 4_096;
 const MAX_DEAD_HELLOS: usize = 4;
 /// Most records one direct sync message carries.
 const MAX_SYNC_RECORDS: usize = 256;
+/// Most greeted addresses remembered until their peer comes up (forgotten all at once past it).
+const MAX_GREETED: usize = 64;
+/// When the first digest goes (plus up to as much again, by the seed).
+const FIRST_DIGEST_MS: Millis = 3_000;
+/// How often a few members held dead are greeted at their address.
+const DEAD_HELLO_EVERY_MS: Millis = 20_000;
 
 /// A member as SWIM knows it: the peer, where to reach it, and the epoch of its current run (a
 /// restart or a rejoin after being declared dead takes a larger epoch, which wins).
@@ -108,8 +122,11 @@ pub struct MembershipConfig {
     pub suspect_to_down_ms: u64,
     /// How often updates are gossiped to a few members.
     pub gossip_period_ms: u64,
-    /// How often this peer re-announces itself to a random member (heals partitions).
+    /// How often this peer re-announces itself to a random member (heals partitions; each is
+    /// answered with a feed of members, the largest message SWIM sends).
     pub announce_period_ms: u64,
+    /// How often this peer sends one random member a digest of the unfinished job ads it holds.
+    pub digest_period_ms: u64,
     /// How long a dead member is remembered (it cannot rejoin with the same epoch meanwhile).
     pub remove_down_after_ms: u64,
     /// Largest message, in bytes.
@@ -126,7 +143,8 @@ impl MembershipConfig {
             probe_rtt_ms: 500,
             suspect_to_down_ms: 4_000,
             gossip_period_ms: 500,
-            announce_period_ms: 10_000,
+            announce_period_ms: 60_000,
+            digest_period_ms: 30_000,
             // Remembered long enough that the periodic announces to dead members (below) can
             // heal a partition of several minutes.
             remove_down_after_ms: 10 * 60_000,
@@ -151,7 +169,7 @@ impl MembershipConfig {
             a.frequency = Duration::from_millis(self.announce_period_ms);
         }
         if let Some(a) = c.periodic_announce_to_down_members.as_mut() {
-            a.frequency = Duration::from_millis(self.announce_period_ms.saturating_mul(2));
+            a.frequency = Duration::from_millis(DEAD_HELLO_EVERY_MS);
         }
         c
     }
@@ -312,8 +330,17 @@ pub struct Membership {
     /// How often dead members are greeted at their address, and when next.
     down_hello_every: Millis,
     next_down_hello: Millis,
+    /// How often a digest goes to a random member, and when next.
+    digest_every: Millis,
+    first_digest_in: Millis,
+    /// Set at the first tick.
+    next_digest: Option<Millis>,
+    /// Picks the digest's member (seeded, so a simulated run repeats).
+    rng: SmallRng,
     /// Where the next round of greetings starts among the dead members.
     down_cursor: usize,
+    /// Addresses greeted whose peer has not come up yet (at most [`MAX_GREETED`]).
+    greeted: HashSet<String>,
 }
 
 impl Membership {
@@ -343,9 +370,17 @@ impl Membership {
             events: VecDeque::new(),
             own: BTreeSet::new(),
             max_packet: config.max_packet_bytes,
-            down_hello_every: config.announce_period_ms.saturating_mul(2),
+            down_hello_every: DEAD_HELLO_EVERY_MS,
             next_down_hello: 0,
+            digest_every: config.digest_period_ms.max(1),
+            // The first one a few seconds in, once a joiner has heard from a few members, when
+            // what it missed of the join wave is most likely; spread so peers started together
+            // do not send theirs together.
+            first_digest_in: FIRST_DIGEST_MS + seed % FIRST_DIGEST_MS,
+            next_digest: None,
+            rng: SmallRng::seed_from_u64(seed ^ 0xd16e_57),
             down_cursor: 0,
+            greeted: HashSet::new(),
         }
     }
 
@@ -371,9 +406,30 @@ impl Membership {
         self.events.extend(shared.events.drain(..));
         drop(shared);
         for m in newcomers {
+            // A peer greeted by address is now known by identity: announcing to it brings its
+            // feed of members, so a joiner learns the mesh in one round trip rather than one
+            // probe at a time.
+            if self.greeted.remove(&m.addr) {
+                self.announce_to(m.clone(), now);
+            }
             self.sync_to(m);
         }
         r
+    }
+
+    /// SWIM's announce to `m` (answered with a feed of its members).
+    fn announce_to(&mut self, m: Member, now: Millis) {
+        let mut newcomers = Vec::new();
+        let mut rt = Collect {
+            now,
+            timers: &mut self.timers,
+            timer_seq: &mut self.timer_seq,
+            out: &mut self.out,
+            events: &mut self.events,
+            newcomers: &mut newcomers,
+        };
+        // Sending an announce brings no member up, so there are no newcomers to handle.
+        let _ = self.foca.announce(m, &mut rt);
     }
 
     /// Joins the mesh through a peer known only by its address: says hello, and the peer there
@@ -382,6 +438,10 @@ impl Membership {
         let placeholder = Member { peer: PeerId([0; 32]), addr: addr.to_string(), epoch: 0 };
         let hello = postcard::to_stdvec(self.foca.identity()).unwrap_or_default();
         self.out.push_back((placeholder, frame(TAG_HELLO, &hello)));
+        if self.greeted.len() >= MAX_GREETED {
+            self.greeted.clear();
+        }
+        self.greeted.insert(addr.to_string());
     }
 
     /// Takes bytes another peer sent; `sender` is that peer when the transport authenticated it
@@ -407,23 +467,77 @@ impl Membership {
             }
             Some((&TAG_RECORDS, body)) => {
                 let list: Vec<Vec<u8>> = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
-                for bytes in list.iter().take(MAX_SYNC_RECORDS) {
-                    self.take_record(bytes, sender);
-                }
+                // An advert is taken, not re-gossiped: whoever else lacks it gets it the same way
+                // (every member sends its own to each member that comes up). News of a job is
+                // gossiped on: it is what idle peers are waiting for, and there are few.
+                let mut news = Vec::new();
                 let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                for bytes in list.iter().take(MAX_SYNC_RECORDS) {
+                    if let Some((RecordKey::JobAd(_), _)) = shared.accept(bytes, sender) {
+                        news.push(bytes);
+                    }
+                }
                 self.events.extend(shared.events.drain(..));
+                drop(shared);
+                for bytes in news {
+                    self.relay(bytes);
+                }
+                Ok(())
+            }
+            Some((&TAG_DIGEST, body)) => {
+                let digest = Digest::decode(body).ok_or(MembershipError::Malformed)?;
+                self.answer_digest(digest, sender, now);
                 Ok(())
             }
             _ => Err(MembershipError::Malformed),
         }
     }
 
-    /// Verifies a record received outside foca and, if new, relays it by gossip too.
-    fn take_record(&mut self, bytes: &[u8], sender: Option<PeerId>) {
-        let fresh = self.shared.lock().unwrap_or_else(|p| p.into_inner()).accept(bytes, sender).is_some();
-        if fresh {
-            self.relay(bytes);
+    /// Acts on a digest, replying only to what differs: the unfinished job ads held here when
+    /// the sender's sum of them differs from this peer's, and, when the two count different
+    /// members, a reply digest (so the one that knows fewer asks the other for its feed of
+    /// members) and an announce when the sender knows more. Everything goes to the member the
+    /// transport authenticated, never to an address the message claims.
+    fn answer_digest(&mut self, theirs: Digest, sender: Option<PeerId>, now: Millis) {
+        let Some(to) = sender.and_then(|p| self.active_member(&p)) else { return };
+        let mine = self.digest(theirs.reply);
+        if mine.jobs != theirs.jobs && !theirs.reply {
+            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let ads: Vec<Vec<u8>> = unfinished_ads(&shared.records).map(|(_, r)| r.encode()).collect();
+            drop(shared);
+            self.send_records(to.clone(), ads);
         }
+        if mine.members != theirs.members && !theirs.reply {
+            let reply = Digest { reply: true, ..mine };
+            self.out.push_back((to.clone(), frame(TAG_DIGEST, &reply.encode())));
+        }
+        if theirs.members > mine.members {
+            self.announce_to(to, now);
+        }
+    }
+
+    /// What this peer holds, summed up.
+    fn digest(&self, reply: bool) -> Digest {
+        let jobs = job_digest(&self.shared.lock().unwrap_or_else(|p| p.into_inner()).records);
+        let members = u32::try_from(self.foca.num_members() + 1).unwrap_or(u32::MAX);
+        Digest { jobs, members, reply }
+    }
+
+    /// The member `peer` if it is alive or suspect.
+    fn active_member(&self, peer: &PeerId) -> Option<Member> {
+        self.foca.iter_members().find(|m| m.id().peer == *peer).map(|m| m.id().clone())
+    }
+
+    /// Sends one random active member the digest of the unfinished job ads held here.
+    fn send_digest(&mut self) {
+        let n = self.foca.num_members();
+        if n == 0 {
+            return;
+        }
+        let pick = rand::RngExt::random_range(&mut self.rng, 0..n);
+        let Some(to) = self.foca.iter_members().nth(pick).map(|m| m.id().clone()) else { return };
+        let digest = self.digest(false);
+        self.out.push_back((to, frame(TAG_DIGEST, &digest.encode())));
     }
 
     /// Hands foca a record already taken, for dissemination.
@@ -445,6 +559,11 @@ impl Membership {
         if now >= self.next_down_hello {
             self.next_down_hello = now.saturating_add(self.down_hello_every);
             self.greet_dead_members();
+        }
+        let next_digest = *self.next_digest.get_or_insert(now.saturating_add(self.first_digest_in));
+        if now >= next_digest {
+            self.next_digest = Some(now.saturating_add(self.digest_every));
+            self.send_digest();
         }
     }
 
@@ -488,9 +607,12 @@ impl Membership {
         };
         if fresh {
             self.own.insert(key);
-            self.relay(&bytes);
-            // News goes out now rather than with the next periodic gossip.
-            let _ = self.with(now, |foca, rt| foca.gossip(rt));
+            // Alone, there is no one to tell: every member that comes up gets it directly.
+            if self.foca.num_members() > 0 {
+                self.relay(&bytes);
+                // News goes out now rather than with the next periodic gossip.
+                let _ = self.with(now, |foca, rt| foca.gossip(rt));
+            }
         }
         fresh
     }
@@ -499,14 +621,23 @@ impl Membership {
     /// learns every advert and job without waiting for them to be re-gossiped.
     fn sync_to(&mut self, m: Member) {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let own: Vec<Vec<u8>> = self
+            .own
+            .iter()
+            .filter_map(|key| shared.records.get(key))
+            .filter(|r| !matches!(r, Record::JobAd(j) if j.done))
+            .map(Record::encode)
+            .collect();
+        drop(shared);
+        self.send_records(m, own);
+    }
+
+    /// Queues `records` to `m`, as many messages as the packet size and
+    /// [`MAX_SYNC_RECORDS`] allow.
+    fn send_records(&mut self, m: Member, records: Vec<Vec<u8>>) {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
-        for key in &self.own {
-            let Some(r) = shared.records.get(key) else { continue };
-            if matches!(r, Record::JobAd(j) if j.done) {
-                continue;
-            }
-            let bytes = r.encode();
+        for bytes in records {
             if size + bytes.len() + 16 > self.max_packet || batch.len() >= MAX_SYNC_RECORDS {
                 let body = postcard::to_stdvec(&batch).unwrap_or_default();
                 self.out.push_back((m.clone(), frame(TAG_RECORDS, &body)));
@@ -516,7 +647,6 @@ impl Membership {
             size += bytes.len() + 4;
             batch.push(bytes);
         }
-        drop(shared);
         if !batch.is_empty() {
             let body = postcard::to_stdvec(&batch).unwrap_or_default();
             self.out.push_back((m, frame(TAG_RECORDS, &body)));
@@ -583,6 +713,60 @@ impl Membership {
     pub fn record(&self, key: &RecordKey) -> Option<Record> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).cloned()
     }
+}
+
+/// A digest (tag 3): BLAKE3 of the unfinished job ads held ([`job_digest`]), how many members
+/// the sender counts (itself included), and whether it answers another digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Digest {
+    jobs: [u8; 32],
+    members: u32,
+    reply: bool,
+}
+
+impl Digest {
+    const LEN: usize = 37;
+
+    fn encode(&self) -> [u8; Digest::LEN] {
+        let mut b = [0; Digest::LEN];
+        b[..32].copy_from_slice(&self.jobs);
+        b[32..36].copy_from_slice(&self.members.to_le_bytes());
+        b[36] = u8::from(self.reply);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Digest> {
+        let b: &[u8; Digest::LEN] = b.try_into().ok()?;
+        let jobs = b[..32].try_into().ok()?;
+        let members = u32::from_le_bytes(b[32..36].try_into().ok()?);
+        let reply = match b[36] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        Some(Digest { jobs, members, reply })
+    }
+}
+
+/// The ads of jobs not yet done, in key order.
+fn unfinished_ads(records: &HashMap<RecordKey, Record>) -> impl Iterator<Item = (&RecordKey, &Record)> {
+    let mut ads: Vec<(&RecordKey, &Record)> =
+        records.iter().filter(|(_, r)| matches!(r, Record::JobAd(j) if !j.done)).collect();
+    ads.sort_unstable_by_key(|(k, _)| **k);
+    ads.into_iter()
+}
+
+/// What two peers compare to find that one lacks news of a job: BLAKE3 over each unfinished
+/// job's id and the `seq` of its ad, in key order.
+fn job_digest(records: &HashMap<RecordKey, Record>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for (key, r) in unfinished_ads(records) {
+        if let RecordKey::JobAd(job) = key {
+            h.update(&job.0);
+            h.update(&r.seq().to_le_bytes());
+        }
+    }
+    *h.finalize().as_bytes()
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {

@@ -52,6 +52,17 @@ fn honest_peers_finish_through_churn() {
 }
 
 #[test]
+fn a_settled_mesh_gossips_about_its_probes() {
+    let r = run(&config(150, 11));
+    assert!(r.completed, "{r:?}");
+    // Once the job is done and membership converged, a peer sends a SWIM ping and an ack a
+    // second, about 340 bytes each with the RPC's framing, its signature and its sender's id,
+    // and little else: no advert or ad is re-sent when nothing changed.
+    let steady = r.steady_gossip_bytes_per_peer_per_second.unwrap_or(f64::MAX);
+    assert!(steady < 800.0, "{steady} B/s per peer: {r:?}");
+}
+
+#[test]
 fn a_third_of_lone_liars_never_win_with_quorum_two() {
     // Each liar gives its own wrong answer: two liars never agree, so no wrong quorum forms.
     let mut c = config(150, 5);

@@ -1,6 +1,6 @@
 //! The peer's side of the mesh: [`Membership`] (SWIM plus signed records) and what this peer
-//! publishes into it: its advert (refreshed now and then, and when its free slots change, at
-//! most once a second), the ads of the jobs it leads (each with a sequence number that a later
+//! publishes into it: its advert (when what it says changes, and once an hour; not as its free
+//! slots fill and empty, which would be news to the whole mesh every few seconds), the ads of the jobs it leads (each with a sequence number that a later
 //! run of this peer still beats), and greetings to the peers it joins through (again every few
 //! seconds while alone, and now and then otherwise, which heals a partition whose sides forgot
 //! each other).
@@ -11,22 +11,27 @@ use crate::membership::{Membership, MembershipConfig};
 use crate::records::{Advert, JobAd, Record, Signer};
 use crate::{JobId, Millis};
 
-/// An advert is refreshed this often even when nothing changed.
-pub const ADVERT_REFRESH_MS: Millis = 30_000;
-/// Free-slot changes are advertised at most this often.
-pub const ADVERT_MIN_GAP_MS: Millis = 1_000;
+/// An advert is sent again this often even when nothing in it changed: a last resort for a peer
+/// that missed it both by gossip and directly (every member that comes up gets it directly).
+pub const ADVERT_REFRESH_MS: Millis = 3_600_000;
 /// While alone, the peers joined through are greeted again this often…
 pub const REJOIN_MS: Millis = 3_000;
 /// …and this often otherwise.
-pub const REGREET_MS: Millis = 30_000;
+pub const REGREET_MS: Millis = 300_000;
 /// Most gossip sends in flight at once; past it a message is dropped (SWIM tolerates loss).
 pub const MAX_GOSSIP_SENDS: usize = 64;
 /// How long one gossip send may take.
 pub const GOSSIP_SEND_TIMEOUT_MS: Millis = 2_000;
 
+/// Whether two adverts say the same, free slots, sequence and signature aside.
+fn same_content(a: &Advert, b: &Advert) -> bool {
+    (a.peer, &a.addr, a.cpus_total, a.memory_bytes, &a.version, a.reachable)
+        == (b.peer, &b.addr, b.cpus_total, b.memory_bytes, &b.version, b.reachable)
+}
+
 /// Membership settings for a peer.
 pub fn membership_config() -> MembershipConfig {
-    MembershipConfig::lan(16)
+    MembershipConfig::lan(100)
 }
 
 /// Membership and what this peer has published.
@@ -34,8 +39,8 @@ pub struct MeshState {
     /// SWIM and the records.
     pub membership: Membership,
     advert_seq: u64,
-    advertised_free: Option<u32>,
-    advertised_at: Option<Millis>,
+    /// The last advert published, and when.
+    advertised: Option<(Advert, Millis)>,
     job_seq: HashMap<JobId, u64>,
     last_greet: Option<Millis>,
 }
@@ -46,25 +51,26 @@ impl MeshState {
         MeshState {
             membership,
             advert_seq: 0,
-            advertised_free: None,
-            advertised_at: None,
+            advertised: None,
             job_seq: HashMap::new(),
             last_greet: None,
         }
     }
 
-    /// Whether this peer's advert is due, with `free` slots now: never published, a change of
-    /// free slots at least [`ADVERT_MIN_GAP_MS`] after the last, or a refresh.
-    pub fn advert_due(&self, free: u32, now: Millis) -> bool {
-        now >= self.advert_due_at(free)
+    /// Whether `advert` is due: never published, it says something the last one did not
+    /// (its free slots aside: they are what they were when it was made), or a refresh.
+    pub fn advert_due(&self, advert: &Advert, now: Millis) -> bool {
+        match &self.advertised {
+            None => true,
+            Some((last, _)) if !same_content(last, advert) => true,
+            Some(_) => now >= self.advert_due_at(),
+        }
     }
 
-    /// When [`MeshState::advert_due`] next holds with `free` slots (a time already past if it
-    /// holds now), so a driver can sleep until then.
-    pub fn advert_due_at(&self, free: u32) -> Millis {
-        let Some(at) = self.advertised_at else { return 0 };
-        let refresh = at + ADVERT_REFRESH_MS;
-        if self.advertised_free == Some(free) { refresh } else { refresh.min(at + ADVERT_MIN_GAP_MS) }
+    /// When the advert's refresh is due (a time already past if it is), so a driver can sleep
+    /// until then; a change is due at once, whenever the driver makes one.
+    pub fn advert_due_at(&self) -> Millis {
+        self.advertised.as_ref().map_or(0, |(_, at)| at + ADVERT_REFRESH_MS)
     }
 
     /// Publishes `advert` (its `seq` and signature are set here) at `unix_ms`.
@@ -72,8 +78,7 @@ impl MeshState {
         // Unix time, so an advert made after a restart still replaces the ones before it.
         self.advert_seq = unix_ms.max(self.advert_seq + 1);
         advert.seq = self.advert_seq;
-        self.advertised_free = Some(advert.cpus_free);
-        self.advertised_at = Some(now);
+        self.advertised = Some((advert.clone(), now));
         let mut record = Record::Advert(advert);
         record.sign(signer);
         self.membership.publish(record, now);
@@ -146,15 +151,16 @@ mod tests {
     }
 
     #[test]
-    fn adverts_follow_free_slots_at_most_once_a_second_and_refresh() {
+    fn an_advert_goes_out_when_what_it_says_changes_not_when_slots_fill() {
         let signer: Signer = Arc::new(|_: &[u8]| vec![0; 64]);
         let mut s = state();
-        assert!(s.advert_due(4, 0));
+        assert!(s.advert_due(&advert(4), 0));
         s.publish_advert(advert(4), 1_000, &signer, 0);
-        assert!(!s.advert_due(4, 500));
-        assert!(!s.advert_due(3, 999), "too soon after the last");
-        assert!(s.advert_due(3, 1_000));
-        assert!(s.advert_due(4, ADVERT_REFRESH_MS), "refresh");
+        assert!(!s.advert_due(&advert(3), 500), "free slots are not news");
+        assert!(!s.advert_due(&advert(0), ADVERT_REFRESH_MS - 1));
+        assert!(s.advert_due(&Advert { addr: "b:2".into(), ..advert(4) }, 500), "a new address is");
+        assert!(s.advert_due(&Advert { reachable: false, ..advert(4) }, 500), "so is reachability");
+        assert!(s.advert_due(&advert(4), ADVERT_REFRESH_MS), "refresh");
         s.publish_advert(advert(3), 900, &signer, 1_000);
         assert_eq!(s.advert_seq, 1_001, "later than the last even if the clock went back");
     }
@@ -172,14 +178,11 @@ mod tests {
     fn due_times_agree_with_due_checks() {
         let signer: Signer = Arc::new(|_: &[u8]| vec![0; 64]);
         let mut s = state();
-        assert_eq!((s.advert_due_at(4), s.greet_due_at()), (0, 0), "due at once before the first");
+        assert_eq!((s.advert_due_at(), s.greet_due_at()), (0, 0), "due at once before the first");
         s.publish_advert(advert(4), 1_000, &signer, 100);
-        assert_eq!(s.advert_due_at(4), 100 + ADVERT_REFRESH_MS);
-        assert_eq!(s.advert_due_at(3), 100 + ADVERT_MIN_GAP_MS);
-        for free in [3, 4] {
-            let at = s.advert_due_at(free);
-            assert!(!s.advert_due(free, at - 1) && s.advert_due(free, at));
-        }
+        assert_eq!(s.advert_due_at(), 100 + ADVERT_REFRESH_MS);
+        let at = s.advert_due_at();
+        assert!(!s.advert_due(&advert(3), at - 1) && s.advert_due(&advert(3), at));
         s.greet(&["b:2".into()], "a:1", 50);
         assert_eq!(s.greet_due_at(), 50 + REJOIN_MS, "alone");
         assert!(!s.greet_due(s.greet_due_at() - 1) && s.greet_due(s.greet_due_at()));

@@ -26,8 +26,10 @@ pub const UNKNOWN_IS_ALIVE_MS: Millis = 30_000;
 /// How often a job led here with fewer than [`DEFAULT_COORDINATORS`] coordinators is offered
 /// to more live peers (each try hands the whole job over).
 pub const TOP_UP_EVERY_MS: Millis = 30_000;
-/// How often the active coordinator of an unfinished job announces it again.
-pub const REANNOUNCE_EVERY_MS: Millis = 15_000;
+/// How often the active coordinator of an unfinished job announces it again: a last resort,
+/// since a peer that missed the ad gets it from the digests that members exchange (see
+/// [`crate::membership`]); each re-announcement is news to the whole mesh.
+pub const REANNOUNCE_EVERY_MS: Millis = 300_000;
 
 /// Whether a peer that started at `started` may look at roles yet: see [`Roles::ready`].
 pub fn ready(started: Millis, now: Millis, joins_through_others: bool, active_members: usize) -> bool {
@@ -199,9 +201,9 @@ mod tests {
         let first = roles.evaluate(p(1), [view], |_| true, 5, 1_000);
         assert_eq!(first, vec![RoleChange::TopUp(JOB), RoleChange::Reannounce(JOB)]);
         assert!(roles.evaluate(p(1), [view], |_| true, 5, 2_000).is_empty());
-        assert_eq!(roles.evaluate(p(1), [view], |_| true, 5, 16_000), vec![RoleChange::Reannounce(JOB)]);
+        assert_eq!(roles.evaluate(p(1), [view], |_| true, 5, 1_000 + TOP_UP_EVERY_MS), vec![RoleChange::TopUp(JOB)]);
         assert_eq!(
-            roles.evaluate(p(1), [view], |_| true, 5, 31_000),
+            roles.evaluate(p(1), [view], |_| true, 5, 1_000 + REANNOUNCE_EVERY_MS),
             vec![RoleChange::TopUp(JOB), RoleChange::Reannounce(JOB)]
         );
         // No top-up when no more peers are live than it has coordinators.

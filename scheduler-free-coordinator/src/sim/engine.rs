@@ -19,6 +19,12 @@ use super::workload::Behaviour;
 
 /// How long the run goes on after the job finished, waiting for membership to converge.
 const CONVERGE_GRACE_MS: Millis = 60_000;
+/// Once the job is done and membership converged, the run goes on this long (the job's last
+/// news, its `done` ad, spreads meanwhile)…
+pub const SETTLE_MS: Millis = 5_000;
+/// …and then this long, to measure what a settled mesh gossips
+/// (`steady_gossip_bytes_per_peer_per_second`).
+pub const STEADY_MS: Millis = 10_000;
 /// SWIM's probe period in the peers' membership settings: one gossip round.
 pub fn probe_period_ms() -> Millis {
     membership_config().probe_period_ms
@@ -76,16 +82,27 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
     cfg.validate()?;
     let mut sim = Sim::new(cfg.clone())?;
     sim.start();
+    let mut settled_at = None;
     while let Some((at, event)) = sim.queue.pop() {
         if at > sim.cfg.max_virtual_ms {
             break;
         }
         sim.now = at;
         sim.handle(event);
-        if let Some(done) = sim.m.done_at
-            && (sim.m.converged_at.is_some() || sim.now >= done + CONVERGE_GRACE_MS)
-        {
-            break;
+        match (settled_at, sim.m.steady_from) {
+            (_, Some((from, _))) if sim.now >= from + STEADY_MS => break,
+            (_, Some(_)) => {}
+            (Some(settled), None) if sim.now >= settled + SETTLE_MS => {
+                sim.m.steady_from = Some((sim.now, sim.peers.iter().map(|p| p.gossip_sent).sum()));
+            }
+            (Some(_), None) => {}
+            (None, None) => {
+                if let Some(done) = sim.m.done_at
+                    && (sim.m.converged_at.is_some() || sim.now >= done + CONVERGE_GRACE_MS)
+                {
+                    settled_at = Some(sim.now);
+                }
+            }
         }
     }
     Ok(sim.report())

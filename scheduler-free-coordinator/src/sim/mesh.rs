@@ -129,8 +129,8 @@ impl Sim {
         self.after_mesh(p, v);
     }
 
-    /// Publishes the peer's advert in each view where it is due (never published there, free
-    /// slots changed, or a refresh).
+    /// Publishes the peer's advert in each view where it is due (never published there, or a
+    /// refresh).
     pub(super) fn publish_advert(&mut self, p: u32) {
         let (now, unix, slots) = (self.now, self.unix(), self.cfg.slots);
         let peer = &self.peers[p as usize];
@@ -139,23 +139,23 @@ impl Sim {
         }
         let free = peer.free_slots(slots);
         let signer = keys::signer(peer.id);
+        let advert = Advert {
+            peer: peer.id,
+            seq: 0,
+            addr: keys::addr(p),
+            cpus_total: slots,
+            cpus_free: free,
+            memory_bytes: crate::PolicyCaps::default().limits.memory_bytes,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            reachable: true,
+            signature: Vec::new(),
+        };
         for v in 0..peer.views.len() {
             let peer = &mut self.peers[p as usize];
-            if !peer.views[v].mesh.advert_due(free, now) {
+            if !peer.views[v].mesh.advert_due(&advert, now) {
                 continue;
             }
-            let advert = Advert {
-                peer: peer.id,
-                seq: 0,
-                addr: keys::addr(p),
-                cpus_total: slots,
-                cpus_free: free,
-                memory_bytes: crate::PolicyCaps::default().limits.memory_bytes,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                reachable: true,
-                signature: Vec::new(),
-            };
-            peer.views[v].mesh.publish_advert(advert, unix, &signer, now);
+            peer.views[v].mesh.publish_advert(advert.clone(), unix, &signer, now);
             self.after_mesh(p, v);
         }
     }
@@ -209,16 +209,14 @@ impl Sim {
 
     /// Schedules the mesh loop for the next thing it has to do.
     pub(super) fn schedule_house(&mut self, p: u32) {
-        let slots = self.cfg.slots;
         let peer = &mut self.peers[p as usize];
         if !peer.alive {
             return;
         }
-        let free = peer.free_slots(slots);
         let mut at = NEVER;
         for view in &peer.views {
             if peer.advertises {
-                at = at.min(view.mesh.advert_due_at(free));
+                at = at.min(view.mesh.advert_due_at());
             }
             at = at.min(view.mesh.greet_due_at());
         }

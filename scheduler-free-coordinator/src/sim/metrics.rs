@@ -26,6 +26,9 @@ use super::report::{Rate, Report};
 pub struct Metrics {
     /// Gossip messages sent.
     pub gossip: u64,
+    /// When the steady window began (the job done, membership converged), and the gossip bytes
+    /// sent by then.
+    pub steady_from: Option<(u64, u64)>,
     /// RPC requests and replies sent.
     pub rpcs: u64,
     /// Messages lost.
@@ -133,11 +136,14 @@ impl Sim {
     pub(super) fn report(&self) -> Report {
         let end = self.now.max(1);
         let (mut bytes, mut life_s, mut max) = (0u64, 0f64, 0f64);
+        let (mut gossip, mut gossip_max) = (0u64, 0f64);
         for p in &self.peers {
             let life = (p.died.unwrap_or(end).saturating_sub(p.born)).max(1_000) as f64 / 1_000.0;
             bytes += p.bytes_sent;
             life_s += life;
             max = max.max(p.bytes_sent as f64 / life);
+            gossip += p.gossip_sent;
+            gossip_max = gossip_max.max(p.gossip_sent as f64 / life);
         }
         let origin = &self.peers[self.origin as usize];
         let origin_life = origin.died.unwrap_or(end).saturating_sub(origin.born).max(1_000);
@@ -188,6 +194,11 @@ impl Sim {
             job_seconds: self.m.done_at.map(|t| t as f64 / 1_000.0),
             gossip_rounds_to_converge: self.m.converged_at.map(|t| t / probe_period_ms()),
             bytes_per_peer_per_second: Rate { mean: round1(bytes as f64 / life_s.max(1.0)), max: round1(max) },
+            gossip_bytes_per_peer_per_second: Rate { mean: round1(gossip as f64 / life_s.max(1.0)), max: round1(gossip_max) },
+            steady_gossip_bytes_per_peer_per_second: self.m.steady_from.filter(|(from, _)| end > *from).map(|(from, before)| {
+                let live = self.peers.iter().filter(|p| p.alive).count().max(1) as f64;
+                round1(gossip.saturating_sub(before) as f64 / live / ((end - from) as f64 / 1_000.0))
+            }),
             origin_bytes_per_second: round1(origin_rate),
             never_heard_job: self.m.unaware_at_end,
             replicas_per_task: (self.m.attestations as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,

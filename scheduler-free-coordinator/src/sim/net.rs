@@ -159,7 +159,9 @@ impl Sim {
 
     /// Sends a gossip message (`to` is `None` when the address names no peer).
     pub(super) fn send_gossip(&mut self, from: u32, to: Option<u32>, cell: u32, data: Vec<u8>) {
-        self.peers[from as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::gossip_request(data.len() as u64);
+        let size = wire::REQUEST_OVERHEAD + wire::gossip_request(data.len() as u64);
+        self.peers[from as usize].bytes_sent += size;
+        self.peers[from as usize].gossip_sent += size;
         self.m.gossip += 1;
         let Some(to) = to.filter(|&t| (t as usize) < self.peers.len()) else { return };
         if self.lost_between(from, to) {

@@ -186,6 +186,8 @@ pub struct VirtualPeer {
     pub runs: u32,
     /// Every byte it sent.
     pub bytes_sent: u64,
+    /// The bytes of those that were gossip (`MeshService.Gossip`).
+    pub gossip_sent: u64,
     /// Its memberships: one, or one per cell for a peer that bridges cells (a coordinator of
     /// the job), its home cell's first.
     pub views: Vec<View>,
@@ -239,6 +241,7 @@ impl VirtualPeer {
             behaviour,
             runs: 0,
             bytes_sent: 0,
+            gossip_sent: 0,
             views,
             bridge: false,
             advertises: true,

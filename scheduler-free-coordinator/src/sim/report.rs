@@ -57,6 +57,13 @@ pub struct Report {
     pub gossip_rounds_to_converge: Option<u64>,
     /// Bytes sent per peer per second: gossip, RPCs, module downloads.
     pub bytes_per_peer_per_second: Rate,
+    /// The part of those that was gossip (membership, adverts, job ads): what a peer pays
+    /// to be in the mesh, whatever work it does.
+    pub gossip_bytes_per_peer_per_second: Rate,
+    /// Gossip bytes per live peer per second once the job is done and membership converged
+    /// (the last `STEADY_MS` of the run): what a settled mesh costs each member; `null` if the
+    /// run stopped first.
+    pub steady_gossip_bytes_per_peer_per_second: Option<f64>,
     /// The origin's own rate over its life (it serves every lease, report and module download
     /// while it leads).
     pub origin_bytes_per_second: f64,
@@ -159,6 +166,11 @@ impl Report {
                 "bytes/peer/s mean / max",
                 format!("{:.0} / {:.0}", self.bytes_per_peer_per_second.mean, self.bytes_per_peer_per_second.max),
             ),
+            (
+                "gossip bytes/peer/s",
+                format!("{:.0} / {:.0}", self.gossip_bytes_per_peer_per_second.mean, self.gossip_bytes_per_peer_per_second.max),
+            ),
+            ("steady gossip bytes/peer/s", opt(self.steady_gossip_bytes_per_peer_per_second.map(|b| format!("{b:.0}")))),
             ("origin bytes/s", format!("{:.0}", self.origin_bytes_per_second)),
             ("never heard the job", self.never_heard_job.to_string()),
             ("replicas per task", format!("{:.3}", self.replicas_per_task)),

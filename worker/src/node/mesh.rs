@@ -65,10 +65,6 @@ impl Node {
         let now = self.now();
         let total = self.sandbox().slots() as u32;
         let free = total.saturating_sub(self.running().min(total as usize) as u32);
-        let mut mesh = self.mesh();
-        if !(force || mesh.advert_due(free, now)) {
-            return;
-        }
         let advert = Advert {
             peer: self.peer_id(),
             seq: 0,
@@ -80,6 +76,10 @@ impl Node {
             reachable: true,
             signature: Vec::new(),
         };
+        let mut mesh = self.mesh();
+        if !(force || mesh.advert_due(&advert, now)) {
+            return;
+        }
         mesh.publish_advert(advert, unix_ms(), &self.signer(), now);
         drop(mesh);
         self.0.mesh_wake.notify_one();

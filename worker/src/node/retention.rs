@@ -110,7 +110,10 @@ impl Node {
             removed.jobs += 1;
         }
         // Blobs: those only removed jobs named go now; others no job names once they are old.
-        let grace = if at_disk_cap { BLOB_GRACE.min(retention) } else { retention };
+        // Never less than BLOB_GRACE below the cap: a module uploaded for a submission that
+        // is not durable yet is named by no stored job (a short retention removed it from
+        // under a job being submitted).
+        let grace = if at_disk_cap { BLOB_GRACE.min(retention) } else { retention.max(BLOB_GRACE) };
         let sys_now = SystemTime::now();
         let candidates: Vec<_> = self
             .store()

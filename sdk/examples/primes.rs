@@ -35,17 +35,17 @@ async fn main() -> anyhow::Result<()> {
         let (done, total) = (progress.done, progress.total);
         match event {
             Event::Snapshot(status) => {
-                println!("{}: {done}/{total} tasks done", state_name(status.state()));
+                println!("{}: {done}/{total} tasks done", state_name(status.state));
             }
             Event::TaskDone(task) => {
                 println!(
                     "task {:3} {:12} ({done}/{total})",
                     task.index,
-                    task_state_name(task.state())
+                    task_state_name(task.state)
                 );
             }
             Event::Finished(status) => {
-                println!("job {}", state_name(status.state()));
+                println!("job {}", state_name(status.state));
                 if !status.message.is_empty() {
                     println!("  {}", status.message);
                 }

@@ -6,10 +6,10 @@ use futures::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::{
-    self, blob_service_client::BlobServiceClient, job_event::Event,
-    job_service_client::JobServiceClient, peer_service_client::PeerServiceClient,
+    self, blob_service_client::BlobServiceClient, job_service_client::JobServiceClient,
+    peer_service_client::PeerServiceClient,
 };
-use crate::{Error, JobId, Result, TaskResult, is_final};
+use crate::{Error, Event, JobId, JobStatus, Result, TaskResult};
 
 /// Largest gRPC message the client sends or accepts: 64 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -106,27 +106,27 @@ impl Client {
     }
 
     /// Status of a job: its state, task counts, policy and what it waits for.
-    pub async fn status(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub async fn status(&self, job: &JobId) -> Result<JobStatus> {
         self.get(job, false).await
     }
 
     /// [`status`](Self::status) with every task's state, outcome and failure line in
     /// `task_list` (the first 100,000 tasks; read a larger job's with
     /// [`results`](Self::results)).
-    pub async fn status_with_tasks(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub async fn status_with_tasks(&self, job: &JobId) -> Result<JobStatus> {
         self.get(job, true).await
     }
 
-    async fn get(&self, job: &JobId, include_tasks: bool) -> Result<proto::JobStatus> {
+    async fn get(&self, job: &JobId, include_tasks: bool) -> Result<JobStatus> {
         let request = proto::GetJobRequest {
             job_id: job.to_string(),
             include_tasks,
         };
-        let status = self.jobs.clone().get(request).await?.into_inner();
+        let status = JobStatus::try_from(self.jobs.clone().get(request).await?.into_inner())?;
         if !status.coordinators.is_empty()
             && let Ok(mut known) = self.known.lock()
         {
-            known.insert(status.job_id.clone(), status.coordinators.clone());
+            known.insert(status.job_id.to_string(), status.coordinators.clone());
         }
         Ok(status)
     }
@@ -136,12 +136,19 @@ impl Client {
     pub async fn watch(
         &self,
         job: &JobId,
-    ) -> Result<impl Stream<Item = Result<proto::JobEvent>> + Send + Unpin + 'static> {
+    ) -> Result<impl Stream<Item = Result<Event>> + Send + Unpin + 'static> {
         let request = proto::WatchRequest {
             job_id: job.to_string(),
         };
         let stream = self.jobs.clone().watch(request).await?.into_inner();
-        Ok(stream.map(|item| item.map_err(Error::from)))
+        // Empty events (none are sent today) are skipped.
+        Ok(stream.filter_map(|item| async move {
+            match item {
+                Ok(e) => Event::from_proto(e).transpose(),
+                Err(status) => Some(Err(Error::from(status))),
+            }
+        })
+        .boxed())
     }
 
     /// The results final now, in task order, without waiting for the rest.
@@ -195,17 +202,17 @@ impl Client {
     /// # Errors
     /// [`Error::Protocol`] if the stream ended while the job was still running, or any error of
     /// the calls made.
-    pub(crate) async fn wait_here(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub(crate) async fn wait_here(&self, job: &JobId) -> Result<JobStatus> {
         let mut events = self.watch(job).await?;
         while let Some(event) = events.next().await {
-            match event?.event {
-                Some(Event::Finished(status)) => return Ok(status),
-                Some(Event::Snapshot(status)) if is_final(status.state()) => return Ok(status),
+            match event? {
+                Event::Finished(status) => return Ok(status),
+                Event::Snapshot(status) if status.is_final() => return Ok(status),
                 _ => {}
             }
         }
         let status = self.status(job).await?;
-        if is_final(status.state()) {
+        if status.is_final() {
             Ok(status)
         } else {
             Err(Error::Protocol(format!(
@@ -215,17 +222,18 @@ impl Client {
     }
 
     /// Cancels a job; returns its status afterwards.
-    pub async fn cancel(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub async fn cancel(&self, job: &JobId) -> Result<JobStatus> {
         let request = proto::CancelRequest {
             job_id: job.to_string(),
         };
-        Ok(self.jobs.clone().cancel(request).await?.into_inner())
+        JobStatus::try_from(self.jobs.clone().cancel(request).await?.into_inner())
     }
 
     /// Jobs the peer knows, newest first: at most `limit` (0 means the peer's default of 100).
-    pub async fn list(&self, limit: u32) -> Result<Vec<proto::JobStatus>> {
+    pub async fn list(&self, limit: u32) -> Result<Vec<JobStatus>> {
         let request = proto::ListJobsRequest { limit };
-        Ok(self.jobs.clone().list(request).await?.into_inner().jobs)
+        let jobs = self.jobs.clone().list(request).await?.into_inner().jobs;
+        jobs.into_iter().map(JobStatus::try_from).collect()
     }
 
     /// The job a job id or a unique prefix of one names (as `spare` and peer logs print them

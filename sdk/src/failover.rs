@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use futures::{Stream, StreamExt};
 
-use crate::{Client, Error, JobId, Result, proto};
+use crate::{Client, Error, JobId, JobStatus, Result};
 
 /// Whether an error means the peer is gone (rather than that the request was wrong).
 pub fn is_unreachable(e: &Error) -> bool {
@@ -29,7 +29,7 @@ struct Fallbacks {
 }
 
 impl Fallbacks {
-    fn learn(&mut self, status: &proto::JobStatus) {
+    fn learn(&mut self, status: &JobStatus) {
         for addr in &status.coordinators {
             if !self.tried.contains(addr) && !self.next.contains(addr) {
                 self.next.push_back(addr.clone());
@@ -51,8 +51,8 @@ impl Fallbacks {
     }
 }
 
-fn known_of(status: &proto::JobStatus) -> (String, Vec<String>) {
-    (status.job_id.clone(), status.coordinators.clone())
+fn known_of(status: &JobStatus) -> (String, Vec<String>) {
+    (status.job_id.to_string(), status.coordinators.clone())
 }
 
 impl Client {
@@ -86,7 +86,7 @@ impl Client {
     /// # Errors
     /// The last error when no coordinator of the job answers, or any error that is not about a
     /// lost peer.
-    pub async fn wait(&self, job: &JobId) -> Result<proto::JobStatus> {
+    pub async fn wait(&self, job: &JobId) -> Result<JobStatus> {
         let mut fallbacks = self.fallbacks(job).await;
         let mut client = self.clone();
         loop {

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::proto::{TaskState, TaskStatus};
-use crate::{Outcome, TaskResult};
+use crate::{Outcome, TaskResult, TaskState, TaskStatus};
 
 /// Longest [`stderr_line`], in bytes (`TaskStatus.stderr_line` has the same bound).
 pub const STDERR_LINE_BYTES: usize = 160;
@@ -46,9 +45,7 @@ pub struct Reason {
 impl Reason {
     /// The reason of a task in a job's status (`spare status --tasks`, a Watch event).
     pub fn of_status(t: &TaskStatus) -> Reason {
-        let outcome = t.outcome.as_ref().and_then(Outcome::from_proto);
-        let message = t.outcome.as_ref().map_or("", |o| o.message.as_str());
-        Reason::new(t.state(), outcome, [&t.stderr_line, message, &t.error])
+        Reason::new(t.state, t.outcome, [&t.stderr_line, &t.message, &t.error])
     }
 
     /// The reason of a task's result (`spare results`).
@@ -170,11 +167,10 @@ mod tests {
 
     #[test]
     fn reasons_prefer_the_guests_words() {
-        use crate::proto::{Outcome, OutcomeKind};
-        let exited = |code, message: &str| Outcome { kind: OutcomeKind::Exited as i32, exit_code: code, message: message.into() };
+        use crate::proto::{self, OutcomeKind};
         let t = TaskStatus {
-            state: TaskState::Failed as i32,
-            outcome: Some(exited(2, "")),
+            state: TaskState::Failed,
+            outcome: Some(Outcome::Exited(2)),
             stderr_line: "bad input".into(),
             error: "exit 2".into(),
             ..Default::default()
@@ -182,10 +178,10 @@ mod tests {
         assert_eq!(Reason::of_status(&t).to_string(), "exited 2: `bad input`");
         let t = TaskStatus { stderr_line: "LO is not a number: `x`".into(), ..t };
         assert_eq!(Reason::of_status(&t).to_string(), "exited 2: LO is not a number: `x`");
-        let trapped = Outcome { kind: OutcomeKind::Trapped as i32, exit_code: 0, message: "wasm trap: unreachable".into() };
-        let r = crate::proto::TaskResult { state: TaskState::Failed as i32, outcome: Some(trapped), ..Default::default() };
+        let trapped = proto::Outcome { kind: OutcomeKind::Trapped as i32, exit_code: 0, message: "wasm trap: unreachable".into() };
+        let r = proto::TaskResult { state: TaskState::Failed as i32, outcome: Some(trapped), ..Default::default() };
         assert_eq!(Reason::of_result(&r.into()).to_string(), "trapped: `wasm trap: unreachable`");
-        let t = TaskStatus { state: TaskState::Inconclusive as i32, error: "3 replicas gave no 2 agreeing results".into(), ..Default::default() };
+        let t = TaskStatus { state: TaskState::Inconclusive, error: "3 replicas gave no 2 agreeing results".into(), ..Default::default() };
         assert_eq!(Reason::of_status(&t).to_string(), "ended inconclusive: `3 replicas gave no 2 agreeing results`");
     }
 

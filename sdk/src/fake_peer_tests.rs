@@ -356,7 +356,7 @@ async fn submit_places_inputs_and_follows_the_job() {
     );
 
     let status = client.wait(&id).await.expect("wait");
-    assert_eq!(status.state(), JobState::Completed);
+    assert_eq!(status.state, JobState::Completed);
     let events: Vec<_> = client.watch(&id).await.expect("watch").collect().await;
     assert_eq!(events.len(), 3);
     // The fake answers Results with the inputs of the last job submitted (the pinned one).
@@ -364,7 +364,7 @@ async fn submit_places_inputs_and_follows_the_job() {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].as_ref().expect("result").output, b"x");
     assert_eq!(
-        client.cancel(&id).await.expect("cancel").state(),
+        client.cancel(&id).await.expect("cancel").state,
         JobState::Cancelled
     );
     assert_eq!(client.info().await.expect("info").cpus_total, 4);
@@ -378,7 +378,7 @@ async fn refusals_are_status_errors() {
     let id: JobId = "00".repeat(32).parse().expect("id");
     assert_eq!(
         client.status(&id).await.expect("status").job_id,
-        id.as_str()
+        id
     );
     let refused = client
         .jobs
@@ -439,10 +439,10 @@ async fn watch_progress_counts_each_task_once() {
     let mut old = 0u64;
     let mut events = client.watch(&id).await.expect("watch");
     while let Some(event) = events.next().await {
-        match event.expect("event").event {
-            Some(Event::Snapshot(s)) => old = crate::tasks_done(&s.tasks.unwrap_or_default()),
-            Some(Event::TaskDone(_)) => old += 1,
-            _ => {}
+        match event.expect("event") {
+            crate::Event::Snapshot(s) => old = s.tasks.done(),
+            crate::Event::TaskDone(_) => old += 1,
+            crate::Event::Finished(_) => {}
         }
     }
     assert_eq!(old, 4, "the old logic over-counts");

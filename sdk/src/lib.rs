@@ -32,9 +32,9 @@
 //! while let Some(event) = events.next().await {
 //!     let (event, p) = event?;
 //!     match event {
-//!         Event::Snapshot(status) => println!("{}", state_name(status.state())),
+//!         Event::Snapshot(status) => println!("{}", state_name(status.state)),
 //!         Event::TaskDone(task) => println!("task {} done ({}/{})", task.index, p.done, p.total),
-//!         Event::Finished(status) => println!("job {}", state_name(status.state())),
+//!         Event::Finished(status) => println!("job {}", state_name(status.state)),
 //!     }
 //! }
 //!
@@ -53,9 +53,9 @@
 //! # }
 //! ```
 //!
-//! Results are typed ([`TaskResult`], [`Outcome`]); job statuses and events are still the wire
-//! types of [`spare_proto`], re-exported as [`proto`]; any gRPC client in any language can do
-//! what this crate does from the `.proto` files.
+//! Statuses, events and results are typed ([`JobStatus`], [`TaskStatus`], [`Event`],
+//! [`TaskResult`], [`Outcome`]); the wire types of [`spare_proto`] are re-exported as [`proto`],
+//! and any gRPC client in any language can do what this crate does from the `.proto` files.
 
 #![warn(missing_docs)]
 
@@ -69,6 +69,7 @@ mod plan;
 mod progress;
 mod result;
 mod split;
+mod status;
 mod submit;
 
 #[cfg(test)]
@@ -83,13 +84,10 @@ pub use id::{ID_HEX_LEN, JobId};
 pub use job::{Job, JobBuilder};
 pub use progress::{Progress, ProgressCounter, tasks_done};
 pub use result::{Outcome, TaskResult};
+pub use status::{Event, JobStatus, TaskCounts, TaskStatus};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};
 
-pub use proto::job_event::Event;
-pub use proto::{
-    JobEvent, JobState, JobStatus, Limits, OutcomeKind, PeerInfo, Policy, TaskCounts, TaskState,
-    TaskStatus,
-};
+pub use proto::{JobState, Limits, OutcomeKind, PeerInfo, Policy, TaskState};
 
 /// The name the CLI shows for a job state: `queued`, `running`, `completed`, `failed` or
 /// `cancelled` (`unspecified` for a state the peer did not set).

@@ -11,8 +11,7 @@ use std::collections::HashSet;
 
 use futures::{Stream, StreamExt};
 
-use crate::proto::{JobStatus, TaskCounts, job_event::Event};
-use crate::{Client, JobId, Result, is_task_final};
+use crate::{Client, Event, JobId, JobStatus, Result, TaskCounts};
 
 /// Tasks of a job that ended, out of all of them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,29 +22,31 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Tasks of `counts` that reached a final state.
+/// Tasks of `counts` that reached a final state ([`TaskCounts::done`]).
 pub fn tasks_done(counts: &TaskCounts) -> u64 {
-    u64::from(counts.verified + counts.failed + counts.inconclusive)
+    counts.done()
 }
 
 /// Counts a job's finished tasks from its statuses and Watch events, each task once.
 ///
 /// ```
-/// use spare_sdk::{ProgressCounter, proto};
-/// let counts = proto::TaskCounts { total: 3, verified: 1, ..Default::default() };
-/// let snapshot = proto::JobStatus { tasks: Some(counts), ..Default::default() };
+/// use spare_sdk::{JobStatus, ProgressCounter, TaskCounts, TaskState, TaskStatus, proto};
+/// let wire = proto::JobStatus { job_id: "ab".repeat(32), ..Default::default() };
+/// let mut snapshot = JobStatus::try_from(wire)?;
+/// snapshot.tasks = TaskCounts { total: 3, verified: 1, ..Default::default() };
 /// let mut counter = ProgressCounter::default();
 /// counter.update(&snapshot);
 /// // The status with tasks read after the snapshot: task 0 was already verified.
-/// let task = |index, state: proto::TaskState| proto::TaskStatus { index, state: state as i32, ..Default::default() };
-/// let listed = proto::JobStatus {
-///     task_list: vec![task(0, proto::TaskState::Verified), task(1, proto::TaskState::Running), task(2, proto::TaskState::Pending)],
+/// let task = |index, state| TaskStatus { index, state, ..Default::default() };
+/// let listed = JobStatus {
+///     task_list: vec![task(0, TaskState::Verified), task(1, TaskState::Running), task(2, TaskState::Pending)],
 ///     ..snapshot.clone()
 /// };
 /// counter.count_final(&listed);
 /// counter.task_done(0); // its event came after the snapshot: still one task
 /// counter.task_done(1);
 /// assert_eq!(counter.progress().done, 2);
+/// # Ok::<(), spare_sdk::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ProgressCounter {
@@ -59,15 +60,14 @@ pub struct ProgressCounter {
 impl ProgressCounter {
     /// Takes a status's counts (a snapshot, a fresh status, the final one).
     pub fn update(&mut self, status: &JobStatus) {
-        let counts = status.tasks.unwrap_or_default();
-        self.counted = tasks_done(&counts);
-        self.total = u64::from(counts.total);
+        self.counted = status.tasks.done();
+        self.total = u64::from(status.tasks.total);
     }
 
     /// Counts the final tasks of a status that has its task list (`Client::status_with_tasks`).
     pub fn count_final(&mut self, status: &JobStatus) {
         self.update(status);
-        let fin = status.task_list.iter().filter(|t| is_task_final(t.state()));
+        let fin = status.task_list.iter().filter(|t| t.is_final());
         self.seen.extend(fin.map(|t| t.index));
     }
 
@@ -110,29 +110,26 @@ impl Client {
         let events = self.watch(job).await?;
         let state = (events, ProgressCounter::default(), self.clone(), job.clone());
         let stream = futures::stream::unfold(state, |(mut events, mut counter, client, job)| async move {
-            let item = loop {
-                match events.next().await? {
-                    Err(e) => break Err(e),
-                    Ok(e) => match e.event {
-                        None => continue,
-                        Some(Event::Snapshot(s)) => {
-                            counter.update(&s);
-                            // Which tasks the snapshot counted: their events may follow it.
-                            match client.status_with_tasks(&job).await {
-                                Ok(listed) => counter.count_final(&listed),
-                                Err(e) => break Err(e),
-                            }
-                            break Ok((Event::Snapshot(s), counter.progress()));
+            let item = match events.next().await? {
+                Err(e) => Err(e),
+                Ok(Event::Snapshot(s)) => {
+                    counter.update(&s);
+                    // Which tasks the snapshot counted: their events may follow it.
+                    match client.status_with_tasks(&job).await {
+                        Ok(listed) => {
+                            counter.count_final(&listed);
+                            Ok((Event::Snapshot(s), counter.progress()))
                         }
-                        Some(Event::TaskDone(t)) => {
-                            counter.task_done(t.index);
-                            break Ok((Event::TaskDone(t), counter.progress()));
-                        }
-                        Some(Event::Finished(s)) => {
-                            counter.update(&s);
-                            break Ok((Event::Finished(s), counter.progress()));
-                        }
-                    },
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(Event::TaskDone(t)) => {
+                    counter.task_done(t.index);
+                    Ok((Event::TaskDone(t), counter.progress()))
+                }
+                Ok(Event::Finished(s)) => {
+                    counter.update(&s);
+                    Ok((Event::Finished(s), counter.progress()))
                 }
             };
             Some((item, (events, counter, client, job)))
@@ -144,11 +141,13 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{TaskState, TaskStatus};
+    use crate::{TaskState, TaskStatus, proto};
 
     fn status(total: u32, verified: u32) -> JobStatus {
-        let tasks = TaskCounts { total, verified, ..Default::default() };
-        JobStatus { tasks: Some(tasks), ..Default::default() }
+        let wire = proto::JobStatus { job_id: "ab".repeat(32), ..Default::default() };
+        let mut s = JobStatus::try_from(wire).expect("a valid id");
+        s.tasks = TaskCounts { total, verified, ..Default::default() };
+        s
     }
 
     /// The snapshot counted tasks 0..26; events then come for 0..100 (0..26 again, as a watch
@@ -164,7 +163,7 @@ mod tests {
         listed.task_list = (0..100)
             .map(|i| TaskStatus {
                 index: i,
-                state: if i < 26 { TaskState::Verified } else { TaskState::Pending } as i32,
+                state: if i < 26 { TaskState::Verified } else { TaskState::Pending },
                 ..Default::default()
             })
             .collect();

@@ -42,6 +42,19 @@ impl Outcome {
         })
     }
 
+    /// Its kind on the wire (the exit code aside).
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Exited(_) => OutcomeKind::Exited,
+            Outcome::Trapped => OutcomeKind::Trapped,
+            Outcome::OutOfFuel => OutcomeKind::OutOfFuel,
+            Outcome::MemoryLimit => OutcomeKind::MemoryLimit,
+            Outcome::OutputTooLarge => OutcomeKind::OutputTooLarge,
+            Outcome::Deadline => OutcomeKind::Deadline,
+            Outcome::InvalidModule => OutcomeKind::InvalidModule,
+        }
+    }
+
     /// True for an exit with code 0.
     pub fn is_success(&self) -> bool {
         *self == Outcome::Exited(0)

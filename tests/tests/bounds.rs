@@ -49,8 +49,8 @@ async fn a_submission_flood_is_refused_past_the_bounds() {
     // Once some end (cancelled), the submitter may submit again.
     let jobs = c.list(0).await.unwrap();
     for j in jobs.iter().take(2) {
-        let id: spare_sdk::JobId = j.job_id.parse().unwrap();
-        assert_eq!(c.cancel(&id).await.unwrap().state(), JobState::Cancelled);
+        let id = j.job_id.clone();
+        assert_eq!(c.cancel(&id).await.unwrap().state, JobState::Cancelled);
     }
     let job = Job::builder().module_bytes(module).range(0..100, 10).quorum(2).build().unwrap();
     let more = eventually("room for another job", || {

@@ -29,8 +29,8 @@ async fn work_pauses_under_other_load_and_resumes_when_it_falls() {
     let seen = load.reads();
     eventually("the peer to look at the load again", || async { (load.reads() >= seen + 5).then_some(()) }).await;
     let s = client.status(&id).await.unwrap();
-    assert_eq!(s.state(), JobState::Queued, "no task has started: {s:?}");
-    assert_eq!(s.tasks.unwrap().verified, 0, "no task runs while other programs load the machine");
+    assert_eq!(s.state, JobState::Queued, "no task has started: {s:?}");
+    assert_eq!(s.tasks.verified, 0, "no task runs while other programs load the machine");
     assert_eq!(peer.node.running(), 0);
 
     // Just under the threshold is not enough to resume (hysteresis); well under is.
@@ -40,7 +40,7 @@ async fn work_pauses_under_other_load_and_resumes_when_it_falls() {
     assert!(peer.node.paused().is_some(), "a load hovering at the threshold does not resume the peer");
     load.set(0.1);
     let status = within("job end", client.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Completed, "{status:?}");
+    assert_eq!(status.state, JobState::Completed, "{status:?}");
     assert_eq!(peer.node.paused(), None);
     peer.shutdown().await;
 }
@@ -62,7 +62,7 @@ async fn running_tasks_together_stay_under_the_total_memory_cap() {
         .unwrap();
     let id = client.submit(&job).await.unwrap();
     let status = within("job end", client.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Completed, "{status:?}");
+    assert_eq!(status.state, JobState::Completed, "{status:?}");
     // The gate records the most its tasks ever held together.
     let peak = peer.node.task_memory_peak();
     assert!(peak > 0, "tasks were seen holding memory");

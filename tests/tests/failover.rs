@@ -49,7 +49,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
 
     // The client carries on at another coordinator and sees the job complete.
     let status = within("the job completing after its origin died", waiter).await.unwrap().unwrap();
-    assert_eq!(status.state(), JobState::Completed, "{status:?}");
+    assert_eq!(status.state, JobState::Completed, "{status:?}");
     let mut all = Vec::new();
     let mut stream = through_origin.results(&id).await.expect("results, through whichever coordinator answers");
     while let Some(r) = stream.next().await {
@@ -85,7 +85,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
         if ad.coordinators.contains(&p.node.peer_id()) {
             let c = client(p).await;
             let s = c.status(&id).await.unwrap();
-            assert_eq!(s.state(), JobState::Completed);
+            assert_eq!(s.state, JobState::Completed);
             let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;
             assert_eq!(mine, all, "the same results at every coordinator");
         }
@@ -109,7 +109,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
         assert_eq!(coordinators.len(), 3, "with three peers, each coordinates");
         // Round 0 cancels at the origin (the active coordinator), round 1 at a backup.
         let status = client(&peers[asked]).await.cancel(&id).await.expect("cancel");
-        assert_eq!(status.state(), JobState::Cancelled, "{status:?}");
+        assert_eq!(status.state, JobState::Cancelled, "{status:?}");
         for p in &peers {
             let node = p.node.clone();
             eventually(&format!("the job cancelled at {} (round {n})", node.peer_id().short()), || {
@@ -118,7 +118,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
             })
             .await;
             let s = client(p).await.status(&id).await.unwrap();
-            assert_eq!(s.state(), JobState::Cancelled, "status at {}: {s:?}", p.node.peer_id().short());
+            assert_eq!(s.state, JobState::Cancelled, "status at {}: {s:?}", p.node.peer_id().short());
         }
     }
     stop_all(peers).await;
@@ -142,7 +142,7 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
     let id = at_origin.submit(&job).await.unwrap();
     let jid = job_id(&id);
     let status = within("the job failing", at_origin.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
     let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
     assert_eq!(coordinators.len(), 3);
     for p in &peers {

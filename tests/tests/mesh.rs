@@ -24,13 +24,13 @@ async fn results(client: &Client, id: &spare_sdk::JobId) -> Vec<spare_sdk::TaskR
 /// Every event of a Watch, to its end.
 async fn watch_all(client: &Client, id: &spare_sdk::JobId) -> Vec<Event> {
     let stream = client.watch(id).await.expect("watch");
-    within("watch", stream.map(|e| e.expect("event").event.expect("an event")).collect()).await
+    within("watch", stream.map(|e| e.expect("event")).collect()).await
 }
 
 /// Waits for the job to end and returns its status with every task.
-async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
+async fn finished(client: &Client, id: &spare_sdk::JobId) -> spare_sdk::JobStatus {
     let end = within("job end", client.wait(id)).await.expect("wait");
-    assert!(spare_sdk::is_final(end.state()), "{end:?}");
+    assert!(spare_sdk::is_final(end.state), "{end:?}");
     client.status_with_tasks(id).await.expect("status with tasks")
 }
 
@@ -38,21 +38,21 @@ async fn finished(client: &Client, id: &spare_sdk::JobId) -> pb::JobStatus {
 /// them in `never`; every result in task order and equal to the native count. Returns the peers
 /// that took part in some verdict.
 fn check_primes(
-    status: &pb::JobStatus,
+    status: &spare_sdk::JobStatus,
     all: &[spare_sdk::TaskResult],
     tasks: u64,
     chunk: u64,
     quorum: usize,
     never: &[String],
 ) -> BTreeSet<String> {
-    assert_eq!(status.state(), JobState::Completed, "{status:?}");
-    let counts = status.tasks.expect("counts");
+    assert_eq!(status.state, JobState::Completed, "{status:?}");
+    let counts = status.tasks;
     assert_eq!((counts.total, counts.verified, counts.failed, counts.inconclusive), (tasks as u32, tasks as u32, 0, 0));
     assert_eq!(status.task_list.len(), tasks as usize);
     let mut workers = BTreeSet::new();
     for (i, t) in status.task_list.iter().enumerate() {
         assert_eq!(t.index as usize, i);
-        assert_eq!(t.state(), TaskState::Verified, "task {i}: {t:?}");
+        assert_eq!(t.state, TaskState::Verified, "task {i}: {t:?}");
         let by: BTreeSet<&String> = t.verified_by.iter().collect();
         assert_eq!(t.verified_by.len(), quorum, "task {i} verified by {:?}", t.verified_by);
         assert_eq!(by.len(), quorum, "task {i}: verifying peers must be distinct: {:?}", t.verified_by);
@@ -252,20 +252,20 @@ async fn status_watch_and_results_work_from_any_peer() {
         }
     })
     .await;
-    assert_eq!(first.job_id, id.to_string());
-    assert_eq!(first.tasks.unwrap().total, tasks as u32);
+    assert_eq!(first.job_id, id);
+    assert_eq!(first.tasks.total, tasks as u32);
     assert!(!holds(&peers[outsider], &id), "the outsider does not hold the job");
 
     // Watch through peer 1: a snapshot, task events, then the end (whether every task has its
     // event is `watch_reports_every_task_before_the_end`'s business).
     let events = watch_all(&other, &id).await;
     let Some(Event::Snapshot(snap)) = events.first() else { panic!("no snapshot first: {events:?}") };
-    assert_eq!(snap.job_id, id.to_string());
+    assert_eq!(snap.job_id, id);
     let Some(Event::Finished(end)) = events.last() else { panic!("no finished event last: {events:?}") };
-    assert_eq!(end.state(), JobState::Completed);
+    assert_eq!(end.state, JobState::Completed);
     for e in &events[1..events.len() - 1] {
         let Event::TaskDone(t) = e else { panic!("only task events between snapshot and end: {events:?}") };
-        assert!(t.index < tasks as u32 && t.state() == TaskState::Verified && t.verified_by.len() == 2, "{t:?}");
+        assert!(t.index < tasks as u32 && t.state == TaskState::Verified && t.verified_by.len() == 2, "{t:?}");
     }
 
     let here = finished(&origin, &id).await;
@@ -340,10 +340,10 @@ async fn watch_reports_every_task_before_the_end() {
     for (who, events) in [("origin", a), ("peer 1", b), ("origin", c), ("peer 1", d)] {
         let Some(Event::Snapshot(snap)) = events.first() else { panic!("{who}: no snapshot first: {events:?}") };
         let Some(Event::Finished(end)) = events.last() else { panic!("{who}: no finished event last: {events:?}") };
-        assert_eq!(end.state(), JobState::Completed, "{who}");
+        assert_eq!(end.state, JobState::Completed, "{who}");
         let done: BTreeSet<u32> =
             events.iter().filter_map(|e| if let Event::TaskDone(t) = e { Some(t.index) } else { None }).collect();
-        let before = snap.tasks.unwrap().verified;
+        let before = snap.tasks.verified;
         assert!(
             done.len() as u32 + before >= tasks,
             "{who}: {} tasks were verified in the snapshot and {} had an event before `finished`, of {tasks}",
@@ -365,9 +365,9 @@ async fn why_a_task_failed_reaches_every_coordinator() {
     let job = Job::builder().module_bytes(guest("primes")).lines("0 100\nx y\n100 200\nnot numbers\n").quorum(2).build().unwrap();
     let id = origin.submit(&job).await.unwrap();
     let end = finished(&origin, &id).await;
-    assert_eq!(end.state(), JobState::Failed);
+    assert_eq!(end.state, JobState::Failed);
     let failed = &end.task_list[1];
-    assert_eq!(failed.state(), TaskState::Failed, "{failed:?}");
+    assert_eq!(failed.state, TaskState::Failed, "{failed:?}");
     assert_eq!(failed.verified_by.len(), 2, "two peers agreed on the failure: {failed:?}");
     assert_eq!(failed.stderr_line, "LO is not an unsigned decimal integer: `x`");
     assert_eq!(end.task_list[0].stderr_line, "", "a verified task has no failure line");

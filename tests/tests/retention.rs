@@ -32,12 +32,12 @@ async fn ended_jobs_go_after_retention_and_running_ones_stay() {
     let running_id = client.submit(&running).await.unwrap();
     let ended = Job::builder().module_bytes(guest("sha256")).tasks((0..3).map(|i| format!("10\nseed {i}").into_bytes())).quorum(1).build().unwrap();
     let ended_id = client.submit(&ended).await.unwrap();
-    assert_eq!(within("job end", client.wait(&ended_id)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(within("job end", client.wait(&ended_id)).await.unwrap().state, JobState::Completed);
     eventually("the ended job to be removed", || async { gone(&client, &ended_id).await.then_some(()) }).await;
     // The same pass then removes the module only the removed job named.
     eventually("the removed job's module to go", || async { (!blob_exists(&peer, &ended.module_id()).await).then_some(()) }).await;
     let s = client.status(&running_id).await.expect("the running job stays");
-    assert_eq!(s.state(), JobState::Running);
+    assert_eq!(s.state, JobState::Running);
     assert!(blob_exists(&peer, &running.module_id()).await, "a running job's module stays");
     peer.shutdown().await;
 }
@@ -66,7 +66,7 @@ async fn at_the_disk_cap_fetched_jobs_go_first_and_work_resumes() {
     let big = |seed: u8| [b"1\n".as_slice(), &vec![seed; MIB as usize]].concat();
     let job = Job::builder().module_bytes(guest("sha256")).tasks((0..3).map(big)).quorum(1).build().unwrap();
     let id = client.submit(&job).await.unwrap();
-    assert_eq!(within("job end", client.wait(&id)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(within("job end", client.wait(&id)).await.unwrap().state, JobState::Completed);
     assert_eq!(peer.node.paused(), None);
     // 4 MiB more (an upload with no job yet) passes the cap: the peer pauses, and keeps the job.
     client.upload_blob(vec![7u8; 4 * MIB as usize]).await.unwrap();
@@ -82,6 +82,6 @@ async fn at_the_disk_cap_fetched_jobs_go_first_and_work_resumes() {
     eventually("the fetched job to be removed", || async { gone(&client, &id).await.then_some(()) }).await;
     eventually("the peer to resume", || async { peer.node.paused().is_none().then_some(()) }).await;
     let later = client.submit(&next).await.expect("work is taken again");
-    assert_eq!(within("job end", client.wait(&later)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(within("job end", client.wait(&later)).await.unwrap().state, JobState::Completed);
     peer.shutdown().await;
 }

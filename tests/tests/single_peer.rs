@@ -21,8 +21,8 @@ async fn hundred_task_primes_job_is_verified_and_correct() {
     assert_eq!(job.task_count(), 100);
     let id = client.submit(&job).await.unwrap();
     let status = within("job end", client.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Completed, "{status:?}");
-    let counts = status.tasks.unwrap();
+    assert_eq!(status.state, JobState::Completed, "{status:?}");
+    let counts = status.tasks;
     assert_eq!((counts.total, counts.verified, counts.failed), (100, 100, 0));
 
     let me = peer.node.peer_id().to_hex();
@@ -51,11 +51,11 @@ async fn quorum_two_on_a_lone_peer_waits_and_says_why() {
     // Each task runs once here, then waits for a second, distinct peer.
     let status = eventually("every task attested once", || async {
         let s = client.status_with_tasks(&id).await.unwrap();
-        s.task_list.iter().all(|t| t.attestations == 1 && t.state() == TaskState::Pending).then_some(s)
+        s.task_list.iter().all(|t| t.attestations == 1 && t.state == TaskState::Pending).then_some(s)
     })
     .await;
-    assert_eq!(status.state(), JobState::Running);
-    assert_eq!(status.tasks.unwrap().pending, 3);
+    assert_eq!(status.state, JobState::Running);
+    assert_eq!(status.tasks.pending, 3);
     assert!(status.message.contains("needs 2 distinct peers"), "{}", status.message);
     for t in &status.task_list {
         assert!(t.error.contains("more peers"), "{t:?}");
@@ -74,7 +74,7 @@ async fn results_survive_a_restart_on_the_same_data_directory() {
     let c = client(&peer).await;
     let job = Job::builder().module_bytes(guest("sha256")).tasks((0..20).map(|i| format!("100\nseed {i}").into_bytes())).quorum(1).build().unwrap();
     let id = c.submit(&job).await.unwrap();
-    assert_eq!(within("job end", c.wait(&id)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(within("job end", c.wait(&id)).await.unwrap().state, JobState::Completed);
     let before = results(&c, &id).await;
     // A second job that can never finish here: it must come back still waiting.
     let waiting = Job::builder().module_bytes(guest("primes")).range(0..100, 50).quorum(2).build().unwrap();
@@ -85,13 +85,13 @@ async fn results_survive_a_restart_on_the_same_data_directory() {
     assert_eq!(peer.node.peer_id(), me, "the identity is kept");
     let c = client(&peer).await;
     let status = c.status_with_tasks(&id).await.unwrap();
-    assert_eq!(status.state(), JobState::Completed);
-    assert_eq!(status.tasks.unwrap().verified, 20);
+    assert_eq!(status.state, JobState::Completed);
+    assert_eq!(status.tasks.verified, 20);
     assert_eq!(results(&c, &id).await, before, "the same results, byte for byte");
     let status = c.status(&waiting).await.unwrap();
-    assert!(!spare_sdk::is_final(status.state()), "{status:?}");
-    let listed: Vec<String> = c.list(0).await.unwrap().into_iter().map(|j| j.job_id).collect();
-    assert!(listed.contains(&id.to_string()) && listed.contains(&waiting.to_string()));
+    assert!(!spare_sdk::is_final(status.state), "{status:?}");
+    let listed: Vec<_> = c.list(0).await.unwrap().into_iter().map(|j| j.job_id).collect();
+    assert!(listed.contains(&id) && listed.contains(&waiting));
     peer.shutdown().await;
 }
 
@@ -111,14 +111,14 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
         .unwrap();
     let id = c.submit(&job).await.unwrap();
     let status = within("job end", c.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
     peer.shutdown().await;
 
     let peer = start(dir.path(), 2).await;
     let c = client(&peer).await;
     let status = c.status_with_tasks(&id).await.unwrap();
-    assert_eq!(status.state(), JobState::Failed, "{status:?}");
-    let counts = status.tasks.unwrap();
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    let counts = status.tasks;
     assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
     let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
     let t = peer.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 1 }).unwrap();
@@ -229,9 +229,9 @@ async fn hostile_modules_get_typed_outcomes_and_the_peer_carries_on() {
         let job = Job::builder().module_bytes(module).task(Vec::new()).quorum(1).fuel(50_000_000).memory_bytes(8 << 20).build().unwrap();
         let id = c.submit(&job).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         let status = within(name, c.wait(&id)).await.unwrap();
-        assert_eq!(status.state(), JobState::Failed, "{name}: {status:?}");
+        assert_eq!(status.state, JobState::Failed, "{name}: {status:?}");
         let task = &c.status_with_tasks(&id).await.unwrap().task_list[0];
-        assert_eq!(task.state(), TaskState::Failed, "{name}");
+        assert_eq!(task.state, TaskState::Failed, "{name}");
         assert_eq!(task.outcome.as_ref().map(|o| o.kind()), Some(kind), "{name}: {task:?}");
         assert!(!task.error.is_empty(), "{name}: a failed task says why");
     }
@@ -240,7 +240,7 @@ async fn hostile_modules_get_typed_outcomes_and_the_peer_carries_on() {
     let job = Job::builder().module_bytes(spin).task(Vec::new()).quorum(1).max_replicas(2).timeout(std::time::Duration::from_millis(200)).build().unwrap();
     let id = c.submit(&job).await.unwrap();
     let status = within("deadline job", c.wait(&id)).await.unwrap();
-    assert_eq!(status.state(), JobState::Failed);
+    assert_eq!(status.state, JobState::Failed);
     let task = &c.status_with_tasks(&id).await.unwrap().task_list[0];
     assert_eq!(task.outcome.as_ref().map(|o| o.kind()), Some(K::Deadline), "{task:?}");
     assert!(task.error.contains("deadline"), "{}", task.error);
@@ -255,7 +255,7 @@ async fn hostile_modules_get_typed_outcomes_and_the_peer_carries_on() {
     // The peer still serves a normal job.
     let job = Job::builder().module_bytes(guest("primes")).range(0..100_000, 10_000).quorum(1).build().unwrap();
     let id = c.submit(&job).await.unwrap();
-    assert_eq!(within("normal job", c.wait(&id)).await.unwrap().state(), JobState::Completed);
+    assert_eq!(within("normal job", c.wait(&id)).await.unwrap().state, JobState::Completed);
     peer.shutdown().await;
 }
 
@@ -266,10 +266,10 @@ async fn watch_sends_a_snapshot_each_task_and_the_end() {
     let c = client(&peer).await;
     let job = Job::builder().module_bytes(guest("primes")).range(0..50_000, 5_000).quorum(1).build().unwrap();
     let id = c.submit(&job).await.unwrap();
-    let events: Vec<_> = within("watch", c.watch(&id).await.unwrap().map(|e| e.unwrap().event.unwrap()).collect::<Vec<_>>()).await;
+    let events: Vec<_> = within("watch", c.watch(&id).await.unwrap().map(|e| e.unwrap()).collect::<Vec<_>>()).await;
     assert!(matches!(events.first(), Some(Event::Snapshot(_))), "{events:?}");
     let Some(Event::Finished(end)) = events.last() else { panic!("no finished event: {events:?}") };
-    assert_eq!(end.state(), JobState::Completed);
+    assert_eq!(end.state, JobState::Completed);
     let mut done: Vec<u32> =
         events.iter().filter_map(|e| if let Event::TaskDone(t) = e { Some(t.index) } else { None }).collect();
     done.sort();
@@ -277,13 +277,13 @@ async fn watch_sends_a_snapshot_each_task_and_the_end() {
     // Every task is counted in the snapshot or has its own event (a task that finished while
     // the watch began may be in both).
     let Some(Event::Snapshot(first)) = events.first() else { unreachable!() };
-    assert!(done.len() as u32 + first.tasks.unwrap().verified >= 10, "{events:?}");
+    assert!(done.len() as u32 + first.tasks.verified >= 10, "{events:?}");
     assert!(done.iter().all(|i| *i < 10));
 
     // Watching a job that has ended: its snapshot, then the end.
-    let events: Vec<_> = within("watch", c.watch(&id).await.unwrap().map(|e| e.unwrap().event.unwrap()).collect::<Vec<_>>()).await;
+    let events: Vec<_> = within("watch", c.watch(&id).await.unwrap().map(|e| e.unwrap()).collect::<Vec<_>>()).await;
     assert_eq!(events.len(), 2, "{events:?}");
-    assert!(matches!(&events[1], Event::Finished(s) if s.state() == JobState::Completed));
+    assert!(matches!(&events[1], Event::Finished(s) if s.state == JobState::Completed));
     peer.shutdown().await;
 }
 

@@ -46,7 +46,7 @@ async fn run() {
     // Warm-up: every peer compiles the module once.
     let warm = Job::builder().module_bytes(wasm.clone()).tasks((0..50).map(|_| Vec::new())).quorum(QUORUM).build().expect("job");
     let id = client.submit(&warm).await.expect("submit");
-    assert_eq!(client.wait(&id).await.expect("wait").state(), JobState::Completed);
+    assert_eq!(client.wait(&id).await.expect("wait").state, JobState::Completed);
 
     // Latency: submit one task, wait for its verified result.
     let mut latencies = Vec::new();
@@ -73,8 +73,8 @@ async fn run() {
     let submitted = t.elapsed();
     let status = client.wait(&id).await.expect("wait");
     let total = t.elapsed();
-    assert_eq!(status.state(), JobState::Completed);
-    let counts = status.tasks.unwrap_or_default();
+    assert_eq!(status.state, JobState::Completed);
+    let counts = status.tasks;
     assert_eq!(counts.verified as usize, THROUGHPUT_TASKS);
     let ran = total - submitted;
 

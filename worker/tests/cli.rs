@@ -168,7 +168,7 @@ fn submit_status_and_results_against_a_real_peer() {
 
 #[test]
 fn help_with_examples_is_there_for_every_command() {
-    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "demo", "sim", "completions"];
+    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "new", "demo", "sim", "completions"];
     for cmd in commands {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");

@@ -95,7 +95,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let bar = super::progress::bar(inputs.len() as u64, false);
     let status = super::progress::follow(&client, &id, &bar, false).await?;
     let ran = submitted.elapsed();
-    anyhow::ensure!(status.state() == JobState::Completed, "the job ended {:?}: {}", status.state(), status.message);
+    anyhow::ensure!(status.state == JobState::Completed, "the job ended {:?}: {}", status.state, status.message);
 
     // Results from the last peer, which forwards to the job's coordinator.
     let reader = Client::connect(peers[peers.len() - 1].addr.to_string()).await.map_err(err)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use serde_json::json;
-use spare_sdk::{JobState, proto, state_name};
+use spare_sdk::{JobState, JobStatus, state_name};
 
 use super::progress::done;
 use super::units::show_duration;
@@ -32,11 +32,11 @@ fn ago(ms: u64) -> String {
 }
 
 /// A job as one JSON object of `spare jobs --json`.
-fn job_json(j: &proto::JobStatus) -> serde_json::Value {
-    let c = j.tasks.unwrap_or_default();
+fn job_json(j: &JobStatus) -> serde_json::Value {
+    let c = j.tasks;
     json!({
         "job_id": j.job_id,
-        "state": state_name(j.state()),
+        "state": state_name(j.state),
         "label": j.label,
         "submitted_at_ms": j.submitted_at_ms,
         "message": j.message,
@@ -60,12 +60,12 @@ pub async fn run(a: JobsArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{:<12}  {:<9}  {:>15}  {:>6}  {:<14}  label", "job", "state", "done", "failed", "submitted");
     for j in &jobs {
-        let c = j.tasks.unwrap_or_default();
+        let c = j.tasks;
         let pct = if c.total == 0 { 0.0 } else { done(&c) as f64 * 100.0 / f64::from(c.total) };
         println!(
             "{:<12}  {:<9}  {:>15}  {:>6}  {:<14}  {}",
-            j.job_id.get(..12).unwrap_or(&j.job_id),
-            state_name(j.state()),
+            j.job_id.as_str().get(..12).unwrap_or(j.job_id.as_str()),
+            state_name(j.state),
             format!("{}/{} {pct:>3.0}%", done(&c), c.total),
             c.failed + c.inconclusive,
             ago(j.submitted_at_ms),
@@ -89,8 +89,8 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(&a.peer).await?;
     let id = super::job_id(&client, &a.job).await?;
     let status = client.cancel(&id).await.map_err(|e| super::sdk_error(e, &a.peer))?;
-    let c = status.tasks.unwrap_or_default();
-    match status.state() {
+    let c = status.tasks;
+    match status.state {
         JobState::Cancelled => {
             println!("cancelled job {id}: {} of {} tasks had ended; no more will run", done(&c), c.total);
             Ok(ExitCode::SUCCESS)

@@ -37,7 +37,7 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
     let err = |e| super::sdk_error(e, &a.peer);
     let from = a.task.unwrap_or(0);
     if let Some(task) = a.task {
-        let total = client.status(&id).await.map_err(err)?.tasks.unwrap_or_default().total;
+        let total = client.status(&id).await.map_err(err)?.tasks.total;
         anyhow::ensure!(task < total, "job {id} has {total} tasks (0 to {}); there is no task {task}", total.saturating_sub(1));
     }
     let mut results = client.results_now_from(&id, from).await.map_err(err)?;

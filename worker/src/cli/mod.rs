@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod jobs;
 mod logs;
+mod new;
 mod peer;
 mod peers;
 mod progress;
@@ -92,6 +93,11 @@ enum Command {
   spare sim --peers 1000 --liars 0.1
   spare sim --peers 10000 --churn 0.05 --loss 0.01 --json")]
     Sim(sim::SimArgs),
+    /// Start a new task: write a Rust guest project (Cargo.toml, src/main.rs, build.sh, README).
+    #[command(after_help = "Examples:
+  spare new word-count                 # then: cd word-count && ./build.sh
+  spare new ~/tasks/render --force     # into a directory that holds files already")]
+    New(new::NewArgs),
     /// Print a completion script for a shell.
     #[command(after_help = "Examples:
   spare completions bash > ~/.local/share/bash-completion/completions/spare
@@ -136,6 +142,7 @@ pub fn main() -> ExitCode {
             Command::Logs(a) => logs::run(a).await,
             Command::Jobs(a) => jobs::run(a).await,
             Command::Cancel(a) => jobs::cancel(a).await,
+            Command::New(a) => new::run(a),
             Command::Completions { shell } => {
                 // Into a buffer first: clap_complete panics when its writer fails.
                 let mut script = Vec::new();

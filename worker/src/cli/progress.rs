@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use spare_sdk::proto::{self, job_event::Event};
-use spare_sdk::{Client, JobId, ProgressCounter, state_name};
+use spare_sdk::{Client, Event, JobId, JobState, JobStatus, ProgressCounter, state_name};
 
 use super::units::show_duration;
 
@@ -37,8 +36,8 @@ pub use spare_sdk::tasks_done as done;
 
 /// What is known of a job while following it.
 struct Progress {
-    /// The latest status (counts, state, note).
-    status: proto::JobStatus,
+    /// The latest status (counts, state, note); none before the snapshot.
+    status: Option<JobStatus>,
     /// Tasks done, each once.
     counter: ProgressCounter,
     /// When following began, and how many tasks were done then (for the rate).
@@ -48,14 +47,19 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { status: proto::JobStatus::default(), counter: ProgressCounter::default(), since: Instant::now(), done_at_start: None }
+        Progress { status: None, counter: ProgressCounter::default(), since: Instant::now(), done_at_start: None }
     }
 
     /// Takes a status (snapshot, refresh or end) as the latest counts.
-    fn update(&mut self, status: proto::JobStatus) {
+    fn update(&mut self, status: JobStatus) {
         self.counter.update(&status);
         self.done_at_start.get_or_insert(self.counter.progress().done);
-        self.status = status;
+        self.status = Some(status);
+    }
+
+    /// What the job waits for, in words (empty when nothing).
+    fn note(&self) -> &str {
+        self.status.as_ref().map_or("", |s| s.message.as_str())
     }
 
     fn total(&self) -> u64 {
@@ -75,8 +79,9 @@ impl Progress {
 
     /// `running · 12.5 tasks/s · ETA 8s · 2 failed · waiting for more peers: …`
     fn summary(&self) -> String {
-        let c = self.status.tasks.unwrap_or_default();
-        let mut parts = vec![state_name(self.status.state()).to_string()];
+        let c = self.status.as_ref().map(|s| s.tasks).unwrap_or_default();
+        let state = self.status.as_ref().map_or(JobState::Unspecified, |s| s.state);
+        let mut parts = vec![state_name(state).to_string()];
         if let Some(rate) = self.rate() {
             parts.push(format!("{rate:.1} tasks/s"));
             let left = self.total().saturating_sub(self.done());
@@ -90,8 +95,8 @@ impl Progress {
         if c.inconclusive > 0 {
             parts.push(format!("{} inconclusive", c.inconclusive));
         }
-        if !self.status.message.is_empty() {
-            parts.push(self.status.message.clone());
+        if !self.note().is_empty() {
+            parts.push(self.note().to_string());
         }
         parts.join(" · ")
     }
@@ -113,18 +118,18 @@ impl Shown<'_> {
         if !self.lines {
             return;
         }
-        let note_changed = p.status.message != self.last_note;
+        let note_changed = p.note() != self.last_note;
         if note_changed || self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
             eprintln!("job {}: {}/{} tasks done · {}", job.short(), p.done(), p.total(), p.summary());
             self.last_line = Some(Instant::now());
-            self.last_note = p.status.message.clone();
+            self.last_note = p.note().to_string();
         }
     }
 }
 
 /// Follows the job until it ends and returns its final status. `bar` is drawn on a terminal;
 /// with `lines`, a line goes to stderr every few seconds when the bar is hidden.
-pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool) -> anyhow::Result<proto::JobStatus> {
+pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool) -> anyhow::Result<JobStatus> {
     let err = |e: spare_sdk::Error| anyhow::anyhow!("{e}");
     let mut events = client.watch(id).await.map_err(err)?;
     let mut progress = Progress::new();
@@ -136,22 +141,20 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
         tokio::select! {
             event = events.next() => match event {
                 None => break,
-                Some(event) => match event.map_err(err)?.event {
-                    Some(Event::Snapshot(s)) => {
+                Some(event) => match event.map_err(err)? {
+                    Event::Snapshot(s) => {
                         progress.update(s);
                         // Which tasks the snapshot counted: their events may follow it.
                         let listed = client.status_with_tasks(id).await.map_err(err)?;
                         progress.counter.count_final(&listed);
                     }
-                    Some(Event::TaskDone(t)) => {
+                    Event::TaskDone(t) => {
                         progress.counter.task_done(t.index);
                     }
-                    Some(Event::Finished(s)) => {
-                        progress.update(s);
+                    Event::Finished(s) => {
                         bar.finish_and_clear();
-                        return Ok(progress.status);
+                        return Ok(s);
                     }
-                    None => {}
                 },
             },
             _ = refresh.tick() => {
@@ -168,7 +171,7 @@ pub async fn follow(client: &Client, id: &JobId, bar: &ProgressBar, lines: bool)
     }
     bar.finish_and_clear();
     let s = client.status(id).await.map_err(err)?;
-    if spare_sdk::is_final(s.state()) {
+    if s.is_final() {
         return Ok(s);
     }
     anyhow::bail!("lost the job's event stream before it ended; `spare status {id} --watch` follows it again")

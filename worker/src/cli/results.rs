@@ -51,7 +51,7 @@ pub async fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
     let id = super::job_id(&client, &a.job).await?;
     let err = |e| super::sdk_error(e, &a.peer);
     let status = client.status(&id).await.map_err(err)?;
-    let total = status.tasks.unwrap_or_default().total;
+    let total = status.tasks.total;
     out_dir(&a.out, a.force)?;
     let bar = super::progress::bar(u64::from(total), false);
     bar.set_message("· results");

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::{Value, json};
-use spare_sdk::proto::{self, OutcomeKind};
-use spare_sdk::{Failures, Reason, TaskState, state_name, task_state_name};
+use spare_sdk::{JobStatus, Outcome, state_name, task_state_name};
 
 use super::units::{show_duration, show_size};
 
@@ -37,17 +36,17 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut status = get(a.tasks).await.map_err(err)?;
     let mut code = ExitCode::SUCCESS;
     if a.watch {
-        let bar = super::progress::bar(u64::from(status.tasks.unwrap_or_default().total), false);
+        let bar = super::progress::bar(u64::from(status.tasks.total), false);
         super::progress::follow(&client, &id, &bar, true).await?;
         status = get(a.tasks).await.map_err(err)?;
-        if status.state() != spare_sdk::JobState::Completed {
+        if status.state != spare_sdk::JobState::Completed {
             code = ExitCode::FAILURE;
         }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status, a.tasks))?);
     } else {
-        if !a.tasks && has_failures(&status) {
+        if !a.tasks && status.has_failures() {
             // The reasons are in the task list.
             status = client.status_with_tasks(&id).await.map_err(err)?;
         }
@@ -56,51 +55,41 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Whether some task of the job failed or was inconclusive.
-pub fn has_failures(s: &proto::JobStatus) -> bool {
-    s.tasks.is_some_and(|c| c.failed + c.inconclusive > 0)
-}
-
 /// Most reasons listed one by one in text; the rest are counted on one line.
 const REASONS_SHOWN: usize = 10;
 
 /// The job's failed tasks grouped by reason, one line each (empty without a task list).
-pub fn failure_lines(s: &proto::JobStatus) -> Vec<String> {
-    let mut failures = Failures::default();
-    for t in &s.task_list {
-        if matches!(t.state(), TaskState::Failed | TaskState::Inconclusive) {
-            failures.add(Reason::of_status(t), t.index);
-        }
-    }
-    failures.lines(REASONS_SHOWN)
+pub fn failure_lines(s: &JobStatus) -> Vec<String> {
+    s.failures().lines(REASONS_SHOWN)
 }
 
-/// The kind of an outcome as a word: `exited`, `trapped`, `out_of_fuel`…
-pub fn outcome_kind(kind: OutcomeKind) -> &'static str {
-    match kind {
-        OutcomeKind::Unspecified => "unspecified",
-        OutcomeKind::Exited => "exited",
-        OutcomeKind::Trapped => "trapped",
-        OutcomeKind::OutOfFuel => "out_of_fuel",
-        OutcomeKind::MemoryLimit => "memory_limit",
-        OutcomeKind::OutputTooLarge => "output_too_large",
-        OutcomeKind::Deadline => "deadline",
-        OutcomeKind::InvalidModule => "invalid_module",
+/// The kind of an outcome as a word (`exited`, `trapped`, `out_of_fuel`…) and its exit code.
+pub fn outcome_kind(o: Outcome) -> (&'static str, i32) {
+    match o {
+        Outcome::Exited(code) => ("exited", code),
+        Outcome::Trapped => ("trapped", 0),
+        Outcome::OutOfFuel => ("out_of_fuel", 0),
+        Outcome::MemoryLimit => ("memory_limit", 0),
+        Outcome::OutputTooLarge => ("output_too_large", 0),
+        Outcome::Deadline => ("deadline", 0),
+        Outcome::InvalidModule => ("invalid_module", 0),
+        _ => ("unspecified", 0),
     }
 }
 
-fn outcome_json(o: &proto::Outcome) -> Value {
-    json!({ "kind": outcome_kind(o.kind()), "exit_code": o.exit_code, "message": o.message })
+fn outcome_json(o: Outcome, message: &str) -> Value {
+    let (kind, exit_code) = outcome_kind(o);
+    json!({ "kind": kind, "exit_code": exit_code, "message": message })
 }
 
 /// A job's status as the JSON object `spare status --json` prints.
-pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
-    let c = s.tasks.unwrap_or_default();
-    let p = s.policy.unwrap_or_default();
+pub fn status_json(s: &JobStatus, with_tasks: bool) -> Value {
+    let c = s.tasks;
+    let p = &s.policy;
     let l = p.limits.unwrap_or_default();
     let mut v = json!({
         "job_id": s.job_id,
-        "state": state_name(s.state()),
+        "state": state_name(s.state),
         "label": s.label,
         "message": s.message,
         "module_id": s.module_id,
@@ -122,12 +111,12 @@ pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
             .map(|t| {
                 json!({
                     "index": t.index,
-                    "state": task_state_name(t.state()),
+                    "state": task_state_name(t.state),
                     "output_hash": t.output_hash,
                     "verified_by": t.verified_by,
                     "error": t.error,
                     "stderr_line": t.stderr_line,
-                    "outcome": t.outcome.as_ref().map(outcome_json),
+                    "outcome": t.outcome.map(|o| outcome_json(o, &t.message)),
                     "attestations": t.attestations,
                 })
             })
@@ -138,17 +127,18 @@ pub fn status_json(s: &proto::JobStatus, with_tasks: bool) -> Value {
 }
 
 /// A job's status as text.
-pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
+pub fn status_text(s: &JobStatus, with_tasks: bool) -> String {
     use std::fmt::Write;
-    let c = s.tasks.unwrap_or_default();
+    let c = s.tasks;
     let mut out = String::new();
     let label = if s.label.is_empty() { String::new() } else { format!("  ({})", s.label) };
     let _ = writeln!(out, "job    {}{label}", s.job_id);
-    let _ = writeln!(out, "state  {}", state_name(s.state()));
+    let _ = writeln!(out, "state  {}", state_name(s.state));
     if !s.message.is_empty() {
         let _ = writeln!(out, "note   {}", s.message);
     }
-    if let Some(p) = s.policy {
+    {
+        let p = &s.policy;
         let l = p.limits.unwrap_or_default();
         let _ = writeln!(
             out,
@@ -169,7 +159,7 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
     for line in failure_lines(s) {
         let _ = writeln!(out, "why    {line}");
     }
-    if has_failures(s) {
+    if s.has_failures() {
         let _ = writeln!(out, "       (`spare logs {} TASK` shows a task's stderr)", s.job_id);
     }
     if with_tasks {
@@ -177,15 +167,12 @@ pub fn status_text(s: &proto::JobStatus, with_tasks: bool) -> String {
         for t in &s.task_list {
             let hash = t.output_hash.get(..16).unwrap_or(&t.output_hash);
             let by: Vec<&str> = t.verified_by.iter().map(|p| p.get(..8).unwrap_or(p)).collect();
-            let error = match t.state() {
-                TaskState::Failed | TaskState::Inconclusive => Reason::of_status(t).to_string(),
-                _ => t.error.clone(),
-            };
+            let error = t.reason().map_or_else(|| t.error.clone(), |why| why.to_string());
             let _ = writeln!(
                 out,
                 "{:>7}  {:<12}  {:<16}  {:<20}  {}",
                 t.index,
-                task_state_name(t.state()),
+                task_state_name(t.state),
                 hash,
                 by.join(","),
                 error

@@ -145,11 +145,11 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&super::status::status_json(&status, false))?);
     } else {
-        if super::status::has_failures(&status) {
+        if status.has_failures() {
             // The reasons are in the task list.
             status = client.status_with_tasks(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         print!("{}", super::status::status_text(&status, false));
     }
-    Ok(if status.state() == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.state == JobState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 pub use self::core::{Change, Core, Detail, JobMeta};
 pub use crate::start::NodeHandle;
 pub use mesh::{MeshState, PeerView};
-pub use submit::{NewJob, SubmitFailure, digest};
+pub use submit::{MAX_ARGS_BYTES, NewJob, SubmitFailure, digest};
 
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};

@@ -52,7 +52,7 @@ pub enum SubmitFailure {
 }
 
 /// Most bytes of argv and environment together.
-const MAX_ARGS_BYTES: usize = 64 << 10;
+pub const MAX_ARGS_BYTES: usize = 64 << 10;
 
 impl Node {
     /// Accepts a job; it is durable when this returns.

@@ -15,7 +15,10 @@ use crate::node::{Change, NewJob, Node, SubmitFailure};
 use crate::store::StoredInput;
 
 /// Most tasks listed in one status reply; larger jobs are read with Results.
-const MAX_TASK_LIST: u32 = 100_000;
+pub(crate) const MAX_TASK_LIST: u32 = 100_000;
+/// Most jobs one List reply holds, and how many when the request says 0.
+pub(crate) const MAX_LIST: u32 = 1000;
+const DEFAULT_LIST: u32 = 100;
 /// Results read from the store per round.
 const RESULTS_CHUNK: usize = 256;
 /// Messages buffered per stream before the sender waits for the client.
@@ -334,8 +337,8 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let limit = match req.into_inner().limit {
-            0 => 100,
-            n => n.min(1000),
+            0 => DEFAULT_LIST,
+            n => n.min(MAX_LIST),
         } as usize;
         let core = self.node.core();
         let mut views: Vec<_> = core.jobs.keys().filter_map(|id| core.coord.job(id)).collect();

@@ -32,12 +32,16 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     health.set_serving::<pb::blob_service_server::BlobServiceServer<BlobApi>>().await;
     health.set_serving::<pb::peer_service_server::PeerServiceServer<PeerApi>>().await;
     health.set_serving::<pb::mesh_service_server::MeshServiceServer<mesh::MeshApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| tracing::error!("reflection disabled: {e}"))
-        .ok();
+    // Both versions of reflection: v1alpha is all that Python's grpcio-reflection and older
+    // grpcurl ask for.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| tracing::error!("reflection v1 disabled: {e}")).ok();
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| tracing::error!("reflection v1alpha disabled: {e}")).ok();
     let jobs = pb::job_service_server::JobServiceServer::new(JobApi::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -51,7 +55,8 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(health_service)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(jobs)
         .add_service(blobs)
         .add_service(peers)

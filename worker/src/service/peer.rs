@@ -31,6 +31,26 @@ pub fn info(node: &Node, addr: &str) -> pb::PeerInfo {
         features: vec!["abi-v1".into(), "wasi-p1".into()],
         jobs: node.core().jobs.len() as u32,
         uptime_ms: node.uptime().as_millis() as u64,
+        caps: Some(caps(node)),
+    }
+}
+
+/// This peer's bounds, so a client learns them before a request is refused.
+fn caps(node: &Node) -> pb::PeerCaps {
+    let config = node.config();
+    let limits = |l: spare_protocol::Limits| crate::wire::convert::limits_pb(&l);
+    pb::PeerCaps {
+        max_message_bytes: crate::wire::MAX_MESSAGE_BYTES as u64,
+        max_module_bytes: config.max_module_bytes as u64,
+        max_blob_bytes: config.max_blob_bytes,
+        max_tasks: config.caps.max_tasks,
+        max_quorum: config.caps.max_quorum,
+        max_replicas: config.caps.max_replicas,
+        max_limits: Some(limits(config.caps.limits)),
+        default_limits: Some(limits(spare_protocol::Limits::default())),
+        max_args_bytes: crate::node::MAX_ARGS_BYTES as u64,
+        max_task_list: super::job::MAX_TASK_LIST,
+        max_list: super::job::MAX_LIST,
     }
 }
 
@@ -72,6 +92,7 @@ impl pb::peer_service_server::PeerService for PeerApi {
                     features: Vec::new(),
                     jobs: 0,
                     uptime_ms: 0,
+                    caps: None,
                 }
             })
             .collect();

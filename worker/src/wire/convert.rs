@@ -41,18 +41,18 @@ pub fn policy_pb(p: &Policy) -> pb::Policy {
     pb::Policy {
         quorum: p.quorum,
         max_replicas: p.max_replicas,
-        limits: Some(pb::Limits {
-            memory_bytes: p.limits.memory_bytes,
-            fuel: p.limits.fuel,
-            timeout_ms: p.limits.timeout_ms,
-            output_bytes: p.limits.output_bytes,
-        }),
+        limits: Some(limits_pb(&p.limits)),
         priority: p.priority,
         adaptive: p.adaptive.map(|a| pb::Adaptive {
             min_agreed: a.min_agreed,
             spot_check_per_mille: Some(a.spot_check_per_mille),
         }),
     }
+}
+
+/// Task limits as the API shows them.
+pub fn limits_pb(l: &Limits) -> pb::Limits {
+    pb::Limits { memory_bytes: l.memory_bytes, fuel: l.fuel, timeout_ms: l.timeout_ms, output_bytes: l.output_bytes }
 }
 
 /// Parses a hex id, or says which field is wrong.

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use spare_protocol::{BlobId, JobId, Limits, Outcome};
 use spare_peer::sandbox::{
-    RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space, task_seed,
+    Metering, RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space,
+    task_seed,
 };
 use wasmtime::{Engine, Linker, Module, Store};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -135,7 +136,7 @@ struct Instrument {
 /// wasmtime-wasi (in-memory stdio): what each way of enforcing limits costs on its own.
 fn bare_case(name: &str, wasm: &[u8], input: Vec<u8>, inst: Instrument, samples: usize) -> Case {
     let base = SandboxConfig { slots: 1, ..Default::default() };
-    let mut config = engine_config(&base, false);
+    let mut config = engine_config(&base, Metering::Deadline);
     config
         .consume_fuel(inst.fuel)
         .epoch_interruption(inst.epoch)

@@ -333,31 +333,33 @@ fn fueled_pre(inner: &Inner, id: BlobId, compiled: &Compiled) -> Result<Instance
 /// One run with panics turned into errors.
 fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxError> {
     let compiled = inner.cache.get(&req.module).ok_or(SandboxError::NotPrepared(req.module))?;
-    let started = std::time::Instant::now();
-    let (flavour, pre) = match Metering::of(&req.limits) {
-        Metering::Deadline => (&inner.deadline, compiled.deadline.clone()),
-        Metering::FuelAndDeadline => match fueled_pre(inner, req.module, &compiled) {
-            Ok(pre) => (&inner.fueled, pre),
-            Err(e) => {
-                return Ok(RunReport {
-                    outcome: RunOutcome::Invalid(e),
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    fuel_used: 0,
-                    elapsed: started.elapsed(),
-                });
-            }
-        },
-    };
-    catch_unwind(AssertUnwindSafe(|| run::run_one(flavour, &pre, req, inner.config.stderr_bytes)))
-        .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
-            Err(SandboxError::Panicked(msg))
-        })
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let started = std::time::Instant::now();
+        let (flavour, pre) = match Metering::of(&req.limits) {
+            Metering::Deadline => (&inner.deadline, compiled.deadline.clone()),
+            Metering::FuelAndDeadline => match fueled_pre(inner, req.module, &compiled) {
+                Ok(pre) => (&inner.fueled, pre),
+                Err(e) => {
+                    return Ok(RunReport {
+                        outcome: RunOutcome::Invalid(e),
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                        fuel_used: 0,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            },
+        };
+        run::run_one(flavour, &pre, req, inner.config.stderr_bytes)
+    }));
+    ran.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        Err(SandboxError::Panicked(msg))
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Linear memory a task may grow to, in bytes.
     pub memory_bytes: u64,
-    /// Deterministic instruction budget.
+    /// Deterministic instruction budget (`--fuel`). [`Limits::NO_FUEL_BUDGET`], the default,
+    /// is none: only the wall deadline stops a task, and its code runs without fuel metering.
     pub fuel: u64,
     /// Wall-clock deadline per replica, in milliseconds (not deterministic: a miss is retried).
     pub timeout_ms: u64,
@@ -54,11 +55,24 @@ impl Adaptive {
     pub const DEFAULT_SPOT_CHECK_PER_MILLE: u32 = 100;
 }
 
+impl Limits {
+    /// `fuel` meaning "no budget": more instructions than any task runs within the longest
+    /// timeout a peer accepts, so a run with it can only end by itself or by its deadline.
+    /// It is also the cap ([`PolicyCaps`]), so no job asks for more.
+    pub const NO_FUEL_BUDGET: u64 = u64::MAX / 2;
+
+    /// Whether the job set a deterministic instruction budget: its tasks then run with fuel
+    /// metering (and can end `out_of_fuel`); otherwise without it, at full speed.
+    pub fn has_fuel_budget(&self) -> bool {
+        self.fuel < Self::NO_FUEL_BUDGET
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: 256 << 20,
-            fuel: 100_000_000_000,
+            fuel: Limits::NO_FUEL_BUDGET,
             timeout_ms: 60_000,
             output_bytes: 16 << 20,
         }
@@ -91,7 +105,7 @@ impl Default for PolicyCaps {
             max_replicas: 32,
             limits: Limits {
                 memory_bytes: 4 << 30,
-                fuel: u64::MAX / 2,
+                fuel: Limits::NO_FUEL_BUDGET,
                 timeout_ms: 24 * 3600 * 1000,
                 output_bytes: 64 << 20,
             },

@@ -1,79 +1,103 @@
-//! Sandbox cost figures, printed as a table (`cargo bench -p spare-peer --bench sandbox`).
+//! Sandbox cost figures, printed as tables (`cargo bench -p spare-peer --bench sandbox`).
 //!
-//! - the fixed cost of one task: `prepare` (cached) + instantiate + run, for a WAT module that
-//!   just returns and for the `empty` example guest;
-//! - what fuel and epoch interruption cost on a tight `f64` loop: the sandbox's engine against
-//!   the same engine configuration without them (and each alone), with a native baseline;
-//! - each example guest's kernel natively, as plain wasm, and through the sandbox.
+//! - the fixed cost of one task: `prepare` (cached) + instantiate + run + collect, for a WAT
+//!   module that just returns and for the `empty` example guest, with the default limits and
+//!   with a fuel budget;
+//! - per example kernel (and a tight `f64` loop): the same Rust natively, through the sandbox
+//!   with a job's default limits (a wall deadline) and with a `--fuel` budget, and the ratios;
+//! - the designs measured for limits: each kernel on a bare engine with the sandbox's
+//!   configuration and no limits, epoch checks, fuel, both, and without NaN canonicalization.
 //!
-//! Figures are medians over repeated runs. Add a case by pushing a [`Case`] in `main`.
+//! Figures are the least of repeated runs, in CPU time of the calling thread (see [`Clock`]). Add a kernel by pushing a [`Kernel`] in `main`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spare_protocol::{BlobId, JobId, Limits, Outcome};
 use spare_peer::sandbox::{
-    RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space, task_seed,
+    Metering, RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space,
+    task_seed,
 };
-use wasmtime::{Engine, Instance, Module, Store};
+use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 /// One measured case: a name, how many samples, and a closure timing one sample.
 struct Case {
     name: String,
     samples: usize,
     sample: Box<dyn FnMut() -> Duration>,
-    /// Name of the case this one is compared to (ratio column), if any.
-    baseline: Option<String>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The least of the samples: other programs can only slow a run down (caches), never speed it up.
+fn least(v: Vec<Duration>) -> Duration {
+    v.into_iter().min().unwrap_or_default()
 }
 
-fn limits() -> Limits {
-    Limits { memory_bytes: 64 << 20, fuel: u64::MAX / 2, timeout_ms: 600_000, output_bytes: 1 << 20 }
-}
+/// CPU time of the calling thread. Every case runs on the calling thread (natively, through
+/// `run_blocking`, or on a bare engine), and the machines these run on are shared with other
+/// builds: wall time there counts the time other processes had the CPU, thread time does not.
+#[derive(Clone, Copy)]
+struct Clock(Duration);
 
-fn request(module: BlobId) -> RunRequest {
-    RunRequest {
-        module,
-        input: Vec::new(),
-        args: Vec::new(),
-        env: Vec::new(),
-        limits: limits(),
-        seed: task_seed(&JobId([0; 32]), 0),
+impl Clock {
+    fn now() -> Clock {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        Clock(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    fn elapsed(self) -> Duration {
+        Clock::now().0.saturating_sub(self.0)
     }
 }
 
-/// prepare (already cached) + instantiate + run of `wasm`, on the calling thread.
-fn task_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, samples: usize) -> Case {
-    sandboxed_case(sb, name, wasm, Vec::new(), samples)
+/// A deterministic budget far above what any case here uses: what `--fuel` turns on.
+const FUEL_BUDGET: u64 = 100_000_000_000;
+
+/// A job's default limits (what `spare submit` gives without `--fuel`).
+fn default_limits() -> Limits {
+    Limits::default()
 }
 
-/// Like [`task_case`], with stdin.
-fn sandboxed_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, input: Vec<u8>, samples: usize) -> Case {
+/// The default limits plus a `--fuel` budget.
+fn fuel_limits() -> Limits {
+    Limits { fuel: FUEL_BUDGET, ..Limits::default() }
+}
+
+/// prepare (already cached) + instantiate + run + collect of `wasm` with `input` and `limits`,
+/// on the calling thread.
+fn sandboxed_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, input: Vec<u8>, limits: Limits, samples: usize) -> Case {
     let sb = sb.clone();
     let id = BlobId::of(&wasm);
     sb.prepare(id, &wasm).expect("prepare");
-    let req = RunRequest { input, ..request(id) };
+    let req = RunRequest {
+        module: id,
+        input,
+        args: Vec::new(),
+        env: Vec::new(),
+        limits,
+        seed: task_seed(&JobId([0; 32]), 0),
+    };
     Case {
         name: name.into(),
         samples,
         sample: Box::new(move || {
-            let t = Instant::now();
+            let t = Clock::now();
             sb.prepare(id, &wasm).expect("prepare");
             let r = sb.run_blocking(&req).expect("run");
             let d = t.elapsed();
             assert!(matches!(r.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. }), "{r:?}");
             d
         }),
-        baseline: None,
     }
 }
 
-/// A tight f64 loop (`ITERS` multiply-adds), in WAT: exported `_start` and `result`.
+/// A tight f64 loop (`ITERS` multiply-adds), in WAT: exported `_start`, the result in a global.
 const ITERS: u64 = 50_000_000;
 
 fn f64_loop_wat() -> String {
@@ -90,69 +114,34 @@ fn f64_loop_wat() -> String {
     )
 }
 
-fn native_f64_loop() -> f64 {
+fn native_f64_loop(_: &[u8]) -> Result<Vec<u8>, String> {
     let mut x = black_box(0.5f64);
     let mut i = 0u64;
     while i < black_box(ITERS) {
         x = x * 0.999_999 + 0.000_001;
         i += 1;
     }
-    x
+    Ok(x.to_le_bytes().to_vec())
 }
 
+/// What a bare engine instruments.
 #[derive(Clone, Copy)]
-enum Metering {
-    None,
-    Fuel,
-    Epoch,
-    Both,
+struct Instrument {
+    fuel: bool,
+    epoch: bool,
+    nan_canonicalization: bool,
 }
 
-/// The f64 loop on a bare wasmtime engine with the sandbox's configuration and the given
-/// metering (no WASI: the module imports nothing).
-fn engine_case(name: &str, metering: Metering, samples: usize) -> Case {
+/// A guest on a bare engine with the sandbox's configuration and `inst`, and plain
+/// wasmtime-wasi (in-memory stdio): what each way of enforcing limits costs on its own.
+fn bare_case(name: &str, wasm: &[u8], input: Vec<u8>, inst: Instrument, samples: usize) -> Case {
     let base = SandboxConfig { slots: 1, ..Default::default() };
-    let mut config = engine_config(&base, false);
-    let (fuel, epoch) = match metering {
-        Metering::None => (false, false),
-        Metering::Fuel => (true, false),
-        Metering::Epoch => (false, true),
-        Metering::Both => (true, true),
-    };
-    config.consume_fuel(fuel).epoch_interruption(epoch);
+    let mut config = engine_config(&base, Metering::Deadline);
+    config
+        .consume_fuel(inst.fuel)
+        .epoch_interruption(inst.epoch)
+        .cranelift_nan_canonicalization(inst.nan_canonicalization);
     let engine = Engine::new(&config).expect("engine");
-    let module = Module::new(&engine, wat::parse_str(f64_loop_wat()).expect("wat")).expect("compile");
-    Case {
-        name: name.into(),
-        samples,
-        sample: Box::new(move || {
-            let mut store = Store::new(&engine, ());
-            if fuel {
-                store.set_fuel(u64::MAX / 2).expect("fuel");
-            }
-            if epoch {
-                store.set_epoch_deadline(u64::MAX / 2);
-            }
-            let t = Instant::now();
-            let instance = Instance::new(&mut store, &module, &[]).expect("instantiate");
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start").expect("_start");
-            start.call(&mut store, ()).expect("run");
-            t.elapsed()
-        }),
-        baseline: Some("f64 loop: wasm, no fuel/epoch".into()),
-    }
-}
-
-/// A WASI guest on a bare engine with the sandbox's configuration minus fuel and epochs, and
-/// plain wasmtime-wasi (in-memory stdio): what the guest costs without the sandbox's metering.
-fn unmetered_guest_case(name: &str, wasm: &[u8], input: Vec<u8>, samples: usize) -> Case {
-    use wasmtime::Linker;
-    use wasmtime_wasi::WasiCtxBuilder;
-    use wasmtime_wasi::p1::WasiP1Ctx;
-    use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-
-    let base = SandboxConfig { slots: 1, ..Default::default() };
-    let engine = Engine::new(&engine_config(&base, false)).expect("engine");
     let module = Module::new(&engine, wasm).expect("compile");
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).expect("linker");
@@ -161,12 +150,18 @@ fn unmetered_guest_case(name: &str, wasm: &[u8], input: Vec<u8>, samples: usize)
         name: name.into(),
         samples,
         sample: Box::new(move || {
-            let t = Instant::now();
+            let t = Clock::now();
             let ctx = WasiCtxBuilder::new()
                 .stdin(MemoryInputPipe::new(input.clone()))
                 .stdout(MemoryOutputPipe::new(64 << 20))
                 .build_p1();
             let mut store = Store::new(&engine, ctx);
+            if inst.fuel {
+                store.set_fuel(u64::MAX / 2).expect("fuel");
+            }
+            if inst.epoch {
+                store.set_epoch_deadline(u64::MAX / 2);
+            }
             let instance = pre.instantiate(&mut store).expect("instantiate");
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start").expect("_start");
             if let Err(e) = start.call(&mut store, ()) {
@@ -175,7 +170,6 @@ fn unmetered_guest_case(name: &str, wasm: &[u8], input: Vec<u8>, samples: usize)
             }
             t.elapsed()
         }),
-        baseline: None,
     }
 }
 
@@ -194,9 +188,40 @@ fn vm_size() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Runs a case: warm-up (first instantiation of a pool slot, page faults, caches), then the
+/// least of its samples.
+fn measure(mut case: Case) -> (String, Duration) {
+    let warmup = (case.samples / 10).clamp(1, 100);
+    for _ in 0..warmup {
+        (case.sample)();
+    }
+    let times: Vec<Duration> = (0..case.samples).map(|_| (case.sample)()).collect();
+    (case.name, least(times))
+}
+
+type KernelFn = fn(&[u8]) -> Result<Vec<u8>, String>;
+
+/// An example kernel: its wasm, its input, and the same code natively.
+struct Kernel {
+    name: &'static str,
+    wasm: Vec<u8>,
+    input: Vec<u8>,
+    native: KernelFn,
+    samples: usize,
+}
+
+/// The rows of the designs table: what each bare engine instruments.
+const DESIGNS: [(&str, Instrument); 5] = [
+    ("no limits", Instrument { fuel: false, epoch: false, nan_canonicalization: true }),
+    ("epoch checks", Instrument { fuel: false, epoch: true, nan_canonicalization: true }),
+    ("fuel", Instrument { fuel: true, epoch: false, nan_canonicalization: true }),
+    ("fuel + epoch", Instrument { fuel: true, epoch: true, nan_canonicalization: true }),
+    ("no limits, no NaN canon.", Instrument { fuel: false, epoch: false, nan_canonicalization: false }),
+];
+
 fn main() {
     let config = SandboxConfig { slots: 1, ..Default::default() };
-    // Measured address-space reservation of whole sandboxes (engine, pool, threads).
+    // Measured address-space reservation of whole sandboxes (engines, pools, threads).
     let measured: Vec<(usize, Option<u64>)> = [1usize, 4]
         .into_iter()
         .map(|slots| {
@@ -209,78 +234,8 @@ fn main() {
         .collect();
     let sb = Sandbox::new(config.clone()).expect("sandbox");
 
-    let mut cases = vec![task_case(
-        &sb,
-        "task: trivial WAT (prepare+instantiate+run)",
-        wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat"),
-        3000,
-    )];
-    cases.push(task_case(&sb, "task: empty guest (prepare+instantiate+run)", example("empty"), 3000));
-    cases.push(Case {
-        name: "f64 loop: native".into(),
-        samples: 7,
-        sample: Box::new(|| {
-            let t = Instant::now();
-            black_box(native_f64_loop());
-            t.elapsed()
-        }),
-        baseline: Some("f64 loop: wasm, no fuel/epoch".into()),
-    });
-    cases.push(engine_case("f64 loop: wasm, no fuel/epoch", Metering::None, 7));
-    cases.push(engine_case("f64 loop: wasm, epoch only", Metering::Epoch, 7));
-    cases.push(engine_case("f64 loop: wasm, fuel only", Metering::Fuel, 7));
-    cases.push(engine_case("f64 loop: wasm, fuel + epoch", Metering::Both, 7));
-    {
-        // The same loop through the whole sandbox (WASI context, limiter, pool-sized engine).
-        let mut c =
-            task_case(&sb, "f64 loop: sandbox run_blocking", wat::parse_str(f64_loop_wat()).expect("wat"), 7);
-        c.baseline = Some("f64 loop: wasm, no fuel/epoch".into());
-        cases.push(c);
-    }
-
-    // The example guests: the same Rust kernel natively, as plain wasm, and through the sandbox
-    // (fuel, epochs, limiter, WASI), both wasm figures compared with native.
-    type Kernel = fn(&[u8]) -> Result<Vec<u8>, String>;
-    let guests: [(&str, &[u8], Kernel); 3] = [
-        ("primes", b"0 20000000\n", spare_example_primes::task),
-        ("mandelbrot", b"-2 1.5 1 -1.5 800 600 1000", spare_example_mandelbrot::task),
-        ("sha256", b"1000000\nspare\n", spare_example_sha256::task),
-    ];
-    for (guest, input, kernel) in guests {
-        let wasm = example(guest);
-        let native = format!("{guest}: native");
-        let owned = input.to_vec();
-        cases.push(Case {
-            name: native.clone(),
-            samples: 5,
-            sample: Box::new(move || {
-                let t = Instant::now();
-                black_box(kernel(black_box(&owned)).expect("kernel accepts its input"));
-                t.elapsed()
-            }),
-            baseline: None,
-        });
-        let mut plain = unmetered_guest_case(&format!("{guest}: wasm, no fuel/epoch"), &wasm, input.to_vec(), 5);
-        plain.baseline = Some(native.clone());
-        cases.push(plain);
-        let mut c = sandboxed_case(&sb, &format!("{guest}: sandbox"), wasm, input.to_vec(), 5);
-        c.baseline = Some(native);
-        cases.push(c);
-    }
-
-    let mut results: Vec<(String, Duration, Option<String>)> = Vec::new();
-    for case in &mut cases {
-        // Warm up (first instantiation of a pool slot, page faults, caches).
-        let warmup = (case.samples / 10).clamp(1, 100);
-        for _ in 0..warmup {
-            (case.sample)();
-        }
-        let times: Vec<Duration> = (0..case.samples).map(|_| (case.sample)()).collect();
-        results.push((case.name.clone(), median(times), case.baseline.clone()));
-    }
-
     println!();
-    println!("sandbox benchmark ({} f64 iterations per loop run; medians)", ITERS);
+    println!("sandbox benchmark (least of repeated runs, thread CPU time; release build)");
     for (slots, vm) in &measured {
         let computed = reserved_address_space(&SandboxConfig { slots: *slots, ..config.clone() });
         let vm = vm.map_or("n/a".to_string(), |v| format!("{:.2} GiB", gib(v)));
@@ -289,17 +244,110 @@ fn main() {
             gib(computed)
         );
     }
+
+    // The fixed cost of one task.
+    let trivial = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
+    let empty = example("empty");
+    let fixed = [
+        sandboxed_case(&sb, "trivial WAT module, default limits", trivial.clone(), Vec::new(), default_limits(), 3000),
+        sandboxed_case(&sb, "trivial WAT module, --fuel budget", trivial, Vec::new(), fuel_limits(), 3000),
+        sandboxed_case(&sb, "empty guest, default limits", empty.clone(), Vec::new(), default_limits(), 3000),
+        sandboxed_case(&sb, "empty guest, --fuel budget", empty, Vec::new(), fuel_limits(), 3000),
+    ];
     println!();
-    println!("| case | median | vs baseline |");
-    println!("| --- | ---: | ---: |");
-    for (name, d, base) in &results {
-        let ratio = base
-            .as_ref()
-            .and_then(|b| results.iter().find(|(n, ..)| n == b))
-            .map(|(_, bd, _)| format!("{:.2}x", d.as_secs_f64() / bd.as_secs_f64()))
-            .unwrap_or_default();
-        println!("| {name} | {} | {ratio} |", fmt(*d));
+    println!("| one task: prepare (cached) + instantiate + run + collect | time |");
+    println!("| --- | ---: |");
+    for case in fixed {
+        let (name, d) = measure(case);
+        println!("| {name} | {} |", fmt(d));
     }
+
+    let kernels = vec![
+        Kernel {
+            name: "primes 0..2e7",
+            wasm: example("primes"),
+            input: b"0 20000000\n".to_vec(),
+            native: spare_example_primes::task,
+            samples: 15,
+        },
+        Kernel {
+            name: "mandelbrot 800x600x1000",
+            wasm: example("mandelbrot"),
+            input: b"-2 1.5 1 -1.5 800 600 1000".to_vec(),
+            native: spare_example_mandelbrot::task,
+            samples: 5,
+        },
+        Kernel {
+            name: "sha256 1e6 rounds",
+            wasm: example("sha256"),
+            input: b"1000000\nspare\n".to_vec(),
+            native: spare_example_sha256::task,
+            samples: 5,
+        },
+        Kernel {
+            name: "tight f64 loop 5e7",
+            wasm: wat::parse_str(f64_loop_wat()).expect("wat"),
+            input: Vec::new(),
+            native: native_f64_loop,
+            samples: 7,
+        },
+    ];
+
+    // Per kernel: native, the sandbox with the default limits and with a fuel budget.
+    let mut designs: Vec<(&str, Duration, Vec<Duration>)> = Vec::new();
+    println!();
+    println!("| kernel | native | sandbox, default limits | ratio | sandbox, --fuel budget | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for k in &kernels {
+        let (input, native_fn) = (k.input.clone(), k.native);
+        let (_, native) = measure(Case {
+            name: "native".into(),
+            samples: k.samples,
+            sample: Box::new(move || {
+                let t = Clock::now();
+                black_box(native_fn(black_box(&input)).expect("kernel accepts its input"));
+                t.elapsed()
+            }),
+        });
+        let (_, limited) =
+            measure(sandboxed_case(&sb, "default", k.wasm.clone(), k.input.clone(), default_limits(), k.samples));
+        let (_, fueled) =
+            measure(sandboxed_case(&sb, "fuel", k.wasm.clone(), k.input.clone(), fuel_limits(), k.samples));
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            k.name,
+            fmt(native),
+            fmt(limited),
+            ratio(limited, native),
+            fmt(fueled),
+            ratio(fueled, native)
+        );
+        let bare = DESIGNS
+            .iter()
+            .map(|(what, inst)| measure(bare_case(what, &k.wasm, k.input.clone(), *inst, k.samples)).1)
+            .collect();
+        designs.push((k.name, native, bare));
+    }
+
+    // What each way of enforcing limits costs, on a bare engine (no sandbox around it).
+    println!();
+    print!("| kernel on a bare engine, vs native |");
+    for (what, _) in DESIGNS {
+        print!(" {what} |");
+    }
+    println!();
+    println!("| --- |{}", " ---: |".repeat(DESIGNS.len()));
+    for (name, native, bare) in &designs {
+        print!("| {name} |");
+        for d in bare {
+            print!(" {} ({}) |", fmt(*d), ratio(*d, *native));
+        }
+        println!();
+    }
+}
+
+fn ratio(d: Duration, base: Duration) -> String {
+    format!("{:.2}x", d.as_secs_f64() / base.as_secs_f64())
 }
 
 fn gib(b: u64) -> f64 {
@@ -307,9 +355,9 @@ fn gib(b: u64) -> f64 {
 }
 
 fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(10) {
+    if d < Duration::from_millis(1) {
         format!("{:.1} µs", d.as_secs_f64() * 1e6)
     } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
     }
 }

@@ -616,6 +616,29 @@ fn runs_are_identical_across_runs_and_sandboxes() {
     assert_eq!(&r1.stdout[12..20], &0x7ff8_0000_0000_0000u64.to_le_bytes());
 }
 
+/// A job without a fuel budget runs on the engine without fuel metering: the same bytes as a
+/// metered run, on every sandbox, with no fuel counted.
+#[test]
+fn runs_without_a_fuel_budget_are_unmetered_and_identical() {
+    let wat = compute_module();
+    let a = sandbox();
+    let b = sandbox();
+    let id = prepare(&a, &wat);
+    prepare(&b, &wat);
+    let unmetered = RunRequest { limits: Limits { fuel: Limits::NO_FUEL_BUDGET, ..limits() }, ..request(id) };
+    assert!(!unmetered.limits.has_fuel_budget());
+    let metered = run(&a, &request(id));
+    assert!(metered.fuel_used > 0);
+    for r in [run(&a, &unmetered), run(&b, &unmetered), run(&a, &unmetered)] {
+        assert_eq!(outcome(&r), Outcome::Exited(0), "{r:?}");
+        assert_eq!(r.stdout, metered.stdout);
+        assert_eq!(r.result_key(), metered.result_key());
+        assert_eq!(r.fuel_used, 0);
+    }
+    // A job's default limits have no fuel budget.
+    assert!(!Limits::default().has_fuel_budget());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pool
 

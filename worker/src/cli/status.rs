@@ -145,7 +145,7 @@ pub fn status_text(s: &JobStatus, with_tasks: bool) -> String {
             "policy quorum {}, at most {} replicas; per task: fuel {}, memory {}, timeout {}, output {}",
             p.quorum,
             p.max_replicas,
-            l.fuel,
+            if l.fuel >= spare_protocol::Limits::NO_FUEL_BUDGET { "none".to_string() } else { l.fuel.to_string() },
             show_size(l.memory_bytes),
             show_duration(std::time::Duration::from_millis(l.timeout_ms)),
             show_size(l.output_bytes)

@@ -33,6 +33,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     max_replicas: Option<u32>,
     /// Instruction budget per task (deterministic; running out is a result), e.g. 50_000_000_000.
+    /// Without it only --timeout stops a task, and tasks run faster (no fuel metering).
     #[arg(long, value_parser = super::units::fuel, allow_negative_numbers = true)]
     fuel: Option<u64>,
     /// Memory limit per task, e.g. 256MiB (checked against what the module starts with).

@@ -1,6 +1,7 @@
 //! Compiled modules: a bounded in-memory cache of `InstancePre`s (least recently used out
 //! first), and an on-disk cache of serialized compiled modules, so that each module is compiled
-//! once per peer, not once per process.
+//! once per peer, not once per process. Each engine ([`Metering`](super::Metering)) has its
+//! own compiled form and its own file name, so the two never mix.
 //!
 //! Disk format: `<cache_dir>/<blob hex>-<engine hash>.cwasm`, holding `Module::serialize()`
 //! followed by the 32-byte BLAKE3 of those bytes. Files are written to a temporary name and
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use spare_protocol::BlobId;
 use wasmtime::{Engine, InstancePre, Module};
@@ -20,20 +21,38 @@ use super::run::StoreData;
 
 /// A module ready to instantiate.
 pub(crate) struct Compiled {
-    pub(crate) pre: InstancePre<StoreData>,
+    /// For runs without a fuel budget (most jobs): compiled by `prepare`.
+    pub(crate) deadline: InstancePre<StoreData>,
+    /// For runs with a fuel budget: compiled on the first such run.
+    pub(crate) fueled: OnceLock<InstancePre<StoreData>>,
+    /// The module's bytes, kept until `fueled` is made from them.
+    wasm: Mutex<Option<Arc<[u8]>>>,
     /// The most bytes a memory the module defines starts with (`initial_memory_bytes`).
     pub(crate) initial_memory: u64,
     last_used: AtomicU64,
 }
 
-/// Modules prepared in this process, plus the disk cache behind them.
+impl Compiled {
+    /// The module's bytes, while the fuel-metered form is not made yet.
+    pub(crate) fn wasm(&self) -> Option<Arc<[u8]>> {
+        lock(&self.wasm).clone()
+    }
+
+    /// Records the fuel-metered form and lets the bytes go.
+    pub(crate) fn set_fueled(&self, pre: InstancePre<StoreData>) -> &InstancePre<StoreData> {
+        let pre = self.fueled.get_or_init(|| pre);
+        *lock(&self.wasm) = None;
+        pre
+    }
+}
+
+/// Modules prepared in this process.
 pub(crate) struct ModuleCache {
     map: RwLock<HashMap<BlobId, Arc<Compiled>>>,
     clock: AtomicU64,
     capacity: usize,
     /// One lock per module being prepared, so concurrent `prepare`s of one module compile once.
     inflight: Mutex<HashMap<BlobId, Arc<Mutex<()>>>>,
-    pub(crate) disk: Option<DiskCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,13 +60,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ModuleCache {
-    pub(crate) fn new(capacity: usize, disk: Option<DiskCache>) -> ModuleCache {
+    pub(crate) fn new(capacity: usize) -> ModuleCache {
         ModuleCache {
             map: RwLock::new(HashMap::new()),
             clock: AtomicU64::new(0),
             capacity: capacity.max(1),
             inflight: Mutex::new(HashMap::new()),
-            disk,
         }
     }
 
@@ -65,10 +83,17 @@ impl ModuleCache {
 
     /// Adds a prepared module, evicting the least recently used beyond capacity. Evicted modules
     /// stay alive while runs use them; a later `prepare` reloads them from disk.
-    pub(crate) fn insert(&self, id: BlobId, pre: InstancePre<StoreData>, initial_memory: u64) {
+    pub(crate) fn insert(&self, id: BlobId, deadline: InstancePre<StoreData>, wasm: &[u8], initial_memory: u64) {
         let used = self.clock.fetch_add(1, Ordering::Relaxed);
+        let compiled = Compiled {
+            deadline,
+            fueled: OnceLock::new(),
+            wasm: Mutex::new(Some(Arc::from(wasm))),
+            initial_memory,
+            last_used: AtomicU64::new(used),
+        };
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(id, Arc::new(Compiled { pre, initial_memory, last_used: AtomicU64::new(used) }));
+        map.insert(id, Arc::new(compiled));
         while map.len() > self.capacity {
             let oldest = map.iter().min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed)).map(|(k, _)| *k);
             match oldest {

@@ -2,12 +2,18 @@
 //! to the peer's slots), the engine compatibility hash that names cached compiled modules, and
 //! the epoch ticker thread behind wall deadlines.
 //!
+//! A sandbox has two engines ([`Metering`]): one without fuel metering, for jobs with only a wall
+//! deadline (the default), and one with it, for jobs that set a deterministic budget
+//! (`--fuel`). Fuel is compiled into the code (a counter updated in every basic block), so the
+//! two cannot share compiled modules; the deadline is an epoch check in both.
+//!
 //! Address space: with `n = slots + 2`, the pool reserves per engine `n` linear-memory slots of
 //! `memory_reservation` (4 GiB, or `max_memory_bytes` if larger) plus a 32 MiB guard each,
 //! `n * MAX_TABLES_PER_MODULE` tables of `TABLE_ELEMENTS` pointers (8 MiB each) and `n` fiber
 //! stacks of 2 MiB (never used). All of it is inaccessible or untouched until used, so it costs
-//! address space, not memory: about 12.2 GiB for 1 slot, 16.2 GiB for 2, 24.3 GiB for 4
-//! ([`reserved_address_space`]; wasmtime's defaults would reserve about 4 TiB). The 4 GiB
+//! address space, not memory: about 12.2 GiB per engine for 1 slot, 16.2 GiB for 2, 24.3 GiB
+//! for 4, twice that for the sandbox's two engines ([`reserved_address_space`]; wasmtime's
+//! defaults would reserve about 4 TiB per engine). The 4 GiB
 //! reservation is kept because it lets Cranelift drop bounds checks on 32-bit memories, which
 //! is much of the speed of sandboxed code.
 
@@ -47,6 +53,38 @@ const ASYNC_STACK: u64 = 2 << 20;
 /// so that cached compiled modules of an older sandbox are never loaded.
 const SANDBOX_ABI_VERSION: &str = "spare.v1 sandbox abi 1";
 
+/// Which of the sandbox's two engines: what its compiled code counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metering {
+    /// Epoch checks only (the wall deadline): jobs without a fuel budget.
+    Deadline,
+    /// Fuel and epoch checks: jobs with a deterministic budget (`--fuel`).
+    FuelAndDeadline,
+}
+
+impl Metering {
+    /// Both, in a fixed order.
+    pub const ALL: [Metering; 2] = [Metering::Deadline, Metering::FuelAndDeadline];
+
+    /// The engine a run with `limits` needs.
+    pub fn of(limits: &spare_protocol::Limits) -> Metering {
+        if limits.has_fuel_budget() { Metering::FuelAndDeadline } else { Metering::Deadline }
+    }
+
+    /// Whether the engine's code counts fuel.
+    pub fn fuel(self) -> bool {
+        matches!(self, Metering::FuelAndDeadline)
+    }
+
+    /// A short name, part of the disk cache's file names.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Metering::Deadline => "deadline",
+            Metering::FuelAndDeadline => "fuel",
+        }
+    }
+}
+
 /// How many instances (and memories) the pool holds: one per slot plus a little room for
 /// `run_blocking` callers and instances still being torn down.
 pub(crate) fn pool_instances(slots: usize) -> u32 {
@@ -60,21 +98,21 @@ fn memory_reservation(config: &SandboxConfig) -> u64 {
     wanted.div_ceil(1 << 16).saturating_mul(1 << 16)
 }
 
-/// Address space one engine reserves up front, in bytes (see the module docs).
+/// Address space a sandbox (its two engines) reserves up front, in bytes (see the module docs).
 pub fn reserved_address_space(config: &SandboxConfig) -> u64 {
     let n = u64::from(pool_instances(config.slots.max(1)));
     let memories = n * (memory_reservation(config) + MEMORY_GUARD) + MEMORY_GUARD;
     let tables = n * u64::from(MAX_TABLES_PER_MODULE) * (TABLE_ELEMENTS as u64) * 8;
     let stacks = n * (ASYNC_STACK + 4096);
-    memories + tables + stacks
+    (memories + tables + stacks) * Metering::ALL.len() as u64
 }
 
 /// Bytes of each pooled memory kept resident between tasks (reset by memset, not madvise).
 const KEEP_RESIDENT: usize = 4 << 20;
 
-/// The sandbox's engine configuration. `metered` turns fuel and epoch interruption on (the
-/// sandbox always does); benchmarks build an unmetered twin to measure what metering costs.
-pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
+/// The configuration of the sandbox's engine for `metering`. Benchmarks turn its switches
+/// (`consume_fuel`, `epoch_interruption`, NaN canonicalization) to measure what each costs.
+pub fn engine_config(config: &SandboxConfig, metering: Metering) -> Config {
     let slots = config.slots.max(1);
     let n = pool_instances(slots);
     let reservation = memory_reservation(config);
@@ -107,8 +145,8 @@ pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
 
     let mut c = Config::new();
     c.cache(None)
-        .consume_fuel(metered)
-        .epoch_interruption(metered)
+        .consume_fuel(metering.fuel())
+        .epoch_interruption(true)
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true)
         .shared_memory(false)
@@ -140,17 +178,18 @@ pub fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
     c
 }
 
-/// Builds the sandbox's (metered) engine.
-pub(crate) fn build_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
-    Engine::new(&engine_config(config, true)).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+/// Builds the sandbox's engine for `metering`.
+pub(crate) fn build_engine(config: &SandboxConfig, metering: Metering) -> Result<Engine, SandboxError> {
+    Engine::new(&engine_config(config, metering)).map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }
 
 /// A short, stable name of everything that makes a compiled module loadable by this engine:
-/// wasmtime's own compatibility hash plus [`SANDBOX_ABI_VERSION`], through BLAKE3 (std's
-/// hashers are not stable across Rust releases). 16 hex characters.
-pub(crate) fn engine_hash(engine: &Engine) -> String {
+/// wasmtime's own compatibility hash plus [`SANDBOX_ABI_VERSION`] and the metering, through
+/// BLAKE3 (std's hashers are not stable across Rust releases). 16 hex characters.
+pub(crate) fn engine_hash(engine: &Engine, metering: Metering) -> String {
     let mut h = Blake3Hasher(blake3::Hasher::new());
     SANDBOX_ABI_VERSION.hash(&mut h);
+    metering.name().hash(&mut h);
     engine.precompile_compatibility_hash().hash(&mut h);
     let digest = h.0.finalize();
     hex::encode(&digest.as_bytes()[..8])
@@ -169,7 +208,7 @@ impl Hasher for Blake3Hasher {
     }
 }
 
-/// The thread that advances the engine's epoch every [`EPOCH_TICK`]. Stops (and is joined) when
+/// The thread that advances the engines' epochs every [`EPOCH_TICK`]. Stops (and is joined) when
 /// dropped, which happens when the last clone of the `Sandbox` goes.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -177,7 +216,7 @@ pub(crate) struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: Engine) -> Result<EpochTicker, SandboxError> {
+    pub(crate) fn start(engines: Vec<Engine>) -> Result<EpochTicker, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -191,7 +230,9 @@ impl EpochTicker {
                         std::thread::park_timeout(next - now);
                         continue;
                     }
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                     next += EPOCH_TICK;
                     if next < now {
                         // We were descheduled for several ticks: do not burst to catch up.

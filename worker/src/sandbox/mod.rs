@@ -1,11 +1,16 @@
 //! The WebAssembly sandbox (ABI v1): validates, compiles and caches task modules, and runs them
-//! deterministically under fuel, memory, output and wall-time limits on a bounded pool of
-//! threads. Everything a module does ends as a [`RunReport`]; only host problems are errors.
+//! deterministically under memory, output and wall-time limits, and fuel when the job sets a
+//! budget, on a bounded pool of threads. Everything a module does ends as a [`RunReport`]; only
+//! host problems are errors.
 //!
 //! ```text
 //! prepare(id, wasm) ── validate ─┬─ memory cache ── disk cache ── compile ──> InstancePre
 //! run(req) ── bounded queue ── slot thread ── fresh Store + WASI ctx ── _start ──> RunReport
 //! ```
+//!
+//! Fuel metering costs up to ~1.6x on tight loops, so it is compiled only into a second
+//! engine's code, used by runs whose job set a fuel budget; `prepare` compiles for the
+//! deadline-only engine, and the first run with a budget compiles the metered form.
 //!
 //! What a run can observe is a function of the module, the request and the seed only: argv
 //! (`[module hex id] ++ args`), env, stdin, a fixed wall clock (2000-01-01T00:00:00Z), a virtual
@@ -16,6 +21,7 @@ mod cache;
 mod determinism;
 mod engine;
 mod error;
+mod flavour;
 mod limits;
 mod poll;
 mod pool;
@@ -29,16 +35,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spare_protocol::{BlobId, Limits, Outcome, ResultKey};
-use wasmtime::{Engine, Linker, Module};
+use wasmtime::InstancePre;
 
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
-pub use engine::{engine_config, reserved_address_space};
+pub use engine::{Metering, engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
 pub use priority::{Priority, current_priority};
 pub use validate::initial_memory_bytes;
 
-use cache::{DiskCache, Loaded, ModuleCache};
+use cache::{Compiled, ModuleCache};
 use engine::EpochTicker;
+use flavour::Flavour;
 use pool::Pool;
 use run::StoreData;
 use validate::AllowedImports;
@@ -110,7 +117,7 @@ pub struct RunRequest {
     pub args: Vec<String>,
     /// The environment, exactly.
     pub env: Vec<(String, String)>,
-    /// Fuel, memory, wall deadline and stdout cap.
+    /// Fuel (metered only below [`Limits::NO_FUEL_BUDGET`]), memory, wall deadline and stdout cap.
     pub limits: Limits,
     /// Seed of `random_get`: [`task_seed`] of the task.
     pub seed: [u8; 32],
@@ -146,7 +153,8 @@ pub struct RunReport {
     pub stdout: Vec<u8>,
     /// stderr (up to `stderr_bytes`).
     pub stderr: Vec<u8>,
-    /// Fuel given minus fuel left (also on traps). Deterministic.
+    /// Fuel given minus fuel left (also on traps). Deterministic. 0 when the job set no fuel
+    /// budget (its run was not metered).
     pub fuel_used: u64,
     /// Wall time of the run, for metrics (not deterministic).
     pub elapsed: Duration,
@@ -175,8 +183,10 @@ pub enum Prepared {
 }
 
 struct Inner {
-    engine: Engine,
-    linker: Linker<StoreData>,
+    /// The engine of runs without a fuel budget.
+    deadline: Flavour,
+    /// The engine of runs with one.
+    fueled: Flavour,
     allowed: AllowedImports,
     cache: ModuleCache,
     config: SandboxConfig,
@@ -198,34 +208,25 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the engine, the WASI linker, the slot threads and the epoch ticker.
+    /// Builds the two engines and their WASI linkers, the slot threads and the epoch ticker.
     pub fn new(mut config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         config.slots = config.slots.max(1);
         config.queue = config.queue.max(1);
-        let engine = engine::build_engine(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut StoreData| &mut d.wasi)
-            .map_err(|e| SandboxError::Engine(format!("WASI linker: {e:#}")))?;
-        poll::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("poll_oneoff: {e:#}")))?;
-        let allowed = AllowedImports::from_linker(&engine, &linker)?;
-        let disk = match &config.cache_dir {
-            Some(dir) => Some(
-                DiskCache::new(dir, engine::engine_hash(&engine))
-                    .map_err(|e| SandboxError::CacheDir(format!("{}: {e}", dir.display())))?,
-            ),
-            None => None,
-        };
-        let cache = ModuleCache::new(config.cached_modules, disk);
+        let deadline = Flavour::new(&config, Metering::Deadline)?;
+        let fueled = Flavour::new(&config, Metering::FuelAndDeadline)?;
+        let allowed = AllowedImports::from_linker(&deadline.engine, &deadline.linker)?;
+        let cache = ModuleCache::new(config.cached_modules);
         let pool = Pool::start(config.slots, config.queue, config.idle_priority)?;
-        let ticker = EpochTicker::start(engine.clone())?;
+        let ticker = EpochTicker::start(vec![deadline.engine.clone(), fueled.engine.clone()])?;
         Ok(Sandbox {
-            inner: Arc::new(Inner { engine, linker, allowed, cache, config, pool, _ticker: ticker }),
+            inner: Arc::new(Inner { deadline, fueled, allowed, cache, config, pool, _ticker: ticker }),
         })
     }
 
     /// Validates and compiles, once per module per peer: the memory cache, then the disk cache
     /// (keyed by module hash and engine compatibility hash), then a compile. Idempotent.
-    /// `id` must be the BLAKE3 of `wasm`.
+    /// `id` must be the BLAKE3 of `wasm`. Compiles for runs without a fuel budget; the first
+    /// run with one compiles (or loads) the metered form, from bytes kept until then.
     pub fn prepare(&self, id: BlobId, wasm: &[u8]) -> Result<Prepared, ModuleError> {
         let inner = &self.inner;
         if inner.cache.contains(&id) {
@@ -240,25 +241,8 @@ impl Sandbox {
             if inner.cache.contains(&id) {
                 return Ok(Prepared::InMemory);
             }
-            let (module, how) = match inner.cache.disk.as_ref().map(|d| d.load(&inner.engine, &id)) {
-                Some(Loaded::Hit(m)) => (m, Prepared::FromDisk),
-                other => {
-                    if let Some(Loaded::Bad(why)) = other {
-                        tracing::warn!(module = %id.short(), %why, "unusable cached module; recompiling");
-                    }
-                    let m = Module::new(&inner.engine, wasm)
-                        .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-                    if let Some(disk) = &inner.cache.disk
-                        && let Err(why) = disk.store(&id, &m)
-                    {
-                        tracing::warn!(module = %id.short(), %why, "cannot write the module cache");
-                    }
-                    (m, Prepared::Compiled)
-                }
-            };
-            let pre =
-                inner.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-            inner.cache.insert(id, pre, initial_memory_bytes(wasm));
+            let (pre, how) = inner.deadline.load_or_compile(&id, wasm)?;
+            inner.cache.insert(id, pre, wasm, initial_memory_bytes(wasm));
             Ok(how)
         })
     }
@@ -278,7 +262,7 @@ impl Sandbox {
     /// `sock_*`), no imported memories, tables, globals or tags, tables within the sandbox's.
     pub fn validate(&self, wasm: &[u8]) -> Result<(), ModuleError> {
         let inner = &self.inner;
-        validate::validate(&inner.engine, &inner.allowed, wasm, inner.config.max_module_bytes)
+        validate::validate(&inner.deadline.engine, &inner.allowed, wasm, inner.config.max_module_bytes)
     }
 
     /// The WASI preview 1 functions a module may import.
@@ -313,7 +297,7 @@ impl Sandbox {
         self.inner.pool.slots()
     }
 
-    /// Address space the engine reserved up front, in bytes.
+    /// Address space the engines reserved up front, in bytes.
     pub fn reserved_address_space(&self) -> u64 {
         engine::reserved_address_space(&self.inner.config)
     }
@@ -330,18 +314,52 @@ impl Sandbox {
     }
 }
 
+/// The compiled form of `compiled` for the fuel-metered engine, made once.
+fn fueled_pre(inner: &Inner, id: BlobId, compiled: &Compiled) -> Result<InstancePre<StoreData>, ModuleError> {
+    if let Some(pre) = compiled.fueled.get() {
+        return Ok(pre.clone());
+    }
+    inner.cache.with_inflight(id, || {
+        if let Some(pre) = compiled.fueled.get() {
+            return Ok(pre.clone());
+        }
+        // The bytes go only once the metered form is set, which was checked under this lock.
+        let wasm = compiled.wasm().ok_or(ModuleError::NotPrepared(id))?;
+        let (pre, _) = inner.fueled.load_or_compile(&id, &wasm)?;
+        Ok(compiled.set_fueled(pre).clone())
+    })
+}
+
 /// One run with panics turned into errors.
 fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxError> {
     let compiled = inner.cache.get(&req.module).ok_or(SandboxError::NotPrepared(req.module))?;
-    catch_unwind(AssertUnwindSafe(|| run::run_one(&inner.engine, &compiled, req, inner.config.stderr_bytes)))
-        .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
-            Err(SandboxError::Panicked(msg))
-        })
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let started = std::time::Instant::now();
+        let (flavour, pre) = match Metering::of(&req.limits) {
+            Metering::Deadline => (&inner.deadline, compiled.deadline.clone()),
+            Metering::FuelAndDeadline => match fueled_pre(inner, req.module, &compiled) {
+                Ok(pre) => (&inner.fueled, pre),
+                Err(e) => {
+                    return Ok(RunReport {
+                        outcome: RunOutcome::Invalid(e),
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                        fuel_used: 0,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            },
+        };
+        run::run_one(flavour, &pre, req, inner.config.stderr_bytes)
+    }));
+    ran.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        Err(SandboxError::Panicked(msg))
+    })
 }
 
 #[cfg(test)]

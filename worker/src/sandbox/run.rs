@@ -1,21 +1,22 @@
-//! One run of a prepared module: a fresh, deterministic WASI context and store, fuel, memory and
-//! deadline limits, `_start`, and the classification of how it ended.
+//! One run of a prepared module: a fresh, deterministic WASI context and store, memory and
+//! deadline limits (and fuel on the metered engine), `_start`, and the classification of how it
+//! ended.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use spare_protocol::Outcome;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{InstancePre, PoolConcurrencyLimitError, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use super::cache::Compiled;
 use super::determinism::{
     FixedWallClock, SeededRng, Stream, VirtualMonotonicClock, VirtualTime, insecure_seed,
 };
 use super::engine::EPOCH_TICK;
 use super::error::{ModuleError, SandboxError};
+use super::flavour::Flavour;
 use super::limits::{CappedPipe, LimitHit, LimitKind, Limiter};
 use super::{RunOutcome, RunReport, RunRequest};
 
@@ -54,10 +55,11 @@ pub(crate) fn deadline_ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(tick).saturating_add(1)
 }
 
-/// Runs `req` on the calling thread; `stderr_bytes` is how much of stderr's tail it keeps.
+/// Runs `req` on the calling thread with `pre`, compiled for `flavour`'s engine; `stderr_bytes`
+/// is how much of stderr's tail it keeps.
 pub(crate) fn run_one(
-    engine: &wasmtime::Engine,
-    compiled: &Compiled,
+    flavour: &Flavour,
+    pre: &InstancePre<StoreData>,
     req: &RunRequest,
     stderr_bytes: usize,
 ) -> Result<RunReport, SandboxError> {
@@ -87,20 +89,22 @@ pub(crate) fn run_one(
         .build_p1();
 
     let data = StoreData { wasi, limiter: Limiter::new(req.limits.memory_bytes, hit.clone()), time, stdin };
-    let mut store = Store::new(engine, data);
+    let mut store = Store::new(&flavour.engine, data);
     store.limiter(|d| &mut d.limiter);
-    store.set_fuel(req.limits.fuel).map_err(|e| SandboxError::Host(format!("set_fuel: {e:#}")))?;
+    let metered = flavour.metering.fuel();
+    if metered {
+        store.set_fuel(req.limits.fuel).map_err(|e| SandboxError::Host(format!("set_fuel: {e:#}")))?;
+    }
     store.set_epoch_deadline(deadline_ticks(req.limits.timeout_ms));
 
-    let ended = match compiled.pre.instantiate(&mut store) {
+    let ended = match pre.instantiate(&mut store) {
         Err(e) => Ended::Instantiate(e),
         Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
             Err(e) => Ended::NoStart(format!("{e:#}")),
             Ok(start) => Ended::Call(start.call(&mut store, ())),
         },
     };
-    let fuel_left = store.get_fuel().unwrap_or(0);
-    let fuel_used = req.limits.fuel.saturating_sub(fuel_left);
+    let fuel_used = if metered { req.limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
     // Free the instance (back to the pool) before the outputs are read.
     drop(store);
 

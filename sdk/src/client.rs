@@ -9,6 +9,7 @@ use crate::proto::{
     self, blob_service_client::BlobServiceClient, job_event::Event,
     job_service_client::JobServiceClient, peer_service_client::PeerServiceClient,
 };
+use crate::identity::ClientIdentity;
 use crate::{Error, JobId, Result, TaskResult, is_final};
 
 /// Largest gRPC message the client sends or accepts: 64 MiB.
@@ -37,6 +38,11 @@ pub struct Client {
     pub(crate) jobs: JobServiceClient<Channel>,
     pub(crate) blobs: BlobServiceClient<Channel>,
     pub(crate) peers: PeerServiceClient<Channel>,
+    /// The key Submit and Cancel are signed with; `None`: [`ClientIdentity::load_default`] at
+    /// the first signed call.
+    identity: Option<ClientIdentity>,
+    /// The peer's id as its `Info` named it, asked once: signatures name their receiver.
+    receiver: std::sync::Arc<tokio::sync::OnceCell<[u8; 32]>>,
 }
 
 /// `host:port` becomes `http://host:port`; an address with a scheme is kept as it is.
@@ -97,7 +103,45 @@ impl Client {
             peers: PeerServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            identity: None,
+            receiver: Default::default(),
         }
+    }
+
+    /// Signs this client's Submit and Cancel calls with `identity` instead of the default key
+    /// (`$SPARE_IDENTITY`, else `client.key` in the config directory, made on first use).
+    pub fn with_identity(mut self, identity: ClientIdentity) -> Client {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The key this client signs with (the default one is read, or made, now).
+    ///
+    /// # Errors
+    /// [`Error::Identity`] when the key file cannot be read or made.
+    pub fn identity(&self) -> Result<ClientIdentity> {
+        match &self.identity {
+            Some(id) => Ok(id.clone()),
+            None => ClientIdentity::load_default(),
+        }
+    }
+
+    /// The PeerId of the peer this client talks to (asked with `Info` once).
+    pub(crate) async fn receiver(&self) -> Result<[u8; 32]> {
+        self.receiver
+            .get_or_try_init(|| async {
+                let info = self.info().await?;
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(info.peer_id.trim(), &mut id).map_err(|_| {
+                    Error::Protocol(format!(
+                        "the peer named itself {:?}, not a 64-character hex PeerId",
+                        info.peer_id
+                    ))
+                })?;
+                Ok(id)
+            })
+            .await
+            .copied()
     }
 
     /// The peer's address as given to [`connect`](Self::connect).
@@ -214,11 +258,16 @@ impl Client {
         }
     }
 
-    /// Cancels a job; returns its status afterwards.
+    /// Cancels a job; returns its status afterwards. Only the job's owner (the key that
+    /// submitted it) may: anyone else gets `PERMISSION_DENIED`. A job that has ended keeps its
+    /// final state.
     pub async fn cancel(&self, job: &JobId) -> Result<proto::JobStatus> {
-        let request = proto::CancelRequest {
+        let mut request = proto::CancelRequest {
             job_id: job.to_string(),
+            ..Default::default()
         };
+        let receiver = self.receiver().await?;
+        self.identity()?.sign_cancel(&mut request, &receiver)?;
         Ok(self.jobs.clone().cancel(request).await?.into_inner())
     }
 

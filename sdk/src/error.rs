@@ -81,6 +81,9 @@ pub enum Error {
     /// The peer sent something the protocol does not allow (a malformed id, a stream that ended early).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The client's key could not be read or made.
+    #[error("{0}")]
+    Identity(String),
     /// The operating system could not provide randomness for the job's nonce.
     #[error("no system randomness for the job nonce: {0}")]
     Random(getrandom::Error),

@@ -33,9 +33,16 @@ pub async fn start(dir: &Path, slots: usize) -> NodeHandle {
     Node::start(config(dir, slots)).await.expect("peer starts")
 }
 
-/// A client of the peer.
+/// The client key every [`client`] of this test process signs with (one owner for all of them,
+/// as one user's `spare` commands share one key; kept in memory, not in the user's files).
+pub fn test_key() -> spare_sdk::ClientIdentity {
+    static KEY: std::sync::OnceLock<spare_sdk::ClientIdentity> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| spare_sdk::ClientIdentity::generate().expect("a client key")).clone()
+}
+
+/// A client of the peer, signing with [`test_key`].
 pub async fn client(handle: &NodeHandle) -> spare_sdk::Client {
-    spare_sdk::Client::connect(handle.addr.to_string()).await.expect("client connects")
+    spare_sdk::Client::connect(handle.addr.to_string()).await.expect("client connects").with_identity(test_key())
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].

@@ -168,7 +168,7 @@ fn submit_status_and_results_against_a_real_peer() {
 
 #[test]
 fn help_with_examples_is_there_for_every_command() {
-    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "demo", "sim", "completions"];
+    let commands = ["peer", "submit", "status", "jobs", "cancel", "whoami", "peers", "results", "logs", "demo", "sim", "completions"];
     for cmd in commands {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
@@ -230,6 +230,55 @@ fn jobs_watch_and_cancel_against_a_real_peer() {
     assert!(rest.contains("state  cancelled"), "{rest}");
     let out = spare(&peer, &["cancel", &job]);
     assert!(out.status.success(), "cancelling twice is fine");
+}
+
+/// A job belongs to the key that submitted it: `spare cancel` with another key (`--identity`,
+/// or `SPARE_IDENTITY`) exits non-zero saying so, and the job runs on to the end; the owner's
+/// cancel works. `spare whoami` makes the key on first use and prints it.
+#[test]
+fn only_the_owner_can_cancel_a_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = Peer::start(&tmp.path().join("peer"));
+    let (alice, bob) = (tmp.path().join("keys/alice.key"), tmp.path().join("bob.key"));
+    let who = |key: &Path| json(&spare(&peer, &["whoami", "--json", "--identity", key.to_str().unwrap()]));
+    let a = who(&alice);
+    assert_eq!(a["path"].as_str(), alice.to_str(), "{a}");
+    assert_eq!(a["key"].as_str().map(str::len), Some(64), "{a}");
+    assert_eq!(who(&alice)["key"], a["key"], "made once, then kept");
+    let out = Command::new(SPARE).args(["whoami"]).env("SPARE_IDENTITY", &bob).output().unwrap();
+    assert!(out.status.success());
+    let b = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(Some(b.as_str()), a["key"].as_str(), "another key file, another key");
+
+    let module = root().join("examples/wasm/primes.wasm");
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, (0..8).map(|i| format!("{} {}\n", i * 200_000, (i + 1) * 200_000)).collect::<String>()).unwrap();
+    let submit = |quorum: &str, label: &str| {
+        let args = ["submit", module.to_str().unwrap(), "--stdin-lines", lines.to_str().unwrap(), "--quorum", quorum, "--label", label, "--json"];
+        let v = json(&spare(&peer, &[&args[..], &["--identity", alice.to_str().unwrap()]].concat()));
+        v["job_id"].as_str().unwrap().to_string()
+    };
+    let job = submit("1", "alice's");
+    let out = Command::new(SPARE).args(["cancel", &job]).env("SPARE_PEER", &peer.addr).env("SPARE_IDENTITY", &bob).output().unwrap();
+    assert!(!out.status.success(), "bob cannot cancel alice's job");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied") && err.contains("only the job's owner may cancel it"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = json(&spare(&peer, &["status", &job, "--json"]));
+        if s["state"] == "completed" {
+            assert_eq!(s["owner"].as_str(), a["key"].as_str(), "{s}");
+            break;
+        }
+        assert_ne!(s["state"], "cancelled", "{s}");
+        assert!(Instant::now() < deadline, "the job did not complete: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The owner can: quorum 2 on a lone peer keeps this one running until cancelled.
+    let stuck = submit("2", "stuck");
+    let out = spare(&peer, &["cancel", &stuck, "--identity", alice.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("cancelled job {stuck}")));
 }
 
 /// The `spare` binary a user builds from the workspace root (`cargo build --release --bin

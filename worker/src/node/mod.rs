@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
+pub mod replay;
 pub mod replicate;
 pub mod retention;
 mod slots;
@@ -161,8 +162,10 @@ struct Shared {
     invalid_records: std::sync::atomic::AtomicU64,
     /// Submissions being checked and stored now.
     submits: tokio::sync::Semaphore,
-    /// Running jobs per submitter address.
-    submitters: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Running jobs per submitter key.
+    submitters: Mutex<std::collections::HashMap<spare_protocol::PeerId, usize>>,
+    /// Signed client requests seen lately, so none is taken twice.
+    replay: Mutex<replay::ReplayCache>,
     /// Tasks of the unfinished jobs held here.
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
@@ -230,6 +233,7 @@ impl Node {
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
             submitters: Default::default(),
+            replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_SEEN)),
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
             donation: donation::State::new(&config.donation),
@@ -438,12 +442,12 @@ impl Node {
         let _ = self.0.held_tasks.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
             Some(h.saturating_sub(u64::from(tasks)))
         });
-        if let Some(ip) = submitter {
+        if let Some(key) = submitter {
             let mut s = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = s.get_mut(&ip) {
+            if let Some(n) = s.get_mut(&key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    s.remove(&ip);
+                    s.remove(&key);
                 }
             }
         }
@@ -540,10 +544,32 @@ impl Node {
         Arc::strong_count(&self.0)
     }
 
-    /// Cancels a job; false when unknown. Durable before it returns.
+    /// Signs `bytes` with this peer's key.
+    pub fn sign(&self, bytes: &[u8]) -> [u8; 64] {
+        self.0.identity.sign(bytes)
+    }
+
+    /// Records a signed client request's (key, nonce) at `now`; refused when seen before.
+    pub fn check_replay(&self, key: spare_protocol::PeerId, nonce: [u8; 16]) -> Result<(), replay::ReplayError> {
+        self.0.replay.lock().unwrap_or_else(|p| p.into_inner()).check(key, nonce, unix_ms())
+    }
+
+    /// The submitter key that owns a job held here (`None`: unknown job, or one accepted before
+    /// jobs had owners).
+    pub fn owner_of(&self, id: &JobId) -> Option<spare_protocol::PeerId> {
+        self.core().jobs.get(id).and_then(|m| m.owner)
+    }
+
+    /// Cancels a job; false when unknown. Durable before it returns. A job that has ended keeps
+    /// its final state: nothing is stored, so a restart cannot turn it into a cancelled one.
     pub async fn cancel(&self, id: &JobId) -> anyhow::Result<bool> {
         let durable = {
             let mut core = self.core();
+            match core.coord.job(id) {
+                None => return Ok(false),
+                Some(v) if v.state.is_final() => return Ok(true),
+                Some(_) => {}
+            }
             if !core.coord.cancel(id) {
                 return Ok(false);
             }

@@ -2,6 +2,7 @@
 //! health (`grpc.health.v1`) and server reflection, so `grpcurl -plaintext HOST:PORT list`
 //! works.
 
+mod auth;
 mod blob;
 mod job;
 pub mod mesh;

@@ -65,6 +65,8 @@ mod failover;
 mod failures;
 mod id;
 pub mod identity;
+pub mod known_peers;
+pub mod tls;
 mod job;
 mod plan;
 mod progress;

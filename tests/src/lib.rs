@@ -45,6 +45,22 @@ pub async fn client(handle: &NodeHandle) -> spare_sdk::Client {
     spare_sdk::Client::connect(handle.addr.to_string()).await.expect("client connects").with_identity(test_key())
 }
 
+/// A `MeshService` client of the peer at `addr`, over TLS as the peer `as_peer` (which is how
+/// every mesh call must come), checking the other end is `expected` when given.
+pub async fn mesh_client(
+    addr: std::net::SocketAddr,
+    as_peer: &spare_peer::identity::Identity,
+    expected: Option<spare_protocol::PeerId>,
+) -> Result<spare_proto::mesh_service_client::MeshServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let (cert, key) = as_peer.tls_certificate().expect("a certificate");
+    let (config, _) = spare_sdk::tls::client_config(expected.map(|p| p.0), Some((cert, key))).expect("a TLS configuration");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an endpoint")
+        .connect_with_connector(spare_sdk::tls::connector(std::sync::Arc::new(config)))
+        .await?;
+    Ok(spare_proto::mesh_service_client::MeshServiceClient::new(channel))
+}
+
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where

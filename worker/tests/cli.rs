@@ -19,6 +19,8 @@ fn root() -> PathBuf {
 struct Peer {
     child: Child,
     addr: String,
+    /// Its PeerId, as it printed it.
+    id: String,
 }
 
 impl Peer {
@@ -41,7 +43,8 @@ impl Peer {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("peer prints its address");
         let addr = line.split("listening on ").nth(1).and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
-        Peer { child, addr }
+        let id = line.strip_prefix("spare peer ").and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
+        Peer { child, addr, id }
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -281,6 +284,34 @@ fn only_the_owner_can_cancel_a_job() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("cancelled job {stuck}")));
 }
 
+/// Off this machine (here asked for with `https://`) the client commands speak TLS: the PeerId
+/// first met at an address is pinned in `known_peers` under the config directory, and another
+/// peer at that address later is refused with a message naming both and the file.
+#[test]
+fn the_cli_pins_a_peer_on_first_use_and_refuses_another_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    let a = Peer::start(&tmp.path().join("a"));
+    let url = format!("https://{}", a.addr);
+    let peers = |url: &str| Command::new(SPARE).args(["peers", "--json", "--peer", url]).env("XDG_CONFIG_HOME", &config).output().unwrap();
+    let out = peers(&url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let known = std::fs::read_to_string(config.join("spare/known_peers")).unwrap();
+    assert_eq!(known.trim(), format!("{} {}", a.addr, a.id));
+    assert!(peers(&url).status.success(), "the same peer again");
+    let addr = a.addr.clone();
+    assert!(a.stop().success());
+
+    let b = Peer::start_on(&tmp.path().join("b"), &addr);
+    let out = peers(&url);
+    assert!(!out.status.success(), "another peer at a pinned address");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&b.id) && err.contains("known_peers") && err.contains("presented PeerId"), "{err}");
+    // Given with its PeerId, the new peer is taken.
+    let out = peers(&format!("{addr}@{}", b.id));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The `spare` binary a user builds from the workspace root (`cargo build --release --bin
 /// spare`, `cargo run --release --bin spare`) has no test-only `chaos` code: those commands
 /// select the workspace's default members, which leave out `spare-tests`, the one crate that
@@ -368,8 +399,11 @@ fn mistakes_are_refused_early_and_said_plainly() {
     // Connection problems keep their cause and say what to do.
     let err = refused(&nowhere, &["status", "ab12"]);
     assert!(err.contains("Connection refused") && err.contains("spare peer") && err.contains("--peer"), "{err}");
+    // https:// asks for TLS even to this machine: the cause is the same.
     let err = refused(&format!("https://{nowhere}"), &["status", "ab12"]);
-    assert!(err.contains("https:// needs TLS"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    let err = refused(&format!("{nowhere}@xyz"), &["status", "ab12"]);
+    assert!(err.contains("is not a PeerId"), "{err}");
     // Something that is not a peer listens: it takes the connection, answers HTTP/1 and closes.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let not_a_peer = listener.local_addr().unwrap().to_string();

@@ -31,7 +31,9 @@ pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
   spare submit examples/wasm/primes.wasm --inputs-dir DIR --quorum 1 --wait
   spare jobs                                                   # what the peer holds
 
-Client commands talk to 127.0.0.1:7070 unless --peer or SPARE_PEER says otherwise.")]
+Client commands talk to 127.0.0.1:7070 unless --peer or SPARE_PEER says otherwise: in plaintext
+to this machine, over TLS to any other (--peer ADDR@PEERID checks the peer's id; otherwise the
+first id met at an address is pinned in ~/.config/spare/known_peers).")]
 struct Cli {
     /// The client key that signs submits and cancels (the jobs' owner); made on first use.
     /// Default: $XDG_CONFIG_HOME/spare/client.key, else ~/.config/spare/client.key.

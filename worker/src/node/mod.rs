@@ -147,6 +147,8 @@ struct Shared {
     mesh_wake: Notify,
     /// Channels to other peers.
     clients: clients::Clients,
+    /// How this peer's port speaks TLS.
+    tls_server: Arc<rustls::ServerConfig>,
     /// Where the replication stream goes to the replicator (started at the first entry).
     replicator: Mutex<Option<replicate::ReplSender>>,
     /// Catch-ups of backup coordinators waiting to be sent.
@@ -179,10 +181,29 @@ struct Shared {
 impl Node {
     /// Opens the data directory, restores the jobs it holds, binds the listening address and
     /// starts the peer's loops; serving gRPC on the listener is the caller's (`crate::start`).
-    pub(crate) async fn open(config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
+    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
+        let (cert, tls_key) = identity.tls_certificate()?;
+        let clients = clients::Clients::new(cert.clone(), tls_key.clone());
+        // `--bootstrap ADDR@PEERID` pins the first contact's identity.
+        let mut bootstrap = Vec::with_capacity(config.bootstrap.len());
+        for b in &config.bootstrap {
+            match b.rsplit_once('@') {
+                Some((addr, id)) => {
+                    let peer: spare_protocol::PeerId =
+                        id.parse().with_context(|| format!("--bootstrap {b}: {id:?} is not a PeerId (64 hex characters)"))?;
+                    clients.expect(addr, peer);
+                    bootstrap.push(addr.to_string());
+                }
+                None => bootstrap.push(b.clone()),
+            }
+        }
+        config.bootstrap = bootstrap;
+        let tls_server = Arc::new(
+            crate::service::listener::server_config(cert, tls_key).map_err(|e| anyhow::anyhow!("TLS server configuration: {e}"))?,
+        );
         let store = Store::open(dir)?;
         let sandbox = Sandbox::new(SandboxConfig {
             slots: config.cpus.max(1),
@@ -224,7 +245,8 @@ impl Node {
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
-            clients: Default::default(),
+            clients,
+            tls_server,
             reporter: Default::default(),
             replicator: Default::default(),
             catch_ups: Default::default(),
@@ -542,6 +564,11 @@ impl Node {
     /// Handles to this peer still held (requests in flight hold one each).
     pub(crate) fn handles(&self) -> usize {
         Arc::strong_count(&self.0)
+    }
+
+    /// The TLS configuration of this peer's port.
+    pub fn tls_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.tls_server.clone()
     }
 
     /// Signs `bytes` with this peer's key.

@@ -134,7 +134,7 @@ fn is_final(node: &Node, id: &JobId) -> bool {
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        let from_addr = req.remote_addr().map(|a| a.ip());
+        let from_addr = super::listener::remote_of(&req).map(|a| a.ip());
         let r = req.into_inner();
         let owner = auth::check_client(&self.node, SignedMethod::Submit, &submit_body(&r), r.auth.as_ref(), &self.node.peer_id())?;
         let module: BlobId = parse_id("module_id", &r.module_id)?;

@@ -127,6 +127,17 @@ async fn signed_requests_are_not_taken_twice_nor_elsewhere_nor_forged() {
     let e = jobs_a.get(get).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let fake_peer = spare_peer::identity::Identity::generate().unwrap();
+    // Even correctly signed by a peer key (keys are free), a header is taken only from that
+    // peer's own TLS connection.
+    let ts = spare_peer::node::unix_ms();
+    let mut signed = b"spare.v1.proxied\0".to_vec();
+    signed.extend_from_slice(for_a.as_bytes());
+    signed.extend_from_slice(&ts.to_le_bytes());
+    let header = format!("{}.{ts}.{}", fake_peer.peer_id().to_hex(), hex::encode(fake_peer.sign(&signed)));
+    let mut get = tonic::Request::new(pb::GetJobRequest { job_id: job.clone(), include_tasks: false });
+    get.metadata_mut().insert("spare-proxied", header.parse().unwrap());
+    let e = jobs_a.get(get).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let mut forged = pb::CancelRequest { job_id: second.clone(), ..Default::default() };
     key.sign_cancel(&mut forged, fake_peer.peer_id().as_bytes()).unwrap();
     forged.forwarded.push(pb::Forward {

@@ -76,9 +76,13 @@ fn forward_bytes(req: &pb::CancelRequest, i: usize, to: &PeerId) -> Vec<u8> {
     b
 }
 
-/// Checks the chain of peers that passed a Cancel on to this one (`me`); returns the peer the
-/// client signed it for (the first forwarder, or `me` when the client sent it here).
-pub fn check_forwards(req: &pb::CancelRequest, me: &PeerId) -> Result<PeerId, Status> {
+/// Checks the chain of peers that passed a Cancel on to this one (`me`), the last of which must
+/// be on the other end of `conn` (over TLS); returns the peer the client signed it for (the first
+/// forwarder, or `me` when the client sent it here).
+pub fn check_forwards<T>(conn: &Request<T>, req: &pb::CancelRequest, me: &PeerId) -> Result<PeerId, Status> {
+    if let Some(last) = req.forwarded.last() {
+        super::listener::require_peer(conn, &parse_id("forwarded.peer_id", &last.peer_id)?)?;
+    }
     if req.forwarded.len() > MAX_FORWARDS {
         return Err(Status::invalid_argument(format!("a request is forwarded at most {MAX_FORWARDS} times")));
     }
@@ -143,5 +147,7 @@ pub fn proxied<T>(node: &Node, req: &Request<T>) -> Result<bool, Status> {
     if unix_ms().abs_diff(ts) > LEASE_CLOCK_SKEW_MS || !identity::verify(&peer, &proxied_bytes(&node.peer_id(), ts), &sig) {
         return Err(refuse());
     }
+    // And it comes from that peer itself, over TLS: a captured header is worth nothing.
+    super::listener::require_peer(req, &peer)?;
     Ok(true)
 }

@@ -318,10 +318,10 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::JobStatus>, Status> {
         // Forwarding is in the signed message, never in headers a client could set.
+        let me = self.node.peer_id();
+        let signed_for = auth::check_forwards(&req, req.get_ref(), &me)?;
         let r = req.into_inner();
         let id: JobId = parse_id("job_id", &r.job_id)?;
-        let me = self.node.peer_id();
-        let signed_for = auth::check_forwards(&r, &me)?;
         let key = auth::check_client(&self.node, SignedMethod::Cancel, &cancel_body(&r), r.auth.as_ref(), &signed_for)?;
         if let Some(owner) = self.node.owner_of(&id)
             && owner != key

@@ -9,6 +9,7 @@ use crate::proto::{
     self, blob_service_client::BlobServiceClient, job_service_client::JobServiceClient,
     peer_service_client::PeerServiceClient,
 };
+use crate::identity::ClientIdentity;
 use crate::{Error, Event, JobId, JobStatus, Result, TaskResult};
 
 /// Largest gRPC message the client sends or accepts: 64 MiB.
@@ -37,39 +38,61 @@ pub struct Client {
     pub(crate) jobs: JobServiceClient<Channel>,
     pub(crate) blobs: BlobServiceClient<Channel>,
     pub(crate) peers: PeerServiceClient<Channel>,
+    /// The key Submit and Cancel are signed with; `None`: [`ClientIdentity::load_default`] at
+    /// the first signed call.
+    identity: Option<ClientIdentity>,
+    /// The peer's id as its `Info` named it, asked once: signatures name their receiver.
+    receiver: std::sync::Arc<tokio::sync::OnceCell<[u8; 32]>>,
 }
 
-/// `host:port` becomes `http://host:port`; an address with a scheme is kept as it is.
-pub(crate) fn normalize_addr(addr: &str) -> String {
-    let addr = addr.trim();
-    if addr.contains("://") {
-        addr.to_string()
+/// An address as given (`[http[s]://]host:port[@PEERID]`): its `host:port`, the PeerId pinned by
+/// it, and whether `https://` asked for TLS.
+pub(crate) fn parse_target(addr: &str) -> Result<(String, Option<[u8; 32]>, bool)> {
+    let trimmed = addr.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let https = lower.starts_with("https://");
+    let rest = if https || lower.starts_with("http://") {
+        &trimmed[trimmed.find("://").map_or(0, |i| i + 3)..]
     } else {
-        format!("http://{addr}")
-    }
+        trimmed
+    };
+    let rest = rest.trim_end_matches('/');
+    let (target, pinned) = match rest.rsplit_once('@') {
+        Some((target, id)) => {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(id, &mut out).map_err(|_| Error::Address {
+                addr: addr.to_string(),
+                reason: format!("{id:?} after '@' is not a PeerId (64 hex characters, as `spare peer` prints it)"),
+            })?;
+            (target, Some(out))
+        }
+        None => (rest, None),
+    };
+    Ok((target.to_string(), pinned, https))
 }
 
 impl Client {
-    /// Connects to the peer at `addr`, given as `host:port` or `http://host:port`.
+    /// Connects to the peer at `addr`: `host:port`, optionally `http://` or `https://` before
+    /// it and `@PEERID` after it.
+    ///
+    /// A peer on this machine (a loopback address or `localhost`) is spoken to in plaintext unless
+    /// a PeerId is given or `https://` asked; any other over TLS 1.3, checking that the peer's
+    /// certificate carries the PeerId given, else the one pinned for the address in
+    /// [`known_peers`](crate::known_peers) (trust on first use: the first PeerId met there is
+    /// pinned).
     ///
     /// # Errors
-    /// [`Error::Connect`] when the address is malformed or nothing answers there.
+    /// [`Error::Connect`] when the address is malformed or nothing answers there;
+    /// [`Error::PeerIdentity`] when the peer there is not the one expected.
     pub async fn connect(addr: impl Into<String>) -> Result<Client> {
         let addr = addr.into();
-        if addr.trim().to_ascii_lowercase().starts_with("https://") {
-            // tonic without a TLS feature would dial it in plaintext.
-            return Err(Error::Address {
-                addr,
-                reason: "https:// needs TLS, which this client does not speak; give host:port or http://host:port \
-                         (put a TLS-terminating proxy in front of the peer's API if it must cross an untrusted network)"
-                    .into(),
-            });
-        }
+        let (target, pinned, https) = parse_target(&addr)?;
         let connect_err = |source| Error::Connect {
             addr: addr.clone(),
             source,
         };
-        let endpoint = Endpoint::from_shared(normalize_addr(&addr))
+        let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+        let endpoint = Endpoint::from_shared(format!("http://{target}"))
             .map_err(connect_err)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -78,8 +101,47 @@ impl Client {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(connect_err)?;
-        Ok(Client::from_channel(channel, addr))
+        if pinned.is_none() && !https && crate::tls::is_loopback_host(host) {
+            let channel = endpoint.connect().await.map_err(connect_err)?;
+            return Ok(Client::from_channel(channel, addr));
+        }
+        let expected = pinned.or_else(|| crate::known_peers::lookup(&target));
+        let (config, seen) = crate::tls::client_config(expected, None)
+            .map_err(|e| Error::Protocol(format!("TLS configuration: {e}")))?;
+        let met = |seen: &crate::tls::SeenPeer| seen.lock().ok().and_then(|s| *s);
+        let channel = match endpoint
+            .connect_with_connector(crate::tls::connector(std::sync::Arc::new(config)))
+            .await
+        {
+            Ok(channel) => channel,
+            Err(e) => {
+                if let (Some(want), Some(got)) = (expected, met(&seen))
+                    && want != got
+                {
+                    let pinned_by = match (pinned, crate::known_peers::path()) {
+                        (Some(_), _) | (None, None) => "the address given (ADDR@PEERID)".to_string(),
+                        (None, Some(p)) => format!(
+                            "{} (pinned when first met; if its identity really changed, remove that line)",
+                            p.display()
+                        ),
+                    };
+                    return Err(Error::PeerIdentity(format!(
+                        "the peer at {target} presented PeerId {}, but {pinned_by} expects {}",
+                        hex::encode(got),
+                        hex::encode(want)
+                    )));
+                }
+                return Err(connect_err(e));
+            }
+        };
+        let id = met(&seen).ok_or_else(|| Error::Protocol("TLS connected without a peer certificate".into()))?;
+        if expected.is_none() {
+            crate::known_peers::remember(&target, &id)?;
+        }
+        let client = Client::from_channel(channel, addr);
+        // The TLS handshake proved who answers: signatures name that peer.
+        let _ = client.receiver.set(id);
+        Ok(client)
     }
 
     /// Wraps an already built channel (an in-process server, custom TLS...); `addr` is only
@@ -97,7 +159,45 @@ impl Client {
             peers: PeerServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            identity: None,
+            receiver: Default::default(),
         }
+    }
+
+    /// Signs this client's Submit and Cancel calls with `identity` instead of the default key
+    /// (`$SPARE_IDENTITY`, else `client.key` in the config directory, made on first use).
+    pub fn with_identity(mut self, identity: ClientIdentity) -> Client {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The key this client signs with (the default one is read, or made, now).
+    ///
+    /// # Errors
+    /// [`Error::Identity`] when the key file cannot be read or made.
+    pub fn identity(&self) -> Result<ClientIdentity> {
+        match &self.identity {
+            Some(id) => Ok(id.clone()),
+            None => ClientIdentity::load_default(),
+        }
+    }
+
+    /// The PeerId of the peer this client talks to (asked with `Info` once).
+    pub(crate) async fn receiver(&self) -> Result<[u8; 32]> {
+        self.receiver
+            .get_or_try_init(|| async {
+                let info = self.info().await?;
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(info.peer_id.trim(), &mut id).map_err(|_| {
+                    Error::Protocol(format!(
+                        "the peer named itself {:?}, not a 64-character hex PeerId",
+                        info.peer_id
+                    ))
+                })?;
+                Ok(id)
+            })
+            .await
+            .copied()
     }
 
     /// The peer's address as given to [`connect`](Self::connect).
@@ -221,11 +321,16 @@ impl Client {
         }
     }
 
-    /// Cancels a job; returns its status afterwards.
+    /// Cancels a job; returns its status afterwards. Only the job's owner (the key that
+    /// submitted it) may: anyone else gets `PERMISSION_DENIED`. A job that has ended keeps its
+    /// final state.
     pub async fn cancel(&self, job: &JobId) -> Result<JobStatus> {
-        let request = proto::CancelRequest {
+        let mut request = proto::CancelRequest {
             job_id: job.to_string(),
+            ..Default::default()
         };
+        let receiver = self.receiver().await?;
+        self.identity()?.sign_cancel(&mut request, &receiver)?;
         JobStatus::try_from(self.jobs.clone().cancel(request).await?.into_inner())
     }
 
@@ -296,17 +401,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_get_a_scheme() {
-        assert_eq!(normalize_addr("127.0.0.1:7070"), "http://127.0.0.1:7070");
-        assert_eq!(normalize_addr(" [::1]:7070 "), "http://[::1]:7070");
+    fn addresses_name_a_host_a_peer_and_a_scheme() {
+        let id = "ab".repeat(32);
+        assert_eq!(parse_target("127.0.0.1:7070").unwrap(), ("127.0.0.1:7070".into(), None, false));
+        assert_eq!(parse_target(" http://[::1]:7070/ ").unwrap(), ("[::1]:7070".into(), None, false));
         assert_eq!(
-            normalize_addr("http://peer.example:7070"),
-            "http://peer.example:7070"
+            parse_target(&format!("https://peer.example:7070@{id}")).unwrap(),
+            ("peer.example:7070".into(), Some([0xab; 32]), true)
         );
-        assert_eq!(
-            normalize_addr("https://peer.example:7070"),
-            "https://peer.example:7070"
-        );
+        assert!(matches!(parse_target("10.0.0.1:7070@nope"), Err(Error::Address { .. })));
     }
 
     /// Compile-time check: the streams outlive the client and id they came from and can be

@@ -19,8 +19,7 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The address cannot be used as given (e.g. `https://`, which needs TLS this client does
-    /// not speak).
+    /// The address cannot be used as given (e.g. a malformed `@PEERID`).
     #[error("cannot use the peer address {addr}: {reason}")]
     Address {
         /// The address as given.
@@ -81,6 +80,13 @@ pub enum Error {
     /// The peer sent something the protocol does not allow (a malformed id, a stream that ended early).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer at the address is not the one expected: its TLS certificate carries another
+    /// PeerId than the one given (`ADDR@PEERID`) or pinned in `known_peers`.
+    #[error("{0}")]
+    PeerIdentity(String),
+    /// The client's key could not be read or made.
+    #[error("{0}")]
+    Identity(String),
     /// The operating system could not provide randomness for the job's nonce.
     #[error("no system randomness for the job nonce: {0}")]
     Random(getrandom::Error),

@@ -262,7 +262,8 @@ async fn start() -> (FakePeer, Client) {
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
     let client = Client::connect(addr.to_string())
         .await
-        .expect("connect to fake peer");
+        .expect("connect to fake peer")
+        .with_identity(crate::ClientIdentity::generate().expect("a key"));
     (fake, client)
 }
 

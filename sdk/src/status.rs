@@ -138,6 +138,9 @@ pub struct JobStatus {
     pub origin: String,
     /// Addresses of the peers coordinating it, the active one first.
     pub coordinators: Vec<String>,
+    /// Hex key of the submitter that owns it (signed its Submit; the only key that may cancel
+    /// it); empty for jobs accepted before jobs had owners.
+    pub owner: String,
 }
 
 impl JobStatus {
@@ -186,6 +189,7 @@ impl TryFrom<proto::JobStatus> for JobStatus {
             message: s.message,
             origin: s.origin,
             coordinators: s.coordinators,
+            owner: s.owner,
         })
     }
 }

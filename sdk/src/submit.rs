@@ -126,11 +126,14 @@ impl Client {
                 .collect(),
             label: job.label().to_string(),
             nonce,
+            auth: None,
         };
         let inputs = job.shared_tasks();
         let sizes: Vec<usize> = inputs.iter().map(|t| t.len()).collect();
         let plan = plan_inputs(&sizes, request.encoded_len(), INLINE_MAX, REQUEST_BUDGET)?;
         request.tasks = self.place_inputs(inputs, &plan).await?;
+        let receiver = self.receiver().await?;
+        self.identity()?.sign_submit(&mut request, &receiver)?;
         let reply = self.jobs.clone().submit(request).await?.into_inner();
         reply.job_id.parse().map_err(|_| {
             Error::Protocol(format!(

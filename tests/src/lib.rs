@@ -33,9 +33,32 @@ pub async fn start(dir: &Path, slots: usize) -> NodeHandle {
     Node::start(config(dir, slots)).await.expect("peer starts")
 }
 
-/// A client of the peer.
+/// The client key every [`client`] of this test process signs with (one owner for all of them,
+/// as one user's `spare` commands share one key; kept in memory, not in the user's files).
+pub fn test_key() -> spare_sdk::ClientIdentity {
+    static KEY: std::sync::OnceLock<spare_sdk::ClientIdentity> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| spare_sdk::ClientIdentity::generate().expect("a client key")).clone()
+}
+
+/// A client of the peer, signing with [`test_key`].
 pub async fn client(handle: &NodeHandle) -> spare_sdk::Client {
-    spare_sdk::Client::connect(handle.addr.to_string()).await.expect("client connects")
+    spare_sdk::Client::connect(handle.addr.to_string()).await.expect("client connects").with_identity(test_key())
+}
+
+/// A `MeshService` client of the peer at `addr`, over TLS as the peer `as_peer` (which is how
+/// every mesh call must come), checking the other end is `expected` when given.
+pub async fn mesh_client(
+    addr: std::net::SocketAddr,
+    as_peer: &spare_peer::identity::Identity,
+    expected: Option<spare_protocol::PeerId>,
+) -> Result<spare_proto::mesh_service_client::MeshServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let (cert, key) = as_peer.tls_certificate().expect("a certificate");
+    let (config, _) = spare_sdk::tls::client_config(expected.map(|p| p.0), Some((cert, key))).expect("a TLS configuration");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an endpoint")
+        .connect_with_connector(spare_sdk::tls::connector(std::sync::Arc::new(config)))
+        .await?;
+    Ok(spare_proto::mesh_service_client::MeshServiceClient::new(channel))
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].

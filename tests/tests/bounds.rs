@@ -91,7 +91,7 @@ async fn a_lease_flood_from_one_peer_is_rate_limited() {
     let job: spare_protocol::JobId = id.as_str().parse().unwrap();
     // A peer nobody knows, asking for leases as fast as it can.
     let flooder = spare_peer::identity::Identity::generate().unwrap();
-    let mut mesh = pb::mesh_service_client::MeshServiceClient::connect(format!("http://{}", peer.addr)).await.unwrap();
+    let mut mesh = mesh_client(peer.addr, &flooder, None).await.unwrap();
     let (mut granted, mut refused) = (0, 0);
     for _ in 0..100 {
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;

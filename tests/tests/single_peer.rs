@@ -126,6 +126,13 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
     peer.shutdown().await;
 }
 
+/// `req` signed by a fresh client key for `peer`, as every Submit must be.
+fn signed(peer: &spare_peer::NodeHandle, mut req: pb::SubmitRequest) -> pb::SubmitRequest {
+    let key = spare_sdk::ClientIdentity::generate().unwrap();
+    key.sign_submit(&mut req, peer.node.peer_id().as_bytes()).unwrap();
+    req
+}
+
 fn raw_submit(module_id: String, tasks: usize, quorum: u32) -> pb::SubmitRequest {
     pb::SubmitRequest {
         module_id,
@@ -147,13 +154,13 @@ async fn bad_requests_get_clear_errors() {
 
     // An empty module: stored fine (it is just bytes), refused at submission.
     let empty = c.upload_blob(Vec::new()).await.unwrap();
-    let e = jobs.submit(raw_submit(empty, 1, 1)).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, raw_submit(empty, 1, 1))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("WebAssembly") || e.message().contains("wasm"), "{}", e.message());
 
     // Bytes that are not WASM.
     let junk = c.upload_blob(b"#!/bin/sh\necho hi\n".to_vec()).await.unwrap();
-    let e = jobs.submit(raw_submit(junk, 1, 1)).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, raw_submit(junk, 1, 1))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
     // An upload past the peer's blob cap.
@@ -163,14 +170,14 @@ async fn bad_requests_get_clear_errors() {
 
     // Zero tasks.
     let module = c.upload_blob(guest("primes")).await.unwrap();
-    let e = jobs.submit(raw_submit(module.clone(), 0, 1)).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, raw_submit(module.clone(), 0, 1))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("at least one task"), "{}", e.message());
 
     // A quorum above the replica bound.
     let mut req = raw_submit(module.clone(), 1, 3);
     req.policy.as_mut().unwrap().max_replicas = 2;
-    let e = jobs.submit(req).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, req)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("max_replicas 2 is below quorum 3"), "{}", e.message());
 
@@ -178,12 +185,12 @@ async fn bad_requests_get_clear_errors() {
     // refused whatever client sent it (the CLI checks it too, before uploading).
     let mut req = raw_submit(module.clone(), 1, 1);
     req.policy.as_mut().unwrap().limits = Some(pb::Limits { memory_bytes: 10, ..Default::default() });
-    let e = jobs.submit(req).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, req)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("below the") && e.message().contains("MiB"), "{}", e.message());
 
     // A module that was never uploaded.
-    let e = jobs.submit(raw_submit(hex::encode([5u8; 32]), 1, 1)).await.unwrap_err();
+    let e = jobs.submit(signed(&peer, raw_submit(hex::encode([5u8; 32]), 1, 1))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("upload it"), "{}", e.message());
 

@@ -22,7 +22,13 @@ pub enum IdentityError {
     /// The system gave no randomness for a new key.
     #[error("no randomness for a new key: {0}")]
     Random(String),
+    /// The TLS certificate could not be made from the key.
+    #[error("making the TLS certificate: {0}")]
+    Tls(String),
 }
+
+/// PKCS#8 (v1, RFC 8410) of an ed25519 secret key: this prefix, then the 32 secret bytes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// This peer's signing key and the PeerId derived from it.
 #[derive(Clone)]
@@ -76,6 +82,19 @@ impl Identity {
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// This peer's TLS certificate, self-signed with the identity key (so the certificate's key
+    /// is the PeerId), and that key as PKCS#8.
+    pub fn tls_certificate(&self) -> Result<(rustls::pki_types::CertificateDer<'static>, Vec<u8>), IdentityError> {
+        let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
+        pkcs8.extend_from_slice(&self.key.to_bytes());
+        let tls = |e: rcgen::Error| IdentityError::Tls(e.to_string());
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_slice().into(), &rcgen::PKCS_ED25519).map_err(tls)?;
+        let mut params = rcgen::CertificateParams::new(vec![spare_sdk::tls::SERVER_NAME.to_string()]).map_err(tls)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, self.id.to_hex());
+        let cert = params.self_signed(&key).map_err(tls)?;
+        Ok((cert.der().clone(), pkcs8))
     }
 
     /// This peer's id (its public key).
@@ -135,6 +154,13 @@ pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
 mod tests {
     use super::*;
     use spare_protocol::{BlobId, JobId, Outcome, ResultKey, TaskId};
+
+    #[test]
+    fn the_tls_certificate_carries_the_peer_id() {
+        let id = Identity::generate().unwrap();
+        let (cert, _) = id.tls_certificate().unwrap();
+        assert_eq!(spare_sdk::tls::peer_id_of(&cert), Some(*id.peer_id().as_bytes()));
+    }
 
     #[test]
     fn key_is_kept_and_attestations_verify() {

@@ -19,6 +19,8 @@ fn root() -> PathBuf {
 struct Peer {
     child: Child,
     addr: String,
+    /// Its PeerId, as it printed it.
+    id: String,
 }
 
 impl Peer {
@@ -41,7 +43,8 @@ impl Peer {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("peer prints its address");
         let addr = line.split("listening on ").nth(1).and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
-        Peer { child, addr }
+        let id = line.strip_prefix("spare peer ").and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
+        Peer { child, addr, id }
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -168,7 +171,7 @@ fn submit_status_and_results_against_a_real_peer() {
 
 #[test]
 fn help_with_examples_is_there_for_every_command() {
-    let commands = ["peer", "submit", "status", "jobs", "cancel", "peers", "results", "logs", "new", "demo", "sim", "completions"];
+    let commands = ["peer", "submit", "status", "jobs", "cancel", "whoami", "peers", "results", "logs", "new", "demo", "sim", "completions"];
     for cmd in commands {
         let out = Command::new(SPARE).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
@@ -230,6 +233,83 @@ fn jobs_watch_and_cancel_against_a_real_peer() {
     assert!(rest.contains("state  cancelled"), "{rest}");
     let out = spare(&peer, &["cancel", &job]);
     assert!(out.status.success(), "cancelling twice is fine");
+}
+
+/// A job belongs to the key that submitted it: `spare cancel` with another key (`--identity`,
+/// or `SPARE_IDENTITY`) exits non-zero saying so, and the job runs on to the end; the owner's
+/// cancel works. `spare whoami` makes the key on first use and prints it.
+#[test]
+fn only_the_owner_can_cancel_a_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = Peer::start(&tmp.path().join("peer"));
+    let (alice, bob) = (tmp.path().join("keys/alice.key"), tmp.path().join("bob.key"));
+    let who = |key: &Path| json(&spare(&peer, &["whoami", "--json", "--identity", key.to_str().unwrap()]));
+    let a = who(&alice);
+    assert_eq!(a["path"].as_str(), alice.to_str(), "{a}");
+    assert_eq!(a["key"].as_str().map(str::len), Some(64), "{a}");
+    assert_eq!(who(&alice)["key"], a["key"], "made once, then kept");
+    let out = Command::new(SPARE).args(["whoami"]).env("SPARE_IDENTITY", &bob).output().unwrap();
+    assert!(out.status.success());
+    let b = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(Some(b.as_str()), a["key"].as_str(), "another key file, another key");
+
+    let module = root().join("examples/wasm/primes.wasm");
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(&lines, (0..8).map(|i| format!("{} {}\n", i * 200_000, (i + 1) * 200_000)).collect::<String>()).unwrap();
+    let submit = |quorum: &str, label: &str| {
+        let args = ["submit", module.to_str().unwrap(), "--stdin-lines", lines.to_str().unwrap(), "--quorum", quorum, "--label", label, "--json"];
+        let v = json(&spare(&peer, &[&args[..], &["--identity", alice.to_str().unwrap()]].concat()));
+        v["job_id"].as_str().unwrap().to_string()
+    };
+    let job = submit("1", "alice's");
+    let out = Command::new(SPARE).args(["cancel", &job]).env("SPARE_PEER", &peer.addr).env("SPARE_IDENTITY", &bob).output().unwrap();
+    assert!(!out.status.success(), "bob cannot cancel alice's job");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied") && err.contains("only the job's owner may cancel it"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = json(&spare(&peer, &["status", &job, "--json"]));
+        if s["state"] == "completed" {
+            assert_eq!(s["owner"].as_str(), a["key"].as_str(), "{s}");
+            break;
+        }
+        assert_ne!(s["state"], "cancelled", "{s}");
+        assert!(Instant::now() < deadline, "the job did not complete: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The owner can: quorum 2 on a lone peer keeps this one running until cancelled.
+    let stuck = submit("2", "stuck");
+    let out = spare(&peer, &["cancel", &stuck, "--identity", alice.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("cancelled job {stuck}")));
+}
+
+/// Off this machine (here asked for with `https://`) the client commands speak TLS: the PeerId
+/// first met at an address is pinned in `known_peers` under the config directory, and another
+/// peer at that address later is refused with a message naming both and the file.
+#[test]
+fn the_cli_pins_a_peer_on_first_use_and_refuses_another_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    let a = Peer::start(&tmp.path().join("a"));
+    let url = format!("https://{}", a.addr);
+    let peers = |url: &str| Command::new(SPARE).args(["peers", "--json", "--peer", url]).env("XDG_CONFIG_HOME", &config).output().unwrap();
+    let out = peers(&url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let known = std::fs::read_to_string(config.join("spare/known_peers")).unwrap();
+    assert_eq!(known.trim(), format!("{} {}", a.addr, a.id));
+    assert!(peers(&url).status.success(), "the same peer again");
+    let addr = a.addr.clone();
+    assert!(a.stop().success());
+
+    let b = Peer::start_on(&tmp.path().join("b"), &addr);
+    let out = peers(&url);
+    assert!(!out.status.success(), "another peer at a pinned address");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&b.id) && err.contains("known_peers") && err.contains("presented PeerId"), "{err}");
+    // Given with its PeerId, the new peer is taken.
+    let out = peers(&format!("{addr}@{}", b.id));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The `spare` binary a user builds from the workspace root (`cargo build --release --bin
@@ -319,8 +399,11 @@ fn mistakes_are_refused_early_and_said_plainly() {
     // Connection problems keep their cause and say what to do.
     let err = refused(&nowhere, &["status", "ab12"]);
     assert!(err.contains("Connection refused") && err.contains("spare peer") && err.contains("--peer"), "{err}");
+    // https:// asks for TLS even to this machine: the cause is the same.
     let err = refused(&format!("https://{nowhere}"), &["status", "ab12"]);
-    assert!(err.contains("https:// needs TLS"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    let err = refused(&format!("{nowhere}@xyz"), &["status", "ab12"]);
+    assert!(err.contains("is not a PeerId"), "{err}");
     // Something that is not a peer listens: it takes the connection, answers HTTP/1 and closes.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let not_a_peer = listener.local_addr().unwrap().to_string();

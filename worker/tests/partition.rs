@@ -8,7 +8,9 @@
 //! side (the origin and one more peer) and a right side (two peers), each big enough for quorum 2;
 //! bringing it up heals it.
 //!
-//! Needs root and iproute2 (`ip`); fails, naming what is missing, without them.
+//! Needs root and iproute2 (`ip`); fails, naming what is missing, without them. The same
+//! namespaces show that peers take no plaintext from another machine and send none to each
+//! other (a packet capture; curl and tcpdump are installed with apt when missing).
 
 mod support;
 
@@ -58,7 +60,9 @@ impl Net {
                  `apt-get install -y iproute2` ({version:?})"
             );
         }
-        let tag = format!("spare{}", std::process::id());
+        // Unique per test as well as per process: the tests of this file run at once.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = format!("spare{}t{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let mut net = Net { hub: format!("{tag}hub"), peers: Vec::new() };
         if let Err(e) = ip(&["netns", "add", &net.hub]) {
             panic!(
@@ -302,4 +306,115 @@ fn a_partition_and_its_healing_lose_nothing_and_verify_nothing_twice_differently
         assert!(status.success(), "peer {} stopped cleanly on SIGTERM: {status}", p.addr);
     }
     drop(net);
+}
+
+/// `program` on this machine, installed with apt when missing.
+fn ensure_tool(program: &str, package: &str) {
+    if Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    let install = || Command::new("apt-get").args(["install", "-y", "-q", package]).env("DEBIAN_FRONTEND", "noninteractive").output();
+    let mut out = install().expect("apt-get runs");
+    if !out.status.success() {
+        // A fresh machine has no package lists yet.
+        let _ = Command::new("apt-get").args(["update", "-q"]).output();
+        out = install().expect("apt-get runs");
+    }
+    assert!(out.status.success(), "installing {package}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Off its own machine a peer takes TLS only: plaintext HTTP/2 (a gRPC call, by curl) from
+/// another namespace gets its connection closed unanswered, while the CLI there, speaking TLS
+/// and pinning the peer's id, is answered.
+#[test]
+fn a_peer_refuses_plaintext_from_another_machine() {
+    ensure_tool("curl", "curl");
+    let net = Net::create();
+    let tmp = scratch();
+    let peer = Peer::start(PeerSpec::new(&tmp.path().join("p1"), &Net::addr(1)).netns(&net.peers[0]));
+    let url = format!("http://{}/spare.v1.PeerService/Info", Net::addr(1));
+    let out = command_in(Some(&net.peers[1]), "curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10", "-X", "POST", "-H", "content-type: application/grpc"])
+        .args(["--data-binary", "", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .expect("curl runs");
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!out.status.success() && code == "000", "plaintext from another namespace must get no answer: {out:?}");
+
+    let out = command_in(Some(&net.peers[1]), SPARE)
+        .args(["peers", "--json", "--peer", &format!("{}@{}", peer.addr, peer.peer_id)])
+        .env("XDG_CONFIG_HOME", tmp.path().join("client-config"))
+        .env("SPARE_LOG", "warn")
+        .output()
+        .expect("spare runs");
+    assert!(out.status.success(), "TLS from there is answered: {}", String::from_utf8_lossy(&out.stderr));
+    let listed = json_of("spare peers --json", &out);
+    assert!(listed.to_string().contains(&peer.peer_id), "{listed}");
+}
+
+/// No plaintext between peers: a capture of the link of one of two peers in namespaces, while
+/// they verify a quorum-2 job, holds none of the job's input bytes (tcpdump is installed when
+/// missing).
+#[test]
+fn a_capture_between_two_peers_holds_no_input_bytes() {
+    use std::io::{BufRead, BufReader};
+    ensure_tool("tcpdump", "tcpdump");
+    let net = Net::create();
+    let tmp = scratch();
+    let first = Peer::start(PeerSpec::new(&tmp.path().join("p1"), &Net::addr(1)).netns(&net.peers[0]));
+    let second = Peer::start(PeerSpec::new(&tmp.path().join("p2"), &Net::addr(2)).netns(&net.peers[1]).bootstrap(&Net::addr(1)));
+    wait_for_mesh(&[&first, &second]);
+
+    // The second peer's link, as the hub sees it: everything between the two peers.
+    let pcap = tmp.path().join("link.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &net.hub, "tcpdump", "-i", "p2", "--immediate-mode", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = tcpdump.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = rx.recv_timeout(DEADLINE).expect("tcpdump says it listens");
+    assert!(listening.contains("listening on"), "{listening}");
+
+    let marker = format!("spare-capture-marker-{}", std::process::id());
+    let inputs = tmp.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    for i in 0..4 {
+        std::fs::write(inputs.join(format!("{i}")), format!("1000\n{marker} {i}")).unwrap();
+    }
+    let module = root_path("examples/wasm/sha256.wasm");
+    let v = json_of(
+        "spare submit",
+        &first.spare(&["submit", module.to_str().unwrap(), "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "2", "--json"]),
+    );
+    let job = v["job_id"].as_str().expect("job_id").to_string();
+    let status = eventually("the job verified by both peers", || {
+        let s = first.status(&job)?;
+        if s["state"] == "completed" { Ok(s) } else { Err(s["tasks"].to_string()) }
+    });
+    for t in tasks_of(&status).values() {
+        assert_eq!(verified_by(t).len(), 2, "{t}");
+    }
+    // The job's traffic (leases, reports, the adoption with every input) is written out.
+    eventually("the capture to hold the job's traffic", || {
+        let len = std::fs::metadata(&pcap).map_or(0, |m| m.len());
+        if len > 10_000 { Ok(()) } else { Err(format!("{len} bytes")) }
+    });
+    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
+    let _ = tcpdump.wait();
+    let captured = std::fs::read(&pcap).expect("the capture");
+    assert!(!captured.windows(marker.len()).any(|w| w == marker.as_bytes()), "the input bytes crossed the link in clear");
+}
+
+/// A path under the workspace root.
+fn root_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }

@@ -77,7 +77,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     for (i, p) in peers.iter().enumerate() {
         eprintln!("peer {i}: {} on {} ({} slot(s))", p.node.peer_id().short(), p.addr, a.cpus);
     }
-    let client = Client::connect(peers[0].addr.to_string()).await.map_err(err)?;
+    // A one-off key: the embedded mesh ends with the demo, so the user's key file is not needed.
+    let client = Client::connect(peers[0].addr.to_string())
+        .await
+        .map_err(err)?
+        .with_identity(spare_sdk::ClientIdentity::generate().map_err(err)?);
 
     let chunk = a.upto.div_ceil(a.tasks);
     let job = Job::builder()

@@ -1,5 +1,5 @@
 //! `spare jobs`: the jobs a peer holds, newest first, with state and progress; and `spare
-//! cancel`, which stops one.
+//! cancel`, which stops one (its owner only); `spare whoami`, the client key that owns jobs.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -100,4 +100,25 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Options of `spare whoami`.
+#[derive(Args, Debug)]
+pub struct WhoamiArgs {
+    /// One JSON object: `{"key": HEX, "path": FILE}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the client key (made now if there is none yet) and where it is kept.
+pub fn whoami(a: WhoamiArgs) -> anyhow::Result<ExitCode> {
+    let id = super::identity()?;
+    let path = id.path().map(|p| p.display().to_string()).unwrap_or_default();
+    if a.json {
+        println!("{}", json!({ "key": id.public_hex(), "path": path }));
+    } else {
+        println!("{}", id.public_hex());
+        eprintln!("(client key {path}: jobs submitted with it are yours, and only it can cancel them)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! The `spare` command line: `peer` runs a peer; `submit`, `status`, `jobs`, `cancel`,
-//! `results`, `logs` and `peers` talk to one over gRPC through the SDK; `demo` runs a whole job
+//! `results`, `logs` and `peers` talk to one over gRPC through the SDK (signing submits and
+//! cancels with the client key `whoami` prints); `demo` runs a whole job
 //! on an embedded mesh; `completions` prints a shell's completion script.
 
 mod check;
@@ -31,11 +32,20 @@ pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
   spare submit examples/wasm/primes.wasm --inputs-dir DIR --quorum 1 --wait
   spare jobs                                                   # what the peer holds
 
-Client commands talk to 127.0.0.1:7070 unless --peer or SPARE_PEER says otherwise.")]
+Client commands talk to 127.0.0.1:7070 unless --peer or SPARE_PEER says otherwise: in plaintext
+to this machine, over TLS to any other (--peer ADDR@PEERID checks the peer's id; otherwise the
+first id met at an address is pinned in ~/.config/spare/known_peers).")]
 struct Cli {
+    /// The client key that signs submits and cancels (the jobs' owner); made on first use.
+    /// Default: $XDG_CONFIG_HOME/spare/client.key, else ~/.config/spare/client.key.
+    #[arg(long, global = true, env = "SPARE_IDENTITY", value_name = "FILE")]
+    identity: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The key file `--identity` (or `SPARE_IDENTITY`) names, for the client commands.
+static IDENTITY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 // Every command's `--help` ends with examples (`after_help`), kept here beside each other.
 #[derive(Subcommand, Debug)]
@@ -66,6 +76,11 @@ enum Command {
     #[command(after_help = "Examples:
   spare cancel 3f2a9c01")]
     Cancel(jobs::CancelArgs),
+    /// Print this client's key: the owner of the jobs it submits (made on first use).
+    #[command(after_help = "Examples:
+  spare whoami
+  spare whoami --identity ~/keys/ci.key --json")]
+    Whoami(jobs::WhoamiArgs),
     /// List the peers of the mesh as a peer sees them.
     #[command(after_help = "Examples:
   spare peers
@@ -112,6 +127,9 @@ enum Command {
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(path) = &cli.identity {
+        let _ = IDENTITY.set(path.clone());
+    }
     if !matches!(cli.command, Command::Peer(_)) {
         quiet_on_closed_stdout();
     }
@@ -143,6 +161,7 @@ pub fn main() -> ExitCode {
             Command::Jobs(a) => jobs::run(a).await,
             Command::Cancel(a) => jobs::cancel(a).await,
             Command::New(a) => new::run(a),
+            Command::Whoami(a) => jobs::whoami(a),
             Command::Completions { shell } => {
                 // Into a buffer first: clap_complete panics when its writer fails.
                 let mut script = Vec::new();
@@ -207,7 +226,10 @@ fn log_filter(spare_log: Option<&str>, default: &str) -> String {
 /// Connects the SDK to a peer and checks that a peer answers there; an error keeps its cause
 /// and says what to do.
 async fn connect(peer: &str) -> anyhow::Result<spare_sdk::Client> {
-    let client = spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| sdk_error(e, peer))?;
+    let mut client = spare_sdk::Client::connect(peer.to_string()).await.map_err(|e| sdk_error(e, peer))?;
+    if let Some(path) = IDENTITY.get() {
+        client = client.with_identity(spare_sdk::ClientIdentity::load_or_create(path)?);
+    }
     match client.info().await {
         Ok(_) => Ok(client),
         // Something took the connection, then failed below gRPC: not a peer's API.
@@ -235,6 +257,14 @@ fn sdk_error(e: spare_sdk::Error, peer: &str) -> anyhow::Error {
         }
         _ => anyhow::anyhow!("{e}"),
     }
+}
+
+/// The client key the commands sign with: `--identity`, else the SDK's default (made on first use).
+fn identity() -> anyhow::Result<spare_sdk::ClientIdentity> {
+    Ok(match IDENTITY.get() {
+        Some(path) => spare_sdk::ClientIdentity::load_or_create(path)?,
+        None => spare_sdk::ClientIdentity::load_default()?,
+    })
 }
 
 /// The job an id, or a unique prefix of one as `spare` prints them, names at `client`'s peer.

@@ -40,8 +40,9 @@ pub struct PeerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cpus: Option<usize>,
-    /// A peer to join the mesh through (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    /// A peer to join the mesh through (repeatable); ADDR@PEERID pins its identity (checked
+    /// by TLS), otherwise whichever peer answers there is taken.
+    #[arg(long, value_name = "ADDR[@PEERID]")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     bootstrap: Vec<String>,
     /// The address other peers should dial, when it is not the listening one (e.g. listening on 0.0.0.0).

@@ -94,6 +94,7 @@ pub fn status_json(s: &JobStatus, with_tasks: bool) -> Value {
         "message": s.message,
         "module_id": s.module_id,
         "origin": s.origin,
+        "owner": s.owner,
         "submitted_at_ms": s.submitted_at_ms,
         "policy": {
             "quorum": p.quorum, "max_replicas": p.max_replicas, "priority": p.priority,

@@ -1,10 +1,14 @@
 //! Connections to other peers, one lazily connected gRPC channel per address, shared by every
-//! request to that peer (HTTP/2 multiplexes them).
+//! request to that peer (HTTP/2 multiplexes them). Every one is TLS 1.3: this peer presents its
+//! certificate, and the other's must carry the PeerId expected at that address (from its signed
+//! advert or `--bootstrap ADDR@PEERID`; any peer's at an address not yet tied to one).
 
 use std::time::Duration;
 
 use dashmap::DashMap;
+use rustls::pki_types::CertificateDer;
 use spare_proto as pb;
+use spare_protocol::PeerId;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::wire::MAX_MESSAGE_BYTES;
@@ -17,12 +21,33 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CHANNELS: usize = 4096;
 
 /// The channel pool.
-#[derive(Default)]
 pub struct Clients {
     channels: DashMap<String, Channel>,
+    /// The PeerId expected at each address.
+    expected: DashMap<String, PeerId>,
+    /// This peer's certificate and PKCS#8 key, presented to every peer it dials.
+    identity: (CertificateDer<'static>, Vec<u8>),
 }
 
 impl Clients {
+    /// A pool that dials as the peer with this certificate and key.
+    pub fn new(cert: CertificateDer<'static>, key: Vec<u8>) -> Clients {
+        Clients { channels: DashMap::new(), expected: DashMap::new(), identity: (cert, key) }
+    }
+
+    /// Ties `addr` to `peer`: a channel there must meet that PeerId. A channel made for
+    /// another is dropped.
+    pub fn expect(&self, addr: &str, peer: PeerId) {
+        if self.expected.get(addr).is_some_and(|p| *p == peer) {
+            return;
+        }
+        if self.expected.len() >= MAX_CHANNELS {
+            self.expected.clear();
+        }
+        self.expected.insert(addr.to_string(), peer);
+        self.channels.remove(addr);
+    }
+
     /// The channel to `addr` (`host:port`), made on first use.
     pub fn channel(&self, addr: &str) -> Option<Channel> {
         if let Some(c) = self.channels.get(addr) {
@@ -31,13 +56,17 @@ impl Clients {
         if self.channels.len() >= MAX_CHANNELS {
             self.channels.clear();
         }
+        let expected = self.expected.get(addr).map(|p| *p.as_bytes());
+        let (config, _) = spare_sdk::tls::client_config(expected, Some(self.identity.clone()))
+            .map_err(|e| tracing::error!("TLS client configuration: {e}"))
+            .ok()?;
+        // `http://` tells tonic not to do TLS itself: the connector does.
         let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+            .connect_with_connector_lazy(spare_sdk::tls::connector(std::sync::Arc::new(config)));
         self.channels.insert(addr.to_string(), channel.clone());
         Some(channel)
     }

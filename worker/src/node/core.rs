@@ -26,8 +26,12 @@ pub struct JobMeta {
     /// Every peer named as one of its coordinators since this peer has held it: a rival ad is
     /// settled only with one of these or the origin (see `heal.rs`).
     pub named: std::collections::BTreeSet<spare_protocol::PeerId>,
-    /// Who submitted it here (its address), when this peer is its origin and still runs it.
-    pub submitter: Option<std::net::IpAddr>,
+    /// Who submitted it here (its key), when this peer is its origin and still runs it: what
+    /// the per-submitter bound counts.
+    pub submitter: Option<spare_protocol::PeerId>,
+    /// The submitter key that owns it: the only one that may cancel it (`None` for jobs from
+    /// before owners).
+    pub owner: Option<spare_protocol::PeerId>,
 }
 
 impl JobMeta {
@@ -40,6 +44,7 @@ impl JobMeta {
             coordinators: job.coordinators.clone(),
             named: job.coordinators.iter().copied().collect(),
             submitter: None,
+            owner: job.owner,
         }
     }
 

@@ -147,11 +147,15 @@ impl Node {
         let mesh = self.mesh();
         let alive = mesh.membership.state_of(peer).filter(|(_, s)| *s != MemberState::Dead);
         // The signed advert's address first: membership's is whatever a packet claimed.
-        match (alive, mesh.membership.record(&RecordKey::Advert(*peer))) {
+        let addr = match (alive, mesh.membership.record(&RecordKey::Advert(*peer))) {
             (Some(_), Some(Record::Advert(a))) => Some(a.addr),
             (Some((m, _)), _) => Some(m.addr),
             (None, _) => None,
-        }
+        }?;
+        drop(mesh);
+        // A channel there must meet this peer.
+        self.0.clients.expect(&addr, *peer);
+        Some(addr)
     }
 
     /// Every peer known, this one first.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
+pub mod replay;
 pub mod replicate;
 pub mod retention;
 mod slots;
@@ -146,6 +147,8 @@ struct Shared {
     mesh_wake: Notify,
     /// Channels to other peers.
     clients: clients::Clients,
+    /// How this peer's port speaks TLS.
+    tls_server: Arc<rustls::ServerConfig>,
     /// Where the replication stream goes to the replicator (started at the first entry).
     replicator: Mutex<Option<replicate::ReplSender>>,
     /// Catch-ups of backup coordinators waiting to be sent.
@@ -161,8 +164,10 @@ struct Shared {
     invalid_records: std::sync::atomic::AtomicU64,
     /// Submissions being checked and stored now.
     submits: tokio::sync::Semaphore,
-    /// Running jobs per submitter address.
-    submitters: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Running jobs per submitter key.
+    submitters: Mutex<std::collections::HashMap<spare_protocol::PeerId, usize>>,
+    /// Signed client requests seen lately, so none is taken twice.
+    replay: Mutex<replay::ReplayCache>,
     /// Tasks of the unfinished jobs held here.
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
@@ -176,10 +181,29 @@ struct Shared {
 impl Node {
     /// Opens the data directory, restores the jobs it holds, binds the listening address and
     /// starts the peer's loops; serving gRPC on the listener is the caller's (`crate::start`).
-    pub(crate) async fn open(config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
+    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
+        let (cert, tls_key) = identity.tls_certificate()?;
+        let clients = clients::Clients::new(cert.clone(), tls_key.clone());
+        // `--bootstrap ADDR@PEERID` pins the first contact's identity.
+        let mut bootstrap = Vec::with_capacity(config.bootstrap.len());
+        for b in &config.bootstrap {
+            match b.rsplit_once('@') {
+                Some((addr, id)) => {
+                    let peer: spare_protocol::PeerId =
+                        id.parse().with_context(|| format!("--bootstrap {b}: {id:?} is not a PeerId (64 hex characters)"))?;
+                    clients.expect(addr, peer);
+                    bootstrap.push(addr.to_string());
+                }
+                None => bootstrap.push(b.clone()),
+            }
+        }
+        config.bootstrap = bootstrap;
+        let tls_server = Arc::new(
+            crate::service::listener::server_config(cert, tls_key).map_err(|e| anyhow::anyhow!("TLS server configuration: {e}"))?,
+        );
         let store = Store::open(dir)?;
         let sandbox = Sandbox::new(SandboxConfig {
             slots: config.cpus.max(1),
@@ -221,7 +245,8 @@ impl Node {
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
-            clients: Default::default(),
+            clients,
+            tls_server,
             reporter: Default::default(),
             replicator: Default::default(),
             catch_ups: Default::default(),
@@ -230,6 +255,7 @@ impl Node {
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
             submitters: Default::default(),
+            replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_SEEN)),
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
             donation: donation::State::new(&config.donation),
@@ -438,12 +464,12 @@ impl Node {
         let _ = self.0.held_tasks.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
             Some(h.saturating_sub(u64::from(tasks)))
         });
-        if let Some(ip) = submitter {
+        if let Some(key) = submitter {
             let mut s = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = s.get_mut(&ip) {
+            if let Some(n) = s.get_mut(&key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    s.remove(&ip);
+                    s.remove(&key);
                 }
             }
         }
@@ -540,10 +566,37 @@ impl Node {
         Arc::strong_count(&self.0)
     }
 
-    /// Cancels a job; false when unknown. Durable before it returns.
+    /// The TLS configuration of this peer's port.
+    pub fn tls_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.tls_server.clone()
+    }
+
+    /// Signs `bytes` with this peer's key.
+    pub fn sign(&self, bytes: &[u8]) -> [u8; 64] {
+        self.0.identity.sign(bytes)
+    }
+
+    /// Records a signed client request's (key, nonce) at `now`; refused when seen before.
+    pub fn check_replay(&self, key: spare_protocol::PeerId, nonce: [u8; 16]) -> Result<(), replay::ReplayError> {
+        self.0.replay.lock().unwrap_or_else(|p| p.into_inner()).check(key, nonce, unix_ms())
+    }
+
+    /// The submitter key that owns a job held here (`None`: unknown job, or one accepted before
+    /// jobs had owners).
+    pub fn owner_of(&self, id: &JobId) -> Option<spare_protocol::PeerId> {
+        self.core().jobs.get(id).and_then(|m| m.owner)
+    }
+
+    /// Cancels a job; false when unknown. Durable before it returns. A job that has ended keeps
+    /// its final state: nothing is stored, so a restart cannot turn it into a cancelled one.
     pub async fn cancel(&self, id: &JobId) -> anyhow::Result<bool> {
         let durable = {
             let mut core = self.core();
+            match core.coord.job(id) {
+                None => return Ok(false),
+                Some(v) if v.state.is_final() => return Ok(true),
+                Some(_) => {}
+            }
             if !core.coord.cancel(id) {
                 return Ok(false);
             }

@@ -204,6 +204,7 @@ impl Node {
             timestamp_ms: unix_ms(),
             signature: Vec::new(),
             timed_out,
+            owner: stored.owner.map(|o| o.as_bytes().to_vec()).unwrap_or_default(),
         };
         req.signature = self.0.identity.sign(&signing::adopt(&req)).to_vec();
         Ok(req)

@@ -1,7 +1,7 @@
 //! Accepting a job at this peer (its origin): check the module and inputs, derive the JobId,
 //! make the job durable, then hand it to the coordinator.
 
-use spare_protocol::{BlobId, JobId, JobSpec, Policy, SubmitError, derive_job_id};
+use spare_protocol::{BlobId, JobId, JobSpec, PeerId, Policy, SubmitError, derive_job_id};
 
 use super::{JobMeta, Node, unix_ms};
 use crate::sandbox::ModuleError;
@@ -22,11 +22,17 @@ pub struct NewJob {
     pub env: Vec<(String, String)>,
     /// Free-form name.
     pub label: String,
-    /// Makes the id unique.
+    /// Makes the id unique (16 random bytes are drawn when it is empty).
     pub nonce: Vec<u8>,
-    /// Who sent it (its address), for the per-submitter bound.
-    pub submitter: Option<std::net::IpAddr>,
+    /// Where it came from (the client's address), for the volunteer's allow-list.
+    pub from_addr: Option<std::net::IpAddr>,
+    /// The submitter key that signed it: the job's owner, and what the per-submitter bound
+    /// counts (`None` only for jobs from before owners).
+    pub owner: Option<PeerId>,
 }
+
+/// Length of the nonce drawn for a submission that came without one.
+const NONCE_BYTES: usize = 16;
 
 /// Why a submission was refused, by whose fault.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +62,7 @@ pub const MAX_ARGS_BYTES: usize = 64 << 10;
 
 impl Node {
     /// Accepts a job; it is durable when this returns.
-    pub async fn submit(&self, job: NewJob) -> Result<JobId, SubmitFailure> {
+    pub async fn submit(&self, mut job: NewJob) -> Result<JobId, SubmitFailure> {
         let bounds = self.config().bounds;
         let Ok(_checking) = self.0.submits.try_acquire() else {
             return Err(SubmitFailure::Full(format!(
@@ -65,18 +71,26 @@ impl Node {
             )));
         };
         let donation = &self.config().donation;
-        super::donation::admits_submitter(donation, job.submitter).map_err(|e| SubmitFailure::Refused(e.to_string()))?;
+        super::donation::admits_submitter(donation, job.from_addr).map_err(|e| SubmitFailure::Refused(e.to_string()))?;
         super::donation::serves(donation, &job.module, &job.policy).map_err(|e| SubmitFailure::Refused(e.to_string()))?;
         if let Some(why @ super::donation::Pause::Disk { .. }) = self.paused() {
             return Err(SubmitFailure::Full(format!("this peer takes no new jobs: {why}")));
         }
-        if let Some(ip) = job.submitter {
-            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&ip).copied().unwrap_or(0);
+        if let Some(key) = job.owner {
+            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
             if running >= bounds.max_jobs_per_submitter {
                 return Err(SubmitFailure::Full(format!(
-                    "{ip} already has {running} jobs running here, the most one submitter may have; wait for some to end"
+                    "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
+                    key.short()
                 )));
             }
+        }
+        if job.nonce.is_empty() {
+            // As the proto promises: two submissions of the same content without a nonce are
+            // two jobs.
+            let mut nonce = vec![0u8; NONCE_BYTES];
+            getrandom::fill(&mut nonce).map_err(|e| SubmitFailure::Internal(anyhow::anyhow!("no randomness for a nonce: {e}")))?;
+            job.nonce = nonce;
         }
         let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
         if held + job.inputs.len() as u64 > bounds.max_held_tasks {
@@ -121,9 +135,10 @@ impl Node {
             origin_signature: self.0.identity.sign(&crate::wire::signing::job(&id)).to_vec(),
             nonce: job.nonce,
             coordinators: vec![origin],
+            owner: job.owner,
         };
         let mut meta = JobMeta::of(&stored);
-        meta.submitter = job.submitter;
+        meta.submitter = job.owner;
         let write = {
             let mut core = self.core();
             if core.jobs.contains_key(&id) {
@@ -136,8 +151,8 @@ impl Node {
             })?;
             core.jobs.insert(id, meta);
             self.0.held_tasks.fetch_add(u64::from(job_tasks(&core, &id)), std::sync::atomic::Ordering::Relaxed);
-            if let Some(ip) = job.submitter {
-                *self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_insert(0) += 1;
+            if let Some(key) = job.owner {
+                *self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
             }
             // Queued under the lock, so a result of this job can never be written before it.
             self.store().write(vec![Op::PutJob(id, stored), Op::PutInputs { job: id, first: 0, inputs: job.inputs }])
@@ -232,9 +247,15 @@ fn stored_count(core: &super::Core, id: &JobId) -> u32 {
     core.jobs.get(id).map_or(0, |m| m.spec.task_count)
 }
 
-/// A digest of everything that defines the job's results (its id is derived from it).
+/// A digest of everything that defines the job's results, and of its owner (its id is derived
+/// from it, so a coordinator that checks the id checks the owner it was told).
 pub fn digest(job: &NewJob) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("spare.v1 job content");
+    // Jobs from before owners keep the ids they had.
+    if let Some(owner) = &job.owner {
+        h.update(b"owner");
+        h.update(owner.as_bytes());
+    }
     h.update(job.module.as_bytes());
     h.update(&postcard::to_stdvec(&job.policy).unwrap_or_default());
     h.update(&postcard::to_stdvec(&(&job.args, &job.env)).unwrap_or_default());

@@ -3,13 +3,15 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use spare_protocol::{BlobId, JobId, TaskId, TaskState};
+use spare_protocol::{BlobId, JobId, PeerId, TaskId, TaskState};
+use spare_sdk::identity::{SignedMethod, cancel_body, submit_body};
 use spare_proto as pb;
 use spare_proto::job_event::Event as Ev;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, MAX_FORWARDS, forwarded};
 use crate::wire::convert::{self, parse_id};
 use crate::node::{Change, NewJob, Node, SubmitFailure};
 use crate::store::StoredInput;
@@ -42,15 +44,14 @@ fn not_found(id: &JobId) -> Status {
     Status::not_found(format!("job {id} is not known at this peer"))
 }
 
-/// Marks a request one peer forwarded to another, so it is never forwarded twice.
-const PROXIED: &str = "spare-proxied";
-
 /// Where to forward a request about a job this peer does not hold: a live coordinator named in
-/// the job's ad. `Err` says which peers to ask when forwarding is not possible.
-fn coordinator_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<JobClient, Status> {
+/// the job's ad. `Err` says which peers to ask when forwarding is not possible (`proxied`: the
+/// request was forwarded here already).
+fn coordinator_of(node: &Node, id: &JobId, proxied: bool) -> Result<(PeerId, JobClient), Status> {
     let Some(ad) = node.job_ad(id) else { return Err(not_found(id)) };
-    let addrs: Vec<String> = ad.coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
-    if req.metadata().contains_key(PROXIED) || addrs.is_empty() {
+    let known: Vec<(PeerId, String)> = ad.coordinators.iter().filter_map(|c| node.addr_of(c).map(|a| (*c, a))).collect();
+    let addrs: Vec<String> = known.iter().map(|(_, a)| a.clone()).collect();
+    if proxied || known.is_empty() {
         let who: Vec<String> = ad.coordinators.iter().map(|c| c.short()).collect();
         return Err(Status::not_found(format!(
             "job {id} is coordinated by peer(s) {} at {}; ask there",
@@ -58,25 +59,21 @@ fn coordinator_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<JobCli
             if addrs.is_empty() { "no known address".to_string() } else { addrs.join(", ") }
         )));
     }
-    node.client_jobs(&addrs[0]).ok_or_else(|| Status::unavailable("no channel to the job's coordinator"))
-}
-
-fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(PROXIED, tonic::metadata::MetadataValue::from_static("1"));
-    r
+    let (peer, addr) = &known[0];
+    let client = node.client_jobs(addr).ok_or_else(|| Status::unavailable("no channel to the job's coordinator"))?;
+    Ok((*peer, client))
 }
 
 /// The active coordinator of `id` as this peer knows it (the first live one of its list), when
-/// that is another peer and the request was not forwarded already.
-fn active_of<T>(node: &Node, id: &JobId, req: &Request<T>) -> Option<JobClient> {
-    if req.metadata().contains_key(PROXIED) {
+/// that is another peer and the request may still be forwarded.
+fn active_of(node: &Node, id: &JobId, proxied: bool) -> Option<(PeerId, JobClient)> {
+    if proxied {
         return None;
     }
     let me = node.peer_id();
     let list = node.core().jobs.get(id).map(|m| m.coordinators.clone())?;
-    let addr = list.iter().find_map(|c| if *c == me { Some(None) } else { node.addr_of(c).map(Some) })??;
-    node.client_jobs(&addr)
+    let (peer, addr) = list.iter().find_map(|c| if *c == me { Some(None) } else { node.addr_of(c).map(|a| Some((*c, a))) })??;
+    Some((peer, node.client_jobs(&addr)?))
 }
 
 type JobClient = pb::job_service_client::JobServiceClient<tonic::transport::Channel>;
@@ -85,13 +82,13 @@ type JobClient = pb::job_service_client::JobServiceClient<tonic::transport::Chan
 /// coordinators, or holds the job and cannot forward; otherwise by a coordinator the job's ad
 /// names (a peer that holds a job it no longer coordinates may be behind, e.g. the losing side
 /// of a healed split).
-fn route<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<Option<JobClient>, Status> {
+fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobClient)>, Status> {
     let me = node.peer_id();
     let (held, named) = node.core().jobs.get(id).map_or((false, false), |m| (true, m.coordinators.contains(&me)));
     if named {
         return Ok(None);
     }
-    match coordinator_of(node, id, req) {
+    match coordinator_of(node, id, proxied) {
         Ok(client) => Ok(Some(client)),
         Err(_) if held => Ok(None),
         Err(e) => Err(e),
@@ -100,15 +97,17 @@ fn route<T>(node: &Node, id: &JobId, req: &Request<T>) -> Result<Option<JobClien
 
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
-    let (mut s, views, coordinators) = {
+    let (mut s, views, coordinators, owner) = {
         let core = node.core();
         let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
         let s = convert::job_status(&view);
         let coordinators = core.jobs.get(id).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let owner = core.jobs.get(id).and_then(|m| m.owner);
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
         let views: Vec<_> = (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect();
-        (s, views, coordinators)
+        (s, views, coordinators, owner)
     };
+    s.owner = owner.map(|o| o.to_hex()).unwrap_or_default();
     s.coordinators = coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
     if include_tasks && s.tasks.as_ref().is_some_and(|c| c.total > MAX_TASK_LIST) {
         let note = format!("task_list holds the first {MAX_TASK_LIST} tasks; read the rest with Results");
@@ -138,8 +137,9 @@ fn is_final(node: &Node, id: &JobId) -> bool {
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        let submitter = req.remote_addr().map(|a| a.ip());
+        let from_addr = super::listener::remote_of(&req).map(|a| a.ip());
         let r = req.into_inner();
+        let owner = auth::check_client(&self.node, SignedMethod::Submit, &submit_body(&r), r.auth.as_ref(), &self.node.peer_id())?;
         let module: BlobId = parse_id("module_id", &r.module_id)?;
         if r.tasks.is_empty() {
             return Err(Status::invalid_argument("a job needs at least one task; tasks is empty"));
@@ -161,7 +161,8 @@ impl pb::job_service_server::JobService for JobApi {
             env: r.env.into_iter().map(|e| (e.key, e.value)).collect(),
             label: r.label,
             nonce: r.nonce,
-            submitter,
+            from_addr,
+            owner: Some(owner),
         };
         match self.node.submit(job).await {
             Ok(id) => Ok(Response::new(pb::SubmitResponse { job_id: id.to_hex() })),
@@ -176,9 +177,9 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if let Some(mut client) = route(&self.node, &id, &req)? {
+        if let Some((to, mut client)) = route(&self.node, &id, auth::proxied(&self.node, &req)?)? {
             let held = self.node.core().jobs.contains_key(&id);
-            match client.get(forwarded(req.get_ref().clone())).await {
+            match client.get(forwarded(&self.node, req.get_ref().clone(), &to)).await {
                 Ok(r) => return Ok(r),
                 Err(e) if !held => return Err(e),
                 // Unreachable: what this peer knows is better than nothing.
@@ -193,8 +194,8 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if let Some(mut client) = route(&self.node, &id, &req)? {
-            let stream = client.watch(forwarded(req.into_inner())).await?.into_inner();
+        if let Some((to, mut client)) = route(&self.node, &id, auth::proxied(&self.node, &req)?)? {
+            let stream = client.watch(forwarded(&self.node, req.into_inner(), &to)).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
         // Subscribe first, then look whether the job has ended, then take the snapshot: a job
@@ -259,8 +260,8 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
         let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if let Some(mut client) = route(&self.node, &id, &req)? {
-            let stream = client.results(forwarded(req.into_inner())).await?.into_inner();
+        if let Some((to, mut client)) = route(&self.node, &id, auth::proxied(&self.node, &req)?)? {
+            let stream = client.results(forwarded(&self.node, req.into_inner(), &to)).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
         let r = req.into_inner();
@@ -319,15 +320,36 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::JobStatus>, Status> {
-        let id: JobId = parse_id("job_id", &req.get_ref().job_id)?;
-        if let Some(mut client) = route(&self.node, &id, &req)? {
-            return client.cancel(forwarded(req.into_inner())).await;
+        // Forwarding is in the signed message, never in headers a client could set.
+        let me = self.node.peer_id();
+        let signed_for = auth::check_forwards(&req, req.get_ref(), &me)?;
+        let r = req.into_inner();
+        let id: JobId = parse_id("job_id", &r.job_id)?;
+        let key = auth::check_client(&self.node, SignedMethod::Cancel, &cancel_body(&r), r.auth.as_ref(), &signed_for)?;
+        if let Some(owner) = self.node.owner_of(&id)
+            && owner != key
+        {
+            return Err(Status::permission_denied(format!(
+                "only the job's owner may cancel it: job {} belongs to submitter key {}, and this request is signed by key {} (see `spare whoami`)",
+                id.short(),
+                owner.short(),
+                key.short()
+            )));
+        }
+        let may_forward = r.forwarded.len() < MAX_FORWARDS;
+        if let Some((to, mut client)) = route(&self.node, &id, !may_forward)? {
+            let mut next = r;
+            auth::add_forward(&self.node, &mut next, &to);
+            return client.cancel(next).await;
         }
         // A backup coordinator passes a cancellation to the active one, which tells the others.
-        if let Some(mut client) = active_of(&self.node, &id, &req)
-            && let Ok(r) = client.cancel(forwarded(req.get_ref().clone())).await {
+        if let Some((to, mut client)) = active_of(&self.node, &id, !may_forward) {
+            let mut next = r.clone();
+            auth::add_forward(&self.node, &mut next, &to);
+            if let Ok(r) = client.cancel(next).await {
                 return Ok(r);
             }
+        }
         match self.node.cancel(&id).await {
             Ok(true) => Ok(Response::new(status(&self.node, &id, false)?)),
             Ok(false) => Err(not_found(&id)),
@@ -343,7 +365,15 @@ impl pb::job_service_server::JobService for JobApi {
         let core = self.node.core();
         let mut views: Vec<_> = core.jobs.keys().filter_map(|id| core.coord.job(id)).collect();
         views.sort_by_key(|v| std::cmp::Reverse((v.spec.submitted_at_ms, v.id)));
-        let jobs = views.iter().take(limit).map(convert::job_status).collect();
+        let jobs = views
+            .iter()
+            .take(limit)
+            .map(|v| {
+                let mut s = convert::job_status(v);
+                s.owner = core.jobs.get(&v.id).and_then(|m| m.owner).map(|o| o.to_hex()).unwrap_or_default();
+                s
+            })
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 }

@@ -26,9 +26,16 @@ impl MeshApi {
     }
 }
 
+/// A mesh call is taken only over TLS from the peer named as its signer (`peer_id`).
+fn from_its_peer<T>(req: &Request<T>, peer_id: &str) -> Result<(), Status> {
+    let sender: PeerId = parse_id("peer_id", peer_id)?;
+    super::listener::require_peer(req, &sender)
+}
+
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
     async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipResponse>, Status> {
+        from_its_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
         if !identity::verify(&sender, &signing::gossip(&r.data), &r.signature) {
@@ -42,6 +49,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        from_its_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
         let job: JobId = parse_id("job_id", &r.job_id)?;
@@ -105,6 +113,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
     }
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        from_its_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
         if unix_ms().abs_diff(r.timestamp_ms) > LEASE_CLOCK_SKEW_MS {
@@ -153,11 +162,13 @@ impl pb::mesh_service_server::MeshService for MeshApi {
     }
 
     async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptResponse>, Status> {
+        from_its_peer(&req, &req.get_ref().peer_id)?;
         super::replica::adopt(&self.node, req.into_inner()).await?;
         Ok(Response::new(pb::AdoptResponse {}))
     }
 
     async fn replicate(&self, req: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateResponse>, Status> {
+        from_its_peer(&req, &req.get_ref().peer_id)?;
         let recorded = super::replica::replicate(&self.node, req.into_inner()).await?;
         Ok(Response::new(pb::ReplicateResponse { recorded }))
     }

@@ -2,7 +2,9 @@
 //! health (`grpc.health.v1`) and server reflection, so `grpcurl -plaintext HOST:PORT list`
 //! works.
 
+mod auth;
 mod blob;
+pub mod listener;
 mod job;
 pub mod mesh;
 pub mod metrics;
@@ -12,7 +14,6 @@ mod replica;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 pub use blob::BlobApi;
 pub use job::{JobApi, status};
@@ -49,6 +50,7 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let peers = pb::peer_service_server::PeerServiceServer::new(PeerApi::new(node.clone()));
+    let tls = node.tls_server_config();
     let mesh = pb::mesh_service_server::MeshServiceServer::new(mesh::MeshApi::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -61,8 +63,8 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .add_service(blobs)
         .add_service(peers)
         .add_service(mesh)
-        // No Nagle: streams of small events would otherwise stall on delayed ACKs.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        // TLS, or plaintext from this machine (`listener.rs`).
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await

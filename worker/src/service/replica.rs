@@ -122,6 +122,11 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         return Err(Status::invalid_argument("the coordinators must name the sender and this peer"));
     }
     let module: BlobId = parse_id("module_id", &r.module_id)?;
+    let owner = match r.owner.len() {
+        0 => None,
+        32 => Some(PeerId(r.owner.as_slice().try_into().map_err(|_| Status::invalid_argument("owner is not 32 bytes"))?)),
+        n => return Err(Status::invalid_argument(format!("owner is {n} bytes, not 32"))),
+    };
     let mut inputs = Vec::with_capacity(r.tasks.len());
     for (i, t) in r.tasks.iter().enumerate() {
         inputs.push(match &t.source {
@@ -138,7 +143,9 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         env: r.env.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
         label: r.label.clone(),
         nonce: r.nonce.clone(),
-        submitter: None,
+        from_addr: None,
+        // Checked with the id below: the id is derived from the owner too.
+        owner,
     };
     if derive_job_id(&origin, &crate::node::digest(&new), &new.nonce) != job {
         return Err(Status::invalid_argument("the job id does not match its origin and content"));
@@ -187,6 +194,7 @@ async fn take_job(
     coordinators: &[PeerId],
 ) -> Result<bool, Status> {
     let module = new.module;
+    let owner = new.owner;
     // The module and large inputs come from the sender, checked against their hashes.
     let addr = node.addr_of(&sender).ok_or_else(|| Status::unavailable("the sender's address is not known"))?;
     let fetch = |e: anyhow::Error| Status::unavailable(format!("fetching the job's blobs: {e:#}"));
@@ -212,6 +220,7 @@ async fn take_job(
         nonce: new.nonce,
         origin_signature: r.origin_signature.clone(),
         coordinators: coordinators.to_vec(),
+        owner,
     };
     let (write, inserted) = {
         let mut core = node.core();

@@ -151,7 +151,7 @@ impl Store {
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            out.push((JobId(k.value()), decode_in("jobs", v.value())?));
+            out.push((JobId(k.value()), job_in(v.value())?));
         }
         Ok(out)
     }
@@ -160,7 +160,7 @@ impl Store {
     pub fn job(&self, id: &JobId) -> Result<Option<StoredJob>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(JOBS).map_err(db_err)?;
-        t.get(id.0).map_err(db_err)?.map(|v| decode_in("jobs", v.value())).transpose()
+        t.get(id.0).map_err(db_err)?.map(|v| job_in(v.value())).transpose()
     }
 
     /// One task's input.
@@ -204,6 +204,10 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn job_in(bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    records::decode_job(bytes).map_err(|e| StoreError::Corrupt { table: "jobs", detail: e.to_string() })
 }
 
 fn result_in(bytes: &[u8]) -> Result<StoredResult, StoreError> {

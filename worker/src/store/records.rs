@@ -21,6 +21,30 @@ pub struct StoredJob {
     pub origin_signature: Vec<u8>,
     /// The peers coordinating it, the active one first.
     pub coordinators: Vec<PeerId>,
+    /// The submitter key that owns it (`None`: stored before jobs had owners).
+    pub owner: Option<PeerId>,
+}
+
+/// A job as stored before jobs had owners (read, so that an older data directory opens).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredJobV0 {
+    spec: JobSpec,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cancelled: bool,
+    nonce: Vec<u8>,
+    origin_signature: Vec<u8>,
+    coordinators: Vec<PeerId>,
+}
+
+/// Decodes a stored job, of this shape or the one before it.
+pub fn decode_job(bytes: &[u8]) -> Result<StoredJob, postcard::Error> {
+    decode::<StoredJob>(bytes).or_else(|e| {
+        let old: StoredJobV0 = decode(bytes).map_err(|_| e)?;
+        let StoredJobV0 { spec, args, env, cancelled, nonce, origin_signature, coordinators } = old;
+        Ok(StoredJob { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner: None })
+    })
 }
 
 /// One task's input: inline bytes, or a blob stored beside the database.
@@ -139,6 +163,32 @@ mod tests {
         assert_eq!((r.output.as_slice(), r.message.as_str(), r.attestations, r.stderr.as_str()), (&b"x"[..], "m", 3, ""));
         let new = StoredResult { stderr: "why".into(), ..r };
         assert_eq!(decode_result(&encode(&new).unwrap()).unwrap(), new);
+    }
+
+    #[test]
+    fn jobs_stored_before_owners_still_decode() {
+        use spare_protocol::Policy;
+        let spec = JobSpec {
+            module: BlobId::of(b"m"),
+            task_count: 2,
+            policy: Policy::default(),
+            origin: PeerId([1; 32]),
+            submitted_at_ms: 5,
+            label: "l".into(),
+        };
+        let old = StoredJobV0 {
+            spec: spec.clone(),
+            args: vec!["a".into()],
+            env: Vec::new(),
+            cancelled: false,
+            nonce: vec![1],
+            origin_signature: vec![2],
+            coordinators: vec![PeerId([1; 32])],
+        };
+        let job = decode_job(&encode(&old).unwrap()).unwrap();
+        assert_eq!((job.spec, job.owner, job.args), (spec, None, vec!["a".to_string()]));
+        let new = StoredJob { owner: Some(PeerId([9; 32])), ..decode_job(&encode(&old).unwrap()).unwrap() };
+        assert_eq!(decode_job(&encode(&new).unwrap()).unwrap(), new);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use spare_protocol::{BlobId, JobId};
 
 use super::records::{StoredInput, StoredJob};
-use super::{FINISHED, INPUTS, JOBS, StoreError, db_err, decode_in};
+use super::{FINISHED, INPUTS, JOBS, StoreError, db_err, decode_in, job_in};
 
 impl super::Store {
     /// Every ended job with when it ended here (Unix ms), oldest first.
@@ -39,7 +39,7 @@ impl super::Store {
         let jobs = tx.open_table(JOBS).map_err(db_err)?;
         for row in jobs.iter().map_err(db_err)? {
             let (_, v) = row.map_err(db_err)?;
-            let job: StoredJob = decode_in("jobs", v.value())?;
+            let job: StoredJob = job_in(v.value())?;
             refs.insert(job.spec.module);
         }
         let inputs = tx.open_table(INPUTS).map_err(db_err)?;

@@ -140,6 +140,8 @@ pub fn job_status(v: &JobView) -> pb::JobStatus {
         message: v.message.clone().unwrap_or_default(),
         origin: v.spec.origin.to_hex(),
         coordinators: Vec::new(),
+        // The owner is the driver's (JobMeta), filled in by the caller.
+        owner: String::new(),
     }
 }
 

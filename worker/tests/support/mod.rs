@@ -115,7 +115,7 @@ impl PeerSpec {
 }
 
 /// A `Command` for `program`, run inside `netns` if given.
-fn command_in(netns: Option<&str>, program: &str) -> Command {
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
     match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -232,7 +232,10 @@ impl Peer {
     /// Runs `spare <args> --peer <this peer>` (inside its namespace, if it has one).
     pub fn spare(&self, args: &[&str]) -> Output {
         let mut cmd = command_in(self.spec.netns.as_deref(), SPARE);
-        cmd.args(args).args(["--peer", &self.addr]).env("SPARE_LOG", "warn");
+        // The test's own client config (key, known peers), never the user's: peers of another
+        // run reuse these addresses with other identities.
+        let config = self.spec.data.parent().map_or_else(|| self.spec.data.join("client-config"), |d| d.join("client-config"));
+        cmd.args(args).args(["--peer", &self.addr]).env("SPARE_LOG", "warn").env("XDG_CONFIG_HOME", config).env_remove("SPARE_IDENTITY");
         run_limited(cmd, COMMAND_LIMIT)
     }
 

@@ -111,7 +111,8 @@ def mesh(tmp_path_factory) -> List[Peer]:
 
 @pytest.fixture
 def client(mesh) -> spare.Client:
-    with spare.Client(mesh[0].addr) as c:
+    # A key of its own, so the tests touch no ~/.config.
+    with spare.Client(mesh[0].addr, identity=spare.ClientIdentity.generate()) as c:
         yield c
 
 

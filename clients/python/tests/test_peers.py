@@ -61,10 +61,16 @@ def test_a_failing_task_says_why(client, primes):
     assert by_status == {r.index: str(r.reason()) for r in bad}
 
 
-def test_a_job_can_be_cancelled(client, primes):
+def test_only_its_owner_can_cancel_a_job(client, primes):
     base = 10**12
     inputs = [f"{base + i * 10**8} {base + (i + 1) * 10**8}\n" for i in range(200)]
     job = client.submit(primes, inputs, quorum=2)
+    assert client.status(job).owner == client.identity.public_hex
+    # Only the key that submitted it may cancel it.
+    with spare.Client(client.addr, identity=spare.ClientIdentity.generate()) as stranger:
+        with pytest.raises(spare.PermissionDenied):
+            stranger.cancel(job)
+    assert not client.status(job).is_final
     client.cancel(job)
     final = eventually("the job is cancelled", lambda: (s := client.status(job)).is_final and s)
     assert final.state == spare.JobState.CANCELLED

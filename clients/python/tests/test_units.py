@@ -82,3 +82,25 @@ def test_large_inputs_go_as_blobs():
         assert "1000 tasks" in str(e)
     else:
         raise AssertionError("a job over the budget was planned")
+
+
+def test_a_signature_covers_the_documented_layout():
+    from spare.identity import signing_bytes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    body, nonce, receiver = b"\x01" * 32, b"\x02" * 16, b"\x03" * 32
+    signed = signing_bytes("Cancel", body, 0x0102030405060708, nonce, receiver)
+    assert signed == b"spare.v1.client\0Cancel\0" + body + bytes([8, 7, 6, 5, 4, 3, 2, 1]) + nonce + receiver
+    me = spare.ClientIdentity.generate()
+    sig = me.sign("Cancel", body, receiver)
+    assert (sig.key, len(sig.nonce), len(sig.signature)) == (me.public_key, 16, 64)
+    Ed25519PublicKey.from_public_bytes(sig.key).verify(
+        sig.signature, signing_bytes("Cancel", body, sig.timestamp_ms, sig.nonce, receiver)
+    )
+
+
+def test_a_client_key_is_made_once_and_kept_private(tmp_path):
+    path = tmp_path / "dir" / "client.key"
+    first = spare.ClientIdentity.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_bytes()) == 32
+    assert spare.ClientIdentity.load_or_create(path).public_hex == first.public_hex

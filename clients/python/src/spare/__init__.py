@@ -29,6 +29,7 @@ from .errors import (
     UnknownJob,
 )
 from .failures import Failures, Reason, stderr_line
+from .identity import ClientIdentity, IdentityError
 from .ids import blob_id
 from .progress import ProgressCounter
 from .types import (
@@ -48,8 +49,8 @@ from .types import (
 )
 
 __all__ = [
-    "AddressError", "BLOB_CHUNK_BYTES", "Client", "ConnectError", "DeadlineExceeded", "Event",
-    "Failures", "InvalidArgument", "InvalidId", "InvalidJob", "JobState", "JobStatus",
+    "AddressError", "BLOB_CHUNK_BYTES", "Client", "ClientIdentity", "ConnectError", "DeadlineExceeded", "Event",
+    "Failures", "IdentityError", "InvalidArgument", "InvalidId", "InvalidJob", "JobState", "JobStatus",
     "JobTooLarge", "Limits", "MAX_MESSAGE_BYTES", "NotAPeer", "NotFound", "Outcome",
     "OutcomeKind", "PeerCaps", "PeerInfo", "PermissionDenied", "Progress", "ProgressCounter",
     "ProtocolError", "Reason", "ResourceExhausted", "Signer", "SpareError", "StatusError",

@@ -15,6 +15,7 @@ import grpc
 
 from . import errors
 from .errors import InvalidJob, ProtocolError, UnknownJob
+from .identity import ClientIdentity
 from .ids import ID_HEX_LEN, blob_id, job_id
 from .plan import BLOB, plan_inputs
 from .progress import ProgressCounter
@@ -47,8 +48,11 @@ class Client:
 
     ``Client("127.0.0.1:7070")`` talks plaintext gRPC (a peer's API on loopback or a trusted
     network). For TLS pass ``credentials=grpc.ssl_channel_credentials(…)`` (the address may then
-    be ``https://host:port``); for a peer that wants Submit and Cancel signed, pass a `Signer`.
-    A client is cheap; close it (or use it as a context manager) to close the channel.
+    be ``https://host:port``). Submit and Cancel are signed with the client's key (`identity`;
+    by default the one `spare` uses, ``~/.config/spare/client.key`` or ``$SPARE_IDENTITY``,
+    made on first use): a job's owner is the key that submitted it, and only it may cancel it.
+    A `Signer` adds metadata to those two calls besides. A client is cheap; close it (or use it
+    as a context manager) to close the channel.
     """
 
     def __init__(
@@ -58,9 +62,13 @@ class Client:
         credentials: Optional[grpc.ChannelCredentials] = None,
         signer: Optional[Signer] = None,
         channel: Optional[grpc.Channel] = None,
+        identity: Optional[ClientIdentity] = None,
     ) -> None:
         self.addr = addr
         self._signer = signer
+        self._identity = identity
+        # The peer's id, which signatures name (asked once).
+        self._receiver: Optional[bytes] = None
         target = addr.strip()
         scheme, sep, rest = target.partition("://")
         if sep:
@@ -110,6 +118,23 @@ class Client:
             return fn(request, timeout=timeout, metadata=metadata or None)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, self.addr) from None
+
+    @property
+    def identity(self) -> ClientIdentity:
+        """The key Submit and Cancel are signed with (loaded or made on first use)."""
+        if self._identity is None:
+            self._identity = ClientIdentity.load_default()
+        return self._identity
+
+    def _receiver_id(self) -> bytes:
+        """The id of the peer this client talks to, as signatures name it."""
+        if self._receiver is None:
+            peer_id = self.info().peer_id
+            try:
+                self._receiver = bytes.fromhex(peer_id)
+            except ValueError:
+                raise ProtocolError(f"the peer gave a malformed peer id {peer_id!r}") from None
+        return self._receiver
 
     def _stream(self, call) -> Iterator:
         try:
@@ -210,6 +235,7 @@ class Client:
                 request.tasks.append(common_pb2.TaskInput(blob_id=bid))
             else:
                 request.tasks.append(common_pb2.TaskInput(inline=data))
+        self.identity.sign_submit(request, self._receiver_id())
         reply = self._call(self._jobs.Submit, request, method="/spare.v1.JobService/Submit")
         try:
             return job_id(reply.job_id)
@@ -282,8 +308,10 @@ class Client:
             yield TaskResult.from_pb(r)
 
     def cancel(self, job: str) -> JobStatus:
-        """Cancels a job; returns its status afterwards."""
+        """Cancels a job; returns its status afterwards. Only the job's owner (the key that
+        submitted it) may: anyone else gets `PermissionDenied`. A job that ended keeps its state."""
         request = job_pb2.CancelRequest(job_id=job_id(job))
+        self.identity.sign_cancel(request, self._receiver_id())
         return JobStatus.from_pb(self._call(self._jobs.Cancel, request, method="/spare.v1.JobService/Cancel"))
 
     def jobs(self, limit: int = 0) -> List[JobStatus]:

@@ -209,6 +209,8 @@ class JobStatus:
     origin: str = ""
     #: Addresses of the peers coordinating the job, the active one first.
     coordinators: List[str] = field(default_factory=list)
+    #: Hex key of the submitter that owns the job (the only key that may cancel it).
+    owner: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -242,6 +244,7 @@ class JobStatus:
             message=s.message,
             origin=s.origin,
             coordinators=list(s.coordinators),
+            owner=s.owner,
         )
 
 

@@ -295,7 +295,12 @@ impl Runtime<Member> for Collect<'_> {
                 self.events.push_back(MeshEvent::PeerUp(m.clone()));
             }
             Notification::MemberDown(m) => self.events.push_back(MeshEvent::PeerDown(m.clone())),
-            Notification::Rename(_, to) => self.events.push_back(MeshEvent::PeerUp(to.clone())),
+            // A member back under a new identity restarted (or rejoined after being declared
+            // dead): it holds no records, so it is synced like any newcomer.
+            Notification::Rename(_, to) => {
+                self.newcomers.push(to.clone());
+                self.events.push_back(MeshEvent::PeerUp(to.clone()));
+            }
             Notification::Active | Notification::Rejoin(_) => self.events.push_back(MeshEvent::Joined),
             Notification::Idle => self.events.push_back(MeshEvent::Idle),
             Notification::Defunct => {}

@@ -340,3 +340,28 @@ fn a_settled_mesh_sends_little_more_than_probes() {
     let per_peer_per_second = (net.sent - before) as f64 / 20.0 / 60.0;
     assert!(per_peer_per_second < 300.0, "{per_peer_per_second:.0} B/s per peer");
 }
+
+#[test]
+fn a_restarted_member_gets_every_advert_again() {
+    let mut net = Net::new(4);
+    let first = net.peers[0].me().addr.clone();
+    for i in 1..4 {
+        let now = net.now;
+        net.peers[i].join(&first, now);
+    }
+    for i in 0..4 {
+        let me = net.peers[i].me().peer;
+        net.peers[i].publish(advert(me, 1, 4), net.now);
+    }
+    net.run(5_000);
+    assert_eq!(net.peers[3].adverts().len(), 4);
+    // Peer 3 restarts: the same peer under a later epoch, holding no records. The others see it
+    // renamed rather than new, and must sync it all the same.
+    let me = Member { epoch: 2, ..net.peers[3].me().clone() };
+    net.peers[3] = Membership::new(me.clone(), MembershipConfig::lan(4), 99, verifier());
+    net.peers[3].publish(advert(me.peer, 2, 4), net.now);
+    let now = net.now;
+    net.peers[3].join(&first, now);
+    net.run(1_000);
+    assert_eq!(net.peers[3].adverts().len(), 4, "{:?}", net.peers[3].adverts());
+}

@@ -6,8 +6,8 @@
 //! What is estimated: the transport around each message. Every RPC costs
 //! [`REQUEST_OVERHEAD`] bytes on top of its request body (HTTP/2 HEADERS with HPACK-indexed
 //! headers, a DATA frame header, the 5-byte gRPC prefix) and [`REPLY_OVERHEAD`] on top of its
-//! reply (HEADERS, DATA, trailers with `grpc-status`). TCP/IP headers, TLS (there is none today),
-//! HTTP/2 PING/WINDOW_UPDATE frames and connection set-up are not counted.
+//! reply (HEADERS, DATA, trailers with `grpc-status`). TCP/IP headers, TLS records (22 bytes
+//! each), HTTP/2 PING/WINDOW_UPDATE frames and connection set-up are not counted.
 
 /// Transport bytes per RPC request beyond the message body (an estimate, see above).
 pub const REQUEST_OVERHEAD: u64 = 45;
@@ -37,9 +37,10 @@ pub fn varint_field(v: u64) -> u64 {
     if v == 0 { 0 } else { 1 + varint(v) }
 }
 
-/// `GossipRequest{data, peer_id, signature}`.
+/// `GossipRequest{data}`.
 pub fn gossip_request(data: u64) -> u64 {
-    bytes_field(data) + bytes_field(HEX_ID) + bytes_field(SIGNATURE)
+    // Only the data: the TLS link names the sender, so gossip carries no id or signature.
+    bytes_field(data)
 }
 
 /// `LeaseRequest{peer_id, job_id, max, timestamp_ms, signature}`.

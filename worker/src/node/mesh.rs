@@ -257,10 +257,9 @@ impl Node {
             let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
             let node = self.clone();
             self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
-            let signature = self.0.identity.sign(&crate::wire::signing::gossip(&data)).to_vec();
-            let peer_id = self.peer_id().to_hex();
             tokio::spawn(async move {
-                let req = pb::GossipRequest { data, peer_id, signature };
+                // Unsigned: the TLS link names this peer (see mesh.proto).
+                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new() };
                 let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     tracing::debug!(to = %to.addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });

@@ -422,19 +422,10 @@ impl Membership {
         r
     }
 
-    /// SWIM's announce to `m` (answered with a feed of its members).
+    /// SWIM's announce to `m` (answered with a feed of its members). Not generic, so the call
+    /// from [`Membership::with`] instantiates `with` once more, not without end.
     fn announce_to(&mut self, m: Member, now: Millis) {
-        let mut newcomers = Vec::new();
-        let mut rt = Collect {
-            now,
-            timers: &mut self.timers,
-            timer_seq: &mut self.timer_seq,
-            out: &mut self.out,
-            events: &mut self.events,
-            newcomers: &mut newcomers,
-        };
-        // Sending an announce brings no member up, so there are no newcomers to handle.
-        let _ = self.foca.announce(m, &mut rt);
+        let _ = self.with(now, |foca, rt| foca.announce(m, rt));
     }
 
     /// Joins the mesh through a peer known only by its address: says hello, and the peer there

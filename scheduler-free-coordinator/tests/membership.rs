@@ -77,6 +77,17 @@ impl Net {
         }
     }
 
+    /// `n` peers, all but the first joined through it (not yet run).
+    fn joined(n: usize) -> Net {
+        let mut net = Net::new(n);
+        let first = net.peers[0].me().addr.clone();
+        for i in 1..n {
+            let now = net.now;
+            net.peers[i].join(&first, now);
+        }
+        net
+    }
+
     fn alive_seen_by(&self, i: usize) -> usize {
         self.peers[i].members().iter().filter(|(_, s)| *s == MemberState::Alive).count()
     }
@@ -291,12 +302,7 @@ fn a_joiner_learns_every_member_in_one_round_trip() {
 
 #[test]
 fn a_peer_that_missed_a_jobs_ad_gets_it_from_a_digest() {
-    let mut net = Net::new(5);
-    let first = net.peers[0].me().addr.clone();
-    for i in 1..5 {
-        let now = net.now;
-        net.peers[i].join(&first, now);
-    }
+    let mut net = Net::joined(5);
     net.run(5_000);
     // Peer 4 hears nothing while the job's ad spreads, and its author is gone when peer 4 is
     // back, so neither gossip (its retransmissions are spent) nor the author's direct sync
@@ -318,12 +324,7 @@ fn a_peer_that_missed_a_jobs_ad_gets_it_from_a_digest() {
 
 #[test]
 fn a_settled_mesh_sends_little_more_than_probes() {
-    let mut net = Net::new(20);
-    let first = net.peers[0].me().addr.clone();
-    for i in 1..20 {
-        let now = net.now;
-        net.peers[i].join(&first, now);
-    }
+    let mut net = Net::joined(20);
     for i in 0..20 {
         let me = net.peers[i].me().peer;
         net.peers[i].publish(advert(me, 1, 4), net.now);
@@ -343,12 +344,7 @@ fn a_settled_mesh_sends_little_more_than_probes() {
 
 #[test]
 fn a_restarted_member_gets_every_advert_again() {
-    let mut net = Net::new(4);
-    let first = net.peers[0].me().addr.clone();
-    for i in 1..4 {
-        let now = net.now;
-        net.peers[i].join(&first, now);
-    }
+    let mut net = Net::joined(4);
     for i in 0..4 {
         let me = net.peers[i].me().peer;
         net.peers[i].publish(advert(me, 1, 4), net.now);
@@ -360,6 +356,7 @@ fn a_restarted_member_gets_every_advert_again() {
     let me = Member { epoch: 2, ..net.peers[3].me().clone() };
     net.peers[3] = Membership::new(me.clone(), MembershipConfig::lan(4), 99, verifier());
     net.peers[3].publish(advert(me.peer, 2, 4), net.now);
+    let first = net.peers[0].me().addr.clone();
     let now = net.now;
     net.peers[3].join(&first, now);
     net.run(1_000);

@@ -9,6 +9,7 @@
 //! - [`replication`]: the active coordinator's ordered stream to each backup, and
 //!   [`replicators`]: those streams for every backup;
 //! - [`catchup`]: whole adoptions where the stream cannot repair a backup;
+//! - [`lease`]: answering a worker's lease request;
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
 //! - [`slots`]: the worker side: replicas held per slot, which job to ask next, pauses.
@@ -21,6 +22,7 @@ pub mod adoption;
 pub mod catchup;
 pub mod handover;
 pub mod heal;
+pub mod lease;
 pub mod mesh;
 mod outbox;
 pub mod replication;

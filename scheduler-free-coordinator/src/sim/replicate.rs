@@ -36,12 +36,9 @@ impl Sim {
         }
     }
 
-    /// `p` leased `lease`: stream it to the backups when `p` leads and the lease is another
-    /// peer's (its own replicas end with it).
+    /// `p` leased `lease` to another peer ([`Granted::to_stream`](crate::peer::lease::Granted::to_stream)):
+    /// stream it to the backups when `p` leads.
     pub(super) fn note_leased(&mut self, p: u32, lease: &Lease) {
-        if lease.peer == self.peers[p as usize].id {
-            return;
-        }
         let expires_in = lease.expires_at.saturating_sub(self.now);
         self.stream(p, Streamed::Lease { task: lease.task, peer: lease.peer, expires_in });
     }

@@ -1,5 +1,5 @@
-//! A virtual peer's coordinator side, serving `MeshService`: lease requests go to
-//! `Coordinator::lease_job` (at most 64), report batches are checked (the attestation is the
+//! A virtual peer's coordinator side, serving `MeshService`: lease requests are answered by
+//! [`lease::grant`], as the peer answers them, report batches are checked (the attestation is the
 //! sender's own, its signature verifies, its output hashes to what it attests) and recorded,
 //! releases hand replicas back, and a 200 ms ticker lapses expired leases. The leases given to
 //! other peers and the releases they send stream to the backups ([`super::replicate`]), which
@@ -7,7 +7,7 @@
 //! coordinator for any job: the origin and its backups do ([`super::coord`]), and only the
 //! verdicts of one leading are counted.
 
-use crate::pull::MAX_BATCH;
+use crate::peer::lease;
 use crate::{Attestation, BlobId, Event, JobId, Reported, Verdict};
 
 use super::engine::Sim;
@@ -18,8 +18,6 @@ use super::{wire, workload};
 
 /// The coordinator's ticker period.
 const TICK_MS: u64 = 200;
-const NO_TASK_NOTE: &str = "no task wants another replica from this peer now";
-const BANNED_NOTE: &str = "this peer gets no leases: too many of its results disagreed with verdicts";
 const NOT_HELD: u64 = 100;
 
 impl Sim {
@@ -31,16 +29,12 @@ impl Sim {
             self.refuse(c, worker, CallKind::Lease(job), NOT_HELD);
             return;
         };
-        let banned = h.coord.reputation().is_banned(&wid);
-        let leases = h.coord.lease_job(&job, wid, max.min(MAX_BATCH) as usize, now);
-        let tasks: Vec<(u32, u64)> = leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
-        let note = match (tasks.is_empty(), banned) {
-            (false, _) => 0,
-            (true, true) => BANNED_NOTE.len(),
-            (true, false) => NO_TASK_NOTE.len(),
-        };
+        let granted = lease::grant(&mut h.coord, &job, wid, max, now);
+        let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
+        let note = granted.note.map_or(0, str::len);
         // The backups hold the leases too, so a report follows a takeover.
-        for l in &leases {
+        let me = self.peers[c as usize].id;
+        for l in granted.to_stream(me) {
             self.note_leased(c, l);
         }
         let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);

@@ -247,13 +247,10 @@ impl Node {
         self.stream(coordinators, att.task.job, pb::replication_entry::Entry::Attestation(item), true)
     }
 
-    /// Streams a lease this peer gave as the job's active coordinator to its backups, so that a
-    /// backup that takes over takes the worker's report instead of running the task again.
-    /// This peer's own replicas are not streamed: they end with it. Call with the core lock held.
+    /// Streams a lease this peer gave another peer as the job's active coordinator to its
+    /// backups (see `Granted::to_stream`), so that a backup that takes over takes the worker's
+    /// report instead of running the task again. Call with the core lock held.
     pub(crate) fn replicate_lease(&self, coordinators: &[PeerId], lease: &Lease, now: Millis) {
-        if lease.peer == self.peer_id() {
-            return;
-        }
         let entry = pb::ReplicatedLease {
             index: lease.task.index,
             peer_id: lease.peer.to_hex(),

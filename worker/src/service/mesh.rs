@@ -69,19 +69,18 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
         let now = self.node.now();
-        let max = r.max.min(spare_protocol::pull::MAX_BATCH) as usize;
-        let (meta, leases, banned) = {
+        let (meta, granted) = {
             let mut core = self.node.core();
             let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
-            let banned = core.coord.reputation().is_banned(&peer);
-            let leases = core.coord.lease_job(&job, peer, max, now);
+            let granted = spare_protocol::peer::lease::grant(&mut core.coord, &job, peer, r.max, now);
             // The backups hold the leases too, so a report follows a takeover (in stream order:
             // the lock is held).
-            for l in &leases {
+            for l in granted.to_stream(self.node.peer_id()) {
                 self.node.replicate_lease(&meta.coordinators, l, now);
             }
-            (meta, leases, banned)
+            (meta, granted)
         };
+        let leases = granted.leases;
         let mut tasks = Vec::with_capacity(leases.len());
         for l in &leases {
             let input = match self.node.store().input(&l.task) {
@@ -100,11 +99,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
                 expires_in_ms: l.expires_at.saturating_sub(now),
             });
         }
-        let note = match (tasks.is_empty(), banned) {
-            (false, _) => String::new(),
-            (true, true) => "this peer gets no leases: too many of its results disagreed with verdicts".into(),
-            (true, false) => "no task wants another replica from this peer now".into(),
-        };
+        let note = granted.note.unwrap_or_default().to_string();
         let policy = convert::policy_pb(&meta.spec.policy);
         Ok(Response::new(pb::LeaseResponse {
             job_id: job.to_hex(),

@@ -515,7 +515,11 @@ impl Membership {
     /// What this peer holds, summed up.
     fn digest(&self, reply: bool) -> Digest {
         let jobs = job_digest(&self.shared.lock().unwrap_or_else(|p| p.into_inner()).records);
-        let members = u32::try_from(self.foca.num_members() + 1).unwrap_or(u32::MAX);
+        // Alive ones only: a member held suspect here while others hold it alive (its
+        // refutation missed this peer) makes the counts differ, and the feed that follows
+        // carries its newer incarnation.
+        let alive = self.foca.iter_membership_state().filter(|m| m.state() == State::Alive).count();
+        let members = u32::try_from(alive + 1).unwrap_or(u32::MAX);
         Digest { jobs, members, reply }
     }
 

@@ -36,6 +36,13 @@ async fn ended_jobs_go_after_retention_and_running_ones_stay() {
     eventually("the ended job to be removed", || async { gone(&client, &ended_id).await.then_some(()) }).await;
     // The same pass then removes the module only the removed job named.
     eventually("the removed job's module to go", || async { (!blob_exists(&peer, &ended.module_id()).await).then_some(()) }).await;
+    // With its compiled form; the running job's stays.
+    let compiled = |module: String| {
+        let modules = dir.path().join("modules");
+        std::fs::read_dir(&modules).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&format!("{module}-")))
+    };
+    assert!(!compiled(ended.module_id()), "the removed module's compiled form is gone");
+    assert!(compiled(running.module_id()), "the running job's compiled module stays");
     let s = client.status(&running_id).await.expect("the running job stays");
     assert_eq!(s.state, JobState::Running);
     assert!(blob_exists(&peer, &running.module_id()).await, "a running job's module stays");

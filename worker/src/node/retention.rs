@@ -1,5 +1,5 @@
-//! Retention: ended jobs, their records and the blobs only they named are removed once they
-//! have been over for `retention`, or sooner, oldest first, while the data directory is at its
+//! Retention: ended jobs, their records and the blobs only they named (a module with its
+//! compiled forms) are removed once they have been over for `retention`, or sooner, oldest first, while the data directory is at its
 //! `max_disk` cap, but then only jobs whose results a submitter has fetched. A job still running
 //! is never removed. Each removal is logged.
 
@@ -127,7 +127,8 @@ impl Node {
         for (id, size, _) in candidates {
             if !refs.contains(&id) && self.store().blobs().remove(&id) {
                 removed.blobs += 1;
-                removed.blob_bytes += size;
+                // A module's compiled forms go with it (nothing for an input).
+                removed.blob_bytes += size + self.sandbox().forget_module(&id);
             }
         }
         if removed.blobs > 0 {

@@ -81,6 +81,11 @@ impl ModuleCache {
         self.map.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
 
+    /// Drops a prepared module (runs that hold it finish with it).
+    pub(crate) fn remove(&self, id: &BlobId) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
     /// Adds a prepared module, evicting the least recently used beyond capacity. Evicted modules
     /// stay alive while runs use them; a later `prepare` reloads them from disk.
     pub(crate) fn insert(&self, id: BlobId, deadline: InstancePre<StoreData>, wasm: &[u8], initial_memory: u64) {
@@ -140,6 +145,22 @@ impl DiskCache {
     pub(crate) fn new(dir: &Path, engine_hash: String) -> std::io::Result<DiskCache> {
         std::fs::create_dir_all(dir)?;
         Ok(DiskCache { dir: dir.to_path_buf(), engine_hash, tmp_counter: AtomicU64::new(0) })
+    }
+
+    /// Removes every compiled form of `id` here, whatever engine made it (an older version's
+    /// too). Returns the bytes freed.
+    pub(crate) fn remove(&self, id: &BlobId) -> u64 {
+        let prefix = format!("{}-", id.to_hex());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let mut freed = 0;
+        for e in entries.flatten() {
+            let is_it = e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".cwasm"));
+            let size = e.metadata().map_or(0, |m| m.len());
+            if is_it && std::fs::remove_file(e.path()).is_ok() {
+                freed += size;
+            }
+        }
+        freed
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {

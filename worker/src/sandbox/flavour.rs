@@ -41,6 +41,11 @@ impl Flavour {
         Ok(Flavour { metering, engine, linker, disk })
     }
 
+    /// Removes this engine's compiled forms of `id` from its disk cache; the bytes freed.
+    pub(crate) fn forget(&self, id: &BlobId) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.remove(id))
+    }
+
     /// The module for this engine: loaded from the disk cache when there, otherwise compiled
     /// now and written there (best effort). `wasm` must be valid (see `validate`).
     pub(crate) fn load_or_compile(

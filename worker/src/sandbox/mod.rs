@@ -257,6 +257,13 @@ impl Sandbox {
         self.inner.cache.contains(id)
     }
 
+    /// Forgets module `id`: its prepared form in memory and its compiled forms on disk (both
+    /// engines'), as when retention removed its blob. Returns the bytes freed on disk.
+    pub fn forget_module(&self, id: &BlobId) -> u64 {
+        self.inner.cache.remove(id);
+        self.inner.deadline.forget(id) + self.inner.fueled.forget(id)
+    }
+
     /// Validation only, for submission: size cap, well-formed, `_start: func() -> ()` exported,
     /// every import a `wasi_snapshot_preview1` function of the ABI with its signature (no
     /// `sock_*`), no imported memories, tables, globals or tags, tables within the sandbox's.

@@ -43,6 +43,8 @@ const MAX_DEAD_HELLOS: usize = 4;
 const MAX_SYNC_RECORDS: usize = 256;
 /// Most greeted addresses remembered until their peer comes up (forgotten all at once past it).
 const MAX_GREETED: usize = 64;
+/// How often members held suspect are looked at (see `Membership::end_stale_suspicions`).
+const SUSPECT_SCAN_EVERY_MS: Millis = 1_000;
 /// When the first digest goes (plus up to as much again, by the seed).
 const FIRST_DIGEST_MS: Millis = 3_000;
 /// How often a few members held dead are greeted at their address.
@@ -344,6 +346,12 @@ pub struct Membership {
     rng: SmallRng,
     /// Where the next round of greetings starts among the dead members.
     down_cursor: usize,
+    /// Members held suspect, since when (at which incarnation), to end suspicions whose timer
+    /// foca dropped (see [`Membership::end_stale_suspicions`]).
+    suspects: HashMap<PeerId, (foca::Incarnation, Millis)>,
+    /// How long a suspicion may last before it is ended here, and when next to look.
+    stale_suspicion_ms: Millis,
+    next_suspect_scan: Millis,
     /// Addresses greeted whose peer has not come up yet (at most [`MAX_GREETED`]).
     greeted: HashSet<String>,
 }
@@ -386,6 +394,10 @@ impl Membership {
             rng: SmallRng::seed_from_u64(seed ^ 0xd16e_57),
             down_cursor: 0,
             greeted: HashSet::new(),
+            suspects: HashMap::new(),
+            // Twice foca's own suspicion time, so a suspicion its timer still tracks ends there.
+            stale_suspicion_ms: config.suspect_to_down_ms.saturating_mul(2).max(1),
+            next_suspect_scan: 0,
         }
     }
 
@@ -560,10 +572,42 @@ impl Membership {
             self.next_down_hello = now.saturating_add(self.down_hello_every);
             self.greet_dead_members();
         }
+        if now >= self.next_suspect_scan {
+            self.next_suspect_scan = now.saturating_add(SUSPECT_SCAN_EVERY_MS);
+            self.end_stale_suspicions(now);
+        }
         let next_digest = *self.next_digest.get_or_insert(now.saturating_add(self.first_digest_in));
         if now >= next_digest {
             self.next_digest = Some(now.saturating_add(self.digest_every));
             self.send_digest();
+        }
+    }
+
+    /// Declares dead, as its timer would have, a member held suspect (at one incarnation) for
+    /// longer than twice the suspicion time. foca drops every pending timer when it learns this
+    /// peer was itself declared down (as both sides of a partition do of each other), so a
+    /// suspicion it held then never ended: the member stayed suspect for good, neither dead (so
+    /// never greeted again) nor alive. Once dead, the hellos to dead members bring it back.
+    fn end_stale_suspicions(&mut self, now: Millis) {
+        let held: Vec<(Member, foca::Incarnation)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspects.retain(|p, (inc, _)| held.iter().any(|(m, i)| m.peer == *p && i == inc));
+        let mut stale = Vec::new();
+        for (m, inc) in held {
+            let (_, since) = *self.suspects.entry(m.peer).or_insert((inc, now));
+            if now.saturating_sub(since) >= self.stale_suspicion_ms {
+                stale.push(foca::Member::new(m, inc, State::Down));
+            }
+        }
+        if !stale.is_empty() {
+            for m in &stale {
+                self.suspects.remove(&m.id().peer);
+            }
+            let _ = self.with(now, |foca, rt| foca.apply_many(stale.into_iter(), true, rt));
         }
     }
 

@@ -124,12 +124,17 @@ impl Node {
             .collect();
         // Which blobs the kept jobs name takes a scan of every input: only when it matters.
         let refs = if candidates.is_empty() { HashSet::new() } else { self.store().blob_refs()? };
+        let mut gone = HashSet::new();
         for (id, size, _) in candidates {
             if !refs.contains(&id) && self.store().blobs().remove(&id) {
                 removed.blobs += 1;
-                // A module's compiled forms go with it (nothing for an input).
-                removed.blob_bytes += size + self.sandbox().forget_module(&id);
+                removed.blob_bytes += size;
+                gone.insert(id);
             }
+        }
+        // A module's compiled forms go with it (one pass over the cache for all).
+        if !gone.is_empty() {
+            removed.blob_bytes += self.sandbox().forget_modules(&gone);
         }
         if removed.blobs > 0 {
             tracing::info!("retention: removed {} blobs no kept job needs ({} bytes)", removed.blobs, removed.blob_bytes);

@@ -9,7 +9,7 @@
 //! write after a power loss, bit rot), after which the module is recompiled and the file
 //! overwritten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -147,16 +147,20 @@ impl DiskCache {
         Ok(DiskCache { dir: dir.to_path_buf(), engine_hash, tmp_counter: AtomicU64::new(0) })
     }
 
-    /// Removes every compiled form of `id` here, whatever engine made it (an older version's
-    /// too). Returns the bytes freed.
-    pub(crate) fn remove(&self, id: &BlobId) -> u64 {
-        let prefix = format!("{}-", id.to_hex());
+    /// Removes every compiled form here of the modules `ids`, whatever engine made it (an older
+    /// version's too), in one pass over the directory. Returns the bytes freed.
+    pub(crate) fn remove(&self, ids: &HashSet<BlobId>) -> u64 {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
         let mut freed = 0;
         for e in entries.flatten() {
-            let is_it = e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".cwasm"));
+            // `<blob hex>-<engine hash>.cwasm`
+            let name = e.file_name();
+            let id = name.to_str().filter(|n| n.ends_with(".cwasm")).and_then(|n| n.split('-').next()?.parse::<BlobId>().ok());
+            if !id.is_some_and(|id| ids.contains(&id)) {
+                continue;
+            }
             let size = e.metadata().map_or(0, |m| m.len());
-            if is_it && std::fs::remove_file(e.path()).is_ok() {
+            if std::fs::remove_file(e.path()).is_ok() {
                 freed += size;
             }
         }

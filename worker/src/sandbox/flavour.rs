@@ -41,9 +41,10 @@ impl Flavour {
         Ok(Flavour { metering, engine, linker, disk })
     }
 
-    /// Removes this engine's compiled forms of `id` from its disk cache; the bytes freed.
-    pub(crate) fn forget(&self, id: &BlobId) -> u64 {
-        self.disk.as_ref().map_or(0, |d| d.remove(id))
+    /// Removes this engine's compiled forms of the modules `ids` from its disk cache; the bytes
+    /// freed.
+    pub(crate) fn forget(&self, ids: &std::collections::HashSet<BlobId>) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.remove(ids))
     }
 
     /// The module for this engine: loaded from the disk cache when there, otherwise compiled

@@ -257,11 +257,14 @@ impl Sandbox {
         self.inner.cache.contains(id)
     }
 
-    /// Forgets module `id`: its prepared form in memory and its compiled forms on disk (both
-    /// engines'), as when retention removed its blob. Returns the bytes freed on disk.
-    pub fn forget_module(&self, id: &BlobId) -> u64 {
-        self.inner.cache.remove(id);
-        self.inner.deadline.forget(id) + self.inner.fueled.forget(id)
+    /// Forgets the modules `ids` (blobs that are not modules are no matter): their prepared
+    /// forms in memory and their compiled forms on disk (both engines'), as when retention
+    /// removed their blobs. Returns the bytes freed on disk.
+    pub fn forget_modules(&self, ids: &std::collections::HashSet<BlobId>) -> u64 {
+        for id in ids {
+            self.inner.cache.remove(id);
+        }
+        self.inner.deadline.forget(ids) + self.inner.fueled.forget(ids)
     }
 
     /// Validation only, for submission: size cap, well-formed, `_start: func() -> ()` exported,

@@ -124,17 +124,17 @@ impl Node {
             .collect();
         // Which blobs the kept jobs name takes a scan of every input: only when it matters.
         let refs = if candidates.is_empty() { HashSet::new() } else { self.store().blob_refs()? };
-        let mut gone = HashSet::new();
-        for (id, size, _) in candidates {
-            if !refs.contains(&id) && self.store().blobs().remove(&id) {
-                removed.blobs += 1;
-                removed.blob_bytes += size;
-                gone.insert(id);
-            }
-        }
-        // A module's compiled forms go with it (one pass over the cache for all).
+        let gone: HashSet<BlobId> = candidates.iter().filter(|(id, _, _)| !refs.contains(id)).map(|(id, _, _)| *id).collect();
+        // A module's compiled forms go with it, before it (so none outlives its blob), in one
+        // pass over the cache for all.
         if !gone.is_empty() {
             removed.blob_bytes += self.sandbox().forget_modules(&gone);
+        }
+        for (id, size, _) in candidates {
+            if gone.contains(&id) && self.store().blobs().remove(&id) {
+                removed.blobs += 1;
+                removed.blob_bytes += size;
+            }
         }
         if removed.blobs > 0 {
             tracing::info!("retention: removed {} blobs no kept job needs ({} bytes)", removed.blobs, removed.blob_bytes);

@@ -9,7 +9,7 @@
 //! - [`replication`]: the active coordinator's ordered stream to each backup, and
 //!   [`replicators`]: those streams for every backup;
 //! - [`catchup`]: whole adoptions where the stream cannot repair a backup;
-//! - [`lease`]: answering a worker's lease request;
+//! - [`lease`]: answering a worker's lease request; [`report`]: taking its attestations;
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
 //! - [`slots`]: the worker side: replicas held per slot, which job to ask next, pauses.
@@ -27,6 +27,7 @@ pub mod mesh;
 mod outbox;
 pub mod replication;
 pub mod replicators;
+pub mod report;
 pub mod reporters;
 pub mod reports;
 pub mod roles;

@@ -10,6 +10,7 @@ use crate::peer::roles::ROLES_EVERY_MS;
 
 use super::engine::Sim;
 use super::keys;
+use super::net::CallKind;
 use super::peer::{Host, VirtualPeer};
 use super::queue::Event;
 use super::workload::Behaviour;
@@ -67,6 +68,11 @@ impl Sim {
         let now = self.now;
         if self.active == Some(p) && self.m.leaderless_since.is_none() {
             self.m.leaderless_since = Some(now);
+        }
+        // Its held report answers never come: the workers' calls fail.
+        let held = self.peers[p as usize].host.as_mut().map(|h| std::mem::take(&mut h.held)).unwrap_or_default();
+        for r in held {
+            self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: r.worker, kind: CallKind::Report(p) });
         }
         let peer = &mut self.peers[p as usize];
         peer.crash(now);

@@ -281,6 +281,7 @@ impl Sim {
             Event::Roles { peer } => self.on_roles(peer),
             Event::Replicate { peer } => self.on_replicate(peer),
             Event::CatchUp { peer } => self.on_catch_up(peer),
+            Event::AnswerHeld { peer, upto } => self.answer_held(peer, upto),
             Event::Announce { peer } => self.on_announce(peer),
             Event::Check => self.on_check(),
         }

@@ -37,8 +37,8 @@ pub struct Metrics {
     pub refused_gossip: u64,
     /// Records dropped for a bad signature.
     pub invalid_records: u64,
-    /// Attestations recorded.
-    pub attestations: u64,
+    /// Replicas run to the end (by a peer alive when the run ended).
+    pub replicas_run: u64,
     /// Attestations that came after the verdict.
     pub late: u64,
     /// Attestations refused (no lease, failed checks).
@@ -201,7 +201,7 @@ impl Sim {
             }),
             origin_bytes_per_second: round1(origin_rate),
             never_heard_job: self.m.unaware_at_end,
-            replicas_per_task: (self.m.attestations as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,
+            replicas_per_task: (self.m.replicas_run as f64 / f64::from(self.cfg.tasks) * 1_000.0).round() / 1_000.0,
             verified: self.m.verified,
             wrong_verified: self.m.wrong_verified,
             lone_verified: self.m.lone_verified,

@@ -88,13 +88,27 @@ pub struct Logged {
 /// order: the backups hold the leases too, so a worker's report follows a takeover.
 #[derive(Clone, Debug)]
 pub enum Streamed {
-    /// An attestation it recorded.
-    Attestation(Logged),
+    /// An attestation it recorded, and its place in the log from 1 (what a held report answer
+    /// waits for).
+    Attestation(Logged, u64),
     /// A lease it gave another peer: the task, the worker, the time left when it was sent (the
     /// backup counts it from when it receives the entry).
     Lease { task: TaskId, peer: PeerId, expires_in: Millis },
     /// A replica handed back to it.
     Release { task: TaskId, peer: PeerId, why: Release },
+}
+
+/// A report batch's answer, held until a backup holds what it recorded (the peer's
+/// `Node::take_report`).
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    /// The worker that sent it.
+    pub worker: u32,
+    /// Its attestations taken and not.
+    pub accepted: u32,
+    pub rejected: u32,
+    /// The log position (from 1) a backup must hold.
+    pub upto: u64,
 }
 
 /// What an `Adopt` is for.
@@ -137,6 +151,9 @@ pub struct Host {
     pub adopting: Option<AdoptRound>,
     /// The hand-over in progress, if any.
     pub handing_over: Option<HandOver>,
+    /// Report batches answered once a backup holds what they recorded: the worker, its
+    /// accepted and rejected counts, and the log position a backup must hold.
+    pub held: Vec<Held>,
     /// When roles were and will be looked at.
     pub roles: Roles,
     /// When its next `Roles` is scheduled ([`NEVER`] if none).
@@ -160,6 +177,7 @@ impl Host {
             catch_up_at: NEVER,
             adopting: None,
             handing_over: None,
+            held: Vec::new(),
             roles: Roles::new(started),
             roles_at: NEVER,
         }
@@ -277,7 +295,7 @@ impl VirtualPeer {
     /// The coordinator it leases `job` from and reports to: the first one the job's ad names
     /// that is alive in its own view.
     pub fn first_live_coordinator(&self, job: &JobId) -> Option<PeerId> {
-        first_live(&self.ads, &self.coordinators, job)
+        first_live(self.id, &self.ads, &self.coordinators, job)
     }
 
     /// Its view of `cell`.
@@ -317,8 +335,10 @@ impl VirtualPeer {
     }
 }
 
-/// The first coordinator `job`'s ad (among `ads`) names that `live` marks alive.
-pub fn first_live(ads: &[JobAd], live: &[(PeerId, bool)], job: &JobId) -> Option<PeerId> {
+/// The first coordinator `job`'s ad (among `ads`) names that is `me` or that `live` marks
+/// alive (a peer that took over a job it worked on reports to itself, as the peer's
+/// `addr_of` gives its own address).
+pub fn first_live(me: PeerId, ads: &[JobAd], live: &[(PeerId, bool)], job: &JobId) -> Option<PeerId> {
     let ad = ads.iter().find(|a| a.job == *job)?;
-    ad.coordinators.iter().find(|c| live.iter().any(|(id, up)| id == *c && *up)).copied()
+    ad.coordinators.iter().find(|c| **c == me || live.iter().any(|(id, up)| id == *c && *up)).copied()
 }

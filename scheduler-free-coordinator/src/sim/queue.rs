@@ -41,6 +41,8 @@ pub enum Event {
     Roles { peer: u32 },
     /// A coordinator's streams to its backups may have a batch to send.
     Replicate { peer: u32 },
+    /// A coordinator's held report answers up to log position `upto` stop waiting for a backup.
+    AnswerHeld { peer: u32, upto: u64 },
     /// A coordinator's catch-ups of its backups may be due.
     CatchUp { peer: u32 },
     /// A coordinator that merged a rival's hand-over announces the job again.

@@ -20,7 +20,7 @@ use crate::{JobId, Lease, PeerId, Release, Reported, TaskId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply, Request};
-use super::peer::{AdoptKind, Logged, NEVER, Streamed};
+use super::peer::{AdoptKind, Held, Logged, NEVER, Streamed};
 use super::queue::Event;
 use super::wire;
 
@@ -30,7 +30,8 @@ const NOT_COORDINATOR: u64 = 37;
 impl Sim {
     /// `p` recorded an attestation: log it, and stream it to the backups when `p` leads.
     pub(super) fn note_recorded(&mut self, p: u32, item: Logged) {
-        self.stream(p, Streamed::Attestation(item.clone()));
+        let seq = self.peers[p as usize].host.as_ref().map_or(0, |h| h.log.len() as u64 + 1);
+        self.stream(p, Streamed::Attestation(item.clone(), seq));
         if let Some(h) = self.peers[p as usize].host.as_mut() {
             h.log.push(item);
         }
@@ -59,17 +60,18 @@ impl Sim {
         }
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
         let bytes = match &entry {
-            Streamed::Attestation(l) if l.output => self.cfg.output_bytes as usize,
+            Streamed::Attestation(l, _) if l.output => self.cfg.output_bytes as usize,
             _ => 0,
         };
         let mut behind = Vec::new();
         for &b in &h.coordinators[1..] {
-            if let Some(Replicated::Failed { catch_up, .. }) = h.replicators.push(b, job, entry.clone(), bytes) {
-                behind.push((b, catch_up));
+            if let Some(Replicated::Failed { items, catch_up }) = h.replicators.push(b, job, entry.clone(), bytes) {
+                behind.push((b, catch_up, last_seq(&items)));
             }
         }
         // A backup too far behind is caught up instead, as after a failed batch.
-        for (b, jobs) in behind {
+        for (b, jobs, seq) in behind {
+            self.answer_held(p, seq);
             self.m.replication_dropped += 1;
             for job in jobs {
                 self.request_catch_up(p, job, b);
@@ -104,7 +106,7 @@ impl Sim {
                 .iter()
                 .map(|e| {
                     wire::replication_entry(match e {
-                        Streamed::Attestation(l) => {
+                        Streamed::Attestation(l, _) => {
                             wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone)
                         }
                         Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
@@ -124,13 +126,29 @@ impl Sim {
     pub(super) fn on_replicated(&mut self, p: u32, to: u32, taken: bool) {
         let now = self.now;
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        if let Some(Replicated::Failed { catch_up, .. }) = h.replicators.handle_sent(&to, taken, now) {
-            self.m.replication_dropped += 1;
-            for job in catch_up {
-                self.request_catch_up(p, job, to);
+        match h.replicators.handle_sent(&to, taken, now) {
+            Some(Replicated::Taken(items)) => self.answer_held(p, last_seq(&items)),
+            Some(Replicated::Failed { items, catch_up }) => {
+                // The peer's wait for an ack ends too, unconfirmed.
+                self.answer_held(p, last_seq(&items));
+                self.m.replication_dropped += 1;
+                for job in catch_up {
+                    self.request_catch_up(p, job, to);
+                }
             }
+            _ => {}
         }
         self.schedule_replicate(p);
+    }
+
+    /// Sends the held report answers of `p` that wait for log positions up to `seq`.
+    pub(super) fn answer_held(&mut self, p: u32, seq: u64) {
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        let (due, keep): (Vec<Held>, Vec<Held>) = h.held.drain(..).partition(|r| r.upto <= seq);
+        h.held = keep;
+        for r in due {
+            self.reply(p, r.worker, Reply::Report, wire::report_reply(r.accepted, r.rejected), CallKind::Report(p));
+        }
     }
 
     /// `MeshService.Replicate` at `b`, from `from`: refused unless `b` holds the job and counts
@@ -145,7 +163,7 @@ impl Sim {
         let now = self.now;
         for item in items {
             match item {
-                Streamed::Attestation(l) => recorded += u32::from(self.replay(b, l)),
+                Streamed::Attestation(l, _) => recorded += u32::from(self.replay(b, l)),
                 Streamed::Lease { task, peer, expires_in } => {
                     if let Some(h) = self.peers[b as usize].host.as_mut() {
                         h.coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
@@ -227,4 +245,9 @@ impl Sim {
             self.queue.arm(&mut h.catch_up_at, at, Event::CatchUp { peer: p });
         }
     }
+}
+
+/// The last log position among streamed entries (0 when none is an attestation).
+fn last_seq(items: &[Streamed]) -> u64 {
+    items.iter().filter_map(|e| if let Streamed::Attestation(_, seq) = e { Some(*seq) } else { None }).max().unwrap_or(0)
 }

@@ -71,7 +71,7 @@ pub struct Report {
     /// sends its records straight to a newcomer once, and gossip retransmits a record only a few
     /// times, so a peer that misses both never hears of the job while it runs).
     pub never_heard_job: u32,
-    /// Attestations recorded per task.
+    /// Replicas run to the end per task (by peers alive when the run ended).
     pub replicas_per_task: f64,
     /// Tasks verified.
     pub verified: u32,

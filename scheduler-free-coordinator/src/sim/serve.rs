@@ -1,6 +1,5 @@
 //! A virtual peer's coordinator side, serving `MeshService`: lease requests are answered by
-//! [`lease::grant`], as the peer answers them, report batches are checked (the attestation is the
-//! sender's own, its signature verifies, its output hashes to what it attests) and recorded,
+//! [`lease::grant`] and report batches taken by [`report::take`], as the peer does both;
 //! releases hand replicas back, and a 200 ms ticker lapses expired leases. The leases given to
 //! other peers and the releases they send stream to the backups ([`super::replicate`]), which
 //! hold those leases too and, after a takeover, take the reports for them. Any peer can hold a
@@ -8,11 +7,13 @@
 //! verdicts of one leading are counted.
 
 use crate::peer::lease;
-use crate::{Attestation, BlobId, Event, JobId, Reported, Verdict};
+use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
+use crate::peer::report::{self, Taken};
+use crate::{Attestation, BlobId, Event, JobId, Verdict};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
-use super::peer::{Logged, NEVER, ReportItem};
+use super::peer::{Held, Logged, NEVER, ReportItem};
 use super::queue;
 use super::{wire, workload};
 
@@ -51,6 +52,8 @@ impl Sim {
         let wid = self.peers[worker as usize].id;
         let (mut accepted, mut rejected) = (0u32, 0u32);
         let mut released = false;
+        let streamed = |s: &Sim| if s.leads(c) { s.peers[c as usize].host.as_ref().map_or(0, |h| h.log.len() as u64) } else { 0 };
+        let before = streamed(self);
         for item in batch {
             match item {
                 ReportItem::Attest(att, out) => {
@@ -73,40 +76,35 @@ impl Sim {
         if released {
             self.wake(c);
         }
+        // Answered once a backup holds what was recorded, or the wait for one gives up
+        // (`Node::take_report`).
+        let upto = streamed(self);
+        let backups = self.peers[c as usize].host.as_ref().is_some_and(|h| h.coordinators.len() > 1);
+        if upto > before && backups && let Some(h) = self.peers[c as usize].host.as_mut() {
+            h.held.push(Held { worker, accepted, rejected, upto });
+            self.queue.push(self.now + BACKUP_ACK_TIMEOUT_MS, queue::Event::AnswerHeld { peer: c, upto });
+            return;
+        }
         self.reply(c, worker, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(c));
     }
 
-    /// Records an attestation from `worker` at coordinator `c`; `check` verifies it first, as the
-    /// edge does for other peers' attestations. Returns whether it was accepted.
+    /// Records an attestation from `worker` at coordinator `c` ([`report::take`]); `check` is
+    /// false for `c`'s own replicas ([`report::record`]). Returns whether it was accepted.
     pub(super) fn record(&mut self, c: u32, worker: u32, att: Attestation, out: Vec<u8>, check: bool) -> bool {
         let wid = self.peers[worker as usize].id;
         let Some(h) = self.peers[c as usize].host.as_mut() else { return false };
-        if check {
+        let taken = if check {
             let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
-            if att.peer != wid || !signed || BlobId::of(&out) != att.result.output_hash {
-                h.coord.penalize(wid);
-                self.m.rejected += 1;
-                return false;
-            }
+            report::take(&mut h.coord, wid, att.clone(), signed, BlobId::of(&out))
+        } else {
+            report::record(&mut h.coord, att.clone())
+        };
+        match taken {
+            Taken::Recorded { lone, decided, .. } => self.note_recorded(c, Logged { att, lone, output: decided }),
+            Taken::Late => self.m.late += 1,
+            Taken::Invalid | Taken::Refused(_) => self.m.rejected += 1,
         }
-        let task = att.task;
-        match h.coord.report(att.clone()) {
-            Ok(r @ (Reported::Recorded | Reported::Decided)) => {
-                self.m.attestations += 1;
-                // Taken alone if it is the task's one lone attestation: the backups replay it so.
-                let lone = h.coord.task(&task).is_some_and(|t| t.lone && t.attestations == 1);
-                self.note_recorded(c, Logged { att, lone, output: r == Reported::Decided });
-                true
-            }
-            Ok(Reported::Late) => {
-                self.m.late += 1;
-                true
-            }
-            Err(_) => {
-                self.m.rejected += 1;
-                false
-            }
-        }
+        taken.accepted()
     }
 
     /// `BlobService.Get` of the module at peer `c`.

@@ -131,6 +131,7 @@ impl Sim {
         // A sleeper liar behaves until it has run its quota, then lies.
         let behaviour = if peer.runs < self.cfg.liars_honest_for { Behaviour::Honest } else { peer.behaviour };
         peer.runs = peer.runs.saturating_add(1);
+        self.m.replicas_run += 1;
         let (att, out) = workload::attest(behaviour, peer.id, r.task, self.cfg.output_bytes);
         match r.coordinator {
             None => {
@@ -259,8 +260,8 @@ impl Sim {
     pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
         let now = self.now;
         let peer = &mut self.peers[p as usize];
-        let (ads, live) = (&peer.ads, &peer.coordinators);
-        let leader = |item: &ReportItem| first_live(ads, live, &item.job()).map(|t| super::keys::index_of(&t));
+        let (me, ads, live) = (peer.id, &peer.ads, &peer.coordinators);
+        let leader = |item: &ReportItem| first_live(me, ads, live, &item.job()).map(|t| super::keys::index_of(&t));
         if let Some(Handled { sent: Sent::Dropped(_), .. }) = peer.reports.handle_sent(&c, delivery, now, leader) {
             self.m.reports_dropped += 1;
         }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use spare_protocol::peer::slots::{LOOK_AGAIN_MS, Slots, is_stale};
 use spare_protocol::pull::Puller;
-use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, Release, Reported, ResultKey, TaskId};
+use spare_protocol::peer::report::{self, Taken};
+use spare_protocol::{Attestation, BlobId, JobId, Lease, Outcome, PeerId, Release, ResultKey, TaskId};
 use spare_proto as pb;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::core::{Detail, Evidence};
@@ -184,7 +186,7 @@ impl Node {
             return Ok(took_us);
         };
         let Some((att, output)) = self.attest(task, ran.outcome, ran.output, ran.fuel) else { return Ok(took_us) };
-        self.report(att, &output, &ran.detail).await;
+        self.report(att, &output, &ran.detail);
         Ok(took_us)
     }
 
@@ -305,34 +307,59 @@ impl Node {
         Some((att, output))
     }
 
-    /// Records an attestation with the coordinator, then stores it (and any verdict it made)
-    /// and tells watchers once that is durable. Returns whether it was taken.
-    pub(crate) async fn report(&self, att: Attestation, output: &[u8], detail: &Detail) -> bool {
-        {
-            let mut core = self.core();
-            match core.coord.report(att.clone()) {
-                Ok(Reported::Recorded | Reported::Decided) => {}
-                // The verdict was in before it; it counted for reputation only.
-                Ok(Reported::Late) => return true,
-                Err(e) => {
-                    tracing::debug!("attestation not recorded: {e}");
-                    return false;
-                }
+    /// Records an attestation of one of this peer's own replicas ([`report::record`]); see
+    /// [`Node::take_report`].
+    pub(crate) fn report(&self, att: Attestation, output: &[u8], detail: &Detail) {
+        let mut core = self.core();
+        let taken = report::record(&mut core.coord, att.clone());
+        drop(self.keep(&mut core, taken, att, output, detail));
+    }
+
+    /// Takes an attestation `sender` reported ([`report::take`]; `signed` is the verdict of its
+    /// signature), stores it (and any verdict it made), streams it to the backups, and tells
+    /// watchers once that is durable. With what was taken comes, when it was recorded, what
+    /// resolves once it is durable here and one backup holds it (or the wait for one gave up):
+    /// the worker is answered only then, so it never lets go of an attestation that no live
+    /// coordinator has (a crash before streaming makes its report go to the successor).
+    pub(crate) fn take_report(
+        &self,
+        sender: PeerId,
+        att: Attestation,
+        signed: bool,
+        output: &[u8],
+        detail: &Detail,
+    ) -> (Taken, Option<oneshot::Receiver<()>>) {
+        let mut core = self.core();
+        let taken = report::take(&mut core.coord, sender, att.clone(), signed, BlobId::of(output));
+        let held = self.keep(&mut core, taken.clone(), att, output, detail);
+        (taken, held)
+    }
+
+    /// Stores and streams what [`report::take`] or [`report::record`] recorded; the receiver
+    /// resolves once that is durable and a backup has it. Call with the core lock held, so
+    /// entries stream in recording order.
+    fn keep(
+        &self,
+        core: &mut super::core::Core,
+        taken: Taken,
+        att: Attestation,
+        output: &[u8],
+        detail: &Detail,
+    ) -> Option<oneshot::Receiver<()>> {
+        let Taken::Recorded { ordinal, lone, decided } = taken else {
+            if let Taken::Refused(e) = taken {
+                tracing::debug!("attestation not recorded: {e}");
             }
-            let (ordinal, lone) =
-                core.coord.task(&att.task).map_or((0, false), |t| (t.attestations.saturating_sub(1), t.lone && t.attestations == 1));
-            let evidence = Evidence { attestation: &att, output, detail };
-            let (mut ops, changes) = core.drain(Some(&evidence));
-            ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
-            // The other coordinators get it too (with the output when it decided the task), and
-            // a verdict is announced only once one of them has it.
-            let decided = changes.contains(&super::Change::TaskFinal(att.task));
-            let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-            let backup = self.replicate(&coordinators, &att, lone, decided.then_some((output, detail)));
-            // Queued in order; the caller need not wait for the disk.
-            drop(self.announce_with(ops, changes, backup));
+            return None;
         };
-        true
+        let evidence = Evidence { attestation: &att, output, detail };
+        let (mut ops, changes) = core.drain(Some(&evidence));
+        ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
+        // The other coordinators get it too, with the output when it decided the task.
+        let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let backup = self.replicate(&coordinators, &att, lone, decided.then_some((output, detail)));
+        // Queued in order; the caller need not wait for the disk.
+        Some(self.announce_with(ops, changes, backup))
     }
 
     /// Hands back a leased replica that produced no attestation.

@@ -1,7 +1,8 @@
 //! `spare.v1.MeshService`: what peers say to each other. Gossip goes to membership; Lease and
 //! Report reach the coordinator of the jobs this peer holds, after their signatures are checked.
 
-use spare_protocol::{Attestation, BlobId, JobId, PeerId, Release, TaskId};
+use spare_protocol::peer::report::Taken;
+use spare_protocol::{Attestation, JobId, PeerId, Release, TaskId};
 use spare_proto as pb;
 use tonic::{Request, Response, Status};
 
@@ -136,27 +137,29 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
         let valid = identity::verify_attestations(&refs);
+        let mut held = Vec::new();
         for ((att, item), signed) in parsed.into_iter().zip(valid) {
-            // A forged or corrupted attestation, or one not the sender's own, is dropped and
-            // held against the sender (authenticated by the batch signature).
-            let honest_bytes = BlobId::of(&item.output) == att.result.output_hash;
-            if att.peer != sender || !signed || !honest_bytes {
-                self.node.count_invalid();
-                self.node.core().coord.penalize(sender);
-                reply.rejected += 1;
-                continue;
-            }
             let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
-            if self.node.report(att, &item.output, &detail).await {
+            let (taken, durable) = self.node.take_report(sender, att, signed, &item.output, &detail);
+            if taken == Taken::Invalid {
+                self.node.count_invalid();
+            }
+            if taken.accepted() {
                 reply.accepted += 1;
             } else {
                 reply.rejected += 1;
             }
+            held.extend(durable);
         }
         for rel in r.released {
             let job: JobId = parse_id("job_id", &rel.job_id)?;
             let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
             self.node.release_task(TaskId { job, index: rel.index }, sender, why).await;
+        }
+        // Answered once what was recorded is durable here and a backup holds it (see
+        // `Node::take_report`); a dropped wait is a shutdown, which the worker's retry covers.
+        for durable in held {
+            let _ = durable.await;
         }
         Ok(Response::new(reply))
     }

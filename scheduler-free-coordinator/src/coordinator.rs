@@ -3,11 +3,12 @@
 //! events it emits. It does no I/O and reads no clock.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::{JobTable, LeaseIndex};
+use crate::prefix::{Diversity, NetPrefix};
 pub use crate::job::JobView;
 use crate::task::TaskEntry;
 pub use crate::task::TaskView;
@@ -34,6 +35,10 @@ pub struct CoordinatorConfig {
     /// Most live leases one peer may hold across every job here; a flood of lease requests from
     /// one peer gets nothing past it.
     pub max_leases_per_peer: usize,
+    /// How far apart the replicas of one task must be: no two in one network
+    /// ([`Diversity::Prefix`], the default), nor one /16 or /32 ([`Diversity::Wide`]), or
+    /// anywhere ([`Diversity::Off`]).
+    pub diversity: Diversity,
 }
 
 impl Default for CoordinatorConfig {
@@ -44,6 +49,7 @@ impl Default for CoordinatorConfig {
             max_jobs: 10_000,
             secret: [0; 32],
             max_leases_per_peer: 4096,
+            diversity: Diversity::Prefix,
         }
     }
 }
@@ -140,6 +146,9 @@ pub struct Coordinator {
     /// Lone leases given to each peer since a replicated verdict last showed it agreeing (see
     /// [`Coordinator::LONE_BUDGET`]).
     lone_used: HashMap<PeerId, u32>,
+    /// The network each peer last asked for leases from ([`Coordinator::note_prefix`]); at
+    /// most [`Coordinator::MAX_PREFIXES`].
+    prefixes: BTreeMap<PeerId, NetPrefix>,
     live_peers: usize,
     events: VecDeque<Event>,
 }
@@ -156,6 +165,9 @@ impl Coordinator {
     /// lone leases between checks averages 9.
     pub const LONE_BUDGET: u32 = 16;
 
+    /// Most peers whose network is remembered; past it the lowest PeerId's is forgotten.
+    pub const MAX_PREFIXES: usize = 262_144;
+
     /// An empty coordinator.
     pub fn new(config: CoordinatorConfig) -> Coordinator {
         Coordinator {
@@ -164,6 +176,7 @@ impl Coordinator {
             active: Vec::new(),
             standby: Default::default(),
             lone_used: HashMap::new(),
+            prefixes: BTreeMap::new(),
             turn: 0,
             expiries: BinaryHeap::new(),
             held: LeaseIndex::default(),
@@ -258,6 +271,20 @@ impl Coordinator {
         self.lease_in(*job, peer, max, now)
     }
 
+    /// Notes the network `peer`'s lease request came from (`None`: no prefix, see
+    /// [`crate::prefix`]): no replica of a task goes to it while a peer of that network holds
+    /// or ran one. Call before [`Coordinator::lease_job`] with the request's source address.
+    pub fn note_prefix(&mut self, peer: PeerId, prefix: Option<NetPrefix>) {
+        let Some(prefix) = prefix else {
+            self.prefixes.remove(&peer);
+            return;
+        };
+        if self.prefixes.len() >= Self::MAX_PREFIXES && !self.prefixes.contains_key(&peer) {
+            self.prefixes.pop_first();
+        }
+        self.prefixes.insert(peer, prefix);
+    }
+
     /// Marks a job as held in standby (a backup coordinator: attestations replayed into it, no
     /// leases handed out) or as active again (after the coordinators before it died).
     pub fn set_standby(&mut self, job: &JobId, standby: bool) {
@@ -287,7 +314,11 @@ impl Coordinator {
             return Vec::new();
         }
         let Some(job) = self.jobs.get_mut(&id) else { return Vec::new() };
-        let picked = job.pick(&peer, max);
+        // Not a task a peer of this one's network holds or ran a replica of.
+        let (prefixes, diversity) = (&self.prefixes, self.config.diversity);
+        let mine = prefixes.get(&peer).filter(|_| diversity != Diversity::Off);
+        let near = |other: &PeerId| mine.is_some_and(|m| prefixes.get(other).is_some_and(|o| o.same_network(m, diversity)));
+        let picked = job.pick(&peer, max, near);
         if picked.is_empty() {
             return Vec::new();
         }

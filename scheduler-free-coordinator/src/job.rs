@@ -173,11 +173,15 @@ impl JobTable {
         *c = c.wrapping_add_signed(d);
     }
 
-    /// Up to `max` tasks that `peer` may take a replica of, most needed first.
-    pub fn pick(&self, peer: &PeerId, max: usize) -> Vec<u32> {
+    /// Up to `max` tasks that `peer` may take a replica of, most needed first: none it is
+    /// involved in, nor any a peer `near` it (in its network) holds or ran a replica of.
+    pub fn pick(&self, peer: &PeerId, max: usize, near: impl Fn(&PeerId) -> bool) -> Vec<u32> {
         self.open
             .iter()
-            .filter(|&&(_, _, _, i)| !self.tasks[i as usize].involves(peer))
+            .filter(|&&(_, _, _, i)| {
+                let t = &self.tasks[i as usize];
+                !t.involves(peer) && !t.leases.iter().map(|(p, _)| p).chain(t.attestations.iter().map(|a| &a.peer)).any(&near)
+            })
             .take(max)
             .map(|&(_, _, _, i)| i)
             .collect()

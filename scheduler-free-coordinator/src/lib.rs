@@ -8,7 +8,8 @@
 //! The rules it enforces:
 //! - a task is verified only when `quorum` attestations from distinct peers agree bit for bit on
 //!   the outcome and the output hash, and a final verdict never changes;
-//! - no peer ever holds two replicas (leases or attestations) of one task;
+//! - no peer ever holds two replicas (leases or attestations) of one task, nor do two peers of
+//!   one network (a /24 or /48, [`prefix`]) by default;
 //! - tasks with the fewest replicas are handed out first, in an order peers cannot predict;
 //! - a peer that lets a lease lapse never gets that task again, and the lapse counts against its
 //!   reputation (unless membership declared it dead: a crash is not a lie);
@@ -24,6 +25,7 @@ pub mod membership;
 mod outcome;
 pub mod peer;
 mod policy;
+pub mod prefix;
 pub mod pull;
 pub mod records;
 mod reputation;
@@ -41,6 +43,7 @@ pub use ids::{BlobId, JobId, ParseIdError, PeerId, TaskId};
 pub use job::{JobSpec, JobState, TaskCounts, derive_job_id};
 pub use outcome::{Outcome, ResultKey};
 pub use policy::{Adaptive, Limits, Policy, PolicyCaps, PolicyError};
+pub use prefix::{Diversity, NetPrefix};
 pub use reputation::{Reputation, Standing};
 pub use task::TaskState;
 pub use verdict::{Failure, Verdict};

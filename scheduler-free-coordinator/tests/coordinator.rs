@@ -429,3 +429,37 @@ fn forget_drops_only_ended_jobs_and_their_leases() {
     // A forgotten job's id can be taken again (nothing of it is left).
     c.submit(job(1), spec(1, 1, 1)).unwrap();
 }
+
+/// Many keys on one network gain nothing: by default no two replicas of a task go to peers
+/// whose requests came from one /24, so a quorum of two needs two networks.
+#[test]
+fn replicas_of_one_task_go_to_distinct_networks() {
+    let net = |s: &str| NetPrefix::of(s.parse().expect("an address"));
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(4, 2, 5)).unwrap();
+    c.note_prefix(peer(1), net("203.0.113.1"));
+    c.note_prefix(peer(2), net("203.0.113.2"));
+    c.note_prefix(peer(3), net("198.51.100.3"));
+    let first = c.lease(peer(1), 100, 0);
+    assert_eq!(first.len(), 4);
+    assert!(c.lease(peer(2), 100, 0).is_empty(), "every task already has a replica in 203.0.113.0/24");
+    // A report ends the lease, not the network's claim on the task.
+    for l in &first {
+        c.report(att(l.task, l.peer, honest(l.task.index))).unwrap();
+    }
+    assert!(c.lease(peer(2), 100, 0).is_empty(), "its neighbour ran every task");
+    assert_eq!(c.lease(peer(3), 100, 0).len(), 4, "another network may");
+    // A peer on a private network has no prefix: it is its own network.
+    c.submit(job(2), spec(2, 2, 5)).unwrap();
+    c.note_prefix(peer(4), net("10.0.0.4"));
+    c.note_prefix(peer(5), net("10.0.0.5"));
+    assert_eq!(c.lease_job(&job(2), peer(4), 100, 0).len(), 2);
+    assert_eq!(c.lease_job(&job(2), peer(5), 100, 0).len(), 2);
+
+    let mut off = Coordinator::new(CoordinatorConfig { diversity: Diversity::Off, ..CoordinatorConfig::default() });
+    off.submit(job(1), spec(4, 2, 5)).unwrap();
+    off.note_prefix(peer(1), net("203.0.113.1"));
+    off.note_prefix(peer(2), net("203.0.113.2"));
+    assert_eq!(off.lease(peer(1), 100, 0).len(), 4);
+    assert_eq!(off.lease(peer(2), 100, 0).len(), 4, "diversity off: distinct keys suffice");
+}

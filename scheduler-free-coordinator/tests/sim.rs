@@ -96,6 +96,24 @@ fn colluders_win_no_more_than_the_quorum_arithmetic_allows() {
     assert!(r.wrong_verified > 0, "colluders do win some: {r:?}");
 }
 
+/// Many keys on one network gain nothing: colluders asking from one /24 never hold two
+/// replicas of a task, so none of their wrong answers is verified; with diversity off, the
+/// same colluders win as many tasks as above.
+#[test]
+fn colluders_in_one_network_win_nothing() {
+    let mut c = config(200, 11);
+    c.liars = 0.2;
+    c.collude = true;
+    c.tasks = 2_000;
+    c.liar_networks = Some(1);
+    let r = run(&c);
+    assert!(r.completed, "{r:?}");
+    assert_eq!(r.wrong_verified, 0, "{r:?}");
+    c.diversity = spare_protocol::Diversity::Off;
+    let off = run(&c);
+    assert!(off.wrong_verified > 0, "without diversity they win some: {off:?}");
+}
+
 /// Adaptive replication with honest peers only: peers that agreed 20 times on earlier jobs
 /// (`history`) run most untouched tasks alone, so a task costs fewer replicas, and nothing
 /// wrong is accepted.

@@ -291,7 +291,7 @@ impl Client {
             no_wait: !wait,
         };
         let stream = self.jobs.clone().results(request).await?.into_inner();
-        Ok(stream.map(|item| item.map(TaskResult::from).map_err(Error::from)))
+        Ok(stream.map(|item| item.map_err(Error::from).and_then(checked)))
     }
 
     /// Waits until the job ends (completed, failed or cancelled) and returns its final status.
@@ -396,6 +396,22 @@ impl Client {
     }
 }
 
+/// A result whose verified output hashes to the agreed hash: a peer that stored or sent other
+/// bytes (known gap 15) is caught here rather than written out as a verified output.
+fn checked(r: proto::TaskResult) -> Result<TaskResult> {
+    let r = TaskResult::from(r);
+    let hash = blake3::hash(&r.output).to_hex();
+    if r.is_verified() && !hash.as_str().eq_ignore_ascii_case(&r.output_hash) {
+        return Err(Error::Protocol(format!(
+            "task {}: the peer served {} bytes of output that do not hash to the verified result {}",
+            r.index,
+            r.output.len(),
+            r.output_hash
+        )));
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +426,22 @@ mod tests {
             ("peer.example:7070".into(), Some([0xab; 32]), true)
         );
         assert!(matches!(parse_target("10.0.0.1:7070@nope"), Err(Error::Address { .. })));
+    }
+
+    #[test]
+    fn a_verified_output_must_hash_to_its_result() {
+        let verified = |output: &[u8]| proto::TaskResult {
+            index: 3,
+            state: proto::TaskState::Verified as i32,
+            output: output.to_vec(),
+            output_hash: blake3::hash(b"42\n").to_hex().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(checked(verified(b"42\n")).map(|r| r.output).ok(), Some(b"42\n".to_vec()));
+        let empty = checked(verified(b"")).map(|_| ()).unwrap_err().to_string();
+        assert!(empty.contains("task 3: the peer served 0 bytes"), "{empty}");
+        let failed = proto::TaskResult { state: proto::TaskState::Failed as i32, ..verified(b"") };
+        assert!(checked(failed).is_ok(), "only verified outputs are checked");
     }
 
     /// Compile-time check: the streams outlive the client and id they came from and can be
@@ -446,3 +478,4 @@ mod tests {
         }
     }
 }
+

@@ -9,6 +9,7 @@
 //! - [`replication`]: the active coordinator's ordered stream to each backup, and
 //!   [`replicators`]: those streams for every backup;
 //! - [`catchup`]: whole adoptions where the stream cannot repair a backup;
+//! - [`outputs`]: the outputs of attestations whose task is not final, so a verdict gets its bytes;
 //! - [`lease`]: answering a worker's lease request; [`report`]: taking its attestations;
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
@@ -25,6 +26,7 @@ pub mod heal;
 pub mod lease;
 pub mod mesh;
 mod outbox;
+pub mod outputs;
 pub mod replication;
 pub mod replicators;
 pub mod report;

@@ -1,7 +1,7 @@
 //! What a simulation run is asked to do ([`SimConfig`]), its defaults, and why a configuration
 //! is refused ([`SimError`]).
 
-use crate::{Millis, PolicyCaps};
+use crate::{Diversity, Millis, PolicyCaps};
 
 /// One simulation run: the mesh, the job, the adversaries and the network.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +21,11 @@ pub struct SimConfig {
     /// Liars answer honestly for their first this many replicas, then lie ("sleepers"): a peer
     /// that always lies never earns the trust adaptive replication gives. 0: they always lie.
     pub liars_honest_for: u32,
+    /// The liars ask for leases from this many /24 networks between them (many keys, few
+    /// networks); `None`: each from its own, as every honest peer does.
+    pub liar_networks: Option<u32>,
+    /// How far apart the coordinators keep the replicas of one task ([`Diversity`]).
+    pub diversity: Diversity,
     /// Agreements every initial worker (liars included) already has in the origin's reputation
     /// when the job starts, as if earned on earlier jobs: a coordinator hands out every task's
     /// first replica before any second one (fewest replicas first), so on a fresh coordinator no
@@ -90,6 +95,8 @@ impl SimConfig {
             liars: 0.0,
             collude: false,
             liars_honest_for: 0,
+            liar_networks: None,
+            diversity: Diversity::Prefix,
             history: 0,
             adaptive: None,
             spot_check_per_mille: crate::Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
@@ -124,6 +131,9 @@ impl SimConfig {
     /// Checks that the run makes sense.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |what: &str| Err(SimError::Config(what.to_string()));
+        if self.liar_networks.is_some_and(|n| n == 0 || n > 1 << 16) {
+            return bad("--liar-networks must be between 1 and 65536");
+        }
         if self.peers < 2 {
             return bad("--peers must be at least 2");
         }

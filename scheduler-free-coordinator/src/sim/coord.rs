@@ -29,7 +29,7 @@ impl Sim {
             key.extend_from_slice(&p.to_le_bytes());
         }
         let secret = *blake3::keyed_hash(&[9; 32], &key).as_bytes();
-        Coordinator::new(CoordinatorConfig { secret, ..CoordinatorConfig::default() })
+        Coordinator::new(CoordinatorConfig { secret, diversity: self.cfg.diversity, ..CoordinatorConfig::default() })
     }
 
     pub(super) fn ids(&self, list: &[u32]) -> Vec<PeerId> {
@@ -70,12 +70,13 @@ impl Sim {
         let unix = self.unix();
         let Some(h) = self.peers[p as usize].host.as_ref() else { return };
         let log = h.log.clone();
-        // Every attestation that carries the agreed result of a final task goes with its output.
+        // An attestation goes with its output while its task is not final (the peer's outputs in
+        // hand), and after if it carries the agreed result.
         let items: Vec<u64> = log
             .iter()
             .map(|l| {
-                let final_output = h.coord.task(&l.att.task).is_some_and(|t| t.verdict.agreed() == Some(&l.att.result));
-                let out = if final_output { self.cfg.output_bytes } else { 0 };
+                let carries = h.coord.task(&l.att.task).is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
+                let out = if carries { self.cfg.output_bytes } else { 0 };
                 wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
             })
             .collect();

@@ -182,6 +182,8 @@ impl Sim {
             liars,
             collude: self.cfg.collude,
             liars_honest_for: self.cfg.liars_honest_for,
+            liar_networks: self.cfg.liar_networks,
+            diversity: self.cfg.diversity,
             history: self.cfg.history,
             adaptive: self.cfg.adaptive,
             spot_check_per_mille: self.cfg.spot_check_per_mille,

@@ -79,9 +79,6 @@ pub struct Logged {
     pub att: Attestation,
     /// The recorder took it alone (adaptive replication).
     pub lone: bool,
-    /// It carries the task's canonical output (it decided the task, or the task is final with
-    /// its result).
-    pub output: bool,
 }
 
 /// One entry of the active coordinator's replication stream (`ReplicationEntry`), in recording

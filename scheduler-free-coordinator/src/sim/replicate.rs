@@ -60,7 +60,8 @@ impl Sim {
         }
         let Some(h) = self.peers[p as usize].host.as_mut() else { return };
         let bytes = match &entry {
-            Streamed::Attestation(l, _) if l.output => self.cfg.output_bytes as usize,
+            // Every attestation streams with its output (the peer's `Node::replicate`).
+            Streamed::Attestation(..) => self.cfg.output_bytes as usize,
             _ => 0,
         };
         let mut behind = Vec::new();
@@ -107,7 +108,7 @@ impl Sim {
                 .map(|e| {
                     wire::replication_entry(match e {
                         Streamed::Attestation(l, _) => {
-                            wire::recorded_attestation(l.att.task.index, l.att.fuel_used, if l.output { out } else { 0 }, l.lone)
+                            wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
                         }
                         Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
                         Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),

@@ -6,6 +6,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::Diversity;
+
 /// Bytes per peer per second.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Rate {
@@ -32,6 +34,10 @@ pub struct Report {
     pub collude: bool,
     /// Liars answered honestly for their first this many replicas (sleepers).
     pub liars_honest_for: u32,
+    /// The /24 networks the liars asked from between them (`null`: each its own).
+    pub liar_networks: Option<u32>,
+    /// How far apart coordinators kept a task's replicas.
+    pub diversity: Diversity,
     /// Agreements each initial worker had at the origin when the job started.
     pub history: u32,
     /// Adaptive replication's `min_agreed` (`null`: off).
@@ -145,6 +151,14 @@ impl Report {
                     self.liars,
                     if self.collude { " (colluding)" } else { "" },
                     if self.liars_honest_for > 0 { format!(", honest for their first {}", self.liars_honest_for) } else { String::new() }
+                ),
+            ),
+            (
+                "replica diversity",
+                format!(
+                    "{:?}{}",
+                    self.diversity,
+                    self.liar_networks.map(|n| format!(" (liars in {n} /24 networks)")).unwrap_or_default()
                 ),
             ),
             (

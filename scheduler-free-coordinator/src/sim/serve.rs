@@ -25,11 +25,13 @@ impl Sim {
     /// `MeshService.Lease` at peer `c`, from `worker`.
     pub(super) fn serve_lease(&mut self, c: u32, worker: u32, job: JobId, max: u32, asked_at: u64) {
         let (now, wid) = (self.now, self.peers[worker as usize].id);
+        let network = workload::network_of(&self.cfg, worker, self.peers[worker as usize].behaviour);
         let holds = self.peers[c as usize].holds(&job);
         let Some(h) = self.peers[c as usize].host.as_mut().filter(|_| holds) else {
             self.refuse(c, worker, CallKind::Lease(job), NOT_HELD);
             return;
         };
+        h.coord.note_prefix(wid, network);
         let granted = lease::grant(&mut h.coord, &job, wid, max, now);
         let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
         let note = granted.note.map_or(0, str::len);
@@ -100,7 +102,7 @@ impl Sim {
             report::record(&mut h.coord, att.clone())
         };
         match taken {
-            Taken::Recorded { lone, decided, .. } => self.note_recorded(c, Logged { att, lone, output: decided }),
+            Taken::Recorded { lone, .. } => self.note_recorded(c, Logged { att, lone }),
             Taken::Late => self.m.late += 1,
             Taken::Invalid | Taken::Refused(_) => self.m.rejected += 1,
         }

@@ -3,7 +3,9 @@
 //! produces the same bytes. A liar answers with its own wrong bytes for every task; colluding
 //! liars all answer one shared wrong output per task, so two of them agree with each other.
 
-use crate::{Attestation, BlobId, Outcome, PeerId, ResultKey, TaskId};
+use crate::{Attestation, BlobId, NetPrefix, Outcome, PeerId, ResultKey, TaskId};
+
+use super::SimConfig;
 
 use super::keys;
 
@@ -68,6 +70,16 @@ pub fn attest(behaviour: Behaviour, peer: PeerId, task: TaskId, len: u64) -> (At
     (att, out)
 }
 
+/// The network peer `p` asks for leases from: each honest peer its own /24, liars their own or,
+/// with `liar_networks`, one of that many.
+pub fn network_of(cfg: &SimConfig, p: u32, behaviour: Behaviour) -> Option<NetPrefix> {
+    let [_, a, b, c] = match (behaviour, cfg.liar_networks) {
+        (Behaviour::Liar | Behaviour::Colluder, Some(n)) => [0, 198, ((p % n) >> 8) as u8, (p % n) as u8],
+        _ => (p + (1 << 24)).to_be_bytes(),
+    };
+    Some(NetPrefix { narrow: [4, a, b, c, 0, 0, 0], wide: [4, a, b, 0, 0, 0, 0] })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,3 +95,4 @@ mod tests {
         assert_eq!(honest_hash(5, 32), BlobId::of(&output(Behaviour::Honest, &a, 5, 32)));
     }
 }
+

@@ -7,7 +7,16 @@
 use std::process::ExitCode;
 
 use clap::Args;
+use spare_protocol::Diversity;
 use spare_protocol::sim::{self, SimConfig};
+
+/// `--diversity`, as [`Diversity`] says.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DiversityArg {
+    Prefix,
+    Wide,
+    Off,
+}
 
 /// Options of `spare sim`.
 #[derive(Args, Debug)]
@@ -34,6 +43,14 @@ pub struct SimArgs {
     /// trust adaptive replication gives before they abuse it).
     #[arg(long, value_name = "N", default_value_t = 0)]
     liars_honest_for: u32,
+    /// The liars ask for leases from N /24 networks between them (many keys, few networks)
+    /// [default: each from its own, as honest peers do].
+    #[arg(long, value_name = "N")]
+    liar_networks: Option<u32>,
+    /// How far apart coordinators keep the replicas of one task: distinct /24 networks
+    /// (`prefix`), distinct /16 (`wide`) or distinct keys only (`off`).
+    #[arg(long, value_enum, default_value_t = DiversityArg::Prefix)]
+    diversity: DiversityArg,
     /// Adaptive replication: a peer with at least MIN_AGREED agreeing results (and no
     /// disagreement) at the coordinator may run a task alone. Off by default; at least 10.
     #[arg(long, value_name = "MIN_AGREED")]
@@ -101,6 +118,12 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.liars = a.liars;
     cfg.collude = a.collude;
     cfg.liars_honest_for = a.liars_honest_for;
+    cfg.liar_networks = a.liar_networks;
+    cfg.diversity = match a.diversity {
+        DiversityArg::Prefix => Diversity::Prefix,
+        DiversityArg::Wide => Diversity::Wide,
+        DiversityArg::Off => Diversity::Off,
+    };
     cfg.adaptive = a.adaptive;
     cfg.history = a.history;
     if !(0.0..=1.0).contains(&a.spot_check) {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use spare_protocol::peer::outputs::PendingOutputs;
 use spare_protocol::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
 
 use crate::sandbox::STDERR_TAIL_BYTES;
@@ -99,6 +100,8 @@ pub struct Core {
     pub coord: Coordinator,
     /// Jobs held, with what runs need.
     pub jobs: HashMap<JobId, JobMeta>,
+    /// The outputs of attestations whose task is not final yet.
+    pub outputs: PendingOutputs,
 }
 
 impl Core {
@@ -115,6 +118,7 @@ impl Core {
             match event {
                 Event::TaskFinal { task, verdict } => {
                     ops.push(Op::PutResult(task, self.result_of(&task, verdict, evidence)));
+                    self.outputs.forget(&task);
                     changes.push(Change::TaskFinal(task));
                 }
                 Event::JobFinished { job, .. } => changes.push(Change::JobFinished(job)),
@@ -132,11 +136,58 @@ impl Core {
         // The attestation that completes a quorum always carries the agreed result, so the
         // canonical output is the one that came with it.
         let from_evidence = evidence.filter(|e| e.attestation.task == *task && verdict.agreed() == Some(&e.attestation.result));
-        let output = match (&verdict, from_evidence) {
-            (Verdict::Verified(_), Some(e)) => e.output.to_vec(),
+        // One replayed from another coordinator may come without it: then an agreeing
+        // attestation recorded earlier brought it (checked against its hash when it came).
+        let output = match &verdict {
+            Verdict::Verified(key) => from_evidence
+                .map(|e| e.output)
+                .filter(|o| !o.is_empty())
+                .or_else(|| self.outputs.get(task, &key.output_hash))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         let detail = from_evidence.map(|e| e.detail.clone()).unwrap_or_default();
         StoredResult { verdict, verified_by, output, message: detail.message, attestations, stderr: detail.stderr }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spare_protocol::{BlobId, CoordinatorConfig, Outcome, PeerId, Policy, ResultKey};
+
+    use super::*;
+
+    /// Known gap 15, finding 8: a backup that completes a quorum with an attestation replayed
+    /// without its output stores the bytes an agreeing one brought earlier, not nothing.
+    #[test]
+    fn a_verdict_completed_by_an_attestation_without_output_gets_an_earlier_ones_bytes() {
+        let job = JobId([1; 32]);
+        let spec = JobSpec {
+            module: BlobId([3; 32]),
+            task_count: 1,
+            policy: Policy { quorum: 2, max_replicas: 3, ..Policy::default() },
+            origin: PeerId([9; 32]),
+            submitted_at_ms: 0,
+            label: String::new(),
+        };
+        let mut core = Core { coord: Coordinator::new(CoordinatorConfig::default()), jobs: HashMap::new(), outputs: Default::default() };
+        core.coord.submit(job, spec).expect("job accepted");
+        while core.coord.poll_event().is_some() {}
+        let task = TaskId { job, index: 0 };
+        let result = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId::of(b"42\n") };
+        let att = |peer: u8| Attestation { task, peer: PeerId([peer; 32]), result, fuel_used: 0, signature: vec![] };
+        let detail = Detail::default();
+        // The first comes with its output and decides nothing.
+        core.coord.restore_attestation_lone(att(1), false).expect("recorded");
+        core.outputs.keep(task, result.output_hash, b"42\n");
+        let (ops, _) = core.drain(Some(&Evidence { attestation: &att(1), output: b"42\n", detail: &detail }));
+        assert!(ops.is_empty(), "not final yet");
+        // The second, replayed without its output, completes the quorum.
+        core.coord.restore_attestation_lone(att(2), false).expect("recorded");
+        let (ops, _) = core.drain(Some(&Evidence { attestation: &att(2), output: b"", detail: &detail }));
+        let stored: Vec<&[u8]> = ops.iter().filter_map(|op| if let Op::PutResult(_, r) = op { Some(r.output.as_slice()) } else { None }).collect();
+        assert_eq!(stored, vec![&b"42\n"[..]], "the verdict is stored with the agreed bytes");
+        assert_eq!(core.outputs.bytes(), 0, "a final task's outputs are let go");
     }
 }

@@ -234,7 +234,7 @@ impl Node {
             identity,
             store,
             sandbox,
-            core: Mutex::new(Core { coord, jobs: Default::default() }),
+            core: Mutex::new(Core { coord, jobs: Default::default(), outputs: Default::default() }),
             changes,
             work: Notify::new(),
             prepare: tokio::sync::Mutex::new(()),

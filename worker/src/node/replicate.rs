@@ -142,9 +142,12 @@ impl Node {
         self.adopt_request_of(job, false).await
     }
 
-    /// [`Node::adopt_request`], with only the attestations of final tasks when `final_only`: a
-    /// peer with attestations of its own (the other side of a split) could otherwise complete a
-    /// quorum with ones that carry no output (outputs are kept only with verdicts).
+    /// [`Node::adopt_request`], when `final_only` without the attestations of tasks not final
+    /// whose output is no longer in hand (held only in memory, see [`PendingOutputs`]): a peer
+    /// with attestations of its own (the other side of a split) could otherwise complete a
+    /// quorum with one that carries no output.
+    ///
+    /// [`PendingOutputs`]: spare_protocol::peer::outputs::PendingOutputs
     pub(crate) async fn adopt_request_of(&self, job: &JobId, final_only: bool) -> anyhow::Result<pb::AdoptRequest> {
         let stored = self.store().job(job)?.ok_or_else(|| anyhow::anyhow!("job {job} is not stored"))?;
         let (coordinators, cancelled) = {
@@ -168,13 +171,15 @@ impl Node {
             let att = rec.attestation;
             // The agreed output travels with every attestation that carries it, so whichever
             // completes the quorum on the other side brings it.
-            let result = self.store().result(&att.task)?;
-            if final_only && result.is_none() {
-                continue;
-            }
-            let (output, message, stderr) = match result {
+            let (output, message, stderr) = match self.store().result(&att.task)? {
                 Some(r) if r.verdict.agreed() == Some(&att.result) => (r.output, r.message, r.stderr),
-                _ => Default::default(),
+                Some(_) => Default::default(),
+                // Not final: its output, if still in hand, goes with it (known gap 14).
+                None => match self.core().outputs.get(&att.task, &att.result.output_hash) {
+                    Some(o) => (o.to_vec(), String::new(), String::new()),
+                    None if final_only && att.result.output_hash != spare_protocol::BlobId::of(&[]) => continue,
+                    None => Default::default(),
+                },
             };
             attestations.push(pb::RecordedAttestation {
                 attestation: Some(attestation_pb(&att)),
@@ -226,20 +231,22 @@ impl Node {
 
     /// Streams a recorded attestation to the job's other coordinators when this peer is the
     /// active one, with whether it was taken alone (`lone`: their reputation tables differ from
-    /// this one's, so they replay the decision rather than remake it), and the run's output and
-    /// detail when it decided the task. Call with the core lock held (keeps the stream in
+    /// this one's, so they replay the decision rather than remake it), the run's output (so a
+    /// backup that decides the task at another attestation has the bytes), and its detail when
+    /// it decided the task. Call with the core lock held (keeps the stream in
     /// recording order). The returned future resolves once one of them has it durably.
     pub(crate) fn replicate(
         &self,
         coordinators: &[PeerId],
         att: &Attestation,
         lone: bool,
-        decided: Option<(&[u8], &Detail)>,
+        output: &[u8],
+        decided: Option<&Detail>,
     ) -> Option<BackupAck> {
-        let (output, detail) = decided.map(|(o, d)| (o.to_vec(), d.clone())).unwrap_or_default();
+        let detail = decided.cloned().unwrap_or_default();
         let item = pb::RecordedAttestation {
             attestation: Some(attestation_pb(att)),
-            output,
+            output: output.to_vec(),
             message: detail.message,
             lone,
             stderr: detail.stderr,
@@ -440,6 +447,8 @@ impl Node {
         let ordinal = core.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
         // The output and detail count only if this attestation decides its task with the agreed
         // result (see `Core::drain`); otherwise they come empty.
+        // Checked against its hash when it came (empty when the sender had none).
+        core.outputs.keep(att.task, att.result.output_hash, output);
         let evidence = Evidence { attestation: &att, output, detail };
         let (mut ops, changes) = core.drain(Some(&evidence));
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), lone });
@@ -458,7 +467,7 @@ impl Node {
         let me = self.peer_id();
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
         let leads = core.leads(&att.task.job, &me);
-        let backup = if leads { self.replicate(&coordinators, &att, lone, decided.then_some((output, detail))) } else { None };
+        let backup = if leads { self.replicate(&coordinators, &att, lone, output, decided.then_some(detail)) } else { None };
         Some(self.announce_with(ops, changes, backup))
     }
 

@@ -352,12 +352,14 @@ impl Node {
             }
             return None;
         };
+        core.outputs.keep(att.task, att.result.output_hash, output);
         let evidence = Evidence { attestation: &att, output, detail };
         let (mut ops, changes) = core.drain(Some(&evidence));
         ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
-        // The other coordinators get it too, with the output when it decided the task.
+        // The other coordinators get it too, with its output (and the run's detail when it
+        // decided the task).
         let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-        let backup = self.replicate(&coordinators, &att, lone, decided.then_some((output, detail)));
+        let backup = self.replicate(&coordinators, &att, lone, output, decided.then_some(detail));
         // Queued in order; the caller need not wait for the disk.
         Some(self.announce_with(ops, changes, backup))
     }

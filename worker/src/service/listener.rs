@@ -187,12 +187,12 @@ pub fn remote_of<T>(req: &Request<T>) -> Option<SocketAddr> {
     req.extensions().get::<ConnInfo>().map(|c| c.remote)
 }
 
-/// Refuses a mesh call that did not come over TLS from the peer that signed it (`sender`).
 /// The peer whose certificate the request's TLS link presented, if any.
 pub fn link_peer<T>(req: &Request<T>) -> Option<PeerId> {
     req.extensions().get::<ConnInfo>().and_then(|c| c.peer)
 }
 
+/// Refuses a mesh call that did not come over TLS from the peer that signed it (`sender`).
 pub fn require_peer<T>(req: &Request<T>, sender: &PeerId) -> Result<(), Status> {
     match req.extensions().get::<ConnInfo>().and_then(|c| c.peer) {
         Some(p) if p == *sender => Ok(()),

@@ -2,7 +2,7 @@
 //! Report reach the coordinator of the jobs this peer holds, after their signatures are checked.
 
 use spare_protocol::peer::report::Taken;
-use spare_protocol::{Attestation, JobId, PeerId, Release, TaskId};
+use spare_protocol::{Attestation, JobId, NetPrefix, PeerId, Release, TaskId};
 use spare_proto as pb;
 use tonic::{Request, Response, Status};
 
@@ -56,6 +56,8 @@ impl pb::mesh_service_server::MeshService for MeshApi {
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         from_its_peer(&req, &req.get_ref().peer_id)?;
+        // The network it asks from: no two replicas of a task go to one (see `prefix`).
+        let network = super::listener::remote_of(&req).and_then(|a| NetPrefix::of(a.ip()));
         let r = req.into_inner();
         let peer: PeerId = parse_id("peer_id", &r.peer_id)?;
         let job: JobId = parse_id("job_id", &r.job_id)?;
@@ -73,6 +75,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         let (meta, granted) = {
             let mut core = self.node.core();
             let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
+            core.coord.note_prefix(peer, network);
             let granted = spare_protocol::peer::lease::grant(&mut core.coord, &job, peer, r.max, now);
             // The backups hold the leases too, so a report follows a takeover (in stream order:
             // the lock is held).

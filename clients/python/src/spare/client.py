@@ -305,7 +305,14 @@ class Client:
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, self.addr) from None
         for r in self._stream(stream):
-            yield TaskResult.from_pb(r)
+            result = TaskResult.from_pb(r)
+            # A peer that stored or sent other bytes is caught here, not written out as verified.
+            if result.is_verified and blob_id(result.output) != result.output_hash.lower():
+                raise ProtocolError(
+                    f"task {result.index}: the peer served {len(result.output)} bytes of output "
+                    f"that do not hash to the verified result {result.output_hash}"
+                )
+            yield result
 
     def cancel(self, job: str) -> JobStatus:
         """Cancels a job; returns its status afterwards. Only the job's owner (the key that

@@ -165,6 +165,12 @@ impl Coordinator {
     /// lone leases between checks averages 9.
     pub const LONE_BUDGET: u32 = 16;
 
+    /// Live leases a key with no agreeing result may hold ([`Coordinator::lease_quota`]): one
+    /// lease batch, against `max_leases_per_peer` (4 096 by default) for a proven one.
+    pub const NEW_KEY_LEASES: usize = crate::pull::MAX_BATCH as usize;
+    /// More live leases a key may hold per agreeing result it has.
+    pub const LEASES_PER_AGREEMENT: usize = 4;
+
     /// Most peers whose network is remembered; past it the lowest PeerId's is forgotten.
     pub const MAX_PREFIXES: usize = 262_144;
 
@@ -309,7 +315,7 @@ impl Coordinator {
         if self.standby.contains(&id) {
             return Vec::new();
         }
-        let max = max.min(self.config.max_leases_per_peer.saturating_sub(self.held.count(&peer)));
+        let max = max.min(self.lease_quota(&peer).saturating_sub(self.held.count(&peer)));
         if max == 0 {
             return Vec::new();
         }
@@ -648,6 +654,21 @@ impl Coordinator {
         }
     }
 
+    /// The standings changed since the last call, for a driver that stores them (and restores
+    /// them with [`Coordinator::set_standing`] at start).
+    pub fn take_changed_standings(&mut self) -> Vec<(PeerId, crate::Standing)> {
+        self.reputation.take_changed()
+    }
+
+    /// Most live leases `peer` may hold here: [`Coordinator::NEW_KEY_LEASES`] for a key with no
+    /// record, growing by [`Coordinator::LEASES_PER_AGREEMENT`] with each agreeing result, up to
+    /// `max_leases_per_peer`. Keys cost nothing, so a fresh one gets little until it has shown
+    /// honest work.
+    pub fn lease_quota(&self, peer: &PeerId) -> usize {
+        let agreed = usize::try_from(self.reputation.get(peer).agreed).unwrap_or(usize::MAX);
+        Self::NEW_KEY_LEASES.saturating_add(agreed.saturating_mul(Self::LEASES_PER_AGREEMENT)).min(self.config.max_leases_per_peer)
+    }
+
     /// Holds a dropped record (bad signature) against `peer`.
     pub fn penalize(&mut self, peer: PeerId) {
         self.reputation.invalid(peer);
@@ -678,6 +699,11 @@ impl Coordinator {
     /// A job's status.
     pub fn job(&self, id: &JobId) -> Option<JobView> {
         Some(self.jobs.get(id)?.view(*id, self.live_peers))
+    }
+
+    /// A job's sandbox limits (cheaper than [`Coordinator::job`]).
+    pub fn limits(&self, id: &JobId) -> Option<crate::Limits> {
+        Some(self.jobs.get(id)?.spec.policy.limits)
     }
 
     /// One task's status.

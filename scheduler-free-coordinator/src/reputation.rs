@@ -25,7 +25,7 @@
 //! trust the ban is judged on every lapse, forgiven or not: forgiveness keeps a peer working, it
 //! never makes one trusted sooner.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,11 +80,18 @@ impl Standing {
     }
 }
 
-/// Reputation of every peer seen.
+/// Reputation of every peer seen, at most [`MAX_STANDINGS`].
 #[derive(Clone, Debug, Default)]
 pub struct Reputation {
     standings: HashMap<PeerId, Standing>,
+    /// Peers whose standing changed since [`Reputation::take_changed`] (for a driver that
+    /// stores them).
+    changed: BTreeSet<PeerId>,
 }
+
+/// Most peers whose standing is kept. Past it, a new peer's standing replaces one that is not
+/// banned (a ban is never forgotten this way).
+pub const MAX_STANDINGS: usize = 100_000;
 
 /// Below this score, with at least [`MIN_EVIDENCE`] of bad evidence, a peer gets no more leases.
 pub const BAN_SCORE: f64 = 0.25;
@@ -104,12 +111,32 @@ impl Reputation {
     }
 
     pub(crate) fn set(&mut self, peer: PeerId, standing: Standing) {
-        self.standings.insert(peer, standing);
+        *self.entry(peer) = standing;
+        // Set by the driver, from what it stored: not a change to store again.
+        self.changed.remove(&peer);
+    }
+
+    /// The standings changed since the last call, in PeerId order.
+    pub fn take_changed(&mut self) -> Vec<(PeerId, Standing)> {
+        std::mem::take(&mut self.changed).into_iter().map(|p| (p, self.get(&p))).collect()
+    }
+
+    /// `peer`'s standing, to change: marked changed, and made room for when new.
+    fn entry(&mut self, peer: PeerId) -> &mut Standing {
+        if self.standings.len() >= MAX_STANDINGS && !self.standings.contains_key(&peer) {
+            let evict = self.standings.iter().find(|(_, s)| !s.is_banned()).map(|(p, _)| *p);
+            if let Some(p) = evict {
+                self.standings.remove(&p);
+                self.changed.remove(&p);
+            }
+        }
+        self.changed.insert(peer);
+        self.standings.entry(peer).or_default()
     }
 
     /// Counts an agreeing attestation, which forgives one lapse still held against `peer`.
     pub(crate) fn agreed(&mut self, peer: PeerId) {
-        let s = self.standings.entry(peer).or_default();
+        let s = self.entry(peer);
         s.agreed += 1;
         if s.lapsed > 0 {
             s.lapsed -= 1;
@@ -118,7 +145,7 @@ impl Reputation {
     }
 
     pub(crate) fn disagreed(&mut self, peer: PeerId) {
-        self.standings.entry(peer).or_default().disagreed += 1;
+        self.entry(peer).disagreed += 1;
     }
 
     /// Counts an attestation of `peer` against a final verdict it agreed with or not.
@@ -131,12 +158,12 @@ impl Reputation {
     }
 
     pub(crate) fn lapsed(&mut self, peer: PeerId) {
-        self.standings.entry(peer).or_default().lapsed += 1;
+        self.entry(peer).lapsed += 1;
     }
 
     /// Holds a dropped record (bad signature, forged field) against `peer`.
     pub fn invalid(&mut self, peer: PeerId) {
-        self.standings.entry(peer).or_default().invalid += 1;
+        self.entry(peer).invalid += 1;
     }
 
     /// Whether `peer` has shown enough bad evidence to stop getting work: a [`Standing::bad`] of

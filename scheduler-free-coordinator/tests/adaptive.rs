@@ -95,7 +95,9 @@ fn spot_checks_come_at_about_the_rate_and_depend_on_the_secret() {
         for p in 0..=199u8 {
             assert_eq!(c.lease_job(&job(1), peer(p), 10, 0).len(), 10);
         }
-        // What a peer without trust can still get is exactly what the others hold as spot checks.
+        // What a peer without trust can still get is exactly what the others hold as spot checks
+        // (one disagreement keeps it untrusted; its long record lifts its lease quota).
+        c.set_standing(peer(250), Standing { agreed: 1_000, disagreed: 1, ..Standing::default() });
         let mut idx: Vec<u32> = c.lease_job(&job(1), peer(250), 2_000, 0).iter().map(|l| l.task.index).collect();
         idx.sort_unstable();
         idx

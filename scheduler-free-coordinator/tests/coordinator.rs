@@ -463,3 +463,24 @@ fn replicas_of_one_task_go_to_distinct_networks() {
     assert_eq!(off.lease(peer(1), 100, 0).len(), 4);
     assert_eq!(off.lease(peer(2), 100, 0).len(), 4, "diversity off: distinct keys suffice");
 }
+
+/// A key with no record holds one lease batch at most; each agreeing result lets it hold more,
+/// and what changed is handed to the driver to store once.
+#[test]
+fn a_fresh_key_holds_little_until_it_agrees() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(1_000, 1, 1)).unwrap();
+    let first = c.lease(peer(1), 1_000, 0);
+    assert_eq!(first.len(), Coordinator::NEW_KEY_LEASES);
+    assert!(c.lease(peer(1), 1_000, 0).is_empty(), "at its quota");
+    for l in &first[..10] {
+        c.report(att(l.task, l.peer, honest(l.task.index))).unwrap();
+    }
+    assert_eq!(c.lease_quota(&peer(1)), Coordinator::NEW_KEY_LEASES + 10 * Coordinator::LEASES_PER_AGREEMENT);
+    assert_eq!(c.lease(peer(1), 1_000, 0).len(), 10 + 10 * Coordinator::LEASES_PER_AGREEMENT, "room freed and earned");
+    let changed = c.take_changed_standings();
+    assert_eq!(changed, vec![(peer(1), Standing { agreed: 10, ..Standing::default() })]);
+    assert!(c.take_changed_standings().is_empty(), "handed over once");
+    c.set_standing(peer(2), Standing { agreed: 5, ..Standing::default() });
+    assert!(c.take_changed_standings().is_empty(), "a restored standing is not a change");
+}

@@ -61,7 +61,10 @@ mod tests {
         assert_eq!((g.leases.len(), g.note), (MAX_BATCH as usize, None));
         assert_eq!(g.to_stream(me).count(), MAX_BATCH as usize);
         assert_eq!(g.to_stream(worker).count(), 0, "a coordinator's own replicas are not streamed");
-        // Every other replica, a batch at a time, then nothing is left to lease.
+        assert!(grant(&mut coord, &job, worker, 1_000, 0).leases.is_empty(), "a fresh key holds one batch at most");
+        // A peer with a record takes every other replica, a batch at a time, then nothing is
+        // left to lease.
+        coord.set_standing(me, crate::Standing { agreed: 100, ..crate::Standing::default() });
         let mut rest = 0;
         while let g = grant(&mut coord, &job, me, 1_000, 0)
             && !g.leases.is_empty()

@@ -1,5 +1,6 @@
 //! `MeshService.Report` at a coordinator, one attestation at a time: an attestation must be the
-//! sender's own, signed, and hash the output it came with, or it is dropped and held against the
+//! sender's own, signed, and hash the output it came with, which is no longer than the job's
+//! `output_bytes` (an honest sandbox cuts a run there), or it is dropped and held against the
 //! sender (the batch's signature authenticates the sender, so someone is to blame); a good one
 //! is recorded, and the answer says what the driver stores and streams with it. The peer's
 //! service and the simulator both take reports through [`take`], and a coordinator's own
@@ -23,8 +24,8 @@ pub enum Taken {
     /// The verdict was in before it: it counted for the worker's standing only. The worker is
     /// told it was taken; nothing is stored.
     Late,
-    /// Not the sender's own, badly signed, or its output does not hash to what it attests: the
-    /// sender was penalised.
+    /// Not the sender's own, badly signed, its output longer than the job allows or not hashing
+    /// to what it attests: the sender was penalised.
     Invalid,
     /// Well formed but not recordable (no lease, unknown task, already attested).
     Refused(ReportError),
@@ -37,10 +38,11 @@ impl Taken {
     }
 }
 
-/// Takes `att` as reported by `sender`, with the output that hashes to `output` and whether its
-/// signature verified (`signed`: checked by the driver, in batches, behind its verifier).
-pub fn take(coord: &mut Coordinator, sender: PeerId, att: Attestation, signed: bool, output: BlobId) -> Taken {
-    if att.peer != sender || !signed || output != att.result.output_hash {
+/// Takes `att` as reported by `sender` with `output`, and whether its signature verified
+/// (`signed`: checked by the driver, in batches, behind its verifier).
+pub fn take(coord: &mut Coordinator, sender: PeerId, att: Attestation, signed: bool, output: &[u8]) -> Taken {
+    let too_long = coord.limits(&att.task.job).is_some_and(|l| output.len() as u64 > l.output_bytes);
+    if att.peer != sender || !signed || too_long || BlobId::of(output) != att.result.output_hash {
         coord.penalize(sender);
         return Taken::Invalid;
     }
@@ -67,7 +69,7 @@ pub fn record(coord: &mut Coordinator, att: Attestation) -> Taken {
 mod tests {
     use super::*;
     use crate::peer::lease::grant;
-    use crate::{CoordinatorConfig, JobId, JobSpec, Outcome, Policy, ResultKey, TaskId};
+    use crate::{CoordinatorConfig, JobId, JobSpec, Limits, Outcome, Policy, ResultKey, TaskId};
 
     fn att(task: TaskId, peer: PeerId, output: &[u8]) -> Attestation {
         let result = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId::of(output) };
@@ -81,7 +83,7 @@ mod tests {
         let spec = JobSpec {
             module: BlobId([3; 32]),
             task_count: 1,
-            policy: Policy { quorum: 2, max_replicas: 3, ..Policy::default() },
+            policy: Policy { quorum: 2, max_replicas: 3, limits: Limits { output_bytes: 4, ..Limits::default() }, ..Policy::default() },
             origin: PeerId([9; 32]),
             submitted_at_ms: 0,
             label: String::new(),
@@ -94,17 +96,19 @@ mod tests {
         let task = TaskId { job, index: 0 };
         let good = att(task, a, b"42");
         // Someone else's attestation, an unsigned one, and one whose output is not what it says.
-        assert_eq!(take(&mut coord, b, good.clone(), true, BlobId::of(b"42")), Taken::Invalid);
-        assert_eq!(take(&mut coord, a, good.clone(), false, BlobId::of(b"42")), Taken::Invalid);
-        assert_eq!(take(&mut coord, a, good.clone(), true, BlobId::of(b"41")), Taken::Invalid);
+        assert_eq!(take(&mut coord, b, good.clone(), true, b"42"), Taken::Invalid);
+        assert_eq!(take(&mut coord, a, good.clone(), false, b"42"), Taken::Invalid);
+        assert_eq!(take(&mut coord, a, good.clone(), true, b"41"), Taken::Invalid);
+        // Longer than the job's output_bytes (4): no honest sandbox sends that.
+        assert_eq!(take(&mut coord, a, att(task, a, b"12345"), true, b"12345"), Taken::Invalid);
         assert_eq!(coord.task(&task).map(|t| t.attestations), Some(0), "nothing recorded");
-        let first = take(&mut coord, a, good.clone(), true, BlobId::of(b"42"));
+        let first = take(&mut coord, a, good.clone(), true, b"42");
         assert_eq!(first, Taken::Recorded { ordinal: 0, lone: false, decided: false });
-        assert!(matches!(take(&mut coord, a, good, true, BlobId::of(b"42")), Taken::Refused(_)), "one per peer");
-        let second = take(&mut coord, b, att(task, b, b"42"), true, BlobId::of(b"42"));
+        assert!(matches!(take(&mut coord, a, good, true, b"42"), Taken::Refused(_)), "one per peer");
+        let second = take(&mut coord, b, att(task, b, b"42"), true, b"42");
         assert_eq!(second, Taken::Recorded { ordinal: 1, lone: false, decided: true });
         // c holds no lease: refused, unjudged.
-        let after = take(&mut coord, c, att(task, c, b"42"), true, BlobId::of(b"42"));
+        let after = take(&mut coord, c, att(task, c, b"42"), true, b"42");
         assert_eq!(after, Taken::Refused(ReportError::NoLease { task, peer: c }));
         assert!(second.accepted() && Taken::Late.accepted() && !after.accepted() && !Taken::Invalid.accepted());
     }

@@ -97,7 +97,7 @@ impl Sim {
         let Some(h) = self.peers[c as usize].host.as_mut() else { return false };
         let taken = if check {
             let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
-            report::take(&mut h.coord, wid, att.clone(), signed, BlobId::of(&out))
+            report::take(&mut h.coord, wid, att.clone(), signed, &out)
         } else {
             report::record(&mut h.coord, att.clone())
         };

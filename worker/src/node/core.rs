@@ -127,6 +127,11 @@ impl Core {
                 }
             }
         }
+        // Standings change with verdicts and lapses: stored with them, so they survive a restart.
+        let standings = self.coord.take_changed_standings();
+        if !standings.is_empty() {
+            ops.push(Op::PutStandings(standings));
+        }
         (ops, changes)
     }
 

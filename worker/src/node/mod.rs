@@ -322,6 +322,11 @@ impl Node {
                 self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
             }
         }
+        // The standings as last stored replace what the replays above re-judged (which counted
+        // only the jobs still kept, and those a second time).
+        for (peer, standing) in self.0.store.standings()? {
+            core.coord.set_standing(peer, standing);
+        }
         drop(core);
         // Jobs still running are announced again, so peers come back to work on them.
         for id in open {

@@ -435,6 +435,11 @@ impl Node {
         detail: &Detail,
     ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
+        // No honest run outputs more than the job allows (known gap 9).
+        if core.coord.limits(&att.task.job).is_some_and(|l| output.len() as u64 > l.output_bytes) {
+            tracing::warn!(task = %att.task, bytes = output.len(), "replicated output longer than the job allows; not recorded");
+            return None;
+        }
         match core.coord.restore_attestation_lone(att.clone(), lone) {
             Ok(Reported::Recorded | Reported::Decided) => {}
             // Already final, or already held: nothing to store.

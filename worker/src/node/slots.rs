@@ -330,7 +330,7 @@ impl Node {
         detail: &Detail,
     ) -> (Taken, Option<oneshot::Receiver<()>>) {
         let mut core = self.core();
-        let taken = report::take(&mut core.coord, sender, att.clone(), signed, BlobId::of(output));
+        let taken = report::take(&mut core.coord, sender, att.clone(), signed, output);
         let held = self.keep(&mut core, taken.clone(), att, output, detail);
         (taken, held)
     }

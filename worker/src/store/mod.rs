@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use spare_protocol::{Attestation, JobId, TaskId};
+use spare_protocol::{Attestation, JobId, PeerId, Standing, TaskId};
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +26,9 @@ const ATTESTATIONS: TableDefinition<AttestationKey, &[u8]> = TableDefinition::ne
 const RESULTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("results");
 /// When each ended job ended here (Unix ms), for retention.
 const FINISHED: TableDefinition<JobKey, u64> = TableDefinition::new("finished");
+/// What this peer's coordinator has seen of each peer (postcard `Standing`), so reputation
+/// survives a restart.
+const STANDINGS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("standings");
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "spare.redb";
@@ -66,6 +69,8 @@ pub enum Op {
     PutResult(TaskId, StoredResult),
     /// When a job ended here (Unix ms).
     PutFinished(JobId, u64),
+    /// Peers' standings, as they changed.
+    PutStandings(Vec<(PeerId, Standing)>),
     /// A job and everything stored of it (inputs, attestations, results), by retention.
     DeleteJob(JobId),
 }
@@ -110,6 +115,7 @@ impl Store {
             tx.open_table(ATTESTATIONS).map_err(db_err)?;
             tx.open_table(RESULTS).map_err(db_err)?;
             tx.open_table(FINISHED).map_err(db_err)?;
+            tx.open_table(STANDINGS).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         let blobs = BlobStore::open(&dir.join("blobs"))?;
@@ -142,6 +148,18 @@ impl Store {
             }
             rx.await.map_err(|_| StoreError::Closed)?
         }
+    }
+
+    /// Every stored standing, for a restart.
+    pub fn standings(&self) -> Result<Vec<(PeerId, Standing)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(STANDINGS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((PeerId(k.value()), decode_in("standings", v.value())?));
+        }
+        Ok(out)
     }
 
     /// Every job, for a restart.
@@ -249,6 +267,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
         let mut atts = tx.open_table(ATTESTATIONS).map_err(db_err)?;
         let mut results = tx.open_table(RESULTS).map_err(db_err)?;
         let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
+        let mut standings = tx.open_table(STANDINGS).map_err(db_err)?;
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
         for op in ops {
             match op {
@@ -273,6 +292,11 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                 Op::PutFinished(job, at) => {
                     finished.insert(job.0, at).map_err(db_err)?;
                 }
+                Op::PutStandings(list) => {
+                    for (peer, standing) in list {
+                        standings.insert(peer.0, encode(standing).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    }
+                }
                 Op::DeleteJob(job) => {
                     let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
                     inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
@@ -295,6 +319,24 @@ fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
 mod tests {
     use super::*;
     use spare_protocol::{BlobId, Outcome, PeerId, ResultKey};
+
+    /// Reputation survives a restart: the last standing written for each peer is read back.
+    #[tokio::test]
+    async fn standings_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (liar, honest) = (PeerId([1; 32]), PeerId([2; 32]));
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let first = Standing { agreed: 3, ..Standing::default() };
+            store.write(vec![Op::PutStandings(vec![(honest, first)])]).await.expect("write");
+            let later = vec![(liar, Standing { disagreed: 4, ..Standing::default() }), (honest, Standing { agreed: 9, ..first })];
+            store.write(vec![Op::PutStandings(later)]).await.expect("write");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let got = store.standings().expect("read");
+        assert_eq!(got, vec![(liar, Standing { disagreed: 4, ..Standing::default() }), (honest, Standing { agreed: 9, ..Standing::default() })]);
+        assert!(got[0].1.is_banned(), "a banned liar stays banned after a restart");
+    }
 
     #[tokio::test]
     async fn attestations_keep_their_lone_mark_across_a_reopen() {

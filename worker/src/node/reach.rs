@@ -1,0 +1,365 @@
+//! This peer's reachability, driven: dial-back rounds that tell whether others can dial it (the
+//! rule is `spare_protocol::reachability`), the relays an unreachable peer keeps
+//! (`MeshService.Attach` streams it opens to reachable peers, over which their gossip reaches
+//! it), and, at a relay, the peers attached to it, whose gossip it passes down their streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use spare_proto as pb;
+use spare_protocol::PeerId;
+use spare_protocol::membership::MemberState;
+use spare_protocol::reachability::{Answer, MAX_RELAYS, Reachability, Route, Verdict};
+use spare_protocol::records::{Record, RecordKey};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::Status;
+
+use super::Node;
+
+/// Most peers attached to this one (it relays for them); past it `Attach` is refused.
+pub const MAX_ATTACHED: usize = 256;
+/// Packets queued per attached peer; past it they are dropped (SWIM tolerates loss).
+pub const ATTACH_QUEUE: usize = 64;
+/// Largest gossip packet relayed.
+pub const MAX_RELAYED_BYTES: usize = 64 << 10;
+/// Dial-backs this peer makes for others at once.
+const MAX_DIAL_BACKS: usize = 8;
+/// One dial-back per asker this often (and so never two at once: one takes less).
+const DIAL_BACK_EVERY: Duration = Duration::from_secs(10);
+/// How long a dial-back (connect and TLS handshake) may take.
+const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the asker waits for an answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(8);
+/// Askers remembered for [`DIAL_BACK_EVERY`]; past it the oldest are forgotten.
+const MAX_ASKERS: usize = 4096;
+/// How often the loop looks at rounds and relays (a relay that failed is dialed again then).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+type Queue = mpsc::Sender<Result<pb::RelayedGossip, Status>>;
+
+/// A relay this peer holds a stream to.
+struct Held {
+    task: tokio::task::JoinHandle<()>,
+    /// The stream is open (the relay answered `Attach`).
+    open: Arc<AtomicBool>,
+}
+
+/// What the node keeps for reachability.
+pub struct Nat {
+    rule: Mutex<Reachability>,
+    /// Peers attached here: their stream's id (a newer stream replaces an older one) and queue.
+    attached: DashMap<PeerId, (u64, Queue)>,
+    next_stream: AtomicU64,
+    /// The relays this (unreachable) peer holds streams to, by address.
+    relays: Mutex<HashMap<String, Held>>,
+    dialing: Arc<Semaphore>,
+    /// When each asker last asked for a dial-back.
+    asked: Mutex<HashMap<PeerId, Instant>>,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Nat {
+            rule: Mutex::new(Reachability::new()),
+            attached: DashMap::new(),
+            next_stream: AtomicU64::new(0),
+            relays: Mutex::new(HashMap::new()),
+            dialing: Arc::new(Semaphore::new(MAX_DIAL_BACKS)),
+            asked: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The stream `Attach` answers with: it leaves the relay's table when the attached peer goes.
+pub struct AttachStream {
+    rx: mpsc::Receiver<Result<pb::RelayedGossip, Status>>,
+    node: Node,
+    peer: PeerId,
+    id: u64,
+}
+
+impl futures::Stream for AttachStream {
+    type Item = Result<pb::RelayedGossip, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for AttachStream {
+    fn drop(&mut self) {
+        let gone = self.node.0.nat.attached.remove_if(&self.peer, |_, (id, _)| *id == self.id).is_some();
+        if gone {
+            tracing::info!(peer = %self.peer.short(), "an unreachable peer detached from this relay");
+        }
+    }
+}
+
+impl Node {
+    /// This peer's dial-back verdict so far.
+    pub fn reachability(&self) -> Verdict {
+        lock(&self.0.nat.rule).verdict()
+    }
+
+    /// What this peer's advert says: reachable unless found unreachable, and its open relays.
+    pub(crate) fn advert_reach(&self) -> (bool, Vec<PeerId>) {
+        let reachable = lock(&self.0.nat.rule).advertised();
+        let open: Vec<String> =
+            lock(&self.0.nat.relays).iter().filter(|(_, h)| h.open.load(Ordering::Relaxed)).map(|(a, _)| a.clone()).collect();
+        if reachable || open.is_empty() {
+            return (reachable, Vec::new());
+        }
+        let mut relays: Vec<PeerId> = self
+            .peers()
+            .into_iter()
+            .filter(|v| open.contains(&v.addr) || v.advert.as_ref().is_some_and(|a| open.contains(&a.addr)))
+            .map(|v| v.peer)
+            .collect();
+        relays.sort();
+        relays.dedup();
+        relays.truncate(MAX_RELAYS);
+        (reachable, relays)
+    }
+
+    /// Whether `peer` may be chosen to coordinate a job (its advert does not say unreachable).
+    pub(crate) fn may_coordinate(&self, peer: &PeerId) -> bool {
+        if *peer == self.peer_id() {
+            return lock(&self.0.nat.rule).advertised();
+        }
+        match self.mesh().membership.record(&RecordKey::Advert(*peer)) {
+            Some(Record::Advert(a)) => spare_protocol::reachability::may_coordinate(Some(&a)),
+            _ => true,
+        }
+    }
+
+    /// The address of some live peer that is reachable, to name in an error.
+    pub(crate) fn some_reachable_addr(&self) -> Option<String> {
+        let me = self.peer_id();
+        self.peers()
+            .into_iter()
+            .find(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_some_and(|a| a.reachable))
+            .map(|v| v.advert.map_or(v.addr, |a| a.addr))
+    }
+
+    /// How gossip for `to` travels from here.
+    pub(crate) fn gossip_route(&self, to: &PeerId) -> Route {
+        let attached = self.0.nat.attached.contains_key(to);
+        let mesh = self.mesh();
+        let advert = match mesh.membership.record(&RecordKey::Advert(*to)) {
+            Some(Record::Advert(a)) => Some(a),
+            _ => None,
+        };
+        let alive = |p: &PeerId| mesh.membership.state_of(p).is_some_and(|(_, s)| s != MemberState::Dead);
+        spare_protocol::reachability::route(&self.peer_id(), advert.as_ref(), attached, alive)
+    }
+
+    /// Passes a gossip packet from `from` down the stream of `to`, attached here; false when
+    /// it is not attached (a full queue drops the packet and counts as passed).
+    pub(crate) fn relay_down(&self, to: &PeerId, from: PeerId, data: Vec<u8>) -> bool {
+        let Some(queue) = self.0.nat.attached.get(to).map(|e| e.1.clone()) else { return false };
+        if queue.try_send(Ok(pb::RelayedGossip { from: from.to_hex(), data })).is_err() {
+            tracing::debug!(to = %to.short(), "relayed gossip dropped: the attached peer's queue is full");
+        }
+        true
+    }
+
+    /// Attaches `peer` (over its own TLS link) to this peer, which then relays its gossip.
+    pub(crate) fn attach(&self, peer: PeerId) -> Result<AttachStream, Status> {
+        let attached = &self.0.nat.attached;
+        if attached.len() >= MAX_ATTACHED && !attached.contains_key(&peer) {
+            return Err(Status::resource_exhausted(format!("this relay holds {MAX_ATTACHED} attached peers already")));
+        }
+        if !self.may_coordinate(&self.peer_id()) {
+            return Err(Status::failed_precondition("this peer is unreachable itself; attach to a reachable peer"));
+        }
+        let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
+        let id = self.0.nat.next_stream.fetch_add(1, Ordering::Relaxed);
+        attached.insert(peer, (id, tx));
+        tracing::info!(peer = %peer.short(), "an unreachable peer attached to this relay");
+        self.0.mesh_wake.notify_one();
+        Ok(AttachStream { rx, node: self.clone(), peer, id })
+    }
+
+    /// Dials `asker` back at `addr` (the IP its request came from, the port it named) and says
+    /// whether the TLS handshake met its PeerId. Bounded: one per asker per
+    /// [`DIAL_BACK_EVERY`], [`MAX_DIAL_BACKS`] at once.
+    pub(crate) async fn dial_back(&self, asker: PeerId, addr: SocketAddr) -> Result<pb::DialBackResponse, Status> {
+        {
+            let mut asked = lock(&self.0.nat.asked);
+            let now = Instant::now();
+            if asked.get(&asker).is_some_and(|t| now.duration_since(*t) < DIAL_BACK_EVERY) {
+                return Err(Status::resource_exhausted("one dial-back per peer every 10 s"));
+            }
+            if asked.len() >= MAX_ASKERS {
+                asked.retain(|_, t| now.duration_since(*t) < DIAL_BACK_EVERY);
+                if asked.len() >= MAX_ASKERS {
+                    return Err(Status::resource_exhausted("too many dial-backs asked lately"));
+                }
+            }
+            asked.insert(asker, now);
+        }
+        let Ok(_permit) = self.0.nat.dialing.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted("too many dial-backs in progress"));
+        };
+        let dialed = addr.to_string();
+        let r = tokio::time::timeout(DIAL_BACK_TIMEOUT, self.0.clients.dial_back(addr, asker)).await;
+        let error = match r {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {DIAL_BACK_TIMEOUT:?}"),
+        };
+        tracing::debug!(asker = %asker.short(), %dialed, reached = error.is_empty(), "dial-back");
+        Ok(pb::DialBackResponse { reached: error.is_empty(), dialed, error })
+    }
+
+    /// Peers to ask for dial-backs and to relay through: live peers whose adverts do not say
+    /// unreachable, by address, from a random place in the list; the bootstrap addresses when
+    /// there are none (a peer behind NAT hears nobody until it has a relay).
+    fn reachable_addrs(&self) -> Vec<String> {
+        let me = self.peer_id();
+        let peers: Vec<PeerId> = self
+            .peers()
+            .into_iter()
+            .filter(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_none_or(|a| a.reachable))
+            .map(|v| v.peer)
+            .collect();
+        let mut addrs: Vec<String> = peers.iter().filter_map(|p| self.addr_of(p)).collect();
+        if addrs.is_empty() {
+            addrs = self.config().bootstrap.clone();
+        }
+        let mut r = [0u8; 4];
+        if !addrs.is_empty() && getrandom::fill(&mut r).is_ok() {
+            let by = u32::from_le_bytes(r) as usize % addrs.len();
+            addrs.rotate_left(by);
+        }
+        addrs
+    }
+
+    /// Asks peers to dial this one back when a round is due.
+    fn dial_back_round(&self) {
+        let advertised = self.advertised_addr();
+        let Some(port) = advertised.rsplit_once(':').and_then(|(_, p)| p.parse::<u32>().ok()) else { return };
+        let addrs = self.reachable_addrs();
+        let n = lock(&self.0.nat.rule).start(&advertised, addrs.len(), self.now());
+        for addr in addrs.into_iter().take(n) {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let answer = node.ask_dial_back(&addr, port).await;
+                let before = node.reachability();
+                let verdict = lock(&node.0.nat.rule).handle_answer(answer, node.now());
+                if let Some(v) = verdict {
+                    node.on_verdict(before, v);
+                }
+            });
+        }
+    }
+
+    async fn ask_dial_back(&self, addr: &str, port: u32) -> Answer {
+        let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
+        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { port })).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                tracing::debug!(by = %addr, dialed = %r.dialed, reached = r.reached, error = %r.error, "dial-back answered");
+                if r.reached { Answer::Reached } else { Answer::NotReached }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(by = %addr, "dial-back not answered: {}", e.message());
+                Answer::NoAnswer
+            }
+            Err(_) => Answer::NoAnswer,
+        }
+    }
+
+    fn on_verdict(&self, before: Verdict, now: Verdict) {
+        match now {
+            Verdict::Reachable if before != now => tracing::info!(addr = %self.advertised_addr(), "reachability: reachable (another peer dialed this one back)"),
+            Verdict::Unreachable if before != now => tracing::warn!(
+                addr = %self.advertised_addr(),
+                "reachability: unreachable (no peer could dial this one back: behind NAT or a firewall); \
+                 it works through relays and will not coordinate jobs"
+            ),
+            Verdict::Unknown => tracing::debug!("reachability: no peer answered a dial-back; asking again later"),
+            _ => {}
+        }
+        self.publish_advert(false);
+        self.0.mesh_wake.notify_one();
+    }
+
+    /// Keeps up to [`MAX_RELAYS`] relay streams while unreachable, none otherwise.
+    fn keep_relays(&self) {
+        let unreachable = self.reachability() == Verdict::Unreachable;
+        let wanted = if unreachable { self.reachable_addrs() } else { Vec::new() };
+        let mut relays = lock(&self.0.nat.relays);
+        relays.retain(|_, h| !h.task.is_finished());
+        if !unreachable {
+            for (_, h) in relays.drain() {
+                h.task.abort();
+            }
+            return;
+        }
+        for addr in wanted {
+            if relays.len() >= MAX_RELAYS {
+                break;
+            }
+            if relays.contains_key(&addr) {
+                continue;
+            }
+            let open = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(self.clone().hold_relay(addr.clone(), open.clone()));
+            relays.insert(addr, Held { task, open });
+        }
+    }
+
+    /// Holds a stream open to the relay at `addr`, taking the gossip it passes down.
+    async fn hold_relay(self, addr: String, open: Arc<AtomicBool>) {
+        let Some(mut client) = self.0.clients.mesh(&addr) else { return };
+        let mut stream = match client.attach(pb::AttachRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!(relay = %addr, "could not attach: {}", e.message());
+                self.0.clients.forget(&addr);
+                return;
+            }
+        };
+        open.store(true, Ordering::Relaxed);
+        tracing::info!(relay = %addr, "attached to a relay");
+        self.publish_advert(false);
+        while let Ok(Some(m)) = stream.message().await {
+            let Ok(from) = m.from.parse::<PeerId>() else { continue };
+            if m.data.len() > MAX_RELAYED_BYTES {
+                continue;
+            }
+            if let Err(e) = self.mesh_receive(&m.data, from) {
+                tracing::debug!(relay = %addr, "relayed gossip refused: {e}");
+            }
+        }
+        open.store(false, Ordering::Relaxed);
+        tracing::info!(relay = %addr, "relay stream closed");
+        self.publish_advert(false);
+    }
+
+    /// Dial-back rounds and relays, until shutdown.
+    pub(super) async fn reach_loop(self) {
+        let mut stop = self.shutdown_signal();
+        loop {
+            self.dial_back_round();
+            self.keep_relays();
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        for (_, h) in lock(&self.0.nat.relays).drain() {
+            h.task.abort();
+        }
+    }
+}

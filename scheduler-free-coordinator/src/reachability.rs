@@ -86,16 +86,19 @@ impl Reachability {
         self.verdict != Verdict::Unreachable
     }
 
-    /// Starts a round about `addr` when one is due and none is running, given `available` peers
-    /// to ask; returns how many of them to ask (0: none now).
+    /// Whether a round about `addr` is due: none is running, and none was yet, the address
+    /// changed, or its time came.
+    pub fn due(&self, addr: &str, now: Millis) -> bool {
+        self.round.is_none() && (self.addr.as_deref() != Some(addr) || now >= self.next)
+    }
+
+    /// Starts a round about `addr` when one is due, given `available` peers to ask; returns how
+    /// many of them to ask (0: none now).
     pub fn start(&mut self, addr: &str, available: usize, now: Millis) -> usize {
-        if self.round.is_some() || available == 0 {
+        if !self.due(addr, now) || available == 0 {
             return 0;
         }
         let moved = self.addr.as_deref() != Some(addr);
-        if !moved && now < self.next {
-            return 0;
-        }
         if moved {
             // A verdict about another address says nothing about this one.
             self.verdict = Verdict::Unknown;
@@ -174,8 +177,10 @@ mod tests {
         assert_eq!(r.verdict(), Verdict::Unknown);
         assert!(r.advertised(), "unknown counts as reachable, so a lone public peer coordinates");
         assert_eq!(r.start("a:1", 0, 0), 0, "nobody to ask");
+        assert!(r.due("a:1", 0));
         assert_eq!(r.start("a:1", 5, 0), DIAL_BACK_ASKED, "at most three asked");
         assert_eq!(r.start("a:1", 5, 1), 0, "one round at a time");
+        assert!(!r.due("a:1", 1) && !r.due("b:2", 1));
         assert_eq!(r.handle_answer(Answer::NotReached, 10), None);
         assert_eq!(r.handle_answer(Answer::NoAnswer, 10), None);
         assert_eq!(r.handle_answer(Answer::Reached, 10), Some(Verdict::Reachable), "one success is enough");

@@ -48,6 +48,8 @@ struct Held {
     task: tokio::task::JoinHandle<()>,
     /// The stream is open (the relay answered `Attach`).
     open: Arc<AtomicBool>,
+    /// Its PeerId, once a member at its address is known (a bootstrap address names none).
+    peer: Option<PeerId>,
 }
 
 /// What the node keeps for reachability.
@@ -111,23 +113,42 @@ impl Node {
     }
 
     /// What this peer's advert says: reachable unless found unreachable, and its open relays.
+    /// Called at every turn of the mesh loop: the members are looked through only while an open
+    /// relay's PeerId is not known yet.
     pub(crate) fn advert_reach(&self) -> (bool, Vec<PeerId>) {
         let reachable = lock(&self.0.nat.rule).advertised();
-        let open: Vec<String> =
-            lock(&self.0.nat.relays).iter().filter(|(_, h)| h.open.load(Ordering::Relaxed)).map(|(a, _)| a.clone()).collect();
-        if reachable || open.is_empty() {
-            return (reachable, Vec::new());
+        if reachable {
+            return (true, Vec::new());
         }
-        let mut relays: Vec<PeerId> = self
-            .peers()
-            .into_iter()
-            .filter(|v| open.contains(&v.addr) || v.advert.as_ref().is_some_and(|a| open.contains(&a.addr)))
-            .map(|v| v.peer)
-            .collect();
+        let unresolved =
+            lock(&self.0.nat.relays).values().any(|h| h.peer.is_none() && h.open.load(Ordering::Relaxed));
+        let by_addr: HashMap<String, PeerId> = if unresolved {
+            self.peers()
+                .into_iter()
+                .flat_map(|v| {
+                    let advertised = v.advert.as_ref().map(|a| (a.addr.clone(), v.peer));
+                    std::iter::once((v.addr.clone(), v.peer)).chain(advertised)
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut held = lock(&self.0.nat.relays);
+        let mut relays = Vec::new();
+        for (addr, h) in held.iter_mut() {
+            if !h.open.load(Ordering::Relaxed) {
+                continue;
+            }
+            if h.peer.is_none() {
+                h.peer = by_addr.get(addr).copied();
+            }
+            relays.extend(h.peer);
+        }
+        drop(held);
         relays.sort();
         relays.dedup();
         relays.truncate(MAX_RELAYS);
-        (reachable, relays)
+        (false, relays)
     }
 
     /// Whether `peer` may be chosen to coordinate a job (its advert does not say unreachable).
@@ -221,25 +242,34 @@ impl Node {
         Ok(pb::DialBackResponse { reached: error.is_empty(), dialed, error })
     }
 
-    /// Peers to ask for dial-backs and to relay through: live peers whose adverts do not say
-    /// unreachable, by address, from a random place in the list; the bootstrap addresses when
-    /// there are none (a peer behind NAT hears nobody until it has a relay).
-    fn reachable_addrs(&self) -> Vec<String> {
+    /// Up to `n` peers to ask for dial-backs or to relay through, by address, not in `skip`: live
+    /// peers whose adverts do not say unreachable, from a random place in the list; the bootstrap
+    /// addresses when there are none (a peer behind NAT hears nobody until it has a relay).
+    fn reachable_addrs(&self, n: usize, skip: &[String]) -> Vec<String> {
         let me = self.peer_id();
-        let peers: Vec<PeerId> = self
+        let mut peers: Vec<PeerId> = self
             .peers()
             .into_iter()
             .filter(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_none_or(|a| a.reachable))
             .map(|v| v.peer)
             .collect();
-        let mut addrs: Vec<String> = peers.iter().filter_map(|p| self.addr_of(p)).collect();
-        if addrs.is_empty() {
-            addrs = self.config().bootstrap.clone();
-        }
         let mut r = [0u8; 4];
-        if !addrs.is_empty() && getrandom::fill(&mut r).is_ok() {
-            let by = u32::from_le_bytes(r) as usize % addrs.len();
-            addrs.rotate_left(by);
+        if !peers.is_empty() && getrandom::fill(&mut r).is_ok() {
+            let by = u32::from_le_bytes(r) as usize % peers.len();
+            peers.rotate_left(by);
+        }
+        // Addresses only for the few taken: `addr_of` ties each to its PeerId in the channel pool.
+        let mut addrs: Vec<String> = Vec::with_capacity(n);
+        for p in peers {
+            if addrs.len() >= n {
+                break;
+            }
+            if let Some(a) = self.addr_of(&p).filter(|a| !skip.contains(a)) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            addrs = self.config().bootstrap.iter().filter(|a| !skip.contains(a)).take(n).cloned().collect();
         }
         addrs
     }
@@ -248,7 +278,10 @@ impl Node {
     fn dial_back_round(&self) {
         let advertised = self.advertised_addr();
         let Some(port) = advertised.rsplit_once(':').and_then(|(_, p)| p.parse::<u32>().ok()) else { return };
-        let addrs = self.reachable_addrs();
+        if !lock(&self.0.nat.rule).due(&advertised, self.now()) {
+            return;
+        }
+        let addrs = self.reachable_addrs(spare_protocol::reachability::DIAL_BACK_ASKED, &[]);
         let n = lock(&self.0.nat.rule).start(&advertised, addrs.len(), self.now());
         for addr in addrs.into_iter().take(n) {
             let node = self.clone();
@@ -297,25 +330,29 @@ impl Node {
     /// Keeps up to [`MAX_RELAYS`] relay streams while unreachable, none otherwise.
     fn keep_relays(&self) {
         let unreachable = self.reachability() == Verdict::Unreachable;
-        let wanted = if unreachable { self.reachable_addrs() } else { Vec::new() };
-        let mut relays = lock(&self.0.nat.relays);
-        relays.retain(|_, h| !h.task.is_finished());
-        if !unreachable {
-            for (_, h) in relays.drain() {
-                h.task.abort();
+        let held: Vec<String> = {
+            let mut relays = lock(&self.0.nat.relays);
+            relays.retain(|_, h| !h.task.is_finished());
+            if !unreachable {
+                for (_, h) in relays.drain() {
+                    h.task.abort();
+                }
+                return;
             }
-            return;
-        }
-        for addr in wanted {
             if relays.len() >= MAX_RELAYS {
-                break;
+                return;
             }
-            if relays.contains_key(&addr) {
+            relays.keys().cloned().collect()
+        };
+        let wanted = self.reachable_addrs(MAX_RELAYS - held.len(), &held);
+        let mut relays = lock(&self.0.nat.relays);
+        for addr in wanted {
+            if relays.len() >= MAX_RELAYS || relays.contains_key(&addr) {
                 continue;
             }
             let open = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(self.clone().hold_relay(addr.clone(), open.clone()));
-            relays.insert(addr, Held { task, open });
+            relays.insert(addr, Held { task, open, peer: None });
         }
     }
 

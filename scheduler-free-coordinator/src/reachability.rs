@@ -137,6 +137,23 @@ impl Reachability {
     }
 }
 
+/// Where a dial-back asked from IP `from` for the address `addr` (the asker's advertised
+/// `IP:port`) goes: `addr` itself when its IP is `from`, or when both are loopback (one machine,
+/// where a peer may listen on 127.0.0.2 and connect from 127.0.0.1); otherwise `from` at `addr`'s
+/// port. Never a third party's address, so a dial-back cannot be turned against anyone but the
+/// asker. `None`: `addr` is not `host:port` with a port.
+pub fn dial_back_target(addr: &str, from: std::net::IpAddr) -> Option<std::net::SocketAddr> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let from = from.to_canonical();
+    let named = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok().map(|ip| ip.to_canonical());
+    let ip = match named {
+        Some(ip) if ip == from || (ip.is_loopback() && from.is_loopback()) => ip,
+        _ => from,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// Whether a peer may be chosen to coordinate a job (and so serve its module and inputs): not
 /// when its advert says it is unreachable. A peer with no advert heard yet may.
 pub fn may_coordinate(advert: Option<&Advert>) -> bool {
@@ -208,6 +225,25 @@ mod tests {
         assert_eq!(r.handle_answer(Answer::Reached, 0), None, "one of two");
         assert_eq!(r.handle_answer(Answer::Reached, 0), Some(Verdict::Reachable));
         assert_eq!(r.handle_answer(Answer::Reached, 0), None, "no round running");
+    }
+
+    #[test]
+    fn a_dial_back_goes_only_to_the_asker() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let at = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(dial_back_target("203.0.113.5:7070", ip("203.0.113.5")), at("203.0.113.5:7070"));
+        // Behind NAT: the advertised private address is not dialed, the address seen is.
+        assert_eq!(dial_back_target("192.168.1.2:7070", ip("203.0.113.9")), at("203.0.113.9:7070"));
+        // A third party's address is never dialed.
+        assert_eq!(dial_back_target("198.51.100.1:443", ip("203.0.113.9")), at("203.0.113.9:443"));
+        assert_eq!(dial_back_target("victim.example.org:80", ip("203.0.113.9")), at("203.0.113.9:80"));
+        // One machine: any loopback address (but from loopback only).
+        assert_eq!(dial_back_target("127.0.0.2:9000", ip("127.0.0.1")), at("127.0.0.2:9000"));
+        assert_eq!(dial_back_target("127.0.0.2:9000", ip("::ffff:127.0.0.1")), at("127.0.0.2:9000"));
+        assert_eq!(dial_back_target("127.0.0.2:9000", ip("203.0.113.9")), at("203.0.113.9:9000"));
+        assert_eq!(dial_back_target("[::1]:9000", ip("::1")), at("[::1]:9000"));
+        assert_eq!(dial_back_target("no-port", ip("::1")), None);
+        assert_eq!(dial_back_target("1.2.3.4:0", ip("1.2.3.4")), None);
     }
 
     fn advert(reachable: bool, relays: Vec<PeerId>) -> Advert {

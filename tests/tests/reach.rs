@@ -31,30 +31,34 @@ async fn a_dial_back_dials_only_the_asker_and_checks_its_peer_id() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a"), 1).await;
     let b = start(&dir.path().join("b"), 1).await;
-    let port = |h: &spare_peer::NodeHandle| u32::from(h.addr.port());
 
     // Asked as B (its own key, from its data directory), A dials B back and meets B.
     let b_key = Identity::load_or_create(&dir.path().join("b")).unwrap();
     let mut as_b = mesh_client(a.addr, &b_key, Some(a.node.peer_id())).await.unwrap();
-    let r = as_b.dial_back(pb::DialBackRequest { port: port(&b) }).await.unwrap().into_inner();
+    let r = as_b.dial_back(pb::DialBackRequest { addr: b.addr.to_string() }).await.unwrap().into_inner();
     assert!(r.reached, "{r:?}");
-    assert_eq!(r.dialed, b.addr.to_string(), "the IP the request came from, the port it named");
+    assert_eq!(r.dialed, b.addr.to_string(), "its address, on this machine");
 
-    // Asked by a key that does not serve at that port (A's own port, where A answers): the
+    // Asked by a key that does not serve there (at A's own address, where A answers): the
     // handshake meets another PeerId, so not reached.
     let me = Identity::generate().unwrap();
     let mut as_me = mesh_client(a.addr, &me, Some(a.node.peer_id())).await.unwrap();
-    let r = as_me.dial_back(pb::DialBackRequest { port: port(&a) }).await.unwrap().into_inner();
+    let r = as_me.dial_back(pb::DialBackRequest { addr: a.addr.to_string() }).await.unwrap().into_inner();
     assert!(!r.reached && !r.error.is_empty(), "{r:?}");
     // Once per asker every 10 s.
-    let e = as_me.dial_back(pb::DialBackRequest { port: port(&a) }).await.unwrap_err();
+    let e = as_me.dial_back(pb::DialBackRequest { addr: a.addr.to_string() }).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    // No port, no dial; and never in plaintext (no asker to check).
+    // A third party's address is not dialed: the asker's own IP is, at that port.
     let other = Identity::generate().unwrap();
-    let e = mesh_client(a.addr, &other, None).await.unwrap().dial_back(pb::DialBackRequest { port: 0 }).await.unwrap_err();
+    let mut as_other = mesh_client(a.addr, &other, None).await.unwrap();
+    let r = as_other.dial_back(pb::DialBackRequest { addr: format!("192.0.2.7:{}", b.addr.port()) }).await.unwrap().into_inner();
+    assert_eq!(r.dialed, format!("127.0.0.1:{}", b.addr.port()), "{r:?}");
+    assert!(!r.reached, "B is there, not the asker: {r:?}");
+    // No port, no dial; and never in plaintext (no asker to check).
+    let e = mesh_client(a.addr, &Identity::generate().unwrap(), None).await.unwrap().dial_back(pb::DialBackRequest { addr: "127.0.0.1".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let mut plain = pb::mesh_service_client::MeshServiceClient::connect(format!("http://{}", a.addr)).await.unwrap();
-    let e = plain.dial_back(pb::DialBackRequest { port: port(&b) }).await.unwrap_err();
+    let e = plain.dial_back(pb::DialBackRequest { addr: b.addr.to_string() }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     stop_all(vec![a, b]).await;
 }

@@ -210,7 +210,7 @@ impl Node {
         Ok(AttachStream { rx, node: self.clone(), peer, id })
     }
 
-    /// Dials `asker` back at `addr` (the IP its request came from, the port it named) and says
+    /// Dials `asker` back at `addr` (see `reachability::dial_back_target`) and says
     /// whether the TLS handshake met its PeerId. Bounded: one per asker per
     /// [`DIAL_BACK_EVERY`], [`MAX_DIAL_BACKS`] at once.
     pub(crate) async fn dial_back(&self, asker: PeerId, addr: SocketAddr) -> Result<pb::DialBackResponse, Status> {
@@ -277,7 +277,6 @@ impl Node {
     /// Asks peers to dial this one back when a round is due.
     fn dial_back_round(&self) {
         let advertised = self.advertised_addr();
-        let Some(port) = advertised.rsplit_once(':').and_then(|(_, p)| p.parse::<u32>().ok()) else { return };
         if !lock(&self.0.nat.rule).due(&advertised, self.now()) {
             return;
         }
@@ -286,7 +285,7 @@ impl Node {
         for addr in addrs.into_iter().take(n) {
             let node = self.clone();
             tokio::spawn(async move {
-                let answer = node.ask_dial_back(&addr, port).await;
+                let answer = node.ask_dial_back(&addr, node.advertised_addr()).await;
                 let before = node.reachability();
                 let verdict = lock(&node.0.nat.rule).handle_answer(answer, node.now());
                 if let Some(v) = verdict {
@@ -296,9 +295,9 @@ impl Node {
         }
     }
 
-    async fn ask_dial_back(&self, addr: &str, port: u32) -> Answer {
+    async fn ask_dial_back(&self, addr: &str, advertised: String) -> Answer {
         let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
-        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { port })).await {
+        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { addr: advertised })).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 tracing::debug!(by = %addr, dialed = %r.dialed, reached = r.reached, error = %r.error, "dial-back answered");

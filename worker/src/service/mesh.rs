@@ -44,11 +44,11 @@ impl pb::mesh_service_server::MeshService for MeshApi {
 
     async fn dial_back(&self, req: Request<pb::DialBackRequest>) -> Result<Response<pb::DialBackResponse>, Status> {
         let asker = link(&req)?;
-        let ip = super::listener::remote_of(&req).map(|a| a.ip().to_canonical()).ok_or_else(|| Status::internal("no remote address"))?;
-        let port = u16::try_from(req.get_ref().port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument("port must be 1..=65535"))?;
-        // Only the address the request came from: a dial-back is no way to make this peer dial
-        // anyone else.
-        let r = self.node.dial_back(asker, std::net::SocketAddr::new(ip, port)).await?;
+        let from = super::listener::remote_of(&req).map(|a| a.ip()).ok_or_else(|| Status::internal("no remote address"))?;
+        // Only the asker: a dial-back is no way to make this peer dial anyone else.
+        let target = spare_protocol::reachability::dial_back_target(&req.get_ref().addr, from)
+            .ok_or_else(|| Status::invalid_argument("addr must be the asker's advertised IP:port"))?;
+        let r = self.node.dial_back(asker, target).await?;
         Ok(Response::new(r))
     }
 

@@ -12,6 +12,7 @@ mod heal;
 mod journal;
 mod load;
 pub mod reach;
+pub mod relay;
 pub mod metrics;
 pub mod limits;
 pub mod mesh;

@@ -40,7 +40,7 @@ fn link<T>(req: &Request<T>) -> Result<PeerId, Status> {
 
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
-    type AttachStream = crate::node::reach::AttachStream;
+    type AttachStream = crate::node::relay::AttachStream;
 
     async fn dial_back(&self, req: Request<pb::DialBackRequest>) -> Result<Response<pb::DialBackResponse>, Status> {
         let asker = link(&req)?;
@@ -76,7 +76,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !r.to.is_empty() {
             // For a peer attached here: passed down its stream, naming the sender.
             let to: PeerId = parse_id("to", &r.to)?;
-            if r.data.len() > crate::node::reach::MAX_RELAYED_BYTES {
+            if r.data.len() > crate::node::relay::MAX_RELAYED_BYTES {
                 return Err(Status::invalid_argument("a relayed gossip message is at most 64 KiB"));
             }
             if !self.node.relay_down(&to, sender, r.data) {

@@ -48,6 +48,8 @@ pub struct Metrics {
     peers_alive: Gauge,
     paused: Gauge,
     task_memory_bytes: Gauge,
+    unreachable: Gauge,
+    peers_attached: Gauge,
     /// Serialises scrapes (the gauges are set, then the registry encoded).
     scrape: Mutex<()>,
 }
@@ -71,6 +73,8 @@ impl Default for Metrics {
             peers_alive: Gauge::default(),
             paused: Gauge::default(),
             task_memory_bytes: Gauge::default(),
+            unreachable: Gauge::default(),
+            peers_attached: Gauge::default(),
             scrape: Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -88,6 +92,8 @@ impl Default for Metrics {
         r.register("peers_alive", "Other peers this peer sees alive", m.peers_alive.clone());
         r.register("paused", "1 while the volunteer's controls pause taking new work", m.paused.clone());
         r.register_with_unit("task_memory", "Memory limits of the tasks running now, summed", Unit::Bytes, m.task_memory_bytes.clone());
+        r.register("unreachable", "1 once no peer could dial this one back (behind NAT: it works through relays)", m.unreachable.clone());
+        r.register("peers_attached", "Peers behind NAT attached to this peer as their relay", m.peers_attached.clone());
         m
     }
 }
@@ -159,6 +165,8 @@ impl Node {
         m.peers_alive.set(alive as i64);
         m.paused.set(i64::from(self.paused().is_some()));
         m.task_memory_bytes.set(self.task_memory_held() as i64);
+        m.unreachable.set(i64::from(self.reachability() == spare_protocol::reachability::Verdict::Unreachable));
+        m.peers_attached.set(self.0.nat.relay.attached.len() as i64);
         let mut out = String::new();
         if encode(&mut out, &m.registry).is_err() {
             out.clear();

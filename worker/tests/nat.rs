@@ -2,13 +2,15 @@
 //! and one behind a masquerading router (nftables) that accepts no inbound connection. The peer
 //! behind it learns by dial-back that nobody can dial it, attaches to the public peer as its
 //! relay, shows alive and unreachable there, and verifies a quorum-2 job with it; it refuses a
-//! submission (it does not coordinate), and once it stops the public peer declares it dead.
+//! submission (it does not coordinate). A second peer behind the same NAT then joins: the two
+//! reach each other through the public peer (gossip for an unreachable peer goes through its
+//! relay), and once the first stops the others declare it dead.
 //!
 //! The namespaces are this test's own: `pub` (the public peer, 10.88.1.1/24), `rtr` (the router:
 //! `wan` 10.88.1.254/24 towards `pub`, `lan` 192.168.88.1/24 towards `nat`, forwarding, masquerade
-//! out of `wan`, new connections in from `wan` dropped) and `nat` (the peer behind it,
-//! 192.168.88.2/24, default route through the router). Nothing is added to the machine's own
-//! namespace. Needs root; installs nftables with apt when `nft` is missing (iproute2 likewise).
+//! out of `wan`, new connections in from `wan` dropped) and `nat` (the peers behind it,
+//! 192.168.88.2 and .3/24, default route through the router). Nothing is added to the machine's
+//! own namespace. Needs root; installs nftables and curl with apt when missing (iproute2 likewise).
 
 mod support;
 
@@ -21,6 +23,9 @@ const PORT: u16 = 7070;
 const PUBLIC: &str = "10.88.1.1";
 const ROUTER_WAN: &str = "10.88.1.254";
 const BEHIND: &str = "192.168.88.2";
+const BEHIND_TOO: &str = "192.168.88.3";
+/// Where the public peer serves metrics.
+const METRICS: &str = "10.88.1.1:9187";
 
 /// The router's rules: masquerade what leaves by `wan`, forward only what `lan` started (and its
 /// replies), and take no new connection arriving on `wan`.
@@ -72,6 +77,7 @@ impl Net {
     fn create() -> Net {
         ensure_tool("ip", "iproute2");
         ensure_tool("nft", "nftables");
+        ensure_tool("curl", "curl");
         let tag = std::process::id();
         let net = Net { public: format!("spnat{tag}-pub"), router: format!("spnat{tag}-rtr"), behind: format!("spnat{tag}-nat") };
         for ns in [&net.public, &net.router, &net.behind] {
@@ -86,6 +92,7 @@ impl Net {
             must("ip", &["-n", ns, "addr", "add", addr, "dev", dev], None);
             must("ip", &["-n", ns, "link", "set", dev, "up"], None);
         }
+        must("ip", &["-n", b, "addr", "add", "192.168.88.3/24", "dev", "eth0"], None);
         must("ip", &["-n", b, "route", "add", "default", "via", "192.168.88.1"], None);
         must("ip", &["netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], None);
         must("ip", &["netns", "exec", r, "nft", "-f", "-"], Some(RULES));
@@ -99,6 +106,17 @@ impl Drop for Net {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
+}
+
+/// A counter the public peer serves (its value; 0 when absent).
+fn counter(net: &Net, name: &str) -> Result<f64, String> {
+    let out = command_in(Some(&net.public), "curl").args(["-sS", "--max-time", "5", &format!("http://{METRICS}/metrics")]).output();
+    let out = out.map_err(|e| format!("curl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0))
 }
 
 /// `spare peers --json` at `p`, as (peer id → (state, reachability)).
@@ -129,7 +147,9 @@ fn a_peer_behind_nat_joins_through_a_relay_and_verifies_a_quorum_2_job() {
     );
     assert!(!probe.status.success(), "the NAT must refuse inbound connections: {probe:?}");
 
-    let public = Peer::start(PeerSpec::new(&tmp.path().join("public"), &format!("{PUBLIC}:{PORT}")).netns(&net.public).cpus(2));
+    let public = Peer::start(
+        PeerSpec::new(&tmp.path().join("public"), &format!("{PUBLIC}:{PORT}")).netns(&net.public).cpus(2).args(&["--metrics", METRICS]),
+    );
     let behind = Peer::start(
         PeerSpec::new(&tmp.path().join("behind"), &format!("{BEHIND}:{PORT}"))
             .netns(&net.behind)
@@ -192,17 +212,40 @@ fn a_peer_behind_nat_joins_through_a_relay_and_verifies_a_quorum_2_job() {
     assert!(!out.status.success() && said.contains("unreachable"), "a submission behind NAT is refused: {said}");
     assert!(said.contains(&public.addr), "the refusal names a reachable peer: {said}");
 
-    // Its liveness is judged through its stream: once it stops, the public peer declares it dead.
+    // A second peer behind the same NAT: each of the two is unreachable, so each sends its gossip
+    // for the other through the public peer, their relay (and never dials the other, whose
+    // advertised address only its own network could reach).
+    let too = Peer::start(
+        PeerSpec::new(&tmp.path().join("behind-too"), &format!("{BEHIND_TOO}:{PORT}")).netns(&net.behind).bootstrap(&public.addr),
+    );
+    for (p, other) in [(&public, &too), (&behind, &too), (&too, &behind)] {
+        eventually(&format!("{} to list {} alive and unreachable", p.addr, other.addr), || {
+            let seen = seen_by(p)?;
+            match seen.iter().find(|(id, _, _)| *id == other.peer_id) {
+                Some((_, state, reach)) if state == "alive" && reach == "unreachable" => Ok(()),
+                row => Err(format!("{row:?} in {seen:?}")),
+            }
+        });
+    }
+    eventually("gossip between the two to pass through the public peer", || {
+        let n = counter(&net, "spare_gossip_relayed_total")?;
+        if n > 0.0 { Ok(()) } else { Err(format!("{n} relayed")) }
+    });
+
+    // Liveness is judged through the streams: once the first stops, the others declare it dead.
     let mut behind = behind;
     let stopped = behind.stop();
     assert!(stopped.success(), "the peer behind NAT stops cleanly: {stopped}");
-    eventually("the public peer to declare the stopped peer dead", || {
-        let seen = seen_by(&public)?;
-        match seen.iter().find(|(id, _, _)| *id == behind.peer_id) {
-            Some((_, state, _)) if state == "alive" || state == "suspect" => Err(format!("{seen:?}")),
-            _ => Ok(()),
-        }
-    });
+    for p in [&public, &too] {
+        eventually(&format!("{} to declare the stopped peer dead", p.addr), || {
+            let seen = seen_by(p)?;
+            match seen.iter().find(|(id, _, _)| *id == behind.peer_id) {
+                Some((_, state, _)) if state == "alive" || state == "suspect" => Err(format!("{seen:?}")),
+                _ => Ok(()),
+            }
+        });
+    }
+    drop(too);
     drop(public);
     drop(net);
 }

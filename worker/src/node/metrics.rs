@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Gossip datagram bytes.
     pub gossip_in_bytes: Counter,
     pub gossip_out_bytes: Counter,
+    /// Gossip messages one peer sent through this one to a peer attached here.
+    pub gossip_relayed: Counter,
     // Read at scrape time.
     tasks_running: Gauge,
     leases_held: Gauge,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             store_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             gossip_in_bytes: Counter::default(),
             gossip_out_bytes: Counter::default(),
+            gossip_relayed: Counter::default(),
             tasks_running: Gauge::default(),
             leases_held: Gauge::default(),
             jobs_coordinated: Gauge::default(),
@@ -86,6 +89,7 @@ impl Default for Metrics {
         r.register_with_unit("store_write", "Time from queueing a store write to its commit", Unit::Seconds, m.store_write_seconds.clone());
         r.register_with_unit("gossip_received", "Gossip bytes received", Unit::Bytes, m.gossip_in_bytes.clone());
         r.register_with_unit("gossip_sent", "Gossip bytes sent", Unit::Bytes, m.gossip_out_bytes.clone());
+        r.register("gossip_relayed", "Gossip messages other peers passed through this one to a peer behind NAT attached here", m.gossip_relayed.clone());
         r.register("tasks_running", "Replicas leased to this peer's slots now", m.tasks_running.clone());
         r.register("tasks_leased", "Tasks this peer coordinates that are out on lease now", m.leases_held.clone());
         r.register("jobs_coordinated", "Unfinished jobs this peer coordinates (active or backup)", m.jobs_coordinated.clone());

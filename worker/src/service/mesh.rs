@@ -82,6 +82,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             if !self.node.relay_down(&to, sender, r.data) {
                 return Err(Status::not_found(format!("peer {} is not attached to this relay", to.short())));
             }
+            self.node.metrics().gossip_relayed.inc();
             return Ok(Response::new(pb::GossipResponse {}));
         }
         self.node.mesh_receive(&r.data, sender).map_err(|e| Status::invalid_argument(e.to_string()))?;

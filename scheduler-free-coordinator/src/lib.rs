@@ -30,6 +30,7 @@ pub mod pull;
 pub mod records;
 mod reputation;
 pub mod sim;
+pub mod reachability;
 pub mod rendezvous;
 mod task;
 mod verdict;

@@ -33,6 +33,9 @@ pub struct Advert {
     pub version: String,
     /// Whether other peers can dial it (coordinators and blob sources are chosen among these).
     pub reachable: bool,
+    /// When unreachable, the peers it keeps an `Attach` stream open to: gossip for it goes
+    /// through them (at most [`MAX_RELAYS`](crate::reachability::MAX_RELAYS) are used).
+    pub relays: Vec<PeerId>,
     /// ed25519 signature of [`Record::signing_bytes`] by `peer`.
     pub signature: Vec<u8>,
 }
@@ -203,6 +206,7 @@ mod tests {
             memory_bytes: 1 << 30,
             version: "0.1.0".into(),
             reachable: true,
+            relays: vec![],
             signature: vec![],
         });
         assert!(!r.verify(&fake_verifier()), "unsigned records do not verify");

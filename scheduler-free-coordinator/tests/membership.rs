@@ -103,6 +103,7 @@ fn advert(peer: PeerId, seq: u64, free: u32) -> Record {
         memory_bytes: 1 << 30,
         version: "test".into(),
         reachable: true,
+        relays: vec![],
         signature: vec![],
     });
     r.sign(&signer(peer));

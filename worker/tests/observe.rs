@@ -46,7 +46,7 @@ fn metrics_and_log_lines_follow_a_job() {
     let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).expect("an address").to_string();
 
     let before = scrape(&addr);
-    for name in ["spare_tasks_running", "spare_peers_alive", "spare_paused", "spare_jobs_accepted_total", "spare_sandbox_seconds_total"] {
+    for name in ["spare_tasks_running", "spare_peers_alive", "spare_paused", "spare_jobs_accepted_total", "spare_sandbox_seconds_total", "spare_unreachable", "spare_peers_attached"] {
         assert!(before.samples.iter().any(|s| s.metric == name), "{name} is served");
     }
     assert_eq!(value(&before, "spare_jobs_accepted_total", None), 0.0);

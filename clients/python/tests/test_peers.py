@@ -77,6 +77,16 @@ def test_only_its_owner_can_cancel_a_job(client, primes):
     assert client.wait(job).state == spare.JobState.CANCELLED
 
 
+def test_peers_on_one_network_are_reachable(client):
+    # Each peer asks the others to dial it back; on one machine they all can.
+    def all_reachable():
+        peers = client.peers()
+        return peers if all(p.reachability == "reachable" for p in peers) else None
+
+    peers = eventually("every peer to be reachable", all_reachable)
+    assert len(peers) == 3 and all(p.state == "alive" for p in peers), peers
+
+
 def test_the_peer_reports_its_caps(client):
     info = client.info()
     caps = info.caps

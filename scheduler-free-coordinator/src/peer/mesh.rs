@@ -25,8 +25,8 @@ pub const GOSSIP_SEND_TIMEOUT_MS: Millis = 2_000;
 
 /// Whether two adverts say the same, free slots, sequence and signature aside.
 fn same_content(a: &Advert, b: &Advert) -> bool {
-    (a.peer, &a.addr, a.cpus_total, a.memory_bytes, &a.version, a.reachable)
-        == (b.peer, &b.addr, b.cpus_total, b.memory_bytes, &b.version, b.reachable)
+    (a.peer, &a.addr, a.cpus_total, a.memory_bytes, &a.version, a.reachable, &a.relays)
+        == (b.peer, &b.addr, b.cpus_total, b.memory_bytes, &b.version, b.reachable, &b.relays)
 }
 
 /// Membership settings for a peer.
@@ -146,6 +146,7 @@ mod tests {
             memory_bytes: 1,
             version: String::new(),
             reachable: true,
+            relays: Vec::new(),
             signature: Vec::new(),
         }
     }

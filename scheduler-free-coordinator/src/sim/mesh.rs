@@ -148,6 +148,7 @@ impl Sim {
             memory_bytes: crate::PolicyCaps::default().limits.memory_bytes,
             version: env!("CARGO_PKG_VERSION").to_string(),
             reachable: true,
+            relays: Vec::new(),
             signature: Vec::new(),
         };
         for v in 0..peer.views.len() {

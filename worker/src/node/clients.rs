@@ -76,6 +76,23 @@ impl Clients {
         self.channels.remove(addr);
     }
 
+    /// Dials `addr` afresh (no pooled channel) and completes a TLS handshake that must meet
+    /// `expected`: a dial-back, proving that `expected` can be dialed there. Unbounded in time:
+    /// the caller bounds it.
+    pub async fn dial_back(&self, addr: std::net::SocketAddr, expected: PeerId) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        let (config, _) = spare_sdk::tls::client_config(Some(*expected.as_bytes()), Some(self.identity.clone()))
+            .map_err(|e| format!("TLS client configuration: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(spare_sdk::tls::SERVER_NAME).map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let _ = tls.shutdown().await;
+        Ok(())
+    }
+
     /// MeshService of the peer at `addr`.
     pub fn mesh(&self, addr: &str) -> Option<pb::mesh_service_client::MeshServiceClient<Channel>> {
         self.channel(addr).map(|c| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use spare_protocol::membership::{MemberState, MeshEvent, Membership};
 pub use spare_protocol::peer::mesh::MeshState;
 use spare_protocol::peer::mesh::{GOSSIP_SEND_TIMEOUT_MS, MAX_GOSSIP_SENDS};
+use spare_protocol::reachability::Route;
 use spare_protocol::records::{Advert, JobAd, Record, RecordKey, Signer, Verifier};
 use spare_protocol::{JobId, Millis, PeerId};
 use spare_proto as pb;
@@ -65,6 +66,7 @@ impl Node {
         let now = self.now();
         let total = self.sandbox().slots() as u32;
         let free = total.saturating_sub(self.running().min(total as usize) as u32);
+        let (reachable, relays) = self.advert_reach();
         let advert = Advert {
             peer: self.peer_id(),
             seq: 0,
@@ -73,7 +75,8 @@ impl Node {
             cpus_free: free,
             memory_bytes: self.config().caps.limits.memory_bytes,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            reachable: true,
+            reachable,
+            relays,
             signature: Vec::new(),
         };
         let mut mesh = self.mesh();
@@ -254,16 +257,33 @@ impl Node {
                 tracing::debug!("gossip dropped: too many sends in flight");
                 continue;
             };
-            let Some(mut client) = self.0.clients.mesh(&to.addr) else { continue };
+            // A peer nobody can dial is reached down its stream, here or at one of its relays.
+            let (addr, via) = match self.gossip_route(&to.peer) {
+                Route::Direct => (to.addr.clone(), String::new()),
+                Route::Attached => {
+                    self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
+                    self.relay_down(&to.peer, self.peer_id(), data);
+                    continue;
+                }
+                Route::Via(relay) => match self.addr_of(&relay) {
+                    Some(a) => (a, to.peer.to_hex()),
+                    None => continue,
+                },
+                Route::Drop => {
+                    tracing::debug!(to = %to.peer.short(), "gossip dropped: the peer is unreachable and none of its relays is alive");
+                    continue;
+                }
+            };
+            let Some(mut client) = self.0.clients.mesh(&addr) else { continue };
             let node = self.clone();
             self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
             tokio::spawn(async move {
                 // Unsigned: the TLS link names this peer (see mesh.proto).
-                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new() };
+                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: via };
                 let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
-                    tracing::debug!(to = %to.addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });
-                    node.0.clients.forget(&to.addr);
+                    tracing::debug!(to = %addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });
+                    node.0.clients.forget(&addr);
                 }
                 drop(permit);
             });

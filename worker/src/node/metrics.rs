@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Gossip datagram bytes.
     pub gossip_in_bytes: Counter,
     pub gossip_out_bytes: Counter,
+    /// Gossip messages one peer sent through this one to a peer attached here.
+    pub gossip_relayed: Counter,
     // Read at scrape time.
     tasks_running: Gauge,
     leases_held: Gauge,
@@ -48,6 +50,8 @@ pub struct Metrics {
     peers_alive: Gauge,
     paused: Gauge,
     task_memory_bytes: Gauge,
+    unreachable: Gauge,
+    peers_attached: Gauge,
     /// Serialises scrapes (the gauges are set, then the registry encoded).
     scrape: Mutex<()>,
 }
@@ -65,12 +69,15 @@ impl Default for Metrics {
             store_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             gossip_in_bytes: Counter::default(),
             gossip_out_bytes: Counter::default(),
+            gossip_relayed: Counter::default(),
             tasks_running: Gauge::default(),
             leases_held: Gauge::default(),
             jobs_coordinated: Gauge::default(),
             peers_alive: Gauge::default(),
             paused: Gauge::default(),
             task_memory_bytes: Gauge::default(),
+            unreachable: Gauge::default(),
+            peers_attached: Gauge::default(),
             scrape: Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -82,12 +89,15 @@ impl Default for Metrics {
         r.register_with_unit("store_write", "Time from queueing a store write to its commit", Unit::Seconds, m.store_write_seconds.clone());
         r.register_with_unit("gossip_received", "Gossip bytes received", Unit::Bytes, m.gossip_in_bytes.clone());
         r.register_with_unit("gossip_sent", "Gossip bytes sent", Unit::Bytes, m.gossip_out_bytes.clone());
+        r.register("gossip_relayed", "Gossip messages other peers passed through this one to a peer behind NAT attached here", m.gossip_relayed.clone());
         r.register("tasks_running", "Replicas leased to this peer's slots now", m.tasks_running.clone());
         r.register("tasks_leased", "Tasks this peer coordinates that are out on lease now", m.leases_held.clone());
         r.register("jobs_coordinated", "Unfinished jobs this peer coordinates (active or backup)", m.jobs_coordinated.clone());
         r.register("peers_alive", "Other peers this peer sees alive", m.peers_alive.clone());
         r.register("paused", "1 while the volunteer's controls pause taking new work", m.paused.clone());
         r.register_with_unit("task_memory", "Memory limits of the tasks running now, summed", Unit::Bytes, m.task_memory_bytes.clone());
+        r.register("unreachable", "1 once no peer could dial this one back (behind NAT: it works through relays)", m.unreachable.clone());
+        r.register("peers_attached", "Peers behind NAT attached to this peer as their relay", m.peers_attached.clone());
         m
     }
 }
@@ -159,6 +169,8 @@ impl Node {
         m.peers_alive.set(alive as i64);
         m.paused.set(i64::from(self.paused().is_some()));
         m.task_memory_bytes.set(self.task_memory_held() as i64);
+        m.unreachable.set(i64::from(self.reachability() == spare_protocol::reachability::Verdict::Unreachable));
+        m.peers_attached.set(self.0.nat.relay.attached.len() as i64);
         let mut out = String::new();
         if encode(&mut out, &m.registry).is_err() {
             out.clear();

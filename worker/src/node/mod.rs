@@ -11,6 +11,8 @@ pub mod donation;
 mod heal;
 mod journal;
 mod load;
+pub mod reach;
+pub mod relay;
 pub mod metrics;
 pub mod limits;
 pub mod mesh;
@@ -176,6 +178,8 @@ struct Shared {
     donation: donation::State,
     /// What the peer counts, for its log summary and Prometheus.
     metrics: metrics::Metrics,
+    /// Whether others can dial this peer, its relays, and the peers attached to it.
+    nat: reach::Nat,
 }
 
 impl Node {
@@ -260,6 +264,7 @@ impl Node {
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
             donation: donation::State::new(&config.donation),
             metrics: Default::default(),
+            nat: Default::default(),
             config,
         }));
         let restored = node.restore()?;
@@ -269,6 +274,7 @@ impl Node {
             tokio::spawn(slots::run(node.clone())),
             tokio::spawn(node.clone().ticker()),
             tokio::spawn(node.clone().mesh_loop()),
+            tokio::spawn(node.clone().reach_loop()),
             tokio::spawn(upkeep::run(node.clone())),
             tokio::spawn(journal::summaries(node.clone())),
         ];

@@ -82,7 +82,8 @@ impl Node {
         let Some(current) = self.core().jobs.get(&job).map(|m| m.coordinators.clone()) else { return };
         let mut keep: Vec<PeerId> = vec![me];
         keep.extend(current.iter().filter(|c| **c != me && live.contains(c)));
-        let candidates: Vec<PeerId> = live.iter().copied().filter(|p| !keep.contains(p)).collect();
+        // Only peers others can dial coordinate (and serve the job's blobs).
+        let candidates: Vec<PeerId> = live.iter().copied().filter(|p| !keep.contains(p) && self.may_coordinate(p)).collect();
         let mut round = AdoptRound::new(job, keep, &candidates);
         let mut settled = round.settle_now();
         if settled.is_none() {

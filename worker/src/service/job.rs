@@ -138,6 +138,14 @@ fn is_final(node: &Node, id: &JobId) -> bool {
 impl pb::job_service_server::JobService for JobApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
         let from_addr = super::listener::remote_of(&req).map(|a| a.ip());
+        if self.node.reachability() == spare_protocol::reachability::Verdict::Unreachable {
+            // A job's origin coordinates it and serves its module: peers must be able to dial it.
+            let hint = self.node.some_reachable_addr().map(|a| format!(", such as {a}")).unwrap_or_default();
+            return Err(Status::failed_precondition(format!(
+                "this peer is unreachable (no other peer could dial it back: behind NAT or a firewall), so it \
+                 does not coordinate jobs; submit at a reachable peer{hint}"
+            )));
+        }
         let r = req.into_inner();
         let owner = auth::check_client(&self.node, SignedMethod::Submit, &submit_body(&r), r.auth.as_ref(), &self.node.peer_id())?;
         let module: BlobId = parse_id("module_id", &r.module_id)?;

@@ -33,13 +33,37 @@ fn from_its_peer<T>(req: &Request<T>, peer_id: &str) -> Result<(), Status> {
     super::listener::require_peer(req, &sender)
 }
 
+/// The peer on the other end of a mesh call's TLS link.
+fn link<T>(req: &Request<T>) -> Result<PeerId, Status> {
+    super::listener::link_peer(req)
+        .ok_or_else(|| Status::unauthenticated("mesh calls are taken only over TLS from a peer presenting its certificate"))
+}
+
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
+    type AttachStream = crate::node::relay::AttachStream;
+
+    async fn dial_back(&self, req: Request<pb::DialBackRequest>) -> Result<Response<pb::DialBackResponse>, Status> {
+        let asker = link(&req)?;
+        let from = super::listener::remote_of(&req).map(|a| a.ip()).ok_or_else(|| Status::internal("no remote address"))?;
+        // Only the asker: a dial-back is no way to make this peer dial anyone else.
+        let target = spare_protocol::reachability::dial_back_target(&req.get_ref().addr, from)
+            .ok_or_else(|| Status::invalid_argument("addr must be the asker's advertised IP:port"))?;
+        let r = self.node.dial_back(asker, target).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = link(&req)?;
+        if !self.node.peer_allowed(peer) {
+            return Err(Status::resource_exhausted("too many requests from this peer"));
+        }
+        Ok(Response::new(self.node.attach(peer)?))
+    }
+
     async fn gossip(&self, req: Request<pb::GossipRequest>) -> Result<Response<pb::GossipResponse>, Status> {
         // The TLS link names the sender; gossip carries no signature of its own (see mesh.proto).
-        let sender = super::listener::link_peer(&req).ok_or_else(|| {
-            Status::unauthenticated("mesh calls are taken only over TLS from a peer presenting its certificate")
-        })?;
+        let sender = link(&req)?;
         let r = req.into_inner();
         if !r.peer_id.is_empty() || !r.signature.is_empty() {
             let named: PeerId = parse_id("peer_id", &r.peer_id)?;
@@ -49,6 +73,18 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         if !self.node.peer_allowed(sender) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
+        }
+        if !r.to.is_empty() {
+            // For a peer attached here: passed down its stream, naming the sender.
+            let to: PeerId = parse_id("to", &r.to)?;
+            if r.data.len() > crate::node::relay::MAX_RELAYED_BYTES {
+                return Err(Status::invalid_argument("a relayed gossip message is at most 64 KiB"));
+            }
+            if !self.node.relay_down(&to, sender, r.data) {
+                return Err(Status::not_found(format!("peer {} is not attached to this relay", to.short())));
+            }
+            self.node.metrics().gossip_relayed.inc();
+            return Ok(Response::new(pb::GossipResponse {}));
         }
         self.node.mesh_receive(&r.data, sender).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::GossipResponse {}))

@@ -25,6 +25,10 @@ use spare_proto as pb;
 pub use crate::wire::MAX_MESSAGE_BYTES;
 /// Requests served at once per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How often the server pings an HTTP/2 connection, and how long it waits for the answer before
+/// closing it.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Serves the API on `listener` until `shutdown` turns true.
 pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> Result<(), tonic::transport::Error> {
@@ -56,6 +60,10 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Pings find connections whose other end vanished without closing them (a relay's
+        // `Attach` streams to peers behind NAT stay open otherwise), and keep NAT mappings alive.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

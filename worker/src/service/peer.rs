@@ -32,6 +32,11 @@ pub fn info(node: &Node, addr: &str) -> pb::PeerInfo {
         jobs: node.core().jobs.len() as u32,
         uptime_ms: node.uptime().as_millis() as u64,
         caps: Some(caps(node)),
+        reachability: match node.reachability() {
+            spare_protocol::reachability::Verdict::Unknown => pb::Reachability::Unspecified,
+            spare_protocol::reachability::Verdict::Reachable => pb::Reachability::Reachable,
+            spare_protocol::reachability::Verdict::Unreachable => pb::Reachability::Unreachable,
+        } as i32,
     }
 }
 
@@ -70,6 +75,11 @@ impl pb::peer_service_server::PeerService for PeerApi {
                 if v.peer == me {
                     return info(&self.node, &v.addr);
                 }
+                let reachability = match &v.advert {
+                    None => pb::Reachability::Unspecified,
+                    Some(a) if a.reachable => pb::Reachability::Reachable,
+                    Some(_) => pb::Reachability::Unreachable,
+                };
                 let a = v.advert.unwrap_or_else(|| spare_protocol::records::Advert {
                     peer: v.peer,
                     seq: 0,
@@ -79,6 +89,7 @@ impl pb::peer_service_server::PeerService for PeerApi {
                     memory_bytes: 0,
                     version: String::new(),
                     reachable: false,
+                    relays: Vec::new(),
                     signature: Vec::new(),
                 });
                 pb::PeerInfo {
@@ -93,6 +104,7 @@ impl pb::peer_service_server::PeerService for PeerApi {
                     jobs: 0,
                     uptime_ms: 0,
                     caps: None,
+                    reachability: reachability as i32,
                 }
             })
             .collect();

@@ -50,6 +50,8 @@ struct MeshPeer {
     id: String,
     addr: String,
     state: &'static str,
+    /// Whether other peers can dial it: reachable, unreachable or unknown.
+    reachability: &'static str,
     cpus_total: u32,
     cpus_free: u32,
     me: bool,
@@ -104,6 +106,16 @@ fn status(node: &Node) -> Status {
                 MemberState::Alive => "alive",
                 MemberState::Suspect => "suspect",
                 MemberState::Dead => "dead",
+            },
+            reachability: match (p.peer == me_id, &p.advert) {
+                (true, _) => match node.reachability() {
+                    spare_protocol::reachability::Verdict::Reachable => "reachable",
+                    spare_protocol::reachability::Verdict::Unreachable => "unreachable",
+                    spare_protocol::reachability::Verdict::Unknown => "unknown",
+                },
+                (false, Some(a)) if a.reachable => "reachable",
+                (false, Some(_)) => "unreachable",
+                (false, None) => "unknown",
             },
             cpus_total: p.advert.as_ref().map_or(0, |a| a.cpus_total),
             cpus_free: p.advert.as_ref().map_or(0, |a| a.cpus_free),

@@ -410,3 +410,18 @@ pub fn read_results(dir: &Path) -> BTreeMap<u64, Vec<u8>> {
     }
     out
 }
+
+/// `program` on this machine, installed with apt (package `package`) when missing.
+pub fn ensure_tool(program: &str, package: &str) {
+    if Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    let install = || Command::new("apt-get").args(["install", "-y", "-q", package]).env("DEBIAN_FRONTEND", "noninteractive").output();
+    let mut out = install().expect("apt-get runs");
+    if !out.status.success() {
+        // A fresh machine has no package lists yet.
+        let _ = Command::new("apt-get").args(["update", "-q"]).output();
+        out = install().expect("apt-get runs");
+    }
+    assert!(out.status.success(), "installing {package}: {}", String::from_utf8_lossy(&out.stderr));
+}

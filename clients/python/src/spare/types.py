@@ -361,6 +361,9 @@ class PeerInfo:
     jobs: int
     #: This peer's bounds (`Client.info` only; None for other peers).
     caps: Optional[PeerCaps] = None
+    #: Whether other peers can dial it: "reachable", "unreachable" (behind NAT: it works through
+    #: relays and coordinates nothing) or "unknown" (not found out yet, or no advert heard).
+    reachability: str = "unknown"
 
     @staticmethod
     def from_pb(p) -> "PeerInfo":
@@ -374,4 +377,5 @@ class PeerInfo:
             cpus_free=p.cpus_free,
             jobs=p.jobs,
             caps=PeerCaps.from_pb(p.caps) if p.HasField("caps") else None,
+            reachability={1: "reachable", 2: "unreachable"}.get(p.reachability, "unknown"),
         )

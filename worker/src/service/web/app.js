@@ -39,7 +39,8 @@ function draw(s) {
   $("mesh").tBodies[0].replaceChildren(
     ...s.mesh.map((p) =>
       el("tr", {}, el("td", { class: "mono" }, p.id.slice(0, 12) + (p.me ? " (this peer)" : "")), el("td", {}, p.addr),
-        el("td", {}, el("span", { class: "badge " + p.state }, p.state)), el("td", {}, p.cpus_free + " / " + p.cpus_total)),
+        el("td", {}, el("span", { class: "badge " + p.state }, p.state)), el("td", {}, p.reachability),
+        el("td", {}, p.cpus_free + " / " + p.cpus_total)),
     ),
   );
   $("no-jobs").hidden = s.jobs.length > 0;

@@ -1,0 +1,290 @@
+//! This peer's reachability, driven: dial-back rounds that tell whether others can dial it (the
+//! rule is `spare_protocol::reachability`), how gossip reaches a member, and the relays an
+//! unreachable peer keeps (`MeshService.Attach` streams it opens to reachable peers, over which
+//! their gossip reaches it). What a peer does for others (dial-backs, relaying) is `relay.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spare_proto as pb;
+use spare_protocol::PeerId;
+use spare_protocol::membership::MemberState;
+use spare_protocol::reachability::{Answer, MAX_RELAYS, Reachability, Route, Verdict};
+use spare_protocol::records::{Record, RecordKey};
+
+use super::Node;
+use super::relay::MAX_RELAYED_BYTES;
+
+/// How long the asker waits for an answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(8);
+/// How often the loop looks at rounds and relays (a relay that failed is dialed again then).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// A relay this peer holds a stream to.
+struct Held {
+    task: tokio::task::JoinHandle<()>,
+    /// The stream is open (the relay answered `Attach`).
+    open: Arc<AtomicBool>,
+    /// Its PeerId, once a member at its address is known (a bootstrap address names none).
+    peer: Option<PeerId>,
+}
+
+/// What the node keeps for reachability.
+pub struct Nat {
+    rule: Mutex<Reachability>,
+    /// The relays this (unreachable) peer holds streams to, by address.
+    relays: Mutex<HashMap<String, Held>>,
+    /// What this peer does for others: the peers attached to it, the dial-backs it makes.
+    pub(super) relay: super::relay::Relay,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Nat {
+            rule: Mutex::new(Reachability::new()),
+            relays: Mutex::new(HashMap::new()),
+            relay: Default::default(),
+        }
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// This peer's dial-back verdict so far.
+    pub fn reachability(&self) -> Verdict {
+        lock(&self.0.nat.rule).verdict()
+    }
+
+    /// What this peer's advert says: reachable unless found unreachable, and its open relays.
+    /// Called at every turn of the mesh loop: the members are looked through only while an open
+    /// relay's PeerId is not known yet.
+    pub(crate) fn advert_reach(&self) -> (bool, Vec<PeerId>) {
+        let reachable = lock(&self.0.nat.rule).advertised();
+        if reachable {
+            return (true, Vec::new());
+        }
+        let unresolved =
+            lock(&self.0.nat.relays).values().any(|h| h.peer.is_none() && h.open.load(Ordering::Relaxed));
+        let by_addr: HashMap<String, PeerId> = if unresolved {
+            self.peers()
+                .into_iter()
+                .flat_map(|v| {
+                    let advertised = v.advert.as_ref().map(|a| (a.addr.clone(), v.peer));
+                    std::iter::once((v.addr.clone(), v.peer)).chain(advertised)
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut held = lock(&self.0.nat.relays);
+        let mut relays = Vec::new();
+        for (addr, h) in held.iter_mut() {
+            if !h.open.load(Ordering::Relaxed) {
+                continue;
+            }
+            if h.peer.is_none() {
+                h.peer = by_addr.get(addr).copied();
+            }
+            relays.extend(h.peer);
+        }
+        drop(held);
+        relays.sort();
+        relays.dedup();
+        relays.truncate(MAX_RELAYS);
+        (false, relays)
+    }
+
+    /// Whether `peer` may be chosen to coordinate a job (its advert does not say unreachable).
+    pub(crate) fn may_coordinate(&self, peer: &PeerId) -> bool {
+        if *peer == self.peer_id() {
+            return lock(&self.0.nat.rule).advertised();
+        }
+        match self.mesh().membership.record(&RecordKey::Advert(*peer)) {
+            Some(Record::Advert(a)) => spare_protocol::reachability::may_coordinate(Some(&a)),
+            _ => true,
+        }
+    }
+
+    /// The address of some live peer that is reachable, to name in an error.
+    pub(crate) fn some_reachable_addr(&self) -> Option<String> {
+        let me = self.peer_id();
+        self.peers()
+            .into_iter()
+            .find(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_some_and(|a| a.reachable))
+            .map(|v| v.advert.map_or(v.addr, |a| a.addr))
+    }
+
+    /// How gossip for `to` travels from here.
+    pub(crate) fn gossip_route(&self, to: &PeerId) -> Route {
+        let attached = self.0.nat.relay.attached.contains_key(to);
+        let mesh = self.mesh();
+        let advert = match mesh.membership.record(&RecordKey::Advert(*to)) {
+            Some(Record::Advert(a)) => Some(a),
+            _ => None,
+        };
+        let alive = |p: &PeerId| mesh.membership.state_of(p).is_some_and(|(_, s)| s != MemberState::Dead);
+        spare_protocol::reachability::route(&self.peer_id(), advert.as_ref(), attached, alive)
+    }
+
+    /// Up to `n` peers to ask for dial-backs or to relay through, by address, not in `skip`: live
+    /// peers whose adverts do not say unreachable, from a random place in the list; the bootstrap
+    /// addresses when there are none (a peer behind NAT hears nobody until it has a relay).
+    fn reachable_addrs(&self, n: usize, skip: &[String]) -> Vec<String> {
+        let me = self.peer_id();
+        let mut peers: Vec<PeerId> = self
+            .peers()
+            .into_iter()
+            .filter(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_none_or(|a| a.reachable))
+            .map(|v| v.peer)
+            .collect();
+        let mut r = [0u8; 4];
+        if !peers.is_empty() && getrandom::fill(&mut r).is_ok() {
+            let by = u32::from_le_bytes(r) as usize % peers.len();
+            peers.rotate_left(by);
+        }
+        // Addresses only for the few taken: `addr_of` ties each to its PeerId in the channel pool.
+        let mut addrs: Vec<String> = Vec::with_capacity(n);
+        for p in peers {
+            if addrs.len() >= n {
+                break;
+            }
+            if let Some(a) = self.addr_of(&p).filter(|a| !skip.contains(a)) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            addrs = self.config().bootstrap.iter().filter(|a| !skip.contains(a)).take(n).cloned().collect();
+        }
+        addrs
+    }
+
+    /// Asks peers to dial this one back when a round is due.
+    fn dial_back_round(&self) {
+        let advertised = self.advertised_addr();
+        if !lock(&self.0.nat.rule).due(&advertised, self.now()) {
+            return;
+        }
+        let addrs = self.reachable_addrs(spare_protocol::reachability::DIAL_BACK_ASKED, &[]);
+        let n = lock(&self.0.nat.rule).start(&advertised, addrs.len(), self.now());
+        for addr in addrs.into_iter().take(n) {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let answer = node.ask_dial_back(&addr, node.advertised_addr()).await;
+                let before = node.reachability();
+                let verdict = lock(&node.0.nat.rule).handle_answer(answer, node.now());
+                if let Some(v) = verdict {
+                    node.on_verdict(before, v);
+                }
+            });
+        }
+    }
+
+    async fn ask_dial_back(&self, addr: &str, advertised: String) -> Answer {
+        let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
+        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { addr: advertised })).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                tracing::debug!(by = %addr, dialed = %r.dialed, reached = r.reached, error = %r.error, "dial-back answered");
+                if r.reached { Answer::Reached } else { Answer::NotReached }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(by = %addr, "dial-back not answered: {}", e.message());
+                Answer::NoAnswer
+            }
+            Err(_) => Answer::NoAnswer,
+        }
+    }
+
+    fn on_verdict(&self, before: Verdict, now: Verdict) {
+        match now {
+            Verdict::Reachable if before != now => tracing::info!(addr = %self.advertised_addr(), "reachability: reachable (another peer dialed this one back)"),
+            Verdict::Unreachable if before != now => tracing::warn!(
+                addr = %self.advertised_addr(),
+                "reachability: unreachable (no peer could dial this one back: behind NAT or a firewall); \
+                 it works through relays and will not coordinate jobs"
+            ),
+            Verdict::Unknown => tracing::debug!("reachability: no peer answered a dial-back; asking again later"),
+            _ => {}
+        }
+        self.publish_advert(false);
+        self.0.mesh_wake.notify_one();
+    }
+
+    /// Keeps up to [`MAX_RELAYS`] relay streams while unreachable, none otherwise.
+    fn keep_relays(&self) {
+        let unreachable = self.reachability() == Verdict::Unreachable;
+        let held: Vec<String> = {
+            let mut relays = lock(&self.0.nat.relays);
+            relays.retain(|_, h| !h.task.is_finished());
+            if !unreachable {
+                for (_, h) in relays.drain() {
+                    h.task.abort();
+                }
+                return;
+            }
+            if relays.len() >= MAX_RELAYS {
+                return;
+            }
+            relays.keys().cloned().collect()
+        };
+        let wanted = self.reachable_addrs(MAX_RELAYS - held.len(), &held);
+        let mut relays = lock(&self.0.nat.relays);
+        for addr in wanted {
+            if relays.len() >= MAX_RELAYS || relays.contains_key(&addr) {
+                continue;
+            }
+            let open = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(self.clone().hold_relay(addr.clone(), open.clone()));
+            relays.insert(addr, Held { task, open, peer: None });
+        }
+    }
+
+    /// Holds a stream open to the relay at `addr`, taking the gossip it passes down.
+    async fn hold_relay(self, addr: String, open: Arc<AtomicBool>) {
+        let Some(mut client) = self.0.clients.mesh(&addr) else { return };
+        let mut stream = match client.attach(pb::AttachRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!(relay = %addr, "could not attach: {}", e.message());
+                self.0.clients.forget(&addr);
+                return;
+            }
+        };
+        open.store(true, Ordering::Relaxed);
+        tracing::info!(relay = %addr, "attached to a relay");
+        self.publish_advert(false);
+        while let Ok(Some(m)) = stream.message().await {
+            let Ok(from) = m.from.parse::<PeerId>() else { continue };
+            if m.data.len() > MAX_RELAYED_BYTES {
+                continue;
+            }
+            if let Err(e) = self.mesh_receive(&m.data, from) {
+                tracing::debug!(relay = %addr, "relayed gossip refused: {e}");
+            }
+        }
+        open.store(false, Ordering::Relaxed);
+        tracing::info!(relay = %addr, "relay stream closed");
+        self.publish_advert(false);
+    }
+
+    /// Dial-back rounds and relays, until shutdown.
+    pub(super) async fn reach_loop(self) {
+        let mut stop = self.shutdown_signal();
+        loop {
+            self.dial_back_round();
+            self.keep_relays();
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        for (_, h) in lock(&self.0.nat.relays).drain() {
+            h.task.abort();
+        }
+    }
+}

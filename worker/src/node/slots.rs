@@ -65,7 +65,11 @@ pub(super) async fn run(node: Node) {
         slots.set_allowance(held_back.then_some(0));
         let free = slots.free(now);
         if free > 0 {
-            let leases = node.core().coord.lease(node.peer_id(), free, now);
+            // Jobs this peer coordinates but its volunteer does not serve (taken over, or
+            // held from before the filters changed) are left to other peers' slots.
+            let d = &node.config().donation;
+            let serves = |spec: &spare_protocol::JobSpec| donation::serves(d, &spec.module, &spec.policy).is_ok();
+            let leases = node.core().coord.lease_where(node.peer_id(), free, now, serves);
             slots.took(leases.len());
             for lease in leases {
                 node.0.running.fetch_add(1, Ordering::Relaxed);

@@ -158,6 +158,10 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     }
     let held = node.core().jobs.contains_key(&job);
     if !held {
+        // The volunteer's filters hold for jobs handed here as for jobs submitted here: a
+        // coordinator that takes a job over runs its tasks on its own slots.
+        crate::node::donation::serves(&node.config().donation, &new.module, &new.policy)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let count = new.inputs.len() as u64;
         if !node.hold_tasks(count) {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));

@@ -26,6 +26,9 @@ const ATTESTATIONS: TableDefinition<AttestationKey, &[u8]> = TableDefinition::ne
 const RESULTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("results");
 /// When each ended job ended here (Unix ms), for retention.
 const FINISHED: TableDefinition<JobKey, u64> = TableDefinition::new("finished");
+/// Ended jobs whose results a submitter fetched from here, beside their end: retention removes
+/// them first at the disk cap, also after a restart.
+const FETCHED: TableDefinition<JobKey, ()> = TableDefinition::new("fetched");
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "spare.redb";
@@ -66,6 +69,8 @@ pub enum Op {
     PutResult(TaskId, StoredResult),
     /// When a job ended here (Unix ms).
     PutFinished(JobId, u64),
+    /// A submitter fetched every result of an ended job from here.
+    PutFetched(JobId),
     /// A job and everything stored of it (inputs, attestations, results), by retention.
     DeleteJob(JobId),
 }
@@ -110,6 +115,7 @@ impl Store {
             tx.open_table(ATTESTATIONS).map_err(db_err)?;
             tx.open_table(RESULTS).map_err(db_err)?;
             tx.open_table(FINISHED).map_err(db_err)?;
+            tx.open_table(FETCHED).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         let blobs = BlobStore::open(&dir.join("blobs"))?;
@@ -249,6 +255,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
         let mut atts = tx.open_table(ATTESTATIONS).map_err(db_err)?;
         let mut results = tx.open_table(RESULTS).map_err(db_err)?;
         let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
+        let mut fetched = tx.open_table(FETCHED).map_err(db_err)?;
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
         for op in ops {
             match op {
@@ -273,12 +280,16 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                 Op::PutFinished(job, at) => {
                     finished.insert(job.0, at).map_err(db_err)?;
                 }
+                Op::PutFetched(job) => {
+                    fetched.insert(job.0, ()).map_err(db_err)?;
+                }
                 Op::DeleteJob(job) => {
                     let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
                     inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
                     results.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
                     atts.retain_in(attestation_key(&first, 0)..=attestation_key(&last, u32::MAX), |_, _| false).map_err(db_err)?;
                     finished.remove(job.0).map_err(db_err)?;
+                    fetched.remove(job.0).map_err(db_err)?;
                     jobs.remove(job.0).map_err(db_err)?;
                 }
             }

@@ -119,3 +119,50 @@ async fn a_fetched_job_is_still_known_as_fetched_after_a_restart() {
     eventually("the fetched job to be removed after the restart", || async { gone(&client, &id).await.then_some(()) }).await;
     peer.shutdown().await;
 }
+
+/// The compiled forms of `module` in the data directory (both engines').
+fn compiled_forms(dir: &std::path::Path, module: &str) -> usize {
+    ["modules", "modules/fuel"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(dir.join(d)).ok())
+        .flat_map(|r| r.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{module}-")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_cap_the_least_recently_used_compiled_modules_go() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two jobs, two modules compiled: primes used first, sha256 last; nobody fetches results.
+    let primes = Job::builder().module_bytes(guest("primes")).range(0..2_000, 1_000).quorum(1).build().unwrap();
+    let sha = Job::builder().module_bytes(guest("sha256")).task(b"1\nlast".to_vec()).quorum(1).build().unwrap();
+    let (base, ids) = {
+        let peer = start(dir.path(), 1).await;
+        let client = client(&peer).await;
+        let mut ids = Vec::new();
+        for job in [&primes, &sha] {
+            let id = client.submit(job).await.unwrap();
+            assert_eq!(within("job end", client.wait(&id)).await.unwrap().state, JobState::Completed);
+            ids.push(id);
+        }
+        let used = peer.node.disk_used().await;
+        peer.shutdown().await;
+        (used, ids)
+    };
+    assert_eq!(compiled_forms(dir.path(), &primes.module_id()), 1);
+    assert_eq!(compiled_forms(dir.path(), &sha.module_id()), 1);
+    // Back a little over its cap: no job may go (none was fetched), so compiled code does, the
+    // least recently used first, and only as much as needed.
+    let mut c = config(dir.path(), 1);
+    c.donation.max_disk = Some(base - 8192);
+    c.donation.sample_every = Duration::from_millis(50);
+    let peer = spare_peer::Node::start(c).await.expect("peer restarts");
+    eventually("the older compiled module to go", || async { (compiled_forms(dir.path(), &primes.module_id()) == 0).then_some(()) }).await;
+    eventually("the peer to resume under its cap", || async { peer.node.paused().is_none().then_some(()) }).await;
+    assert_eq!(compiled_forms(dir.path(), &sha.module_id()), 1, "the most recently used compiled module stays");
+    let client = client(&peer).await;
+    for id in &ids {
+        assert!(!gone(&client, id).await, "jobs nobody fetched stay");
+    }
+    peer.shutdown().await;
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use spare_protocol::{BlobId, Policy};
 
-pub use super::load::{LoadSource, MachineLoad, ManualLoad, local_minute};
+pub use super::load::{LoadSource, MachineLoad, ManualLoad, local_day, local_minute};
 
 /// The share of `max_other_load` the other load must fall below before a paused peer resumes,
 /// so a load hovering at the threshold does not flip the peer on and off at every sample.

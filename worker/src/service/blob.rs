@@ -51,9 +51,18 @@ impl pb::blob_service_server::BlobService for BlobApi {
             let msg = msg?;
             if first && !msg.expected_id.is_empty() {
                 expected = Some(parse_id("expected_id", &msg.expected_id)?);
+            } else if !first && !msg.expected_id.is_empty() {
+                // Checking it would mean a different promise mid-upload; ignoring it silently
+                // would hide a client's bug.
+                return Err(Status::invalid_argument("expected_id is taken only on the first message of a Put"));
             }
             first = false;
             writer.write(&msg.chunk).await.map_err(blob_status)?;
+        }
+        if first {
+            return Err(Status::invalid_argument(
+                "a Put needs at least one message (an empty blob is one message with an empty chunk)",
+            ));
         }
         let (id, size, existed) = writer.finish(expected).await.map_err(blob_status)?;
         Ok(Response::new(pb::BlobInfo { blob_id: id.to_hex(), size, existed }))

@@ -132,7 +132,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         inputs.push(match &t.source {
             Some(pb::task_input::Source::Inline(b)) => StoredInput::Inline(b.clone()),
             Some(pb::task_input::Source::BlobId(s)) => StoredInput::Blob(parse_id(&format!("tasks[{i}].blob_id"), s)?),
-            None => StoredInput::Inline(Vec::new()),
+            None => return Err(super::job::no_source(i)),
         });
     }
     let new = NewJob {

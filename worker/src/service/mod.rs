@@ -4,6 +4,7 @@
 
 mod auth;
 mod blob;
+pub mod conns;
 pub mod listener;
 mod job;
 pub mod mesh;
@@ -54,8 +55,16 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     let mesh = pb::mesh_service_server::MeshServiceServer::new(mesh::MeshApi::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Connections past their handshake are capped per source and in all, and closed when idle
+    // (`conns.rs`); the pings keep live ones from ever looking idle, and close dead ones.
+    let limits = conns::Limits::new(conns::raise_fd_limit());
+    let incoming = conns::guard(listener::incoming(listener, tls), limits, |c: &listener::Conn| {
+        tonic::transport::server::Connected::connect_info(c).remote.ip().to_canonical()
+    });
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(conns::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(conns::KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
@@ -64,7 +73,7 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .add_service(peers)
         .add_service(mesh)
         // TLS, or plaintext from this machine (`listener.rs`).
-        .serve_with_incoming_shutdown(listener::incoming(listener, tls), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await

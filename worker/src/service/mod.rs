@@ -16,7 +16,7 @@ mod replica;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use blob::BlobApi;
+pub use blob::{BlobApi, MAX_PUTS_AT_ONCE};
 pub use job::{JobApi, status};
 pub use peer::PeerApi;
 

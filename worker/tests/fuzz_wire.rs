@@ -112,10 +112,10 @@ fn decode_all(bytes: &[u8]) {
         r.items.iter().filter_map(|i| i.attestation.as_ref()).for_each(attestation);
         let _ = signing::report(&r);
     }
-    if let Ok(r) = pb::LeaseRequest::decode(bytes) {
-        if let Ok(job) = convert::parse_id::<spare_protocol::JobId>("job_id", &r.job_id) {
-            let _ = signing::lease(&job, r.max, r.timestamp_ms);
-        }
+    if let Ok(r) = pb::LeaseRequest::decode(bytes)
+        && let Ok(job) = convert::parse_id::<spare_protocol::JobId>("job_id", &r.job_id)
+    {
+        let _ = signing::lease(&job, r.max, r.timestamp_ms);
     }
     if let Ok(r) = pb::LeaseResponse::decode(bytes) {
         let _ = convert::parse_id::<spare_protocol::BlobId>("module_id", &r.module_id);

@@ -5,7 +5,8 @@
 //! a flood of adverts signed by fresh keys. Throughout, a sampler reads A's resident memory and
 //! open descriptors from /proc and the test asserts their peaks stay under explicit bounds; after
 //! each attack a normal quorum-2 job still completes on A and B, and once the attacker lets go,
-//! A's descriptors come back to where they were.
+//! A's descriptors come back to where they were. A starts with a soft limit of open files
+//! below its hard one, and must have raised it.
 
 mod support;
 
@@ -45,6 +46,25 @@ fn usage(pid: u32) -> (u64, u64) {
         .unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
     (rss_kib << 10, fds)
+}
+
+/// The soft and hard limits of open files of process `pid`, from /proc.
+fn fd_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().to_string();
+    let mut fields = line.trim_start_matches("Max open files").split_whitespace();
+    (fields.next().unwrap_or_default().to_string(), fields.next().unwrap_or_default().to_string())
+}
+
+/// Lowers this process's soft limit of open files to 1,024 (or less, under a lower hard limit).
+fn lower_soft_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed, on this stack.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max.min(1024);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
 }
 
 /// Samples A's usage every 20 ms on a thread, keeping the peaks.
@@ -318,10 +338,16 @@ async fn attack_adverts(to: SocketAddr) {
 #[test]
 fn a_peer_under_attack_keeps_serving_within_its_bounds() {
     let tmp = scratch();
+    // The peers inherit this process's limits: a soft limit of open files below the hard one,
+    // as on most machines (1,024), which A must raise.
+    lower_soft_fd_limit();
     let a = Peer::start(PeerSpec::new(&tmp.path().join("a"), "127.0.0.1:0").cpus(2));
     let b = Peer::start(PeerSpec::new(&tmp.path().join("b"), "127.0.0.2:0").cpus(2).bootstrap(&a.addr));
     wait_for_mesh(&[&a, &b]);
     normal_job(&a, tmp.path(), "warm-up", 4);
+    // A peer raises its soft limit of open files to the hard one as it starts.
+    let (soft, hard) = fd_limits(a.pid());
+    assert!(!soft.is_empty() && soft == hard, "A's open-file limits: soft {soft}, hard {hard}");
     let (_, baseline) = usage(a.pid());
     let sampler = Sampler::start(a.pid());
     let to: SocketAddr = a.addr.parse().expect("A's address");

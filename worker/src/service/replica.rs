@@ -259,3 +259,53 @@ pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Stat
     let entries = entries_of(job, r.entries, node.now())?;
     apply(node, entries).await
 }
+
+#[cfg(test)]
+mod tests {
+    //! Fuzzing the conversion of a replication stream's entries (from the network) into the
+    //! protocol's types: any entry is taken or refused, never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An id field as a peer might send it: a real 64-hex id, or any text.
+    fn id_text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<[u8; 32]>().prop_map(hex::encode), proptest::collection::vec(any::<char>(), 0..70).prop_map(|c| c.into_iter().collect())]
+    }
+
+    fn entry() -> impl Strategy<Value = pb::ReplicationEntry> {
+        use pb::replication_entry::Entry as E;
+        let attestation = (id_text(), any::<u32>(), id_text(), -1i32..9, id_text(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>())
+            .prop_map(|(job_id, index, peer_id, kind, output_hash, output, lone)| {
+                let attestation = pb::Attestation { job_id, index, peer_id, kind, output_hash, signature: vec![0; 64], ..Default::default() };
+                E::Attestation(pb::RecordedAttestation { attestation: Some(attestation), output, lone, ..Default::default() })
+            });
+        let lease = (any::<u32>(), id_text(), any::<u64>())
+            .prop_map(|(index, peer_id, expires_in_ms)| E::Lease(pb::ReplicatedLease { index, peer_id, expires_in_ms }));
+        let release = (any::<u32>(), id_text(), any::<bool>())
+            .prop_map(|(index, peer_id, deadline)| E::Release(pb::ReplicatedRelease { index, peer_id, deadline, ..Default::default() }));
+        prop_oneof![
+            4 => attestation.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            2 => lease.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            2 => release.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            1 => Just(pb::ReplicationEntry { entry: None }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn replication_entries_are_taken_whole_or_refused(raw in proptest::collection::vec(entry(), 0..12), now in any::<u64>()) {
+            let n = raw.len();
+            let empty = raw.iter().any(|e| e.entry.is_none());
+            match entries_of(JobId([1; 32]), raw, now) {
+                Ok(entries) => {
+                    prop_assert_eq!(entries.len(), n);
+                    prop_assert!(!empty, "an empty entry is never taken");
+                }
+                Err(e) => prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
+}

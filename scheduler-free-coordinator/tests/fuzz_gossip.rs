@@ -191,8 +191,13 @@ fn feed(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2000), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_are_refused_without_harm(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

@@ -292,8 +292,13 @@ mod tests {
         ]
     }
 
+    /// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
+    fn cases(n: u32) -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn replication_entries_are_taken_whole_or_refused(raw in proptest::collection::vec(entry(), 0..12), now in any::<u64>()) {

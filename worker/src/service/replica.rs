@@ -283,7 +283,7 @@ mod tests {
         let lease = (any::<u32>(), id_text(), any::<u64>())
             .prop_map(|(index, peer_id, expires_in_ms)| E::Lease(pb::ReplicatedLease { index, peer_id, expires_in_ms }));
         let release = (any::<u32>(), id_text(), any::<bool>())
-            .prop_map(|(index, peer_id, deadline)| E::Release(pb::ReplicatedRelease { index, peer_id, deadline, ..Default::default() }));
+            .prop_map(|(index, peer_id, deadline)| E::Release(pb::ReplicatedRelease { index, peer_id, deadline }));
         prop_oneof![
             4 => attestation.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
             2 => lease.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),

@@ -150,16 +150,24 @@ async fn a_coordinator_leaves_a_job_it_does_not_serve_to_other_peers_slots() {
     let id = client(&peers[0]).await.submit(&job).await.unwrap();
     let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
     assert!(peers[1].node.core().jobs.contains_key(&jid), "b adopted the job while it served every module");
-    stop_all(peers).await;
+    let mut peers = peers.into_iter();
+    let a = peers.next().expect("a");
+    peers.next().expect("b").shutdown().await;
 
-    // b comes back alone, now serving only another module, idle: it takes the job over but
-    // leases none of its tasks to its own slots.
+    // b comes back, now serving only another module, idle; then a stops: b takes the job over
+    // but leases none of its tasks to its own slots.
     let load = Arc::new(ManualLoad::default());
     let mut cb = serving_only_sha256(&dir.path().join("b"));
+    cb.bootstrap = vec![a.addr.to_string()];
     cb.donation.max_other_load = Some(0.5);
     cb.donation.load = load.clone();
     cb.donation.sample_every = Duration::from_millis(50);
     let b = spare_peer::Node::start(cb).await.expect("peer b restarts");
+    let peers = vec![a, b];
+    wait_until_joined(&peers).await;
+    let mut peers = peers.into_iter();
+    peers.next().expect("a").shutdown().await;
+    let b = peers.next().expect("b");
     let me = b.node.peer_id();
     eventually("b to lead the job", || async { b.node.core().leads(&jid, &me).then_some(()) }).await;
     let seen = load.reads();

@@ -248,6 +248,12 @@ impl Coordinator {
     /// ranked jobs in turn. Never two replicas of one task to one peer, nor a task whose lease
     /// the peer let lapse; none to a banned peer.
     pub fn lease(&mut self, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        self.lease_where(peer, max, now, |_| true)
+    }
+
+    /// [`Coordinator::lease`], only from the jobs whose spec `serves` accepts (a volunteer's
+    /// filters on the modules and quorums its own slots run).
+    pub fn lease_where(&mut self, peer: PeerId, max: usize, now: Millis, serves: impl Fn(&JobSpec) -> bool) -> Vec<Lease> {
         let mut out = Vec::new();
         if max == 0 || self.reputation.is_banned(&peer) || self.active.is_empty() {
             return out;
@@ -259,6 +265,9 @@ impl Coordinator {
             .map(|k| if k < ties { self.active[(k + self.turn) % ties] } else { self.active[k] })
             .collect();
         for id in order {
+            if !self.jobs.get(&id).is_some_and(|j| serves(&j.spec)) {
+                continue;
+            }
             let room = max - out.len();
             out.extend(self.lease_in(id, peer, room, now));
             if out.len() >= max {

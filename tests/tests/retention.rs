@@ -1,7 +1,7 @@
 //! Retention on a peer in this process: an ended job goes once it has been over for
 //! `retention`, with the blobs only it named, while a running job stays; at the `max_disk` cap
 //! the peer pauses, keeps an ended job whose results nobody fetched, and removes it (oldest
-//! first) once they are fetched, then resumes.
+//! first) once they are fetched, then resumes; the fetch is remembered across a restart.
 
 use std::time::Duration;
 
@@ -90,5 +90,79 @@ async fn at_the_disk_cap_fetched_jobs_go_first_and_work_resumes() {
     eventually("the peer to resume", || async { peer.node.paused().is_none().then_some(()) }).await;
     let later = client.submit(&next).await.expect("work is taken again");
     assert_eq!(within("job end", client.wait(&later)).await.unwrap().state, JobState::Completed);
+    peer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_job_is_still_known_as_fetched_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::builder().module_bytes(guest("sha256")).tasks((0..2).map(|i| format!("1\nseed {i}").into_bytes())).quorum(1).build().unwrap();
+    let id = {
+        let peer = start(dir.path(), 1).await;
+        let client = client(&peer).await;
+        let id = client.submit(&job).await.unwrap();
+        assert_eq!(within("job end", client.wait(&id)).await.unwrap().state, JobState::Completed);
+        let fetched: Vec<_> = within("results", client.results(&id).await.unwrap().collect::<Vec<_>>()).await;
+        assert_eq!(fetched.len(), 2);
+        let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
+        eventually("the fetch to be stored", || async { peer.node.store().fetched().unwrap().contains(&jid).then_some(()) }).await;
+        peer.shutdown().await;
+        id
+    };
+    // Back on the same directory, at once over its disk cap: the job fetched before the restart
+    // is the one retention removes.
+    let mut c = config(dir.path(), 1);
+    c.donation.max_disk = Some(1);
+    c.donation.sample_every = Duration::from_millis(50);
+    let peer = spare_peer::Node::start(c).await.expect("peer restarts");
+    let client = client(&peer).await;
+    eventually("the fetched job to be removed after the restart", || async { gone(&client, &id).await.then_some(()) }).await;
+    peer.shutdown().await;
+}
+
+/// The compiled forms of `module` in the data directory (both engines').
+fn compiled_forms(dir: &std::path::Path, module: &str) -> usize {
+    ["modules", "modules/fuel"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(dir.join(d)).ok())
+        .flat_map(|r| r.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{module}-")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_cap_the_least_recently_used_compiled_modules_go() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two jobs, two modules compiled: primes used first, sha256 last; nobody fetches results.
+    let primes = Job::builder().module_bytes(guest("primes")).range(0..2_000, 1_000).quorum(1).build().unwrap();
+    let sha = Job::builder().module_bytes(guest("sha256")).task(b"1\nlast".to_vec()).quorum(1).build().unwrap();
+    let (base, ids) = {
+        let peer = start(dir.path(), 1).await;
+        let client = client(&peer).await;
+        let mut ids = Vec::new();
+        for job in [&primes, &sha] {
+            let id = client.submit(job).await.unwrap();
+            assert_eq!(within("job end", client.wait(&id)).await.unwrap().state, JobState::Completed);
+            ids.push(id);
+        }
+        let used = peer.node.disk_used().await;
+        peer.shutdown().await;
+        (used, ids)
+    };
+    assert_eq!(compiled_forms(dir.path(), &primes.module_id()), 1);
+    assert_eq!(compiled_forms(dir.path(), &sha.module_id()), 1);
+    // Back a little over its cap: no job may go (none was fetched), so compiled code does, the
+    // least recently used first, and only as much as needed.
+    let mut c = config(dir.path(), 1);
+    c.donation.max_disk = Some(base - 8192);
+    c.donation.sample_every = Duration::from_millis(50);
+    let peer = spare_peer::Node::start(c).await.expect("peer restarts");
+    eventually("the older compiled module to go", || async { (compiled_forms(dir.path(), &primes.module_id()) == 0).then_some(()) }).await;
+    eventually("the peer to resume under its cap", || async { peer.node.paused().is_none().then_some(()) }).await;
+    assert_eq!(compiled_forms(dir.path(), &sha.module_id()), 1, "the most recently used compiled module stays");
+    let client = client(&peer).await;
+    for id in &ids {
+        assert!(!gone(&client, id).await, "jobs nobody fetched stay");
+    }
     peer.shutdown().await;
 }

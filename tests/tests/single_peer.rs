@@ -326,3 +326,38 @@ async fn health_and_reflection_are_served() {
     }
     peer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_uploads_and_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = start(dir.path(), 1).await;
+    let url = format!("http://{}", peer.addr);
+    let mut blobs = pb::blob_service_client::BlobServiceClient::connect(url.clone()).await.unwrap();
+    let mut jobs = pb::job_service_client::JobServiceClient::connect(url).await.unwrap();
+
+    // A Put stream with no message at all.
+    let e = blobs.put(tokio_stream::iter(Vec::<pb::PutBlobRequest>::new())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at least one message"), "{}", e.message());
+    // An expected_id on a later message is refused, not silently ignored.
+    let wrong = hex::encode([1u8; 32]);
+    let msgs = vec![
+        pb::PutBlobRequest { expected_id: String::new(), chunk: b"abc".to_vec() },
+        pb::PutBlobRequest { expected_id: wrong, chunk: b"def".to_vec() },
+    ];
+    let e = blobs.put(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("first message"), "{}", e.message());
+    // An empty blob is one message with an empty chunk, and still fine.
+    let empty = blobs.put(tokio_stream::iter(vec![pb::PutBlobRequest::default()])).await.expect("an empty blob");
+    assert_eq!(empty.into_inner().size, 0);
+
+    // A task input with no source is a client's bug, not an empty input.
+    let module = client(&peer).await.upload_blob(guest("primes")).await.unwrap();
+    let mut req = raw_submit(module, 2, 1);
+    req.tasks[1].source = None;
+    let e = jobs.submit(signed(&peer, req)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("tasks[1] has no source"), "{}", e.message());
+    peer.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! The status page in a real browser: three `spare peer` processes, one serving `--web`,
 //! a job submitted, and headless Chromium (Debian's `chromium`, installed when missing) loading
-//! the page until the job shows as completed with its verifiers, the whole mesh alive. A
+//! the page until the job shows as completed with its verifiers and the tasks this peer ran
+//! today, the whole mesh alive. A
 //! screenshot is saved as `target/status-page.png` for a person to look at.
 
 mod support;
@@ -66,6 +67,12 @@ fn the_status_page_shows_a_job_reach_completed_across_three_peers() {
     assert_eq!(dom.matches("badge alive").count(), 3, "the page lists the three peers alive");
     let verified_by = dom.split(&format!("data-job=\"{job}\"")).nth(1).unwrap_or("");
     assert!(verified_by.contains('×'), "the row says who verified the tasks");
+    // Quorum 3 on three peers: this peer ran each of the 12 tasks once, today.
+    eventually("the page to count today's tasks", || {
+        let dom = load("completed")?;
+        let today = "<dt>tasks run today</dt><dd>12 (0 did not succeed)</dd>";
+        if dom.contains(today) { Ok(()) } else { Err(dom.split("<dt>tasks run").nth(1).unwrap_or("no count").chars().take(80).collect::<String>()) }
+    });
 
     let shot = target_dir().join("status-page.png");
     let out = browser(&profile).arg(format!("--screenshot={}", shot.display())).arg(&url).output().expect("chromium runs");

@@ -1,6 +1,5 @@
 //! `spare peer`: runs a peer until Ctrl-C or SIGTERM.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::{Size, Span, layers};
+use crate::config::{HostPort, Size, Span, layers};
 use crate::node::Node;
 use crate::node::donation::{Hours, Net, TaskPriority};
 
@@ -29,9 +28,9 @@ pub struct PeerArgs {
     #[serde(skip)]
     print_config: bool,
     /// Address to serve gRPC on, a host name or an address (port 0 picks a free port; the chosen address is printed) [default: 127.0.0.1:7070].
-    #[arg(long, value_parser = super::units::listen_addr)]
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    listen: Option<SocketAddr>,
+    listen: Option<HostPort>,
     /// Directory for the store, blobs, compiled modules and the peer's key (created if missing).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,14 +116,14 @@ pub struct PeerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_rate: Option<f64>,
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    /// Serve Prometheus metrics at http://ADDR/metrics, ADDR an address or a host name with a port [default: off].
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    metrics: Option<SocketAddr>,
+    metrics: Option<HostPort>,
     /// Serve the status page at http://ADDR/ (just --web: 127.0.0.1:7080) [default: off].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_WEB)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    web: Option<SocketAddr>,
+    web: Option<HostPort>,
     /// Misbehave, to test the mesh: lie (wrong outputs), forge (bad signatures), silent (never report).
     #[cfg(feature = "chaos")]
     #[arg(long, value_enum, value_name = "MODE")]

@@ -1,9 +1,7 @@
 //! Parsers of the command line's values, so a wrong value is refused before anything runs, with
 //! one line that says what is expected: sizes with units (`256MiB`, by `bytesize`), durations
-//! with units (`30s`, `1m30s`, by `humantime`), counts that must be positive, and listen
-//! addresses given by host name.
+//! with units (`30s`, `1m30s`, by `humantime`), and counts that must be positive.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// A size in bytes: `256MiB`, `1.5GB`, `64k`, or a plain number of bytes. Above 0.
@@ -66,19 +64,6 @@ pub fn quorum(s: &str) -> Result<u32, String> {
     }
 }
 
-/// An address to listen on: `HOST:PORT`, where HOST may be a name (`localhost:7070`) or an IP
-/// address (`[::1]:7070`); a name is resolved now, and its first address is used.
-pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if s.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
-        return Err(format!("{s:?} is not HOST:PORT, e.g. 127.0.0.1:7070 or localhost:7070"));
-    }
-    let mut addrs = s.to_socket_addrs().map_err(|e| format!("cannot resolve {s:?}: {e}"))?;
-    addrs.next().ok_or_else(|| format!("{s:?} resolves to no address"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,12 +95,5 @@ mod tests {
         assert!(fuel("0").is_err());
         assert_eq!(quorum("3"), Ok(3));
         assert!(quorum("0").unwrap_err().contains("1 or more"));
-    }
-
-    #[test]
-    fn listen_addresses_may_be_names() {
-        assert_eq!(listen_addr("127.0.0.1:7070"), Ok("127.0.0.1:7070".parse().unwrap()));
-        assert!(listen_addr("localhost:7070").is_ok_and(|a| a.ip().is_loopback() && a.port() == 7070));
-        assert!(listen_addr("localhost").unwrap_err().contains("HOST:PORT"));
     }
 }

@@ -173,6 +173,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_may_name_hosts_and_an_unknown_one_is_refused_by_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("names.toml", "data_dir = \"d\"\nlisten = \"localhost:7000\"\nweb = \"localhost:7080\"\n")?;
+            let c = load(&figment(Some(Path::new("names.toml")), &Flags::default())).expect("host names load");
+            assert_eq!(c.node_config().expect("they resolve").listen, "127.0.0.1:7000".parse().unwrap());
+            jail.create_file("unknown.toml", "metrics = \"no-such-host.invalid:9187\"\n")?;
+            let e = load(&figment(Some(Path::new("unknown.toml")), &Flags::default())).expect_err("an unknown host");
+            assert!(e.to_string().contains("metrics: cannot resolve \"no-such-host.invalid:9187\""), "{e}");
+            jail.create_file("form.toml", "listen = \"7000\"\n")?;
+            let e = load(&figment(Some(Path::new("form.toml")), &Flags::default())).expect_err("no port");
+            assert!(e.to_string().contains("listen") && e.to_string().contains("HOST:PORT"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_packaged_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/spare.toml");
         let f = Figment::from(Serialized::defaults(PeerConfig::default())).merge(Toml::file_exact(&path));

@@ -4,10 +4,10 @@
 //! everywhere: `max_disk` in the file, `SPARE_MAX_DISK` in the environment, `--max-disk` on the
 //! command line.
 
+pub mod addr;
 pub mod layers;
 pub mod units;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -16,14 +16,15 @@ use spare_protocol::BlobId;
 use crate::node::NodeConfig;
 use crate::node::donation::{Donation, Hours, Net, TaskPriority};
 use crate::node::limits::Bounds;
+pub use addr::HostPort;
 pub use units::{Size, Span};
 
 /// Every setting of `spare peer`, as the layers give it. Unknown keys are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// Address to serve gRPC on.
-    pub listen: SocketAddr,
+    /// Address to serve gRPC on (an IP address or a host name, with a port).
+    pub listen: HostPort,
     /// The store, blobs, compiled modules and the peer's key.
     pub data_dir: Option<PathBuf>,
     /// The address other peers dial, when it is not the listening one.
@@ -67,9 +68,9 @@ pub struct PeerConfig {
     /// Requests per second one peer may make on average.
     pub peer_rate: f64,
     /// Address to serve Prometheus metrics on, at `/metrics` (unset: off).
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<HostPort>,
     /// Address to serve the status page on (unset: off).
-    pub web: Option<SocketAddr>,
+    pub web: Option<HostPort>,
 }
 
 /// Every key of [`PeerConfig`], in the order `--print-config` shows them.
@@ -106,7 +107,7 @@ impl Default for PeerConfig {
         let donation = Donation::default();
         let bounds = Bounds::default();
         PeerConfig {
-            listen: node.listen,
+            listen: node.listen.into(),
             data_dir: None,
             advertise: None,
             bootstrap: Vec::new(),
@@ -155,10 +156,13 @@ impl PeerConfig {
         let data_dir = self.data_dir.clone().ok_or_else(|| {
             invalid("data_dir", "not set; give --data-dir DIR, SPARE_DATA_DIR or data_dir in the config file")
         })?;
-        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+        let listen = self.listen.resolve().map_err(|e| invalid("listen", e))?;
+        let metrics = self.metrics.as_ref().map(HostPort::resolve).transpose().map_err(|e| invalid("metrics", e))?;
+        let web = self.web.as_ref().map(HostPort::resolve).transpose().map_err(|e| invalid("web", e))?;
+        if listen.ip().is_unspecified() && self.advertise.is_none() {
             return Err(invalid(
                 "advertise",
-                format!("listening on {} needs an advertised HOST:PORT so other peers know where to dial", self.listen),
+                format!("listening on {listen} needs an advertised HOST:PORT so other peers know where to dial"),
             ));
         }
         let positive = |key, v: f64| if v.is_finite() && v > 0.0 { Ok(v) } else { Err(invalid(key, format!("{v} must be above 0"))) };
@@ -172,7 +176,7 @@ impl PeerConfig {
         let max_module_bytes = usize::try_from(self.max_module_bytes.0).map_err(|_| invalid("max_module_bytes", "too large"))?;
         at_least_one("max_module_bytes", self.max_module_bytes.0)?;
         at_least_one("max_blob_bytes", self.max_blob_bytes.0)?;
-        let mut c = NodeConfig::new(self.listen, data_dir);
+        let mut c = NodeConfig::new(listen, data_dir);
         c.cpus = self.cpus;
         c.bootstrap = self.bootstrap.clone();
         c.advertise = self.advertise.clone();
@@ -189,8 +193,8 @@ impl PeerConfig {
             peer_burst: (peer_rate * 4.0).max(1.0),
         };
         c.donation = donation;
-        c.metrics = self.metrics;
-        c.web = self.web;
+        c.metrics = metrics;
+        c.web = web;
         Ok(c)
     }
 
@@ -269,6 +273,9 @@ mod tests {
             ("max_total_memory", PeerConfig { max_total_memory: Some(Size(10)), ..base.clone() }),
             ("data_dir", PeerConfig { data_dir: None, ..base.clone() }),
             ("peer_rate", PeerConfig { peer_rate: -1.0, ..base.clone() }),
+            ("listen", PeerConfig { listen: host("no-such-host.invalid:7070"), ..base.clone() }),
+            ("metrics", PeerConfig { metrics: Some(host("no-such-host.invalid:9187")), ..base.clone() }),
+            ("web", PeerConfig { web: Some(host("no-such-host.invalid:7080")), ..base.clone() }),
         ];
         for (key, c) in cases {
             let e = c.node_config().expect_err(key);
@@ -276,6 +283,28 @@ mod tests {
         }
         let c = base.node_config().expect("the defaults are valid");
         assert_eq!(c.donation.max_total_memory, base.max_task_memory.0 * base.cpus as u64);
+    }
+
+    fn host(s: &str) -> HostPort {
+        s.parse().expect("HOST:PORT")
+    }
+
+    #[test]
+    fn address_keys_take_host_names() {
+        let c = PeerConfig {
+            data_dir: Some("/tmp/x".into()),
+            listen: host("localhost:7000"),
+            metrics: Some(host("localhost:9187")),
+            web: Some(host("localhost:7080")),
+            ..PeerConfig::default()
+        };
+        let n = c.node_config().expect("names resolve");
+        assert_eq!(n.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(n.metrics, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(n.web, Some("127.0.0.1:7080".parse().unwrap()));
+        let e = PeerConfig { listen: host("no-such-host.invalid:7000"), ..c }.node_config().expect_err("no such host");
+        assert_eq!(e.key, "listen");
+        assert!(e.to_string().starts_with("listen: ") && e.to_string().contains("no-such-host.invalid"), "{e}");
     }
 
     #[test]

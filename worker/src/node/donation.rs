@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use spare_protocol::{BlobId, Policy};
 
-pub use super::load::{LoadSource, MachineLoad, ManualLoad, local_minute};
+pub use super::load::{LoadSource, MachineLoad, ManualLoad, local_day, local_minute};
 
 /// The share of `max_other_load` the other load must fall below before a paused peer resumes,
 /// so a load hovering at the threshold does not flip the peer on and off at every sample.
@@ -284,9 +284,6 @@ pub(crate) struct State {
     /// The most memory the running tasks ever held together, in bytes.
     memory_peak: std::sync::atomic::AtomicU64,
     waiting: std::sync::atomic::AtomicUsize,
-    /// Ended jobs whose results a submitter fetched from here (retention may remove them
-    /// first at the disk cap). Bounded by the jobs stored.
-    pub(crate) fetched: dashmap::DashSet<spare_protocol::JobId>,
 }
 
 impl State {
@@ -299,7 +296,6 @@ impl State {
             memory_units: units,
             memory_peak: Default::default(),
             waiting: Default::default(),
-            fetched: Default::default(),
         }
     }
 

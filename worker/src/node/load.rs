@@ -7,12 +7,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The local minute of the day now.
 pub fn local_minute() -> u32 {
+    match local_now() {
+        (_, Some(tm)) => (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u32,
+        (now, None) => ((now / 60) % 1440) as u32,
+    }
+}
+
+/// The local calendar day now, as the number YYYYMMDD (20261130): what "today" means on the
+/// status page.
+pub fn local_day() -> u32 {
+    match local_now() {
+        (_, Some(tm)) => u32::try_from((tm.tm_year + 1900) * 10_000 + (tm.tm_mon + 1) * 100 + tm.tm_mday).unwrap_or(0),
+        // No local time: the UTC day number since 1970 stands in (still one key per day).
+        (now, None) => u32::try_from(now / 86_400).unwrap_or(0),
+    }
+}
+
+/// Unix seconds now, and the local time they are (`None` if the C library cannot tell).
+fn local_now() -> (u64, Option<libc::tm>) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let t = libc::time_t::try_from(now).unwrap_or(0);
     // SAFETY: localtime_r reads `t` and writes only into `tm`, which lives on this stack.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok { (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u32 } else { ((now / 60) % 1440) as u32 }
+    (now, ok.then_some(tm))
 }
 
 /// Where the other programs' load comes from.

@@ -113,7 +113,8 @@ impl Node {
                 Some(pb::task_input::Source::BlobId(s)) => {
                     RemoteInput::Blob(parse_id("blob_id", &s).map_err(|e| anyhow::anyhow!("{}", e.message()))?)
                 }
-                None => RemoteInput::Inline(Vec::new()),
+                // Never what a peer sends (an empty input is `inline` with no bytes).
+                None => anyhow::bail!("lease from {addr}: task {} came with no input source", t.index),
             };
             out.push(RemoteReplica {
                 coordinator: addr.clone(),

@@ -58,9 +58,9 @@ impl Node {
         drop(self.0.store.write(vec![Op::PutFinished(job, unix_ms())]));
     }
 
-    /// Notes that a submitter fetched every result of an ended job from this peer.
+    /// Notes, durably, that a submitter fetched every result of an ended job from this peer.
     pub(crate) fn note_fetched(&self, job: JobId) {
-        self.0.donation.fetched.insert(job);
+        drop(self.0.store.write(vec![Op::PutFetched(job)]));
     }
 
     /// One retention pass: removes what [`choose`] picks, then the blobs no stored job names
@@ -68,11 +68,12 @@ impl Node {
     pub(crate) async fn retain(&self, at_disk_cap: bool) -> anyhow::Result<Removed> {
         let retention = self.config().donation.retention;
         let now = unix_ms();
+        let fetched = self.store().fetched()?;
         let ended: Vec<Ended> = self
             .store()
             .finished()?
             .into_iter()
-            .map(|(job, ended_ms)| Ended { job, ended_ms, fetched: self.0.donation.fetched.contains(&job) })
+            .map(|(job, ended_ms)| Ended { job, ended_ms, fetched: fetched.contains(&job) })
             .collect();
         let mut removed = Removed::default();
         let mut freed: HashSet<BlobId> = HashSet::new();
@@ -91,7 +92,6 @@ impl Node {
                 }
                 core.jobs.remove(&job);
                 self.0.finished.remove(&job);
-                self.0.donation.fetched.remove(&job);
                 self.0.store.write(vec![Op::DeleteJob(job)])
             };
             if let Some(s) = stored {

@@ -67,7 +67,11 @@ pub(super) async fn run(node: Node) {
         slots.set_allowance(held_back.then_some(0));
         let free = slots.free(now);
         if free > 0 {
-            let leases = node.core().coord.lease(node.peer_id(), free, now);
+            // Jobs this peer coordinates but its volunteer does not serve (taken over, or
+            // held from before the filters changed) are left to other peers' slots.
+            let d = &node.config().donation;
+            let serves = |spec: &spare_protocol::JobSpec| donation::serves(d, &spec.module, &spec.policy).is_ok();
+            let leases = node.core().coord.lease_where(node.peer_id(), free, now, serves);
             slots.took(leases.len());
             for lease in leases {
                 node.0.running.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +270,9 @@ impl Node {
                 let report = self.sandbox().run(req).await?;
                 took_us = Some(u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX));
                 self.0.metrics.ran(&report.outcome, report.elapsed);
+                // Counted durably per local day too, for "tasks run today" on the status page.
+                let ok = matches!(report.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. });
+                drop(self.store().write(vec![crate::store::Op::CountRun { day: donation::local_day(), ok }]));
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
                         let stderr = crate::sandbox::tail_text(&report.stderr, crate::sandbox::STDERR_TAIL_BYTES);

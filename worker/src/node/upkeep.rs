@@ -1,7 +1,8 @@
 //! The peer's upkeep for its volunteer: every [`Donation::sample_every`] it looks at the other
 //! programs' load, the hour and the data directory's size, pauses or resumes taking new work
 //! by [`donation::pause`], and says so in its log; it applies retention while the disk is at
-//! its cap, and otherwise a few times per retention period.
+//! its cap (then trims compiled modules if still over), and otherwise a few times per retention
+//! period.
 //!
 //! [`Donation::sample_every`]: super::donation::Donation::sample_every
 
@@ -28,6 +29,14 @@ pub(super) async fn run(node: Node) {
                 Ok(r) if at_cap && (r.jobs > 0 || r.blobs > 0) => disk_used = node.disk_used().await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!("retention pass failed: {e:#}"),
+            }
+            // Still over: compiled modules are only a saving, the least recently used go.
+            if let Some(cap) = d.max_disk.filter(|cap| at_cap && disk_used >= *cap) {
+                let t = node.sandbox().trim_compiled(disk_used - cap + 1);
+                if t.files > 0 {
+                    tracing::info!("retention: removed {} compiled modules, least recently used first ({} bytes); they are compiled again when needed", t.files, t.bytes);
+                    disk_used = node.disk_used().await;
+                }
             }
         }
         let sample = Sample { other_load: d.load.other_load(), minute: donation::local_minute(), disk_used };

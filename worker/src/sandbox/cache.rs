@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::SystemTime;
 
 use spare_protocol::BlobId;
 use wasmtime::{Engine, InstancePre, Module};
@@ -133,6 +134,17 @@ pub(crate) struct DiskCache {
     tmp_counter: AtomicU64,
 }
 
+/// A compiled form on disk, as trimming sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct CachedFile {
+    pub(crate) path: PathBuf,
+    /// The module it is of.
+    pub(crate) id: BlobId,
+    /// When it was last written or loaded (its modification time).
+    pub(crate) used: SystemTime,
+    pub(crate) bytes: u64,
+}
+
 /// Outcome of a disk lookup.
 pub(crate) enum Loaded {
     Hit(Module),
@@ -167,6 +179,21 @@ impl DiskCache {
         freed
     }
 
+    /// Every compiled form here, whatever engine made it (an older version's are never loaded,
+    /// so never marked used).
+    pub(crate) fn files(&self) -> Vec<CachedFile> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let id = name.to_str().filter(|n| n.ends_with(".cwasm")).and_then(|n| n.split('-').next()?.parse::<BlobId>().ok());
+            let (Some(id), Ok(meta)) = (id, e.metadata()) else { continue };
+            let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push(CachedFile { path: e.path(), id, used, bytes: meta.len() });
+        }
+        out
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(format!("{}-{}.cwasm", id.to_hex(), self.engine_hash))
     }
@@ -195,7 +222,15 @@ impl DiskCache {
         // copied into a fresh mapping, so later changes to the file cannot affect the module.
         // Someone able to write into the data directory already controls this peer.
         match unsafe { Module::deserialize(engine, body) } {
-            Ok(m) => Loaded::Hit(m),
+            Ok(m) => {
+                // Marks it used, for trimming at the disk cap (least recently used first); best
+                // effort, as a failure only makes it look older.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(self.path(id))
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Loaded::Hit(m)
+            }
             Err(e) => Loaded::Bad(format!("deserialize: {e:#}")),
         }
     }

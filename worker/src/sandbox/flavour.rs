@@ -47,6 +47,11 @@ impl Flavour {
         self.disk.as_ref().map_or(0, |d| d.remove(ids))
     }
 
+    /// The compiled forms in this engine's disk cache.
+    pub(crate) fn cached_files(&self) -> Vec<super::cache::CachedFile> {
+        self.disk.as_ref().map_or_else(Vec::new, |d| d.files())
+    }
+
     /// The module for this engine: loaded from the disk cache when there, otherwise compiled
     /// now and written there (best effort). `wasm` must be valid (see `validate`).
     pub(crate) fn load_or_compile(

@@ -27,6 +27,7 @@ mod poll;
 mod pool;
 mod priority;
 mod run;
+mod trim;
 mod validate;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -42,6 +43,7 @@ pub use engine::{Metering, engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
 pub use priority::{Priority, current_priority};
 pub use validate::initial_memory_bytes;
+pub use trim::Trimmed;
 
 use cache::{Compiled, ModuleCache};
 use engine::EpochTicker;

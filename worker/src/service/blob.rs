@@ -16,16 +16,21 @@ use crate::store::BlobError;
 
 /// Bytes per chunk of a download.
 pub const CHUNK: usize = 1 << 20;
+/// Uploads taken at once (each holds a temporary file); past it a Put is refused at once.
+pub const MAX_PUTS_AT_ONCE: usize = 64;
+/// Longest wait for the next message of an upload before it is dropped.
+pub const PUT_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The BlobService of one peer.
 pub struct BlobApi {
     node: Node,
+    puts: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl BlobApi {
     /// The service over `node`.
     pub fn new(node: Node) -> BlobApi {
-        BlobApi { node }
+        BlobApi { node, puts: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PUTS_AT_ONCE)) }
     }
 }
 
@@ -42,18 +47,38 @@ pub fn blob_status(e: BlobError) -> Status {
 #[tonic::async_trait]
 impl pb::blob_service_server::BlobService for BlobApi {
     async fn put(&self, req: Request<Streaming<pb::PutBlobRequest>>) -> Result<Response<pb::BlobInfo>, Status> {
+        // Many streams held open must not hold as many files: uploads are bounded in number,
+        // and one that stalls is dropped.
+        let Ok(_upload) = self.puts.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this peer takes at most {MAX_PUTS_AT_ONCE} uploads at once; try again shortly"
+            )));
+        };
         let mut stream = req.into_inner();
         let max = self.node.config().max_blob_bytes;
         let mut writer = self.node.store().blobs().writer(max).await.map_err(blob_status)?;
         let mut expected: Option<BlobId> = None;
         let mut first = true;
-        while let Some(msg) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(PUT_IDLE, stream.next()).await.map_err(|_| {
+                Status::deadline_exceeded(format!("no part of the upload arrived for {}s", PUT_IDLE.as_secs()))
+            })?;
+            let Some(msg) = next else { break };
             let msg = msg?;
             if first && !msg.expected_id.is_empty() {
                 expected = Some(parse_id("expected_id", &msg.expected_id)?);
+            } else if !first && !msg.expected_id.is_empty() {
+                // Checking it would mean a different promise mid-upload; ignoring it silently
+                // would hide a client's bug.
+                return Err(Status::invalid_argument("expected_id is taken only on the first message of a Put"));
             }
             first = false;
             writer.write(&msg.chunk).await.map_err(blob_status)?;
+        }
+        if first {
+            return Err(Status::invalid_argument(
+                "a Put needs at least one message (an empty blob is one message with an empty chunk)",
+            ));
         }
         let (id, size, existed) = writer.finish(expected).await.map_err(blob_status)?;
         Ok(Response::new(pb::BlobInfo { blob_id: id.to_hex(), size, existed }))

@@ -40,6 +40,11 @@ impl JobApi {
     }
 }
 
+/// Task `i` of a request came with no input source: refused, as the proto says.
+pub(super) fn no_source(i: usize) -> Status {
+    Status::invalid_argument(format!("tasks[{i}] has no source; an empty input is `inline` set to no bytes"))
+}
+
 fn not_found(id: &JobId) -> Status {
     Status::not_found(format!("job {id} is not known at this peer"))
 }
@@ -157,8 +162,8 @@ impl pb::job_service_server::JobService for JobApi {
             inputs.push(match t.source {
                 Some(pb::task_input::Source::Inline(b)) => StoredInput::Inline(b),
                 Some(pb::task_input::Source::BlobId(s)) => StoredInput::Blob(parse_id(&format!("tasks[{i}].blob_id"), &s)?),
-                // An empty input is a valid input (a task that reads nothing).
-                None => StoredInput::Inline(Vec::new()),
+                // An empty input is `inline` set to no bytes; no source at all is a client's bug.
+                None => return Err(no_source(i)),
             });
         }
         let job = NewJob {

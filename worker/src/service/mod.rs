@@ -4,6 +4,7 @@
 
 mod auth;
 mod blob;
+pub mod conns;
 pub mod listener;
 mod job;
 pub mod mesh;
@@ -15,7 +16,7 @@ mod replica;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use blob::BlobApi;
+pub use blob::{BlobApi, MAX_PUTS_AT_ONCE};
 pub use job::{JobApi, status};
 pub use peer::PeerApi;
 
@@ -25,10 +26,6 @@ use spare_proto as pb;
 pub use crate::wire::MAX_MESSAGE_BYTES;
 /// Requests served at once per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// How often the server pings an HTTP/2 connection, and how long it waits for the answer before
-/// closing it.
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Serves the API on `listener` until `shutdown` turns true.
 pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> Result<(), tonic::transport::Error> {
@@ -58,12 +55,19 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     let mesh = pb::mesh_service_server::MeshServiceServer::new(mesh::MeshApi::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Connections past their handshake are capped per source and in all, and closed when idle
+    // (`conns.rs`); the pings keep live ones from ever looking idle, and close dead ones.
+    let limits = conns::Limits::new(conns::raise_fd_limit());
+    let incoming = conns::guard(listener::incoming(listener, tls), limits, |c: &listener::Conn| {
+        tonic::transport::server::Connected::connect_info(c).remote.ip().to_canonical()
+    });
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // Pings find connections whose other end vanished without closing them (a relay's
-        // `Attach` streams to peers behind NAT stay open otherwise), and keep NAT mappings alive.
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // `Attach` streams to peers behind NAT stay open otherwise), keep NAT mappings alive,
+        // and keep live connections from looking idle to `conns.rs`.
+        .http2_keepalive_interval(Some(conns::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(conns::KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
@@ -72,7 +76,7 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
         .add_service(peers)
         .add_service(mesh)
         // TLS, or plaintext from this machine (`listener.rs`).
-        .serve_with_incoming_shutdown(listener::incoming(listener, tls), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await

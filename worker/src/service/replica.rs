@@ -132,7 +132,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         inputs.push(match &t.source {
             Some(pb::task_input::Source::Inline(b)) => StoredInput::Inline(b.clone()),
             Some(pb::task_input::Source::BlobId(s)) => StoredInput::Blob(parse_id(&format!("tasks[{i}].blob_id"), s)?),
-            None => StoredInput::Inline(Vec::new()),
+            None => return Err(super::job::no_source(i)),
         });
     }
     let new = NewJob {
@@ -158,6 +158,10 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     }
     let held = node.core().jobs.contains_key(&job);
     if !held {
+        // The volunteer's filters hold for jobs handed here as for jobs submitted here: a
+        // coordinator that takes a job over runs its tasks on its own slots.
+        crate::node::donation::serves(&node.config().donation, &new.module, &new.policy)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let count = new.inputs.len() as u64;
         if !node.hold_tasks(count) {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
@@ -254,4 +258,59 @@ pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Stat
     }
     let entries = entries_of(job, r.entries, node.now())?;
     apply(node, entries).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fuzzing the conversion of a replication stream's entries (from the network) into the
+    //! protocol's types: any entry is taken or refused, never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An id field as a peer might send it: a real 64-hex id, or any text.
+    fn id_text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<[u8; 32]>().prop_map(hex::encode), proptest::collection::vec(any::<char>(), 0..70).prop_map(|c| c.into_iter().collect())]
+    }
+
+    fn entry() -> impl Strategy<Value = pb::ReplicationEntry> {
+        use pb::replication_entry::Entry as E;
+        let attestation = (id_text(), any::<u32>(), id_text(), -1i32..9, id_text(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>())
+            .prop_map(|(job_id, index, peer_id, kind, output_hash, output, lone)| {
+                let attestation = pb::Attestation { job_id, index, peer_id, kind, output_hash, signature: vec![0; 64], ..Default::default() };
+                E::Attestation(pb::RecordedAttestation { attestation: Some(attestation), output, lone, ..Default::default() })
+            });
+        let lease = (any::<u32>(), id_text(), any::<u64>())
+            .prop_map(|(index, peer_id, expires_in_ms)| E::Lease(pb::ReplicatedLease { index, peer_id, expires_in_ms }));
+        let release = (any::<u32>(), id_text(), any::<bool>())
+            .prop_map(|(index, peer_id, deadline)| E::Release(pb::ReplicatedRelease { index, peer_id, deadline }));
+        prop_oneof![
+            4 => attestation.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            2 => lease.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            2 => release.prop_map(|e| pb::ReplicationEntry { entry: Some(e) }),
+            1 => Just(pb::ReplicationEntry { entry: None }),
+        ]
+    }
+
+    /// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
+    fn cases(n: u32) -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn replication_entries_are_taken_whole_or_refused(raw in proptest::collection::vec(entry(), 0..12), now in any::<u64>()) {
+            let n = raw.len();
+            let empty = raw.iter().any(|e| e.entry.is_none());
+            match entries_of(JobId([1; 32]), raw, now) {
+                Ok(entries) => {
+                    prop_assert_eq!(entries.len(), n);
+                    prop_assert!(!empty, "an empty entry is never taken");
+                }
+                Err(e) => prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The status page (`spare peer --web ADDR`): plain HTML, CSS and JavaScript built into the
 //! binary (no build step, no CDN), and `status.json`, which the page fetches every second: this
-//! peer (CPUs given, tasks run, controls in force, paused and why), the mesh, and the jobs held
-//! here with their progress and who verified them.
+//! peer (CPUs given, tasks run today, controls in force, paused and why), the mesh, and the jobs
+//! held here with their progress and who verified them. "Today" is the local calendar day; its
+//! count is kept in the store (`store/runs.rs`), so it survives a restart.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,8 +39,9 @@ struct Me {
     addr: String,
     cpus: usize,
     running: usize,
-    tasks_run: u64,
-    tasks_not_ok: u64,
+    /// Replicas run on the local calendar day, and how many of them did not succeed.
+    tasks_run_today: u64,
+    tasks_not_ok_today: u64,
     task_memory: String,
     uptime: String,
     paused: Option<String>,
@@ -80,7 +82,7 @@ fn status(node: &Node) -> Status {
     use spare_protocol::membership::MemberState;
     let c = node.config();
     let d = &c.donation;
-    let (runs, not_ok) = node.metrics().runs();
+    let (runs, not_ok) = node.store().runs_on(crate::node::donation::local_day()).unwrap_or_default();
     let size = |b: u64| crate::config::Size(b).to_string();
     let mut controls = BTreeMap::new();
     controls.insert("cpus", c.cpus.to_string());
@@ -161,8 +163,8 @@ fn status(node: &Node) -> Status {
             addr: node.advertised_addr(),
             cpus: c.cpus,
             running: node.running(),
-            tasks_run: runs,
-            tasks_not_ok: not_ok,
+            tasks_run_today: runs,
+            tasks_not_ok_today: not_ok,
             task_memory: size(node.task_memory_held()),
             uptime: humantime::format_duration(std::time::Duration::from_secs(node.uptime().as_secs())).to_string(),
             paused: node.paused().map(|p| p.to_string()),

@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod records;
 mod retention;
+mod runs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +30,11 @@ const FINISHED: TableDefinition<JobKey, u64> = TableDefinition::new("finished");
 /// What this peer's coordinator has seen of each peer (postcard `Standing`), so reputation
 /// survives a restart.
 const STANDINGS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("standings");
+/// Ended jobs whose results a submitter fetched from here, beside their end: retention removes
+/// them first at the disk cap, also after a restart.
+const FETCHED: TableDefinition<JobKey, ()> = TableDefinition::new("fetched");
+/// Replicas this peer ran per local calendar day (YYYYMMDD): (all, those that did not succeed).
+const RUNS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("runs_per_day");
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "spare.redb";
@@ -71,6 +77,10 @@ pub enum Op {
     PutFinished(JobId, u64),
     /// Peers' standings, as they changed.
     PutStandings(Vec<(PeerId, Standing)>),
+    /// A submitter fetched every result of an ended job from here.
+    PutFetched(JobId),
+    /// This peer ran a replica on local day `day` (YYYYMMDD); `ok`: it exited 0.
+    CountRun { day: u32, ok: bool },
     /// A job and everything stored of it (inputs, attestations, results), by retention.
     DeleteJob(JobId),
 }
@@ -116,6 +126,8 @@ impl Store {
             tx.open_table(RESULTS).map_err(db_err)?;
             tx.open_table(FINISHED).map_err(db_err)?;
             tx.open_table(STANDINGS).map_err(db_err)?;
+            tx.open_table(FETCHED).map_err(db_err)?;
+            tx.open_table(RUNS).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         let blobs = BlobStore::open(&dir.join("blobs"))?;
@@ -268,6 +280,8 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
         let mut results = tx.open_table(RESULTS).map_err(db_err)?;
         let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
         let mut standings = tx.open_table(STANDINGS).map_err(db_err)?;
+        let mut fetched = tx.open_table(FETCHED).map_err(db_err)?;
+        let mut runs = tx.open_table(RUNS).map_err(db_err)?;
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
         for op in ops {
             match op {
@@ -297,12 +311,17 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                         standings.insert(peer.0, encode(standing).map_err(enc)?.as_slice()).map_err(db_err)?;
                     }
                 }
+                Op::PutFetched(job) => {
+                    fetched.insert(job.0, ()).map_err(db_err)?;
+                }
+                Op::CountRun { day, ok } => runs::count(&mut runs, *day, *ok)?,
                 Op::DeleteJob(job) => {
                     let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
                     inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
                     results.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
                     atts.retain_in(attestation_key(&first, 0)..=attestation_key(&last, u32::MAX), |_, _| false).map_err(db_err)?;
                     finished.remove(job.0).map_err(db_err)?;
+                    fetched.remove(job.0).map_err(db_err)?;
                     jobs.remove(job.0).map_err(db_err)?;
                 }
             }

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use spare_protocol::{BlobId, JobId};
 
 use super::records::{StoredInput, StoredJob};
-use super::{FINISHED, INPUTS, JOBS, StoreError, db_err, decode_in, job_in};
+use super::{FETCHED, FINISHED, INPUTS, JOBS, StoreError, db_err, decode_in, job_in};
 
 impl super::Store {
     /// Every ended job with when it ended here (Unix ms), oldest first.
@@ -20,6 +20,17 @@ impl super::Store {
             out.push((JobId(k.value()), v.value()));
         }
         out.sort_by_key(|(id, at)| (*at, *id));
+        Ok(out)
+    }
+
+    /// The ended jobs whose results a submitter fetched from here.
+    pub fn fetched(&self) -> Result<HashSet<JobId>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(FETCHED).map_err(db_err)?;
+        let mut out = HashSet::new();
+        for row in t.iter().map_err(db_err)? {
+            out.insert(JobId(row.map_err(db_err)?.0.value()));
+        }
         Ok(out)
     }
 

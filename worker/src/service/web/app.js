@@ -31,7 +31,7 @@ function draw(s) {
   facts($("me"), [
     ["CPUs given", s.peer.cpus],
     ["tasks running", s.peer.running],
-    ["tasks run since start", s.peer.tasks_run + " (" + s.peer.tasks_not_ok + " did not succeed)"],
+    ["tasks run today", s.peer.tasks_run_today + " (" + s.peer.tasks_not_ok_today + " did not succeed)"],
     ["task memory held", s.peer.task_memory],
     ["up for", s.peer.uptime],
   ]);

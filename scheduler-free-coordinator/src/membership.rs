@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
 use crate::{Millis, PeerId};
 
+mod screen;
+pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS};
+
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
 const TAG_HELLO: u8 = 2;
@@ -354,6 +357,11 @@ pub struct Membership {
     next_suspect_scan: Millis,
     /// Addresses greeted whose peer has not come up yet (at most [`MAX_GREETED`]).
     greeted: HashSet<String>,
+    /// What packets may claim, and the checks of claims in flight (see `screen`).
+    screen: screen::Screen,
+    /// How long a checked member has to answer, and then to refute this peer's suspicion.
+    check_ms: Millis,
+    check_suspect_ms: Millis,
 }
 
 impl Membership {
@@ -398,6 +406,9 @@ impl Membership {
             // Twice foca's own suspicion time, so a suspicion its timer still tracks ends there.
             stale_suspicion_ms: config.suspect_to_down_ms.saturating_mul(2).max(1),
             next_suspect_scan: 0,
+            screen: screen::Screen::default(),
+            check_ms: config.probe_rtt_ms.max(1),
+            check_suspect_ms: config.suspect_to_down_ms,
         }
     }
 
@@ -464,10 +475,12 @@ impl Membership {
     fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&TAG_FOCA, packet)) => {
-                self.with(now, |foca, rt| foca.handle_data(packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+                let packet = self.screen_packet(packet, sender, now)?;
+                self.with(now, |foca, rt| foca.handle_data(&packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
             }
             Some((&TAG_HELLO, body)) => {
                 let joiner: Member = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
+                self.screen_hello(&joiner, sender)?;
                 if joiner.peer == self.foca.identity().peer {
                     return Ok(());
                 }
@@ -576,6 +589,7 @@ impl Membership {
             self.next_suspect_scan = now.saturating_add(SUSPECT_SCAN_EVERY_MS);
             self.end_stale_suspicions(now);
         }
+        self.end_checks(now);
         let next_digest = *self.next_digest.get_or_insert(now.saturating_add(self.first_digest_in));
         if now >= next_digest {
             self.next_digest = Some(now.saturating_add(self.digest_every));
@@ -632,7 +646,9 @@ impl Membership {
 
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.timers.first_key_value().map(|(&(due, _), _)| due)
+        let timer = self.timers.first_key_value().map(|(&(due, _), _)| due);
+        let check = self.screen.next_check();
+        timer.into_iter().chain(check).min()
     }
 
     /// Spreads a record this peer signed (a newer version replaces the older one everywhere).
@@ -699,7 +715,8 @@ impl Membership {
 
     /// The next message to send: to whom, and the bytes.
     pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
-        self.out.pop_front()
+        let (to, data) = self.out.pop_front()?;
+        Some((self.outgoing(to, &data), data))
     }
 
     /// The next event for the driver.
@@ -719,7 +736,7 @@ impl Membership {
                     State::Suspect => MemberState::Suspect,
                     State::Down => MemberState::Dead,
                 };
-                (m.id().clone(), state)
+                (self.with_signed_addr(m.id().clone()), state)
             })
             .collect()
     }
@@ -732,7 +749,7 @@ impl Membership {
                 State::Suspect => MemberState::Suspect,
                 State::Down => MemberState::Dead,
             };
-            (m.id().clone(), state)
+            (self.with_signed_addr(m.id().clone()), state)
         })
     }
 

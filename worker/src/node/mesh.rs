@@ -55,7 +55,12 @@ impl Node {
     pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_protocol::membership::MembershipError> {
         let now = self.now();
         self.0.metrics.gossip_in_bytes.inc_by(data.len() as u64);
-        let r = self.mesh().membership.handle_data(data, Some(sender), now);
+        let r = {
+            let mut mesh = self.mesh();
+            // Epochs are Unix times: one far ahead of this clock is a lie.
+            mesh.membership.set_unix_time(unix_ms());
+            mesh.membership.handle_data(data, Some(sender), now)
+        };
         self.0.mesh_wake.notify_one();
         r
     }
@@ -199,6 +204,7 @@ impl Node {
             let now = self.now();
             let nap = {
                 let mut mesh = self.mesh();
+                mesh.membership.set_unix_time(unix_ms());
                 mesh.membership.tick(now);
                 mesh.membership.next_deadline().map_or(MAX_NAP, |d| Duration::from_millis(d.saturating_sub(now))).min(MAX_NAP)
             };

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
 use crate::{Millis, PeerId};
 
+mod quota;
 mod screen;
+pub use quota::MAX_RECORDS_PER_SIGNER;
 pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS};
 
 const TAG_FOCA: u8 = 0;
@@ -203,6 +205,8 @@ struct RecordState {
     /// The authenticated sender of the message being handled (foca's own sender field is
     /// whatever the packet claims, so it is not used to blame anyone).
     sender: Option<PeerId>,
+    /// Who may add records, and how many each signer holds.
+    admission: quota::Admission,
 }
 
 impl RecordState {
@@ -227,6 +231,19 @@ impl RecordState {
         if rival && self.rivals_seen.contains(&rival_tag) {
             return None;
         }
+        // A job first heard of is taken only if its origin vouches for the ad (its id derived
+        // by the origin, the announcer the origin or one it named); later versions by
+        // `may_replace`. Dropped without blame: an honest peer relays an ad it took as a
+        // replacement, which a newcomer cannot check.
+        if let (None, Record::JobAd(ad)) = (known, &record)
+            && !ad.origin_vouches(&self.verifier)
+        {
+            return None;
+        }
+        let replacing = known.map(Record::signer);
+        if !self.admission.admits(&record, replacing, sender) {
+            return None;
+        }
         if !record.verify(&self.verifier) {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
@@ -245,12 +262,15 @@ impl RecordState {
             let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
             match done {
                 Some(k) => {
-                    self.records.remove(&k);
+                    if let Some(r) = self.records.remove(&k) {
+                        self.admission.removed(r.signer());
+                    }
                 }
                 None => return None,
             }
         }
         let seq = record.seq();
+        self.admission.stored(record.signer(), replacing);
         self.records.insert(key, record.clone());
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
@@ -362,6 +382,8 @@ pub struct Membership {
     /// How long a checked member has to answer, and then to refute this peer's suspicion.
     check_ms: Millis,
     check_suspect_ms: Millis,
+    /// When the adverts of peers SWIM forgot are next swept.
+    next_expiry: Millis,
 }
 
 impl Membership {
@@ -374,7 +396,9 @@ impl Membership {
             relaying: false,
             rivals_seen: HashSet::new(),
             sender: None,
+            admission: quota::Admission::default(),
         }));
+        shared.lock().unwrap_or_else(|p| p.into_inner()).admission.know(me.peer);
         let foca = Foca::with_custom_broadcast(
             me,
             config.foca(),
@@ -409,6 +433,7 @@ impl Membership {
             screen: screen::Screen::default(),
             check_ms: config.probe_rtt_ms.max(1),
             check_suspect_ms: config.suspect_to_down_ms,
+            next_expiry: quota::EXPIRE_EVERY_MS,
         }
     }
 
@@ -432,6 +457,9 @@ impl Membership {
         };
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         self.events.extend(shared.events.drain(..));
+        for m in &newcomers {
+            shared.admission.know(m.peer);
+        }
         drop(shared);
         for m in newcomers {
             // A peer greeted by address is now known by identity: announcing to it brings its
@@ -590,10 +618,30 @@ impl Membership {
             self.end_stale_suspicions(now);
         }
         self.end_checks(now);
+        if now >= self.next_expiry {
+            self.next_expiry = now.saturating_add(quota::EXPIRE_EVERY_MS);
+            self.expire_forgotten();
+        }
         let next_digest = *self.next_digest.get_or_insert(now.saturating_add(self.first_digest_in));
         if now >= next_digest {
             self.next_digest = Some(now.saturating_add(self.digest_every));
             self.send_digest();
+        }
+    }
+
+    /// Forgets the adverts of peers SWIM no longer knows (dead for longer than
+    /// `remove_down_after`): what a peer long gone said of itself is no use, and keeping it
+    /// would let the map grow with every key ever seen.
+    fn expire_forgotten(&mut self) {
+        let mut known: HashSet<PeerId> = self.foca.iter_membership_state().map(|m| m.id().peer).collect();
+        known.insert(self.foca.identity().peer);
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.admission.set_known(known);
+        let gone = quota::expired(shared.records.iter(), &shared.admission);
+        for key in gone {
+            if let Some(r) = shared.records.remove(&key) {
+                shared.admission.removed(r.signer());
+            }
         }
     }
 

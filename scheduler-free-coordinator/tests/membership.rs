@@ -7,7 +7,6 @@ mod mesh_net;
 use mesh_net::*;
 use spare_protocol::membership::{MeshEvent, Member, MemberState, Membership, MembershipConfig};
 use spare_protocol::records::Record;
-use spare_protocol::JobId;
 
 #[test]
 fn peers_join_through_one_address_and_see_each_other() {
@@ -141,6 +140,7 @@ fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     let thief = net.peers[2].me().peer;
     let mut hijack = job_ad(thief, 5);
     if let Record::JobAd(j) = &mut hijack {
+        j.job = job_id(origin, 5);
         j.seq = u64::MAX;
         j.done = true;
         j.announcer = thief;
@@ -151,7 +151,7 @@ fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     let now = net.now;
     net.peers[1].handle_data(&frame, Some(thief), now).unwrap();
     net.run(1_000);
-    let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == JobId([5; 32])).unwrap();
+    let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == job_id(origin, 5)).unwrap();
     assert_eq!((ad.origin, ad.done), (origin, false));
     // Correctly signed, so not held against anyone: reported as a rival for the job's
     // coordinators to settle, once however many copies arrive.

@@ -6,7 +6,8 @@ mod mesh_net;
 
 use foca::{Codec, Header, Message, PostcardCodec, State};
 use mesh_net::*;
-use spare_protocol::membership::{Member, MemberState, MeshEvent};
+use spare_protocol::membership::{Member, MemberState, MembershipConfig, MeshEvent};
+use spare_protocol::records::Record;
 
 /// A foca packet as membership sends it: tag 0, the header, then the updates (if any).
 fn packet(src: Member, dst: Member, message: Message<Member>, updates: &[foca::Member<Member>]) -> Vec<u8> {
@@ -144,4 +145,88 @@ fn only_a_peer_itself_says_it_is_dead_or_raises_its_incarnation() {
     // Believing either would have made peer 1 rejoin under a new epoch.
     assert_eq!(net.peers[1].me().epoch, target.epoch);
     assert_eq!(downs_of(&net, 1), 0);
+}
+
+/// A record sync (tag 1) carrying `records`.
+fn sync(records: &[Record]) -> Vec<u8> {
+    let mut frame = vec![1u8];
+    frame.extend(postcard::to_stdvec(&records.iter().map(Record::encode).collect::<Vec<_>>()).unwrap());
+    frame
+}
+
+#[test]
+fn adverts_signed_by_fresh_keys_are_not_admitted() {
+    let mut net = settled();
+    let liar = net.peers[2].me().peer;
+    let fresh: Vec<Record> = (0..200u8).map(|i| advert(spare_protocol::PeerId([100u8.wrapping_add(i); 32]), 1, 4)).collect();
+    let now = net.now;
+    net.peers[1].handle_data(&sync(&fresh), Some(liar), now).unwrap();
+    net.run(1_000);
+    assert_eq!(net.peers[1].adverts().len(), 4, "only the members' own");
+}
+
+#[test]
+fn one_signer_holds_a_bounded_number_of_records() {
+    let mut net = settled();
+    let liar = net.peers[2].me().peer;
+    let cap = spare_protocol::membership::MAX_RECORDS_PER_SIGNER;
+    let ads: Vec<Record> = (0..cap as u32 + 100).map(|n| job_ad_numbered(liar, n)).collect();
+    for chunk in ads.chunks(200) {
+        let now = net.now;
+        net.peers[1].handle_data(&sync(chunk), Some(liar), now).unwrap();
+    }
+    // Its advert is one of its records.
+    assert_eq!(net.peers[1].job_ads().len(), cap - 1);
+    assert!(net.peers[1].adverts().iter().any(|a| a.peer == liar));
+}
+
+#[test]
+fn the_adverts_of_peers_long_dead_expire() {
+    let mut net = settled();
+    let gone = net.peers[3].me().peer;
+    net.down[3] = true;
+    net.run(MembershipConfig::lan(4).remove_down_after_ms + 2 * 60_000);
+    for i in 0..3 {
+        assert!(net.peers[i].adverts().iter().all(|a| a.peer != gone), "peer {i} forgot it");
+        assert_eq!(net.peers[i].adverts().len(), 3, "peer {i} keeps the others'");
+    }
+}
+
+#[test]
+fn a_forged_job_ad_is_refused_even_by_a_newcomer() {
+    // findings.md item 13: a newcomer hears a forged ad of a job before the real one.
+    let mut net = Net::new(3);
+    let origin = net.peers[0].me().peer;
+    let forger = net.peers[2].me().peer;
+    let real = job_ad(origin, 5);
+    let Record::JobAd(real_ad) = &real else { unreachable!() };
+    // As announcer, naming itself coordinator, with the highest sequence number; and as the
+    // job's "origin".
+    let as_announcer = spare_protocol::records::JobAd {
+        announcer: forger,
+        coordinators: vec![forger],
+        seq: u64::MAX,
+        ..real_ad.clone()
+    };
+    let as_origin = spare_protocol::records::JobAd { origin: forger, ..as_announcer.clone() };
+    let mut with_own_list = as_announcer.clone();
+    with_own_list.vouch(&signer(forger));
+    for forged in [as_announcer, as_origin, with_own_list] {
+        let mut r = Record::JobAd(forged);
+        r.sign(&signer(forger));
+        net.peers[1].handle_data(&sync(&[r]), Some(forger), 0).unwrap();
+        assert!(net.peers[1].job_ads().is_empty(), "the newcomer took {:?}", net.peers[1].job_ads());
+    }
+    // The origin's own ad, and one by a coordinator it named, are taken.
+    net.peers[1].handle_data(&sync(&[real.clone()]), Some(origin), 0).unwrap();
+    assert_eq!(net.peers[1].job_ads().len(), 1);
+    let backup = net.peers[1].me().peer;
+    let mut named = real_ad.clone();
+    named.coordinators = vec![origin, backup];
+    named.vouch(&signer(origin));
+    let by_backup = spare_protocol::records::JobAd { announcer: backup, coordinators: vec![backup], seq: 9, ..named };
+    let mut r = Record::JobAd(by_backup);
+    r.sign(&signer(backup));
+    net.peers[2].handle_data(&sync(&[r]), Some(backup), 0).unwrap();
+    assert_eq!(net.peers[2].job_ads().len(), 1, "a newcomer takes a named coordinator's ad");
 }

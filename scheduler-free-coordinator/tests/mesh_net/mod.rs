@@ -115,9 +115,27 @@ pub fn advert(peer: PeerId, seq: u64, free: u32) -> Record {
     r
 }
 
+/// The ad of job `n` (any number), announced by its origin.
+pub fn job_ad_numbered(origin: PeerId, n: u32) -> Record {
+    let mut digest = [7u8; 32];
+    digest[..4].copy_from_slice(&n.to_le_bytes());
+    let mut r = job_ad(origin, 0);
+    if let Record::JobAd(ad) = &mut r {
+        ad.content_digest = digest;
+        ad.job = spare_protocol::derive_job_id(&origin, &digest, b"");
+    }
+    r.sign(&signer(origin));
+    r
+}
+
+/// The id of job `n` that `origin` derived (content digest `[n; 32]`, no nonce).
+pub fn job_id(origin: PeerId, n: u8) -> JobId {
+    spare_protocol::derive_job_id(&origin, &[n; 32], b"")
+}
+
 pub fn job_ad(origin: PeerId, job: u8) -> Record {
     let mut r = Record::JobAd(JobAd {
-        job: JobId([job; 32]),
+        job: job_id(origin, job),
         origin,
         announcer: origin,
         seq: 1,
@@ -127,6 +145,10 @@ pub fn job_ad(origin: PeerId, job: u8) -> Record {
         coordinators: vec![origin],
         submitted_at_ms: 0,
         done: false,
+        content_digest: [job; 32],
+        nonce: Vec::new(),
+        origin_named: Vec::new(),
+        origin_signature: Vec::new(),
         signature: vec![],
     });
     r.sign(&signer(origin));

@@ -105,7 +105,9 @@ impl Node {
     /// Announces the job's ad with this list of coordinators, signed by this peer (also when it
     /// hands the job to another: the peers that take this peer's ads then take the other's).
     pub(crate) fn publish_job_ad(&self, job: JobId, coordinators: Vec<PeerId>, done: bool) {
-        let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else {
+        let Some((spec, content_digest, nonce)) =
+            self.core().jobs.get(&job).map(|m| (m.spec.clone(), m.content_digest, m.nonce.clone()))
+        else {
             return;
         };
         let ad = JobAd {
@@ -119,6 +121,10 @@ impl Node {
             coordinators,
             submitted_at_ms: spec.submitted_at_ms,
             done,
+            content_digest: content_digest.unwrap_or_default(),
+            nonce,
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: Vec::new(),
         };
         let now = self.now();

@@ -147,7 +147,8 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         // Checked with the id below: the id is derived from the owner too.
         owner,
     };
-    if derive_job_id(&origin, &crate::node::digest(&new), &new.nonce) != job {
+    let content_digest = crate::node::digest(&new);
+    if derive_job_id(&origin, &content_digest, &new.nonce) != job {
         return Err(Status::invalid_argument("the job id does not match its origin and content"));
     }
     let caps = *node.core().coord.caps();
@@ -163,7 +164,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
         }
         // Counted above; given back unless the job is taken here.
-        let taken = take_job(node, job, origin, sender, &r, new, &coordinators).await;
+        let taken = take_job(node, job, origin, sender, &r, (new, content_digest), &coordinators).await;
         if !matches!(taken, Ok(true)) {
             node.unhold_tasks(count);
         }
@@ -190,7 +191,7 @@ async fn take_job(
     origin: PeerId,
     sender: PeerId,
     r: &pb::AdoptRequest,
-    new: NewJob,
+    (new, content_digest): (NewJob, [u8; 32]),
     coordinators: &[PeerId],
 ) -> Result<bool, Status> {
     let module = new.module;
@@ -221,6 +222,7 @@ async fn take_job(
         origin_signature: r.origin_signature.clone(),
         coordinators: coordinators.to_vec(),
         owner,
+        content_digest: Some(content_digest),
     };
     let (write, inserted) = {
         let mut core = node.core();

@@ -66,3 +66,38 @@ async fn forged_swim_claims_evict_nobody() {
     }
     stop_all(peers).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_replayed_here_or_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = start_mesh(dir.path(), &honest_peers(2, 1)).await;
+    let origin = client(&peers[0]).await;
+    let job = Job::builder().module_bytes(guest("primes")).range(0..20_000, 2_000).quorum(2).build().unwrap();
+    let id: spare_protocol::JobId = origin.submit(&job).await.unwrap().as_str().parse().unwrap();
+    let (a, b) = (peers[0].node.peer_id(), peers[1].node.peer_id());
+    // A worker's lease request, signed for peer 0, as peer 0 could capture and resend it.
+    let worker = Identity::generate().unwrap();
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let nonce = spare_peer::wire::signing::request_nonce();
+    let req = pb::LeaseRequest {
+        peer_id: worker.peer_id().to_hex(),
+        job_id: id.to_hex(),
+        max: 1,
+        timestamp_ms: ts,
+        signature: worker.sign(&spare_peer::wire::signing::lease(&id, 1, ts, &a, &nonce)).to_vec(),
+        receiver: a.to_hex(),
+        request_nonce: nonce,
+    };
+    let mut to_a = mesh_client(peers[0].addr, &worker, Some(a)).await.expect("TLS to peer 0");
+    to_a.lease(req.clone()).await.expect("the first is taken");
+    let e = to_a.lease(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("received before"), "{}", e.message());
+    // At another peer (over the worker's own link: what peer 0 could do with its key is the
+    // same request, which names peer 0).
+    let mut to_b = mesh_client(peers[1].addr, &worker, Some(b)).await.expect("TLS to peer 1");
+    let e = to_b.lease(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("signed for another peer"), "{}", e.message());
+    stop_all(peers).await;
+}

@@ -110,6 +110,7 @@ async fn apply(node: &Node, entries: Vec<Entry>) -> Result<u32, Status> {
 /// `MeshService.Adopt`.
 pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
+    super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     let job: JobId = parse_id("job_id", &r.job_id)?;
     let origin: PeerId = parse_id("origin", &r.origin)?;
     if !identity::verify(&origin, &signing::job(&job), &r.origin_signature) {
@@ -243,6 +244,7 @@ async fn take_job(
 /// `MeshService.Replicate`.
 pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::replicate(&r), &r.signature)?;
+    super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     if !node.peer_allowed(sender) {
         return Err(Status::resource_exhausted("too many requests from this peer"));
     }

@@ -10,8 +10,8 @@
 //!   comes within a probe period does it suspect the member on its own account (foca's timer
 //!   then ends the suspicion as death unless the member refutes it, directly or through
 //!   foca's indirect probes). A refutation comes from the member itself, and always wins.
-//! - a member's address, wherever one is used, is the one in its own signed advert when one is
-//!   known; a claim naming another address for such a member is dropped.
+//! - a member's address, wherever one is used, is the one in its own signed advert of the same
+//!   run when one is known; a claim naming another address for that run is dropped.
 //!
 //! Claims about this peer that only its own key could make (an incarnation above the one it
 //! last sent, or its death) are dropped too: a peer's death reaches it as a `TurnUndead` from a
@@ -73,17 +73,19 @@ impl Membership {
         self.screen.unix_ms.is_none_or(|now| epoch <= now.saturating_add(EPOCH_SKEW_MS))
     }
 
-    /// The address in `peer`'s own signed advert, if one is known.
-    pub(super) fn signed_addr(&self, peer: &PeerId) -> Option<String> {
-        match self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(&RecordKey::Advert(*peer)) {
-            Some(Record::Advert(a)) => Some(a.addr.clone()),
+    /// The address in the signed advert of `m`'s run, if one is known: an advert made during
+    /// that run (adverts are numbered by the Unix time they were made, a run by the time it
+    /// started), not one of an earlier run, which may have served elsewhere.
+    pub(super) fn signed_addr(&self, m: &Member) -> Option<String> {
+        match self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(&RecordKey::Advert(m.peer)) {
+            Some(Record::Advert(a)) if a.seq >= m.epoch => Some(a.addr.clone()),
             _ => None,
         }
     }
 
-    /// `m` with the address of its signed advert, when one is known.
+    /// `m` with the address of its run's signed advert, when one is known.
     pub(super) fn with_signed_addr(&self, mut m: Member) -> Member {
-        if let Some(addr) = self.signed_addr(&m.peer) {
+        if let Some(addr) = self.signed_addr(&m) {
             m.addr = addr;
         }
         m
@@ -171,7 +173,7 @@ impl Membership {
             let hearsay = update.state() == State::Down || update.incarnation() > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if self.signed_addr(&id.peer).is_some_and(|a| a != id.addr) {
+        if self.signed_addr(id).is_some_and(|a| a != id.addr) {
             return Verdict::Drop;
         }
         if id.peer == *src {

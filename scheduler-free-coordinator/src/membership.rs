@@ -31,7 +31,7 @@ use crate::{Millis, PeerId};
 mod quota;
 mod screen;
 pub use quota::MAX_RECORDS_PER_SIGNER;
-pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS};
+pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS, MAX_MEMBERS};
 
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;

@@ -30,6 +30,9 @@ use crate::{Millis, PeerId};
 pub const EPOCH_SKEW_MS: u64 = 5 * 60_000;
 /// Most members being checked at once; a claim about another member past it is dropped.
 pub const MAX_CHECKS: usize = 256;
+/// Most members (any state) known before hearsay of new ones is dropped: made-up members in
+/// feeds cannot grow the member list without bound (a peer's own packets still bring it in).
+pub const MAX_MEMBERS: usize = 65_536;
 
 type FocaMember = foca::Member<Member>;
 
@@ -182,7 +185,7 @@ impl Membership {
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
         match (known, update.state()) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
-            (None, State::Alive) => Verdict::Keep,
+            (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
             (None, _) => Verdict::Drop,
             // Held dead here: a later run of it may come back (its own packets would bring it
             // too); anything else about it changes nothing.

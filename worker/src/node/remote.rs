@@ -178,7 +178,7 @@ impl Node {
         loop {
             let now = self.now();
             while let Some((addr, items)) = reports.poll_batch(now) {
-                let req = self.report_request(items, self.0.clients.expected(&addr));
+                let req = self.report_request(items, self.peer_at(&addr));
                 let node = self.clone();
                 let to = addr.clone();
                 let handle = out.spawn(async move { node.deliver_report(&to, req).await });
@@ -220,6 +220,12 @@ impl Node {
                 _ = tokio::time::sleep(nap.unwrap_or_default()), if nap.is_some() => {}
             }
         }
+    }
+
+    /// The peer at `addr`: this one at its own address (its replicas report to it there when it
+    /// leads), else the one a channel there must meet.
+    fn peer_at(&self, addr: &str) -> Option<PeerId> {
+        if addr == self.advertised_addr() { Some(self.peer_id()) } else { self.0.clients.expected(addr) }
     }
 
     /// The signed report request of one batch, for the coordinator `to` (the PeerId expected at

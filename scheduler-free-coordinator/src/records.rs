@@ -109,6 +109,9 @@ impl JobAd {
 }
 
 /// Anything that spreads by gossip.
+// An ad carries the origin's word for it (digest, nonce, named list): records are handled one at
+// a time, so the size difference costs little, and boxing would change every match on them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// A peer's advert.

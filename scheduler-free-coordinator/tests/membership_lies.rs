@@ -218,7 +218,7 @@ fn a_forged_job_ad_is_refused_even_by_a_newcomer() {
         assert!(net.peers[1].job_ads().is_empty(), "the newcomer took {:?}", net.peers[1].job_ads());
     }
     // The origin's own ad, and one by a coordinator it named, are taken.
-    net.peers[1].handle_data(&sync(&[real.clone()]), Some(origin), 0).unwrap();
+    net.peers[1].handle_data(&sync(std::slice::from_ref(&real)), Some(origin), 0).unwrap();
     assert_eq!(net.peers[1].job_ads().len(), 1);
     let backup = net.peers[1].me().peer;
     let mut named = real_ad.clone();

@@ -28,6 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
 use crate::{Millis, PeerId};
 
+mod quota;
+mod screen;
+pub use quota::MAX_RECORDS_PER_SIGNER;
+pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS, MAX_MEMBERS};
+
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;
 const TAG_HELLO: u8 = 2;
@@ -200,6 +205,8 @@ struct RecordState {
     /// The authenticated sender of the message being handled (foca's own sender field is
     /// whatever the packet claims, so it is not used to blame anyone).
     sender: Option<PeerId>,
+    /// Who may add records, and how many each signer holds.
+    admission: quota::Admission,
 }
 
 impl RecordState {
@@ -224,6 +231,19 @@ impl RecordState {
         if rival && self.rivals_seen.contains(&rival_tag) {
             return None;
         }
+        // A job first heard of is taken only if its origin vouches for the ad (its id derived
+        // by the origin, the announcer the origin or one it named); later versions by
+        // `may_replace`. Dropped without blame: an honest peer relays an ad it took as a
+        // replacement, which a newcomer cannot check.
+        if let (None, Record::JobAd(ad)) = (known, &record)
+            && !ad.origin_vouches(&self.verifier)
+        {
+            return None;
+        }
+        let replacing = known.map(Record::signer);
+        if !self.admission.admits(&record, replacing, sender) {
+            return None;
+        }
         if !record.verify(&self.verifier) {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
@@ -242,12 +262,15 @@ impl RecordState {
             let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
             match done {
                 Some(k) => {
-                    self.records.remove(&k);
+                    if let Some(r) = self.records.remove(&k) {
+                        self.admission.removed(r.signer());
+                    }
                 }
                 None => return None,
             }
         }
         let seq = record.seq();
+        self.admission.stored(record.signer(), replacing);
         self.records.insert(key, record.clone());
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
@@ -354,6 +377,13 @@ pub struct Membership {
     next_suspect_scan: Millis,
     /// Addresses greeted whose peer has not come up yet (at most [`MAX_GREETED`]).
     greeted: HashSet<String>,
+    /// What packets may claim, and the checks of claims in flight (see `screen`).
+    screen: screen::Screen,
+    /// How long a checked member has to answer, and then to refute this peer's suspicion.
+    check_ms: Millis,
+    check_suspect_ms: Millis,
+    /// When the adverts of peers SWIM forgot are next swept.
+    next_expiry: Millis,
 }
 
 impl Membership {
@@ -366,7 +396,9 @@ impl Membership {
             relaying: false,
             rivals_seen: HashSet::new(),
             sender: None,
+            admission: quota::Admission::default(),
         }));
+        shared.lock().unwrap_or_else(|p| p.into_inner()).admission.know(me.peer);
         let foca = Foca::with_custom_broadcast(
             me,
             config.foca(),
@@ -398,6 +430,10 @@ impl Membership {
             // Twice foca's own suspicion time, so a suspicion its timer still tracks ends there.
             stale_suspicion_ms: config.suspect_to_down_ms.saturating_mul(2).max(1),
             next_suspect_scan: 0,
+            screen: screen::Screen::default(),
+            check_ms: config.probe_rtt_ms.max(1),
+            check_suspect_ms: config.suspect_to_down_ms,
+            next_expiry: quota::EXPIRE_EVERY_MS,
         }
     }
 
@@ -421,6 +457,9 @@ impl Membership {
         };
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         self.events.extend(shared.events.drain(..));
+        for m in &newcomers {
+            shared.admission.know(m.peer);
+        }
         drop(shared);
         for m in newcomers {
             // A peer greeted by address is now known by identity: announcing to it brings its
@@ -464,10 +503,12 @@ impl Membership {
     fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&TAG_FOCA, packet)) => {
-                self.with(now, |foca, rt| foca.handle_data(packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+                let packet = self.screen_packet(packet, sender, now)?;
+                self.with(now, |foca, rt| foca.handle_data(&packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
             }
             Some((&TAG_HELLO, body)) => {
                 let joiner: Member = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
+                self.screen_hello(&joiner, sender)?;
                 if joiner.peer == self.foca.identity().peer {
                     return Ok(());
                 }
@@ -576,10 +617,31 @@ impl Membership {
             self.next_suspect_scan = now.saturating_add(SUSPECT_SCAN_EVERY_MS);
             self.end_stale_suspicions(now);
         }
+        self.end_checks(now);
+        if now >= self.next_expiry {
+            self.next_expiry = now.saturating_add(quota::EXPIRE_EVERY_MS);
+            self.expire_forgotten();
+        }
         let next_digest = *self.next_digest.get_or_insert(now.saturating_add(self.first_digest_in));
         if now >= next_digest {
             self.next_digest = Some(now.saturating_add(self.digest_every));
             self.send_digest();
+        }
+    }
+
+    /// Forgets the adverts of peers SWIM no longer knows (dead for longer than
+    /// `remove_down_after`): what a peer long gone said of itself is no use, and keeping it
+    /// would let the map grow with every key ever seen.
+    fn expire_forgotten(&mut self) {
+        let mut known: HashSet<PeerId> = self.foca.iter_membership_state().map(|m| m.id().peer).collect();
+        known.insert(self.foca.identity().peer);
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.admission.set_known(known);
+        let gone = quota::expired(shared.records.iter(), &shared.admission);
+        for key in gone {
+            if let Some(r) = shared.records.remove(&key) {
+                shared.admission.removed(r.signer());
+            }
         }
     }
 
@@ -632,7 +694,9 @@ impl Membership {
 
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.timers.first_key_value().map(|(&(due, _), _)| due)
+        let timer = self.timers.first_key_value().map(|(&(due, _), _)| due);
+        let check = self.screen.next_check();
+        timer.into_iter().chain(check).min()
     }
 
     /// Spreads a record this peer signed (a newer version replaces the older one everywhere).
@@ -699,7 +763,8 @@ impl Membership {
 
     /// The next message to send: to whom, and the bytes.
     pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
-        self.out.pop_front()
+        let (to, data) = self.out.pop_front()?;
+        Some((self.outgoing(to, &data), data))
     }
 
     /// The next event for the driver.
@@ -719,7 +784,7 @@ impl Membership {
                     State::Suspect => MemberState::Suspect,
                     State::Down => MemberState::Dead,
                 };
-                (m.id().clone(), state)
+                (self.with_signed_addr(m.id().clone()), state)
             })
             .collect()
     }
@@ -732,7 +797,7 @@ impl Membership {
                 State::Suspect => MemberState::Suspect,
                 State::Down => MemberState::Dead,
             };
-            (m.id().clone(), state)
+            (self.with_signed_addr(m.id().clone()), state)
         })
     }
 

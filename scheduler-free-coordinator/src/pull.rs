@@ -104,6 +104,10 @@ mod tests {
             coordinators: vec![PeerId([origin; 32])],
             submitted_at_ms: at,
             done: false,
+            content_digest: [0; 32],
+            nonce: Vec::new(),
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: vec![],
         }
     }

@@ -65,11 +65,56 @@ pub struct JobAd {
     pub submitted_at_ms: u64,
     /// No more work: every task is final, or the job was cancelled.
     pub done: bool,
+    /// The digest of the job's content and the nonce its id was derived with, so any peer can
+    /// check that `origin` derived `job` ([`crate::derive_job_id`]): nobody else can claim to be
+    /// the origin of a job.
+    pub content_digest: [u8; 32],
+    /// See `content_digest`.
+    pub nonce: Vec<u8>,
+    /// The coordinators the origin named, signed by it ([`JobAd::named_signing_bytes`]): a peer
+    /// that has not heard of the job takes its ad only from the origin or one of these.
+    pub origin_named: Vec<PeerId>,
+    /// The origin's signature over `origin_named`.
+    pub origin_signature: Vec<u8>,
     /// ed25519 signature of [`Record::signing_bytes`] by `announcer`.
     pub signature: Vec<u8>,
 }
 
+const NAMED_DOMAIN: &[u8] = b"spare.v1.named\0";
+
+impl JobAd {
+    /// The bytes the origin signs over the coordinators it named.
+    pub fn named_signing_bytes(job: &JobId, named: &[PeerId]) -> Vec<u8> {
+        let mut out = NAMED_DOMAIN.to_vec();
+        out.extend_from_slice(job.as_bytes());
+        out.extend(postcard::to_stdvec(named).unwrap_or_default());
+        out
+    }
+
+    /// Whether the job's origin vouches for this ad: the origin derived the job's id, and the
+    /// announcer is the origin or one of the coordinators it named and signed. What a peer
+    /// that has not heard of the job requires (a forged ad is refused even by a newcomer).
+    pub fn origin_vouches(&self, verifier: &Verifier) -> bool {
+        if crate::derive_job_id(&self.origin, &self.content_digest, &self.nonce) != self.job {
+            return false;
+        }
+        self.announcer == self.origin
+            || (self.origin_named.contains(&self.announcer)
+                && !self.origin_signature.is_empty()
+                && verifier(&self.origin, &Self::named_signing_bytes(&self.job, &self.origin_named), &self.origin_signature))
+    }
+
+    /// Signs, as the origin, the coordinators this ad names.
+    pub fn vouch(&mut self, signer: &Signer) {
+        self.origin_named = self.coordinators.clone();
+        self.origin_signature = signer(&Self::named_signing_bytes(&self.job, &self.origin_named));
+    }
+}
+
 /// Anything that spreads by gossip.
+// An ad carries the origin's word for it (digest, nonce, named list): records are handled one at
+// a time, so the size difference costs little, and boxing would change every match on them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// A peer's advert.
@@ -235,6 +280,10 @@ mod tests {
             coordinators: coordinators.iter().map(|c| PeerId([*c; 32])).collect(),
             submitted_at_ms: 0,
             done: false,
+            content_digest: [0; 32],
+            nonce: vec![],
+            origin_named: vec![],
+            origin_signature: vec![],
             signature: vec![],
         })
     }
@@ -248,5 +297,33 @@ mod tests {
         assert!(ad(1, 1, &[1, 2]).may_replace(&known), "the origin, though not named");
         assert!(!ad(1, 2, &[2]).may_replace(&known), "another peer: a rival");
         assert!(!ad(2, 2, &[2]).may_replace(&known), "a peer claiming to be the origin of the job");
+    }
+
+    /// An ad of a job really derived by `origin`, announced by `announcer`.
+    fn derived(origin: u8, announcer: u8, coordinators: &[u8]) -> JobAd {
+        let Record::JobAd(mut a) = ad(origin, announcer, coordinators) else { unreachable!() };
+        a.content_digest = [5; 32];
+        a.nonce = b"n".to_vec();
+        a.job = crate::derive_job_id(&a.origin, &a.content_digest, &a.nonce);
+        a
+    }
+
+    #[test]
+    fn only_the_origin_vouches_for_a_job_ad() {
+        let v = fake_verifier();
+        assert!(derived(1, 1, &[1, 2]).origin_vouches(&v), "the origin itself");
+        // A coordinator the origin named and signed.
+        let mut named = derived(1, 1, &[1, 2]);
+        named.vouch(&fake_signer(1));
+        let by_backup = JobAd { announcer: PeerId([2; 32]), coordinators: vec![PeerId([2; 32])], ..named.clone() };
+        assert!(by_backup.origin_vouches(&v));
+        // Anyone else, even with a list it signed itself.
+        let mut forged = JobAd { announcer: PeerId([3; 32]), coordinators: vec![PeerId([3; 32])], ..named.clone() };
+        assert!(!forged.origin_vouches(&v), "not named by the origin");
+        forged.vouch(&fake_signer(3));
+        assert!(!forged.origin_vouches(&v), "a list not signed by the origin");
+        // Claiming to be the origin of a job another peer derived.
+        let thief = JobAd { origin: PeerId([3; 32]), announcer: PeerId([3; 32]), ..derived(1, 1, &[1]) };
+        assert!(!thief.origin_vouches(&v), "the id was not derived from the thief's key");
     }
 }

@@ -2,131 +2,11 @@
 //! signed records, notice a silent peer die, and drop forged records; a settled mesh stays
 //! quiet, and what a peer missed comes back from digests.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod mesh_net;
 
+use mesh_net::*;
 use spare_protocol::membership::{MeshEvent, Member, MemberState, Membership, MembershipConfig};
-use spare_protocol::records::{Advert, JobAd, Record, Signer, Verifier};
-use spare_protocol::{BlobId, JobId, PeerId, Policy};
-
-/// A stand-in signature scheme: BLAKE3 of the message, keyed by the signer's id.
-fn signer(peer: PeerId) -> Signer {
-    Arc::new(move |m: &[u8]| blake3::keyed_hash(&peer.0, m).as_bytes().to_vec())
-}
-
-fn verifier() -> Verifier {
-    Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| blake3::keyed_hash(&p.0, m).as_bytes().as_slice() == s)
-}
-
-struct Net {
-    peers: Vec<Membership>,
-    down: Vec<bool>,
-    now: u64,
-    events: Vec<Vec<MeshEvent>>,
-    /// Bytes delivered so far.
-    sent: u64,
-}
-
-impl Net {
-    fn new(n: usize) -> Net {
-        let peers = (0..n)
-            .map(|i| {
-                let me = Member { peer: PeerId([i as u8 + 1; 32]), addr: format!("peer{i}"), epoch: 1 };
-                Membership::new(me, MembershipConfig::lan(n as u32), i as u64, verifier())
-            })
-            .collect();
-        Net { peers, down: vec![false; n], now: 0, events: vec![Vec::new(); n], sent: 0 }
-    }
-
-    fn index(&self) -> HashMap<String, usize> {
-        self.peers.iter().enumerate().map(|(i, p)| (p.me().addr.clone(), i)).collect()
-    }
-
-    /// Delivers every queued message (to peers that are up) and fires timers, in 10 ms steps.
-    fn run(&mut self, ms: u64) {
-        let index = self.index();
-        let end = self.now + ms;
-        while self.now < end {
-            self.now += 10;
-            for i in 0..self.peers.len() {
-                if !self.down[i] {
-                    self.peers[i].tick(self.now);
-                }
-            }
-            loop {
-                let mut moved = false;
-                for i in 0..self.peers.len() {
-                    while let Some((to, bytes)) = self.peers[i].poll_send() {
-                        moved = true;
-                        let Some(&j) = index.get(&to.addr) else { continue };
-                        if self.down[i] || self.down[j] {
-                            continue;
-                        }
-                        let from = self.peers[i].me().peer;
-                        self.sent += bytes.len() as u64;
-                        let _ = self.peers[j].handle_data(&bytes, Some(from), self.now);
-                    }
-                    while let Some(e) = self.peers[i].poll_event() {
-                        self.events[i].push(e);
-                    }
-                }
-                if !moved {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// `n` peers, all but the first joined through it (not yet run).
-    fn joined(n: usize) -> Net {
-        let mut net = Net::new(n);
-        let first = net.peers[0].me().addr.clone();
-        for i in 1..n {
-            let now = net.now;
-            net.peers[i].join(&first, now);
-        }
-        net
-    }
-
-    fn alive_seen_by(&self, i: usize) -> usize {
-        self.peers[i].members().iter().filter(|(_, s)| *s == MemberState::Alive).count()
-    }
-}
-
-fn advert(peer: PeerId, seq: u64, free: u32) -> Record {
-    let mut r = Record::Advert(Advert {
-        peer,
-        seq,
-        addr: "x".into(),
-        cpus_total: 4,
-        cpus_free: free,
-        memory_bytes: 1 << 30,
-        version: "test".into(),
-        reachable: true,
-        relays: vec![],
-        signature: vec![],
-    });
-    r.sign(&signer(peer));
-    r
-}
-
-fn job_ad(origin: PeerId, job: u8) -> Record {
-    let mut r = Record::JobAd(JobAd {
-        job: JobId([job; 32]),
-        origin,
-        announcer: origin,
-        seq: 1,
-        module: BlobId([9; 32]),
-        task_count: 10,
-        policy: Policy::default(),
-        coordinators: vec![origin],
-        submitted_at_ms: 0,
-        done: false,
-        signature: vec![],
-    });
-    r.sign(&signer(origin));
-    r
-}
+use spare_protocol::records::Record;
 
 #[test]
 fn peers_join_through_one_address_and_see_each_other() {
@@ -260,6 +140,7 @@ fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     let thief = net.peers[2].me().peer;
     let mut hijack = job_ad(thief, 5);
     if let Record::JobAd(j) = &mut hijack {
+        j.job = job_id(origin, 5);
         j.seq = u64::MAX;
         j.done = true;
         j.announcer = thief;
@@ -270,7 +151,7 @@ fn only_its_announcer_or_coordinators_can_replace_a_job_ad() {
     let now = net.now;
     net.peers[1].handle_data(&frame, Some(thief), now).unwrap();
     net.run(1_000);
-    let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == JobId([5; 32])).unwrap();
+    let ad = net.peers[1].job_ads().into_iter().find(|a| a.job == job_id(origin, 5)).unwrap();
     assert_eq!((ad.origin, ad.done), (origin, false));
     // Correctly signed, so not held against anyone: reported as a rival for the job's
     // coordinators to settle, once however many copies arrive.

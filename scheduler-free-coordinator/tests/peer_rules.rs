@@ -32,6 +32,10 @@ fn ad(announcer: PeerId, coordinators: Vec<PeerId>) -> JobAd {
         coordinators,
         submitted_at_ms: 0,
         done: false,
+        content_digest: [0; 32],
+        nonce: Vec::new(),
+        origin_named: Vec::new(),
+        origin_signature: Vec::new(),
         signature: Vec::new(),
     }
 }

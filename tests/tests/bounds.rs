@@ -95,13 +95,16 @@ async fn a_lease_flood_from_one_peer_is_rate_limited() {
     let (mut granted, mut refused) = (0, 0);
     for _ in 0..100 {
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let bytes = spare_peer::wire::signing::lease(&job, 1, ts);
+        let nonce = spare_peer::wire::signing::request_nonce();
+        let bytes = spare_peer::wire::signing::lease(&job, 1, ts, &peer.node.peer_id(), &nonce);
         let req = pb::LeaseRequest {
             peer_id: flooder.peer_id().to_hex(),
             job_id: job.to_hex(),
             max: 1,
             timestamp_ms: ts,
             signature: flooder.sign(&bytes).to_vec(),
+            receiver: peer.node.peer_id().to_hex(),
+            request_nonce: nonce,
         };
         match mesh.lease(req).await {
             Ok(_) => granted += 1,

@@ -114,8 +114,9 @@ fn decode_all(bytes: &[u8]) {
     }
     if let Ok(r) = pb::LeaseRequest::decode(bytes)
         && let Ok(job) = convert::parse_id::<spare_protocol::JobId>("job_id", &r.job_id)
+        && let Ok(receiver) = convert::parse_id::<spare_protocol::PeerId>("receiver", &r.receiver)
     {
-        let _ = signing::lease(&job, r.max, r.timestamp_ms);
+        let _ = signing::lease(&job, r.max, r.timestamp_ms, &receiver, &r.request_nonce);
     }
     if let Ok(r) = pb::LeaseResponse::decode(bytes) {
         let _ = convert::parse_id::<spare_protocol::BlobId>("module_id", &r.module_id);
@@ -187,6 +188,8 @@ fn corpus() -> Vec<Vec<u8>> {
             peer_id: hex32(6),
             timestamp_ms: 1,
             signature: vec![1; 64],
+            receiver: hex32(7),
+            request_nonce: vec![3; 16],
         }
         .encode_to_vec(),
         pb::ReportRequest {
@@ -195,6 +198,8 @@ fn corpus() -> Vec<Vec<u8>> {
             released: vec![pb::Release { job_id: hex32(1), index: 4, deadline: true }],
             timestamp_ms: 1,
             signature: vec![2; 64],
+            receiver: hex32(6),
+            request_nonce: vec![4; 16],
         }
         .encode_to_vec(),
         pb::LeaseResponse {

@@ -163,6 +163,10 @@ mod tests {
             coordinators,
             submitted_at_ms: 0,
             done: false,
+            content_digest: [0; 32],
+            nonce: Vec::new(),
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: Vec::new(),
         }
     }

@@ -84,11 +84,21 @@ impl MeshState {
         self.membership.publish(record, now);
     }
 
-    /// Publishes `ad` (its `seq` and signature are set here) at `unix_ms`.
+    /// Publishes `ad` (its `seq` and signature are set here, and the origin's word for it:
+    /// signed here when this peer is the origin, else carried from the ad known) at `unix_ms`.
     pub fn publish_job_ad(&mut self, mut ad: JobAd, unix_ms: u64, signer: &Signer, now: Millis) {
         let seq = (self.job_seq.get(&ad.job).copied().unwrap_or(0) + 1).max(unix_ms);
         self.job_seq.insert(ad.job, seq);
         ad.seq = seq;
+        if ad.announcer == ad.origin {
+            ad.vouch(signer);
+        } else if let Some(Record::JobAd(known)) = self.membership.record(&crate::records::RecordKey::JobAd(ad.job)) {
+            // Another coordinator carries the origin's word for it (and for the job's id).
+            ad.content_digest = known.content_digest;
+            ad.nonce = known.nonce;
+            ad.origin_named = known.origin_named;
+            ad.origin_signature = known.origin_signature;
+        }
         let mut record = Record::JobAd(ad);
         record.sign(signer);
         self.membership.publish(record, now);
@@ -206,6 +216,10 @@ mod tests {
             coordinators: vec![PeerId([1; 32])],
             submitted_at_ms: 0,
             done: false,
+            content_digest: [0; 32],
+            nonce: Vec::new(),
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: Vec::new(),
         };
         s.publish_job_ad(ad.clone(), 5_000, &signer, 0);

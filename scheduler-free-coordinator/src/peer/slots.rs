@@ -226,6 +226,10 @@ mod tests {
             coordinators: vec![PeerId([1; 32])],
             submitted_at_ms: 0,
             done,
+            content_digest: [0; 32],
+            nonce: Vec::new(),
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: vec![],
         }
     }

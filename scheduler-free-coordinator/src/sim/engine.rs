@@ -136,7 +136,7 @@ impl Sim {
         // The origin hands the job to the live peers that rank highest for it. Every peer starts
         // at once, so they are taken from every worker rather than from the origin's view, as if
         // the mesh had formed before the job came (see the module docs).
-        let job = derive_job_id(&keys::peer_id(cfg.seed, 0), blake3::hash(&cfg.seed.to_le_bytes()).as_bytes(), b"sim");
+        let job = derive_job_id(&keys::peer_id(cfg.seed, 0), &job_digest(cfg.seed), JOB_NONCE);
         let all: Vec<crate::PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
         let backups: Vec<u32> = rendezvous::choose(&job, &[keys::peer_id(cfg.seed, 0)], &all, DEFAULT_COORDINATORS)
             .iter()
@@ -286,4 +286,12 @@ impl Sim {
             Event::Check => self.on_check(),
         }
     }
+}
+
+/// The nonce the simulated job's id is derived with.
+pub(super) const JOB_NONCE: &[u8] = b"sim";
+
+/// The digest of the simulated job's content, which its id is derived from.
+pub(super) fn job_digest(seed: u64) -> [u8; 32] {
+    *blake3::hash(&seed.to_le_bytes()).as_bytes()
 }

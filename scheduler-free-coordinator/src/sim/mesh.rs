@@ -178,6 +178,10 @@ impl Sim {
             coordinators: list.iter().map(|&i| self.peers[i as usize].id).collect(),
             submitted_at_ms: self.spec.submitted_at_ms,
             done,
+            content_digest: super::engine::job_digest(self.cfg.seed),
+            nonce: super::engine::JOB_NONCE.to_vec(),
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: Vec::new(),
         };
         let signer = keys::signer(announcer);

@@ -33,6 +33,11 @@ pub struct JobMeta {
     /// The submitter key that owns it: the only one that may cancel it (`None` for jobs from
     /// before owners).
     pub owner: Option<spare_protocol::PeerId>,
+    /// The digest of its content and the nonce its id was derived from, which its ads carry
+    /// (the digest is `None` for jobs stored before it was kept).
+    pub content_digest: Option<[u8; 32]>,
+    /// See `content_digest`.
+    pub nonce: Vec<u8>,
 }
 
 impl JobMeta {
@@ -46,6 +51,8 @@ impl JobMeta {
             named: job.coordinators.iter().copied().collect(),
             submitter: None,
             owner: job.owner,
+            content_digest: job.content_digest,
+            nonce: job.nonce.clone(),
         }
     }
 

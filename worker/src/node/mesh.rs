@@ -56,7 +56,12 @@ impl Node {
     pub fn mesh_receive(&self, data: &[u8], sender: PeerId) -> Result<(), spare_protocol::membership::MembershipError> {
         let now = self.now();
         self.0.metrics.gossip_in_bytes.inc_by(data.len() as u64);
-        let r = self.mesh().membership.handle_data(data, Some(sender), now);
+        let r = {
+            let mut mesh = self.mesh();
+            // Epochs are Unix times: one far ahead of this clock is a lie.
+            mesh.membership.set_unix_time(unix_ms());
+            mesh.membership.handle_data(data, Some(sender), now)
+        };
         self.0.mesh_wake.notify_one();
         r
     }
@@ -103,7 +108,9 @@ impl Node {
     /// Announces the job's ad with this list of coordinators, signed by this peer (also when it
     /// hands the job to another: the peers that take this peer's ads then take the other's).
     pub(crate) fn publish_job_ad(&self, job: JobId, coordinators: Vec<PeerId>, done: bool) {
-        let Some(spec) = self.core().jobs.get(&job).map(|m| m.spec.clone()) else {
+        let Some((spec, content_digest, nonce)) =
+            self.core().jobs.get(&job).map(|m| (m.spec.clone(), m.content_digest, m.nonce.clone()))
+        else {
             return;
         };
         let ad = JobAd {
@@ -117,6 +124,10 @@ impl Node {
             coordinators,
             submitted_at_ms: spec.submitted_at_ms,
             done,
+            content_digest: content_digest.unwrap_or_default(),
+            nonce,
+            origin_named: Vec::new(),
+            origin_signature: Vec::new(),
             signature: Vec::new(),
         };
         let now = self.now();
@@ -202,6 +213,7 @@ impl Node {
             let now = self.now();
             let nap = {
                 let mut mesh = self.mesh();
+                mesh.membership.set_unix_time(unix_ms());
                 mesh.membership.tick(now);
                 mesh.membership.next_deadline().map_or(MAX_NAP, |d| Duration::from_millis(d.saturating_sub(now))).min(MAX_NAP)
             };

@@ -170,6 +170,8 @@ struct Shared {
     submitters: Mutex<std::collections::HashMap<spare_protocol::PeerId, usize>>,
     /// Signed client requests seen lately, so none is taken twice.
     replay: Mutex<replay::ReplayCache>,
+    /// Signed mesh requests (lease, report, adopt, replicate) seen lately, likewise.
+    mesh_replay: Mutex<replay::ReplayCache>,
     /// Tasks of the unfinished jobs held here.
     held_tasks: std::sync::atomic::AtomicU64,
     /// Requests per peer.
@@ -260,6 +262,7 @@ impl Node {
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
             submitters: Default::default(),
             replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_SEEN)),
+            mesh_replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_MESH_SEEN)),
             held_tasks: Default::default(),
             peer_rate: limits::RateLimiter::new(config.bounds.peer_rate, config.bounds.peer_burst),
             donation: donation::State::new(&config.donation),
@@ -590,6 +593,11 @@ impl Node {
     /// Records a signed client request's (key, nonce) at `now`; refused when seen before.
     pub fn check_replay(&self, key: spare_protocol::PeerId, nonce: [u8; 16]) -> Result<(), replay::ReplayError> {
         self.0.replay.lock().unwrap_or_else(|p| p.into_inner()).check(key, nonce, unix_ms())
+    }
+
+    /// Records a signed mesh request's (sender, nonce); refused when seen before.
+    pub fn check_mesh_replay(&self, sender: spare_protocol::PeerId, nonce: [u8; 16]) -> Result<(), replay::ReplayError> {
+        self.0.mesh_replay.lock().unwrap_or_else(|p| p.into_inner()).check(sender, nonce, unix_ms())
     }
 
     /// The submitter key that owns a job held here (`None`: unknown job, or one accepted before

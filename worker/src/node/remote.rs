@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use spare_protocol::{BlobId, JobId, Limits, Release, TaskId};
+use spare_protocol::{BlobId, JobId, Limits, PeerId, Release, TaskId};
 use spare_proto as pb;
 use spare_protocol::peer::reporters::{Handled, Reporters};
 use spare_protocol::peer::reports::{Delivery, Sent};
@@ -80,18 +80,20 @@ impl Node {
     /// Asks a coordinator of `job` for up to `max` replicas.
     pub(super) async fn lease_remote(&self, job: JobId, max: u32) -> anyhow::Result<Vec<RemoteReplica>> {
         let ad = self.job_ad(&job).ok_or_else(|| anyhow::anyhow!("no ad for job {job}"))?;
-        let addr = ad
+        let (to, addr) = ad
             .coordinators
             .iter()
-            .find_map(|c| self.addr_of(c))
+            .find_map(|c| self.addr_of(c).map(|a| (*c, a)))
             .ok_or_else(|| anyhow::anyhow!("no live coordinator of job {}", job.short()))?;
-        let ts = unix_ms();
+        let (ts, nonce) = (unix_ms(), signing::request_nonce());
         let req = pb::LeaseRequest {
             peer_id: self.peer_id().to_hex(),
             job_id: job.to_hex(),
             max,
             timestamp_ms: ts,
-            signature: self.0.identity.sign(&signing::lease(&job, max, ts)).to_vec(),
+            signature: self.0.identity.sign(&signing::lease(&job, max, ts, &to, &nonce)).to_vec(),
+            receiver: to.to_hex(),
+            request_nonce: nonce,
         };
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let asked = self.now();
@@ -177,7 +179,7 @@ impl Node {
         loop {
             let now = self.now();
             while let Some((addr, items)) = reports.poll_batch(now) {
-                let req = self.report_request(items);
+                let req = self.report_request(items, self.peer_at(&addr));
                 let node = self.clone();
                 let to = addr.clone();
                 let handle = out.spawn(async move { node.deliver_report(&to, req).await });
@@ -221,8 +223,15 @@ impl Node {
         }
     }
 
-    /// The signed report request of one batch.
-    fn report_request(&self, items: &[ReportMsg]) -> pb::ReportRequest {
+    /// The peer at `addr`: this one at its own address (its replicas report to it there when it
+    /// leads), else the one a channel there must meet.
+    fn peer_at(&self, addr: &str) -> Option<PeerId> {
+        if addr == self.advertised_addr() { Some(self.peer_id()) } else { self.0.clients.expected(addr) }
+    }
+
+    /// The signed report request of one batch, for the coordinator `to` (the PeerId expected at
+    /// its address; without one, the receiver refuses it).
+    fn report_request(&self, items: &[ReportMsg], to: Option<PeerId>) -> pb::ReportRequest {
         let mut req = pb::ReportRequest { peer_id: self.peer_id().to_hex(), ..Default::default() };
         for m in items {
             match m {
@@ -231,6 +240,8 @@ impl Node {
             }
         }
         req.timestamp_ms = unix_ms();
+        req.receiver = to.map(|p| p.to_hex()).unwrap_or_default();
+        req.request_nonce = signing::request_nonce();
         req.signature = self.0.identity.sign(&signing::report(&req)).to_vec();
         req
     }

@@ -9,6 +9,9 @@ use spare_protocol::{Millis, PeerId};
 
 /// Most (key, nonce) pairs held at once (about 60 bytes each, twice: ~6 MB at the cap).
 pub const MAX_SEEN: usize = 50_000;
+/// Most pairs of signed mesh requests held at once (~24 MB at the cap): peers lease and report
+/// far more often than clients submit (≈330 requests a second over the 10-min window).
+pub const MAX_MESH_SEEN: usize = 200_000;
 
 /// Why a signed request is refused here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

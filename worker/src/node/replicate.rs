@@ -211,6 +211,9 @@ impl Node {
             signature: Vec::new(),
             timed_out,
             owner: stored.owner.map(|o| o.as_bytes().to_vec()).unwrap_or_default(),
+            // Set for each receiver by `adopt_to`.
+            receiver: String::new(),
+            request_nonce: Vec::new(),
         };
         req.signature = self.0.identity.sign(&signing::adopt(&req)).to_vec();
         Ok(req)
@@ -222,6 +225,8 @@ impl Node {
         if !req.coordinators.contains(&peer.to_hex()) {
             req.coordinators.push(peer.to_hex());
         }
+        req.receiver = peer.to_hex();
+        req.request_nonce = signing::request_nonce();
         req.signature = self.0.identity.sign(&signing::adopt(&req)).to_vec();
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let mut request = tonic::Request::new(req);
@@ -407,6 +412,9 @@ impl Node {
             peer_id: self.peer_id().to_hex(),
             timestamp_ms: unix_ms(),
             signature: Vec::new(),
+            // Every item of a batch goes to the same backup.
+            receiver: batch.items.first().map(|i| i.to.to_hex()).unwrap_or_default(),
+            request_nonce: signing::request_nonce(),
         };
         req.signature = self.0.identity.sign(&signing::replicate(&req)).to_vec();
         req

@@ -118,7 +118,8 @@ impl Node {
             }
         }
         let origin = self.peer_id();
-        let id = derive_job_id(&origin, &digest(&job), &job.nonce);
+        let content_digest = digest(&job);
+        let id = derive_job_id(&origin, &content_digest, &job.nonce);
         let spec = JobSpec {
             module: job.module,
             task_count: job.inputs.len() as u32,
@@ -136,6 +137,7 @@ impl Node {
             nonce: job.nonce,
             coordinators: vec![origin],
             owner: job.owner,
+            content_digest: Some(content_digest),
         };
         let mut meta = JobMeta::of(&stored);
         meta.submitter = job.owner;

@@ -39,6 +39,21 @@ fn link<T>(req: &Request<T>) -> Result<PeerId, Status> {
         .ok_or_else(|| Status::unauthenticated("mesh calls are taken only over TLS from a peer presenting its certificate"))
 }
 
+/// Refuses a signed request (already verified as `sender`'s) made for another peer, or taken
+/// before: its `receiver` must be this peer, and its `(sender, request_nonce)` new within the
+/// clock window (what was known-gaps.md, gap 4).
+pub(super) fn first_and_for_me(node: &Node, sender: PeerId, receiver: &str, nonce: &[u8]) -> Result<(), Status> {
+    if receiver != node.peer_id().to_hex() {
+        return Err(Status::permission_denied(format!("this request was signed for another peer ({receiver:?}), not {}", node.peer_id().short())));
+    }
+    let nonce: [u8; signing::REQUEST_NONCE_BYTES] =
+        nonce.try_into().map_err(|_| Status::invalid_argument("request_nonce must be 16 bytes"))?;
+    node.check_mesh_replay(sender, nonce).map_err(|e| match e {
+        crate::node::replay::ReplayError::Replayed => Status::unauthenticated(e.to_string()),
+        crate::node::replay::ReplayError::Full => Status::resource_exhausted(e.to_string()),
+    })
+}
+
 #[tonic::async_trait]
 impl pb::mesh_service_server::MeshService for MeshApi {
     type AttachStream = crate::node::relay::AttachStream;
@@ -100,10 +115,12 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if unix_ms().abs_diff(r.timestamp_ms) > LEASE_CLOCK_SKEW_MS {
             return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
         }
-        if !identity::verify(&peer, &signing::lease(&job, r.max, r.timestamp_ms), &r.signature) {
+        let receiver: PeerId = parse_id("receiver", &r.receiver)?;
+        if !identity::verify(&peer, &signing::lease(&job, r.max, r.timestamp_ms, &receiver, &r.request_nonce), &r.signature) {
             // Whoever sent it, it was not `peer`: nobody to blame.
             return Err(Status::unauthenticated("the lease request is not signed by peer_id"));
         }
+        first_and_for_me(&self.node, peer, &r.receiver, &r.request_nonce)?;
         if !self.node.peer_allowed(peer) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
@@ -162,6 +179,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !identity::verify(&sender, &signing::report(&r), &r.signature) {
             return Err(Status::unauthenticated("the report is not signed by peer_id"));
         }
+        first_and_for_me(&self.node, sender, &r.receiver, &r.request_nonce)?;
         if !self.node.peer_allowed(sender) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }

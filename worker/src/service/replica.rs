@@ -110,6 +110,7 @@ async fn apply(node: &Node, entries: Vec<Entry>) -> Result<u32, Status> {
 /// `MeshService.Adopt`.
 pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
+    super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     let job: JobId = parse_id("job_id", &r.job_id)?;
     let origin: PeerId = parse_id("origin", &r.origin)?;
     if !identity::verify(&origin, &signing::job(&job), &r.origin_signature) {
@@ -147,7 +148,8 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         // Checked with the id below: the id is derived from the owner too.
         owner,
     };
-    if derive_job_id(&origin, &crate::node::digest(&new), &new.nonce) != job {
+    let content_digest = crate::node::digest(&new);
+    if derive_job_id(&origin, &content_digest, &new.nonce) != job {
         return Err(Status::invalid_argument("the job id does not match its origin and content"));
     }
     let caps = *node.core().coord.caps();
@@ -167,7 +169,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
             return Err(Status::resource_exhausted("this peer holds as many tasks as it takes"));
         }
         // Counted above; given back unless the job is taken here.
-        let taken = take_job(node, job, origin, sender, &r, new, &coordinators).await;
+        let taken = take_job(node, job, origin, sender, &r, (new, content_digest), &coordinators).await;
         if !matches!(taken, Ok(true)) {
             node.unhold_tasks(count);
         }
@@ -194,7 +196,7 @@ async fn take_job(
     origin: PeerId,
     sender: PeerId,
     r: &pb::AdoptRequest,
-    new: NewJob,
+    (new, content_digest): (NewJob, [u8; 32]),
     coordinators: &[PeerId],
 ) -> Result<bool, Status> {
     let module = new.module;
@@ -225,6 +227,7 @@ async fn take_job(
         origin_signature: r.origin_signature.clone(),
         coordinators: coordinators.to_vec(),
         owner,
+        content_digest: Some(content_digest),
     };
     let (write, inserted) = {
         let mut core = node.core();
@@ -245,6 +248,7 @@ async fn take_job(
 /// `MeshService.Replicate`.
 pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::replicate(&r), &r.signature)?;
+    super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     if !node.peer_allowed(sender) {
         return Err(Status::resource_exhausted("too many requests from this peer"));
     }

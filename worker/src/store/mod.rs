@@ -62,6 +62,9 @@ pub enum StoreError {
 }
 
 /// One change to the store.
+// A job carries its content digest now: ops are short-lived and written in small batches, so the
+// size of the largest costs little.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Op {
     /// A job, new or updated (cancelled).

@@ -23,6 +23,24 @@ pub struct StoredJob {
     pub coordinators: Vec<PeerId>,
     /// The submitter key that owns it (`None`: stored before jobs had owners).
     pub owner: Option<PeerId>,
+    /// The digest of its content its id was derived from (`None`: stored before job ads
+    /// carried it; such a job's ads are not taken by peers that have not heard of it).
+    pub content_digest: Option<[u8; 32]>,
+}
+
+/// A job as stored before it kept its content digest (read, so that an older data directory
+/// opens).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredJobV1 {
+    spec: JobSpec,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cancelled: bool,
+    nonce: Vec<u8>,
+    origin_signature: Vec<u8>,
+    coordinators: Vec<PeerId>,
+    owner: Option<PeerId>,
 }
 
 /// A job as stored before jobs had owners (read, so that an older data directory opens).
@@ -38,12 +56,16 @@ struct StoredJobV0 {
     coordinators: Vec<PeerId>,
 }
 
-/// Decodes a stored job, of this shape or the one before it.
+/// Decodes a stored job, of this shape or one before it.
 pub fn decode_job(bytes: &[u8]) -> Result<StoredJob, postcard::Error> {
     decode::<StoredJob>(bytes).or_else(|e| {
+        if let Ok(old) = decode::<StoredJobV1>(bytes) {
+            let StoredJobV1 { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner } = old;
+            return Ok(StoredJob { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner, content_digest: None });
+        }
         let old: StoredJobV0 = decode(bytes).map_err(|_| e)?;
         let StoredJobV0 { spec, args, env, cancelled, nonce, origin_signature, coordinators } = old;
-        Ok(StoredJob { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner: None })
+        Ok(StoredJob { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner: None, content_digest: None })
     })
 }
 
@@ -189,6 +211,20 @@ mod tests {
         assert_eq!((job.spec, job.owner, job.args), (spec, None, vec!["a".to_string()]));
         let new = StoredJob { owner: Some(PeerId([9; 32])), ..decode_job(&encode(&old).unwrap()).unwrap() };
         assert_eq!(decode_job(&encode(&new).unwrap()).unwrap(), new);
+        // A job stored before it kept its content digest.
+        let v1 = StoredJobV1 {
+            spec: new.spec.clone(),
+            args: new.args.clone(),
+            env: Vec::new(),
+            cancelled: false,
+            nonce: vec![1],
+            origin_signature: vec![2],
+            coordinators: vec![PeerId([1; 32])],
+            owner: Some(PeerId([9; 32])),
+        };
+        assert_eq!(decode_job(&encode(&v1).unwrap()).unwrap(), new);
+        let digested = StoredJob { content_digest: Some([3; 32]), ..new };
+        assert_eq!(decode_job(&encode(&digested).unwrap()).unwrap(), digested);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The bytes each signed mesh message's signature covers, with its domain tag, so a signature
 //! made for one kind of message never verifies as another. `proto/` documents each.
 
-use spare_protocol::JobId;
+use spare_protocol::{JobId, PeerId};
 use spare_proto as pb;
+
+/// Length of the random `request_nonce` of a signed mesh request.
+pub const REQUEST_NONCE_BYTES: usize = 16;
 
 /// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
 pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -15,12 +18,23 @@ pub fn job(id: &JobId) -> Vec<u8> {
 }
 
 /// The bytes a lease request's signature covers.
-pub fn lease(job: &JobId, max: u32, timestamp_ms: u64) -> Vec<u8> {
+pub fn lease(job: &JobId, max: u32, timestamp_ms: u64, receiver: &PeerId, nonce: &[u8]) -> Vec<u8> {
     let mut b = b"spare.v1.lease\0".to_vec();
     b.extend_from_slice(job.as_bytes());
     b.extend_from_slice(&max.to_le_bytes());
     b.extend_from_slice(&timestamp_ms.to_le_bytes());
+    b.extend_from_slice(receiver.as_bytes());
+    b.extend_from_slice(nonce);
     b
+}
+
+/// A fresh `request_nonce`.
+pub fn request_nonce() -> Vec<u8> {
+    let mut n = [0u8; REQUEST_NONCE_BYTES];
+    // Without randomness the nonce is zeros: the receiver then takes one such request per
+    // window and refuses the rest as replays, which fails safe.
+    let _ = getrandom::fill(&mut n);
+    n.to_vec()
 }
 
 /// The bytes a report batch's signature covers.

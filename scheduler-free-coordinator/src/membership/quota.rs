@@ -1,0 +1,73 @@
+//! Who may add records to this peer's map, and how many: a record is admitted only when its
+//! signer is this peer, the peer that delivered it (authenticated by the link), or a member
+//! SWIM knows; each signer holds at most [`MAX_RECORDS_PER_SIGNER`]; and the adverts of peers
+//! SWIM has forgotten (dead for longer than `remove_down_after`) expire. So adverts signed by
+//! fresh keys, sent in bulk by one peer, cannot fill the map (what known-gaps.md, gap 7 was).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::PeerId;
+use crate::records::{Record, RecordKey};
+
+/// Most records one signer holds in the map (a peer holds at most this many jobs).
+pub const MAX_RECORDS_PER_SIGNER: usize = 10_000;
+/// How often the adverts of forgotten peers are swept.
+pub const EXPIRE_EVERY_MS: crate::Millis = 60_000;
+
+/// Who may add records, and how many each signer holds.
+#[derive(Default)]
+pub(super) struct Admission {
+    /// This peer and the members SWIM knows (any state), as of the last sweep or arrival.
+    known: HashSet<PeerId>,
+    /// Records held per signer.
+    held: HashMap<PeerId, usize>,
+}
+
+impl Admission {
+    /// Notes a member SWIM knows.
+    pub(super) fn know(&mut self, peer: PeerId) {
+        self.known.insert(peer);
+    }
+
+    /// Replaces the set of known members (at a sweep).
+    pub(super) fn set_known(&mut self, known: HashSet<PeerId>) {
+        self.known = known;
+    }
+
+    /// Whether `peer` is known.
+    pub(super) fn knows(&self, peer: &PeerId) -> bool {
+        self.known.contains(peer)
+    }
+
+    /// Whether `record` may take a new place in the map (`replacing`: the signer of the version
+    /// it replaces, if any), delivered by `sender`.
+    pub(super) fn admits(&self, record: &Record, replacing: Option<PeerId>, sender: Option<PeerId>) -> bool {
+        let signer = record.signer();
+        let who = sender.is_none() || sender == Some(signer) || self.known.contains(&signer);
+        let room = replacing == Some(signer) || self.held.get(&signer).copied().unwrap_or(0) < MAX_RECORDS_PER_SIGNER;
+        who && room
+    }
+
+    /// Counts a record stored, in place of one by `replaced` (if any).
+    pub(super) fn stored(&mut self, signer: PeerId, replaced: Option<PeerId>) {
+        if let Some(old) = replaced {
+            self.removed(old);
+        }
+        *self.held.entry(signer).or_insert(0) += 1;
+    }
+
+    /// Counts a record by `signer` removed.
+    pub(super) fn removed(&mut self, signer: PeerId) {
+        if let Some(n) = self.held.get_mut(&signer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&signer);
+            }
+        }
+    }
+}
+
+/// The keys of the adverts of peers not in `known`.
+pub(super) fn expired<'a>(records: impl Iterator<Item = (&'a RecordKey, &'a Record)>, admission: &Admission) -> Vec<RecordKey> {
+    records.filter(|(k, _)| matches!(k, RecordKey::Advert(p) if !admission.knows(p))).map(|(k, _)| *k).collect()
+}

@@ -1,0 +1,280 @@
+//! What a SWIM packet may claim, checked before foca sees it. foca believes every packet: its
+//! header's `src` and the member updates it carries. Here, with the sender authenticated by the
+//! transport:
+//! - a packet whose `src` is not its sender, or whose epochs are implausibly far ahead of the
+//!   wall clock, is refused (one forged header evicted any peer: findings.md, item 7);
+//! - a claim about another member is taken only when it cannot hurt: a member not known yet
+//!   (how a joiner learns the mesh), or a newer incarnation of one held alive. A claim that a
+//!   member is suspect or dead, or a refutation on its behalf, or a new identity for a member
+//!   held active, is not applied: this peer pings that member itself, and only when no answer
+//!   comes within a probe period does it suspect the member on its own account (foca's timer
+//!   then ends the suspicion as death unless the member refutes it, directly or through
+//!   foca's indirect probes). A refutation comes from the member itself, and always wins.
+//! - a member's address, wherever one is used, is the one in its own signed advert of the same
+//!   run when one is known; a claim naming another address for that run is dropped.
+//!
+//! Claims about this peer that only its own key could make (an incarnation above the one it
+//! last sent, or its death) are dropped too: a peer's death reaches it as a `TurnUndead` from a
+//! peer that holds it dead, never as hearsay.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
+
+use super::{Member, Membership, MembershipError};
+use crate::records::{Record, RecordKey};
+use crate::{Millis, PeerId};
+
+/// How far past the wall clock an epoch may be (an epoch is the Unix time a run started).
+pub const EPOCH_SKEW_MS: u64 = 5 * 60_000;
+/// Most members being checked at once; a claim about another member past it is dropped.
+pub const MAX_CHECKS: usize = 256;
+/// Most members (any state) known before hearsay of new ones is dropped: made-up members in
+/// feeds cannot grow the member list without bound (a peer's own packets still bring it in).
+pub const MAX_MEMBERS: usize = 65_536;
+
+type FocaMember = foca::Member<Member>;
+
+/// The screen's state: what it needs to know about this peer, and the checks in flight.
+#[derive(Default)]
+pub(super) struct Screen {
+    /// This peer's incarnation, as its last packet said.
+    incarnation: Incarnation,
+    /// The wall clock (Unix ms) as the driver last set it; no epoch check until it does.
+    unix_ms: Option<u64>,
+    /// Members this peer pinged to check a claim about them: when the answer is due, and
+    /// whether silence makes this peer suspect them (a claim of suspicion or death) or changes
+    /// nothing (a claimed new identity, pinged as such: only the member itself can confirm it).
+    checks: BTreeMap<PeerId, (Millis, bool)>,
+    /// Number of the next check's ping (answered by an `Ack` foca does not expect, and ignores).
+    probe: u8,
+}
+
+/// What is done with one claim about another member.
+enum Verdict {
+    Keep,
+    Drop,
+    /// Drop it and ping the member as known here; suspect it if it does not answer.
+    Check,
+    /// Drop it and ping the member under the identity claimed (a later run of it).
+    CheckIdentity,
+}
+
+impl Membership {
+    /// Sets the wall clock (Unix ms), against which epochs are judged.
+    pub fn set_unix_time(&mut self, unix_ms: u64) {
+        self.screen.unix_ms = Some(unix_ms);
+    }
+
+    /// Members being checked (pinged after a claim about them), for tests and metrics.
+    pub fn checks_in_flight(&self) -> usize {
+        self.screen.checks.len()
+    }
+
+    fn plausible(&self, epoch: u64) -> bool {
+        self.screen.unix_ms.is_none_or(|now| epoch <= now.saturating_add(EPOCH_SKEW_MS))
+    }
+
+    /// The address in the signed advert of `m`'s run, if one is known: an advert made during
+    /// that run (adverts are numbered by the Unix time they were made, a run by the time it
+    /// started), not one of an earlier run, which may have served elsewhere.
+    pub(super) fn signed_addr(&self, m: &Member) -> Option<String> {
+        match self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(&RecordKey::Advert(m.peer)) {
+            Some(Record::Advert(a)) if a.seq >= m.epoch => Some(a.addr.clone()),
+            _ => None,
+        }
+    }
+
+    /// `m` with the address of its run's signed advert, when one is known.
+    pub(super) fn with_signed_addr(&self, mut m: Member) -> Member {
+        if let Some(addr) = self.signed_addr(&m) {
+            m.addr = addr;
+        }
+        m
+    }
+
+    /// Refuses a hello that names someone other than its sender, or an implausible epoch.
+    pub(super) fn screen_hello(&self, joiner: &Member, sender: Option<PeerId>) -> Result<(), MembershipError> {
+        if sender.is_some_and(|s| s != joiner.peer) {
+            return Err(MembershipError::Refused("a hello must name its sender".into()));
+        }
+        if !self.plausible(joiner.epoch) {
+            return Err(MembershipError::Refused("implausible epoch".into()));
+        }
+        Ok(())
+    }
+
+    /// Screens a foca packet: refused, or passed on (rewritten without the claims dropped).
+    pub(super) fn screen_packet<'a>(
+        &mut self,
+        packet: &'a [u8],
+        sender: Option<PeerId>,
+        now: Millis,
+    ) -> Result<Cow<'a, [u8]>, MembershipError> {
+        let mut rest = packet;
+        let header: Header<Member> =
+            PostcardCodec.decode_header(&mut rest).map_err(|_| MembershipError::Malformed)?;
+        let src = &header.src;
+        if sender.is_some_and(|s| s != src.peer) {
+            return Err(MembershipError::Refused("the packet's source is not the peer that sent it".into()));
+        }
+        if !self.plausible(src.epoch) {
+            return Err(MembershipError::Refused("implausible epoch".into()));
+        }
+        // It answers: any packet from it ends a check (the link authenticated it).
+        self.screen.checks.remove(&src.peer);
+        let header_len = packet.len() - rest.len();
+        // No updates to look at (foca itself refuses a malformed remainder).
+        if rest.len() < 2 || matches!(header.message, Message::Broadcast | Message::Announce) {
+            return Ok(Cow::Borrowed(packet));
+        }
+        let count = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        let mut kept = Vec::with_capacity(usize::from(count));
+        let mut dropped = false;
+        for _ in 0..count {
+            let update: FocaMember = PostcardCodec.decode_member(&mut rest).map_err(|_| MembershipError::Malformed)?;
+            match self.judge(&update, &src.peer) {
+                Verdict::Keep => kept.push(update),
+                Verdict::Drop => dropped = true,
+                Verdict::Check => {
+                    dropped = true;
+                    let known = self.foca.iter_members().find(|m| m.id().peer == update.id().peer).map(|m| m.id().clone());
+                    if let Some(dst) = known {
+                        self.check(dst, true, now);
+                    }
+                }
+                Verdict::CheckIdentity => {
+                    dropped = true;
+                    self.check(update.id().clone(), false, now);
+                }
+            }
+        }
+        if !dropped {
+            return Ok(Cow::Borrowed(packet));
+        }
+        let mut out = Vec::with_capacity(packet.len());
+        out.extend_from_slice(&packet[..header_len]);
+        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+        for m in &kept {
+            PostcardCodec.encode_member(m, &mut out).map_err(|_| MembershipError::Malformed)?;
+        }
+        // Custom broadcasts (the records), checked by their own signatures.
+        out.extend_from_slice(rest);
+        Ok(Cow::Owned(out))
+    }
+
+    /// What to do with one update a packet from `src` carries.
+    fn judge(&self, update: &FocaMember, src: &PeerId) -> Verdict {
+        let id = update.id();
+        if !self.plausible(id.epoch) {
+            return Verdict::Drop;
+        }
+        let me = self.foca.identity();
+        if id.peer == me.peer {
+            let hearsay = update.state() == State::Down || update.incarnation() > self.screen.incarnation;
+            return if hearsay { Verdict::Drop } else { Verdict::Keep };
+        }
+        if self.signed_addr(id).is_some_and(|a| a != id.addr) {
+            return Verdict::Drop;
+        }
+        if id.peer == *src {
+            return Verdict::Keep;
+        }
+        let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
+        match (known, update.state()) {
+            // A member not known yet: learnt, but not as suspect or dead on hearsay.
+            (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
+            (None, _) => Verdict::Drop,
+            // Held dead here: a later run of it may come back (its own packets would bring it
+            // too); anything else about it changes nothing.
+            (Some(k), State::Alive) if k.state() == State::Down => {
+                if id.epoch > k.id().epoch { Verdict::Keep } else { Verdict::Drop }
+            }
+            (Some(k), _) if k.state() == State::Down => Verdict::Drop,
+            // A new identity for a member held active comes only from the member itself: a later
+            // run is asked to confirm it, anything else is dropped.
+            (Some(k), State::Alive) if k.id() != id && id.epoch > k.id().epoch => Verdict::CheckIdentity,
+            (Some(k), _) if k.id() != id => Verdict::Drop,
+            // News that it is still alive, about a member held alive: harmless.
+            (Some(k), State::Alive) if k.state() == State::Alive => Verdict::Keep,
+            // A refutation on its behalf (held suspect here), or a claim that it is suspect or
+            // dead: ask it.
+            (Some(k), _) if update.incarnation() > k.incarnation() || update.state() != State::Alive => Verdict::Check,
+            _ => Verdict::Drop,
+        }
+    }
+
+    /// Pings `dst` outside SWIM's round, unless its peer is already being checked.
+    fn check(&mut self, dst: Member, suspect: bool, now: Millis) {
+        let peer = dst.peer;
+        if self.screen.checks.contains_key(&peer) || self.screen.checks.len() >= MAX_CHECKS {
+            return;
+        }
+        self.screen.probe = self.screen.probe.wrapping_add(1);
+        let header = Header {
+            src: self.foca.identity().clone(),
+            src_incarnation: self.screen.incarnation,
+            dst: dst.clone(),
+            message: Message::Ping(self.screen.probe),
+        };
+        let mut data = vec![super::TAG_FOCA];
+        if PostcardCodec.encode_header(&header, &mut data).is_err() {
+            return;
+        }
+        self.screen.checks.insert(peer, (now.saturating_add(self.check_ms), suspect));
+        self.out.push_back((dst, data));
+    }
+
+    /// Suspects, on this peer's own account, every member checked that did not answer in time;
+    /// it is declared dead unless it refutes within the suspicion time (to this peer directly,
+    /// or to foca's probes, direct or indirect).
+    pub(super) fn end_checks(&mut self, now: Millis) {
+        let due: Vec<(PeerId, bool)> =
+            self.screen.checks.iter().filter(|(_, (at, _))| *at <= now).map(|(p, (_, s))| (*p, *s)).collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut suspects = Vec::new();
+        for (peer, suspect) in due {
+            self.screen.checks.remove(&peer);
+            if !suspect {
+                continue;
+            }
+            let alive = self.foca.iter_membership_state().find(|m| m.id().peer == peer && m.state() == State::Alive);
+            if let Some(m) = alive {
+                suspects.push(FocaMember::new(m.id().clone(), m.incarnation(), State::Suspect));
+            }
+        }
+        if suspects.is_empty() {
+            return;
+        }
+        // foca sets no timer on a suspicion it is handed, so this peer's own ends as death
+        // after foca's suspicion time, by `end_stale_suspicions` (dated back to end then).
+        let since = now.saturating_sub(self.stale_suspicion_ms.saturating_sub(self.check_suspect_ms));
+        for m in &suspects {
+            self.suspects.insert(m.id().peer, (m.incarnation(), since));
+        }
+        let _ = self.with(now, |foca, rt| foca.apply_many(suspects.into_iter(), true, rt));
+    }
+
+    /// Notes this peer's incarnation from a packet it sends, and addresses it to the signed
+    /// advert's address of its receiver.
+    pub(super) fn outgoing(&mut self, to: Member, data: &[u8]) -> Member {
+        if let Some((&super::TAG_FOCA, packet)) = data.split_first()
+            && let Ok(h) = PostcardCodec.decode_header(packet) as Result<Header<Member>, _>
+            && h.src.peer == self.foca.identity().peer
+        {
+            self.screen.incarnation = h.src_incarnation;
+        }
+        self.with_signed_addr(to)
+    }
+}
+
+impl Screen {
+    /// When the next check is due, if any.
+    pub(super) fn next_check(&self) -> Option<Millis> {
+        self.checks.values().map(|(at, _)| *at).min()
+    }
+}

@@ -131,7 +131,9 @@ impl Membership {
         }
         let count = u16::from_be_bytes([rest[0], rest[1]]);
         rest = &rest[2..];
-        let mut kept = Vec::with_capacity(usize::from(count));
+        // The count is the packet's word: room only for as many members as its bytes can hold
+        // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
+        let mut kept = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         let mut dropped = false;
         for _ in 0..count {
             let update: FocaMember = PostcardCodec.decode_member(&mut rest).map_err(|_| MembershipError::Malformed)?;

@@ -5,8 +5,6 @@
 //! inserted, cut). No input may panic, and none may make a decoder allocate much more than its
 //! own size (a counting allocator measures each call's peak, per thread).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
@@ -14,55 +12,9 @@ use spare_protocol::PeerId;
 use spare_protocol::membership::{Member, Membership, MembershipConfig};
 use spare_protocol::records::{Advert, Record, Signer, Verifier};
 
-// ---- allocation counting ------------------------------------------------------------------
+mod counting;
 
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<usize> = const { Cell::new(0) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    let _ = HELD.try_with(|h| {
-        let now = h.get().saturating_add_signed(delta);
-        h.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-// SAFETY: every call is passed straight to the system allocator; only counters are added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            track(l.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        track(-(l.size() as isize));
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            track(new as isize - l.size() as isize);
-        }
-        q
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f`, returning the most bytes it held allocated at once on this thread.
-fn peak_of(f: impl FnOnce()) -> usize {
-    let start = HELD.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    f();
-    PEAK.with(Cell::get) - start
-}
+use counting::peak_of;
 
 /// What one decode of `len` bytes may allocate at most: a small multiple of its size (decoded
 /// records are kept, SWIM state grows by a member) plus a fixed allowance.

@@ -308,21 +308,6 @@ fn a_partition_and_its_healing_lose_nothing_and_verify_nothing_twice_differently
     drop(net);
 }
 
-/// `program` on this machine, installed with apt when missing.
-fn ensure_tool(program: &str, package: &str) {
-    if Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()) {
-        return;
-    }
-    let install = || Command::new("apt-get").args(["install", "-y", "-q", package]).env("DEBIAN_FRONTEND", "noninteractive").output();
-    let mut out = install().expect("apt-get runs");
-    if !out.status.success() {
-        // A fresh machine has no package lists yet.
-        let _ = Command::new("apt-get").args(["update", "-q"]).output();
-        out = install().expect("apt-get runs");
-    }
-    assert!(out.status.success(), "installing {package}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Off its own machine a peer takes TLS only: plaintext HTTP/2 (a gRPC call, by curl) from
 /// another namespace gets its connection closed unanswered, while the CLI there, speaking TLS
 /// and pinning the peer's id, is answered.

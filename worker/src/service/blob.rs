@@ -40,6 +40,7 @@ pub fn blob_status(e: BlobError) -> Status {
         BlobError::NotFound(_) => Status::not_found(e.to_string()),
         BlobError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         BlobError::HashMismatch { .. } => Status::invalid_argument(e.to_string()),
+        BlobError::Corrupt(_) => Status::data_loss(e.to_string()),
         BlobError::Io { .. } => Status::internal(e.to_string()),
     }
 }
@@ -88,15 +89,27 @@ impl pb::blob_service_server::BlobService for BlobApi {
 
     async fn get(&self, req: Request<pb::GetBlobRequest>) -> Result<Response<Self::GetStream>, Status> {
         let id: BlobId = parse_id("blob_id", &req.into_inner().blob_id)?;
-        let mut file = self.node.store().blobs().open_read(&id).await.map_err(blob_status)?;
+        let blobs = self.node.store().blobs().clone();
+        let mut file = blobs.open_read(&id).await.map_err(blob_status)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            // Hashed as it goes: bytes that no longer match the id end the stream with an error
+            // (the receiver drops what it got) and are removed, so the next fetch goes elsewhere
+            // and an upload can repair them.
+            let mut hasher = blake3::Hasher::new();
             loop {
                 let mut buf = vec![0u8; CHUNK];
                 match file.read(&mut buf).await {
-                    Ok(0) => return,
+                    Ok(0) => {
+                        if BlobId(*hasher.finalize().as_bytes()) != id {
+                            blobs.remove_corrupt(&id);
+                            let _ = tx.send(Err(blob_status(BlobError::Corrupt(id)))).await;
+                        }
+                        return;
+                    }
                     Ok(n) => {
                         buf.truncate(n);
+                        hasher.update(&buf);
                         if tx.send(Ok(pb::BlobChunk { chunk: buf })).await.is_err() {
                             return;
                         }

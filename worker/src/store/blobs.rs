@@ -20,6 +20,10 @@ pub enum BlobError {
     /// The bytes hash to something other than what the uploader announced.
     #[error("blob hashes to {actual}, not the expected {expected}")]
     HashMismatch { expected: BlobId, actual: BlobId },
+    /// The file on disk no longer hashes to its id (a flipped bit, a bad disk); it was removed,
+    /// so an upload or a fetch can put the right bytes back.
+    #[error("blob {0} was corrupt on disk and has been removed")]
+    Corrupt(BlobId),
     /// File system trouble.
     #[error("blob store {path}: {source}")]
     Io { path: String, source: std::io::Error },
@@ -62,11 +66,15 @@ impl BlobStore {
         self.size(id).await.is_some()
     }
 
-    /// The whole blob.
+    /// The whole blob, checked against its id: corrupt bytes are removed, never used.
     pub async fn read(&self, id: &BlobId) -> Result<Vec<u8>, BlobError> {
         let path = self.path(id);
         match tokio::fs::read(&path).await {
-            Ok(b) => Ok(b),
+            Ok(b) if BlobId::of(&b) == *id => Ok(b),
+            Ok(_) => {
+                self.remove_corrupt(id);
+                Err(BlobError::Corrupt(*id))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::NotFound(*id)),
             Err(e) => Err(io(&path)(e)),
         }
@@ -103,6 +111,12 @@ impl BlobStore {
             }
         }
         out
+    }
+
+    /// Removes blob `id`, found not to hash to its id, and says so in the log.
+    pub fn remove_corrupt(&self, id: &BlobId) {
+        tracing::warn!(blob = %id, "a stored blob no longer hashes to its id; removed, to be uploaded or fetched again");
+        self.remove(id);
     }
 
     /// Removes blob `id`; true when it was there.
@@ -160,7 +174,9 @@ impl BlobWriter {
         f.sync_all().await.map_err(io(&self.tmp))?;
         drop(f);
         let dest = self.store.path(&actual);
-        if tokio::fs::metadata(&dest).await.is_ok() {
+        // Already here and intact: keep it. Here but corrupt (`read` removes it): the upload
+        // replaces it.
+        if tokio::fs::metadata(&dest).await.is_ok() && self.store.read(&actual).await.is_ok() {
             let _ = tokio::fs::remove_file(&self.tmp).await;
             return Ok((actual, self.len, true));
         }
@@ -206,5 +222,22 @@ mod tests {
         assert!(matches!(w.finish(Some(wrong)).await, Err(BlobError::HashMismatch { .. })));
         assert!(!store.has(&BlobId::of(b"abc")).await);
         assert!(matches!(store.read(&wrong).await, Err(BlobError::NotFound(_))));
+    }
+
+    /// Finding 15: a flipped byte on disk is caught when the blob is read (and the file
+    /// removed), and uploading the right bytes again puts it back.
+    #[tokio::test]
+    async fn a_corrupt_blob_is_refused_and_an_upload_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let (id, _) = store.put(b"input bytes").await.unwrap();
+        std::fs::write(store.path(&id), b"input bytez").unwrap();
+        assert!(matches!(store.read(&id).await, Err(BlobError::Corrupt(c)) if c == id));
+        assert!(!store.has(&id).await, "the corrupt file is gone");
+        std::fs::write(store.path(&id), b"input bytez").unwrap();
+        let mut w = store.writer(100).await.unwrap();
+        w.write(b"input bytes").await.unwrap();
+        assert_eq!(w.finish(Some(id)).await.unwrap(), (id, 11, false), "the upload replaced it");
+        assert_eq!(store.read(&id).await.unwrap(), b"input bytes");
     }
 }

@@ -14,7 +14,7 @@ use spare_protocol::records::{Advert, Record, Signer, Verifier};
 
 mod counting;
 
-use counting::peak_of;
+use counting::{cases, peak_of};
 
 /// What one decode of `len` bytes may allocate at most: a small multiple of its size (decoded
 /// records are kept, SWIM state grows by a member) plus a fixed allowance.
@@ -142,11 +142,6 @@ fn feed(bytes: &[u8]) -> Result<(), TestCaseError> {
     });
     prop_assert!(peak <= allowance(bytes.len()), "{} bytes in, {peak} bytes allocated", bytes.len());
     Ok(())
-}
-
-/// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
-fn cases(n: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
 }
 
 proptest! {

@@ -15,7 +15,7 @@ use spare_proto as pb;
 #[path = "../../scheduler-free-coordinator/tests/counting/mod.rs"]
 mod counting;
 
-use counting::peak_of;
+use counting::{cases, peak_of};
 
 /// What decoding `len` bytes may allocate at most: each byte of a repeated field can become an
 /// element struct of a few hundred bytes, plus a fixed allowance.
@@ -186,11 +186,6 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     let peak = peak_of(|| decode_all(bytes));
     prop_assert!(peak <= allowance(bytes.len()), "{} bytes in, {peak} bytes allocated", bytes.len());
     Ok(())
-}
-
-/// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
-fn cases(n: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
 }
 
 proptest! {

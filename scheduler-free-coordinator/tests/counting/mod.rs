@@ -1,6 +1,6 @@
 //! A counting global allocator for the fuzzers (`fuzz_gossip.rs` here, `worker/tests/fuzz_wire.rs`
 //! by path): it passes every call to the system allocator and keeps, per thread, the bytes held
-//! and their peak, so a property can bound what one decode allocates.
+//! and their peak, so a property can bound what one decode allocates; and the fuzzers' case count.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -51,4 +51,9 @@ pub fn peak_of(f: impl FnOnce()) -> usize {
     PEAK.with(|p| p.set(start));
     f();
     PEAK.with(Cell::get) - start
+}
+
+/// Cases per property: `n`, or `PROPTEST_CASES` to fuzz longer by hand.
+pub fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
 }

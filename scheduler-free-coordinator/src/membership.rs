@@ -423,7 +423,7 @@ impl Membership {
             // do not send theirs together.
             first_digest_in: FIRST_DIGEST_MS + seed % FIRST_DIGEST_MS,
             next_digest: None,
-            rng: SmallRng::seed_from_u64(seed ^ 0xd16e_57),
+            rng: SmallRng::seed_from_u64(seed ^ 0x00d1_6e57),
             down_cursor: 0,
             greeted: HashSet::new(),
             suspects: HashMap::new(),

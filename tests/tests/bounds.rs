@@ -120,3 +120,25 @@ async fn a_lease_flood_from_one_peer_is_rate_limited() {
     assert!(c.status(&id).await.is_ok());
     peer.shutdown().await;
 }
+
+/// Finding 18: the per-submitter cap holds under concurrent submissions. They all pass the first
+/// check together; the count is checked again where it is raised, so exactly the cap is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_take_exactly_the_submitters_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.bounds = Bounds { max_jobs_per_submitter: 2, max_pending_submits: 64, ..Bounds::default() };
+    let peer = spare_peer::Node::start(cfg).await.unwrap();
+    let c = client(&peer).await;
+    let module = guest("primes");
+    // Quorum 2 on a lone peer: every accepted job stays running.
+    let floods = (0..40).map(|i| {
+        let c = c.clone();
+        let job = Job::builder().module_bytes(module.clone()).range(0..(1_000 + i), 100).quorum(2).build().unwrap();
+        tokio::spawn(async move { c.submit(&job).await })
+    });
+    let outcomes = within("the flood", futures::future::join_all(floods)).await;
+    let accepted = outcomes.into_iter().filter(|o| o.as_ref().is_ok_and(|r| r.is_ok())).count();
+    assert_eq!(accepted, 2, "exactly the cap of 2 jobs per submitter");
+    peer.shutdown().await;
+}

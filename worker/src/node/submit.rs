@@ -146,6 +146,24 @@ impl Node {
             if core.jobs.contains_key(&id) {
                 return Err(SubmitFailure::Exists(format!("job {id} already exists")));
             }
+            // The caps again, now that no other submission can slip in between (finding 18:
+            // concurrent submits all passed the checks above, and one key held 258 of 256).
+            let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
+            if held + job.inputs.len() as u64 > bounds.max_held_tasks {
+                return Err(SubmitFailure::Full(format!(
+                    "this peer holds {held} tasks of running jobs and takes at most {}; try another peer or later",
+                    bounds.max_held_tasks
+                )));
+            }
+            if let Some(key) = job.owner {
+                let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
+                if running >= bounds.max_jobs_per_submitter {
+                    return Err(SubmitFailure::Full(format!(
+                        "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
+                        key.short()
+                    )));
+                }
+            }
             core.coord.submit(id, spec).map_err(|e| match e {
                 SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
                 SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),
@@ -160,10 +178,18 @@ impl Node {
             self.store().write(vec![Op::PutJob(id, stored), Op::PutInputs { job: id, first: 0, inputs: job.inputs }])
         };
         if let Err(e) = write.await {
-            // Not durable, so not accepted: forget it.
+            // Not durable, so not accepted: forget it, and what it counted.
             let mut core = self.core();
+            let tasks = u64::from(job_tasks(&core, &id));
             core.coord.cancel(&id);
             core.jobs.remove(&id);
+            self.0.held_tasks.fetch_sub(tasks, std::sync::atomic::Ordering::Relaxed);
+            if let Some(key) = job.owner {
+                let mut submitters = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = submitters.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
             return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
         }
         self.0.metrics.jobs_accepted.inc();

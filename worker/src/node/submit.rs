@@ -61,6 +61,29 @@ pub enum SubmitFailure {
 pub const MAX_ARGS_BYTES: usize = 64 << 10;
 
 impl Node {
+    /// Whether a job of `tasks` tasks from `owner` fits this peer's caps on held tasks and on
+    /// jobs running per submitter key.
+    fn within_caps(&self, owner: Option<PeerId>, tasks: usize) -> Result<(), SubmitFailure> {
+        let bounds = self.config().bounds;
+        let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
+        if held + tasks as u64 > bounds.max_held_tasks {
+            return Err(SubmitFailure::Full(format!(
+                "this peer holds {held} tasks of running jobs and takes at most {}; try another peer or later",
+                bounds.max_held_tasks
+            )));
+        }
+        if let Some(key) = owner {
+            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
+            if running >= bounds.max_jobs_per_submitter {
+                return Err(SubmitFailure::Full(format!(
+                    "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
+                    key.short()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts a job; it is durable when this returns.
     pub async fn submit(&self, mut job: NewJob) -> Result<JobId, SubmitFailure> {
         let bounds = self.config().bounds;
@@ -76,28 +99,14 @@ impl Node {
         if let Some(why @ super::donation::Pause::Disk { .. }) = self.paused() {
             return Err(SubmitFailure::Full(format!("this peer takes no new jobs: {why}")));
         }
-        if let Some(key) = job.owner {
-            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
-            if running >= bounds.max_jobs_per_submitter {
-                return Err(SubmitFailure::Full(format!(
-                    "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
-                    key.short()
-                )));
-            }
-        }
+        // Checked early to refuse cheaply, and again where the counts are raised.
+        self.within_caps(job.owner, job.inputs.len())?;
         if job.nonce.is_empty() {
             // As the proto promises: two submissions of the same content without a nonce are
             // two jobs.
             let mut nonce = vec![0u8; NONCE_BYTES];
             getrandom::fill(&mut nonce).map_err(|e| SubmitFailure::Internal(anyhow::anyhow!("no randomness for a nonce: {e}")))?;
             job.nonce = nonce;
-        }
-        let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
-        if held + job.inputs.len() as u64 > bounds.max_held_tasks {
-            return Err(SubmitFailure::Full(format!(
-                "this peer holds {held} tasks of running jobs and takes at most {}; try another peer or later",
-                bounds.max_held_tasks
-            )));
         }
         let caps = *self.core().coord.caps();
         caps.check(&job.policy, job.inputs.len() as u64).map_err(|e| SubmitFailure::Invalid(e.to_string()))?;
@@ -147,23 +156,8 @@ impl Node {
                 return Err(SubmitFailure::Exists(format!("job {id} already exists")));
             }
             // The caps again, now that no other submission can slip in between (finding 18:
-            // concurrent submits all passed the checks above, and one key held 258 of 256).
-            let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
-            if held + job.inputs.len() as u64 > bounds.max_held_tasks {
-                return Err(SubmitFailure::Full(format!(
-                    "this peer holds {held} tasks of running jobs and takes at most {}; try another peer or later",
-                    bounds.max_held_tasks
-                )));
-            }
-            if let Some(key) = job.owner {
-                let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
-                if running >= bounds.max_jobs_per_submitter {
-                    return Err(SubmitFailure::Full(format!(
-                        "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
-                        key.short()
-                    )));
-                }
-            }
+            // concurrent submits all passed the early check, and one key held 258 of 256).
+            self.within_caps(job.owner, job.inputs.len())?;
             core.coord.submit(id, spec).map_err(|e| match e {
                 SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
                 SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),

@@ -37,7 +37,7 @@ pub struct TaskView {
     pub state: TaskState,
     /// Its verdict.
     pub verdict: Verdict,
-    /// The peers whose agreeing attestations make up the quorum.
+    /// The peers whose agreeing attestations make up the quorum, in PeerId order.
     pub verified_by: Vec<PeerId>,
     /// Attestations received so far.
     pub attestations: u32,
@@ -181,10 +181,15 @@ impl TaskEntry {
         }
     }
 
-    /// Peers whose attestations carry the agreed result.
+    /// Peers whose attestations carry the agreed result, in PeerId order: a set, the same at
+    /// every coordinator whatever order the attestations reached each in.
     pub fn verified_by(&self) -> Vec<PeerId> {
         match self.verdict.0.agreed() {
-            Some(k) => agreeing_peers(&self.attestations, k),
+            Some(k) => {
+                let mut peers = agreeing_peers(&self.attestations, k);
+                peers.sort_unstable();
+                peers
+            }
             None => Vec::new(),
         }
     }

@@ -41,21 +41,11 @@ pub fn grant(coord: &mut Coordinator, job: &JobId, worker: PeerId, max: u32, now
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BlobId, CoordinatorConfig, JobSpec, Policy};
+    use crate::Policy;
 
     #[test]
     fn a_request_takes_at_most_a_batch_and_an_empty_answer_says_why() {
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        let job = JobId([1; 32]);
-        let spec = JobSpec {
-            module: BlobId([3; 32]),
-            task_count: 300,
-            policy: Policy { quorum: 1, max_replicas: 1, ..Policy::default() },
-            origin: PeerId([9; 32]),
-            submitted_at_ms: 0,
-            label: String::new(),
-        };
-        coord.submit(job, spec).expect("job accepted");
+        let (mut coord, job) = super::super::test_coordinator(300, Policy { quorum: 1, max_replicas: 1, ..Policy::default() });
         let (me, worker) = (PeerId([9; 32]), PeerId([2; 32]));
         let g = grant(&mut coord, &job, worker, 1_000, 0);
         assert_eq!((g.leases.len(), g.note), (MAX_BATCH as usize, None));

@@ -34,3 +34,21 @@ pub mod reporters;
 pub mod reports;
 pub mod roles;
 pub mod slots;
+
+/// A coordinator holding one job (id `[1; 32]`, origin `[9; 32]`) of `task_count` tasks under
+/// `policy`, for the rules' unit tests.
+#[cfg(test)]
+fn test_coordinator(task_count: u32, policy: crate::Policy) -> (crate::Coordinator, crate::JobId) {
+    let mut coord = crate::Coordinator::new(crate::CoordinatorConfig::default());
+    let job = crate::JobId([1; 32]);
+    let spec = crate::JobSpec {
+        module: crate::BlobId([3; 32]),
+        task_count,
+        policy,
+        origin: crate::PeerId([9; 32]),
+        submitted_at_ms: 0,
+        label: String::new(),
+    };
+    coord.submit(job, spec).expect("job accepted");
+    (coord, job)
+}

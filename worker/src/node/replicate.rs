@@ -445,7 +445,7 @@ impl Node {
     ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
         // No honest run outputs more than the job allows (known gap 9).
-        if core.coord.limits(&att.task.job).is_some_and(|l| output.len() as u64 > l.output_bytes) {
+        if spare_protocol::peer::report::too_long(&core.coord, &att, output) {
             tracing::warn!(task = %att.task, bytes = output.len(), "replicated output longer than the job allows; not recorded");
             return None;
         }

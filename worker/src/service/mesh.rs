@@ -194,7 +194,8 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
         let valid = identity::verify_attestations(&refs);
-        let mut held = Vec::new();
+        // Announcements complete in order, so the last one recorded covers the batch.
+        let mut last = None;
         for ((att, item), signed) in parsed.into_iter().zip(valid) {
             let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
             let (taken, durable) = self.node.take_report(sender, att, signed, &item.output, &detail);
@@ -206,7 +207,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             } else {
                 reply.rejected += 1;
             }
-            held.extend(durable);
+            last = durable.or(last);
         }
         for rel in r.released {
             let job: JobId = parse_id("job_id", &rel.job_id)?;
@@ -215,7 +216,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         // Answered once what was recorded is durable here and a backup holds it (see
         // `Node::take_report`); a dropped wait is a shutdown, which the worker's retry covers.
-        for durable in held {
+        if let Some(durable) = last {
             let _ = durable.await;
         }
         Ok(Response::new(reply))

@@ -144,10 +144,11 @@ fn describe(status: &Result<Value, String>) -> String {
             let open: Vec<String> = tasks_of(s)
                 .values()
                 .filter(|t| t["state"] != "verified")
-                .take(8)
+                .take(4)
                 .map(|t| format!("#{} {} attestations={} by={:?}", t["index"], t["state"], t["attestations"], verified_by(t)))
                 .collect();
-            format!("{} {} open: {open:?}", s["state"], s["tasks"])
+            // Who this peer follows: the first of its list leads the job.
+            format!("{} {} coordinators={} open: {open:?}", s["state"], s["tasks"], s["coordinators"])
         }
     }
 }

@@ -283,6 +283,7 @@ impl Sim {
             Event::CatchUp { peer } => self.on_catch_up(peer),
             Event::AnswerHeld { peer, upto } => self.answer_held(peer, upto),
             Event::Announce { peer } => self.on_announce(peer),
+            Event::HandOverAgain { peer } => self.hand_over_again(peer),
             Event::Check => self.on_check(),
         }
     }

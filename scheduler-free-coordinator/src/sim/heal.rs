@@ -137,13 +137,23 @@ impl Sim {
                 self.publish_job(p, self.is_done(p));
                 self.wake(p);
             }
-            HandOverStep::Again => self.send_hand_over(p, to),
+            HandOverStep::Again { after_ms } => self.queue.push(self.now + after_ms, Event::HandOverAgain { peer: p }),
             HandOverStep::TakeBack(old) => {
                 h.handing_over = None;
                 h.coord.set_standby(&job, false);
                 self.set_coordinators(p, old.iter().map(keys::index_of).collect());
+                // The winner hears it as a rival and announces; the two meet again.
+                self.publish_job(p, self.is_done(p));
                 self.wake(p);
             }
         }
+    }
+
+    /// The pause after a failed hand-over adoption ended: send it again, if `p` still hands
+    /// the job over.
+    pub(super) fn hand_over_again(&mut self, p: u32) {
+        let peer = &self.peers[p as usize];
+        let Some(to) = peer.host.as_ref().filter(|_| peer.alive).and_then(|h| h.handing_over.as_ref()).map(|ho| keys::index_of(&ho.to)) else { return };
+        self.send_hand_over(p, to);
     }
 }

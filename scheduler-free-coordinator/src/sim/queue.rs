@@ -47,6 +47,8 @@ pub enum Event {
     CatchUp { peer: u32 },
     /// A coordinator that merged a rival's hand-over announces the job again.
     Announce { peer: u32 },
+    /// A coordinator handing the job over sends its adoption again after a pause.
+    HandOverAgain { peer: u32 },
     /// Probe-period boundary: has membership converged?
     Check,
 }

@@ -96,6 +96,8 @@ pub fn status_json(s: &JobStatus, with_tasks: bool) -> Value {
         "origin": s.origin,
         "owner": s.owner,
         "submitted_at_ms": s.submitted_at_ms,
+        // The peers that coordinate it as the answering peer knows them, the active one first.
+        "coordinators": s.coordinators,
         "policy": {
             "quorum": p.quorum, "max_replicas": p.max_replicas, "priority": p.priority,
             "memory_bytes": l.memory_bytes, "fuel": l.fuel, "timeout_ms": l.timeout_ms, "output_bytes": l.output_bytes,

@@ -94,8 +94,8 @@ impl Node {
     }
 
     /// Steps down as `job`'s active coordinator in favour of the first of `theirs`: sends it
-    /// everything recorded here, then announces an ad naming it first. Takes the job back if
-    /// the hand-over fails.
+    /// everything recorded here, then announces an ad naming it first. Takes the job back (and
+    /// announces it again, so the two leaders meet once more) if the hand-over fails.
     pub(crate) async fn hand_over(&self, job: JobId, theirs: Vec<PeerId>) {
         let me = self.peer_id();
         let _one_at_a_time = self.0.roles.lock().await;
@@ -122,10 +122,14 @@ impl Node {
             }
             match ho.handle_answer(result.is_ok()) {
                 HandOverStep::Done => break,
-                HandOverStep::Again => {}
+                HandOverStep::Again { after_ms } => tokio::time::sleep(Duration::from_millis(after_ms)).await,
                 HandOverStep::TakeBack(old) => {
                     self.set_list(job, old, false).await;
                     tracing::warn!(job = %job.short(), "kept the job: the coordinator of the other side did not take it");
+                    // The peers that followed the winner's ad follow this one's again; the
+                    // winner hears it as a rival and announces, and this peer meets it again.
+                    self.publish_job(job, self.is_finished(&job));
+                    self.0.work.notify_one();
                     return;
                 }
             }

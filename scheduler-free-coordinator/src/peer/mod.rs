@@ -4,6 +4,7 @@
 //!
 //! - [`mesh`]: membership and what this peer publishes (adverts, job ads, greetings);
 //! - [`roles`]: active or standby for each job held, takeover, top-ups, re-announcing;
+//!   [`takeover`]: a new leader first takes what its backups recorded and it did not;
 //! - [`adoption`]: rounds that bring a job's list of coordinators up to strength;
 //! - [`heal`]: two leaders of one job after a split, and merges; [`handover`]: stepping down;
 //! - [`replication`]: the active coordinator's ordered stream to each backup, and
@@ -34,6 +35,7 @@ pub mod reporters;
 pub mod reports;
 pub mod roles;
 pub mod slots;
+pub mod takeover;
 
 /// A coordinator holding one job (id `[1; 32]`, origin `[9; 32]`) of `task_count` tasks under
 /// `policy`, for the rules' unit tests.

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::ROLES_EVERY_MS;
+use crate::peer::takeover;
 use crate::{Coordinator, CoordinatorConfig, JobId, PeerId};
 
 use super::engine::Sim;
@@ -70,16 +71,7 @@ impl Sim {
         let unix = self.unix();
         let Some(h) = self.peers[p as usize].host.as_ref() else { return };
         let log = h.log.clone();
-        // An attestation goes with its output while its task is not final (the peer's outputs in
-        // hand), and after if it carries the agreed result.
-        let items: Vec<u64> = log
-            .iter()
-            .map(|l| {
-                let carries = h.coord.task(&l.att.task).is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
-                let out = if carries { self.cfg.output_bytes } else { 0 };
-                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
-            })
-            .collect();
+        let items = self.wire_items(h, &log);
         let label = self.spec.label.len() as u64;
         let policy = wire::policy(&self.spec.policy);
         let size = wire::adopt_request(
@@ -91,8 +83,21 @@ impl Sim {
             &items,
             self.spec.submitted_at_ms,
             unix,
-        );
+        ) + if kind == AdoptKind::Sync { 2 } else { 0 };
         self.call(p, to, Request::Adopt { job: self.job, coordinators: list, log, kind }, size);
+    }
+
+    /// The wire sizes of `log`'s `RecordedAttestation`s at host `h`: an attestation goes with its
+    /// output while its task is not final (the peer's outputs in hand), and after if it carries
+    /// the agreed result.
+    fn wire_items(&self, h: &Host, log: &[Logged]) -> Vec<u64> {
+        log.iter()
+            .map(|l| {
+                let carries = h.coord.task(&l.att.task).is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
+                let out = if carries { self.cfg.output_bytes } else { 0 };
+                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
+            })
+            .collect()
     }
 
     /// `MeshService.Adopt` at `r`, from `from`: a peer that does not hold the job takes it in
@@ -117,18 +122,30 @@ impl Sim {
             self.make_bridge(r);
             self.schedule_roles(r, self.now + ROLES_EVERY_MS);
         }
+        // A new leader's sync: what is recorded here that it lacks, in this peer's order.
+        let missing: Vec<Logged> = match (held, kind, self.peers[r as usize].host.as_ref()) {
+            (true, AdoptKind::Sync, Some(h)) => {
+                let carried = takeover::Carried::of(log.iter().map(|l| (l.att.task.index, l.att.peer)));
+                takeover::missing(h.log.iter().map(|l| &l.att), &carried).into_iter().map(|i| h.log[i].clone()).collect()
+            }
+            _ => Vec::new(),
+        };
         self.record_replicated(r, log);
         if held {
             self.adopted_from(r, from, &list);
         }
-        self.reply(r, from, Reply::Adopt { kind }, 0, CallKind::Adopt(r, kind));
+        let size = self.peers[r as usize].host.as_deref().map_or(0, |h| wire::adopt_response(&self.wire_items(h, &missing)));
+        self.reply(r, from, Reply::Adopt { kind, missing }, size, CallKind::Adopt(r, kind));
     }
 
-    /// The answer (or failure) of an `Adopt` sent by `p` to `to`.
-    pub(super) fn on_adopted(&mut self, p: u32, to: u32, ok: bool, kind: AdoptKind) {
+    /// The answer (or failure: `None`) of an `Adopt` sent by `p` to `to`; a sync's answer
+    /// carries what `to` recorded that `p` lacked.
+    pub(super) fn on_adopted(&mut self, p: u32, to: u32, answer: Option<Vec<Logged>>, kind: AdoptKind) {
+        let ok = answer.is_some();
         match kind {
             AdoptKind::CatchUp => return,
             AdoptKind::HandOver => return self.on_handed_over(p, ok),
+            AdoptKind::Sync => return self.on_synced(p, to, answer),
             AdoptKind::Join => {}
         }
         let answered = self.peers[to as usize].id;

@@ -133,6 +133,20 @@ impl Sim {
     }
 
     /// The report of the run so far.
+    /// Tasks that two live coordinators hold final with different verdicts (a backup that
+    /// decided from an attestation its new leader never had; [`crate::peer::takeover`]).
+    fn verdicts_differing(&self) -> u32 {
+        let hosts: Vec<&super::peer::Host> =
+            self.peers.iter().filter(|p| p.alive).filter_map(|p| p.host.as_deref()).filter(|h| h.jobs.contains(&self.job)).collect();
+        (0..self.spec.task_count)
+            .filter(|&index| {
+                let task = crate::TaskId { job: self.job, index };
+                let mut finals = hosts.iter().filter_map(|h| h.coord.task(&task)).map(|t| t.verdict).filter(|v| v.is_final());
+                finals.next().is_some_and(|first| finals.any(|v| v != first))
+            })
+            .count() as u32
+    }
+
     pub(super) fn report(&self) -> Report {
         let end = self.now.max(1);
         let (mut bytes, mut life_s, mut max) = (0u64, 0f64, 0f64);
@@ -228,6 +242,7 @@ impl Sim {
             takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
             leaders_at_end: (0..self.peers.len() as u32).filter(|&p| self.peers[p as usize].alive && self.leads(p)).count() as u32,
             verdicts_overturned: self.m.overturned,
+            verdicts_differing: self.verdicts_differing(),
             replication_dropped: self.m.replication_dropped,
         }
     }

@@ -70,8 +70,8 @@ pub enum Reply {
     Report,
     /// The module.
     Blob { module: BlobId },
-    /// The job was adopted.
-    Adopt { kind: AdoptKind },
+    /// The job was adopted; to a sync, with what the receiver recorded that the sender lacked.
+    Adopt { kind: AdoptKind, missing: Vec<Logged> },
     /// The batch was recorded.
     Replicate,
 }
@@ -249,7 +249,7 @@ impl Sim {
                     }
                     Reply::Report => self.on_report_sent(to, from, Delivery::Taken),
                     Reply::Blob { module } => self.on_fetched(to, module),
-                    Reply::Adopt { kind } => self.on_adopted(to, from, true, kind),
+                    Reply::Adopt { kind, missing } => self.on_adopted(to, from, Some(missing), kind),
                     Reply::Replicate => self.on_replicated(to, from, true),
                 }
             }
@@ -271,7 +271,7 @@ impl Sim {
             CallKind::Lease(job) => self.on_lease_failed(peer, job),
             CallKind::Report(c) => self.on_report_sent(peer, c, if refused { Delivery::Refused } else { Delivery::Unreachable }),
             CallKind::Blob(module) => self.on_fetch_failed(peer, module),
-            CallKind::Adopt(to, kind) => self.on_adopted(peer, to, false, kind),
+            CallKind::Adopt(to, kind) => self.on_adopted(peer, to, None, kind),
             CallKind::Replicate(to) => self.on_replicated(peer, to, false),
         }
     }

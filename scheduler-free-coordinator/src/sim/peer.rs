@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, VecDeque};
 use crate::peer::adoption::AdoptRound;
 use crate::peer::catchup::CatchUps;
 use crate::peer::handover::HandOver;
+use crate::peer::takeover::Sync;
 use crate::peer::mesh::MeshState;
 use crate::peer::replicators::Replicators;
 use crate::peer::reporters::Reporters;
@@ -117,6 +118,9 @@ pub enum AdoptKind {
     CatchUp,
     /// Stepping down: the sender hands the job to the winner of two leaders.
     HandOver,
+    /// Taking over: the new leader's whole job, answered with what the backup recorded that it
+    /// lacks ([`crate::peer::takeover`]).
+    Sync,
 }
 
 /// A coordinator held by a peer, with the jobs it coordinates. The simulated job is the only
@@ -148,6 +152,8 @@ pub struct Host {
     pub adopting: Option<AdoptRound>,
     /// The hand-over in progress, if any.
     pub handing_over: Option<HandOver>,
+    /// The takeover sync in progress, if any: the peer leads once it is over.
+    pub syncing: Option<Sync>,
     /// Report batches answered once a backup holds what they recorded: the worker, its
     /// accepted and rejected counts, and the log position a backup must hold.
     pub held: Vec<Held>,
@@ -174,6 +180,7 @@ impl Host {
             catch_up_at: NEVER,
             adopting: None,
             handing_over: None,
+            syncing: None,
             held: Vec::new(),
             roles: Roles::new(started),
             roles_at: NEVER,

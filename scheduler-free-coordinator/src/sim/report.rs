@@ -132,6 +132,9 @@ pub struct Report {
     /// Tasks a coordinator that took over decided again, with another verdict than the one
     /// counted first (its predecessor's verdict had not reached it).
     pub verdicts_overturned: u32,
+    /// Tasks that two live coordinators hold final with different verdicts at the end (0: every
+    /// coordinator answers alike).
+    pub verdicts_differing: u32,
     /// Replication batches to a backup given up after their tries (the backup then got the whole
     /// job instead).
     pub replication_dropped: u64,
@@ -206,6 +209,7 @@ impl Report {
             ),
             ("leaders at the end", self.leaders_at_end.to_string()),
             ("overturned / repl. dropped", format!("{} / {}", self.verdicts_overturned, self.replication_dropped)),
+            ("verdicts differing", self.verdicts_differing.to_string()),
         ];
         let mut out = format!("spare sim, seed {}\n", self.seed);
         for (k, v) in rows {

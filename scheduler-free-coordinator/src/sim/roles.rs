@@ -25,11 +25,12 @@
 use crate::Millis;
 use crate::membership::MemberState;
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
+use crate::peer::takeover::Sync;
 
 use super::coord::job_final;
 use super::engine::Sim;
 use super::keys;
-use super::peer::NEVER;
+use super::peer::{AdoptKind, Logged, NEVER};
 use super::queue::Event;
 
 impl Sim {
@@ -128,16 +129,15 @@ impl Sim {
         }
     }
 
-    /// `p` leads the job with `keep` (itself first, the dead dropped): before it leases
-    /// anything, so what it records from now on streams to the backups kept at once; those
-    /// heard the dead leader's stream separately, so each is caught up with the whole job; then
-    /// replacements are adopted and the list announced.
+    /// `p` takes the job over with `keep` (itself first, the dead dropped): first in its list at
+    /// once, so what it records from now on streams to the backups kept; those heard the dead
+    /// leader's stream separately, so each gets the whole job and answers with what it recorded
+    /// that `p` lacks ([`Sync`]). `p` leads once they answered.
     fn take_over(&mut self, p: u32, keep: Vec<u32>, was_standby: bool) {
-        let job = self.job;
-        self.set_coordinators(p, keep.clone());
-        if let Some(h) = self.peers[p as usize].host.as_mut() {
-            h.coord.set_standby(&job, false);
+        if self.peers[p as usize].host.as_ref().is_none_or(|h| h.syncing.is_some()) {
+            return;
         }
+        self.set_coordinators(p, keep.clone());
         if was_standby {
             self.m.takeovers += 1;
             self.active = Some(p);
@@ -146,8 +146,44 @@ impl Sim {
                 self.m.leaderless_since = self.cfg.partition_at_ms;
             }
         }
-        for &b in &keep[1..] {
-            self.request_catch_up(p, job, b);
+        let Some(sync) = Sync::start(&self.ids(&keep), self.now) else { return self.lead(p, false) };
+        let asked: Vec<u32> = sync.asked().iter().map(keys::index_of).collect();
+        if let Some(h) = self.peers[p as usize].host.as_mut() {
+            h.syncing = Some(sync);
+        }
+        for b in asked {
+            self.send_adopt(p, b, keep.clone(), AdoptKind::Sync);
+        }
+    }
+
+    /// A backup answered `p`'s sync (with what it recorded that `p` lacked) or failed to.
+    pub(super) fn on_synced(&mut self, p: u32, from: u32, answer: Option<Vec<Logged>>) {
+        let pulled = answer.map(|missing| self.record_replicated(p, missing) as usize);
+        let from = self.peers[from as usize].id;
+        let Some(sync) = self.peers[p as usize].host.as_mut().and_then(|h| h.syncing.as_mut()) else { return };
+        if sync.handle_answer(from, pulled) {
+            let catch_up = sync.needs_catch_up();
+            if let Some(h) = self.peers[p as usize].host.as_mut() {
+                h.syncing = None;
+            }
+            self.lead(p, catch_up);
+        }
+    }
+
+    /// `p` leads the job it took over: out of standby, the backups kept caught up again if the
+    /// sync brought what one may lack, the dead replaced.
+    fn lead(&mut self, p: u32, catch_up: bool) {
+        let job = self.job;
+        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
+        if h.coordinators.first() != Some(&p) {
+            return;
+        }
+        h.coord.set_standby(&job, false);
+        let keep = h.coordinators.clone();
+        if catch_up {
+            for &b in &keep[1..] {
+                self.request_catch_up(p, job, b);
+            }
         }
         let candidates: Vec<u32> = self.live_set(p).into_iter().filter(|i| !keep.contains(i)).collect();
         self.add_coordinators(p, keep, &candidates);

@@ -160,6 +160,11 @@ pub fn adopt_request(policy_len: u64, label: u64, tasks: u32, input: u64, coordi
         + bytes_field_hi(SIGNATURE)
 }
 
+/// `AdoptResponse{missing}`: a sync's answer.
+pub fn adopt_response(items: &[u64]) -> u64 {
+    items.iter().map(|&i| message_field(i)).sum()
+}
+
 /// `GetBlobRequest{blob_id}`.
 pub fn blob_request() -> u64 {
     bytes_field(HEX_ID)

@@ -20,6 +20,7 @@ use spare_protocol::peer::replication::{
     ADOPT_TIMEOUT_MS, BACKUP_ACK_TIMEOUT_MS, ReplicationBatch, Replicated,
 };
 use spare_protocol::peer::roles::{RoleChange, RoleView};
+use spare_protocol::peer::takeover::Sync;
 use spare_protocol::{Attestation, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 use spare_proto as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -137,6 +138,38 @@ impl Node {
             }
     }
 
+    /// The attestations of `job` recorded here that `wanted`, in recording order, as an adoption
+    /// carries them; when `final_only`, without those of tasks not final whose output is no
+    /// longer in hand.
+    pub(crate) fn recorded_attestations(
+        &self,
+        job: &JobId,
+        final_only: bool,
+        wanted: impl Fn(&Attestation) -> bool,
+    ) -> anyhow::Result<Vec<pb::RecordedAttestation>> {
+        let mut attestations = Vec::new();
+        for rec in self.store().attestations(job)? {
+            let att = rec.attestation;
+            if !wanted(&att) {
+                continue;
+            }
+            // The agreed output travels with every attestation that carries it, so whichever
+            // completes the quorum on the other side brings it.
+            let (output, message, stderr) = match self.store().result(&att.task)? {
+                Some(r) if r.verdict.agreed() == Some(&att.result) => (r.output, r.message, r.stderr),
+                Some(_) => Default::default(),
+                // Not final: its output, if still in hand, goes with it (known gap 14).
+                None => match self.core().outputs.get(&att.task, &att.result.output_hash) {
+                    Some(o) => (o.to_vec(), String::new(), String::new()),
+                    None if final_only && att.result.output_hash != spare_protocol::BlobId::of(&[]) => continue,
+                    None => Default::default(),
+                },
+            };
+            attestations.push(pb::RecordedAttestation { attestation: Some(attestation_pb(&att)), output, message, lone: rec.lone, stderr });
+        }
+        Ok(attestations)
+    }
+
     /// The whole job, as a new coordinator needs it: spec, inputs, attestations (with the
     /// agreed outputs of final tasks).
     pub(crate) async fn adopt_request(&self, job: &JobId) -> anyhow::Result<pb::AdoptRequest> {
@@ -167,29 +200,7 @@ impl Node {
             };
             tasks.push(pb::TaskInput { source: Some(source) });
         }
-        let mut attestations = Vec::new();
-        for rec in self.store().attestations(job)? {
-            let att = rec.attestation;
-            // The agreed output travels with every attestation that carries it, so whichever
-            // completes the quorum on the other side brings it.
-            let (output, message, stderr) = match self.store().result(&att.task)? {
-                Some(r) if r.verdict.agreed() == Some(&att.result) => (r.output, r.message, r.stderr),
-                Some(_) => Default::default(),
-                // Not final: its output, if still in hand, goes with it (known gap 14).
-                None => match self.core().outputs.get(&att.task, &att.result.output_hash) {
-                    Some(o) => (o.to_vec(), String::new(), String::new()),
-                    None if final_only && att.result.output_hash != spare_protocol::BlobId::of(&[]) => continue,
-                    None => Default::default(),
-                },
-            };
-            attestations.push(pb::RecordedAttestation {
-                attestation: Some(attestation_pb(&att)),
-                output,
-                message,
-                lone: rec.lone,
-                stderr,
-            });
-        }
+        let attestations = self.recorded_attestations(job, final_only, |_| true)?;
         let timed_out = self.timed_out_tasks(job);
         let mut req = pb::AdoptRequest {
             job_id: job.to_hex(),
@@ -210,6 +221,7 @@ impl Node {
             timestamp_ms: unix_ms(),
             signature: Vec::new(),
             timed_out,
+            sync: false,
             owner: stored.owner.map(|o| o.as_bytes().to_vec()).unwrap_or_default(),
             // Set for each receiver by `adopt_to`.
             receiver: String::new(),
@@ -219,7 +231,7 @@ impl Node {
         Ok(req)
     }
 
-    pub(crate) async fn adopt_to(&self, peer: PeerId, mut req: pb::AdoptRequest) -> anyhow::Result<()> {
+    pub(crate) async fn adopt_to(&self, peer: PeerId, mut req: pb::AdoptRequest) -> anyhow::Result<pb::AdoptResponse> {
         let addr = self.addr_of(&peer).ok_or_else(|| anyhow::anyhow!("no address"))?;
         // The new coordinator is named in the list it receives.
         if !req.coordinators.contains(&peer.to_hex()) {
@@ -231,8 +243,8 @@ impl Node {
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(Duration::from_millis(ADOPT_TIMEOUT_MS));
-        client.adopt(request).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
-        Ok(())
+        let answer = client.adopt(request).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+        Ok(answer.into_inner())
     }
 
     /// Streams a recorded attestation to the job's other coordinators when this peer is the
@@ -529,10 +541,10 @@ impl Node {
                     RoleChange::TakeOver { job, list } => {
                         // This peer first, before it leases anything: what it records from now
                         // on streams to the live backups at once (replacements are added below).
+                        // It leads (leaves standby) once the backups kept answered its sync.
                         if let Some(meta) = core.jobs.get_mut(&job) {
                             meta.set_coordinators(list);
                         }
-                        core.coord.set_standby(&job, false);
                         take_over.push(job);
                     }
                     RoleChange::TopUp(job) => top_up.push(job),
@@ -551,19 +563,73 @@ impl Node {
             }
         }
         for job in take_over {
-            tracing::info!(job = %job.short(), "active coordinator of the job");
             // The live backups kept (this peer is first already) heard the dead leader's stream
-            // separately, so one may lack what this peer holds (a verdict replayed from here
-            // would then stay pending there): each gets the whole job once. New ones get it
-            // from `add_coordinators`.
-            let kept: Vec<PeerId> = self.core().jobs.get(&job).map(|m| m.coordinators.iter().skip(1).copied().collect()).unwrap_or_default();
-            // This peer first, dead coordinators replaced.
+            // separately: each gets the whole job and answers with what it recorded that this
+            // peer lacks (`spare_protocol::peer::takeover`). If one brought anything, the others
+            // may lack it: each is caught up once more. New ones get it from `add_coordinators`.
+            let (kept, catch_up) = self.sync_backups(job).await;
+            self.core().coord.set_standby(&job, false);
+            tracing::info!(job = %job.short(), "active coordinator of the job");
+            // Dead coordinators replaced.
             self.add_coordinators(job).await;
-            for backup in kept {
-                self.catch_up(job, backup);
+            if catch_up {
+                for backup in kept {
+                    self.catch_up(job, backup);
+                }
             }
             self.publish_job(job, false);
             self.0.work.notify_one();
         }
+    }
+
+    /// A takeover's sync: sends each backup kept the whole job marked `sync` and records what
+    /// each answers with, until all answered or
+    /// [`spare_protocol::peer::takeover::SYNC_TIMEOUT_MS`] passed. Gives the backups
+    /// asked, and whether they need catching up again.
+    async fn sync_backups(&self, job: JobId) -> (Vec<PeerId>, bool) {
+        let list = self.core().jobs.get(&job).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let Some(mut sync) = Sync::start(&list, self.now()) else { return (Vec::new(), false) };
+        let asked = sync.asked().to_vec();
+        let req = match self.adopt_request(&job).await {
+            Ok(mut req) => {
+                req.sync = true;
+                req
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.short(), "could not sync with the backups: {e:#}");
+                return (asked, true);
+            }
+        };
+        let mut answers: JoinSet<(PeerId, anyhow::Result<pb::AdoptResponse>)> = JoinSet::new();
+        for &b in &asked {
+            let (node, req) = (self.clone(), req.clone());
+            answers.spawn(async move { (b, node.adopt_to(b, req).await) });
+        }
+        let wait = Duration::from_millis(sync.poll_timeout().saturating_sub(self.now()));
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(Ok((from, answer))) = answers.join_next().await {
+                let pulled = match answer {
+                    Ok(a) => match crate::service::replica::record_missing(self, a.missing).await {
+                        Ok(n) => Some(n as usize),
+                        Err(e) => {
+                            tracing::warn!(job = %job.short(), peer = %from.short(), "a backup's sync answer was refused: {e}");
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(job = %job.short(), peer = %from.short(), "sync with a backup failed: {e:#}");
+                        None
+                    }
+                };
+                if sync.handle_answer(from, pulled) {
+                    break;
+                }
+            }
+        })
+        .await;
+        if !sync.is_over(self.now()) || !answers.is_empty() {
+            tracing::warn!(job = %job.short(), "leading without every backup's sync answer");
+        }
+        (asked, sync.needs_catch_up() || !answers.is_empty())
     }
 }

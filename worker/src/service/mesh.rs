@@ -224,8 +224,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
 
     async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptResponse>, Status> {
         from_its_peer(&req, &req.get_ref().peer_id)?;
-        super::replica::adopt(&self.node, req.into_inner()).await?;
-        Ok(Response::new(pb::AdoptResponse {}))
+        Ok(Response::new(super::replica::adopt(&self.node, req.into_inner()).await?))
     }
 
     async fn replicate(&self, req: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateResponse>, Status> {

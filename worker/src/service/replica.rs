@@ -3,6 +3,7 @@
 //! recorded attestations). Both are signed by their sender, who must be a coordinator of the job.
 
 use spare_protocol::{Attestation, BlobId, JobId, JobSpec, Lease, PeerId, Release, TaskId, derive_job_id};
+use spare_protocol::peer::takeover::Carried;
 use spare_proto as pb;
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -39,6 +40,12 @@ async fn record_all(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<
         entries.push(attestation_entry(item)?);
     }
     apply(node, entries).await
+}
+
+/// Records a backup's answer to this peer's takeover sync (checked as an adoption's
+/// attestations are); resolves once durable, with how many were new here.
+pub(crate) async fn record_missing(node: &Node, items: Vec<pb::RecordedAttestation>) -> Result<u32, Status> {
+    record_all(node, items).await
 }
 
 fn attestation_entry(item: pb::RecordedAttestation) -> Result<Entry, Status> {
@@ -108,7 +115,7 @@ async fn apply(node: &Node, entries: Vec<Entry>) -> Result<u32, Status> {
 }
 
 /// `MeshService.Adopt`.
-pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
+pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
     super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     let job: JobId = parse_id("job_id", &r.job_id)?;
@@ -175,8 +182,19 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
         }
         taken?;
     }
+    // A new leader's sync: what this peer recorded that the adoption does not carry, in this
+    // peer's order (only to a coordinator this peer names: the job is its to lead).
+    let carried = Carried::of(
+        r.attestations.iter().filter_map(|i| i.attestation.as_ref()).filter_map(|a| Some((a.index, parse_id::<PeerId>("peer_id", &a.peer_id).ok()?))),
+    );
+    let sync = r.sync && held && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender));
     record_all(node, r.attestations).await?;
     node.record_timed_out(job, &r.timed_out).await.map_err(|e| Status::internal(format!("{e:#}")))?;
+    let missing = if sync {
+        node.recorded_attestations(&job, false, |a| carried.lacks(a)).map_err(|e| Status::internal(format!("{e:#}")))?
+    } else {
+        Vec::new()
+    };
     // A job its coordinator cancelled (the sender must be one of this peer's coordinators of
     // it: anyone can sign an adoption naming itself).
     if held && r.cancelled && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender)) {
@@ -185,7 +203,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<(), Status> {
     if held {
         node.adopted_from(job, sender, coordinators);
     }
-    Ok(())
+    Ok(pb::AdoptResponse { missing })
 }
 
 /// Fetches an adopted job's blobs and takes the job into the coordinator (in standby) and the

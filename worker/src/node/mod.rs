@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
+pub mod recorded;
 pub mod replay;
 pub mod replicate;
 pub mod retention;
@@ -208,7 +209,7 @@ impl Node {
         }
         config.bootstrap = bootstrap;
         let tls_server = Arc::new(
-            crate::service::listener::server_config(cert, tls_key).map_err(|e| anyhow::anyhow!("TLS server configuration: {e}"))?,
+            crate::identity::server_config(cert, tls_key).map_err(|e| anyhow::anyhow!("TLS server configuration: {e}"))?,
         );
         let store = Store::open(dir)?;
         let sandbox = Sandbox::new(SandboxConfig {

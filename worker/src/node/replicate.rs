@@ -609,7 +609,7 @@ impl Node {
         let _ = tokio::time::timeout(wait, async {
             while let Some(Ok((from, answer))) = answers.join_next().await {
                 let pulled = match answer {
-                    Ok(a) => match crate::service::replica::record_missing(self, a.missing).await {
+                    Ok(a) => match super::recorded::record_all(self, a.missing).await {
                         Ok(n) => Some(n as usize),
                         Err(e) => {
                             tracing::warn!(job = %job.short(), peer = %from.short(), "a backup's sync answer was refused: {e}");

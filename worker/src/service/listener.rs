@@ -105,20 +105,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A peer's TLS 1.3 server configuration: its certificate and PKCS#8 key, and any Spare peer's
-/// certificate (or none) from the other side.
-pub fn server_config(
-    cert: rustls::pki_types::CertificateDer<'static>,
-    key: Vec<u8>,
-) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(spare_sdk::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(spare_sdk::tls::PeerVerifier::new(None)))
-        .with_single_cert(vec![cert], rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
-}
-
 /// The connections `listener` accepts, told apart and (for TLS) handshaken with `config`,
 /// until the server stops taking them.
 pub fn incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> ReceiverStream<std::io::Result<Conn>> {

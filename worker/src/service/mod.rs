@@ -11,7 +11,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod web;
 mod peer;
-pub(crate) mod replica;
+mod replica;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;

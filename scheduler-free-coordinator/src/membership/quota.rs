@@ -2,7 +2,7 @@
 //! signer is this peer, the peer that delivered it (authenticated by the link), or a member
 //! SWIM knows; each signer holds at most [`MAX_RECORDS_PER_SIGNER`]; and the adverts of peers
 //! SWIM has forgotten (dead for longer than `remove_down_after`) expire. So adverts signed by
-//! fresh keys, sent in bulk by one peer, cannot fill the map (what known-gaps.md, gap 7 was).
+//! fresh keys, sent in bulk by one peer, cannot fill the map (once a known gap).
 
 use std::collections::{HashMap, HashSet};
 

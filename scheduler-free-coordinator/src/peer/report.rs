@@ -48,8 +48,8 @@ pub fn take(coord: &mut Coordinator, sender: PeerId, att: Attestation, signed: b
     record(coord, att)
 }
 
-/// Whether `output` is longer than `att`'s job lets a run write: no honest sandbox sends that
-/// (known gap 9), whether it comes in a report or from another coordinator.
+/// Whether `output` is longer than `att`'s job lets a run write: no honest sandbox sends that,
+/// whether it comes in a report or from another coordinator.
 pub fn too_long(coord: &Coordinator, att: &Attestation, output: &[u8]) -> bool {
     coord.limits(&att.task.job).is_some_and(|l| output.len() as u64 > l.output_bytes)
 }

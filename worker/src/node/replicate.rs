@@ -456,7 +456,7 @@ impl Node {
         detail: &Detail,
     ) -> Option<oneshot::Receiver<()>> {
         let mut core = self.core();
-        // No honest run outputs more than the job allows (known gap 9).
+        // No honest run outputs more than the job allows: one that does is refused wherever it comes from.
         if spare_protocol::peer::report::too_long(&core.coord, &att, output) {
             tracing::warn!(task = %att.task, bytes = output.len(), "replicated output longer than the job allows; not recorded");
             return None;

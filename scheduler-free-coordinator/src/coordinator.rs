@@ -224,8 +224,7 @@ impl Coordinator {
         if self.jobs.contains_key(&id) {
             return Err(SubmitError::Duplicate(id));
         }
-        // `active` holds exactly the jobs that are not final (see `after_final`, `cancel`).
-        if self.active.len() >= self.config.max_jobs {
+        if self.open_jobs() >= self.config.max_jobs {
             return Err(SubmitError::Full(self.config.max_jobs));
         }
         let key = u64::from_le_bytes(
@@ -647,6 +646,17 @@ impl Coordinator {
         self.active.retain(|j| j != id);
         self.standby.remove(id);
         true
+    }
+
+    /// Most unfinished jobs held (`CoordinatorConfig::max_jobs`).
+    pub fn max_jobs(&self) -> usize {
+        self.config.max_jobs
+    }
+
+    /// How many jobs held have not ended: what `max_jobs` counts.
+    pub fn open_jobs(&self) -> usize {
+        // `active` holds exactly the jobs that are not final (see `after_final`, `cancel`).
+        self.active.len()
     }
 
     /// Lets go of an ended job's task table (attestations, leases, lapses), keeping its spec and

@@ -7,18 +7,29 @@ use spare_protocol::{Failure, JobId, TaskId, TaskView, Verdict};
 use super::Node;
 use crate::store::{StoreError, StoredResult};
 
+/// A task's view, with its stored result when it has one.
+pub type TaskRecord = (TaskView, Option<StoredResult>);
+
 /// Stored results read per round when listing a shed job's tasks.
 const READ_CHUNK: usize = 1024;
 
 impl Node {
     /// Lets go of an ended job's task table; its end (and so every verdict) must be durable.
     pub(crate) fn shed(&self, job: &JobId) {
-        self.core().coord.shed(job);
+        let mut core = self.core();
+        if core.coord.shed(job)
+            && let Some(meta) = core.jobs.get_mut(job)
+        {
+            // Only runs need them (up to 64 KiB a job), and no task of it runs again; an
+            // adoption or catch-up reads them from the store.
+            meta.args = Default::default();
+            meta.env = Default::default();
+        }
     }
 
     /// One task's view, from the coordinator or, once its job was shed, from the store; with its
     /// stored result when it has one (output left out).
-    pub fn task_view(&self, task: &TaskId) -> Option<(TaskView, Option<StoredResult>)> {
+    pub fn task_view(&self, task: &TaskId) -> Option<TaskRecord> {
         let policy = {
             let core = self.core();
             if !core.coord.is_shed(&task.job) {
@@ -35,7 +46,7 @@ impl Node {
 
     /// Views of tasks `0..n` of a shed job, from the store, with their stored results (outputs
     /// left out). `None` when the job is not shed (its coordinator holds the tasks).
-    pub fn shed_task_views(&self, job: &JobId, n: u32) -> Option<Result<Vec<(TaskView, Option<StoredResult>)>, StoreError>> {
+    pub fn shed_task_views(&self, job: &JobId, n: u32) -> Option<Result<Vec<TaskRecord>, StoreError>> {
         let policy = {
             let core = self.core();
             if !core.coord.is_shed(job) {
@@ -88,7 +99,7 @@ impl Node {
     }
 }
 
-fn ended_view(task: TaskId, stored: Option<StoredResult>, policy: &spare_protocol::Policy) -> (TaskView, Option<StoredResult>) {
+fn ended_view(task: TaskId, stored: Option<StoredResult>, policy: &spare_protocol::Policy) -> TaskRecord {
     match stored {
         Some(r) => (TaskView::ended(task, r.verdict.clone(), r.verified_by.clone(), r.attestations, policy), Some(r)),
         None => (TaskView::ended(task, Verdict::Pending, Vec::new(), 0, policy), None),

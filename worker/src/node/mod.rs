@@ -319,6 +319,10 @@ impl Node {
                 // Ended: its tasks are read from the store (`ended.rs`), so a restart does not
                 // hold every task of every job kept.
                 core.coord.shed(id);
+                if let Some(meta) = core.jobs.get_mut(id) {
+                    meta.args = Default::default();
+                    meta.env = Default::default();
+                }
             }
             let unfinished = if open { core.coord.unfinished(id) } else { Vec::new() };
             for index in unfinished {

@@ -193,6 +193,7 @@ impl Node {
         }
         // Checked early to refuse cheaply, and again where the counts are raised.
         self.within_caps(job.owner, job.inputs.len(), 0)?;
+        coordinator_room(&self.core().coord)?;
         if job.nonce.is_empty() {
             // As the proto promises: two submissions of the same content without a nonce are
             // two jobs.
@@ -246,7 +247,9 @@ impl Node {
             }
             // The caps again, now that no other submission can slip in between (finding 18:
             // concurrent submits all passed the early check, and one key held 258 of 256).
-            if let Err(e) = self.within_caps(job.owner, job.inputs.len(), input_bytes) {
+            // And the coordinator's room, before anything is written (it is checked again as
+            // the job goes in, after the write).
+            if let Err(e) = self.within_caps(job.owner, job.inputs.len(), input_bytes).and_then(|()| coordinator_room(&core.coord)) {
                 self.0.submitting.remove(&id);
                 return Err(e);
             }
@@ -341,6 +344,16 @@ impl Node {
             .map_err(|e| PrepareError::Other(anyhow::anyhow!("compile task failed: {e}")))?
             .map_err(PrepareError::Module)
     }
+}
+
+/// Refuses a job when the coordinator holds its most unfinished jobs (as its `submit` would,
+/// but before anything is written).
+fn coordinator_room(coord: &spare_protocol::Coordinator) -> Result<(), SubmitFailure> {
+    let max = coord.max_jobs();
+    if coord.open_jobs() >= max {
+        return Err(SubmitFailure::Full(SubmitError::Full(max).to_string()));
+    }
+    Ok(())
 }
 
 /// Why a module could not be made ready.

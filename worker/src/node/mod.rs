@@ -434,21 +434,34 @@ impl Node {
                             }
                         }
                     }
+                    // What the write made true first, then who hears of it: a job whose end is
+                    // durable is finished before anyone hears of its last verdict (a Results
+                    // stream that sent every result asks then whether the job has ended).
+                    let mut ended = Vec::new();
+                    for c in &changes {
+                        match c {
+                            Change::TaskFinal(task) => {
+                                if let Some(t) = self.core().coord.task(task) {
+                                    self.0.metrics.decided(t.state);
+                                }
+                            }
+                            Change::JobFinished(job) => {
+                                if self.0.finished.insert(*job) {
+                                    ended.push(*job);
+                                }
+                            }
+                        }
+                    }
+                    for job in &ended {
+                        self.job_ended(job);
+                        self.note_ended(*job);
+                        self.log_job_end(job);
+                        // Every verdict is durable now: they are read from the store.
+                        self.shed(job);
+                    }
                     for c in changes {
                         if let Change::JobFinished(job) = c {
-                            if self.0.finished.insert(job) {
-                                self.job_ended(&job);
-                                self.note_ended(job);
-                                self.log_job_end(&job);
-                                // Every verdict is durable now: they are read from the store.
-                                self.shed(&job);
-                            }
                             self.publish_job(job, true);
-                        }
-                        if let Change::TaskFinal(task) = &c
-                            && let Some(t) = self.core().coord.task(task)
-                        {
-                            self.0.metrics.decided(t.state);
                         }
                         let _ = self.0.changes.send(c);
                     }

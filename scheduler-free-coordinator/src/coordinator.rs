@@ -207,11 +207,16 @@ impl Coordinator {
     /// Accepts a new job, checking its policy against the caps.
     pub fn submit(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
         self.config.caps.check(&spec.policy, u64::from(spec.task_count))?;
+        if !self.jobs.contains_key(&id) && self.open_jobs() >= self.config.max_jobs {
+            return Err(SubmitError::Full(self.config.max_jobs));
+        }
         self.insert(id, spec)
     }
 
     /// Takes back a job this peer accepted earlier (after a restart); caps are not re-checked,
-    /// since they may have changed since the job was accepted.
+    /// since they may have changed since the job was accepted (`max_jobs` neither: a peer whose
+    /// cap was lowered still starts with every job it holds). A driver taking on a job from
+    /// another peer checks [`Coordinator::open_jobs`] against [`Coordinator::max_jobs`] first.
     pub fn restore(&mut self, id: JobId, spec: JobSpec, cancelled: bool) -> Result<(), SubmitError> {
         self.insert(id, spec)?;
         if cancelled {
@@ -223,9 +228,6 @@ impl Coordinator {
     fn insert(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
         if self.jobs.contains_key(&id) {
             return Err(SubmitError::Duplicate(id));
-        }
-        if self.open_jobs() >= self.config.max_jobs {
-            return Err(SubmitError::Full(self.config.max_jobs));
         }
         let key = u64::from_le_bytes(
             blake3::keyed_hash(&self.config.secret, id.as_bytes()).as_bytes()[..8]

@@ -494,6 +494,9 @@ fn the_job_cap_counts_unfinished_jobs_and_ended_ones_shed_their_tasks() {
     c.submit(job(2), spec(1, 1, 1)).unwrap();
     assert_eq!(c.submit(job(3), spec(1, 1, 1)), Err(SubmitError::Full(2)), "two unfinished jobs fill it");
     assert_eq!((c.open_jobs(), c.max_jobs()), (2, 2));
+    c.restore(job(9), spec(1, 1, 1), false).expect("a job taken back after a restart is never refused");
+    assert_eq!(c.open_jobs(), 3);
+    assert!(c.cancel(&job(9)));
     for l in c.lease_job(&job(1), peer(1), 10, 0) {
         c.report(att(l.task, l.peer, honest(l.task.index))).unwrap();
     }

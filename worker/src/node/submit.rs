@@ -155,7 +155,7 @@ impl Node {
     /// Writes a job's inputs in chunks of at most [`INPUT_CHUNK_TASKS`] tasks and
     /// [`INPUT_CHUNK_BYTES`] bytes, one transaction each, then the job itself: a restart finds
     /// the job only once every input is durable (inputs without a job are removed at start).
-    async fn store_job(&self, id: JobId, stored: StoredJob, inputs: Vec<StoredInput>) -> Result<(), crate::store::StoreError> {
+    pub(crate) async fn store_job(&self, id: JobId, stored: StoredJob, inputs: Vec<StoredInput>) -> Result<(), crate::store::StoreError> {
         let mut first = 0u32;
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;

@@ -28,7 +28,8 @@ pub struct CoordinatorConfig {
     /// Added to a task's timeout to make its lease duration (fetch, queueing, reporting).
     /// Default 5 000.
     pub lease_grace_ms: u64,
-    /// Most jobs held at once.
+    /// Most unfinished jobs held at once (queued or running); ended ones do not count, so
+    /// finished jobs never keep a peer from taking new ones.
     pub max_jobs: usize,
     /// Secret key of the unpredictable task order; never leaves this peer.
     pub secret: [u8; 32],
@@ -86,8 +87,8 @@ pub enum SubmitError {
     /// A job with this id is already held.
     #[error("job {0} already exists")]
     Duplicate(JobId),
-    /// The coordinator holds its maximum number of jobs.
-    #[error("this peer holds its maximum of {0} jobs")]
+    /// The coordinator holds its maximum number of unfinished jobs.
+    #[error("this peer holds its maximum of {0} unfinished jobs; try another peer or later")]
     Full(usize),
 }
 
@@ -206,11 +207,16 @@ impl Coordinator {
     /// Accepts a new job, checking its policy against the caps.
     pub fn submit(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
         self.config.caps.check(&spec.policy, u64::from(spec.task_count))?;
+        if !self.jobs.contains_key(&id) && self.open_jobs() >= self.config.max_jobs {
+            return Err(SubmitError::Full(self.config.max_jobs));
+        }
         self.insert(id, spec)
     }
 
     /// Takes back a job this peer accepted earlier (after a restart); caps are not re-checked,
-    /// since they may have changed since the job was accepted.
+    /// since they may have changed since the job was accepted (`max_jobs` neither: a peer whose
+    /// cap was lowered still starts with every job it holds). A driver taking on a job from
+    /// another peer checks [`Coordinator::open_jobs`] against [`Coordinator::max_jobs`] first.
     pub fn restore(&mut self, id: JobId, spec: JobSpec, cancelled: bool) -> Result<(), SubmitError> {
         self.insert(id, spec)?;
         if cancelled {
@@ -222,9 +228,6 @@ impl Coordinator {
     fn insert(&mut self, id: JobId, spec: JobSpec) -> Result<(), SubmitError> {
         if self.jobs.contains_key(&id) {
             return Err(SubmitError::Duplicate(id));
-        }
-        if self.jobs.len() >= self.config.max_jobs {
-            return Err(SubmitError::Full(self.config.max_jobs));
         }
         let key = u64::from_le_bytes(
             blake3::keyed_hash(&self.config.secret, id.as_bytes()).as_bytes()[..8]
@@ -394,6 +397,10 @@ impl Coordinator {
         let task = att.task;
         let job = self.jobs.get_mut(&task.job).ok_or(ReportError::UnknownJob(task.job))?;
         let adaptive = job.spec.policy.adaptive;
+        if job.shed() && task.index < job.spec.task_count {
+            // Ended and its task table let go ([`Coordinator::shed`]): every task is final.
+            return Ok(Reported::Late);
+        }
         let entry = job.tasks.get(task.index as usize).ok_or(ReportError::UnknownTask(task))?;
         let peer = att.peer;
         let leased = entry.leases.iter().any(|(p, _)| *p == peer);
@@ -641,6 +648,40 @@ impl Coordinator {
         self.active.retain(|j| j != id);
         self.standby.remove(id);
         true
+    }
+
+    /// Most unfinished jobs held (`CoordinatorConfig::max_jobs`).
+    pub fn max_jobs(&self) -> usize {
+        self.config.max_jobs
+    }
+
+    /// How many jobs held have not ended: what `max_jobs` counts.
+    pub fn open_jobs(&self) -> usize {
+        // `active` holds exactly the jobs that are not final (see `after_final`, `cancel`).
+        self.active.len()
+    }
+
+    /// Lets go of an ended job's task table (attestations, leases, lapses), keeping its spec and
+    /// counts: [`Coordinator::job`] still answers, [`Coordinator::task`] and the other per-task
+    /// reads answer nothing, and late reports are taken as [`Reported::Late`]. A driver that
+    /// stores every verdict calls it once a job's end is durable and serves the tasks from its
+    /// store, so a long-running peer does not keep every task it ever coordinated in memory.
+    /// False for an unknown or unfinished job.
+    pub fn shed(&mut self, id: &JobId) -> bool {
+        let Some(job) = self.jobs.get_mut(id).filter(|j| j.state().is_final()) else { return false };
+        let tasks = std::mem::take(&mut job.tasks);
+        job.clear_open();
+        for (index, t) in tasks.iter().enumerate() {
+            for (peer, _) in &t.leases {
+                self.held.unhold(peer, &TaskId { job: *id, index: index as u32 });
+            }
+        }
+        true
+    }
+
+    /// Whether a job's task table was let go ([`Coordinator::shed`]).
+    pub fn is_shed(&self, id: &JobId) -> bool {
+        self.jobs.get(id).is_some_and(|j| j.shed())
     }
 
     /// The next event for the driver.

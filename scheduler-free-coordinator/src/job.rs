@@ -195,6 +195,16 @@ impl JobTable {
         JobView { id, spec: self.spec.clone(), state, counts: self.counts(), message }
     }
 
+    /// Whether the task table was let go (an ended job, see `Coordinator::shed`).
+    pub fn shed(&self) -> bool {
+        self.tasks.len() < self.spec.task_count as usize
+    }
+
+    /// Forgets which tasks want replicas (none do once the job has ended).
+    pub fn clear_open(&mut self) {
+        self.open = BTreeSet::new();
+    }
+
     pub fn counts(&self) -> TaskCounts {
         let total = self.spec.task_count;
         let done = self.running + self.verified + self.inconclusive + self.failed;

@@ -94,7 +94,9 @@ pub struct PolicyCaps {
     pub max_replicas: u32,
     /// Largest limits a task may ask for.
     pub limits: Limits,
-    /// Most tasks in one job.
+    /// Most tasks in one job ([`PolicyCaps::MAX_TASKS`] by default): a job's tasks are held in
+    /// memory by each of its coordinators and its inputs written at submission, so one
+    /// submission must not be able to occupy a peer for long.
     pub max_tasks: u32,
 }
 
@@ -109,7 +111,7 @@ impl Default for PolicyCaps {
                 timeout_ms: 24 * 3600 * 1000,
                 output_bytes: 64 << 20,
             },
-            max_tasks: 1_000_000,
+            max_tasks: Self::MAX_TASKS,
         }
     }
 }
@@ -147,6 +149,9 @@ pub enum PolicyError {
 }
 
 impl PolicyCaps {
+    /// The default cap on tasks per job. More work is more jobs.
+    pub const MAX_TASKS: u32 = 100_000;
+
     /// Checks a complete policy and a task count against these caps.
     pub fn check(&self, policy: &Policy, tasks: u64) -> Result<(), PolicyError> {
         if tasks == 0 {

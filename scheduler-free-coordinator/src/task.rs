@@ -47,6 +47,33 @@ pub struct TaskView {
     pub note: Option<String>,
 }
 
+impl TaskView {
+    /// A task of an ended job whose table the coordinator let go (`Coordinator::shed`), as its
+    /// stored verdict shows it: the same view the table gave.
+    pub fn ended(id: TaskId, verdict: Verdict, verified_by: Vec<PeerId>, attestations: u32, policy: &Policy) -> TaskView {
+        let state = match &verdict {
+            Verdict::Pending => TaskState::Pending,
+            Verdict::Verified(_) => TaskState::Verified,
+            Verdict::Inconclusive => TaskState::Inconclusive,
+            Verdict::Failed(_) => TaskState::Failed,
+        };
+        // Only a lone replica's verdict rests on fewer agreeing peers than the quorum.
+        let lone = matches!(verdict, Verdict::Verified(_)) && verified_by.len() == 1 && policy.quorum > 1;
+        let note = final_note(&verdict, attestations, policy);
+        TaskView { id, state, verdict, verified_by, attestations, lone, note }
+    }
+}
+
+/// Words for a task that failed (`None` for any other).
+fn final_note(verdict: &Verdict, attestations: u32, policy: &Policy) -> Option<String> {
+    match verdict {
+        Verdict::Failed(Failure::Agreed(k)) => Some(k.outcome.describe()),
+        Verdict::Failed(Failure::TimedOut(n)) => Some(format!("{n} replicas missed the {} ms deadline", policy.limits.timeout_ms)),
+        Verdict::Inconclusive => Some(format!("{attestations} replicas gave no {} agreeing results", policy.quorum)),
+        _ => None,
+    }
+}
+
 /// One task's state inside a job table.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TaskEntry {
@@ -197,19 +224,10 @@ impl TaskEntry {
     /// Words for a task that failed or waits.
     pub fn note(&self, policy: &Policy, live_peers: usize) -> Option<String> {
         match &self.verdict.0 {
-            Verdict::Failed(Failure::Agreed(k)) => Some(k.outcome.describe()),
-            Verdict::Failed(Failure::TimedOut(n)) => {
-                Some(format!("{n} replicas missed the {} ms deadline", policy.limits.timeout_ms))
-            }
-            Verdict::Inconclusive => Some(format!(
-                "{} replicas gave no {} agreeing results",
-                self.attestations.len(),
-                policy.quorum
-            )),
             Verdict::Pending if (policy.quorum as usize) > live_peers && !self.attestations.is_empty() => {
                 Some(needs_peers(policy.quorum, live_peers))
             }
-            _ => None,
+            v => final_note(v, self.attestations.len() as u32, policy),
         }
     }
 }

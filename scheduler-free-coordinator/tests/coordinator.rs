@@ -484,3 +484,39 @@ fn a_fresh_key_holds_little_until_it_agrees() {
     c.set_standing(peer(2), Standing { agreed: 5, ..Standing::default() });
     assert!(c.take_changed_standings().is_empty(), "a restored standing is not a change");
 }
+
+/// Finding 9: the job cap counts jobs that have not ended, so finished jobs never make a peer
+/// refuse new ones, and an ended job's task table can be let go while its status stays.
+#[test]
+fn the_job_cap_counts_unfinished_jobs_and_ended_ones_shed_their_tasks() {
+    let mut c = Coordinator::new(CoordinatorConfig { max_jobs: 2, ..CoordinatorConfig::default() });
+    c.submit(job(1), spec(3, 1, 1)).unwrap();
+    c.submit(job(2), spec(1, 1, 1)).unwrap();
+    assert_eq!(c.submit(job(3), spec(1, 1, 1)), Err(SubmitError::Full(2)), "two unfinished jobs fill it");
+    assert_eq!((c.open_jobs(), c.max_jobs()), (2, 2));
+    c.restore(job(9), spec(1, 1, 1), false).expect("a job taken back after a restart is never refused");
+    assert_eq!(c.open_jobs(), 3);
+    assert!(c.cancel(&job(9)));
+    for l in c.lease_job(&job(1), peer(1), 10, 0) {
+        c.report(att(l.task, l.peer, honest(l.task.index))).unwrap();
+    }
+    assert_eq!(c.job(&job(1)).unwrap().state, JobState::Completed);
+    c.submit(job(3), spec(1, 1, 1)).expect("an ended job leaves room");
+    assert!(!c.shed(&job(2)), "an unfinished job keeps its tasks");
+    let before: Vec<TaskView> = (0..3).map(|index| c.task(&TaskId { job: job(1), index }).unwrap()).collect();
+    assert!(c.shed(&job(1)));
+    let policy = spec(3, 1, 1).policy;
+    for v in &before {
+        let again = TaskView::ended(v.id, v.verdict.clone(), v.verified_by.clone(), v.attestations, &policy);
+        assert_eq!(&again, v, "a stored verdict shows as the table did");
+    }
+    assert!(c.is_shed(&job(1)));
+    let v = c.job(&job(1)).expect("the status stays");
+    assert_eq!((v.state, v.counts.verified, v.counts.total), (JobState::Completed, 3, 3));
+    assert_eq!(c.task(&TaskId { job: job(1), index: 0 }), None, "its tasks are read from the driver's store");
+    // A report that arrives after is taken as late.
+    let t = TaskId { job: job(1), index: 1 };
+    assert_eq!(c.report(att(t, peer(2), honest(1))), Ok(Reported::Late));
+    assert!(c.lease(peer(2), 10, 0).iter().all(|l| l.task.job != job(1)), "nothing of it is leased");
+    assert!(c.forget(&job(1)), "retention can still forget it");
+}

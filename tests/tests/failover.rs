@@ -159,7 +159,8 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
         })
         .await;
         assert_eq!(view.counts.failed, 1, "{:?}", view.counts);
-        let t = p.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 0 }).unwrap();
+        // An ended job's tasks are read from the store.
+        let (t, _) = p.node.task_view(&spare_protocol::TaskId { job: jid, index: 0 }).unwrap();
         assert_eq!(t.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(2)));
     }
     stop_all(peers).await;

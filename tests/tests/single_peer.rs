@@ -121,7 +121,8 @@ async fn a_task_failed_by_its_deadline_stays_failed_after_a_restart() {
     let counts = status.tasks;
     assert_eq!((counts.verified, counts.failed, counts.pending), (1, 1, 0), "{counts:?}");
     let jid: spare_protocol::JobId = id.as_str().parse().unwrap();
-    let t = peer.node.core().coord.task(&spare_protocol::TaskId { job: jid, index: 1 }).unwrap();
+    // An ended job's tasks are read from the store.
+    let (t, _) = peer.node.task_view(&spare_protocol::TaskId { job: jid, index: 1 }).unwrap();
     assert_eq!(t.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(1)));
     peer.shutdown().await;
 }

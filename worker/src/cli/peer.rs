@@ -104,6 +104,14 @@ pub struct PeerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs_per_submitter: Option<usize>,
+    /// Bytes of inputs (inline and blob) of one submitter key's unfinished jobs held here at most [default: 2 GiB].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_input_bytes_per_submitter: Option<Size>,
+    /// Unfinished jobs this peer coordinates at most (as origin or backup); ended jobs do not count [default: 10000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_unfinished_jobs: Option<usize>,
     /// Tasks of running jobs this peer holds at most (as origin or backup coordinator) [default: 20000000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

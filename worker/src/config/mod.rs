@@ -61,6 +61,10 @@ pub struct PeerConfig {
     pub max_pending_submits: usize,
     /// Jobs one submitter may have running here at once.
     pub max_jobs_per_submitter: usize,
+    /// Bytes of inputs of one submitter key's unfinished jobs held here at most.
+    pub max_input_bytes_per_submitter: Size,
+    /// Unfinished jobs coordinated here at most (ended ones do not count).
+    pub max_unfinished_jobs: usize,
     /// Tasks of running jobs held here at most.
     pub max_held_tasks: u64,
     /// Live leases one peer may hold from this peer's coordinator.
@@ -94,6 +98,8 @@ pub const KEYS: &[&str] = &[
     "max_blob_bytes",
     "max_pending_submits",
     "max_jobs_per_submitter",
+    "max_input_bytes_per_submitter",
+    "max_unfinished_jobs",
     "max_held_tasks",
     "max_leases_per_peer",
     "peer_rate",
@@ -126,6 +132,8 @@ impl Default for PeerConfig {
             max_blob_bytes: Size(node.max_blob_bytes),
             max_pending_submits: bounds.max_pending_submits,
             max_jobs_per_submitter: bounds.max_jobs_per_submitter,
+            max_input_bytes_per_submitter: Size(bounds.max_input_bytes_per_submitter),
+            max_unfinished_jobs: bounds.max_unfinished_jobs,
             max_held_tasks: bounds.max_held_tasks,
             max_leases_per_peer: bounds.max_leases_per_peer,
             peer_rate: bounds.peer_rate,
@@ -171,6 +179,8 @@ impl PeerConfig {
         at_least_one("max_pending_submits", self.max_pending_submits as u64)?;
         at_least_one("max_jobs_per_submitter", self.max_jobs_per_submitter as u64)?;
         at_least_one("max_held_tasks", self.max_held_tasks)?;
+        at_least_one("max_input_bytes_per_submitter", self.max_input_bytes_per_submitter.0)?;
+        at_least_one("max_unfinished_jobs", self.max_unfinished_jobs as u64)?;
         at_least_one("max_leases_per_peer", self.max_leases_per_peer as u64)?;
         let peer_rate = positive("peer_rate", self.peer_rate)?;
         let max_module_bytes = usize::try_from(self.max_module_bytes.0).map_err(|_| invalid("max_module_bytes", "too large"))?;
@@ -187,6 +197,8 @@ impl PeerConfig {
         c.bounds = Bounds {
             max_pending_submits: self.max_pending_submits,
             max_jobs_per_submitter: self.max_jobs_per_submitter,
+            max_input_bytes_per_submitter: self.max_input_bytes_per_submitter.0,
+            max_unfinished_jobs: self.max_unfinished_jobs,
             max_held_tasks: self.max_held_tasks,
             max_leases_per_peer: self.max_leases_per_peer,
             peer_rate,

@@ -60,7 +60,7 @@ impl Node {
 
     /// The job's tasks that failed by deadline misses, as the coordinator holds them.
     pub(crate) fn timed_out_tasks(&self, job: &JobId) -> Vec<pb::TimedOutTask> {
-        self.core().coord.timed_out(job).into_iter().map(|(index, misses)| pb::TimedOutTask { index, misses }).collect()
+        self.timed_out_of(job).into_iter().map(|(index, misses)| pb::TimedOutTask { index, misses }).collect()
     }
 
     /// Replays tasks of `job` that failed by deadline misses (stored, or told by the active

@@ -30,6 +30,8 @@ pub struct JobMeta {
     /// Who submitted it here (its key), when this peer is its origin and still runs it: what
     /// the per-submitter bound counts.
     pub submitter: Option<spare_protocol::PeerId>,
+    /// Bytes of its inputs counted against `submitter`'s bound (0 when it has none).
+    pub input_bytes: u64,
     /// The submitter key that owns it: the only one that may cancel it (`None` for jobs from
     /// before owners).
     pub owner: Option<spare_protocol::PeerId>,
@@ -50,6 +52,7 @@ impl JobMeta {
             coordinators: job.coordinators.clone(),
             named: job.coordinators.iter().copied().collect(),
             submitter: None,
+            input_bytes: 0,
             owner: job.owner,
             content_digest: job.content_digest,
             nonce: job.nonce.clone(),

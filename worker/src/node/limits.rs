@@ -15,6 +15,12 @@ pub struct Bounds {
     pub max_pending_submits: usize,
     /// Jobs one submitter (by IP address) may have running here at once.
     pub max_jobs_per_submitter: usize,
+    /// Bytes of inputs (inline, and the blobs named) of one submitter key's unfinished jobs held
+    /// here at once.
+    pub max_input_bytes_per_submitter: u64,
+    /// Unfinished jobs this peer's coordinator holds at once (origin or backup); ended jobs do
+    /// not count.
+    pub max_unfinished_jobs: usize,
     /// Tasks of all jobs held here (coordinated or backed up) at once.
     pub max_held_tasks: u64,
     /// Live leases one peer may hold from this peer's coordinator.
@@ -30,10 +36,32 @@ impl Default for Bounds {
         Bounds {
             max_pending_submits: 16,
             max_jobs_per_submitter: 256,
+            max_input_bytes_per_submitter: 2 << 30,
+            max_unfinished_jobs: 10_000,
             max_held_tasks: 20_000_000,
             max_leases_per_peer: 4096,
             peer_rate: 1_000.0,
             peer_burst: 4_000.0,
+        }
+    }
+}
+
+/// What one submitter key's unfinished jobs hold here, against its bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Jobs running.
+    pub jobs: usize,
+    /// Bytes of their inputs.
+    pub input_bytes: u64,
+}
+
+/// Gives back one job of `key` holding `input_bytes`; a key that holds nothing more is dropped.
+pub fn give_back(held: &mut std::collections::HashMap<spare_protocol::PeerId, Held>, key: spare_protocol::PeerId, input_bytes: u64) {
+    if let Some(h) = held.get_mut(&key) {
+        h.jobs = h.jobs.saturating_sub(1);
+        h.input_bytes = h.input_bytes.saturating_sub(input_bytes);
+        if h.jobs == 0 {
+            held.remove(&key);
         }
     }
 }

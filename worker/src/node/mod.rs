@@ -8,6 +8,7 @@ mod clients;
 mod catchup;
 mod core;
 pub mod donation;
+mod ended;
 mod heal;
 mod journal;
 mod load;
@@ -167,8 +168,11 @@ struct Shared {
     invalid_records: std::sync::atomic::AtomicU64,
     /// Submissions being checked and stored now.
     submits: tokio::sync::Semaphore,
-    /// Running jobs per submitter key.
-    submitters: Mutex<std::collections::HashMap<spare_protocol::PeerId, usize>>,
+    /// What each submitter key's running jobs hold here.
+    submitters: Mutex<std::collections::HashMap<spare_protocol::PeerId, limits::Held>>,
+    /// Jobs being written at submission: not in the coordinator yet, and no other submission
+    /// of the same id may start.
+    submitting: dashmap::DashSet<JobId>,
     /// Signed client requests seen lately, so none is taken twice.
     replay: Mutex<replay::ReplayCache>,
     /// Signed mesh requests (lease, report, adopt, replicate) seen lately, likewise.
@@ -227,6 +231,7 @@ impl Node {
             caps: config.caps,
             secret,
             max_leases_per_peer: config.bounds.max_leases_per_peer,
+            max_jobs: config.bounds.max_unfinished_jobs,
             ..CoordinatorConfig::default()
         });
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
@@ -262,6 +267,7 @@ impl Node {
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
             submitters: Default::default(),
+            submitting: Default::default(),
             replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_SEEN)),
             mesh_replay: Mutex::new(replay::ReplayCache::new(crate::wire::signing::LEASE_CLOCK_SKEW_MS, replay::MAX_MESH_SEEN)),
             held_tasks: Default::default(),
@@ -287,6 +293,10 @@ impl Node {
 
     /// Loads every stored job and replays its attestations, so verdicts come back as they were.
     fn restore(&self) -> anyhow::Result<usize> {
+        let orphans = self.0.store.remove_orphan_inputs()?;
+        if orphans > 0 {
+            tracing::info!("removed the inputs of {orphans} submissions that were not stored whole when the peer stopped");
+        }
         let jobs = self.0.store.jobs()?;
         let mut core = self.core();
         for (id, job) in &jobs {
@@ -306,6 +316,15 @@ impl Node {
             }
             // Tasks failed by deadline misses: no attestation says so, their stored results do.
             let open = !core.coord.job(id).is_some_and(|v| v.state.is_final());
+            if !open {
+                // Ended: its tasks are read from the store (`ended.rs`), so a restart does not
+                // hold every task of every job kept.
+                core.coord.shed(id);
+                if let Some(meta) = core.jobs.get_mut(id) {
+                    meta.args = Default::default();
+                    meta.env = Default::default();
+                }
+            }
             let unfinished = if open { core.coord.unfinished(id) } else { Vec::new() };
             for index in unfinished {
                 let task = spare_protocol::TaskId { job: *id, index };
@@ -416,19 +435,34 @@ impl Node {
                             }
                         }
                     }
+                    // What the write made true first, then who hears of it: a job whose end is
+                    // durable is finished before anyone hears of its last verdict (a Results
+                    // stream that sent every result asks then whether the job has ended).
+                    let mut ended = Vec::new();
+                    for c in &changes {
+                        match c {
+                            Change::TaskFinal(task) => {
+                                if let Some(t) = self.core().coord.task(task) {
+                                    self.0.metrics.decided(t.state);
+                                }
+                            }
+                            Change::JobFinished(job) => {
+                                if self.0.finished.insert(*job) {
+                                    ended.push(*job);
+                                }
+                            }
+                        }
+                    }
+                    for job in &ended {
+                        self.job_ended(job);
+                        self.note_ended(*job);
+                        self.log_job_end(job);
+                        // Every verdict is durable now: they are read from the store.
+                        self.shed(job);
+                    }
                     for c in changes {
                         if let Change::JobFinished(job) = c {
-                            if self.0.finished.insert(job) {
-                                self.job_ended(&job);
-                                self.note_ended(job);
-                                self.log_job_end(&job);
-                            }
                             self.publish_job(job, true);
-                        }
-                        if let Change::TaskFinal(task) = &c
-                            && let Some(t) = self.core().coord.task(task)
-                        {
-                            self.0.metrics.decided(t.state);
                         }
                         let _ = self.0.changes.send(c);
                     }
@@ -472,21 +506,15 @@ impl Node {
 
     /// Gives back what a running job counted against the bounds.
     fn job_ended(&self, job: &JobId) {
-        let (tasks, submitter) = {
+        let (tasks, submitter, input_bytes) = {
             let core = self.core();
-            core.jobs.get(job).map_or((0, None), |m| (m.spec.task_count, m.submitter))
+            core.jobs.get(job).map_or((0, None, 0), |m| (m.spec.task_count, m.submitter, m.input_bytes))
         };
         let _ = self.0.held_tasks.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |h| {
             Some(h.saturating_sub(u64::from(tasks)))
         });
         if let Some(key) = submitter {
-            let mut s = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = s.get_mut(&key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.remove(&key);
-                }
-            }
+            limits::give_back(&mut self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()), key, input_bytes);
         }
     }
 

@@ -60,10 +60,27 @@ pub enum SubmitFailure {
 /// Most bytes of argv and environment together.
 pub const MAX_ARGS_BYTES: usize = 64 << 10;
 
+/// Most tasks' inputs written in one store transaction at submission, so one big submission
+/// never holds the store's writer for long (finding 11: one 1,000,000-task write stalled every
+/// other write of the peer for 25 minutes).
+pub const INPUT_CHUNK_TASKS: usize = 4096;
+/// Most bytes of inline inputs written in one store transaction at submission (a chunk holds at
+/// least one task).
+pub const INPUT_CHUNK_BYTES: usize = 8 << 20;
+
+/// What a job accepted here counts against the bounds until it ends: its tasks, and the
+/// submitter's jobs and input bytes.
+#[derive(Clone, Copy, Debug)]
+struct Counted {
+    owner: Option<PeerId>,
+    tasks: u64,
+    input_bytes: u64,
+}
+
 impl Node {
-    /// Whether a job of `tasks` tasks from `owner` fits this peer's caps on held tasks and on
-    /// jobs running per submitter key.
-    fn within_caps(&self, owner: Option<PeerId>, tasks: usize) -> Result<(), SubmitFailure> {
+    /// Whether a job of `tasks` tasks and `input_bytes` bytes of inputs from `owner` fits this
+    /// peer's caps on held tasks, and on jobs running and input bytes held per submitter key.
+    fn within_caps(&self, owner: Option<PeerId>, tasks: usize, input_bytes: u64) -> Result<(), SubmitFailure> {
         let bounds = self.config().bounds;
         let held = self.0.held_tasks.load(std::sync::atomic::Ordering::Relaxed);
         if held + tasks as u64 > bounds.max_held_tasks {
@@ -73,18 +90,93 @@ impl Node {
             )));
         }
         if let Some(key) = owner {
-            let running = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0);
-            if running >= bounds.max_jobs_per_submitter {
+            let mine = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or_default();
+            if mine.jobs >= bounds.max_jobs_per_submitter {
                 return Err(SubmitFailure::Full(format!(
-                    "submitter key {} already has {running} jobs running here, the most one submitter may have; wait for some to end",
-                    key.short()
+                    "submitter key {} already has {} jobs running here, the most one submitter may have; wait for some to end",
+                    key.short(),
+                    mine.jobs
+                )));
+            }
+            let max = bounds.max_input_bytes_per_submitter;
+            if mine.input_bytes.saturating_add(input_bytes) > max {
+                return Err(SubmitFailure::Full(format!(
+                    "submitter key {}'s unfinished jobs here hold {} of inputs, and this job's {} would pass the {} one submitter may have held (max_input_bytes_per_submitter); wait for some to end",
+                    key.short(),
+                    bytesize::ByteSize(mine.input_bytes),
+                    bytesize::ByteSize(input_bytes),
+                    bytesize::ByteSize(max)
                 )));
             }
         }
         Ok(())
     }
 
-    /// Accepts a job; it is durable when this returns.
+    /// Counts a job against the bounds (call with the caps just checked, under the core lock).
+    fn count(&self, c: Counted) {
+        self.0.held_tasks.fetch_add(c.tasks, std::sync::atomic::Ordering::Relaxed);
+        if let Some(key) = c.owner {
+            let mut submitters = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = submitters.entry(key).or_default();
+            mine.jobs += 1;
+            mine.input_bytes = mine.input_bytes.saturating_add(c.input_bytes);
+        }
+    }
+
+    /// Gives back what [`Node::count`] counted, for a job not accepted after all.
+    fn uncount(&self, c: Counted) {
+        self.unhold_tasks(c.tasks);
+        if let Some(key) = c.owner {
+            super::limits::give_back(&mut self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()), key, c.input_bytes);
+        }
+    }
+
+    /// Bytes of a job's inputs: inline ones, and each blob named once. `Missing` when a blob is
+    /// not stored here.
+    async fn input_bytes(&self, inputs: &[StoredInput]) -> Result<u64, SubmitFailure> {
+        let mut bytes = 0u64;
+        let mut blobs = std::collections::HashSet::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match input {
+                StoredInput::Inline(b) => bytes = bytes.saturating_add(b.len() as u64),
+                StoredInput::Blob(id) => {
+                    if blobs.insert(*id) {
+                        let size = self.store().blobs().size(id).await.ok_or_else(|| {
+                            SubmitFailure::Missing(format!("input blob {id} of task {i} is not stored at this peer"))
+                        })?;
+                        bytes = bytes.saturating_add(size);
+                    }
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a job's inputs in chunks of at most [`INPUT_CHUNK_TASKS`] tasks and
+    /// [`INPUT_CHUNK_BYTES`] bytes, one transaction each, then the job itself: a restart finds
+    /// the job only once every input is durable (inputs without a job are removed at start).
+    pub(crate) async fn store_job(&self, id: JobId, stored: StoredJob, inputs: Vec<StoredInput>) -> Result<(), crate::store::StoreError> {
+        let mut first = 0u32;
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for input in inputs {
+            let size = match &input {
+                StoredInput::Inline(b) => b.len(),
+                StoredInput::Blob(_) => 32,
+            };
+            if !chunk.is_empty() && (chunk.len() >= INPUT_CHUNK_TASKS || chunk_bytes + size > INPUT_CHUNK_BYTES) {
+                let n = chunk.len() as u32;
+                self.store().write(vec![Op::PutInputs { job: id, first, inputs: std::mem::take(&mut chunk) }]).await?;
+                first += n;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+            chunk.push(input);
+        }
+        self.store().write(vec![Op::PutInputs { job: id, first, inputs: chunk }, Op::PutJob(id, stored)]).await
+    }
+
+    /// Accepts a job; it is durable when this returns, and no task of it is leased before.
     pub async fn submit(&self, mut job: NewJob) -> Result<JobId, SubmitFailure> {
         let bounds = self.config().bounds;
         let Ok(_checking) = self.0.submits.try_acquire() else {
@@ -100,7 +192,8 @@ impl Node {
             return Err(SubmitFailure::Full(format!("this peer takes no new jobs: {why}")));
         }
         // Checked early to refuse cheaply, and again where the counts are raised.
-        self.within_caps(job.owner, job.inputs.len())?;
+        self.within_caps(job.owner, job.inputs.len(), 0)?;
+        coordinator_room(&self.core().coord)?;
         if job.nonce.is_empty() {
             // As the proto promises: two submissions of the same content without a nonce are
             // two jobs.
@@ -119,13 +212,8 @@ impl Node {
             return Err(SubmitFailure::Invalid(format!("environment variable name {k:?} is empty or holds '='")));
         }
         self.check_module(&job.module, job.policy.limits.memory_bytes).await?;
-        for (i, input) in job.inputs.iter().enumerate() {
-            if let StoredInput::Blob(id) = input
-                && !self.store().blobs().has(id).await
-            {
-                return Err(SubmitFailure::Missing(format!("input blob {id} of task {i} is not stored at this peer")));
-            }
-        }
+        let input_bytes = self.input_bytes(&job.inputs).await?;
+        self.within_caps(job.owner, 0, input_bytes)?;
         let origin = self.peer_id();
         let content_digest = digest(&job);
         let id = derive_job_id(&origin, &content_digest, &job.nonce);
@@ -150,44 +238,50 @@ impl Node {
         };
         let mut meta = JobMeta::of(&stored);
         meta.submitter = job.owner;
-        let write = {
-            let mut core = self.core();
-            if core.jobs.contains_key(&id) {
+        meta.input_bytes = input_bytes;
+        let counted = Counted { owner: job.owner, tasks: job.inputs.len() as u64, input_bytes };
+        {
+            let core = self.core();
+            if core.jobs.contains_key(&id) || !self.0.submitting.insert(id) {
                 return Err(SubmitFailure::Exists(format!("job {id} already exists")));
             }
             // The caps again, now that no other submission can slip in between (finding 18:
             // concurrent submits all passed the early check, and one key held 258 of 256).
-            self.within_caps(job.owner, job.inputs.len())?;
+            // And the coordinator's room, before anything is written (it is checked again as
+            // the job goes in, after the write).
+            if let Err(e) = self.within_caps(job.owner, job.inputs.len(), input_bytes).and_then(|()| coordinator_room(&core.coord)) {
+                self.0.submitting.remove(&id);
+                return Err(e);
+            }
+            self.count(counted);
+            drop(core);
+        }
+        // Durable before the coordinator hears of it: no task is leased whose input is not
+        // stored (finding 11: tasks of a write still in progress were leased 3,722 times and
+        // failed with "no stored input").
+        let written = self.store_job(id, stored, job.inputs).await;
+        let accepted = written.map_err(|e| SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job"))).and_then(|()| {
+            let mut core = self.core();
             core.coord.submit(id, spec).map_err(|e| match e {
                 SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
                 SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),
                 SubmitError::Full(_) => SubmitFailure::Full(e.to_string()),
             })?;
             core.jobs.insert(id, meta);
-            self.0.held_tasks.fetch_add(u64::from(job_tasks(&core, &id)), std::sync::atomic::Ordering::Relaxed);
-            if let Some(key) = job.owner {
-                *self.0.submitters.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+            Ok(())
+        });
+        self.0.submitting.remove(&id);
+        if let Err(e) = accepted {
+            // Not accepted: forget what it counted, and whatever of it was written (unless the
+            // job is held already, adopted meanwhile: that one stays).
+            self.uncount(counted);
+            if !matches!(e, SubmitFailure::Exists(_)) {
+                drop(self.store().write(vec![Op::DeleteJob(id)]));
             }
-            // Queued under the lock, so a result of this job can never be written before it.
-            self.store().write(vec![Op::PutJob(id, stored), Op::PutInputs { job: id, first: 0, inputs: job.inputs }])
-        };
-        if let Err(e) = write.await {
-            // Not durable, so not accepted: forget it, and what it counted.
-            let mut core = self.core();
-            let tasks = u64::from(job_tasks(&core, &id));
-            core.coord.cancel(&id);
-            core.jobs.remove(&id);
-            self.0.held_tasks.fetch_sub(tasks, std::sync::atomic::Ordering::Relaxed);
-            if let Some(key) = job.owner {
-                let mut submitters = self.0.submitters.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = submitters.get_mut(&key) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-            return Err(SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job")));
+            return Err(e);
         }
         self.0.metrics.jobs_accepted.inc();
-        tracing::info!(job = %id, tasks = stored_count(&self.core(), &id), "job accepted");
+        tracing::info!(job = %id, tasks = counted.tasks, "job accepted");
         // Other coordinators, so the job outlives this peer.
         self.add_coordinators(id).await;
         self.publish_job(id, false);
@@ -252,6 +346,16 @@ impl Node {
     }
 }
 
+/// Refuses a job when the coordinator holds its most unfinished jobs (as its `submit` would,
+/// but before anything is written).
+fn coordinator_room(coord: &spare_protocol::Coordinator) -> Result<(), SubmitFailure> {
+    let max = coord.max_jobs();
+    if coord.open_jobs() >= max {
+        return Err(SubmitFailure::Full(SubmitError::Full(max).to_string()));
+    }
+    Ok(())
+}
+
 /// Why a module could not be made ready.
 #[derive(Debug)]
 pub(crate) enum PrepareError {
@@ -259,14 +363,6 @@ pub(crate) enum PrepareError {
     Module(ModuleError),
     /// The peer failed.
     Other(anyhow::Error),
-}
-
-fn job_tasks(core: &super::Core, id: &JobId) -> u32 {
-    core.jobs.get(id).map_or(0, |m| m.spec.task_count)
-}
-
-fn stored_count(core: &super::Core, id: &JobId) -> u32 {
-    core.jobs.get(id).map_or(0, |m| m.spec.task_count)
 }
 
 /// A digest of everything that defines the job's results, and of its owner (its id is derived

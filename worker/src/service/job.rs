@@ -102,21 +102,31 @@ fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobCl
 
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
-    let (mut s, views, coordinators, owner) = {
+    let (mut s, views, coordinators, owner, n) = {
         let core = node.core();
         let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
         let s = convert::job_status(&view);
         let coordinators = core.jobs.get(id).map(|m| m.coordinators.clone()).unwrap_or_default();
         let owner = core.jobs.get(id).and_then(|m| m.owner);
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
-        let views: Vec<_> = (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect();
-        (s, views, coordinators, owner)
+        // An ended job's tasks are in the store (`node::ended`), read below without the lock.
+        let views: Vec<_> = if core.coord.is_shed(id) {
+            Vec::new()
+        } else {
+            (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect()
+        };
+        (s, views, coordinators, owner, n)
     };
     s.owner = owner.map(|o| o.to_hex()).unwrap_or_default();
     s.coordinators = coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
     if include_tasks && s.tasks.as_ref().is_some_and(|c| c.total > MAX_TASK_LIST) {
         let note = format!("task_list holds the first {MAX_TASK_LIST} tasks; read the rest with Results");
         s.message = if s.message.is_empty() { note } else { format!("{}; {note}", s.message) };
+    }
+    if let Some(ended) = node.shed_task_views(id, n).filter(|_| include_tasks) {
+        let ended = ended.map_err(|e| Status::internal(format!("reading the tasks of job {id}: {e}")))?;
+        s.task_list = ended.iter().map(|(v, stored)| convert::task_status(v, stored.as_ref())).collect();
+        return Ok(s);
     }
     for v in &views {
         // Only failures carry a stored detail worth a read.
@@ -130,8 +140,7 @@ pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobSta
 }
 
 fn task_done(node: &Node, task: &TaskId) -> Option<pb::TaskStatus> {
-    let view = node.core().coord.task(task)?;
-    let stored = node.store().result(task).ok().flatten();
+    let (view, stored) = node.task_view(task)?;
     Some(convert::task_status(&view, stored.as_ref()))
 }
 

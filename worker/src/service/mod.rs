@@ -5,6 +5,7 @@
 mod auth;
 mod blob;
 pub mod conns;
+mod gate;
 pub mod listener;
 mod job;
 pub mod mesh;
@@ -47,6 +48,8 @@ pub async fn serve(node: Node, listener: TcpListener, mut shutdown: watch::Recei
     let jobs = pb::job_service_server::JobServiceServer::new(JobApi::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Submissions are counted before their message is decoded (`gate.rs`).
+    let jobs = gate::SubmitGate::new(jobs, node.config().bounds.max_pending_submits);
     let blobs = pb::blob_service_server::BlobServiceServer::new(BlobApi::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -12,7 +12,7 @@ use crate::identity;
 use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
 use crate::node::recorded::{apply, entries_of, record_all};
 use crate::node::{JobMeta, NewJob, Node, unix_ms};
-use crate::store::{Op, StoredInput, StoredJob};
+use crate::store::{StoredInput, StoredJob};
 
 fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]) -> Result<PeerId, Status> {
     let sender: PeerId = parse_id("peer_id", peer_id)?;
@@ -158,18 +158,28 @@ async fn take_job(
         owner,
         content_digest: Some(content_digest),
     };
-    let (write, inserted) = {
+    {
+        // Room first, so nothing is written for a job that cannot be taken.
+        let core = node.core();
+        if core.coord.open_jobs() >= core.coord.max_jobs() {
+            return Err(Status::resource_exhausted(spare_protocol::SubmitError::Full(core.coord.max_jobs()).to_string()));
+        }
+    }
+    let meta = JobMeta::of(&stored);
+    // Durable, inputs in chunks and the job record last, before the coordinator holds it (as a
+    // submission: `Node::submit`, finding 11).
+    node.store_job(job, stored, new.inputs).await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
+    let inserted = {
         let mut core = node.core();
         let inserted = !core.jobs.contains_key(&job);
         if inserted {
             core.coord.restore(job, spec, r.cancelled).map_err(|e| Status::resource_exhausted(e.to_string()))?;
             core.coord.set_standby(&job, true);
             while core.coord.poll_event().is_some() {}
-            core.jobs.insert(job, JobMeta::of(&stored));
+            core.jobs.insert(job, meta);
         }
-        (node.store().write(vec![Op::PutJob(job, stored), Op::PutInputs { job, first: 0, inputs: new.inputs }]), inserted)
+        inserted
     };
-    write.await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
     tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
     Ok(inserted)
 }

@@ -137,8 +137,8 @@ impl BlobStore {
     }
 }
 
-/// An upload in progress. Dropping it without [`BlobWriter::finish`] leaves a temporary file
-/// that the next start removes.
+/// An upload in progress. Dropping it without [`BlobWriter::finish`] (an upload that ended
+/// early) removes its temporary file; one left by a peer that stopped goes at the next start.
 pub struct BlobWriter {
     store: BlobStore,
     tmp: PathBuf,
@@ -146,6 +146,13 @@ pub struct BlobWriter {
     hasher: blake3::Hasher,
     len: u64,
     max: u64,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // After `finish` the file was renamed into place or removed: nothing is there.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 impl BlobWriter {
@@ -222,6 +229,26 @@ mod tests {
         assert!(matches!(w.finish(Some(wrong)).await, Err(BlobError::HashMismatch { .. })));
         assert!(!store.has(&BlobId::of(b"abc")).await);
         assert!(matches!(store.read(&wrong).await, Err(BlobError::NotFound(_))));
+    }
+
+    /// Finding 10: an upload abandoned midway (its stream ended early) leaves no temporary
+    /// file, and one left by a stopped peer goes at the next start.
+    #[tokio::test]
+    async fn an_abandoned_upload_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let tmp_files = || std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        let mut w = store.writer(1 << 20).await.unwrap();
+        w.write(&[7u8; 4096]).await.unwrap();
+        assert_eq!(tmp_files(), 1, "the upload writes a temporary file");
+        drop(w);
+        assert_eq!(tmp_files(), 0, "dropped midway, it is removed");
+        let (id, _) = store.put(b"kept").await.unwrap();
+        assert_eq!(tmp_files(), 0);
+        std::fs::write(dir.path().join("tmp").join("left-by-a-crash"), b"x").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(tmp_files(), 0, "stale ones go at start");
+        assert!(store.has(&id).await, "finished blobs stay");
     }
 
     /// Finding 15: a flipped byte on disk is caught when the blob is read (and the file

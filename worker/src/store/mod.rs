@@ -239,6 +239,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`Store::results`] without the outputs (left empty): what a status shows.
+    pub fn result_heads(&self, job: &JobId, from: u32, limit: usize) -> Result<Vec<(u32, StoredResult)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(RESULTS).map_err(db_err)?;
+        let lo = task_key(&TaskId { job: *job, index: from });
+        let hi = task_key(&TaskId { job: *job, index: u32::MAX });
+        let mut out = Vec::new();
+        for row in t.range(lo..=hi).map_err(db_err)?.take(limit) {
+            let (k, v) = row.map_err(db_err)?;
+            let head = records::decode_result_head(v.value())
+                .map_err(|e| StoreError::Corrupt { table: "results", detail: e.to_string() })?;
+            out.push((task_of(&k.value()).index, head));
+        }
+        Ok(out)
+    }
+}
+
 fn job_in(bytes: &[u8]) -> Result<StoredJob, StoreError> {
     records::decode_job(bytes).map_err(|e| StoreError::Corrupt { table: "jobs", detail: e.to_string() })
 }

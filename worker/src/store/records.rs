@@ -114,6 +114,27 @@ pub fn decode_result(bytes: &[u8]) -> Result<StoredResult, postcard::Error> {
     })
 }
 
+/// The fields of a stored result before its output, in either shape: read without copying the
+/// output (statuses need no bytes).
+#[derive(Deserialize)]
+struct ResultHead<'a> {
+    verdict: Verdict,
+    verified_by: Vec<PeerId>,
+    #[serde(borrow)]
+    _output: &'a [u8],
+    message: String,
+    attestations: u32,
+}
+
+/// Decodes a stored result without its output (left empty), of this shape or the one before it.
+pub fn decode_result_head(bytes: &[u8]) -> Result<StoredResult, postcard::Error> {
+    let (head, rest): (ResultHead<'_>, &[u8]) = postcard::take_from_bytes(bytes)?;
+    // The shape before `stderr` ends here.
+    let stderr = if rest.is_empty() { String::new() } else { postcard::from_bytes(rest)? };
+    let ResultHead { verdict, verified_by, message, attestations, .. } = head;
+    Ok(StoredResult { verdict, verified_by, output: Vec::new(), message, attestations, stderr })
+}
+
 /// Key of a job: its 32 bytes.
 pub type JobKey = [u8; 32];
 /// Key of a task: job ++ index (big-endian).

@@ -10,6 +10,10 @@ use crate::node::{Node, NodeConfig};
 
 /// How long a shutdown lets requests in flight finish before cutting them.
 const SERVER_GRACE: Duration = Duration::from_secs(2);
+/// How long a shutdown lets its loops finish by themselves: the slots hand back what they hold
+/// and membership tells the mesh this peer leaves (waiting at most 1 s for delivery) before the
+/// loops are cut.
+const LEAVE_GRACE: Duration = Duration::from_millis(2_500);
 /// How long a shutdown waits for requests in flight to let go of the peer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -17,7 +21,8 @@ impl Node {
     /// Opens the data directory, restores the jobs it holds, and starts serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         let (metrics, web) = (config.metrics, config.web);
-        let (node, listener, mut tasks) = Node::open(config).await?;
+        let (node, listener, loops) = Node::open(config).await?;
+        let (leaving, mut tasks) = (loops.leaving, loops.others);
         let addr = listener.local_addr()?;
         let metrics_addr = match metrics {
             Some(at) => {
@@ -36,7 +41,7 @@ impl Node {
             None => None,
         };
         let server = tokio::spawn(crate::service::serve(node.clone(), listener, node.shutdown_signal()));
-        Ok(NodeHandle { node, addr, metrics_addr, web_addr, server, tasks })
+        Ok(NodeHandle { node, addr, metrics_addr, web_addr, server, leaving, tasks })
     }
 }
 
@@ -51,6 +56,8 @@ pub struct NodeHandle {
     /// The address the status page is served on, if it is.
     pub web_addr: Option<SocketAddr>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Loops that end by themselves at shutdown, once they handed back and left.
+    leaving: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -62,11 +69,27 @@ impl NodeHandle {
         // client following a job (Watch, Results) would keep it open for as long as the job
         // runs: past a short grace, such streams are cut.
         let mut server = self.server;
-        if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
-            server.abort();
-            let _ = server.await;
-        }
-        for t in self.tasks {
+        let server_done = async {
+            if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
+                server.abort();
+                let _ = (&mut server).await;
+            }
+        };
+        // Meanwhile the slots hand back unfinished replicas and membership leaves the mesh; past
+        // the grace they are cut.
+        let mut leaving = self.leaving;
+        let loops_done = async {
+            let _ = tokio::time::timeout(LEAVE_GRACE, async {
+                // Each popped once it ended: a finished handle must not be awaited again below.
+                while let Some(t) = leaving.last_mut() {
+                    let _ = t.await;
+                    leaving.pop();
+                }
+            })
+            .await;
+        };
+        tokio::join!(server_done, loops_done);
+        for t in leaving.into_iter().chain(self.tasks) {
             t.abort();
             let _ = t.await;
         }

@@ -18,6 +18,10 @@ use tokio::sync::Semaphore;
 
 use super::{Node, unix_ms};
 
+/// Most a shutdown waits for its leave notices to be delivered (on a live link they take
+/// milliseconds; a peer that does not answer learns it from the others).
+const LEAVE_WAIT: Duration = Duration::from_secs(1);
+
 /// Longest wait between two looks at membership's timers.
 const MAX_NAP: Duration = Duration::from_millis(100);
 
@@ -237,9 +241,22 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}
                 _ = self.0.mesh_wake.notified() => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
+        self.leave_mesh(&sends).await;
+    }
+
+    /// Tells the mesh this peer leaves (shutdown), so the others declare it dead at once and
+    /// take back its leases rather than wait out SWIM's suspicion: sends the notices and waits
+    /// for them to be delivered, at most [`LEAVE_WAIT`].
+    async fn leave_mesh(&self, sends: &Arc<Semaphore>) {
+        let now = self.now();
+        self.mesh().membership.leave(now);
+        self.flush_mesh(sends);
+        let all = u32::try_from(MAX_GOSSIP_SENDS).unwrap_or(u32::MAX);
+        let delivered = tokio::time::timeout(LEAVE_WAIT, sends.acquire_many(all)).await;
+        tracing::info!(delivered = delivered.is_ok(), "left the mesh");
     }
 
     /// Whether membership has had time to learn who is alive (or there is nobody to learn of).

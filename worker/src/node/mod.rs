@@ -8,6 +8,7 @@ mod clients;
 mod catchup;
 mod core;
 pub mod donation;
+mod handback;
 mod heal;
 mod journal;
 mod load;
@@ -48,6 +49,15 @@ const UNCONFIRMED_LOG_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// How often lapsed leases are looked for.
 const TICK: Duration = Duration::from_millis(200);
 /// A queued store write.
+/// The peer's background loops.
+pub(crate) struct Loops {
+    /// Those with work to do at shutdown: the slots hand back unfinished replicas and membership
+    /// tells the mesh this peer leaves; they end by themselves once the shutdown begins.
+    pub leaving: Vec<tokio::task::JoinHandle<()>>,
+    /// The rest, cut at shutdown.
+    pub others: Vec<tokio::task::JoinHandle<()>>,
+}
+
 type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
 /// A write (and maybe a backup's confirmation) and the changes to announce once it is durable.
 type Announcement = (WriteFuture, Option<replicate::BackupAck>, Vec<Change>, oneshot::Sender<()>);
@@ -187,7 +197,7 @@ struct Shared {
 impl Node {
     /// Opens the data directory, restores the jobs it holds, binds the listening address and
     /// starts the peer's loops; serving gRPC on the listener is the caller's (`crate::start`).
-    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
+    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Loops)> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
@@ -272,16 +282,17 @@ impl Node {
         }));
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
-        let tasks = vec![
-            tokio::spawn(node.clone().announcer(announcements)),
-            tokio::spawn(slots::run(node.clone())),
-            tokio::spawn(node.clone().ticker()),
-            tokio::spawn(node.clone().mesh_loop()),
-            tokio::spawn(node.clone().reach_loop()),
-            tokio::spawn(upkeep::run(node.clone())),
-            tokio::spawn(journal::summaries(node.clone())),
-        ];
-        Ok((node, listener, tasks))
+        let loops = Loops {
+            leaving: vec![tokio::spawn(slots::run(node.clone())), tokio::spawn(node.clone().mesh_loop())],
+            others: vec![
+                tokio::spawn(node.clone().announcer(announcements)),
+                tokio::spawn(node.clone().ticker()),
+                tokio::spawn(node.clone().reach_loop()),
+                tokio::spawn(upkeep::run(node.clone())),
+                tokio::spawn(journal::summaries(node.clone())),
+            ],
+        };
+        Ok((node, listener, loops))
     }
 
     /// Loads every stored job and replays its attestations, so verdicts come back as they were.

@@ -106,6 +106,14 @@ impl NodeHandle {
         }
     }
 
+    /// Stops as a killed process looks to the other peers: its replicas are not handed back and
+    /// it does not leave the mesh (they find it dead by SWIM), though its store is closed
+    /// cleanly. For in-process tests of restarts and takeovers.
+    pub async fn crash(self) {
+        self.node.set_crash();
+        self.shutdown().await;
+    }
+
     /// Resolves when the server stops, which it only does on its own when it fails.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
         (&mut self.server).await.context("server task")?.context("gRPC server")?;

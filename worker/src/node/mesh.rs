@@ -244,7 +244,9 @@ impl Node {
                 _ = stop.changed() => break,
             }
         }
-        self.leave_mesh(&sends).await;
+        if self.stops_cleanly() {
+            self.leave_mesh(&sends).await;
+        }
     }
 
     /// Tells the mesh this peer leaves (shutdown), so the others declare it dead at once and

@@ -148,6 +148,8 @@ struct Shared {
     prepare: tokio::sync::Mutex<()>,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// Set for a stop that looks like a crash to the others: nothing handed back, no leave.
+    crash: std::sync::atomic::AtomicBool,
     running: std::sync::atomic::AtomicUsize,
     /// Writes whose changes are announced once durable, in order.
     announcer: mpsc::UnboundedSender<Announcement>,
@@ -256,6 +258,7 @@ impl Node {
             prepare: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             shutdown: watch::channel(false).0,
+            crash: std::sync::atomic::AtomicBool::new(false),
             running: Default::default(),
             announcer,
             finished: Default::default(),
@@ -572,6 +575,16 @@ impl Node {
     /// Resolves to `true` once the peer is shutting down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
+    }
+
+    /// Makes the coming stop look like a crash (for tests of restarts and takeovers).
+    pub(crate) fn set_crash(&self) {
+        self.0.crash.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the stop hands work back and leaves the mesh (not when it plays a crash).
+    pub(crate) fn stops_cleanly(&self) -> bool {
+        !self.0.crash.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tells every loop to stop, and wakes the ones that wait for work.

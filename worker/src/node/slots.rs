@@ -146,7 +146,11 @@ pub(super) async fn run(node: Node) {
             _ = stop.changed() => break,
         }
     }
-    holding.hand_back(&node, running).await;
+    if node.stops_cleanly() {
+        holding.hand_back(&node, running).await;
+    } else {
+        running.shutdown().await;
+    }
 }
 
 impl Node {

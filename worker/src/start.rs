@@ -10,10 +10,11 @@ use crate::node::{Node, NodeConfig};
 
 /// How long a shutdown lets requests in flight finish before cutting them.
 const SERVER_GRACE: Duration = Duration::from_secs(2);
-/// How long a shutdown lets its loops finish by themselves: the slots hand back what they hold
-/// and membership tells the mesh this peer leaves (waiting at most 1 s for delivery) before the
-/// loops are cut.
-const LEAVE_GRACE: Duration = Duration::from_millis(2_500);
+/// How long a shutdown lets the slots hand back what they hold before they are cut.
+const HAND_BACK_GRACE: Duration = Duration::from_secs(2);
+/// How long a shutdown waits for the reports and replication still queued to go out before it
+/// leaves the mesh (then at most 1 s more for the leave notices).
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How long a shutdown waits for requests in flight to let go of the peer.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -75,11 +76,10 @@ impl NodeHandle {
                 let _ = (&mut server).await;
             }
         };
-        // Meanwhile the slots hand back unfinished replicas and membership leaves the mesh; past
-        // the grace they are cut.
+        // Meanwhile the slots hand back unfinished replicas; past the grace they are cut.
         let mut leaving = self.leaving;
         let loops_done = async {
-            let _ = tokio::time::timeout(LEAVE_GRACE, async {
+            let _ = tokio::time::timeout(HAND_BACK_GRACE, async {
                 // Each popped once it ended: a finished handle must not be awaited again below.
                 while let Some(t) = leaving.last_mut() {
                     let _ = t.await;
@@ -95,6 +95,16 @@ impl NodeHandle {
         }
         // Report and replication batchers end when their queues close.
         self.node.close_queues();
+        // Leaving comes last: the other coordinators of this peer's jobs must hold what it did
+        // (replicated, handed back) before they hear it is gone and take over, or its late
+        // messages would meet them leading. The batchers hold the node until they are done.
+        let flushed = Instant::now() + FLUSH_GRACE;
+        while self.node.handles() > 1 && Instant::now() < flushed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.node.stops_cleanly() {
+            self.node.leave_mesh().await;
+        }
         // Streams still draining to clients hold the node; once they are gone, dropping the last
         // handle closes the store, so the data directory can be opened again at once.
         let deadline = Instant::now() + SHUTDOWN_GRACE;

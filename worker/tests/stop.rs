@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use support::*;
 
-/// Numbers per task: a run of the primes module takes a second or two, so the stopped peer is
+/// Numbers per task: a run of the primes module takes about a second, so the stopped peer is
 /// in the middle of one.
-const WIDTH: u64 = 1_000_000_000;
+const WIDTH: u64 = 500_000_000;
 /// Within this the others must hold the stopped peer dead: less than SWIM needs to find a
 /// silent peer (a 1 s probe period, then 4 s of suspicion).
 const LEFT_WITHIN: Duration = Duration::from_secs(3);

@@ -241,21 +241,20 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}
                 _ = self.0.mesh_wake.notified() => {}
-                _ = stop.changed() => break,
+                _ = stop.changed() => return,
             }
-        }
-        if self.stops_cleanly() {
-            self.leave_mesh(&sends).await;
         }
     }
 
-    /// Tells the mesh this peer leaves (shutdown), so the others declare it dead at once and
-    /// take back its leases rather than wait out SWIM's suspicion: sends the notices and waits
-    /// for them to be delivered, at most [`LEAVE_WAIT`].
-    async fn leave_mesh(&self, sends: &Arc<Semaphore>) {
+    /// Tells the mesh this peer leaves (the last step of a shutdown, once what it did as a
+    /// coordinator reached the others), so they declare it dead at once and take back its leases
+    /// rather than wait out SWIM's suspicion: sends the notices and waits for them to be
+    /// delivered, at most [`LEAVE_WAIT`].
+    pub(crate) async fn leave_mesh(&self) {
+        let sends = Arc::new(Semaphore::new(MAX_GOSSIP_SENDS));
         let now = self.now();
         self.mesh().membership.leave(now);
-        self.flush_mesh(sends);
+        self.flush_mesh(&sends);
         let all = u32::try_from(MAX_GOSSIP_SENDS).unwrap_or(u32::MAX);
         let delivered = tokio::time::timeout(LEAVE_WAIT, sends.acquire_many(all)).await;
         tracing::info!(delivered = delivered.is_ok(), "left the mesh");

@@ -51,8 +51,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// A queued store write.
 /// The peer's background loops.
 pub(crate) struct Loops {
-    /// Those with work to do at shutdown: the slots hand back unfinished replicas and membership
-    /// tells the mesh this peer leaves; they end by themselves once the shutdown begins.
+    /// Those with work to do at shutdown (the slots hand back unfinished replicas); they end by
+    /// themselves once the shutdown begins.
     pub leaving: Vec<tokio::task::JoinHandle<()>>,
     /// The rest, cut at shutdown.
     pub others: Vec<tokio::task::JoinHandle<()>>,
@@ -286,8 +286,9 @@ impl Node {
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
         let loops = Loops {
-            leaving: vec![tokio::spawn(slots::run(node.clone())), tokio::spawn(node.clone().mesh_loop())],
+            leaving: vec![tokio::spawn(slots::run(node.clone()))],
             others: vec![
+                tokio::spawn(node.clone().mesh_loop()),
                 tokio::spawn(node.clone().announcer(announcements)),
                 tokio::spawn(node.clone().ticker()),
                 tokio::spawn(node.clone().reach_loop()),

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub bounds: limits::Bounds,
     /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
     pub donation: donation::Donation,
+    /// Network diversity of the jobs submitted here that do not ask for one (they then carry
+    /// it), and of jobs stored before jobs could ask.
+    pub diversity: spare_protocol::Diversity,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics: Option<SocketAddr>,
     /// Where to serve the status page (`None`: nowhere).
@@ -123,6 +126,7 @@ impl NodeConfig {
             advertise: None,
             bounds: limits::Bounds::default(),
             donation: donation::Donation::default(),
+            diversity: spare_protocol::Diversity::default(),
             metrics: None,
             web: None,
             #[cfg(feature = "chaos")]
@@ -238,6 +242,7 @@ impl Node {
             caps: config.caps,
             secret,
             max_leases_per_peer: config.bounds.max_leases_per_peer,
+            diversity: config.diversity,
             ..CoordinatorConfig::default()
         });
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);

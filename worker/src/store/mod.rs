@@ -319,7 +319,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
         for op in ops {
             match op {
                 Op::PutJob(id, job) => {
-                    jobs.insert(id.0, encode(job).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    jobs.insert(id.0, records::encode_job(job).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutInputs { job, first, inputs: list } => {
                     for (i, input) in list.iter().enumerate() {

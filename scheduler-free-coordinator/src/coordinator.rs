@@ -38,7 +38,7 @@ pub struct CoordinatorConfig {
     pub max_leases_per_peer: usize,
     /// How far apart the replicas of one task must be: no two in one network
     /// ([`Diversity::Prefix`], the default), nor one /16 or /32 ([`Diversity::Wide`]), or
-    /// anywhere ([`Diversity::Off`]).
+    /// anywhere ([`Diversity::Off`]); for jobs whose policy does not say (`Policy::diversity`).
     pub diversity: Diversity,
 }
 
@@ -332,8 +332,9 @@ impl Coordinator {
             return Vec::new();
         }
         let Some(job) = self.jobs.get_mut(&id) else { return Vec::new() };
-        // Not a task a peer of this one's network holds or ran a replica of.
-        let (prefixes, diversity) = (&self.prefixes, self.config.diversity);
+        // Not a task a peer of this one's network holds or ran a replica of, as far apart as the
+        // job asks (or this coordinator's default).
+        let (prefixes, diversity) = (&self.prefixes, job.spec.policy.diversity.unwrap_or(self.config.diversity));
         let mine = prefixes.get(&peer).filter(|_| diversity != Diversity::Off);
         let near = |other: &PeerId| mine.is_some_and(|m| prefixes.get(other).is_some_and(|o| o.same_network(m, diversity)));
         let picked = job.pick(&peer, max, near);

@@ -54,6 +54,9 @@ const SUSPECT_SCAN_EVERY_MS: Millis = 1_000;
 const FIRST_DIGEST_MS: Millis = 3_000;
 /// How often a few members held dead are greeted at their address.
 const DEAD_HELLO_EVERY_MS: Millis = 20_000;
+/// Most members told directly that this peer leaves ([`Membership::leave`]); the rest hear it
+/// from them.
+pub const MAX_LEAVE_NOTICES: usize = 64;
 
 /// A member as SWIM knows it: the peer, where to reach it, and the epoch of its current run (a
 /// restart or a rejoin after being declared dead takes a larger epoch, which wins).
@@ -379,6 +382,8 @@ pub struct Membership {
     greeted: HashSet<String>,
     /// What packets may claim, and the checks of claims in flight (see `screen`).
     screen: screen::Screen,
+    /// foca's configuration, to widen its fan-out for a leave.
+    foca_config: Config,
     /// How long a checked member has to answer, and then to refute this peer's suspicion.
     check_ms: Millis,
     check_suspect_ms: Millis,
@@ -399,9 +404,10 @@ impl Membership {
             admission: quota::Admission::default(),
         }));
         shared.lock().unwrap_or_else(|p| p.into_inner()).admission.know(me.peer);
+        let foca_config = config.foca();
         let foca = Foca::with_custom_broadcast(
             me,
-            config.foca(),
+            foca_config.clone(),
             SmallRng::seed_from_u64(seed),
             PostcardCodec,
             Handler(shared.clone()),
@@ -434,6 +440,7 @@ impl Membership {
             check_ms: config.probe_rtt_ms.max(1),
             check_suspect_ms: config.suspect_to_down_ms,
             next_expiry: quota::EXPIRE_EVERY_MS,
+            foca_config,
         }
     }
 
@@ -598,6 +605,21 @@ impl Membership {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).relaying = true;
         let _ = self.foca.add_broadcast(bytes);
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).relaying = false;
+    }
+
+    /// Tells the mesh this peer leaves, at shutdown: SWIM's leave (its own death, which members
+    /// take at once from the peer itself) goes to every active member, up to
+    /// [`MAX_LEAVE_NOTICES`], rather than to foca's usual three. Membership is over after it:
+    /// send what it queued, then stop.
+    pub fn leave(&mut self, now: Millis) {
+        let fanout = self.active().clamp(1, MAX_LEAVE_NOTICES);
+        let mut c = self.foca_config.clone();
+        c.num_indirect_probes = NonZeroUsize::new(fanout).unwrap_or(NonZeroUsize::MIN);
+        // Each notice carries the leave only while it has transmissions left.
+        let sends = u8::try_from(fanout).unwrap_or(u8::MAX).max(c.max_transmissions.get());
+        c.max_transmissions = NonZeroU8::new(sends).unwrap_or(NonZeroU8::MIN);
+        let _ = self.foca.set_config(c);
+        let _ = self.with(now, |foca, rt| foca.leave_cluster(rt));
     }
 
     /// Fires due timers.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::prefix::Diversity;
+
 /// Per-task sandbox limits. Every field is explicit once a job is accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -30,6 +32,12 @@ pub struct Policy {
     pub priority: i32,
     /// Adaptive replication: trusted peers may get single-replica tasks. Off (`None`) by default.
     pub adaptive: Option<Adaptive>,
+    /// How far apart the networks of one task's replicas must be (`None`: the coordinator's
+    /// default, `CoordinatorConfig::diversity`). Not in the serde form, so the postcard bytes of
+    /// a policy (in job ads, stored jobs, job ids) stay what peers and stores of before read:
+    /// a store keeps it beside the job and a job id covers it explicitly.
+    #[serde(skip)]
+    pub diversity: Option<Diversity>,
 }
 
 /// Adaptive replication, as BOINC does it: a peer with a long record of agreeing results (in
@@ -81,7 +89,7 @@ impl Default for Limits {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { quorum: 2, max_replicas: 5, limits: Limits::default(), priority: 0, adaptive: None }
+        Policy { quorum: 2, max_replicas: 5, limits: Limits::default(), priority: 0, adaptive: None, diversity: None }
     }
 }
 

@@ -464,6 +464,44 @@ fn replicas_of_one_task_go_to_distinct_networks() {
     assert_eq!(off.lease(peer(2), 100, 0).len(), 4, "diversity off: distinct keys suffice");
 }
 
+/// A job may ask for looser or stricter diversity than the coordinator's default: `Off` lets two
+/// peers of one /24 run replicas of the same task where the default does not, `Wide` keeps
+/// apart two /24s of one /16 that the default lets in.
+#[test]
+fn a_job_chooses_its_own_diversity() {
+    let net = |s: &str| NetPrefix::of(s.parse().expect("an address"));
+    let with = |d: Option<Diversity>| {
+        let mut s = spec(4, 2, 5);
+        s.policy.diversity = d;
+        s
+    };
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.note_prefix(peer(1), net("203.0.113.1"));
+    c.note_prefix(peer(2), net("203.0.113.2"));
+    c.note_prefix(peer(3), net("203.0.114.3"));
+    c.submit(job(1), with(None)).unwrap();
+    c.submit(job(2), with(Some(Diversity::Off))).unwrap();
+    c.submit(job(3), with(Some(Diversity::Wide))).unwrap();
+    for j in [job(1), job(2), job(3)] {
+        assert_eq!(c.lease_job(&j, peer(1), 100, 0).len(), 4);
+    }
+    assert!(c.lease_job(&job(1), peer(2), 100, 0).is_empty(), "the default keeps one /24 to one replica");
+    assert_eq!(c.lease_job(&job(2), peer(2), 100, 0).len(), 4, "a job asking off runs two replicas in one /24");
+    assert_eq!(c.lease_job(&job(1), peer(3), 100, 0).len(), 4, "the default lets another /24 in");
+    assert!(c.lease_job(&job(3), peer(3), 100, 0).is_empty(), "a job asking wide keeps one /16 to one replica");
+    // The coordinator's default applies to jobs that do not ask, and only to them.
+    let mut off = Coordinator::new(CoordinatorConfig { diversity: Diversity::Off, ..CoordinatorConfig::default() });
+    off.note_prefix(peer(1), net("203.0.113.1"));
+    off.note_prefix(peer(2), net("203.0.113.2"));
+    off.submit(job(1), with(None)).unwrap();
+    off.submit(job(2), with(Some(Diversity::Prefix))).unwrap();
+    for j in [job(1), job(2)] {
+        assert_eq!(off.lease_job(&j, peer(1), 100, 0).len(), 4);
+    }
+    assert_eq!(off.lease_job(&job(1), peer(2), 100, 0).len(), 4);
+    assert!(off.lease_job(&job(2), peer(2), 100, 0).is_empty(), "a job asking prefix keeps it under a looser default");
+}
+
 /// A key with no record holds one lease batch at most; each agreeing result lets it hold more,
 /// and what changed is handed to the driver to store once.
 #[test]

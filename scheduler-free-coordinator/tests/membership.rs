@@ -90,6 +90,25 @@ fn a_silent_peer_is_suspected_then_declared_dead_and_can_rejoin() {
     }
 }
 
+/// A peer that leaves (SIGTERM) tells every member itself: each declares it dead at once, not
+/// after a probe and SWIM's suspicion time (finding 17).
+#[test]
+fn a_peer_that_leaves_is_dead_everywhere_at_once() {
+    let mut net = Net::joined(6);
+    net.run(3_000);
+    let gone = net.peers[5].me().peer;
+    let now = net.now;
+    net.peers[5].leave(now);
+    // Its notices go out; after that it is silent, as a process that exited.
+    net.run(10);
+    net.down[5] = true;
+    for i in 0..5 {
+        let state = net.peers[i].members().into_iter().find(|(m, _)| m.peer == gone).map(|(_, s)| s);
+        assert_eq!(state, Some(MemberState::Dead), "peer {i} holds the leaver {state:?}");
+        assert!(net.events[i].iter().any(|e| matches!(e, MeshEvent::PeerDown(m) if m.peer == gone)), "peer {i}");
+    }
+}
+
 #[test]
 fn forged_records_are_dropped_and_reported() {
     let mut net = Net::new(3);

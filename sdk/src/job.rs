@@ -276,6 +276,15 @@ impl JobBuilder {
         self
     }
 
+    /// How far apart the networks of one task's replicas must be: [`proto::Diversity::Prefix`]
+    /// (no two in one /24 or /48), [`proto::Diversity::Wide`] (nor one /16 or /32, stricter) or
+    /// [`proto::Diversity::Off`] (distinct keys only). Unset: the origin peer's default (its
+    /// `diversity` setting, `prefix` unless set). See `docs/trust.md`.
+    pub fn diversity(mut self, diversity: proto::Diversity) -> Self {
+        self.policy.set_diversity(diversity);
+        self
+    }
+
     /// Higher runs first among jobs competing for the same slots.
     pub fn priority(mut self, priority: i32) -> Self {
         self.policy.priority = priority;
@@ -428,6 +437,7 @@ mod tests {
             .timeout(Duration::from_micros(1500))
             .output_bytes(4096)
             .priority(-2)
+            .diversity(proto::Diversity::Off)
             .arg("--fast")
             .args(["a", "b"])
             .env("K", "1")
@@ -439,6 +449,7 @@ mod tests {
             .unwrap();
         let p = job.policy();
         assert_eq!((p.quorum, p.max_replicas, p.priority), (3, 7, -2));
+        assert_eq!(p.diversity(), proto::Diversity::Off);
         let l = p.limits.unwrap();
         assert_eq!(
             (l.fuel, l.memory_bytes, l.timeout_ms, l.output_bytes),

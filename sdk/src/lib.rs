@@ -91,7 +91,7 @@ pub use result::{Outcome, TaskResult};
 pub use status::{Event, JobStatus, TaskCounts, TaskStatus};
 pub use submit::{BLOB_CHUNK_BYTES, blob_id};
 
-pub use proto::{JobState, Limits, OutcomeKind, PeerInfo, Policy, TaskState};
+pub use proto::{Diversity, JobState, Limits, OutcomeKind, PeerInfo, Policy, TaskState};
 
 /// The name the CLI shows for a job state: `queued`, `running`, `completed`, `failed` or
 /// `cancelled` (`unspecified` for a state the peer did not set).

@@ -92,10 +92,12 @@ fn submit_status_and_results_against_a_real_peer() {
     let job = v["job_id"].as_str().expect("job_id").to_string();
     assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
 
-    // With --wait: the final status.
-    let out = spare(&peer, &["submit", module, "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "1", "--wait", "--json"]);
+    // With --wait: the final status, with the network diversity the job asked for.
+    let out =
+        spare(&peer, &["submit", module, "--inputs-dir", inputs.to_str().unwrap(), "--quorum", "1", "--diversity", "off", "--wait", "--json"]);
     let v = json(&out);
     assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["policy"]["diversity"], "off", "{v}");
     assert_eq!(v["tasks"]["verified"], 12);
 
     // The first job completes too; status shows every task and who verified it.
@@ -111,6 +113,7 @@ fn submit_status_and_results_against_a_real_peer() {
     for key in ["total", "pending", "running", "verified", "inconclusive", "failed"] {
         assert!(status["tasks"][key].is_u64(), "tasks.{key} missing: {status}");
     }
+    assert_eq!(status["policy"]["diversity"], "prefix", "a job that does not ask carries the peer's default: {status}");
     let list = status["task_list"].as_array().expect("task_list");
     assert_eq!(list.len(), 12);
     for t in list {

@@ -211,6 +211,8 @@ impl Sim {
                 .cfg
                 .adaptive
                 .map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.cfg.spot_check_per_mille }),
+            // The coordinators' own (`--diversity`).
+            diversity: None,
         };
         self.spec.origin = origin;
         self.spec.label = "spare sim".into();

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::{HostPort, Size, Span, layers};
+use crate::config::{DiversityName, HostPort, Size, Span, layers};
 use crate::node::Node;
 use crate::node::donation::{Hours, Net, TaskPriority};
 
@@ -88,6 +88,12 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     min_quorum: Option<u32>,
+    /// Network diversity of the jobs submitted here that do not ask for one (`spare submit
+    /// --diversity`): no two replicas of a task from one /24 or /48 (prefix), /16 or /32 (wide),
+    /// or distinct keys only (off) [default: prefix].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diversity: Option<DiversityName>,
     /// Largest module this peer accepts [default: 64 MiB].
     #[arg(long, value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]

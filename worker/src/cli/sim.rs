@@ -8,15 +8,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use spare_protocol::Diversity;
-use spare_protocol::sim::{self, SimConfig};
 
-/// `--diversity`, as [`Diversity`] says.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DiversityArg {
-    Prefix,
-    Wide,
-    Off,
-}
+use crate::config::DiversityName;
+use spare_protocol::sim::{self, SimConfig};
 
 /// Options of `spare sim`.
 #[derive(Args, Debug)]
@@ -49,8 +43,8 @@ pub struct SimArgs {
     liar_networks: Option<u32>,
     /// How far apart coordinators keep the replicas of one task: distinct /24 networks
     /// (`prefix`), distinct /16 (`wide`) or distinct keys only (`off`).
-    #[arg(long, value_enum, default_value_t = DiversityArg::Prefix)]
-    diversity: DiversityArg,
+    #[arg(long, value_enum, default_value_t = DiversityName::Prefix)]
+    diversity: DiversityName,
     /// Adaptive replication: a peer with at least MIN_AGREED agreeing results (and no
     /// disagreement) at the coordinator may run a task alone. Off by default; at least 10.
     #[arg(long, value_name = "MIN_AGREED")]
@@ -119,11 +113,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.collude = a.collude;
     cfg.liars_honest_for = a.liars_honest_for;
     cfg.liar_networks = a.liar_networks;
-    cfg.diversity = match a.diversity {
-        DiversityArg::Prefix => Diversity::Prefix,
-        DiversityArg::Wide => Diversity::Wide,
-        DiversityArg::Off => Diversity::Off,
-    };
+    cfg.diversity = Diversity::from(a.diversity);
     cfg.adaptive = a.adaptive;
     cfg.history = a.history;
     if !(0.0..=1.0).contains(&a.spot_check) {

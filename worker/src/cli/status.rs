@@ -82,6 +82,17 @@ fn outcome_json(o: Outcome, message: &str) -> Value {
     json!({ "kind": kind, "exit_code": exit_code, "message": message })
 }
 
+/// The name of a job's network diversity (`unspecified` for a job stored before jobs asked for
+/// one: its coordinator's default applies).
+fn diversity_name(d: spare_sdk::Diversity) -> &'static str {
+    match d {
+        spare_sdk::Diversity::Unspecified => "unspecified",
+        spare_sdk::Diversity::Prefix => "prefix",
+        spare_sdk::Diversity::Wide => "wide",
+        spare_sdk::Diversity::Off => "off",
+    }
+}
+
 /// A job's status as the JSON object `spare status --json` prints.
 pub fn status_json(s: &JobStatus, with_tasks: bool) -> Value {
     let c = s.tasks;
@@ -101,6 +112,7 @@ pub fn status_json(s: &JobStatus, with_tasks: bool) -> Value {
         "policy": {
             "quorum": p.quorum, "max_replicas": p.max_replicas, "priority": p.priority,
             "memory_bytes": l.memory_bytes, "fuel": l.fuel, "timeout_ms": l.timeout_ms, "output_bytes": l.output_bytes,
+            "diversity": diversity_name(p.diversity()),
         },
         "tasks": {
             "total": c.total, "pending": c.pending, "running": c.running,
@@ -145,9 +157,10 @@ pub fn status_text(s: &JobStatus, with_tasks: bool) -> String {
         let l = p.limits.unwrap_or_default();
         let _ = writeln!(
             out,
-            "policy quorum {}, at most {} replicas; per task: fuel {}, memory {}, timeout {}, output {}",
+            "policy quorum {}, at most {} replicas, diversity {}; per task: fuel {}, memory {}, timeout {}, output {}",
             p.quorum,
             p.max_replicas,
+            diversity_name(p.diversity()),
             if l.fuel >= spare_protocol::Limits::NO_FUEL_BUDGET { "none".to_string() } else { l.fuel.to_string() },
             show_size(l.memory_bytes),
             show_duration(std::time::Duration::from_millis(l.timeout_ms)),

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use spare_sdk::{Job, JobState};
 
+use crate::config::DiversityName;
+
 /// Options of `spare submit`.
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("inputs").required(true).args(["input", "inputs_dir", "stdin_lines"])))]
@@ -57,6 +59,11 @@ pub struct SubmitArgs {
     /// Higher runs first among jobs competing for slots.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
+    /// Network diversity of each task's replicas: no two from one /24 or /48 (prefix), one /16
+    /// or /32 (wide, stricter), or distinct keys only (off). Default: the peer's `diversity`
+    /// setting (prefix unless set). See docs/trust.md.
+    #[arg(long, value_enum)]
+    diversity: Option<DiversityName>,
     /// An argument passed to every task after argv[0] (repeatable).
     #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
     args: Vec<String>,
@@ -102,6 +109,9 @@ pub async fn run(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = a.max_replicas {
         b = b.max_replicas(n);
+    }
+    if let Some(d) = a.diversity {
+        b = b.diversity(d.into());
     }
     if let Some(f) = a.fuel {
         b = b.fuel(f);

@@ -5,6 +5,7 @@
 //! command line.
 
 pub mod addr;
+pub mod diversity;
 pub mod layers;
 pub mod units;
 
@@ -17,6 +18,7 @@ use crate::node::NodeConfig;
 use crate::node::donation::{Donation, Hours, Net, TaskPriority};
 use crate::node::limits::Bounds;
 pub use addr::HostPort;
+pub use diversity::DiversityName;
 pub use units::{Size, Span};
 
 /// Every setting of `spare peer`, as the layers give it. Unknown keys are refused.
@@ -53,6 +55,9 @@ pub struct PeerConfig {
     pub allow_modules: Vec<String>,
     /// Jobs with a smaller quorum are neither accepted nor run.
     pub min_quorum: u32,
+    /// Network diversity of the jobs submitted here that do not ask for one: `prefix`, `wide`
+    /// or `off`.
+    pub diversity: DiversityName,
     /// Largest module accepted.
     pub max_module_bytes: Size,
     /// Largest blob accepted in one upload.
@@ -94,6 +99,7 @@ pub const KEYS: &[&str] = &[
     "allow_submitters",
     "allow_modules",
     "min_quorum",
+    "diversity",
     "max_module_bytes",
     "max_blob_bytes",
     "max_pending_submits",
@@ -128,6 +134,7 @@ impl Default for PeerConfig {
             allow_submitters: Vec::new(),
             allow_modules: Vec::new(),
             min_quorum: donation.min_quorum,
+            diversity: DiversityName::default(),
             max_module_bytes: Size(node.max_module_bytes as u64),
             max_blob_bytes: Size(node.max_blob_bytes),
             max_pending_submits: bounds.max_pending_submits,
@@ -205,6 +212,7 @@ impl PeerConfig {
             peer_burst: (peer_rate * 4.0).max(1.0),
         };
         c.donation = donation;
+        c.diversity = self.diversity.into();
         c.metrics = metrics;
         c.web = web;
         Ok(c)

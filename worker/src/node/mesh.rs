@@ -18,6 +18,10 @@ use tokio::sync::Semaphore;
 
 use super::{Node, unix_ms};
 
+/// Most a shutdown waits for its leave notices to be delivered (on a live link they take
+/// milliseconds; a peer that does not answer learns it from the others).
+const LEAVE_WAIT: Duration = Duration::from_secs(1);
+
 /// Longest wait between two looks at membership's timers.
 const MAX_NAP: Duration = Duration::from_millis(100);
 
@@ -240,6 +244,20 @@ impl Node {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Tells the mesh this peer leaves (the last step of a shutdown, once what it did as a
+    /// coordinator reached the others), so they declare it dead at once and take back its leases
+    /// rather than wait out SWIM's suspicion: sends the notices and waits for them to be
+    /// delivered, at most [`LEAVE_WAIT`].
+    pub(crate) async fn leave_mesh(&self) {
+        let sends = Arc::new(Semaphore::new(MAX_GOSSIP_SENDS));
+        let now = self.now();
+        self.mesh().membership.leave(now);
+        self.flush_mesh(&sends);
+        let all = u32::try_from(MAX_GOSSIP_SENDS).unwrap_or(u32::MAX);
+        let delivered = tokio::time::timeout(LEAVE_WAIT, sends.acquire_many(all)).await;
+        tracing::info!(delivered = delivered.is_ok(), "left the mesh");
     }
 
     /// Whether membership has had time to learn who is alive (or there is nobody to learn of).

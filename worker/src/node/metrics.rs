@@ -52,6 +52,7 @@ pub struct Metrics {
     task_memory_bytes: Gauge,
     unreachable: Gauge,
     peers_attached: Gauge,
+    store_rolled_back: Gauge,
     /// Serialises scrapes (the gauges are set, then the registry encoded).
     scrape: Mutex<()>,
 }
@@ -78,6 +79,7 @@ impl Default for Metrics {
             task_memory_bytes: Gauge::default(),
             unreachable: Gauge::default(),
             peers_attached: Gauge::default(),
+            store_rolled_back: Gauge::default(),
             scrape: Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -98,6 +100,11 @@ impl Default for Metrics {
         r.register_with_unit("task_memory", "Memory limits of the tasks running now, summed", Unit::Bytes, m.task_memory_bytes.clone());
         r.register("unreachable", "1 once no peer could dial this one back (behind NAT: it works through relays)", m.unreachable.clone());
         r.register("peers_attached", "Peers behind NAT attached to this peer as their relay", m.peers_attached.clone());
+        r.register(
+            "store_rolled_back_commits",
+            "Commits the store lost at start: redb fell back to an older commit (damage) or an older file was put back",
+            m.store_rolled_back.clone(),
+        );
         m
     }
 }
@@ -171,6 +178,7 @@ impl Node {
         m.task_memory_bytes.set(self.task_memory_held() as i64);
         m.unreachable.set(i64::from(self.reachability() == spare_protocol::reachability::Verdict::Unreachable));
         m.peers_attached.set(self.0.nat.relay.attached.len() as i64);
+        m.store_rolled_back.set(self.store().rollback().map_or(0, |r| r.lost()) as i64);
         let mut out = String::new();
         if encode(&mut out, &m.registry).is_err() {
             out.clear();

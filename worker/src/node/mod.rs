@@ -9,6 +9,7 @@ mod catchup;
 mod core;
 pub mod donation;
 mod ended;
+mod handback;
 mod heal;
 mod journal;
 mod load;
@@ -50,6 +51,15 @@ const UNCONFIRMED_LOG_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// How often lapsed leases are looked for.
 const TICK: Duration = Duration::from_millis(200);
 /// A queued store write.
+/// The peer's background loops.
+pub(crate) struct Loops {
+    /// Those with work to do at shutdown (the slots hand back unfinished replicas); they end by
+    /// themselves once the shutdown begins.
+    pub leaving: Vec<tokio::task::JoinHandle<()>>,
+    /// The rest, cut at shutdown.
+    pub others: Vec<tokio::task::JoinHandle<()>>,
+}
+
 type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
 /// A write (and maybe a backup's confirmation) and the changes to announce once it is durable.
 type Announcement = (WriteFuture, Option<replicate::BackupAck>, Vec<Change>, oneshot::Sender<()>);
@@ -80,6 +90,9 @@ pub struct NodeConfig {
     pub bounds: limits::Bounds,
     /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
     pub donation: donation::Donation,
+    /// Network diversity of the jobs submitted here that do not ask for one (they then carry
+    /// it), and of jobs stored before jobs could ask.
+    pub diversity: spare_protocol::Diversity,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics: Option<SocketAddr>,
     /// Where to serve the status page (`None`: nowhere).
@@ -115,6 +128,7 @@ impl NodeConfig {
             advertise: None,
             bounds: limits::Bounds::default(),
             donation: donation::Donation::default(),
+            diversity: spare_protocol::Diversity::default(),
             metrics: None,
             web: None,
             #[cfg(feature = "chaos")]
@@ -140,6 +154,8 @@ struct Shared {
     prepare: tokio::sync::Mutex<()>,
     started: Instant,
     shutdown: watch::Sender<bool>,
+    /// Set for a stop that looks like a crash to the others: nothing handed back, no leave.
+    crash: std::sync::atomic::AtomicBool,
     running: std::sync::atomic::AtomicUsize,
     /// Writes whose changes are announced once durable, in order.
     announcer: mpsc::UnboundedSender<Announcement>,
@@ -192,7 +208,7 @@ struct Shared {
 impl Node {
     /// Opens the data directory, restores the jobs it holds, binds the listening address and
     /// starts the peer's loops; serving gRPC on the listener is the caller's (`crate::start`).
-    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Vec<tokio::task::JoinHandle<()>>)> {
+    pub(crate) async fn open(mut config: NodeConfig) -> anyhow::Result<(Node, tokio::net::TcpListener, Loops)> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
@@ -232,6 +248,7 @@ impl Node {
             secret,
             max_leases_per_peer: config.bounds.max_leases_per_peer,
             max_jobs: config.bounds.max_unfinished_jobs,
+            diversity: config.diversity,
             ..CoordinatorConfig::default()
         });
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
@@ -252,6 +269,7 @@ impl Node {
             prepare: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             shutdown: watch::channel(false).0,
+            crash: std::sync::atomic::AtomicBool::new(false),
             running: Default::default(),
             announcer,
             finished: Default::default(),
@@ -279,16 +297,18 @@ impl Node {
         }));
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
-        let tasks = vec![
-            tokio::spawn(node.clone().announcer(announcements)),
-            tokio::spawn(slots::run(node.clone())),
-            tokio::spawn(node.clone().ticker()),
-            tokio::spawn(node.clone().mesh_loop()),
-            tokio::spawn(node.clone().reach_loop()),
-            tokio::spawn(upkeep::run(node.clone())),
-            tokio::spawn(journal::summaries(node.clone())),
-        ];
-        Ok((node, listener, tasks))
+        let loops = Loops {
+            leaving: vec![tokio::spawn(slots::run(node.clone()))],
+            others: vec![
+                tokio::spawn(node.clone().mesh_loop()),
+                tokio::spawn(node.clone().announcer(announcements)),
+                tokio::spawn(node.clone().ticker()),
+                tokio::spawn(node.clone().reach_loop()),
+                tokio::spawn(upkeep::run(node.clone())),
+                tokio::spawn(journal::summaries(node.clone())),
+            ],
+        };
+        Ok((node, listener, loops))
     }
 
     /// Loads every stored job and replays its attestations, so verdicts come back as they were.
@@ -590,6 +610,16 @@ impl Node {
     /// Resolves to `true` once the peer is shutting down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
+    }
+
+    /// Makes the coming stop look like a crash (for tests of restarts and takeovers).
+    pub(crate) fn set_crash(&self) {
+        self.0.crash.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the stop hands work back and leaves the mesh (not when it plays a crash).
+    pub(crate) fn stops_cleanly(&self) -> bool {
+        !self.0.crash.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tells every loop to stop, and wakes the ones that wait for work.

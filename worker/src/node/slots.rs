@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::core::{Detail, Evidence};
+use super::handback::{Held, Holding};
 use super::{Node, donation};
 use super::remote::{RemoteInput, RemoteReplica, ReportMsg};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
@@ -55,6 +56,8 @@ impl Ran {
 /// look again).
 pub(super) async fn run(node: Node) {
     let mut running: JoinSet<Done> = JoinSet::new();
+    // What each running task holds, handed back at shutdown.
+    let mut holding = Holding::default();
     // The lease request out, by its task, so a request that panicked is still answered.
     let mut asking: Option<(tokio::task::Id, JobId)> = None;
     let puller = Puller::new().with_memory_cap(node.config().caps.limits.memory_bytes);
@@ -76,7 +79,8 @@ pub(super) async fn run(node: Node) {
             for lease in leases {
                 node.0.running.fetch_add(1, Ordering::Relaxed);
                 let n = node.clone();
-                running.spawn(async move { n.replica(lease).await });
+                let handle = running.spawn(async move { n.replica(lease).await });
+                holding.hold(handle.id(), Held::Own(lease));
             }
         }
         // Jobs this peer coordinates actively are served above; the rest (including those it
@@ -101,7 +105,8 @@ pub(super) async fn run(node: Node) {
         tokio::select! {
             _ = node.0.work.notified() => {}
             Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
-                Ok((_, Done::Replica(ran_us, abandoned))) => {
+                Ok((id, Done::Replica(ran_us, abandoned))) => {
+                    holding.done(id);
                     if let Some(us) = ran_us {
                         slots.handle_ran(us);
                     }
@@ -113,7 +118,9 @@ pub(super) async fn run(node: Node) {
                     for r in got {
                         node.0.running.fetch_add(1, Ordering::Relaxed);
                         let n = node.clone();
-                        running.spawn(async move { n.remote_replica(r).await });
+                        let held = r.clone();
+                        let handle = running.spawn(async move { n.remote_replica(r).await });
+                        holding.hold(handle.id(), Held::Remote(held));
                     }
                 }
                 Ok((_, Done::Leased(job, Err(e)))) => {
@@ -124,6 +131,7 @@ pub(super) async fn run(node: Node) {
                 Err(e) => {
                     // A slot task panicked or was cancelled; what it held is free again.
                     tracing::error!("slot task ended abnormally: {e}");
+                    holding.done(e.id());
                     match asking.take() {
                         Some((id, job)) if id == e.id() => slots.handle_lease_failed(job, node.now()),
                         other => {
@@ -138,7 +146,11 @@ pub(super) async fn run(node: Node) {
             _ = stop.changed() => break,
         }
     }
-    running.shutdown().await;
+    if node.stops_cleanly() {
+        holding.hand_back(&node, running).await;
+    } else {
+        running.shutdown().await;
+    }
 }
 
 impl Node {

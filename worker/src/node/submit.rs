@@ -390,5 +390,11 @@ pub fn digest(job: &NewJob) -> [u8; 32] {
             }
         }
     }
+    // Not in the policy's postcard form; last, after the counted inputs. Jobs from before a job
+    // carried it keep the ids they had.
+    if let Some(d) = job.policy.diversity {
+        h.update(b"diversity");
+        h.update(&[crate::wire::convert::diversity_pb(Some(d)) as u8]);
+    }
     *h.finalize().as_bytes()
 }

@@ -178,7 +178,13 @@ impl pb::job_service_server::JobService for JobApi {
         let job = NewJob {
             module,
             inputs,
-            policy: convert::policy(r.policy.as_ref()),
+            // A job that does not ask for a network diversity carries this origin's default, so
+            // every coordinator of it applies the same.
+            policy: {
+                let mut p = convert::policy(r.policy.as_ref());
+                p.diversity.get_or_insert(self.node.config().diversity);
+                p
+            },
             args: r.args,
             env: r.env.into_iter().map(|e| (e.key, e.value)).collect(),
             label: r.label,

@@ -45,6 +45,8 @@ struct Me {
     task_memory: String,
     uptime: String,
     paused: Option<String>,
+    /// Commits the store lost at start (a rollback, logged as an error), when it lost any.
+    store_rolled_back_commits: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -168,6 +170,7 @@ fn status(node: &Node) -> Status {
             task_memory: size(node.task_memory_held()),
             uptime: humantime::format_duration(std::time::Duration::from_secs(node.uptime().as_secs())).to_string(),
             paused: node.paused().map(|p| p.to_string()),
+            store_rolled_back_commits: node.store().rollback().map(|r| r.lost()),
         },
         controls,
         mesh,

@@ -4,6 +4,7 @@
 //! results costs one fsync, not one per task.
 
 pub mod blobs;
+mod commits;
 pub mod records;
 mod retention;
 mod runs;
@@ -18,6 +19,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
+pub use commits::{Rollback, SIDE_FILE};
 pub use records::{StoredAttestation, StoredInput, StoredJob, StoredResult};
 use records::{AttestationKey, JobKey, TaskKey, attestation_key, decode, encode, task_key, task_of};
 
@@ -98,6 +100,8 @@ pub struct Store {
     db: Arc<Database>,
     blobs: BlobStore,
     writer: mpsc::UnboundedSender<Batch>,
+    /// Set when the open found the database behind the commits made durable before.
+    rollback: Option<Rollback>,
     _closer: Arc<Closer>,
 }
 
@@ -119,8 +123,20 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
-        let db = Arc::new(Database::create(dir.join(DB_FILE)).map_err(db_err)?);
-        {
+        let path = dir.join(DB_FILE);
+        let shown = path.display().to_string();
+        let db = Database::builder()
+            .set_repair_callback(move |s| {
+                // A repair follows an unclean shutdown or damage; a rollback it causes is reported
+                // below, by the commit counter.
+                if s.progress() == 0.0 {
+                    tracing::warn!("{shown} was not closed cleanly or is damaged: redb is repairing it");
+                }
+            })
+            .create(&path)
+            .map_err(db_err)?;
+        let db = Arc::new(db);
+        let found = {
             // Make every table exist, so readers never meet a missing one.
             let tx = db.begin_write().map_err(db_err)?;
             tx.open_table(JOBS).map_err(db_err)?;
@@ -131,18 +147,27 @@ impl Store {
             tx.open_table(STANDINGS).map_err(db_err)?;
             tx.open_table(FETCHED).map_err(db_err)?;
             tx.open_table(RUNS).map_err(db_err)?;
+            let found = commits::read(&tx.open_table(commits::META).map_err(db_err)?)?;
             tx.commit().map_err(db_err)?;
-        }
+            found
+        };
+        let side = commits::side_file(dir);
+        let rollback = commits::check(&path, &side, found);
         let blobs = BlobStore::open(&dir.join("blobs"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         // The writer owns the database's other handle; it drops it when the queue closes.
         let wdb = db.clone();
         let thread = std::thread::Builder::new()
             .name("spare-store".into())
-            .spawn(move || writer(wdb, rx))
+            .spawn(move || writer(wdb, rx, side))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         let closer = Closer { thread: std::sync::Mutex::new(Some(thread)) };
-        Ok(Store { db, blobs, writer: tx, _closer: Arc::new(closer) })
+        Ok(Store { db, blobs, writer: tx, rollback, _closer: Arc::new(closer) })
+    }
+
+    /// Whether the open found the database rolled back (logged then as an error).
+    pub fn rollback(&self) -> Option<Rollback> {
+        self.rollback
     }
 
     /// The blob store beside the database.
@@ -271,7 +296,7 @@ fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]
 
 /// The writer thread: takes every batch that has queued up, applies them in one transaction,
 /// commits once, then answers each sender.
-fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::path::PathBuf) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -281,6 +306,9 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
             }
         }
         let result = apply(&db, group.iter().flat_map(|(ops, _)| ops.iter()));
+        if let Ok(n) = &result {
+            commits::record(&side, *n);
+        }
         for (_, reply) in group {
             if let Some(reply) = reply {
                 let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Db(e.to_string())));
@@ -292,8 +320,10 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
     }
 }
 
-fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), StoreError> {
+/// Applies `ops` in one transaction; returns the commit's number ([`commits`]).
+fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, StoreError> {
     let tx = db.begin_write().map_err(db_err)?;
+    let n = commits::bump(&mut tx.open_table(commits::META).map_err(db_err)?)?;
     {
         let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
         let mut inputs = tx.open_table(INPUTS).map_err(db_err)?;
@@ -307,7 +337,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
         for op in ops {
             match op {
                 Op::PutJob(id, job) => {
-                    jobs.insert(id.0, encode(job).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    jobs.insert(id.0, records::encode_job(job).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutInputs { job, first, inputs: list } => {
                     for (i, input) in list.iter().enumerate() {
@@ -348,7 +378,8 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
             }
         }
     }
-    tx.commit().map_err(db_err)
+    tx.commit().map_err(db_err)?;
+    Ok(n)
 }
 
 fn db_err<E: std::fmt::Display>(e: E) -> StoreError {

@@ -2,7 +2,7 @@
 //! big-endian so a job's tasks sort by index and range scans read them in order.
 
 use serde::{Deserialize, Serialize};
-use spare_protocol::{Attestation, BlobId, JobId, JobSpec, PeerId, TaskId, Verdict};
+use spare_protocol::{Attestation, BlobId, Diversity, JobId, JobSpec, PeerId, TaskId, Verdict};
 
 /// A job as the origin accepted it: what the coordinator needs plus what the sandbox needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +56,18 @@ struct StoredJobV0 {
     coordinators: Vec<PeerId>,
 }
 
-/// Decodes a stored job, of this shape or one before it.
+/// Encodes a job as stored now: the [`StoredJob`] followed by its policy's network diversity,
+/// which the policy's serde form leaves out (`Policy::diversity`).
+pub fn encode_job(job: &StoredJob) -> Result<Vec<u8>, postcard::Error> {
+    encode(&(job, job.spec.policy.diversity))
+}
+
+/// Decodes a stored job, of this shape or one before it (those ask for no diversity).
 pub fn decode_job(bytes: &[u8]) -> Result<StoredJob, postcard::Error> {
+    if let Ok((mut job, diversity)) = decode::<(StoredJob, Option<Diversity>)>(bytes) {
+        job.spec.policy.diversity = diversity;
+        return Ok(job);
+    }
     decode::<StoredJob>(bytes).or_else(|e| {
         if let Ok(old) = decode::<StoredJobV1>(bytes) {
             let StoredJobV1 { spec, args, env, cancelled, nonce, origin_signature, coordinators, owner } = old;
@@ -246,6 +256,38 @@ mod tests {
         assert_eq!(decode_job(&encode(&v1).unwrap()).unwrap(), new);
         let digested = StoredJob { content_digest: Some([3; 32]), ..new };
         assert_eq!(decode_job(&encode(&digested).unwrap()).unwrap(), digested);
+    }
+
+    /// A job written before jobs asked for a network diversity loads (asking for none, so its
+    /// coordinator's default applies), and one that asks keeps what it asked across the store.
+    #[test]
+    fn jobs_stored_before_diversity_still_decode() {
+        use spare_protocol::Policy;
+        let old = StoredJob {
+            spec: JobSpec {
+                module: BlobId::of(b"m"),
+                task_count: 2,
+                policy: Policy { quorum: 3, ..Policy::default() },
+                origin: PeerId([1; 32]),
+                submitted_at_ms: 5,
+                label: "l".into(),
+            },
+            args: vec!["a".into()],
+            env: vec![("K".into(), "V".into())],
+            cancelled: true,
+            nonce: vec![1],
+            origin_signature: vec![2],
+            coordinators: vec![PeerId([1; 32]), PeerId([4; 32])],
+            owner: Some(PeerId([9; 32])),
+            content_digest: Some([3; 32]),
+        };
+        // The encoding of before: the record alone.
+        assert_eq!(decode_job(&encode(&old).unwrap()).unwrap(), old);
+        for d in [None, Some(Diversity::Prefix), Some(Diversity::Wide), Some(Diversity::Off)] {
+            let mut job = old.clone();
+            job.spec.policy.diversity = d;
+            assert_eq!(decode_job(&encode_job(&job).unwrap()).unwrap(), job, "{d:?}");
+        }
     }
 
     #[test]

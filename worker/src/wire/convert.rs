@@ -2,7 +2,7 @@
 //! outcomes, attestations, and job and task status as the API shows them.
 
 use spare_protocol::{
-    Adaptive, Attestation, Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, ResultKey, TaskCounts, TaskId,
+    Adaptive, Attestation, Diversity, Failure, JobState, JobView, Limits, Outcome, PeerId, Policy, ResultKey, TaskCounts, TaskId,
     TaskState, TaskView, Verdict,
 };
 use spare_proto as pb;
@@ -33,6 +33,27 @@ pub fn policy(p: Option<&pb::Policy>) -> Policy {
             min_agreed: if a.min_agreed == 0 { Adaptive::MIN_AGREED } else { a.min_agreed },
             spot_check_per_mille: a.spot_check_per_mille.unwrap_or(Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE),
         }),
+        diversity: diversity(p.diversity()),
+    }
+}
+
+/// A policy's diversity from the wire (`None`: unspecified).
+pub fn diversity(d: pb::Diversity) -> Option<Diversity> {
+    match d {
+        pb::Diversity::Unspecified => None,
+        pb::Diversity::Prefix => Some(Diversity::Prefix),
+        pb::Diversity::Wide => Some(Diversity::Wide),
+        pb::Diversity::Off => Some(Diversity::Off),
+    }
+}
+
+/// A policy's diversity on the wire.
+pub fn diversity_pb(d: Option<Diversity>) -> pb::Diversity {
+    match d {
+        None => pb::Diversity::Unspecified,
+        Some(Diversity::Prefix) => pb::Diversity::Prefix,
+        Some(Diversity::Wide) => pb::Diversity::Wide,
+        Some(Diversity::Off) => pb::Diversity::Off,
     }
 }
 
@@ -47,6 +68,7 @@ pub fn policy_pb(p: &Policy) -> pb::Policy {
             min_agreed: a.min_agreed,
             spot_check_per_mille: Some(a.spot_check_per_mille),
         }),
+        diversity: diversity_pb(p.diversity).into(),
     }
 }
 
@@ -241,6 +263,15 @@ mod tests {
         assert_eq!(p.max_replicas, 7, "the default replica bound never sits below the quorum");
         assert_eq!(policy(None), Policy::default());
         assert_eq!(policy(None).adaptive, None, "adaptive replication is off unless asked for");
+    }
+
+    #[test]
+    fn diversity_round_trips_and_unspecified_is_none() {
+        assert_eq!(policy(None).diversity, None);
+        for d in [None, Some(Diversity::Prefix), Some(Diversity::Wide), Some(Diversity::Off)] {
+            let p = Policy { diversity: d, ..Policy::default() };
+            assert_eq!(policy(Some(&policy_pb(&p))), p);
+        }
     }
 
     #[test]

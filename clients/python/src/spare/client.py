@@ -28,6 +28,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 BLOB_CHUNK_BYTES = 1024 * 1024
 #: Length of the random nonce drawn for each submit.
 NONCE_BYTES = 16
+#: Network diversities a job may ask for, by name ("": the peer's default).
+DIVERSITIES = {
+    "": common_pb2.DIVERSITY_UNSPECIFIED,
+    "prefix": common_pb2.DIVERSITY_PREFIX,
+    "wide": common_pb2.DIVERSITY_WIDE,
+    "off": common_pb2.DIVERSITY_OFF,
+}
 #: Most jobs `find_job` looks through (the peer's cap on a list).
 MAX_LISTED = 1000
 
@@ -186,6 +193,7 @@ class Client:
         max_replicas: int = 0,
         limits: Optional[Limits] = None,
         priority: int = 0,
+        diversity: str = "",
         args: Sequence[str] = (),
         env: Optional[Dict[str, str]] = None,
         label: str = "",
@@ -196,8 +204,11 @@ class Client:
         `module` is a WASI preview 1 command module: its bytes or a path to it. `inputs` holds
         one stdin per task (``str`` is sent as UTF-8). ``quorum`` distinct peers must agree on a
         task's output (0: the peer's default, 2); ``limits`` bound each task (zero fields take
-        the peer's defaults). Raises `InvalidJob` before anything is sent when the module is
-        not WebAssembly or there are no tasks, and a `StatusError` when the peer refuses it.
+        the peer's defaults). ``diversity`` is how far apart the networks of a task's replicas
+        must be: ``"prefix"`` (no two in one /24 or /48), ``"wide"`` (nor one /16 or /32) or
+        ``"off"`` (distinct keys only); empty: the peer's default. Raises `InvalidJob` before
+        anything is sent when the module is not WebAssembly, there are no tasks or the diversity
+        is not one of those, and a `StatusError` when the peer refuses it.
         """
         code = _read_module(module)
         tasks = [i.encode("utf-8") if isinstance(i, str) else bytes(i) for i in inputs]
@@ -205,6 +216,8 @@ class Client:
             raise InvalidJob("the job has no tasks")
         if quorum and max_replicas and quorum > max_replicas:
             raise InvalidJob(f"quorum {quorum} exceeds max_replicas {max_replicas}")
+        if diversity not in DIVERSITIES:
+            raise InvalidJob(f"diversity {diversity!r} is not one of prefix, wide, off")
         limits = limits or Limits()
         request = job_pb2.SubmitRequest(
             module_id="",
@@ -218,6 +231,7 @@ class Client:
                     output_bytes=limits.output_bytes,
                 ),
                 priority=priority,
+                diversity=DIVERSITIES[diversity],
             ),
             args=list(args),
             env=[common_pb2.EnvVar(key=k, value=v) for k, v in (env or {}).items()],

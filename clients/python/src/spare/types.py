@@ -199,6 +199,8 @@ class JobStatus:
     max_replicas: int = 0
     limits: Limits = Limits()
     priority: int = 0
+    #: Network diversity of its replicas: "prefix", "wide", "off", or "" (the coordinator's default).
+    diversity: str = ""
     module_id: str = ""
     label: str = ""
     #: Unix milliseconds.
@@ -238,6 +240,7 @@ class JobStatus:
             max_replicas=p.max_replicas,
             limits=Limits.from_pb(p.limits),
             priority=p.priority,
+            diversity={1: "prefix", 2: "wide", 3: "off"}.get(p.diversity, ""),
             module_id=s.module_id,
             label=s.label,
             submitted_at_ms=s.submitted_at_ms,

@@ -34,6 +34,7 @@ function draw(s) {
     ["tasks run today", s.peer.tasks_run_today + " (" + s.peer.tasks_not_ok_today + " did not succeed)"],
     ["task memory held", s.peer.task_memory],
     ["up for", s.peer.uptime],
+    ...(s.peer.store_rolled_back_commits ? [["store rolled back at start", s.peer.store_rolled_back_commits + " commits lost (see the log)"]] : []),
   ]);
   facts($("controls"), Object.entries(s.controls));
   $("mesh").tBodies[0].replaceChildren(

@@ -32,6 +32,7 @@ mod reputation;
 pub mod sim;
 pub mod reachability;
 pub mod rendezvous;
+pub mod requests;
 mod task;
 mod verdict;
 

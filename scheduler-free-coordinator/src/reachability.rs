@@ -23,6 +23,12 @@ pub const RECHECK_MS: Millis = 600_000;
 pub const RETRY_MS: Millis = 30_000;
 /// Most relays an unreachable peer keeps and names in its advert (more named are ignored).
 pub const MAX_RELAYS: usize = 3;
+/// How long a peer that asked for dial-backs waits for their answers.
+pub const ASK_TIMEOUT_MS: Millis = 8_000;
+/// A peer dials back one asker at most this often (and so never twice at once: one takes less).
+pub const DIAL_BACK_EVERY_MS: Millis = 10_000;
+/// How long a dial-back (connect and TLS handshake) may take.
+pub const DIAL_BACK_TIMEOUT_MS: Millis = 5_000;
 
 /// What this peer knows of its own reachability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,8 +17,7 @@ use super::peer::{Held, Logged, NEVER, ReportItem};
 use super::queue;
 use super::{wire, workload};
 
-/// The coordinator's ticker period.
-const TICK_MS: u64 = 200;
+use crate::requests::TICK_MS;
 const NOT_HELD: u64 = 100;
 
 impl Sim {

@@ -49,7 +49,7 @@ use crate::store::Store;
 const UNCONFIRMED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often lapsed leases are looked for.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(spare_protocol::requests::TICK_MS);
 /// A queued store write.
 /// The peer's background loops.
 pub(crate) struct Loops {

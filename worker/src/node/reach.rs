@@ -17,8 +17,8 @@ use spare_protocol::records::{Record, RecordKey};
 use super::Node;
 use super::relay::MAX_RELAYED_BYTES;
 
-/// How long the asker waits for an answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the asker waits for an answer (`reachability::ASK_TIMEOUT_MS`).
+const ASK_TIMEOUT: Duration = Duration::from_millis(spare_protocol::reachability::ASK_TIMEOUT_MS);
 /// How often the loop looks at rounds and relays (a relay that failed is dialed again then).
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 

@@ -27,10 +27,10 @@ pub const ATTACH_QUEUE: usize = 64;
 pub const MAX_RELAYED_BYTES: usize = 64 << 10;
 /// Dial-backs this peer makes for others at once.
 const MAX_DIAL_BACKS: usize = 8;
-/// One dial-back per asker this often (and so never two at once: one takes less).
-const DIAL_BACK_EVERY: Duration = Duration::from_secs(10);
-/// How long a dial-back (connect and TLS handshake) may take.
-const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// One dial-back per asker this often (`reachability::DIAL_BACK_EVERY_MS`).
+const DIAL_BACK_EVERY: Duration = Duration::from_millis(spare_protocol::reachability::DIAL_BACK_EVERY_MS);
+/// How long a dial-back may take (`reachability::DIAL_BACK_TIMEOUT_MS`).
+const DIAL_BACK_TIMEOUT: Duration = Duration::from_millis(spare_protocol::reachability::DIAL_BACK_TIMEOUT_MS);
 /// Askers remembered for [`DIAL_BACK_EVERY`]; when full, those older are forgotten, and a new
 /// asker is refused while all are recent.
 const MAX_ASKERS: usize = 4096;

@@ -15,9 +15,7 @@ use crate::node::{Node, unix_ms};
 use crate::wire::convert::parse_id;
 use crate::wire::signing::LEASE_CLOCK_SKEW_MS;
 
-/// Most peers a Cancel passes through on its way to the job's active coordinator (a peer
-/// without the job, then a backup coordinator).
-pub const MAX_FORWARDS: usize = 2;
+pub use spare_protocol::requests::MAX_FORWARDS;
 
 /// Marks a read one peer forwarded to another, so it is never forwarded twice. Its value is
 /// `PEERID.TIMESTAMP_MS.SIGNATURE` (hex, decimal, hex), signed over

@@ -12,8 +12,7 @@ use crate::identity;
 use crate::node::{Node, unix_ms};
 use crate::store::StoredInput;
 
-/// Inputs up to this size travel inside a lease reply; larger ones are fetched as blobs.
-const INLINE_INPUT: usize = 64 << 10;
+use spare_protocol::requests::INLINE_INPUT_BYTES as INLINE_INPUT;
 
 /// The MeshService of one peer.
 pub struct MeshApi {

@@ -5,5 +5,4 @@
 pub mod convert;
 pub mod signing;
 
-/// Largest gRPC message accepted or sent (a submission with many inline inputs).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use spare_protocol::requests::MAX_MESSAGE_BYTES;

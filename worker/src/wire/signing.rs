@@ -4,11 +4,7 @@
 use spare_protocol::{JobId, PeerId};
 use spare_proto as pb;
 
-/// Length of the random `request_nonce` of a signed mesh request.
-pub const REQUEST_NONCE_BYTES: usize = 16;
-
-/// Leases a worker asks for are refused when their timestamp is this far from the coordinator's clock.
-pub const LEASE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+pub use spare_protocol::requests::{LEASE_CLOCK_SKEW_MS, REQUEST_NONCE_BYTES};
 
 /// The bytes the origin signs to claim a job id as its own.
 pub fn job(id: &JobId) -> Vec<u8> {

@@ -251,6 +251,17 @@ impl Store {
 
     /// Up to `limit` final results of a job with index >= `from`, in index order.
     pub fn results(&self, job: &JobId, from: u32, limit: usize) -> Result<Vec<(u32, StoredResult)>, StoreError> {
+        self.results_read(job, from, limit, result_in)
+    }
+
+    /// Up to `limit` rows of a job's results from index `from`, each read by `read`.
+    fn results_read(
+        &self,
+        job: &JobId,
+        from: u32,
+        limit: usize,
+        read: impl Fn(&[u8]) -> Result<StoredResult, StoreError>,
+    ) -> Result<Vec<(u32, StoredResult)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(RESULTS).map_err(db_err)?;
         let lo = task_key(&TaskId { job: *job, index: from });
@@ -258,7 +269,7 @@ impl Store {
         let mut out = Vec::new();
         for row in t.range(lo..=hi).map_err(db_err)?.take(limit) {
             let (k, v) = row.map_err(db_err)?;
-            out.push((task_of(&k.value()).index, result_in(v.value())?));
+            out.push((task_of(&k.value()).index, read(v.value())?));
         }
         Ok(out)
     }
@@ -267,18 +278,9 @@ impl Store {
 impl Store {
     /// [`Store::results`] without the outputs (left empty): what a status shows.
     pub fn result_heads(&self, job: &JobId, from: u32, limit: usize) -> Result<Vec<(u32, StoredResult)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(RESULTS).map_err(db_err)?;
-        let lo = task_key(&TaskId { job: *job, index: from });
-        let hi = task_key(&TaskId { job: *job, index: u32::MAX });
-        let mut out = Vec::new();
-        for row in t.range(lo..=hi).map_err(db_err)?.take(limit) {
-            let (k, v) = row.map_err(db_err)?;
-            let head = records::decode_result_head(v.value())
-                .map_err(|e| StoreError::Corrupt { table: "results", detail: e.to_string() })?;
-            out.push((task_of(&k.value()).index, head));
-        }
-        Ok(out)
+        self.results_read(job, from, limit, |v| {
+            records::decode_result_head(v).map_err(|e| StoreError::Corrupt { table: "results", detail: e.to_string() })
+        })
     }
 }
 

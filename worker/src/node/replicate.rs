@@ -568,7 +568,14 @@ impl Node {
             // peer lacks (`spare_protocol::peer::takeover`). If one brought anything, the others
             // may lack it: each is caught up once more. New ones get it from `add_coordinators`.
             let (kept, catch_up) = self.sync_backups(job).await;
-            self.core().coord.set_standby(&job, false);
+            {
+                // A newer ad may have put another peer first meanwhile: then this one stands by.
+                let mut core = self.core();
+                if core.jobs.get(&job).is_none_or(|m| m.coordinators.first() != Some(&me)) {
+                    continue;
+                }
+                core.coord.set_standby(&job, false);
+            }
             tracing::info!(job = %job.short(), "active coordinator of the job");
             // Dead coordinators replaced.
             self.add_coordinators(job).await;

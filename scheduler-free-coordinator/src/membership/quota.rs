@@ -68,6 +68,6 @@ impl Admission {
 }
 
 /// The keys of the adverts of peers not in `known`.
-pub(super) fn expired<'a>(records: impl Iterator<Item = (&'a RecordKey, &'a Record)>, admission: &Admission) -> Vec<RecordKey> {
-    records.filter(|(k, _)| matches!(k, RecordKey::Advert(p) if !admission.knows(p))).map(|(k, _)| *k).collect()
+pub(super) fn expired<'a>(keys: impl Iterator<Item = &'a RecordKey>, admission: &Admission) -> Vec<RecordKey> {
+    keys.filter(|k| matches!(k, RecordKey::Advert(p) if !admission.knows(p))).copied().collect()
 }

@@ -76,21 +76,28 @@ impl Membership {
         self.screen.unix_ms.is_none_or(|now| epoch <= now.saturating_add(EPOCH_SKEW_MS))
     }
 
-    /// The address in the signed advert of `m`'s run, if one is known: an advert made during
-    /// that run (adverts are numbered by the Unix time they were made, a run by the time it
-    /// started), not one of an earlier run, which may have served elsewhere.
-    pub(super) fn signed_addr(&self, m: &Member) -> Option<String> {
-        match self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(&RecordKey::Advert(m.peer)) {
-            Some(Record::Advert(a)) if a.seq >= m.epoch => Some(a.addr.clone()),
-            _ => None,
+    /// Gives `f` the address in the signed advert of `peer`'s run started at `epoch`, if one is
+    /// known: an advert made during that run (adverts are numbered by the Unix time they were
+    /// made, a run by the time it started), not one of an earlier run, which may have served
+    /// elsewhere. Lent, not copied: most callers only compare it, and a copy for each update of
+    /// every packet was a sixth of the simulator's time.
+    fn with_signed_addr_of<R>(&self, peer: PeerId, epoch: u64, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        match shared.records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
+            Some(Record::Advert(a)) if a.seq >= epoch => f(Some(&a.addr)),
+            _ => f(None),
         }
     }
 
     /// `m` with the address of its run's signed advert, when one is known.
     pub(super) fn with_signed_addr(&self, mut m: Member) -> Member {
-        if let Some(addr) = self.signed_addr(&m) {
-            m.addr = addr;
-        }
+        self.with_signed_addr_of(m.peer, m.epoch, |addr| {
+            if let Some(addr) = addr
+                && addr != m.addr
+            {
+                m.addr = addr.to_string();
+            }
+        });
         m
     }
 
@@ -178,7 +185,7 @@ impl Membership {
             let hearsay = update.state() == State::Down || update.incarnation() > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if self.signed_addr(id).is_some_and(|a| a != id.addr) {
+        if self.with_signed_addr_of(id.peer, id.epoch, |a| a.is_some_and(|a| a != id.addr)) {
             return Verdict::Drop;
         }
         if id.peer == *src {

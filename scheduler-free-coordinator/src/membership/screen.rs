@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
+use serde::Deserialize;
 
 use super::{Member, Membership, MembershipError};
 use crate::records::{Record, RecordKey};
@@ -35,6 +36,35 @@ pub const MAX_CHECKS: usize = 256;
 pub const MAX_MEMBERS: usize = 65_536;
 
 type FocaMember = foca::Member<Member>;
+
+/// A [`Member`] read in place from a packet: foca's wire form of it, with the address borrowed.
+#[derive(Deserialize)]
+struct MemberRef<'a> {
+    peer: PeerId,
+    addr: &'a str,
+    epoch: u64,
+}
+
+impl MemberRef<'_> {
+    /// Whether it names `m` exactly (same peer, address and run).
+    fn is(&self, m: &Member) -> bool {
+        self.peer == m.peer && self.epoch == m.epoch && self.addr == m.addr
+    }
+
+    fn to_member(&self) -> Member {
+        Member { peer: self.peer, addr: self.addr.to_string(), epoch: self.epoch }
+    }
+}
+
+/// A `foca::Member<Member>` (one update a packet carries) read in place: the same fields in
+/// the same order, so the same bytes.
+#[derive(Deserialize)]
+struct UpdateRef<'a> {
+    #[serde(borrow)]
+    id: MemberRef<'a>,
+    incarnation: Incarnation,
+    state: State,
+}
 
 /// The screen's state: what it needs to know about this peer, and the checks in flight.
 #[derive(Default)]
@@ -140,23 +170,29 @@ impl Membership {
         rest = &rest[2..];
         // The count is the packet's word: room only for as many members as its bytes can hold
         // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
-        let mut kept = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
+        // Each update is read in place (its address borrowed), and a kept one is passed on as the
+        // bytes it came in: foca decodes them all again, so a copy here was one allocation per
+        // update of every packet for nothing.
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         let mut dropped = false;
         for _ in 0..count {
-            let update: FocaMember = PostcardCodec.decode_member(&mut rest).map_err(|_| MembershipError::Malformed)?;
+            let (update, after): (UpdateRef<'_>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
+            let bytes = &rest[..rest.len() - after.len()];
+            rest = after;
             match self.judge(&update, &src.peer) {
-                Verdict::Keep => kept.push(update),
+                Verdict::Keep => kept.push(bytes),
                 Verdict::Drop => dropped = true,
                 Verdict::Check => {
                     dropped = true;
-                    let known = self.foca.iter_members().find(|m| m.id().peer == update.id().peer).map(|m| m.id().clone());
+                    let known = self.foca.iter_members().find(|m| m.id().peer == update.id.peer).map(|m| m.id().clone());
                     if let Some(dst) = known {
                         self.check(dst, true, now);
                     }
                 }
                 Verdict::CheckIdentity => {
                     dropped = true;
-                    self.check(update.id().clone(), false, now);
+                    self.check(update.id.to_member(), false, now);
                 }
             }
         }
@@ -166,8 +202,8 @@ impl Membership {
         let mut out = Vec::with_capacity(packet.len());
         out.extend_from_slice(&packet[..header_len]);
         out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        for m in &kept {
-            PostcardCodec.encode_member(m, &mut out).map_err(|_| MembershipError::Malformed)?;
+        for bytes in kept {
+            out.extend_from_slice(bytes);
         }
         // Custom broadcasts (the records), checked by their own signatures.
         out.extend_from_slice(rest);
@@ -175,14 +211,14 @@ impl Membership {
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, update: &FocaMember, src: &PeerId) -> Verdict {
-        let id = update.id();
+    fn judge(&self, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
+        let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
         }
         let me = self.foca.identity();
         if id.peer == me.peer {
-            let hearsay = update.state() == State::Down || update.incarnation() > self.screen.incarnation;
+            let hearsay = update.state == State::Down || update.incarnation > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
         if self.with_signed_addr_of(id.peer, id.epoch, |a| a.is_some_and(|a| a != id.addr)) {
@@ -192,7 +228,7 @@ impl Membership {
             return Verdict::Keep;
         }
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
-        match (known, update.state()) {
+        match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
             (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
             (None, _) => Verdict::Drop,
@@ -204,13 +240,13 @@ impl Membership {
             (Some(k), _) if k.state() == State::Down => Verdict::Drop,
             // A new identity for a member held active comes only from the member itself: a later
             // run is asked to confirm it, anything else is dropped.
-            (Some(k), State::Alive) if k.id() != id && id.epoch > k.id().epoch => Verdict::CheckIdentity,
-            (Some(k), _) if k.id() != id => Verdict::Drop,
+            (Some(k), State::Alive) if !id.is(k.id()) && id.epoch > k.id().epoch => Verdict::CheckIdentity,
+            (Some(k), _) if !id.is(k.id()) => Verdict::Drop,
             // News that it is still alive, about a member held alive: harmless.
             (Some(k), State::Alive) if k.state() == State::Alive => Verdict::Keep,
             // A refutation on its behalf (held suspect here), or a claim that it is suspect or
             // dead: ask it.
-            (Some(k), _) if update.incarnation() > k.incarnation() || update.state() != State::Alive => Verdict::Check,
+            (Some(k), _) if update.incarnation > k.incarnation() || update.state != State::Alive => Verdict::Check,
             _ => Verdict::Drop,
         }
     }
@@ -285,5 +321,24 @@ impl Screen {
     /// When the next check is due, if any.
     pub(super) fn next_check(&self) -> Option<Millis> {
         self.checks.values().map(|(at, _)| *at).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_read_in_place_is_foca_s_member_byte_for_byte() {
+        let m = Member { peer: PeerId([7; 32]), addr: "10.0.0.1:7000".into(), epoch: 1_700_000_000_123 };
+        let update = FocaMember::new(m.clone(), 513, State::Suspect);
+        let mut bytes = Vec::new();
+        PostcardCodec.encode_member(&update, &mut bytes).expect("encodes");
+        bytes.extend_from_slice(b"rest");
+        let (read, rest): (UpdateRef<'_>, &[u8]) = postcard::take_from_bytes(&bytes).expect("reads");
+        assert_eq!(rest, b"rest");
+        assert!(read.id.is(&m));
+        assert_eq!(read.id.to_member(), m);
+        assert_eq!((read.incarnation, read.state), (513, State::Suspect));
     }
 }

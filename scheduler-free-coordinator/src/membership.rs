@@ -46,8 +46,8 @@ pub const MAX_RECORDS: usize = 200_000;
 const MAX_RIVALS_SEEN: usize = 4_096;
 /// Most dead members greeted per round (see [`Membership::greet_dead_members`]).
 const MAX_DEAD_HELLOS: usize = 4;
-/// Most events a drained event queue keeps room for: a burst (a newcomer's sync brings its
-/// view's adverts at once) does not leave every membership holding room for the next one.
+/// Most events (or messages) a drained queue keeps room for: a burst (a newcomer's sync brings
+/// its view's adverts at once) does not leave every membership holding room for the next one.
 const KEEP_EVENTS: usize = 8;
 /// Most records one direct sync message carries.
 const MAX_SYNC_RECORDS: usize = 256;
@@ -783,7 +783,13 @@ impl Membership {
 
     /// The next message to send: to whom, and the bytes.
     pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
-        let (to, data) = self.out.pop_front()?;
+        let Some((to, data)) = self.out.pop_front() else {
+            // A newcomer's sync queues a message per record: let go of that room once sent.
+            if self.out.capacity() > KEEP_EVENTS {
+                self.out = VecDeque::new();
+            }
+            return None;
+        };
         Some((self.outgoing(to, &data), data))
     }
 

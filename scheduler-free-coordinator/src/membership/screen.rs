@@ -18,7 +18,8 @@
 //! peer that holds it dead, never as hearsay.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
 use serde::Deserialize;
@@ -113,10 +114,7 @@ impl Membership {
     /// every packet was a sixth of the simulator's time.
     fn with_signed_addr_of<R>(&self, peer: PeerId, epoch: u64, f: impl FnOnce(Option<&str>) -> R) -> R {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        match shared.records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
-            Some(Record::Advert(a)) if a.seq >= epoch => f(Some(&a.addr)),
-            _ => f(None),
-        }
+        f(signed_addr(&shared.records, peer, epoch))
     }
 
     /// `m` with the address of its run's signed advert, when one is known.
@@ -175,12 +173,15 @@ impl Membership {
         // update of every packet for nothing.
         let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         let mut dropped = false;
+        // The records, locked once for the whole packet rather than once per update.
+        let shared = Arc::clone(&self.shared);
+        let records = shared.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..count {
             let (update, after): (UpdateRef<'_>, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
             let bytes = &rest[..rest.len() - after.len()];
             rest = after;
-            match self.judge(&update, &src.peer) {
+            match self.judge(&records.records, &update, &src.peer) {
                 Verdict::Keep => kept.push(bytes),
                 Verdict::Drop => dropped = true,
                 Verdict::Check => {
@@ -196,6 +197,7 @@ impl Membership {
                 }
             }
         }
+        drop(records);
         if !dropped {
             return Ok(Cow::Borrowed(packet));
         }
@@ -211,7 +213,7 @@ impl Membership {
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
+    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
         let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
@@ -221,7 +223,7 @@ impl Membership {
             let hearsay = update.state == State::Down || update.incarnation > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if self.with_signed_addr_of(id.peer, id.epoch, |a| a.is_some_and(|a| a != id.addr)) {
+        if signed_addr(records, id.peer, id.epoch).is_some_and(|a| a != id.addr) {
             return Verdict::Drop;
         }
         if id.peer == *src {
@@ -314,6 +316,15 @@ impl Membership {
             self.screen.incarnation = h.src_incarnation;
         }
         self.with_signed_addr(to)
+    }
+}
+
+/// The address in `peer`'s signed advert of its run started at `epoch`, among `records` (see
+/// `Membership::with_signed_addr_of`).
+fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u64) -> Option<&str> {
+    match records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
+        Some(Record::Advert(a)) if a.seq >= epoch => Some(&a.addr),
+        _ => None,
     }
 }
 

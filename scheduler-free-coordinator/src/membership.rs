@@ -249,7 +249,8 @@ impl RecordState {
             return None;
         }
         let replacing = known.map(Record::signer);
-        if !self.admission.admits(&record, replacing, sender) {
+        let has_advert = self.records.contains_key(&RecordKey::Advert(record.signer()));
+        if !self.admission.admits(&record, replacing, sender, has_advert) {
             return None;
         }
         if !record.verify(&self.verifier) {
@@ -271,14 +272,14 @@ impl RecordState {
             match done {
                 Some(k) => {
                     if let Some(r) = self.records.remove(&k) {
-                        self.admission.removed(r.signer());
+                        self.admission.removed(&r);
                     }
                 }
                 None => return None,
             }
         }
         let seq = record.seq();
-        self.admission.stored(record.signer(), replacing);
+        self.admission.stored(&record, replacing);
         let held = match &self.pool {
             Some(pool) => pool.intern(&record),
             None => Arc::new(record.clone()),
@@ -660,7 +661,7 @@ impl Membership {
         let gone = quota::expired(shared.records.keys(), &shared.admission);
         for key in gone {
             if let Some(r) = shared.records.remove(&key) {
-                shared.admission.removed(r.signer());
+                shared.admission.removed(&r);
             }
         }
     }

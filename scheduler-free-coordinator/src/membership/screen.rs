@@ -38,10 +38,6 @@ pub const MAX_MEMBERS: usize = 65_536;
 
 type FocaMember = foca::Member<Member>;
 
-/// Up to this many updates of a packet are each found among foca's members by a search; more,
-/// by one pass over the members (see `Membership::known`).
-const FEW_UPDATES: usize = 4;
-
 /// A [`Member`] read in place from a packet: foca's wire form of it, with the address borrowed.
 #[derive(Deserialize)]
 struct MemberRef<'a> {
@@ -197,7 +193,7 @@ impl Membership {
             updates.push((update, &rest[..rest.len() - after.len()]));
             rest = after;
         }
-        let known = self.known(&updates, &src.peer);
+        let known = self.known(&updates);
         // The records, locked once for the whole packet rather than once per update.
         let shared = Arc::clone(&self.shared);
         let records = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,31 +274,15 @@ impl Membership {
         }
     }
 
-    /// How this peer holds the member each update names, if it does, for the updates judging
-    /// asks it of (those about neither this peer nor the sender). A few are each found by a
-    /// search; more, by one pass over foca's members for the whole packet (a search each costs
+    /// How this peer holds the member each update names, if it does: one pass over foca's
+    /// members for the whole packet (finding each update's member by a scan of its own cost
     /// members × updates, and a feed carries a whole view).
-    fn known(&self, updates: &[(UpdateRef<'_>, &[u8])], src: &PeerId) -> Vec<Option<Known>> {
+    fn known(&self, updates: &[(UpdateRef<'_>, &[u8])]) -> Vec<Option<Known>> {
         let mut known = vec![None; updates.len()];
-        let me = self.foca.identity().peer;
-        let mut by_peer: Vec<(PeerId, usize)> = updates
-            .iter()
-            .enumerate()
-            .filter(|(_, (u, _))| u.id.peer != me && u.id.peer != *src)
-            .map(|(i, (u, _))| (u.id.peer, i))
-            .collect();
-        let of = |m: &FocaMember, update: &UpdateRef<'_>| Known {
-            state: m.state(),
-            epoch: m.id().epoch,
-            incarnation: m.incarnation(),
-            same: update.id.is(m.id()),
-        };
-        if by_peer.len() <= FEW_UPDATES {
-            for (peer, i) in by_peer {
-                known[i] = self.foca.iter_membership_state().find(|m| m.id().peer == peer).map(|m| of(m, &updates[i].0));
-            }
+        if updates.is_empty() {
             return known;
         }
+        let mut by_peer: Vec<(PeerId, usize)> = updates.iter().enumerate().map(|(i, (u, _))| (u.id.peer, i)).collect();
         by_peer.sort_unstable();
         for m in self.foca.iter_membership_state() {
             let peer = m.id().peer;
@@ -310,7 +290,8 @@ impl Membership {
             for &(_, i) in by_peer[from..].iter().take_while(|(p, _)| *p == peer) {
                 // The first member with that peer, as a search would find (there is one).
                 if known[i].is_none() {
-                    known[i] = Some(of(m, &updates[i].0));
+                    let same = updates[i].0.id.is(m.id());
+                    known[i] = Some(Known { state: m.state(), epoch: m.id().epoch, incarnation: m.incarnation(), same });
                 }
             }
         }

@@ -82,16 +82,6 @@ pub(super) struct Screen {
     probe: u8,
 }
 
-/// How this peer holds the member an update names (what judging the update needs of it).
-#[derive(Clone, Copy)]
-struct Known {
-    state: State,
-    epoch: u64,
-    incarnation: Incarnation,
-    /// The update names it exactly (same peer, address and run).
-    same: bool,
-}
-
 /// What is done with one claim about another member.
 enum Verdict {
     Keep,
@@ -183,22 +173,15 @@ impl Membership {
         // update of every packet for nothing.
         let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         let mut dropped = false;
-        let mut updates = Vec::with_capacity(kept.capacity());
-        let mut malformed = false;
-        for _ in 0..count {
-            let Ok((update, after)) = postcard::take_from_bytes::<UpdateRef<'_>>(rest) else {
-                malformed = true;
-                break;
-            };
-            updates.push((update, &rest[..rest.len() - after.len()]));
-            rest = after;
-        }
-        let known = self.known(&updates);
         // The records, locked once for the whole packet rather than once per update.
         let shared = Arc::clone(&self.shared);
         let records = shared.lock().unwrap_or_else(|p| p.into_inner());
-        for ((update, bytes), known) in updates.into_iter().zip(known) {
-            match self.judge(&records.records, &update, &src.peer, known) {
+        for _ in 0..count {
+            let (update, after): (UpdateRef<'_>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
+            let bytes = &rest[..rest.len() - after.len()];
+            rest = after;
+            match self.judge(&records.records, &update, &src.peer) {
                 Verdict::Keep => kept.push(bytes),
                 Verdict::Drop => dropped = true,
                 Verdict::Check => {
@@ -215,11 +198,6 @@ impl Membership {
             }
         }
         drop(records);
-        // As before updates were read ahead: those before a malformed one are judged, then the
-        // packet is refused.
-        if malformed {
-            return Err(MembershipError::Malformed);
-        }
         if !dropped {
             return Ok(Cow::Borrowed(packet));
         }
@@ -235,7 +213,7 @@ impl Membership {
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId, known: Option<Known>) -> Verdict {
+    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
         let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
@@ -251,51 +229,28 @@ impl Membership {
         if id.peer == *src {
             return Verdict::Keep;
         }
+        let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
         match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
             (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
             (None, _) => Verdict::Drop,
             // Held dead here: a later run of it may come back (its own packets would bring it
             // too); anything else about it changes nothing.
-            (Some(k), State::Alive) if k.state == State::Down => {
-                if id.epoch > k.epoch { Verdict::Keep } else { Verdict::Drop }
+            (Some(k), State::Alive) if k.state() == State::Down => {
+                if id.epoch > k.id().epoch { Verdict::Keep } else { Verdict::Drop }
             }
-            (Some(k), _) if k.state == State::Down => Verdict::Drop,
+            (Some(k), _) if k.state() == State::Down => Verdict::Drop,
             // A new identity for a member held active comes only from the member itself: a later
             // run is asked to confirm it, anything else is dropped.
-            (Some(k), State::Alive) if !k.same && id.epoch > k.epoch => Verdict::CheckIdentity,
-            (Some(k), _) if !k.same => Verdict::Drop,
+            (Some(k), State::Alive) if !id.is(k.id()) && id.epoch > k.id().epoch => Verdict::CheckIdentity,
+            (Some(k), _) if !id.is(k.id()) => Verdict::Drop,
             // News that it is still alive, about a member held alive: harmless.
-            (Some(k), State::Alive) if k.state == State::Alive => Verdict::Keep,
+            (Some(k), State::Alive) if k.state() == State::Alive => Verdict::Keep,
             // A refutation on its behalf (held suspect here), or a claim that it is suspect or
             // dead: ask it.
-            (Some(k), _) if update.incarnation > k.incarnation || update.state != State::Alive => Verdict::Check,
+            (Some(k), _) if update.incarnation > k.incarnation() || update.state != State::Alive => Verdict::Check,
             _ => Verdict::Drop,
         }
-    }
-
-    /// How this peer holds the member each update names, if it does: one pass over foca's
-    /// members for the whole packet (finding each update's member by a scan of its own cost
-    /// members × updates, and a feed carries a whole view).
-    fn known(&self, updates: &[(UpdateRef<'_>, &[u8])]) -> Vec<Option<Known>> {
-        let mut known = vec![None; updates.len()];
-        if updates.is_empty() {
-            return known;
-        }
-        let mut by_peer: Vec<(PeerId, usize)> = updates.iter().enumerate().map(|(i, (u, _))| (u.id.peer, i)).collect();
-        by_peer.sort_unstable();
-        for m in self.foca.iter_membership_state() {
-            let peer = m.id().peer;
-            let from = by_peer.partition_point(|(p, _)| *p < peer);
-            for &(_, i) in by_peer[from..].iter().take_while(|(p, _)| *p == peer) {
-                // The first member with that peer, as a search would find (there is one).
-                if known[i].is_none() {
-                    let same = updates[i].0.id.is(m.id());
-                    known[i] = Some(Known { state: m.state(), epoch: m.id().epoch, incarnation: m.incarnation(), same });
-                }
-            }
-        }
-        known
     }
 
     /// Pings `dst` outside SWIM's round, unless its peer is already being checked.

@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
 use crate::{Millis, PeerId};
 
+mod pool;
 mod quota;
 mod screen;
+pub use pool::RecordPool;
 pub use quota::MAX_RECORDS_PER_SIGNER;
 pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS, MAX_MEMBERS};
 
@@ -44,6 +46,9 @@ pub const MAX_RECORDS: usize = 200_000;
 const MAX_RIVALS_SEEN: usize = 4_096;
 /// Most dead members greeted per round (see [`Membership::greet_dead_members`]).
 const MAX_DEAD_HELLOS: usize = 4;
+/// Most events (or messages) a drained queue keeps room for: a burst (a newcomer's sync brings
+/// its view's adverts at once) does not leave every membership holding room for the next one.
+const KEEP_EVENTS: usize = 8;
 /// Most records one direct sync message carries.
 const MAX_SYNC_RECORDS: usize = 256;
 /// Most greeted addresses remembered until their peer comes up (forgotten all at once past it).
@@ -198,7 +203,10 @@ pub enum MembershipError {
 
 /// Records known, shared between [`Membership`] and foca's broadcast handler (which foca owns).
 struct RecordState {
-    records: HashMap<RecordKey, Record>,
+    /// Shared, so that a [`RecordPool`] can give many memberships one copy of a record.
+    records: HashMap<RecordKey, Arc<Record>>,
+    /// Where taken records are kept when memberships share them (see [`Membership::share_records`]).
+    pool: Option<RecordPool>,
     verifier: Verifier,
     events: VecDeque<MeshEvent>,
     /// Set while this peer hands foca a record it has already taken, to be disseminated.
@@ -220,7 +228,7 @@ impl RecordState {
             return None;
         };
         let key = record.key();
-        let known = self.records.get(&key);
+        let known = self.records.get(&key).map(|r| &**r);
         // A job's ad is replaced only by its announcer or a coordinator it names; an ad from
         // anyone else is a rival, whatever its sequence number.
         let rival = known.is_some_and(|k| !record.may_replace(k));
@@ -244,7 +252,8 @@ impl RecordState {
             return None;
         }
         let replacing = known.map(Record::signer);
-        if !self.admission.admits(&record, replacing, sender) {
+        let has_advert = self.records.contains_key(&RecordKey::Advert(record.signer()));
+        if !self.admission.admits(&record, replacing, sender, has_advert) {
             return None;
         }
         if !record.verify(&self.verifier) {
@@ -262,19 +271,23 @@ impl RecordState {
             return None;
         }
         if !self.records.contains_key(&key) && self.records.len() >= MAX_RECORDS {
-            let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
+            let done = self.records.iter().find(|(_, r)| matches!(&***r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
             match done {
                 Some(k) => {
                     if let Some(r) = self.records.remove(&k) {
-                        self.admission.removed(r.signer());
+                        self.admission.removed(&r);
                     }
                 }
                 None => return None,
             }
         }
         let seq = record.seq();
-        self.admission.stored(record.signer(), replacing);
-        self.records.insert(key, record.clone());
+        self.admission.stored(&record, replacing);
+        let held = match &self.pool {
+            Some(pool) => pool.intern(&record),
+            None => Arc::new(record.clone()),
+        };
+        self.records.insert(key, held);
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
     }
@@ -396,6 +409,7 @@ impl Membership {
     pub fn new(me: Member, config: MembershipConfig, seed: u64, verifier: Verifier) -> Membership {
         let shared = Arc::new(Mutex::new(RecordState {
             records: HashMap::new(),
+            pool: None,
             verifier,
             events: VecDeque::new(),
             relaying: false,
@@ -444,6 +458,13 @@ impl Membership {
         }
     }
 
+    /// Keeps the records this membership takes in `pool`, shared with the other memberships
+    /// given the same pool (one copy of each instead of one per membership). For a process
+    /// holding many memberships, as the simulator does; call it before any record is taken.
+    pub fn share_records(&mut self, pool: RecordPool) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).pool = Some(pool);
+    }
+
     /// This peer as a member.
     pub fn me(&self) -> &Member {
         self.foca.identity()
@@ -463,7 +484,7 @@ impl Membership {
             f(&mut self.foca, &mut rt)
         };
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        self.events.extend(shared.events.drain(..));
+        move_events(&mut shared.events, &mut self.events);
         for m in &newcomers {
             shared.admission.know(m.peer);
         }
@@ -533,7 +554,7 @@ impl Membership {
                         news.push(bytes);
                     }
                 }
-                self.events.extend(shared.events.drain(..));
+                move_events(&mut shared.events, &mut self.events);
                 drop(shared);
                 for bytes in news {
                     self.relay(bytes);
@@ -659,10 +680,10 @@ impl Membership {
         known.insert(self.foca.identity().peer);
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.admission.set_known(known);
-        let gone = quota::expired(shared.records.iter(), &shared.admission);
+        let gone = quota::expired(shared.records.keys(), &shared.admission);
         for key in gone {
             if let Some(r) = shared.records.remove(&key) {
-                shared.admission.removed(r.signer());
+                shared.admission.removed(&r);
             }
         }
     }
@@ -755,8 +776,8 @@ impl Membership {
             .own
             .iter()
             .filter_map(|key| shared.records.get(key))
-            .filter(|r| !matches!(r, Record::JobAd(j) if j.done))
-            .map(Record::encode)
+            .filter(|r| !matches!(&***r, Record::JobAd(j) if j.done))
+            .map(|r| r.encode())
             .collect();
         drop(shared);
         self.send_records(m, own);
@@ -785,13 +806,23 @@ impl Membership {
 
     /// The next message to send: to whom, and the bytes.
     pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
-        let (to, data) = self.out.pop_front()?;
+        let Some((to, data)) = self.out.pop_front() else {
+            // A newcomer's sync queues a message per record: let go of that room once sent.
+            if self.out.capacity() > KEEP_EVENTS {
+                self.out = VecDeque::new();
+            }
+            return None;
+        };
         Some((self.outgoing(to, &data), data))
     }
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<MeshEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > KEEP_EVENTS {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Every member known (not this peer), with its state.
@@ -831,18 +862,18 @@ impl Membership {
     /// The newest advert of every peer seen (this one's included).
     pub fn adverts(&self) -> Vec<Advert> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.records.values().filter_map(|r| if let Record::Advert(a) = r { Some(a.clone()) } else { None }).collect()
+        shared.records.values().filter_map(|r| if let Record::Advert(a) = &**r { Some(a.clone()) } else { None }).collect()
     }
 
     /// The newest ad of every job seen.
     pub fn job_ads(&self) -> Vec<JobAd> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.records.values().filter_map(|r| if let Record::JobAd(j) = r { Some(j.clone()) } else { None }).collect()
+        shared.records.values().filter_map(|r| if let Record::JobAd(j) = &**r { Some(j.clone()) } else { None }).collect()
     }
 
     /// One record, if known.
     pub fn record(&self, key: &RecordKey) -> Option<Record> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).cloned()
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).map(|r| (**r).clone())
     }
 }
 
@@ -880,16 +911,16 @@ impl Digest {
 }
 
 /// The ads of jobs not yet done, in key order.
-fn unfinished_ads(records: &HashMap<RecordKey, Record>) -> impl Iterator<Item = (&RecordKey, &Record)> {
+fn unfinished_ads(records: &HashMap<RecordKey, Arc<Record>>) -> impl Iterator<Item = (&RecordKey, &Record)> {
     let mut ads: Vec<(&RecordKey, &Record)> =
-        records.iter().filter(|(_, r)| matches!(r, Record::JobAd(j) if !j.done)).collect();
+        records.iter().map(|(k, r)| (k, &**r)).filter(|(_, r)| matches!(r, Record::JobAd(j) if !j.done)).collect();
     ads.sort_unstable_by_key(|(k, _)| **k);
     ads.into_iter()
 }
 
 /// What two peers compare to find that one lacks news of a job: BLAKE3 over each unfinished
 /// job's id and the `seq` of its ad, in key order.
-fn job_digest(records: &HashMap<RecordKey, Record>) -> [u8; 32] {
+fn job_digest(records: &HashMap<RecordKey, Arc<Record>>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     for (key, r) in unfinished_ads(records) {
         if let RecordKey::JobAd(job) = key {
@@ -898,6 +929,14 @@ fn job_digest(records: &HashMap<RecordKey, Record>) -> [u8; 32] {
         }
     }
     *h.finalize().as_bytes()
+}
+
+/// Moves the events of `from` to the end of `to`, and lets `from` go of the room a burst took.
+fn move_events(from: &mut VecDeque<MeshEvent>, to: &mut VecDeque<MeshEvent>) {
+    to.extend(from.drain(..));
+    if from.capacity() > KEEP_EVENTS {
+        *from = VecDeque::new();
+    }
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {

@@ -139,6 +139,10 @@ impl TaskEntry {
         self.lone = None;
         let lone = lone && self.attestations.is_empty();
         self.lone_verdict = lone;
+        // Room for a quorum, not the 4 a first push makes: a coordinator holds every task's.
+        if self.attestations.capacity() == 0 {
+            self.attestations.reserve_exact(usize::try_from(policy.quorum).unwrap_or(1).clamp(1, 8));
+        }
         self.attestations.push(att);
         self.verdict.0 = if lone {
             decide(&self.attestations, &Policy { quorum: 1, max_replicas: 1, ..*policy })

@@ -173,6 +173,25 @@ fn submit_status_and_results_against_a_real_peer() {
 }
 
 #[test]
+fn sim_reports_what_the_run_cost_beside_the_seeded_figures() {
+    let run = || Command::new(SPARE).args(["sim", "--peers", "20", "--tasks", "40", "--json"]).output().expect("spare runs");
+    let (a, b) = (json(&run()), json(&run()));
+    assert_eq!(a["completed"], true);
+    assert!(a["wall_seconds"].as_f64().is_some_and(|s| s > 0.0), "{a}");
+    assert!(a["cpu_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{a}");
+    assert!(a["peak_memory_bytes"].as_u64().is_some_and(|m| m > 1_000_000), "{a}");
+    // The seeded report is the same twice; only the cost varies.
+    let seeded = |v: &Value| {
+        let mut v = v.clone();
+        for k in ["wall_seconds", "cpu_seconds", "peak_memory_bytes"] {
+            v.as_object_mut().expect("an object").remove(k);
+        }
+        v
+    };
+    assert_eq!(seeded(&a), seeded(&b));
+}
+
+#[test]
 fn help_with_examples_is_there_for_every_command() {
     let commands = ["peer", "submit", "status", "jobs", "cancel", "whoami", "peers", "results", "logs", "new", "demo", "sim", "completions"];
     for cmd in commands {

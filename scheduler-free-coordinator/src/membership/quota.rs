@@ -19,8 +19,10 @@ pub const EXPIRE_EVERY_MS: crate::Millis = 60_000;
 pub(super) struct Admission {
     /// This peer and the members SWIM knows (any state), as of the last sweep or arrival.
     known: HashSet<PeerId>,
-    /// Records held per signer.
-    held: HashMap<PeerId, usize>,
+    /// Job ads held per signer. A signer's advert is the one keyed by it, so what it holds is
+    /// that advert, if the map has it, and these: a count per peer of the view was 5 KB a
+    /// membership (50 MB across the simulator's 10,000 peers).
+    ads_held: HashMap<PeerId, usize>,
 }
 
 impl Admission {
@@ -40,34 +42,44 @@ impl Admission {
     }
 
     /// Whether `record` may take a new place in the map (`replacing`: the signer of the version
-    /// it replaces, if any), delivered by `sender`.
-    pub(super) fn admits(&self, record: &Record, replacing: Option<PeerId>, sender: Option<PeerId>) -> bool {
+    /// it replaces, if any), delivered by `sender`; `has_advert`: the map holds the signer's
+    /// advert.
+    pub(super) fn admits(&self, record: &Record, replacing: Option<PeerId>, sender: Option<PeerId>, has_advert: bool) -> bool {
         let signer = record.signer();
         let who = sender.is_none() || sender == Some(signer) || self.known.contains(&signer);
-        let room = replacing == Some(signer) || self.held.get(&signer).copied().unwrap_or(0) < MAX_RECORDS_PER_SIGNER;
+        let held = usize::from(has_advert) + self.ads_held.get(&signer).copied().unwrap_or(0);
+        let room = replacing == Some(signer) || held < MAX_RECORDS_PER_SIGNER;
         who && room
     }
 
-    /// Counts a record stored, in place of one by `replaced` (if any).
-    pub(super) fn stored(&mut self, signer: PeerId, replaced: Option<PeerId>) {
-        if let Some(old) = replaced {
-            self.removed(old);
+    /// Counts a record stored, in place of one by `replaced` (if any, of the same key).
+    pub(super) fn stored(&mut self, record: &Record, replaced: Option<PeerId>) {
+        if let Record::JobAd(ad) = record {
+            if let Some(old) = replaced {
+                self.ad_removed(old);
+            }
+            *self.ads_held.entry(ad.announcer).or_insert(0) += 1;
         }
-        *self.held.entry(signer).or_insert(0) += 1;
     }
 
-    /// Counts a record by `signer` removed.
-    pub(super) fn removed(&mut self, signer: PeerId) {
-        if let Some(n) = self.held.get_mut(&signer) {
+    /// Counts a record removed.
+    pub(super) fn removed(&mut self, record: &Record) {
+        if let Record::JobAd(ad) = record {
+            self.ad_removed(ad.announcer);
+        }
+    }
+
+    fn ad_removed(&mut self, signer: PeerId) {
+        if let Some(n) = self.ads_held.get_mut(&signer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.held.remove(&signer);
+                self.ads_held.remove(&signer);
             }
         }
     }
 }
 
 /// The keys of the adverts of peers not in `known`.
-pub(super) fn expired<'a>(records: impl Iterator<Item = (&'a RecordKey, &'a Record)>, admission: &Admission) -> Vec<RecordKey> {
-    records.filter(|(k, _)| matches!(k, RecordKey::Advert(p) if !admission.knows(p))).map(|(k, _)| *k).collect()
+pub(super) fn expired<'a>(keys: impl Iterator<Item = &'a RecordKey>, admission: &Admission) -> Vec<RecordKey> {
+    keys.filter(|k| matches!(k, RecordKey::Advert(p) if !admission.knows(p))).copied().collect()
 }

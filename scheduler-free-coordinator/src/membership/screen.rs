@@ -18,9 +18,11 @@
 //! peer that holds it dead, never as hearsay.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
+use serde::Deserialize;
 
 use super::{Member, Membership, MembershipError};
 use crate::records::{Record, RecordKey};
@@ -35,6 +37,35 @@ pub const MAX_CHECKS: usize = 256;
 pub const MAX_MEMBERS: usize = 65_536;
 
 type FocaMember = foca::Member<Member>;
+
+/// A [`Member`] read in place from a packet: foca's wire form of it, with the address borrowed.
+#[derive(Deserialize)]
+struct MemberRef<'a> {
+    peer: PeerId,
+    addr: &'a str,
+    epoch: u64,
+}
+
+impl MemberRef<'_> {
+    /// Whether it names `m` exactly (same peer, address and run).
+    fn is(&self, m: &Member) -> bool {
+        self.peer == m.peer && self.epoch == m.epoch && self.addr == m.addr
+    }
+
+    fn to_member(&self) -> Member {
+        Member { peer: self.peer, addr: self.addr.to_string(), epoch: self.epoch }
+    }
+}
+
+/// A `foca::Member<Member>` (one update a packet carries) read in place: the same fields in
+/// the same order, so the same bytes.
+#[derive(Deserialize)]
+struct UpdateRef<'a> {
+    #[serde(borrow)]
+    id: MemberRef<'a>,
+    incarnation: Incarnation,
+    state: State,
+}
 
 /// The screen's state: what it needs to know about this peer, and the checks in flight.
 #[derive(Default)]
@@ -76,21 +107,25 @@ impl Membership {
         self.screen.unix_ms.is_none_or(|now| epoch <= now.saturating_add(EPOCH_SKEW_MS))
     }
 
-    /// The address in the signed advert of `m`'s run, if one is known: an advert made during
-    /// that run (adverts are numbered by the Unix time they were made, a run by the time it
-    /// started), not one of an earlier run, which may have served elsewhere.
-    pub(super) fn signed_addr(&self, m: &Member) -> Option<String> {
-        match self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(&RecordKey::Advert(m.peer)) {
-            Some(Record::Advert(a)) if a.seq >= m.epoch => Some(a.addr.clone()),
-            _ => None,
-        }
+    /// Gives `f` the address in the signed advert of `peer`'s run started at `epoch`, if one is
+    /// known: an advert made during that run (adverts are numbered by the Unix time they were
+    /// made, a run by the time it started), not one of an earlier run, which may have served
+    /// elsewhere. Lent, not copied: most callers only compare it, and a copy for each update of
+    /// every packet was a sixth of the simulator's time.
+    fn with_signed_addr_of<R>(&self, peer: PeerId, epoch: u64, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        f(signed_addr(&shared.records, peer, epoch))
     }
 
     /// `m` with the address of its run's signed advert, when one is known.
     pub(super) fn with_signed_addr(&self, mut m: Member) -> Member {
-        if let Some(addr) = self.signed_addr(&m) {
-            m.addr = addr;
-        }
+        self.with_signed_addr_of(m.peer, m.epoch, |addr| {
+            if let Some(addr) = addr
+                && addr != m.addr
+            {
+                m.addr = addr.to_string();
+            }
+        });
         m
     }
 
@@ -133,34 +168,44 @@ impl Membership {
         rest = &rest[2..];
         // The count is the packet's word: room only for as many members as its bytes can hold
         // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
-        let mut kept = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
+        // Each update is read in place (its address borrowed), and a kept one is passed on as the
+        // bytes it came in: foca decodes them all again, so a copy here was one allocation per
+        // update of every packet for nothing.
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         let mut dropped = false;
+        // The records, locked once for the whole packet rather than once per update.
+        let shared = Arc::clone(&self.shared);
+        let records = shared.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..count {
-            let update: FocaMember = PostcardCodec.decode_member(&mut rest).map_err(|_| MembershipError::Malformed)?;
-            match self.judge(&update, &src.peer) {
-                Verdict::Keep => kept.push(update),
+            let (update, after): (UpdateRef<'_>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
+            let bytes = &rest[..rest.len() - after.len()];
+            rest = after;
+            match self.judge(&records.records, &update, &src.peer) {
+                Verdict::Keep => kept.push(bytes),
                 Verdict::Drop => dropped = true,
                 Verdict::Check => {
                     dropped = true;
-                    let known = self.foca.iter_members().find(|m| m.id().peer == update.id().peer).map(|m| m.id().clone());
+                    let known = self.foca.iter_members().find(|m| m.id().peer == update.id.peer).map(|m| m.id().clone());
                     if let Some(dst) = known {
                         self.check(dst, true, now);
                     }
                 }
                 Verdict::CheckIdentity => {
                     dropped = true;
-                    self.check(update.id().clone(), false, now);
+                    self.check(update.id.to_member(), false, now);
                 }
             }
         }
+        drop(records);
         if !dropped {
             return Ok(Cow::Borrowed(packet));
         }
         let mut out = Vec::with_capacity(packet.len());
         out.extend_from_slice(&packet[..header_len]);
         out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        for m in &kept {
-            PostcardCodec.encode_member(m, &mut out).map_err(|_| MembershipError::Malformed)?;
+        for bytes in kept {
+            out.extend_from_slice(bytes);
         }
         // Custom broadcasts (the records), checked by their own signatures.
         out.extend_from_slice(rest);
@@ -168,24 +213,24 @@ impl Membership {
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, update: &FocaMember, src: &PeerId) -> Verdict {
-        let id = update.id();
+    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
+        let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
         }
         let me = self.foca.identity();
         if id.peer == me.peer {
-            let hearsay = update.state() == State::Down || update.incarnation() > self.screen.incarnation;
+            let hearsay = update.state == State::Down || update.incarnation > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if self.signed_addr(id).is_some_and(|a| a != id.addr) {
+        if signed_addr(records, id.peer, id.epoch).is_some_and(|a| a != id.addr) {
             return Verdict::Drop;
         }
         if id.peer == *src {
             return Verdict::Keep;
         }
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
-        match (known, update.state()) {
+        match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
             (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
             (None, _) => Verdict::Drop,
@@ -197,13 +242,13 @@ impl Membership {
             (Some(k), _) if k.state() == State::Down => Verdict::Drop,
             // A new identity for a member held active comes only from the member itself: a later
             // run is asked to confirm it, anything else is dropped.
-            (Some(k), State::Alive) if k.id() != id && id.epoch > k.id().epoch => Verdict::CheckIdentity,
-            (Some(k), _) if k.id() != id => Verdict::Drop,
+            (Some(k), State::Alive) if !id.is(k.id()) && id.epoch > k.id().epoch => Verdict::CheckIdentity,
+            (Some(k), _) if !id.is(k.id()) => Verdict::Drop,
             // News that it is still alive, about a member held alive: harmless.
             (Some(k), State::Alive) if k.state() == State::Alive => Verdict::Keep,
             // A refutation on its behalf (held suspect here), or a claim that it is suspect or
             // dead: ask it.
-            (Some(k), _) if update.incarnation() > k.incarnation() || update.state() != State::Alive => Verdict::Check,
+            (Some(k), _) if update.incarnation > k.incarnation() || update.state != State::Alive => Verdict::Check,
             _ => Verdict::Drop,
         }
     }
@@ -274,9 +319,37 @@ impl Membership {
     }
 }
 
+/// The address in `peer`'s signed advert of its run started at `epoch`, among `records` (see
+/// `Membership::with_signed_addr_of`).
+fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u64) -> Option<&str> {
+    match records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
+        Some(Record::Advert(a)) if a.seq >= epoch => Some(&a.addr),
+        _ => None,
+    }
+}
+
 impl Screen {
     /// When the next check is due, if any.
     pub(super) fn next_check(&self) -> Option<Millis> {
         self.checks.values().map(|(at, _)| *at).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_read_in_place_is_foca_s_member_byte_for_byte() {
+        let m = Member { peer: PeerId([7; 32]), addr: "10.0.0.1:7000".into(), epoch: 1_700_000_000_123 };
+        let update = FocaMember::new(m.clone(), 513, State::Suspect);
+        let mut bytes = Vec::new();
+        PostcardCodec.encode_member(&update, &mut bytes).expect("encodes");
+        bytes.extend_from_slice(b"rest");
+        let (read, rest): (UpdateRef<'_>, &[u8]) = postcard::take_from_bytes(&bytes).expect("reads");
+        assert_eq!(rest, b"rest");
+        assert!(read.id.is(&m));
+        assert_eq!(read.id.to_member(), m);
+        assert_eq!((read.incarnation, read.state), (513, State::Suspect));
     }
 }

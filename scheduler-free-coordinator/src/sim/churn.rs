@@ -130,7 +130,7 @@ impl Sim {
             return;
         }
         for l in &log {
-            let _ = coord.restore_attestation_lone(l.att.clone(), l.lone);
+            let _ = coord.restore_attestation_lone((*l.att).clone(), l.lone);
         }
         // Their events describe the past, as the real peer's restore says.
         while coord.poll_event().is_some() {}

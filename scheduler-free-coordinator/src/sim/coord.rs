@@ -126,7 +126,7 @@ impl Sim {
         let missing: Vec<Logged> = match (held, kind, self.peers[r as usize].host.as_ref()) {
             (true, AdoptKind::Sync, Some(h)) => {
                 let carried = takeover::Carried::of(log.iter().map(|l| (l.att.task.index, l.att.peer)));
-                takeover::missing(h.log.iter().map(|l| &l.att), &carried).into_iter().map(|i| h.log[i].clone()).collect()
+                takeover::missing(h.log.iter().map(|l| &*l.att), &carried).into_iter().map(|i| h.log[i].clone()).collect()
             }
             _ => Vec::new(),
         };

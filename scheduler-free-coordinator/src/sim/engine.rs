@@ -2,7 +2,7 @@
 //! handle events in virtual-time order until the job is finished (and membership converged),
 //! or the time limit.
 
-use crate::membership::{Member, Membership, MeshEvent};
+use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
@@ -71,6 +71,8 @@ pub struct Sim {
     pub spec: JobSpec,
     /// The stand-in verifier every membership uses.
     pub verifier: Verifier,
+    /// The records every membership takes, one copy of each for all.
+    pub pool: RecordPool,
     /// Counters.
     pub m: Metrics,
     /// Buffers the membership driver reuses between calls.
@@ -162,6 +164,7 @@ impl Sim {
                 label: String::new(),
             },
             verifier,
+            pool: RecordPool::new(),
             m: Metrics::default(),
             scratch: Default::default(),
             queue: Queue::default(),
@@ -192,7 +195,8 @@ impl Sim {
     pub(super) fn view(&self, index: u32, cell: u32, born: Millis, bootstrap: &[u32]) -> View {
         let me = Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index), epoch: UNIX_BASE_MS + born };
         let seed = mix(self.cfg.seed ^ (u64::from(index) << 20) ^ u64::from(cell));
-        let m = Membership::new(me, membership_config(), seed, self.verifier.clone());
+        let mut m = Membership::new(me, membership_config(), seed, self.verifier.clone());
+        m.share_records(self.pool.clone());
         View { cell, mesh: MeshState::new(m), tick_at: NEVER, bootstrap: bootstrap.iter().map(|&b| keys::addr(b)).collect() }
     }
 

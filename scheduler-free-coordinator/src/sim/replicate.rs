@@ -192,7 +192,7 @@ impl Sim {
     /// Replays one attestation another coordinator recorded; returns whether it was new here.
     fn replay(&mut self, b: u32, item: Logged) -> bool {
         let Some(h) = self.peers[b as usize].host.as_mut() else { return false };
-        match h.coord.restore_attestation_lone(item.att.clone(), item.lone) {
+        match h.coord.restore_attestation_lone((*item.att).clone(), item.lone) {
             Ok(Reported::Recorded | Reported::Decided) => {
                 self.note_recorded(b, item);
                 true

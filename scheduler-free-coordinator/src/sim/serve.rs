@@ -6,6 +6,8 @@
 //! coordinator for any job: the origin and its backups do ([`super::coord`]), and only the
 //! verdicts of one leading are counted.
 
+use std::sync::Arc;
+
 use crate::peer::lease;
 use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
 use crate::peer::report::{self, Taken};
@@ -101,7 +103,7 @@ impl Sim {
             report::record(&mut h.coord, att.clone())
         };
         match taken {
-            Taken::Recorded { lone, .. } => self.note_recorded(c, Logged { att, lone }),
+            Taken::Recorded { lone, .. } => self.note_recorded(c, Logged { att: Arc::new(att), lone }),
             Taken::Late => self.m.late += 1,
             Taken::Invalid | Taken::Refused(_) => self.m.rejected += 1,
         }

@@ -10,7 +10,8 @@
 //! within [`SYNC_TIMEOUT_MS`] is not waited for (it is likely the one that is dead too).
 //!
 //! Sans-IO: [`Sync::start`] says whom to ask; each answer goes to [`Sync::handle_answer`], which
-//! says when the round is over; [`missing`] is the backup's side.
+//! says when the last one is in; [`Sync::poll_timeout`] says when to stop waiting for the rest;
+//! [`missing`] is the backup's side.
 
 use std::collections::HashSet;
 
@@ -56,11 +57,6 @@ impl Sync {
     /// When the round stops waiting, whatever is unanswered.
     pub fn poll_timeout(&self) -> Millis {
         self.deadline
-    }
-
-    /// Whether the round is over at `now`.
-    pub fn is_over(&self, now: Millis) -> bool {
-        self.waiting.is_empty() || now >= self.deadline
     }
 
     /// Whether the backups may lack what the new leader pulled from another one: then each is
@@ -125,9 +121,8 @@ mod tests {
         assert_eq!(s.poll_timeout(), 100 + SYNC_TIMEOUT_MS);
         assert!(!s.handle_answer(PeerId([9; 32]), Some(5)), "a stranger's answer counts for nothing");
         assert!(!s.handle_answer(a, None));
-        assert!(!s.is_over(100) && s.is_over(100 + SYNC_TIMEOUT_MS));
         assert!(!s.needs_catch_up());
         assert!(s.handle_answer(b, Some(2)));
-        assert!(s.is_over(100) && s.needs_catch_up());
+        assert!(s.needs_catch_up());
     }
 }

@@ -634,9 +634,11 @@ impl Node {
             }
         })
         .await;
-        if !sync.is_over(self.now()) || !answers.is_empty() {
+        // Unanswered ones may lack what the others gave: they are caught up too.
+        let unanswered = !answers.is_empty();
+        if unanswered {
             tracing::warn!(job = %job.short(), "leading without every backup's sync answer");
         }
-        (asked, sync.needs_catch_up() || !answers.is_empty())
+        (asked, sync.needs_catch_up() || unanswered)
     }
 }

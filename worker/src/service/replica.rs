@@ -29,6 +29,11 @@ fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]
 pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
     super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
+    // Before the content is parsed and hashed again for the job id: a sender over its rate
+    // costs this peer one signature check and no more.
+    if !node.peer_allowed(sender) {
+        return Err(Status::resource_exhausted("too many requests from this peer"));
+    }
     let job: JobId = parse_id("job_id", &r.job_id)?;
     let origin: PeerId = parse_id("origin", &r.origin)?;
     if !identity::verify(&origin, &signing::job(&job), &r.origin_signature) {
@@ -72,10 +77,6 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse
     }
     let caps = *node.core().coord.caps();
     caps.check(&new.policy, new.inputs.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
-
-    if !node.peer_allowed(sender) {
-        return Err(Status::resource_exhausted("too many requests from this peer"));
-    }
     let held = node.core().jobs.contains_key(&job);
     if !held {
         // The volunteer's filters hold for jobs handed here as for jobs submitted here: a

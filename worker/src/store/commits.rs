@@ -38,7 +38,7 @@ pub(super) fn side_file(dir: &Path) -> PathBuf {
 
 /// Counts one commit inside the writer's transaction; returns the new count.
 pub(super) fn bump(t: &mut Table<&str, u64>) -> Result<u64, StoreError> {
-    let n = t.get(COMMITS).map_err(db_err)?.map_or(0, |v| v.value()) + 1;
+    let n = read(t)? + 1;
     t.insert(COMMITS, n).map_err(db_err)?;
     Ok(n)
 }

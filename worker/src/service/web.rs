@@ -79,6 +79,25 @@ struct Verifier {
     tasks: u32,
 }
 
+/// A duration as a person reads it: humantime's "3days 4h" with word units spaced, "3 days 4h".
+fn readable(d: std::time::Duration) -> String {
+    let mut out = String::new();
+    for (i, token) in humantime::format_duration(d).to_string().split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let digits = token.find(|c: char| !c.is_ascii_digit()).unwrap_or(token.len());
+        let (n, unit) = token.split_at(digits);
+        out.push_str(n);
+        // "days", "months", "years" read as words; "h", "m", "s", "ms" stay as symbols.
+        if unit.len() > 2 {
+            out.push(' ');
+        }
+        out.push_str(unit);
+    }
+    out
+}
+
 fn status(node: &Node) -> Status {
     use spare_protocol::JobState;
     use spare_protocol::membership::MemberState;
@@ -91,7 +110,7 @@ fn status(node: &Node) -> Status {
     controls.insert("max_task_memory", size(c.caps.limits.memory_bytes));
     controls.insert("max_total_memory", if d.max_total_memory == u64::MAX { "no cap".into() } else { size(d.max_total_memory) });
     controls.insert("max_disk", d.max_disk.map_or("no cap".into(), size));
-    controls.insert("retention", humantime::format_duration(d.retention).to_string());
+    controls.insert("retention", readable(d.retention));
     controls.insert("task_priority", format!("{:?}", d.task_priority).to_lowercase());
     controls.insert("max_other_load", d.max_other_load.map_or("never pause".into(), |l| format!("{:.0}% of the CPUs", l * 100.0)));
     controls.insert("hours", d.hours.map_or("all day".into(), |h| h.to_string()));
@@ -168,7 +187,7 @@ fn status(node: &Node) -> Status {
             tasks_run_today: runs,
             tasks_not_ok_today: not_ok,
             task_memory: size(node.task_memory_held()),
-            uptime: humantime::format_duration(std::time::Duration::from_secs(node.uptime().as_secs())).to_string(),
+            uptime: readable(std::time::Duration::from_secs(node.uptime().as_secs())),
             paused: node.paused().map(|p| p.to_string()),
             store_rolled_back_commits: node.store().rollback().map(|r| r.lost()),
         },
@@ -205,4 +224,17 @@ pub async fn serve(node: Node, addr: SocketAddr) -> anyhow::Result<(SocketAddr, 
     });
     tracing::info!("serving the status page on http://{bound}/");
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_words_where_units_are_words() {
+        assert_eq!(super::readable(Duration::from_secs(3 * 86_400)), "3 days");
+        assert_eq!(super::readable(Duration::from_secs(86_400 + 3_600 + 5)), "1 day 1h 5s");
+        assert_eq!(super::readable(Duration::from_secs(42)), "42s");
+        assert_eq!(super::readable(Duration::ZERO), "0s");
+    }
 }

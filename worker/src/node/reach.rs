@@ -186,11 +186,16 @@ impl Node {
 
     async fn ask_dial_back(&self, addr: &str, advertised: String) -> Answer {
         let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
-        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { addr: advertised })).await {
+        let req = pb::DialBackRequest { addr: advertised.clone() };
+        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 tracing::debug!(by = %addr, dialed = %r.dialed, reached = r.reached, error = %r.error, "dial-back answered");
-                if r.reached { Answer::Reached } else { Answer::NotReached }
+                match r.reached {
+                    false => Answer::NotReached,
+                    true if dialed_advertised(&r.dialed, &advertised).await => Answer::Reached,
+                    true => Answer::ReachedElsewhere,
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(by = %addr, "dial-back not answered: {}", e.message());
@@ -286,5 +291,19 @@ impl Node {
         for (_, h) in lock(&self.0.nat.relays).drain() {
             h.task.abort();
         }
+    }
+}
+
+/// Whether the address a dial-back `dialed` (`IP:port`) is this peer's `advertised` one (a
+/// `HOST:PORT` whose name is resolved): the asker then knows others dial what it advertises.
+async fn dialed_advertised(dialed: &str, advertised: &str) -> bool {
+    let Ok(dialed) = dialed.parse::<std::net::SocketAddr>() else { return false };
+    let same = |a: std::net::SocketAddr| a.ip().to_canonical() == dialed.ip().to_canonical() && a.port() == dialed.port();
+    if let Ok(a) = advertised.parse::<std::net::SocketAddr>() {
+        return same(a);
+    }
+    match tokio::time::timeout(ASK_TIMEOUT, tokio::net::lookup_host(advertised)).await {
+        Ok(Ok(mut addrs)) => addrs.any(same),
+        _ => false,
     }
 }

@@ -11,9 +11,9 @@
 //! another address than the advertised one (a port forwarded to a private address it
 //! advertises, or a multi-homed peer asking from another IP: others cannot dial what it
 //! advertises). A round whose only answer is one success leaves the verdict as it was (a
-//! two-peer mesh has one peer to ask), and is asked again after [`RETRY_MS`], as is a round
-//! nobody answered (they were gone, busy or too old). An unreachable verdict that some asked peer
-//! contradicted is also checked again after [`RETRY_MS`] (a dial-back that timed out under load
+//! two-peer mesh has one peer to ask): asked again as soon as more peers can be asked, else
+//! after [`RETRY_MS`], as is a round nobody answered (they were gone, busy or too old) and an
+//! unreachable verdict that some asked peer contradicted (a dial-back that timed out under load
 //! heals soon); other verdicts every [`RECHECK_MS`], and whenever the advertised address changes.
 //! Until a first verdict (`Unknown`) a peer counts as reachable: a lone public peer has nobody
 //! to ask, and must still coordinate the jobs submitted to it; a peer behind NAT learns
@@ -65,6 +65,8 @@ pub enum Answer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Round {
+    asked: usize,
+    at: Millis,
     waiting: usize,
     reached: usize,
     elsewhere: usize,
@@ -80,6 +82,9 @@ pub struct Reachability {
     round: Option<Round>,
     /// When the next round is due (at the same address).
     next: Millis,
+    /// How many were asked in the last round, and when, if one success was all it got: a round
+    /// is due again as soon as more peers can be asked (and those asked would answer again).
+    lone: Option<(usize, Millis)>,
 }
 
 impl Default for Reachability {
@@ -91,7 +96,7 @@ impl Default for Reachability {
 impl Reachability {
     /// Nothing known yet.
     pub fn new() -> Reachability {
-        Reachability { verdict: Verdict::Unknown, addr: None, round: None, next: 0 }
+        Reachability { verdict: Verdict::Unknown, addr: None, round: None, next: 0, lone: None }
     }
 
     /// The verdict so far.
@@ -99,23 +104,33 @@ impl Reachability {
         self.verdict
     }
 
+    /// Whether the last round got one success alone, so more peers to ask make a round due
+    /// (the driver need count them only then).
+    pub fn confirming(&self) -> bool {
+        self.lone.is_some()
+    }
+
     /// What this peer's advert says: reachable unless found unreachable.
     pub fn advertised(&self) -> bool {
         self.verdict != Verdict::Unreachable
     }
 
-    /// Whether a round about `addr` is due: none is running, and none was yet, the address
-    /// changed, or its time came.
-    pub fn due(&self, addr: &str, now: Millis) -> bool {
-        self.round.is_none() && (self.addr.as_deref() != Some(addr) || now >= self.next)
+    /// Whether a round about `addr` is due, with `available` peers to ask: none is running, and
+    /// none was yet, the address changed, its time came, or the last one got one success alone
+    /// and more peers can be asked now (once those asked would answer again:
+    /// [`DIAL_BACK_EVERY_MS`]).
+    pub fn due(&self, addr: &str, available: usize, now: Millis) -> bool {
+        let more = self.lone.is_some_and(|(n, at)| available > n && now >= at + DIAL_BACK_EVERY_MS);
+        self.round.is_none() && (self.addr.as_deref() != Some(addr) || now >= self.next || more)
     }
 
     /// Starts a round about `addr` when one is due, given `available` peers to ask; returns how
     /// many of them to ask (0: none now).
     pub fn start(&mut self, addr: &str, available: usize, now: Millis) -> usize {
-        if !self.due(addr, now) || available == 0 {
+        if !self.due(addr, available, now) || available == 0 {
             return 0;
         }
+        self.lone = None;
         let moved = self.addr.as_deref() != Some(addr);
         if moved {
             // A verdict about another address says nothing about this one.
@@ -123,7 +138,7 @@ impl Reachability {
             self.addr = Some(addr.to_string());
         }
         let asked = available.min(DIAL_BACK_ASKED);
-        self.round = Some(Round { waiting: asked, reached: 0, elsewhere: 0, not_reached: 0 });
+        self.round = Some(Round { asked, at: now, waiting: asked, reached: 0, elsewhere: 0, not_reached: 0 });
         asked
     }
 
@@ -141,7 +156,7 @@ impl Reachability {
         if round.waiting > 0 {
             return None;
         }
-        let Round { reached, elsewhere, not_reached, .. } = *round;
+        let Round { asked, at, reached, elsewhere, not_reached, .. } = *round;
         self.round = None;
         let failed = not_reached + elsewhere;
         if reached >= 1 && reached + elsewhere >= 2 {
@@ -154,6 +169,9 @@ impl Reachability {
         } else {
             // Nobody answered, or one success alone: not enough to say either.
             self.next = now + RETRY_MS;
+            if reached > 0 {
+                self.lone = Some((asked, at));
+            }
         }
         Some(self.verdict)
     }
@@ -240,10 +258,10 @@ mod tests {
         assert_eq!(r.verdict(), Verdict::Unknown);
         assert!(r.advertised(), "unknown counts as reachable, so a lone public peer coordinates");
         assert_eq!(r.start("a:1", 0, 0), 0, "nobody to ask");
-        assert!(r.due("a:1", 0));
+        assert!(r.due("a:1", 0, 0));
         assert_eq!(r.start("a:1", 5, 0), DIAL_BACK_ASKED, "at most three asked");
         assert_eq!(r.start("a:1", 5, 1), 0, "one round at a time");
-        assert!(!r.due("a:1", 1) && !r.due("b:2", 1));
+        assert!(!r.due("a:1", 5, 1) && !r.due("b:2", 5, 1));
         assert_eq!(r.handle_answer(NotReached, 10), None);
         assert_eq!(r.handle_answer(ReachedElsewhere, 10), None);
         assert_eq!(r.handle_answer(Reached, 10), Some(Verdict::Reachable), "two agree, one at the advertised address");
@@ -274,12 +292,18 @@ mod tests {
         let mut r = Reachability::new();
         assert_eq!(round(&mut r, "a:1", &[ReachedElsewhere, ReachedElsewhere, ReachedElsewhere], 0), Some(Verdict::Unreachable));
         assert!(!r.advertised());
-        // A lone honest success in a two-peer mesh leaves the peer counting as reachable.
+        // A lone honest success in a two-peer mesh leaves the peer counting as reachable…
         let mut r = Reachability::new();
         assert_eq!(round(&mut r, "a:1", &[Reached], 0), Some(Verdict::Unknown));
         assert!(r.advertised());
         assert_eq!(r.start("a:1", 1, RETRY_MS - 1), 0);
-        assert_eq!(round(&mut r, "a:1", &[Reached, Reached], RETRY_MS), Some(Verdict::Reachable), "confirmed once two answer");
+        assert_eq!(round(&mut r, "a:1", &[Reached], RETRY_MS), Some(Verdict::Unknown));
+        assert!(r.confirming());
+        // …and is confirmed as soon as a second peer can be asked (and the first would answer).
+        let t = RETRY_MS + DIAL_BACK_EVERY_MS;
+        assert!(!r.due("a:1", 1, t) && !r.due("a:1", 2, t - 1) && r.due("a:1", 2, t));
+        assert_eq!(round(&mut r, "a:1", &[Reached, Reached], t), Some(Verdict::Reachable), "confirmed once two answer");
+        assert!(!r.due("a:1", 3, t + 1) && !r.confirming(), "confirmed: no hurry");
     }
 
     #[test]

@@ -4,13 +4,22 @@
 //!
 //! Sans-IO: [`Reachability::start`] says how many peers to ask to dial this one back; each
 //! answer goes to [`Reachability::handle_answer`], which gives the verdict with the last one.
-//! The rule: **reachable** when at least one asked peer completed a TLS handshake with this peer
-//! at its address; **unreachable** when none did and at least one tried and failed; when no asked
-//! peer answered at all (they were gone, busy or too old), the verdict stays as it was and the
-//! question is asked again after [`RETRY_MS`]. A verdict is checked again every [`RECHECK_MS`]
-//! and whenever the advertised address changes. Until a first verdict (`Unknown`) a peer counts
-//! as reachable: a lone public peer has nobody to ask, and must still coordinate the jobs
-//! submitted to it; a peer behind NAT learns otherwise within seconds of meeting one other.
+//! The rule, so that one lying peer cannot set it: **reachable** when at least two asked peers
+//! completed a TLS handshake with this peer and at least one of them dialed its *advertised*
+//! address (the others may have dialed the address its question came from), and successes
+//! outnumber failures; **unreachable** when the answers that failed, or reached it only at
+//! another address than the advertised one (a port forwarded to a private address it
+//! advertises, or a multi-homed peer asking from another IP: others cannot dial what it
+//! advertises), outnumber those that reached it there. Any other round leaves the verdict as it
+//! was and is asked again after [`RETRY_MS`]: one that nobody answered (they were gone, busy or
+//! too old), a split (one liar, or one dial-back that timed out under load, sets nothing), and
+//! one whose only answer is a success (a two-peer mesh has one peer to ask; asked again as soon
+//! as more peers can be asked). Verdicts are checked again every [`RECHECK_MS`], and whenever
+//! the advertised address changes.
+//! Until a first verdict (`Unknown`) a peer counts as reachable: a lone public peer has nobody
+//! to ask, and must still coordinate the jobs submitted to it; a peer behind NAT learns
+//! otherwise within seconds of meeting one other. A coordinator whose advert turns unreachable
+//! leaves its jobs' lists ([`coordinators_in_role`]).
 
 use crate::records::Advert;
 use crate::{Millis, PeerId};
@@ -35,7 +44,7 @@ pub const DIAL_BACK_TIMEOUT_MS: Millis = 5_000;
 pub enum Verdict {
     /// No round has ended with an answer yet.
     Unknown,
-    /// Some peer dialed this one back.
+    /// Two peers dialed this one back, one of them at its advertised address.
     Reachable,
     /// Peers tried, and none could.
     Unreachable,
@@ -44,8 +53,11 @@ pub enum Verdict {
 /// One asked peer's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// It dialed this peer back and met its PeerId.
+    /// It dialed this peer back at its advertised address and met its PeerId.
     Reached,
+    /// It dialed this peer back at an address other than the advertised one (the IP the
+    /// question came from) and met its PeerId: others cannot be sure to dial what it advertises.
+    ReachedElsewhere,
     /// It tried and could not.
     NotReached,
     /// It did not answer (gone, busy, refused the request).
@@ -54,8 +66,11 @@ pub enum Answer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Round {
+    asked: usize,
+    at: Millis,
     waiting: usize,
     reached: usize,
+    elsewhere: usize,
     not_reached: usize,
 }
 
@@ -68,6 +83,9 @@ pub struct Reachability {
     round: Option<Round>,
     /// When the next round is due (at the same address).
     next: Millis,
+    /// How many were asked in the last round, and when, if one success was all it got: a round
+    /// is due again as soon as more peers can be asked (and those asked would answer again).
+    lone: Option<(usize, Millis)>,
 }
 
 impl Default for Reachability {
@@ -79,7 +97,7 @@ impl Default for Reachability {
 impl Reachability {
     /// Nothing known yet.
     pub fn new() -> Reachability {
-        Reachability { verdict: Verdict::Unknown, addr: None, round: None, next: 0 }
+        Reachability { verdict: Verdict::Unknown, addr: None, round: None, next: 0, lone: None }
     }
 
     /// The verdict so far.
@@ -87,23 +105,33 @@ impl Reachability {
         self.verdict
     }
 
+    /// Whether the last round got one success alone, so more peers to ask make a round due
+    /// (the driver need count them only then).
+    pub fn confirming(&self) -> bool {
+        self.lone.is_some()
+    }
+
     /// What this peer's advert says: reachable unless found unreachable.
     pub fn advertised(&self) -> bool {
         self.verdict != Verdict::Unreachable
     }
 
-    /// Whether a round about `addr` is due: none is running, and none was yet, the address
-    /// changed, or its time came.
-    pub fn due(&self, addr: &str, now: Millis) -> bool {
-        self.round.is_none() && (self.addr.as_deref() != Some(addr) || now >= self.next)
+    /// Whether a round about `addr` is due, with `available` peers to ask: none is running, and
+    /// none was yet, the address changed, its time came, or the last one got one success alone
+    /// and more peers can be asked now (once those asked would answer again:
+    /// [`DIAL_BACK_EVERY_MS`]).
+    pub fn due(&self, addr: &str, available: usize, now: Millis) -> bool {
+        let more = self.lone.is_some_and(|(n, at)| available > n && now >= at + DIAL_BACK_EVERY_MS);
+        self.round.is_none() && (self.addr.as_deref() != Some(addr) || now >= self.next || more)
     }
 
     /// Starts a round about `addr` when one is due, given `available` peers to ask; returns how
     /// many of them to ask (0: none now).
     pub fn start(&mut self, addr: &str, available: usize, now: Millis) -> usize {
-        if !self.due(addr, now) || available == 0 {
+        if !self.due(addr, available, now) || available == 0 {
             return 0;
         }
+        self.lone = None;
         let moved = self.addr.as_deref() != Some(addr);
         if moved {
             // A verdict about another address says nothing about this one.
@@ -111,7 +139,7 @@ impl Reachability {
             self.addr = Some(addr.to_string());
         }
         let asked = available.min(DIAL_BACK_ASKED);
-        self.round = Some(Round { waiting: asked, reached: 0, not_reached: 0 });
+        self.round = Some(Round { asked, at: now, waiting: asked, reached: 0, elsewhere: 0, not_reached: 0 });
         asked
     }
 
@@ -121,6 +149,7 @@ impl Reachability {
         let round = self.round.as_mut()?;
         match answer {
             Answer::Reached => round.reached += 1,
+            Answer::ReachedElsewhere => round.elsewhere += 1,
             Answer::NotReached => round.not_reached += 1,
             Answer::NoAnswer => {}
         }
@@ -128,19 +157,44 @@ impl Reachability {
         if round.waiting > 0 {
             return None;
         }
-        let (reached, not_reached) = (round.reached, round.not_reached);
+        let Round { asked, at, reached, elsewhere, not_reached, .. } = *round;
         self.round = None;
-        if reached > 0 {
+        // Not dialed at the advertised address counts against it; either side needs a majority
+        // of the answers, so one liar, or one dial-back that timed out under load, sets nothing.
+        let against = not_reached + elsewhere;
+        if reached >= 1 && reached + elsewhere >= 2 && reached + elsewhere > not_reached {
             self.verdict = Verdict::Reachable;
-        } else if not_reached > 0 {
+            self.next = now + RECHECK_MS;
+        } else if against > reached {
             self.verdict = Verdict::Unreachable;
+            self.next = now + RECHECK_MS;
         } else {
+            // Nobody answered, one success alone, or a split: not enough to say either; asked
+            // again soon.
             self.next = now + RETRY_MS;
-            return Some(self.verdict);
+            if reached > 0 && against == 0 {
+                self.lone = Some((asked, at));
+            }
         }
-        self.next = now + RECHECK_MS;
         Some(self.verdict)
     }
+}
+
+/// A job's coordinators as the role rules should see them (`list`, the active one first): those
+/// that may not coordinate (`may`: their adverts say unreachable, this peer's own verdict for
+/// itself) left out, as long as one that may and is `live` remains; otherwise the list as it is
+/// (its job waits for a reachable coordinator rather than for none). So a coordinator chosen
+/// before it found itself unreachable stands by, the next one takes the job over, and the
+/// active one drops it from the list at its next top-up. `None`: nothing to leave out.
+pub fn coordinators_in_role(
+    list: &[PeerId],
+    may: impl Fn(&PeerId) -> bool,
+    live: impl Fn(&PeerId) -> bool,
+) -> Option<Vec<PeerId>> {
+    if list.iter().all(&may) || !list.iter().any(|p| may(p) && live(p)) {
+        return None;
+    }
+    Some(list.iter().copied().filter(|p| may(p)).collect())
 }
 
 /// Where a dial-back asked from IP `from` for the address `addr` (the asker's advertised
@@ -194,24 +248,30 @@ pub fn route(me: &PeerId, advert: Option<&Advert>, attached_here: bool, alive: i
 mod tests {
     use super::*;
 
+    /// A round of `answers` (as many asked) from the verdict `r` holds, at `now`.
+    fn round(r: &mut Reachability, addr: &str, answers: &[Answer], now: Millis) -> Option<Verdict> {
+        assert_eq!(r.start(addr, answers.len(), now), answers.len().min(DIAL_BACK_ASKED));
+        answers.iter().map(|a| r.handle_answer(*a, now)).last().flatten()
+    }
+
     #[test]
-    fn one_dial_back_makes_a_peer_reachable_and_only_failures_unreachable() {
+    fn two_dial_backs_one_at_the_advertised_address_make_a_peer_reachable() {
+        use Answer::*;
         let mut r = Reachability::new();
         assert_eq!(r.verdict(), Verdict::Unknown);
         assert!(r.advertised(), "unknown counts as reachable, so a lone public peer coordinates");
         assert_eq!(r.start("a:1", 0, 0), 0, "nobody to ask");
-        assert!(r.due("a:1", 0));
+        assert!(r.due("a:1", 0, 0));
         assert_eq!(r.start("a:1", 5, 0), DIAL_BACK_ASKED, "at most three asked");
         assert_eq!(r.start("a:1", 5, 1), 0, "one round at a time");
-        assert!(!r.due("a:1", 1) && !r.due("b:2", 1));
-        assert_eq!(r.handle_answer(Answer::NotReached, 10), None);
-        assert_eq!(r.handle_answer(Answer::NoAnswer, 10), None);
-        assert_eq!(r.handle_answer(Answer::Reached, 10), Some(Verdict::Reachable), "one success is enough");
+        assert!(!r.due("a:1", 5, 1) && !r.due("b:2", 5, 1));
+        assert_eq!(r.handle_answer(NotReached, 10), None);
+        assert_eq!(r.handle_answer(ReachedElsewhere, 10), None);
+        assert_eq!(r.handle_answer(Reached, 10), Some(Verdict::Reachable), "two agree, one at the advertised address");
         assert!(r.advertised());
         // Checked again only after RECHECK_MS at the same address…
         assert_eq!(r.start("a:1", 5, 10 + RECHECK_MS - 1), 0);
-        assert_eq!(r.start("a:1", 1, 10 + RECHECK_MS), 1);
-        assert_eq!(r.handle_answer(Answer::NotReached, 20 + RECHECK_MS), Some(Verdict::Unreachable));
+        assert_eq!(round(&mut r, "a:1", &[NotReached], 10 + RECHECK_MS), Some(Verdict::Unreachable));
         assert!(!r.advertised());
         // …or at once when the address changes, which forgets the verdict.
         assert_eq!(r.start("b:2", 2, 30 + RECHECK_MS), 2);
@@ -219,18 +279,81 @@ mod tests {
     }
 
     #[test]
-    fn a_round_nobody_answers_keeps_the_verdict_and_is_retried_soon() {
+    fn one_liar_cannot_make_a_peer_reachable() {
+        use Answer::*;
+        // Behind NAT, one asked peer lies: the two honest ones win.
         let mut r = Reachability::new();
-        assert_eq!(r.start("a:1", 1, 0), 1);
-        assert_eq!(r.handle_answer(Answer::NotReached, 0), Some(Verdict::Unreachable));
+        assert_eq!(round(&mut r, "a:1", &[Reached, NotReached, NotReached], 0), Some(Verdict::Unreachable));
+        // The liar alone, or with only peers that did not answer, sets nothing.
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[Reached, NoAnswer, NoAnswer], 0), Some(Verdict::Unknown));
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[NotReached], 0), Some(Verdict::Unreachable));
+        assert_eq!(round(&mut r, "a:1", &[Reached, NoAnswer], RECHECK_MS), Some(Verdict::Unreachable), "unchanged");
+        // Two successes both at another address than the advertised one: nobody dialed what
+        // it advertises (a port forwarded while a private address is advertised).
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[ReachedElsewhere, ReachedElsewhere, ReachedElsewhere], 0), Some(Verdict::Unreachable));
+        assert!(!r.advertised());
+        // A lone honest success in a two-peer mesh leaves the peer counting as reachable…
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[Reached], 0), Some(Verdict::Unknown));
+        assert!(r.advertised());
+        assert_eq!(r.start("a:1", 1, RETRY_MS - 1), 0);
+        assert_eq!(round(&mut r, "a:1", &[Reached], RETRY_MS), Some(Verdict::Unknown));
+        assert!(r.confirming());
+        // …and is confirmed as soon as a second peer can be asked (and the first would answer).
+        let t = RETRY_MS + DIAL_BACK_EVERY_MS;
+        assert!(!r.due("a:1", 1, t) && !r.due("a:1", 2, t - 1) && r.due("a:1", 2, t));
+        assert_eq!(round(&mut r, "a:1", &[Reached, Reached], t), Some(Verdict::Reachable), "confirmed once two answer");
+        assert!(!r.due("a:1", 3, t + 1) && !r.confirming(), "confirmed: no hurry");
+    }
+
+    #[test]
+    fn a_split_round_sets_nothing_and_is_asked_again_soon() {
+        use Answer::*;
+        // A public peer in a three-peer mesh whose one dial-back timed out under load (or was a
+        // liar's): it still counts as reachable, and is asked again soon.
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[Reached, NotReached], 0), Some(Verdict::Unknown));
+        assert!(r.advertised() && !r.confirming());
+        assert_eq!(r.start("a:1", 2, RETRY_MS - 1), 0);
+        assert_eq!(round(&mut r, "a:1", &[Reached, Reached], RETRY_MS), Some(Verdict::Reachable), "the slow one answered");
+        // Once reachable, a split keeps it so.
+        assert_eq!(round(&mut r, "a:1", &[NotReached, Reached], RETRY_MS + RECHECK_MS), Some(Verdict::Reachable));
+        // A liar's success against two honest failures does not help a peer behind NAT.
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[NotReached, NotReached], 0), Some(Verdict::Unreachable));
+        assert_eq!(r.start("a:1", 2, RECHECK_MS - 1), 0, "uncontested: after RECHECK_MS");
+        assert_eq!(round(&mut r, "a:1", &[Reached, NotReached, NotReached], RECHECK_MS), Some(Verdict::Unreachable));
+    }
+
+    #[test]
+    fn a_round_nobody_answers_keeps_the_verdict_and_is_retried_soon() {
+        use Answer::*;
+        let mut r = Reachability::new();
+        assert_eq!(round(&mut r, "a:1", &[NotReached], 0), Some(Verdict::Unreachable));
         assert_eq!(r.start("a:1", 2, RECHECK_MS), 2);
-        assert_eq!(r.handle_answer(Answer::NoAnswer, RECHECK_MS), None);
-        assert_eq!(r.handle_answer(Answer::NoAnswer, RECHECK_MS), Some(Verdict::Unreachable), "unchanged");
+        assert_eq!(r.handle_answer(NoAnswer, RECHECK_MS), None);
+        assert_eq!(r.handle_answer(NoAnswer, RECHECK_MS), Some(Verdict::Unreachable), "unchanged");
         assert_eq!(r.start("a:1", 2, RECHECK_MS + RETRY_MS - 1), 0);
         assert_eq!(r.start("a:1", 2, RECHECK_MS + RETRY_MS), 2, "asked again after RETRY_MS");
-        assert_eq!(r.handle_answer(Answer::Reached, 0), None, "one of two");
-        assert_eq!(r.handle_answer(Answer::Reached, 0), Some(Verdict::Reachable));
-        assert_eq!(r.handle_answer(Answer::Reached, 0), None, "no round running");
+        assert_eq!(r.handle_answer(Reached, 0), None, "one of two");
+        assert_eq!(r.handle_answer(Reached, 0), Some(Verdict::Reachable));
+        assert_eq!(r.handle_answer(Reached, 0), None, "no round running");
+    }
+
+    #[test]
+    fn a_coordinator_found_unreachable_leaves_the_roles_while_a_reachable_one_is_live() {
+        let (a, b, c) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
+        let list = [a, b, c];
+        let all = |_: &PeerId| true;
+        assert_eq!(coordinators_in_role(&list, all, all), None, "all may coordinate");
+        assert_eq!(coordinators_in_role(&list, |p| *p != b, all), Some(vec![a, c]), "a backup dropped");
+        assert_eq!(coordinators_in_role(&list, |p| *p != a, all), Some(vec![b, c]), "the leader dropped: b leads");
+        assert_eq!(coordinators_in_role(&list, |p| *p == c, |p| *p != c), None, "no live reachable one: kept");
+        assert_eq!(coordinators_in_role(&list, |p| *p == c, all), Some(vec![c]));
+        assert_eq!(coordinators_in_role(&[a], |_| false, all), None, "a lone coordinator stays");
     }
 
     #[test]

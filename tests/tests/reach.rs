@@ -1,7 +1,7 @@
 //! Reachability on one machine: peers that can dial each other find themselves reachable; a
 //! dial-back dials only the asker, at the address its request came from, and must meet its
 //! PeerId, once per asker every 10 s; a relay passes gossip down the stream of a peer attached to
-//! it, naming the sender, and forgets the peer when its stream ends. (A peer behind a real NAT:
+//! it, naming the sender and with its signature, and forgets the peer when its stream ends. (A peer behind a real NAT:
 //! `worker/tests/nat.rs`.)
 
 use spare_peer::identity::Identity;
@@ -14,14 +14,15 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_can_dial_each_other_find_themselves_reachable() {
     let dir = tempfile::tempdir().unwrap();
-    let peers = start_mesh(dir.path(), &honest_peers(2, 1)).await;
-    eventually("both peers to find themselves reachable, and say so", || {
+    // Three: a peer is reachable when two others dialed it back (one's word is not enough).
+    let peers = start_mesh(dir.path(), &honest_peers(3, 1)).await;
+    eventually("every peer to find itself reachable, and say so", || {
         let ok = peers.iter().all(|p| p.node.reachability() == Verdict::Reachable);
         async move { ok.then_some(()) }
     })
     .await;
     let listed = client(&peers[0]).await.peers().await.unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|p| p.reachability() == pb::Reachability::Reachable), "{listed:?}");
     stop_all(peers).await;
 }
@@ -69,7 +70,14 @@ async fn a_relay_passes_gossip_down_an_attached_peers_stream() {
     let relay = start(dir.path(), 1).await;
     let (behind, sender) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let to = behind.peer_id().to_hex();
-    let gossip = |data: &[u8], to: &str| pb::GossipRequest { data: data.to_vec(), peer_id: String::new(), signature: Vec::new(), to: to.to_string() };
+    // Signed by the sender for the peer behind NAT, which checks it (the relay only passes it).
+    let gossip = |data: &[u8], to: &str| pb::GossipRequest {
+        data: data.to_vec(),
+        peer_id: String::new(),
+        signature: Vec::new(),
+        to: to.to_string(),
+        relay_signature: sender.sign(&spare_peer::wire::signing::relayed(&behind.peer_id(), data)).to_vec(),
+    };
 
     let mut from_sender = mesh_client(relay.addr, &sender, None).await.unwrap();
     let e = from_sender.gossip(gossip(b"early", &to)).await.unwrap_err();
@@ -80,6 +88,7 @@ async fn a_relay_passes_gossip_down_an_attached_peers_stream() {
     let got = within("the relayed packet", stream.next()).await.expect("the stream is open").unwrap();
     assert_eq!(got.from, sender.peer_id().to_hex(), "named as sent by the peer whose link it came on");
     assert_eq!(got.data, b"for the peer behind NAT");
+    assert_eq!(got.signature, gossip(b"for the peer behind NAT", &to).relay_signature, "the sender's signature, passed down");
     let e = from_sender.gossip(gossip(&vec![0; 65 << 10], &to)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "a relayed packet is at most 64 KiB: {e:?}");
 

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, TypeVar
+from typing import Callable, List, Sequence, TypeVar
 
 import pytest
 
@@ -47,11 +47,13 @@ def spare_bin() -> str:
 
 
 class Peer:
-    """A running `spare peer` on a free loopback port; its log goes to a file beside its data."""
+    """A running `spare peer`, by default on a free loopback port; its log goes to a file beside
+    its data."""
 
-    def __init__(self, data: Path, bootstrap: str = ""):
+    def __init__(self, data: Path, bootstrap: str = "", listen: str = "127.0.0.1:0", wrap: Sequence[str] = ()):
+        """`wrap`: a command the peer runs under (`ip netns exec NS`), which execs it."""
         self.log = data.with_suffix(".log")
-        cmd = [spare_bin(), "peer", "--listen", "127.0.0.1:0", "--cpus", "1", "--data-dir", str(data)]
+        cmd = [*wrap, spare_bin(), "peer", "--listen", listen, "--cpus", "1", "--data-dir", str(data)]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
         env = dict(os.environ, SPARE_LOG="warn,spare_peer=info", NO_COLOR="1")

@@ -121,8 +121,10 @@ def test_mistakes_are_said_plainly(client, tmp_path):
         client.status("not-an-id")
     with pytest.raises(spare.UnknownJob, match="no job held"):
         client.find_job("ffffffffffff")
-    with pytest.raises(spare.AddressError, match="https:// needs TLS"):
-        spare.Client("https://127.0.0.1:1")
+    with pytest.raises(spare.AddressError, match="not a PeerId"):
+        spare.Client("127.0.0.1:1@abc")
+    with pytest.raises(spare.AddressError, match="unknown scheme"):
+        spare.Client("ftp://127.0.0.1:1")
 
 
 def test_an_unreachable_peer_is_named_with_its_cause():

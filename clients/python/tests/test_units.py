@@ -104,3 +104,30 @@ def test_a_client_key_is_made_once_and_kept_private(tmp_path):
     first = spare.ClientIdentity.load_or_create(path)
     assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_bytes()) == 32
     assert spare.ClientIdentity.load_or_create(path).public_hex == first.public_hex
+
+
+def test_addresses_parse_as_the_rust_sdk_parses_them():
+    from spare.tls import is_loopback_host, parse_target
+
+    pid = "ab" * 32
+    assert parse_target("127.0.0.1:7070") == ("127.0.0.1:7070", None, False)
+    assert parse_target(f" https://10.0.0.1:7070@{pid} ") == ("10.0.0.1:7070", bytes.fromhex(pid), True)
+    assert parse_target(f"[2001:db8::1]:7070@{pid}") == ("[2001:db8::1]:7070", bytes.fromhex(pid), False)
+    assert parse_target("http://example.org:7070/") == ("example.org:7070", None, False)
+    for host in ["127.0.0.1", "localhost", "[::1]", "127.3.2.1"]:
+        assert is_loopback_host(host), host
+    for host in ["10.0.0.1", "example.org", "[2001:db8::1]"]:
+        assert not is_loopback_host(host), host
+
+
+def test_known_peers_keeps_the_first_peer_id_of_an_address(tmp_path, monkeypatch):
+    from spare import tls
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    a, b = b"\x01" * 32, b"\x02" * 32
+    assert tls.lookup("10.0.0.1:7070") is None
+    tls.remember("10.0.0.1:7070", a)
+    tls.remember("10.0.0.2:7070", b)
+    assert tls.lookup("10.0.0.1:7070") == a and tls.lookup("10.0.0.2:7070") == b
+    assert (tmp_path / "spare" / "known_peers").read_text() == f"10.0.0.1:7070 {a.hex()}\n10.0.0.2:7070 {b.hex()}\n"
+    assert (tmp_path / "spare").stat().st_mode & 0o777 == 0o700

@@ -17,6 +17,7 @@ use spare_proto as pb;
 use tokio::sync::Semaphore;
 
 use super::{Node, unix_ms};
+use crate::wire::signing;
 
 /// Most a shutdown waits for its leave notices to be delivered (on a live link they take
 /// milliseconds; a peer that does not answer learns it from the others).
@@ -292,7 +293,8 @@ impl Node {
                 Route::Direct => (to.addr.clone(), String::new()),
                 Route::Attached => {
                     self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
-                    self.relay_down(&to.peer, self.peer_id(), data);
+                    let signature = self.sign(&signing::relayed(&to.peer, &data)).to_vec();
+                    self.relay_down(&to.peer, self.peer_id(), data, signature);
                     continue;
                 }
                 Route::Via(relay) => match self.addr_of(&relay) {
@@ -307,9 +309,11 @@ impl Node {
             let Some(mut client) = self.0.clients.mesh(&addr) else { continue };
             let node = self.clone();
             self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
+            // Relayed: signed for the peer behind NAT, which cannot see this peer's TLS link.
+            let relay_signature = if via.is_empty() { Vec::new() } else { self.sign(&signing::relayed(&to.peer, &data)).to_vec() };
             tokio::spawn(async move {
                 // Unsigned: the TLS link names this peer (see mesh.proto).
-                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: via };
+                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: via, relay_signature };
                 let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     tracing::debug!(to = %addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });

@@ -135,13 +135,7 @@ impl Node {
     /// peers whose adverts do not say unreachable, from a random place in the list; the bootstrap
     /// addresses when there are none (a peer behind NAT hears nobody until it has a relay).
     fn reachable_addrs(&self, n: usize, skip: &[String]) -> Vec<String> {
-        let me = self.peer_id();
-        let mut peers: Vec<PeerId> = self
-            .peers()
-            .into_iter()
-            .filter(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_none_or(|a| a.reachable))
-            .map(|v| v.peer)
-            .collect();
+        let mut peers = self.reachable_peers();
         let mut r = [0u8; 4];
         if !peers.is_empty() && getrandom::fill(&mut r).is_ok() {
             let by = u32::from_le_bytes(r) as usize % peers.len();
@@ -163,10 +157,23 @@ impl Node {
         addrs
     }
 
+    /// Live peers other than this one whose adverts do not say unreachable.
+    fn reachable_peers(&self) -> Vec<PeerId> {
+        let me = self.peer_id();
+        self.peers()
+            .into_iter()
+            .filter(|v| v.peer != me && v.state == MemberState::Alive && v.advert.as_ref().is_none_or(|a| a.reachable))
+            .map(|v| v.peer)
+            .collect()
+    }
+
     /// Asks peers to dial this one back when a round is due.
     fn dial_back_round(&self) {
         let advertised = self.advertised_addr();
-        if !lock(&self.0.nat.rule).due(&advertised, self.now()) {
+        // Peers are counted only while a lone success waits for a second opinion.
+        let confirming = lock(&self.0.nat.rule).confirming();
+        let available = if confirming { self.reachable_peers().len() } else { 0 };
+        if !lock(&self.0.nat.rule).due(&advertised, available, self.now()) {
             return;
         }
         let addrs = self.reachable_addrs(spare_protocol::reachability::DIAL_BACK_ASKED, &[]);
@@ -186,11 +193,16 @@ impl Node {
 
     async fn ask_dial_back(&self, addr: &str, advertised: String) -> Answer {
         let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
-        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(pb::DialBackRequest { addr: advertised })).await {
+        let req = pb::DialBackRequest { addr: advertised.clone() };
+        match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 tracing::debug!(by = %addr, dialed = %r.dialed, reached = r.reached, error = %r.error, "dial-back answered");
-                if r.reached { Answer::Reached } else { Answer::NotReached }
+                match r.reached {
+                    false => Answer::NotReached,
+                    true if dialed_advertised(&r.dialed, &advertised).await => Answer::Reached,
+                    true => Answer::ReachedElsewhere,
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(by = %addr, "dial-back not answered: {}", e.message());
@@ -258,11 +270,12 @@ impl Node {
         open.store(true, Ordering::Relaxed);
         tracing::info!(relay = %addr, "attached to a relay");
         self.publish_advert(false);
+        let me = self.peer_id();
         while let Ok(Some(m)) = stream.message().await {
-            let Ok(from) = m.from.parse::<PeerId>() else { continue };
-            if m.data.len() > MAX_RELAYED_BYTES {
+            let Some(from) = relayed_sender(&me, &m) else {
+                tracing::debug!(relay = %addr, "relayed gossip dropped: not signed by the peer it names");
                 continue;
-            }
+            };
             if let Err(e) = self.mesh_receive(&m.data, from) {
                 tracing::debug!(relay = %addr, "relayed gossip refused: {e}");
             }
@@ -286,5 +299,58 @@ impl Node {
         for (_, h) in lock(&self.0.nat.relays).drain() {
             h.task.abort();
         }
+    }
+}
+
+/// Whether the address a dial-back `dialed` (`IP:port`) is this peer's `advertised` one (a
+/// `HOST:PORT` whose name is resolved): the asker then knows others dial what it advertises.
+async fn dialed_advertised(dialed: &str, advertised: &str) -> bool {
+    let Ok(dialed) = dialed.parse::<std::net::SocketAddr>() else { return false };
+    let same = |a: std::net::SocketAddr| a.ip().to_canonical() == dialed.ip().to_canonical() && a.port() == dialed.port();
+    if let Ok(a) = advertised.parse::<std::net::SocketAddr>() {
+        return same(a);
+    }
+    match tokio::time::timeout(ASK_TIMEOUT, tokio::net::lookup_host(advertised)).await {
+        Ok(Ok(mut addrs)) => addrs.any(same),
+        _ => false,
+    }
+}
+
+/// Who sent a packet a relay passed down to `me`: the peer it names, when the packet is no
+/// larger than a relay passes and that peer signed it for `me` (`signing::relayed`); `None`
+/// otherwise, so a relay cannot put words in another member's mouth.
+fn relayed_sender(me: &PeerId, m: &pb::RelayedGossip) -> Option<PeerId> {
+    let from = m.from.parse::<PeerId>().ok()?;
+    let signed = m.data.len() <= MAX_RELAYED_BYTES
+        && crate::identity::verify(&from, &crate::wire::signing::relayed(me, &m.data), &m.signature);
+    signed.then_some(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::wire::signing;
+
+    #[test]
+    fn a_relayed_packet_is_taken_only_as_signed_by_its_sender_for_this_peer() {
+        let (sender, other) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (me, elsewhere) = (PeerId([7; 32]), PeerId([8; 32]));
+        let data = b"swim packet".to_vec();
+        let packet = |from: &Identity, to: &PeerId, data: &[u8]| pb::RelayedGossip {
+            from: sender.peer_id().to_hex(),
+            data: data.to_vec(),
+            signature: from.sign(&signing::relayed(to, data)).to_vec(),
+        };
+        assert_eq!(relayed_sender(&me, &packet(&sender, &me, &data)), Some(sender.peer_id()));
+        assert_eq!(relayed_sender(&me, &packet(&other, &me, &data)), None, "the relay (or anyone) signing in the sender's name");
+        assert_eq!(relayed_sender(&me, &packet(&sender, &elsewhere, &data)), None, "signed for another peer");
+        let mut altered = packet(&sender, &me, &data);
+        altered.data.push(0);
+        assert_eq!(relayed_sender(&me, &altered), None, "altered on the way");
+        let unsigned = pb::RelayedGossip { signature: Vec::new(), ..packet(&sender, &me, &data) };
+        assert_eq!(relayed_sender(&me, &unsigned), None, "unsigned");
+        let big = vec![0u8; MAX_RELAYED_BYTES + 1];
+        assert_eq!(relayed_sender(&me, &packet(&sender, &me, &big)), None, "past the relayed size");
     }
 }

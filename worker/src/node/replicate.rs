@@ -21,6 +21,7 @@ use spare_protocol::peer::replication::{
 };
 use spare_protocol::peer::roles::{RoleChange, RoleView};
 use spare_protocol::peer::takeover::Sync;
+use spare_protocol::reachability::coordinators_in_role;
 use spare_protocol::{Attestation, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 use spare_proto as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -82,7 +83,7 @@ impl Node {
         let live = self.live_set();
         let Some(current) = self.core().jobs.get(&job).map(|m| m.coordinators.clone()) else { return };
         let mut keep: Vec<PeerId> = vec![me];
-        keep.extend(current.iter().filter(|c| **c != me && live.contains(c)));
+        keep.extend(current.iter().filter(|c| **c != me && live.contains(c) && self.may_coordinate(c)));
         // Only peers others can dial coordinate (and serve the job's blobs).
         let candidates: Vec<PeerId> = live.iter().copied().filter(|p| !keep.contains(p) && self.may_coordinate(p)).collect();
         let mut round = AdoptRound::new(job, keep, &candidates);
@@ -524,17 +525,27 @@ impl Node {
         let mut take_over = Vec::new();
         let mut top_up = Vec::new();
         let mut reannounce = Vec::new();
+        // Peers whose adverts say unreachable, this one too when it found itself so (looked up
+        // before the core is locked: adverts live in the mesh).
+        let barred: std::collections::HashSet<PeerId> =
+            states.keys().chain(std::iter::once(&me)).filter(|p| !self.may_coordinate(p)).copied().collect();
         {
             let mut core = self.core();
+            let clock = roles.clone();
+            let is_live = |p: &PeerId| clock.counts_as_live(states.get(p).copied(), now);
+            // A coordinator whose advert says unreachable (chosen before it found out) is left
+            // out: it stands by, the next takes over, the active one drops it at a top-up.
             let held: Vec<(JobId, Vec<PeerId>, bool)> = core
                 .jobs
                 .iter()
                 .filter(|(id, _)| !self.is_finished(id))
-                .map(|(id, m)| (*id, m.coordinators.clone(), core.coord.is_standby(id)))
+                .map(|(id, m)| {
+                    let may = |p: &PeerId| !barred.contains(p);
+                    let list = coordinators_in_role(&m.coordinators, may, |p| *p == me || is_live(p));
+                    (*id, list.unwrap_or_else(|| m.coordinators.clone()), core.coord.is_standby(id))
+                })
                 .collect();
             let views = held.iter().map(|(job, list, standby)| RoleView { job: *job, coordinators: list, standby: *standby });
-            let clock = roles.clone();
-            let is_live = |p: &PeerId| clock.counts_as_live(states.get(p).copied(), now);
             for change in roles.evaluate(me, views, is_live, live_peers, now) {
                 match change {
                     RoleChange::StandBy(job) => core.coord.set_standby(&job, true),

@@ -50,6 +50,15 @@ pub fn gossip(data: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The bytes the sender of a gossip message relayed to `to` (a peer behind NAT) signs, so `to`
+/// knows who sent it without taking the relay's word.
+pub fn relayed(to: &spare_protocol::PeerId, data: &[u8]) -> Vec<u8> {
+    let mut b = b"spare.v1.relayed\0".to_vec();
+    b.extend_from_slice(to.as_bytes());
+    b.extend_from_slice(blake3::hash(data).as_bytes());
+    b
+}
+
 /// The bytes the sender of an adoption signs.
 pub fn adopt(req: &pb::AdoptRequest) -> Vec<u8> {
     signed_digest(b"spare.v1.adopt\0", &pb::AdoptRequest { signature: Vec::new(), ..req.clone() })

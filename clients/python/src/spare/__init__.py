@@ -32,6 +32,7 @@ from .failures import Failures, Reason, stderr_line
 from .identity import ClientIdentity, IdentityError
 from .ids import blob_id
 from .progress import ProgressCounter
+from .tls import PeerIdentityError
 from .types import (
     Event,
     JobState,
@@ -52,7 +53,7 @@ __all__ = [
     "AddressError", "BLOB_CHUNK_BYTES", "Client", "ClientIdentity", "ConnectError", "DeadlineExceeded", "Event",
     "Failures", "IdentityError", "InvalidArgument", "InvalidId", "InvalidJob", "JobState", "JobStatus",
     "JobTooLarge", "Limits", "MAX_MESSAGE_BYTES", "NotAPeer", "NotFound", "Outcome",
-    "OutcomeKind", "PeerCaps", "PeerInfo", "PermissionDenied", "Progress", "ProgressCounter",
+    "OutcomeKind", "PeerCaps", "PeerIdentityError", "PeerInfo", "PermissionDenied", "Progress", "ProgressCounter",
     "ProtocolError", "Reason", "ResourceExhausted", "Signer", "SpareError", "StatusError",
     "TaskCounts", "TaskResult", "TaskState", "TaskStatus", "Unavailable", "UnknownJob",
     "blob_id", "stderr_line",

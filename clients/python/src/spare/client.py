@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import grpc
 
-from . import errors
+from . import errors, tls
 from .errors import InvalidJob, ProtocolError, UnknownJob
 from .identity import ClientIdentity
 from .ids import ID_HEX_LEN, blob_id, job_id
@@ -50,14 +50,27 @@ Module = Union[bytes, str, "os.PathLike[str]"]
 Input = Union[bytes, str]
 
 
+def _on_loopback(target: str) -> bool:
+    try:
+        return tls.is_loopback_host(tls.split_host_port(target)[0])
+    except errors.AddressError:
+        return False
+
+
 class Client:
     """A connection to one Spare peer, which accepts jobs and answers for every job it coordinates.
 
-    ``Client("127.0.0.1:7070")`` talks plaintext gRPC (a peer's API on loopback or a trusted
-    network). For TLS pass ``credentials=grpc.ssl_channel_credentials(…)`` (the address may then
-    be ``https://host:port``). Submit and Cancel are signed with the client's key (`identity`;
-    by default the one `spare` uses, ``~/.config/spare/client.key`` or ``$SPARE_IDENTITY``,
-    made on first use): a job's owner is the key that submitted it, and only it may cancel it.
+    ``Client("127.0.0.1:7070")`` talks plaintext gRPC to a peer on this machine (a loopback
+    address or ``localhost``). Any other address, or one given with its PeerId
+    (``host:port@PEERID``) or ``https://``, is spoken to over TLS 1.3, checking that the peer's
+    certificate carries the PeerId given, else the one pinned for the address in
+    ``~/.config/spare/known_peers`` (the file `spare` uses; the first PeerId met at an address is
+    pinned): another one there raises `PeerIdentityError`. For TLS of your own pass
+    ``credentials=grpc.ssl_channel_credentials(…)``.
+
+    Submit and Cancel are signed with the client's key (`identity`; by default the one `spare`
+    uses, ``~/.config/spare/client.key`` or ``$SPARE_IDENTITY``, made on first use): a job's
+    owner is the key that submitted it, and only it may cancel it.
     A `Signer` adds metadata to those two calls besides. A client is cheap; close it (or use it
     as a context manager) to close the channel.
     """
@@ -76,18 +89,6 @@ class Client:
         self._identity = identity
         # The peer's id, which signatures name (asked once).
         self._receiver: Optional[bytes] = None
-        target = addr.strip()
-        scheme, sep, rest = target.partition("://")
-        if sep:
-            if scheme.lower() == "https" and credentials is None:
-                raise errors.AddressError(
-                    addr,
-                    "https:// needs TLS: pass credentials=grpc.ssl_channel_credentials(...), "
-                    "or give host:port for plaintext",
-                )
-            if scheme.lower() not in ("http", "https"):
-                raise errors.AddressError(addr, f"unknown scheme {scheme}://; give host:port")
-            target = rest.rstrip("/")
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -95,6 +96,15 @@ class Client:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 20_000),
         ]
+        target, pinned, https = tls.parse_target(addr)
+        self._tunnel: Optional[tls.Tunnel] = None
+        if channel is None and credentials is None and (pinned is not None or https or not _on_loopback(target)):
+            # Off this machine: TLS, checking the peer's PeerId (given, else pinned on first use),
+            # through a loopback tunnel (grpcio's TLS cannot speak to a peer: see `spare.tls`).
+            self._receiver = tls.check_peer(target, pinned)
+            self._tunnel = tls.Tunnel(target, self._receiver)
+            options.append(("grpc.default_authority", target))
+            target = self._tunnel.local
         if channel is not None:
             self._channel = channel
         elif credentials is not None:
@@ -108,6 +118,8 @@ class Client:
     def close(self) -> None:
         """Closes the channel; streams still open end."""
         self._channel.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -27,7 +27,7 @@ use crate::{BlobId, JobId, Millis};
 use crate::peer::reports::Delivery;
 
 use super::engine::Sim;
-use super::peer::{AdoptKind, Logged, ReportItem, Streamed};
+use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
 use super::wire;
 

@@ -110,12 +110,10 @@ impl Sim {
 
     /// Carries out everything `p`'s host emitted, and arms its timer.
     pub(super) fn drain_host(&mut self, p: u32) {
-        loop {
-            let Some(t) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_transmit()) else { break };
+        while let Some(t) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_transmit()) {
             self.transmit(p, t);
         }
-        loop {
-            let Some(n) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_notice()) else { break };
+        while let Some(n) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_notice()) {
             self.notice(p, n);
         }
         let now = self.now;

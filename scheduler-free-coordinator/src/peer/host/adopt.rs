@@ -5,8 +5,8 @@
 //! this peer leads or stands by. Taking over: this peer first in its list at once, so what it
 //! records from now on streams to the backups kept; those heard the dead leader's stream
 //! separately, so each gets the whole job and answers with what it recorded that this peer
-//! lacks ([`Sync`]); the peer leads once they answered, catches them up if one brought
-//! something, and replaces the dead.
+//! lacks ([`Sync`]); the peer leads once they answered (or the sync timed out), catches them
+//! up if one brought something (or one did not answer), and replaces the dead.
 
 use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
@@ -159,7 +159,7 @@ impl Host {
 
     /// Leads the job taken over: out of standby, the backups caught up again if the sync
     /// brought what one may lack, the dead replaced.
-    fn lead(&mut self, catch_up: bool, now: Millis, members: &dyn Members) {
+    pub(super) fn lead(&mut self, catch_up: bool, now: Millis, members: &dyn Members) {
         if self.coordinators.first() != Some(&self.me) {
             return;
         }

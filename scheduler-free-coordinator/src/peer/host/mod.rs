@@ -328,7 +328,8 @@ impl Host {
         // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
         let tick = self.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
         let held = self.held.iter().map(|h| h.until).min();
-        [tick, held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at]
+        let sync = self.syncing.as_ref().map(Sync::poll_timeout);
+        [tick, held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
             .into_iter()
             .flatten()
             .min()
@@ -352,6 +353,12 @@ impl Host {
         if self.roles_at.is_some_and(|at| at <= now) {
             self.roles_at = None;
             self.on_roles(now, members);
+        }
+        if self.syncing.as_ref().is_some_and(|s| s.poll_timeout() <= now) {
+            // Leading without every backup's answer: the unanswered ones may lack what the
+            // others gave, so every backup is caught up.
+            self.syncing = None;
+            self.lead(true, now, members);
         }
         if self.announce_at.is_some_and(|at| at <= now) {
             self.announce_at = None;

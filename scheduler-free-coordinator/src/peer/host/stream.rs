@@ -81,7 +81,7 @@ impl Host {
             return;
         }
         let mut behind = Vec::new();
-        for b in self.coordinators[1..].to_vec() {
+        for &b in &self.coordinators[1..] {
             if let Some(Replicated::Failed { items, catch_up }) = self.replicators.push(b, self.job, entry.clone(), bytes) {
                 behind.push((b, catch_up, last_seq(&items)));
             }
@@ -143,8 +143,8 @@ impl Host {
         if !self.leads() {
             return;
         }
-        for b in self.coordinators[1..].to_vec() {
-            self.request_catch_up(self.job, b, now);
+        for &b in &self.coordinators[1..] {
+            self.catch_ups.request(self.job, b, now);
         }
     }
 

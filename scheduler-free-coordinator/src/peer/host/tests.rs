@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Host, Members, Notice, ReportItem, Transmit};
 use crate::rendezvous::DEFAULT_COORDINATORS;
 use crate::peer::replication::{REPLICATE_PAUSE_MS, REPLICATE_TRIES};
+use crate::peer::takeover::SYNC_TIMEOUT_MS;
 use crate::records::{JobAd, Verifier};
 use crate::{Attestation, BlobId, JobId, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
 
@@ -59,6 +60,8 @@ struct Net {
     cut: BTreeSet<(PeerId, PeerId)>,
     /// Members crashed.
     down: BTreeSet<PeerId>,
+    /// Members whose calls get no answer at all (neither an answer nor a failure).
+    silent: BTreeSet<PeerId>,
     /// Who each host holds dead.
     dead: BTreeMap<PeerId, BTreeSet<PeerId>>,
     /// Each announcer's latest ad.
@@ -79,6 +82,7 @@ impl Net {
             members: vec![A, B, C, D],
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
+            silent: BTreeSet::new(),
             dead: BTreeMap::new(),
             ads: BTreeMap::new(),
             seq: 0,
@@ -153,6 +157,7 @@ impl Net {
                 let ok = self.reachable(from, to) && self.hosts.get_mut(&to).is_some_and(|h| h.handle_replicate(from, job, items, now).is_ok());
                 self.call(from, |h, _, now| h.handle_replicated(to, ok, now));
             }
+            Transmit::Adopt { to, .. } if self.silent.contains(&to) => {}
             Transmit::Adopt { to, job, coordinators, log, kind } => {
                 let missing = self.reachable(from, to).then(|| {
                     let fresh = !self.hosts.contains_key(&to);
@@ -294,7 +299,7 @@ fn a_report_is_answered_once_a_backup_holds_it() {
     net.run_until(net.now + 1_000);
     assert_eq!(net.answers, vec![(W, 1, 0)]);
     for b in &backups {
-        assert_eq!(net.hosts[&b].log().len(), 1, "{b:?} replayed it");
+        assert_eq!(net.hosts[b].log().len(), 1, "{b:?} replayed it");
     }
 }
 
@@ -381,4 +386,16 @@ fn a_restarted_leader_beside_its_replacement_leads_again() {
     assert_eq!(net.leaders(), vec![A], "the origin leads again, {:?} handed back", replacement[0]);
     assert_eq!(net.hosts[&A].log().len(), 1);
     assert!(net.hosts.iter().filter(|(id, _)| **id != A).all(|(_, h)| !h.is_active()));
+}
+
+#[test]
+fn a_takeover_leads_when_a_backup_never_answers_its_sync() {
+    let (mut net, backups) = formed();
+    let (next, mute) = (backups[0], backups[1]);
+    net.silent.insert(mute);
+    net.crash(A);
+    net.run_until(net.now + 1_500);
+    assert!(net.leaders().is_empty(), "{next:?} waits for {mute:?}'s sync answer");
+    net.run_until(net.now + SYNC_TIMEOUT_MS + 1_500);
+    assert_eq!(net.leaders(), vec![next], "it leads once the sync timed out");
 }

@@ -4,7 +4,7 @@
 //! tells nobody: SWIM has to notice. The job's coordinators (the origin, its backups and their
 //! replacements) are spared unless `churn_coordinators`; `crash_origin_at` crashes the origin
 //! once, at a set time. When the one leading crashes, a backup has to take the job over
-//! ([`super::roles`]).
+//! ([`crate::peer::host`]).
 
 use crate::peer::roles::ROLES_EVERY_MS;
 

@@ -159,7 +159,8 @@ pub trait Members {
     fn live(&self) -> Vec<PeerId>;
 }
 
-/// A report batch's answer, held until a backup holds what it recorded.
+/// A report batch's answer, held until a backup holds what it recorded. They are kept in the
+/// order they came, so by `until` too (`now` never goes back).
 #[derive(Clone, Copy, Debug)]
 struct Held {
     worker: PeerId,
@@ -327,7 +328,8 @@ impl Host {
     pub fn poll_timeout(&self) -> Option<Millis> {
         // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
         let tick = self.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
-        let held = self.held.iter().map(|h| h.until).min();
+        // Held answers wait in the order they came, so the first gives up first.
+        let held = self.held.first().map(|h| h.until);
         let sync = self.syncing.as_ref().map(Sync::poll_timeout);
         [tick, held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
             .into_iter()
@@ -341,7 +343,7 @@ impl Host {
             self.coord.tick(now);
             self.drain();
         }
-        if let Some(upto) = self.held.iter().filter(|h| h.until <= now).map(|h| h.upto).max() {
+        if let Some(upto) = self.held.iter().take_while(|h| h.until <= now).map(|h| h.upto).max() {
             self.answer_held(upto);
         }
         if self.replicate_at.is_some_and(|at| at <= now) {

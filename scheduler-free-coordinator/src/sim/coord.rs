@@ -200,6 +200,24 @@ impl Sim {
         }
     }
 
+    /// At the end: the tasks the leader holds final that no leading coordinator decided while
+    /// leading are counted from its table (a backup takes the reports of workers that hold the
+    /// leader dead before it takes the job over, so it may decide a task while in standby).
+    pub(super) fn count_leader_finals(&mut self) {
+        let Some(h) = self.lead_host() else { return };
+        let finals: Vec<(crate::TaskId, Verdict, bool)> = (0..self.spec.task_count)
+            .filter(|&i| self.decided.get(i as usize).is_some_and(Option::is_none))
+            .filter_map(|index| {
+                let task = crate::TaskId { job: self.job, index };
+                h.coordinator().task(&task).filter(|t| t.verdict.is_final()).map(|t| (task, t.verdict, t.lone))
+            })
+            .collect();
+        for (task, verdict, lone) in finals {
+            self.decided[task.index as usize] = Some(verdict.clone());
+            self.count_verdict(task, verdict, lone);
+        }
+    }
+
     /// Scores a task's verdict against the honest output.
     fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, lone: bool) {
         match verdict {

@@ -108,6 +108,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
             }
         }
     }
+    sim.count_leader_finals();
     Ok(sim.report())
 }
 

@@ -4,14 +4,16 @@
 //! tells nobody: SWIM has to notice. The job's coordinators (the origin, its backups and their
 //! replacements) are spared unless `churn_coordinators`; `crash_origin_at` crashes the origin
 //! once, at a set time. When the one leading crashes, a backup has to take the job over
-//! ([`super::roles`]).
+//! ([`crate::peer::host`]).
 
 use crate::peer::roles::ROLES_EVERY_MS;
 
 use super::engine::Sim;
 use super::keys;
 use super::net::CallKind;
-use super::peer::{Host, VirtualPeer};
+use crate::peer::host::Host;
+use crate::PeerId;
+use super::peer::VirtualPeer;
 use super::queue::Event;
 use super::workload::Behaviour;
 
@@ -70,9 +72,9 @@ impl Sim {
             self.m.leaderless_since = Some(now);
         }
         // Its held report answers never come: the workers' calls fail.
-        let held = self.peers[p as usize].host.as_mut().map(|h| std::mem::take(&mut h.held)).unwrap_or_default();
-        for r in held {
-            self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: r.worker, kind: CallKind::Report(p) });
+        let held: Vec<PeerId> = self.peers[p as usize].host.as_ref().map(|h| h.held_workers().collect()).unwrap_or_default();
+        for worker in held {
+            self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: keys::index_of(&worker), kind: CallKind::Report(p) });
         }
         let peer = &mut self.peers[p as usize];
         peer.crash(now);
@@ -129,24 +131,14 @@ impl Sim {
         if coord.submit(job, self.spec.clone()).is_err() {
             return;
         }
-        for l in &log {
-            let _ = coord.restore_attestation_lone((*l.att).clone(), l.lone);
-        }
-        // Their events describe the past, as the real peer's restore says.
-        while coord.poll_event().is_some() {}
-        if list.len() > 1 {
-            coord.set_standby(&job, true);
-        }
-        let named = self.ids(&list).into_iter().collect();
-        let mut host = Host::new(coord, job, list, named, now);
-        host.log = log;
+        let host = Host::restore(self.peers[p as usize].id, coord, job, list, log, self.verifier.clone(), now);
         let slots = self.cfg.slots;
         let peer = &mut self.peers[p as usize];
         peer.restart(now, views, slots);
         peer.host = Some(Box::new(host));
         self.m.restarts += 1;
         self.boot(p);
-        self.schedule_roles(p, now + ROLES_EVERY_MS);
+        self.with_host(p, |h, _| h.look_at_roles(now + ROLES_EVERY_MS));
         self.wake(p);
     }
 }

@@ -1,25 +1,66 @@
-//! The job's coordinators: the origin, then the live peers that rank highest by
-//! [`rendezvous`], each holding a real [`Coordinator`] (in standby unless it leads), and
-//! adoptions (`MeshService.Adopt`): the whole job with the sender's list and every attestation
-//! it recorded, sent to a peer joining the list, to a backup being caught up, or to the winner
-//! of two leaders. Replication streams and catch-ups are in [`super::replicate`], roles and
-//! takeovers in [`super::roles`], two leaders in [`super::heal`].
+//! Driving the coordinator side: every peer that coordinates the job holds a real
+//! [`Host`](crate::peer::host::Host) (the origin and the peers it or a successor adopted), and
+//! the simulator only carries what it emits: messages through the virtual network, notices into
+//! the metrics and the mesh, its timer on the event queue. Every call is followed by
+//! [`Sim::drain_host`], as the host's contract asks.
 //!
-//! Simplifications: the module fetch of an adoption is counted as bytes with the `Adopt` call
-//! rather than simulated as its own call; reputation is not replicated, as in the real peer.
+//! **Liveness is simplified** (the [`Members`] the host is given). A coordinator bridges every
+//! cell, so it has one view per cell; it takes a peer for dead when any of its views holds it
+//! dead (the first cell to declare a peer dead stands for a real mesh's one SWIM cluster, whose
+//! first detection spreads to everyone), and for live otherwise, also when no view knows it.
+//!
+//! **The roles' grace is waited out in full** (`active_members` is 0). A peer may look at roles
+//! as soon as one member is active, but a simulated mesh forms at the same moment as its job,
+//! when one active member says nothing about who else is alive; and a first look re-announces
+//! the job, whose gossip, in the second when the whole mesh is joining, crowds out the join's
+//! membership updates (at 10,000 peers membership then took 21 gossip rounds to converge
+//! instead of 11).
 
-use std::collections::BTreeSet;
-
-use crate::peer::adoption::{AdoptRound, Settled};
-use crate::peer::roles::ROLES_EVERY_MS;
-use crate::peer::takeover;
-use crate::{Coordinator, CoordinatorConfig, JobId, PeerId};
+use crate::membership::MemberState;
+use crate::peer::host::{Host, Members, Notice, Transmit};
+use crate::{Coordinator, CoordinatorConfig, Event, PeerId, Verdict};
 
 use super::engine::Sim;
 use super::keys;
 use super::net::{CallKind, Reply, Request};
-use super::peer::{AdoptKind, Host, Logged};
-use super::wire;
+use super::peer::NEVER;
+use super::{queue, wire, workload};
+
+/// What peer `p` knows of the mesh, as its host is told (see the module docs).
+struct View<'a> {
+    sim: &'a Sim,
+    p: u32,
+}
+
+impl Members for View<'_> {
+    fn is_live(&self, peer: &PeerId) -> bool {
+        self.sim.sees_live(self.p, keys::index_of(peer))
+    }
+
+    fn live_peers(&self) -> usize {
+        // A bridge counts a member of several cells once per cell, which only matters against
+        // the handful of coordinators a list holds.
+        1 + self.sim.peers[self.p as usize].views.iter().map(|v| v.mesh.membership.active()).sum::<usize>()
+    }
+
+    fn active_members(&self) -> usize {
+        0
+    }
+
+    fn live(&self) -> Vec<PeerId> {
+        let mut seen: Vec<u32> = Vec::new();
+        for v in &self.sim.peers[self.p as usize].views {
+            for (m, s) in v.mesh.membership.members() {
+                if s != MemberState::Dead {
+                    seen.push(keys::index_of(&m.peer));
+                }
+            }
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        seen.into_iter().filter(|&i| i != self.p && self.sim.sees_live(self.p, i)).map(|i| self.sim.peers[i as usize].id).collect()
+    }
+}
 
 impl Sim {
     /// A fresh coordinator for peer `p`, with its own secret (spot checks are keyed by it).
@@ -37,9 +78,19 @@ impl Sim {
         list.iter().map(|&i| self.peers[i as usize].id).collect()
     }
 
-    /// Whether `p` leads the job: first in its own list, and not in standby.
+    /// Whether peer `p` takes `who` for live: none of its membership views holds it dead.
+    pub(super) fn sees_live(&self, p: u32, who: u32) -> bool {
+        if p == who {
+            return true;
+        }
+        let id = self.peers[who as usize].id;
+        let peer = &self.peers[p as usize];
+        peer.alive && !peer.views.iter().any(|v| v.mesh.membership.state_of(&id).is_some_and(|(_, s)| s == MemberState::Dead))
+    }
+
+    /// Whether `p` leads the job.
     pub(super) fn leads(&self, p: u32) -> bool {
-        self.peers[p as usize].host.as_ref().is_some_and(|h| h.coordinators.first() == Some(&p) && !h.coord.is_standby(&self.job))
+        self.peers[p as usize].host.as_ref().is_some_and(|h| h.leads())
     }
 
     /// The peer currently leading the job as the simulation knows it (for the report).
@@ -47,137 +98,141 @@ impl Sim {
         self.active.and_then(|a| self.peers[a as usize].host.as_deref())
     }
 
-    /// Brings `p`'s list up to [`DEFAULT_COORDINATORS`](crate::rendezvous::DEFAULT_COORDINATORS)
-    /// by an [`AdoptRound`]: `keep` (`p` first), then `Adopt` to the highest-ranked of
-    /// `candidates`. The list settles, and the ad goes out, once every new one answered.
-    pub(super) fn add_coordinators(&mut self, p: u32, keep: Vec<u32>, candidates: &[u32]) {
-        let round = AdoptRound::new(self.job, self.ids(&keep), &self.ids(candidates));
-        let asks: Vec<(u32, Vec<u32>)> =
-            round.asked().iter().map(|n| (keys::index_of(n), round.list_for(*n).iter().map(keys::index_of).collect())).collect();
-        let now = round.settle_now();
-        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        h.adopting = Some(round);
-        if let Some(settled) = now {
-            self.settle_coordinators(p, settled);
+    /// Runs `f` on `p`'s host (if it holds one) with `p`'s view of the mesh, then carries out
+    /// what the host emitted.
+    pub(super) fn with_host<R>(&mut self, p: u32, f: impl FnOnce(&mut Host, &dyn Members) -> R) -> Option<R> {
+        let mut host = self.peers[p as usize].host.take()?;
+        let r = f(&mut host, &View { sim: self, p });
+        self.peers[p as usize].host = Some(host);
+        self.drain_host(p);
+        Some(r)
+    }
+
+    /// Carries out everything `p`'s host emitted, and arms its timer.
+    pub(super) fn drain_host(&mut self, p: u32) {
+        while let Some(t) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_transmit()) {
+            self.transmit(p, t);
+        }
+        while let Some(n) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_notice()) {
+            self.notice(p, n);
+        }
+        let now = self.now;
+        let peer = &mut self.peers[p as usize];
+        if let Some(at) = peer.host.as_ref().and_then(|h| h.poll_timeout()) {
+            self.queue.arm(&mut peer.host_at, at.max(now), queue::Event::Host { peer: p });
+        }
+    }
+
+    /// `p`'s host timer ran out.
+    pub(super) fn on_host_timer(&mut self, p: u32) {
+        let (now, peer) = (self.now, &mut self.peers[p as usize]);
+        if !peer.alive || peer.host_at != now {
             return;
         }
-        for (n, list) in asks {
-            self.send_adopt(p, n, list, AdoptKind::Join);
+        peer.host_at = NEVER;
+        self.with_host(p, |h, m| h.handle_timeout(now, m));
+    }
+
+    fn transmit(&mut self, p: u32, t: Transmit) {
+        match t {
+            Transmit::ReportAnswer { to, accepted, rejected } => {
+                let to = keys::index_of(&to);
+                self.reply(p, to, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(p));
+            }
+            Transmit::Replicate { to, job, items } => {
+                let size = self.replicate_size(&items);
+                self.call(p, keys::index_of(&to), Request::Replicate { job, items }, size);
+            }
+            Transmit::Adopt { to, job, coordinators, log, kind } => {
+                let size = self.adopt_size(p, &coordinators, &log, kind);
+                let list = coordinators.iter().map(keys::index_of).collect();
+                self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators: list, log, kind }, size);
+            }
         }
     }
 
-    /// Sends `to` the whole job with `list` as its coordinators.
-    pub(super) fn send_adopt(&mut self, p: u32, to: u32, list: Vec<u32>, kind: AdoptKind) {
-        let unix = self.unix();
-        let Some(h) = self.peers[p as usize].host.as_ref() else { return };
-        let log = h.log.clone();
-        let items = self.wire_items(h, &log);
-        let label = self.spec.label.len() as u64;
-        let policy = wire::policy(&self.spec.policy);
-        let size = wire::adopt_request(
-            policy,
-            label,
-            self.spec.task_count,
-            self.cfg.input_bytes,
-            list.len() as u64,
-            &items,
-            self.spec.submitted_at_ms,
-            unix,
-        ) + if kind == AdoptKind::Sync { 2 } else { 0 };
-        self.call(p, to, Request::Adopt { job: self.job, coordinators: list, log, kind }, size);
+    fn notice(&mut self, p: u32, n: Notice) {
+        match n {
+            Notice::Coordinator { event, leads, lone } => self.count_event(event, leads, lone),
+            Notice::Announce { done } => self.publish_job(p, done),
+            Notice::Wake => self.wake(p),
+            Notice::TookOver => {
+                self.m.takeovers += 1;
+                self.active = Some(p);
+                // Across a cut no leader crashed: the far side was leaderless from the cut.
+                if self.partitioned() && self.m.leaderless_since.is_none() {
+                    self.m.leaderless_since = self.cfg.partition_at_ms;
+                }
+            }
+            Notice::HandedOver { to } => {
+                if self.active == Some(p) {
+                    self.active = Some(keys::index_of(&to));
+                }
+            }
+            Notice::ReplicationDropped => self.m.replication_dropped += 1,
+        }
     }
 
-    /// The wire sizes of `log`'s `RecordedAttestation`s at host `h`: an attestation goes with its
-    /// output while its task is not final (the peer's outputs in hand), and after if it carries
-    /// the agreed result.
-    fn wire_items(&self, h: &Host, log: &[Logged]) -> Vec<u64> {
-        log.iter()
-            .map(|l| {
-                let carries = h.coord.task(&l.att.task).is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
-                let out = if carries { self.cfg.output_bytes } else { 0 };
-                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
+    /// Counts what `p`'s coordinator emitted: only a leading coordinator's verdicts count, each
+    /// task's first one once (a backup's, replayed, are the same verdicts again).
+    fn count_event(&mut self, event: Event, leads: bool, lone: bool) {
+        match event {
+            Event::TaskFinal { .. } if !leads => {}
+            Event::TaskFinal { task, verdict } => match self.decided.get_mut(task.index as usize) {
+                Some(Some(first)) if *first != verdict => self.m.overturned += 1,
+                Some(Some(_)) | None => {}
+                Some(slot @ None) => {
+                    *slot = Some(verdict.clone());
+                    self.count_verdict(task, verdict, lone);
+                }
+            },
+            Event::JobFinished { job, state } => {
+                if leads && job == self.job && self.m.done_at.is_none() {
+                    self.m.done_at = Some(self.now);
+                    self.m.job_state = Some(state);
+                    let origin = self.origin;
+                    self.m.unaware_at_end =
+                        self.peers.iter().enumerate().filter(|(i, q)| q.alive && !q.has_ad && *i != origin as usize).count() as u32;
+                }
+            }
+            // A backup's copies of the leader's leases lapse too: counted once, by the leader.
+            Event::LeaseExpired { .. } => self.m.lapses += u64::from(leads),
+        }
+    }
+
+    /// At the end: the tasks the leader holds final that no leading coordinator decided while
+    /// leading are counted from its table (a backup takes the reports of workers that hold the
+    /// leader dead before it takes the job over, so it may decide a task while in standby).
+    pub(super) fn count_leader_finals(&mut self) {
+        let Some(h) = self.lead_host() else { return };
+        let finals: Vec<(crate::TaskId, Verdict, bool)> = (0..self.spec.task_count)
+            .filter(|&i| self.decided.get(i as usize).is_some_and(Option::is_none))
+            .filter_map(|index| {
+                let task = crate::TaskId { job: self.job, index };
+                h.coordinator().task(&task).filter(|t| t.verdict.is_final()).map(|t| (task, t.verdict, t.lone))
             })
-            .collect()
+            .collect();
+        for (task, verdict, lone) in finals {
+            self.decided[task.index as usize] = Some(verdict.clone());
+            self.count_verdict(task, verdict, lone);
+        }
     }
 
-    /// `MeshService.Adopt` at `r`, from `from`: a peer that does not hold the job takes it in
-    /// standby (and becomes a bridge of every cell); either way it records every attestation
-    /// sent, and one that held it already settles what the adoption means ([`super::heal`]).
-    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<u32>, log: Vec<Logged>, kind: AdoptKind) {
-        let held = self.peers[r as usize].holds(&job);
-        if !held {
-            let mut coord = self.new_coordinator(r);
-            if coord.submit(job, self.spec.clone()).is_err() {
-                self.refuse(r, from, CallKind::Adopt(r, kind), 0);
-                return;
+    /// Scores a task's verdict against the honest output.
+    fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, lone: bool) {
+        match verdict {
+            Verdict::Verified(key) => {
+                self.m.verified += 1;
+                self.m.lone_verified += u32::from(lone);
+                if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
+                    self.m.wrong_verified += 1;
+                    self.m.wrong_lone += u32::from(lone);
+                }
             }
-            coord.set_standby(&job, true);
-            let named: BTreeSet<PeerId> = self.ids(&list).into_iter().collect();
-            let born = self.peers[r as usize].born;
-            self.peers[r as usize].host = Some(Box::new(Host::new(coord, job, list.clone(), named, born)));
-            // It fetches the module from the sender.
-            self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
-            self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);
-            self.m.rpcs += 2;
-            self.make_bridge(r);
-            self.schedule_roles(r, self.now + ROLES_EVERY_MS);
+            Verdict::Inconclusive => self.m.inconclusive += 1,
+            Verdict::Failed(_) => self.m.failed += 1,
+            Verdict::Pending => {}
         }
-        // A new leader's sync: what is recorded here that it lacks, in this peer's order.
-        let missing: Vec<Logged> = match (held, kind, self.peers[r as usize].host.as_ref()) {
-            (true, AdoptKind::Sync, Some(h)) => {
-                let carried = takeover::Carried::of(log.iter().map(|l| (l.att.task.index, l.att.peer)));
-                takeover::missing(h.log.iter().map(|l| &*l.att), &carried).into_iter().map(|i| h.log[i].clone()).collect()
-            }
-            _ => Vec::new(),
-        };
-        self.record_replicated(r, log);
-        if held {
-            self.adopted_from(r, from, &list);
-        }
-        let size = self.peers[r as usize].host.as_deref().map_or(0, |h| wire::adopt_response(&self.wire_items(h, &missing)));
-        self.reply(r, from, Reply::Adopt { kind, missing }, size, CallKind::Adopt(r, kind));
-    }
-
-    /// The answer (or failure: `None`) of an `Adopt` sent by `p` to `to`; a sync's answer
-    /// carries what `to` recorded that `p` lacked.
-    pub(super) fn on_adopted(&mut self, p: u32, to: u32, answer: Option<Vec<Logged>>, kind: AdoptKind) {
-        let ok = answer.is_some();
-        match kind {
-            AdoptKind::CatchUp => return,
-            AdoptKind::HandOver => return self.on_handed_over(p, ok),
-            AdoptKind::Sync => return self.on_synced(p, to, answer),
-            AdoptKind::Join => {}
-        }
-        let answered = self.peers[to as usize].id;
-        let Some(round) = self.peers[p as usize].host.as_mut().and_then(|h| h.adopting.as_mut()) else { return };
-        if let Some(settled) = round.handle_answer(answered, ok) {
-            self.settle_coordinators(p, settled);
-        }
-    }
-
-    /// The round settled: the list goes out with the job's ad, and the new coordinators get a
-    /// second `Adopt` with what was recorded before they were in the list.
-    fn settle_coordinators(&mut self, p: u32, settled: Settled) {
-        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        h.adopting = None;
-        let list: Vec<u32> = settled.coordinators.iter().map(keys::index_of).collect();
-        self.set_coordinators(p, list.clone());
-        let done = self.peers[p as usize].host.as_ref().is_some_and(|h| job_final(&h.coord, &self.job));
-        self.publish_job(p, done);
-        for n in &settled.catch_up {
-            self.send_adopt(p, keys::index_of(n), list.clone(), AdoptKind::CatchUp);
-        }
-        self.wake(p);
-    }
-
-    /// Sets `p`'s list (each one named is remembered), and its replication streams to match.
-    pub(super) fn set_coordinators(&mut self, p: u32, list: Vec<u32>) {
-        let ids = self.ids(&list);
-        let Some(h) = self.peers[p as usize].host.as_mut() else { return };
-        let backups: Vec<u32> = if list.first() == Some(&p) { list[1..].to_vec() } else { Vec::new() };
-        h.replicators.retain(|to| backups.contains(to));
-        h.named.extend(ids);
-        h.coordinators = list;
     }
 
     /// Makes `r` a member of every cell (see the module docs of `sim`): one fresh membership per
@@ -227,9 +282,4 @@ impl Sim {
             self.m.takeover_ms = self.m.takeover_ms.max(self.now - since);
         }
     }
-}
-
-/// Whether the job is final in this coordinator.
-pub(super) fn job_final(coord: &Coordinator, job: &JobId) -> bool {
-    coord.job(job).is_none_or(|v| v.state.is_final())
 }

@@ -2,6 +2,7 @@
 //! handle events in virtual-time order until the job is finished (and membership converged),
 //! or the time limit.
 
+use crate::peer::host::Host;
 use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
@@ -11,7 +12,7 @@ use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Standing, Verdict,
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
 use super::metrics::Metrics;
-use super::peer::{Host, NEVER, View, VirtualPeer};
+use super::peer::{NEVER, View, VirtualPeer};
 use super::queue::{Event, Queue};
 use super::report::Report;
 use super::rng::{Rng, mix};
@@ -107,6 +108,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
             }
         }
     }
+    sim.count_leader_finals();
     Ok(sim.report())
 }
 
@@ -227,8 +229,8 @@ impl Sim {
             }
         }
         coord.submit(self.job, self.spec.clone()).map_err(|e| SimError::Submit(e.to_string()))?;
-        let named = std::iter::once(origin).collect();
-        self.peers[self.origin as usize].host = Some(Box::new(Host::new(coord, self.job, vec![self.origin], named, 0)));
+        let host = Host::new(origin, coord, self.job, vec![origin], self.verifier.clone(), 0);
+        self.peers[self.origin as usize].host = Some(Box::new(host));
         Ok(())
     }
 
@@ -242,9 +244,11 @@ impl Sim {
         for p in 0..self.peers.len() as u32 {
             self.boot(p);
         }
-        let backups = self.backups.clone();
-        self.add_coordinators(origin, vec![origin], &backups);
-        self.schedule_roles(origin, 0);
+        let backups = self.ids(&self.backups);
+        self.with_host(origin, |h, _| {
+            h.offer(&backups);
+            h.look_at_roles(0);
+        });
         self.wake(origin);
         self.queue.push(probe_period_ms(), Event::Check);
         self.schedule_churn();
@@ -280,16 +284,10 @@ impl Sim {
             Event::Slots { peer } => self.on_slots(peer),
             Event::RunDone { peer, ran_ms, replica } => self.on_run_done(peer, u64::from(ran_ms), *replica),
             Event::Flush { peer } => self.on_flush(peer),
-            Event::CoordTick { peer } => self.on_coord_tick(peer),
+            Event::Host { peer } => self.on_host_timer(peer),
             Event::Churn => self.on_churn(),
             Event::CrashOrigin => self.on_crash_origin(),
             Event::RestartOrigin => self.on_restart_origin(),
-            Event::Roles { peer } => self.on_roles(peer),
-            Event::Replicate { peer } => self.on_replicate(peer),
-            Event::CatchUp { peer } => self.on_catch_up(peer),
-            Event::AnswerHeld { peer, upto } => self.answer_held(peer, upto),
-            Event::Announce { peer } => self.on_announce(peer),
-            Event::HandOverAgain { peer } => self.hand_over_again(peer),
             Event::Check => self.on_check(),
         }
     }

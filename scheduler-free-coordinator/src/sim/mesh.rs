@@ -64,7 +64,7 @@ impl Sim {
             MeshEvent::Invalid { sender } => {
                 self.m.invalid_records += 1;
                 if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {
-                    h.coord.penalize(s);
+                    h.penalize(s);
                 }
             }
         }
@@ -73,21 +73,13 @@ impl Sim {
     /// Membership changed: the coordinator learns the live count and hands a dead peer's leases
     /// back; roles are looked at once a peer is declared dead; the slots look again.
     fn peers_changed(&mut self, p: u32, who: PeerId, up: bool) {
-        let now = self.now;
         let peer = &mut self.peers[p as usize];
         if let Some(c) = peer.coordinators.iter_mut().find(|(id, _)| *id == who) {
             c.1 = up;
         }
         let live = 1 + peer.views.iter().map(|v| v.mesh.membership.active()).sum::<usize>();
-        if let Some(h) = peer.host.as_mut() {
-            h.coord.set_live_peers(live);
-            if !up {
-                h.coord.peer_down(who, now);
-            }
-            self.drain_coordinator(p);
-            if !up {
-                self.schedule_roles(p, now);
-            }
+        if peer.host.is_some() {
+            self.host_members_changed(p, live, (!up).then_some(who));
         }
         self.wake(p);
     }
@@ -166,7 +158,7 @@ impl Sim {
     pub(super) fn publish_job(&mut self, o: u32, done: bool) {
         let (now, unix) = (self.now, self.unix());
         let announcer = self.peers[o as usize].id;
-        let Some(list) = self.peers[o as usize].host.as_ref().map(|h| h.coordinators.clone()) else { return };
+        let Some(list) = self.peers[o as usize].host.as_ref().map(|h| h.coordinators().to_vec()) else { return };
         let ad = JobAd {
             job: self.job,
             origin: self.spec.origin,
@@ -175,7 +167,7 @@ impl Sim {
             module: self.spec.module,
             task_count: self.spec.task_count,
             policy: self.spec.policy,
-            coordinators: list.iter().map(|&i| self.peers[i as usize].id).collect(),
+            coordinators: list,
             submitted_at_ms: self.spec.submitted_at_ms,
             done,
             content_digest: super::engine::job_digest(self.cfg.seed),

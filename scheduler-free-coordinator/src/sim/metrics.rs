@@ -136,12 +136,12 @@ impl Sim {
     /// Tasks that two live coordinators hold final with different verdicts (a backup that
     /// decided from an attestation its new leader never had; [`crate::peer::takeover`]).
     fn verdicts_differing(&self) -> u32 {
-        let hosts: Vec<&super::peer::Host> =
-            self.peers.iter().filter(|p| p.alive).filter_map(|p| p.host.as_deref()).filter(|h| h.jobs.contains(&self.job)).collect();
+        let hosts: Vec<&crate::peer::host::Host> =
+            self.peers.iter().filter(|p| p.alive).filter_map(|p| p.host.as_deref()).filter(|h| h.job() == self.job).collect();
         (0..self.spec.task_count)
             .filter(|&index| {
                 let task = crate::TaskId { job: self.job, index };
-                let mut finals = hosts.iter().filter_map(|h| h.coord.task(&task)).map(|t| t.verdict).filter(|v| v.is_final());
+                let mut finals = hosts.iter().filter_map(|h| h.coordinator().task(&task)).map(|t| t.verdict).filter(|v| v.is_final());
                 finals.next().is_some_and(|first| finals.any(|v| v != first))
             })
             .count() as u32
@@ -168,8 +168,8 @@ impl Sim {
         if let Some(h) = self.lead_host() {
             for p in &self.peers {
                 let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
-                trusted_liars += u32::from(p.behaviour.lies() && h.coord.reputation().is_trusted(&p.id, min_agreed));
-                let banned = h.coord.reputation().is_banned(&p.id);
+                trusted_liars += u32::from(p.behaviour.lies() && h.coordinator().reputation().is_trusted(&p.id, min_agreed));
+                let banned = h.coordinator().reputation().is_banned(&p.id);
                 match (p.behaviour.lies(), banned) {
                     (true, true) => banned_liars += 1,
                     (false, true) => banned_honest += 1,

@@ -8,11 +8,10 @@
 //! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
 //! drives them with virtual time and carries out what they return: replicas per slot, pauses
 //! and stale leases ([`peer::slots`](crate::peer::slots)), report batching and retry
-//! ([`peer::reports`](crate::peer::reports)), the replication stream
-//! ([`peer::replication`](crate::peer::replication)) and catch-ups
-//! ([`peer::catchup`](crate::peer::catchup)), roles and takeover
-//! ([`peer::roles`](crate::peer::roles)), two leaders ([`peer::heal`](crate::peer::heal)), and
-//! what a peer publishes into membership, with the membership settings
+//! ([`peer::reports`](crate::peer::reports)), the whole coordinator side of a peer
+//! ([`peer::host::Host`](crate::peer::host::Host): leases, reports, the replication stream,
+//! catch-ups, adoptions, roles and takeover, two leaders), and what a peer publishes into
+//! membership, with the membership settings
 //! ([`peer::mesh`](crate::peer::mesh)). The simulator keeps no copy of their constants.
 //!
 //! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
@@ -59,11 +58,10 @@
 //! - [`net`]: loss, partitions, delay, byte counts, the RPCs; [`wire`]: exact protobuf message
 //!   sizes;
 //! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
-//!   [`slots`]: the worker side (leases, runs, reports); [`serve`]: the coordinator side
-//!   (serving leases and reports, verdicts);
-//! - [`coord`]: the job's coordinators and adoptions; [`replicate`]: the replication stream
-//!   (attestations, leases, releases) and catch-ups; [`roles`]: leading, standing by,
-//!   takeover; [`heal`]: two leaders;
+//!   [`slots`]: the worker side (leases, runs, reports);
+//! - [`coord`]: driving each coordinator's [`Host`](crate::peer::host::Host) (its messages,
+//!   notices, timer, and the membership view it is given); [`serve`]: the calls, ads and
+//!   membership changes it is handed, and the sizes of what it sends;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and
 //!   the signature stand-in; [`rng`]: the seeded generator;
 //! - [`metrics`] and [`report`]: what is counted and reported; [`config`]: what is asked.
@@ -111,7 +109,7 @@
 //! - the origin picks its backups among every initial peer, as if the mesh had formed before
 //!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
 //!   yet);
-//! - liveness at a coordinator is simplified ([`roles`]);
+//! - liveness at a coordinator is simplified ([`coord`]);
 //! - reputation is not replicated (no peer replicates it), and `history` is given to the
 //!   origin's coordinator only;
 //! - a peer fetches the module once, and replicas never miss their deadline;
@@ -122,17 +120,14 @@ pub mod churn;
 pub mod config;
 pub mod coord;
 pub mod engine;
-pub mod heal;
 pub mod keys;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod queue;
-pub mod replicate;
 pub mod report;
 pub mod rng;
-pub mod roles;
 pub mod serve;
 pub mod slots;
 pub mod wire;

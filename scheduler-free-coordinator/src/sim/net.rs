@@ -13,7 +13,7 @@
 //! the origin's first backup and the workers of odd index (joiners too, by the same parity).
 //! So each side has about half the workers and at least one coordinator of the job: the far
 //! side's backup sees the origin die and takes the job over, and when the partition heals the
-//! two leaders settle by [`super::heal`]. Deciding who is cut draws no random number, so a run
+//! two leaders settle by [`crate::peer::heal`]. Deciding who is cut draws no random number, so a run
 //! without a partition is the same as before, and one with it is the same for one seed.
 //!
 //! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
@@ -27,7 +27,7 @@ use crate::{BlobId, JobId, Millis};
 use crate::peer::reports::Delivery;
 
 use super::engine::Sim;
-use super::peer::{AdoptKind, Logged, ReportItem, Streamed};
+use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
 use super::wire;
 

@@ -1,26 +1,18 @@
 //! A virtual peer: what one simulated peer holds. The protocol state is the real thing: a
 //! [`MeshState`] (membership and what the peer published) per membership cell it belongs to, a
-//! [`Puller`], its run times, a [`ReportQueue`] per coordinator it reports to, and, when it
-//! coordinates the job, a [`Coordinator`] with its replication streams, catch-ups and roles
-//! (all from [`crate::peer`]); its replication streams carry attestations, leases and releases
-//! ([`Streamed`]). The rest is the simulator's bookkeeping: the ads it heard, its
+//! [`Puller`], its run times, a report queue per coordinator it reports to, and, when it
+//! coordinates the job, a [`Host`] (all from [`crate::peer`]). The rest is the simulator's bookkeeping: the ads it heard, its
 //! leased replicas, its sandbox slots and the times its events are scheduled.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
-use crate::peer::adoption::AdoptRound;
-use crate::peer::catchup::CatchUps;
-use crate::peer::handover::HandOver;
-use crate::peer::takeover::Sync;
+use crate::peer::host::{Host, Logged, ReportItem};
 use crate::peer::mesh::MeshState;
-use crate::peer::replicators::Replicators;
 use crate::peer::reporters::Reporters;
-use crate::peer::roles::Roles;
 use crate::peer::slots::Slots;
 use crate::pull::Puller;
 use crate::records::JobAd;
-use crate::{Attestation, BlobId, Coordinator, JobId, Millis, PeerId, Release, TaskId};
+use crate::{BlobId, JobId, Millis, PeerId, TaskId};
 
 use super::workload::Behaviour;
 
@@ -52,142 +44,6 @@ pub struct Replica {
     pub timeout_ms: u64,
     /// The job's module.
     pub module: BlobId,
-}
-
-/// One entry of a report batch.
-#[derive(Clone, Debug)]
-pub enum ReportItem {
-    /// A signed attestation and the output it hashes.
-    Attest(Attestation, Vec<u8>),
-    /// A replica handed back.
-    Release(TaskId, Release),
-}
-
-impl ReportItem {
-    /// The job it reports on.
-    pub fn job(&self) -> JobId {
-        match self {
-            ReportItem::Attest(att, _) => att.task.job,
-            ReportItem::Release(task, _) => task.job,
-        }
-    }
-}
-
-/// One attestation as a coordinator recorded it: what `Replicate` and `Adopt` carry
-/// (`RecordedAttestation`), in recording order.
-#[derive(Clone, Debug)]
-pub struct Logged {
-    /// The worker's signed attestation: one copy for every log and stream entry it is in (the
-    /// three coordinators' logs of 200,000 each took 300 MB as copies).
-    pub att: Arc<Attestation>,
-    /// The recorder took it alone (adaptive replication).
-    pub lone: bool,
-}
-
-/// One entry of the active coordinator's replication stream (`ReplicationEntry`), in recording
-/// order: the backups hold the leases too, so a worker's report follows a takeover.
-#[derive(Clone, Debug)]
-pub enum Streamed {
-    /// An attestation it recorded, and its place in the log from 1 (what a held report answer
-    /// waits for).
-    Attestation(Logged, u64),
-    /// A lease it gave another peer: the task, the worker, the time left when it was sent (the
-    /// backup counts it from when it receives the entry).
-    Lease { task: TaskId, peer: PeerId, expires_in: Millis },
-    /// A replica handed back to it.
-    Release { task: TaskId, peer: PeerId, why: Release },
-}
-
-/// A report batch's answer, held until a backup holds what it recorded (the peer's
-/// `Node::take_report`).
-#[derive(Clone, Copy, Debug)]
-pub struct Held {
-    /// The worker that sent it.
-    pub worker: u32,
-    /// Its attestations taken and not.
-    pub accepted: u32,
-    pub rejected: u32,
-    /// The log position (from 1) a backup must hold.
-    pub upto: u64,
-}
-
-/// What an `Adopt` is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdoptKind {
-    /// Joining the list (a round of [`AdoptRound`]).
-    Join,
-    /// Bringing a backup up to date with the whole job.
-    CatchUp,
-    /// Stepping down: the sender hands the job to the winner of two leaders.
-    HandOver,
-    /// Taking over: the new leader's whole job, answered with what the backup recorded that it
-    /// lacks ([`crate::peer::takeover`]).
-    Sync,
-}
-
-/// A coordinator held by a peer, with the jobs it coordinates. The simulated job is the only
-/// one, so the per-job state is kept here directly.
-pub struct Host {
-    /// The real coordinator.
-    pub coord: Coordinator,
-    /// Jobs held here.
-    pub jobs: Vec<JobId>,
-    /// When its ticker next runs ([`NEVER`] if not scheduled).
-    pub tick_at: Millis,
-    /// This peer's list of the job's coordinators, the active one first.
-    pub coordinators: Vec<u32>,
-    /// Every peer ever named one of the job's coordinators here (a rival is heard only from one).
-    pub named: BTreeSet<PeerId>,
-    /// Rival ads of the job heard, by announcer and sequence number.
-    pub rivals: BTreeSet<(PeerId, u64)>,
-    /// Every attestation recorded here, in order (the store's attestation log).
-    pub log: Vec<Logged>,
-    /// Streams to the backups, while this peer leads.
-    pub replicators: Replicators<u32, Streamed>,
-    /// When its next `Replicate` is scheduled ([`NEVER`] if none).
-    pub replicate_at: Millis,
-    /// Whole adoptions owed to backups.
-    pub catch_ups: CatchUps,
-    /// When its next `CatchUp` is scheduled ([`NEVER`] if none).
-    pub catch_up_at: Millis,
-    /// The adoption round in progress, if any.
-    pub adopting: Option<AdoptRound>,
-    /// The hand-over in progress, if any.
-    pub handing_over: Option<HandOver>,
-    /// The takeover sync in progress, if any: the peer leads once it is over.
-    pub syncing: Option<Sync>,
-    /// Report batches answered once a backup holds what they recorded: the worker, its
-    /// accepted and rejected counts, and the log position a backup must hold.
-    pub held: Vec<Held>,
-    /// When roles were and will be looked at.
-    pub roles: Roles,
-    /// When its next `Roles` is scheduled ([`NEVER`] if none).
-    pub roles_at: Millis,
-}
-
-impl Host {
-    /// A host of `job` with an empty log, on a peer that started at `started`.
-    pub fn new(coord: Coordinator, job: JobId, coordinators: Vec<u32>, named: BTreeSet<PeerId>, started: Millis) -> Host {
-        Host {
-            coord,
-            jobs: vec![job],
-            tick_at: NEVER,
-            coordinators,
-            named,
-            rivals: BTreeSet::new(),
-            log: Vec::new(),
-            replicators: Replicators::default(),
-            replicate_at: NEVER,
-            catch_ups: CatchUps::default(),
-            catch_up_at: NEVER,
-            adopting: None,
-            handing_over: None,
-            syncing: None,
-            held: Vec::new(),
-            roles: Roles::new(started),
-            roles_at: NEVER,
-        }
-    }
 }
 
 /// One simulated peer.
@@ -243,11 +99,13 @@ pub struct VirtualPeer {
     pub reports: Reporters<u32, ReportItem>,
     /// When its next `Flush` is scheduled ([`NEVER`] if none).
     pub flush_at: Millis,
-    /// The coordinator it holds, if any.
+    /// The coordinator side it holds for the job, if any.
     pub host: Option<Box<Host>>,
+    /// When its host's timer next runs ([`NEVER`] if not scheduled).
+    pub host_at: Millis,
     /// What a crash left of its coordinator on disk: the list of the job's coordinators and
     /// every attestation recorded (a restart brings them back).
-    pub stored: Option<(Vec<u32>, Vec<Logged>)>,
+    pub stored: Option<(Vec<PeerId>, Vec<Logged>)>,
     /// Its position in the list of live workers (churn picks from it).
     pub live_pos: Option<u32>,
 }
@@ -282,6 +140,7 @@ impl VirtualPeer {
             reports: Reporters::default(),
             flush_at: NEVER,
             host: None,
+            host_at: NEVER,
             stored: None,
             live_pos: None,
         }
@@ -289,13 +148,13 @@ impl VirtualPeer {
 
     /// Whether this peer coordinates `job`.
     pub fn holds(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.jobs.contains(job))
+        self.host.as_ref().is_some_and(|h| h.job() == *job)
     }
 
     /// Whether this peer is `job`'s active coordinator (its own slots lease from it; a standby
     /// one pulls like any worker).
     pub fn serves(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.jobs.contains(job) && !h.coord.is_standby(job))
+        self.host.as_ref().is_some_and(|h| h.job() == *job && h.is_active())
     }
 
     /// The coordinator it leases `job` from and reports to: the first one the job's ad names
@@ -323,7 +182,8 @@ impl VirtualPeer {
         self.waiting.clear();
         self.fetching.clear();
         self.reports = Reporters::default();
-        self.stored = self.host.take().map(|h| (h.coordinators, h.log));
+        self.stored = self.host.take().map(|h| h.stored());
+        self.host_at = NEVER;
     }
 
     /// Starts again at `now` with fresh memberships `views`: what was in memory is gone (its

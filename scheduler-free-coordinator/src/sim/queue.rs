@@ -28,27 +28,14 @@ pub enum Event {
     RunDone { peer: u32, ran_ms: u32, replica: Box<Replica> },
     /// A report batch's linger (or retry pause) ended: send what is due.
     Flush { peer: u32 },
-    /// A coordinator's 200 ms ticker (only scheduled when a lease may lapse).
-    CoordTick { peer: u32 },
+    /// A coordinator's host timer may be due.
+    Host { peer: u32 },
     /// A peer crashes and a fresh one joins.
     Churn,
     /// The origin crashes (`--crash-origin-at`).
     CrashOrigin,
     /// The crashed origin starts again on what it recorded (`--restart-origin-at`).
     RestartOrigin,
-    /// A coordinator looks at its role in the job (every second, and when a peer is declared
-    /// dead).
-    Roles { peer: u32 },
-    /// A coordinator's streams to its backups may have a batch to send.
-    Replicate { peer: u32 },
-    /// A coordinator's held report answers up to log position `upto` stop waiting for a backup.
-    AnswerHeld { peer: u32, upto: u64 },
-    /// A coordinator's catch-ups of its backups may be due.
-    CatchUp { peer: u32 },
-    /// A coordinator that merged a rival's hand-over announces the job again.
-    Announce { peer: u32 },
-    /// A coordinator handing the job over sends its adoption again after a pause.
-    HandOverAgain { peer: u32 },
     /// Probe-period boundary: has membership converged?
     Check,
 }

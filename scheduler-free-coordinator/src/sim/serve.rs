@@ -1,48 +1,38 @@
-//! A virtual peer's coordinator side, serving `MeshService`: lease requests are answered by
-//! [`lease::grant`] and report batches taken by [`report::take`], as the peer does both;
-//! releases hand replicas back, and a 200 ms ticker lapses expired leases. The leases given to
-//! other peers and the releases they send stream to the backups ([`super::replicate`]), which
-//! hold those leases too and, after a takeover, take the reports for them. Any peer can hold a
-//! coordinator for any job: the origin and its backups do ([`super::coord`]), and only the
-//! verdicts of one leading are counted.
+//! A virtual peer's coordinator side as the network and the mesh see it: `MeshService` calls
+//! handed to its [`Host`](crate::peer::host::Host), answers to the calls its host made, job
+//! ads and membership changes passed on, and the byte size of everything it sends. Any peer
+//! can hold a coordinator for the job: the origin and the peers it adopted; a peer that does
+//! not hold the job refuses its calls (an `Adopt` makes it a coordinator, in standby).
+//!
+//! Simplification: the module fetch of an adoption is counted as bytes with the `Adopt` call
+//! rather than simulated as its own call.
 
-use std::sync::Arc;
-
-use crate::peer::lease;
-use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
-use crate::peer::report::{self, Taken};
-use crate::{Attestation, BlobId, Event, JobId, Verdict};
+use crate::peer::host::{AdoptKind, Host, Logged, ReportItem, Streamed};
+use crate::records::JobAd;
+use crate::{Attestation, BlobId, JobId, PeerId, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
-use super::peer::{Held, Logged, NEVER, ReportItem};
-use super::queue;
 use super::{wire, workload};
 
-use crate::requests::TICK_MS;
+/// The status message of a refused call to a peer that does not hold the job.
 const NOT_HELD: u64 = 100;
+/// The status message of a refused `Replicate` ("the sender is not a coordinator of the job").
+const NOT_COORDINATOR: u64 = 37;
 
 impl Sim {
     /// `MeshService.Lease` at peer `c`, from `worker`.
     pub(super) fn serve_lease(&mut self, c: u32, worker: u32, job: JobId, max: u32, asked_at: u64) {
         let (now, wid) = (self.now, self.peers[worker as usize].id);
         let network = workload::network_of(&self.cfg, worker, self.peers[worker as usize].behaviour);
-        let holds = self.peers[c as usize].holds(&job);
-        let Some(h) = self.peers[c as usize].host.as_mut().filter(|_| holds) else {
+        if !self.peers[c as usize].holds(&job) {
             self.refuse(c, worker, CallKind::Lease(job), NOT_HELD);
             return;
-        };
-        h.coord.note_prefix(wid, network);
-        let granted = lease::grant(&mut h.coord, &job, wid, max, now);
+        }
+        let Some(granted) = self.with_host(c, |h, _| h.handle_lease(wid, max, network, now)) else { return };
         let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
         let note = granted.note.map_or(0, str::len);
-        // The backups hold the leases too, so a report follows a takeover.
-        let me = self.peers[c as usize].id;
-        for l in granted.to_stream(me) {
-            self.note_leased(c, l);
-        }
         let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
-        self.schedule_coord_tick(c);
         if !tasks.is_empty() {
             self.leased_by(c);
         }
@@ -50,64 +40,32 @@ impl Sim {
         self.reply(c, worker, reply, size, CallKind::Lease(job));
     }
 
-    /// `MeshService.Report` at peer `c`, from `worker`.
+    /// `MeshService.Report` at peer `c`, from `worker`: answered by the host, maybe later.
     pub(super) fn serve_report(&mut self, c: u32, worker: u32, batch: Vec<ReportItem>) {
-        let wid = self.peers[worker as usize].id;
-        let (mut accepted, mut rejected) = (0u32, 0u32);
-        let mut released = false;
-        let streamed = |s: &Sim| if s.leads(c) { s.peers[c as usize].host.as_ref().map_or(0, |h| h.log.len() as u64) } else { 0 };
-        let before = streamed(self);
-        for item in batch {
-            match item {
-                ReportItem::Attest(att, out) => {
-                    if self.record(c, worker, att, out, true) {
-                        accepted += 1;
-                    } else {
-                        rejected += 1;
-                    }
-                }
-                ReportItem::Release(task, why) => {
-                    if let Some(h) = self.peers[c as usize].host.as_mut() {
-                        h.coord.release(task, wid, why);
-                    }
-                    self.note_released(c, task, wid, why);
-                    released = true;
-                }
-            }
-            self.drain_coordinator(c);
-        }
-        if released {
-            self.wake(c);
-        }
-        // Answered once a backup holds what was recorded, or the wait for one gives up
-        // (`Node::take_report`).
-        let upto = streamed(self);
-        let backups = self.peers[c as usize].host.as_ref().is_some_and(|h| h.coordinators.len() > 1);
-        if upto > before && backups && let Some(h) = self.peers[c as usize].host.as_mut() {
-            h.held.push(Held { worker, accepted, rejected, upto });
-            self.queue.push(self.now + BACKUP_ACK_TIMEOUT_MS, queue::Event::AnswerHeld { peer: c, upto });
+        let (now, wid) = (self.now, self.peers[worker as usize].id);
+        if self.peers[c as usize].host.is_none() {
+            // Nothing held here: every attestation is turned down.
+            let rejected = batch.iter().filter(|i| matches!(i, ReportItem::Attest(..))).count() as u32;
+            self.reply(c, worker, Reply::Report, wire::report_reply(0, rejected), CallKind::Report(c));
             return;
         }
-        self.reply(c, worker, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(c));
+        let Some(tally) = self.with_host(c, |h, _| h.handle_report(wid, batch, now)) else { return };
+        self.m.late += u64::from(tally.late);
+        self.m.rejected += u64::from(tally.rejected);
     }
 
-    /// Records an attestation from `worker` at coordinator `c` ([`report::take`]); `check` is
-    /// false for `c`'s own replicas ([`report::record`]). Returns whether it was accepted.
-    pub(super) fn record(&mut self, c: u32, worker: u32, att: Attestation, out: Vec<u8>, check: bool) -> bool {
-        let wid = self.peers[worker as usize].id;
-        let Some(h) = self.peers[c as usize].host.as_mut() else { return false };
-        let taken = if check {
-            let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
-            report::take(&mut h.coord, wid, att.clone(), signed, &out)
-        } else {
-            report::record(&mut h.coord, att.clone())
-        };
-        match taken {
-            Taken::Recorded { lone, .. } => self.note_recorded(c, Logged { att: Arc::new(att), lone }),
-            Taken::Late => self.m.late += 1,
-            Taken::Invalid | Taken::Refused(_) => self.m.rejected += 1,
+    /// Peer `p`'s own replica ran: its host records the attestation.
+    pub(super) fn record_own(&mut self, p: u32, att: Attestation, out: Vec<u8>) {
+        let now = self.now;
+        if let Some(tally) = self.with_host(p, |h, _| h.record_own(att, &out, now)) {
+            self.m.late += u64::from(tally.late);
+            self.m.rejected += u64::from(tally.rejected);
         }
-        taken.accepted()
+    }
+
+    /// Peer `p` hands its own replica of `task` back.
+    pub(super) fn release_own(&mut self, p: u32, task: TaskId, why: Release) {
+        self.with_host(p, |h, _| h.release_own(task, why));
     }
 
     /// `BlobService.Get` of the module at peer `c`.
@@ -116,92 +74,107 @@ impl Sim {
         self.reply(c, worker, Reply::Blob { module }, size, CallKind::Blob(module));
     }
 
-    /// Handles what peer `c`'s coordinator emitted: verdicts are scored against the honest
-    /// outputs, the job's end is announced, lapsed leases wake the slots. Only the leading
-    /// coordinator's verdicts count, each task's first one once; a backup's (replayed) are the
-    /// same verdicts again.
-    pub(super) fn drain_coordinator(&mut self, c: u32) {
-        let job = self.job;
-        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
-        let leads = h.jobs.contains(&job) && !h.coord.is_standby(&job);
-        let events: Vec<Event> = std::iter::from_fn(|| h.coord.poll_event()).collect();
-        let events: Vec<(Event, bool)> = events
-            .into_iter()
+    /// `MeshService.Replicate` at `b`, from `from`.
+    pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Streamed>) {
+        let (now, sender) = (self.now, self.peers[from as usize].id);
+        match self.with_host(b, |h, _| h.handle_replicate(sender, job, items, now)) {
+            Some(Ok(recorded)) => self.reply(b, from, Reply::Replicate, wire::replicate_reply(recorded), CallKind::Replicate(b)),
+            Some(Err(_)) | None => self.refuse(b, from, CallKind::Replicate(b), NOT_COORDINATOR),
+        }
+    }
+
+    /// The batch `p` sent to `to` came back, `taken` or not.
+    pub(super) fn on_replicated(&mut self, p: u32, to: u32, taken: bool) {
+        let (now, to) = (self.now, self.peers[to as usize].id);
+        self.with_host(p, |h, _| h.handle_replicated(to, taken, now));
+    }
+
+    /// `MeshService.Adopt` at `r`, from `from`: a peer that does not hold the job takes it in
+    /// standby (and becomes a bridge of every cell); either way its host takes the adoption.
+    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<u32>, log: Vec<Logged>, kind: AdoptKind) {
+        let fresh = !self.peers[r as usize].holds(&job);
+        if fresh {
+            let mut coord = self.new_coordinator(r);
+            if coord.submit(job, self.spec.clone()).is_err() {
+                self.refuse(r, from, CallKind::Adopt(r, kind), 0);
+                return;
+            }
+            coord.set_standby(&job, true);
+            let (me, born) = (self.peers[r as usize].id, self.peers[r as usize].born);
+            self.peers[r as usize].host = Some(Box::new(Host::new(me, coord, job, self.ids(&list), self.verifier.clone(), born)));
+            // It fetches the module from the sender.
+            self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
+            self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);
+            self.m.rpcs += 2;
+            self.make_bridge(r);
+        }
+        let (now, sender, ids) = (self.now, self.peers[from as usize].id, self.ids(&list));
+        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, ids, log, kind, fresh, now)).unwrap_or_default();
+        let size = wire::adopt_response(&self.wire_items(r, &missing));
+        self.reply(r, from, Reply::Adopt { kind, missing }, size, CallKind::Adopt(r, kind));
+    }
+
+    /// The answer (or failure: `None`) of an `Adopt` sent by `p` to `to`.
+    pub(super) fn on_adopted(&mut self, p: u32, to: u32, answer: Option<Vec<Logged>>, kind: AdoptKind) {
+        let (now, to) = (self.now, self.peers[to as usize].id);
+        self.with_host(p, |h, m| h.handle_adopted(to, answer, kind, now, m));
+    }
+
+    /// A newer ad of the job from another announcer reached coordinator `p`.
+    pub(super) fn follow_ad(&mut self, p: u32, ad: &JobAd) {
+        self.with_host(p, |h, _| h.handle_ad(ad));
+    }
+
+    /// A rival ad of the job reached `p`.
+    pub(super) fn on_rival(&mut self, p: u32, ad: JobAd) {
+        self.with_host(p, |h, _| h.handle_rival(&ad));
+    }
+
+    /// `p`'s membership changed: `live` peers live, `down` declared dead.
+    pub(super) fn host_members_changed(&mut self, p: u32, live: usize, down: Option<PeerId>) {
+        let now = self.now;
+        self.with_host(p, |h, _| h.handle_members(live, down, now));
+    }
+
+    /// The size of a `ReplicateRequest` carrying `items`.
+    pub(super) fn replicate_size(&self, items: &[Streamed]) -> u64 {
+        let out = self.cfg.output_bytes;
+        let entries: Vec<u64> = items
+            .iter()
             .map(|e| {
-                let lone = leads && matches!(&e, Event::TaskFinal { task, .. } if h.coord.task(task).is_some_and(|t| t.lone));
-                (e, lone)
+                wire::replication_entry(match e {
+                    Streamed::Attestation(l, _) => wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone),
+                    Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
+                    Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
+                })
             })
             .collect();
-        let mut wake = false;
-        for (e, lone) in events {
-            match e {
-                Event::TaskFinal { .. } if !leads => {}
-                Event::TaskFinal { task, verdict } => match self.decided.get_mut(task.index as usize) {
-                    Some(Some(first)) if *first != verdict => self.m.overturned += 1,
-                    Some(Some(_)) | None => {}
-                    Some(slot @ None) => {
-                        *slot = Some(verdict.clone());
-                        self.count_verdict(task, verdict, lone);
-                    }
-                },
-                Event::JobFinished { job, state } => {
-                    if leads && job == self.job && self.m.done_at.is_none() {
-                        self.m.done_at = Some(self.now);
-                        self.m.job_state = Some(state);
-                        let origin = self.origin;
-                        self.m.unaware_at_end =
-                            self.peers.iter().enumerate().filter(|(i, p)| p.alive && !p.has_ad && *i != origin as usize).count() as u32;
-                        self.publish_job(c, true);
-                    }
-                }
-                Event::LeaseExpired { .. } => {
-                    // A backup's copies of the leader's leases lapse too: counted once, by the
-                    // leader.
-                    self.m.lapses += u64::from(leads);
-                    wake = true;
-                }
-            }
-        }
-        if wake {
-            self.wake(c);
-        }
-        self.schedule_coord_tick(c);
+        wire::replicate_request(&entries, self.unix())
     }
 
-    /// Scores a task's verdict against the honest output.
-    fn count_verdict(&mut self, task: crate::TaskId, verdict: Verdict, lone: bool) {
-        match verdict {
-            Verdict::Verified(key) => {
-                self.m.verified += 1;
-                self.m.lone_verified += u32::from(lone);
-                if key.output_hash != workload::honest_hash(task.index, self.cfg.output_bytes) {
-                    self.m.wrong_verified += 1;
-                    self.m.wrong_lone += u32::from(lone);
-                }
-            }
-            Verdict::Inconclusive => self.m.inconclusive += 1,
-            Verdict::Failed(_) => self.m.failed += 1,
-            Verdict::Pending => {}
-        }
+    /// The size of an `AdoptRequest` from `p` naming `list` and carrying `log`.
+    pub(super) fn adopt_size(&self, p: u32, list: &[PeerId], log: &[Logged], kind: AdoptKind) -> u64 {
+        let items = self.wire_items(p, log);
+        let policy = wire::policy(&self.spec.policy);
+        let label = self.spec.label.len() as u64;
+        let (tasks, input) = (self.spec.task_count, self.cfg.input_bytes);
+        wire::adopt_request(policy, label, tasks, input, list.len() as u64, &items, self.spec.submitted_at_ms, self.unix())
+            + if kind == AdoptKind::Sync { 2 } else { 0 }
     }
 
-    /// Schedules the ticker at the first 200 ms boundary at or after the next lease expiry.
-    pub(super) fn schedule_coord_tick(&mut self, c: u32) {
-        let now = self.now;
-        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
-        let Some(due) = h.coord.next_deadline() else { return };
-        let at = due.max(now).div_ceil(TICK_MS) * TICK_MS;
-        self.queue.arm(&mut h.tick_at, at, queue::Event::CoordTick { peer: c });
+    /// The wire sizes of `log`'s `RecordedAttestation`s at peer `p`: an attestation goes with its
+    /// output while its task is not final (the peer's outputs in hand), and after if it carries
+    /// the agreed result.
+    fn wire_items(&self, p: u32, log: &[Logged]) -> Vec<u64> {
+        let Some(h) = self.peers[p as usize].host.as_deref() else { return Vec::new() };
+        log.iter()
+            .map(|l| {
+                let task = h.coordinator().task(&l.att.task);
+                let carries = task.is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
+                let out = if carries { self.cfg.output_bytes } else { 0 };
+                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
+            })
+            .collect()
     }
 
-    pub(super) fn on_coord_tick(&mut self, c: u32) {
-        let now = self.now;
-        let Some(h) = self.peers[c as usize].host.as_mut() else { return };
-        if h.tick_at != now {
-            return;
-        }
-        h.tick_at = NEVER;
-        h.coord.tick(now);
-        self.drain_coordinator(c);
-    }
 }

@@ -19,7 +19,8 @@ use crate::{BlobId, JobId, Millis, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
-use super::peer::{NEVER, Replica, ReportItem, first_live};
+use crate::peer::host::ReportItem;
+use super::peer::{NEVER, Replica, first_live};
 use super::queue::Event;
 use super::wire;
 use super::workload::{self, Behaviour};
@@ -52,10 +53,8 @@ impl Sim {
         let peer = &mut self.peers[p as usize];
         let free = peer.slots.free(now);
         if free > 0 && peer.host.is_some() {
-            let me = peer.id;
-            let leases = peer.host.as_mut().map(|h| h.coord.lease(me, free, now)).unwrap_or_default();
-            peer.slots.took(leases.len());
-            self.schedule_coord_tick(p);
+            let leases = self.with_host(p, |h, _| h.lease_own(free, now)).unwrap_or_default();
+            self.peers[p as usize].slots.took(leases.len());
             if !leases.is_empty() {
                 self.leased_by(p);
             }
@@ -134,10 +133,7 @@ impl Sim {
         self.m.replicas_run += 1;
         let (att, out) = workload::attest(behaviour, peer.id, r.task, self.cfg.output_bytes);
         match r.coordinator {
-            None => {
-                self.record(p, p, att, out, false);
-                self.drain_coordinator(p);
-            }
+            None => self.record_own(p, att, out),
             Some(c) => self.report_push(p, c, r.expires_at, ReportItem::Attest(att, out)),
         }
         self.replica_done(p, false);
@@ -149,13 +145,7 @@ impl Sim {
     /// Hands a replica back without a result.
     fn release(&mut self, p: u32, r: &Replica, why: Release) {
         match r.coordinator {
-            None => {
-                let me = self.peers[p as usize].id;
-                if let Some(h) = self.peers[p as usize].host.as_mut() {
-                    h.coord.release(r.task, me, why);
-                }
-                self.drain_coordinator(p);
-            }
+            None => self.release_own(p, r.task, why),
             Some(c) => self.report_push(p, c, r.expires_at, ReportItem::Release(r.task, why)),
         }
     }

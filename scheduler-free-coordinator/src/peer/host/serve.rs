@@ -1,0 +1,122 @@
+//! Serving the workers: lease requests answered by [`lease::grant`], report batches taken by
+//! [`report::take`] (their answers held until a backup holds what was recorded), releases, the
+//! peer's own replicas, and membership changes.
+
+use std::sync::Arc;
+
+use crate::peer::lease::{self, Granted};
+use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
+use crate::peer::report::{self, Taken};
+use crate::{Attestation, Lease, Millis, NetPrefix, PeerId, Release, TaskId};
+
+use super::{Held, Host, Logged, Notice, ReportItem, Streamed};
+
+/// What a report batch came to, for the driver's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Attestations the worker is told were taken (late ones included).
+    pub accepted: u32,
+    /// Attestations refused or invalid.
+    pub rejected: u32,
+    /// Attestations that came after their task's verdict.
+    pub late: u32,
+}
+
+impl Host {
+    /// `MeshService.Lease` from `worker`, whose connection comes from `network`: the answer.
+    /// The leases stream to the backups, so a report follows a takeover.
+    pub fn handle_lease(&mut self, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
+        self.coord.note_prefix(worker, network);
+        let granted = lease::grant(&mut self.coord, &self.job, worker, max, now);
+        let streamed: Vec<Lease> = granted.to_stream(self.me).cloned().collect();
+        for l in streamed {
+            let expires_in = l.expires_at.saturating_sub(now);
+            self.stream(Streamed::Lease { task: l.task, peer: l.peer, expires_in }, 0, now);
+        }
+        granted
+    }
+
+    /// `MeshService.Report` from `worker`: its attestations recorded, its releases taken. The
+    /// answer comes out as a [`Transmit::ReportAnswer`](super::Transmit::ReportAnswer), at once
+    /// or once a backup holds what was recorded (or the wait for one gives up).
+    pub fn handle_report(&mut self, worker: PeerId, batch: Vec<ReportItem>, now: Millis) -> Tally {
+        let mut tally = Tally::default();
+        let mut released = false;
+        let streamed = |h: &Host| if h.leads() { h.log.len() as u64 } else { 0 };
+        let before = streamed(self);
+        for item in batch {
+            match item {
+                ReportItem::Attest(att, out) => {
+                    let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
+                    let taken = report::take(&mut self.coord, worker, att.clone(), signed, &out);
+                    self.note_taken(att, &taken, out.len(), now, &mut tally);
+                }
+                ReportItem::Release(task, why) => {
+                    self.coord.release(task, worker, why);
+                    self.note_released(task, worker, why, now);
+                    released = true;
+                }
+            }
+            self.drain();
+        }
+        if released {
+            self.notices.push_back(Notice::Wake);
+        }
+        let upto = streamed(self);
+        if upto > before && self.coordinators.len() > 1 {
+            let (accepted, rejected) = (tally.accepted, tally.rejected);
+            self.held.push(Held { worker, accepted, rejected, upto, until: now + BACKUP_ACK_TIMEOUT_MS });
+        } else {
+            self.transmits.push_back(super::Transmit::ReportAnswer { to: worker, accepted: tally.accepted, rejected: tally.rejected });
+        }
+        tally
+    }
+
+    /// Leases this peer's own slots up to `free` replicas (they are not streamed: they end with
+    /// the peer).
+    pub fn lease_own(&mut self, free: usize, now: Millis) -> Vec<Lease> {
+        self.coord.lease(self.me, free, now)
+    }
+
+    /// Records an attestation of this peer's own, with its `output` (no signature check: it
+    /// made it).
+    pub fn record_own(&mut self, att: Attestation, output: &[u8], now: Millis) -> Tally {
+        let mut tally = Tally::default();
+        let taken = report::record(&mut self.coord, att.clone());
+        self.note_taken(att, &taken, output.len(), now, &mut tally);
+        self.drain();
+        tally
+    }
+
+    /// This peer's own replica of `task` handed back.
+    pub fn release_own(&mut self, task: TaskId, why: Release) {
+        self.coord.release(task, self.me, why);
+        self.drain();
+    }
+
+    /// Membership changed: `live_peers` live now (this peer included); `down` was declared dead,
+    /// so its leases come back and roles are looked at at once.
+    pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
+        self.coord.set_live_peers(live_peers);
+        if let Some(who) = down {
+            self.coord.peer_down(who, now);
+        }
+        self.drain();
+        if down.is_some() {
+            self.look_at_roles(now);
+        }
+    }
+
+    fn note_taken(&mut self, att: Attestation, taken: &Taken, output: usize, now: Millis, tally: &mut Tally) {
+        match taken {
+            Taken::Recorded { lone, .. } => self.note_recorded(Logged { att: Arc::new(att), lone: *lone }, output, now),
+            Taken::Late => tally.late += 1,
+            Taken::Invalid | Taken::Refused(_) => {}
+        }
+        if taken.accepted() {
+            tally.accepted += 1;
+        } else {
+            tally.rejected += 1;
+        }
+    }
+}

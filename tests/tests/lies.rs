@@ -24,7 +24,7 @@ fn packet(src: Member, dst: Member, message: Message<Member>, updates: &[foca::M
 }
 
 fn gossip(data: Vec<u8>) -> pb::GossipRequest {
-    pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: String::new(), relay_signature: Vec::new() }
+    pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: String::new(), relay_signature: Vec::new(), relay_sent_at_ms: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,7 +76,8 @@ async fn a_relay_passes_gossip_down_an_attached_peers_stream() {
         peer_id: String::new(),
         signature: Vec::new(),
         to: to.to_string(),
-        relay_signature: sender.sign(&spare_peer::wire::signing::relayed(&behind.peer_id(), data)).to_vec(),
+        relay_signature: sender.sign(&spare_peer::wire::signing::relayed(&behind.peer_id(), 7, data)).to_vec(),
+        relay_sent_at_ms: 7,
     };
 
     let mut from_sender = mesh_client(relay.addr, &sender, None).await.unwrap();
@@ -89,6 +90,7 @@ async fn a_relay_passes_gossip_down_an_attached_peers_stream() {
     assert_eq!(got.from, sender.peer_id().to_hex(), "named as sent by the peer whose link it came on");
     assert_eq!(got.data, b"for the peer behind NAT");
     assert_eq!(got.signature, gossip(b"for the peer behind NAT", &to).relay_signature, "the sender's signature, passed down");
+    assert_eq!(got.sent_at_ms, 7, "with the time it was signed at");
     let e = from_sender.gossip(gossip(&vec![0; 65 << 10], &to)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "a relayed packet is at most 64 KiB: {e:?}");
 

@@ -12,7 +12,7 @@ use tonic::Code;
 fn gossip(who: &Identity) -> pb::GossipRequest {
     let data = vec![0u8; 8];
     let signature = who.sign(&spare_peer::wire::signing::gossip(&data)).to_vec();
-    pb::GossipRequest { data, peer_id: who.peer_id().to_hex(), signature, to: String::new(), relay_signature: Vec::new() }
+    pb::GossipRequest { data, peer_id: who.peer_id().to_hex(), signature, to: String::new(), relay_signature: Vec::new(), relay_sent_at_ms: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

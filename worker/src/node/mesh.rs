@@ -293,8 +293,10 @@ impl Node {
                 Route::Direct => (to.addr.clone(), String::new()),
                 Route::Attached => {
                     self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
-                    let signature = self.sign(&signing::relayed(&to.peer, &data)).to_vec();
-                    self.relay_down(&to.peer, self.peer_id(), data, signature);
+                    let sent_at_ms = super::unix_ms();
+                    let signature = self.sign(&signing::relayed(&to.peer, sent_at_ms, &data)).to_vec();
+                    let packet = pb::RelayedGossip { from: self.peer_id().to_hex(), data, signature, sent_at_ms };
+                    self.relay_down(&to.peer, packet);
                     continue;
                 }
                 Route::Via(relay) => match self.addr_of(&relay) {
@@ -310,10 +312,11 @@ impl Node {
             let node = self.clone();
             self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
             // Relayed: signed for the peer behind NAT, which cannot see this peer's TLS link.
-            let relay_signature = if via.is_empty() { Vec::new() } else { self.sign(&signing::relayed(&to.peer, &data)).to_vec() };
+            let relay_sent_at_ms = if via.is_empty() { 0 } else { super::unix_ms() };
+            let relay_signature = if via.is_empty() { Vec::new() } else { self.sign(&signing::relayed(&to.peer, relay_sent_at_ms, &data)).to_vec() };
             tokio::spawn(async move {
                 // Unsigned: the TLS link names this peer (see mesh.proto).
-                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: via, relay_signature };
+                let req = pb::GossipRequest { data, peer_id: String::new(), signature: Vec::new(), to: via, relay_signature, relay_sent_at_ms };
                 let sent = tokio::time::timeout(Duration::from_millis(GOSSIP_SEND_TIMEOUT_MS), client.gossip(req)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     tracing::debug!(to = %addr, "gossip not delivered: {}", match sent { Ok(Err(e)) => e.message().to_string(), _ => "timed out".into() });

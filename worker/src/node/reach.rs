@@ -276,6 +276,14 @@ impl Node {
                 tracing::debug!(relay = %addr, "relayed gossip dropped: not signed by the peer it names");
                 continue;
             };
+            if !fresh(&m, super::unix_ms()) {
+                tracing::debug!(relay = %addr, "relayed gossip dropped: signed too long ago or ahead");
+                continue;
+            }
+            if self.check_mesh_replay(from, relayed_nonce(&m)).is_err() {
+                tracing::debug!(relay = %addr, "relayed gossip dropped: taken before (a replay), or too many to check");
+                continue;
+            }
             if let Err(e) = self.mesh_receive(&m.data, from) {
                 tracing::debug!(relay = %addr, "relayed gossip refused: {e}");
             }
@@ -322,8 +330,25 @@ async fn dialed_advertised(dialed: &str, advertised: &str) -> bool {
 fn relayed_sender(me: &PeerId, m: &pb::RelayedGossip) -> Option<PeerId> {
     let from = m.from.parse::<PeerId>().ok()?;
     let signed = m.data.len() <= MAX_RELAYED_BYTES
-        && crate::identity::verify(&from, &crate::wire::signing::relayed(me, &m.data), &m.signature);
+        && crate::identity::verify(&from, &crate::wire::signing::relayed(me, m.sent_at_ms, &m.data), &m.signature);
     signed.then_some(from)
+}
+
+/// Whether a relayed packet was signed within the request skew of `now_unix_ms` (this peer's
+/// clock): a relay may delay a packet that long at most. Within it, the mesh's replay cache
+/// refuses the same packet twice ([`relayed_nonce`]).
+fn fresh(m: &pb::RelayedGossip, now_unix_ms: u64) -> bool {
+    now_unix_ms.abs_diff(m.sent_at_ms) <= crate::wire::signing::LEASE_CLOCK_SKEW_MS
+}
+
+/// What names one relayed packet in the replay cache, with its sender: its signing time and data.
+fn relayed_nonce(m: &pb::RelayedGossip) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(&m.sent_at_ms.to_le_bytes());
+    h.update(&m.data);
+    let mut nonce = [0; 16];
+    nonce.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    nonce
 }
 
 #[cfg(test)]
@@ -340,7 +365,8 @@ mod tests {
         let packet = |from: &Identity, to: &PeerId, data: &[u8]| pb::RelayedGossip {
             from: sender.peer_id().to_hex(),
             data: data.to_vec(),
-            signature: from.sign(&signing::relayed(to, data)).to_vec(),
+            signature: from.sign(&signing::relayed(to, 1_000, data)).to_vec(),
+            sent_at_ms: 1_000,
         };
         assert_eq!(relayed_sender(&me, &packet(&sender, &me, &data)), Some(sender.peer_id()));
         assert_eq!(relayed_sender(&me, &packet(&other, &me, &data)), None, "the relay (or anyone) signing in the sender's name");
@@ -352,5 +378,24 @@ mod tests {
         assert_eq!(relayed_sender(&me, &unsigned), None, "unsigned");
         let big = vec![0u8; MAX_RELAYED_BYTES + 1];
         assert_eq!(relayed_sender(&me, &packet(&sender, &me, &big)), None, "past the relayed size");
+        let retimed = pb::RelayedGossip { sent_at_ms: 2_000, ..packet(&sender, &me, &data) };
+        assert_eq!(relayed_sender(&me, &retimed), None, "its time changed on the way");
+    }
+
+    #[test]
+    fn a_relayed_packet_is_taken_once_and_only_while_fresh() {
+        use crate::node::replay::ReplayCache;
+        use crate::wire::signing::LEASE_CLOCK_SKEW_MS as SKEW;
+        let at = |sent_at_ms: u64, data: &[u8]| pb::RelayedGossip { from: String::new(), data: data.to_vec(), signature: Vec::new(), sent_at_ms };
+        let now = 10 * SKEW;
+        assert!(fresh(&at(now - SKEW, b"p"), now) && fresh(&at(now + SKEW, b"p"), now), "within the skew either way");
+        assert!(!fresh(&at(now - SKEW - 1, b"p"), now), "held back too long by the relay");
+        assert!(!fresh(&at(now + SKEW + 1, b"p"), now), "from too far ahead");
+        let mut seen = ReplayCache::new(SKEW, 16);
+        let sender = PeerId([3; 32]);
+        assert!(seen.check(sender, relayed_nonce(&at(now, b"p")), now).is_ok());
+        assert!(seen.check(sender, relayed_nonce(&at(now, b"p")), now + 1).is_err(), "the same packet replayed");
+        assert!(seen.check(sender, relayed_nonce(&at(now + 1, b"p")), now + 1).is_ok(), "the same data sent again later");
+        assert!(seen.check(sender, relayed_nonce(&at(now, b"q")), now + 1).is_ok(), "other data");
     }
 }

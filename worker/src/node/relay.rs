@@ -83,12 +83,12 @@ impl Drop for AttachStream {
 }
 
 impl Node {
-    /// Passes a gossip packet from `from`, with its `signature` for `to`
-    /// (`signing::relayed`), down the stream of `to`, attached here; false when it is not
-    /// attached (a full queue drops the packet and counts as passed).
-    pub(crate) fn relay_down(&self, to: &PeerId, from: PeerId, data: Vec<u8>, signature: Vec<u8>) -> bool {
+    /// Passes a gossip `packet`, signed by its sender for `to` (`signing::relayed`), down the
+    /// stream of `to`, attached here; false when it is not attached (a full queue drops the
+    /// packet and counts as passed).
+    pub(crate) fn relay_down(&self, to: &PeerId, packet: pb::RelayedGossip) -> bool {
         let Some(queue) = self.0.nat.relay.attached.get(to).map(|e| e.1.clone()) else { return false };
-        if queue.try_send(Ok(pb::RelayedGossip { from: from.to_hex(), data, signature })).is_err() {
+        if queue.try_send(Ok(packet)).is_err() {
             tracing::debug!(to = %to.short(), "relayed gossip dropped: the attached peer's queue is full");
         }
         true

@@ -94,7 +94,8 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             if r.data.len() > crate::node::relay::MAX_RELAYED_BYTES {
                 return Err(Status::invalid_argument("a relayed gossip message is at most 64 KiB"));
             }
-            if !self.node.relay_down(&to, sender, r.data, r.relay_signature) {
+            let packet = pb::RelayedGossip { from: sender.to_hex(), data: r.data, signature: r.relay_signature, sent_at_ms: r.relay_sent_at_ms };
+            if !self.node.relay_down(&to, packet) {
                 return Err(Status::not_found(format!("peer {} is not attached to this relay", to.short())));
             }
             self.node.metrics().gossip_relayed.inc();

@@ -50,11 +50,12 @@ pub fn gossip(data: &[u8]) -> Vec<u8> {
     b
 }
 
-/// The bytes the sender of a gossip message relayed to `to` (a peer behind NAT) signs, so `to`
-/// knows who sent it without taking the relay's word.
-pub fn relayed(to: &spare_protocol::PeerId, data: &[u8]) -> Vec<u8> {
+/// The bytes the sender of a gossip message relayed to `to` (a peer behind NAT) signs at
+/// `sent_at_ms`, so `to` knows who sent it without taking the relay's word, and when.
+pub fn relayed(to: &spare_protocol::PeerId, sent_at_ms: u64, data: &[u8]) -> Vec<u8> {
     let mut b = b"spare.v1.relayed\0".to_vec();
     b.extend_from_slice(to.as_bytes());
+    b.extend_from_slice(&sent_at_ms.to_le_bytes());
     b.extend_from_slice(blake3::hash(data).as_bytes());
     b
 }

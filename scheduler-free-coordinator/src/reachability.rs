@@ -264,6 +264,7 @@ mod tests {
             reachable,
             relays,
             signature: Vec::new(),
+            epoch: 0,
         }
     }
 

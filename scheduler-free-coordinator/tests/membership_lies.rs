@@ -230,3 +230,31 @@ fn a_forged_job_ad_is_refused_even_by_a_newcomer() {
     net.peers[2].handle_data(&sync(&[r]), Some(backup), 0).unwrap();
     assert_eq!(net.peers[2].job_ads().len(), 1, "a newcomer takes a named coordinator's ad");
 }
+
+#[test]
+fn a_newcomer_takes_the_ad_of_a_coordinator_added_after_the_origin_and_refuses_a_forged_link() {
+    // Origin 0 named 1; 1, leading, added 2 at a top-up; 2 now leads. Peer 3 has never heard of
+    // the job.
+    let mut net = Net::new(4);
+    let [origin, first, added, newcomer] = [0, 1, 2, 3].map(|i| net.peers[i].me().peer);
+    let Record::JobAd(mut ad) = job_ad(origin, 5) else { unreachable!() };
+    ad.coordinators = vec![origin, first];
+    ad.vouch(&signer(origin));
+    let mut by_first = spare_protocol::records::JobAd { announcer: first, coordinators: vec![first, added], seq: 2, ..ad };
+    by_first.extend_chain(&signer(first));
+    let mut by_added =
+        spare_protocol::records::JobAd { announcer: added, coordinators: vec![added, newcomer], seq: 3, ..by_first.clone() };
+    by_added.extend_chain(&signer(added));
+    // A forger adds itself with a link it signed.
+    let forger = spare_protocol::PeerId([9; 32]);
+    let mut forged = spare_protocol::records::JobAd { announcer: forger, coordinators: vec![forger], seq: 4, ..by_first };
+    forged.extend_chain(&signer(forger));
+    let mut r = Record::JobAd(forged);
+    r.sign(&signer(forger));
+    net.peers[3].handle_data(&sync(&[r]), Some(forger), 0).unwrap();
+    assert!(net.peers[3].job_ads().is_empty(), "a forged link is refused");
+    let mut r = Record::JobAd(by_added);
+    r.sign(&signer(added));
+    net.peers[3].handle_data(&sync(&[r]), Some(added), 0).unwrap();
+    assert_eq!(net.peers[3].job_ads().len(), 1, "the added coordinator's ad is taken");
+}

@@ -327,7 +327,7 @@ impl Coordinator {
         if self.standby.contains(&id) {
             return Vec::new();
         }
-        let max = max.min(self.lease_quota(&peer).saturating_sub(self.held.count(&peer)));
+        let max = max.min(self.lease_room(&peer));
         if max == 0 {
             return Vec::new();
         }
@@ -718,6 +718,25 @@ impl Coordinator {
     pub fn lease_quota(&self, peer: &PeerId) -> usize {
         let agreed = usize::try_from(self.reputation.get(peer).agreed).unwrap_or(usize::MAX);
         Self::NEW_KEY_LEASES.saturating_add(agreed.saturating_mul(Self::LEASES_PER_AGREEMENT)).min(self.config.max_leases_per_peer)
+    }
+
+    /// How many more leases `peer` may take here: its [`Coordinator::lease_quota`] less what it
+    /// holds, and, for a key with no agreeing result whose network is known, no more than is
+    /// left of the one batch ([`Coordinator::NEW_KEY_LEASES`]) that every such key of its /24
+    /// (IPv4) or /48 (IPv6) shares: many fresh keys in one network cost what one does, so a
+    /// banned peer's next key gets nothing while its siblings hold that network's batch.
+    /// Counts the holders of leases, not every network noted.
+    pub fn lease_room(&self, peer: &PeerId) -> usize {
+        let own = self.lease_quota(peer).saturating_sub(self.held.count(peer));
+        let unproven = |p: &PeerId| self.reputation.get(p).agreed == 0;
+        let Some(mine) = self.prefixes.get(peer).filter(|_| unproven(peer)) else { return own };
+        let shared: usize = self
+            .held
+            .holders()
+            .filter(|(p, _)| unproven(p) && self.prefixes.get(*p).is_some_and(|q| q.narrow == mine.narrow))
+            .map(|(_, n)| n)
+            .sum();
+        own.min(Self::NEW_KEY_LEASES.saturating_sub(shared))
     }
 
     /// Holds a dropped record (bad signature) against `peer`.

@@ -3,7 +3,7 @@
 //! events it emits. It does no I/O and reads no clock.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,8 @@ pub struct Coordinator {
     /// The network each peer last asked for leases from ([`Coordinator::note_prefix`]); at
     /// most [`Coordinator::MAX_PREFIXES`].
     prefixes: BTreeMap<PeerId, NetPrefix>,
+    /// The peers of `prefixes` by their /24 (/48), for [`Coordinator::lease_room`].
+    networks: HashMap<[u8; 7], BTreeSet<PeerId>>,
     live_peers: usize,
     events: VecDeque<Event>,
 }
@@ -184,6 +186,7 @@ impl Coordinator {
             standby: Default::default(),
             lone_used: HashMap::new(),
             prefixes: BTreeMap::new(),
+            networks: HashMap::new(),
             turn: 0,
             expiries: BinaryHeap::new(),
             held: LeaseIndex::default(),
@@ -293,13 +296,24 @@ impl Coordinator {
     /// [`crate::prefix`]): no replica of a task goes to it while a peer of that network holds
     /// or ran one. Call before [`Coordinator::lease_job`] with the request's source address.
     pub fn note_prefix(&mut self, peer: PeerId, prefix: Option<NetPrefix>) {
-        let Some(prefix) = prefix else {
-            self.prefixes.remove(&peer);
-            return;
+        let evicted = match prefix {
+            None => None,
+            Some(_) if self.prefixes.len() >= Self::MAX_PREFIXES && !self.prefixes.contains_key(&peer) => {
+                self.prefixes.pop_first()
+            }
+            Some(_) => None,
         };
-        if self.prefixes.len() >= Self::MAX_PREFIXES && !self.prefixes.contains_key(&peer) {
-            self.prefixes.pop_first();
+        let old = self.prefixes.remove(&peer).map(|p| (peer, p));
+        for (p, net) in evicted.into_iter().chain(old) {
+            if let Some(set) = self.networks.get_mut(&net.narrow) {
+                set.remove(&p);
+                if set.is_empty() {
+                    self.networks.remove(&net.narrow);
+                }
+            }
         }
+        let Some(prefix) = prefix else { return };
+        self.networks.entry(prefix.narrow).or_default().insert(peer);
         self.prefixes.insert(peer, prefix);
     }
 
@@ -725,17 +739,18 @@ impl Coordinator {
     /// left of the one batch ([`Coordinator::NEW_KEY_LEASES`]) that every such key of its /24
     /// (IPv4) or /48 (IPv6) shares: many fresh keys in one network cost what one does, so a
     /// banned peer's next key gets nothing while its siblings hold that network's batch.
-    /// Counts the holders of leases, not every network noted.
     pub fn lease_room(&self, peer: &PeerId) -> usize {
         let own = self.lease_quota(peer).saturating_sub(self.held.count(peer));
         let unproven = |p: &PeerId| self.reputation.get(p).agreed == 0;
         let Some(mine) = self.prefixes.get(peer).filter(|_| unproven(peer)) else { return own };
-        let shared: usize = self
-            .held
-            .holders()
-            .filter(|(p, _)| unproven(p) && self.prefixes.get(*p).is_some_and(|q| q.narrow == mine.narrow))
-            .map(|(_, n)| n)
-            .sum();
+        let Some(siblings) = self.networks.get(&mine.narrow) else { return own };
+        // Whichever is fewer: the keys of its network, or the peers holding leases (a network
+        // of many idle keys costs no more than the holders).
+        let shared: usize = if siblings.len() <= self.held.holder_count() {
+            siblings.iter().filter(|p| unproven(p)).map(|p| self.held.count(p)).sum()
+        } else {
+            self.held.holders().filter(|(p, _)| siblings.contains(*p) && unproven(p)).map(|(_, n)| n).sum()
+        };
         own.min(Self::NEW_KEY_LEASES.saturating_sub(shared))
     }
 

@@ -39,9 +39,9 @@ pub struct Advert {
     /// ed25519 signature of [`Record::signing_bytes`] by `peer`.
     pub signature: Vec<u8>,
     /// When the run that made it started (Unix ms, its `Member.epoch`): the one run of `peer`
-    /// this advert introduces to peers that have not met it (gap 5 of known-gaps.md, now
-    /// closed). 0 in adverts of earlier versions. Encoded after the rest ([`Record::encode`]),
-    /// so their adverts still decode and verify.
+    /// that hearsay may introduce to peers that have not met it (see `membership::screen`). 0
+    /// in adverts of earlier versions. Encoded after the rest ([`Record::encode`]), so their
+    /// adverts still decode and verify.
     #[serde(skip)]
     pub epoch: u64,
 }

@@ -92,4 +92,21 @@ mod tests {
         coord.set_standing(proven, crate::Standing { agreed: 1, ..crate::Standing::default() });
         assert_eq!(grant(&mut coord, &job, proven, 1_000, 0).leases.len(), coord.lease_quota(&proven).min(batch));
     }
+
+    #[test]
+    fn a_banned_key_s_network_cools_off() {
+        let (mut coord, job) = super::super::test_coordinator(1_000, Policy { quorum: 1, max_replicas: 1, ..Policy::default() });
+        let net = |b: u8| crate::prefix::NetPrefix::of(std::net::IpAddr::from([203, 0, 113, b]));
+        let (banned, next, elsewhere) = (PeerId([70; 32]), PeerId([71; 32]), PeerId([72; 32]));
+        coord.set_standing(banned, crate::Standing { disagreed: 3, ..crate::Standing::default() });
+        coord.note_prefix(banned, net(1));
+        assert_eq!(grant(&mut coord, &job, banned, 8, 1_000).note, Some(BANNED_NOTE));
+        // Its next key, from the same /24, gets nothing for a while; a key elsewhere is not hurt.
+        coord.note_prefix(next, net(2));
+        assert!(grant(&mut coord, &job, next, 8, 2_000).leases.is_empty(), "the banned key's next key");
+        coord.note_prefix(elsewhere, crate::prefix::NetPrefix::of(std::net::IpAddr::from([203, 0, 114, 1])));
+        assert_eq!(grant(&mut coord, &job, elsewhere, 8, 2_000).leases.len(), 8);
+        let later = 1_000 + crate::Coordinator::BAN_COOL_OFF_MS;
+        assert_eq!(grant(&mut coord, &job, next, 8, later).leases.len(), 8, "once the network cooled off");
+    }
 }

@@ -3,7 +3,7 @@
 //! events it emits. It does no I/O and reads no clock.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,11 @@ pub struct Coordinator {
     /// The network each peer last asked for leases from ([`Coordinator::note_prefix`]); at
     /// most [`Coordinator::MAX_PREFIXES`].
     prefixes: BTreeMap<PeerId, NetPrefix>,
+    /// The peers of `prefixes` by their /24 (/48), for [`Coordinator::lease_room`].
+    networks: HashMap<[u8; 7], BTreeSet<PeerId>>,
+    /// Networks a banned key asked from, until when their unproven keys get nothing (at most
+    /// [`Coordinator::MAX_COOLING`]).
+    cooling: HashMap<[u8; 7], Millis>,
     live_peers: usize,
     events: VecDeque<Event>,
 }
@@ -172,6 +177,13 @@ impl Coordinator {
     /// More live leases a key may hold per agreeing result it has.
     pub const LEASES_PER_AGREEMENT: usize = 4;
 
+    /// How long, after a banned key asked for leases from a /24 (/48), the keys of that network
+    /// with no agreeing result get none: a banned peer's next key does not start again at once.
+    pub const BAN_COOL_OFF_MS: Millis = 10 * 60_000;
+    /// Most networks cooling off at once; past it, those whose time is up are forgotten, and
+    /// if none is, no new one is noted.
+    pub const MAX_COOLING: usize = 65_536;
+
     /// Most peers whose network is remembered; past it the lowest PeerId's is forgotten.
     pub const MAX_PREFIXES: usize = 262_144;
 
@@ -184,6 +196,8 @@ impl Coordinator {
             standby: Default::default(),
             lone_used: HashMap::new(),
             prefixes: BTreeMap::new(),
+            networks: HashMap::new(),
+            cooling: HashMap::new(),
             turn: 0,
             expiries: BinaryHeap::new(),
             held: LeaseIndex::default(),
@@ -258,6 +272,9 @@ impl Coordinator {
     /// filters on the modules and quorums its own slots run).
     pub fn lease_where(&mut self, peer: PeerId, max: usize, now: Millis, serves: impl Fn(&JobSpec) -> bool) -> Vec<Lease> {
         let mut out = Vec::new();
+        if self.reputation.is_banned(&peer) {
+            self.cool_off(&peer, now);
+        }
         if max == 0 || self.reputation.is_banned(&peer) || self.active.is_empty() {
             return out;
         }
@@ -283,6 +300,9 @@ impl Coordinator {
     /// Hands `peer` up to `max` replicas of one job (a worker pulling work for a job it chose).
     /// Same rules as [`Coordinator::lease`].
     pub fn lease_job(&mut self, job: &JobId, peer: PeerId, max: usize, now: Millis) -> Vec<Lease> {
+        if self.reputation.is_banned(&peer) {
+            self.cool_off(&peer, now);
+        }
         if max == 0 || self.reputation.is_banned(&peer) || !self.active.contains(job) {
             return Vec::new();
         }
@@ -293,13 +313,24 @@ impl Coordinator {
     /// [`crate::prefix`]): no replica of a task goes to it while a peer of that network holds
     /// or ran one. Call before [`Coordinator::lease_job`] with the request's source address.
     pub fn note_prefix(&mut self, peer: PeerId, prefix: Option<NetPrefix>) {
-        let Some(prefix) = prefix else {
-            self.prefixes.remove(&peer);
-            return;
+        let evicted = match prefix {
+            None => None,
+            Some(_) if self.prefixes.len() >= Self::MAX_PREFIXES && !self.prefixes.contains_key(&peer) => {
+                self.prefixes.pop_first()
+            }
+            Some(_) => None,
         };
-        if self.prefixes.len() >= Self::MAX_PREFIXES && !self.prefixes.contains_key(&peer) {
-            self.prefixes.pop_first();
+        let old = self.prefixes.remove(&peer).map(|p| (peer, p));
+        for (p, net) in evicted.into_iter().chain(old) {
+            if let Some(set) = self.networks.get_mut(&net.narrow) {
+                set.remove(&p);
+                if set.is_empty() {
+                    self.networks.remove(&net.narrow);
+                }
+            }
         }
+        let Some(prefix) = prefix else { return };
+        self.networks.entry(prefix.narrow).or_default().insert(peer);
         self.prefixes.insert(peer, prefix);
     }
 
@@ -327,7 +358,7 @@ impl Coordinator {
         if self.standby.contains(&id) {
             return Vec::new();
         }
-        let max = max.min(self.lease_quota(&peer).saturating_sub(self.held.count(&peer)));
+        let max = max.min(self.lease_room(&peer, now));
         if max == 0 {
             return Vec::new();
         }
@@ -718,6 +749,42 @@ impl Coordinator {
     pub fn lease_quota(&self, peer: &PeerId) -> usize {
         let agreed = usize::try_from(self.reputation.get(peer).agreed).unwrap_or(usize::MAX);
         Self::NEW_KEY_LEASES.saturating_add(agreed.saturating_mul(Self::LEASES_PER_AGREEMENT)).min(self.config.max_leases_per_peer)
+    }
+
+    /// How many more leases `peer` may take here: its [`Coordinator::lease_quota`] less what it
+    /// holds, and, for a key with no agreeing result whose network is known, no more than is
+    /// left of the one batch ([`Coordinator::NEW_KEY_LEASES`]) that every such key of its /24
+    /// (IPv4) or /48 (IPv6) shares: many fresh keys in one network cost what one does, so a
+    /// banned peer's next key gets nothing while its siblings hold that network's batch, and
+    /// none at all for [`Coordinator::BAN_COOL_OFF_MS`] after a banned key asked from there.
+    pub fn lease_room(&self, peer: &PeerId, now: Millis) -> usize {
+        let own = self.lease_quota(peer).saturating_sub(self.held.count(peer));
+        let unproven = |p: &PeerId| self.reputation.get(p).agreed == 0;
+        let Some(mine) = self.prefixes.get(peer).filter(|_| unproven(peer)) else { return own };
+        if self.cooling.get(&mine.narrow).is_some_and(|until| now < *until) {
+            return 0;
+        }
+        let Some(siblings) = self.networks.get(&mine.narrow) else { return own };
+        // Whichever is fewer: the keys of its network, or the peers holding leases (a network
+        // of many idle keys costs no more than the holders).
+        let shared: usize = if siblings.len() <= self.held.holder_count() {
+            siblings.iter().filter(|p| unproven(p)).map(|p| self.held.count(p)).sum()
+        } else {
+            self.held.holders().filter(|(p, _)| siblings.contains(*p) && unproven(p)).map(|(_, n)| n).sum()
+        };
+        own.min(Self::NEW_KEY_LEASES.saturating_sub(shared))
+    }
+
+    /// A banned `peer` asked for leases: its network cools off (see [`Coordinator::lease_room`]).
+    fn cool_off(&mut self, peer: &PeerId, now: Millis) {
+        let Some(net) = self.prefixes.get(peer).map(|p| p.narrow) else { return };
+        if self.cooling.len() >= Self::MAX_COOLING && !self.cooling.contains_key(&net) {
+            self.cooling.retain(|_, until| now < *until);
+            if self.cooling.len() >= Self::MAX_COOLING {
+                return;
+            }
+        }
+        self.cooling.insert(net, now.saturating_add(Self::BAN_COOL_OFF_MS));
     }
 
     /// Holds a dropped record (bad signature) against `peer`.

@@ -244,6 +244,16 @@ impl LeaseIndex {
         self.0.entry(peer).or_default().insert(task);
     }
 
+    /// Every peer holding leases, with how many.
+    pub fn holders(&self) -> impl Iterator<Item = (&PeerId, usize)> {
+        self.0.iter().map(|(p, t)| (p, t.len()))
+    }
+
+    /// How many peers hold leases.
+    pub fn holder_count(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn unhold(&mut self, peer: &PeerId, task: &TaskId) {
         if let Some(set) = self.0.get_mut(peer) {
             set.remove(task);

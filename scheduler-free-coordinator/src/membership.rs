@@ -33,7 +33,7 @@ mod quota;
 mod screen;
 pub use pool::RecordPool;
 pub use quota::MAX_RECORDS_PER_SIGNER;
-pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS, MAX_MEMBERS};
+pub use screen::{EPOCH_SKEW_MS, MAX_CHECKS, MAX_MEMBERS, TURN_UNDEAD_EVERY_MS};
 
 const TAG_FOCA: u8 = 0;
 const TAG_RECORDS: u8 = 1;

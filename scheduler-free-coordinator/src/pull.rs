@@ -109,6 +109,7 @@ mod tests {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: vec![],
+            chain: Vec::new(),
         }
     }
 

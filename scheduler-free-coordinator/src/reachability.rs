@@ -387,6 +387,7 @@ mod tests {
             reachable,
             relays,
             signature: Vec::new(),
+            epoch: 0,
         }
     }
 

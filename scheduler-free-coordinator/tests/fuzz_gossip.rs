@@ -52,6 +52,7 @@ fn advert(i: u8) -> Record {
         reachable: true,
         relays: Vec::new(),
         signature: Vec::new(),
+        epoch: 0,
     });
     r.sign(&signer(PeerId([i; 32])));
     r

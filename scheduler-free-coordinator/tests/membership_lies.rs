@@ -230,3 +230,120 @@ fn a_forged_job_ad_is_refused_even_by_a_newcomer() {
     net.peers[2].handle_data(&sync(&[r]), Some(backup), 0).unwrap();
     assert_eq!(net.peers[2].job_ads().len(), 1, "a newcomer takes a named coordinator's ad");
 }
+
+#[test]
+fn a_newcomer_takes_the_ad_of_a_coordinator_added_after_the_origin_and_refuses_a_forged_link() {
+    // Origin 0 named 1; 1, leading, added 2 at a top-up; 2 now leads. Peer 3 has never heard of
+    // the job.
+    let mut net = Net::new(4);
+    let [origin, first, added, newcomer] = [0, 1, 2, 3].map(|i| net.peers[i].me().peer);
+    let Record::JobAd(mut ad) = job_ad(origin, 5) else { unreachable!() };
+    ad.coordinators = vec![origin, first];
+    ad.vouch(&signer(origin));
+    let mut by_first = spare_protocol::records::JobAd { announcer: first, coordinators: vec![first, added], seq: 2, ..ad };
+    by_first.extend_chain(&signer(first));
+    let mut by_added =
+        spare_protocol::records::JobAd { announcer: added, coordinators: vec![added, newcomer], seq: 3, ..by_first.clone() };
+    by_added.extend_chain(&signer(added));
+    // A forger adds itself with a link it signed.
+    let forger = spare_protocol::PeerId([9; 32]);
+    let mut forged = spare_protocol::records::JobAd { announcer: forger, coordinators: vec![forger], seq: 4, ..by_first };
+    forged.extend_chain(&signer(forger));
+    let mut r = Record::JobAd(forged);
+    r.sign(&signer(forger));
+    net.peers[3].handle_data(&sync(&[r]), Some(forger), 0).unwrap();
+    assert!(net.peers[3].job_ads().is_empty(), "a forged link is refused");
+    let mut r = Record::JobAd(by_added);
+    r.sign(&signer(added));
+    net.peers[3].handle_data(&sync(&[r]), Some(added), 0).unwrap();
+    assert_eq!(net.peers[3].job_ads().len(), 1, "the added coordinator's ad is taken");
+}
+
+/// Peer 2 (the liar) and peer 1 know each other; peer 0 has met neither. The clock set.
+fn two_and_a_stranger() -> Net {
+    let mut net = Net::new(3);
+    let now = net.now;
+    net.peers[2].join("peer1", now);
+    net.run(3_000);
+    for p in &mut net.peers {
+        p.set_unix_time(1_000_000);
+    }
+    assert_eq!(net.alive_seen_by(1), 1);
+    assert!(state_at(&net, 1, 0).is_none());
+    net
+}
+
+#[test]
+fn hearsay_does_not_introduce_a_made_up_run_of_a_peer_not_met_yet() {
+    // Gap 5: the liar introduces a run of peer 0 it made up (a later epoch, at its address or
+    // another) to peer 1, which has not met peer 0. Taken, it failed its probes and was held
+    // dead for 10 min, while peer 0's real run lost the conflict to it there.
+    let mut net = two_and_a_stranger();
+    let real = net.peers[0].me().clone();
+    let liar = net.peers[2].me().clone();
+    let dst = net.peers[1].me().clone();
+    let made_up = [Member { addr: "evil:1".into(), epoch: 50, ..real.clone() }, Member { epoch: 60, ..real.clone() }];
+    let updates: Vec<_> = made_up.into_iter().map(|m| foca::Member::new(m, 0, State::Alive)).collect();
+    let now = net.now;
+    net.peers[1].handle_data(&packet(liar.clone(), dst, Message::Gossip, &updates), Some(liar.peer), now).unwrap();
+    assert!(state_at(&net, 1, 0).is_none(), "not introduced on hearsay");
+    net.run(2_000);
+    assert!(state_at(&net, 1, 0).is_none(), "the made-up runs never answered");
+    // The real run joins, and is alive there.
+    let now = net.now;
+    net.peers[0].join("peer1", now);
+    net.run(10_000);
+    let (m, s) = state_at(&net, 1, 0).unwrap();
+    assert_eq!((m.addr.as_str(), m.epoch, s), ("peer0", real.epoch, MemberState::Alive));
+    assert_eq!(downs_of(&net, 0), 0);
+}
+
+#[test]
+fn hearsay_of_the_run_a_peer_s_advert_names_or_that_answers_introduces_it() {
+    let mut net = two_and_a_stranger();
+    let real = net.peers[0].me().clone();
+    let liar = net.peers[2].me().clone();
+    let dst = net.peers[1].me().clone();
+    let news = packet(liar.clone(), dst.clone(), Message::Gossip, &[foca::Member::new(real.clone(), 0, State::Alive)]);
+    // Without its advert, the claimed run is pinged: it answers, and is in.
+    let now = net.now;
+    net.peers[1].handle_data(&news, Some(liar.peer), now).unwrap();
+    assert!(state_at(&net, 1, 0).is_none());
+    assert_eq!(net.peers[1].checks_in_flight(), 1);
+    net.run(1_000);
+    assert_eq!(state_at(&net, 1, 0).map(|(m, s)| (m.epoch, s)), Some((real.epoch, MemberState::Alive)));
+    // Peer 3's signed advert names its run: hearsay of that run is taken at once.
+    let mut net = Net::new(4);
+    let now = net.now;
+    net.peers[2].join("peer1", now);
+    net.run(3_000);
+    let stranger = net.peers[3].me().clone();
+    let Record::Advert(mut a) = advert(stranger.peer, 1, 4) else { unreachable!() };
+    a.epoch = stranger.epoch;
+    let mut signed = Record::Advert(a);
+    signed.sign(&signer(stranger.peer));
+    let now = net.now;
+    net.peers[1].handle_data(&sync(&[signed]), Some(stranger.peer), now).unwrap();
+    let news = packet(liar.clone(), net.peers[1].me().clone(), Message::Gossip, &[foca::Member::new(stranger, 0, State::Alive)]);
+    net.peers[1].handle_data(&news, Some(liar.peer), now).unwrap();
+    assert_eq!(state_at(&net, 1, 3).map(|(_, s)| s), Some(MemberState::Alive));
+}
+
+#[test]
+fn a_liar_s_turn_undead_makes_a_peer_rejoin_at_most_once_a_minute() {
+    let mut net = settled();
+    let liar = net.peers[2].me().clone();
+    let epoch = net.peers[1].me().epoch;
+    for _ in 0..3 {
+        let target = net.peers[1].me().clone();
+        let now = net.now;
+        let _ = net.peers[1].handle_data(&packet(liar.clone(), target, Message::TurnUndead, &[]), Some(liar.peer), now);
+        net.run(100);
+    }
+    assert_eq!(net.peers[1].me().epoch, epoch + 1, "one rejoin, not three");
+    net.run(spare_protocol::membership::TURN_UNDEAD_EVERY_MS);
+    let target = net.peers[1].me().clone();
+    let now = net.now;
+    net.peers[1].handle_data(&packet(liar.clone(), target, Message::TurnUndead, &[]), Some(liar.peer), now).unwrap();
+    assert_eq!(net.peers[1].me().epoch, epoch + 2, "a minute later, one more");
+}

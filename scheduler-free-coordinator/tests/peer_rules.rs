@@ -37,6 +37,7 @@ fn ad(announcer: PeerId, coordinators: Vec<PeerId>) -> JobAd {
         origin_named: Vec::new(),
         origin_signature: Vec::new(),
         signature: Vec::new(),
+        chain: Vec::new(),
     }
 }
 

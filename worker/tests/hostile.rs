@@ -314,6 +314,7 @@ async fn attack_adverts(to: SocketAddr) {
                     reachable: true,
                     relays: Vec::new(),
                     signature: Vec::new(),
+                    epoch: 0,
                 });
                 let signer: spare_protocol::records::Signer = Arc::new(move |b: &[u8]| key.sign(b).to_vec());
                 r.sign(&signer);

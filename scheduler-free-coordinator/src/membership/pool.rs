@@ -75,6 +75,7 @@ mod tests {
             reachable: true,
             relays: Vec::new(),
             signature: vec![9; 64],
+            epoch: 0,
         })
     }
 

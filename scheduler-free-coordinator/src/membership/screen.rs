@@ -4,7 +4,10 @@
 //! - a packet whose `src` is not its sender, or whose epochs are implausibly far ahead of the
 //!   wall clock, is refused (one forged header evicted any peer: findings.md, item 7);
 //! - a claim about another member is taken only when it cannot hurt: a member not known yet
-//!   (how a joiner learns the mesh), or a newer incarnation of one held alive. A claim that a
+//!   (how a joiner learns the mesh) or a later run of one held dead, when the member's own
+//!   signed advert names that run (its epoch and address); or a newer incarnation of one held
+//!   alive. Otherwise such a run is pinged as claimed, and only its own answer brings it in (a
+//!   run made up by a liar, at a wrong address or epoch, never answers). A claim that a
 //!   member is suspect or dead, or a refutation on its behalf, or a new identity for a member
 //!   held active, is not applied: this peer pings that member itself, and only when no answer
 //!   comes within a probe period does it suspect the member on its own account (foca's timer
@@ -15,7 +18,9 @@
 //!
 //! Claims about this peer that only its own key could make (an incarnation above the one it
 //! last sent, or its death) are dropped too: a peer's death reaches it as a `TurnUndead` from a
-//! peer that holds it dead, never as hearsay.
+//! peer that holds it dead, never as hearsay. Nobody can check that the sender of a `TurnUndead`
+//! really holds this peer dead, so one is taken at most every [`TURN_UNDEAD_EVERY_MS`]: a liar
+//! makes this peer rejoin under a new epoch at most that often.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +37,9 @@ use crate::{Millis, PeerId};
 pub const EPOCH_SKEW_MS: u64 = 5 * 60_000;
 /// Most members being checked at once; a claim about another member past it is dropped.
 pub const MAX_CHECKS: usize = 256;
+/// Least time between two `TurnUndead`s taken (a rejoin under a new epoch each); the ones
+/// between are refused. A real one after a partition comes again at the next packet.
+pub const TURN_UNDEAD_EVERY_MS: Millis = 60_000;
 /// Most members (any state) known before hearsay of new ones is dropped: made-up members in
 /// feeds cannot grow the member list without bound (a peer's own packets still bring it in).
 pub const MAX_MEMBERS: usize = 65_536;
@@ -80,6 +88,8 @@ pub(super) struct Screen {
     checks: BTreeMap<PeerId, (Millis, bool)>,
     /// Number of the next check's ping (answered by an `Ack` foca does not expect, and ignores).
     probe: u8,
+    /// When the last `TurnUndead` was taken.
+    turned_undead_at: Option<Millis>,
 }
 
 /// What is done with one claim about another member.
@@ -157,6 +167,12 @@ impl Membership {
         if !self.plausible(src.epoch) {
             return Err(MembershipError::Refused("implausible epoch".into()));
         }
+        if header.message == Message::TurnUndead {
+            if self.screen.turned_undead_at.is_some_and(|at| now < at.saturating_add(TURN_UNDEAD_EVERY_MS)) {
+                return Err(MembershipError::Refused("a second TurnUndead within a minute".into()));
+            }
+            self.screen.turned_undead_at = Some(now);
+        }
         // It answers: any packet from it ends a check (the link authenticated it).
         self.screen.checks.remove(&src.peer);
         let header_len = packet.len() - rest.len();
@@ -230,14 +246,17 @@ impl Membership {
             return Verdict::Keep;
         }
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
+        // A run is introduced on hearsay only when its own advert names it; otherwise it is
+        // asked, and its answer (its own packet) brings it in.
+        let introduce = || if introduced(records, id) { Verdict::Keep } else { Verdict::CheckIdentity };
         match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
-            (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => Verdict::Keep,
+            (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => introduce(),
             (None, _) => Verdict::Drop,
             // Held dead here: a later run of it may come back (its own packets would bring it
             // too); anything else about it changes nothing.
             (Some(k), State::Alive) if k.state() == State::Down => {
-                if id.epoch > k.id().epoch { Verdict::Keep } else { Verdict::Drop }
+                if id.epoch > k.id().epoch { introduce() } else { Verdict::Drop }
             }
             (Some(k), _) if k.state() == State::Down => Verdict::Drop,
             // A new identity for a member held active comes only from the member itself: a later
@@ -326,6 +345,12 @@ fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u
         Some(Record::Advert(a)) if a.seq >= epoch => Some(&a.addr),
         _ => None,
     }
+}
+
+/// Whether `peer`'s own signed advert, among `records`, names the run `id` claims (its epoch
+/// and address): what lets hearsay introduce it.
+fn introduced(records: &HashMap<RecordKey, Arc<Record>>, id: &MemberRef<'_>) -> bool {
+    matches!(records.get(&RecordKey::Advert(id.peer)).map(|r| &**r), Some(Record::Advert(a)) if a.epoch == id.epoch && a.addr == id.addr)
 }
 
 impl Screen {

@@ -168,6 +168,7 @@ mod tests {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: Vec::new(),
+            chain: Vec::new(),
         }
     }
 

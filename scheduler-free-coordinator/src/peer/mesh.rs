@@ -63,6 +63,8 @@ impl MeshState {
         match &self.advertised {
             None => true,
             Some((last, _)) if !same_content(last, advert) => true,
+            // A rejoin under a new epoch: the new run is introduced by its own advert.
+            Some((last, _)) if last.epoch != self.membership.me().epoch => true,
             Some(_) => now >= self.advert_due_at(),
         }
     }
@@ -73,11 +75,13 @@ impl MeshState {
         self.advertised.as_ref().map_or(0, |(_, at)| at + ADVERT_REFRESH_MS)
     }
 
-    /// Publishes `advert` (its `seq` and signature are set here) at `unix_ms`.
+    /// Publishes `advert` (its `seq`, `epoch` and signature are set here) at `unix_ms`.
     pub fn publish_advert(&mut self, mut advert: Advert, unix_ms: u64, signer: &Signer, now: Millis) {
         // Unix time, so an advert made after a restart still replaces the ones before it.
         self.advert_seq = unix_ms.max(self.advert_seq + 1);
         advert.seq = self.advert_seq;
+        // The run it introduces (a rejoin renews it: see `advert_due`).
+        advert.epoch = self.membership.me().epoch;
         self.advertised = Some((advert.clone(), now));
         let mut record = Record::Advert(advert);
         record.sign(signer);
@@ -85,7 +89,9 @@ impl MeshState {
     }
 
     /// Publishes `ad` (its `seq` and signature are set here, and the origin's word for it:
-    /// signed here when this peer is the origin, else carried from the ad known) at `unix_ms`.
+    /// signed here when this peer is the origin, else carried from the ad known, with a link
+    /// signed here naming the coordinators this peer added: [`JobAd::extend_chain`]) at
+    /// `unix_ms`.
     pub fn publish_job_ad(&mut self, mut ad: JobAd, unix_ms: u64, signer: &Signer, now: Millis) {
         let seq = (self.job_seq.get(&ad.job).copied().unwrap_or(0) + 1).max(unix_ms);
         self.job_seq.insert(ad.job, seq);
@@ -98,6 +104,8 @@ impl MeshState {
             ad.nonce = known.nonce;
             ad.origin_named = known.origin_named;
             ad.origin_signature = known.origin_signature;
+            ad.chain = known.chain;
+            ad.extend_chain(signer);
         }
         let mut record = Record::JobAd(ad);
         record.sign(signer);
@@ -158,6 +166,7 @@ mod tests {
             reachable: true,
             relays: Vec::new(),
             signature: Vec::new(),
+            epoch: 0,
         }
     }
 
@@ -221,6 +230,7 @@ mod tests {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: Vec::new(),
+            chain: Vec::new(),
         };
         s.publish_job_ad(ad.clone(), 5_000, &signer, 0);
         assert_eq!(s.job_seq(&job), Some(5_000));

@@ -231,6 +231,7 @@ mod tests {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: vec![],
+            chain: Vec::new(),
         }
     }
 

@@ -142,6 +142,7 @@ impl Sim {
             reachable: true,
             relays: Vec::new(),
             signature: Vec::new(),
+            epoch: 0,
         };
         for v in 0..peer.views.len() {
             let peer = &mut self.peers[p as usize];
@@ -175,6 +176,7 @@ impl Sim {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: Vec::new(),
+            chain: Vec::new(),
         };
         let signer = keys::signer(announcer);
         for v in 0..self.peers[o as usize].views.len() {

@@ -111,6 +111,7 @@ pub fn advert(peer: PeerId, seq: u64, free: u32) -> Record {
         reachable: true,
         relays: vec![],
         signature: vec![],
+        epoch: 0,
     });
     r.sign(&signer(peer));
     r
@@ -151,6 +152,7 @@ pub fn job_ad(origin: PeerId, job: u8) -> Record {
         origin_named: Vec::new(),
         origin_signature: Vec::new(),
         signature: vec![],
+        chain: Vec::new(),
     });
     r.sign(&signer(origin));
     r

@@ -88,6 +88,7 @@ impl Node {
             reachable,
             relays,
             signature: Vec::new(),
+            epoch: 0,
         };
         let mut mesh = self.mesh();
         if !(force || mesh.advert_due(&advert, now)) {
@@ -134,6 +135,7 @@ impl Node {
             origin_named: Vec::new(),
             origin_signature: Vec::new(),
             signature: Vec::new(),
+            chain: Vec::new(),
         };
         let now = self.now();
         self.mesh().publish_job_ad(ad, unix_ms(), &self.signer(), now);

@@ -91,6 +91,7 @@ impl pb::peer_service_server::PeerService for PeerApi {
                     reachable: false,
                     relays: Vec::new(),
                     signature: Vec::new(),
+                    epoch: 0,
                 });
                 pb::PeerInfo {
                     peer_id: v.peer.to_hex(),

@@ -196,6 +196,7 @@ impl Net {
                 nonce: Vec::new(),
                 origin_named: Vec::new(),
                 origin_signature: Vec::new(),
+                chain: Vec::new(),
                 signature: Vec::new(),
             };
             self.ads.insert(from, ad);

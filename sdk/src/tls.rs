@@ -223,6 +223,19 @@ pub fn connector(
 + Clone
 + Send
 + 'static {
+    connector_from(config, None)
+}
+
+/// [`connector`], with its connections made from the local address `local` when given (a
+/// multi-homed peer asking from the address it advertises); the destination is the first
+/// address of the URI's host of the same family.
+pub fn connector_from(
+    config: Arc<rustls::ClientConfig>,
+    local: Option<std::net::IpAddr>,
+) -> impl tower::Service<tonic::codegen::http::Uri, Response = TlsIo, Error = std::io::Error, Future = Connecting>
++ Clone
++ Send
++ 'static {
     let tls = tokio_rustls::TlsConnector::from(config);
     tower::service_fn(move |uri: tonic::codegen::http::Uri| -> Connecting {
         let tls = tls.clone();
@@ -231,7 +244,18 @@ pub fn connector(
             let host = uri.host().ok_or_else(|| invalid("no host"))?;
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match local {
+                None => tokio::net::TcpStream::connect((host.as_str(), port)).await?,
+                Some(local) => {
+                    let to = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .find(|a| a.is_ipv4() == local.is_ipv4())
+                        .ok_or_else(|| invalid("no address of the local address's family"))?;
+                    let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                    socket.bind(std::net::SocketAddr::new(local, 0))?;
+                    socket.connect(to).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(SERVER_NAME).map_err(|e| std::io::Error::other(e.to_string()))?;
             let stream = tls.connect(name, tcp).await?;

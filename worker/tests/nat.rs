@@ -11,6 +11,9 @@
 //! out of `wan`, new connections in from `wan` dropped) and `nat` (the peers behind it,
 //! 192.168.88.2 and .3/24, default route through the router). Nothing is added to the machine's
 //! own namespace. Needs root; installs nftables and curl with apt when missing (iproute2 likewise).
+//!
+//! A second test gives a peer two links, its default route leaving by the one it does not advertise:
+//! it asks for dial-backs from the address it advertises, and is found reachable there.
 
 mod support;
 
@@ -248,4 +251,96 @@ fn a_peer_behind_nat_joins_through_a_relay_and_verifies_a_quorum_2_job() {
     drop(too);
     drop(public);
     drop(net);
+}
+
+/// The namespaces of the multi-homed test; deleted when dropped, also when the test panics.
+struct Homes {
+    hub: String,
+    public: String,
+    multi: String,
+}
+
+impl Homes {
+    /// `hub` routes between `public` (10.87.1.0/24: the public peers at .1 and .2) and `multi`,
+    /// which has two links to it: `eth0` 10.87.2.2/24, its default route, and `eth1` 10.87.3.2/24,
+    /// the address its peer advertises. Reverse-path filtering is off, since `multi` answers
+    /// from one address out of the other link.
+    fn create() -> Homes {
+        ensure_tool("ip", "iproute2");
+        let tag = std::process::id();
+        let h = Homes { hub: format!("sphome{tag}-hub"), public: format!("sphome{tag}-pub"), multi: format!("sphome{tag}-mh") };
+        for ns in [&h.hub, &h.public, &h.multi] {
+            must("ip", &["netns", "add", ns], None);
+            must("ip", &["-n", ns, "link", "set", "lo", "up"], None);
+            for key in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+                must("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", key], None);
+            }
+        }
+        let (hub, p, m) = (h.hub.as_str(), h.public.as_str(), h.multi.as_str());
+        must("ip", &["-n", hub, "link", "add", "hp0", "type", "veth", "peer", "name", "eth0", "netns", p], None);
+        must("ip", &["-n", hub, "link", "add", "hm0", "type", "veth", "peer", "name", "eth0", "netns", m], None);
+        must("ip", &["-n", hub, "link", "add", "hm1", "type", "veth", "peer", "name", "eth1", "netns", m], None);
+        for (ns, dev, addr) in [
+            (hub, "hp0", "10.87.1.254/24"),
+            (hub, "hm0", "10.87.2.254/24"),
+            (hub, "hm1", "10.87.3.254/24"),
+            (p, "eth0", "10.87.1.1/24"),
+            (m, "eth0", "10.87.2.2/24"),
+            (m, "eth1", "10.87.3.2/24"),
+        ] {
+            must("ip", &["-n", ns, "addr", "add", addr, "dev", dev], None);
+            must("ip", &["-n", ns, "link", "set", dev, "up"], None);
+        }
+        must("ip", &["-n", p, "addr", "add", "10.87.1.2/24", "dev", "eth0"], None);
+        must("ip", &["-n", p, "route", "add", "default", "via", "10.87.1.254"], None);
+        must("ip", &["-n", m, "route", "add", "default", "via", "10.87.2.254"], None);
+        must("ip", &["netns", "exec", hub, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], None);
+        h
+    }
+}
+
+impl Drop for Homes {
+    fn drop(&mut self) {
+        for ns in [&self.hub, &self.public, &self.multi] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// A volunteer's machine with two links whose default route leaves by the one it does not
+/// advertise: other peers dial back the IP a question comes from, so the peer asks from the
+/// address it advertises, and is found reachable there (it was judged unreachable before).
+#[test]
+fn a_multi_homed_peer_is_dialed_back_at_the_address_it_advertises() {
+    let homes = Homes::create();
+    let tmp = scratch();
+    let first = Peer::start(PeerSpec::new(&tmp.path().join("first"), &format!("10.87.1.1:{PORT}")).netns(&homes.public));
+    let second =
+        Peer::start(PeerSpec::new(&tmp.path().join("second"), &format!("10.87.1.2:{PORT}")).netns(&homes.public).bootstrap(&first.addr));
+    let advertised = format!("10.87.3.2:{PORT}");
+    let multi = Peer::start(
+        PeerSpec::new(&tmp.path().join("multi"), &format!("0.0.0.0:{PORT}"))
+            .netns(&homes.multi)
+            .bootstrap(&first.addr)
+            .args(&["--advertise", &advertised]),
+    );
+    // Its first verdict (an advert says reachable until one), from the two public peers' dial-backs.
+    let verdict = eventually_within(std::time::Duration::from_secs(90), "the multi-homed peer's reachability verdict", || {
+        let said = multi.log_lines("reachability: ");
+        said.iter().find(|l| l.contains("reachability: reachable") || l.contains("reachability: unreachable")).cloned().ok_or(format!("{said:?}"))
+    });
+    assert!(verdict.contains("reachability: reachable"), "dialed back at the address it advertises: {verdict}");
+    for p in [&first, &second] {
+        eventually(&format!("{} to list the multi-homed peer alive and reachable", p.addr), || {
+            let seen = seen_by(p)?;
+            match seen.iter().find(|(id, _, _)| *id == multi.peer_id) {
+                Some((_, state, reach)) if state == "alive" && reach == "reachable" => Ok(()),
+                row => Err(format!("{row:?} in {seen:?}")),
+            }
+        });
+    }
+    drop(multi);
+    drop(second);
+    drop(first);
+    drop(homes);
 }

@@ -77,6 +77,22 @@ impl Clients {
     }
 
     /// Forgets the channel to `addr` (after it failed), so the next use dials again.
+    /// A mesh client of its own (not pooled) whose connection to `addr` is made from the local
+    /// address `local`: a dial-back question asked from the address this peer advertises, so the
+    /// asked peer dials that address back. `None` when `local` is not this machine's.
+    pub fn mesh_from(&self, addr: &str, local: std::net::IpAddr) -> Option<pb::mesh_service_client::MeshServiceClient<Channel>> {
+        // Binding a socket to an address this machine does not have fails at once.
+        std::net::UdpSocket::bind((local, 0)).ok()?;
+        let expected = self.expected.get(addr).map(|p| *p.as_bytes());
+        let (config, _) = spare_sdk::tls::client_config(expected, Some(self.identity.clone())).ok()?;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .connect_with_connector_lazy(spare_sdk::tls::connector_from(std::sync::Arc::new(config), Some(local)));
+        Some(pb::mesh_service_client::MeshServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
     pub fn forget(&self, addr: &str) {
         self.channels.remove(addr);
     }

@@ -192,7 +192,11 @@ impl Node {
     }
 
     async fn ask_dial_back(&self, addr: &str, advertised: String) -> Answer {
-        let Some(mut client) = self.0.clients.mesh(addr) else { return Answer::NoAnswer };
+        // Asked from the advertised IP where this machine has it (a multi-homed peer whose
+        // default route leaves by another address), since the asked peer dials back the IP the
+        // question came from; otherwise over the usual link.
+        let from_advertised = advertised.parse::<std::net::SocketAddr>().ok().and_then(|a| self.0.clients.mesh_from(addr, a.ip()));
+        let Some(mut client) = from_advertised.or_else(|| self.0.clients.mesh(addr)) else { return Answer::NoAnswer };
         let req = pb::DialBackRequest { addr: advertised.clone() };
         match tokio::time::timeout(ASK_TIMEOUT, client.dial_back(req)).await {
             Ok(Ok(r)) => {

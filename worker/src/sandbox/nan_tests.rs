@@ -1,0 +1,138 @@
+//! Tests of the NaN rewrite: its exact output on small modules, and that a rewritten module run
+//! without engine canonicalisation stores the same bits as the original with it.
+
+use super::{Plan, plan};
+use wasmtime::{Config, Engine, Instance, Module, Store};
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("valid WAT")
+}
+
+fn rewritten(wasm: &[u8]) -> Vec<u8> {
+    match plan(wasm) {
+        Plan::Rewritten(b) => b,
+        Plan::EngineWide(why) => panic!("expected a rewrite, got engine-wide: {why}"),
+    }
+}
+
+#[test]
+fn a_returned_sum_is_canonicalised_with_a_scratch_local() {
+    let before = wat("(module (func (param f64 f64) (result f64) local.get 0 local.get 1 f64.add))");
+    let after = wat(r#"(module (func (param f64 f64) (result f64) (local f64)
+        local.get 0 local.get 1 f64.add
+        local.tee 2 f64.const nan local.get 2 local.get 2 f64.eq select))"#);
+    assert_eq!(rewritten(&before), after);
+}
+
+#[test]
+fn floats_only_compared_are_left_alone() {
+    // A mandelbrot-like loop: arithmetic results flow through locals and branches into
+    // comparisons only; the only bits that leave are the integer count.
+    let m = wat(r#"(module (memory 1)
+        (func (param $cr f64) (param $ci f64) (result i32) (local $x f64) (local $y f64) (local $t f64) (local $i i32)
+          (block $out (loop $l
+            local.get $x local.get $x f64.mul local.get $y local.get $y f64.mul f64.add f64.const 4 f64.gt br_if $out
+            local.get $x local.get $x f64.mul local.get $y local.get $y f64.mul f64.sub local.get $cr f64.add local.set $t
+            f64.const 2 local.get $x f64.mul local.get $y f64.mul local.get $ci f64.add local.set $y
+            local.get $t local.set $x
+            local.get $i i32.const 1 i32.add local.tee $i i32.const 100 i32.lt_u br_if $l))
+          local.get $i))"#);
+    assert_eq!(rewritten(&m), m);
+}
+
+#[test]
+fn the_canonicalisation_is_at_the_arithmetic_not_at_the_store() {
+    // neg of an arithmetic NaN keeps its sign bit flipped today: the add is canonicalised, the
+    // neg is not touched.
+    let before = wat(r#"(module (memory 1) (func (param f32)
+        i32.const 0 local.get 0 local.get 0 f32.sub f32.neg f32.store))"#);
+    let after = wat(r#"(module (memory 1) (func (param f32) (local f32)
+        i32.const 0 local.get 0 local.get 0 f32.sub
+        local.tee 1 f32.const nan local.get 1 local.get 1 f32.eq select
+        f32.neg f32.store))"#);
+    assert_eq!(rewritten(&before), after);
+    // A loaded value is stored as it is.
+    let load = wat("(module (memory 1) (func i32.const 8 i32.const 0 f64.load f64.neg f64.store))");
+    assert_eq!(rewritten(&load), load);
+}
+
+#[test]
+fn simd_modules_keep_engine_wide_canonicalisation() {
+    let m = wat(r#"(module (memory 1) (func
+        i32.const 0 i32.const 0 v128.load i32.const 16 v128.load f32x4.add v128.store))"#);
+    assert!(matches!(plan(&m), Plan::EngineWide(_)));
+}
+
+/// A module that computes NaNs every way we know and stores their bits from offset 0, 8 bytes
+/// each (f32s widened into the low half). Exported `run`, memory `m`.
+const NAN_ZOO: &str = r#"(module
+  (memory (export "m") 1)
+  (global $g (mut f64) (f64.const 0))
+  (func $pass (param f64) (result f64) local.get 0)
+  (func $div (param f64 f64) (result f64) local.get 0 local.get 1 f64.div)
+  (func $zero (result f64) f64.const 0)
+  (func (export "run") (local $n f64) (local $p f64) (local $i i32)
+    ;; operands hidden behind a call, so that nothing is folded at compile time
+    call $zero call $zero f64.div local.set $n
+    ;; a NaN with a payload and the sign bit, by bits
+    i64.const 0xfff4000000000001 f64.reinterpret_i64 local.set $p
+    i32.const 0 local.get $n f64.store
+    i32.const 8 local.get $n f64.neg f64.store
+    i32.const 16 local.get $n f64.neg f64.abs f64.store
+    i32.const 24 f64.const 1 local.get $n f64.copysign f64.store
+    i32.const 32 local.get $p f64.neg f64.store
+    i32.const 40 local.get $p f64.const 0 f64.add f64.store
+    i32.const 48 local.get $p f32.demote_f64 f32.store
+    i32.const 56 f64.const -1 call $pass f64.sqrt f64.store
+    i32.const 64 local.get $p f64.const 1 f64.min f64.store
+    i32.const 72 f64.const 0 f64.const 0 call $div f64.store
+    i32.const 80 local.get $n local.get $p i32.const 1 select f64.store
+    i32.const 88 (block (result f64) local.get $n f64.const 1 f64.mul f64.neg) f64.store
+    i32.const 96 local.get $n f64.const 2 f64.mul call $pass f64.store
+    local.get $n f64.const 3 f64.sub global.set $g
+    i32.const 104 global.get $g f64.neg f64.store
+    i32.const 112 local.get $n f64.ceil i64.reinterpret_f64 i64.store
+    i32.const 120 local.get $n f32.demote_f64 f32.neg f32.store
+    ;; through a loop parameter and a branch
+    i32.const 128
+    f64.const 0 local.get $n f64.div
+    (loop $l (param f64) (result f64)
+      f64.neg
+      local.get $i i32.const 1 i32.add local.tee $i i32.const 3 i32.lt_u br_if $l)
+    f64.store
+    ;; a NaN only compared: its result is an integer
+    i32.const 136 local.get $n local.get $n f64.add local.get $n f64.eq i64.extend_i32_u i64.store))"#;
+
+fn memory_after_run(wasm: &[u8], canonicalise: bool) -> Vec<u8> {
+    let mut config = Config::new();
+    config.cranelift_nan_canonicalization(canonicalise);
+    let engine = Engine::new(&config).expect("engine");
+    let module = Module::new(&engine, wasm).expect("compile");
+    let mut store = Store::new(&engine, ());
+    let instance = Instance::new(&mut store, &module, &[]).expect("instantiate");
+    let run = instance.get_typed_func::<(), ()>(&mut store, "run").expect("run");
+    run.call(&mut store, ()).expect("runs");
+    let memory = instance.get_memory(&mut store, "m").expect("memory");
+    memory.data(&store)[..144].to_vec()
+}
+
+#[test]
+fn rewritten_without_engine_canonicalisation_stores_todays_bits() {
+    let original = wat(NAN_ZOO);
+    let today = memory_after_run(&original, true);
+    let rewritten = rewritten(&original);
+    assert_ne!(rewritten, original);
+    assert_eq!(memory_after_run(&rewritten, false), today);
+    // The bits that a store-side canonicalisation would have changed are today's exactly.
+    let at = |i: usize| u64::from_le_bytes(today[i..i + 8].try_into().expect("8 bytes"));
+    assert_eq!(at(0), 0x7ff8_0000_0000_0000, "arithmetic NaN: canonical");
+    assert_eq!(at(8), 0xfff8_0000_0000_0000, "its negation keeps the sign bit");
+    assert_eq!(at(24), 1f64.to_bits(), "copysign from a canonical NaN");
+    assert_eq!(at(32), 0x7ff4_0000_0000_0001, "a loaded NaN's payload survives neg");
+    assert_eq!(at(40), 0x7ff8_0000_0000_0000, "arithmetic on it is canonical");
+    // x86 makes negative default NaNs: without any canonicalisation the bits differ, which is
+    // what the rewrite is there for.
+    if cfg!(target_arch = "x86_64") {
+        assert_ne!(memory_after_run(&original, false), today);
+    }
+}

@@ -57,6 +57,47 @@ fn the_canonicalisation_is_at_the_arithmetic_not_at_the_store() {
 }
 
 #[test]
+fn a_loop_result_looked_at_after_the_loop_is_canonicalised_there() {
+    // The multiply in the loop feeds only comparisons and the store after the loop: the store's
+    // operand is canonicalised, once, and the loop is left alone.
+    // (An i32 local last, so that WAT does not merge the scratch local into the f64 group.)
+    let before = wat(r#"(module (memory 1) (func (param f64) (local f64 i32)
+        f64.const 1 local.set 1
+        (loop $l local.get 1 local.get 0 f64.mul local.tee 1 f64.const 100 f64.lt br_if $l)
+        i32.const 0 local.get 1 f64.store))"#);
+    let after = wat(r#"(module (memory 1) (func (param f64) (local f64 i32 f64)
+        f64.const 1 local.set 1
+        (loop $l local.get 1 local.get 0 f64.mul local.tee 1 f64.const 100 f64.lt br_if $l)
+        i32.const 0 local.get 1
+        local.tee 3 f64.const nan local.get 3 local.get 3 f64.eq select
+        f64.store))"#);
+    assert_eq!(rewritten(&before), after);
+    // When the stored value may also be the (opaque) parameter, the store cannot canonicalise
+    // (the parameter's payload must survive): the multiply is canonicalised where it is made.
+    let mixed = wat(r#"(module (memory 1) (func (param f64) (local f64 i32)
+        (loop $l local.get 1 local.get 0 f64.mul local.tee 1 f64.const 100 f64.lt br_if $l)
+        i32.const 0 local.get 1 local.get 0 local.get 2 select f64.store))"#);
+    let after = wat(r#"(module (memory 1) (func (param f64) (local f64 i32 f64)
+        (loop $l local.get 1 local.get 0 f64.mul
+          local.tee 3 f64.const nan local.get 3 local.get 3 f64.eq select
+          local.tee 1 f64.const 100 f64.lt br_if $l)
+        i32.const 0 local.get 1 local.get 0 local.get 2 select f64.store))"#);
+    assert_eq!(rewritten(&mixed), after);
+}
+
+#[test]
+fn a_reused_local_does_not_spread_an_observation() {
+    // Local 1 holds a loop's sums, then (reused) a loaded value that is stored: the loaded
+    // value is opaque, but the loop's sums never reach the store.
+    let m = wat(r#"(module (memory 1) (func (param f64) (result i32) (local f64)
+        (loop $l local.get 1 local.get 0 f64.add local.tee 1 f64.const 100 f64.lt br_if $l)
+        i32.const 8 f64.load local.set 1
+        i32.const 0 local.get 1 f64.store
+        i32.const 0))"#);
+    assert_eq!(rewritten(&m), m);
+}
+
+#[test]
 fn simd_modules_keep_engine_wide_canonicalisation() {
     let m = wat(r#"(module (memory 1) (func
         i32.const 0 i32.const 0 v128.load i32.const 16 v128.load f32x4.add v128.store))"#);
@@ -64,7 +105,7 @@ fn simd_modules_keep_engine_wide_canonicalisation() {
 }
 
 /// A module that computes NaNs every way we know and stores their bits from offset 0, 8 bytes
-/// each (f32s widened into the low half). Exported `run`, memory `m`.
+/// each (f32s in the low half). Exported `run`, memory `m`.
 const NAN_ZOO: &str = r#"(module
   (memory (export "m") 1)
   (global $g (mut f64) (f64.const 0))
@@ -100,8 +141,20 @@ const NAN_ZOO: &str = r#"(module
       f64.neg
       local.get $i i32.const 1 i32.add local.tee $i i32.const 3 i32.lt_u br_if $l)
     f64.store
+    ;; made in a loop, stored after it; merged with an opaque payload NaN; a reused local
+    i32.const 144
+    (loop $m (result f64)
+      local.get $n f64.const 1 f64.add local.set $n
+      local.get $i i32.const 1 i32.add local.tee $i i32.const 6 i32.lt_u br_if $m
+      local.get $n)
+    f64.store
+    i32.const 152 (if (result f64) (i32.eq (local.get $i) (i32.const 6)) (then local.get $p) (else local.get $n f64.neg)) f64.store
+    i32.const 160 (if (result f64) (i32.eq (local.get $i) (i32.const 6)) (then local.get $n f64.const 1 f64.mul) (else local.get $p)) f64.store
+    local.get $p local.set $n
+    i32.const 168 local.get $n f64.store
+    i32.const 176 local.get $n f64.const 1 f64.mul f32.demote_f64 i32.reinterpret_f32 i32.store
     ;; a NaN only compared: its result is an integer
-    i32.const 136 local.get $n local.get $n f64.add local.get $n f64.eq i64.extend_i32_u i64.store))"#;
+    i32.const 184 local.get $n local.get $n f64.add local.get $n f64.eq i64.extend_i32_u i64.store))"#;
 
 fn memory_after_run(wasm: &[u8], canonicalise: bool) -> Vec<u8> {
     let mut config = Config::new();
@@ -113,7 +166,7 @@ fn memory_after_run(wasm: &[u8], canonicalise: bool) -> Vec<u8> {
     let run = instance.get_typed_func::<(), ()>(&mut store, "run").expect("run");
     run.call(&mut store, ()).expect("runs");
     let memory = instance.get_memory(&mut store, "m").expect("memory");
-    memory.data(&store)[..144].to_vec()
+    memory.data(&store)[..192].to_vec()
 }
 
 #[test]
@@ -136,3 +189,4 @@ fn rewritten_without_engine_canonicalisation_stores_todays_bits() {
         assert_ne!(memory_after_run(&original, false), today);
     }
 }
+

@@ -34,7 +34,7 @@ const OPAQUE: Node = 0;
 const NON_NAN: Node = 1;
 /// Most nodes and edges a function's graph may have; beyond them the module keeps engine-wide
 /// canonicalisation (the analysis must stay cheap for any module a stranger submits).
-const MAX_GRAPH: usize = 4 << 20;
+const MAX_GRAPH: usize = 1 << 20;
 
 /// The value graph of one function.
 struct Flow {

@@ -4,7 +4,7 @@
 //! host problems are errors.
 //!
 //! ```text
-//! prepare(id, wasm) ── validate ─┬─ memory cache ── disk cache ── compile ──> InstancePre
+//! prepare(id, wasm) ── validate ─┬─ memory cache ── NaN rewrite ── disk cache ── compile ──> InstancePre
 //! run(req) ── bounded queue ── slot thread ── fresh Store + WASI ctx ── _start ──> RunReport
 //! ```
 //!

@@ -639,6 +639,76 @@ fn runs_without_a_fuel_budget_are_unmetered_and_identical() {
     assert!(!Limits::default().has_fuel_budget());
 }
 
+/// NaNs made by arithmetic, loads, neg/abs/copysign, through locals, calls, globals and
+/// branches, stored to memory and written to stdout (8 bytes each).
+fn nan_bits_module() -> String {
+    module(
+        r#"(global $g (mut f64) (f64.const 0))
+        (func $zero (result f64) f64.const 0)
+        (func $pass (param f64) (result f64) local.get 0)
+        (func (export "_start") (local $n f64) (local $p f64) (local $i i32)
+          call $zero call $zero f64.div local.set $n
+          i64.const 0xfff4000000000001 f64.reinterpret_i64 local.set $p
+          i32.const 1024 local.get $n f64.store
+          i32.const 1032 local.get $n f64.neg f64.store
+          i32.const 1040 local.get $n f64.neg f64.abs f64.store
+          i32.const 1048 f64.const 1 local.get $n f64.copysign f64.store
+          i32.const 1056 local.get $p f64.neg f64.store
+          i32.const 1064 local.get $p f64.const 0 f64.add f64.store
+          i32.const 1072 local.get $p f32.demote_f64 f32.store
+          i32.const 1080 local.get $n f64.const 2 f64.mul call $pass f64.neg f64.store
+          local.get $n f64.const 3 f64.sub global.set $g
+          i32.const 1088 global.get $g f64.neg f64.store
+          i32.const 1096 local.get $n f64.floor i64.reinterpret_f64 i64.store
+          i32.const 1104
+          f64.const 0 local.get $n f64.div
+          (loop $l (param f64) (result f64)
+            f64.neg
+            local.get $i i32.const 1 i32.add local.tee $i i32.const 3 i32.lt_u br_if $l)
+          f64.store
+          (call $write (i32.const 1) (i32.const 1024) (i32.const 88)))"#,
+    )
+}
+
+#[test]
+fn nan_bits_are_the_same_rewritten_and_canonicalised_engine_wide() {
+    // Without a fuel budget the module runs rewritten on an engine without NaN
+    // canonicalisation; with one, as submitted on an engine that canonicalises every float
+    // operation (today's semantics). Every stored bit must agree.
+    let sb = sandbox();
+    let id = prepare(&sb, &nan_bits_module());
+    let metered = run(&sb, &request(id));
+    let unmetered =
+        run(&sb, &RunRequest { limits: Limits { fuel: Limits::NO_FUEL_BUDGET, ..limits() }, ..request(id) });
+    assert_eq!(outcome(&metered), Outcome::Exited(0), "{metered:?}");
+    assert_eq!(unmetered.stdout, metered.stdout);
+    let at = |i: usize| u64::from_le_bytes(metered.stdout[i..i + 8].try_into().expect("8 bytes"));
+    assert_eq!(at(0), 0x7ff8_0000_0000_0000, "an arithmetic NaN is canonical");
+    assert_eq!(at(8), 0xfff8_0000_0000_0000, "negating it flips the sign bit");
+    assert_eq!(at(24), 1f64.to_bits(), "copysign from a canonical NaN is positive");
+    assert_eq!(at(32), 0x7ff4_0000_0000_0001, "a NaN's payload survives neg");
+}
+
+#[test]
+fn simd_float_modules_run_with_engine_wide_canonicalisation() {
+    // f32x4 lanes of 0/0: the rewrite does not model SIMD, so the module compiles on the
+    // engine-wide engine (built on first use), and its NaNs are canonical.
+    let wat = module(
+        r#"(func (export "_start")
+          (v128.store (i32.const 1024)
+            (f32x4.div (v128.load (i32.const 2048)) (v128.load (i32.const 2048))))
+          (call $write (i32.const 1) (i32.const 1024) (i32.const 16)))"#,
+    );
+    let sb = sandbox();
+    let before = sb.reserved_address_space();
+    let id = prepare(&sb, &wat);
+    assert!(sb.reserved_address_space() > before, "a third engine was built");
+    let r = run(&sb, &RunRequest { limits: Limits { fuel: Limits::NO_FUEL_BUDGET, ..limits() }, ..request(id) });
+    assert_eq!(outcome(&r), Outcome::Exited(0), "{r:?}");
+    assert_eq!(r.stdout, 0x7fc0_0000u32.to_le_bytes().repeat(4));
+    assert_eq!(run(&sb, &request(id)).stdout, r.stdout);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pool
 

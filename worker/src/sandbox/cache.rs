@@ -18,12 +18,15 @@ use std::time::SystemTime;
 use spare_protocol::BlobId;
 use wasmtime::{Engine, InstancePre, Module};
 
+use super::engine::Nans;
 use super::run::StoreData;
 
 /// A module ready to instantiate.
 pub(crate) struct Compiled {
     /// For runs without a fuel budget (most jobs): compiled by `prepare`.
     pub(crate) deadline: InstancePre<StoreData>,
+    /// Which deadline engine `deadline` is of (NaNs canonicalised by the rewrite, or by it).
+    pub(crate) deadline_nans: Nans,
     /// For runs with a fuel budget: compiled on the first such run.
     pub(crate) fueled: OnceLock<InstancePre<StoreData>>,
     /// The module's bytes, kept until `fueled` is made from them.
@@ -89,10 +92,17 @@ impl ModuleCache {
 
     /// Adds a prepared module, evicting the least recently used beyond capacity. Evicted modules
     /// stay alive while runs use them; a later `prepare` reloads them from disk.
-    pub(crate) fn insert(&self, id: BlobId, deadline: InstancePre<StoreData>, wasm: &[u8], initial_memory: u64) {
+    pub(crate) fn insert(
+        &self,
+        id: BlobId,
+        (deadline, deadline_nans): (InstancePre<StoreData>, Nans),
+        wasm: &[u8],
+        initial_memory: u64,
+    ) {
         let used = self.clock.fetch_add(1, Ordering::Relaxed);
         let compiled = Compiled {
             deadline,
+            deadline_nans,
             fueled: OnceLock::new(),
             wasm: Mutex::new(Some(Arc::from(wasm))),
             initial_memory,

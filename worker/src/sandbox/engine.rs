@@ -13,12 +13,13 @@
 //! stacks of 2 MiB (never used). All of it is inaccessible or untouched until used, so it costs
 //! address space, not memory: about 12.2 GiB per engine for 1 slot, 16.2 GiB for 2, 24.3 GiB
 //! for 4, twice that for the sandbox's two engines ([`reserved_address_space`]; wasmtime's
-//! defaults would reserve about 4 TiB per engine). The 4 GiB
+//! defaults would reserve about 4 TiB per engine), three times once a module needed the
+//! engine-wide NaN canonicalisation engine (built then, see `nan.rs`). The 4 GiB
 //! reservation is kept because it lets Cranelift drop bounds checks on 32-bit memories, which
 //! is much of the speed of sandboxed code.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,6 +53,26 @@ const ASYNC_STACK: u64 = 2 << 20;
 /// Bumped whenever the sandbox changes what a compiled module means (its config, its ABI),
 /// so that cached compiled modules of an older sandbox are never loaded.
 const SANDBOX_ABI_VERSION: &str = "spare.v1 sandbox abi 1";
+
+/// How an engine makes NaNs deterministic (see `nan.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Nans {
+    /// Cranelift canonicalises every float arithmetic result (modules as submitted).
+    EngineWide,
+    /// No engine canonicalisation: the engine runs modules rewritten by `nan::plan`, which
+    /// canonicalise the results whose bits can be observed.
+    Rewritten,
+}
+
+impl Nans {
+    /// A short name, part of the compiled-module cache key (with the rewrite's version).
+    fn name(self) -> &'static str {
+        match self {
+            Nans::EngineWide => "nan engine-wide",
+            Nans::Rewritten => super::nan::REWRITE_VERSION,
+        }
+    }
+}
 
 /// Which of the sandbox's two engines: what its compiled code counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,11 +121,16 @@ fn memory_reservation(config: &SandboxConfig) -> u64 {
 
 /// Address space a sandbox (its two engines) reserves up front, in bytes (see the module docs).
 pub fn reserved_address_space(config: &SandboxConfig) -> u64 {
+    engine_address_space(config) * Metering::ALL.len() as u64
+}
+
+/// Address space one engine's pool reserves, in bytes.
+pub(crate) fn engine_address_space(config: &SandboxConfig) -> u64 {
     let n = u64::from(pool_instances(config.slots.max(1)));
     let memories = n * (memory_reservation(config) + MEMORY_GUARD) + MEMORY_GUARD;
     let tables = n * u64::from(MAX_TABLES_PER_MODULE) * (TABLE_ELEMENTS as u64) * 8;
     let stacks = n * (ASYNC_STACK + 4096);
-    (memories + tables + stacks) * Metering::ALL.len() as u64
+    memories + tables + stacks
 }
 
 /// Bytes of each pooled memory kept resident between tasks (reset by memset, not madvise).
@@ -178,18 +204,22 @@ pub fn engine_config(config: &SandboxConfig, metering: Metering) -> Config {
     c
 }
 
-/// Builds the sandbox's engine for `metering`.
-pub(crate) fn build_engine(config: &SandboxConfig, metering: Metering) -> Result<Engine, SandboxError> {
-    Engine::new(&engine_config(config, metering)).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+/// Builds the sandbox's engine for `metering`, canonicalising NaNs as `nans` says.
+pub(crate) fn build_engine(config: &SandboxConfig, metering: Metering, nans: Nans) -> Result<Engine, SandboxError> {
+    let mut c = engine_config(config, metering);
+    c.cranelift_nan_canonicalization(nans == Nans::EngineWide);
+    Engine::new(&c).map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }
 
 /// A short, stable name of everything that makes a compiled module loadable by this engine:
-/// wasmtime's own compatibility hash plus [`SANDBOX_ABI_VERSION`] and the metering, through
+/// wasmtime's own compatibility hash plus [`SANDBOX_ABI_VERSION`], the metering and the NaN
+/// handling (with the rewrite's version: a compiled module is of rewritten bytes), through
 /// BLAKE3 (std's hashers are not stable across Rust releases). 16 hex characters.
-pub(crate) fn engine_hash(engine: &Engine, metering: Metering) -> String {
+pub(crate) fn engine_hash(engine: &Engine, metering: Metering, nans: Nans) -> String {
     let mut h = Blake3Hasher(blake3::Hasher::new());
     SANDBOX_ABI_VERSION.hash(&mut h);
     metering.name().hash(&mut h);
+    nans.name().hash(&mut h);
     engine.precompile_compatibility_hash().hash(&mut h);
     let digest = h.0.finalize();
     hex::encode(&digest.as_bytes()[..8])
@@ -212,13 +242,23 @@ impl Hasher for Blake3Hasher {
 /// dropped, which happens when the last clone of the `Sandbox` goes.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
+    /// The engines it ticks (one may be added later: the engine-wide deadline engine is built
+    /// on the first module that needs it).
+    engines: Arc<Mutex<Vec<Engine>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
+    /// Ticks `engine` too from now on.
+    pub(crate) fn add(&self, engine: Engine) {
+        self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
+    }
+
     pub(crate) fn start(engines: Vec<Engine>) -> Result<EpochTicker, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let engines = Arc::new(Mutex::new(engines));
+        let ticked = engines.clone();
         let thread = std::thread::Builder::new()
             .name("spare-sandbox-epoch".into())
             .spawn(move || {
@@ -230,7 +270,7 @@ impl EpochTicker {
                         std::thread::park_timeout(next - now);
                         continue;
                     }
-                    for engine in &engines {
+                    for engine in ticked.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                         engine.increment_epoch();
                     }
                     next += EPOCH_TICK;
@@ -241,7 +281,7 @@ impl EpochTicker {
                 }
             })
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+        Ok(EpochTicker { stop, engines, thread: Some(thread) })
     }
 }
 

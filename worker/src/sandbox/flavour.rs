@@ -1,11 +1,12 @@
-//! One of the sandbox's two engines ([`Metering`]) with its WASI linker and its disk cache:
-//! turns a module into an `InstancePre` of that engine, from the disk cache or by compiling it.
+//! One of the sandbox's engines ([`Metering`], [`Nans`]) with its WASI linker and its disk
+//! cache: turns a module into an `InstancePre` of that engine, from the disk cache or by
+//! compiling it.
 
 use spare_protocol::BlobId;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
 use super::cache::{DiskCache, Loaded};
-use super::engine::{self, Metering};
+use super::engine::{self, Metering, Nans};
 use super::error::{ModuleError, SandboxError};
 use super::run::StoreData;
 use super::{Prepared, SandboxConfig, poll};
@@ -19,21 +20,22 @@ pub(crate) struct Flavour {
 }
 
 impl Flavour {
-    pub(crate) fn new(config: &SandboxConfig, metering: Metering) -> Result<Flavour, SandboxError> {
-        let engine = engine::build_engine(config, metering)?;
+    pub(crate) fn new(config: &SandboxConfig, metering: Metering, nans: Nans) -> Result<Flavour, SandboxError> {
+        let engine = engine::build_engine(config, metering, nans)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut StoreData| &mut d.wasi)
             .map_err(|e| SandboxError::Engine(format!("WASI linker: {e:#}")))?;
         poll::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("poll_oneoff: {e:#}")))?;
         // Each engine's files in their own directory (besides their own engine hash in the
-        // name): the metered forms, which few jobs need, under `fuel/`.
+        // name, which also tells the NaN handlings apart): the metered forms, which few jobs
+        // need, under `fuel/`.
         let dir = config.cache_dir.as_ref().map(|d| match metering {
             Metering::Deadline => d.clone(),
             Metering::FuelAndDeadline => d.join("fuel"),
         });
         let disk = match &dir {
             Some(dir) => Some(
-                DiskCache::new(dir, engine::engine_hash(&engine, metering))
+                DiskCache::new(dir, engine::engine_hash(&engine, metering, nans))
                     .map_err(|e| SandboxError::CacheDir(format!("{}: {e}", dir.display())))?,
             ),
             None => None,
@@ -53,7 +55,8 @@ impl Flavour {
     }
 
     /// The module for this engine: loaded from the disk cache when there, otherwise compiled
-    /// now and written there (best effort). `wasm` must be valid (see `validate`).
+    /// now and written there (best effort). `wasm` must be valid (see `validate`), and for a
+    /// [`Nans::Rewritten`] engine be `nan::plan`'s output for module `id`.
     pub(crate) fn load_or_compile(
         &self,
         id: &BlobId,

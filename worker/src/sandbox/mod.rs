@@ -4,13 +4,23 @@
 //! host problems are errors.
 //!
 //! ```text
-//! prepare(id, wasm) ── validate ─┬─ memory cache ── disk cache ── compile ──> InstancePre
+//! prepare(id, wasm) ── validate ─┬─ memory cache ── NaN rewrite ── disk cache ── compile ──> InstancePre
 //! run(req) ── bounded queue ── slot thread ── fresh Store + WASI ctx ── _start ──> RunReport
 //! ```
 //!
 //! Fuel metering costs up to ~1.6x on tight loops, so it is compiled only into a second
 //! engine's code, used by runs whose job set a fuel budget; `prepare` compiles for the
 //! deadline-only engine, and the first run with a budget compiles the metered form.
+//!
+//! NaN canonicalisation (the other per-operation cost on float code) is done by rewriting the
+//! module (`nan.rs`): `prepare` canonicalises only the float results whose bits can be
+//! observed and compiles that on a deadline engine without Cranelift's canonicalisation; the
+//! rewrite is exactly equivalent to engine-wide canonicalisation (the argument is in `nan.rs`),
+//! so results are the same bits on every architecture and as with earlier versions. Modules
+//! the rewrite does not model (SIMD) compile on a third engine, with engine-wide
+//! canonicalisation, built on the first such module. Metered runs keep engine-wide
+//! canonicalisation of the module as submitted: the rewrite's extra instructions would use
+//! fuel, and fuel counts are part of a result.
 //!
 //! What a run can observe is a function of the module, the request and the seed only: argv
 //! (`[module hex id] ++ args`), env, stdin, a fixed wall clock (2000-01-01T00:00:00Z), a virtual
@@ -23,6 +33,7 @@ mod engine;
 mod error;
 mod flavour;
 mod limits;
+mod nan;
 mod poll;
 mod pool;
 mod priority;
@@ -32,7 +43,7 @@ mod validate;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use spare_protocol::{BlobId, Limits, Outcome, ResultKey};
@@ -46,7 +57,7 @@ pub use validate::initial_memory_bytes;
 pub use trim::Trimmed;
 
 use cache::{Compiled, ModuleCache};
-use engine::EpochTicker;
+use engine::{EpochTicker, Nans};
 use flavour::Flavour;
 use pool::Pool;
 use run::StoreData;
@@ -185,16 +196,46 @@ pub enum Prepared {
 }
 
 struct Inner {
-    /// The engine of runs without a fuel budget.
+    /// The engine of runs without a fuel budget, for rewritten modules (no engine NaN
+    /// canonicalisation).
     deadline: Flavour,
-    /// The engine of runs with one.
+    /// The engine of runs without a fuel budget for modules the rewrite does not model, with
+    /// engine-wide NaN canonicalisation; built on the first such module.
+    deadline_engine_wide: OnceLock<Flavour>,
+    /// Held while `deadline_engine_wide` is built.
+    building: Mutex<()>,
+    /// The engine of runs with a fuel budget (engine-wide NaN canonicalisation).
     fueled: Flavour,
     allowed: AllowedImports,
     cache: ModuleCache,
     config: SandboxConfig,
     // Dropped in this order: the queue closes (slot threads end), then the ticker stops.
     pool: Pool,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
+}
+
+impl Inner {
+    /// The deadline engine with engine-wide canonicalisation, built now if it is not yet.
+    fn deadline_engine_wide(&self) -> Result<&Flavour, SandboxError> {
+        if let Some(f) = self.deadline_engine_wide.get() {
+            return Ok(f);
+        }
+        let _held = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = self.deadline_engine_wide.get() {
+            return Ok(f);
+        }
+        let f = Flavour::new(&self.config, Metering::Deadline, Nans::EngineWide)?;
+        self.ticker.add(f.engine.clone());
+        Ok(self.deadline_engine_wide.get_or_init(|| f))
+    }
+
+    /// The deadline engine a module prepared for `nans` runs on.
+    fn deadline_flavour(&self, nans: Nans) -> Result<&Flavour, SandboxError> {
+        match nans {
+            Nans::Rewritten => Ok(&self.deadline),
+            Nans::EngineWide => self.deadline_engine_wide(),
+        }
+    }
 }
 
 /// A peer's sandbox. Cheap to clone (an `Arc` inside); `Send + Sync`.
@@ -214,14 +255,24 @@ impl Sandbox {
     pub fn new(mut config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         config.slots = config.slots.max(1);
         config.queue = config.queue.max(1);
-        let deadline = Flavour::new(&config, Metering::Deadline)?;
-        let fueled = Flavour::new(&config, Metering::FuelAndDeadline)?;
+        let deadline = Flavour::new(&config, Metering::Deadline, Nans::Rewritten)?;
+        let fueled = Flavour::new(&config, Metering::FuelAndDeadline, Nans::EngineWide)?;
         let allowed = AllowedImports::from_linker(&deadline.engine, &deadline.linker)?;
         let cache = ModuleCache::new(config.cached_modules);
         let pool = Pool::start(config.slots, config.queue, config.idle_priority)?;
         let ticker = EpochTicker::start(vec![deadline.engine.clone(), fueled.engine.clone()])?;
         Ok(Sandbox {
-            inner: Arc::new(Inner { deadline, fueled, allowed, cache, config, pool, _ticker: ticker }),
+            inner: Arc::new(Inner {
+                deadline,
+                deadline_engine_wide: OnceLock::new(),
+                building: Mutex::new(()),
+                fueled,
+                allowed,
+                cache,
+                config,
+                pool,
+                ticker,
+            }),
         })
     }
 
@@ -243,8 +294,21 @@ impl Sandbox {
             if inner.cache.contains(&id) {
                 return Ok(Prepared::InMemory);
             }
-            let (pre, how) = inner.deadline.load_or_compile(&id, wasm)?;
-            inner.cache.insert(id, pre, wasm, initial_memory_bytes(wasm));
+            // Planned on every prepare, disk hits too (a validation and a pass over the code,
+            // small beside loading): which engine the compiled form is of depends on it.
+            let (pre, how, nans) = match nan::plan(wasm) {
+                nan::Plan::Rewritten(bytes) => {
+                    let (pre, how) = inner.deadline.load_or_compile(&id, &bytes)?;
+                    (pre, how, Nans::Rewritten)
+                }
+                nan::Plan::EngineWide(why) => {
+                    tracing::debug!(module = %id.short(), %why, "NaNs canonicalised engine-wide");
+                    let flavour = inner.deadline_engine_wide().map_err(|e| ModuleError::Compile(e.to_string()))?;
+                    let (pre, how) = flavour.load_or_compile(&id, wasm)?;
+                    (pre, how, Nans::EngineWide)
+                }
+            };
+            inner.cache.insert(id, (pre, nans), wasm, initial_memory_bytes(wasm));
             Ok(how)
         })
     }
@@ -311,7 +375,9 @@ impl Sandbox {
 
     /// Address space the engines reserved up front, in bytes.
     pub fn reserved_address_space(&self) -> u64 {
+        let lazy = if self.inner.deadline_engine_wide.get().is_some() { 1 } else { 0 };
         engine::reserved_address_space(&self.inner.config)
+            + lazy * engine::engine_address_space(&self.inner.config)
     }
 
     fn check(&self, req: &RunRequest) -> Result<(), SandboxError> {
@@ -348,7 +414,10 @@ fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxErro
     let ran = catch_unwind(AssertUnwindSafe(|| {
         let started = std::time::Instant::now();
         let (flavour, pre) = match Metering::of(&req.limits) {
-            Metering::Deadline => (&inner.deadline, compiled.deadline.clone()),
+            Metering::Deadline => match inner.deadline_flavour(compiled.deadline_nans) {
+                Ok(flavour) => (flavour, compiled.deadline.clone()),
+                Err(e) => return Err(e),
+            },
             Metering::FuelAndDeadline => match fueled_pre(inner, req.module, &compiled) {
                 Ok(pre) => (&inner.fueled, pre),
                 Err(e) => {

@@ -1,5 +1,5 @@
 //! A virtual peer's worker side as the network and the sandbox see it: its real
-//! [`Work`](crate::peer::work::Work) driven. Its lease requests, report batches and module
+//! [`Work`] driven. Its lease requests, report batches and module
 //! fetches go out as calls (with their byte sizes) and their answers or failures come back to
 //! it; a replica it asks to run "runs" for a random time and the workload attests it; the
 //! outcome of a replica of the peer's own job goes to the peer's [`Host`].

@@ -26,8 +26,11 @@
 //!
 //! Coordinators are named by [`PeerId`], as job ads name them.
 
+mod messages;
 #[cfg(test)]
 mod tests;
+
+pub use messages::{NoOwn, Notice, Own, Replica, Transmit};
 
 use std::collections::VecDeque;
 
@@ -38,71 +41,6 @@ use crate::peer::slots::{Slots, is_stale};
 use crate::pull::{MAX_BATCH, Puller};
 use crate::records::JobAd;
 use crate::{BlobId, JobId, Millis, PeerId, Release, TaskId};
-
-/// A leased replica on its way through this peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Replica {
-    /// The task.
-    pub task: TaskId,
-    /// The coordinator it was leased from; `None` for this peer's own.
-    pub coordinator: Option<PeerId>,
-    /// When the lease lapses.
-    pub expires_at: Millis,
-    /// The job's wall deadline per replica.
-    pub timeout_ms: u64,
-    /// The job's module.
-    pub module: BlobId,
-}
-
-/// A call to make.
-#[derive(Clone, Debug)]
-pub enum Transmit {
-    /// `MeshService.Lease`: up to `max` replicas of `job`. Its answer comes back through
-    /// [`Work::handle_leased`] or [`Work::handle_lease_failed`].
-    Lease { to: PeerId, job: JobId, max: u32 },
-    /// `MeshService.Report`: a batch. Its answer comes back through [`Work::handle_report_sent`].
-    Report { to: PeerId, items: Vec<ReportItem> },
-    /// `BlobService.Get` of a module. Its answer comes back through [`Work::handle_fetched`] or
-    /// [`Work::handle_fetch_failed`].
-    Fetch { from: PeerId, module: BlobId },
-}
-
-/// Something the driver acts on or counts.
-#[derive(Clone, Debug)]
-pub enum Notice {
-    /// Run it in a sandbox slot; its end comes back through [`Work::handle_ran`].
-    Run(Replica),
-    /// The outcome of one of this peer's own replicas: for its own coordinator
-    /// (`Host::record_own` / `Host::release_own`).
-    Own(ReportItem),
-    /// The number of replicas held changed (the advert's free slots).
-    Held,
-    /// A lease too close to lapsing was handed back.
-    Stale,
-    /// A report item was given up (its lease lapses at the coordinator).
-    ReportDropped,
-}
-
-/// The jobs this peer coordinates itself, as the slot pass needs them.
-pub trait Own {
-    /// Whether this peer is `job`'s active coordinator (its slots do not ask for it).
-    fn serves(&self, job: &JobId) -> bool;
-    /// Up to `max` replicas leased from this peer's own active coordinator (with no
-    /// coordinator named).
-    fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica>;
-}
-
-/// No job of its own.
-pub struct NoOwn;
-
-impl Own for NoOwn {
-    fn serves(&self, _: &JobId) -> bool {
-        false
-    }
-    fn lease(&mut self, _: usize, _: Millis) -> Vec<Replica> {
-        Vec::new()
-    }
-}
 
 /// The worker side of one peer (see the module docs for the contract).
 pub struct Work {
@@ -147,6 +85,21 @@ impl Work {
             pass_at: None,
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
+        }
+    }
+
+    /// Pulls only jobs whose replicas fit in `bytes` of memory (the volunteer's cap).
+    pub fn with_memory_cap(mut self, bytes: u64) -> Work {
+        self.slots = Slots::new(self.sandboxes, Puller::new().with_memory_cap(bytes));
+        self
+    }
+
+    /// The donor's limit on new replicas ([`Slots::set_allowance`]): `Some(0)` while its
+    /// controls pause the peer. A looser limit wakes the slot pass.
+    pub fn set_allowance(&mut self, allowance: Option<usize>, now: Millis) {
+        self.slots.set_allowance(allowance);
+        if allowance != Some(0) {
+            self.handle_wake(now);
         }
     }
 

@@ -270,3 +270,13 @@ fn own_replicas_go_to_the_own_coordinator_without_asking() {
     let owns = rig.notices.iter().filter(|n| matches!(n, Notice::Own(ReportItem::Attest(..)))).count();
     assert_eq!(owns, 2);
 }
+
+#[test]
+fn a_paused_donor_asks_for_nothing_until_it_resumes() {
+    let mut rig = Rig::new(vec![C1]);
+    rig.work.set_allowance(Some(0), 0);
+    rig.run_until(5_000, &mut NoOwn);
+    assert!(!rig.sent.iter().any(is_lease), "paused: no lease request");
+    rig.work.set_allowance(None, rig.now);
+    assert!(matches!(rig.next(is_lease, 0), Transmit::Lease { to: C1, max: 3, .. }));
+}

@@ -280,3 +280,21 @@ fn a_paused_donor_asks_for_nothing_until_it_resumes() {
     rig.work.set_allowance(None, rig.now);
     assert!(matches!(rig.next(is_lease, 0), Transmit::Lease { to: C1, max: 3, .. }));
 }
+
+#[test]
+fn a_module_is_fetched_once_and_a_failed_fetch_hands_every_replica_back() {
+    let mut rig = Rig::new(vec![C1]);
+    let Transmit::Lease { max, .. } = rig.next(is_lease, 1_000) else { panic!("a lease request first") };
+    let granted: Vec<(u32, u64)> = (0..max).map(|i| (i, LEASE_MS)).collect();
+    rig.work.handle_leased(C1, JOB, MODULE, TIMEOUT_MS, &granted, rig.now, rig.now);
+    rig.drain();
+    let fetches = rig.sent.iter().filter(|t| matches!(t, Transmit::Fetch { from: C1, module: MODULE })).count();
+    assert_eq!(fetches, 1, "one fetch for {max} replicas");
+    assert!(rig.runs().is_empty(), "nothing runs before its module is here");
+    rig.work.handle_fetch_failed(MODULE, rig.now);
+    rig.drain();
+    assert_eq!(rig.work.held(), 0);
+    let Transmit::Report { items, .. } = rig.next(is_report, 1_000) else { panic!("the hand-backs are reported") };
+    assert_eq!(items.len(), max as usize);
+    assert!(items.iter().all(|i| matches!(i, ReportItem::Release(_, Release::Abandoned))));
+}

@@ -15,7 +15,8 @@
 //! - [`lease`]: answering a worker's lease request; [`report`]: taking its attestations;
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
-//! - [`slots`]: the worker side: replicas held per slot, which job to ask next, pauses.
+//! - [`slots`]: replicas held per slot, which job to ask next, pauses;
+//! - [`work`]: the worker side of one peer, composing slots, the puller and the reporters.
 //!
 //! Each machine has one contract: inputs are `push`/`handle_*`/`request` calls with `now`;
 //! outputs are drained with `poll_*` until they give nothing, and `poll_timeout` says when
@@ -38,6 +39,7 @@ pub mod reports;
 pub mod roles;
 pub mod slots;
 pub mod takeover;
+pub mod work;
 
 /// A coordinator holding one job (id `[1; 32]`, origin `[9; 32]`) of `task_count` tasks under
 /// `policy`, for the rules' unit tests.

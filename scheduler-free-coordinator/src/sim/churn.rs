@@ -132,9 +132,8 @@ impl Sim {
             return;
         }
         let host = Host::restore(self.peers[p as usize].id, coord, job, list, log, self.verifier.clone(), now);
-        let slots = self.cfg.slots;
         let peer = &mut self.peers[p as usize];
-        peer.restart(now, views, slots);
+        peer.restart(now, views);
         peer.host = Some(Box::new(host));
         self.m.restarts += 1;
         self.boot(p);

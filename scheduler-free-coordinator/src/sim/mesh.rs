@@ -73,15 +73,12 @@ impl Sim {
     /// Membership changed: the coordinator learns the live count and hands a dead peer's leases
     /// back; roles are looked at once a peer is declared dead; the slots look again.
     fn peers_changed(&mut self, p: u32, who: PeerId, up: bool) {
-        let peer = &mut self.peers[p as usize];
-        if let Some(c) = peer.coordinators.iter_mut().find(|(id, _)| *id == who) {
-            c.1 = up;
-        }
+        self.with_work(p, |w, now| w.handle_peer(who, up, now));
+        let peer = &self.peers[p as usize];
         let live = 1 + peer.views.iter().map(|v| v.mesh.membership.active()).sum::<usize>();
         if peer.host.is_some() {
             self.host_members_changed(p, live, (!up).then_some(who));
         }
-        self.wake(p);
     }
 
     /// A job ad arrived: keep the newest, learn whether its coordinators are alive here, and let
@@ -91,24 +88,14 @@ impl Sim {
         if ad.job == self.job {
             self.peers[p as usize].has_ad = true;
         }
-        for c in &ad.coordinators {
-            let peer = &self.peers[p as usize];
-            if *c == me || peer.coordinators.iter().any(|(id, _)| id == c) {
-                continue;
-            }
-            let alive = peer.views.iter().any(|v| v.mesh.membership.members().iter().any(|(m, s)| m.peer == *c && *s != MemberState::Dead));
-            self.peers[p as usize].coordinators.push((*c, alive));
-        }
-        let newer = ad.job == self.job && ad.announcer != me && self.peers[p as usize].holds(&ad.job);
-        let ads = &mut self.peers[p as usize].ads;
-        let newer = newer && ads.iter().find(|a| a.job == ad.job).is_none_or(|known| known.seq < ad.seq);
-        let followed = newer.then(|| ad.clone());
-        match ads.iter_mut().find(|a| a.job == ad.job) {
-            Some(known) if known.seq < ad.seq => *known = ad,
-            Some(_) => {}
-            None => ads.push(ad),
-        }
-        if let Some(ad) = followed {
+        let follows = ad.job == self.job && ad.announcer != me && self.peers[p as usize].holds(&ad.job);
+        let followed = follows.then(|| ad.clone());
+        let (now, peer) = (self.now, &mut self.peers[p as usize]);
+        let views = &peer.views;
+        let alive = |c: &PeerId| views.iter().any(|v| v.mesh.membership.members().iter().any(|(m, s)| m.peer == *c && *s != MemberState::Dead));
+        let newer = peer.work.handle_ad(ad, alive, now);
+        self.drain_work(p);
+        if let Some(ad) = followed.filter(|_| newer) {
             self.follow_ad(p, &ad);
         }
     }

@@ -6,9 +6,9 @@
 //!
 //! **The rules are the peer's.** Every decision a peer makes beyond the job table comes from
 //! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
-//! drives them with virtual time and carries out what they return: replicas per slot, pauses
-//! and stale leases ([`peer::slots`](crate::peer::slots)), report batching and retry
-//! ([`peer::reports`](crate::peer::reports)), the whole coordinator side of a peer
+//! drives them with virtual time and carries out what they return: the whole worker side of a
+//! peer ([`peer::work::Work`](crate::peer::work::Work): replicas per slot, pauses, stale
+//! leases, module fetches, report batching and retry), the whole coordinator side of a peer
 //! ([`peer::host::Host`](crate::peer::host::Host): leases, reports, the replication stream,
 //! catch-ups, adoptions, roles and takeover, two leaders), and what a peer publishes into
 //! membership, with the membership settings
@@ -58,7 +58,7 @@
 //! - [`net`]: loss, partitions, delay, byte counts, the RPCs; [`wire`]: exact protobuf message
 //!   sizes;
 //! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
-//!   [`slots`]: the worker side (leases, runs, reports);
+//!   [`work`]: the worker side, the real [`Work`](crate::peer::work::Work) driven;
 //! - [`coord`]: driving each coordinator's [`Host`](crate::peer::host::Host) (its messages,
 //!   notices, timer, and the membership view it is given); [`serve`]: the calls, ads and
 //!   membership changes it is handed, and the sizes of what it sends;
@@ -129,7 +129,7 @@ pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod serve;
-pub mod slots;
+pub mod work;
 pub mod wire;
 pub mod workload;
 

@@ -1,18 +1,13 @@
 //! A virtual peer: what one simulated peer holds. The protocol state is the real thing: a
 //! [`MeshState`] (membership and what the peer published) per membership cell it belongs to, a
-//! [`Puller`], its run times, a report queue per coordinator it reports to, and, when it
-//! coordinates the job, a [`Host`] (all from [`crate::peer`]). The rest is the simulator's bookkeeping: the ads it heard, its
-//! leased replicas, its sandbox slots and the times its events are scheduled.
+//! [`Work`] (its worker side) and, when it coordinates the job, a [`Host`] (both from
+//! [`crate::peer`]). The rest is the simulator's bookkeeping: its workload, its byte counts
+//! and the times its events are scheduled.
 
-use std::collections::VecDeque;
-
-use crate::peer::host::{Host, Logged, ReportItem};
+use crate::peer::host::{Host, Logged};
 use crate::peer::mesh::MeshState;
-use crate::peer::reporters::Reporters;
-use crate::peer::slots::Slots;
-use crate::pull::Puller;
-use crate::records::JobAd;
-use crate::{BlobId, JobId, Millis, PeerId, TaskId};
+use crate::peer::work::Work;
+use crate::{JobId, Millis, PeerId};
 
 use super::workload::Behaviour;
 
@@ -29,21 +24,6 @@ pub struct View {
     pub tick_at: Millis,
     /// The addresses greeted at start (the cell's bootstrap peers).
     pub bootstrap: Vec<String>,
-}
-
-/// A leased replica on its way through this peer.
-#[derive(Clone, Debug)]
-pub struct Replica {
-    /// The task.
-    pub task: TaskId,
-    /// The coordinator it was leased from; `None` for this peer's own.
-    pub coordinator: Option<u32>,
-    /// When the lease lapses.
-    pub expires_at: Millis,
-    /// The job's wall deadline per replica.
-    pub timeout_ms: u64,
-    /// The job's module.
-    pub module: BlobId,
 }
 
 /// One simulated peer.
@@ -77,28 +57,12 @@ pub struct VirtualPeer {
     pub advertises: bool,
     /// When its mesh loop next runs.
     pub house_at: Millis,
-    /// The newest ad of each job heard.
-    pub ads: Vec<JobAd>,
     /// Whether the run's job ad has reached it.
     pub has_ad: bool,
-    /// Liveness, in its own membership view, of the coordinators its ads name.
-    pub coordinators: Vec<(PeerId, bool)>,
-    /// The real worker side: replicas held, the request out, pauses, the puller, run times.
-    pub slots: Slots,
-    /// When its slot loop next runs.
-    pub slots_at: Millis,
-    /// Sandbox slots running.
-    pub busy: u32,
-    /// Replicas waiting for a sandbox slot.
-    pub waiting: VecDeque<Replica>,
-    /// Modules fetched and ready.
-    pub modules: Vec<BlobId>,
-    /// Module fetches in flight, with the replicas waiting on each.
-    pub fetching: Vec<(BlobId, Vec<Replica>)>,
-    /// The real report queues, one per coordinator.
-    pub reports: Reporters<u32, ReportItem>,
-    /// When its next `Flush` is scheduled ([`NEVER`] if none).
-    pub flush_at: Millis,
+    /// The real worker side: slots, replicas, modules, report queues, the ads it heard.
+    pub work: Work,
+    /// When its work timer next runs ([`NEVER`] if not scheduled).
+    pub work_at: Millis,
     /// The coordinator side it holds for the job, if any.
     pub host: Option<Box<Host>>,
     /// When its host's timer next runs ([`NEVER`] if not scheduled).
@@ -128,17 +92,9 @@ impl VirtualPeer {
             bridge: false,
             advertises: true,
             house_at: NEVER,
-            ads: Vec::new(),
             has_ad: false,
-            coordinators: Vec::new(),
-            slots: Slots::new(slots as usize, Puller::new()),
-            slots_at: NEVER,
-            busy: 0,
-            waiting: VecDeque::new(),
-            modules: Vec::new(),
-            fetching: Vec::new(),
-            reports: Reporters::default(),
-            flush_at: NEVER,
+            work: Work::new(id, slots),
+            work_at: NEVER,
             host: None,
             host_at: NEVER,
             stored: None,
@@ -151,18 +107,6 @@ impl VirtualPeer {
         self.host.as_ref().is_some_and(|h| h.job() == *job)
     }
 
-    /// Whether this peer is `job`'s active coordinator (its own slots lease from it; a standby
-    /// one pulls like any worker).
-    pub fn serves(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.job() == *job && h.is_active())
-    }
-
-    /// The coordinator it leases `job` from and reports to: the first one the job's ad names
-    /// that is alive in its own view.
-    pub fn first_live_coordinator(&self, job: &JobId) -> Option<PeerId> {
-        first_live(self.id, &self.ads, &self.coordinators, job)
-    }
-
     /// Its view of `cell`.
     pub fn view_of(&self, cell: u32) -> Option<usize> {
         self.views.iter().position(|v| v.cell == cell)
@@ -170,7 +114,7 @@ impl VirtualPeer {
 
     /// Free slots as its advert shows them.
     pub fn free_slots(&self, slots: u32) -> u32 {
-        slots.saturating_sub(u32::try_from(self.slots.held()).unwrap_or(u32::MAX).min(slots))
+        slots.saturating_sub(u32::try_from(self.work.held()).unwrap_or(u32::MAX).min(slots))
     }
 
     /// Forgets everything a crash loses.
@@ -178,33 +122,20 @@ impl VirtualPeer {
         self.alive = false;
         self.died = Some(now);
         self.views.clear();
-        self.ads.clear();
-        self.waiting.clear();
-        self.fetching.clear();
-        self.reports = Reporters::default();
+        self.work.restart();
+        self.work_at = NEVER;
         self.stored = self.host.take().map(|h| h.stored());
         self.host_at = NEVER;
     }
 
     /// Starts again at `now` with fresh memberships `views`: what was in memory is gone (its
     /// slots, what it heard, its timers), what is on disk (fetched modules) stays.
-    pub fn restart(&mut self, now: Millis, views: Vec<View>, slots: u32) {
+    pub fn restart(&mut self, now: Millis, views: Vec<View>) {
         self.alive = true;
         self.born = now;
         self.views = views;
-        self.coordinators.clear();
-        self.slots = Slots::new(slots as usize, Puller::new());
-        self.busy = 0;
+        self.work.restart();
         self.house_at = NEVER;
-        self.slots_at = NEVER;
-        self.flush_at = NEVER;
+        self.work_at = NEVER;
     }
-}
-
-/// The first coordinator `job`'s ad (among `ads`) names that is `me` or that `live` marks
-/// alive (a peer that took over a job it worked on reports to itself, as the peer's
-/// `addr_of` gives its own address).
-pub fn first_live(me: PeerId, ads: &[JobAd], live: &[(PeerId, bool)], job: &JobId) -> Option<PeerId> {
-    let ad = ads.iter().find(|a| a.job == *job)?;
-    ad.coordinators.iter().find(|c| **c == me || live.iter().any(|(id, up)| id == *c && *up)).copied()
 }

@@ -4,10 +4,9 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::Millis;
+use crate::{Millis, TaskId};
 
 use super::net::{CallKind, Packet, RpcMsg};
-use super::peer::Replica;
 
 /// Something that happens to the simulated mesh at a virtual time.
 #[derive(Debug)]
@@ -22,12 +21,10 @@ pub enum Event {
     RpcFailed { peer: u32, kind: CallKind },
     /// The peer's mesh loop: advert refresh and bootstrap greetings.
     House { peer: u32 },
-    /// The peer's slot loop looks for work.
-    Slots { peer: u32 },
+    /// The peer's work timer (its slot pass, its report batches) may be due.
+    Work { peer: u32 },
     /// A replica finished running in a sandbox slot after `ran_ms`.
-    RunDone { peer: u32, ran_ms: u32, replica: Box<Replica> },
-    /// A report batch's linger (or retry pause) ended: send what is due.
-    Flush { peer: u32 },
+    RunDone { peer: u32, ran_ms: u32, task: Box<TaskId> },
     /// A coordinator's host timer may be due.
     Host { peer: u32 },
     /// A peer crashes and a fresh one joins.
@@ -162,7 +159,7 @@ mod tests {
     #[test]
     fn time_then_push_order_near_and_far() {
         let mut q = Queue::default();
-        let ev = |p: u32| Event::Slots { peer: p };
+        let ev = |p: u32| Event::Work { peer: p };
         q.push(5, ev(1));
         q.push(RING * 3, ev(2));
         q.push(5, ev(3));
@@ -170,7 +167,7 @@ mod tests {
         q.push(0, ev(5));
         let mut out = Vec::new();
         while let Some((at, e)) = q.pop() {
-            let Event::Slots { peer } = e else { unreachable!() };
+            let Event::Work { peer } = e else { unreachable!() };
             out.push((at, peer));
             if peer == 1 {
                 q.push(RING * 3, ev(6));

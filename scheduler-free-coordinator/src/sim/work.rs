@@ -1,0 +1,166 @@
+//! A virtual peer's worker side as the network and the sandbox see it: its real
+//! [`Work`] driven. Its lease requests, report batches and module
+//! fetches go out as calls (with their byte sizes) and their answers or failures come back to
+//! it; a replica it asks to run "runs" for a random time and the workload attests it; the
+//! outcome of a replica of the peer's own job goes to the peer's [`Host`].
+
+use crate::peer::host::{Host, ReportItem};
+use crate::peer::reports::Delivery;
+use crate::peer::work::{Notice, Own, Replica, Transmit, Work};
+use crate::{BlobId, JobId, Millis, Release, TaskId};
+
+use super::engine::Sim;
+use super::net::Request;
+use super::peer::NEVER;
+use super::queue::Event;
+use super::workload::{self, Behaviour};
+use super::{keys, wire};
+
+/// The peer's own coordinator, as its [`Work`] leases from it.
+struct OwnHost<'a> {
+    host: Option<&'a mut Host>,
+    timeout_ms: u64,
+    module: BlobId,
+    /// Whether it gave any lease (the takeover's end, in the metrics).
+    leased: bool,
+}
+
+impl Own for OwnHost<'_> {
+    fn serves(&self, job: &JobId) -> bool {
+        self.host.as_ref().is_some_and(|h| h.job() == *job && h.is_active())
+    }
+
+    fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica> {
+        let Some(h) = self.host.as_mut() else { return Vec::new() };
+        let leases = h.lease_own(max, now);
+        self.leased |= !leases.is_empty();
+        let (timeout_ms, module) = (self.timeout_ms, self.module);
+        leases.into_iter().map(|l| Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module }).collect()
+    }
+}
+
+impl Sim {
+    /// Wakes the peer's slot pass: it runs once, now.
+    pub(super) fn wake(&mut self, p: u32) {
+        self.with_work(p, |w, now| w.handle_wake(now));
+    }
+
+    /// Runs `f` on `p`'s work, then carries out what it emitted.
+    pub(super) fn with_work<R>(&mut self, p: u32, f: impl FnOnce(&mut Work, Millis) -> R) -> R {
+        let now = self.now;
+        let r = f(&mut self.peers[p as usize].work, now);
+        self.drain_work(p);
+        r
+    }
+
+    /// Carries out everything `p`'s work emitted, and arms its timer.
+    pub(super) fn drain_work(&mut self, p: u32) {
+        while let Some(t) = self.peers[p as usize].work.poll_transmit() {
+            self.work_transmit(p, t);
+        }
+        while let Some(n) = self.peers[p as usize].work.poll_notice() {
+            self.work_notice(p, n);
+        }
+        let peer = &mut self.peers[p as usize];
+        if let Some(at) = peer.work.poll_timeout().filter(|_| peer.alive) {
+            self.queue.arm(&mut peer.work_at, at.max(self.now), Event::Work { peer: p });
+        }
+    }
+
+    /// `p`'s work timer ran out: the slot pass (leasing from its own host first) and the
+    /// report batches due.
+    pub(super) fn on_work_timer(&mut self, p: u32) {
+        let now = self.now;
+        let (timeout_ms, module) = (self.spec.policy.limits.timeout_ms, self.spec.module);
+        let peer = &mut self.peers[p as usize];
+        if !peer.alive || peer.work_at != now {
+            return;
+        }
+        peer.work_at = NEVER;
+        let mut host = peer.host.take();
+        let mut own = OwnHost { host: host.as_deref_mut(), timeout_ms, module, leased: false };
+        peer.work.handle_timeout(now, &mut own);
+        let leased = own.leased;
+        peer.host = host;
+        self.drain_host(p);
+        if leased {
+            self.leased_by(p);
+        }
+        self.drain_work(p);
+    }
+
+    fn work_transmit(&mut self, p: u32, t: Transmit) {
+        match t {
+            Transmit::Lease { to, job, max } => {
+                let size = wire::lease_request(max, self.unix());
+                self.call(p, keys::index_of(&to), Request::Lease { job, max, asked_at: self.now }, size);
+            }
+            Transmit::Report { to, items } => {
+                let mut attested = Vec::new();
+                let mut released = Vec::new();
+                for item in &items {
+                    match item {
+                        ReportItem::Attest(a, out) => attested.push((a.task.index, a.fuel_used, out.len() as u64)),
+                        ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
+                    }
+                }
+                let size = wire::report_request(&attested, &released, self.unix());
+                self.call(p, keys::index_of(&to), Request::Report { batch: items }, size);
+            }
+            Transmit::Fetch { from, module } => self.call(p, keys::index_of(&from), Request::Blob { module }, wire::blob_request()),
+        }
+    }
+
+    fn work_notice(&mut self, p: u32, n: Notice) {
+        match n {
+            Notice::Run(r) => {
+                let ran = self.rng.range(self.cfg.run_ms.0, self.cfg.run_ms.1);
+                self.queue.push(self.now + ran, Event::RunDone { peer: p, ran_ms: ran as u32, task: Box::new(r.task) });
+            }
+            Notice::Own(ReportItem::Attest(att, out)) => self.record_own(p, att, out),
+            Notice::Own(ReportItem::Release(task, why)) => self.release_own(p, task, why),
+            Notice::Held => self.schedule_house(p),
+            Notice::Stale => self.m.stale += 1,
+            Notice::ReportDropped => self.m.reports_dropped += 1,
+        }
+    }
+
+    /// A replica finished its run: the workload attests it (a sleeper liar behaves until it has
+    /// run its quota, then lies).
+    pub(super) fn on_run_done(&mut self, p: u32, ran_ms: u64, task: TaskId) {
+        let peer = &mut self.peers[p as usize];
+        if !peer.alive {
+            return;
+        }
+        let behaviour = if peer.runs < self.cfg.liars_honest_for { Behaviour::Honest } else { peer.behaviour };
+        peer.runs = peer.runs.saturating_add(1);
+        self.m.replicas_run += 1;
+        let (att, out) = workload::attest(behaviour, peer.id, task, self.cfg.output_bytes);
+        self.with_work(p, |w, now| w.handle_ran(task, ran_ms * 1_000, ReportItem::Attest(att, out), now));
+    }
+
+    /// Coordinator `c` answered `p`'s lease request.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_leased(&mut self, p: u32, c: u32, job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis) {
+        let from = self.peers[c as usize].id;
+        self.with_work(p, |w, now| w.handle_leased(from, job, module, timeout_ms, &tasks, asked_at, now));
+    }
+
+    pub(super) fn on_lease_failed(&mut self, p: u32, job: JobId) {
+        self.with_work(p, |w, now| w.handle_lease_failed(job, now));
+    }
+
+    pub(super) fn on_fetched(&mut self, p: u32, module: BlobId) {
+        self.with_work(p, |w, _| w.handle_fetched(module));
+    }
+
+    pub(super) fn on_fetch_failed(&mut self, p: u32, module: BlobId) {
+        self.with_work(p, |w, now| w.handle_fetch_failed(module, now));
+    }
+
+    /// The report batch to coordinator `c` came back, delivered or not.
+    pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
+        let to = self.peers[c as usize].id;
+        self.with_work(p, |w, now| w.handle_report_sent(to, delivery, now));
+    }
+}

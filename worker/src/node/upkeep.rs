@@ -19,7 +19,15 @@ pub(super) async fn run(node: Node) {
     // Retention by age runs a few times per retention period, at most once a minute.
     let age_every = (node.config().donation.retention / 4).clamp(every, RETENTION_AT_MOST_EVERY);
     let mut aged = Instant::now();
+    let mut runs_trimmed = 0;
     loop {
+        // Once idle after work, the heap that work freed goes back to the system (glibc's malloc
+        // keeps it otherwise): an idle volunteer's peer stays small.
+        let runs = node.metrics().runs().0;
+        if runs != runs_trimmed && node.running() == 0 {
+            runs_trimmed = runs;
+            give_back_freed_memory();
+        }
         let d = &node.config().donation;
         let mut disk_used = if d.max_disk.is_some() { node.disk_used().await } else { 0 };
         let at_cap = d.max_disk.is_some_and(|cap| disk_used >= cap);
@@ -55,6 +63,14 @@ pub(super) async fn run(node: Node) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Returns the freed heap to the system (`malloc_trim`; nothing to do under another allocator).
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only releases memory malloc holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

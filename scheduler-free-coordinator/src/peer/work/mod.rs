@@ -231,11 +231,6 @@ impl Work {
         self.next();
     }
 
-    /// The tasks of the replicas running (given to the driver by [`Notice::Run`], not ended).
-    pub fn running(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.running.iter().map(|r| r.task)
-    }
-
     /// Whether no report waits to go out or for its answer.
     pub fn reports_idle(&self) -> bool {
         self.reports.is_idle()

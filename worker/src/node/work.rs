@@ -287,7 +287,7 @@ impl Driver {
         match ended {
             Ended::Ran { ran_us, att, output, detail, expires_at } => {
                 self.table.details.insert(task, (detail, expires_at));
-                self.work.handle_ran(task, ran_us, ReportItem::Attest(att, output), now);
+                self.work.handle_ran(task, ran_us, ReportItem::Attest(*att, output), now);
             }
             Ended::Deadline { ran_us } => self.work.handle_ran(task, ran_us, ReportItem::Release(task, Release::Deadline), now),
             Ended::NotRun { abandoned } => self.work.handle_not_run(task, abandoned, now),

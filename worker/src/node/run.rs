@@ -80,12 +80,21 @@ impl Node {
             // Queued too long behind other replicas: handed back unblamed for another peer.
             return Ok(Ended::NotRun { abandoned: false });
         }
+        let coordinator = match r.coordinator {
+            Some(c) => Some(self.addr_of(&c).ok_or_else(|| anyhow::anyhow!("no address for {}", c.short()))?),
+            None => None,
+        };
+        // `Work` fetched the module once; retention may have removed it since (at the disk cap).
+        if let Some(addr) = &coordinator
+            && !self.sandbox().is_prepared(&r.module)
+        {
+            self.fetch_blob(addr, &r.module, self.config().max_module_bytes as u64).await?;
+        }
         let input = match req.input {
             RemoteInput::Inline(b) => b,
             RemoteInput::Blob(id) => {
-                if let Some(c) = r.coordinator {
-                    let addr = self.addr_of(&c).ok_or_else(|| anyhow::anyhow!("no address for {}", c.short()))?;
-                    self.fetch_blob(&addr, &id, self.config().max_blob_bytes).await?;
+                if let Some(addr) = &coordinator {
+                    self.fetch_blob(addr, &id, self.config().max_blob_bytes).await?;
                 }
                 self.store().blobs().read(&id).await?
             }

@@ -377,16 +377,26 @@ impl Own for OwnCore<'_> {
         // before the filters changed) are left to other peers' slots.
         let d = &self.node.config().donation;
         let serves = |spec: &spare_protocol::JobSpec| donation::serves(d, &spec.module, &spec.policy).is_ok();
-        let mut core = self.node.core();
-        let leases = core.coord.lease_where(self.node.peer_id(), max, now, serves);
-        leases
-            .into_iter()
-            .filter_map(|l| {
-                let meta = core.jobs.get(&l.task.job)?;
-                let (timeout_ms, module) = (meta.spec.policy.limits.timeout_ms, meta.spec.module);
-                Some(Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module })
-            })
-            .collect()
+        let me = self.node.peer_id();
+        let mut replicas = Vec::new();
+        let mut orphans = Vec::new();
+        {
+            let mut core = self.node.core();
+            for l in core.coord.lease_where(me, max, now, serves) {
+                match core.jobs.get(&l.task.job) {
+                    Some(meta) => {
+                        let (timeout_ms, module) = (meta.spec.policy.limits.timeout_ms, meta.spec.module);
+                        replicas.push(Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module });
+                    }
+                    None => orphans.push(l.task),
+                }
+            }
+        }
+        // A lease of a job whose spec is not held here cannot run: back at once, not left to lapse.
+        for task in orphans {
+            self.node.release_task(task, me, Release::Abandoned);
+        }
+        replicas
     }
 }
 

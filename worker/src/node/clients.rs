@@ -48,11 +48,6 @@ impl Clients {
         self.channels.remove(addr);
     }
 
-    /// The PeerId expected at `addr`, if it is tied to one.
-    pub fn expected(&self, addr: &str) -> Option<PeerId> {
-        self.expected.get(addr).map(|p| *p)
-    }
-
     /// The channel to `addr` (`host:port`), made on first use.
     pub fn channel(&self, addr: &str) -> Option<Channel> {
         if let Some(c) = self.channels.get(addr) {

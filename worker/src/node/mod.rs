@@ -9,7 +9,6 @@ mod catchup;
 mod core;
 pub mod donation;
 mod ended;
-mod handback;
 mod heal;
 mod journal;
 mod load;
@@ -23,9 +22,10 @@ pub mod recorded;
 pub mod replay;
 pub mod replicate;
 pub mod retention;
-mod slots;
+mod run;
 mod submit;
 mod upkeep;
+mod work;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -176,8 +176,6 @@ struct Shared {
     /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
     /// when the periodic work of `evaluate_roles` was last done.
     roles: tokio::sync::Mutex<spare_protocol::peer::roles::Roles>,
-    /// Where replicas hand their reports to the reporter (started at the first report).
-    reporter: Mutex<Option<remote::ReportSender>>,
     /// The address other peers dial.
     advertised: String,
     /// Records and attestations dropped for bad signatures.
@@ -277,7 +275,6 @@ impl Node {
             mesh_wake: Notify::new(),
             clients,
             tls_server,
-            reporter: Default::default(),
             replicator: Default::default(),
             catch_ups: Default::default(),
             roles: tokio::sync::Mutex::new(spare_protocol::peer::roles::Roles::new(0)),
@@ -298,7 +295,7 @@ impl Node {
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
         let loops = Loops {
-            leaving: vec![tokio::spawn(slots::run(node.clone()))],
+            leaving: vec![tokio::spawn(work::run(node.clone()))],
             others: vec![
                 tokio::spawn(node.clone().mesh_loop()),
                 tokio::spawn(node.clone().announcer(announcements)),
@@ -628,9 +625,9 @@ impl Node {
         self.0.work.notify_one();
     }
 
-    /// Ends the reporter and the replicator (each ends when its queue closes).
+    /// Ends the replicator (it ends when its queue closes; the worker loop flushes its reports
+    /// by itself).
     pub(crate) fn close_queues(&self) {
-        self.0.reporter.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.0.replicator.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 

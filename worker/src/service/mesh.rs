@@ -212,7 +212,7 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         for rel in r.released {
             let job: JobId = parse_id("job_id", &rel.job_id)?;
             let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
-            self.node.release_task(TaskId { job, index: rel.index }, sender, why).await;
+            self.node.release_task(TaskId { job, index: rel.index }, sender, why);
         }
         // Answered once what was recorded is durable here and a backup holds it (see
         // `Node::take_report`); a dropped wait is a shutdown, which the worker's retry covers.

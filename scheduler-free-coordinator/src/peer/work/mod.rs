@@ -213,11 +213,36 @@ impl Work {
     /// The replica of `task` ran for `ran_us` microseconds with `outcome` (a signed
     /// attestation and its output, or a hand-back). A task not running here is ignored.
     pub fn handle_ran(&mut self, task: TaskId, ran_us: u64, outcome: ReportItem, now: Millis) {
-        let Some(i) = self.running.iter().position(|r| r.task == task) else { return };
-        let r = self.running.swap_remove(i);
+        let Some(r) = self.end(task) else { return };
         self.slots.handle_ran(ran_us);
         self.report(&r, outcome, now);
         self.done(false, now);
+        self.next();
+    }
+
+    /// The replica of `task` got a slot but did not run: it goes back to its coordinator
+    /// unblamed ([`Release::Abandoned`]). `abandoned`: it could not run here (the peer pauses,
+    /// as after a failed fetch); otherwise it only waited too long (for memory) or the peer is
+    /// stopping. A task not running here is ignored.
+    pub fn handle_not_run(&mut self, task: TaskId, abandoned: bool, now: Millis) {
+        let Some(r) = self.end(task) else { return };
+        self.report(&r, ReportItem::Release(task, Release::Abandoned), now);
+        self.done(abandoned, now);
+        self.next();
+    }
+
+    /// Whether no report waits to go out or for its answer.
+    pub fn reports_idle(&self) -> bool {
+        self.reports.is_idle()
+    }
+
+    fn end(&mut self, task: TaskId) -> Option<Replica> {
+        let i = self.running.iter().position(|r| r.task == task)?;
+        Some(self.running.swap_remove(i))
+    }
+
+    /// A sandbox slot came free: the next replica waiting for one runs.
+    fn next(&mut self) {
         if let Some(next) = self.waiting.pop_front() {
             self.run(next);
         }

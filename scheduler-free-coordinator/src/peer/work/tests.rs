@@ -299,3 +299,32 @@ fn a_module_is_fetched_once_and_a_failed_fetch_hands_every_replica_back() {
     assert_eq!(items.len(), max as usize);
     assert!(items.iter().all(|i| matches!(i, ReportItem::Release(_, Release::Abandoned))));
 }
+
+#[test]
+fn a_replica_that_did_not_run_goes_back_and_only_a_failure_pauses() {
+    let mut rig = Rig::new(vec![C1]);
+    rig.lease(&[1, 2], LEASE_MS);
+    // One sandbox slot: the second replica waits for it.
+    let first = rig.runs();
+    assert_eq!(first.len(), 1);
+    // It waited too long (for memory, or the peer stops): back unblamed, and the next one runs.
+    rig.work.handle_not_run(first[0].task, false, rig.now);
+    rig.drain();
+    let second = rig.runs();
+    assert_eq!(second.len(), 1, "the waiting replica gets the slot");
+    assert!(rig.work.held() == 1);
+    // It could not run here: back unblamed too, and the peer pauses before asking again.
+    rig.work.handle_not_run(second[0].task, true, rig.now);
+    rig.drain();
+    assert_eq!(rig.work.held(), 0);
+    let Transmit::Report { to, items } = rig.next(is_report, 1_000) else { panic!("the hand-backs are reported") };
+    assert_eq!(to, C1);
+    assert!(items.len() == 2 && items.iter().all(|i| matches!(i, ReportItem::Release(_, Release::Abandoned))), "{items:?}");
+    let failed_at = rig.now;
+    rig.next(is_lease, 1_000);
+    assert!(rig.now > failed_at, "paused after a replica that could not run here");
+    // A task not running here is ignored.
+    rig.work.handle_not_run(TaskId { job: JOB, index: 99 }, true, rig.now);
+    rig.drain();
+    assert!(rig.sent.is_empty() && rig.runs().is_empty());
+}

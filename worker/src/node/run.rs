@@ -1,0 +1,252 @@
+//! Running one replica in the sandbox for the worker loop (`work.rs`): memory admission, its
+//! input, the run, the signed attestation; and recording what this peer's own replicas produced
+//! with its own coordinator.
+
+use spare_protocol::peer::report::{self, Taken};
+use spare_protocol::peer::slots::is_stale;
+use spare_protocol::peer::work::Replica;
+use spare_protocol::{Attestation, BlobId, Millis, Outcome, PeerId, Release, ResultKey, TaskId};
+use tokio::sync::oneshot;
+
+use super::core::{Detail, Evidence};
+use super::remote::{Payload, RemoteInput};
+use super::{Node, donation};
+use crate::sandbox::{RunOutcome, RunRequest, task_seed};
+use crate::store::StoredInput;
+
+/// How a replica given a slot ended.
+pub(super) enum Ended {
+    /// It ran for `ran_us` microseconds; its signed attestation, output and the run's detail.
+    Ran { ran_us: u64, att: Box<Attestation>, output: Vec<u8>, detail: Detail, expires_at: Millis },
+    /// It ran past its wall deadline, which is not a result.
+    Deadline { ran_us: u64 },
+    /// It did not run: `abandoned` when it could not run here, else its lease would lapse
+    /// before a run could finish (it waited too long for memory).
+    NotRun { abandoned: bool },
+}
+
+/// What a run produced, ready to attest.
+struct Ran {
+    outcome: Outcome,
+    output: Vec<u8>,
+    detail: Detail,
+    fuel: u64,
+}
+
+impl Ran {
+    /// A module every peer refuses the same way: attested as a trap rather than retried forever.
+    fn invalid(e: impl std::fmt::Display) -> Ran {
+        let detail = Detail { message: format!("invalid module: {e}"), stderr: String::new() };
+        Ran { outcome: Outcome::Trapped, output: Vec::new(), detail, fuel: 0 }
+    }
+}
+
+impl Node {
+    /// Runs replica `r` (its `payload` from the lease reply when it was leased from another
+    /// peer's coordinator; this peer's own jobs are in its core and store).
+    pub(super) async fn run(&self, r: Replica, payload: Option<Payload>) -> Ended {
+        match self.try_run(&r, payload).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::warn!(task = %r.task, coordinator = ?r.coordinator.map(|c| c.short()), "replica abandoned: {e:#}");
+                Ended::NotRun { abandoned: true }
+            }
+        }
+    }
+
+    async fn try_run(&self, r: &Replica, payload: Option<Payload>) -> anyhow::Result<Ended> {
+        let task = r.task;
+        let (req, memory) = match (r.coordinator, payload) {
+            (None, _) => {
+                let meta = self.core().jobs.get(&task.job).cloned();
+                let meta = meta.ok_or_else(|| anyhow::anyhow!("job {} is not held here", task.job))?;
+                let input = match self.store().input(&task)? {
+                    Some(StoredInput::Inline(bytes)) => RemoteInput::Inline(bytes),
+                    Some(StoredInput::Blob(id)) => RemoteInput::Blob(id),
+                    None => anyhow::bail!("task {task} has no stored input"),
+                };
+                let limits = meta.spec.policy.limits;
+                (Payload { input, args: meta.args.to_vec(), env: meta.env.to_vec(), limits, expires_at: r.expires_at }, limits.memory_bytes)
+            }
+            (Some(_), Some(p)) => {
+                let memory = p.limits.memory_bytes;
+                (p, memory)
+            }
+            (Some(c), None) => anyhow::bail!("no payload kept for {task} from {}", c.short()),
+        };
+        // Waits until the task's memory limit fits beside the running tasks'.
+        let _memory = self.0.donation.admit_memory(memory).await?;
+        if is_stale(self.now(), req.limits.timeout_ms, r.expires_at) {
+            // Queued too long behind other replicas: handed back unblamed for another peer.
+            return Ok(Ended::NotRun { abandoned: false });
+        }
+        let coordinator = match r.coordinator {
+            Some(c) => Some(self.addr_of(&c).ok_or_else(|| anyhow::anyhow!("no address for {}", c.short()))?),
+            None => None,
+        };
+        // `Work` fetched the module once; retention may have removed it since (at the disk cap).
+        if let Some(addr) = &coordinator
+            && !self.sandbox().is_prepared(&r.module)
+        {
+            self.fetch_blob(addr, &r.module, self.config().max_module_bytes as u64).await?;
+        }
+        let input = match req.input {
+            RemoteInput::Inline(b) => b,
+            RemoteInput::Blob(id) => {
+                if let Some(addr) = &coordinator {
+                    self.fetch_blob(addr, &id, self.config().max_blob_bytes).await?;
+                }
+                self.store().blobs().read(&id).await?
+            }
+        };
+        let run = RunRequest {
+            module: r.module,
+            input,
+            args: req.args,
+            env: req.env,
+            limits: req.limits,
+            seed: task_seed(&task.job, task.index),
+        };
+        let (ran, took_us) = self.run_replica(run).await?;
+        let ran_us = took_us.unwrap_or(0);
+        let Some(ran) = ran else { return Ok(Ended::Deadline { ran_us }) };
+        let (att, output) = self.attest(task, ran.outcome, ran.output, ran.fuel);
+        Ok(Ended::Ran { ran_us, att: Box::new(att), output, detail: ran.detail, expires_at: r.expires_at })
+    }
+
+    /// Runs a request in the sandbox (compiling the module first if needed), with how long it
+    /// ran in the sandbox if it did. `None` when the run passed its wall deadline, which is not
+    /// a result.
+    async fn run_replica(&self, req: RunRequest) -> anyhow::Result<(Option<Ran>, Option<u64>)> {
+        let prepared = self.prepare_module(&req.module).await;
+        let mut took_us = None;
+        let ran = match prepared {
+            Err(super::submit::PrepareError::Other(e)) => return Err(e),
+            Err(super::submit::PrepareError::Module(e)) => Some(Ran::invalid(e)),
+            Ok(()) => {
+                let report = self.sandbox().run(req).await?;
+                took_us = Some(u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX));
+                self.0.metrics.ran(&report.outcome, report.elapsed);
+                // Counted durably per local day too, for "tasks run today" on the status page.
+                let ok = matches!(report.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. });
+                drop(self.store().write(vec![crate::store::Op::CountRun { day: donation::local_day(), ok }]));
+                match report.outcome {
+                    RunOutcome::Done { outcome, message } => {
+                        let stderr = crate::sandbox::tail_text(&report.stderr, crate::sandbox::STDERR_TAIL_BYTES);
+                        Some(Ran { outcome, output: report.stdout, detail: Detail { message, stderr }, fuel: report.fuel_used })
+                    }
+                    RunOutcome::Deadline => None,
+                    RunOutcome::Invalid(e) => Some(Ran::invalid(e)),
+                }
+            }
+        };
+        Ok((ran, took_us))
+    }
+
+    /// The signed attestation of a run, and the output that goes with it.
+    fn attest(&self, task: TaskId, outcome: Outcome, output: Vec<u8>, fuel: u64) -> (Attestation, Vec<u8>) {
+        // Only a successful run's stdout is a result; a failure is its outcome alone.
+        #[allow(unused_mut)]
+        let mut output = if outcome.is_success() { output } else { Vec::new() };
+        #[cfg(feature = "chaos")]
+        if self.config().chaos == Some(super::Chaos::Lie) {
+            // Every task its own wrong answer, as a careless or malicious peer would give.
+            output = format!("lie from {} about {task}\n", self.peer_id().short()).into_bytes();
+        }
+        let mut att = Attestation {
+            task,
+            peer: self.peer_id(),
+            result: ResultKey { outcome, output_hash: BlobId::of(&output) },
+            fuel_used: fuel,
+            signature: Vec::new(),
+        };
+        self.0.identity.sign_attestation(&mut att);
+        #[cfg(feature = "chaos")]
+        if self.config().chaos == Some(super::Chaos::Forge) {
+            att.signature = vec![7; 64];
+        }
+        (att, output)
+    }
+
+    /// Records an attestation of one of this peer's own replicas ([`report::record`]); see
+    /// [`Node::take_report`].
+    pub(crate) fn report(&self, att: Attestation, output: &[u8], detail: &Detail) {
+        let mut core = self.core();
+        let taken = report::record(&mut core.coord, att.clone());
+        drop(self.keep(&mut core, taken, att, output, detail));
+    }
+
+    /// Takes an attestation `sender` reported ([`report::take`]; `signed` is the verdict of its
+    /// signature), stores it (and any verdict it made), streams it to the backups, and tells
+    /// watchers once that is durable. With what was taken comes, when it was recorded, what
+    /// resolves once it is durable here and one backup holds it (or the wait for one gave up):
+    /// the worker is answered only then, so it never lets go of an attestation that no live
+    /// coordinator has (a crash before streaming makes its report go to the successor).
+    pub(crate) fn take_report(
+        &self,
+        sender: PeerId,
+        att: Attestation,
+        signed: bool,
+        output: &[u8],
+        detail: &Detail,
+    ) -> (Taken, Option<oneshot::Receiver<()>>) {
+        let mut core = self.core();
+        let taken = report::take(&mut core.coord, sender, att.clone(), signed, output);
+        let held = self.keep(&mut core, taken.clone(), att, output, detail);
+        (taken, held)
+    }
+
+    /// Stores and streams what [`report::take`] or [`report::record`] recorded; the receiver
+    /// resolves once that is durable and a backup has it. Call with the core lock held, so
+    /// entries stream in recording order.
+    fn keep(
+        &self,
+        core: &mut super::core::Core,
+        taken: Taken,
+        att: Attestation,
+        output: &[u8],
+        detail: &Detail,
+    ) -> Option<oneshot::Receiver<()>> {
+        let Taken::Recorded { ordinal, lone, decided } = taken else {
+            if let Taken::Refused(e) = taken {
+                tracing::debug!("attestation not recorded: {e}");
+            }
+            return None;
+        };
+        core.outputs.keep(att.task, att.result.output_hash, output);
+        let evidence = Evidence { attestation: &att, output, detail };
+        let (mut ops, changes) = core.drain(Some(&evidence));
+        ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
+        // The other coordinators get it too, with its output (and the run's detail when it
+        // decided the task).
+        let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let backup = self.replicate(&coordinators, &att, lone, output, decided.then_some(detail));
+        // Queued in order; the caller need not wait for the disk.
+        Some(self.announce_with(ops, changes, backup))
+    }
+
+    /// Hands back a leased replica that produced no attestation.
+    pub(crate) fn release_task(&self, task: TaskId, peer: PeerId, why: Release) {
+        let timed_out = {
+            let mut core = self.core();
+            core.coord.release(task, peer, why);
+            if let Some(m) = core.jobs.get(&task.job) {
+                self.replicate_release(&m.coordinators, task, peer, why);
+            }
+            let (ops, changes) = core.drain(None);
+            let timed_out = ops.iter().any(|op| {
+                matches!(op, crate::store::Op::PutResult(_, r)
+                    if matches!(r.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(_))))
+            });
+            if !ops.is_empty() || !changes.is_empty() {
+                drop(self.announce(ops, changes));
+            }
+            timed_out
+        };
+        // A task failed by deadline misses: no attestation carries that to the backups.
+        if timed_out {
+            self.catch_up_backups(task.job);
+        }
+        self.0.work.notify_one();
+    }
+}

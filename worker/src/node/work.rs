@@ -22,6 +22,10 @@ use super::run::Ended;
 use super::{Node, donation, unix_ms};
 use crate::wire::signing;
 
+/// Replicas handed to the sandbox pool per slot at most: as many as a slot may hold leased
+/// (`peer::slots::leases_per_slot` of quick replicas).
+const RUN_AHEAD_PER_SLOT: usize = 32;
+
 /// The answer to one call [`Work`] asked for.
 enum Answer {
     /// A lease request: when it was asked, and the replicas granted (with their payloads).
@@ -73,7 +77,11 @@ struct Driver {
 /// reports still queued.
 pub(super) async fn run(node: Node) {
     let memory = node.config().caps.limits.memory_bytes;
-    let work = Work::new(node.peer_id(), u32::try_from(node.sandbox().slots()).unwrap_or(u32::MAX)).with_memory_cap(memory);
+    let slots = node.sandbox().slots();
+    // Every replica held may go to the sandbox pool, which queues them for its slots.
+    let work = Work::new(node.peer_id(), u32::try_from(slots).unwrap_or(u32::MAX))
+        .with_memory_cap(memory)
+        .with_run_ahead(slots.saturating_mul(RUN_AHEAD_PER_SLOT));
     let mut d = Driver {
         node,
         work,

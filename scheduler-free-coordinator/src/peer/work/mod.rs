@@ -47,8 +47,11 @@ pub struct Work {
     me: PeerId,
     /// Sandbox slots.
     sandboxes: usize,
+    /// Replicas handed to the driver to run at once: `sandboxes` (the simulator models the slots
+    /// exactly), or more where the driver's sandbox pool queues them ([`Work::with_run_ahead`]).
+    run_ahead: usize,
     slots: Slots,
-    /// Replicas running, at most `sandboxes`.
+    /// Replicas running (handed to the driver), at most `run_ahead`.
     running: Vec<Replica>,
     /// Replicas waiting for a sandbox slot (at most what [`Slots`] lets the peer hold).
     waiting: VecDeque<Replica>,
@@ -74,6 +77,7 @@ impl Work {
         Work {
             me,
             sandboxes,
+            run_ahead: sandboxes,
             slots: Slots::new(sandboxes, Puller::new()),
             running: Vec::new(),
             waiting: VecDeque::new(),
@@ -86,6 +90,14 @@ impl Work {
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
         }
+    }
+
+    /// Hands up to `n` replicas (at least one per sandbox) to the driver at once, for a driver
+    /// whose sandbox pool queues runs: a slot then never waits for the driver's turn between two
+    /// runs (with one run per slot, tiny tasks through real peers ran at half the rate).
+    pub fn with_run_ahead(mut self, n: usize) -> Work {
+        self.run_ahead = n.max(self.sandboxes);
+        self
     }
 
     /// Pulls only jobs whose replicas fit in `bytes` of memory (the volunteer's cap).
@@ -106,7 +118,7 @@ impl Work {
     /// What is left after a crash: only the modules fetched (on disk).
     pub fn restart(&mut self) {
         let modules = std::mem::take(&mut self.modules);
-        *self = Work { modules, ..Work::new(self.me, self.sandboxes as u32) };
+        *self = Work { modules, run_ahead: self.run_ahead, ..Work::new(self.me, self.sandboxes as u32) };
     }
 
     /// Replicas held (leased and not done).
@@ -332,7 +344,7 @@ impl Work {
     }
 
     fn run(&mut self, r: Replica) {
-        if self.running.len() >= self.sandboxes {
+        if self.running.len() >= self.run_ahead {
             self.waiting.push_back(r);
             return;
         }

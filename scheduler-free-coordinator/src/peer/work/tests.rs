@@ -328,3 +328,18 @@ fn a_replica_that_did_not_run_goes_back_and_only_a_failure_pauses() {
     rig.drain();
     assert!(rig.sent.is_empty() && rig.runs().is_empty());
 }
+
+#[test]
+fn with_run_ahead_every_leased_replica_goes_to_the_driver_at_once() {
+    // One slot: one run at a time, the rest wait in `Work`…
+    let mut rig = Rig::new(vec![C1]);
+    rig.lease(&[0, 1, 2], LEASE_MS);
+    assert_eq!(rig.runs().len(), 1, "one per sandbox slot");
+    // …or, for a driver whose sandbox pool queues runs, all at once.
+    let mut rig = Rig::new(vec![C1]);
+    rig.work = Work::new(W, 1).with_run_ahead(8);
+    rig.work.handle_ad(ad(1, vec![C1]), |_| true, 0);
+    rig.lease(&[0, 1, 2], LEASE_MS);
+    let runs = rig.runs();
+    assert_eq!(runs.iter().map(|r| r.task.index).collect::<Vec<_>>(), vec![0, 1, 2], "every replica held");
+}

@@ -101,7 +101,8 @@ fn lean_memory() {
 }
 
 fn main() -> std::process::ExitCode {
-    if !invoked_as_sim() {
+    // The allocator was chosen from the command line at the first allocation (or is now).
+    if !ALLOCATOR.mimalloc() {
         lean_memory();
     }
     spare_peer::cli::main()

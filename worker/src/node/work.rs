@@ -95,20 +95,25 @@ pub(super) async fn run(node: Node) {
         stopping: false,
     };
     let mut stop = d.node.shutdown_signal();
+    // Whether the mesh's ads and members are read again on this pass: at first, on a work notice
+    // (an ad heard, membership changed) and when the loop wakes by itself; not after each run or
+    // answer, which `Work` itself turns into its next pass.
+    let mut look = true;
     loop {
         let now = d.node.now();
-        d.sync(now);
+        d.sync(now, look);
         d.timeout(now);
         d.drain();
         // New work, a freed slot or an answer wakes the loop; announced jobs are looked at again
         // now and then anyway.
         let at = d.work.poll_timeout().map_or(now + LOOK_AGAIN_MS, |at| at.min(now + LOOK_AGAIN_MS));
         let nap = Duration::from_millis(at.saturating_sub(now));
+        look = false;
         tokio::select! {
-            _ = d.node.0.work.notified() => {}
+            _ = d.node.0.work.notified() => look = true,
             Some(a) = d.calls.join_next_with_id(), if !d.calls.is_empty() => d.answered(a),
             Some(e) = d.runs.join_next_with_id(), if !d.runs.is_empty() => d.ended(e),
-            _ = tokio::time::sleep(nap) => {}
+            _ = tokio::time::sleep(nap) => look = true,
             _ = stop.changed() => break,
         }
     }
@@ -125,15 +130,18 @@ pub(super) async fn run(node: Node) {
 }
 
 impl Driver {
-    /// Gives `work` what changed outside it: the donor's controls, the ads heard (of jobs the
-    /// donor serves) and the liveness of the coordinators they name.
-    fn sync(&mut self, now: Millis) {
+    /// Gives `work` what changed outside it: the donor's controls, and when `look`, the ads
+    /// heard (of jobs the donor serves) and the liveness of the coordinators they name.
+    fn sync(&mut self, now: Millis, look: bool) {
         let node = &self.node;
         let held_back = donation::held_back(node.0.donation.paused(), node.0.donation.waiting_for_memory());
         let allowance = held_back.then_some(0);
         if allowance != self.allowance || self.stopping {
             self.allowance = if self.stopping { Some(0) } else { allowance };
             self.work.set_allowance(self.allowance, now);
+        }
+        if !look {
+            return;
         }
         let d = &node.config().donation;
         let ads = node.mesh().membership.job_ads();
@@ -306,7 +314,7 @@ impl Driver {
     /// once rather than wait for its lease to lapse); replicas still waiting go back too.
     async fn hand_back(&mut self) {
         self.stopping = true;
-        self.sync(self.node.now());
+        self.sync(self.node.now(), true);
         self.runs.abort_all();
         let mut back = 0;
         while let Some(e) = self.runs.join_next_with_id().await {

@@ -40,6 +40,7 @@ pub use self::core::{Change, Core, Detail, JobMeta};
 pub use crate::start::NodeHandle;
 pub use mesh::{MeshState, PeerView};
 pub use submit::{MAX_ARGS_BYTES, NewJob, SubmitFailure, digest};
+pub(crate) use run::ReportedAttestation;
 
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};

@@ -61,6 +61,19 @@ impl ReplItem {
     }
 }
 
+/// The stream entry of a recorded attestation: with whether it was taken alone, the run's output,
+/// and its detail when it decided the task (see [`Node::replicate`]).
+pub(crate) fn recorded_entry(att: &Attestation, lone: bool, output: &[u8], decided: Option<&Detail>) -> pb::replication_entry::Entry {
+    let detail = decided.cloned().unwrap_or_default();
+    pb::replication_entry::Entry::Attestation(pb::RecordedAttestation {
+        attestation: Some(attestation_pb(att)),
+        output: output.to_vec(),
+        message: detail.message,
+        lone,
+        stderr: detail.stderr,
+    })
+}
+
 impl Node {
     /// Live peers as membership sees them, this one included.
     pub(crate) fn live_set(&self) -> std::collections::HashSet<PeerId> {
@@ -262,15 +275,7 @@ impl Node {
         output: &[u8],
         decided: Option<&Detail>,
     ) -> Option<BackupAck> {
-        let detail = decided.cloned().unwrap_or_default();
-        let item = pb::RecordedAttestation {
-            attestation: Some(attestation_pb(att)),
-            output: output.to_vec(),
-            message: detail.message,
-            lone,
-            stderr: detail.stderr,
-        };
-        self.stream(coordinators, att.task.job, pb::replication_entry::Entry::Attestation(item), true)
+        self.stream(coordinators, att.task.job, recorded_entry(att, lone, output, decided), true)
     }
 
     /// Streams a lease this peer gave another peer as the job's active coordinator to its
@@ -298,7 +303,7 @@ impl Node {
 
     /// Queues `entry` for every backup of a job this peer leads (`coordinators`, this peer
     /// first). With `ack`, the returned future resolves once one of them has it durably.
-    fn stream(
+    pub(crate) fn stream(
         &self,
         coordinators: &[PeerId],
         job: JobId,

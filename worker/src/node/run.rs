@@ -8,11 +8,17 @@ use spare_protocol::peer::work::Replica;
 use spare_protocol::{Attestation, BlobId, Millis, Outcome, PeerId, Release, ResultKey, TaskId};
 use tokio::sync::oneshot;
 
-use super::core::{Detail, Evidence};
+use futures::FutureExt;
+use spare_proto as pb;
+use spare_protocol::JobId;
+
+use super::core::{Core, Detail, Evidence};
+use super::replicate::recorded_entry;
+use super::Change;
 use super::remote::{Payload, RemoteInput};
 use super::{Node, donation};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
-use crate::store::StoredInput;
+use crate::store::{Op, StoredInput};
 
 /// How a replica given a slot ended.
 pub(super) enum Ended {
@@ -169,60 +175,59 @@ impl Node {
     }
 
     /// Records an attestation of one of this peer's own replicas ([`report::record`]); see
-    /// [`Node::take_report`].
+    /// [`Node::take_reports`].
     pub(crate) fn report(&self, att: Attestation, output: &[u8], detail: &Detail) {
         let mut core = self.core();
         let taken = report::record(&mut core.coord, att.clone());
-        drop(self.keep(&mut core, taken, att, output, detail));
+        let mut kept = Kept::default();
+        keep(&mut core, taken, att, output, detail, &mut kept);
+        drop(self.finish(&mut core, kept));
     }
 
-    /// Takes an attestation `sender` reported ([`report::take`]; `signed` is the verdict of its
-    /// signature), stores it (and any verdict it made), streams it to the backups, and tells
-    /// watchers once that is durable. With what was taken comes, when it was recorded, what
-    /// resolves once it is durable here and one backup holds it (or the wait for one gave up):
-    /// the worker is answered only then, so it never lets go of an attestation that no live
-    /// coordinator has (a crash before streaming makes its report go to the successor).
-    pub(crate) fn take_report(
-        &self,
-        sender: PeerId,
-        att: Attestation,
-        signed: bool,
-        output: &[u8],
-        detail: &Detail,
-    ) -> (Taken, Option<oneshot::Receiver<()>>) {
+    /// Takes the attestations of one report batch from `sender` ([`report::take`], each with the
+    /// verdict of its signature), stores them (and the verdicts they made), streams them to the
+    /// backups, and tells watchers once that is durable. With what was taken of each comes, when
+    /// any was recorded, what resolves once all is durable here and one backup of each job holds
+    /// it (or the wait for one gave up): the worker is answered only then, so it never lets go
+    /// of an attestation that no live coordinator has (a crash before streaming makes its report
+    /// go to the successor). The whole batch is one lock, one store write and one wait for the
+    /// backups: per attestation, they were most of the report path's allocations.
+    pub(crate) fn take_reports(&self, sender: PeerId, batch: Vec<ReportedAttestation>) -> (Vec<Taken>, Option<oneshot::Receiver<()>>) {
         let mut core = self.core();
-        let taken = report::take(&mut core.coord, sender, att.clone(), signed, output);
-        let held = self.keep(&mut core, taken.clone(), att, output, detail);
+        let mut kept = Kept::default();
+        let mut taken = Vec::with_capacity(batch.len());
+        for r in batch {
+            let t = report::take(&mut core.coord, sender, r.att.clone(), r.signed, &r.output);
+            taken.push(t.clone());
+            keep(&mut core, t, r.att, &r.output, &r.detail, &mut kept);
+        }
+        let held = self.finish(&mut core, kept);
         (taken, held)
     }
 
-    /// Stores and streams what [`report::take`] or [`report::record`] recorded; the receiver
-    /// resolves once that is durable and a backup has it. Call with the core lock held, so
-    /// entries stream in recording order.
-    fn keep(
-        &self,
-        core: &mut super::core::Core,
-        taken: Taken,
-        att: Attestation,
-        output: &[u8],
-        detail: &Detail,
-    ) -> Option<oneshot::Receiver<()>> {
-        let Taken::Recorded { ordinal, lone, decided } = taken else {
-            if let Taken::Refused(e) = taken {
-                tracing::debug!("attestation not recorded: {e}");
-            }
+    /// Streams what a batch recorded to the backups of the jobs this peer leads and queues its
+    /// writes and changes; the receiver resolves once they are durable and a backup of each job
+    /// has its entries. Call with the core lock held, so entries stream in recording order.
+    fn finish(&self, core: &mut super::core::Core, kept: Kept) -> Option<oneshot::Receiver<()>> {
+        if kept.ops.is_empty() {
             return None;
+        }
+        // Each job's last entry asks for its backups' answer: a backup's stream is taken in
+        // order, so one that holds the last holds the batch's earlier ones too.
+        let lasts: Vec<bool> =
+            (0..kept.streamed.len()).map(|i| kept.streamed[i + 1..].iter().all(|(j, _)| *j != kept.streamed[i].0)).collect();
+        let mut acks = Vec::new();
+        for ((job, entry), last) in kept.streamed.into_iter().zip(lasts) {
+            let coordinators = core.jobs.get(&job).map_or(&[][..], |m| &m.coordinators[..]);
+            acks.extend(self.stream(coordinators, job, entry, last));
+        }
+        let backup: Option<super::replicate::BackupAck> = match acks.len() {
+            0 => None,
+            1 => acks.pop(),
+            _ => Some(Box::pin(futures::future::join_all(acks).map(|held| held.into_iter().all(|h| h)))),
         };
-        core.outputs.keep(att.task, att.result.output_hash, output);
-        let evidence = Evidence { attestation: &att, output, detail };
-        let (mut ops, changes) = core.drain(Some(&evidence));
-        ops.insert(0, crate::store::Op::PutAttestation { ordinal, attestation: att.clone(), lone });
-        // The other coordinators get it too, with its output (and the run's detail when it
-        // decided the task).
-        let coordinators = core.jobs.get(&att.task.job).map(|m| m.coordinators.clone()).unwrap_or_default();
-        let backup = self.replicate(&coordinators, &att, lone, output, decided.then_some(detail));
         // Queued in order; the caller need not wait for the disk.
-        Some(self.announce_with(ops, changes, backup))
+        Some(self.announce_with(kept.ops, kept.changes, backup))
     }
 
     /// Hands back a leased replica that produced no attestation.
@@ -249,4 +254,43 @@ impl Node {
         }
         self.0.work.notify_one();
     }
+}
+
+/// One attestation of a report batch, with the verdict of its signature check, its output and
+/// the run's detail.
+pub(crate) struct ReportedAttestation {
+    pub att: Attestation,
+    pub signed: bool,
+    pub output: Vec<u8>,
+    pub detail: Detail,
+}
+
+/// What the attestations of one batch recorded come to, in recording order: the store writes,
+/// the changes to announce once they are durable, and the entries for each job's backups.
+#[derive(Default)]
+struct Kept {
+    ops: Vec<Op>,
+    changes: Vec<Change>,
+    streamed: Vec<(JobId, pb::replication_entry::Entry)>,
+}
+
+/// Adds what [`report::take`] or [`report::record`] recorded of `att` to `kept`: the attestation
+/// and the verdicts it made as writes, and its stream entry with its output (and the run's detail
+/// when it decided the task).
+fn keep(core: &mut Core, taken: Taken, att: Attestation, output: &[u8], detail: &Detail, kept: &mut Kept) {
+    let Taken::Recorded { ordinal, lone, decided } = taken else {
+        if let Taken::Refused(e) = taken {
+            tracing::debug!("attestation not recorded: {e}");
+        }
+        return;
+    };
+    core.outputs.keep(att.task, att.result.output_hash, output);
+    let evidence = Evidence { attestation: &att, output, detail };
+    let (ops, changes) = core.drain(Some(&evidence));
+    let job = att.task.job;
+    // Whether it streams is the stream's call (only the active coordinator's go out).
+    kept.streamed.push((job, recorded_entry(&att, lone, output, decided.then_some(detail))));
+    kept.ops.push(Op::PutAttestation { ordinal, attestation: att, lone });
+    kept.ops.extend(ops);
+    kept.changes.extend(changes);
 }

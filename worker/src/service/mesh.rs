@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::wire::convert::{self, attestation, parse_id};
 use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
 use crate::identity;
-use crate::node::{Node, unix_ms};
+use crate::node::{Node, ReportedAttestation, unix_ms};
 use crate::store::StoredInput;
 
 use spare_protocol::requests::INLINE_INPUT_BYTES as INLINE_INPUT;
@@ -194,20 +194,24 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         }
         let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
         let valid = identity::verify_attestations(&refs);
-        // Announcements complete in order, so the last one recorded covers the batch.
-        let mut last = None;
-        for ((att, item), signed) in parsed.into_iter().zip(valid) {
-            let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
-            let (taken, durable) = self.node.take_report(sender, att, signed, &item.output, &detail);
-            if taken == Taken::Invalid {
+        let batch = parsed
+            .into_iter()
+            .zip(valid)
+            .map(|((att, item), signed)| {
+                let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
+                ReportedAttestation { att, signed, output: item.output, detail }
+            })
+            .collect();
+        let (taken, durable) = self.node.take_reports(sender, batch);
+        for t in taken {
+            if t == Taken::Invalid {
                 self.node.count_invalid();
             }
-            if taken.accepted() {
+            if t.accepted() {
                 reply.accepted += 1;
             } else {
                 reply.rejected += 1;
             }
-            last = durable.or(last);
         }
         for rel in r.released {
             let job: JobId = parse_id("job_id", &rel.job_id)?;
@@ -215,8 +219,8 @@ impl pb::mesh_service_server::MeshService for MeshApi {
             self.node.release_task(TaskId { job, index: rel.index }, sender, why);
         }
         // Answered once what was recorded is durable here and a backup holds it (see
-        // `Node::take_report`); a dropped wait is a shutdown, which the worker's retry covers.
-        if let Some(durable) = last {
+        // `Node::take_reports`); a dropped wait is a shutdown, which the worker's retry covers.
+        if let Some(durable) = durable {
             let _ = durable.await;
         }
         Ok(Response::new(reply))

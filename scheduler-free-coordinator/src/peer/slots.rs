@@ -14,6 +14,8 @@ pub const INITIAL_MEAN_RUN_US: u64 = 100_000;
 pub const ABANDON_PAUSE_MS: Millis = 250;
 /// How often idle slots look again at announced jobs (backoffs expire).
 pub const LOOK_AGAIN_MS: Millis = 200;
+/// A peer holding replicas asks for more once this share of its capacity is free (1/4).
+pub const ASK_SHARE: usize = 4;
 
 /// Replicas held per slot, counting the one running and the next at hand: many when replicas
 /// are quick (a lease round trip must not leave the slot idle), few when they are slow (queued
@@ -137,10 +139,15 @@ impl Slots {
         self.held += n;
     }
 
-    /// Whether [`Slots::poll_ask`] may name a job now: something is free and no request is
-    /// out. A driver checks it before gathering the ads.
+    /// Whether [`Slots::poll_ask`] may name a job now: no request is out, and either nothing is
+    /// held or a batch's worth is free ([`ASK_SHARE`] of the capacity, or all the donor allows).
+    /// Asking as soon as one replica is free made a peer of tiny tasks send a lease request per
+    /// replica or two, each a round trip and a grant at its coordinator, for the same work. A
+    /// driver checks it before gathering the ads.
     pub fn may_ask(&self, now: Millis) -> bool {
-        self.asking.is_none() && self.free(now) > 0
+        let free = self.free(now);
+        let batch = (self.run_times.capacity(self.slots) / ASK_SHARE).max(1).min(self.allowance.unwrap_or(usize::MAX).max(1));
+        self.asking.is_none() && free > 0 && (self.held == 0 || free >= batch)
     }
 
     /// The job to ask a coordinator for replicas, and how many; `ads` are the announced jobs this
@@ -251,6 +258,29 @@ mod tests {
         assert!(s.poll_ask(&ads, 10 + 200).is_some(), "after its backoff");
         s.handle_lease_failed(JobId([7; 32]), 300);
         assert_eq!(s.held(), 2);
+    }
+
+    #[test]
+    fn a_peer_holding_replicas_asks_for_a_batch_not_for_each_one_freed() {
+        // Tiny runs: 32 replicas per slot, two slots, so a batch is 16.
+        let mut s = Slots::new(2, Puller::new());
+        while s.run_times().mean_us() > 2_000 {
+            s.handle_ran(500);
+        }
+        assert_eq!(s.run_times().capacity(2), 64);
+        let ads = [ad(7, false)];
+        assert_eq!(s.poll_ask(&ads, 0), Some((JobId([7; 32]), 64)), "nothing held: ask at once");
+        s.handle_leased(JobId([7; 32]), 64, 1);
+        for freed in 1..=16 {
+            s.handle_done(false, 2);
+            assert_eq!(s.may_ask(2), freed == 16, "{freed} freed");
+        }
+        assert_eq!(s.poll_ask(&ads, 2), Some((JobId([7; 32]), 16)));
+        // A donor allowing fewer than a batch still gets them asked for.
+        s.handle_leased(JobId([7; 32]), 16, 3);
+        s.handle_done(false, 4);
+        s.set_allowance(Some(1));
+        assert!(s.may_ask(4));
     }
 
     #[test]

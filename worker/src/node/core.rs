@@ -3,7 +3,7 @@
 //! and change notices, queued while the lock is held so that they land in the order the
 //! coordinator made them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use spare_protocol::peer::outputs::PendingOutputs;
@@ -112,6 +112,10 @@ pub struct Core {
     pub jobs: HashMap<JobId, JobMeta>,
     /// The outputs of attestations whose task is not final yet.
     pub outputs: PendingOutputs,
+    /// Tasks final in the coordinator whose verdict's write is not durable yet: a status shows
+    /// them as running, so it never shows a verdict a crash could take back. Only writes in
+    /// flight are here; the announcer takes each out once its write is durable.
+    pub undurable: HashSet<TaskId>,
 }
 
 impl Core {
@@ -128,6 +132,7 @@ impl Core {
             match event {
                 Event::TaskFinal { task, verdict } => {
                     ops.push(Op::PutResult(task, self.result_of(&task, verdict, evidence)));
+                    self.undurable.insert(task);
                     self.outputs.forget(&task);
                     changes.push(Change::TaskFinal(task));
                 }
@@ -186,7 +191,7 @@ mod tests {
             submitted_at_ms: 0,
             label: String::new(),
         };
-        let mut core = Core { coord: Coordinator::new(CoordinatorConfig::default()), jobs: HashMap::new(), outputs: Default::default() };
+        let mut core = Core { coord: Coordinator::new(CoordinatorConfig::default()), jobs: HashMap::new(), outputs: Default::default(), undurable: Default::default() };
         core.coord.submit(job, spec).expect("job accepted");
         while core.coord.poll_event().is_some() {}
         let task = TaskId { job, index: 0 };

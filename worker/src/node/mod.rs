@@ -262,7 +262,7 @@ impl Node {
             identity,
             store,
             sandbox,
-            core: Mutex::new(Core { coord, jobs: Default::default(), outputs: Default::default() }),
+            core: Mutex::new(Core { coord, jobs: Default::default(), outputs: Default::default(), undurable: Default::default() }),
             changes,
             work: Notify::new(),
             prepare: tokio::sync::Mutex::new(()),
@@ -460,7 +460,9 @@ impl Node {
                     for c in &changes {
                         match c {
                             Change::TaskFinal(task) => {
-                                if let Some(t) = self.core().coord.task(task) {
+                                let mut core = self.core();
+                                core.undurable.remove(task);
+                                if let Some(t) = core.coord.task(task) {
                                     self.0.metrics.decided(t.state);
                                 }
                             }

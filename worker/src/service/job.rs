@@ -1,5 +1,6 @@
 //! `spare.v1.JobService`: submit, status, watch, results, cancel, list.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -102,10 +103,16 @@ fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobCl
 
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
-    let (mut s, views, coordinators, owner, n) = {
+    let (mut s, views, coordinators, owner, n, undurable) = {
         let core = node.core();
         let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
-        let s = convert::job_status(&view);
+        let mut s = convert::job_status(&view);
+        // Verdicts not durable yet count as running: a crash could still take them back.
+        let undurable: HashSet<u32> = core.undurable.iter().filter(|t| t.job == *id).map(|t| t.index).collect();
+        if !undurable.is_empty() {
+            let states = undurable.iter().filter_map(|&index| core.coord.task(&TaskId { job: *id, index }).map(|t| t.state));
+            as_running(&mut s, states);
+        }
         let coordinators = core.jobs.get(id).map(|m| m.coordinators.clone()).unwrap_or_default();
         let owner = core.jobs.get(id).and_then(|m| m.owner);
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
@@ -115,7 +122,7 @@ pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobSta
         } else {
             (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect()
         };
-        (s, views, coordinators, owner, n)
+        (s, views, coordinators, owner, n, undurable)
     };
     s.owner = owner.map(|o| o.to_hex()).unwrap_or_default();
     s.coordinators = coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
@@ -134,9 +141,35 @@ pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobSta
             TaskState::Failed | TaskState::Inconclusive => node.store().result(&v.id).ok().flatten(),
             _ => None,
         };
-        s.task_list.push(convert::task_status(v, stored.as_ref()));
+        let mut t = convert::task_status(v, stored.as_ref());
+        if undurable.contains(&v.id.index) {
+            t = pb::TaskStatus { index: t.index, state: pb::TaskState::Running as i32, attestations: t.attestations, ..Default::default() };
+        }
+        s.task_list.push(t);
     }
     Ok(s)
+}
+
+/// Counts the tasks whose final `states` are not durable yet as running, and the job as running
+/// if its end rests on them.
+fn as_running(s: &mut pb::JobStatus, states: impl Iterator<Item = TaskState>) {
+    let mut any = false;
+    if let Some(c) = s.tasks.as_mut() {
+        for state in states {
+            let count = match state {
+                TaskState::Verified => &mut c.verified,
+                TaskState::Failed => &mut c.failed,
+                TaskState::Inconclusive => &mut c.inconclusive,
+                TaskState::Pending | TaskState::Running => continue,
+            };
+            *count = count.saturating_sub(1);
+            c.running += 1;
+            any = true;
+        }
+    }
+    if any && matches!(pb::JobState::try_from(s.state), Ok(pb::JobState::Completed | pb::JobState::Failed)) {
+        s.state = pb::JobState::Running as i32;
+    }
 }
 
 fn task_done(node: &Node, task: &TaskId) -> Option<pb::TaskStatus> {
@@ -403,5 +436,23 @@ impl pb::job_service_server::JobService for JobApi {
             })
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_not_durable_count_as_running_and_hold_the_job_open() {
+        let counts = pb::TaskCounts { total: 3, pending: 0, running: 0, verified: 2, inconclusive: 0, failed: 1 };
+        let mut s = pb::JobStatus { state: pb::JobState::Failed as i32, tasks: Some(counts), ..Default::default() };
+        as_running(&mut s, [TaskState::Verified, TaskState::Failed].into_iter());
+        assert_eq!(s.tasks, Some(pb::TaskCounts { total: 3, pending: 0, running: 2, verified: 1, inconclusive: 0, failed: 0 }));
+        assert_eq!(s.state, pb::JobState::Running as i32);
+
+        let mut done = pb::JobStatus { state: pb::JobState::Completed as i32, tasks: Some(counts), ..Default::default() };
+        as_running(&mut done, std::iter::empty());
+        assert_eq!(done.state, pb::JobState::Completed as i32, "nothing in flight: the job's end stands");
     }
 }

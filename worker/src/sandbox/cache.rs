@@ -204,6 +204,16 @@ impl DiskCache {
         out
     }
 
+    /// Where this engine's files are.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine hash in this engine's file names.
+    pub(crate) fn engine_hash(&self) -> &str {
+        &self.engine_hash
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(format!("{}-{}.cwasm", id.to_hex(), self.engine_hash))
     }
@@ -224,7 +234,9 @@ impl DiskCache {
         // SAFETY: `Module::deserialize` trusts its input to be wasmtime's own compiled output:
         // it maps it as executable code. These bytes are: the file lives in this peer's own
         // data directory, is written only by `store` below (from `Module::serialize` of a module
-        // this process compiled from bytes whose BLAKE3 is `id`), is named by `id` and by the
+        // compiled from bytes whose BLAKE3 is `id`, or their NaN rewrite, by this process or by
+        // its compiler process: the same binary, given those bytes by this process, and its
+        // engine checked to have this one's hash; see `compiler.rs`), is named by `id` and by the
         // engine compatibility hash (so a module compiled by another wasmtime version or config
         // is never looked up; wasmtime re-checks the version and config in the header anyway),
         // is written under a temporary name and renamed (never seen partially), and its

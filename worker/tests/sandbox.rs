@@ -831,12 +831,24 @@ fn a_compiler_process_compiles_into_the_disk_cache() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
     };
-    for compiler in [dir.path().join("missing"), script("fails", "echo broken >&2; exit 1")] {
+    // The failing one leaves a partial file behind, as one killed mid-write would.
+    let fails = script(
+        "fails",
+        r#"while [ $# -gt 0 ]; do case $1 in --dir) d=$2;; --module) m=$2;; --engine-hash) h=$2;; esac; shift; done
+echo partial > "$d/.$m-$h.999.0.tmp"; echo broken >&2; exit 1"#,
+    );
+    for compiler in [dir.path().join("missing"), fails] {
         let _ = std::fs::remove_dir_all(dir.path().join("modules"));
         let sb = Sandbox::new(config(compiler)).unwrap();
         assert_eq!(sb.prepare(id, &bytes), Ok(Prepared::Compiled), "compiled here");
         assert_eq!(sb.compiled(), (0, 1));
         assert_eq!(run(&sb, &RunRequest { input: b"here".to_vec(), limits: unmetered, ..request(id) }).stdout, b"here");
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "fuel")
+            .collect();
+        assert!(files.len() == 1 && files[0].starts_with(&id.to_hex()) && files[0].ends_with(".cwasm"), "{files:?}");
     }
     let _ = std::fs::remove_dir_all(dir.path().join("modules"));
     let sb = Sandbox::new(config(script("refuses", "cat >/dev/null; echo 'too big to compile' >&2; exit 3"))).unwrap();

@@ -137,7 +137,11 @@ impl Flavour {
                 Loaded::Bad(why) => format!("its file is unusable: {why}"),
             },
             Err(Failed::Refused(why)) => return Err(ModuleError::Compile(why)),
-            Err(Failed::Host(why)) => why,
+            Err(Failed::Host(why)) => {
+                // Its compile of this module is the only one (`ModuleCache::with_inflight`).
+                disk.remove_partial(id);
+                why
+            }
         };
         tracing::warn!(module = %id.short(), %why, "the compiler process failed; compiling in the peer");
         Ok(None)

@@ -209,6 +209,65 @@ fn help_with_examples_is_there_for_every_command() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_spare()"));
 }
 
+/// `spare compile-module`, a peer's compiler process, as the peer runs it: module bytes on
+/// stdin, its compiled form into the cache directory. Bad input ends it with a status that says
+/// whose fault it is (3: the module's, 1: the host's), the reason on stderr, and no file.
+#[test]
+fn the_compiler_process_writes_the_cache_or_says_why_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("modules");
+    let primes = std::fs::read(root().join("examples/wasm/primes.wasm")).unwrap();
+    let id = spare_protocol::BlobId::of(&primes).to_hex();
+    let compile = |hash: &str, announced: usize, bytes: &[u8]| -> Output {
+        let mut child = Command::new(SPARE)
+            .arg("compile-module")
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--module", &id, "--engine-hash", hash, "--slots", "2", "--max-memory-bytes", "4294967296"])
+            .args(["--bytes", &announced.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spare compile-module starts");
+        let mut stdin = child.stdin.take().unwrap();
+        // It may end before reading everything (a refusal): a broken pipe is no matter.
+        let _ = std::io::Write::write_all(&mut stdin, bytes);
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let cached = || -> Vec<String> {
+        std::fs::read_dir(&dir).map_or_else(|_| Vec::new(), |d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Fewer bytes than announced, then another engine than this binary builds: the host's fault.
+    let out = compile("0123456789abcdef", primes.len() + 1, &primes);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("stdin held {} bytes, not the {} announced", primes.len(), primes.len() + 1)), "{}", stderr(&out));
+    let out = compile("0123456789abcdef", primes.len(), &primes);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let hash = err.split("builds engine ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_else(|| panic!("{err}")).to_string();
+    assert!(err.contains("not the peer's 0123456789abcdef"), "{err}");
+    assert!(cached().iter().all(|f| !f.ends_with(".cwasm")), "{:?}", cached());
+
+    // Bytes Cranelift cannot compile: the module's fault, and no file.
+    let out = compile(&hash, 8, b"not wasm");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!stderr(&out).trim().is_empty());
+    assert!(cached().iter().all(|f| !f.ends_with(".cwasm")), "{:?}", cached());
+
+    // A module: its compiled form under the name the peer looks for, nothing left behind.
+    let out = compile(&hash, primes.len(), &primes);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(cached(), vec![format!("{id}-{hash}.cwasm")]);
+
+    // Hidden from the help, which is for people.
+    let out = Command::new(SPARE).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("compile-module"));
+}
+
 /// `spare jobs` lists a job with what it waits for; `status --watch` off a terminal prints a
 /// line saying so (instead of hanging silently) until `spare cancel` ends the job.
 #[test]

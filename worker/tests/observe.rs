@@ -1,7 +1,8 @@
 //! Watching a real `spare peer`: its Prometheus endpoint gives valid text whose counters move
 //! with a job; its log says, one line each, which jobs were accepted, completed and failed (and
 //! why), has no colour codes when it goes to a file, shows only Spare's own lines at
-//! `SPARE_LOG=debug`, and warns when the bootstrap peer cannot be reached.
+//! `SPARE_LOG=debug`, and warns when the bootstrap peer cannot be reached. It compiles modules
+//! in a compiler process, not in itself.
 
 mod support;
 
@@ -64,6 +65,23 @@ fn metrics_and_log_lines_follow_a_job() {
     assert_eq!(value(&after, "spare_tasks_decided_total", Some(("verdict", "verified"))), 4.0);
     assert!(value(&after, "spare_sandbox_seconds_total", None) > 0.0);
     assert!(value(&after, "spare_store_writes_total", None) > value(&before, "spare_store_writes_total", None));
+
+    // The module was compiled once, by another process (the compiler process), into the disk
+    // cache the peer then loaded it from.
+    let compiled = |s: &prometheus_parse::Scrape, p| value(s, "spare_modules_compiled_total", Some(("process", p)));
+    assert_eq!((compiled(&before, "compiler"), compiled(&before, "peer")), (0.0, 0.0));
+    assert_eq!((compiled(&after, "compiler"), compiled(&after, "peer")), (1.0, 0.0));
+    let module = spare_protocol::BlobId::of(&std::fs::read(primes_wasm()).unwrap());
+    let line = peer.log_lines("module compiled in a compiler process").pop().unwrap_or_else(|| peer.log_tail(20));
+    assert!(line.contains(&format!("module={}", module.short())), "{line}");
+    let pid: u32 = line.split("pid=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).expect(&line);
+    assert_ne!(pid, peer.pid(), "{line}");
+    let cached: Vec<String> = std::fs::read_dir(peer.spec.data.join("modules"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    assert!(cached.len() == 1 && cached[0].starts_with(&module.to_hex()), "{cached:?}");
 
     // A job whose second task cannot parse its input fails, and the log says which and why.
     let lines = tmp.path().join("lines.txt");

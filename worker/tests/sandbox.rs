@@ -794,6 +794,70 @@ fn compiled_modules_are_cached_on_disk() {
     assert_eq!(run(&d, &RunRequest { input: b"x".to_vec(), ..request(id) }).stdout, b"x");
 }
 
+/// With a compiler process, a module is compiled there and loaded from the disk cache it wrote;
+/// a compiler process that fails for the host's reasons leaves the compile to this process
+/// (nothing is known against the module), one that says the module was refused refuses it.
+#[test]
+fn a_compiler_process_compiles_into_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |compiler: PathBuf| SandboxConfig {
+        slots: 1,
+        cache_dir: Some(dir.path().join("modules")),
+        compiler: Some(compiler),
+        ..Default::default()
+    };
+    let bytes = wasm(&echo());
+    let id = BlobId::of(&bytes);
+
+    let a = Sandbox::new(config(env!("CARGO_BIN_EXE_spare").into())).unwrap();
+    assert_eq!(a.prepare(id, &bytes), Ok(Prepared::CompiledApart));
+    assert_eq!(a.compiled(), (1, 0));
+    let unmetered = Limits { fuel: Limits::NO_FUEL_BUDGET, ..limits() };
+    assert_eq!(run(&a, &RunRequest { input: b"apart".to_vec(), limits: unmetered, ..request(id) }).stdout, b"apart");
+    // The metered form too, on the first run with a fuel budget.
+    let fueled = run(&a, &RunRequest { input: b"fuel".to_vec(), ..request(id) });
+    assert_eq!(fueled.stdout, b"fuel");
+    assert!(fueled.fuel_used > 0);
+    assert_eq!(a.compiled(), (2, 0));
+    let b = Sandbox::new(config(env!("CARGO_BIN_EXE_spare").into())).unwrap();
+    assert_eq!(b.prepare(id, &bytes), Ok(Prepared::FromDisk));
+    assert_eq!(b.compiled(), (0, 0));
+
+    // Stand-in compilers: one that cannot start, one that fails, one that refuses the module.
+    let script = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    // The failing one leaves a partial file behind, as one killed mid-write would.
+    let fails = script(
+        "fails",
+        r#"while [ $# -gt 0 ]; do case $1 in --dir) d=$2;; --module) m=$2;; --engine-hash) h=$2;; esac; shift; done
+echo partial > "$d/.$m-$h.999.0.tmp"; echo broken >&2; exit 1"#,
+    );
+    for compiler in [dir.path().join("missing"), fails] {
+        let _ = std::fs::remove_dir_all(dir.path().join("modules"));
+        let sb = Sandbox::new(config(compiler)).unwrap();
+        assert_eq!(sb.prepare(id, &bytes), Ok(Prepared::Compiled), "compiled here");
+        assert_eq!(sb.compiled(), (0, 1));
+        assert_eq!(run(&sb, &RunRequest { input: b"here".to_vec(), limits: unmetered, ..request(id) }).stdout, b"here");
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "fuel")
+            .collect();
+        assert!(files.len() == 1 && files[0].starts_with(&id.to_hex()) && files[0].ends_with(".cwasm"), "{files:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir.path().join("modules"));
+    let sb = Sandbox::new(config(script("refuses", "cat >/dev/null; echo 'too big to compile' >&2; exit 3"))).unwrap();
+    match sb.prepare(id, &bytes) {
+        Err(ModuleError::Compile(why)) => assert_eq!(why, "too big to compile"),
+        other => panic!("{other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The example guests (examples/wasm), when built.
 

@@ -122,11 +122,19 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// A peer's compiler process (not for people): compiles the module on stdin into the
+    /// peer's disk cache of compiled modules.
+    #[command(hide = true)]
+    CompileModule(crate::sandbox::CompileArgs),
 }
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any logging or async runtime: the compiler process needs neither, and starts fast.
+    if let Command::CompileModule(a) = &cli.command {
+        return crate::sandbox::compile_module(a);
+    }
     if let Some(path) = &cli.identity {
         let _ = IDENTITY.set(path.clone());
     }
@@ -174,6 +182,7 @@ pub fn main() -> ExitCode {
             }
             Command::Demo(a) => demo::run(a).await,
             Command::Sim(a) => sim::run(a),
+            Command::CompileModule(a) => Ok(crate::sandbox::compile_module(&a)),
         }
     });
     match result {

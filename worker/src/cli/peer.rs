@@ -155,11 +155,17 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
         print!("{}", layers::render::<PeerArgs>(&settings, &figment));
         return Ok(ExitCode::SUCCESS);
     }
-    #[allow(unused_mut)]
     let mut config = settings.node_config().map_err(layers::LoadError::from)?;
     #[cfg(feature = "chaos")]
     {
         config.chaos = a.chaos;
+    }
+    // Modules compile in a compiler process of this same binary, so that the compiler's code
+    // and heap never stay resident in the long-running peer (docs/architecture.md, "Idle
+    // memory"). Without a path to it, they compile in the peer, as they always could.
+    match std::env::current_exe() {
+        Ok(exe) => config.compiler = Some(exe),
+        Err(e) => tracing::warn!("cannot find this executable ({e}); modules will compile in the peer's process"),
     }
     let data_dir = config.data_dir.clone();
     let mut handle = Node::start(config.clone()).await?;

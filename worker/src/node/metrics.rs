@@ -43,6 +43,9 @@ pub struct Metrics {
     pub gossip_out_bytes: Counter,
     /// Gossip messages one peer sent through this one to a peer attached here.
     pub gossip_relayed: Counter,
+    /// Modules compiled, by process (`compiler` or `peer`): brought up to the sandbox's own
+    /// counts when scraped.
+    modules_compiled: Family<[(&'static str, &'static str); 1], Counter>,
     // Read at scrape time.
     tasks_running: Gauge,
     leases_held: Gauge,
@@ -71,6 +74,7 @@ impl Default for Metrics {
             gossip_in_bytes: Counter::default(),
             gossip_out_bytes: Counter::default(),
             gossip_relayed: Counter::default(),
+            modules_compiled: Family::default(),
             tasks_running: Gauge::default(),
             leases_held: Gauge::default(),
             jobs_coordinated: Gauge::default(),
@@ -92,6 +96,11 @@ impl Default for Metrics {
         r.register_with_unit("gossip_received", "Gossip bytes received", Unit::Bytes, m.gossip_in_bytes.clone());
         r.register_with_unit("gossip_sent", "Gossip bytes sent", Unit::Bytes, m.gossip_out_bytes.clone());
         r.register("gossip_relayed", "Gossip messages other peers passed through this one to a peer behind NAT attached here", m.gossip_relayed.clone());
+        r.register(
+            "modules_compiled",
+            "Modules compiled, by process: a compiler process (compiler) or, when that failed, the peer's own (peer)",
+            m.modules_compiled.clone(),
+        );
         r.register("tasks_running", "Replicas leased to this peer's slots now", m.tasks_running.clone());
         r.register("tasks_leased", "Tasks this peer coordinates that are out on lease now", m.leases_held.clone());
         r.register("jobs_coordinated", "Unfinished jobs this peer coordinates (active or backup)", m.jobs_coordinated.clone());
@@ -178,6 +187,13 @@ impl Node {
         m.task_memory_bytes.set(self.task_memory_held() as i64);
         m.unreachable.set(i64::from(self.reachability() == spare_protocol::reachability::Verdict::Unreachable));
         m.peers_attached.set(self.0.nat.relay.attached.len() as i64);
+        let (apart, here) = self.sandbox().compiled();
+        for (process, count) in [("compiler", apart), ("peer", here)] {
+            // Counters only add: add what the sandbox counted since the last scrape (scrapes
+            // are serialised, and the sandbox's counts only grow).
+            let c = m.modules_compiled.get_or_create(&[("process", process)]);
+            c.inc_by(count.saturating_sub(c.get()));
+        }
         m.store_rolled_back.set(self.store().rollback().map_or(0, |r| r.lost()) as i64);
         let mut out = String::new();
         if encode(&mut out, &m.registry).is_err() {

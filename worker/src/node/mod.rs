@@ -98,6 +98,9 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Where to serve the status page (`None`: nowhere).
     pub web: Option<SocketAddr>,
+    /// The executable that compiles modules in a compiler process (`SandboxConfig::compiler`;
+    /// `spare peer` sets its own binary). `None`: compile in the peer's process.
+    pub compiler: Option<PathBuf>,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -132,6 +135,7 @@ impl NodeConfig {
             diversity: spare_protocol::Diversity::default(),
             metrics: None,
             web: None,
+            compiler: None,
             #[cfg(feature = "chaos")]
             chaos: None,
         }
@@ -237,6 +241,7 @@ impl Node {
             max_module_bytes: config.max_module_bytes,
             max_memory_bytes: config.caps.limits.memory_bytes,
             idle_priority: config.donation.task_priority == donation::TaskPriority::Idle,
+            compiler: config.compiler.clone(),
             ..SandboxConfig::default()
         })
         .context("cannot start the sandbox")?;

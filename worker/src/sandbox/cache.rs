@@ -204,6 +204,33 @@ impl DiskCache {
         out
     }
 
+    /// Where this engine's files are.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine hash in this engine's file names.
+    pub(crate) fn engine_hash(&self) -> &str {
+        &self.engine_hash
+    }
+
+    /// How the temporary files `store` writes for module `id` begin.
+    fn partial_prefix(&self, id: &BlobId) -> String {
+        format!(".{}-{}.", id.to_hex(), self.engine_hash)
+    }
+
+    /// Removes the temporary files of module `id` that a writer killed before its rename left
+    /// (a compiler process past its timeout). Only for a module nobody is writing now.
+    pub(crate) fn remove_partial(&self, id: &BlobId) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let prefix = self.partial_prefix(id);
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(format!("{}-{}.cwasm", id.to_hex(), self.engine_hash))
     }
@@ -224,7 +251,9 @@ impl DiskCache {
         // SAFETY: `Module::deserialize` trusts its input to be wasmtime's own compiled output:
         // it maps it as executable code. These bytes are: the file lives in this peer's own
         // data directory, is written only by `store` below (from `Module::serialize` of a module
-        // this process compiled from bytes whose BLAKE3 is `id`), is named by `id` and by the
+        // compiled from bytes whose BLAKE3 is `id`, or their NaN rewrite, by this process or by
+        // its compiler process: the same binary, given those bytes by this process, and its
+        // engine checked to have this one's hash; see `compiler.rs`), is named by `id` and by the
         // engine compatibility hash (so a module compiled by another wasmtime version or config
         // is never looked up; wasmtime re-checks the version and config in the header anyway),
         // is written under a temporary name and renamed (never seen partially), and its
@@ -251,8 +280,7 @@ impl DiskCache {
         let sum = *blake3::hash(&body).as_bytes();
         body.extend_from_slice(&sum);
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp =
-            self.dir.join(format!(".{}-{}.{}.{n}.tmp", id.to_hex(), self.engine_hash, std::process::id()));
+        let tmp = self.dir.join(format!("{}{}.{n}.tmp", self.partial_prefix(id), std::process::id()));
         let result = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, self.path(id)));
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);

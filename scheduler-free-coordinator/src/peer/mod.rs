@@ -16,7 +16,8 @@
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
 //! - [`slots`]: replicas held per slot, which job to ask next, pauses;
-//! - [`work`]: the worker side of one peer, composing slots, the puller and the reporters.
+//! - [`work`]: the worker side of one peer, composing slots, the puller and the reporters;
+//! - [`wire`]: the exact sizes of the messages those machines send.
 //!
 //! Each machine has one contract: inputs are `push`/`handle_*`/`request` calls with `now`;
 //! outputs are drained with `poll_*` until they give nothing, and `poll_timeout` says when
@@ -39,6 +40,7 @@ pub mod reports;
 pub mod roles;
 pub mod slots;
 pub mod takeover;
+pub mod wire;
 pub mod work;
 
 /// A coordinator holding one job (id `[1; 32]`, origin `[9; 32]`) of `task_count` tasks under

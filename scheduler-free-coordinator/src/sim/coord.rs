@@ -24,7 +24,8 @@ use super::engine::Sim;
 use super::keys;
 use super::net::{CallKind, Reply, Request};
 use super::peer::NEVER;
-use super::{queue, wire, workload};
+use super::{queue, workload};
+use crate::peer::wire;
 
 /// What peer `p` knows of the mesh, as its host is told (see the module docs).
 struct View<'a> {
@@ -140,11 +141,12 @@ impl Sim {
                 self.reply(p, to, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(p));
             }
             Transmit::Replicate { to, job, items } => {
-                let size = self.replicate_size(&items);
+                let size = wire::replicate_request(&items, self.cfg.output_bytes, self.unix());
                 self.call(p, keys::index_of(&to), Request::Replicate { job, items }, size);
             }
             Transmit::Adopt { to, job, coordinators, log, kind } => {
-                let size = self.adopt_size(p, &coordinators, &log, kind);
+                let items = self.recorded(p, &log);
+                let size = wire::adopt_request(&self.spec, self.cfg.input_bytes, coordinators.len(), &items, kind, self.unix());
                 let list = coordinators.iter().map(keys::index_of).collect();
                 self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators: list, log, kind }, size);
             }

@@ -55,8 +55,7 @@
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
 //!   scheduling order: a ring of millisecond buckets, with a binary heap for the far future);
-//! - [`net`]: loss, partitions, delay, byte counts, the RPCs; [`wire`]: exact protobuf message
-//!   sizes;
+//! - [`net`]: loss, partitions, delay, byte counts (sized by [`crate::peer::wire`]), the RPCs;
 //! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
 //!   [`work`]: the worker side, the real [`Work`](crate::peer::work::Work) driven;
 //! - [`coord`]: driving each coordinator's [`Host`](crate::peer::host::Host) (its messages,
@@ -104,7 +103,7 @@
 //! - the origin publishes no advert (it did not when `Membership` kept its own records in a
 //!   `HashSet`, whose order would have leaked into the run; they are in a `BTreeSet` now, and
 //!   the backups, which are workers too, advertise and announce the job alike);
-//! - RPC transport overhead is an estimate ([`wire`]); a lost RPC message fails the call after
+//! - RPC transport overhead is an estimate ([`crate::peer::wire`]); a lost RPC message fails the call after
 //!   `rpc_fail_ms` ([`net`]);
 //! - the origin picks its backups among every initial peer, as if the mesh had formed before
 //!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
@@ -130,7 +129,6 @@ pub mod report;
 pub mod rng;
 pub mod serve;
 pub mod work;
-pub mod wire;
 pub mod workload;
 
 pub use config::{SimConfig, SimError};

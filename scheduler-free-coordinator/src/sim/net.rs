@@ -29,7 +29,7 @@ use crate::peer::reports::Delivery;
 use super::engine::Sim;
 use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
-use super::wire;
+use crate::peer::wire;
 
 /// A gossip message in flight.
 #[derive(Debug)]

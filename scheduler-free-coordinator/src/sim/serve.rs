@@ -13,7 +13,8 @@ use crate::{Attestation, BlobId, JobId, PeerId, Release, TaskId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
-use super::{wire, workload};
+use super::workload;
+use crate::peer::wire;
 
 /// The status message of a refused call to a peer that does not hold the job.
 const NOT_HELD: u64 = 100;
@@ -31,8 +32,7 @@ impl Sim {
         }
         let Some(granted) = self.with_host(c, |h, _| h.handle_lease(wid, max, network, now)) else { return };
         let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
-        let note = granted.note.map_or(0, str::len);
-        let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
+        let size = wire::lease_reply(&self.spec.policy.limits, &tasks, self.cfg.input_bytes, granted.note);
         if !tasks.is_empty() {
             self.leased_by(c);
         }
@@ -110,7 +110,7 @@ impl Sim {
         }
         let (now, sender, ids) = (self.now, self.peers[from as usize].id, self.ids(&list));
         let missing = self.with_host(r, |h, _| h.handle_adopt(sender, ids, log, kind, fresh, now)).unwrap_or_default();
-        let size = wire::adopt_response(&self.wire_items(r, &missing));
+        let size = wire::adopt_response(&self.recorded(r, &missing));
         self.reply(r, from, Reply::Adopt { kind, missing }, size, CallKind::Adopt(r, kind));
     }
 
@@ -136,45 +136,8 @@ impl Sim {
         self.with_host(p, |h, _| h.handle_members(live, down, now));
     }
 
-    /// The size of a `ReplicateRequest` carrying `items`.
-    pub(super) fn replicate_size(&self, items: &[Streamed]) -> u64 {
-        let out = self.cfg.output_bytes;
-        let entries: Vec<u64> = items
-            .iter()
-            .map(|e| {
-                wire::replication_entry(match e {
-                    Streamed::Attestation(l, _) => wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone),
-                    Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
-                    Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
-                })
-            })
-            .collect();
-        wire::replicate_request(&entries, self.unix())
+    /// The sizes of `log`'s attestations as peer `p` sends them.
+    pub(super) fn recorded(&self, p: u32, log: &[Logged]) -> Vec<u64> {
+        self.peers[p as usize].host.as_deref().map_or(Vec::new(), |h| wire::recorded(h.coordinator(), log, self.cfg.output_bytes))
     }
-
-    /// The size of an `AdoptRequest` from `p` naming `list` and carrying `log`.
-    pub(super) fn adopt_size(&self, p: u32, list: &[PeerId], log: &[Logged], kind: AdoptKind) -> u64 {
-        let items = self.wire_items(p, log);
-        let policy = wire::policy(&self.spec.policy);
-        let label = self.spec.label.len() as u64;
-        let (tasks, input) = (self.spec.task_count, self.cfg.input_bytes);
-        wire::adopt_request(policy, label, tasks, input, list.len() as u64, &items, self.spec.submitted_at_ms, self.unix())
-            + if kind == AdoptKind::Sync { 2 } else { 0 }
-    }
-
-    /// The wire sizes of `log`'s `RecordedAttestation`s at peer `p`: an attestation goes with its
-    /// output while its task is not final (the peer's outputs in hand), and after if it carries
-    /// the agreed result.
-    fn wire_items(&self, p: u32, log: &[Logged]) -> Vec<u64> {
-        let Some(h) = self.peers[p as usize].host.as_deref() else { return Vec::new() };
-        log.iter()
-            .map(|l| {
-                let task = h.coordinator().task(&l.att.task);
-                let carries = task.is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
-                let out = if carries { self.cfg.output_bytes } else { 0 };
-                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
-            })
-            .collect()
-    }
-
 }

@@ -7,14 +7,15 @@
 use crate::peer::host::{Host, ReportItem};
 use crate::peer::reports::Delivery;
 use crate::peer::work::{Notice, Own, Replica, Transmit, Work};
-use crate::{BlobId, JobId, Millis, Release, TaskId};
+use crate::{BlobId, JobId, Millis, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
 use super::peer::NEVER;
 use super::queue::Event;
 use super::workload::{self, Behaviour};
-use super::{keys, wire};
+use super::keys;
+use crate::peer::wire;
 
 /// The peer's own coordinator, as its [`Work`] leases from it.
 struct OwnHost<'a> {
@@ -96,15 +97,7 @@ impl Sim {
                 self.call(p, keys::index_of(&to), Request::Lease { job, max, asked_at: self.now }, size);
             }
             Transmit::Report { to, items } => {
-                let mut attested = Vec::new();
-                let mut released = Vec::new();
-                for item in &items {
-                    match item {
-                        ReportItem::Attest(a, out) => attested.push((a.task.index, a.fuel_used, out.len() as u64)),
-                        ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
-                    }
-                }
-                let size = wire::report_request(&attested, &released, self.unix());
+                let size = wire::report_request(&items, self.unix());
                 self.call(p, keys::index_of(&to), Request::Report { batch: items }, size);
             }
             Transmit::Fetch { from, module } => self.call(p, keys::index_of(&from), Request::Blob { module }, wire::blob_request()),

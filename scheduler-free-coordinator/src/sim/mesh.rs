@@ -6,10 +6,11 @@
 //! the membership settings are [`crate::peer::mesh::membership_config`]'s.
 
 use crate::membership::{MemberState, MeshEvent};
-use crate::records::{Advert, JobAd, Record};
+use crate::peer::mesh;
+use crate::records::{JobAd, Record};
 use crate::PeerId;
 
-use super::engine::Sim;
+use super::engine::{JOB_NONCE, Sim, job_digest};
 use super::keys;
 use super::peer::{NEVER, View};
 use super::queue::Event;
@@ -62,7 +63,6 @@ impl Sim {
             MeshEvent::Rival(ad) => self.on_rival(p, ad),
             MeshEvent::Record(Record::Advert(_)) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
-                self.m.invalid_records += 1;
                 if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {
                     h.penalize(s);
                 }
@@ -118,19 +118,8 @@ impl Sim {
         }
         let free = peer.free_slots(slots);
         let signer = keys::signer(peer.id);
-        let advert = Advert {
-            peer: peer.id,
-            seq: 0,
-            addr: keys::addr(p),
-            cpus_total: slots,
-            cpus_free: free,
-            memory_bytes: crate::PolicyCaps::default().limits.memory_bytes,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            reachable: true,
-            relays: Vec::new(),
-            signature: Vec::new(),
-            epoch: 0,
-        };
+        let memory = crate::PolicyCaps::default().limits.memory_bytes;
+        let advert = mesh::advert(peer.id, keys::addr(p), slots, free, memory, true, Vec::new());
         for v in 0..peer.views.len() {
             let peer = &mut self.peers[p as usize];
             if !peer.views[v].mesh.advert_due(&advert, now) {
@@ -147,24 +136,7 @@ impl Sim {
         let (now, unix) = (self.now, self.unix());
         let announcer = self.peers[o as usize].id;
         let Some(list) = self.peers[o as usize].host.as_ref().map(|h| h.coordinators().to_vec()) else { return };
-        let ad = JobAd {
-            job: self.job,
-            origin: self.spec.origin,
-            announcer,
-            seq: 0,
-            module: self.spec.module,
-            task_count: self.spec.task_count,
-            policy: self.spec.policy,
-            coordinators: list,
-            submitted_at_ms: self.spec.submitted_at_ms,
-            done,
-            content_digest: super::engine::job_digest(self.cfg.seed),
-            nonce: super::engine::JOB_NONCE.to_vec(),
-            origin_named: Vec::new(),
-            origin_signature: Vec::new(),
-            signature: Vec::new(),
-            chain: Vec::new(),
-        };
+        let ad = mesh::job_ad(self.job, &self.spec, announcer, list, done, job_digest(self.cfg.seed), JOB_NONCE.to_vec());
         let signer = keys::signer(announcer);
         for v in 0..self.peers[o as usize].views.len() {
             self.peers[o as usize].views[v].mesh.publish_job_ad(ad.clone(), unix, &signer, now);

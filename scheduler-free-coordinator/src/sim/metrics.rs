@@ -33,18 +33,8 @@ pub struct Metrics {
     pub rpcs: u64,
     /// Messages lost.
     pub lost: u64,
-    /// Gossip messages membership refused.
-    pub refused_gossip: u64,
-    /// Records dropped for a bad signature.
-    pub invalid_records: u64,
     /// Replicas run to the end (by a peer alive when the run ended).
     pub replicas_run: u64,
-    /// Attestations that came after the verdict.
-    pub late: u64,
-    /// Attestations refused (no lease, failed checks).
-    pub rejected: u64,
-    /// Replicas handed back as stale before they ran.
-    pub stale: u64,
     /// Report batches given up (refused, or their first lease lapses before another attempt).
     pub reports_dropped: u64,
     /// Tasks verified.

@@ -49,18 +49,13 @@ impl Sim {
             self.reply(c, worker, Reply::Report, wire::report_reply(0, rejected), CallKind::Report(c));
             return;
         }
-        let Some(tally) = self.with_host(c, |h, _| h.handle_report(wid, batch, now)) else { return };
-        self.m.late += u64::from(tally.late);
-        self.m.rejected += u64::from(tally.rejected);
+        self.with_host(c, |h, _| h.handle_report(wid, batch, now));
     }
 
     /// Peer `p`'s own replica ran: its host records the attestation.
     pub(super) fn record_own(&mut self, p: u32, att: Attestation, out: Vec<u8>) {
         let now = self.now;
-        if let Some(tally) = self.with_host(p, |h, _| h.record_own(att, &out, now)) {
-            self.m.late += u64::from(tally.late);
-            self.m.rejected += u64::from(tally.rejected);
-        }
+        self.with_host(p, |h, _| h.record_own(att, &out, now));
     }
 
     /// Peer `p` hands its own replica of `task` back.

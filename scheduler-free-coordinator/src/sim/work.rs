@@ -113,7 +113,7 @@ impl Sim {
             Notice::Own(ReportItem::Attest(att, out)) => self.record_own(p, att, out),
             Notice::Own(ReportItem::Release(task, why)) => self.release_own(p, task, why),
             Notice::Held => self.schedule_house(p),
-            Notice::Stale => self.m.stale += 1,
+            Notice::Stale => {}
             Notice::ReportDropped => self.m.reports_dropped += 1,
         }
     }

@@ -7,7 +7,7 @@ use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
-use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Standing, Verdict, derive_job_id};
+use crate::{JobId, JobSpec, Millis, Policy, Standing, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -208,18 +208,7 @@ impl Sim {
         let origin = self.peers[self.origin as usize].id;
         let seed = self.cfg.seed.to_le_bytes();
         self.spec.module = crate::BlobId(*blake3::keyed_hash(&[7; 32], &seed).as_bytes());
-        self.spec.policy = Policy {
-            quorum: self.cfg.quorum,
-            max_replicas: self.cfg.max_replicas,
-            limits: Limits { timeout_ms: self.cfg.task_timeout_ms, ..Limits::default() },
-            priority: 0,
-            adaptive: self
-                .cfg
-                .adaptive
-                .map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.cfg.spot_check_per_mille }),
-            // The coordinators' own (`--diversity`).
-            diversity: None,
-        };
+        self.spec.policy = self.cfg.policy();
         self.spec.origin = origin;
         self.spec.label = "spare sim".into();
         let mut coord = self.new_coordinator(self.origin);

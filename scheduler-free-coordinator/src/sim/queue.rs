@@ -122,29 +122,3 @@ impl Queue {
         self.handled
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_then_push_order_near_and_far() {
-        let mut q = Queue::default();
-        let ev = |p: u32| Event::Work { peer: p };
-        q.push(5, ev(1));
-        q.push(RING * 3, ev(2));
-        q.push(5, ev(3));
-        q.push(RING * 3, ev(4));
-        q.push(0, ev(5));
-        let mut out = Vec::new();
-        while let Some((at, e)) = q.pop() {
-            let Event::Work { peer } = e else { unreachable!() };
-            out.push((at, peer));
-            if peer == 1 {
-                q.push(RING * 3, ev(6));
-                q.push(5, ev(7));
-            }
-        }
-        assert_eq!(out, vec![(0, 5), (5, 1), (5, 3), (5, 7), (RING * 3, 2), (RING * 3, 4), (RING * 3, 6)]);
-    }
-}

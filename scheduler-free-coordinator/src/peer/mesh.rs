@@ -90,6 +90,12 @@ pub struct MeshState {
     last_greet: Option<Millis>,
 }
 
+impl AsRef<Membership> for MeshState {
+    fn as_ref(&self) -> &Membership {
+        &self.membership
+    }
+}
+
 impl MeshState {
     /// What a peer with this membership publishes.
     pub fn new(membership: Membership) -> MeshState {

@@ -3,6 +3,7 @@
 //! and the simulator run the very same rules:
 //!
 //! - [`mesh`]: membership and what this peer publishes (adverts, job ads, greetings);
+//!   [`members`]: what its memberships say of who is live, as its coordinators ask;
 //! - [`roles`]: active or standby for each job held, takeover, top-ups, re-announcing;
 //!   [`takeover`]: a new leader first takes what its backups recorded and it did not;
 //! - [`adoption`]: rounds that bring a job's list of coordinators up to strength;
@@ -29,6 +30,7 @@ pub mod handover;
 pub mod heal;
 pub mod host;
 pub mod lease;
+pub mod members;
 pub mod mesh;
 mod outbox;
 pub mod outputs;

@@ -5,7 +5,9 @@
 //! the job's ads, greetings to its cell's bootstrap peers), is [`MeshState`]'s, one per view;
 //! the membership settings are [`crate::peer::mesh::membership_config`]'s.
 
-use crate::membership::{MemberState, MeshEvent};
+use crate::membership::MeshEvent;
+use crate::peer::host::Members;
+use crate::peer::members::MeshMembers;
 use crate::peer::mesh;
 use crate::records::{JobAd, Record};
 use crate::PeerId;
@@ -75,7 +77,7 @@ impl Sim {
     fn peers_changed(&mut self, p: u32, who: PeerId, up: bool) {
         self.with_work(p, |w, now| w.handle_peer(who, up, now));
         let peer = &self.peers[p as usize];
-        let live = 1 + peer.views.iter().map(|v| v.mesh.membership.active()).sum::<usize>();
+        let live = MeshMembers::new(peer.id, &peer.views).live_peers();
         if peer.host.is_some() {
             self.host_members_changed(p, live, (!up).then_some(who));
         }
@@ -91,9 +93,8 @@ impl Sim {
         let follows = ad.job == self.job && ad.announcer != me && self.peers[p as usize].holds(&ad.job);
         let followed = follows.then(|| ad.clone());
         let (now, peer) = (self.now, &mut self.peers[p as usize]);
-        let views = &peer.views;
-        let alive = |c: &PeerId| views.iter().any(|v| v.mesh.membership.members().iter().any(|(m, s)| m.peer == *c && *s != MemberState::Dead));
-        let newer = peer.work.handle_ad(ad, alive, now);
+        let seen = MeshMembers::new(peer.id, &peer.views);
+        let newer = peer.work.handle_ad(ad, |c| seen.seen_live(c), now);
         self.drain_work(p);
         if let Some(ad) = followed.filter(|_| newer) {
             self.follow_ad(p, &ad);

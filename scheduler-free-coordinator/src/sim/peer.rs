@@ -4,6 +4,7 @@
 //! [`crate::peer`]). The rest is the simulator's bookkeeping: its workload, its byte counts
 //! and the times its events are scheduled.
 
+use crate::membership::Membership;
 use crate::peer::host::{Host, Logged};
 use crate::peer::mesh::MeshState;
 use crate::peer::work::Work;
@@ -24,6 +25,12 @@ pub struct View {
     pub tick_at: Millis,
     /// The addresses greeted at start (the cell's bootstrap peers).
     pub bootstrap: Vec<String>,
+}
+
+impl AsRef<Membership> for View {
+    fn as_ref(&self) -> &Membership {
+        &self.mesh.membership
+    }
 }
 
 /// One simulated peer.

@@ -2,11 +2,12 @@
 //! [`Work`] driven. Its lease requests, report batches and module
 //! fetches go out as calls (with their byte sizes) and their answers or failures come back to
 //! it; a replica it asks to run "runs" for a random time and the workload attests it; the
-//! outcome of a replica of the peer's own job goes to the peer's [`Host`].
+//! outcome of a replica of the peer's own job goes to the peer's
+//! [`Host`](crate::peer::host::Host).
 
-use crate::peer::host::{Host, ReportItem};
+use crate::peer::host::{OwnHost, ReportItem};
 use crate::peer::reports::Delivery;
-use crate::peer::work::{Notice, Own, Replica, Transmit, Work};
+use crate::peer::work::{Notice, Transmit, Work};
 use crate::{BlobId, JobId, Millis, TaskId};
 
 use super::engine::Sim;
@@ -16,29 +17,6 @@ use super::queue::Event;
 use super::workload::{self, Behaviour};
 use super::keys;
 use crate::peer::wire;
-
-/// The peer's own coordinator, as its [`Work`] leases from it.
-struct OwnHost<'a> {
-    host: Option<&'a mut Host>,
-    timeout_ms: u64,
-    module: BlobId,
-    /// Whether it gave any lease (the takeover's end, in the metrics).
-    leased: bool,
-}
-
-impl Own for OwnHost<'_> {
-    fn serves(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.job() == *job && h.is_active())
-    }
-
-    fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica> {
-        let Some(h) = self.host.as_mut() else { return Vec::new() };
-        let leases = h.lease_own(max, now);
-        self.leased |= !leases.is_empty();
-        let (timeout_ms, module) = (self.timeout_ms, self.module);
-        leases.into_iter().map(|l| Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module }).collect()
-    }
-}
 
 impl Sim {
     /// Wakes the peer's slot pass: it runs once, now.
@@ -72,16 +50,15 @@ impl Sim {
     /// report batches due.
     pub(super) fn on_work_timer(&mut self, p: u32) {
         let now = self.now;
-        let (timeout_ms, module) = (self.spec.policy.limits.timeout_ms, self.spec.module);
         let peer = &mut self.peers[p as usize];
         if !peer.alive || peer.work_at != now {
             return;
         }
         peer.work_at = NEVER;
         let mut host = peer.host.take();
-        let mut own = OwnHost { host: host.as_deref_mut(), timeout_ms, module, leased: false };
+        let mut own = OwnHost::new(host.as_deref_mut());
         peer.work.handle_timeout(now, &mut own);
-        let leased = own.leased;
+        let leased = own.leased();
         peer.host = host;
         self.drain_host(p);
         if leased {

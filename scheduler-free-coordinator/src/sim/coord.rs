@@ -92,7 +92,7 @@ impl Sim {
         match t {
             Transmit::ReportAnswer { to, accepted, rejected } => {
                 let to = keys::index_of(&to);
-                self.reply(p, to, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(p));
+                self.answer(p, to, CallKind::Report(p), Some(Reply::Taken), wire::report_reply(accepted, rejected));
             }
             Transmit::Replicate { to, job, items } => {
                 let size = wire::replicate_request(&items, self.cfg.output_bytes, self.unix());

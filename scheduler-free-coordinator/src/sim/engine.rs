@@ -268,7 +268,7 @@ impl Sim {
             Event::MeshTick { peer, view } => self.on_mesh_tick(peer, view as usize),
             Event::Gossip(pkt) => self.on_gossip(*pkt),
             Event::Rpc(msg) => self.on_rpc(*msg),
-            Event::RpcFailed { peer, kind } => self.on_rpc_failed(peer, kind),
+            Event::RpcFailed { peer, kind } => self.answered(peer, kind, Err(false)),
             Event::House { peer } => self.on_house(peer),
             Event::Work { peer } => self.on_work_timer(peer),
             Event::RunDone { peer, ran_ms, task } => self.on_run_done(peer, u64::from(ran_ms), *task),

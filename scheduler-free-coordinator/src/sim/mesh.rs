@@ -62,7 +62,9 @@ impl Sim {
                 self.take_ad(p, ad);
                 self.wake(p);
             }
-            MeshEvent::Rival(ad) => self.on_rival(p, ad),
+            MeshEvent::Rival(ad) => {
+                self.with_host(p, |h, _| h.handle_rival(&ad));
+            }
             MeshEvent::Record(Record::Advert(_)) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
                 if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {
@@ -79,7 +81,8 @@ impl Sim {
         let peer = &self.peers[p as usize];
         let live = MeshMembers::new(peer.id, &peer.views).live_peers();
         if peer.host.is_some() {
-            self.host_members_changed(p, live, (!up).then_some(who));
+            let (now, down) = (self.now, (!up).then_some(who));
+            self.with_host(p, |h, _| h.handle_members(live, down, now));
         }
     }
 
@@ -97,7 +100,7 @@ impl Sim {
         let newer = peer.work.handle_ad(ad, |c| seen.seen_live(c), now);
         self.drain_work(p);
         if let Some(ad) = followed.filter(|_| newer) {
-            self.follow_ad(p, &ad);
+            self.with_host(p, |h, _| h.handle_ad(&ad));
         }
     }
 

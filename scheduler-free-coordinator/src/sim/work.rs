@@ -6,9 +6,8 @@
 //! [`Host`](crate::peer::host::Host).
 
 use crate::peer::host::{OwnHost, ReportItem};
-use crate::peer::reports::Delivery;
 use crate::peer::work::{Notice, Transmit, Work};
-use crate::{BlobId, JobId, Millis, TaskId};
+use crate::{Millis, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
@@ -87,8 +86,13 @@ impl Sim {
                 let ran = self.rng.range(self.cfg.run_ms.0, self.cfg.run_ms.1);
                 self.queue.push(self.now + ran, Event::RunDone { peer: p, ran_ms: ran as u32, task: Box::new(r.task) });
             }
-            Notice::Own(ReportItem::Attest(att, out)) => self.record_own(p, att, out),
-            Notice::Own(ReportItem::Release(task, why)) => self.release_own(p, task, why),
+            Notice::Own(ReportItem::Attest(att, out)) => {
+                let now = self.now;
+                self.with_host(p, |h, _| h.record_own(att, &out, now));
+            }
+            Notice::Own(ReportItem::Release(task, why)) => {
+                self.with_host(p, |h, _| h.release_own(task, why));
+            }
             Notice::Held => self.schedule_house(p),
             Notice::Stale => {}
             Notice::ReportDropped => self.m.reports_dropped += 1,
@@ -107,30 +111,5 @@ impl Sim {
         self.m.replicas_run += 1;
         let (att, out) = workload::attest(behaviour, peer.id, task, self.cfg.output_bytes);
         self.with_work(p, |w, now| w.handle_ran(task, ran_ms * 1_000, ReportItem::Attest(att, out), now));
-    }
-
-    /// Coordinator `c` answered `p`'s lease request.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_leased(&mut self, p: u32, c: u32, job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis) {
-        let from = self.peers[c as usize].id;
-        self.with_work(p, |w, now| w.handle_leased(from, job, module, timeout_ms, &tasks, asked_at, now));
-    }
-
-    pub(super) fn on_lease_failed(&mut self, p: u32, job: JobId) {
-        self.with_work(p, |w, now| w.handle_lease_failed(job, now));
-    }
-
-    pub(super) fn on_fetched(&mut self, p: u32, module: BlobId) {
-        self.with_work(p, |w, _| w.handle_fetched(module));
-    }
-
-    pub(super) fn on_fetch_failed(&mut self, p: u32, module: BlobId) {
-        self.with_work(p, |w, now| w.handle_fetch_failed(module, now));
-    }
-
-    /// The report batch to coordinator `c` came back, delivered or not.
-    pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
-        let to = self.peers[c as usize].id;
-        self.with_work(p, |w, now| w.handle_report_sent(to, delivery, now));
     }
 }

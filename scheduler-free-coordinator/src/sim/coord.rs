@@ -101,8 +101,7 @@ impl Sim {
             Transmit::Adopt { to, job, coordinators, log, kind } => {
                 let items = self.recorded(p, &log);
                 let size = wire::adopt_request(&self.spec, self.cfg.input_bytes, coordinators.len(), &items, kind, self.unix());
-                let list = coordinators.iter().map(keys::index_of).collect();
-                self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators: list, log, kind }, size);
+                self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators, log, kind }, size);
             }
         }
     }

@@ -25,10 +25,9 @@
 //! origin, and `restart_origin_at` starts it again on what it had recorded (its list and its
 //! attestation log, as a real peer's store keeps them), in standby beside its replacement.
 //! `partition_at` splits the network in two, by peer, until `heal_at`: every message between
-//! the sides is lost (the origin, its second backup and the workers of even index on
-//! one side, its first backup and the workers of odd index on the other; see [`net`]), so the
-//! far side's backup takes the job over and the two leaders settle after the heal. The run
-//! ends when the job is finished and membership has converged.
+//! the sides is lost (who is on which side: [`net`]), so the far side's backup takes the job
+//! over and the two leaders settle after the heal. The run ends when the job is finished and
+//! membership has converged.
 //!
 //! **Replicated coordination** is [`peer::host`](crate::peer::host)'s, carried out as it asks:
 //! the origin hands the job to two backups chosen by [`rendezvous`](crate::rendezvous), streams

@@ -13,23 +13,22 @@
 //! the origin's first backup and the workers of odd index (joiners too, by the same parity).
 //! So each side has about half the workers and at least one coordinator of the job: the far
 //! side's backup sees the origin die and takes the job over, and when the partition heals the
-//! two leaders settle by [`crate::peer::heal`]. Deciding who is cut draws no random number, so a run
-//! without a partition is the same as before, and one with it is the same for one seed.
+//! two leaders settle by [`crate::peer::heal`]. Deciding who is cut draws no random number, so
+//! a run without a partition is the same as before, and one with it is the same for one seed.
 //!
 //! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
-//! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a reply carrying
-//! what the real ones carry; a lost request or reply, or a callee that crashed, fails the call
-//! at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
+//! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a
+//! reply carrying what the real ones carry; a lost request or reply, or a callee that crashed,
+//! fails the call at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
 //! would usually deliver late rather than fail; the simulator is the harsher of the two.)
 
-use crate::{BlobId, JobId, Millis};
-
+use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use crate::peer::reports::Delivery;
+use crate::peer::wire;
+use crate::{BlobId, JobId, Millis, PeerId};
 
 use super::engine::Sim;
-use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
-use crate::peer::wire;
 
 /// A gossip message in flight.
 #[derive(Debug)]
@@ -55,7 +54,7 @@ pub enum Request {
     Blob { module: BlobId },
     /// `MeshService.Adopt`: the whole job, with the sender's list of its coordinators (the
     /// receiver and the sender included) and every attestation the sender recorded.
-    Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, kind: AdoptKind },
+    Adopt { job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind },
     /// `MeshService.Replicate`: what the active coordinator recorded (attestations, leases it
     /// gave, releases), in order.
     Replicate { job: JobId, items: Vec<Streamed> },
@@ -115,19 +114,9 @@ impl Sim {
         self.rng.range(lo, hi)
     }
 
-    /// Whether `p` is on the far side of a partition (see the module docs): the origin's first
-    /// backup and the workers of odd index; the origin, its other backups and the workers of
-    /// even index are on the near side.
+    /// Whether `p` is on the far side of a partition (see the module docs).
     pub fn far_side(&self, p: u32) -> bool {
-        if p == self.origin {
-            false
-        } else if self.backups.first() == Some(&p) {
-            true
-        } else if self.backups.contains(&p) {
-            false
-        } else {
-            p % 2 == 1
-        }
+        p != self.origin && (self.backups.first() == Some(&p) || (!self.backups.contains(&p) && p % 2 == 1))
     }
 
     /// Whether the network is split now.

@@ -8,7 +8,7 @@
 //! rather than simulated as its own call.
 
 use crate::peer::host::{AdoptKind, Host, Logged, ReportItem, Streamed};
-use crate::{BlobId, JobId};
+use crate::{BlobId, JobId, PeerId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
@@ -68,7 +68,7 @@ impl Sim {
 
     /// `MeshService.Adopt` at `r`, from `from`: a peer that does not hold the job takes it in
     /// standby (and becomes a bridge of every cell); either way its host takes the adoption.
-    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<u32>, log: Vec<Logged>, kind: AdoptKind) {
+    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind) {
         let fresh = !self.peers[r as usize].holds(&job);
         if fresh {
             let mut coord = self.new_coordinator(r);
@@ -78,15 +78,15 @@ impl Sim {
             }
             coord.set_standby(&job, true);
             let (me, born) = (self.peers[r as usize].id, self.peers[r as usize].born);
-            self.peers[r as usize].host = Some(Box::new(Host::new(me, coord, job, self.ids(&list), self.verifier.clone(), born)));
+            self.peers[r as usize].host = Some(Box::new(Host::new(me, coord, job, list.clone(), self.verifier.clone(), born)));
             // It fetches the module from the sender.
             self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
             self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);
             self.m.rpcs += 2;
             self.make_bridge(r);
         }
-        let (now, sender, ids) = (self.now, self.peers[from as usize].id, self.ids(&list));
-        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, ids, log, kind, fresh, now)).unwrap_or_default();
+        let (now, sender) = (self.now, self.peers[from as usize].id);
+        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, list, log, kind, fresh, now)).unwrap_or_default();
         let size = wire::adopt_response(&self.recorded(r, &missing));
         self.answer(r, from, CallKind::Adopt(r, kind), Some(Reply::Adopt(missing)), size);
     }

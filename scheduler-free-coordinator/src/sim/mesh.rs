@@ -120,7 +120,7 @@ impl Sim {
         if !peer.alive || !peer.advertises {
             return;
         }
-        let free = peer.free_slots(slots);
+        let free = peer.work.free_slots();
         let signer = keys::signer(peer.id);
         let memory = crate::PolicyCaps::default().limits.memory_bytes;
         let advert = mesh::advert(peer.id, keys::addr(p), slots, free, memory, true, Vec::new());

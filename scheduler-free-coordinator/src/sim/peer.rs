@@ -119,11 +119,6 @@ impl VirtualPeer {
         self.views.iter().position(|v| v.cell == cell)
     }
 
-    /// Free slots as its advert shows them.
-    pub fn free_slots(&self, slots: u32) -> u32 {
-        slots.saturating_sub(u32::try_from(self.work.held()).unwrap_or(u32::MAX).min(slots))
-    }
-
     /// Forgets everything a crash loses.
     pub fn crash(&mut self, now: Millis) {
         self.alive = false;

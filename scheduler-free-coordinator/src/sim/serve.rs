@@ -71,14 +71,11 @@ impl Sim {
     pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind) {
         let fresh = !self.peers[r as usize].holds(&job);
         if fresh {
-            let mut coord = self.new_coordinator(r);
-            if coord.submit(job, self.spec.clone()).is_err() {
-                self.answer(r, from, CallKind::Adopt(r, kind), None, 0);
-                return;
-            }
-            coord.set_standby(&job, true);
-            let (me, born) = (self.peers[r as usize].id, self.peers[r as usize].born);
-            self.peers[r as usize].host = Some(Box::new(Host::new(me, coord, job, list.clone(), self.verifier.clone(), born)));
+            let (me, born, coord) = (self.peers[r as usize].id, self.peers[r as usize].born, self.new_coordinator(r));
+            let Ok(host) = Host::adopt(me, coord, job, self.spec.clone(), list.clone(), self.verifier.clone(), born) else {
+                return self.answer(r, from, CallKind::Adopt(r, kind), None, 0);
+            };
+            self.peers[r as usize].host = Some(Box::new(host));
             // It fetches the module from the sender.
             self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
             self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);

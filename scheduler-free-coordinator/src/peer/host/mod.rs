@@ -56,7 +56,7 @@ use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;
 use crate::records::Verifier;
 use crate::requests::TICK_MS;
-use crate::{BlobId, Coordinator, Event, JobId, Millis, PeerId};
+use crate::{BlobId, Coordinator, Event, JobId, JobSpec, Millis, PeerId, SubmitError};
 
 /// A report batch's answer, held until a backup holds what it recorded. They are kept in the
 /// order they came, so by `until` too (`now` never goes back).
@@ -141,6 +141,14 @@ impl Host {
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
         }
+    }
+
+    /// The host of `job`, which this peer did not hold, taken as `spec` says when an `Adopt`
+    /// hands it over: in standby, until the role rules decide.
+    pub fn adopt(me: PeerId, mut coord: Coordinator, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
+        coord.submit(job, spec)?;
+        coord.set_standby(&job, true);
+        Ok(Host::new(me, coord, job, coordinators, verifier, started))
     }
 
     /// The host a restarted peer builds from what it stored ([`Host::stored`]): the job back

@@ -7,7 +7,7 @@ use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
-use crate::{JobId, JobSpec, Millis, Policy, Standing, Verdict, derive_job_id};
+use crate::{JobId, JobSpec, Millis, Standing, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -140,9 +140,10 @@ impl Sim {
         // The origin hands the job to the live peers that rank highest for it. Every peer starts
         // at once, so they are taken from every worker rather than from the origin's view, as if
         // the mesh had formed before the job came (see the module docs).
-        let job = derive_job_id(&keys::peer_id(cfg.seed, 0), &job_digest(cfg.seed), JOB_NONCE);
+        let origin = keys::peer_id(cfg.seed, 0);
+        let job = derive_job_id(&origin, &job_digest(cfg.seed), JOB_NONCE);
         let all: Vec<crate::PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
-        let backups: Vec<u32> = rendezvous::choose(&job, &[keys::peer_id(cfg.seed, 0)], &all, DEFAULT_COORDINATORS)
+        let backups: Vec<u32> = rendezvous::choose(&job, &[origin], &all, DEFAULT_COORDINATORS)
             .iter()
             .skip(1)
             .map(keys::index_of)
@@ -158,12 +159,12 @@ impl Sim {
             decided: vec![None; cfg.tasks as usize],
             job,
             spec: JobSpec {
-                module: crate::BlobId([0; 32]),
+                module: crate::BlobId(*blake3::keyed_hash(&[7; 32], &cfg.seed.to_le_bytes()).as_bytes()),
                 task_count: cfg.tasks,
-                policy: Policy::default(),
-                origin: keys::peer_id(cfg.seed, 0),
+                policy: cfg.policy(),
+                origin,
                 submitted_at_ms: UNIX_BASE_MS,
-                label: String::new(),
+                label: "spare sim".into(),
             },
             verifier,
             pool: RecordPool::new(),
@@ -205,12 +206,7 @@ impl Sim {
     /// The origin accepts the job: its coordinator holds it, with itself as the only coordinator
     /// until its backups have adopted the job.
     fn submit(&mut self) -> Result<(), SimError> {
-        let origin = self.peers[self.origin as usize].id;
-        let seed = self.cfg.seed.to_le_bytes();
-        self.spec.module = crate::BlobId(*blake3::keyed_hash(&[7; 32], &seed).as_bytes());
-        self.spec.policy = self.cfg.policy();
-        self.spec.origin = origin;
-        self.spec.label = "spare sim".into();
+        let origin = self.spec.origin;
         let mut coord = self.new_coordinator(self.origin);
         if self.cfg.history > 0 {
             for p in self.peers.iter().skip(1) {

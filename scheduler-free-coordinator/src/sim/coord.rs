@@ -1,8 +1,8 @@
 //! Driving the coordinator side: every peer that coordinates the job holds a real
-//! [`Host`](crate::peer::host::Host) (the origin and the peers it or a successor adopted), and
+//! [`Host`] (the origin and the peers it or a successor adopted), and
 //! the simulator only carries what it emits: messages through the virtual network, notices into
 //! the metrics and the mesh, its timer on the event queue. Every call is followed by
-//! [`Sim::drain_host`], as the host's contract asks.
+//! `Sim::drain_host`, as the host's contract asks.
 //!
 //! **Liveness is simplified**: a coordinator bridges every cell, so it has one view per cell,
 //! and its host is told what they all show ([`MeshMembers`]): a peer is dead when any of them

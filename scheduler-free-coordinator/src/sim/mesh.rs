@@ -2,7 +2,7 @@
 //! sender, fire its timers, send what it queues, and react to its events (peers up and down
 //! reach the coordinator and its roles; job ads wake the slots, and a coordinator settles a
 //! newer or rival ad by [`crate::peer::heal`]). What a peer publishes, and when (its advert,
-//! the job's ads, greetings to its cell's bootstrap peers), is [`MeshState`]'s, one per view;
+//! the job's ads, greetings to its cell's bootstrap peers), is [`MeshState`](crate::peer::mesh::MeshState)'s, one per view;
 //! the membership settings are [`crate::peer::mesh::membership_config`]'s.
 
 use crate::membership::MeshEvent;

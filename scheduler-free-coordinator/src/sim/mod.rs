@@ -6,13 +6,12 @@
 //!
 //! **The rules are the peer's.** Every decision a peer makes beyond the job table comes from
 //! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
-//! drives them with virtual time and carries out what they return: the whole worker side of a
-//! peer ([`peer::work::Work`](crate::peer::work::Work): replicas per slot, pauses, stale
-//! leases, module fetches, report batching and retry), the whole coordinator side of a peer
-//! ([`peer::host::Host`](crate::peer::host::Host): leases, reports, the replication stream,
-//! catch-ups, adoptions, roles and takeover, two leaders), and what a peer publishes into
-//! membership, with the membership settings
-//! ([`peer::mesh`](crate::peer::mesh)). The simulator keeps no copy of their constants.
+//! drives them with virtual time and carries out what they return: the worker side of a peer
+//! ([`peer::work::Work`](crate::peer::work::Work)), its coordinator side
+//! ([`peer::host::Host`](crate::peer::host::Host)), what it publishes into membership and the
+//! membership settings ([`peer::mesh`](crate::peer::mesh)), what its memberships tell its
+//! coordinator ([`peer::members`](crate::peer::members)) and the sizes of its messages
+//! ([`peer::wire`](crate::peer::wire)). The simulator keeps no copy of their constants.
 //!
 //! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
 //! peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
@@ -55,23 +54,18 @@
 //! **Membership cells.** foca finds a member by a linear scan, once for the sender and once per
 //! piggybacked update of every message, so simulating N peers that each see all N costs N²
 //! memory and about N³ time (2,000 peers: 91 s and 1.7 GB for 30 virtual seconds of a bare
-//! mesh). A deployed peer pays only its own share; a simulator holding every peer cannot. So a
-//! mesh larger than `cell_size` (default 100) is simulated as
-//! *cells*: each worker belongs to one cell of at most `cell_size − 1` workers, and the origin
-//! belongs to every cell, through one real `Membership` per cell; so does every other coordinator of the
-//! job (the backups from the start, a replacement from when it adopts the job, joining each cell
-//! as a newcomer). Within a cell everything is the real protocol. Across cells the coordinators
-//! are the bridges: their job ads reach every cell through their own memberships there, workers
-//! see them alive or dead in their own view (so the real liveness rule for choosing a
-//! coordinator applies), and they hear every crash from the crashed peer's cell (so
-//! `peer_down`, and a backup's takeover, come from real failure detection). What is not
-//! modelled: a worker seeing workers of other cells. So per-peer gossip bytes and convergence
-//! rounds are those of a `cell_size`-peer SWIM cluster plus the job's coordinators. SWIM's own
-//! messages do not grow with the cluster and its dissemination time grows with log N, but
-//! adverts (one per peer) and the direct record sync to
-//! every newcomer grow linearly with the peers a peer sees, so a real 10,000-peer mesh would
-//! gossip more than these figures show. A mesh of at most `cell_size` peers is one cell: one
-//! SWIM cluster, exactly as deployed.
+//! mesh); a deployed peer pays only its own share. So a mesh larger than `cell_size` (default
+//! 100) is simulated as *cells*, each a real SWIM cluster of at most `cell_size − 1` workers,
+//! and every coordinator of the job (the origin and backups from the start, a replacement from
+//! when it adopts the job, joining each cell as a newcomer) is a member of every cell, through
+//! one real `Membership` per cell. The coordinators are the bridges: their job ads reach every
+//! cell, workers see them alive or dead in their own view, and they hear every crash from the
+//! crashed peer's cell, so a takeover comes from real failure detection. Not modelled: a worker
+//! seeing workers of other cells, so per-peer gossip bytes and convergence rounds are those of a
+//! `cell_size`-peer cluster plus the coordinators. SWIM's own messages do not grow with the
+//! cluster, but adverts and the direct record sync to every newcomer grow with the peers a peer
+//! sees, so a real 10,000-peer mesh would gossip more than these figures show. A mesh of at
+//! most `cell_size` peers is one cell, exactly as deployed.
 //!
 //! Where the time and memory go at 10,000 peers and more: `docs/architecture.md`. The
 //! memberships share one copy of each record (a [`RecordPool`](crate::membership::RecordPool))

@@ -1,6 +1,6 @@
 //! A virtual peer's coordinator side as the network and the mesh see it: `MeshService` calls
-//! handed to its [`Host`](crate::peer::host::Host), answers to the calls its host made, job
-//! ads and membership changes passed on, and the byte size of everything it sends. Any peer
+//! handed to its [`Host`], answers to the calls its host made, job
+//! ads and membership changes passed on. Any peer
 //! can hold a coordinator for the job: the origin and the peers it adopted; a peer that does
 //! not hold the job refuses its calls (an `Adopt` makes it a coordinator, in standby).
 //!

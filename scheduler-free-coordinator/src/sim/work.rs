@@ -86,12 +86,9 @@ impl Sim {
                 let ran = self.rng.range(self.cfg.run_ms.0, self.cfg.run_ms.1);
                 self.queue.push(self.now + ran, Event::RunDone { peer: p, ran_ms: ran as u32, task: Box::new(r.task) });
             }
-            Notice::Own(ReportItem::Attest(att, out)) => {
+            Notice::Own(item) => {
                 let now = self.now;
-                self.with_host(p, |h, _| h.record_own(att, &out, now));
-            }
-            Notice::Own(ReportItem::Release(task, why)) => {
-                self.with_host(p, |h, _| h.release_own(task, why));
+                self.with_host(p, |h, _| h.handle_own(item, now));
             }
             Notice::Held => self.schedule_house(p),
             Notice::Stale => {}

@@ -17,7 +17,7 @@
 
 use crate::peer::host::{Host, Members, Notice, Transmit};
 use crate::peer::members::MeshMembers;
-use crate::{Coordinator, CoordinatorConfig, Event, PeerId, Verdict};
+use crate::{Coordinator, CoordinatorConfig, Event, Verdict};
 
 use super::engine::Sim;
 use super::keys;
@@ -36,15 +36,6 @@ impl Sim {
         }
         let secret = *blake3::keyed_hash(&[9; 32], &key).as_bytes();
         Coordinator::new(CoordinatorConfig { secret, diversity: self.cfg.diversity, ..CoordinatorConfig::default() })
-    }
-
-    pub(super) fn ids(&self, list: &[u32]) -> Vec<PeerId> {
-        list.iter().map(|&i| self.peers[i as usize].id).collect()
-    }
-
-    /// Whether `p` leads the job.
-    pub(super) fn leads(&self, p: u32) -> bool {
-        self.peers[p as usize].host.as_ref().is_some_and(|h| h.leads())
     }
 
     /// The peer currently leading the job as the simulation knows it (for the report).

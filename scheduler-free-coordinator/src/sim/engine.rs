@@ -7,7 +7,7 @@ use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
-use crate::{JobId, JobSpec, Millis, Standing, Verdict, derive_job_id};
+use crate::{JobId, JobSpec, Millis, PeerId, Standing, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -142,7 +142,7 @@ impl Sim {
         // the mesh had formed before the job came (see the module docs).
         let origin = keys::peer_id(cfg.seed, 0);
         let job = derive_job_id(&origin, &job_digest(cfg.seed), JOB_NONCE);
-        let all: Vec<crate::PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
+        let all: Vec<PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
         let backups: Vec<u32> = rendezvous::choose(&job, &[origin], &all, DEFAULT_COORDINATORS)
             .iter()
             .skip(1)
@@ -229,7 +229,7 @@ impl Sim {
         for p in 0..self.peers.len() as u32 {
             self.boot(p);
         }
-        let backups = self.ids(&self.backups);
+        let backups: Vec<PeerId> = self.backups.iter().map(|&b| self.peers[b as usize].id).collect();
         self.with_host(origin, |h, _| {
             h.offer(&backups);
             h.look_at_roles(0);

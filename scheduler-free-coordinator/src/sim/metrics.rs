@@ -225,7 +225,7 @@ impl Sim {
             origin_protected: !self.cfg.origin_may_crash(),
             coordinator_takeovers: self.m.takeovers,
             takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
-            leaders_at_end: (0..self.peers.len() as u32).filter(|&p| self.peers[p as usize].alive && self.leads(p)).count() as u32,
+            leaders_at_end: self.peers.iter().filter(|p| p.alive && p.host.as_ref().is_some_and(|h| h.leads())).count() as u32,
             verdicts_overturned: self.m.overturned,
             verdicts_differing: self.verdicts_differing(),
             replication_dropped: self.m.replication_dropped,

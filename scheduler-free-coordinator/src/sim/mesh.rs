@@ -2,8 +2,9 @@
 //! sender, fire its timers, send what it queues, and react to its events (peers up and down
 //! reach the coordinator and its roles; job ads wake the slots, and a coordinator settles a
 //! newer or rival ad by [`crate::peer::heal`]). What a peer publishes, and when (its advert,
-//! the job's ads, greetings to its cell's bootstrap peers), is [`MeshState`](crate::peer::mesh::MeshState)'s, one per view;
-//! the membership settings are [`crate::peer::mesh::membership_config`]'s.
+//! the job's ads, greetings to its cell's bootstrap peers), is
+//! [`MeshState`](crate::peer::mesh::MeshState)'s, one per view; the membership settings are
+//! [`crate::peer::mesh::membership_config`]'s.
 
 use crate::membership::MeshEvent;
 use crate::peer::host::Members;
@@ -175,13 +176,8 @@ impl Sim {
         if !peer.alive {
             return;
         }
-        let mut at = NEVER;
-        for view in &peer.views {
-            if peer.advertises {
-                at = at.min(view.mesh.advert_due_at());
-            }
-            at = at.min(view.mesh.greet_due_at());
-        }
+        let due = |v: &View| v.mesh.greet_due_at().min(if peer.advertises { v.mesh.advert_due_at() } else { NEVER });
+        let at = peer.views.iter().map(due).min().unwrap_or(NEVER);
         self.queue.arm(&mut peer.house_at, at, Event::House { peer: p });
     }
 }

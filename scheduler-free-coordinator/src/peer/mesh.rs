@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::membership::{Membership, MembershipConfig};
 use crate::records::{Advert, JobAd, Record, Signer};
-use crate::{JobId, Millis};
+use crate::{JobId, JobSpec, Millis, PeerId};
 
 /// An advert is sent again this often even when nothing in it changed: a last resort for a peer
 /// that missed it both by gossip and directly (every member that comes up gets it directly).
@@ -34,6 +34,51 @@ pub fn membership_config() -> MembershipConfig {
     MembershipConfig::lan(100)
 }
 
+/// The advert of `peer`, dialled at `addr`, with `total` sandbox slots of which `free` are free
+/// and `memory_bytes` for a task; unreachable peers name the `relays` they are reached through.
+/// Its sequence number, epoch and signature are set as it is published
+/// ([`MeshState::publish_advert`]); its version is this crate's, the workspace's one version.
+pub fn advert(peer: PeerId, addr: String, total: u32, free: u32, memory_bytes: u64, reachable: bool, relays: Vec<PeerId>) -> Advert {
+    Advert {
+        peer,
+        seq: 0,
+        addr,
+        cpus_total: total,
+        cpus_free: free,
+        memory_bytes,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        reachable,
+        relays,
+        signature: Vec::new(),
+        epoch: 0,
+    }
+}
+
+/// The ad of `job` as submitted (`spec`, and the content digest and nonce its id derives from),
+/// announced by `announcer` with its list of `coordinators` (`done` once the job ended). Its
+/// sequence number, the origin's word for it and the signatures are set as it is published
+/// ([`MeshState::publish_job_ad`]).
+pub fn job_ad(job: JobId, spec: &JobSpec, announcer: PeerId, coordinators: Vec<PeerId>, done: bool, content_digest: [u8; 32], nonce: Vec<u8>) -> JobAd {
+    JobAd {
+        job,
+        origin: spec.origin,
+        announcer,
+        seq: 0,
+        module: spec.module,
+        task_count: spec.task_count,
+        policy: spec.policy,
+        coordinators,
+        submitted_at_ms: spec.submitted_at_ms,
+        done,
+        content_digest,
+        nonce,
+        origin_named: Vec::new(),
+        origin_signature: Vec::new(),
+        signature: Vec::new(),
+        chain: Vec::new(),
+    }
+}
+
 /// Membership and what this peer has published.
 pub struct MeshState {
     /// SWIM and the records.
@@ -43,6 +88,12 @@ pub struct MeshState {
     advertised: Option<(Advert, Millis)>,
     job_seq: HashMap<JobId, u64>,
     last_greet: Option<Millis>,
+}
+
+impl AsRef<Membership> for MeshState {
+    fn as_ref(&self) -> &Membership {
+        &self.membership
+    }
 }
 
 impl MeshState {

@@ -3,6 +3,7 @@
 //! and the simulator run the very same rules:
 //!
 //! - [`mesh`]: membership and what this peer publishes (adverts, job ads, greetings);
+//!   [`members`]: what its memberships say of who is live, as its coordinators ask;
 //! - [`roles`]: active or standby for each job held, takeover, top-ups, re-announcing;
 //!   [`takeover`]: a new leader first takes what its backups recorded and it did not;
 //! - [`adoption`]: rounds that bring a job's list of coordinators up to strength;
@@ -16,7 +17,8 @@
 //! - [`reports`]: a worker's report batches to a coordinator, retried across a short cut;
 //! - [`reporters`]: those queues for every coordinator, and reports following a new leader;
 //! - [`slots`]: replicas held per slot, which job to ask next, pauses;
-//! - [`work`]: the worker side of one peer, composing slots, the puller and the reporters.
+//! - [`work`]: the worker side of one peer, composing slots, the puller and the reporters;
+//! - [`wire`]: the exact sizes of the messages those machines send.
 //!
 //! Each machine has one contract: inputs are `push`/`handle_*`/`request` calls with `now`;
 //! outputs are drained with `poll_*` until they give nothing, and `poll_timeout` says when
@@ -28,6 +30,7 @@ pub mod handover;
 pub mod heal;
 pub mod host;
 pub mod lease;
+pub mod members;
 pub mod mesh;
 mod outbox;
 pub mod outputs;
@@ -39,6 +42,7 @@ pub mod reports;
 pub mod roles;
 pub mod slots;
 pub mod takeover;
+pub mod wire;
 pub mod work;
 
 /// A coordinator holding one job (id `[1; 32]`, origin `[9; 32]`) of `task_count` tasks under

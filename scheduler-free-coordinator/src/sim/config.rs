@@ -1,7 +1,7 @@
 //! What a simulation run is asked to do ([`SimConfig`]), its defaults, and why a configuration
 //! is refused ([`SimError`]).
 
-use crate::{Diversity, Millis, PolicyCaps};
+use crate::{Adaptive, Diversity, Limits, Millis, Policy, PolicyCaps};
 
 /// One simulation run: the mesh, the job, the adversaries and the network.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,7 +99,7 @@ impl SimConfig {
             diversity: Diversity::Prefix,
             history: 0,
             adaptive: None,
-            spot_check_per_mille: crate::Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
+            spot_check_per_mille: Adaptive::DEFAULT_SPOT_CHECK_PER_MILLE,
             loss: 0.0,
             churn: 0.0,
             churn_coordinators: false,
@@ -128,6 +128,19 @@ impl SimConfig {
         self.crash_origin_at_ms.is_some() || (self.churn_coordinators && self.churn > 0.0)
     }
 
+    /// The job's policy: its quorum, replicas, deadline and adaptive replication as asked, with
+    /// the coordinators' own diversity.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            quorum: self.quorum,
+            max_replicas: self.max_replicas,
+            limits: Limits { timeout_ms: self.task_timeout_ms, ..Limits::default() },
+            priority: 0,
+            adaptive: self.adaptive.map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.spot_check_per_mille }),
+            diversity: None,
+        }
+    }
+
     /// Checks that the run makes sense.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |what: &str| Err(SimError::Config(what.to_string()));
@@ -140,18 +153,12 @@ impl SimConfig {
         if self.peers > 1_000_000 {
             return bad("--peers must be at most 1,000,000");
         }
-        if self.tasks == 0 || self.tasks > PolicyCaps::default().max_tasks {
-            return bad("--tasks must be between 1 and 1,000,000");
-        }
-        if self.quorum == 0 || self.max_replicas < self.quorum || self.max_replicas > PolicyCaps::default().max_replicas {
-            return bad("need 1 <= quorum <= max_replicas <= 32");
-        }
+        // The job's policy and size, as any peer checks a submission.
+        PolicyCaps::default().check(&self.policy(), u64::from(self.tasks)).map_err(|e| SimError::Config(e.to_string()))?;
         if !(0.0..1.0).contains(&self.liars) {
             return bad("--liars must be a fraction in [0, 1)");
         }
-        if self.adaptive.is_some_and(|m| m < crate::Adaptive::MIN_AGREED) {
-            return bad("--adaptive (min agreed) must be at least 10");
-        }
+        // Also with adaptive replication off (the policy check passes it then): the report shows it.
         if self.spot_check_per_mille > 1_000 {
             return bad("--spot-check must be a fraction in [0, 1]");
         }

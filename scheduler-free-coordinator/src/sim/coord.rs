@@ -1,66 +1,30 @@
 //! Driving the coordinator side: every peer that coordinates the job holds a real
-//! [`Host`](crate::peer::host::Host) (the origin and the peers it or a successor adopted), and
+//! [`Host`] (the origin and the peers it or a successor adopted), and
 //! the simulator only carries what it emits: messages through the virtual network, notices into
 //! the metrics and the mesh, its timer on the event queue. Every call is followed by
-//! [`Sim::drain_host`], as the host's contract asks.
+//! `Sim::drain_host`, as the host's contract asks.
 //!
-//! **Liveness is simplified** (the [`Members`] the host is given). A coordinator bridges every
-//! cell, so it has one view per cell; it takes a peer for dead when any of its views holds it
-//! dead (the first cell to declare a peer dead stands for a real mesh's one SWIM cluster, whose
-//! first detection spreads to everyone), and for live otherwise, also when no view knows it.
+//! **Liveness is simplified**: a coordinator bridges every cell, so it has one view per cell,
+//! and its host is told what they all show ([`MeshMembers`]): a peer is dead when any of them
+//! holds it dead, live otherwise, also when none knows it.
 //!
-//! **The roles' grace is waited out in full** (`active_members` is 0). A peer may look at roles
+//! **The roles' grace is waited out in full** ([`MeshMembers::full_grace`]). A peer may look at roles
 //! as soon as one member is active, but a simulated mesh forms at the same moment as its job,
 //! when one active member says nothing about who else is alive; and a first look re-announces
 //! the job, whose gossip, in the second when the whole mesh is joining, crowds out the join's
 //! membership updates (at 10,000 peers membership then took 21 gossip rounds to converge
 //! instead of 11).
 
-use crate::membership::MemberState;
 use crate::peer::host::{Host, Members, Notice, Transmit};
-use crate::{Coordinator, CoordinatorConfig, Event, PeerId, Verdict};
+use crate::peer::members::MeshMembers;
+use crate::{Coordinator, CoordinatorConfig, Event, Verdict};
 
 use super::engine::Sim;
 use super::keys;
 use super::net::{CallKind, Reply, Request};
 use super::peer::NEVER;
-use super::{queue, wire, workload};
-
-/// What peer `p` knows of the mesh, as its host is told (see the module docs).
-struct View<'a> {
-    sim: &'a Sim,
-    p: u32,
-}
-
-impl Members for View<'_> {
-    fn is_live(&self, peer: &PeerId) -> bool {
-        self.sim.sees_live(self.p, keys::index_of(peer))
-    }
-
-    fn live_peers(&self) -> usize {
-        // A bridge counts a member of several cells once per cell, which only matters against
-        // the handful of coordinators a list holds.
-        1 + self.sim.peers[self.p as usize].views.iter().map(|v| v.mesh.membership.active()).sum::<usize>()
-    }
-
-    fn active_members(&self) -> usize {
-        0
-    }
-
-    fn live(&self) -> Vec<PeerId> {
-        let mut seen: Vec<u32> = Vec::new();
-        for v in &self.sim.peers[self.p as usize].views {
-            for (m, s) in v.mesh.membership.members() {
-                if s != MemberState::Dead {
-                    seen.push(keys::index_of(&m.peer));
-                }
-            }
-        }
-        seen.sort_unstable();
-        seen.dedup();
-        seen.into_iter().filter(|&i| i != self.p && self.sim.sees_live(self.p, i)).map(|i| self.sim.peers[i as usize].id).collect()
-    }
-}
+use super::{queue, workload};
+use crate::peer::wire;
 
 impl Sim {
     /// A fresh coordinator for peer `p`, with its own secret (spot checks are keyed by it).
@@ -74,25 +38,6 @@ impl Sim {
         Coordinator::new(CoordinatorConfig { secret, diversity: self.cfg.diversity, ..CoordinatorConfig::default() })
     }
 
-    pub(super) fn ids(&self, list: &[u32]) -> Vec<PeerId> {
-        list.iter().map(|&i| self.peers[i as usize].id).collect()
-    }
-
-    /// Whether peer `p` takes `who` for live: none of its membership views holds it dead.
-    pub(super) fn sees_live(&self, p: u32, who: u32) -> bool {
-        if p == who {
-            return true;
-        }
-        let id = self.peers[who as usize].id;
-        let peer = &self.peers[p as usize];
-        peer.alive && !peer.views.iter().any(|v| v.mesh.membership.state_of(&id).is_some_and(|(_, s)| s == MemberState::Dead))
-    }
-
-    /// Whether `p` leads the job.
-    pub(super) fn leads(&self, p: u32) -> bool {
-        self.peers[p as usize].host.as_ref().is_some_and(|h| h.leads())
-    }
-
     /// The peer currently leading the job as the simulation knows it (for the report).
     pub(super) fn lead_host(&self) -> Option<&Host> {
         self.active.and_then(|a| self.peers[a as usize].host.as_deref())
@@ -102,7 +47,8 @@ impl Sim {
     /// what the host emitted.
     pub(super) fn with_host<R>(&mut self, p: u32, f: impl FnOnce(&mut Host, &dyn Members) -> R) -> Option<R> {
         let mut host = self.peers[p as usize].host.take()?;
-        let r = f(&mut host, &View { sim: self, p });
+        let peer = &self.peers[p as usize];
+        let r = f(&mut host, &MeshMembers::new(peer.id, &peer.views).full_grace());
         self.peers[p as usize].host = Some(host);
         self.drain_host(p);
         Some(r)
@@ -137,16 +83,16 @@ impl Sim {
         match t {
             Transmit::ReportAnswer { to, accepted, rejected } => {
                 let to = keys::index_of(&to);
-                self.reply(p, to, Reply::Report, wire::report_reply(accepted, rejected), CallKind::Report(p));
+                self.answer(p, to, CallKind::Report(p), Some(Reply::Taken), wire::report_reply(accepted, rejected));
             }
             Transmit::Replicate { to, job, items } => {
-                let size = self.replicate_size(&items);
+                let size = wire::replicate_request(&items, self.cfg.output_bytes, self.unix());
                 self.call(p, keys::index_of(&to), Request::Replicate { job, items }, size);
             }
             Transmit::Adopt { to, job, coordinators, log, kind } => {
-                let size = self.adopt_size(p, &coordinators, &log, kind);
-                let list = coordinators.iter().map(keys::index_of).collect();
-                self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators: list, log, kind }, size);
+                let items = self.recorded(p, &log);
+                let size = wire::adopt_request(&self.spec, self.cfg.input_bytes, coordinators.len(), &items, kind, self.unix());
+                self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators, log, kind }, size);
             }
         }
     }

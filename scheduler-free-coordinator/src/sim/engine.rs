@@ -7,7 +7,7 @@ use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
-use crate::{Adaptive, JobId, JobSpec, Limits, Millis, Policy, Standing, Verdict, derive_job_id};
+use crate::{JobId, JobSpec, Millis, PeerId, Standing, Verdict, derive_job_id};
 
 use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
@@ -140,9 +140,10 @@ impl Sim {
         // The origin hands the job to the live peers that rank highest for it. Every peer starts
         // at once, so they are taken from every worker rather than from the origin's view, as if
         // the mesh had formed before the job came (see the module docs).
-        let job = derive_job_id(&keys::peer_id(cfg.seed, 0), &job_digest(cfg.seed), JOB_NONCE);
-        let all: Vec<crate::PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
-        let backups: Vec<u32> = rendezvous::choose(&job, &[keys::peer_id(cfg.seed, 0)], &all, DEFAULT_COORDINATORS)
+        let origin = keys::peer_id(cfg.seed, 0);
+        let job = derive_job_id(&origin, &job_digest(cfg.seed), JOB_NONCE);
+        let all: Vec<PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();
+        let backups: Vec<u32> = rendezvous::choose(&job, &[origin], &all, DEFAULT_COORDINATORS)
             .iter()
             .skip(1)
             .map(keys::index_of)
@@ -158,12 +159,12 @@ impl Sim {
             decided: vec![None; cfg.tasks as usize],
             job,
             spec: JobSpec {
-                module: crate::BlobId([0; 32]),
+                module: crate::BlobId(*blake3::keyed_hash(&[7; 32], &cfg.seed.to_le_bytes()).as_bytes()),
                 task_count: cfg.tasks,
-                policy: Policy::default(),
-                origin: keys::peer_id(cfg.seed, 0),
+                policy: cfg.policy(),
+                origin,
                 submitted_at_ms: UNIX_BASE_MS,
-                label: String::new(),
+                label: "spare sim".into(),
             },
             verifier,
             pool: RecordPool::new(),
@@ -205,23 +206,7 @@ impl Sim {
     /// The origin accepts the job: its coordinator holds it, with itself as the only coordinator
     /// until its backups have adopted the job.
     fn submit(&mut self) -> Result<(), SimError> {
-        let origin = self.peers[self.origin as usize].id;
-        let seed = self.cfg.seed.to_le_bytes();
-        self.spec.module = crate::BlobId(*blake3::keyed_hash(&[7; 32], &seed).as_bytes());
-        self.spec.policy = Policy {
-            quorum: self.cfg.quorum,
-            max_replicas: self.cfg.max_replicas,
-            limits: Limits { timeout_ms: self.cfg.task_timeout_ms, ..Limits::default() },
-            priority: 0,
-            adaptive: self
-                .cfg
-                .adaptive
-                .map(|min_agreed| Adaptive { min_agreed, spot_check_per_mille: self.cfg.spot_check_per_mille }),
-            // The coordinators' own (`--diversity`).
-            diversity: None,
-        };
-        self.spec.origin = origin;
-        self.spec.label = "spare sim".into();
+        let origin = self.spec.origin;
         let mut coord = self.new_coordinator(self.origin);
         if self.cfg.history > 0 {
             for p in self.peers.iter().skip(1) {
@@ -244,7 +229,7 @@ impl Sim {
         for p in 0..self.peers.len() as u32 {
             self.boot(p);
         }
-        let backups = self.ids(&self.backups);
+        let backups: Vec<PeerId> = self.backups.iter().map(|&b| self.peers[b as usize].id).collect();
         self.with_host(origin, |h, _| {
             h.offer(&backups);
             h.look_at_roles(0);
@@ -279,7 +264,7 @@ impl Sim {
             Event::MeshTick { peer, view } => self.on_mesh_tick(peer, view as usize),
             Event::Gossip(pkt) => self.on_gossip(*pkt),
             Event::Rpc(msg) => self.on_rpc(*msg),
-            Event::RpcFailed { peer, kind } => self.on_rpc_failed(peer, kind),
+            Event::RpcFailed { peer, kind } => self.answered(peer, kind, Err(false)),
             Event::House { peer } => self.on_house(peer),
             Event::Work { peer } => self.on_work_timer(peer),
             Event::RunDone { peer, ran_ms, task } => self.on_run_done(peer, u64::from(ran_ms), *task),

@@ -78,21 +78,3 @@ pub fn signer(peer: PeerId) -> Signer {
 pub fn verifier() -> Verifier {
     Arc::new(|p: &PeerId, m: &[u8], s: &[u8]| s == tag(p, m).as_slice())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_and_addresses_round_trip_and_tags_bind_signer_and_message() {
-        let p = peer_id(1, 70_000);
-        assert_eq!(index_of(&p), 70_000);
-        assert_eq!(index_of_addr(&addr(70_000)), Some(70_000));
-        assert_eq!(index_of_addr("127.0.0.1:7070"), None);
-        let v = verifier();
-        let s = signer(p)(b"hello");
-        assert!(v(&p, b"hello", &s));
-        assert!(!v(&p, b"hellp", &s));
-        assert!(!v(&peer_id(1, 3), b"hello", &s));
-    }
-}

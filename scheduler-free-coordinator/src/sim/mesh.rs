@@ -2,14 +2,18 @@
 //! sender, fire its timers, send what it queues, and react to its events (peers up and down
 //! reach the coordinator and its roles; job ads wake the slots, and a coordinator settles a
 //! newer or rival ad by [`crate::peer::heal`]). What a peer publishes, and when (its advert,
-//! the job's ads, greetings to its cell's bootstrap peers), is [`MeshState`]'s, one per view;
-//! the membership settings are [`crate::peer::mesh::membership_config`]'s.
+//! the job's ads, greetings to its cell's bootstrap peers), is
+//! [`MeshState`](crate::peer::mesh::MeshState)'s, one per view; the membership settings are
+//! [`crate::peer::mesh::membership_config`]'s.
 
-use crate::membership::{MemberState, MeshEvent};
-use crate::records::{Advert, JobAd, Record};
+use crate::membership::MeshEvent;
+use crate::peer::host::Members;
+use crate::peer::members::MeshMembers;
+use crate::peer::mesh;
+use crate::records::{JobAd, Record};
 use crate::PeerId;
 
-use super::engine::Sim;
+use super::engine::{JOB_NONCE, Sim, job_digest};
 use super::keys;
 use super::peer::{NEVER, View};
 use super::queue::Event;
@@ -59,10 +63,11 @@ impl Sim {
                 self.take_ad(p, ad);
                 self.wake(p);
             }
-            MeshEvent::Rival(ad) => self.on_rival(p, ad),
+            MeshEvent::Rival(ad) => {
+                self.with_host(p, |h, _| h.handle_rival(&ad));
+            }
             MeshEvent::Record(Record::Advert(_)) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
-                self.m.invalid_records += 1;
                 if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {
                     h.penalize(s);
                 }
@@ -75,9 +80,10 @@ impl Sim {
     fn peers_changed(&mut self, p: u32, who: PeerId, up: bool) {
         self.with_work(p, |w, now| w.handle_peer(who, up, now));
         let peer = &self.peers[p as usize];
-        let live = 1 + peer.views.iter().map(|v| v.mesh.membership.active()).sum::<usize>();
+        let live = MeshMembers::new(peer.id, &peer.views).live_peers();
         if peer.host.is_some() {
-            self.host_members_changed(p, live, (!up).then_some(who));
+            let (now, down) = (self.now, (!up).then_some(who));
+            self.with_host(p, |h, _| h.handle_members(live, down, now));
         }
     }
 
@@ -91,12 +97,11 @@ impl Sim {
         let follows = ad.job == self.job && ad.announcer != me && self.peers[p as usize].holds(&ad.job);
         let followed = follows.then(|| ad.clone());
         let (now, peer) = (self.now, &mut self.peers[p as usize]);
-        let views = &peer.views;
-        let alive = |c: &PeerId| views.iter().any(|v| v.mesh.membership.members().iter().any(|(m, s)| m.peer == *c && *s != MemberState::Dead));
-        let newer = peer.work.handle_ad(ad, alive, now);
+        let seen = MeshMembers::new(peer.id, &peer.views);
+        let newer = peer.work.handle_ad(ad, |c| seen.seen_live(c), now);
         self.drain_work(p);
         if let Some(ad) = followed.filter(|_| newer) {
-            self.follow_ad(p, &ad);
+            self.with_host(p, |h, _| h.handle_ad(&ad));
         }
     }
 
@@ -116,21 +121,10 @@ impl Sim {
         if !peer.alive || !peer.advertises {
             return;
         }
-        let free = peer.free_slots(slots);
+        let free = peer.work.free_slots();
         let signer = keys::signer(peer.id);
-        let advert = Advert {
-            peer: peer.id,
-            seq: 0,
-            addr: keys::addr(p),
-            cpus_total: slots,
-            cpus_free: free,
-            memory_bytes: crate::PolicyCaps::default().limits.memory_bytes,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            reachable: true,
-            relays: Vec::new(),
-            signature: Vec::new(),
-            epoch: 0,
-        };
+        let memory = crate::PolicyCaps::default().limits.memory_bytes;
+        let advert = mesh::advert(peer.id, keys::addr(p), slots, free, memory, true, Vec::new());
         for v in 0..peer.views.len() {
             let peer = &mut self.peers[p as usize];
             if !peer.views[v].mesh.advert_due(&advert, now) {
@@ -147,24 +141,7 @@ impl Sim {
         let (now, unix) = (self.now, self.unix());
         let announcer = self.peers[o as usize].id;
         let Some(list) = self.peers[o as usize].host.as_ref().map(|h| h.coordinators().to_vec()) else { return };
-        let ad = JobAd {
-            job: self.job,
-            origin: self.spec.origin,
-            announcer,
-            seq: 0,
-            module: self.spec.module,
-            task_count: self.spec.task_count,
-            policy: self.spec.policy,
-            coordinators: list,
-            submitted_at_ms: self.spec.submitted_at_ms,
-            done,
-            content_digest: super::engine::job_digest(self.cfg.seed),
-            nonce: super::engine::JOB_NONCE.to_vec(),
-            origin_named: Vec::new(),
-            origin_signature: Vec::new(),
-            signature: Vec::new(),
-            chain: Vec::new(),
-        };
+        let ad = mesh::job_ad(self.job, &self.spec, announcer, list, done, job_digest(self.cfg.seed), JOB_NONCE.to_vec());
         let signer = keys::signer(announcer);
         for v in 0..self.peers[o as usize].views.len() {
             self.peers[o as usize].views[v].mesh.publish_job_ad(ad.clone(), unix, &signer, now);
@@ -199,13 +176,8 @@ impl Sim {
         if !peer.alive {
             return;
         }
-        let mut at = NEVER;
-        for view in &peer.views {
-            if peer.advertises {
-                at = at.min(view.mesh.advert_due_at());
-            }
-            at = at.min(view.mesh.greet_due_at());
-        }
+        let due = |v: &View| v.mesh.greet_due_at().min(if peer.advertises { v.mesh.advert_due_at() } else { NEVER });
+        let at = peer.views.iter().map(due).min().unwrap_or(NEVER);
         self.queue.arm(&mut peer.house_at, at, Event::House { peer: p });
     }
 }

@@ -17,7 +17,7 @@ use crate::membership::MemberState;
 
 use super::engine::{Sim, probe_period_ms};
 use super::keys;
-use super::peer::View;
+use super::peer::{View, VirtualPeer};
 use super::queue::Event;
 use super::report::{Rate, Report};
 
@@ -33,18 +33,8 @@ pub struct Metrics {
     pub rpcs: u64,
     /// Messages lost.
     pub lost: u64,
-    /// Gossip messages membership refused.
-    pub refused_gossip: u64,
-    /// Records dropped for a bad signature.
-    pub invalid_records: u64,
     /// Replicas run to the end (by a peer alive when the run ended).
     pub replicas_run: u64,
-    /// Attestations that came after the verdict.
-    pub late: u64,
-    /// Attestations refused (no lease, failed checks).
-    pub rejected: u64,
-    /// Replicas handed back as stale before they ran.
-    pub stale: u64,
     /// Report batches given up (refused, or their first lease lapses before another attempt).
     pub reports_dropped: u64,
     /// Tasks verified.
@@ -132,7 +122,6 @@ impl Sim {
         true
     }
 
-    /// The report of the run so far.
     /// Tasks that two live coordinators hold final with different verdicts (a backup that
     /// decided from an attestation its new leader never had; [`crate::peer::takeover`]).
     fn verdicts_differing(&self) -> u32 {
@@ -147,38 +136,34 @@ impl Sim {
             .count() as u32
     }
 
+    /// The report of the run so far.
     pub(super) fn report(&self) -> Report {
         let end = self.now.max(1);
-        let (mut bytes, mut life_s, mut max) = (0u64, 0f64, 0f64);
+        // A peer's life in seconds, at least one.
+        let life = |p: &VirtualPeer| (p.died.unwrap_or(end).saturating_sub(p.born)).max(1_000) as f64 / 1_000.0;
+        let (mut bytes, mut life_s, mut max, mut liars) = (0u64, 0f64, 0f64, 0);
         let (mut gossip, mut gossip_max) = (0u64, 0f64);
         for p in &self.peers {
-            let life = (p.died.unwrap_or(end).saturating_sub(p.born)).max(1_000) as f64 / 1_000.0;
             bytes += p.bytes_sent;
-            life_s += life;
-            max = max.max(p.bytes_sent as f64 / life);
+            life_s += life(p);
+            max = max.max(p.bytes_sent as f64 / life(p));
             gossip += p.gossip_sent;
-            gossip_max = gossip_max.max(p.gossip_sent as f64 / life);
+            gossip_max = gossip_max.max(p.gossip_sent as f64 / life(p));
+            liars += u32::from(p.behaviour.lies());
         }
         let origin = &self.peers[self.origin as usize];
-        let origin_life = origin.died.unwrap_or(end).saturating_sub(origin.born).max(1_000);
-        let origin_rate = origin.bytes_sent as f64 / (origin_life as f64 / 1_000.0);
-        let (mut banned_liars, mut banned_honest) = (0, 0);
-        let (mut liars, mut trusted_liars) = (0, 0);
+        let origin_rate = origin.bytes_sent as f64 / life(origin);
+        let (mut banned_liars, mut banned_honest, mut trusted_liars) = (0, 0, 0);
         // The reputation table of the coordinator leading at the end.
-        if let Some(h) = self.lead_host() {
+        if let Some(r) = self.lead_host().map(|h| h.coordinator().reputation()) {
+            let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
             for p in &self.peers {
-                let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
-                trusted_liars += u32::from(p.behaviour.lies() && h.coordinator().reputation().is_trusted(&p.id, min_agreed));
-                let banned = h.coordinator().reputation().is_banned(&p.id);
-                match (p.behaviour.lies(), banned) {
-                    (true, true) => banned_liars += 1,
-                    (false, true) => banned_honest += 1,
-                    _ => {}
+                let lies = p.behaviour.lies();
+                trusted_liars += u32::from(lies && r.is_trusted(&p.id, min_agreed));
+                if r.is_banned(&p.id) {
+                    *(if lies { &mut banned_liars } else { &mut banned_honest }) += 1;
                 }
             }
-        }
-        for p in &self.peers {
-            liars += u32::from(p.behaviour.lies());
         }
         let round1 = |x: f64| (x * 10.0).round() / 10.0;
         let state = match self.m.job_state {
@@ -240,7 +225,7 @@ impl Sim {
             origin_protected: !self.cfg.origin_may_crash(),
             coordinator_takeovers: self.m.takeovers,
             takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
-            leaders_at_end: (0..self.peers.len() as u32).filter(|&p| self.peers[p as usize].alive && self.leads(p)).count() as u32,
+            leaders_at_end: self.peers.iter().filter(|p| p.alive && p.host.as_ref().is_some_and(|h| h.leads())).count() as u32,
             verdicts_overturned: self.m.overturned,
             verdicts_differing: self.verdicts_differing(),
             replication_dropped: self.m.replication_dropped,

@@ -6,13 +6,12 @@
 //!
 //! **The rules are the peer's.** Every decision a peer makes beyond the job table comes from
 //! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
-//! drives them with virtual time and carries out what they return: the whole worker side of a
-//! peer ([`peer::work::Work`](crate::peer::work::Work): replicas per slot, pauses, stale
-//! leases, module fetches, report batching and retry), the whole coordinator side of a peer
-//! ([`peer::host::Host`](crate::peer::host::Host): leases, reports, the replication stream,
-//! catch-ups, adoptions, roles and takeover, two leaders), and what a peer publishes into
-//! membership, with the membership settings
-//! ([`peer::mesh`](crate::peer::mesh)). The simulator keeps no copy of their constants.
+//! drives them with virtual time and carries out what they return: the worker side of a peer
+//! ([`peer::work::Work`](crate::peer::work::Work)), its coordinator side
+//! ([`peer::host::Host`](crate::peer::host::Host)), what it publishes into membership and the
+//! membership settings ([`peer::mesh`](crate::peer::mesh)), what its memberships tell its
+//! coordinator ([`peer::members`](crate::peer::members)) and the sizes of its messages
+//! ([`peer::wire`](crate::peer::wire)). The simulator keeps no copy of their constants.
 //!
 //! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
 //! peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
@@ -25,87 +24,60 @@
 //! origin, and `restart_origin_at` starts it again on what it had recorded (its list and its
 //! attestation log, as a real peer's store keeps them), in standby beside its replacement.
 //! `partition_at` splits the network in two, by peer, until `heal_at`: every message between
-//! the sides is lost (the origin, its second backup and the workers of even index on
-//! one side, its first backup and the workers of odd index on the other; see [`net`]), so the
-//! far side's backup takes the job over and the two leaders settle after the heal. The run
-//! ends when the job is finished and membership has converged.
+//! the sides is lost (who is on which side: [`net`]), so the far side's backup takes the job
+//! over and the two leaders settle after the heal. The run ends when the job is finished and
+//! membership has converged.
 //!
-//! **Replicated coordination.** The origin picks its two backups by
-//! [`rendezvous`](crate::rendezvous) and hands them the job (`Adopt`, with everything recorded
-//! so far; its size counts spec, inputs, attestations and the module fetch). The backups hold a
-//! real [`Coordinator`](crate::Coordinator) in standby; the active coordinator streams to them,
-//! in recording order (`Replicate`, lost like any message), every attestation it records, every
-//! lease it gives another peer and every replica handed back to it, and they replay each
-//! (`restore_attestation_lone`, `restore_lease`, `release`); a batch that keeps failing is
-//! repaired by sending the backup the whole job (attestations only, as the real `Adopt`).
-//! When a backup's membership declares the coordinators before it dead, it takes the job
-//! over: leaves standby, catches up the backups it kept, hands the job to a replacement chosen
-//! by rendezvous among the peers it sees live, and announces an ad naming itself first. It
-//! holds the leases the dead coordinator gave (those the stream delivered), and reports follow
-//! the ad: a worker whose report batch fails moves, before retrying, the items whose job's ad
-//! now names another first live coordinator to that one's queue, so their tasks do not run
-//! again; the dead coordinator's own replicas are lost. Two leaders (a coordinator wrongly
-//! declared dead, under loss or across a partition) settle by rank: the lower one hands the
-//! job to the other. Only
-//! the leading coordinators' verdicts are counted, each task's first once; a task decided
-//! again differently is counted in `verdicts_overturned`. The report gives `coordinator_takeovers`
-//! and `takeover_ms` (from the leader's crash, or from the cut for a takeover across a
-//! partition, to its successor's first lease).
+//! **Replicated coordination** is [`peer::host`](crate::peer::host)'s, carried out as it asks:
+//! the origin hands the job to two backups chosen by [`rendezvous`](crate::rendezvous), streams
+//! them what it records, and a backup whose membership declares the coordinators before it dead
+//! takes the job over; two leaders settle by rank. Only the leading coordinators' verdicts are
+//! counted, each task's first once; a task decided again differently is counted in
+//! `verdicts_overturned`. The report gives `coordinator_takeovers` and `takeover_ms` (from the
+//! leader's crash, or from the cut for a takeover across a partition, to its successor's first
+//! lease).
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
-//!   scheduling order: a ring of millisecond buckets, with a binary heap for the far future);
-//! - [`net`]: loss, partitions, delay, byte counts, the RPCs; [`wire`]: exact protobuf message
-//!   sizes;
-//! - [`peer`]: a virtual peer; [`mesh`]: membership and what a peer publishes;
+//!   scheduling order: a ring of millisecond buckets, with a map for the far future);
+//! - [`net`]: loss, partitions, delay, byte counts (sized by [`crate::peer::wire`]), the RPCs;
+//! - [`peer`]: a virtual peer; [`mesh`]: driving its memberships and what it publishes
+//!   ([`crate::peer::mesh`]);
 //!   [`work`]: the worker side, the real [`Work`](crate::peer::work::Work) driven;
 //! - [`coord`]: driving each coordinator's [`Host`](crate::peer::host::Host) (its messages,
-//!   notices, timer, and the membership view it is given); [`serve`]: the calls, ads and
-//!   membership changes it is handed, and the sizes of what it sends;
+//!   notices and timer; the mesh as [`MeshMembers`](crate::peer::members::MeshMembers) shows
+//!   it); [`serve`]: the calls, ads and membership changes it is handed;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and
 //!   the signature stand-in; [`rng`]: the seeded generator;
 //! - [`metrics`] and [`report`]: what is counted and reported; [`config`]: what is asked.
 //!
-//! **Membership cells.** foca keeps its members in a `Vec` and finds one by a linear scan,
-//! once for the sender and once per piggybacked update of every message. So simulating N peers
-//! that each see all N costs N² memory and about N³ time: a bare mesh of real `Membership`s
-//! (no job, no adverts; release build, 30 virtual seconds from a cold start) took 2.4 s and
-//! 160 MB at 500 peers, 14 s and 530 MB at 1,000, 91 s and 1.7 GB at 2,000; 10,000 would need
-//! hours and tens of GB. A deployed peer pays only its own share, which is fine; a simulator
-//! holding every peer cannot. So a mesh larger than `cell_size` (default 100) is simulated as
-//! *cells*: each worker belongs to one cell of at most `cell_size − 1` workers, and the origin
-//! belongs to every cell, through one real `Membership` per cell; so does every other coordinator of the
-//! job (the backups from the start, a replacement from when it adopts the job, joining each cell
-//! as a newcomer). Within a cell everything is the real protocol. Across cells the coordinators
-//! are the bridges: their job ads reach every cell through their own memberships there, workers
-//! see them alive or dead in their own view (so the real liveness rule for choosing a
-//! coordinator applies), and they hear every crash from the crashed peer's cell (so
-//! `peer_down`, and a backup's takeover, come from real failure detection). What is not
-//! modelled: a worker seeing workers of other cells. So per-peer gossip bytes and convergence
-//! rounds are those of a `cell_size`-peer SWIM cluster plus the job's coordinators. SWIM's own
-//! messages do not grow with the cluster and its dissemination time grows with log N, but
-//! adverts (one per peer, re-sent when its free slots change) and the direct record sync to
-//! every newcomer grow linearly with the peers a peer sees, so a real 10,000-peer mesh would
-//! gossip more than these figures show. A mesh of at most `cell_size` peers is one cell: one
-//! SWIM cluster, exactly as deployed.
+//! **Membership cells.** foca finds a member by a linear scan, once for the sender and once per
+//! piggybacked update of every message, so simulating N peers that each see all N costs N²
+//! memory and about N³ time (2,000 peers: 91 s and 1.7 GB for 30 virtual seconds of a bare
+//! mesh); a deployed peer pays only its own share. So a mesh larger than `cell_size` (default
+//! 100) is simulated as *cells*, each a real SWIM cluster of at most `cell_size − 1` workers,
+//! and every coordinator of the job (the origin and backups from the start, a replacement from
+//! when it adopts the job, joining each cell as a newcomer) is a member of every cell, through
+//! one real `Membership` per cell. The coordinators are the bridges: their job ads reach every
+//! cell, workers see them alive or dead in their own view, and they hear every crash from the
+//! crashed peer's cell, so a takeover comes from real failure detection. Not modelled: a worker
+//! seeing workers of other cells, so per-peer gossip bytes and convergence rounds are those of a
+//! `cell_size`-peer cluster plus the coordinators. SWIM's own messages do not grow with the
+//! cluster, but adverts and the direct record sync to every newcomer grow with the peers a peer
+//! sees, so a real 10,000-peer mesh would gossip more than these figures show. A mesh of at
+//! most `cell_size` peers is one cell, exactly as deployed.
 //!
-//! Where the time goes (10,000 peers, cells of 100; figures in `docs/architecture.md`): half
-//! inside `Membership`, of which foca's own handling is about 20 % of the run (it decodes every
-//! packet the screen decoded already), the screen about 12 % and `RecordState::accept` about
-//! 8 %; page faults of a growing heap about 9 %; the coordinators and the replication stream
-//! about 15 %. Memory: the memberships share one copy of each record (a
-//! [`RecordPool`](crate::membership::RecordPool)) and the logs one copy of each attestation;
-//! what is left is mostly foca's own per-membership state (a 16 KiB send buffer, the member
-//! list and a buffer of decoded updates, the broadcast queues: about 55 KB each, 10,300 of them)
-//! and the three coordinators' tables of every task.
+//! Where the time and memory go at 10,000 peers and more: `docs/architecture.md`. The
+//! memberships share one copy of each record (a [`RecordPool`](crate::membership::RecordPool))
+//! and the logs one copy of each attestation.
 //!
 //! Other simplifications, each also noted where it is made:
 //! - signatures are a keyed 64-bit hash stand-in of ed25519's size ([`keys`]);
 //! - the origin publishes no advert (it did not when `Membership` kept its own records in a
 //!   `HashSet`, whose order would have leaked into the run; they are in a `BTreeSet` now, and
 //!   the backups, which are workers too, advertise and announce the job alike);
-//! - RPC transport overhead is an estimate ([`wire`]); a lost RPC message fails the call after
-//!   `rpc_fail_ms` ([`net`]);
+//! - RPC transport overhead is an estimate ([`crate::peer::wire`]); a lost RPC message fails
+//!   the call after `rpc_fail_ms` ([`net`]);
 //! - the origin picks its backups among every initial peer, as if the mesh had formed before
 //!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
 //!   yet);
@@ -130,7 +102,6 @@ pub mod report;
 pub mod rng;
 pub mod serve;
 pub mod work;
-pub mod wire;
 pub mod workload;
 
 pub use config::{SimConfig, SimError};

@@ -13,23 +13,22 @@
 //! the origin's first backup and the workers of odd index (joiners too, by the same parity).
 //! So each side has about half the workers and at least one coordinator of the job: the far
 //! side's backup sees the origin die and takes the job over, and when the partition heals the
-//! two leaders settle by [`crate::peer::heal`]. Deciding who is cut draws no random number, so a run
-//! without a partition is the same as before, and one with it is the same for one seed.
+//! two leaders settle by [`crate::peer::heal`]. Deciding who is cut draws no random number, so
+//! a run without a partition is the same as before, and one with it is the same for one seed.
 //!
 //! Gossip is fire-and-forget, as `MeshService.Gossip` is used (the empty reply is counted
-//! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a reply carrying
-//! what the real ones carry; a lost request or reply, or a callee that crashed, fails the call
-//! at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
+//! against the receiver). The lease, report, blob, adopt and replicate RPCs are a request and a
+//! reply carrying what the real ones carry; a lost request or reply, or a callee that crashed,
+//! fails the call at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
 //! would usually deliver late rather than fail; the simulator is the harsher of the two.)
 
-use crate::{BlobId, JobId, Millis};
-
+use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use crate::peer::reports::Delivery;
+use crate::peer::wire;
+use crate::{BlobId, JobId, Millis, PeerId};
 
 use super::engine::Sim;
-use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
 use super::queue::Event;
-use super::wire;
 
 /// A gossip message in flight.
 #[derive(Debug)]
@@ -55,32 +54,28 @@ pub enum Request {
     Blob { module: BlobId },
     /// `MeshService.Adopt`: the whole job, with the sender's list of its coordinators (the
     /// receiver and the sender included) and every attestation the sender recorded.
-    Adopt { job: JobId, coordinators: Vec<u32>, log: Vec<Logged>, kind: AdoptKind },
+    Adopt { job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind },
     /// `MeshService.Replicate`: what the active coordinator recorded (attestations, leases it
     /// gave, releases), in order.
     Replicate { job: JobId, items: Vec<Streamed> },
 }
 
-/// An RPC reply.
+/// What an answer brings back beyond being one.
 #[derive(Debug)]
 pub enum Reply {
     /// Leases granted: each task's `(index, expires_in_ms)`, with the job's module and deadline.
-    Lease { job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis },
-    /// The report was taken.
-    Report,
-    /// The module.
-    Blob { module: BlobId },
+    Lease { module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis },
     /// The job was adopted; to a sync, with what the receiver recorded that the sender lacked.
-    Adopt { kind: AdoptKind, missing: Vec<Logged> },
-    /// The batch was recorded.
-    Replicate,
+    Adopt(Vec<Logged>),
+    /// Taken: a report batch, a module fetch, a replication batch.
+    Taken,
 }
 
-/// What a failed call was, so the caller can react.
+/// What a call was, so its answer or failure goes back to what made it.
 #[derive(Clone, Copy, Debug)]
 pub enum CallKind {
-    /// A lease request for the job.
-    Lease(JobId),
+    /// A lease request for the job to this coordinator.
+    Lease(JobId, u32),
     /// A report batch to the coordinator.
     Report(u32),
     /// A module fetch.
@@ -96,16 +91,15 @@ pub enum CallKind {
 pub enum RpcMsg {
     /// A request from a caller.
     Request { from: u32, to: u32, sent_at: Millis, req: Request },
-    /// The callee's reply.
-    Reply { from: u32, to: u32, reply: Reply },
-    /// The callee refused the call (an error status).
-    Refused { to: u32, kind: CallKind },
+    /// The callee's answer to `to`'s call: its reply, or `None` when it refused the call (an
+    /// error status).
+    Answer { to: u32, kind: CallKind, reply: Option<Reply> },
 }
 
 impl Request {
     fn kind(&self, to: u32) -> CallKind {
         match self {
-            Request::Lease { job, .. } => CallKind::Lease(*job),
+            Request::Lease { job, .. } => CallKind::Lease(*job, to),
             Request::Report { .. } => CallKind::Report(to),
             Request::Blob { module } => CallKind::Blob(*module),
             Request::Adopt { kind, .. } => CallKind::Adopt(to, *kind),
@@ -120,19 +114,9 @@ impl Sim {
         self.rng.range(lo, hi)
     }
 
-    /// Whether `p` is on the far side of a partition (see the module docs): the origin's first
-    /// backup and the workers of odd index; the origin, its other backups and the workers of
-    /// even index are on the near side.
+    /// Whether `p` is on the far side of a partition (see the module docs).
     pub fn far_side(&self, p: u32) -> bool {
-        if p == self.origin {
-            false
-        } else if self.backups.first() == Some(&p) {
-            true
-        } else if self.backups.contains(&p) {
-            false
-        } else {
-            p % 2 == 1
-        }
+        p != self.origin && (self.backups.first() == Some(&p) || (!self.backups.contains(&p) && p % 2 == 1))
     }
 
     /// Whether the network is split now.
@@ -184,24 +168,19 @@ impl Sim {
         self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Request { from, to, sent_at: self.now, req })));
     }
 
-    /// Answers an RPC with a reply body of `size` bytes; `kind` says what fails if it is lost.
-    pub(super) fn reply(&mut self, from: u32, to: u32, reply: Reply, size: u64, kind: CallKind) {
+    /// Answers an RPC with a body of `size` bytes: `reply`, or `None` for an error status (`size`
+    /// bytes of message in the trailers); `kind` says what fails if it is lost. A lost refusal
+    /// still reaches the caller as one, when its call fails.
+    pub(super) fn answer(&mut self, from: u32, to: u32, kind: CallKind, reply: Option<Reply>, size: u64) {
         self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
         self.m.rpcs += 1;
-        if self.lost_between(from, to) {
+        let lost = self.lost_between(from, to);
+        if lost && reply.is_some() {
             self.queue.push(self.now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: to, kind });
             return;
         }
-        let at = self.now + self.delay();
-        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Reply { from, to, reply })));
-    }
-
-    /// Answers an RPC with an error status (`size` bytes of message in the trailers).
-    pub(super) fn refuse(&mut self, from: u32, to: u32, kind: CallKind, size: u64) {
-        self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + size;
-        self.m.rpcs += 1;
-        let at = if self.lost_between(from, to) { self.now + self.cfg.rpc_fail_ms } else { self.now + self.delay() };
-        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Refused { to, kind })));
+        let at = if lost { self.now + self.cfg.rpc_fail_ms } else { self.now + self.delay() };
+        self.queue.push(at, Event::Rpc(Box::new(RpcMsg::Answer { to, kind, reply })));
     }
 
     /// A gossip message arrives.
@@ -215,10 +194,8 @@ impl Sim {
         let Some(v) = self.peers[to].view_of(pkt.cell) else { return };
         let sender = self.peers[pkt.from as usize].id;
         let now = self.now;
-
-        if self.peers[to].views[v].mesh.membership.handle_data(&pkt.data, Some(sender), now).is_err() {
-            self.m.refused_gossip += 1;
-        }
+        // A refused message is dropped, as the real peer drops it.
+        let _ = self.peers[to].views[v].mesh.membership.handle_data(&pkt.data, Some(sender), now);
         self.after_mesh(pkt.to, v);
     }
 
@@ -239,40 +216,47 @@ impl Sim {
                     Request::Replicate { job, items } => self.serve_replicate(to, from, job, items),
                 }
             }
-            RpcMsg::Reply { from, to, reply } => {
-                if !self.peers[to as usize].alive {
-                    return;
-                }
-                match reply {
-                    Reply::Lease { job, module, timeout_ms, tasks, asked_at } => {
-                        self.on_leased(to, from, job, module, timeout_ms, tasks, asked_at)
-                    }
-                    Reply::Report => self.on_report_sent(to, from, Delivery::Taken),
-                    Reply::Blob { module } => self.on_fetched(to, module),
-                    Reply::Adopt { kind, missing } => self.on_adopted(to, from, Some(missing), kind),
-                    Reply::Replicate => self.on_replicated(to, from, true),
-                }
-            }
-            RpcMsg::Refused { to, kind } => self.call_failed(to, kind, true),
+            RpcMsg::Answer { to, kind, reply } => self.answered(to, kind, reply.ok_or(true)),
         }
     }
 
-    /// A call failed at the caller: no answer came (`Event::RpcFailed`).
-    pub(super) fn on_rpc_failed(&mut self, peer: u32, kind: CallKind) {
-        self.call_failed(peer, kind, false);
-    }
-
-    /// A call failed at the caller, `refused` by the callee or unanswered.
-    fn call_failed(&mut self, peer: u32, kind: CallKind, refused: bool) {
-        if !self.peers[peer as usize].alive {
+    /// `p`'s call `kind` came back: answered, refused (`Err(true)`) or not answered in time
+    /// (`Err(false)`). The machine that made the call takes it.
+    pub(super) fn answered(&mut self, p: u32, kind: CallKind, answer: Result<Reply, bool>) {
+        if !self.peers[p as usize].alive {
             return;
         }
-        match kind {
-            CallKind::Lease(job) => self.on_lease_failed(peer, job),
-            CallKind::Report(c) => self.on_report_sent(peer, c, if refused { Delivery::Refused } else { Delivery::Unreachable }),
-            CallKind::Blob(module) => self.on_fetch_failed(peer, module),
-            CallKind::Adopt(to, kind) => self.on_adopted(peer, to, None, kind),
-            CallKind::Replicate(to) => self.on_replicated(peer, to, false),
+        let now = self.now;
+        let id = |c: u32| self.peers[c as usize].id;
+        match (kind, answer) {
+            (CallKind::Lease(job, c), Ok(Reply::Lease { module, timeout_ms, tasks, asked_at })) => {
+                let from = id(c);
+                self.with_work(p, |w, now| w.handle_leased(from, job, module, timeout_ms, &tasks, asked_at, now));
+            }
+            (CallKind::Lease(job, _), _) => self.with_work(p, |w, now| w.handle_lease_failed(job, now)),
+            (CallKind::Report(c), answer) => {
+                let to = id(c);
+                let delivery = match answer {
+                    Ok(_) => Delivery::Taken,
+                    Err(true) => Delivery::Refused,
+                    Err(false) => Delivery::Unreachable,
+                };
+                self.with_work(p, |w, now| w.handle_report_sent(to, delivery, now));
+            }
+            (CallKind::Blob(module), Ok(_)) => self.with_work(p, |w, _| w.handle_fetched(module)),
+            (CallKind::Blob(module), Err(_)) => self.with_work(p, |w, now| w.handle_fetch_failed(module, now)),
+            (CallKind::Adopt(c, kind), answer) => {
+                let to = id(c);
+                let missing = match answer {
+                    Ok(Reply::Adopt(missing)) => Some(missing),
+                    _ => None,
+                };
+                self.with_host(p, |h, m| h.handle_adopted(to, missing, kind, now, m));
+            }
+            (CallKind::Replicate(c), answer) => {
+                let to = id(c);
+                self.with_host(p, |h, _| h.handle_replicated(to, answer.is_ok(), now));
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! [`crate::peer`]). The rest is the simulator's bookkeeping: its workload, its byte counts
 //! and the times its events are scheduled.
 
+use crate::membership::Membership;
 use crate::peer::host::{Host, Logged};
 use crate::peer::mesh::MeshState;
 use crate::peer::work::Work;
@@ -24,6 +25,12 @@ pub struct View {
     pub tick_at: Millis,
     /// The addresses greeted at start (the cell's bootstrap peers).
     pub bootstrap: Vec<String>,
+}
+
+impl AsRef<Membership> for View {
+    fn as_ref(&self) -> &Membership {
+        &self.mesh.membership
+    }
 }
 
 /// One simulated peer.
@@ -110,11 +117,6 @@ impl VirtualPeer {
     /// Its view of `cell`.
     pub fn view_of(&self, cell: u32) -> Option<usize> {
         self.views.iter().position(|v| v.cell == cell)
-    }
-
-    /// Free slots as its advert shows them.
-    pub fn free_slots(&self, slots: u32) -> u32 {
-        slots.saturating_sub(u32::try_from(self.work.held()).unwrap_or(u32::MAX).min(slots))
     }
 
     /// Forgets everything a crash loses.

@@ -1,8 +1,7 @@
 //! The discrete-event queue: events ordered by virtual time, then by the order they were
 //! scheduled (a sequence number), so ties break the same way on every run.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::{Millis, TaskId};
 
@@ -38,8 +37,8 @@ pub enum Event {
 }
 
 /// The near future is a ring of one-millisecond buckets, each a FIFO (events pushed for the same
-/// millisecond come out in the order they were pushed); events further ahead wait in a binary
-/// heap by (time, sequence) and move into their bucket, in order, as the ring reaches them.
+/// millisecond come out in the order they were pushed); events further ahead wait in a map by
+/// (time, sequence) and move into their bucket, in order, as the ring reaches them.
 /// Popping is then O(1) for the bulk of events (messages, runs, timers a few seconds ahead).
 const RING: u64 = 8_192;
 /// Most events an emptied bucket keeps room for: the join wave puts a million messages in a few
@@ -47,47 +46,20 @@ const RING: u64 = 8_192;
 /// 10,000 peers.
 const KEEP_PER_BUCKET: usize = 64;
 
-struct Far {
-    at: Millis,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Far {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Far {}
-
-impl PartialOrd for Far {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Far {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: the earliest (time, sequence) must compare greatest.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 /// Events waiting to happen, earliest first; ties in the order they were scheduled.
 pub struct Queue {
     ring: Vec<VecDeque<Event>>,
     /// The millisecond the ring's cursor is at: every bucket holds events of `cursor..cursor + RING`.
     cursor: Millis,
     near: usize,
-    far: BinaryHeap<Far>,
+    far: BTreeMap<(Millis, u64), Event>,
     seq: u64,
     handled: u64,
 }
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue { ring: (0..RING).map(|_| VecDeque::new()).collect(), cursor: 0, near: 0, far: BinaryHeap::new(), seq: 0, handled: 0 }
+        Queue { ring: (0..RING).map(|_| VecDeque::new()).collect(), cursor: 0, near: 0, far: BTreeMap::new(), seq: 0, handled: 0 }
     }
 }
 
@@ -100,7 +72,7 @@ impl Queue {
             self.ring[(at % RING) as usize].push_back(event);
             self.near += 1;
         } else {
-            self.far.push(Far { at, seq: self.seq, event });
+            self.far.insert((at, self.seq), event);
         }
     }
 
@@ -118,18 +90,17 @@ impl Queue {
             }
             if self.near == 0 {
                 // Jump straight to the next far event.
-                let next = self.far.peek()?.at;
+                let (&(next, _), _) = self.far.first_key_value()?;
                 self.cursor = self.cursor.max(next.saturating_sub(RING - 1));
             } else {
                 self.cursor += 1;
             }
             // Events now within the ring move into their buckets, in (time, sequence) order,
             // before anything else can be pushed there.
-            while self.far.peek().is_some_and(|f| f.at < self.cursor + RING) {
-                if let Some(f) = self.far.pop() {
-                    self.ring[(f.at % RING) as usize].push_back(f.event);
-                    self.near += 1;
-                }
+            while let Some(f) = self.far.first_entry().filter(|f| f.key().0 < self.cursor + RING) {
+                let ((at, _), event) = f.remove_entry();
+                self.ring[(at % RING) as usize].push_back(event);
+                self.near += 1;
             }
         }
     }
@@ -149,31 +120,5 @@ impl Queue {
     /// Events handled so far.
     pub fn handled(&self) -> u64 {
         self.handled
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_then_push_order_near_and_far() {
-        let mut q = Queue::default();
-        let ev = |p: u32| Event::Work { peer: p };
-        q.push(5, ev(1));
-        q.push(RING * 3, ev(2));
-        q.push(5, ev(3));
-        q.push(RING * 3, ev(4));
-        q.push(0, ev(5));
-        let mut out = Vec::new();
-        while let Some((at, e)) = q.pop() {
-            let Event::Work { peer } = e else { unreachable!() };
-            out.push((at, peer));
-            if peer == 1 {
-                q.push(RING * 3, ev(6));
-                q.push(5, ev(7));
-            }
-        }
-        assert_eq!(out, vec![(0, 5), (5, 1), (5, 3), (5, 7), (RING * 3, 2), (RING * 3, 4), (RING * 3, 6)]);
     }
 }

@@ -1,8 +1,6 @@
-//! What a run reports: [`Report`] (serialized as one JSON object by `spare sim --json`) and its
-//! text form. Nothing in it depends on the wall clock, so one seed gives the same report, byte
-//! for byte.
-
-use std::fmt::Write;
+//! What a run reports: [`Report`] (serialized as one JSON object by `spare sim --json`; `spare
+//! sim` prints it as a table). Nothing in it depends on the wall clock, so one seed gives the
+//! same report, byte for byte.
 
 use serde::Serialize;
 
@@ -138,83 +136,4 @@ pub struct Report {
     /// Replication batches to a backup given up after their tries (the backup then got the whole
     /// job instead).
     pub replication_dropped: u64,
-}
-
-impl Report {
-    /// A short table for people.
-    pub fn table(&self) -> String {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        let rows: Vec<(&str, String)> = vec![
-            ("peers / tasks", format!("{} / {}", self.peers, self.tasks)),
-            ("quorum / max replicas", format!("{} / {}", self.quorum, self.max_replicas)),
-            (
-                "liars",
-                format!(
-                    "{}{}{}",
-                    self.liars,
-                    if self.collude { " (colluding)" } else { "" },
-                    if self.liars_honest_for > 0 { format!(", honest for their first {}", self.liars_honest_for) } else { String::new() }
-                ),
-            ),
-            (
-                "replica diversity",
-                format!(
-                    "{:?}{}",
-                    self.diversity,
-                    self.liar_networks.map(|n| format!(" (liars in {n} /24 networks)")).unwrap_or_default()
-                ),
-            ),
-            (
-                "adaptive replication",
-                match self.adaptive {
-                    Some(m) => format!(
-                        "min agreed {m}, spot checks {}‰, history {}",
-                        self.spot_check_per_mille, self.history
-                    ),
-                    None => "off".into(),
-                },
-            ),
-            ("loss / churn per minute", format!("{} / {}", self.loss, self.churn)),
-            ("completed", format!("{} ({})", if self.completed { "yes" } else { "no" }, self.job_state)),
-            ("job time", opt(self.job_seconds.map(|s| format!("{s:.1} s")))),
-            ("virtual time", format!("{:.1} s", self.virtual_seconds)),
-            ("gossip rounds to converge", opt(self.gossip_rounds_to_converge.map(|r| r.to_string()))),
-            (
-                "bytes/peer/s mean / max",
-                format!("{:.0} / {:.0}", self.bytes_per_peer_per_second.mean, self.bytes_per_peer_per_second.max),
-            ),
-            (
-                "gossip bytes/peer/s",
-                format!("{:.0} / {:.0}", self.gossip_bytes_per_peer_per_second.mean, self.gossip_bytes_per_peer_per_second.max),
-            ),
-            ("steady gossip bytes/peer/s", opt(self.steady_gossip_bytes_per_peer_per_second.map(|b| format!("{b:.0}")))),
-            ("origin bytes/s", format!("{:.0}", self.origin_bytes_per_second)),
-            ("never heard the job", self.never_heard_job.to_string()),
-            ("replicas per task", format!("{:.3}", self.replicas_per_task)),
-            ("verified / wrong", format!("{} / {}", self.verified, self.wrong_verified)),
-            ("lone verdicts / wrong", format!("{} / {}", self.lone_verified, self.wrong_lone)),
-            ("inconclusive / failed", format!("{} / {}", self.inconclusive, self.failed)),
-            ("lease lapses", self.lease_lapses.to_string()),
-            ("banned liars / honest", format!("{} / {}", self.banned_liars, self.banned_honest)),
-            ("crashes / joins / restarts", format!("{} / {} / {}", self.crashes, self.joins, self.restarts)),
-            ("messages (lost)", format!("{} ({})", self.messages, self.messages_lost)),
-            ("membership cells", format!("{} of up to {} peers", self.membership_cells, self.membership_cell_size)),
-            ("origin protected", self.origin_protected.to_string()),
-            (
-                "coordinator takeovers",
-                match self.takeover_ms {
-                    Some(ms) => format!("{} (first lease after {ms} ms at most)", self.coordinator_takeovers),
-                    None => self.coordinator_takeovers.to_string(),
-                },
-            ),
-            ("leaders at the end", self.leaders_at_end.to_string()),
-            ("overturned / repl. dropped", format!("{} / {}", self.verdicts_overturned, self.replication_dropped)),
-            ("verdicts differing", self.verdicts_differing.to_string()),
-        ];
-        let mut out = format!("spare sim, seed {}\n", self.seed);
-        for (k, v) in rows {
-            let _ = writeln!(out, "  {k:<26} {v}");
-        }
-        out
-    }
 }

@@ -51,20 +51,3 @@ impl Rng {
         -mean * (1.0 - self.unit()).ln()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_seed_same_stream_and_bounds_hold() {
-        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        for _ in 0..100 {
-            assert_eq!(a.next_u64(), b.next_u64());
-            let r = a.range(1, 20);
-            assert!((1..=20).contains(&r));
-            b.range(1, 20);
-        }
-        assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
-    }
-}

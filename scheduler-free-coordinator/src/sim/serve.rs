@@ -1,6 +1,6 @@
 //! A virtual peer's coordinator side as the network and the mesh see it: `MeshService` calls
-//! handed to its [`Host`](crate::peer::host::Host), answers to the calls its host made, job
-//! ads and membership changes passed on, and the byte size of everything it sends. Any peer
+//! handed to its [`Host`], answers to the calls its host made, job
+//! ads and membership changes passed on. Any peer
 //! can hold a coordinator for the job: the origin and the peers it adopted; a peer that does
 //! not hold the job refuses its calls (an `Adopt` makes it a coordinator, in standby).
 //!
@@ -8,12 +8,12 @@
 //! rather than simulated as its own call.
 
 use crate::peer::host::{AdoptKind, Host, Logged, ReportItem, Streamed};
-use crate::records::JobAd;
-use crate::{Attestation, BlobId, JobId, PeerId, Release, TaskId};
+use crate::{BlobId, JobId, PeerId};
 
 use super::engine::Sim;
 use super::net::{CallKind, Reply};
-use super::{wire, workload};
+use super::workload;
+use crate::peer::wire;
 
 /// The status message of a refused call to a peer that does not hold the job.
 const NOT_HELD: u64 = 100;
@@ -26,18 +26,17 @@ impl Sim {
         let (now, wid) = (self.now, self.peers[worker as usize].id);
         let network = workload::network_of(&self.cfg, worker, self.peers[worker as usize].behaviour);
         if !self.peers[c as usize].holds(&job) {
-            self.refuse(c, worker, CallKind::Lease(job), NOT_HELD);
+            self.answer(c, worker, CallKind::Lease(job, c), None, NOT_HELD);
             return;
         }
         let Some(granted) = self.with_host(c, |h, _| h.handle_lease(wid, max, network, now)) else { return };
         let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
-        let note = granted.note.map_or(0, str::len);
-        let size = wire::lease_reply(wire::limits(&self.spec.policy.limits), &tasks, self.cfg.input_bytes, note as u64);
+        let size = wire::lease_reply(&self.spec.policy.limits, &tasks, self.cfg.input_bytes, granted.note);
         if !tasks.is_empty() {
             self.leased_by(c);
         }
-        let reply = Reply::Lease { job, module: self.spec.module, timeout_ms: self.spec.policy.limits.timeout_ms, tasks, asked_at };
-        self.reply(c, worker, reply, size, CallKind::Lease(job));
+        let reply = Reply::Lease { module: self.spec.module, timeout_ms: self.spec.policy.limits.timeout_ms, tasks, asked_at };
+        self.answer(c, worker, CallKind::Lease(job, c), Some(reply), size);
     }
 
     /// `MeshService.Report` at peer `c`, from `worker`: answered by the host, maybe later.
@@ -46,135 +45,51 @@ impl Sim {
         if self.peers[c as usize].host.is_none() {
             // Nothing held here: every attestation is turned down.
             let rejected = batch.iter().filter(|i| matches!(i, ReportItem::Attest(..))).count() as u32;
-            self.reply(c, worker, Reply::Report, wire::report_reply(0, rejected), CallKind::Report(c));
+            self.answer(c, worker, CallKind::Report(c), Some(Reply::Taken), wire::report_reply(0, rejected));
             return;
         }
-        let Some(tally) = self.with_host(c, |h, _| h.handle_report(wid, batch, now)) else { return };
-        self.m.late += u64::from(tally.late);
-        self.m.rejected += u64::from(tally.rejected);
-    }
-
-    /// Peer `p`'s own replica ran: its host records the attestation.
-    pub(super) fn record_own(&mut self, p: u32, att: Attestation, out: Vec<u8>) {
-        let now = self.now;
-        if let Some(tally) = self.with_host(p, |h, _| h.record_own(att, &out, now)) {
-            self.m.late += u64::from(tally.late);
-            self.m.rejected += u64::from(tally.rejected);
-        }
-    }
-
-    /// Peer `p` hands its own replica of `task` back.
-    pub(super) fn release_own(&mut self, p: u32, task: TaskId, why: Release) {
-        self.with_host(p, |h, _| h.release_own(task, why));
+        self.with_host(c, |h, _| h.handle_report(wid, batch, now));
     }
 
     /// `BlobService.Get` of the module at peer `c`.
     pub(super) fn serve_blob(&mut self, c: u32, worker: u32, module: BlobId) {
         let size = wire::blob_reply(self.cfg.module_bytes);
-        self.reply(c, worker, Reply::Blob { module }, size, CallKind::Blob(module));
+        self.answer(c, worker, CallKind::Blob(module), Some(Reply::Taken), size);
     }
 
     /// `MeshService.Replicate` at `b`, from `from`.
     pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Streamed>) {
         let (now, sender) = (self.now, self.peers[from as usize].id);
         match self.with_host(b, |h, _| h.handle_replicate(sender, job, items, now)) {
-            Some(Ok(recorded)) => self.reply(b, from, Reply::Replicate, wire::replicate_reply(recorded), CallKind::Replicate(b)),
-            Some(Err(_)) | None => self.refuse(b, from, CallKind::Replicate(b), NOT_COORDINATOR),
+            Some(Ok(recorded)) => self.answer(b, from, CallKind::Replicate(b), Some(Reply::Taken), wire::replicate_reply(recorded)),
+            Some(Err(_)) | None => self.answer(b, from, CallKind::Replicate(b), None, NOT_COORDINATOR),
         }
-    }
-
-    /// The batch `p` sent to `to` came back, `taken` or not.
-    pub(super) fn on_replicated(&mut self, p: u32, to: u32, taken: bool) {
-        let (now, to) = (self.now, self.peers[to as usize].id);
-        self.with_host(p, |h, _| h.handle_replicated(to, taken, now));
     }
 
     /// `MeshService.Adopt` at `r`, from `from`: a peer that does not hold the job takes it in
     /// standby (and becomes a bridge of every cell); either way its host takes the adoption.
-    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<u32>, log: Vec<Logged>, kind: AdoptKind) {
+    pub(super) fn serve_adopt(&mut self, r: u32, from: u32, job: JobId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind) {
         let fresh = !self.peers[r as usize].holds(&job);
         if fresh {
-            let mut coord = self.new_coordinator(r);
-            if coord.submit(job, self.spec.clone()).is_err() {
-                self.refuse(r, from, CallKind::Adopt(r, kind), 0);
-                return;
-            }
-            coord.set_standby(&job, true);
-            let (me, born) = (self.peers[r as usize].id, self.peers[r as usize].born);
-            self.peers[r as usize].host = Some(Box::new(Host::new(me, coord, job, self.ids(&list), self.verifier.clone(), born)));
+            let (me, born, coord) = (self.peers[r as usize].id, self.peers[r as usize].born, self.new_coordinator(r));
+            let Ok(host) = Host::adopt(me, coord, job, self.spec.clone(), list.clone(), self.verifier.clone(), born) else {
+                return self.answer(r, from, CallKind::Adopt(r, kind), None, 0);
+            };
+            self.peers[r as usize].host = Some(Box::new(host));
             // It fetches the module from the sender.
             self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
             self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);
             self.m.rpcs += 2;
             self.make_bridge(r);
         }
-        let (now, sender, ids) = (self.now, self.peers[from as usize].id, self.ids(&list));
-        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, ids, log, kind, fresh, now)).unwrap_or_default();
-        let size = wire::adopt_response(&self.wire_items(r, &missing));
-        self.reply(r, from, Reply::Adopt { kind, missing }, size, CallKind::Adopt(r, kind));
+        let (now, sender) = (self.now, self.peers[from as usize].id);
+        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, list, log, kind, fresh, now)).unwrap_or_default();
+        let size = wire::adopt_response(&self.recorded(r, &missing));
+        self.answer(r, from, CallKind::Adopt(r, kind), Some(Reply::Adopt(missing)), size);
     }
 
-    /// The answer (or failure: `None`) of an `Adopt` sent by `p` to `to`.
-    pub(super) fn on_adopted(&mut self, p: u32, to: u32, answer: Option<Vec<Logged>>, kind: AdoptKind) {
-        let (now, to) = (self.now, self.peers[to as usize].id);
-        self.with_host(p, |h, m| h.handle_adopted(to, answer, kind, now, m));
+    /// The sizes of `log`'s attestations as peer `p` sends them.
+    pub(super) fn recorded(&self, p: u32, log: &[Logged]) -> Vec<u64> {
+        self.peers[p as usize].host.as_deref().map_or(Vec::new(), |h| wire::recorded(h.coordinator(), log, self.cfg.output_bytes))
     }
-
-    /// A newer ad of the job from another announcer reached coordinator `p`.
-    pub(super) fn follow_ad(&mut self, p: u32, ad: &JobAd) {
-        self.with_host(p, |h, _| h.handle_ad(ad));
-    }
-
-    /// A rival ad of the job reached `p`.
-    pub(super) fn on_rival(&mut self, p: u32, ad: JobAd) {
-        self.with_host(p, |h, _| h.handle_rival(&ad));
-    }
-
-    /// `p`'s membership changed: `live` peers live, `down` declared dead.
-    pub(super) fn host_members_changed(&mut self, p: u32, live: usize, down: Option<PeerId>) {
-        let now = self.now;
-        self.with_host(p, |h, _| h.handle_members(live, down, now));
-    }
-
-    /// The size of a `ReplicateRequest` carrying `items`.
-    pub(super) fn replicate_size(&self, items: &[Streamed]) -> u64 {
-        let out = self.cfg.output_bytes;
-        let entries: Vec<u64> = items
-            .iter()
-            .map(|e| {
-                wire::replication_entry(match e {
-                    Streamed::Attestation(l, _) => wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone),
-                    Streamed::Lease { task, expires_in, .. } => wire::replicated_lease(task.index, *expires_in),
-                    Streamed::Release { task, why, .. } => wire::replicated_release(task.index, *why == Release::Deadline),
-                })
-            })
-            .collect();
-        wire::replicate_request(&entries, self.unix())
-    }
-
-    /// The size of an `AdoptRequest` from `p` naming `list` and carrying `log`.
-    pub(super) fn adopt_size(&self, p: u32, list: &[PeerId], log: &[Logged], kind: AdoptKind) -> u64 {
-        let items = self.wire_items(p, log);
-        let policy = wire::policy(&self.spec.policy);
-        let label = self.spec.label.len() as u64;
-        let (tasks, input) = (self.spec.task_count, self.cfg.input_bytes);
-        wire::adopt_request(policy, label, tasks, input, list.len() as u64, &items, self.spec.submitted_at_ms, self.unix())
-            + if kind == AdoptKind::Sync { 2 } else { 0 }
-    }
-
-    /// The wire sizes of `log`'s `RecordedAttestation`s at peer `p`: an attestation goes with its
-    /// output while its task is not final (the peer's outputs in hand), and after if it carries
-    /// the agreed result.
-    fn wire_items(&self, p: u32, log: &[Logged]) -> Vec<u64> {
-        let Some(h) = self.peers[p as usize].host.as_deref() else { return Vec::new() };
-        log.iter()
-            .map(|l| {
-                let task = h.coordinator().task(&l.att.task);
-                let carries = task.is_some_and(|t| !t.verdict.is_final() || t.verdict.agreed() == Some(&l.att.result));
-                let out = if carries { self.cfg.output_bytes } else { 0 };
-                wire::recorded_attestation(l.att.task.index, l.att.fuel_used, out, l.lone)
-            })
-            .collect()
-    }
-
 }

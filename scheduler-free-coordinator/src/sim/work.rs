@@ -2,42 +2,20 @@
 //! [`Work`] driven. Its lease requests, report batches and module
 //! fetches go out as calls (with their byte sizes) and their answers or failures come back to
 //! it; a replica it asks to run "runs" for a random time and the workload attests it; the
-//! outcome of a replica of the peer's own job goes to the peer's [`Host`].
+//! outcome of a replica of the peer's own job goes to the peer's
+//! [`Host`](crate::peer::host::Host).
 
-use crate::peer::host::{Host, ReportItem};
-use crate::peer::reports::Delivery;
-use crate::peer::work::{Notice, Own, Replica, Transmit, Work};
-use crate::{BlobId, JobId, Millis, Release, TaskId};
+use crate::peer::host::{OwnHost, ReportItem};
+use crate::peer::work::{Notice, Transmit, Work};
+use crate::{Millis, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
 use super::peer::NEVER;
 use super::queue::Event;
 use super::workload::{self, Behaviour};
-use super::{keys, wire};
-
-/// The peer's own coordinator, as its [`Work`] leases from it.
-struct OwnHost<'a> {
-    host: Option<&'a mut Host>,
-    timeout_ms: u64,
-    module: BlobId,
-    /// Whether it gave any lease (the takeover's end, in the metrics).
-    leased: bool,
-}
-
-impl Own for OwnHost<'_> {
-    fn serves(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.job() == *job && h.is_active())
-    }
-
-    fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica> {
-        let Some(h) = self.host.as_mut() else { return Vec::new() };
-        let leases = h.lease_own(max, now);
-        self.leased |= !leases.is_empty();
-        let (timeout_ms, module) = (self.timeout_ms, self.module);
-        leases.into_iter().map(|l| Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module }).collect()
-    }
-}
+use super::keys;
+use crate::peer::wire;
 
 impl Sim {
     /// Wakes the peer's slot pass: it runs once, now.
@@ -71,16 +49,15 @@ impl Sim {
     /// report batches due.
     pub(super) fn on_work_timer(&mut self, p: u32) {
         let now = self.now;
-        let (timeout_ms, module) = (self.spec.policy.limits.timeout_ms, self.spec.module);
         let peer = &mut self.peers[p as usize];
         if !peer.alive || peer.work_at != now {
             return;
         }
         peer.work_at = NEVER;
         let mut host = peer.host.take();
-        let mut own = OwnHost { host: host.as_deref_mut(), timeout_ms, module, leased: false };
+        let mut own = OwnHost::new(host.as_deref_mut());
         peer.work.handle_timeout(now, &mut own);
-        let leased = own.leased;
+        let leased = own.leased();
         peer.host = host;
         self.drain_host(p);
         if leased {
@@ -96,15 +73,7 @@ impl Sim {
                 self.call(p, keys::index_of(&to), Request::Lease { job, max, asked_at: self.now }, size);
             }
             Transmit::Report { to, items } => {
-                let mut attested = Vec::new();
-                let mut released = Vec::new();
-                for item in &items {
-                    match item {
-                        ReportItem::Attest(a, out) => attested.push((a.task.index, a.fuel_used, out.len() as u64)),
-                        ReportItem::Release(t, why) => released.push((t.index, *why == Release::Deadline)),
-                    }
-                }
-                let size = wire::report_request(&attested, &released, self.unix());
+                let size = wire::report_request(&items, self.unix());
                 self.call(p, keys::index_of(&to), Request::Report { batch: items }, size);
             }
             Transmit::Fetch { from, module } => self.call(p, keys::index_of(&from), Request::Blob { module }, wire::blob_request()),
@@ -117,10 +86,12 @@ impl Sim {
                 let ran = self.rng.range(self.cfg.run_ms.0, self.cfg.run_ms.1);
                 self.queue.push(self.now + ran, Event::RunDone { peer: p, ran_ms: ran as u32, task: Box::new(r.task) });
             }
-            Notice::Own(ReportItem::Attest(att, out)) => self.record_own(p, att, out),
-            Notice::Own(ReportItem::Release(task, why)) => self.release_own(p, task, why),
+            Notice::Own(item) => {
+                let now = self.now;
+                self.with_host(p, |h, _| h.handle_own(item, now));
+            }
             Notice::Held => self.schedule_house(p),
-            Notice::Stale => self.m.stale += 1,
+            Notice::Stale => {}
             Notice::ReportDropped => self.m.reports_dropped += 1,
         }
     }
@@ -137,30 +108,5 @@ impl Sim {
         self.m.replicas_run += 1;
         let (att, out) = workload::attest(behaviour, peer.id, task, self.cfg.output_bytes);
         self.with_work(p, |w, now| w.handle_ran(task, ran_ms * 1_000, ReportItem::Attest(att, out), now));
-    }
-
-    /// Coordinator `c` answered `p`'s lease request.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_leased(&mut self, p: u32, c: u32, job: JobId, module: BlobId, timeout_ms: u64, tasks: Vec<(u32, u64)>, asked_at: Millis) {
-        let from = self.peers[c as usize].id;
-        self.with_work(p, |w, now| w.handle_leased(from, job, module, timeout_ms, &tasks, asked_at, now));
-    }
-
-    pub(super) fn on_lease_failed(&mut self, p: u32, job: JobId) {
-        self.with_work(p, |w, now| w.handle_lease_failed(job, now));
-    }
-
-    pub(super) fn on_fetched(&mut self, p: u32, module: BlobId) {
-        self.with_work(p, |w, _| w.handle_fetched(module));
-    }
-
-    pub(super) fn on_fetch_failed(&mut self, p: u32, module: BlobId) {
-        self.with_work(p, |w, now| w.handle_fetch_failed(module, now));
-    }
-
-    /// The report batch to coordinator `c` came back, delivered or not.
-    pub(super) fn on_report_sent(&mut self, p: u32, c: u32, delivery: Delivery) {
-        let to = self.peers[c as usize].id;
-        self.with_work(p, |w, now| w.handle_report_sent(to, delivery, now));
     }
 }

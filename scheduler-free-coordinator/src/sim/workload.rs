@@ -79,20 +79,3 @@ pub fn network_of(cfg: &SimConfig, p: u32, behaviour: Behaviour) -> Option<NetPr
     };
     Some(NetPrefix { narrow: [4, a, b, c, 0, 0, 0], wide: [4, a, b, 0, 0, 0, 0] })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn honest_peers_agree_liars_do_not_colluders_do() {
-        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        assert_eq!(output(Behaviour::Honest, &a, 5, 32), output(Behaviour::Honest, &b, 5, 32));
-        assert_ne!(output(Behaviour::Liar, &a, 5, 32), output(Behaviour::Liar, &b, 5, 32));
-        assert_ne!(output(Behaviour::Liar, &a, 5, 32), output(Behaviour::Honest, &a, 5, 32));
-        assert_eq!(output(Behaviour::Colluder, &a, 5, 32), output(Behaviour::Colluder, &b, 5, 32));
-        assert_ne!(output(Behaviour::Colluder, &a, 5, 32), output(Behaviour::Honest, &a, 5, 32));
-        assert_eq!(honest_hash(5, 32), BlobId::of(&output(Behaviour::Honest, &a, 5, 32)));
-    }
-}
-

@@ -5,13 +5,14 @@
 //! gives the same report; what the run cost this machine (`wall_seconds`, `cpu_seconds`,
 //! `peak_memory_bytes`) is added to it and varies.
 
+use std::fmt::Write;
 use std::process::ExitCode;
 
 use clap::Args;
 use spare_protocol::Diversity;
 
 use crate::config::DiversityName;
-use spare_protocol::sim::{self, SimConfig};
+use spare_protocol::sim::{self, Report, SimConfig};
 
 /// Options of `spare sim`.
 #[derive(Args, Debug)]
@@ -158,7 +159,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        print!("{}", report.table());
+        print!("{}", table(&report));
         println!(
             "  {:<26} {:.1} s wall, {:.1} s CPU, {:.0} MB peak memory",
             "this run cost",
@@ -168,6 +169,83 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report as a short table for people.
+fn table(r: &Report) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows: Vec<(&str, String)> = vec![
+        ("peers / tasks", format!("{} / {}", r.peers, r.tasks)),
+        ("quorum / max replicas", format!("{} / {}", r.quorum, r.max_replicas)),
+        (
+            "liars",
+            format!(
+                "{}{}{}",
+                r.liars,
+                if r.collude { " (colluding)" } else { "" },
+                if r.liars_honest_for > 0 { format!(", honest for their first {}", r.liars_honest_for) } else { String::new() }
+            ),
+        ),
+        (
+            "replica diversity",
+            format!(
+                "{:?}{}",
+                r.diversity,
+                r.liar_networks.map(|n| format!(" (liars in {n} /24 networks)")).unwrap_or_default()
+            ),
+        ),
+        (
+            "adaptive replication",
+            match r.adaptive {
+                Some(m) => format!(
+                    "min agreed {m}, spot checks {}‰, history {}",
+                    r.spot_check_per_mille, r.history
+                ),
+                None => "off".into(),
+            },
+        ),
+        ("loss / churn per minute", format!("{} / {}", r.loss, r.churn)),
+        ("completed", format!("{} ({})", if r.completed { "yes" } else { "no" }, r.job_state)),
+        ("job time", opt(r.job_seconds.map(|s| format!("{s:.1} s")))),
+        ("virtual time", format!("{:.1} s", r.virtual_seconds)),
+        ("gossip rounds to converge", opt(r.gossip_rounds_to_converge.map(|r| r.to_string()))),
+        (
+            "bytes/peer/s mean / max",
+            format!("{:.0} / {:.0}", r.bytes_per_peer_per_second.mean, r.bytes_per_peer_per_second.max),
+        ),
+        (
+            "gossip bytes/peer/s",
+            format!("{:.0} / {:.0}", r.gossip_bytes_per_peer_per_second.mean, r.gossip_bytes_per_peer_per_second.max),
+        ),
+        ("steady gossip bytes/peer/s", opt(r.steady_gossip_bytes_per_peer_per_second.map(|b| format!("{b:.0}")))),
+        ("origin bytes/s", format!("{:.0}", r.origin_bytes_per_second)),
+        ("never heard the job", r.never_heard_job.to_string()),
+        ("replicas per task", format!("{:.3}", r.replicas_per_task)),
+        ("verified / wrong", format!("{} / {}", r.verified, r.wrong_verified)),
+        ("lone verdicts / wrong", format!("{} / {}", r.lone_verified, r.wrong_lone)),
+        ("inconclusive / failed", format!("{} / {}", r.inconclusive, r.failed)),
+        ("lease lapses", r.lease_lapses.to_string()),
+        ("banned liars / honest", format!("{} / {}", r.banned_liars, r.banned_honest)),
+        ("crashes / joins / restarts", format!("{} / {} / {}", r.crashes, r.joins, r.restarts)),
+        ("messages (lost)", format!("{} ({})", r.messages, r.messages_lost)),
+        ("membership cells", format!("{} of up to {} peers", r.membership_cells, r.membership_cell_size)),
+        ("origin protected", r.origin_protected.to_string()),
+        (
+            "coordinator takeovers",
+            match r.takeover_ms {
+                Some(ms) => format!("{} (first lease after {ms} ms at most)", r.coordinator_takeovers),
+                None => r.coordinator_takeovers.to_string(),
+            },
+        ),
+        ("leaders at the end", r.leaders_at_end.to_string()),
+        ("overturned / repl. dropped", format!("{} / {}", r.verdicts_overturned, r.replication_dropped)),
+        ("verdicts differing", r.verdicts_differing.to_string()),
+    ];
+    let mut out = format!("spare sim, seed {}\n", r.seed);
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {k:<26} {v}");
+    }
+    out
 }
 
 /// What a run cost this machine (the figures the simulator's speed is judged by).

@@ -77,19 +77,8 @@ impl Node {
         let total = self.sandbox().slots() as u32;
         let free = total.saturating_sub(self.running().min(total as usize) as u32);
         let (reachable, relays) = self.advert_reach();
-        let advert = Advert {
-            peer: self.peer_id(),
-            seq: 0,
-            addr: self.advertised_addr(),
-            cpus_total: total,
-            cpus_free: free,
-            memory_bytes: self.config().caps.limits.memory_bytes,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            reachable,
-            relays,
-            signature: Vec::new(),
-            epoch: 0,
-        };
+        let memory = self.config().caps.limits.memory_bytes;
+        let advert = spare_protocol::peer::mesh::advert(self.peer_id(), self.advertised_addr(), total, free, memory, reachable, relays);
         let mut mesh = self.mesh();
         if !(force || mesh.advert_due(&advert, now)) {
             return;
@@ -119,24 +108,8 @@ impl Node {
         else {
             return;
         };
-        let ad = JobAd {
-            job,
-            origin: spec.origin,
-            announcer: self.peer_id(),
-            seq: 0,
-            module: spec.module,
-            task_count: spec.task_count,
-            policy: spec.policy,
-            coordinators,
-            submitted_at_ms: spec.submitted_at_ms,
-            done,
-            content_digest: content_digest.unwrap_or_default(),
-            nonce,
-            origin_named: Vec::new(),
-            origin_signature: Vec::new(),
-            signature: Vec::new(),
-            chain: Vec::new(),
-        };
+        let (digest, me) = (content_digest.unwrap_or_default(), self.peer_id());
+        let ad = spare_protocol::peer::mesh::job_ad(job, &spec, me, coordinators, done, digest, nonce);
         let now = self.now();
         self.mesh().publish_job_ad(ad, unix_ms(), &self.signer(), now);
         self.0.mesh_wake.notify_one();

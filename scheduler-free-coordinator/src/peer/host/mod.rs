@@ -35,12 +35,14 @@
 mod adopt;
 mod heal;
 mod messages;
+mod own;
 mod serve;
 mod stream;
 #[cfg(test)]
 mod tests;
 
 pub use messages::{AdoptKind, Logged, Members, Notice, ReportItem, Streamed, Transmit};
+pub use own::OwnHost;
 pub use serve::Tally;
 pub use stream::NotCoordinator;
 
@@ -54,7 +56,7 @@ use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;
 use crate::records::Verifier;
 use crate::requests::TICK_MS;
-use crate::{Coordinator, Event, JobId, Millis, PeerId};
+use crate::{BlobId, Coordinator, Event, JobId, JobSpec, Millis, PeerId, SubmitError};
 
 /// A report batch's answer, held until a backup holds what it recorded. They are kept in the
 /// order they came, so by `until` too (`now` never goes back).
@@ -74,6 +76,8 @@ pub struct Host {
     me: PeerId,
     job: JobId,
     origin: PeerId,
+    /// The job's module (what this peer's own replicas run).
+    module: BlobId,
     coord: Coordinator,
     verifier: Verifier,
     /// This peer's list of the job's coordinators, the active one first.
@@ -111,11 +115,12 @@ impl Host {
     /// `started`, with `coordinators` as its list. Roles are not looked at until
     /// [`Host::look_at_roles`] asks.
     pub fn new(me: PeerId, coord: Coordinator, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
-        let origin = coord.job(&job).map_or(me, |j| j.spec.origin);
+        let (origin, module) = coord.job(&job).map_or((me, BlobId([0; 32])), |j| (j.spec.origin, j.spec.module));
         Host {
             me,
             job,
             origin,
+            module,
             coord,
             verifier,
             named: coordinators.iter().copied().collect(),
@@ -136,6 +141,14 @@ impl Host {
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
         }
+    }
+
+    /// The host of `job`, which this peer did not hold, taken as `spec` says when an `Adopt`
+    /// hands it over: in standby, until the role rules decide.
+    pub fn adopt(me: PeerId, mut coord: Coordinator, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
+        coord.submit(job, spec)?;
+        coord.set_standby(&job, true);
+        Ok(Host::new(me, coord, job, coordinators, verifier, started))
     }
 
     /// The host a restarted peer builds from what it stored ([`Host::stored`]): the job back

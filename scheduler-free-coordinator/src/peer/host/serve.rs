@@ -88,6 +88,18 @@ impl Host {
         tally
     }
 
+    /// The outcome of one of this peer's own replicas (what its
+    /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
+    pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
+        match item {
+            ReportItem::Attest(att, output) => self.record_own(att, &output, now),
+            ReportItem::Release(task, why) => {
+                self.release_own(task, why);
+                Tally::default()
+            }
+        }
+    }
+
     /// This peer's own replica of `task` handed back.
     pub fn release_own(&mut self, task: TaskId, why: Release) {
         self.coord.release(task, self.me, why);

@@ -126,6 +126,12 @@ impl Work {
         self.slots.held()
     }
 
+    /// Sandbox slots no replica holds (what an advert shows free).
+    pub fn free_slots(&self) -> u32 {
+        let held = u32::try_from(self.held()).unwrap_or(u32::MAX);
+        (self.sandboxes as u32).saturating_sub(held)
+    }
+
     /// The newest ad of each job heard.
     pub fn ads(&self) -> &[JobAd] {
         &self.ads

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// The allocator, chosen per run at the first allocation: mimalloc for `spare sim` (many small,
 /// short-lived buffers, where glibc's malloc spent a third of the simulator's time), the
 /// system's for everything else (a long-running peer is idle most of the time, and glibc's
-/// malloc holds less memory then: 31.7 MB against 38.5 MB after a job, and the peer gives its
-/// freed heap back when it goes idle, `node::upkeep`).
+/// malloc holds less memory then: 31.7 MB against 38.5 MB after a job, measured while peers still
+/// compiled modules themselves; and the peer gives its freed heap back when it goes idle,
+/// `node::upkeep`).
 #[global_allocator]
 static ALLOCATOR: Chosen = Chosen;
 

@@ -53,9 +53,15 @@ pub fn gossip_request(data: u64) -> u64 {
     bytes_field(data)
 }
 
-/// `LeaseRequest{peer_id, job_id, max, timestamp_ms, signature}`.
+/// The `receiver` (the addressee's id) and `request_nonce` (16 bytes) every signed request
+/// carries against replays, at tags below 16.
+fn addressed() -> u64 {
+    bytes_field(HEX_ID) + bytes_field(16)
+}
+
+/// `LeaseRequest{peer_id, job_id, max, timestamp_ms, signature, receiver, request_nonce}`.
 pub fn lease_request(max: u32, timestamp_ms: u64) -> u64 {
-    2 * bytes_field(HEX_ID) + varint_field(u64::from(max)) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
+    2 * bytes_field(HEX_ID) + varint_field(u64::from(max)) + varint_field(timestamp_ms) + bytes_field(SIGNATURE) + addressed()
 }
 
 /// `Limits{memory_bytes, fuel, timeout_ms, output_bytes}`.
@@ -80,7 +86,8 @@ fn attestation(index: u32, fuel: u64) -> u64 {
     3 * bytes_field(HEX_ID) + varint_field(u64::from(index)) + varint_field(1) + varint_field(fuel) + bytes_field(SIGNATURE)
 }
 
-/// `ReportRequest{items[], peer_id, released[], timestamp_ms, signature}` carrying `items`.
+/// `ReportRequest{items[], peer_id, released[], timestamp_ms, signature, receiver, request_nonce}`
+/// carrying `items`.
 pub fn report_request(items: &[ReportItem], timestamp_ms: u64) -> u64 {
     let item = |i: &ReportItem| match i {
         ReportItem::Attest(a, out) => message_field(message_field(attestation(a.task.index, a.fuel_used)) + bytes_field(out.len() as u64)),
@@ -95,6 +102,7 @@ pub fn report_request(items: &[ReportItem], timestamp_ms: u64) -> u64 {
         + items.iter().map(release).sum::<u64>()
         + varint_field(timestamp_ms)
         + bytes_field(SIGNATURE)
+        + addressed()
 }
 
 /// The `index` and `deadline` fields of a release.
@@ -137,11 +145,11 @@ fn replication_entry(e: &Streamed, out: u64) -> u64 {
     })
 }
 
-/// `ReplicateRequest{job_id, entries[], peer_id, timestamp_ms, signature}` carrying `items`,
-/// each attestation's output `out` bytes.
+/// `ReplicateRequest{job_id, entries[], peer_id, timestamp_ms, signature, receiver, request_nonce}`
+/// carrying `items`, each attestation's output `out` bytes.
 pub fn replicate_request(items: &[Streamed], out: u64, timestamp_ms: u64) -> u64 {
     let entries = items.iter().map(|e| message_field(replication_entry(e, out))).sum::<u64>();
-    bytes_field(HEX_ID) + entries + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE)
+    bytes_field(HEX_ID) + entries + bytes_field(HEX_ID) + varint_field(timestamp_ms) + bytes_field(SIGNATURE) + addressed()
 }
 
 /// `ReplicateResponse{recorded}`.
@@ -180,6 +188,8 @@ pub fn adopt_request(spec: &JobSpec, input: u64, coordinators: usize, items: &[u
         + bytes_field(HEX_ID) // peer_id
         + if timestamp_ms == 0 { 0 } else { 2 + varint(timestamp_ms) }
         + bytes_field_hi(SIGNATURE)
+        + bytes_field_hi(HEX_ID) // receiver
+        + bytes_field_hi(16) // request_nonce
         + if kind == AdoptKind::Sync { 2 } else { 0 }
 }
 
@@ -215,10 +225,10 @@ mod tests {
         assert_eq!(varint(u64::MAX), 10);
         assert_eq!(bytes_field(64), 66);
         assert_eq!(varint_field(0), 0);
-        // peer id, job id, max 3, a 2023 timestamp, signature.
-        assert_eq!(lease_request(3, 1_700_000_000_000), 66 + 66 + 2 + 7 + 66);
-        // An empty replication batch: job id, peer id, timestamp, signature.
-        assert_eq!(replicate_request(&[], 32, 1_700_000_000_000), 66 + 66 + 7 + 66);
+        // peer id, job id, max 3, a 2023 timestamp, signature, receiver, request nonce.
+        assert_eq!(lease_request(3, 1_700_000_000_000), 66 + 66 + 2 + 7 + 66 + 66 + 18);
+        // An empty replication batch: job id, peer id, timestamp, signature, receiver, nonce.
+        assert_eq!(replicate_request(&[], 32, 1_700_000_000_000), 66 + 66 + 7 + 66 + 66 + 18);
         assert_eq!(bytes_field_hi(64), 67);
     }
 
@@ -232,6 +242,6 @@ mod tests {
         assert_eq!(replication_entry(&Streamed::Release { task: task(0), peer, why: Release::Abandoned }, 0), 2 + 66);
         assert_eq!(replication_entry(&Streamed::Release { task: task(200), peer, why: Release::Deadline }, 0), 2 + (3 + 66 + 2));
         // Request: tag + length + entry.
-        assert_eq!(replicate_request(&[lease], 0, 1_700_000_000_000), 66 + (2 + 2 + 71) + 66 + 7 + 66);
+        assert_eq!(replicate_request(&[lease], 0, 1_700_000_000_000), 66 + (2 + 2 + 71) + 66 + 7 + 66 + 66 + 18);
     }
 }

@@ -372,6 +372,10 @@ pub struct Membership {
     events: VecDeque<MeshEvent>,
     /// Records this peer authored, sent directly to every newcomer.
     own: BTreeSet<RecordKey>,
+    /// The records of the last sync (see [`Membership::sync_to`]) and its messages: each
+    /// newcomer gets the same ones until a record changes, so they are not encoded again for
+    /// every member that comes up.
+    sync_cache: (Vec<Arc<Record>>, Vec<Vec<u8>>),
     max_packet: usize,
     /// How often dead members are greeted at their address, and when next.
     down_hello_every: Millis,
@@ -434,6 +438,7 @@ impl Membership {
             out: VecDeque::new(),
             events: VecDeque::new(),
             own: BTreeSet::new(),
+            sync_cache: (Vec::new(), Vec::new()),
             max_packet: config.max_packet_bytes,
             down_hello_every: DEAD_HELLO_EVERY_MS,
             next_down_hello: 0,
@@ -531,8 +536,21 @@ impl Membership {
     fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&TAG_FOCA, packet)) => {
-                let packet = self.screen_packet(packet, sender, now)?;
-                self.with(now, |foca, rt| foca.handle_data(&packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+                // foca's own limit, checked here for a packet it gets decoded.
+                if packet.len() > self.max_packet {
+                    return Err(MembershipError::Refused(foca::Error::DataTooBig.to_string()));
+                }
+                let r = match self.screen_packet(packet, sender, now)? {
+                    screen::Screened::Whole(packet) => self.with(now, |foca, rt| foca.handle_data(packet, rt)),
+                    screen::Screened::Decoded(header, custom) => {
+                        let mut kept = std::mem::take(&mut self.screen.kept);
+                        let r = self.with(now, |foca, rt| foca.handle_decoded(header, kept.drain(..), custom, rt));
+                        self.screen.kept = kept;
+                        self.done_with_kept();
+                        r
+                    }
+                };
+                r.map_err(|e| MembershipError::Refused(e.to_string()))
             }
             Some((&TAG_HELLO, body)) => {
                 let joiner: Member = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
@@ -772,26 +790,43 @@ impl Membership {
     /// learns every advert and job without waiting for them to be re-gossiped.
     fn sync_to(&mut self, m: Member) {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let own: Vec<Vec<u8>> = self
+        let own: Vec<Arc<Record>> = self
             .own
             .iter()
             .filter_map(|key| shared.records.get(key))
             .filter(|r| !matches!(&***r, Record::JobAd(j) if j.done))
-            .map(|r| r.encode())
+            .cloned()
             .collect();
         drop(shared);
-        self.send_records(m, own);
+        let (held, messages) = &self.sync_cache;
+        if own.len() != held.len() || !own.iter().zip(held).all(|(a, b)| Arc::ptr_eq(a, b)) {
+            let messages = self.batches(own.iter().map(|r| r.encode()).collect());
+            self.sync_cache = (own, messages);
+        } else if messages.is_empty() {
+            return;
+        }
+        for message in &self.sync_cache.1 {
+            self.out.push_back((m.clone(), message.clone()));
+        }
     }
 
     /// Queues `records` to `m`, as many messages as the packet size and
     /// [`MAX_SYNC_RECORDS`] allow.
     fn send_records(&mut self, m: Member, records: Vec<Vec<u8>>) {
+        for message in self.batches(records) {
+            self.out.push_back((m.clone(), message));
+        }
+    }
+
+    /// `records` in as few messages as the packet size and [`MAX_SYNC_RECORDS`] allow.
+    fn batches(&self, records: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for bytes in records {
             if size + bytes.len() + 16 > self.max_packet || batch.len() >= MAX_SYNC_RECORDS {
                 let body = postcard::to_stdvec(&batch).unwrap_or_default();
-                self.out.push_back((m.clone(), frame(TAG_RECORDS, &body)));
+                messages.push(frame(TAG_RECORDS, &body));
                 batch.clear();
                 size = 0;
             }
@@ -800,8 +835,9 @@ impl Membership {
         }
         if !batch.is_empty() {
             let body = postcard::to_stdvec(&batch).unwrap_or_default();
-            self.out.push_back((m, frame(TAG_RECORDS, &body)));
+            messages.push(frame(TAG_RECORDS, &body));
         }
+        messages
     }
 
     /// The next message to send: to whom, and the bytes.

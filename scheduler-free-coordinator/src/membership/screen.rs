@@ -22,8 +22,7 @@
 //! really holds this peer dead, so one is taken at most every [`TURN_UNDEAD_EVERY_MS`]: a liar
 //! makes this peer rejoin under a new epoch at most that often.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
@@ -75,9 +74,26 @@ struct UpdateRef<'a> {
     state: State,
 }
 
+/// A foca packet past the screen.
+#[expect(clippy::large_enum_variant, reason = "returned once per packet and taken apart at once; boxing is an allocation")]
+pub(super) enum Screened<'a> {
+    /// Passed on as it came: it carries no member updates to look at.
+    Whole(&'a [u8]),
+    /// Decoded: its header and the custom broadcasts (the records) after its updates, the
+    /// updates kept being in [`Screen::kept`]; foca takes them as they are rather than
+    /// decoding the packet again.
+    Decoded(Header<Member>, &'a [u8]),
+}
+
+/// Most kept updates whose room [`Screen::kept`] holds on to between packets (a feed's
+/// hundred is let go).
+const KEEP_KEPT: usize = 16;
+
 /// The screen's state: what it needs to know about this peer, and the checks in flight.
 #[derive(Default)]
 pub(super) struct Screen {
+    /// The updates of the packet being handled that were kept, for foca (room reused).
+    pub(super) kept: Vec<FocaMember>,
     /// This peer's incarnation, as its last packet said.
     incarnation: Incarnation,
     /// The wall clock (Unix ms) as the driver last set it; no epoch check until it does.
@@ -86,6 +102,10 @@ pub(super) struct Screen {
     /// whether silence makes this peer suspect them (a claim of suspicion or death) or changes
     /// nothing (a claimed new identity, pinged as such: only the member itself can confirm it).
     checks: BTreeMap<PeerId, (Millis, bool)>,
+    /// The same checks by when their answer is due: the driver asks for the next deadline
+    /// after every message, and a scan of the checks for it was a fortieth of the simulator's
+    /// time.
+    due: BTreeSet<(Millis, PeerId)>,
     /// Number of the next check's ping (answered by an `Ack` foca does not expect, and ignores).
     probe: u8,
     /// When the last `TurnUndead` was taken.
@@ -150,13 +170,14 @@ impl Membership {
         Ok(())
     }
 
-    /// Screens a foca packet: refused, or passed on (rewritten without the claims dropped).
+    /// Screens a foca packet: refused, or passed on (decoded, the updates kept in
+    /// [`Screen::kept`]).
     pub(super) fn screen_packet<'a>(
         &mut self,
         packet: &'a [u8],
         sender: Option<PeerId>,
         now: Millis,
-    ) -> Result<Cow<'a, [u8]>, MembershipError> {
+    ) -> Result<Screened<'a>, MembershipError> {
         let mut rest = packet;
         let header: Header<Member> =
             PostcardCodec.decode_header(&mut rest).map_err(|_| MembershipError::Malformed)?;
@@ -174,58 +195,49 @@ impl Membership {
             self.screen.turned_undead_at = Some(now);
         }
         // It answers: any packet from it ends a check (the link authenticated it).
-        self.screen.checks.remove(&src.peer);
-        let header_len = packet.len() - rest.len();
+        self.screen.end_check(&src.peer);
         // No updates to look at (foca itself refuses a malformed remainder).
         if rest.len() < 2 || matches!(header.message, Message::Broadcast | Message::Announce) {
-            return Ok(Cow::Borrowed(packet));
+            return Ok(Screened::Whole(packet));
         }
         let count = u16::from_be_bytes([rest[0], rest[1]]);
         rest = &rest[2..];
-        // The count is the packet's word: room only for as many members as its bytes can hold
-        // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
-        // Each update is read in place (its address borrowed), and a kept one is passed on as the
-        // bytes it came in: foca decodes them all again, so a copy here was one allocation per
-        // update of every packet for nothing.
-        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
-        let mut dropped = false;
+        // Each update is read in place (its address borrowed); only a kept one is made a
+        // member, which foca takes as it is (decoding the packet again was a fifth of foca's
+        // share of the simulator's time).
+        self.screen.kept.clear();
         // The records, locked once for the whole packet rather than once per update.
         let shared = Arc::clone(&self.shared);
         let records = shared.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..count {
             let (update, after): (UpdateRef<'_>, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
-            let bytes = &rest[..rest.len() - after.len()];
             rest = after;
             match self.judge(&records.records, &update, &src.peer) {
-                Verdict::Keep => kept.push(bytes),
-                Verdict::Drop => dropped = true,
+                Verdict::Keep => {
+                    self.screen.kept.push(FocaMember::new(update.id.to_member(), update.incarnation, update.state))
+                }
+                Verdict::Drop => {}
                 Verdict::Check => {
-                    dropped = true;
                     let known = self.foca.iter_members().find(|m| m.id().peer == update.id.peer).map(|m| m.id().clone());
                     if let Some(dst) = known {
                         self.check(dst, true, now);
                     }
                 }
-                Verdict::CheckIdentity => {
-                    dropped = true;
-                    self.check(update.id.to_member(), false, now);
-                }
+                Verdict::CheckIdentity => self.check(update.id.to_member(), false, now),
             }
         }
         drop(records);
-        if !dropped {
-            return Ok(Cow::Borrowed(packet));
-        }
-        let mut out = Vec::with_capacity(packet.len());
-        out.extend_from_slice(&packet[..header_len]);
-        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        for bytes in kept {
-            out.extend_from_slice(bytes);
-        }
         // Custom broadcasts (the records), checked by their own signatures.
-        out.extend_from_slice(rest);
-        Ok(Cow::Owned(out))
+        Ok(Screened::Decoded(header, rest))
+    }
+
+    /// Lets go of the room of [`Screen::kept`] after a large packet (a feed).
+    pub(super) fn done_with_kept(&mut self) {
+        self.screen.kept.clear();
+        if self.screen.kept.capacity() > KEEP_KEPT {
+            self.screen.kept = Vec::new();
+        }
     }
 
     /// What to do with one update a packet from `src` carries.
@@ -289,7 +301,9 @@ impl Membership {
         if PostcardCodec.encode_header(&header, &mut data).is_err() {
             return;
         }
-        self.screen.checks.insert(peer, (now.saturating_add(self.check_ms), suspect));
+        let at = now.saturating_add(self.check_ms);
+        self.screen.checks.insert(peer, (at, suspect));
+        self.screen.due.insert((at, peer));
         self.out.push_back((dst, data));
     }
 
@@ -297,6 +311,9 @@ impl Membership {
     /// it is declared dead unless it refutes within the suspicion time (to this peer directly,
     /// or to foca's probes, direct or indirect).
     pub(super) fn end_checks(&mut self, now: Millis) {
+        if self.screen.next_check().is_none_or(|at| at > now) {
+            return;
+        }
         let due: Vec<(PeerId, bool)> =
             self.screen.checks.iter().filter(|(_, (at, _))| *at <= now).map(|(p, (_, s))| (*p, *s)).collect();
         if due.is_empty() {
@@ -304,7 +321,7 @@ impl Membership {
         }
         let mut suspects = Vec::new();
         for (peer, suspect) in due {
-            self.screen.checks.remove(&peer);
+            self.screen.end_check(&peer);
             if !suspect {
                 continue;
             }
@@ -356,7 +373,14 @@ fn introduced(records: &HashMap<RecordKey, Arc<Record>>, id: &MemberRef<'_>) -> 
 impl Screen {
     /// When the next check is due, if any.
     pub(super) fn next_check(&self) -> Option<Millis> {
-        self.checks.values().map(|(at, _)| *at).min()
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Forgets the check of `peer`, if any.
+    fn end_check(&mut self, peer: &PeerId) {
+        if let Some((at, _)) = self.checks.remove(peer) {
+            self.due.remove(&(at, *peer));
+        }
     }
 }
 

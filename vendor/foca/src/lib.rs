@@ -160,6 +160,11 @@ pub use crate::codec::postcard_impl::PostcardCodec;
 
 type Result<T> = core::result::Result<T, Error>;
 
+/// SPARE: largest send buffer kept between messages, in bytes; a larger one is let go.
+const KEEP_SEND_BUF: usize = 2048;
+/// SPARE: most decoded updates whose room is kept between packets.
+const KEEP_UPDATES_BUF: usize = 16;
+
 /// Foca is the main interaction point of this crate.
 ///
 /// It manages the cluster members and executes the SWIM protocol. It's
@@ -250,7 +255,6 @@ where
         broadcast_handler: B,
     ) -> Self {
         let max_indirect_probes = config.num_indirect_probes.get();
-        let max_bytes = config.max_packet_size.get();
         Self {
             identity,
             config,
@@ -264,7 +268,9 @@ where
             choice_buf: Vec::new(),
             connection_state: ConnectionState::Disconnected,
             updates: Broadcasts::new(),
-            send_buf: Vec::with_capacity(max_bytes),
+            // SPARE: allocated by the first send, not `max_packet_size` up front
+            // (see SPARE-CHANGES.md).
+            send_buf: Vec::new(),
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
         }
@@ -331,7 +337,7 @@ where
             // we'll declare it ourselves
             if !previous_is_down {
                 let addr = Addr(previous_id.addr());
-                let data = self.serialize_member(Member::down(previous_id))?;
+                let data = self.serialize_member(&Member::down(previous_id))?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
             }
@@ -569,7 +575,7 @@ where
     /// This is the cleanest way to terminate a running Foca.
     pub fn leave_cluster(&mut self, mut runtime: impl Runtime<T>) -> Result<()> {
         let addr = Addr(self.identity().addr());
-        let data = self.serialize_member(Member::down(self.identity().clone()))?;
+        let data = self.serialize_member(&Member::down(self.identity().clone()))?;
         self.updates
             .add_or_replace(addr, data, self.config.max_transmissions.get().into());
 
@@ -708,7 +714,7 @@ where
                         // is still under suspicion.
                         // Checking only incarnation is sufficient because to refute
                         // suspicion the member must increment its own incarnation
-                        .apply_existing_if(as_down.clone(), |member| {
+                        .apply_existing_if(&as_down, |member| {
                             member.incarnation() == incarnation
                         })
                     {
@@ -852,7 +858,7 @@ where
     /// Data larger than the configured limit will be rejected. Errors are
     /// expected if you're receiving arbitrary data (which very likely if
     /// you are listening to a socket address).
-    pub fn handle_data(&mut self, mut data: &[u8], mut runtime: impl Runtime<T>) -> Result<()> {
+    pub fn handle_data(&mut self, mut data: &[u8], runtime: impl Runtime<T>) -> Result<()> {
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
             "handle_data",
@@ -913,6 +919,55 @@ where
             }
         }
 
+        // SPARE: the rest is `handle_accepted`, shared with `handle_decoded`.
+        let mut updates = mem::take(&mut self.updates_buf);
+        let result = self.handle_accepted(header, updates.drain(..), data, runtime);
+        debug_assert_eq!(
+            0,
+            self.updates_buf.capacity(),
+            "updates_buf modified while taken"
+        );
+        // SPARE: unless a large packet (a feed) grew it.
+        if updates.capacity() <= KEEP_UPDATES_BUF {
+            self.updates_buf = updates;
+        }
+        result
+    }
+
+    /// SPARE: Handles a packet whose header and member updates the caller has
+    /// already decoded: the same as [`Foca::handle_data`] on the packet they
+    /// came from, without decoding it again. `custom` is what followed the
+    /// updates (the custom broadcasts). The caller checks the packet's size
+    /// against [`Config::max_packet_size`], and passes an `Announce` (which
+    /// carries nothing) or a `Broadcast` (whose payload holds no updates) to
+    /// [`Foca::handle_data`] instead.
+    pub fn handle_decoded(
+        &mut self,
+        header: Header<T>,
+        updates: impl Iterator<Item = Member<T>>,
+        custom: &[u8],
+        runtime: impl Runtime<T>,
+    ) -> Result<()> {
+        if header.src == self.identity || header.src.addr() == self.identity.addr() {
+            return Err(Error::DataFromOurselves);
+        }
+        if matches!(header.message, Message::Announce | Message::Broadcast) {
+            return Err(Error::MalformedPacket);
+        }
+        if !self.accept_payload(&header) {
+            return Ok(());
+        }
+        self.handle_accepted(header, updates, custom, runtime)
+    }
+
+    /// SPARE: what `handle_data` did once the packet was decoded and accepted.
+    fn handle_accepted(
+        &mut self,
+        header: Header<T>,
+        updates: impl Iterator<Item = Member<T>>,
+        data: &[u8],
+        mut runtime: impl Runtime<T>,
+    ) -> Result<()> {
         #[cfg(feature = "unstable-notifications")]
         runtime.notify(Notification::DataReceived(&header));
 
@@ -963,17 +1018,9 @@ where
         // updates, which may change our referential cluster
         // representation and our own connection state.
         //
-        // Here we take the Vec so we can drain it without upsetting
-        // the borrow checker. And then put it back in its place, so
-        // that we can keep reusing its already-allocated space.
-        let mut updates = mem::take(&mut self.updates_buf);
-        self.apply_many(updates.drain(..), true, &mut runtime)?;
-        debug_assert_eq!(
-            0,
-            self.updates_buf.capacity(),
-            "updates_buf modified while taken"
-        );
-        self.updates_buf = updates;
+        // SPARE: `handle_data` lends its buffer of decoded updates (and
+        // takes it back).
+        self.apply_many(updates, true, &mut runtime)?;
 
         // Right now there might still be some data left to read in the
         // buffer (custom broadcasts). We'll handle those before we
@@ -1085,10 +1132,10 @@ where
         custom_broadcasts_result
     }
 
-    fn serialize_member(&mut self, member: Member<T>) -> Result<Vec<u8>> {
+    fn serialize_member(&mut self, member: &Member<T>) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.codec
-            .encode_member(&member, &mut buf)
+            .encode_member(member, &mut buf)
             .map_err(|e| Error::Encode(Box::new(e)))?;
 
         Ok(buf)
@@ -1149,7 +1196,7 @@ where
             let as_suspect = Member::new(failed.id().clone(), failed.incarnation(), State::Suspect);
             if let Some(summary) = self
                 .members
-                .apply_existing_if(as_suspect.clone(), |_member| true)
+                .apply_existing_if(&as_suspect, |_member| true)
             {
                 let is_active_now = summary.is_active_now;
                 #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
@@ -1227,7 +1274,7 @@ where
         runtime: impl Runtime<T>,
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
-        let summary = self.members.apply(update.clone(), &mut self.rng);
+        let summary = self.members.apply(&update, &mut self.rng);
 
         let update_is_active = match summary.conflict {
             member::ConflictResult::Lost | member::ConflictResult::FailedCondition => false,
@@ -1246,7 +1293,8 @@ where
         do_broadcast: bool,
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
-        let id = update.id().clone();
+        // SPARE: borrowed, not cloned: most updates change nothing.
+        let id = update.id();
 
         if summary.apply_successful {
             #[cfg(feature = "tracing")]
@@ -1259,7 +1307,7 @@ where
             // Cluster state changed, start broadcasting it
             if do_broadcast {
                 let addr = Addr(id.addr());
-                let data = self.serialize_member(update)?;
+                let data = self.serialize_member(&update)?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
             }
@@ -1280,18 +1328,18 @@ where
                 member_id = tracing::field::debug(&id),
                 "Renamed"
             );
-            runtime.notify(Notification::Rename(&old, &id));
+            runtime.notify(Notification::Rename(&old, id));
         }
 
         if summary.changed_active_set {
             if summary.is_active_now {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(member_id = tracing::field::debug(&id), "Member up");
-                runtime.notify(Notification::MemberUp(&id));
+                runtime.notify(Notification::MemberUp(id));
             } else {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(member_id = tracing::field::debug(&id), "Member down");
-                runtime.notify(Notification::MemberDown(&id));
+                runtime.notify(Notification::MemberDown(id));
             }
         }
 
@@ -1429,12 +1477,8 @@ where
         // XXX We take() here and by the end we put it back.
         //     This must be done for every return point in send_message
         self.send_buf.clear();
+        // SPARE: the buffer grows as the message does; the limit still bounds it.
         let mut buf = mem::take(&mut self.send_buf).limit(self.config.max_packet_size.get());
-        debug_assert_eq!(
-            buf.get_ref().capacity(),
-            self.config.max_packet_size.get(),
-            "send_buf lost capacity, would trigger unnecessary allocs"
-        );
 
         if let Err(err) = self
             .codec
@@ -1524,7 +1568,8 @@ where
 
         // absorb the buf into send_buf so we can reuse its capacity
         debug_assert_eq!(0, self.send_buf.capacity(), "send_buf modified while taken");
-        self.send_buf = data;
+        // SPARE: unless a large message grew it: most messages are small.
+        self.send_buf = if data.capacity() <= KEEP_SEND_BUF { data } else { Vec::new() };
         Ok(())
     }
 

@@ -283,9 +283,11 @@ where
             .any(|member| &member.id == id && member.is_active())
     }
 
+    // SPARE: takes the update by reference, and clones its identity only when it replaces
+    // the known one (most updates a member receives change nothing).
     pub(crate) fn apply_existing_if<F: Fn(&Member<T>) -> bool>(
         &mut self,
-        mut update: Member<T>,
+        update: &Member<T>,
         condition: F,
     ) -> Option<ApplySummary<T>> {
         if let Some(known_member) = self
@@ -322,10 +324,10 @@ where
             let was_active = known_member.is_active();
 
             let (apply_successful, conflict) = if id_conflict {
-                core::mem::swap(&mut known_member.id, &mut update.id);
+                let old = core::mem::replace(&mut known_member.id, update.id.clone());
                 known_member.state = update.state;
                 known_member.incarnation = update.incarnation;
-                (true, ConflictResult::Replaced(update.id))
+                (true, ConflictResult::Replaced(old))
             } else {
                 (
                     known_member.change_state(update.incarnation, update.state),
@@ -356,14 +358,15 @@ where
         }
     }
 
-    pub(crate) fn apply(&mut self, update: Member<T>, mut rng: impl RngExt) -> ApplySummary<T> {
-        self.apply_existing_if(update.clone(), |_member| true)
+    // SPARE: by reference (see `apply_existing_if`); cloned only when it is inserted.
+    pub(crate) fn apply(&mut self, update: &Member<T>, mut rng: impl RngExt) -> ApplySummary<T> {
+        self.apply_existing_if(update, |_member| true)
             .unwrap_or_else(|| {
                 // Unknown member, we'll register it
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
-                self.inner.push(update);
+                self.inner.push(update.clone());
                 let inserted_at = self.inner.len() - 1;
 
                 let swap_idx = (0..self.inner.len())
@@ -597,22 +600,22 @@ mod tests {
 
         assert_eq!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| true),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| true),
             "Only yield None only if member is not found"
         );
 
         let mut rng = SmallRng::seed_from_u64(0xF0CA);
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         assert_ne!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| true),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| true),
             "Must yield Some() if existing, regardless of condition"
         );
 
         assert_ne!(
             None,
-            members.apply_existing_if(Member::alive(Id("1")), |_member| false),
+            members.apply_existing_if(&Member::alive(Id("1")), |_member| false),
             "Must yield Some() if existing, regardless of condition"
         );
     }
@@ -623,7 +626,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(0xF0CA);
 
         // New and active member
-        let res = members.apply(Member::suspect(Id("1")), &mut rng);
+        let res = members.apply(&Member::suspect(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -638,7 +641,7 @@ mod tests {
 
         // Failed attempt to change member id=1 to alive
         // (since it's already suspect with same incarnation)
-        let res = members.apply(Member::alive(Id("1")), &mut rng);
+        let res = members.apply(&Member::alive(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -652,7 +655,7 @@ mod tests {
 
         // Successful attempt at changing member id=1 to
         // alive by using a higher incarnation
-        let res = members.apply(Member::new(Id("1"), 1, State::Alive), &mut rng);
+        let res = members.apply(&Member::new(Id("1"), 1, State::Alive), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: true,
@@ -665,7 +668,7 @@ mod tests {
         assert_eq!(1, members.len());
 
         // Change existing member to down
-        let res = members.apply(Member::down(Id("1")), &mut rng);
+        let res = members.apply(&Member::down(Id("1")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: false,
@@ -679,7 +682,7 @@ mod tests {
         assert_eq!(0, members.num_active());
 
         // New and inactive member
-        let res = members.apply(Member::down(Id("2")), &mut rng);
+        let res = members.apply(&Member::down(Id("2")), &mut rng);
         assert_eq!(
             ApplySummary {
                 is_active_now: false,
@@ -703,14 +706,14 @@ mod tests {
             members.remove_if_down(&Id("1")),
             "cant remove member that does not exist"
         );
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         assert_eq!(
             None,
             members.remove_if_down(&Id("1")),
             "cant remove member that isnt down"
         );
-        let _ = members.apply(Member::down(Id("1")), &mut rng);
+        let _ = members.apply(&Member::down(Id("1")), &mut rng);
 
         assert_eq!(
             Some(Member::down(Id("1"))),
@@ -730,9 +733,9 @@ mod tests {
             "next() should yield None when there are no members"
         );
 
-        let _ = members.apply(Member::down(Id("-1")), &mut rng);
-        let _ = members.apply(Member::down(Id("-2")), &mut rng);
-        let _ = members.apply(Member::down(Id("-3")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-1")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-2")), &mut rng);
+        let _ = members.apply(&Member::down(Id("-3")), &mut rng);
 
         assert_eq!(
             None,
@@ -740,7 +743,7 @@ mod tests {
             "next() should yield None when there are no active members"
         );
 
-        let _ = members.apply(Member::alive(Id("1")), &mut rng);
+        let _ = members.apply(&Member::alive(Id("1")), &mut rng);
 
         for _i in 0..10 {
             assert_eq!(
@@ -814,7 +817,7 @@ mod tests {
 
         let renewed = id.renew().unwrap();
         let summary = members
-            .apply_existing_if(Member::alive(renewed), |_| true)
+            .apply_existing_if(&Member::alive(renewed), |_| true)
             .expect("member found");
 
         assert!(summary.apply_successful);
@@ -822,7 +825,7 @@ mod tests {
 
         let another = renewed.renew().unwrap();
         let summary = members
-            .apply_existing_if(Member::alive(another), |_| false)
+            .apply_existing_if(&Member::alive(another), |_| false)
             .expect("member found");
 
         assert!(!summary.apply_successful);
@@ -835,7 +838,7 @@ mod tests {
         // trying to go back to the past leads to
         // conflict resolution failure
         let summary = members
-            .apply_existing_if(Member::alive(id), |_| true)
+            .apply_existing_if(&Member::alive(id), |_| true)
             .expect("member found");
 
         assert_eq!(ConflictResult::Lost, summary.conflict,);

@@ -29,7 +29,7 @@ use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
 use serde::Deserialize;
 
 use super::{Member, Membership, MembershipError};
-use crate::records::{Record, RecordKey};
+use crate::records::{Advert, Record, RecordKey};
 use crate::{Millis, PeerId};
 
 /// How far past the wall clock an epoch may be (an epoch is the Unix time a run started).
@@ -224,7 +224,10 @@ impl Membership {
                         self.check(dst, true, now);
                     }
                 }
-                Verdict::CheckIdentity => self.check(update.id.to_member(), false, now),
+                // Most claims of a run not yet introduced name one already being checked:
+                // the member is only built for a check that goes out.
+                Verdict::CheckIdentity if self.may_check(&update.id.peer) => self.check(update.id.to_member(), false, now),
+                Verdict::CheckIdentity => {}
             }
         }
         drop(records);
@@ -251,7 +254,13 @@ impl Membership {
             let hearsay = update.state == State::Down || update.incarnation > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if signed_addr(records, id.peer, id.epoch).is_some_and(|a| a != id.addr) {
+        // The member's own advert, looked up once for both uses below (the map hashes with
+        // SipHash, and a second lookup per update was a thirtieth of the simulator's time).
+        let advert = match records.get(&RecordKey::Advert(id.peer)).map(|r| &**r) {
+            Some(Record::Advert(a)) => Some(a),
+            _ => None,
+        };
+        if advert.and_then(|a| signed_addr_of(a, id.epoch)).is_some_and(|a| a != id.addr) {
             return Verdict::Drop;
         }
         if id.peer == *src {
@@ -260,7 +269,7 @@ impl Membership {
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
         // A run is introduced on hearsay only when its own advert names it; otherwise it is
         // asked, and its answer (its own packet) brings it in.
-        let introduce = || if introduced(records, id) { Verdict::Keep } else { Verdict::CheckIdentity };
+        let introduce = || if advert.is_some_and(|a| introduces(a, id)) { Verdict::Keep } else { Verdict::CheckIdentity };
         match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
             (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => introduce(),
@@ -287,7 +296,7 @@ impl Membership {
     /// Pings `dst` outside SWIM's round, unless its peer is already being checked.
     fn check(&mut self, dst: Member, suspect: bool, now: Millis) {
         let peer = dst.peer;
-        if self.screen.checks.contains_key(&peer) || self.screen.checks.len() >= MAX_CHECKS {
+        if !self.may_check(&peer) {
             return;
         }
         self.screen.probe = self.screen.probe.wrapping_add(1);
@@ -305,6 +314,11 @@ impl Membership {
         self.screen.checks.insert(peer, (at, suspect));
         self.screen.due.insert((at, peer));
         self.out.push_back((dst, data));
+    }
+
+    /// Whether a check of `peer` may start: none is in flight, and there is room for one.
+    fn may_check(&self, peer: &PeerId) -> bool {
+        !self.screen.checks.contains_key(peer) && self.screen.checks.len() < MAX_CHECKS
     }
 
     /// Suspects, on this peer's own account, every member checked that did not answer in time;
@@ -359,15 +373,21 @@ impl Membership {
 /// `Membership::with_signed_addr_of`).
 fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u64) -> Option<&str> {
     match records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
-        Some(Record::Advert(a)) if a.seq >= epoch => Some(&a.addr),
+        Some(Record::Advert(a)) => signed_addr_of(a, epoch),
         _ => None,
     }
 }
 
-/// Whether `peer`'s own signed advert, among `records`, names the run `id` claims (its epoch
-/// and address): what lets hearsay introduce it.
-fn introduced(records: &HashMap<RecordKey, Arc<Record>>, id: &MemberRef<'_>) -> bool {
-    matches!(records.get(&RecordKey::Advert(id.peer)).map(|r| &**r), Some(Record::Advert(a)) if a.epoch == id.epoch && a.addr == id.addr)
+/// The address in advert `a` if it was made during the run started at `epoch` (see
+/// [`signed_addr`]).
+fn signed_addr_of(a: &Advert, epoch: u64) -> Option<&str> {
+    (a.seq >= epoch).then_some(a.addr.as_str())
+}
+
+/// Whether `a`, its peer's own signed advert, names the run `id` claims (its epoch and
+/// address): what lets hearsay introduce it.
+fn introduces(a: &Advert, id: &MemberRef<'_>) -> bool {
+    a.epoch == id.epoch && a.addr == id.addr
 }
 
 impl Screen {

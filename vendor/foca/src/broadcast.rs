@@ -104,6 +104,9 @@ impl Invalidates for &[u8] {
     }
 }
 
+/// SPARE: most entries whose room a queue keeps when it holds fewer (see `let_go`).
+const KEEP_ROOM: usize = 16;
+
 pub(crate) struct Broadcasts<V> {
     flip: alloc::collections::BinaryHeap<Entry<V>>,
     flop: alloc::collections::BinaryHeap<Entry<V>>,
@@ -126,6 +129,18 @@ where
 
     pub(crate) fn is_empty(&self) -> bool {
         self.flip.is_empty()
+    }
+
+    /// SPARE: lets go of the room a burst of broadcasts took (a joiner's hundred
+    /// member updates): `append` leaves `flop` with the larger heap's room, and an
+    /// emptied `flip` kept its own.
+    fn let_go(&mut self) {
+        if self.flop.capacity() > KEEP_ROOM {
+            self.flop = Default::default();
+        }
+        if self.flip.is_empty() && self.flip.capacity() > KEEP_ROOM {
+            self.flip = Default::default();
+        }
     }
 
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
@@ -167,6 +182,7 @@ where
         }
 
         self.flip.append(&mut self.flop);
+        self.let_go();
 
         num_taken
     }
@@ -206,6 +222,7 @@ where
         }
 
         self.flip.append(&mut self.flop);
+        self.let_go();
 
         num_taken
     }

@@ -1526,6 +1526,10 @@ where
                     }
                     num_items += 1;
                 }
+                // SPARE: a feed chose up to every member; that room is let go.
+                if self.choice_buf.capacity() > KEEP_UPDATES_BUF {
+                    self.choice_buf = Vec::new();
+                }
             } else {
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16

@@ -22,12 +22,13 @@
 //! really holds this peer dead, so one is taken at most every [`TURN_UNDEAD_EVERY_MS`]: a liar
 //! makes this peer rejoin under a new epoch at most that often.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
 use serde::Deserialize;
 
+use super::held::Held;
 use super::{Member, Membership, MembershipError};
 use crate::records::{Advert, Record, RecordKey};
 use crate::{Millis, PeerId};
@@ -244,7 +245,7 @@ impl Membership {
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
+    fn judge(&self, records: &Held, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
         let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
@@ -256,7 +257,7 @@ impl Membership {
         }
         // The member's own advert, looked up once for both uses below (the map hashes with
         // SipHash, and a second lookup per update was a thirtieth of the simulator's time).
-        let advert = match records.get(&RecordKey::Advert(id.peer)).map(|r| &**r) {
+        let advert = match records.get(&RecordKey::Advert(id.peer)) {
             Some(Record::Advert(a)) => Some(a),
             _ => None,
         };
@@ -371,8 +372,8 @@ impl Membership {
 
 /// The address in `peer`'s signed advert of its run started at `epoch`, among `records` (see
 /// `Membership::with_signed_addr_of`).
-fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u64) -> Option<&str> {
-    match records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
+fn signed_addr(records: &Held, peer: PeerId, epoch: u64) -> Option<&str> {
+    match records.get(&RecordKey::Advert(peer)) {
         Some(Record::Advert(a)) => signed_addr_of(a, epoch),
         _ => None,
     }

@@ -140,8 +140,11 @@ impl SimConfig {
         if self.peers > 1_000_000 {
             return bad("--peers must be at most 1,000,000");
         }
-        if self.tasks == 0 || self.tasks > PolicyCaps::default().max_tasks {
-            return bad("--tasks must be between 1 and 1,000,000");
+        let max_tasks = PolicyCaps::default().max_tasks;
+        if self.tasks == 0 || self.tasks > max_tasks {
+            // The coordinator's own cap on tasks per job: 10 tasks per peer past 10,000 peers
+            // needs a smaller --tasks.
+            return Err(SimError::Config(format!("--tasks must be between 1 and {max_tasks} (the coordinator's cap per job)")));
         }
         if self.quorum == 0 || self.max_replicas < self.quorum || self.max_replicas > PolicyCaps::default().max_replicas {
             return bad("need 1 <= quorum <= max_replicas <= 32");

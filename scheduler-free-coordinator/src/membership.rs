@@ -543,12 +543,8 @@ impl Membership {
                 }
                 let r = match self.screen_packet(packet, sender, now)? {
                     screen::Screened::Whole(packet) => self.with(now, |foca, rt| foca.handle_data(packet, rt)),
-                    screen::Screened::Decoded(header, custom) => {
-                        let mut kept = std::mem::take(&mut self.screen.kept);
-                        let r = self.with(now, |foca, rt| foca.handle_decoded(header, kept.drain(..), custom, rt));
-                        self.screen.kept = kept;
-                        self.done_with_kept();
-                        r
+                    screen::Screened::Decoded(header, kept, custom) => {
+                        self.with(now, |foca, rt| foca.handle_decoded(header, kept.into_iter(), custom, rt))
                     }
                 };
                 r.map_err(|e| MembershipError::Refused(e.to_string()))

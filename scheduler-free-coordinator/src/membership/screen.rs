@@ -80,21 +80,14 @@ struct UpdateRef<'a> {
 pub(super) enum Screened<'a> {
     /// Passed on as it came: it carries no member updates to look at.
     Whole(&'a [u8]),
-    /// Decoded: its header and the custom broadcasts (the records) after its updates, the
-    /// updates kept being in [`Screen::kept`]; foca takes them as they are rather than
-    /// decoding the packet again.
-    Decoded(Header<Member>, &'a [u8]),
+    /// Decoded: its header, the updates kept, and the custom broadcasts (the records) after
+    /// them; foca takes them as they are rather than decoding the packet again.
+    Decoded(Header<Member>, Vec<FocaMember>, &'a [u8]),
 }
-
-/// Most kept updates whose room [`Screen::kept`] holds on to between packets (a feed's
-/// hundred is let go).
-const KEEP_KEPT: usize = 16;
 
 /// The screen's state: what it needs to know about this peer, and the checks in flight.
 #[derive(Default)]
 pub(super) struct Screen {
-    /// The updates of the packet being handled that were kept, for foca (room reused).
-    pub(super) kept: Vec<FocaMember>,
     /// This peer's incarnation, as its last packet said.
     incarnation: Incarnation,
     /// The wall clock (Unix ms) as the driver last set it; no epoch check until it does.
@@ -171,8 +164,7 @@ impl Membership {
         Ok(())
     }
 
-    /// Screens a foca packet: refused, or passed on (decoded, the updates kept in
-    /// [`Screen::kept`]).
+    /// Screens a foca packet: refused, or passed on (decoded, without the claims dropped).
     pub(super) fn screen_packet<'a>(
         &mut self,
         packet: &'a [u8],
@@ -205,8 +197,11 @@ impl Membership {
         rest = &rest[2..];
         // Each update is read in place (its address borrowed); only a kept one is made a
         // member, which foca takes as it is (decoding the packet again was a fifth of foca's
-        // share of the simulator's time).
-        self.screen.kept.clear();
+        // share of the simulator's time). Room for them is taken per packet rather than kept
+        // in each of the simulator's 10,300 memberships.
+        // The count is the packet's word: room only for as many members as its bytes can hold
+        // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
+        let mut kept = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         // The records, locked once for the whole packet rather than once per update.
         let shared = Arc::clone(&self.shared);
         let records = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,7 +211,7 @@ impl Membership {
             rest = after;
             match self.judge(&records.records, &update, &src.peer) {
                 Verdict::Keep => {
-                    self.screen.kept.push(FocaMember::new(update.id.to_member(), update.incarnation, update.state))
+                    kept.push(FocaMember::new(update.id.to_member(), update.incarnation, update.state))
                 }
                 Verdict::Drop => {}
                 Verdict::Check => {
@@ -233,15 +228,7 @@ impl Membership {
         }
         drop(records);
         // Custom broadcasts (the records), checked by their own signatures.
-        Ok(Screened::Decoded(header, rest))
-    }
-
-    /// Lets go of the room of [`Screen::kept`] after a large packet (a feed).
-    pub(super) fn done_with_kept(&mut self) {
-        self.screen.kept.clear();
-        if self.screen.kept.capacity() > KEEP_KEPT {
-            self.screen.kept = Vec::new();
-        }
+        Ok(Screened::Decoded(header, kept, rest))
     }
 
     /// What to do with one update a packet from `src` carries.

@@ -393,7 +393,7 @@ impl Coordinator {
                         _ => {}
                     }
                 }
-                t.leases.push((peer, expires_at));
+                t.lease(peer, expires_at);
             });
             self.held.hold(peer, task);
             self.expiries.push(Reverse((expires_at, task, peer)));
@@ -449,7 +449,10 @@ impl Coordinator {
                     self.distrust(peer);
                 }
             }
-            self.mutate_task(task, |t, _| t.leases.retain(|(p, _)| *p != peer));
+            self.mutate_task(task, |t, _| {
+                t.leases.retain(|(p, _)| *p != peer);
+                t.let_go_of_leases_if_none();
+            });
             return Ok(Reported::Late);
         }
         let attested = entry.attestations.iter().any(|a| a.peer == peer);
@@ -508,11 +511,12 @@ impl Coordinator {
         let Some((verdict, decided)) = self.mutate_task(task, |t, policy| {
             let before = t.leases.len();
             t.leases.retain(|(p, _)| *p != peer);
+            t.let_go_of_leases_if_none();
             if why == Release::Deadline && t.leases.len() < before && !t.verdict.0.is_final() {
                 t.timeouts += 1;
                 if t.timeouts >= policy.max_replicas {
                     t.verdict.0 = Verdict::Failed(Failure::TimedOut(t.timeouts));
-                    t.leases.clear();
+                    t.end_leases();
                 }
             }
             t.verdict.0.clone()
@@ -540,7 +544,7 @@ impl Coordinator {
         if !open {
             return false;
         }
-        self.mutate_task(task, |t, _| t.leases.push((peer, expires_at)));
+        self.mutate_task(task, |t, _| t.lease(peer, expires_at));
         self.expiries.push(Reverse((expires_at, task, peer)));
         true
     }
@@ -553,7 +557,7 @@ impl Coordinator {
             if !t.verdict.0.is_final() {
                 t.timeouts = t.timeouts.max(misses);
                 t.verdict.0 = Verdict::Failed(Failure::TimedOut(misses));
-                t.leases.clear();
+                t.end_leases();
             }
             t.verdict.0.clone()
         }) else {
@@ -656,7 +660,7 @@ impl Coordinator {
         job.cancelled = true;
         let leased: Vec<u32> = (0..job.spec.task_count).filter(|&i| !job.tasks[i as usize].leases.is_empty()).collect();
         for index in leased {
-            self.mutate_task(TaskId { job: *id, index }, |t, _| t.leases.clear());
+            self.mutate_task(TaskId { job: *id, index }, |t, _| t.end_leases());
         }
         self.active.retain(|j| j != id);
         self.events.push_back(Event::JobFinished { job: *id, state: JobState::Cancelled });

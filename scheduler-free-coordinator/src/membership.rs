@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::records::{Advert, JobAd, Record, RecordKey, Verifier};
 use crate::{Millis, PeerId};
 
+mod held;
 mod pool;
 mod quota;
 mod screen;
@@ -204,7 +205,7 @@ pub enum MembershipError {
 /// Records known, shared between [`Membership`] and foca's broadcast handler (which foca owns).
 struct RecordState {
     /// Shared, so that a [`RecordPool`] can give many memberships one copy of a record.
-    records: HashMap<RecordKey, Arc<Record>>,
+    records: held::Held,
     /// Where taken records are kept when memberships share them (see [`Membership::share_records`]).
     pool: Option<RecordPool>,
     verifier: Verifier,
@@ -228,7 +229,7 @@ impl RecordState {
             return None;
         };
         let key = record.key();
-        let known = self.records.get(&key).map(|r| &**r);
+        let known = self.records.get(&key);
         // A job's ad is replaced only by its announcer or a coordinator it names; an ad from
         // anyone else is a rival, whatever its sequence number.
         let rival = known.is_some_and(|k| !record.may_replace(k));
@@ -271,11 +272,11 @@ impl RecordState {
             return None;
         }
         if !self.records.contains_key(&key) && self.records.len() >= MAX_RECORDS {
-            let done = self.records.iter().find(|(_, r)| matches!(&***r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
+            let done = self.records.iter().find(|(_, r)| matches!(r, Record::JobAd(j) if j.done)).map(|(k, _)| *k);
             match done {
                 Some(k) => {
                     if let Some(r) = self.records.remove(&k) {
-                        self.admission.removed(&r);
+                        self.admission.removed(&r.record);
                     }
                 }
                 None => return None,
@@ -285,9 +286,9 @@ impl RecordState {
         self.admission.stored(&record, replacing);
         let held = match &self.pool {
             Some(pool) => pool.intern(&record),
-            None => Arc::new(record.clone()),
+            None => Arc::new(held::Keyed::new(record.clone())),
         };
-        self.records.insert(key, held);
+        self.records.insert(held);
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
     }
@@ -372,6 +373,10 @@ pub struct Membership {
     events: VecDeque<MeshEvent>,
     /// Records this peer authored, sent directly to every newcomer.
     own: BTreeSet<RecordKey>,
+    /// The records of the last sync (see [`Membership::sync_to`]) and its messages: each
+    /// newcomer gets the same ones until a record changes, so they are not encoded again for
+    /// every member that comes up.
+    sync_cache: (Vec<Arc<held::Keyed>>, Vec<Vec<u8>>),
     max_packet: usize,
     /// How often dead members are greeted at their address, and when next.
     down_hello_every: Millis,
@@ -408,7 +413,7 @@ impl Membership {
     /// Membership for `me`, with foca's randomness seeded by `seed`.
     pub fn new(me: Member, config: MembershipConfig, seed: u64, verifier: Verifier) -> Membership {
         let shared = Arc::new(Mutex::new(RecordState {
-            records: HashMap::new(),
+            records: held::Held::default(),
             pool: None,
             verifier,
             events: VecDeque::new(),
@@ -434,6 +439,7 @@ impl Membership {
             out: VecDeque::new(),
             events: VecDeque::new(),
             own: BTreeSet::new(),
+            sync_cache: (Vec::new(), Vec::new()),
             max_packet: config.max_packet_bytes,
             down_hello_every: DEAD_HELLO_EVERY_MS,
             next_down_hello: 0,
@@ -531,8 +537,17 @@ impl Membership {
     fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&TAG_FOCA, packet)) => {
-                let packet = self.screen_packet(packet, sender, now)?;
-                self.with(now, |foca, rt| foca.handle_data(&packet, rt)).map_err(|e| MembershipError::Refused(e.to_string()))
+                // foca's own limit, checked here for a packet it gets decoded.
+                if packet.len() > self.max_packet {
+                    return Err(MembershipError::Refused(foca::Error::DataTooBig.to_string()));
+                }
+                let r = match self.screen_packet(packet, sender, now)? {
+                    screen::Screened::Whole(packet) => self.with(now, |foca, rt| foca.handle_data(packet, rt)),
+                    screen::Screened::Decoded(header, kept, custom) => {
+                        self.with(now, |foca, rt| foca.handle_decoded(header, kept.into_iter(), custom, rt))
+                    }
+                };
+                r.map_err(|e| MembershipError::Refused(e.to_string()))
             }
             Some((&TAG_HELLO, body)) => {
                 let joiner: Member = postcard::from_bytes(body).map_err(|_| MembershipError::Malformed)?;
@@ -683,7 +698,7 @@ impl Membership {
         let gone = quota::expired(shared.records.keys(), &shared.admission);
         for key in gone {
             if let Some(r) = shared.records.remove(&key) {
-                shared.admission.removed(&r);
+                shared.admission.removed(&r.record);
             }
         }
     }
@@ -772,26 +787,43 @@ impl Membership {
     /// learns every advert and job without waiting for them to be re-gossiped.
     fn sync_to(&mut self, m: Member) {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let own: Vec<Vec<u8>> = self
+        let own: Vec<Arc<held::Keyed>> = self
             .own
             .iter()
-            .filter_map(|key| shared.records.get(key))
-            .filter(|r| !matches!(&***r, Record::JobAd(j) if j.done))
-            .map(|r| r.encode())
+            .filter_map(|key| shared.records.get_shared(key))
+            .filter(|r| !matches!(&r.record, Record::JobAd(j) if j.done))
+            .cloned()
             .collect();
         drop(shared);
-        self.send_records(m, own);
+        let (held, messages) = &self.sync_cache;
+        if own.len() != held.len() || !own.iter().zip(held).all(|(a, b)| Arc::ptr_eq(a, b)) {
+            let messages = self.batches(own.iter().map(|r| r.record.encode()).collect());
+            self.sync_cache = (own, messages);
+        } else if messages.is_empty() {
+            return;
+        }
+        for message in &self.sync_cache.1 {
+            self.out.push_back((m.clone(), message.clone()));
+        }
     }
 
     /// Queues `records` to `m`, as many messages as the packet size and
     /// [`MAX_SYNC_RECORDS`] allow.
     fn send_records(&mut self, m: Member, records: Vec<Vec<u8>>) {
+        for message in self.batches(records) {
+            self.out.push_back((m.clone(), message));
+        }
+    }
+
+    /// `records` in as few messages as the packet size and [`MAX_SYNC_RECORDS`] allow.
+    fn batches(&self, records: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for bytes in records {
             if size + bytes.len() + 16 > self.max_packet || batch.len() >= MAX_SYNC_RECORDS {
                 let body = postcard::to_stdvec(&batch).unwrap_or_default();
-                self.out.push_back((m.clone(), frame(TAG_RECORDS, &body)));
+                messages.push(frame(TAG_RECORDS, &body));
                 batch.clear();
                 size = 0;
             }
@@ -800,8 +832,9 @@ impl Membership {
         }
         if !batch.is_empty() {
             let body = postcard::to_stdvec(&batch).unwrap_or_default();
-            self.out.push_back((m, frame(TAG_RECORDS, &body)));
+            messages.push(frame(TAG_RECORDS, &body));
         }
+        messages
     }
 
     /// The next message to send: to whom, and the bytes.
@@ -862,18 +895,18 @@ impl Membership {
     /// The newest advert of every peer seen (this one's included).
     pub fn adverts(&self) -> Vec<Advert> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.records.values().filter_map(|r| if let Record::Advert(a) = &**r { Some(a.clone()) } else { None }).collect()
+        shared.records.values().filter_map(|r| if let Record::Advert(a) = r { Some(a.clone()) } else { None }).collect()
     }
 
     /// The newest ad of every job seen.
     pub fn job_ads(&self) -> Vec<JobAd> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.records.values().filter_map(|r| if let Record::JobAd(j) = &**r { Some(j.clone()) } else { None }).collect()
+        shared.records.values().filter_map(|r| if let Record::JobAd(j) = r { Some(j.clone()) } else { None }).collect()
     }
 
     /// One record, if known.
     pub fn record(&self, key: &RecordKey) -> Option<Record> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).map(|r| (**r).clone())
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).records.get(key).cloned()
     }
 }
 
@@ -911,16 +944,16 @@ impl Digest {
 }
 
 /// The ads of jobs not yet done, in key order.
-fn unfinished_ads(records: &HashMap<RecordKey, Arc<Record>>) -> impl Iterator<Item = (&RecordKey, &Record)> {
+fn unfinished_ads(records: &held::Held) -> impl Iterator<Item = (&RecordKey, &Record)> {
     let mut ads: Vec<(&RecordKey, &Record)> =
-        records.iter().map(|(k, r)| (k, &**r)).filter(|(_, r)| matches!(r, Record::JobAd(j) if !j.done)).collect();
+        records.iter().filter(|(_, r)| matches!(r, Record::JobAd(j) if !j.done)).collect();
     ads.sort_unstable_by_key(|(k, _)| **k);
     ads.into_iter()
 }
 
 /// What two peers compare to find that one lacks news of a job: BLAKE3 over each unfinished
 /// job's id and the `seq` of its ad, in key order.
-fn job_digest(records: &HashMap<RecordKey, Arc<Record>>) -> [u8; 32] {
+fn job_digest(records: &held::Held) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     for (key, r) in unfinished_ads(records) {
         if let RecordKey::JobAd(job) = key {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use super::held::Keyed;
 use crate::records::{Record, RecordKey};
 
 /// Fewest entries the pool holds before it sweeps out records nobody holds any more.
@@ -18,7 +19,7 @@ pub struct RecordPool(Arc<Mutex<Pool>>);
 
 #[derive(Default)]
 struct Pool {
-    records: HashMap<(RecordKey, u64), Weak<Record>>,
+    records: HashMap<(RecordKey, u64), Weak<Keyed>>,
     sweep_at: usize,
 }
 
@@ -29,15 +30,15 @@ impl RecordPool {
     }
 
     /// The pool's copy of `record` (a new one when it holds no record equal to it).
-    pub(super) fn intern(&self, record: &Record) -> Arc<Record> {
+    pub(super) fn intern(&self, record: &Record) -> Arc<Keyed> {
         let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let key = (record.key(), record.seq());
         if let Some(held) = pool.records.get(&key).and_then(Weak::upgrade)
-            && *held == *record
+            && held.record == *record
         {
             return held;
         }
-        let fresh = Arc::new(record.clone());
+        let fresh = Arc::new(Keyed::new(record.clone()));
         pool.records.insert(key, Arc::downgrade(&fresh));
         if pool.records.len() >= pool.sweep_at.max(MIN_SWEEP) {
             pool.records.retain(|_, r| r.strong_count() > 0);
@@ -88,7 +89,7 @@ mod tests {
         // Same key and number, other content (a forgery, or a rival): its own copy.
         let c = pool.intern(&advert(1, "b:1"));
         assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(*c, advert(1, "b:1"));
+        assert_eq!(c.record, advert(1, "b:1"));
         let d = pool.intern(&advert(2, "a:1"));
         assert!(!Arc::ptr_eq(&a, &d));
     }

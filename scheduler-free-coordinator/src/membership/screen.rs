@@ -22,15 +22,15 @@
 //! really holds this peer dead, so one is taken at most every [`TURN_UNDEAD_EVERY_MS`]: a liar
 //! makes this peer rejoin under a new epoch at most that often.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use foca::{Codec, Header, Incarnation, Message, PostcardCodec, State};
 use serde::Deserialize;
 
+use super::held::Held;
 use super::{Member, Membership, MembershipError};
-use crate::records::{Record, RecordKey};
+use crate::records::{Advert, Record, RecordKey};
 use crate::{Millis, PeerId};
 
 /// How far past the wall clock an epoch may be (an epoch is the Unix time a run started).
@@ -75,6 +75,16 @@ struct UpdateRef<'a> {
     state: State,
 }
 
+/// A foca packet past the screen.
+#[expect(clippy::large_enum_variant, reason = "returned once per packet and taken apart at once; boxing is an allocation")]
+pub(super) enum Screened<'a> {
+    /// Passed on as it came: it carries no member updates to look at.
+    Whole(&'a [u8]),
+    /// Decoded: its header, the updates kept, and the custom broadcasts (the records) after
+    /// them; foca takes them as they are rather than decoding the packet again.
+    Decoded(Header<Member>, Vec<FocaMember>, &'a [u8]),
+}
+
 /// The screen's state: what it needs to know about this peer, and the checks in flight.
 #[derive(Default)]
 pub(super) struct Screen {
@@ -86,6 +96,10 @@ pub(super) struct Screen {
     /// whether silence makes this peer suspect them (a claim of suspicion or death) or changes
     /// nothing (a claimed new identity, pinged as such: only the member itself can confirm it).
     checks: BTreeMap<PeerId, (Millis, bool)>,
+    /// The same checks by when their answer is due: the driver asks for the next deadline
+    /// after every message, and a scan of the checks for it was a fortieth of the simulator's
+    /// time.
+    due: BTreeSet<(Millis, PeerId)>,
     /// Number of the next check's ping (answered by an `Ack` foca does not expect, and ignores).
     probe: u8,
     /// When the last `TurnUndead` was taken.
@@ -150,13 +164,13 @@ impl Membership {
         Ok(())
     }
 
-    /// Screens a foca packet: refused, or passed on (rewritten without the claims dropped).
+    /// Screens a foca packet: refused, or passed on (decoded, without the claims dropped).
     pub(super) fn screen_packet<'a>(
         &mut self,
         packet: &'a [u8],
         sender: Option<PeerId>,
         now: Millis,
-    ) -> Result<Cow<'a, [u8]>, MembershipError> {
+    ) -> Result<Screened<'a>, MembershipError> {
         let mut rest = packet;
         let header: Header<Member> =
             PostcardCodec.decode_header(&mut rest).map_err(|_| MembershipError::Malformed)?;
@@ -174,62 +188,51 @@ impl Membership {
             self.screen.turned_undead_at = Some(now);
         }
         // It answers: any packet from it ends a check (the link authenticated it).
-        self.screen.checks.remove(&src.peer);
-        let header_len = packet.len() - rest.len();
+        self.screen.end_check(&src.peer);
         // No updates to look at (foca itself refuses a malformed remainder).
         if rest.len() < 2 || matches!(header.message, Message::Broadcast | Message::Announce) {
-            return Ok(Cow::Borrowed(packet));
+            return Ok(Screened::Whole(packet));
         }
         let count = u16::from_be_bytes([rest[0], rest[1]]);
         rest = &rest[2..];
+        // Each update is read in place (its address borrowed); only a kept one is made a
+        // member, which foca takes as it is (decoding the packet again was a fifth of foca's
+        // share of the simulator's time). Room for them is taken per packet rather than kept
+        // in each of the simulator's 10,300 memberships.
         // The count is the packet's word: room only for as many members as its bytes can hold
         // (each takes at least its 32-byte PeerId), or 101 bytes could ask for 4 MB.
-        // Each update is read in place (its address borrowed), and a kept one is passed on as the
-        // bytes it came in: foca decodes them all again, so a copy here was one allocation per
-        // update of every packet for nothing.
-        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
-        let mut dropped = false;
+        let mut kept = Vec::with_capacity(usize::from(count).min(rest.len() / 32));
         // The records, locked once for the whole packet rather than once per update.
         let shared = Arc::clone(&self.shared);
         let records = shared.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..count {
             let (update, after): (UpdateRef<'_>, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(|_| MembershipError::Malformed)?;
-            let bytes = &rest[..rest.len() - after.len()];
             rest = after;
             match self.judge(&records.records, &update, &src.peer) {
-                Verdict::Keep => kept.push(bytes),
-                Verdict::Drop => dropped = true,
+                Verdict::Keep => {
+                    kept.push(FocaMember::new(update.id.to_member(), update.incarnation, update.state))
+                }
+                Verdict::Drop => {}
                 Verdict::Check => {
-                    dropped = true;
                     let known = self.foca.iter_members().find(|m| m.id().peer == update.id.peer).map(|m| m.id().clone());
                     if let Some(dst) = known {
                         self.check(dst, true, now);
                     }
                 }
-                Verdict::CheckIdentity => {
-                    dropped = true;
-                    self.check(update.id.to_member(), false, now);
-                }
+                // Most claims of a run not yet introduced name one already being checked:
+                // the member is only built for a check that goes out.
+                Verdict::CheckIdentity if self.may_check(&update.id.peer) => self.check(update.id.to_member(), false, now),
+                Verdict::CheckIdentity => {}
             }
         }
         drop(records);
-        if !dropped {
-            return Ok(Cow::Borrowed(packet));
-        }
-        let mut out = Vec::with_capacity(packet.len());
-        out.extend_from_slice(&packet[..header_len]);
-        out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        for bytes in kept {
-            out.extend_from_slice(bytes);
-        }
         // Custom broadcasts (the records), checked by their own signatures.
-        out.extend_from_slice(rest);
-        Ok(Cow::Owned(out))
+        Ok(Screened::Decoded(header, kept, rest))
     }
 
     /// What to do with one update a packet from `src` carries.
-    fn judge(&self, records: &HashMap<RecordKey, Arc<Record>>, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
+    fn judge(&self, records: &Held, update: &UpdateRef<'_>, src: &PeerId) -> Verdict {
         let id = &update.id;
         if !self.plausible(id.epoch) {
             return Verdict::Drop;
@@ -239,7 +242,13 @@ impl Membership {
             let hearsay = update.state == State::Down || update.incarnation > self.screen.incarnation;
             return if hearsay { Verdict::Drop } else { Verdict::Keep };
         }
-        if signed_addr(records, id.peer, id.epoch).is_some_and(|a| a != id.addr) {
+        // The member's own advert, looked up once for both uses below (the map hashes with
+        // SipHash, and a second lookup per update was a thirtieth of the simulator's time).
+        let advert = match records.get(&RecordKey::Advert(id.peer)) {
+            Some(Record::Advert(a)) => Some(a),
+            _ => None,
+        };
+        if advert.and_then(|a| signed_addr_of(a, id.epoch)).is_some_and(|a| a != id.addr) {
             return Verdict::Drop;
         }
         if id.peer == *src {
@@ -248,7 +257,7 @@ impl Membership {
         let known = self.foca.iter_membership_state().find(|m| m.id().peer == id.peer);
         // A run is introduced on hearsay only when its own advert names it; otherwise it is
         // asked, and its answer (its own packet) brings it in.
-        let introduce = || if introduced(records, id) { Verdict::Keep } else { Verdict::CheckIdentity };
+        let introduce = || if advert.is_some_and(|a| introduces(a, id)) { Verdict::Keep } else { Verdict::CheckIdentity };
         match (known, update.state) {
             // A member not known yet: learnt, but not as suspect or dead on hearsay.
             (None, State::Alive) if self.foca.iter_membership_state().len() < MAX_MEMBERS => introduce(),
@@ -275,7 +284,7 @@ impl Membership {
     /// Pings `dst` outside SWIM's round, unless its peer is already being checked.
     fn check(&mut self, dst: Member, suspect: bool, now: Millis) {
         let peer = dst.peer;
-        if self.screen.checks.contains_key(&peer) || self.screen.checks.len() >= MAX_CHECKS {
+        if !self.may_check(&peer) {
             return;
         }
         self.screen.probe = self.screen.probe.wrapping_add(1);
@@ -289,14 +298,24 @@ impl Membership {
         if PostcardCodec.encode_header(&header, &mut data).is_err() {
             return;
         }
-        self.screen.checks.insert(peer, (now.saturating_add(self.check_ms), suspect));
+        let at = now.saturating_add(self.check_ms);
+        self.screen.checks.insert(peer, (at, suspect));
+        self.screen.due.insert((at, peer));
         self.out.push_back((dst, data));
+    }
+
+    /// Whether a check of `peer` may start: none is in flight, and there is room for one.
+    fn may_check(&self, peer: &PeerId) -> bool {
+        !self.screen.checks.contains_key(peer) && self.screen.checks.len() < MAX_CHECKS
     }
 
     /// Suspects, on this peer's own account, every member checked that did not answer in time;
     /// it is declared dead unless it refutes within the suspicion time (to this peer directly,
     /// or to foca's probes, direct or indirect).
     pub(super) fn end_checks(&mut self, now: Millis) {
+        if self.screen.next_check().is_none_or(|at| at > now) {
+            return;
+        }
         let due: Vec<(PeerId, bool)> =
             self.screen.checks.iter().filter(|(_, (at, _))| *at <= now).map(|(p, (_, s))| (*p, *s)).collect();
         if due.is_empty() {
@@ -304,7 +323,7 @@ impl Membership {
         }
         let mut suspects = Vec::new();
         for (peer, suspect) in due {
-            self.screen.checks.remove(&peer);
+            self.screen.end_check(&peer);
             if !suspect {
                 continue;
             }
@@ -340,23 +359,36 @@ impl Membership {
 
 /// The address in `peer`'s signed advert of its run started at `epoch`, among `records` (see
 /// `Membership::with_signed_addr_of`).
-fn signed_addr(records: &HashMap<RecordKey, Arc<Record>>, peer: PeerId, epoch: u64) -> Option<&str> {
-    match records.get(&RecordKey::Advert(peer)).map(|r| &**r) {
-        Some(Record::Advert(a)) if a.seq >= epoch => Some(&a.addr),
+fn signed_addr(records: &Held, peer: PeerId, epoch: u64) -> Option<&str> {
+    match records.get(&RecordKey::Advert(peer)) {
+        Some(Record::Advert(a)) => signed_addr_of(a, epoch),
         _ => None,
     }
 }
 
-/// Whether `peer`'s own signed advert, among `records`, names the run `id` claims (its epoch
-/// and address): what lets hearsay introduce it.
-fn introduced(records: &HashMap<RecordKey, Arc<Record>>, id: &MemberRef<'_>) -> bool {
-    matches!(records.get(&RecordKey::Advert(id.peer)).map(|r| &**r), Some(Record::Advert(a)) if a.epoch == id.epoch && a.addr == id.addr)
+/// The address in advert `a` if it was made during the run started at `epoch` (see
+/// [`signed_addr`]).
+fn signed_addr_of(a: &Advert, epoch: u64) -> Option<&str> {
+    (a.seq >= epoch).then_some(a.addr.as_str())
+}
+
+/// Whether `a`, its peer's own signed advert, names the run `id` claims (its epoch and
+/// address): what lets hearsay introduce it.
+fn introduces(a: &Advert, id: &MemberRef<'_>) -> bool {
+    a.epoch == id.epoch && a.addr == id.addr
 }
 
 impl Screen {
     /// When the next check is due, if any.
     pub(super) fn next_check(&self) -> Option<Millis> {
-        self.checks.values().map(|(at, _)| *at).min()
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Forgets the check of `peer`, if any.
+    fn end_check(&mut self, peer: &PeerId) {
+        if let Some((at, _)) = self.checks.remove(peer) {
+            self.due.remove(&(at, *peer));
+        }
     }
 }
 

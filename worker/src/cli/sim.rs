@@ -20,7 +20,7 @@ pub struct SimArgs {
     /// Virtual peers at the start, the job's origin included.
     #[arg(long, default_value_t = 1000)]
     peers: u32,
-    /// Tasks in the job [default: 10 × peers].
+    /// Tasks in the job [default: 10 × peers, at most the 100,000 a job may have].
     #[arg(long)]
     tasks: Option<u32>,
     /// Distinct agreeing peers needed to verify a task.
@@ -108,7 +108,9 @@ pub struct SimArgs {
 
 pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = SimConfig::new(a.peers);
-    cfg.tasks = a.tasks.unwrap_or_else(|| a.peers.saturating_mul(10));
+    // Ten tasks a peer, within what a coordinator takes in one job (so `--peers 100000` runs).
+    let max_tasks = spare_protocol::PolicyCaps::default().max_tasks;
+    cfg.tasks = a.tasks.unwrap_or_else(|| a.peers.saturating_mul(10).min(max_tasks));
     cfg.quorum = a.quorum;
     cfg.max_replicas = a.max_replicas;
     cfg.liars = a.liars;

@@ -336,6 +336,24 @@ impl Record {
     }
 }
 
+/// A signed-looking advert of `peer` at `seq` from `addr`, for the membership modules' tests.
+#[cfg(test)]
+pub(crate) fn test_advert(peer: u8, seq: u64, addr: &str) -> Record {
+    Record::Advert(Advert {
+        peer: PeerId([peer; 32]),
+        seq,
+        addr: addr.into(),
+        cpus_total: 1,
+        cpus_free: 1,
+        memory_bytes: 1,
+        version: "v".into(),
+        reachable: true,
+        relays: Vec::new(),
+        signature: vec![9; 64],
+        epoch: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,3 +561,4 @@ mod tests {
         assert!(!stripped.verify(&fake_verifier()));
     }
 }
+

@@ -105,22 +105,9 @@ impl Held {
 mod tests {
     use super::*;
     use crate::PeerId;
-    use crate::records::Advert;
 
     fn advert(peer: u8, seq: u64) -> Record {
-        Record::Advert(Advert {
-            peer: PeerId([peer; 32]),
-            seq,
-            addr: "a:1".into(),
-            cpus_total: 1,
-            cpus_free: 1,
-            memory_bytes: 1,
-            version: "v".into(),
-            reachable: true,
-            relays: Vec::new(),
-            signature: vec![9; 64],
-            epoch: 0,
-        })
+        crate::records::test_advert(peer, seq, "a:1")
     }
 
     #[test]

@@ -61,23 +61,9 @@ impl RecordPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PeerId;
-    use crate::records::Advert;
 
     fn advert(seq: u64, addr: &str) -> Record {
-        Record::Advert(Advert {
-            peer: PeerId([1; 32]),
-            seq,
-            addr: addr.into(),
-            cpus_total: 1,
-            cpus_free: 1,
-            memory_bytes: 1,
-            version: "v".into(),
-            reachable: true,
-            relays: Vec::new(),
-            signature: vec![9; 64],
-            epoch: 0,
-        })
+        crate::records::test_advert(1, seq, addr)
     }
 
     #[test]

@@ -78,6 +78,16 @@ pub enum Event {
     LeaseExpired { task: TaskId, peer: PeerId },
 }
 
+impl Event {
+    /// The job it is about.
+    pub fn job(&self) -> JobId {
+        match self {
+            Event::TaskFinal { task, .. } | Event::LeaseExpired { task, .. } => task.job,
+            Event::JobFinished { job, .. } => *job,
+        }
+    }
+}
+
 /// Why a job was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {

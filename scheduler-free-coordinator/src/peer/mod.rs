@@ -7,7 +7,8 @@
 //! - [`roles`]: active or standby for each job held, takeover, top-ups, re-announcing;
 //!   [`takeover`]: a new leader first takes what its backups recorded and it did not;
 //! - [`adoption`]: rounds that bring a job's list of coordinators up to strength;
-//! - [`host`]: the coordinator side of one peer for one job, composing the others;
+//! - [`host`]: the coordinator side of one peer for every job it coordinates, composing the
+//!   others;
 //! - [`heal`]: two leaders of one job after a split, and merges; [`handover`]: stepping down;
 //! - [`replication`]: the active coordinator's ordered stream to each backup, and
 //!   [`replicators`]: those streams for every backup;

@@ -11,7 +11,7 @@ use crate::peer::roles::ROLES_EVERY_MS;
 use super::engine::Sim;
 use super::keys;
 use super::net::CallKind;
-use crate::peer::host::Host;
+use crate::peer::host::Hosts;
 use crate::PeerId;
 use super::peer::VirtualPeer;
 use super::queue::Event;
@@ -52,7 +52,7 @@ impl Sim {
         for _ in 0..64 {
             let i = self.rng.below(workers + u64::from(with_origin));
             let victim = if i == workers { origin } else { self.live_workers[i as usize] };
-            if self.cfg.churn_coordinators || self.peers[victim as usize].host.is_none() {
+            if self.cfg.churn_coordinators || self.peers[victim as usize].hosts.is_none() {
                 return Some(victim);
             }
         }
@@ -72,7 +72,7 @@ impl Sim {
             self.m.leaderless_since = Some(now);
         }
         // Its held report answers never come: the workers' calls fail.
-        let held: Vec<PeerId> = self.peers[p as usize].host.as_ref().map(|h| h.held_workers().collect()).unwrap_or_default();
+        let held: Vec<PeerId> = self.peers[p as usize].hosts.as_ref().map(|h| h.held_workers().collect()).unwrap_or_default();
         for worker in held {
             self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: keys::index_of(&worker), kind: CallKind::Report(p) });
         }
@@ -131,13 +131,14 @@ impl Sim {
         if coord.submit(job, self.spec.clone()).is_err() {
             return;
         }
-        let host = Host::restore(self.peers[p as usize].id, coord, job, list, log, self.verifier.clone(), now);
+        let mut hosts = Hosts::new(self.peers[p as usize].id, coord, self.verifier.clone());
+        hosts.restore(job, list, log, now);
         let peer = &mut self.peers[p as usize];
         peer.restart(now, views);
-        peer.host = Some(Box::new(host));
+        peer.hosts = Some(Box::new(hosts));
         self.m.restarts += 1;
         self.boot(p);
-        self.with_host(p, |h, _| h.look_at_roles(now + ROLES_EVERY_MS));
+        self.with_hosts(p, |h, _| h.look_at_roles(&job, now + ROLES_EVERY_MS));
         self.wake(p);
     }
 }

@@ -1,5 +1,5 @@
 //! Driving the coordinator side: every peer that coordinates the job holds a real
-//! [`Host`] (the origin and the peers it or a successor adopted), and
+//! [`Hosts`] (the origin and the peers it or a successor adopted), and
 //! the simulator only carries what it emits: messages through the virtual network, notices into
 //! the metrics and the mesh, its timer on the event queue. Every call is followed by
 //! `Sim::drain_host`, as the host's contract asks.
@@ -15,7 +15,7 @@
 //! membership updates (at 10,000 peers membership then took 21 gossip rounds to converge
 //! instead of 11).
 
-use crate::peer::host::{Host, Members, Notice, Transmit};
+use crate::peer::host::{Host, Hosts, Members, Notice, Transmit};
 use crate::peer::members::MeshMembers;
 use crate::{Coordinator, CoordinatorConfig, Event, Verdict};
 
@@ -39,32 +39,33 @@ impl Sim {
     }
 
     /// The peer currently leading the job as the simulation knows it (for the report).
-    pub(super) fn lead_host(&self) -> Option<&Host> {
-        self.active.and_then(|a| self.peers[a as usize].host.as_deref())
+    pub(super) fn lead_host(&self) -> Option<(&Host, &Coordinator)> {
+        let hosts = self.peers[self.active? as usize].hosts.as_deref()?;
+        Some((hosts.host(&self.job)?, hosts.coordinator()))
     }
 
     /// Runs `f` on `p`'s host (if it holds one) with `p`'s view of the mesh, then carries out
     /// what the host emitted.
-    pub(super) fn with_host<R>(&mut self, p: u32, f: impl FnOnce(&mut Host, &dyn Members) -> R) -> Option<R> {
-        let mut host = self.peers[p as usize].host.take()?;
+    pub(super) fn with_hosts<R>(&mut self, p: u32, f: impl FnOnce(&mut Hosts, &dyn Members) -> R) -> Option<R> {
+        let mut hosts = self.peers[p as usize].hosts.take()?;
         let peer = &self.peers[p as usize];
-        let r = f(&mut host, &MeshMembers::new(peer.id, &peer.views).full_grace());
-        self.peers[p as usize].host = Some(host);
+        let r = f(&mut hosts, &MeshMembers::new(peer.id, &peer.views).full_grace());
+        self.peers[p as usize].hosts = Some(hosts);
         self.drain_host(p);
         Some(r)
     }
 
     /// Carries out everything `p`'s host emitted, and arms its timer.
     pub(super) fn drain_host(&mut self, p: u32) {
-        while let Some(t) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_transmit()) {
+        while let Some(t) = self.peers[p as usize].hosts.as_mut().and_then(|h| h.poll_transmit()) {
             self.transmit(p, t);
         }
-        while let Some(n) = self.peers[p as usize].host.as_mut().and_then(|h| h.poll_notice()) {
+        while let Some((_, n)) = self.peers[p as usize].hosts.as_mut().and_then(|h| h.poll_notice()) {
             self.notice(p, n);
         }
         let now = self.now;
         let peer = &mut self.peers[p as usize];
-        if let Some(at) = peer.host.as_ref().and_then(|h| h.poll_timeout()) {
+        if let Some(at) = peer.hosts.as_ref().and_then(|h| h.poll_timeout()) {
             self.queue.arm(&mut peer.host_at, at.max(now), queue::Event::Host { peer: p });
         }
     }
@@ -76,12 +77,12 @@ impl Sim {
             return;
         }
         peer.host_at = NEVER;
-        self.with_host(p, |h, m| h.handle_timeout(now, m));
+        self.with_hosts(p, |h, m| h.handle_timeout(now, m));
     }
 
     fn transmit(&mut self, p: u32, t: Transmit) {
         match t {
-            Transmit::ReportAnswer { to, accepted, rejected } => {
+            Transmit::ReportAnswer { to, accepted, rejected, .. } => {
                 let to = keys::index_of(&to);
                 self.answer(p, to, CallKind::Report(p), Some(Reply::Taken), wire::report_reply(accepted, rejected));
             }
@@ -150,12 +151,12 @@ impl Sim {
     /// leading are counted from its table (a backup takes the reports of workers that hold the
     /// leader dead before it takes the job over, so it may decide a task while in standby).
     pub(super) fn count_leader_finals(&mut self) {
-        let Some(h) = self.lead_host() else { return };
+        let Some((_, coord)) = self.lead_host() else { return };
         let finals: Vec<(crate::TaskId, Verdict, bool)> = (0..self.spec.task_count)
             .filter(|&i| self.decided.get(i as usize).is_some_and(Option::is_none))
             .filter_map(|index| {
                 let task = crate::TaskId { job: self.job, index };
-                h.coordinator().task(&task).filter(|t| t.verdict.is_final()).map(|t| (task, t.verdict, t.lone))
+                coord.task(&task).filter(|t| t.verdict.is_final()).map(|t| (task, t.verdict, t.lone))
             })
             .collect();
         for (task, verdict, lone) in finals {

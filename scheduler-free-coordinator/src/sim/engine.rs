@@ -2,7 +2,7 @@
 //! handle events in virtual-time order until the job is finished (and membership converged),
 //! or the time limit.
 
-use crate::peer::host::Host;
+use crate::peer::host::Hosts;
 use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
 use crate::records::Verifier;
@@ -214,8 +214,9 @@ impl Sim {
             }
         }
         coord.submit(self.job, self.spec.clone()).map_err(|e| SimError::Submit(e.to_string()))?;
-        let host = Host::new(origin, coord, self.job, vec![origin], self.verifier.clone(), 0);
-        self.peers[self.origin as usize].host = Some(Box::new(host));
+        let mut hosts = Hosts::new(origin, coord, self.verifier.clone());
+        hosts.coordinate(self.job, vec![origin], 0);
+        self.peers[self.origin as usize].hosts = Some(Box::new(hosts));
         Ok(())
     }
 
@@ -230,9 +231,10 @@ impl Sim {
             self.boot(p);
         }
         let backups: Vec<PeerId> = self.backups.iter().map(|&b| self.peers[b as usize].id).collect();
-        self.with_host(origin, |h, _| {
-            h.offer(&backups);
-            h.look_at_roles(0);
+        let job = self.job;
+        self.with_hosts(origin, |h, _| {
+            h.offer(&job, &backups);
+            h.look_at_roles(&job, 0);
         });
         self.wake(origin);
         self.queue.push(probe_period_ms(), Event::Check);

@@ -64,11 +64,11 @@ impl Sim {
                 self.wake(p);
             }
             MeshEvent::Rival(ad) => {
-                self.with_host(p, |h, _| h.handle_rival(&ad));
+                self.with_hosts(p, |h, _| h.handle_rival(&ad));
             }
             MeshEvent::Record(Record::Advert(_)) | MeshEvent::Joined | MeshEvent::Idle => {}
             MeshEvent::Invalid { sender } => {
-                if let (Some(s), Some(h)) = (sender, self.peers[p as usize].host.as_mut()) {
+                if let (Some(s), Some(h)) = (sender, self.peers[p as usize].hosts.as_mut()) {
                     h.penalize(s);
                 }
             }
@@ -81,9 +81,9 @@ impl Sim {
         self.with_work(p, |w, now| w.handle_peer(who, up, now));
         let peer = &self.peers[p as usize];
         let live = MeshMembers::new(peer.id, &peer.views).live_peers();
-        if peer.host.is_some() {
+        if peer.hosts.is_some() {
             let (now, down) = (self.now, (!up).then_some(who));
-            self.with_host(p, |h, _| h.handle_members(live, down, now));
+            self.with_hosts(p, |h, _| h.handle_members(live, down, now));
         }
     }
 
@@ -101,7 +101,7 @@ impl Sim {
         let newer = peer.work.handle_ad(ad, |c| seen.seen_live(c), now);
         self.drain_work(p);
         if let Some(ad) = followed.filter(|_| newer) {
-            self.with_host(p, |h, _| h.handle_ad(&ad));
+            self.with_hosts(p, |h, _| h.handle_ad(&ad));
         }
     }
 
@@ -140,7 +140,7 @@ impl Sim {
     pub(super) fn publish_job(&mut self, o: u32, done: bool) {
         let (now, unix) = (self.now, self.unix());
         let announcer = self.peers[o as usize].id;
-        let Some(list) = self.peers[o as usize].host.as_ref().map(|h| h.coordinators().to_vec()) else { return };
+        let Some(list) = self.peers[o as usize].hosts.as_ref().and_then(|h| h.host(&self.job)).map(|h| h.coordinators().to_vec()) else { return };
         let ad = mesh::job_ad(self.job, &self.spec, announcer, list, done, job_digest(self.cfg.seed), JOB_NONCE.to_vec());
         let signer = keys::signer(announcer);
         for v in 0..self.peers[o as usize].views.len() {

@@ -125,8 +125,8 @@ impl Sim {
     /// Tasks that two live coordinators hold final with different verdicts (a backup that
     /// decided from an attestation its new leader never had; [`crate::peer::takeover`]).
     fn verdicts_differing(&self) -> u32 {
-        let hosts: Vec<&crate::peer::host::Host> =
-            self.peers.iter().filter(|p| p.alive).filter_map(|p| p.host.as_deref()).filter(|h| h.job() == self.job).collect();
+        let hosts: Vec<&crate::peer::host::Hosts> =
+            self.peers.iter().filter(|p| p.alive).filter_map(|p| p.hosts.as_deref()).filter(|h| h.holds(&self.job)).collect();
         (0..self.spec.task_count)
             .filter(|&index| {
                 let task = crate::TaskId { job: self.job, index };
@@ -155,7 +155,7 @@ impl Sim {
         let origin_rate = origin.bytes_sent as f64 / life(origin);
         let (mut banned_liars, mut banned_honest, mut trusted_liars) = (0, 0, 0);
         // The reputation table of the coordinator leading at the end.
-        if let Some(r) = self.lead_host().map(|h| h.coordinator().reputation()) {
+        if let Some(r) = self.lead_host().map(|(_, c)| c.reputation()) {
             let min_agreed = self.cfg.adaptive.unwrap_or(u32::MAX);
             for p in &self.peers {
                 let lies = p.behaviour.lies();
@@ -225,7 +225,7 @@ impl Sim {
             origin_protected: !self.cfg.origin_may_crash(),
             coordinator_takeovers: self.m.takeovers,
             takeover_ms: (self.m.takeovers > 0).then_some(self.m.takeover_ms),
-            leaders_at_end: self.peers.iter().filter(|p| p.alive && p.host.as_ref().is_some_and(|h| h.leads())).count() as u32,
+            leaders_at_end: self.peers.iter().filter(|p| p.alive && p.hosts.as_ref().is_some_and(|h| h.leads(&self.job))).count() as u32,
             verdicts_overturned: self.m.overturned,
             verdicts_differing: self.verdicts_differing(),
             replication_dropped: self.m.replication_dropped,

@@ -8,7 +8,7 @@
 //! the sans-IO machines of [`crate::peer`], which the real peer runs too; the simulator only
 //! drives them with virtual time and carries out what they return: the worker side of a peer
 //! ([`peer::work::Work`](crate::peer::work::Work)), its coordinator side
-//! ([`peer::host::Host`](crate::peer::host::Host)), what it publishes into membership and the
+//! ([`peer::host::Hosts`](crate::peer::host::Hosts)), what it publishes into membership and the
 //! membership settings ([`peer::mesh`](crate::peer::mesh)), what its memberships tell its
 //! coordinator ([`peer::members`](crate::peer::members)) and the sizes of its messages
 //! ([`peer::wire`](crate::peer::wire)). The simulator keeps no copy of their constants.
@@ -44,7 +44,7 @@
 //! - [`peer`]: a virtual peer; [`mesh`]: driving its memberships and what it publishes
 //!   ([`crate::peer::mesh`]);
 //!   [`work`]: the worker side, the real [`Work`](crate::peer::work::Work) driven;
-//! - [`coord`]: driving each coordinator's [`Host`](crate::peer::host::Host) (its messages,
+//! - [`coord`]: driving each coordinator's [`Hosts`](crate::peer::host::Hosts) (its messages,
 //!   notices and timer; the mesh as [`MeshMembers`](crate::peer::members::MeshMembers) shows
 //!   it); [`serve`]: the calls, ads and membership changes it is handed;
 //! - [`workload`]: outputs and liars; [`churn`]: crashes and joins; [`keys`]: identities and

@@ -226,7 +226,7 @@ impl Sim {
         if !self.peers[p as usize].alive {
             return;
         }
-        let now = self.now;
+        let (now, job) = (self.now, self.job);
         let id = |c: u32| self.peers[c as usize].id;
         match (kind, answer) {
             (CallKind::Lease(job, c), Ok(Reply::Lease { module, timeout_ms, tasks, asked_at })) => {
@@ -251,11 +251,11 @@ impl Sim {
                     Ok(Reply::Adopt(missing)) => Some(missing),
                     _ => None,
                 };
-                self.with_host(p, |h, m| h.handle_adopted(to, missing, kind, now, m));
+                self.with_hosts(p, |h, m| h.handle_adopted(&job, to, missing, kind, now, m));
             }
             (CallKind::Replicate(c), answer) => {
                 let to = id(c);
-                self.with_host(p, |h, _| h.handle_replicated(to, answer.is_ok(), now));
+                self.with_hosts(p, |h, _| h.handle_replicated(&job, to, answer.is_ok(), now));
             }
         }
     }

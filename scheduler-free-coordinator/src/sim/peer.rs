@@ -1,11 +1,11 @@
 //! A virtual peer: what one simulated peer holds. The protocol state is the real thing: a
 //! [`MeshState`] (membership and what the peer published) per membership cell it belongs to, a
-//! [`Work`] (its worker side) and, when it coordinates the job, a [`Host`] (both from
+//! [`Work`] (its worker side) and, when it coordinates the job, its [`Hosts`] (both from
 //! [`crate::peer`]). The rest is the simulator's bookkeeping: its workload, its byte counts
 //! and the times its events are scheduled.
 
 use crate::membership::Membership;
-use crate::peer::host::{Host, Logged};
+use crate::peer::host::{Hosts, Logged};
 use crate::peer::mesh::MeshState;
 use crate::peer::work::Work;
 use crate::{JobId, Millis, PeerId};
@@ -71,7 +71,7 @@ pub struct VirtualPeer {
     /// When its work timer next runs ([`NEVER`] if not scheduled).
     pub work_at: Millis,
     /// The coordinator side it holds for the job, if any.
-    pub host: Option<Box<Host>>,
+    pub hosts: Option<Box<Hosts>>,
     /// When its host's timer next runs ([`NEVER`] if not scheduled).
     pub host_at: Millis,
     /// What a crash left of its coordinator on disk: the list of the job's coordinators and
@@ -102,7 +102,7 @@ impl VirtualPeer {
             has_ad: false,
             work: Work::new(id, slots),
             work_at: NEVER,
-            host: None,
+            hosts: None,
             host_at: NEVER,
             stored: None,
             live_pos: None,
@@ -111,7 +111,7 @@ impl VirtualPeer {
 
     /// Whether this peer coordinates `job`.
     pub fn holds(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.job() == *job)
+        self.hosts.as_ref().is_some_and(|h| h.holds(job))
     }
 
     /// Its view of `cell`.
@@ -126,7 +126,7 @@ impl VirtualPeer {
         self.views.clear();
         self.work.restart();
         self.work_at = NEVER;
-        self.stored = self.host.take().map(|h| h.stored());
+        self.stored = self.hosts.take().and_then(|h| h.stored().into_iter().next()).map(|(_, list, log)| (list, log));
         self.host_at = NEVER;
     }
 

@@ -1,5 +1,5 @@
 //! A virtual peer's coordinator side as the network and the mesh see it: `MeshService` calls
-//! handed to its [`Host`], answers to the calls its host made, job
+//! handed to its [`Hosts`], answers to the calls they made, job
 //! ads and membership changes passed on. Any peer
 //! can hold a coordinator for the job: the origin and the peers it adopted; a peer that does
 //! not hold the job refuses its calls (an `Adopt` makes it a coordinator, in standby).
@@ -7,7 +7,7 @@
 //! Simplification: the module fetch of an adoption is counted as bytes with the `Adopt` call
 //! rather than simulated as its own call.
 
-use crate::peer::host::{AdoptKind, Host, Logged, ReportItem, Streamed};
+use crate::peer::host::{AdoptKind, Hosts, Logged, ReportItem, Streamed};
 use crate::{BlobId, JobId, PeerId};
 
 use super::engine::Sim;
@@ -29,7 +29,7 @@ impl Sim {
             self.answer(c, worker, CallKind::Lease(job, c), None, NOT_HELD);
             return;
         }
-        let Some(granted) = self.with_host(c, |h, _| h.handle_lease(wid, max, network, now)) else { return };
+        let Some(Some(granted)) = self.with_hosts(c, |h, _| h.handle_lease(&job, wid, max, network, now)) else { return };
         let tasks: Vec<(u32, u64)> = granted.leases.iter().map(|l| (l.task.index, l.expires_at.saturating_sub(now))).collect();
         let size = wire::lease_reply(&self.spec.policy.limits, &tasks, self.cfg.input_bytes, granted.note);
         if !tasks.is_empty() {
@@ -42,13 +42,13 @@ impl Sim {
     /// `MeshService.Report` at peer `c`, from `worker`: answered by the host, maybe later.
     pub(super) fn serve_report(&mut self, c: u32, worker: u32, batch: Vec<ReportItem>) {
         let (now, wid) = (self.now, self.peers[worker as usize].id);
-        if self.peers[c as usize].host.is_none() {
+        if self.peers[c as usize].hosts.is_none() {
             // Nothing held here: every attestation is turned down.
             let rejected = batch.iter().filter(|i| matches!(i, ReportItem::Attest(..))).count() as u32;
             self.answer(c, worker, CallKind::Report(c), Some(Reply::Taken), wire::report_reply(0, rejected));
             return;
         }
-        self.with_host(c, |h, _| h.handle_report(wid, batch, now));
+        self.with_hosts(c, |h, _| h.handle_report(wid, 0, batch, now));
     }
 
     /// `BlobService.Get` of the module at peer `c`.
@@ -60,7 +60,7 @@ impl Sim {
     /// `MeshService.Replicate` at `b`, from `from`.
     pub(super) fn serve_replicate(&mut self, b: u32, from: u32, job: JobId, items: Vec<Streamed>) {
         let (now, sender) = (self.now, self.peers[from as usize].id);
-        match self.with_host(b, |h, _| h.handle_replicate(sender, job, items, now)) {
+        match self.with_hosts(b, |h, _| h.handle_replicate(sender, job, items, now)) {
             Some(Ok(recorded)) => self.answer(b, from, CallKind::Replicate(b), Some(Reply::Taken), wire::replicate_reply(recorded)),
             Some(Err(_)) | None => self.answer(b, from, CallKind::Replicate(b), None, NOT_COORDINATOR),
         }
@@ -72,10 +72,11 @@ impl Sim {
         let fresh = !self.peers[r as usize].holds(&job);
         if fresh {
             let (me, born, coord) = (self.peers[r as usize].id, self.peers[r as usize].born, self.new_coordinator(r));
-            let Ok(host) = Host::adopt(me, coord, job, self.spec.clone(), list.clone(), self.verifier.clone(), born) else {
+            let mut hosts = Hosts::new(me, coord, self.verifier.clone());
+            if hosts.adopt(job, self.spec.clone(), list.clone(), born).is_err() {
                 return self.answer(r, from, CallKind::Adopt(r, kind), None, 0);
-            };
-            self.peers[r as usize].host = Some(Box::new(host));
+            }
+            self.peers[r as usize].hosts = Some(Box::new(hosts));
             // It fetches the module from the sender.
             self.peers[r as usize].bytes_sent += wire::REQUEST_OVERHEAD + wire::blob_request();
             self.peers[from as usize].bytes_sent += wire::REPLY_OVERHEAD + wire::blob_reply(self.cfg.module_bytes);
@@ -83,13 +84,13 @@ impl Sim {
             self.make_bridge(r);
         }
         let (now, sender) = (self.now, self.peers[from as usize].id);
-        let missing = self.with_host(r, |h, _| h.handle_adopt(sender, list, log, kind, fresh, now)).unwrap_or_default();
+        let missing = self.with_hosts(r, |h, _| h.handle_adopt(sender, &job, list, log, kind, fresh, now)).unwrap_or_default();
         let size = wire::adopt_response(&self.recorded(r, &missing));
         self.answer(r, from, CallKind::Adopt(r, kind), Some(Reply::Adopt(missing)), size);
     }
 
     /// The sizes of `log`'s attestations as peer `p` sends them.
     pub(super) fn recorded(&self, p: u32, log: &[Logged]) -> Vec<u64> {
-        self.peers[p as usize].host.as_deref().map_or(Vec::new(), |h| wire::recorded(h.coordinator(), log, self.cfg.output_bytes))
+        self.peers[p as usize].hosts.as_deref().map_or(Vec::new(), |h| wire::recorded(h.coordinator(), log, self.cfg.output_bytes))
     }
 }

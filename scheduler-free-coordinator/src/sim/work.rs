@@ -3,7 +3,7 @@
 //! fetches go out as calls (with their byte sizes) and their answers or failures come back to
 //! it; a replica it asks to run "runs" for a random time and the workload attests it; the
 //! outcome of a replica of the peer's own job goes to the peer's
-//! [`Host`](crate::peer::host::Host).
+//! [`Hosts`](crate::peer::host::Hosts).
 
 use crate::peer::host::{OwnHost, ReportItem};
 use crate::peer::work::{Notice, Transmit, Work};
@@ -54,11 +54,11 @@ impl Sim {
             return;
         }
         peer.work_at = NEVER;
-        let mut host = peer.host.take();
-        let mut own = OwnHost::new(host.as_deref_mut());
+        let mut hosts = peer.hosts.take();
+        let mut own = OwnHost::new(hosts.as_deref_mut());
         peer.work.handle_timeout(now, &mut own);
         let leased = own.leased();
-        peer.host = host;
+        peer.hosts = hosts;
         self.drain_host(p);
         if leased {
             self.leased_by(p);
@@ -88,7 +88,7 @@ impl Sim {
             }
             Notice::Own(item) => {
                 let now = self.now;
-                self.with_host(p, |h, _| h.handle_own(item, now));
+                self.with_hosts(p, |h, _| h.handle_own(item, now));
             }
             Notice::Held => self.schedule_house(p),
             Notice::Stale => {}

@@ -11,49 +11,50 @@
 use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
 use crate::peer::takeover::{self, Sync};
-use crate::{Millis, PeerId};
+use crate::{Coordinator, Millis, PeerId};
 
 use super::{AdoptKind, Host, Logged, Members, Notice, Transmit};
 
 impl Host {
     /// Offers the job to the highest-ranked of `candidates` to fill the list up (keeping this
     /// peer's list); the list settles, and the job is announced, once every one asked answered.
-    pub fn offer(&mut self, candidates: &[PeerId]) {
+    pub(super) fn offer(&mut self, coord: &Coordinator, candidates: &[PeerId]) {
         let keep = self.coordinators.clone();
-        self.add_coordinators(keep, candidates);
+        self.add_coordinators(coord, keep, candidates);
     }
 
     /// `MeshService.Adopt` of this host's job from `from`, naming `list`: every attestation
     /// sent is recorded, and what the adoption means is settled (a hand-over merged, two
     /// leaders). The answer: for a [`AdoptKind::Sync`], what is recorded here that the sender
     /// lacks, in this peer's order. `fresh` says the host was just made for this adoption.
-    pub fn handle_adopt(&mut self, from: PeerId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
+    #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, the call's context and `now`
+    pub(super) fn handle_adopt(&mut self, coord: &mut Coordinator, from: PeerId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
         let missing = if !fresh && kind == AdoptKind::Sync {
             let carried = takeover::Carried::of(log.iter().map(|l| (l.att.task.index, l.att.peer)));
             takeover::missing(self.log.iter().map(|l| &*l.att), &carried).into_iter().map(|i| self.log[i].clone()).collect()
         } else {
             Vec::new()
         };
-        self.record_replicated(log, now);
+        self.record_replicated(coord, log, now);
         if fresh {
             self.look_at_roles(now + ROLES_EVERY_MS);
         } else {
-            self.adopted_from(from, &list, now);
+            self.adopted_from(coord, from, &list, now);
         }
         missing
     }
 
     /// The answer to an `Adopt` this host sent to `to` (`None`: it failed); a sync's answer
     /// carries what `to` recorded that this peer lacked.
-    pub fn handle_adopted(&mut self, to: PeerId, answer: Option<Vec<Logged>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+    pub(super) fn handle_adopted(&mut self, coord: &mut Coordinator, to: PeerId, answer: Option<Vec<Logged>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
         let ok = answer.is_some();
         match kind {
             AdoptKind::CatchUp => {}
-            AdoptKind::HandOver => self.on_handed_over(ok, now),
-            AdoptKind::Sync => self.on_synced(to, answer, now, members),
+            AdoptKind::HandOver => self.on_handed_over(coord, ok, now),
+            AdoptKind::Sync => self.on_synced(coord, to, answer, now, members),
             AdoptKind::Join => {
                 if let Some(settled) = self.adopting.as_mut().and_then(|r| r.handle_answer(to, ok)) {
-                    self.settle_coordinators(settled);
+                    self.settle_coordinators(coord, settled);
                 }
             }
         }
@@ -67,13 +68,13 @@ impl Host {
 
     /// Brings the list up to strength by an [`AdoptRound`]: `keep` (this peer first), then an
     /// `Adopt` to the highest-ranked of `candidates`.
-    fn add_coordinators(&mut self, keep: Vec<PeerId>, candidates: &[PeerId]) {
+    fn add_coordinators(&mut self, coord: &Coordinator, keep: Vec<PeerId>, candidates: &[PeerId]) {
         let round = AdoptRound::new(self.job, keep, candidates);
         let asks: Vec<(PeerId, Vec<PeerId>)> = round.asked().iter().map(|n| (*n, round.list_for(*n))).collect();
         let now = round.settle_now();
         self.adopting = Some(round);
         if let Some(settled) = now {
-            self.settle_coordinators(settled);
+            self.settle_coordinators(coord, settled);
             return;
         }
         for (n, list) in asks {
@@ -83,10 +84,10 @@ impl Host {
 
     /// The round settled: the list goes out with the job's ad, and the new coordinators get a
     /// second `Adopt` with what was recorded before they were in the list.
-    fn settle_coordinators(&mut self, settled: Settled) {
+    fn settle_coordinators(&mut self, coord: &Coordinator, settled: Settled) {
         self.adopting = None;
         self.set_coordinators(settled.coordinators.clone());
-        self.announce();
+        self.announce(coord);
         for n in settled.catch_up {
             self.send_adopt(n, settled.coordinators.clone(), AdoptKind::CatchUp);
         }
@@ -95,33 +96,33 @@ impl Host {
 
     /// The timer for roles ran out: look at them, unless the job is over, membership is not
     /// ready, or an adoption round or a hand-over of this peer's is in progress.
-    pub(super) fn on_roles(&mut self, now: Millis, members: &dyn Members) {
-        if self.is_done() {
+    pub(super) fn on_roles(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
+        if self.is_done(coord) {
             return;
         }
         if !self.roles.ready(now, true, members.active_members()) || self.adopting.is_some() || self.handing_over.is_some() {
             self.look_at_roles(now + ROLES_EVERY_MS);
             return;
         }
-        self.evaluate_roles(now, members);
+        self.evaluate_roles(coord, now, members);
         self.look_at_roles(self.roles.poll_timeout());
     }
 
-    fn evaluate_roles(&mut self, now: Millis, members: &dyn Members) {
+    fn evaluate_roles(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
         let (job, me) = (self.job, self.me);
-        let standby = self.coord.is_standby(&job);
+        let standby = coord.is_standby(&job);
         let list = self.coordinators.clone();
         let view = RoleView { job, coordinators: &list, standby };
         let changes = self.roles.evaluate(me, [view], |c| members.is_live(c), members.live_peers(), now);
         for change in changes {
             match change {
-                RoleChange::StandBy(_) => self.coord.set_standby(&job, true),
-                RoleChange::TakeOver { list, .. } => self.take_over(list, standby, now, members),
+                RoleChange::StandBy(_) => coord.set_standby(&job, true),
+                RoleChange::TakeOver { list, .. } => self.take_over(coord, list, standby, now, members),
                 RoleChange::TopUp(_) => {
                     let list = self.coordinators.clone();
                     let candidates: Vec<PeerId> = members.live().into_iter().filter(|i| !list.contains(i)).collect();
                     if !candidates.is_empty() {
-                        self.add_coordinators(list, &candidates);
+                        self.add_coordinators(coord, list, &candidates);
                     }
                 }
                 RoleChange::Reannounce(_) => self.notices.push_back(Notice::Announce { done: false }),
@@ -130,7 +131,7 @@ impl Host {
     }
 
     /// Takes the job over with `keep` (this peer first, the dead dropped).
-    fn take_over(&mut self, keep: Vec<PeerId>, was_standby: bool, now: Millis, members: &dyn Members) {
+    fn take_over(&mut self, coord: &mut Coordinator, keep: Vec<PeerId>, was_standby: bool, now: Millis, members: &dyn Members) {
         if self.syncing.is_some() {
             return;
         }
@@ -138,7 +139,7 @@ impl Host {
         if was_standby {
             self.notices.push_back(Notice::TookOver);
         }
-        let Some(sync) = Sync::start(&keep, now) else { return self.lead(false, now, members) };
+        let Some(sync) = Sync::start(&keep, now) else { return self.lead(coord, false, now, members) };
         let asked = sync.asked().to_vec();
         self.syncing = Some(sync);
         for b in asked {
@@ -147,23 +148,23 @@ impl Host {
     }
 
     /// A backup answered the sync (with what it recorded that this peer lacked) or failed to.
-    fn on_synced(&mut self, from: PeerId, answer: Option<Vec<Logged>>, now: Millis, members: &dyn Members) {
-        let pulled = answer.map(|missing| self.record_replicated(missing, now) as usize);
+    fn on_synced(&mut self, coord: &mut Coordinator, from: PeerId, answer: Option<Vec<Logged>>, now: Millis, members: &dyn Members) {
+        let pulled = answer.map(|missing| self.record_replicated(coord, missing, now) as usize);
         let Some(sync) = self.syncing.as_mut() else { return };
         if sync.handle_answer(from, pulled) {
             let catch_up = sync.needs_catch_up();
             self.syncing = None;
-            self.lead(catch_up, now, members);
+            self.lead(coord, catch_up, now, members);
         }
     }
 
     /// Leads the job taken over: out of standby, the backups caught up again if the sync
     /// brought what one may lack, the dead replaced.
-    pub(super) fn lead(&mut self, catch_up: bool, now: Millis, members: &dyn Members) {
+    pub(super) fn lead(&mut self, coord: &mut Coordinator, catch_up: bool, now: Millis, members: &dyn Members) {
         if self.coordinators.first() != Some(&self.me) {
             return;
         }
-        self.coord.set_standby(&self.job, false);
+        coord.set_standby(&self.job, false);
         let keep = self.coordinators.clone();
         if catch_up {
             for &b in &keep[1..] {
@@ -171,7 +172,7 @@ impl Host {
             }
         }
         let candidates: Vec<PeerId> = members.live().into_iter().filter(|i| !keep.contains(i)).collect();
-        self.add_coordinators(keep, &candidates);
+        self.add_coordinators(coord, keep, &candidates);
         self.notices.push_back(Notice::Wake);
     }
 }

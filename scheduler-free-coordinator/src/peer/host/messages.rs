@@ -66,9 +66,9 @@ pub enum AdoptKind {
 /// A message for one peer.
 #[derive(Clone, Debug)]
 pub enum Transmit {
-    /// The answer to that worker's report batch (sent once a backup holds what it recorded, or
-    /// the wait for one gave up).
-    ReportAnswer { to: PeerId, accepted: u32, rejected: u32 },
+    /// The answer to that worker's report batch `batch` (the driver's id for it), sent once a
+    /// backup holds what it recorded, or the wait for one gave up.
+    ReportAnswer { to: PeerId, batch: u64, accepted: u32, rejected: u32 },
     /// `MeshService.Replicate`: a batch of the stream to that backup. Its outcome comes back
     /// through [`Host::handle_replicated`](super::Host::handle_replicated).
     Replicate { to: PeerId, job: JobId, items: Vec<Streamed> },

@@ -1,32 +1,36 @@
-//! [`Host`]: the coordinator side of one peer for one job it coordinates, active or standby,
-//! as one sans-IO machine composed of the small ones beside it (lease, report, replication,
-//! catch-up, adoption, roles, takeover, heal, hand-over). The glue between them ("a lease
-//! request arrives: grant, stream the lease to the backups"; "a report batch arrives: record,
-//! stream, hold the answer until a backup has it") is written here once, for every driver.
+//! The coordinator side of one peer, as one sans-IO machine: [`Hosts`] for all the jobs it
+//! coordinates, active or standby, sharing the peer's one [`Coordinator`]; a [`Host`] for each
+//! job, composed of the small machines beside it (lease, report, replication, catch-up,
+//! adoption, roles, takeover, heal, hand-over). The glue between them ("a lease request
+//! arrives: grant, stream the lease to the backups"; "a report batch arrives: record, stream,
+//! hold the answer until a backup has it") is written here once, for every driver.
 //!
 //! # Contract
 //!
-//! A driver owns one `Host` per job its peer coordinates, and never decides anything itself:
+//! A driver owns one [`Hosts`] and never decides anything itself:
 //!
 //! - **Inputs** are `handle_*` calls, each with `now` (virtual or wall milliseconds, only ever
-//!   compared): a lease request ([`Host::handle_lease`]), a report batch
-//!   ([`Host::handle_report`]), a `Replicate` batch ([`Host::handle_replicate`]) or the answer to
-//!   one this host sent ([`Host::handle_replicated`]), an `Adopt` ([`Host::handle_adopt`]) or the
-//!   answer to one ([`Host::handle_adopted`]), a job ad of the job ([`Host::handle_ad`],
-//!   [`Host::handle_rival`]), a member seen dead or the live count changing
-//!   ([`Host::handle_members`]), the peer's own replicas ([`Host::lease_own`],
-//!   [`Host::record_own`], [`Host::release_own`]), and a timer ([`Host::handle_timeout`]).
-//!   Calls that answer at once (a lease, a `Replicate`, an `Adopt`) return the answer; a report
-//!   batch's answer may be held, so it comes out as a [`Transmit`].
-//! - **Outputs** are drained after **every** input, until empty: [`Host::poll_transmit`] gives
-//!   the messages to send to a named peer (calls, and report answers), [`Host::poll_notice`] what
-//!   the driver acts on or counts (verdicts, announce the job, wake the peer's own slots), and
-//!   [`Host::poll_timeout`] when [`Host::handle_timeout`] is next due. The output queues only
-//!   hold what one input produced, so they stay small when drained as said.
+//!   compared): a lease request ([`Hosts::handle_lease`]), a report batch
+//!   ([`Hosts::handle_report`]), a `Replicate` batch ([`Hosts::handle_replicate`]) or the
+//!   answer to one this peer sent ([`Hosts::handle_replicated`]), an `Adopt`
+//!   ([`Hosts::handle_adopt`]) or the answer to one ([`Hosts::handle_adopted`]), a job ad
+//!   ([`Hosts::handle_ad`], [`Hosts::handle_rival`]), a member seen dead or the live count
+//!   changing ([`Hosts::handle_members`]), the peer's own replicas ([`Hosts::lease_own`],
+//!   [`Hosts::handle_own`]), and a timer ([`Hosts::handle_timeout`]). Calls that answer at
+//!   once (a lease, a `Replicate`, an `Adopt`) return the answer; a report batch's answer may
+//!   be held, so it comes out as a [`Transmit`] with the driver's id of the batch.
+//! - **Outputs** are drained after **every** input, until empty: [`Hosts::poll_transmit`] gives
+//!   the messages to send to a named peer (calls, and report answers), [`Hosts::poll_notice`]
+//!   what the driver acts on or counts (verdicts, announce a job, wake the peer's own slots),
+//!   with the job, and [`Hosts::poll_timeout`] when [`Hosts::handle_timeout`] is next due. The
+//!   output queues only hold what one input produced, so they stay small when drained as said.
 //! - **The membership view** the role rules need comes in through [`Members`], asked only by
 //!   the inputs that look at roles or pick new coordinators.
-//! - **Signatures** are checked with the [`Verifier`] the host is made with (the real peer's
+//! - **Signatures** are checked with the [`Verifier`] the hosts are made with (the real peer's
 //!   Ed25519 check, or the simulator's cheap stand-in).
+//!
+//! A `Host` borrows the coordinator for the length of one call; the events it drains for other
+//! jobs (a dead peer's leases lapse in every job) go to theirs through `Hosts`.
 //!
 //! Peers are named by [`PeerId`], as job ads, adoption rounds and the heal rules name them; a
 //! driver that indexes its peers otherwise maps at its edge (the simulator's ids carry their
@@ -34,13 +38,17 @@
 
 mod adopt;
 mod heal;
+mod hosts;
 mod messages;
 mod own;
 mod serve;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod jobs_tests;
 
+pub use hosts::Hosts;
 pub use messages::{AdoptKind, Logged, Members, Notice, ReportItem, Streamed, Transmit};
 pub use own::OwnHost;
 pub use serve::Tally;
@@ -55,14 +63,15 @@ use crate::peer::replicators::Replicators;
 use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;
 use crate::records::Verifier;
-use crate::requests::TICK_MS;
-use crate::{BlobId, Coordinator, Event, JobId, JobSpec, Millis, PeerId, SubmitError};
+use crate::{Coordinator, Event, JobId, JobSpec, Millis, PeerId, SubmitError};
 
 /// A report batch's answer, held until a backup holds what it recorded. They are kept in the
 /// order they came, so by `until` too (`now` never goes back).
 #[derive(Clone, Copy, Debug)]
 struct Held {
     worker: PeerId,
+    /// The driver's id of the batch.
+    batch: u64,
     accepted: u32,
     rejected: u32,
     /// The log position (from 1) a backup must hold.
@@ -71,14 +80,12 @@ struct Held {
     until: Millis,
 }
 
-/// The coordinator side of one peer for one job (see the module docs for the contract).
+/// The coordinator side of one peer for one job: driven through [`Hosts`] (see the module
+/// docs for the contract).
 pub struct Host {
     me: PeerId,
     job: JobId,
     origin: PeerId,
-    /// The job's module (what this peer's own replicas run).
-    module: BlobId,
-    coord: Coordinator,
     verifier: Verifier,
     /// This peer's list of the job's coordinators, the active one first.
     coordinators: Vec<PeerId>,
@@ -108,20 +115,21 @@ pub struct Host {
     replicate_at: Option<Millis>,
     transmits: VecDeque<Transmit>,
     notices: VecDeque<Notice>,
+    /// Events of the peer's other jobs met while draining the shared coordinator, for
+    /// [`Hosts`] to hand to their hosts.
+    spill: Vec<Event>,
 }
 
 impl Host {
     /// The host of `job` (submitted to `coord` already) on peer `me`, which started at
     /// `started`, with `coordinators` as its list. Roles are not looked at until
     /// [`Host::look_at_roles`] asks.
-    pub fn new(me: PeerId, coord: Coordinator, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
-        let (origin, module) = coord.job(&job).map_or((me, BlobId([0; 32])), |j| (j.spec.origin, j.spec.module));
+    pub(super) fn new(me: PeerId, coord: &Coordinator, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
+        let origin = coord.job(&job).map_or(me, |j| j.spec.origin);
         Host {
             me,
             job,
             origin,
-            module,
-            coord,
             verifier,
             named: coordinators.iter().copied().collect(),
             coordinators,
@@ -140,30 +148,35 @@ impl Host {
             replicate_at: None,
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
+            spill: Vec::new(),
         }
     }
 
     /// The host of `job`, which this peer did not hold, taken as `spec` says when an `Adopt`
     /// hands it over: in standby, until the role rules decide.
-    pub fn adopt(me: PeerId, mut coord: Coordinator, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
+    pub(super) fn adopt(me: PeerId, coord: &mut Coordinator, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
         coord.submit(job, spec)?;
         coord.set_standby(&job, true);
         Ok(Host::new(me, coord, job, coordinators, verifier, started))
     }
 
     /// The host a restarted peer builds from what it stored ([`Host::stored`]): the job back
-    /// from its list and every attestation it recorded, in standby if it had backups (another
-    /// coordinator may lead meanwhile; the role rules decide). The replayed verdicts describe
-    /// the past: no notice is given for them.
-    pub fn restore(me: PeerId, coord: Coordinator, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, verifier: Verifier, now: Millis) -> Host {
+    /// (submitted to `coord` already) and every attestation it recorded, in standby if it had
+    /// backups (another coordinator may lead meanwhile; the role rules decide). The replayed
+    /// verdicts describe the past: no notice is given for them.
+    pub(super) fn restore(me: PeerId, coord: &mut Coordinator, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, verifier: Verifier, now: Millis) -> Host {
         let mut h = Host::new(me, coord, job, coordinators, verifier, now);
         for l in &log {
             // A log of this very coordinator: what it cannot take again it took before.
-            let _ = h.coord.restore_attestation_lone((*l.att).clone(), l.lone);
+            let _ = coord.restore_attestation_lone((*l.att).clone(), l.lone);
         }
-        while h.coord.poll_event().is_some() {}
+        while let Some(event) = coord.poll_event() {
+            if event.job() != job {
+                h.spill.push(event);
+            }
+        }
         if h.coordinators.len() > 1 {
-            h.coord.set_standby(&job, true);
+            coord.set_standby(&job, true);
         }
         h.log = log;
         h
@@ -177,11 +190,6 @@ impl Host {
     /// The job.
     pub fn job(&self) -> JobId {
         self.job
-    }
-
-    /// The real coordinator (for reading verdicts and reputation).
-    pub fn coordinator(&self) -> &Coordinator {
-        &self.coord
     }
 
     /// This peer's list of the job's coordinators, the active one first.
@@ -200,23 +208,18 @@ impl Host {
     }
 
     /// Whether this peer leads the job: first in its own list, and not in standby.
-    pub fn leads(&self) -> bool {
-        self.coordinators.first() == Some(&self.me) && !self.coord.is_standby(&self.job)
+    pub fn leads(&self, coord: &Coordinator) -> bool {
+        self.coordinators.first() == Some(&self.me) && !coord.is_standby(&self.job)
     }
 
     /// Whether the coordinator is active (not in standby): its verdicts are the job's.
-    pub fn is_active(&self) -> bool {
-        !self.coord.is_standby(&self.job)
+    pub fn is_active(&self, coord: &Coordinator) -> bool {
+        !coord.is_standby(&self.job)
     }
 
     /// Whether the job is final here.
-    pub fn is_done(&self) -> bool {
-        self.coord.job(&self.job).is_none_or(|v| v.state.is_final())
-    }
-
-    /// A record from `peer` failed its checks: the coordinator holds it against the peer.
-    pub fn penalize(&mut self, peer: PeerId) {
-        self.coord.penalize(peer);
+    pub fn is_done(&self, coord: &Coordinator) -> bool {
+        coord.job(&self.job).is_none_or(|v| v.state.is_final())
     }
 
     /// Look at roles at `at` at the latest.
@@ -225,34 +228,29 @@ impl Host {
     }
 
     /// The next message to send.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub(super) fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
     /// The next notice.
-    pub fn poll_notice(&mut self) -> Option<Notice> {
+    pub(super) fn poll_notice(&mut self) -> Option<Notice> {
         self.notices.pop_front()
     }
 
-    /// When [`Host::handle_timeout`] is next due (`None`: no timer runs).
-    pub fn poll_timeout(&self) -> Option<Millis> {
-        // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
-        let tick = self.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
+    /// When [`Host::handle_timeout`] is next due (`None`: no timer runs); the coordinator's
+    /// own deadline is [`Hosts`]'.
+    pub(super) fn poll_timeout(&self) -> Option<Millis> {
         // Held answers wait in the order they came, so the first gives up first.
         let held = self.held.first().map(|h| h.until);
         let sync = self.syncing.as_ref().map(Sync::poll_timeout);
-        [tick, held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
+        [held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Runs whatever timer is due at `now`.
-    pub fn handle_timeout(&mut self, now: Millis, members: &dyn Members) {
-        if self.coord.next_deadline().is_some_and(|d| d <= now) {
-            self.coord.tick(now);
-            self.drain();
-        }
+    /// Runs whatever timer of this job is due at `now`.
+    pub(super) fn handle_timeout(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
         if let Some(upto) = self.held.iter().take_while(|h| h.until <= now).map(|h| h.upto).max() {
             self.answer_held(upto);
         }
@@ -260,22 +258,22 @@ impl Host {
             self.send_batches(now);
         }
         if self.catch_ups.poll_timeout().is_some_and(|at| at <= now) {
-            self.send_catch_ups(now);
+            self.send_catch_ups(coord, now);
         }
         if self.roles_at.is_some_and(|at| at <= now) {
             self.roles_at = None;
-            self.on_roles(now, members);
+            self.on_roles(coord, now, members);
         }
         if self.syncing.as_ref().is_some_and(|s| s.poll_timeout() <= now) {
             // Leading without every backup's answer: the unanswered ones may lack what the
             // others gave, so every backup is caught up.
             self.syncing = None;
-            self.lead(true, now, members);
+            self.lead(coord, true, now, members);
         }
         if self.announce_at.is_some_and(|at| at <= now) {
             self.announce_at = None;
-            self.announce();
-            self.catch_up_backups(now);
+            self.announce(coord);
+            self.catch_up_backups(coord, now);
         }
         if self.hand_over_at.is_some_and(|at| at <= now) {
             self.hand_over_at = None;
@@ -286,18 +284,32 @@ impl Host {
     }
 
     /// Announce the job with this peer's list.
-    fn announce(&mut self) {
-        let done = self.is_done();
+    fn announce(&mut self, coord: &Coordinator) {
+        let done = self.is_done(coord);
         self.notices.push_back(Notice::Announce { done });
     }
 
-    /// Turns what the coordinator emitted into notices: a lapsed lease wakes the slots, the
+    /// Takes what the coordinator emitted: this job's events become notices, other jobs' are
+    /// spilled for [`Hosts`] to hand on.
+    fn drain(&mut self, coord: &mut Coordinator) {
+        let mut mine = Vec::new();
+        while let Some(event) = coord.poll_event() {
+            if event.job() == self.job {
+                mine.push(event);
+            } else {
+                self.spill.push(event);
+            }
+        }
+        self.on_events(coord, mine);
+    }
+
+    /// Turns this job's coordinator events into notices: a lapsed lease wakes the slots, the
     /// job's end is announced.
-    fn drain(&mut self) {
-        let leads = self.is_active();
+    pub(super) fn on_events(&mut self, coord: &Coordinator, events: Vec<Event>) {
+        let leads = self.is_active(coord);
         let (mut wake, mut finished) = (false, false);
-        while let Some(event) = self.coord.poll_event() {
-            let lone = leads && matches!(&event, Event::TaskFinal { task, .. } if self.coord.task(task).is_some_and(|t| t.lone));
+        for event in events {
+            let lone = leads && matches!(&event, Event::TaskFinal { task, .. } if coord.task(task).is_some_and(|t| t.lone));
             wake |= matches!(event, Event::LeaseExpired { .. });
             finished |= leads && matches!(event, Event::JobFinished { .. });
             self.notices.push_back(Notice::Coordinator { event, leads, lone });
@@ -309,6 +321,11 @@ impl Host {
         if finished {
             self.notices.push_back(Notice::Announce { done: true });
         }
+    }
+
+    /// Events of other jobs met while draining.
+    pub(super) fn take_spill(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.spill)
     }
 
     /// Sets the list (each one named is remembered), and the replication streams to match.

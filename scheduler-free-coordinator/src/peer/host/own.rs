@@ -1,21 +1,22 @@
-//! [`OwnHost`]: a peer's host as the same peer's worker side leases from it.
+//! [`OwnHost`]: a peer's coordinator side as the same peer's worker side leases from it.
 
 use crate::peer::work::{Own, Replica};
-use crate::{JobId, Millis};
+use crate::{BlobId, JobId, Millis};
 
-use super::Host;
+use super::Hosts;
 
-/// The peer's own host, if it holds one, as its [`Work`](crate::peer::work::Work) leases from
-/// it ([`Own`]): replicas of its job while it is active, with no coordinator named.
+/// The peer's own [`Hosts`], if it coordinates anything, as its
+/// [`Work`](crate::peer::work::Work) leases from them ([`Own`]): replicas of the jobs it leads,
+/// with no coordinator named.
 pub struct OwnHost<'a> {
-    host: Option<&'a mut Host>,
+    hosts: Option<&'a mut Hosts>,
     leased: bool,
 }
 
 impl<'a> OwnHost<'a> {
-    /// The peer's host, or `None` when it coordinates nothing.
-    pub fn new(host: Option<&'a mut Host>) -> Self {
-        OwnHost { host, leased: false }
+    /// The peer's hosts, or `None` when it coordinates nothing.
+    pub fn new(hosts: Option<&'a mut Hosts>) -> Self {
+        OwnHost { hosts, leased: false }
     }
 
     /// Whether it gave any lease.
@@ -26,14 +27,21 @@ impl<'a> OwnHost<'a> {
 
 impl Own for OwnHost<'_> {
     fn serves(&self, job: &JobId) -> bool {
-        self.host.as_ref().is_some_and(|h| h.job == *job && h.is_active())
+        self.hosts.as_ref().is_some_and(|h| h.is_active(job))
     }
 
     fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica> {
-        let Some(h) = self.host.as_mut() else { return Vec::new() };
+        let Some(h) = self.hosts.as_mut() else { return Vec::new() };
         let leases = h.lease_own(max, now);
         self.leased |= !leases.is_empty();
-        let (timeout_ms, module) = (h.coord.limits(&h.job).map_or(0, |l| l.timeout_ms), h.module);
-        leases.into_iter().map(|l| Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module }).collect()
+        let coord = h.coordinator();
+        leases
+            .into_iter()
+            .map(|l| {
+                let timeout_ms = coord.limits(&l.task.job).map_or(0, |l| l.timeout_ms);
+                let module = coord.job(&l.task.job).map_or(BlobId([0; 32]), |j| j.spec.module);
+                Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module }
+            })
+            .collect()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::peer::lease::{self, Granted};
 use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
 use crate::peer::report::{self, Taken};
-use crate::{Attestation, Lease, Millis, NetPrefix, PeerId, Release, TaskId};
+use crate::{Attestation, Coordinator, Lease, Millis, NetPrefix, PeerId, Release, TaskId};
 
 use super::{Held, Host, Logged, Notice, ReportItem, Streamed};
 
@@ -25,13 +25,13 @@ pub struct Tally {
 impl Host {
     /// `MeshService.Lease` from `worker`, whose connection comes from `network`: the answer.
     /// The leases stream to the backups, so a report follows a takeover.
-    pub fn handle_lease(&mut self, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
-        self.coord.note_prefix(worker, network);
-        let granted = lease::grant(&mut self.coord, &self.job, worker, max, now);
+    pub(super) fn handle_lease(&mut self, coord: &mut Coordinator, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
+        coord.note_prefix(worker, network);
+        let granted = lease::grant(coord, &self.job, worker, max, now);
         let streamed: Vec<Lease> = granted.to_stream(self.me).cloned().collect();
         for l in streamed {
             let expires_in = l.expires_at.saturating_sub(now);
-            self.stream(Streamed::Lease { task: l.task, peer: l.peer, expires_in }, 0, now);
+            self.stream(coord, Streamed::Lease { task: l.task, peer: l.peer, expires_in }, 0, now);
         }
         granted
     }
@@ -39,89 +39,70 @@ impl Host {
     /// `MeshService.Report` from `worker`: its attestations recorded, its releases taken. The
     /// answer comes out as a [`Transmit::ReportAnswer`](super::Transmit::ReportAnswer), at once
     /// or once a backup holds what was recorded (or the wait for one gives up).
-    pub fn handle_report(&mut self, worker: PeerId, batch: Vec<ReportItem>, now: Millis) -> Tally {
+    pub(super) fn handle_report(&mut self, coord: &mut Coordinator, worker: PeerId, id: u64, batch: Vec<ReportItem>, now: Millis) -> Tally {
         let mut tally = Tally::default();
         let mut released = false;
-        let streamed = |h: &Host| if h.leads() { h.log.len() as u64 } else { 0 };
-        let before = streamed(self);
+        let streamed = |h: &Host, coord: &Coordinator| if h.leads(coord) { h.log.len() as u64 } else { 0 };
+        let before = streamed(self, coord);
         for item in batch {
             match item {
                 ReportItem::Attest(att, out) => {
                     let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
-                    let taken = report::take(&mut self.coord, worker, att.clone(), signed, &out);
-                    self.note_taken(att, &taken, out.len(), now, &mut tally);
+                    let taken = report::take(coord, worker, att.clone(), signed, &out);
+                    self.note_taken(coord, att, &taken, out.len(), now, &mut tally);
                 }
                 ReportItem::Release(task, why) => {
-                    self.coord.release(task, worker, why);
-                    self.note_released(task, worker, why, now);
+                    coord.release(task, worker, why);
+                    self.note_released(coord, task, worker, why, now);
                     released = true;
                 }
             }
-            self.drain();
+            self.drain(coord);
         }
         if released {
             self.notices.push_back(Notice::Wake);
         }
-        let upto = streamed(self);
+        let upto = streamed(self, coord);
         if upto > before && self.coordinators.len() > 1 {
             let (accepted, rejected) = (tally.accepted, tally.rejected);
-            self.held.push(Held { worker, accepted, rejected, upto, until: now + BACKUP_ACK_TIMEOUT_MS });
+            self.held.push(Held { worker, batch: id, accepted, rejected, upto, until: now + BACKUP_ACK_TIMEOUT_MS });
         } else {
-            self.transmits.push_back(super::Transmit::ReportAnswer { to: worker, accepted: tally.accepted, rejected: tally.rejected });
+            self.transmits.push_back(super::Transmit::ReportAnswer { to: worker, batch: id, accepted: tally.accepted, rejected: tally.rejected });
         }
         tally
     }
 
-    /// Leases this peer's own slots up to `free` replicas (they are not streamed: they end with
-    /// the peer).
-    pub fn lease_own(&mut self, free: usize, now: Millis) -> Vec<Lease> {
-        self.coord.lease(self.me, free, now)
-    }
-
     /// Records an attestation of this peer's own, with its `output` (no signature check: it
     /// made it).
-    pub fn record_own(&mut self, att: Attestation, output: &[u8], now: Millis) -> Tally {
+    pub(super) fn record_own(&mut self, coord: &mut Coordinator, att: Attestation, output: &[u8], now: Millis) -> Tally {
         let mut tally = Tally::default();
-        let taken = report::record(&mut self.coord, att.clone());
-        self.note_taken(att, &taken, output.len(), now, &mut tally);
-        self.drain();
+        let taken = report::record(coord, att.clone());
+        self.note_taken(coord, att, &taken, output.len(), now, &mut tally);
+        self.drain(coord);
         tally
     }
 
     /// The outcome of one of this peer's own replicas (what its
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
-    pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
+    pub(super) fn handle_own(&mut self, coord: &mut Coordinator, item: ReportItem, now: Millis) -> Tally {
         match item {
-            ReportItem::Attest(att, output) => self.record_own(att, &output, now),
+            ReportItem::Attest(att, output) => self.record_own(coord, att, &output, now),
             ReportItem::Release(task, why) => {
-                self.release_own(task, why);
+                self.release_own(coord, task, why);
                 Tally::default()
             }
         }
     }
 
     /// This peer's own replica of `task` handed back.
-    pub fn release_own(&mut self, task: TaskId, why: Release) {
-        self.coord.release(task, self.me, why);
-        self.drain();
+    pub(super) fn release_own(&mut self, coord: &mut Coordinator, task: TaskId, why: Release) {
+        coord.release(task, self.me, why);
+        self.drain(coord);
     }
 
-    /// Membership changed: `live_peers` live now (this peer included); `down` was declared dead,
-    /// so its leases come back and roles are looked at at once.
-    pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
-        self.coord.set_live_peers(live_peers);
-        if let Some(who) = down {
-            self.coord.peer_down(who, now);
-        }
-        self.drain();
-        if down.is_some() {
-            self.look_at_roles(now);
-        }
-    }
-
-    fn note_taken(&mut self, att: Attestation, taken: &Taken, output: usize, now: Millis, tally: &mut Tally) {
+    fn note_taken(&mut self, coord: &Coordinator, att: Attestation, taken: &Taken, output: usize, now: Millis, tally: &mut Tally) {
         match taken {
-            Taken::Recorded { lone, .. } => self.note_recorded(Logged { att: Arc::new(att), lone: *lone }, output, now),
+            Taken::Recorded { lone, .. } => self.note_recorded(coord, Logged { att: Arc::new(att), lone: *lone }, output, now),
             Taken::Late => tally.late += 1,
             Taken::Invalid | Taken::Refused(_) => {}
         }

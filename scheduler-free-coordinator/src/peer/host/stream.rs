@@ -13,7 +13,7 @@
 //! failed batch are not repaired, and those tasks run again should the backup take over.
 
 use crate::peer::replication::Replicated;
-use crate::{JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
+use crate::{Coordinator, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 
 use super::{AdoptKind, Host, Logged, Notice, Streamed, Transmit};
 
@@ -25,26 +25,26 @@ pub struct NotCoordinator;
 impl Host {
     /// `MeshService.Replicate` from `from`: the entries replayed here; the answer is how many
     /// attestations were new. Refused unless `from` is one of this peer's coordinators of `job`.
-    pub fn handle_replicate(&mut self, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
+    pub(super) fn handle_replicate(&mut self, coord: &mut Coordinator, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
         if job != self.job || !self.coordinators.contains(&from) {
             return Err(NotCoordinator);
         }
         let mut recorded = 0;
         for item in items {
             match item {
-                Streamed::Attestation(l, _) => recorded += u32::from(self.replay(l, now)),
+                Streamed::Attestation(l, _) => recorded += u32::from(self.replay(coord, l, now)),
                 Streamed::Lease { task, peer, expires_in } => {
-                    self.coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
+                    coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
                 }
-                Streamed::Release { task, peer, why } => self.coord.release(task, peer, why),
+                Streamed::Release { task, peer, why } => coord.release(task, peer, why),
             }
         }
-        self.drain();
+        self.drain(coord);
         Ok(recorded)
     }
 
     /// The batch sent to `to` came back, `taken` or not (lost, refused, the backup gone).
-    pub fn handle_replicated(&mut self, to: PeerId, taken: bool, now: Millis) {
+    pub(super) fn handle_replicated(&mut self, to: PeerId, taken: bool, now: Millis) {
         match self.replicators.handle_sent(&to, taken, now) {
             Some(Replicated::Taken(items)) => self.answer_held(last_seq(&items)),
             Some(Replicated::Failed { items, catch_up }) => {
@@ -62,22 +62,22 @@ impl Host {
 
     /// This peer recorded an attestation: log it, and stream it when it leads.
     /// `output` bytes go with it on the stream.
-    pub(super) fn note_recorded(&mut self, item: Logged, output: usize, now: Millis) {
+    pub(super) fn note_recorded(&mut self, coord: &Coordinator, item: Logged, output: usize, now: Millis) {
         let seq = self.log.len() as u64 + 1;
-        self.stream(Streamed::Attestation(item.clone(), seq), output, now);
+        self.stream(coord, Streamed::Attestation(item.clone(), seq), output, now);
         self.log.push(item);
     }
 
     /// `peer` handed a replica of `task` back: streamed when it is another peer's.
-    pub(super) fn note_released(&mut self, task: TaskId, peer: PeerId, why: Release, now: Millis) {
+    pub(super) fn note_released(&mut self, coord: &Coordinator, task: TaskId, peer: PeerId, why: Release, now: Millis) {
         if peer != self.me {
-            self.stream(Streamed::Release { task, peer, why }, 0, now);
+            self.stream(coord, Streamed::Release { task, peer, why }, 0, now);
         }
     }
 
     /// Queues `entry`, `bytes` long, for every backup when this peer leads.
-    pub(super) fn stream(&mut self, entry: Streamed, bytes: usize, now: Millis) {
-        if !self.leads() {
+    pub(super) fn stream(&mut self, coord: &Coordinator, entry: Streamed, bytes: usize, now: Millis) {
+        if !self.leads(coord) {
             return;
         }
         let mut behind = Vec::new();
@@ -110,23 +110,23 @@ impl Host {
         let (due, keep): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|r| r.upto <= seq);
         self.held = keep;
         for r in due {
-            self.transmits.push_back(Transmit::ReportAnswer { to: r.worker, accepted: r.accepted, rejected: r.rejected });
+            self.transmits.push_back(Transmit::ReportAnswer { to: r.worker, batch: r.batch, accepted: r.accepted, rejected: r.rejected });
         }
     }
 
     /// Replays attestations another coordinator recorded (an adoption); returns how many were
     /// new here.
-    pub(super) fn record_replicated(&mut self, items: Vec<Logged>, now: Millis) -> u32 {
-        let recorded = items.into_iter().map(|l| u32::from(self.replay(l, now))).sum();
-        self.drain();
+    pub(super) fn record_replicated(&mut self, coord: &mut Coordinator, items: Vec<Logged>, now: Millis) -> u32 {
+        let recorded = items.into_iter().map(|l| u32::from(self.replay(coord, l, now))).sum();
+        self.drain(coord);
         recorded
     }
 
-    fn replay(&mut self, item: Logged, now: Millis) -> bool {
-        match self.coord.restore_attestation_lone((*item.att).clone(), item.lone) {
+    fn replay(&mut self, coord: &mut Coordinator, item: Logged, now: Millis) -> bool {
+        match coord.restore_attestation_lone((*item.att).clone(), item.lone) {
             Ok(Reported::Recorded | Reported::Decided) => {
                 // A replayed attestation's output is not in hand here.
-                self.note_recorded(item, 0, now);
+                self.note_recorded(coord, item, 0, now);
                 true
             }
             Ok(Reported::Late) | Err(_) => false,
@@ -139,8 +139,8 @@ impl Host {
     }
 
     /// Catches up every backup, when this peer leads.
-    pub(super) fn catch_up_backups(&mut self, now: Millis) {
-        if !self.leads() {
+    pub(super) fn catch_up_backups(&mut self, coord: &Coordinator, now: Millis) {
+        if !self.leads(coord) {
             return;
         }
         for &b in &self.coordinators[1..] {
@@ -150,9 +150,9 @@ impl Host {
 
     /// Sends the catch-ups that are due, each if this peer still leads and the backup is still
     /// one of its coordinators.
-    pub(super) fn send_catch_ups(&mut self, now: Millis) {
+    pub(super) fn send_catch_ups(&mut self, coord: &Coordinator, now: Millis) {
         while let Some((job, backup)) = self.catch_ups.poll_due(now) {
-            if job == self.job && self.leads() && self.coordinators.contains(&backup) {
+            if job == self.job && self.leads(coord) && self.coordinators.contains(&backup) {
                 self.send_adopt(backup, self.coordinators.clone(), AdoptKind::CatchUp);
             }
         }

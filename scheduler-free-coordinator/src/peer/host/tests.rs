@@ -1,10 +1,10 @@
-//! Deterministic tests of [`Host`]: a few hosts joined by an in-memory network that delivers at
+//! Deterministic tests of [`Hosts`]: a few hosts joined by an in-memory network that delivers at
 //! once (or loses what crosses a cut), in virtual time, with no sockets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{Host, Members, Notice, ReportItem, Transmit};
+use super::{Host, Hosts, Members, Notice, ReportItem, Transmit};
 use crate::rendezvous::DEFAULT_COORDINATORS;
 use crate::peer::replication::{REPLICATE_PAUSE_MS, REPLICATE_TRIES};
 use crate::peer::takeover::SYNC_TIMEOUT_MS;
@@ -53,7 +53,7 @@ impl Members for View {
 struct Net {
     now: Millis,
     job: JobId,
-    hosts: BTreeMap<PeerId, Host>,
+    hosts: BTreeMap<PeerId, Hosts>,
     /// Every member that could coordinate.
     members: Vec<PeerId>,
     /// Pairs whose messages are lost.
@@ -89,12 +89,19 @@ impl Net {
             notices: Vec::new(),
             answers: Vec::new(),
         };
-        net.hosts.insert(A, Host::new(A, coord, job, vec![A], verifier(), 0));
+        let mut hosts = Hosts::new(A, coord, verifier());
+        hosts.coordinate(job, vec![A], 0);
+        net.hosts.insert(A, hosts);
         net.call(A, |h, _, _| {
-            h.offer(&[B, C, D]);
-            h.look_at_roles(0);
+            h.offer(&job, &[B, C, D]);
+            h.look_at_roles(&job, 0);
         });
         net
+    }
+
+    /// `p`'s host of the job.
+    fn host(&self, p: PeerId) -> &Host {
+        self.hosts[&p].host(&self.job).expect("the job is held")
     }
 
     fn view(&self, me: PeerId) -> View {
@@ -127,7 +134,7 @@ impl Net {
     }
 
     /// Runs `f` on `who`'s host, then delivers everything that came out of any host.
-    fn call<R>(&mut self, who: PeerId, f: impl FnOnce(&mut Host, &View, Millis) -> R) -> Option<R> {
+    fn call<R>(&mut self, who: PeerId, f: impl FnOnce(&mut Hosts, &View, Millis) -> R) -> Option<R> {
         let mut host = self.hosts.remove(&who)?;
         let r = f(&mut host, &self.view(who), self.now);
         self.hosts.insert(who, host);
@@ -138,7 +145,7 @@ impl Net {
     fn settle(&mut self) {
         for _ in 0..MAX_STEPS {
             let out = self.hosts.iter_mut().find_map(|(id, h)| {
-                h.poll_transmit().map(|t| (*id, Ok(t))).or_else(|| h.poll_notice().map(|n| (*id, Err(n))))
+                h.poll_transmit().map(|t| (*id, Ok(t))).or_else(|| h.poll_notice().map(|(_, n)| (*id, Err(n))))
             });
             match out {
                 None => return,
@@ -152,10 +159,10 @@ impl Net {
     fn deliver(&mut self, from: PeerId, t: Transmit) {
         let now = self.now;
         match t {
-            Transmit::ReportAnswer { to, accepted, rejected } => self.answers.push((to, accepted, rejected)),
+            Transmit::ReportAnswer { to, accepted, rejected, .. } => self.answers.push((to, accepted, rejected)),
             Transmit::Replicate { to, job, items } => {
                 let ok = self.reachable(from, to) && self.hosts.get_mut(&to).is_some_and(|h| h.handle_replicate(from, job, items, now).is_ok());
-                self.call(from, |h, _, now| h.handle_replicated(to, ok, now));
+                self.call(from, |h, _, now| h.handle_replicated(&job, to, ok, now));
             }
             Transmit::Adopt { to, .. } if self.silent.contains(&to) => {}
             Transmit::Adopt { to, job, coordinators, log, kind } => {
@@ -164,11 +171,13 @@ impl Net {
                     if fresh {
                         let (mut coord, _) = crate::peer::test_coordinator(self.task_count(), Policy::default());
                         coord.set_standby(&job, true);
-                        self.hosts.insert(to, Host::new(to, coord, job, coordinators.clone(), verifier(), now));
+                        let mut hosts = Hosts::new(to, coord, verifier());
+                        hosts.coordinate(job, coordinators.clone(), now);
+                        self.hosts.insert(to, hosts);
                     }
-                    self.call(to, |h, _, now| h.handle_adopt(from, coordinators, log, kind, fresh, now)).unwrap_or_default()
+                    self.call(to, |h, _, now| h.handle_adopt(from, &job, coordinators, log, kind, fresh, now)).unwrap_or_default()
                 });
-                self.call(from, |h, v, now| h.handle_adopted(to, missing, kind, now, v));
+                self.call(from, |h, v, now| h.handle_adopted(&job, to, missing, kind, now, v));
             }
         }
     }
@@ -180,7 +189,7 @@ impl Net {
     fn notice(&mut self, from: PeerId, n: Notice) {
         if let Notice::Announce { done } = &n {
             self.seq += 1;
-            let coordinators = self.hosts[&from].coordinators().to_vec();
+            let coordinators = self.host(from).coordinators().to_vec();
             let ad = JobAd {
                 job: self.job,
                 origin: A,
@@ -211,7 +220,7 @@ impl Net {
         let Some(ad) = self.ads.get(&announcer).cloned() else { return };
         let to: Vec<PeerId> = self.hosts.keys().copied().filter(|h| *h != announcer && self.reachable(announcer, *h)).collect();
         for h in to {
-            let named = self.hosts[&h].coordinators().contains(&announcer);
+            let named = self.host(h).coordinators().contains(&announcer);
             self.call(h, |host, _, _| if named { host.handle_ad(&ad) } else { host.handle_rival(&ad) });
         }
     }
@@ -245,23 +254,24 @@ impl Net {
     }
 
     fn leaders(&self) -> Vec<PeerId> {
-        self.hosts.iter().filter(|(_, h)| h.leads()).map(|(id, _)| *id).collect()
+        self.hosts.iter().filter(|(_, h)| h.leads(&self.job)).map(|(id, _)| *id).collect()
     }
 
     /// Leases one replica to W at `at` and returns its task.
     fn lease(&mut self, at: PeerId) -> TaskId {
-        let granted = self.call(at, |h, _, now| h.handle_lease(W, 1, None, now)).expect("host");
+        let job = self.job;
+        let granted = self.call(at, |h, _, now| h.handle_lease(&job, W, 1, None, now)).flatten().expect("host");
         granted.leases.first().expect("a lease").task
     }
 
     fn report(&mut self, at: PeerId, task: TaskId) -> (u32, u32) {
         let batch = vec![ReportItem::Attest(att(task, W, b"42"), b"42".to_vec())];
-        let tally = self.call(at, |h, _, now| h.handle_report(W, batch, now)).expect("host");
+        let tally = self.call(at, |h, _, now| h.handle_report(W, 0, batch, now)).expect("host");
         (tally.accepted, tally.rejected)
     }
 
     /// Crashes `who`: its host is gone, everybody else holds it dead.
-    fn crash(&mut self, who: PeerId) -> Host {
+    fn crash(&mut self, who: PeerId) -> Hosts {
         let host = self.hosts.remove(&who).expect("host");
         self.down.insert(who);
         for h in self.hosts.keys().copied().collect::<Vec<_>>() {
@@ -276,7 +286,7 @@ fn formed() -> (Net, Vec<PeerId>) {
     let mut net = Net::new(4);
     net.run_until(10_000);
     assert_eq!(net.leaders(), vec![A]);
-    let list = net.hosts[&A].coordinators().to_vec();
+    let list = net.host(A).coordinators().to_vec();
     assert_eq!(list.len(), DEFAULT_COORDINATORS, "A and its backups");
     (net, list[1..].to_vec())
 }
@@ -285,10 +295,10 @@ fn formed() -> (Net, Vec<PeerId>) {
 fn a_new_job_is_adopted_by_its_backups_and_announced_with_them() {
     let (net, backups) = formed();
     for b in &backups {
-        assert!(!net.hosts[b].is_active(), "{b:?} stands by");
-        assert_eq!(net.hosts[b].coordinators(), net.hosts[&A].coordinators());
+        assert!(!net.hosts[b].is_active(&net.job), "{b:?} stands by");
+        assert_eq!(net.host(*b).coordinators(), net.host(A).coordinators());
     }
-    assert_eq!(net.ads[&A].coordinators, net.hosts[&A].coordinators());
+    assert_eq!(net.ads[&A].coordinators, net.host(A).coordinators());
 }
 
 #[test]
@@ -300,7 +310,7 @@ fn a_report_is_answered_once_a_backup_holds_it() {
     net.run_until(net.now + 1_000);
     assert_eq!(net.answers, vec![(W, 1, 0)]);
     for b in &backups {
-        assert_eq!(net.hosts[b].log().len(), 1, "{b:?} replayed it");
+        assert_eq!(net.host(*b).log().len(), 1, "{b:?} replayed it");
     }
 }
 
@@ -315,7 +325,7 @@ fn takeover_when_the_leader_dies_and_reports_follow_it() {
     let leaders = net.leaders();
     assert_eq!(leaders.len(), 1, "one backup took over: {leaders:?}");
     let leader = leaders[0];
-    assert_eq!(net.hosts[&leader].coordinators()[0], leader);
+    assert_eq!(net.host(leader).coordinators()[0], leader);
     assert!(net.notices.iter().any(|(p, n)| *p == leader && *n == Notice::TookOver));
     // W's report of A's lease is taken by the new leader: the backups held the lease.
     assert_eq!(net.report(leader, task), (1, 0));
@@ -341,7 +351,7 @@ fn two_leaders_meeting_after_a_split_settle_to_one() {
     net.run_until(net.now + 10_000);
     assert_eq!(net.leaders(), vec![A], "the origin outranks {other:?}");
     assert!(net.notices.iter().any(|(p, n)| *p == other && *n == Notice::HandedOver { to: A }));
-    assert!(!net.hosts[&other].is_active());
+    assert!(!net.hosts[&other].is_active(&net.job));
 }
 
 #[test]
@@ -354,11 +364,11 @@ fn a_backup_is_caught_up_after_a_lost_replication_batch() {
     // Every try of the batch to B is lost: it is given up and B is to be caught up.
     net.run_until(net.now + u64::from(REPLICATE_TRIES) * (REPLICATE_PAUSE_MS + 50));
     assert!(net.notices.iter().any(|(p, n)| *p == A && *n == Notice::ReplicationDropped));
-    assert!(net.hosts[&b].log().is_empty());
-    assert_eq!(net.hosts[&c].log().len(), 1);
+    assert!(net.host(b).log().is_empty());
+    assert_eq!(net.host(c).log().len(), 1);
     net.cut.clear();
     net.run_until(net.now + 5_000);
-    assert_eq!(net.hosts[&b].log().len(), 1, "the catch-up brought {b:?} the attestation");
+    assert_eq!(net.host(b).log().len(), 1, "the catch-up brought {b:?} the attestation");
 }
 
 #[test]
@@ -367,16 +377,17 @@ fn a_restarted_leader_beside_its_replacement_leads_again() {
     let task = net.lease(A);
     net.report(A, task);
     net.run_until(net.now + 1_000);
-    let (list, log) = net.crash(A).stored();
+    let (_, list, log) = net.crash(A).stored().into_iter().next().expect("A held the job");
     net.run_until(net.now + 10_000);
     let replacement = net.leaders();
     assert_eq!(replacement.len(), 1);
     // A starts again on what it stored, in standby, while the replacement leads.
     let (coord, job) = crate::peer::test_coordinator(4, Policy::default());
-    let mut host = Host::restore(A, coord, job, list, log, verifier(), net.now);
-    assert!(!host.is_active());
-    host.look_at_roles(net.now + 1_000);
-    net.hosts.insert(A, host);
+    let mut hosts = Hosts::new(A, coord, verifier());
+    hosts.restore(job, list, log, net.now);
+    assert!(!hosts.is_active(&job));
+    hosts.look_at_roles(&job, net.now + 1_000);
+    net.hosts.insert(A, hosts);
     net.down.remove(&A);
     for h in [B, C, D] {
         net.believe(h, A, false);
@@ -385,8 +396,8 @@ fn a_restarted_leader_beside_its_replacement_leads_again() {
     net.gossip();
     net.run_until(net.now + 10_000);
     assert_eq!(net.leaders(), vec![A], "the origin leads again, {:?} handed back", replacement[0]);
-    assert_eq!(net.hosts[&A].log().len(), 1);
-    assert!(net.hosts.iter().filter(|(id, _)| **id != A).all(|(_, h)| !h.is_active()));
+    assert_eq!(net.host(A).log().len(), 1);
+    assert!(net.hosts.iter().filter(|(id, _)| **id != A).all(|(_, h)| !h.is_active(&net.job)));
 }
 
 #[test]

@@ -1,0 +1,349 @@
+//! [`Hosts`]: the coordinator side of one peer, for every job it coordinates. A peer has one
+//! [`Coordinator`] for all its jobs (reputation, standings and the network prefixes of workers
+//! are the peer's, across jobs); each job's glue is a [`Host`] that borrows that coordinator
+//! for the length of one call. `Hosts` routes each input to its job's host, hands the events
+//! the coordinator emits to the host of their job, merges the answer of a report batch that
+//! spans jobs, and runs the coordinator's own timer.
+//!
+//! The contract is [`Host`]'s (see [`super`]), addressed by job: `handle_*` in, with `now`;
+//! after **every** call, drain [`Hosts::poll_transmit`] and [`Hosts::poll_notice`] until they
+//! give nothing, and arm one timer at [`Hosts::poll_timeout`] for [`Hosts::handle_timeout`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::peer::lease::Granted;
+use crate::records::{JobAd, Verifier};
+use crate::requests::TICK_MS;
+use crate::{Attestation, Coordinator, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
+
+use super::{AdoptKind, Host, Logged, Members, NotCoordinator, Notice, ReportItem, Streamed, Tally, Transmit};
+
+/// A report batch that spans jobs: its answer goes out once every job's part is answered.
+#[derive(Clone, Copy, Debug)]
+struct Parts {
+    left: usize,
+    accepted: u32,
+    rejected: u32,
+}
+
+/// The coordinator side of one peer (see the module docs for the contract).
+pub struct Hosts {
+    me: PeerId,
+    coord: Coordinator,
+    verifier: Verifier,
+    /// By job, in id order so every walk over them is deterministic.
+    hosts: BTreeMap<JobId, Host>,
+    /// Report batches spanning jobs whose answer waits for some part, by the driver's id.
+    parts: HashMap<u64, Parts>,
+    transmits: VecDeque<Transmit>,
+    notices: VecDeque<(JobId, Notice)>,
+}
+
+impl Hosts {
+    /// The coordinator side of peer `me`, with its coordinator (whatever jobs it holds have no
+    /// host until one is made for them) and the check of workers' signatures.
+    pub fn new(me: PeerId, coord: Coordinator, verifier: Verifier) -> Hosts {
+        Hosts { me, coord, verifier, hosts: BTreeMap::new(), parts: HashMap::new(), transmits: VecDeque::new(), notices: VecDeque::new() }
+    }
+
+    /// Starts coordinating `job`, submitted to the coordinator already, with `coordinators` as
+    /// its list; the peer started at `started`. Roles are not looked at until
+    /// [`Hosts::look_at_roles`] asks.
+    pub fn coordinate(&mut self, job: JobId, coordinators: Vec<PeerId>, started: Millis) {
+        let host = Host::new(self.me, &self.coord, job, coordinators, self.verifier.clone(), started);
+        self.hosts.insert(job, host);
+    }
+
+    /// Takes `job`, which this peer did not hold, as `spec` says when an `Adopt` hands it over:
+    /// in standby, until the role rules decide. The adoption itself is then
+    /// [`Hosts::handle_adopt`] with `fresh`.
+    pub fn adopt(&mut self, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, started: Millis) -> Result<(), SubmitError> {
+        let host = Host::adopt(self.me, &mut self.coord, job, spec, coordinators, self.verifier.clone(), started)?;
+        self.hosts.insert(job, host);
+        Ok(())
+    }
+
+    /// Restores `job` (submitted to the coordinator already) from what a crashed peer stored:
+    /// its list and every attestation it recorded ([`Hosts::stored`]).
+    pub fn restore(&mut self, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, now: Millis) {
+        let host = Host::restore(self.me, &mut self.coord, job, coordinators, log, self.verifier.clone(), now);
+        self.hosts.insert(job, host);
+        self.collect();
+    }
+
+    /// What survives a crash on disk: each job's list of coordinators and attestation log.
+    pub fn stored(self) -> Vec<(JobId, Vec<PeerId>, Vec<Logged>)> {
+        self.hosts.into_iter().map(|(job, h)| {
+            let (list, log) = h.stored();
+            (job, list, log)
+        }).collect()
+    }
+
+    /// The host of `job`, for reading its list and log.
+    pub fn host(&self, job: &JobId) -> Option<&Host> {
+        self.hosts.get(job)
+    }
+
+    /// Whether this peer coordinates `job`.
+    pub fn holds(&self, job: &JobId) -> bool {
+        self.hosts.contains_key(job)
+    }
+
+    /// The peer's coordinator (for reading verdicts and reputation).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coord
+    }
+
+    /// Whether this peer leads `job`: first in its own list, and not in standby.
+    pub fn leads(&self, job: &JobId) -> bool {
+        self.hosts.get(job).is_some_and(|h| h.leads(&self.coord))
+    }
+
+    /// Whether `job`'s coordinator here is active (not in standby).
+    pub fn is_active(&self, job: &JobId) -> bool {
+        self.hosts.get(job).is_some_and(|h| h.is_active(&self.coord))
+    }
+
+    /// The workers whose report answers are held (they get none should this peer stop).
+    pub fn held_workers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.hosts.values().flat_map(Host::held_workers)
+    }
+
+    /// A record from `peer` failed its checks: the coordinator holds it against the peer.
+    pub fn penalize(&mut self, peer: PeerId) {
+        self.coord.penalize(peer);
+    }
+
+    /// Look at `job`'s roles at `at` at the latest.
+    pub fn look_at_roles(&mut self, job: &JobId, at: Millis) {
+        if let Some(h) = self.hosts.get_mut(job) {
+            h.look_at_roles(at);
+        }
+    }
+
+    /// Offers `job` to the highest-ranked of `candidates` to fill its list up; the list
+    /// settles, and the job is announced, once every one asked answered.
+    pub fn offer(&mut self, job: &JobId, candidates: &[PeerId]) {
+        if let Some(h) = self.hosts.get_mut(job) {
+            h.offer(&self.coord, candidates);
+        }
+        self.collect();
+    }
+
+    /// `MeshService.Lease` of `job` from `worker`, whose connection comes from `network`: the
+    /// answer (`None`: the job is not coordinated here).
+    pub fn handle_lease(&mut self, job: &JobId, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Option<Granted> {
+        let granted = self.hosts.get_mut(job).map(|h| h.handle_lease(&mut self.coord, worker, max, network, now));
+        self.collect();
+        granted
+    }
+
+    /// `MeshService.Report` from `worker`, the batch the driver calls `batch`: each entry taken
+    /// by its job's host (entries of jobs not coordinated here are turned down). Its answer
+    /// comes out as one [`Transmit::ReportAnswer`] once every job's part may be answered.
+    pub fn handle_report(&mut self, worker: PeerId, batch: u64, items: Vec<ReportItem>, now: Millis) -> Tally {
+        let mut by_job: Vec<(JobId, Vec<ReportItem>)> = Vec::new();
+        let mut tally = Tally::default();
+        for item in items {
+            let job = item.job();
+            if !self.hosts.contains_key(&job) {
+                tally.rejected += u32::from(matches!(item, ReportItem::Attest(..)));
+                continue;
+            }
+            match by_job.iter_mut().find(|(j, _)| *j == job) {
+                Some((_, part)) => part.push(item),
+                None => by_job.push((job, vec![item])),
+            }
+        }
+        if by_job.len() > 1 || (by_job.len() == 1 && tally.rejected > 0) {
+            let (accepted, rejected) = (0, tally.rejected);
+            self.parts.insert(batch, Parts { left: by_job.len(), accepted, rejected });
+        } else if by_job.is_empty() {
+            self.transmits.push_back(Transmit::ReportAnswer { to: worker, batch, accepted: 0, rejected: tally.rejected });
+        }
+        for (job, part) in by_job {
+            if let Some(h) = self.hosts.get_mut(&job) {
+                let t = h.handle_report(&mut self.coord, worker, batch, part, now);
+                tally.accepted += t.accepted;
+                tally.rejected += t.rejected;
+                tally.late += t.late;
+            }
+            self.collect();
+        }
+        tally
+    }
+
+    /// `MeshService.Replicate` of `job` from `from`: the answer is how many attestations were
+    /// new. Refused unless `from` is one of this peer's coordinators of `job`.
+    pub fn handle_replicate(&mut self, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
+        let Some(h) = self.hosts.get_mut(&job) else { return Err(NotCoordinator) };
+        let r = h.handle_replicate(&mut self.coord, from, job, items, now);
+        self.collect();
+        r
+    }
+
+    /// The `Replicate` batch of `job` sent to `to` came back, `taken` or not.
+    pub fn handle_replicated(&mut self, job: &JobId, to: PeerId, taken: bool, now: Millis) {
+        if let Some(h) = self.hosts.get_mut(job) {
+            h.handle_replicated(to, taken, now);
+        }
+        self.collect();
+    }
+
+    /// `MeshService.Adopt` of `job` from `from`, naming `list` (see [`Host::handle_adopt`]);
+    /// `fresh` when [`Hosts::adopt`] just took the job for it. The answer: for a
+    /// [`AdoptKind::Sync`], what is recorded here that the sender lacks.
+    #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, its job, `fresh` and `now`
+    pub fn handle_adopt(&mut self, from: PeerId, job: &JobId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
+        let missing = self.hosts.get_mut(job).map(|h| h.handle_adopt(&mut self.coord, from, list, log, kind, fresh, now)).unwrap_or_default();
+        self.collect();
+        missing
+    }
+
+    /// The answer to an `Adopt` of `job` this peer sent to `to` (`None`: it failed).
+    pub fn handle_adopted(&mut self, job: &JobId, to: PeerId, answer: Option<Vec<Logged>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+        if let Some(h) = self.hosts.get_mut(job) {
+            h.handle_adopted(&mut self.coord, to, answer, kind, now, members);
+        }
+        self.collect();
+    }
+
+    /// A newer ad of a job held here, from another announcer.
+    pub fn handle_ad(&mut self, ad: &JobAd) {
+        if let Some(h) = self.hosts.get_mut(&ad.job) {
+            h.handle_ad(&mut self.coord, ad);
+        }
+        self.collect();
+    }
+
+    /// A rival ad of a job held here (signed by an announcer the known ad does not name).
+    pub fn handle_rival(&mut self, ad: &JobAd) {
+        if let Some(h) = self.hosts.get_mut(&ad.job) {
+            h.handle_rival(&mut self.coord, ad);
+        }
+        self.collect();
+    }
+
+    /// Membership changed: `live_peers` live now (this peer included); `down` was declared dead,
+    /// so its leases come back and every job's roles are looked at at once.
+    pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
+        self.coord.set_live_peers(live_peers);
+        if let Some(who) = down {
+            self.coord.peer_down(who, now);
+        }
+        self.route_events();
+        if down.is_some() {
+            for h in self.hosts.values_mut() {
+                h.look_at_roles(now);
+            }
+        }
+        self.collect();
+    }
+
+    /// Leases this peer's own slots up to `max` replicas of the jobs it leads (they are not
+    /// streamed: they end with the peer).
+    pub fn lease_own(&mut self, max: usize, now: Millis) -> Vec<Lease> {
+        let leases = self.coord.lease(self.me, max, now);
+        self.collect();
+        leases
+    }
+
+    /// The outcome of one of this peer's own replicas (what its
+    /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
+    pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
+        let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.coord, item, now)).unwrap_or_default();
+        self.collect();
+        tally
+    }
+
+    /// Records an attestation of this peer's own, with its `output`.
+    pub fn record_own(&mut self, att: Attestation, output: &[u8], now: Millis) -> Tally {
+        let tally = self.hosts.get_mut(&att.task.job).map(|h| h.record_own(&mut self.coord, att, output, now)).unwrap_or_default();
+        self.collect();
+        tally
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next notice, with the job it is about.
+    pub fn poll_notice(&mut self) -> Option<(JobId, Notice)> {
+        self.notices.pop_front()
+    }
+
+    /// When [`Hosts::handle_timeout`] is next due (`None`: no timer runs).
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
+        let tick = self.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
+        self.hosts.values().filter_map(Host::poll_timeout).chain(tick).min()
+    }
+
+    /// Runs whatever timer is due at `now`: the coordinator's (lease expiries), then each job's.
+    pub fn handle_timeout(&mut self, now: Millis, members: &dyn Members) {
+        if self.coord.next_deadline().is_some_and(|d| d <= now) {
+            self.coord.tick(now);
+            self.route_events();
+        }
+        for h in self.hosts.values_mut() {
+            if h.poll_timeout().is_some_and(|at| at <= now) {
+                h.handle_timeout(&mut self.coord, now, members);
+            }
+        }
+        self.collect();
+    }
+
+    /// Hands every event the coordinator holds to its job's host.
+    fn route_events(&mut self) {
+        let mut events = Vec::new();
+        while let Some(event) = self.coord.poll_event() {
+            events.push(event);
+        }
+        self.deliver(events);
+    }
+
+    /// Hands `events` to their jobs' hosts (those of a job without a host are dropped: nothing
+    /// here acts on them).
+    fn deliver(&mut self, events: Vec<Event>) {
+        let mut by_job: BTreeMap<JobId, Vec<Event>> = BTreeMap::new();
+        for e in events {
+            by_job.entry(e.job()).or_default().push(e);
+        }
+        for (job, events) in by_job {
+            if let Some(h) = self.hosts.get_mut(&job) {
+                h.on_events(&self.coord, events);
+            }
+        }
+    }
+
+    /// After a call: events a host met for other jobs go to theirs, and every host's output
+    /// moves here, a report answer of a batch spanning jobs merged with its other parts.
+    fn collect(&mut self) {
+        let spilled: Vec<Event> = self.hosts.values_mut().flat_map(Host::take_spill).collect();
+        if !spilled.is_empty() {
+            self.deliver(spilled);
+        }
+        for (job, h) in &mut self.hosts {
+            while let Some(t) = h.poll_transmit() {
+                match t {
+                    Transmit::ReportAnswer { to, batch, accepted, rejected } if self.parts.contains_key(&batch) => {
+                        let Some(p) = self.parts.get_mut(&batch) else { continue };
+                        p.left -= 1;
+                        p.accepted += accepted;
+                        p.rejected += rejected;
+                        if p.left == 0 {
+                            let (accepted, rejected) = (p.accepted, p.rejected);
+                            self.parts.remove(&batch);
+                            self.transmits.push_back(Transmit::ReportAnswer { to, batch, accepted, rejected });
+                        }
+                    }
+                    t => self.transmits.push_back(t),
+                }
+            }
+            while let Some(n) = h.poll_notice() {
+                self.notices.push_back((*job, n));
+            }
+        }
+    }
+}

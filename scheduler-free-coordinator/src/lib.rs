@@ -19,6 +19,7 @@
 
 mod attestation;
 mod coordinator;
+pub mod detail;
 mod ids;
 mod job;
 pub mod membership;
@@ -41,6 +42,7 @@ pub use coordinator::{
     Coordinator, CoordinatorConfig, Event, JobView, Lease, Millis, Release, ReportError, Reported, SubmitError,
     TaskView,
 };
+pub use detail::Detail;
 pub use ids::{BlobId, JobId, ParseIdError, PeerId, TaskId};
 pub use job::{JobSpec, JobState, TaskCounts, derive_job_id};
 pub use outcome::{Outcome, ResultKey};

@@ -12,7 +12,7 @@
 //! each), HTTP/2 PING/WINDOW_UPDATE frames and connection set-up are not counted.
 
 use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
-use crate::{Coordinator, JobSpec, Limits, Release};
+use crate::{Coordinator, Detail, JobSpec, Limits, Release};
 
 /// Transport bytes per RPC request beyond the message body (an estimate, see above).
 pub const REQUEST_OVERHEAD: u64 = 45;
@@ -90,7 +90,9 @@ fn attestation(index: u32, fuel: u64) -> u64 {
 /// carrying `items`.
 pub fn report_request(items: &[ReportItem], timestamp_ms: u64) -> u64 {
     let item = |i: &ReportItem| match i {
-        ReportItem::Attest(a, out) => message_field(message_field(attestation(a.task.index, a.fuel_used)) + bytes_field(out.len() as u64)),
+        ReportItem::Attest(a, out, d) => {
+            message_field(message_field(attestation(a.task.index, a.fuel_used)) + bytes_field(out.len() as u64) + detail(d))
+        }
         ReportItem::Release(..) => 0,
     };
     let release = |i: &ReportItem| match i {
@@ -121,6 +123,11 @@ fn recorded_attestation(l: &Logged, out: u64) -> u64 {
     message_field(attestation(l.att.task.index, l.att.fuel_used)) + bytes_field(out) + varint_field(u64::from(l.lone))
 }
 
+/// The `message` and `stderr` fields of a run's [`Detail`] (absent when empty).
+fn detail(d: &Detail) -> u64 {
+    bytes_field(d.message.len() as u64) + bytes_field(d.stderr.len() as u64)
+}
+
 /// The sizes of `log`'s `RecordedAttestation`s as `coord` sends them, each output `out` bytes:
 /// an attestation goes with its output while its task is not final (the peer's outputs in
 /// hand), and after if it carries the agreed result.
@@ -139,7 +146,7 @@ pub fn recorded(coord: &Coordinator, log: &[Logged], out: u64) -> Vec<u64> {
 /// attestation's output `out` bytes: a set oneof member is written even when empty.
 fn replication_entry(e: &Streamed, out: u64) -> u64 {
     message_field(match e {
-        Streamed::Attestation(l, _) => recorded_attestation(l, out),
+        Streamed::Attestation(r, _) => recorded_attestation(&r.logged, out) + detail(&r.detail),
         Streamed::Lease { task, expires_in, .. } => varint_field(u64::from(task.index)) + bytes_field(HEX_ID) + varint_field(*expires_in),
         Streamed::Release { task, why, .. } => bytes_field(HEX_ID) + release_fields(task.index, *why),
     })

@@ -57,6 +57,16 @@ impl Sim {
 
     /// Carries out everything `p`'s host emitted, and arms its timer.
     pub(super) fn drain_host(&mut self, p: u32) {
+        // A virtual peer's store is durable at once: what waits for a write goes out now.
+        if let Some(hosts) = self.peers[p as usize].hosts.as_mut() {
+            let mut last = None;
+            while let Some((id, _)) = hosts.poll_persist() {
+                last = Some(id);
+            }
+            if let Some(id) = last {
+                hosts.handle_durable(id);
+            }
+        }
         while let Some(t) = self.peers[p as usize].hosts.as_mut().and_then(|h| h.poll_transmit()) {
             self.transmit(p, t);
         }

@@ -22,7 +22,7 @@
 //! fails the call at the caller `rpc_fail_ms` after it was sent. (The real clients set no deadline, and TCP
 //! would usually deliver late rather than fail; the simulator is the harsher of the two.)
 
-use crate::peer::host::{AdoptKind, Logged, ReportItem, Streamed};
+use crate::peer::host::{AdoptKind, Logged, Recorded, ReportItem, Streamed};
 use crate::peer::reports::Delivery;
 use crate::peer::wire;
 use crate::{BlobId, JobId, Millis, PeerId};
@@ -251,6 +251,7 @@ impl Sim {
                     Ok(Reply::Adopt(missing)) => Some(missing),
                     _ => None,
                 };
+                let missing = missing.map(|log| log.into_iter().map(Recorded::bare).collect());
                 self.with_hosts(p, |h, m| h.handle_adopted(&job, to, missing, kind, now, m));
             }
             (CallKind::Replicate(c), answer) => {

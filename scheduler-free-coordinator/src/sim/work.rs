@@ -7,7 +7,7 @@
 
 use crate::peer::host::{OwnHost, ReportItem};
 use crate::peer::work::{Notice, Transmit, Work};
-use crate::{Millis, TaskId};
+use crate::{Detail, Millis, TaskId};
 
 use super::engine::Sim;
 use super::net::Request;
@@ -107,6 +107,6 @@ impl Sim {
         peer.runs = peer.runs.saturating_add(1);
         self.m.replicas_run += 1;
         let (att, out) = workload::attest(behaviour, peer.id, task, self.cfg.output_bytes);
-        self.with_work(p, |w, now| w.handle_ran(task, ran_ms * 1_000, ReportItem::Attest(att, out), now));
+        self.with_work(p, |w, now| w.handle_ran(task, ran_ms * 1_000, ReportItem::Attest(att, out, Detail::default()), now));
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use spare_protocol::peer::outputs::PendingOutputs;
 use spare_protocol::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
 
-use crate::sandbox::STDERR_TAIL_BYTES;
 use crate::store::{Op, StoredResult};
 
 /// What a run needs of a job besides its coordinator spec.
@@ -75,23 +74,7 @@ pub enum Change {
     JobFinished(JobId),
 }
 
-/// What a run said besides its result, for people: never signed with the attestation, never
-/// compared by a quorum, so two runs that agree on a result agree whatever they said here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Detail {
-    /// Which trap or limit ended it.
-    pub message: String,
-    /// The tail of its stderr (at most [`STDERR_TAIL_BYTES`]).
-    pub stderr: String,
-}
-
-impl Detail {
-    /// A detail from another peer, each part cut to [`STDERR_TAIL_BYTES`].
-    pub fn bounded(message: &str, stderr: &str) -> Detail {
-        let cut = |s: &str| crate::sandbox::tail_text(s.as_bytes(), STDERR_TAIL_BYTES);
-        Detail { message: cut(message), stderr: cut(stderr) }
-    }
-}
+pub use spare_protocol::Detail;
 
 /// The output and detail of the run whose attestation is being reported, so a verdict it decides
 /// can keep the canonical output and say why.

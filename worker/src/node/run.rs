@@ -23,7 +23,7 @@ use crate::store::{Op, StoredInput};
 /// How a replica given a slot ended.
 pub(super) enum Ended {
     /// It ran for `ran_us` microseconds; its signed attestation, output and the run's detail.
-    Ran { ran_us: u64, att: Box<Attestation>, output: Vec<u8>, detail: Detail, expires_at: Millis },
+    Ran { ran_us: u64, att: Box<Attestation>, output: Vec<u8>, detail: Detail },
     /// It ran past its wall deadline, which is not a result.
     Deadline { ran_us: u64 },
     /// It did not run: `abandoned` when it could not run here, else its lease would lapse
@@ -117,7 +117,7 @@ impl Node {
         let ran_us = took_us.unwrap_or(0);
         let Some(ran) = ran else { return Ok(Ended::Deadline { ran_us }) };
         let (att, output) = self.attest(task, ran.outcome, ran.output, ran.fuel);
-        Ok(Ended::Ran { ran_us, att: Box::new(att), output, detail: ran.detail, expires_at: r.expires_at })
+        Ok(Ended::Ran { ran_us, att: Box::new(att), output, detail: ran.detail })
     }
 
     /// Runs a request in the sandbox (compiling the module first if needed), with how long it

@@ -16,7 +16,6 @@ use spare_protocol::peer::work::{Notice, Own, Replica, Transmit, Work};
 use spare_protocol::{BlobId, JobId, Millis, PeerId, Release, TaskId};
 use tokio::task::{Id, JoinSet};
 
-use super::core::Detail;
 use super::remote::Payload;
 use super::run::Ended;
 use super::{Node, donation, unix_ms};
@@ -37,20 +36,17 @@ enum Answer {
 }
 
 /// What the driver keeps beside [`Work`], by task: the payload of a remote replica until it runs
-/// (the lease reply's input, args, env, limits: `Work` needs none of it to decide), and the
-/// detail of a run until its attestation is reported. Bounded by the replicas held and the
-/// reports queued (both bounded by the protocol); an entry whose lease lapsed goes.
+/// (the lease reply's input, args, env, limits: `Work` needs none of it to decide). Bounded by
+/// the replicas held (bounded by the protocol); an entry whose lease lapsed goes.
 #[derive(Default)]
 struct Table {
     payloads: HashMap<TaskId, Payload>,
-    details: HashMap<TaskId, (Detail, Millis)>,
 }
 
 impl Table {
     /// Forgets what belongs to leases lapsed before `now`.
     fn sweep(&mut self, now: Millis) {
         self.payloads.retain(|_, p| p.expires_at >= now);
-        self.details.retain(|_, (_, until)| *until >= now);
     }
 }
 
@@ -65,8 +61,6 @@ struct Driver {
     /// Runs, by the task running each.
     runs: JoinSet<(TaskId, Ended)>,
     running: HashMap<Id, TaskId>,
-    /// The report items in the batch out to each coordinator (their details go once taken).
-    sent: HashMap<PeerId, Vec<TaskId>>,
     /// The donor's limit last given to `work`.
     allowance: Option<usize>,
     /// Stopping: replicas given a slot are handed back instead of run.
@@ -90,7 +84,6 @@ pub(super) async fn run(node: Node) {
         failed: HashMap::new(),
         runs: JoinSet::new(),
         running: HashMap::new(),
-        sent: HashMap::new(),
         allowance: None,
         stopping: false,
     };
@@ -195,7 +188,6 @@ impl Driver {
                     self.work.handle_report_sent(to, Delivery::Taken, node.now());
                     return;
                 }
-                self.sent.insert(to, items.iter().map(task_of).collect());
                 let req = self.report_request(to, &items);
                 let h = self.calls.spawn(async move { Answer::Reported { to, delivery: node.deliver_report(to, req).await } });
                 self.failed.insert(h.id(), Answer::Reported { to, delivery: Delivery::Unreachable });
@@ -221,8 +213,7 @@ impl Driver {
         match n {
             Notice::Run(r) if self.stopping => self.work.handle_not_run(r.task, false, self.node.now()),
             Notice::Run(r) => self.start(r),
-            Notice::Own(ReportItem::Attest(att, output)) => {
-                let detail = self.table.details.remove(&att.task).map(|(d, _)| d).unwrap_or_default();
+            Notice::Own(ReportItem::Attest(att, output, detail)) => {
                 #[cfg(feature = "chaos")]
                 if self.node.config().chaos == Some(super::Chaos::Silent) {
                     return;
@@ -271,12 +262,7 @@ impl Driver {
                 self.work.handle_lease_failed(job, now);
             }
             Answer::Reported { to, delivery } => {
-                let sent = self.sent.remove(&to).unwrap_or_default();
-                if delivery == Delivery::Taken {
-                    for task in sent {
-                        self.table.details.remove(&task);
-                    }
-                } else {
+                if delivery != Delivery::Taken {
                     tracing::debug!(to = %to.short(), ?delivery, "report failed");
                 }
                 self.work.handle_report_sent(to, delivery, now);
@@ -301,9 +287,8 @@ impl Driver {
             }
         };
         match ended {
-            Ended::Ran { ran_us, att, output, detail, expires_at } => {
-                self.table.details.insert(task, (detail, expires_at));
-                self.work.handle_ran(task, ran_us, ReportItem::Attest(*att, output), now);
+            Ended::Ran { ran_us, att, output, detail } => {
+                self.work.handle_ran(task, ran_us, ReportItem::Attest(*att, output, detail), now);
             }
             Ended::Deadline { ran_us } => self.work.handle_ran(task, ran_us, ReportItem::Release(task, Release::Deadline), now),
             Ended::NotRun { abandoned } => self.work.handle_not_run(task, abandoned, now),
@@ -352,13 +337,12 @@ impl Driver {
         let mut req = pb::ReportRequest { peer_id: node.peer_id().to_hex(), ..Default::default() };
         for item in items {
             match item {
-                ReportItem::Attest(att, output) => {
-                    let detail = self.table.details.get(&att.task).map(|(d, _)| d.clone()).unwrap_or_default();
+                ReportItem::Attest(att, output, detail) => {
                     req.items.push(pb::ReportItem {
                         attestation: Some(crate::wire::convert::attestation_pb(att)),
                         output: output.clone(),
-                        message: detail.message,
-                        stderr: detail.stderr,
+                        message: detail.message.clone(),
+                        stderr: detail.stderr.clone(),
                     });
                 }
                 ReportItem::Release(task, why) => req.released.push(pb::Release {
@@ -413,13 +397,5 @@ impl Own for OwnCore<'_> {
             self.node.release_task(task, me, Release::Abandoned);
         }
         replicas
-    }
-}
-
-/// The task a report item is about.
-fn task_of(item: &ReportItem) -> TaskId {
-    match item {
-        ReportItem::Attest(att, _) => att.task,
-        ReportItem::Release(task, _) => *task,
     }
 }

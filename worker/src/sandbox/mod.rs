@@ -120,18 +120,10 @@ impl Default for SandboxConfig {
 }
 
 /// How much of the end of a run's stderr is kept and travels with its attestation (for people:
-/// why a task failed; never compared by a quorum).
-pub const STDERR_TAIL_BYTES: usize = 4 << 10;
+/// why a task failed; never compared by a quorum): a [`Detail`](spare_protocol::Detail)'s bound.
+pub const STDERR_TAIL_BYTES: usize = spare_protocol::detail::DETAIL_BYTES;
 
-/// The last `max` bytes of `bytes` as text (invalid UTF-8 replaced), cut at a character boundary.
-pub fn tail_text(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(max)..]).into_owned();
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
-}
+pub use spare_protocol::detail::tail_text;
 
 /// One task to run.
 #[derive(Clone, Debug)]
@@ -467,19 +459,4 @@ fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxErro
             .unwrap_or_else(|| "non-string panic".into());
         Err(SandboxError::Panicked(msg))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail_text;
-
-    #[test]
-    fn tail_text_keeps_the_end_on_a_character_boundary() {
-        assert_eq!(tail_text(b"hello", 10), "hello");
-        assert_eq!(tail_text(b"hello", 3), "llo");
-        // "é" is two bytes: a cut through it drops the half character.
-        assert_eq!(tail_text("aéb".as_bytes(), 3), "éb");
-        assert_eq!(tail_text("aéb".as_bytes(), 2), "b");
-        assert!(tail_text(&[0xff; 10], 4).len() <= 4, "invalid UTF-8 is replaced, still within the bound");
-    }
 }

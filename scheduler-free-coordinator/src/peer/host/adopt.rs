@@ -11,16 +11,17 @@
 use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
 use crate::peer::takeover::{self, Sync};
-use crate::{Coordinator, Millis, PeerId};
+use crate::reachability::coordinators_in_role;
+use crate::{Millis, PeerId};
 
-use super::{AdoptKind, Host, Logged, Members, Notice, Transmit};
+use super::{AdoptKind, Host, Logged, Members, Notice, Recorded, Shared, Transmit};
 
 impl Host {
     /// Offers the job to the highest-ranked of `candidates` to fill the list up (keeping this
     /// peer's list); the list settles, and the job is announced, once every one asked answered.
-    pub(super) fn offer(&mut self, coord: &Coordinator, candidates: &[PeerId]) {
+    pub(super) fn offer(&mut self, cx: &Shared, candidates: &[PeerId]) {
         let keep = self.coordinators.clone();
-        self.add_coordinators(coord, keep, candidates);
+        self.add_coordinators(cx, keep, candidates);
     }
 
     /// `MeshService.Adopt` of this host's job from `from`, naming `list`: every attestation
@@ -28,33 +29,33 @@ impl Host {
     /// leaders). The answer: for a [`AdoptKind::Sync`], what is recorded here that the sender
     /// lacks, in this peer's order. `fresh` says the host was just made for this adoption.
     #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, the call's context and `now`
-    pub(super) fn handle_adopt(&mut self, coord: &mut Coordinator, from: PeerId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
+    pub(super) fn handle_adopt(&mut self, cx: &mut Shared, from: PeerId, list: Vec<PeerId>, log: Vec<Recorded>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
         let missing = if !fresh && kind == AdoptKind::Sync {
-            let carried = takeover::Carried::of(log.iter().map(|l| (l.att.task.index, l.att.peer)));
+            let carried = takeover::Carried::of(log.iter().map(|r| (r.logged.att.task.index, r.logged.att.peer)));
             takeover::missing(self.log.iter().map(|l| &*l.att), &carried).into_iter().map(|i| self.log[i].clone()).collect()
         } else {
             Vec::new()
         };
-        self.record_replicated(coord, log, now);
+        self.record_replicated(cx, &log, now);
         if fresh {
             self.look_at_roles(now + ROLES_EVERY_MS);
         } else {
-            self.adopted_from(coord, from, &list, now);
+            self.adopted_from(cx, from, &list, now);
         }
         missing
     }
 
     /// The answer to an `Adopt` this host sent to `to` (`None`: it failed); a sync's answer
     /// carries what `to` recorded that this peer lacked.
-    pub(super) fn handle_adopted(&mut self, coord: &mut Coordinator, to: PeerId, answer: Option<Vec<Logged>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+    pub(super) fn handle_adopted(&mut self, cx: &mut Shared, to: PeerId, answer: Option<Vec<Recorded>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
         let ok = answer.is_some();
         match kind {
             AdoptKind::CatchUp => {}
-            AdoptKind::HandOver => self.on_handed_over(coord, ok, now),
-            AdoptKind::Sync => self.on_synced(coord, to, answer, now, members),
+            AdoptKind::HandOver => self.on_handed_over(cx, ok, now),
+            AdoptKind::Sync => self.on_synced(cx, to, answer, now, members),
             AdoptKind::Join => {
                 if let Some(settled) = self.adopting.as_mut().and_then(|r| r.handle_answer(to, ok)) {
-                    self.settle_coordinators(coord, settled);
+                    self.settle_coordinators(cx, settled);
                 }
             }
         }
@@ -68,13 +69,13 @@ impl Host {
 
     /// Brings the list up to strength by an [`AdoptRound`]: `keep` (this peer first), then an
     /// `Adopt` to the highest-ranked of `candidates`.
-    fn add_coordinators(&mut self, coord: &Coordinator, keep: Vec<PeerId>, candidates: &[PeerId]) {
+    fn add_coordinators(&mut self, cx: &Shared, keep: Vec<PeerId>, candidates: &[PeerId]) {
         let round = AdoptRound::new(self.job, keep, candidates);
         let asks: Vec<(PeerId, Vec<PeerId>)> = round.asked().iter().map(|n| (*n, round.list_for(*n))).collect();
         let now = round.settle_now();
         self.adopting = Some(round);
         if let Some(settled) = now {
-            self.settle_coordinators(coord, settled);
+            self.settle_coordinators(cx, settled);
             return;
         }
         for (n, list) in asks {
@@ -84,10 +85,10 @@ impl Host {
 
     /// The round settled: the list goes out with the job's ad, and the new coordinators get a
     /// second `Adopt` with what was recorded before they were in the list.
-    fn settle_coordinators(&mut self, coord: &Coordinator, settled: Settled) {
+    fn settle_coordinators(&mut self, cx: &Shared, settled: Settled) {
         self.adopting = None;
         self.set_coordinators(settled.coordinators.clone());
-        self.announce(coord);
+        self.announce(cx);
         for n in settled.catch_up {
             self.send_adopt(n, settled.coordinators.clone(), AdoptKind::CatchUp);
         }
@@ -96,33 +97,34 @@ impl Host {
 
     /// The timer for roles ran out: look at them, unless the job is over, membership is not
     /// ready, or an adoption round or a hand-over of this peer's is in progress.
-    pub(super) fn on_roles(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
-        if self.is_done(coord) {
+    pub(super) fn on_roles(&mut self, cx: &mut Shared, now: Millis, members: &dyn Members) {
+        if self.is_done(cx) {
             return;
         }
         if !self.roles.ready(now, true, members.active_members()) || self.adopting.is_some() || self.handing_over.is_some() {
             self.look_at_roles(now + ROLES_EVERY_MS);
             return;
         }
-        self.evaluate_roles(coord, now, members);
+        self.evaluate_roles(cx, now, members);
         self.look_at_roles(self.roles.poll_timeout());
     }
 
-    fn evaluate_roles(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
+    fn evaluate_roles(&mut self, cx: &mut Shared, now: Millis, members: &dyn Members) {
         let (job, me) = (self.job, self.me);
-        let standby = coord.is_standby(&job);
-        let list = self.coordinators.clone();
+        let standby = cx.coord.is_standby(&job);
+        let may = |p: &PeerId| members.may_coordinate(p);
+        let list = coordinators_in_role(&self.coordinators, may, |c| *c == me || members.is_live(c)).unwrap_or_else(|| self.coordinators.clone());
         let view = RoleView { job, coordinators: &list, standby };
         let changes = self.roles.evaluate(me, [view], |c| members.is_live(c), members.live_peers(), now);
         for change in changes {
             match change {
-                RoleChange::StandBy(_) => coord.set_standby(&job, true),
-                RoleChange::TakeOver { list, .. } => self.take_over(coord, list, standby, now, members),
+                RoleChange::StandBy(_) => cx.coord.set_standby(&job, true),
+                RoleChange::TakeOver { list, .. } => self.take_over(cx, list, standby, now, members),
                 RoleChange::TopUp(_) => {
                     let list = self.coordinators.clone();
-                    let candidates: Vec<PeerId> = members.live().into_iter().filter(|i| !list.contains(i)).collect();
+                    let candidates = candidates(members, &list);
                     if !candidates.is_empty() {
-                        self.add_coordinators(coord, list, &candidates);
+                        self.add_coordinators(cx, list, &candidates);
                     }
                 }
                 RoleChange::Reannounce(_) => self.notices.push_back(Notice::Announce { done: false }),
@@ -131,7 +133,7 @@ impl Host {
     }
 
     /// Takes the job over with `keep` (this peer first, the dead dropped).
-    fn take_over(&mut self, coord: &mut Coordinator, keep: Vec<PeerId>, was_standby: bool, now: Millis, members: &dyn Members) {
+    fn take_over(&mut self, cx: &mut Shared, keep: Vec<PeerId>, was_standby: bool, now: Millis, members: &dyn Members) {
         if self.syncing.is_some() {
             return;
         }
@@ -139,7 +141,7 @@ impl Host {
         if was_standby {
             self.notices.push_back(Notice::TookOver);
         }
-        let Some(sync) = Sync::start(&keep, now) else { return self.lead(coord, false, now, members) };
+        let Some(sync) = Sync::start(&keep, now) else { return self.lead(cx, false, now, members) };
         let asked = sync.asked().to_vec();
         self.syncing = Some(sync);
         for b in asked {
@@ -148,31 +150,36 @@ impl Host {
     }
 
     /// A backup answered the sync (with what it recorded that this peer lacked) or failed to.
-    fn on_synced(&mut self, coord: &mut Coordinator, from: PeerId, answer: Option<Vec<Logged>>, now: Millis, members: &dyn Members) {
-        let pulled = answer.map(|missing| self.record_replicated(coord, missing, now) as usize);
+    fn on_synced(&mut self, cx: &mut Shared, from: PeerId, answer: Option<Vec<Recorded>>, now: Millis, members: &dyn Members) {
+        let pulled = answer.map(|missing| self.record_replicated(cx, &missing, now) as usize);
         let Some(sync) = self.syncing.as_mut() else { return };
         if sync.handle_answer(from, pulled) {
             let catch_up = sync.needs_catch_up();
             self.syncing = None;
-            self.lead(coord, catch_up, now, members);
+            self.lead(cx, catch_up, now, members);
         }
     }
 
     /// Leads the job taken over: out of standby, the backups caught up again if the sync
     /// brought what one may lack, the dead replaced.
-    pub(super) fn lead(&mut self, coord: &mut Coordinator, catch_up: bool, now: Millis, members: &dyn Members) {
+    pub(super) fn lead(&mut self, cx: &mut Shared, catch_up: bool, now: Millis, members: &dyn Members) {
         if self.coordinators.first() != Some(&self.me) {
             return;
         }
-        coord.set_standby(&self.job, false);
+        cx.coord.set_standby(&self.job, false);
         let keep = self.coordinators.clone();
         if catch_up {
             for &b in &keep[1..] {
                 self.request_catch_up(self.job, b, now);
             }
         }
-        let candidates: Vec<PeerId> = members.live().into_iter().filter(|i| !keep.contains(i)).collect();
-        self.add_coordinators(coord, keep, &candidates);
+        let candidates = candidates(members, &keep);
+        self.add_coordinators(cx, keep, &candidates);
         self.notices.push_back(Notice::Wake);
     }
+}
+
+/// The live peers not in `list` that may coordinate: who a round of adoptions may ask.
+fn candidates(members: &dyn Members, list: &[PeerId]) -> Vec<PeerId> {
+    members.live().into_iter().filter(|p| !list.contains(p) && members.may_coordinate(p)).collect()
 }

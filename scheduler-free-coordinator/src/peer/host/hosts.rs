@@ -5,18 +5,24 @@
 //! the coordinator emits to the host of their job, merges the answer of a report batch that
 //! spans jobs, and runs the coordinator's own timer.
 //!
-//! The contract is [`Host`]'s (see [`super`]), addressed by job: `handle_*` in, with `now`;
-//! after **every** call, drain [`Hosts::poll_transmit`] and [`Hosts::poll_notice`] until they
-//! give nothing, and arm one timer at [`Hosts::poll_timeout`] for [`Hosts::handle_timeout`].
+//! The contract is written once in [`super`]: `handle_*` in, with `now`; after **every** call,
+//! drain [`Hosts::poll_persist`], [`Hosts::poll_transmit`] and [`Hosts::poll_notice`] until
+//! they give nothing, and arm one timer at [`Hosts::poll_timeout`] for
+//! [`Hosts::handle_timeout`]. **Durability** is raft's `Ready` rule: writes come with rising
+//! ids and are to be made durable in that order; report answers and notices wait for every
+//! write asked before them and come out only once [`Hosts::handle_durable`] says so; calls to
+//! other peers (`Replicate`, `Adopt`) go at once. The answer a `handle_*` call returns (a
+//! `Replicate`'s, an `Adopt`'s) is sent only once [`Hosts::written`] is durable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::peer::lease::Granted;
+use crate::peer::outputs::PendingOutputs;
 use crate::records::{JobAd, Verifier};
 use crate::requests::TICK_MS;
-use crate::{Attestation, Coordinator, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
+use crate::{Attestation, Coordinator, Detail, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
 
-use super::{AdoptKind, Host, Logged, Members, NotCoordinator, Notice, ReportItem, Streamed, Tally, Transmit};
+use super::{AdoptKind, Host, Logged, Members, NotCoordinator, Notice, Recorded, ReportItem, Shared, Streamed, Tally, Transmit, Write};
 
 /// A report batch that spans jobs: its answer goes out once every job's part is answered.
 #[derive(Clone, Copy, Debug)]
@@ -29,28 +35,47 @@ struct Parts {
 /// The coordinator side of one peer (see the module docs for the contract).
 pub struct Hosts {
     me: PeerId,
-    coord: Coordinator,
+    shared: Shared,
     verifier: Verifier,
     /// By job, in id order so every walk over them is deterministic.
     hosts: BTreeMap<JobId, Host>,
     /// Report batches spanning jobs whose answer waits for some part, by the driver's id.
     parts: HashMap<u64, Parts>,
-    transmits: VecDeque<Transmit>,
-    notices: VecDeque<(JobId, Notice)>,
+    /// Writes not yet taken by the driver, by id.
+    writes: VecDeque<(u64, Write)>,
+    /// The id of the last write asked (0: none yet).
+    written: u64,
+    /// Every write up to this id is durable.
+    durable: u64,
+    /// Messages, each with the write it waits for (0: none).
+    transmits: VecDeque<(u64, Transmit)>,
+    /// Notices, each with the write it waits for.
+    notices: VecDeque<(u64, JobId, Notice)>,
 }
 
 impl Hosts {
     /// The coordinator side of peer `me`, with its coordinator (whatever jobs it holds have no
     /// host until one is made for them) and the check of workers' signatures.
     pub fn new(me: PeerId, coord: Coordinator, verifier: Verifier) -> Hosts {
-        Hosts { me, coord, verifier, hosts: BTreeMap::new(), parts: HashMap::new(), transmits: VecDeque::new(), notices: VecDeque::new() }
+        Hosts {
+            me,
+            shared: Shared { coord, outputs: PendingOutputs::default() },
+            verifier,
+            hosts: BTreeMap::new(),
+            parts: HashMap::new(),
+            writes: VecDeque::new(),
+            written: 0,
+            durable: 0,
+            transmits: VecDeque::new(),
+            notices: VecDeque::new(),
+        }
     }
 
     /// Starts coordinating `job`, submitted to the coordinator already, with `coordinators` as
     /// its list; the peer started at `started`. Roles are not looked at until
     /// [`Hosts::look_at_roles`] asks.
     pub fn coordinate(&mut self, job: JobId, coordinators: Vec<PeerId>, started: Millis) {
-        let host = Host::new(self.me, &self.coord, job, coordinators, self.verifier.clone(), started);
+        let host = Host::new(self.me, &self.shared, job, coordinators, self.verifier.clone(), started);
         self.hosts.insert(job, host);
     }
 
@@ -58,7 +83,7 @@ impl Hosts {
     /// in standby, until the role rules decide. The adoption itself is then
     /// [`Hosts::handle_adopt`] with `fresh`.
     pub fn adopt(&mut self, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, started: Millis) -> Result<(), SubmitError> {
-        let host = Host::adopt(self.me, &mut self.coord, job, spec, coordinators, self.verifier.clone(), started)?;
+        let host = Host::adopt(self.me, &mut self.shared, job, spec, coordinators, self.verifier.clone(), started)?;
         self.hosts.insert(job, host);
         Ok(())
     }
@@ -66,7 +91,7 @@ impl Hosts {
     /// Restores `job` (submitted to the coordinator already) from what a crashed peer stored:
     /// its list and every attestation it recorded ([`Hosts::stored`]).
     pub fn restore(&mut self, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, now: Millis) {
-        let host = Host::restore(self.me, &mut self.coord, job, coordinators, log, self.verifier.clone(), now);
+        let host = Host::restore(self.me, &mut self.shared, job, coordinators, log, self.verifier.clone(), now);
         self.hosts.insert(job, host);
         self.collect();
     }
@@ -91,17 +116,17 @@ impl Hosts {
 
     /// The peer's coordinator (for reading verdicts and reputation).
     pub fn coordinator(&self) -> &Coordinator {
-        &self.coord
+        &self.shared.coord
     }
 
     /// Whether this peer leads `job`: first in its own list, and not in standby.
     pub fn leads(&self, job: &JobId) -> bool {
-        self.hosts.get(job).is_some_and(|h| h.leads(&self.coord))
+        self.hosts.get(job).is_some_and(|h| h.leads(&self.shared))
     }
 
     /// Whether `job`'s coordinator here is active (not in standby).
     pub fn is_active(&self, job: &JobId) -> bool {
-        self.hosts.get(job).is_some_and(|h| h.is_active(&self.coord))
+        self.hosts.get(job).is_some_and(|h| h.is_active(&self.shared))
     }
 
     /// The workers whose report answers are held (they get none should this peer stop).
@@ -111,7 +136,25 @@ impl Hosts {
 
     /// A record from `peer` failed its checks: the coordinator holds it against the peer.
     pub fn penalize(&mut self, peer: PeerId) {
-        self.coord.penalize(peer);
+        self.shared.coord.penalize(peer);
+    }
+
+    /// Cancels `job` (`None`: not held here; `Some(false)`: it had ended, and keeps its final
+    /// state). Announced once durable, like any end of a job.
+    pub fn cancel(&mut self, job: &JobId, now: Millis) -> Option<bool> {
+        let cancelled = self.hosts.get_mut(job).map(|h| h.cancel(&mut self.shared, now));
+        self.collect();
+        cancelled
+    }
+
+    /// Lets go of an ended `job` (retention): its host and what the coordinator holds of it.
+    /// False when it is not held or has not ended.
+    pub fn forget(&mut self, job: &JobId) -> bool {
+        if !self.shared.coord.forget(job) {
+            return false;
+        }
+        self.hosts.remove(job);
+        true
     }
 
     /// Look at `job`'s roles at `at` at the latest.
@@ -125,7 +168,7 @@ impl Hosts {
     /// settles, and the job is announced, once every one asked answered.
     pub fn offer(&mut self, job: &JobId, candidates: &[PeerId]) {
         if let Some(h) = self.hosts.get_mut(job) {
-            h.offer(&self.coord, candidates);
+            h.offer(&self.shared, candidates);
         }
         self.collect();
     }
@@ -133,7 +176,7 @@ impl Hosts {
     /// `MeshService.Lease` of `job` from `worker`, whose connection comes from `network`: the
     /// answer (`None`: the job is not coordinated here).
     pub fn handle_lease(&mut self, job: &JobId, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Option<Granted> {
-        let granted = self.hosts.get_mut(job).map(|h| h.handle_lease(&mut self.coord, worker, max, network, now));
+        let granted = self.hosts.get_mut(job).map(|h| h.handle_lease(&mut self.shared, worker, max, network, now));
         self.collect();
         granted
     }
@@ -159,11 +202,11 @@ impl Hosts {
             let (accepted, rejected) = (0, tally.rejected);
             self.parts.insert(batch, Parts { left: by_job.len(), accepted, rejected });
         } else if by_job.is_empty() {
-            self.transmits.push_back(Transmit::ReportAnswer { to: worker, batch, accepted: 0, rejected: tally.rejected });
+            self.transmits.push_back((self.written, Transmit::ReportAnswer { to: worker, batch, accepted: 0, rejected: tally.rejected }));
         }
         for (job, part) in by_job {
             if let Some(h) = self.hosts.get_mut(&job) {
-                let t = h.handle_report(&mut self.coord, worker, batch, part, now);
+                let t = h.handle_report(&mut self.shared, worker, batch, part, now);
                 tally.accepted += t.accepted;
                 tally.rejected += t.rejected;
                 tally.late += t.late;
@@ -177,7 +220,7 @@ impl Hosts {
     /// new. Refused unless `from` is one of this peer's coordinators of `job`.
     pub fn handle_replicate(&mut self, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
         let Some(h) = self.hosts.get_mut(&job) else { return Err(NotCoordinator) };
-        let r = h.handle_replicate(&mut self.coord, from, job, items, now);
+        let r = h.handle_replicate(&mut self.shared, from, job, items, now);
         self.collect();
         r
     }
@@ -194,16 +237,16 @@ impl Hosts {
     /// `fresh` when [`Hosts::adopt`] just took the job for it. The answer: for a
     /// [`AdoptKind::Sync`], what is recorded here that the sender lacks.
     #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, its job, `fresh` and `now`
-    pub fn handle_adopt(&mut self, from: PeerId, job: &JobId, list: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
-        let missing = self.hosts.get_mut(job).map(|h| h.handle_adopt(&mut self.coord, from, list, log, kind, fresh, now)).unwrap_or_default();
+    pub fn handle_adopt(&mut self, from: PeerId, job: &JobId, list: Vec<PeerId>, log: Vec<Recorded>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
+        let missing = self.hosts.get_mut(job).map(|h| h.handle_adopt(&mut self.shared, from, list, log, kind, fresh, now)).unwrap_or_default();
         self.collect();
         missing
     }
 
     /// The answer to an `Adopt` of `job` this peer sent to `to` (`None`: it failed).
-    pub fn handle_adopted(&mut self, job: &JobId, to: PeerId, answer: Option<Vec<Logged>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+    pub fn handle_adopted(&mut self, job: &JobId, to: PeerId, answer: Option<Vec<Recorded>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
         if let Some(h) = self.hosts.get_mut(job) {
-            h.handle_adopted(&mut self.coord, to, answer, kind, now, members);
+            h.handle_adopted(&mut self.shared, to, answer, kind, now, members);
         }
         self.collect();
     }
@@ -211,7 +254,7 @@ impl Hosts {
     /// A newer ad of a job held here, from another announcer.
     pub fn handle_ad(&mut self, ad: &JobAd) {
         if let Some(h) = self.hosts.get_mut(&ad.job) {
-            h.handle_ad(&mut self.coord, ad);
+            h.handle_ad(&mut self.shared, ad);
         }
         self.collect();
     }
@@ -219,7 +262,7 @@ impl Hosts {
     /// A rival ad of a job held here (signed by an announcer the known ad does not name).
     pub fn handle_rival(&mut self, ad: &JobAd) {
         if let Some(h) = self.hosts.get_mut(&ad.job) {
-            h.handle_rival(&mut self.coord, ad);
+            h.handle_rival(&mut self.shared, ad);
         }
         self.collect();
     }
@@ -227,9 +270,9 @@ impl Hosts {
     /// Membership changed: `live_peers` live now (this peer included); `down` was declared dead,
     /// so its leases come back and every job's roles are looked at at once.
     pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
-        self.coord.set_live_peers(live_peers);
+        self.shared.coord.set_live_peers(live_peers);
         if let Some(who) = down {
-            self.coord.peer_down(who, now);
+            self.shared.coord.peer_down(who, now);
         }
         self.route_events();
         if down.is_some() {
@@ -243,7 +286,7 @@ impl Hosts {
     /// Leases this peer's own slots up to `max` replicas of the jobs it leads (they are not
     /// streamed: they end with the peer).
     pub fn lease_own(&mut self, max: usize, now: Millis) -> Vec<Lease> {
-        let leases = self.coord.lease(self.me, max, now);
+        let leases = self.shared.coord.lease(self.me, max, now);
         self.collect();
         leases
     }
@@ -251,44 +294,65 @@ impl Hosts {
     /// The outcome of one of this peer's own replicas (what its
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
     pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
-        let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.coord, item, now)).unwrap_or_default();
+        let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.shared, item, now)).unwrap_or_default();
         self.collect();
         tally
     }
 
-    /// Records an attestation of this peer's own, with its `output`.
-    pub fn record_own(&mut self, att: Attestation, output: &[u8], now: Millis) -> Tally {
-        let tally = self.hosts.get_mut(&att.task.job).map(|h| h.record_own(&mut self.coord, att, output, now)).unwrap_or_default();
+    /// Records an attestation of this peer's own, with its `output` and `detail`.
+    pub fn record_own(&mut self, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
+        let tally = self.hosts.get_mut(&att.task.job).map(|h| h.record_own(&mut self.shared, att, output, detail, now)).unwrap_or_default();
         self.collect();
         tally
     }
 
-    /// The next message to send.
+    /// The next write to make durable, with its id.
+    pub fn poll_persist(&mut self) -> Option<(u64, Write)> {
+        self.writes.pop_front()
+    }
+
+    /// Every write up to id `upto` is durable.
+    pub fn handle_durable(&mut self, upto: u64) {
+        self.durable = self.durable.max(upto);
+    }
+
+    /// The id of the last write asked: an answer returned by a `handle_*` call goes out once
+    /// it is durable.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The next message that may go: a call at once, a report answer once the writes before it
+    /// are durable (answers keep their order among themselves).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let i = self.transmits.iter().position(|(after, _)| *after <= self.durable)?;
+        self.transmits.remove(i).map(|(_, t)| t)
     }
 
-    /// The next notice, with the job it is about.
+    /// The next notice, with the job it is about, once the writes before it are durable.
     pub fn poll_notice(&mut self) -> Option<(JobId, Notice)> {
-        self.notices.pop_front()
+        if self.notices.front().is_some_and(|(after, ..)| *after <= self.durable) {
+            return self.notices.pop_front().map(|(_, job, n)| (job, n));
+        }
+        None
     }
 
     /// When [`Hosts::handle_timeout`] is next due (`None`: no timer runs).
     pub fn poll_timeout(&self) -> Option<Millis> {
         // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
-        let tick = self.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
+        let tick = self.shared.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
         self.hosts.values().filter_map(Host::poll_timeout).chain(tick).min()
     }
 
     /// Runs whatever timer is due at `now`: the coordinator's (lease expiries), then each job's.
     pub fn handle_timeout(&mut self, now: Millis, members: &dyn Members) {
-        if self.coord.next_deadline().is_some_and(|d| d <= now) {
-            self.coord.tick(now);
+        if self.shared.coord.next_deadline().is_some_and(|d| d <= now) {
+            self.shared.coord.tick(now);
             self.route_events();
         }
         for h in self.hosts.values_mut() {
             if h.poll_timeout().is_some_and(|at| at <= now) {
-                h.handle_timeout(&mut self.coord, now, members);
+                h.handle_timeout(&mut self.shared, now, members);
             }
         }
         self.collect();
@@ -297,7 +361,7 @@ impl Hosts {
     /// Hands every event the coordinator holds to its job's host.
     fn route_events(&mut self) {
         let mut events = Vec::new();
-        while let Some(event) = self.coord.poll_event() {
+        while let Some(event) = self.shared.coord.poll_event() {
             events.push(event);
         }
         self.deliver(events);
@@ -312,18 +376,31 @@ impl Hosts {
         }
         for (job, events) in by_job {
             if let Some(h) = self.hosts.get_mut(&job) {
-                h.on_events(&self.coord, events);
+                h.on_events(&mut self.shared, events, &[]);
             }
         }
     }
 
-    /// After a call: events a host met for other jobs go to theirs, and every host's output
-    /// moves here, a report answer of a batch spanning jobs merged with its other parts.
+    /// After a call: events a host met for other jobs go to theirs; every host's writes, then
+    /// its output, move here (the output waiting for those writes), a report answer of a batch
+    /// spanning jobs merged with its other parts.
     fn collect(&mut self) {
         let spilled: Vec<Event> = self.hosts.values_mut().flat_map(Host::take_spill).collect();
         if !spilled.is_empty() {
             self.deliver(spilled);
         }
+        for h in self.hosts.values_mut() {
+            for w in h.take_writes() {
+                self.written += 1;
+                self.writes.push_back((self.written, w));
+            }
+        }
+        let standings = self.shared.coord.take_changed_standings();
+        if !standings.is_empty() {
+            self.written += 1;
+            self.writes.push_back((self.written, Write::Standings(standings)));
+        }
+        let after = self.written;
         for (job, h) in &mut self.hosts {
             while let Some(t) = h.poll_transmit() {
                 match t {
@@ -335,14 +412,15 @@ impl Hosts {
                         if p.left == 0 {
                             let (accepted, rejected) = (p.accepted, p.rejected);
                             self.parts.remove(&batch);
-                            self.transmits.push_back(Transmit::ReportAnswer { to, batch, accepted, rejected });
+                            self.transmits.push_back((after, Transmit::ReportAnswer { to, batch, accepted, rejected }));
                         }
                     }
-                    t => self.transmits.push_back(t),
+                    t @ Transmit::ReportAnswer { .. } => self.transmits.push_back((after, t)),
+                    t => self.transmits.push_back((0, t)),
                 }
             }
             while let Some(n) = h.poll_notice() {
-                self.notices.push_back((*job, n));
+                self.notices.push_back((after, *job, n));
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Hosts, Notice, ReportItem, Transmit};
-use crate::{Attestation, BlobId, Event, JobId, JobSpec, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
+use crate::{Attestation, BlobId, Detail, Event, JobId, JobSpec, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
 
 const A: PeerId = PeerId([9; 32]);
 const B: PeerId = PeerId([2; 32]);
@@ -26,7 +26,7 @@ fn two_jobs(list: &[PeerId]) -> (Hosts, JobId) {
 fn attest(job: JobId, index: u32) -> ReportItem {
     let task = TaskId { job, index };
     let result = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId::of(b"42") };
-    ReportItem::Attest(Attestation { task, peer: W, result, fuel_used: 0, signature: vec![1] }, b"42".to_vec())
+    ReportItem::Attest(Attestation { task, peer: W, result, fuel_used: 0, signature: vec![1] }, b"42".to_vec(), Detail::default())
 }
 
 fn lease(hosts: &mut Hosts, job: &JobId, now: Millis) -> u32 {
@@ -34,6 +34,9 @@ fn lease(hosts: &mut Hosts, job: &JobId, now: Millis) -> u32 {
 }
 
 fn drain(hosts: &mut Hosts) -> (Vec<Transmit>, Vec<(JobId, Notice)>) {
+    while let Some((id, _)) = hosts.poll_persist() {
+        hosts.handle_durable(id);
+    }
     (std::iter::from_fn(|| hosts.poll_transmit()).collect(), std::iter::from_fn(|| hosts.poll_notice()).collect())
 }
 
@@ -89,7 +92,7 @@ fn a_dead_workers_leases_come_back_in_every_job_each_to_its_own_host() {
 }
 
 /// A mesh with nobody else in it.
-struct NoMembers;
+pub(super) struct NoMembers;
 
 impl super::Members for NoMembers {
     fn is_live(&self, _: &PeerId) -> bool {

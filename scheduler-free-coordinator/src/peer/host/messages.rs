@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::{Attestation, Event, JobId, Millis, PeerId, Release, TaskId};
+use crate::{Attestation, Detail, Event, JobId, Millis, PeerId, Release, Standing, TaskId, Verdict};
 
 /// One entry of a report batch (`ReportRequest`).
 #[derive(Clone, Debug)]
 pub enum ReportItem {
-    /// A signed attestation and the output it hashes.
-    Attest(Attestation, Vec<u8>),
+    /// A signed attestation, the output it hashes, and what the run said besides.
+    Attest(Attestation, Vec<u8>, Detail),
     /// A replica handed back.
     Release(TaskId, Release),
 }
@@ -18,7 +18,7 @@ impl ReportItem {
     /// The job it reports on.
     pub fn job(&self) -> JobId {
         match self {
-            ReportItem::Attest(att, _) => att.task.job,
+            ReportItem::Attest(att, ..) => att.task.job,
             ReportItem::Release(task, _) => task.job,
         }
     }
@@ -26,7 +26,7 @@ impl ReportItem {
 
 /// One attestation as a coordinator recorded it (`RecordedAttestation`), in recording order:
 /// what `Replicate` and `Adopt` carry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Logged {
     /// The worker's signed attestation: one copy for every log and stream entry it is in (the
     /// three coordinators' logs of 200,000 each took 300 MB as copies).
@@ -35,13 +35,50 @@ pub struct Logged {
     pub lone: bool,
 }
 
+/// An attestation as another coordinator sends what it recorded (`RecordedAttestation`): with
+/// the run's output when the sender has it in hand (so whichever attestation completes the
+/// quorum here, the verdict has its bytes) and its detail when it decided its task.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The attestation and its `lone` mark.
+    pub logged: Logged,
+    /// The output (empty when the sender no longer holds it).
+    pub output: Vec<u8>,
+    /// What the run said (empty unless it decided its task).
+    pub detail: Detail,
+}
+
+impl Recorded {
+    /// One that comes without its output or detail.
+    pub fn bare(logged: Logged) -> Recorded {
+        Recorded { logged, output: Vec::new(), detail: Detail::default() }
+    }
+}
+
+/// A write for the driver's store. Writes are made durable in the order given; what waits for
+/// one (report answers, notices) comes out of [`Hosts`](super::Hosts) only once it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// An attestation recorded: the `ordinal`-th of its task here (from 0), with its `lone` mark.
+    Attestation { logged: Logged, ordinal: u32 },
+    /// A task's final verdict, as the store keeps it: who verified it, how many attestations it
+    /// took, the agreed output and the detail of the run that decided it.
+    Verdict { task: TaskId, verdict: Verdict, verified_by: Vec<PeerId>, attestations: u32, output: Vec<u8>, detail: Detail },
+    /// The job's list of coordinators changed.
+    Coordinators { job: JobId, list: Vec<PeerId> },
+    /// The job was cancelled (a restart must not run it again).
+    Cancelled { job: JobId },
+    /// Peers' standings, as they changed (they survive a restart).
+    Standings(Vec<(PeerId, Standing)>),
+}
+
 /// One entry of the active coordinator's replication stream (`ReplicationEntry`), in recording
 /// order: the backups hold the leases too, so a worker's report follows a takeover.
 #[derive(Clone, Debug)]
 pub enum Streamed {
     /// An attestation it recorded, and its place in the log from 1 (what a held report answer
     /// waits for).
-    Attestation(Logged, u64),
+    Attestation(Recorded, u64),
     /// A lease it gave another peer: the task, the worker, the time left when it was sent (the
     /// backup counts it from when it receives the entry).
     Lease { task: TaskId, peer: PeerId, expires_in: Millis },
@@ -107,4 +144,11 @@ pub trait Members {
     fn active_members(&self) -> usize;
     /// The live peers other than this one: candidates for the job's list.
     fn live(&self) -> Vec<PeerId>;
+    /// Whether `peer` may coordinate: only peers others can dial do (an advert that says its
+    /// peer is unreachable, or this peer's own finding about itself, says no). A coordinator
+    /// that may not is left out of the role rules while another that may is live, and never
+    /// chosen as a new one.
+    fn may_coordinate(&self, _peer: &PeerId) -> bool {
+        true
+    }
 }

@@ -19,11 +19,15 @@
 //!   [`Hosts::handle_own`]), and a timer ([`Hosts::handle_timeout`]). Calls that answer at
 //!   once (a lease, a `Replicate`, an `Adopt`) return the answer; a report batch's answer may
 //!   be held, so it comes out as a [`Transmit`] with the driver's id of the batch.
-//! - **Outputs** are drained after **every** input, until empty: [`Hosts::poll_transmit`] gives
-//!   the messages to send to a named peer (calls, and report answers), [`Hosts::poll_notice`]
+//! - **Outputs** are drained after **every** input, until empty: [`Hosts::poll_persist`] gives
+//!   the [`Write`]s to make durable, in order, each with a rising id; [`Hosts::poll_transmit`]
+//!   the messages to send to a named peer (calls, and report answers); [`Hosts::poll_notice`]
 //!   what the driver acts on or counts (verdicts, announce a job, wake the peer's own slots),
-//!   with the job, and [`Hosts::poll_timeout`] when [`Hosts::handle_timeout`] is next due. The
-//!   output queues only hold what one input produced, so they stay small when drained as said.
+//!   with the job; and [`Hosts::poll_timeout`] when [`Hosts::handle_timeout`] is next due.
+//! - **Durability** (raft's `Ready` rule): report answers and notices wait for every write
+//!   asked before them, and come out once [`Hosts::handle_durable`] says those are durable, so
+//!   nothing is told that a crash could take back; calls to other peers go at once. An answer a
+//!   call returns (a `Replicate`'s, an `Adopt`'s) is sent once [`Hosts::written`] is durable.
 //! - **The membership view** the role rules need comes in through [`Members`], asked only by
 //!   the inputs that look at roles or pick new coordinators.
 //! - **Signatures** are checked with the [`Verifier`] the hosts are made with (the real peer's
@@ -41,15 +45,18 @@ mod heal;
 mod hosts;
 mod messages;
 mod own;
+mod persist;
 mod serve;
 mod stream;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod jobs_tests;
+#[cfg(test)]
+mod persist_tests;
 
 pub use hosts::Hosts;
-pub use messages::{AdoptKind, Logged, Members, Notice, ReportItem, Streamed, Transmit};
+pub use messages::{AdoptKind, Logged, Members, Notice, Recorded, ReportItem, Streamed, Transmit, Write};
 pub use own::OwnHost;
 pub use serve::Tally;
 pub use stream::NotCoordinator;
@@ -59,6 +66,8 @@ use std::collections::{BTreeSet, VecDeque};
 use crate::peer::adoption::AdoptRound;
 use crate::peer::catchup::CatchUps;
 use crate::peer::handover::HandOver;
+use crate::peer::outputs::PendingOutputs;
+use persist::Evidence;
 use crate::peer::replicators::Replicators;
 use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;
@@ -78,6 +87,13 @@ struct Held {
     upto: u64,
     /// When the wait for a backup gives up.
     until: Millis,
+}
+
+/// What a peer's hosts share, lent to one [`Host`] for each call: the peer's coordinator, and
+/// the outputs of attestations whose task is not final (bounded for the peer, not per job).
+struct Shared {
+    coord: Coordinator,
+    outputs: PendingOutputs,
 }
 
 /// The coordinator side of one peer for one job: driven through [`Hosts`] (see the module
@@ -115,6 +131,8 @@ pub struct Host {
     replicate_at: Option<Millis>,
     transmits: VecDeque<Transmit>,
     notices: VecDeque<Notice>,
+    /// What the driver is to store, since the last call.
+    writes: Vec<Write>,
     /// Events of the peer's other jobs met while draining the shared coordinator, for
     /// [`Hosts`] to hand to their hosts.
     spill: Vec<Event>,
@@ -124,8 +142,8 @@ impl Host {
     /// The host of `job` (submitted to `coord` already) on peer `me`, which started at
     /// `started`, with `coordinators` as its list. Roles are not looked at until
     /// [`Host::look_at_roles`] asks.
-    pub(super) fn new(me: PeerId, coord: &Coordinator, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
-        let origin = coord.job(&job).map_or(me, |j| j.spec.origin);
+    fn new(me: PeerId, cx: &Shared, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
+        let origin = cx.coord.job(&job).map_or(me, |j| j.spec.origin);
         Host {
             me,
             job,
@@ -148,35 +166,36 @@ impl Host {
             replicate_at: None,
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
+            writes: Vec::new(),
             spill: Vec::new(),
         }
     }
 
     /// The host of `job`, which this peer did not hold, taken as `spec` says when an `Adopt`
     /// hands it over: in standby, until the role rules decide.
-    pub(super) fn adopt(me: PeerId, coord: &mut Coordinator, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
-        coord.submit(job, spec)?;
-        coord.set_standby(&job, true);
-        Ok(Host::new(me, coord, job, coordinators, verifier, started))
+    fn adopt(me: PeerId, cx: &mut Shared, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
+        cx.coord.submit(job, spec)?;
+        cx.coord.set_standby(&job, true);
+        Ok(Host::new(me, cx, job, coordinators, verifier, started))
     }
 
     /// The host a restarted peer builds from what it stored ([`Host::stored`]): the job back
     /// (submitted to `coord` already) and every attestation it recorded, in standby if it had
     /// backups (another coordinator may lead meanwhile; the role rules decide). The replayed
     /// verdicts describe the past: no notice is given for them.
-    pub(super) fn restore(me: PeerId, coord: &mut Coordinator, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, verifier: Verifier, now: Millis) -> Host {
-        let mut h = Host::new(me, coord, job, coordinators, verifier, now);
+    fn restore(me: PeerId, cx: &mut Shared, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, verifier: Verifier, now: Millis) -> Host {
+        let mut h = Host::new(me, cx, job, coordinators, verifier, now);
         for l in &log {
             // A log of this very coordinator: what it cannot take again it took before.
-            let _ = coord.restore_attestation_lone((*l.att).clone(), l.lone);
+            let _ = cx.coord.restore_attestation_lone((*l.att).clone(), l.lone);
         }
-        while let Some(event) = coord.poll_event() {
+        while let Some(event) = cx.coord.poll_event() {
             if event.job() != job {
                 h.spill.push(event);
             }
         }
         if h.coordinators.len() > 1 {
-            coord.set_standby(&job, true);
+            cx.coord.set_standby(&job, true);
         }
         h.log = log;
         h
@@ -208,18 +227,18 @@ impl Host {
     }
 
     /// Whether this peer leads the job: first in its own list, and not in standby.
-    pub fn leads(&self, coord: &Coordinator) -> bool {
-        self.coordinators.first() == Some(&self.me) && !coord.is_standby(&self.job)
+    fn leads(&self, cx: &Shared) -> bool {
+        self.coordinators.first() == Some(&self.me) && !cx.coord.is_standby(&self.job)
     }
 
     /// Whether the coordinator is active (not in standby): its verdicts are the job's.
-    pub fn is_active(&self, coord: &Coordinator) -> bool {
-        !coord.is_standby(&self.job)
+    fn is_active(&self, cx: &Shared) -> bool {
+        !cx.coord.is_standby(&self.job)
     }
 
     /// Whether the job is final here.
-    pub fn is_done(&self, coord: &Coordinator) -> bool {
-        coord.job(&self.job).is_none_or(|v| v.state.is_final())
+    fn is_done(&self, cx: &Shared) -> bool {
+        cx.coord.job(&self.job).is_none_or(|v| v.state.is_final())
     }
 
     /// Look at roles at `at` at the latest.
@@ -228,18 +247,18 @@ impl Host {
     }
 
     /// The next message to send.
-    pub(super) fn poll_transmit(&mut self) -> Option<Transmit> {
+    fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
     /// The next notice.
-    pub(super) fn poll_notice(&mut self) -> Option<Notice> {
+    fn poll_notice(&mut self) -> Option<Notice> {
         self.notices.pop_front()
     }
 
     /// When [`Host::handle_timeout`] is next due (`None`: no timer runs); the coordinator's
     /// own deadline is [`Hosts`]'.
-    pub(super) fn poll_timeout(&self) -> Option<Millis> {
+    fn poll_timeout(&self) -> Option<Millis> {
         // Held answers wait in the order they came, so the first gives up first.
         let held = self.held.first().map(|h| h.until);
         let sync = self.syncing.as_ref().map(Sync::poll_timeout);
@@ -250,7 +269,7 @@ impl Host {
     }
 
     /// Runs whatever timer of this job is due at `now`.
-    pub(super) fn handle_timeout(&mut self, coord: &mut Coordinator, now: Millis, members: &dyn Members) {
+    fn handle_timeout(&mut self, cx: &mut Shared, now: Millis, members: &dyn Members) {
         if let Some(upto) = self.held.iter().take_while(|h| h.until <= now).map(|h| h.upto).max() {
             self.answer_held(upto);
         }
@@ -258,22 +277,22 @@ impl Host {
             self.send_batches(now);
         }
         if self.catch_ups.poll_timeout().is_some_and(|at| at <= now) {
-            self.send_catch_ups(coord, now);
+            self.send_catch_ups(cx, now);
         }
         if self.roles_at.is_some_and(|at| at <= now) {
             self.roles_at = None;
-            self.on_roles(coord, now, members);
+            self.on_roles(cx, now, members);
         }
         if self.syncing.as_ref().is_some_and(|s| s.poll_timeout() <= now) {
             // Leading without every backup's answer: the unanswered ones may lack what the
             // others gave, so every backup is caught up.
             self.syncing = None;
-            self.lead(coord, true, now, members);
+            self.lead(cx, true, now, members);
         }
         if self.announce_at.is_some_and(|at| at <= now) {
             self.announce_at = None;
-            self.announce(coord);
-            self.catch_up_backups(coord, now);
+            self.announce(cx);
+            self.catch_up_backups(cx, now);
         }
         if self.hand_over_at.is_some_and(|at| at <= now) {
             self.hand_over_at = None;
@@ -284,32 +303,36 @@ impl Host {
     }
 
     /// Announce the job with this peer's list.
-    fn announce(&mut self, coord: &Coordinator) {
-        let done = self.is_done(coord);
+    fn announce(&mut self, cx: &Shared) {
+        let done = self.is_done(cx);
         self.notices.push_back(Notice::Announce { done });
     }
 
-    /// Takes what the coordinator emitted: this job's events become notices, other jobs' are
-    /// spilled for [`Hosts`] to hand on.
-    fn drain(&mut self, coord: &mut Coordinator) {
+    /// Takes what the coordinator emitted: this job's events become notices (and verdicts
+    /// writes, with the `evidence` of what was just recorded), other jobs' are spilled for
+    /// [`Hosts`] to hand on.
+    fn drain(&mut self, cx: &mut Shared, evidence: &[Evidence<'_>]) {
         let mut mine = Vec::new();
-        while let Some(event) = coord.poll_event() {
+        while let Some(event) = cx.coord.poll_event() {
             if event.job() == self.job {
                 mine.push(event);
             } else {
                 self.spill.push(event);
             }
         }
-        self.on_events(coord, mine);
+        self.on_events(cx, mine, evidence);
     }
 
     /// Turns this job's coordinator events into notices: a lapsed lease wakes the slots, the
     /// job's end is announced.
-    pub(super) fn on_events(&mut self, coord: &Coordinator, events: Vec<Event>) {
-        let leads = self.is_active(coord);
+    fn on_events(&mut self, cx: &mut Shared, events: Vec<Event>, evidence: &[Evidence<'_>]) {
+        let leads = self.is_active(cx);
         let (mut wake, mut finished) = (false, false);
         for event in events {
-            let lone = leads && matches!(&event, Event::TaskFinal { task, .. } if coord.task(task).is_some_and(|t| t.lone));
+            if let Event::TaskFinal { task, verdict } = &event {
+                self.write_verdict(cx, *task, verdict, evidence);
+            }
+            let lone = leads && matches!(&event, Event::TaskFinal { task, .. } if cx.coord.task(task).is_some_and(|t| t.lone));
             wake |= matches!(event, Event::LeaseExpired { .. });
             finished |= leads && matches!(event, Event::JobFinished { .. });
             self.notices.push_back(Notice::Coordinator { event, leads, lone });
@@ -324,12 +347,15 @@ impl Host {
     }
 
     /// Events of other jobs met while draining.
-    pub(super) fn take_spill(&mut self) -> Vec<Event> {
+    fn take_spill(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.spill)
     }
 
     /// Sets the list (each one named is remembered), and the replication streams to match.
     fn set_coordinators(&mut self, list: Vec<PeerId>) {
+        if list != self.coordinators {
+            self.writes.push(Write::Coordinators { job: self.job, list: list.clone() });
+        }
         let backups: Vec<PeerId> = if list.first() == Some(&self.me) { list[1..].to_vec() } else { Vec::new() };
         self.replicators.retain(|to| backups.contains(to));
         self.named.extend(list.iter().copied());

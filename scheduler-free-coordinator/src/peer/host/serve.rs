@@ -7,9 +7,10 @@ use std::sync::Arc;
 use crate::peer::lease::{self, Granted};
 use crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
 use crate::peer::report::{self, Taken};
-use crate::{Attestation, Coordinator, Lease, Millis, NetPrefix, PeerId, Release, TaskId};
+use crate::{Attestation, Detail, Lease, Millis, NetPrefix, PeerId, Release, TaskId};
 
-use super::{Held, Host, Logged, Notice, ReportItem, Streamed};
+use super::persist::Evidence;
+use super::{Held, Host, Logged, Notice, ReportItem, Shared, Streamed};
 
 /// What a report batch came to, for the driver's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,13 +26,13 @@ pub struct Tally {
 impl Host {
     /// `MeshService.Lease` from `worker`, whose connection comes from `network`: the answer.
     /// The leases stream to the backups, so a report follows a takeover.
-    pub(super) fn handle_lease(&mut self, coord: &mut Coordinator, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
-        coord.note_prefix(worker, network);
-        let granted = lease::grant(coord, &self.job, worker, max, now);
+    pub(super) fn handle_lease(&mut self, cx: &mut Shared, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
+        cx.coord.note_prefix(worker, network);
+        let granted = lease::grant(&mut cx.coord, &self.job, worker, max, now);
         let streamed: Vec<Lease> = granted.to_stream(self.me).cloned().collect();
         for l in streamed {
             let expires_in = l.expires_at.saturating_sub(now);
-            self.stream(coord, Streamed::Lease { task: l.task, peer: l.peer, expires_in }, 0, now);
+            self.stream(cx, Streamed::Lease { task: l.task, peer: l.peer, expires_in }, 0, now);
         }
         granted
     }
@@ -39,30 +40,32 @@ impl Host {
     /// `MeshService.Report` from `worker`: its attestations recorded, its releases taken. The
     /// answer comes out as a [`Transmit::ReportAnswer`](super::Transmit::ReportAnswer), at once
     /// or once a backup holds what was recorded (or the wait for one gives up).
-    pub(super) fn handle_report(&mut self, coord: &mut Coordinator, worker: PeerId, id: u64, batch: Vec<ReportItem>, now: Millis) -> Tally {
+    pub(super) fn handle_report(&mut self, cx: &mut Shared, worker: PeerId, id: u64, batch: Vec<ReportItem>, now: Millis) -> Tally {
         let mut tally = Tally::default();
         let mut released = false;
-        let streamed = |h: &Host, coord: &Coordinator| if h.leads(coord) { h.log.len() as u64 } else { 0 };
-        let before = streamed(self, coord);
+        let streamed = |h: &Host, cx: &Shared| if h.leads(cx) { h.log.len() as u64 } else { 0 };
+        let before = streamed(self, cx);
         for item in batch {
             match item {
-                ReportItem::Attest(att, out) => {
+                ReportItem::Attest(att, output, detail) => {
                     let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
-                    let taken = report::take(coord, worker, att.clone(), signed, &out);
-                    self.note_taken(coord, att, &taken, out.len(), now, &mut tally);
+                    let taken = report::take(&mut cx.coord, worker, att.clone(), signed, &output);
+                    let evidence = Evidence { att: &att, output: &output, detail: &detail };
+                    self.note_taken(cx, evidence, &taken, now, &mut tally);
+                    self.drain(cx, &[evidence]);
                 }
                 ReportItem::Release(task, why) => {
-                    coord.release(task, worker, why);
-                    self.note_released(coord, task, worker, why, now);
+                    cx.coord.release(task, worker, why);
+                    self.note_released(cx, task, worker, why, now);
                     released = true;
+                    self.drain(cx, &[]);
                 }
             }
-            self.drain(coord);
         }
         if released {
             self.notices.push_back(Notice::Wake);
         }
-        let upto = streamed(self, coord);
+        let upto = streamed(self, cx);
         if upto > before && self.coordinators.len() > 1 {
             let (accepted, rejected) = (tally.accepted, tally.rejected);
             self.held.push(Held { worker, batch: id, accepted, rejected, upto, until: now + BACKUP_ACK_TIMEOUT_MS });
@@ -72,37 +75,42 @@ impl Host {
         tally
     }
 
-    /// Records an attestation of this peer's own, with its `output` (no signature check: it
-    /// made it).
-    pub(super) fn record_own(&mut self, coord: &mut Coordinator, att: Attestation, output: &[u8], now: Millis) -> Tally {
+    /// Records an attestation of this peer's own, with its `output` and `detail` (no signature
+    /// check: it made it).
+    pub(super) fn record_own(&mut self, cx: &mut Shared, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
         let mut tally = Tally::default();
-        let taken = report::record(coord, att.clone());
-        self.note_taken(coord, att, &taken, output.len(), now, &mut tally);
-        self.drain(coord);
+        let taken = report::record(&mut cx.coord, att.clone());
+        let evidence = Evidence { att: &att, output, detail };
+        self.note_taken(cx, evidence, &taken, now, &mut tally);
+        self.drain(cx, &[evidence]);
         tally
     }
 
     /// The outcome of one of this peer's own replicas (what its
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
-    pub(super) fn handle_own(&mut self, coord: &mut Coordinator, item: ReportItem, now: Millis) -> Tally {
+    pub(super) fn handle_own(&mut self, cx: &mut Shared, item: ReportItem, now: Millis) -> Tally {
         match item {
-            ReportItem::Attest(att, output) => self.record_own(coord, att, &output, now),
+            ReportItem::Attest(att, output, detail) => self.record_own(cx, att, &output, &detail, now),
             ReportItem::Release(task, why) => {
-                self.release_own(coord, task, why);
+                self.release_own(cx, task, why);
                 Tally::default()
             }
         }
     }
 
     /// This peer's own replica of `task` handed back.
-    pub(super) fn release_own(&mut self, coord: &mut Coordinator, task: TaskId, why: Release) {
-        coord.release(task, self.me, why);
-        self.drain(coord);
+    pub(super) fn release_own(&mut self, cx: &mut Shared, task: TaskId, why: Release) {
+        cx.coord.release(task, self.me, why);
+        self.drain(cx, &[]);
     }
 
-    fn note_taken(&mut self, coord: &Coordinator, att: Attestation, taken: &Taken, output: usize, now: Millis, tally: &mut Tally) {
+    fn note_taken(&mut self, cx: &mut Shared, e: Evidence<'_>, taken: &Taken, now: Millis, tally: &mut Tally) {
         match taken {
-            Taken::Recorded { lone, .. } => self.note_recorded(coord, Logged { att: Arc::new(att), lone: *lone }, output, now),
+            Taken::Recorded { lone, decided, .. } => {
+                cx.outputs.keep(e.att.task, e.att.result.output_hash, e.output);
+                let logged = Logged { att: Arc::new(e.att.clone()), lone: *lone };
+                self.note_recorded(cx, logged, e.output, decided.then_some(e.detail), now);
+            }
             Taken::Late => tally.late += 1,
             Taken::Invalid | Taken::Refused(_) => {}
         }

@@ -13,9 +13,10 @@
 //! failed batch are not repaired, and those tasks run again should the backup take over.
 
 use crate::peer::replication::Replicated;
-use crate::{Coordinator, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
+use crate::{Detail, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 
-use super::{AdoptKind, Host, Logged, Notice, Streamed, Transmit};
+use super::persist::Evidence;
+use super::{AdoptKind, Host, Logged, Notice, Recorded, Shared, Streamed, Transmit, Write};
 
 /// Why a `Replicate` was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -25,21 +26,22 @@ pub struct NotCoordinator;
 impl Host {
     /// `MeshService.Replicate` from `from`: the entries replayed here; the answer is how many
     /// attestations were new. Refused unless `from` is one of this peer's coordinators of `job`.
-    pub(super) fn handle_replicate(&mut self, coord: &mut Coordinator, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
+    pub(super) fn handle_replicate(&mut self, cx: &mut Shared, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
         if job != self.job || !self.coordinators.contains(&from) {
             return Err(NotCoordinator);
         }
         let mut recorded = 0;
-        for item in items {
-            match item {
-                Streamed::Attestation(l, _) => recorded += u32::from(self.replay(coord, l, now)),
+        for item in &items {
+            match *item {
+                Streamed::Attestation(ref r, _) => recorded += u32::from(self.replay(cx, r, now)),
                 Streamed::Lease { task, peer, expires_in } => {
-                    coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
+                    cx.coord.restore_lease(Lease { task, peer, expires_at: now + expires_in });
                 }
-                Streamed::Release { task, peer, why } => coord.release(task, peer, why),
+                Streamed::Release { task, peer, why } => cx.coord.release(task, peer, why),
             }
         }
-        self.drain(coord);
+        let evidence: Vec<Evidence<'_>> = items.iter().filter_map(|i| if let Streamed::Attestation(r, _) = i { Some(r.evidence()) } else { None }).collect();
+        self.drain(cx, &evidence);
         Ok(recorded)
     }
 
@@ -60,24 +62,29 @@ impl Host {
         self.replicate_at = self.replicators.poll_timeout(now);
     }
 
-    /// This peer recorded an attestation: log it, and stream it when it leads.
-    /// `output` bytes go with it on the stream.
-    pub(super) fn note_recorded(&mut self, coord: &Coordinator, item: Logged, output: usize, now: Millis) {
+    /// This peer recorded an attestation: store it, log it, and stream it when it leads, with
+    /// its `output` and, when it decided its task, its `detail`.
+    pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, output: &[u8], decided: Option<&Detail>, now: Millis) {
+        let ordinal = cx.coord.task(&item.att.task).map_or(0, |t| t.attestations.saturating_sub(1));
+        self.writes.push(Write::Attestation { logged: item.clone(), ordinal });
         let seq = self.log.len() as u64 + 1;
-        self.stream(coord, Streamed::Attestation(item.clone(), seq), output, now);
+        if self.leads(cx) {
+            let entry = Recorded { logged: item.clone(), output: output.to_vec(), detail: decided.cloned().unwrap_or_default() };
+            self.stream(cx, Streamed::Attestation(entry, seq), output.len(), now);
+        }
         self.log.push(item);
     }
 
     /// `peer` handed a replica of `task` back: streamed when it is another peer's.
-    pub(super) fn note_released(&mut self, coord: &Coordinator, task: TaskId, peer: PeerId, why: Release, now: Millis) {
+    pub(super) fn note_released(&mut self, cx: &Shared, task: TaskId, peer: PeerId, why: Release, now: Millis) {
         if peer != self.me {
-            self.stream(coord, Streamed::Release { task, peer, why }, 0, now);
+            self.stream(cx, Streamed::Release { task, peer, why }, 0, now);
         }
     }
 
     /// Queues `entry`, `bytes` long, for every backup when this peer leads.
-    pub(super) fn stream(&mut self, coord: &Coordinator, entry: Streamed, bytes: usize, now: Millis) {
-        if !self.leads(coord) {
+    pub(super) fn stream(&mut self, cx: &Shared, entry: Streamed, bytes: usize, now: Millis) {
+        if !self.leads(cx) {
             return;
         }
         let mut behind = Vec::new();
@@ -116,21 +123,25 @@ impl Host {
 
     /// Replays attestations another coordinator recorded (an adoption); returns how many were
     /// new here.
-    pub(super) fn record_replicated(&mut self, coord: &mut Coordinator, items: Vec<Logged>, now: Millis) -> u32 {
-        let recorded = items.into_iter().map(|l| u32::from(self.replay(coord, l, now))).sum();
-        self.drain(coord);
+    pub(super) fn record_replicated(&mut self, cx: &mut Shared, items: &[Recorded], now: Millis) -> u32 {
+        let recorded = items.iter().map(|r| u32::from(self.replay(cx, r, now))).sum();
+        let evidence: Vec<Evidence<'_>> = items.iter().map(Recorded::evidence).collect();
+        self.drain(cx, &evidence);
         recorded
     }
 
-    fn replay(&mut self, coord: &mut Coordinator, item: Logged, now: Millis) -> bool {
-        match coord.restore_attestation_lone((*item.att).clone(), item.lone) {
-            Ok(Reported::Recorded | Reported::Decided) => {
-                // A replayed attestation's output is not in hand here.
-                self.note_recorded(coord, item, 0, now);
-                true
-            }
-            Ok(Reported::Late) | Err(_) => false,
-        }
+    /// Records what another coordinator recorded (its output, when it came with one, kept for
+    /// the task's verdict); whether it was new here.
+    fn replay(&mut self, cx: &mut Shared, r: &Recorded, now: Millis) -> bool {
+        let decided = match cx.coord.restore_attestation_lone((*r.logged.att).clone(), r.logged.lone) {
+            Ok(Reported::Recorded) => false,
+            Ok(Reported::Decided) => true,
+            Ok(Reported::Late) | Err(_) => return false,
+        };
+        let att = &r.logged.att;
+        cx.outputs.keep(att.task, att.result.output_hash, &r.output);
+        self.note_recorded(cx, r.logged.clone(), &r.output, decided.then_some(&r.detail), now);
+        true
     }
 
     /// Asks for backup `to` to get the whole of `job` soon (coalesced with a pending request).
@@ -139,8 +150,8 @@ impl Host {
     }
 
     /// Catches up every backup, when this peer leads.
-    pub(super) fn catch_up_backups(&mut self, coord: &Coordinator, now: Millis) {
-        if !self.leads(coord) {
+    pub(super) fn catch_up_backups(&mut self, cx: &Shared, now: Millis) {
+        if !self.leads(cx) {
             return;
         }
         for &b in &self.coordinators[1..] {
@@ -150,9 +161,9 @@ impl Host {
 
     /// Sends the catch-ups that are due, each if this peer still leads and the backup is still
     /// one of its coordinators.
-    pub(super) fn send_catch_ups(&mut self, coord: &Coordinator, now: Millis) {
+    pub(super) fn send_catch_ups(&mut self, cx: &Shared, now: Millis) {
         while let Some((job, backup)) = self.catch_ups.poll_due(now) {
-            if job == self.job && self.leads(coord) && self.coordinators.contains(&backup) {
+            if job == self.job && self.leads(cx) && self.coordinators.contains(&backup) {
                 self.send_adopt(backup, self.coordinators.clone(), AdoptKind::CatchUp);
             }
         }

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{Host, Hosts, Members, Notice, ReportItem, Transmit};
+use super::{Host, Hosts, Members, Notice, Recorded, ReportItem, Transmit, Write};
 use crate::rendezvous::DEFAULT_COORDINATORS;
 use crate::peer::replication::{REPLICATE_PAUSE_MS, REPLICATE_TRIES};
 use crate::peer::takeover::SYNC_TIMEOUT_MS;
 use crate::records::{JobAd, Verifier};
-use crate::{Attestation, BlobId, JobId, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
+use crate::{Attestation, BlobId, Detail, JobId, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
 
 /// The origin: `test_coordinator`'s jobs name it.
 const A: PeerId = PeerId([9; 32]);
@@ -31,8 +31,9 @@ fn att(task: TaskId, peer: PeerId, output: &[u8]) -> Attestation {
     Attestation { task, peer, result, fuel_used: 0, signature: vec![1] }
 }
 
-/// What one host knows of the mesh: every member but those it holds dead.
-struct View(Vec<PeerId>);
+/// What one host knows of the mesh: every member but those it holds dead, and those whose
+/// adverts say they are unreachable.
+struct View(Vec<PeerId>, BTreeSet<PeerId>);
 
 impl Members for View {
     fn is_live(&self, peer: &PeerId) -> bool {
@@ -46,6 +47,9 @@ impl Members for View {
     }
     fn live(&self) -> Vec<PeerId> {
         self.0.clone()
+    }
+    fn may_coordinate(&self, peer: &PeerId) -> bool {
+        !self.1.contains(peer)
     }
 }
 
@@ -62,6 +66,8 @@ struct Net {
     down: BTreeSet<PeerId>,
     /// Members whose calls get no answer at all (neither an answer nor a failure).
     silent: BTreeSet<PeerId>,
+    /// Members whose adverts say they are unreachable (they may not coordinate).
+    unreachable: BTreeSet<PeerId>,
     /// Who each host holds dead.
     dead: BTreeMap<PeerId, BTreeSet<PeerId>>,
     /// Each announcer's latest ad.
@@ -69,6 +75,8 @@ struct Net {
     seq: u64,
     notices: Vec<(PeerId, Notice)>,
     answers: Vec<(PeerId, u32, u32)>,
+    /// Every write each host asked for, in order.
+    writes: Vec<(PeerId, Write)>,
 }
 
 impl Net {
@@ -83,11 +91,13 @@ impl Net {
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
             silent: BTreeSet::new(),
+            unreachable: BTreeSet::new(),
             dead: BTreeMap::new(),
             ads: BTreeMap::new(),
             seq: 0,
             notices: Vec::new(),
             answers: Vec::new(),
+            writes: Vec::new(),
         };
         let mut hosts = Hosts::new(A, coord, verifier());
         hosts.coordinate(job, vec![A], 0);
@@ -106,7 +116,7 @@ impl Net {
 
     fn view(&self, me: PeerId) -> View {
         let dead = self.dead.get(&me);
-        View(self.members.iter().copied().filter(|p| *p != me && dead.is_none_or(|d| !d.contains(p))).collect())
+        View(self.members.iter().copied().filter(|p| *p != me && dead.is_none_or(|d| !d.contains(p))).collect(), self.unreachable.clone())
     }
 
     /// Whether a message from `a` reaches `b`.
@@ -144,6 +154,13 @@ impl Net {
 
     fn settle(&mut self) {
         for _ in 0..MAX_STEPS {
+            // Every store is durable at once here.
+            for (id, h) in &mut self.hosts {
+                while let Some((n, w)) = h.poll_persist() {
+                    h.handle_durable(n);
+                    self.writes.push((*id, w));
+                }
+            }
             let out = self.hosts.iter_mut().find_map(|(id, h)| {
                 h.poll_transmit().map(|t| (*id, Ok(t))).or_else(|| h.poll_notice().map(|(_, n)| (*id, Err(n))))
             });
@@ -175,8 +192,10 @@ impl Net {
                         hosts.coordinate(job, coordinators.clone(), now);
                         self.hosts.insert(to, hosts);
                     }
+                    let log = log.into_iter().map(Recorded::bare).collect();
                     self.call(to, |h, _, now| h.handle_adopt(from, &job, coordinators, log, kind, fresh, now)).unwrap_or_default()
                 });
+                let missing = missing.map(|m| m.into_iter().map(Recorded::bare).collect());
                 self.call(from, |h, v, now| h.handle_adopted(&job, to, missing, kind, now, v));
             }
         }
@@ -265,7 +284,7 @@ impl Net {
     }
 
     fn report(&mut self, at: PeerId, task: TaskId) -> (u32, u32) {
-        let batch = vec![ReportItem::Attest(att(task, W, b"42"), b"42".to_vec())];
+        let batch = vec![ReportItem::Attest(att(task, W, b"42"), b"42".to_vec(), Detail::default())];
         let tally = self.call(at, |h, _, now| h.handle_report(W, 0, batch, now)).expect("host");
         (tally.accepted, tally.rejected)
     }
@@ -299,6 +318,8 @@ fn a_new_job_is_adopted_by_its_backups_and_announced_with_them() {
         assert_eq!(net.host(*b).coordinators(), net.host(A).coordinators());
     }
     assert_eq!(net.ads[&A].coordinators, net.host(A).coordinators());
+    let list = net.host(A).coordinators().to_vec();
+    assert!(net.writes.contains(&(A, Write::Coordinators { job: net.job, list })), "the settled list is stored");
 }
 
 #[test]
@@ -410,4 +431,18 @@ fn a_takeover_leads_when_a_backup_never_answers_its_sync() {
     assert!(net.leaders().is_empty(), "{next:?} waits for {mute:?}'s sync answer");
     net.run_until(net.now + SYNC_TIMEOUT_MS + 1_500);
     assert_eq!(net.leaders(), vec![next], "it leads once the sync timed out");
+}
+
+#[test]
+fn a_leader_found_unreachable_stands_by_and_a_reachable_one_takes_over() {
+    let (mut net, _) = formed();
+    // A's advert now says others cannot dial it: it may not coordinate, though alive.
+    net.unreachable.insert(A);
+    net.run_until(net.now + 20_000);
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+    assert_ne!(leaders[0], A);
+    assert!(!net.hosts[&A].is_active(&net.job), "A stands by");
+    let list = net.host(leaders[0]).coordinators().to_vec();
+    assert!(!list.contains(&A), "the new leader's list leaves A out: {list:?}");
 }

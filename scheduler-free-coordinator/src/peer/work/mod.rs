@@ -366,7 +366,7 @@ impl Work {
             return;
         };
         let bytes = match &outcome {
-            ReportItem::Attest(_, out) => out.len(),
+            ReportItem::Attest(_, out, _) => out.len(),
             ReportItem::Release(..) => 0,
         };
         if self.reports.push(to, outcome, bytes, r.expires_at, now).is_err() {

@@ -4,7 +4,7 @@
 use super::{NoOwn, Notice, Own, ReportItem, Replica, Transmit, Work};
 use crate::peer::reports::{Delivery, REPORT_BACKOFF_MS};
 use crate::records::JobAd;
-use crate::{Attestation, BlobId, JobId, Millis, Outcome, PeerId, Policy, Release, ResultKey, TaskId};
+use crate::{Attestation, BlobId, Detail, JobId, Millis, Outcome, PeerId, Policy, Release, ResultKey, TaskId};
 
 /// The worker.
 const W: PeerId = PeerId([21; 32]);
@@ -44,7 +44,7 @@ fn ad(seq: u64, coordinators: Vec<PeerId>) -> JobAd {
 fn attest(task: TaskId) -> ReportItem {
     let output = task.index.to_le_bytes().to_vec();
     let result = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId::of(&output) };
-    ReportItem::Attest(Attestation { task, peer: W, result, fuel_used: 0, signature: vec![1] }, output)
+    ReportItem::Attest(Attestation { task, peer: W, result, fuel_used: 0, signature: vec![1] }, output, Detail::default())
 }
 
 fn is_lease(t: &Transmit) -> bool {
@@ -167,7 +167,7 @@ fn report_retries_across_a_short_cut_reach_the_coordinator() {
     // The cut heals: the retry gets through, with the attestation.
     let Transmit::Report { to, items } = rig.next(is_report, 10 * REPORT_BACKOFF_MS) else { panic!("a retry") };
     assert_eq!(to, C1);
-    assert!(matches!(&items[..], [ReportItem::Attest(a, _)] if a.task == TaskId { job: JOB, index: 7 }));
+    assert!(matches!(&items[..], [ReportItem::Attest(a, ..)] if a.task == TaskId { job: JOB, index: 7 }));
     rig.work.handle_report_sent(C1, Delivery::Taken, rig.now);
     rig.drain();
     assert_eq!(rig.dropped(), 0);
@@ -216,7 +216,7 @@ fn reports_follow_a_new_leader_after_a_takeover() {
     rig.drain();
     let Transmit::Report { to, items } = rig.next(is_report, 5_000) else { panic!("the report goes out again") };
     assert_eq!(to, C2, "the report follows the new leader");
-    assert!(matches!(&items[..], [ReportItem::Attest(a, _)] if a.task.index == 3));
+    assert!(matches!(&items[..], [ReportItem::Attest(a, ..)] if a.task.index == 3));
     // New leases come from the new leader too, once the request to the dead one failed.
     assert!(matches!(rig.next(is_lease, 0), Transmit::Lease { to: C1, .. }));
     rig.work.handle_lease_failed(JOB, rig.now);

@@ -108,3 +108,26 @@ impl super::Members for NoMembers {
         Vec::new()
     }
 }
+
+#[test]
+fn a_batch_verifier_checks_a_reports_attestations_at_once() {
+    let (hosts, j1) = two_jobs(&[A]);
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    // Refuses every attestation of task 1 in whichever job, in one call per report.
+    let mut hosts = hosts.with_batch_verifier(Arc::new(move |atts: &[&Attestation]| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        atts.iter().map(|a| a.task.index != 1).collect()
+    }));
+    let mut tasks = Vec::new();
+    for job in [j1, J2] {
+        let granted = hosts.handle_lease(&job, W, 2, None, 0).expect("held");
+        tasks.extend(granted.leases.iter().map(|l| l.task));
+    }
+    let items = tasks.iter().map(|t| attest(t.job, t.index)).collect();
+    let tally = hosts.handle_report(W, 1, items, 10);
+    let refused = tasks.iter().filter(|t| t.index == 1).count() as u32;
+    assert!(refused > 0, "some attestation is refused: {tasks:?}");
+    assert_eq!((tally.accepted, tally.rejected), (tasks.len() as u32 - refused, refused));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1, "one check for the whole report");
+}

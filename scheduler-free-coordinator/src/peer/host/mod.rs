@@ -55,7 +55,7 @@ mod jobs_tests;
 #[cfg(test)]
 mod persist_tests;
 
-pub use hosts::Hosts;
+pub use hosts::{BatchVerifier, Hosts};
 pub use messages::{AdoptKind, Logged, Members, Notice, Recorded, ReportItem, Streamed, Transmit, Write};
 pub use own::OwnHost;
 pub use serve::Tally;
@@ -71,7 +71,6 @@ use persist::Evidence;
 use crate::peer::replicators::Replicators;
 use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;
-use crate::records::Verifier;
 use crate::{Coordinator, Event, JobId, JobSpec, Millis, PeerId, SubmitError};
 
 /// A report batch's answer, held until a backup holds what it recorded. They are kept in the
@@ -102,7 +101,6 @@ pub struct Host {
     me: PeerId,
     job: JobId,
     origin: PeerId,
-    verifier: Verifier,
     /// This peer's list of the job's coordinators, the active one first.
     coordinators: Vec<PeerId>,
     /// Every peer ever named one of the job's coordinators here (a rival is heard only from one).
@@ -142,13 +140,12 @@ impl Host {
     /// The host of `job` (submitted to `coord` already) on peer `me`, which started at
     /// `started`, with `coordinators` as its list. Roles are not looked at until
     /// [`Host::look_at_roles`] asks.
-    fn new(me: PeerId, cx: &Shared, job: JobId, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Host {
+    fn new(me: PeerId, cx: &Shared, job: JobId, coordinators: Vec<PeerId>, started: Millis) -> Host {
         let origin = cx.coord.job(&job).map_or(me, |j| j.spec.origin);
         Host {
             me,
             job,
             origin,
-            verifier,
             named: coordinators.iter().copied().collect(),
             coordinators,
             rivals: BTreeSet::new(),
@@ -173,18 +170,18 @@ impl Host {
 
     /// The host of `job`, which this peer did not hold, taken as `spec` says when an `Adopt`
     /// hands it over: in standby, until the role rules decide.
-    fn adopt(me: PeerId, cx: &mut Shared, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, verifier: Verifier, started: Millis) -> Result<Host, SubmitError> {
+    fn adopt(me: PeerId, cx: &mut Shared, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, started: Millis) -> Result<Host, SubmitError> {
         cx.coord.submit(job, spec)?;
         cx.coord.set_standby(&job, true);
-        Ok(Host::new(me, cx, job, coordinators, verifier, started))
+        Ok(Host::new(me, cx, job, coordinators, started))
     }
 
     /// The host a restarted peer builds from what it stored ([`Host::stored`]): the job back
     /// (submitted to `coord` already) and every attestation it recorded, in standby if it had
     /// backups (another coordinator may lead meanwhile; the role rules decide). The replayed
     /// verdicts describe the past: no notice is given for them.
-    fn restore(me: PeerId, cx: &mut Shared, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, verifier: Verifier, now: Millis) -> Host {
-        let mut h = Host::new(me, cx, job, coordinators, verifier, now);
+    fn restore(me: PeerId, cx: &mut Shared, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, now: Millis) -> Host {
+        let mut h = Host::new(me, cx, job, coordinators, now);
         for l in &log {
             // A log of this very coordinator: what it cannot take again it took before.
             let _ = cx.coord.restore_attestation_lone((*l.att).clone(), l.lone);

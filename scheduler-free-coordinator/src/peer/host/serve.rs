@@ -40,15 +40,15 @@ impl Host {
     /// `MeshService.Report` from `worker`: its attestations recorded, its releases taken. The
     /// answer comes out as a [`Transmit::ReportAnswer`](super::Transmit::ReportAnswer), at once
     /// or once a backup holds what was recorded (or the wait for one gives up).
-    pub(super) fn handle_report(&mut self, cx: &mut Shared, worker: PeerId, id: u64, batch: Vec<ReportItem>, now: Millis) -> Tally {
+    /// Each attestation comes with whether its signature checked out.
+    pub(super) fn handle_report(&mut self, cx: &mut Shared, worker: PeerId, id: u64, batch: Vec<(ReportItem, bool)>, now: Millis) -> Tally {
         let mut tally = Tally::default();
         let mut released = false;
         let streamed = |h: &Host, cx: &Shared| if h.leads(cx) { h.log.len() as u64 } else { 0 };
         let before = streamed(self, cx);
-        for item in batch {
+        for (item, signed) in batch {
             match item {
                 ReportItem::Attest(att, output, detail) => {
-                    let signed = (self.verifier)(&att.peer, &att.signing_bytes(), &att.signature);
                     let taken = report::take(&mut cx.coord, worker, att.clone(), signed, &output);
                     let evidence = Evidence { att: &att, output: &output, detail: &detail };
                     self.note_taken(cx, evidence, &taken, now, &mut tally);

@@ -7,7 +7,7 @@
 //! Simplification: the module fetch of an adoption is counted as bytes with the `Adopt` call
 //! rather than simulated as its own call.
 
-use crate::peer::host::{AdoptKind, Hosts, Logged, Recorded, ReportItem, Streamed};
+use crate::peer::host::{Adopt, AdoptKind, Hosts, Logged, Recorded, ReportItem, Streamed};
 use crate::{BlobId, JobId, PeerId};
 
 use super::engine::Sim;
@@ -85,7 +85,8 @@ impl Sim {
         }
         let (now, sender) = (self.now, self.peers[from as usize].id);
         let log = log.into_iter().map(Recorded::bare).collect();
-        let missing = self.with_hosts(r, |h, _| h.handle_adopt(sender, &job, list, log, kind, fresh, now)).unwrap_or_default();
+        let adopt = Adopt { from: sender, job, coordinators: list, log, kind, timed_out: Vec::new(), cancelled: false };
+        let missing = self.with_hosts(r, |h, _| h.handle_adopt(adopt, fresh, now)).unwrap_or_default();
         let size = wire::adopt_response(&self.recorded(r, &missing));
         self.answer(r, from, CallKind::Adopt(r, kind), Some(Reply::Adopt(missing)), size);
     }

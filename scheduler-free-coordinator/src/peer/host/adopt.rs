@@ -12,9 +12,9 @@ use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
 use crate::peer::takeover::{self, Sync};
 use crate::reachability::coordinators_in_role;
-use crate::{Millis, PeerId};
+use crate::{Millis, PeerId, TaskId};
 
-use super::{AdoptKind, Host, Logged, Members, Notice, Recorded, Shared, Transmit};
+use super::{Adopt, AdoptKind, Host, Logged, Members, Notice, Recorded, Shared, Transmit};
 
 impl Host {
     /// Offers the job to the highest-ranked of `candidates` to fill the list up (keeping this
@@ -24,23 +24,37 @@ impl Host {
         self.add_coordinators(cx, keep, candidates);
     }
 
-    /// `MeshService.Adopt` of this host's job from `from`, naming `list`: every attestation
-    /// sent is recorded, and what the adoption means is settled (a hand-over merged, two
-    /// leaders). The answer: for a [`AdoptKind::Sync`], what is recorded here that the sender
-    /// lacks, in this peer's order. `fresh` says the host was just made for this adoption.
-    #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, the call's context and `now`
-    pub(super) fn handle_adopt(&mut self, cx: &mut Shared, from: PeerId, list: Vec<PeerId>, log: Vec<Recorded>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
-        let missing = if !fresh && kind == AdoptKind::Sync {
-            let carried = takeover::Carried::of(log.iter().map(|r| (r.logged.att.task.index, r.logged.att.peer)));
+    /// `MeshService.Adopt` of this host's job: every attestation sent is recorded, the tasks
+    /// failed by deadline misses too, a cancellation by one of this peer's coordinators is
+    /// taken, and what the adoption means is settled (a hand-over merged, two leaders). The
+    /// answer: for a [`AdoptKind::Sync`] from one of this peer's coordinators, what is recorded
+    /// here that the sender lacks, in this peer's order. `fresh` says the host was just made
+    /// for this adoption.
+    pub(super) fn handle_adopt(&mut self, cx: &mut Shared, a: Adopt, fresh: bool, now: Millis) -> Vec<Logged> {
+        // Only to a coordinator this peer names: the job is its to lead (anyone can sign an
+        // adoption naming itself).
+        let named = self.coordinators.contains(&a.from);
+        let missing = if !fresh && a.kind == AdoptKind::Sync && named {
+            let carried = takeover::Carried::of(a.log.iter().map(|r| (r.logged.att.task.index, r.logged.att.peer)));
             takeover::missing(self.log.iter().map(|l| &*l.att), &carried).into_iter().map(|i| self.log[i].clone()).collect()
         } else {
             Vec::new()
         };
-        self.record_replicated(cx, &log, now);
+        self.record_replicated(cx, &a.log, now);
+        if !a.timed_out.is_empty() {
+            let total = cx.coord.job(&self.job).map_or(0, |j| j.spec.task_count);
+            for &(index, misses) in a.timed_out.iter().filter(|(i, _)| *i < total) {
+                cx.coord.restore_timed_out(TaskId { job: self.job, index }, misses);
+            }
+            self.drain(cx, &[]);
+        }
+        if a.cancelled && named {
+            self.cancel(cx, now);
+        }
         if fresh {
             self.look_at_roles(now + ROLES_EVERY_MS);
         } else {
-            self.adopted_from(cx, from, &list, now);
+            self.adopted_from(cx, a.from, &a.coordinators, now);
         }
         missing
     }

@@ -22,7 +22,7 @@ use crate::records::{JobAd, Verifier};
 use crate::requests::TICK_MS;
 use crate::{Attestation, Coordinator, Detail, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
 
-use super::{AdoptKind, Host, Logged, Members, NotCoordinator, Notice, Recorded, ReportItem, Shared, Streamed, Tally, Transmit, Write};
+use super::{Adopt, AdoptKind, Host, Logged, Members, NotCoordinator, Notice, Recorded, ReportItem, Shared, Streamed, Tally, Transmit, Write};
 
 /// Checks attestations' signatures at once, one answer each, in order.
 pub type BatchVerifier = std::sync::Arc<dyn Fn(&[&Attestation]) -> Vec<bool> + Send + Sync>;
@@ -247,12 +247,11 @@ impl Hosts {
         self.collect();
     }
 
-    /// `MeshService.Adopt` of `job` from `from`, naming `list` (see [`Host::handle_adopt`]);
-    /// `fresh` when [`Hosts::adopt`] just took the job for it. The answer: for a
-    /// [`AdoptKind::Sync`], what is recorded here that the sender lacks.
-    #[allow(clippy::too_many_arguments)] // an `Adopt`'s four parts, its job, `fresh` and `now`
-    pub fn handle_adopt(&mut self, from: PeerId, job: &JobId, list: Vec<PeerId>, log: Vec<Recorded>, kind: AdoptKind, fresh: bool, now: Millis) -> Vec<Logged> {
-        let missing = self.hosts.get_mut(job).map(|h| h.handle_adopt(&mut self.shared, from, list, log, kind, fresh, now)).unwrap_or_default();
+    /// `MeshService.Adopt` (see [`Adopt`]); `fresh` when [`Hosts::adopt`] just took the job for
+    /// it. The answer: for a [`AdoptKind::Sync`] from one of this peer's coordinators of the
+    /// job, what is recorded here that the sender lacks.
+    pub fn handle_adopt(&mut self, a: Adopt, fresh: bool, now: Millis) -> Vec<Logged> {
+        let missing = self.hosts.get_mut(&a.job).map(|h| h.handle_adopt(&mut self.shared, a, fresh, now)).unwrap_or_default();
         self.collect();
         missing
     }

@@ -86,6 +86,22 @@ pub enum Streamed {
     Release { task: TaskId, peer: PeerId, why: Release },
 }
 
+/// `MeshService.Adopt` as a host takes it: the sender's list, every attestation it recorded, the
+/// tasks it failed by deadline misses (no attestation carries those), and whether it cancelled
+/// the job. The driver checks the request's signatures and that its list names the sender and
+/// this peer.
+#[derive(Clone, Debug)]
+pub struct Adopt {
+    pub from: PeerId,
+    pub job: JobId,
+    pub coordinators: Vec<PeerId>,
+    pub log: Vec<Recorded>,
+    pub kind: AdoptKind,
+    /// `(index, misses)` of each task failed by deadline misses there.
+    pub timed_out: Vec<(u32, u32)>,
+    pub cancelled: bool,
+}
+
 /// What an `Adopt` is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdoptKind {

@@ -56,7 +56,7 @@ mod jobs_tests;
 mod persist_tests;
 
 pub use hosts::{BatchVerifier, Hosts};
-pub use messages::{AdoptKind, Logged, Members, Notice, Recorded, ReportItem, Streamed, Transmit, Write};
+pub use messages::{Adopt, AdoptKind, Logged, Members, Notice, Recorded, ReportItem, Streamed, Transmit, Write};
 pub use own::OwnHost;
 pub use serve::Tally;
 pub use stream::NotCoordinator;

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{Host, Hosts, Members, Notice, Recorded, ReportItem, Transmit, Write};
+use super::{Adopt, Host, Hosts, Members, Notice, Recorded, ReportItem, Transmit, Write};
 use crate::rendezvous::DEFAULT_COORDINATORS;
 use crate::peer::replication::{REPLICATE_PAUSE_MS, REPLICATE_TRIES};
 use crate::peer::takeover::SYNC_TIMEOUT_MS;
 use crate::records::{JobAd, Verifier};
-use crate::{Attestation, BlobId, Detail, JobId, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
+use crate::{Attestation, BlobId, Detail, JobId, JobState, Release, Millis, Outcome, PeerId, Policy, ResultKey, TaskId};
 
 /// The origin: `test_coordinator`'s jobs name it.
 const A: PeerId = PeerId([9; 32]);
@@ -183,6 +183,10 @@ impl Net {
             }
             Transmit::Adopt { to, .. } if self.silent.contains(&to) => {}
             Transmit::Adopt { to, job, coordinators, log, kind } => {
+                // What the driver adds from the sender's coordinator, as the peer's request does.
+                let sender = self.hosts[&from].coordinator();
+                let cancelled = sender.job(&job).is_some_and(|j| j.state == JobState::Cancelled);
+                let timed_out = sender.timed_out(&job);
                 let missing = self.reachable(from, to).then(|| {
                     let fresh = !self.hosts.contains_key(&to);
                     if fresh {
@@ -193,7 +197,8 @@ impl Net {
                         self.hosts.insert(to, hosts);
                     }
                     let log = log.into_iter().map(Recorded::bare).collect();
-                    self.call(to, |h, _, now| h.handle_adopt(from, &job, coordinators, log, kind, fresh, now)).unwrap_or_default()
+                    let adopt = Adopt { from, job, coordinators, log, kind, timed_out, cancelled };
+                    self.call(to, |h, _, now| h.handle_adopt(adopt, fresh, now)).unwrap_or_default()
                 });
                 let missing = missing.map(|m| m.into_iter().map(Recorded::bare).collect());
                 self.call(from, |h, v, now| h.handle_adopted(&job, to, missing, kind, now, v));
@@ -445,4 +450,43 @@ fn a_leader_found_unreachable_stands_by_and_a_reachable_one_takes_over() {
     assert!(!net.hosts[&A].is_active(&net.job), "A stands by");
     let list = net.host(leaders[0]).coordinators().to_vec();
     assert!(!list.contains(&A), "the new leader's list leaves A out: {list:?}");
+}
+
+/// Twin of `tests/tests/failover.rs`' cancellation test: a job cancelled at its leader is
+/// cancelled at every coordinator, by the catch-up the cancellation sends.
+#[test]
+fn a_cancellation_reaches_every_coordinator() {
+    let (mut net, backups) = formed();
+    let job = net.job;
+    assert_eq!(net.call(A, |h, _, now| h.cancel(&job, now)), Some(Some(true)));
+    net.run_until(net.now + 5_000);
+    for p in [A, backups[0], backups[1]] {
+        let state = net.hosts[&p].coordinator().job(&job).map(|j| j.state);
+        assert_eq!(state, Some(JobState::Cancelled), "at {p:?}");
+        assert!(net.writes.contains(&(p, Write::Cancelled { job })), "{p:?} stores it");
+    }
+}
+
+/// Twin of `tests/tests/failover.rs`' deadline test: a task whose replicas all miss their
+/// deadline fails by deadline misses at every coordinator, the releases streamed to the backups.
+#[test]
+fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
+    let (mut net, backups) = formed();
+    let (job, max) = (net.job, Policy::default().max_replicas);
+    let mut task = None;
+    for w in 0..max {
+        let worker = PeerId([40 + w as u8; 32]);
+        let t = task;
+        let granted = net.call(A, |h, _, now| h.handle_lease(&job, worker, 1, None, now)).flatten().expect("held");
+        let leased = granted.leases.iter().map(|l| l.task).find(|l| t.is_none_or(|t| t == *l));
+        let Some(leased) = leased else { break };
+        task = Some(leased);
+        net.call(A, |h, _, now| h.handle_report(worker, u64::from(w), vec![ReportItem::Release(leased, Release::Deadline)], now));
+        net.run_until(net.now + 1_000);
+    }
+    let task = task.expect("a task was leased");
+    for p in [A, backups[0], backups[1]] {
+        let verdict = net.hosts[&p].coordinator().task(&task).map(|t| t.verdict);
+        assert!(matches!(verdict, Some(crate::Verdict::Failed(crate::Failure::TimedOut(_)))), "at {p:?}: {verdict:?}");
+    }
 }

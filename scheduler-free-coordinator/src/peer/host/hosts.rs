@@ -9,9 +9,10 @@
 //! drain [`Hosts::poll_persist`], [`Hosts::poll_transmit`] and [`Hosts::poll_notice`] until
 //! they give nothing, and arm one timer at [`Hosts::poll_timeout`] for
 //! [`Hosts::handle_timeout`]. **Durability** is raft's `Ready` rule: writes come with rising
-//! ids and are to be made durable in that order; report answers and notices wait for every
-//! write asked before them and come out only once [`Hosts::handle_durable`] says so; calls to
-//! other peers (`Replicate`, `Adopt`) go at once. The answer a `handle_*` call returns (a
+//! ids and are to be made durable in that order; report answers, `Adopt`s (built from the
+//! store) and notices wait for every write asked before them and come out only once
+//! [`Hosts::handle_durable`] says so; `Replicate` batches (they carry what they stream) go at
+//! once. The answer a `handle_*` call returns (a
 //! `Replicate`'s, an `Adopt`'s) is sent only once [`Hosts::written`] is durable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -335,8 +336,8 @@ impl Hosts {
         self.written
     }
 
-    /// The next message that may go: a call at once, a report answer once the writes before it
-    /// are durable (answers keep their order among themselves).
+    /// The next message that may go: a `Replicate` at once, a report answer or an `Adopt` once
+    /// the writes before it are durable (those keep their order among themselves).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let i = self.transmits.iter().position(|(after, _)| *after <= self.durable)?;
         self.transmits.remove(i).map(|(_, t)| t)
@@ -440,7 +441,9 @@ impl Hosts {
                             self.transmits.push_back((after, Transmit::ReportAnswer { to, batch, accepted, rejected }));
                         }
                     }
-                    t @ Transmit::ReportAnswer { .. } => self.transmits.push_back((after, t)),
+                    // An `Adopt` waits too: the driver fills its outputs and inputs in from its
+                    // store, which must hold what the log names.
+                    t @ (Transmit::ReportAnswer { .. } | Transmit::Adopt { .. }) => self.transmits.push_back((after, t)),
                     t => self.transmits.push_back((0, t)),
                 }
             }

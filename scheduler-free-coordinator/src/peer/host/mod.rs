@@ -26,8 +26,9 @@
 //!   with the job; and [`Hosts::poll_timeout`] when [`Hosts::handle_timeout`] is next due.
 //! - **Durability** (raft's `Ready` rule): report answers and notices wait for every write
 //!   asked before them, and come out once [`Hosts::handle_durable`] says those are durable, so
-//!   nothing is told that a crash could take back; calls to other peers go at once. An answer a
-//!   call returns (a `Replicate`'s, an `Adopt`'s) is sent once [`Hosts::written`] is durable.
+//!   nothing is told that a crash could take back; `Adopt`s wait too (the driver fills them in
+//!   from its store), `Replicate` batches go at once. An answer a call returns (a
+//!   `Replicate`'s, an `Adopt`'s) is sent once [`Hosts::written`] is durable.
 //! - **The membership view** the role rules need comes in through [`Members`], asked only by
 //!   the inputs that look at roles or pick new coordinators.
 //! - **Signatures** are checked with the [`Verifier`] the hosts are made with (the real peer's

@@ -5,7 +5,7 @@
 use spare_protocol::peer::report::{self, Taken};
 use spare_protocol::peer::slots::is_stale;
 use spare_protocol::peer::work::Replica;
-use spare_protocol::{Attestation, BlobId, Millis, Outcome, PeerId, Release, ResultKey, TaskId};
+use spare_protocol::{Attestation, BlobId, Outcome, PeerId, Release, ResultKey, TaskId};
 use tokio::sync::oneshot;
 
 use futures::FutureExt;

@@ -348,7 +348,7 @@ impl Membership {
     /// advert's address of its receiver.
     pub(super) fn outgoing(&mut self, to: Member, data: &[u8]) -> Member {
         // Only the header's first two fields, read in place: decoding the whole header (two
-        // members, their addresses copied) for every packet sent was a fiftieth of the
+        // members, their addresses copied) for every packet sent was 0.7% of the
         // simulator's time. This peer's own packets always decode whole.
         if let Some((&super::TAG_FOCA, packet)) = data.split_first()
             && let Ok(((src, incarnation), _)) = postcard::take_from_bytes::<(MemberRef<'_>, Incarnation)>(packet)

@@ -50,7 +50,7 @@ where
 // SPARE: bytes pushed one at a time (postcard writes every `u8` of an
 // array, as a 32-byte identity is, with a push of its own) are gathered here
 // and handed to the buffer in one `put_slice`: a push each through `BufMut`
-// (a limit check and a one-byte copy) was a twentieth of Spare's simulator.
+// (a limit check and a one-byte copy) was a thirtieth of Spare's simulator.
 // The bytes, and where encoding stops for want of room, are the same.
 struct WrappedBuf<B: BufMut> {
     buf: B,

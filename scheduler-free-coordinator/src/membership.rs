@@ -323,6 +323,7 @@ impl BroadcastHandler<Member> for Handler {
 struct Collect<'a> {
     now: Millis,
     timers: &'a mut BTreeMap<(Millis, u64), Timer<Member>>,
+    next_timer: &'a mut Option<Millis>,
     timer_seq: &'a mut u64,
     out: &'a mut VecDeque<(Member, Vec<u8>)>,
     events: &'a mut VecDeque<MeshEvent>,
@@ -360,6 +361,7 @@ impl Runtime<Member> for Collect<'_> {
         *self.timer_seq += 1;
         let due = self.now.saturating_add(after.as_millis() as Millis);
         self.timers.insert((due, *self.timer_seq), event);
+        *self.next_timer = Some(self.next_timer.map_or(due, |at| at.min(due)));
     }
 }
 
@@ -368,6 +370,9 @@ pub struct Membership {
     foca: Foca<Member, PostcardCodec, SmallRng, Handler>,
     shared: Arc<Mutex<RecordState>>,
     timers: BTreeMap<(Millis, u64), Timer<Member>>,
+    /// When the first of `timers` is due, kept beside them: the driver asks after every
+    /// message, and reaching into the map for it was a fiftieth of the simulator's time.
+    next_timer: Option<Millis>,
     timer_seq: u64,
     out: VecDeque<(Member, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
@@ -435,6 +440,7 @@ impl Membership {
             foca,
             shared,
             timers: BTreeMap::new(),
+            next_timer: None,
             timer_seq: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -482,6 +488,7 @@ impl Membership {
             let mut rt = Collect {
                 now,
                 timers: &mut self.timers,
+                next_timer: &mut self.next_timer,
                 timer_seq: &mut self.timer_seq,
                 out: &mut self.out,
                 events: &mut self.events,
@@ -667,6 +674,7 @@ impl Membership {
             let Some(timer) = self.timers.remove(&(due, seq)) else { break };
             let _ = self.with(now, |foca, rt| foca.handle_timer(timer, rt));
         }
+        self.next_timer = self.timers.first_key_value().map(|(&(due, _), _)| due);
         if now >= self.next_down_hello {
             self.next_down_hello = now.saturating_add(self.down_hello_every);
             self.greet_dead_members();
@@ -752,7 +760,7 @@ impl Membership {
 
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let timer = self.timers.first_key_value().map(|(&(due, _), _)| due);
+        let timer = self.next_timer;
         let check = self.screen.next_check();
         timer.into_iter().chain(check).min()
     }
@@ -864,27 +872,27 @@ impl Membership {
         self.foca
             .iter_membership_state()
             .filter(|m| m.id().peer != me)
-            .map(|m| {
-                let state = match m.state() {
-                    State::Alive => MemberState::Alive,
-                    State::Suspect => MemberState::Suspect,
-                    State::Down => MemberState::Dead,
-                };
-                (self.with_signed_addr(m.id().clone()), state)
-            })
+            .map(|m| (self.with_signed_addr(m.id().clone()), member_state(m.state())))
             .collect()
     }
 
     /// The state of one member, without copying the others.
     pub fn state_of(&self, peer: &PeerId) -> Option<(Member, MemberState)> {
         self.foca.iter_membership_state().find(|m| m.id().peer == *peer).map(|m| {
-            let state = match m.state() {
-                State::Alive => MemberState::Alive,
-                State::Suspect => MemberState::Suspect,
-                State::Down => MemberState::Dead,
-            };
-            (self.with_signed_addr(m.id().clone()), state)
+            (self.with_signed_addr(m.id().clone()), member_state(m.state()))
         })
+    }
+
+    /// The state of one member, without its address (nothing copied, no record looked up).
+    pub fn member_state(&self, peer: &PeerId) -> Option<MemberState> {
+        self.foca.iter_membership_state().find(|m| m.id().peer == *peer).map(|m| member_state(m.state()))
+    }
+
+    /// Every member known (not this peer) with its state, as [`Membership::members`] gives
+    /// them but without their addresses: nothing copied, for callers that only count or look.
+    pub fn member_states(&self) -> impl Iterator<Item = (&PeerId, MemberState)> {
+        let me = self.foca.identity().peer;
+        self.foca.iter_membership_state().filter(move |m| m.id().peer != me).map(|m| (&m.id().peer, member_state(m.state())))
     }
 
     /// Active members (alive or suspect), not this peer.
@@ -962,6 +970,15 @@ fn job_digest(records: &held::Held) -> [u8; 32] {
         }
     }
     *h.finalize().as_bytes()
+}
+
+/// A member's state as foca holds it, as this module names it.
+fn member_state(state: State) -> MemberState {
+    match state {
+        State::Alive => MemberState::Alive,
+        State::Suspect => MemberState::Suspect,
+        State::Down => MemberState::Dead,
+    }
 }
 
 /// Moves the events of `from` to the end of `to`, and lets `from` go of the room a burst took.

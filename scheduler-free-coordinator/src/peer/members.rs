@@ -31,14 +31,16 @@ impl<'a, V: AsRef<Membership>> MeshMembers<'a, V> {
 
     /// Whether some membership holds `peer` as a live member (alive or suspect).
     pub fn seen_live(&self, peer: &PeerId) -> bool {
-        self.views.iter().any(|v| v.as_ref().members().iter().any(|(m, s)| m.peer == *peer && *s != MemberState::Dead))
+        // Its state alone: a copy of every member (address and all) for each look was a
+        // sixtieth of the simulator's time.
+        self.views.iter().any(|v| v.as_ref().member_state(peer).is_some_and(|s| s != MemberState::Dead))
     }
 }
 
 impl<V: AsRef<Membership>> Members for MeshMembers<'_, V> {
     /// Live unless a membership holds it dead: also a peer no membership knows yet.
     fn is_live(&self, peer: &PeerId) -> bool {
-        *peer == self.me || !self.views.iter().any(|v| v.as_ref().state_of(peer).is_some_and(|(_, s)| s == MemberState::Dead))
+        *peer == self.me || !self.views.iter().any(|v| v.as_ref().member_state(peer).is_some_and(|s| s == MemberState::Dead))
     }
 
     fn live_peers(&self) -> usize {
@@ -53,7 +55,7 @@ impl<V: AsRef<Membership>> Members for MeshMembers<'_, V> {
 
     fn live(&self) -> Vec<PeerId> {
         let seen: BTreeSet<PeerId> =
-            self.views.iter().flat_map(|v| v.as_ref().members()).filter(|(_, s)| *s != MemberState::Dead).map(|(m, _)| m.peer).collect();
+            self.views.iter().flat_map(|v| v.as_ref().member_states()).filter(|(_, s)| *s != MemberState::Dead).map(|(p, _)| *p).collect();
         seen.into_iter().filter(|p| *p != self.me && self.is_live(p)).collect()
     }
 }

@@ -83,7 +83,7 @@ fn sees_all(view: &View, count: usize, wanted: impl Fn(u32) -> bool) -> bool {
     if view.mesh.membership.active() < count {
         return false;
     }
-    let seen = view.mesh.membership.members().iter().filter(|(m, s)| *s != MemberState::Dead && wanted(keys::index_of(&m.peer))).count();
+    let seen = view.mesh.membership.member_states().filter(|(p, s)| *s != MemberState::Dead && wanted(keys::index_of(p))).count();
     seen == count
 }
 

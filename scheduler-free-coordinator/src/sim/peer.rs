@@ -116,6 +116,18 @@ impl VirtualPeer {
 
     /// Its view of `cell`.
     pub fn view_of(&self, cell: u32) -> Option<usize> {
+        // A bridge holds its home cell's view first and the others by cell (as `Sim::new` and
+        // `make_bridge` add them): looked at first, since a scan of a bridge's hundred views
+        // (each its own cache line) for every packet was a fiftieth of the simulator's time.
+        let home = self.views.first()?.cell;
+        let guess = match cell.cmp(&home) {
+            std::cmp::Ordering::Equal => 0,
+            std::cmp::Ordering::Less => cell as usize + 1,
+            std::cmp::Ordering::Greater => cell as usize,
+        };
+        if self.views.get(guess).is_some_and(|v| v.cell == cell) {
+            return Some(guess);
+        }
         self.views.iter().position(|v| v.cell == cell)
     }
 

@@ -435,12 +435,12 @@ where
                     );
                 }
                 self.apply_update(
-                    Member::down(update.into_identity()),
+                    &Member::down(update.into_identity()),
                     do_broadcast,
                     &mut runtime,
                 )?;
             } else {
-                self.apply_update(update, do_broadcast, &mut runtime)?;
+                self.apply_update(&update, do_broadcast, &mut runtime)?;
             }
         }
 
@@ -718,7 +718,7 @@ where
                             member.incarnation() == incarnation
                         })
                     {
-                        self.handle_apply_summary(summary, as_down, true, &mut runtime)?;
+                        self.handle_apply_summary(summary, &as_down, true, &mut runtime)?;
                         // Member went down we might need to adjust our internal state
                         self.adjust_connection_state(&mut runtime);
 
@@ -978,15 +978,15 @@ where
             message,
         } = header;
 
+        // SPARE: the sender's identity goes into the update and comes back
+        // out of it, rather than being cloned for it.
+        let sender = Member::new(src, src_incarnation, State::Alive);
         let sender_is_active = self
             // It's a known member, so we ensure our knowledge about
             // it is up-to-date (it is at _least_ alive, since it can
             // talk)
-            .apply_update(
-                Member::new(src.clone(), src_incarnation, State::Alive),
-                true,
-                &mut runtime,
-            )?;
+            .apply_update(&sender, true, &mut runtime)?;
+        let src = sender.into_identity();
 
         // But dead members are ignored. At least until the member
         // list gets reaped.
@@ -1201,7 +1201,7 @@ where
                 let is_active_now = summary.is_active_now;
                 #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
                 let apply_successful = summary.apply_successful;
-                self.handle_apply_summary(summary, as_suspect, true, &mut runtime)?;
+                self.handle_apply_summary(summary, &as_suspect, true, &mut runtime)?;
 
                 // Now we ensure we change the member to Down if it
                 // isn't already inactive
@@ -1267,14 +1267,15 @@ where
     }
 
     // shortcut for apply + handle
+    // SPARE: the update is borrowed (see `handle_apply_summary`).
     fn apply_update(
         &mut self,
-        update: Member<T>,
+        update: &Member<T>,
         do_broadcast: bool,
         runtime: impl Runtime<T>,
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
-        let summary = self.members.apply(&update, &mut self.rng);
+        let summary = self.members.apply(update, &mut self.rng);
 
         let update_is_active = match summary.conflict {
             member::ConflictResult::Lost | member::ConflictResult::FailedCondition => false,
@@ -1289,7 +1290,7 @@ where
     fn handle_apply_summary(
         &mut self,
         summary: ApplySummary<T>,
-        update: Member<T>,
+        update: &Member<T>,
         do_broadcast: bool,
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
@@ -1307,7 +1308,7 @@ where
             // Cluster state changed, start broadcasting it
             if do_broadcast {
                 let addr = Addr(id.addr());
-                let data = self.serialize_member(&update)?;
+                let data = self.serialize_member(update)?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
             }
@@ -1460,7 +1461,8 @@ where
         let header = Header {
             src: self.identity.clone(),
             src_incarnation: self.incarnation,
-            dst: dst.clone(),
+            // SPARE: moved in, and out again for `send_to`, not cloned.
+            dst,
             message,
         };
 
@@ -1512,7 +1514,7 @@ where
                     self.estimate_feed_capacity(buf.remaining_mut()),
                     &mut self.choice_buf,
                     &mut self.rng,
-                    |member| member != &dst,
+                    |member| member != &header.dst,
                 );
 
                 while let Some(chosen) = self.choice_buf.pop() {
@@ -1546,7 +1548,7 @@ where
         let add_custom_broadcast = buf.has_remaining_mut()
             && header.message.allow_custom_broadcasts()
             // Unless the broadcast handler says no
-            && self.broadcast_handler.should_add_broadcast_data(&dst);
+            && self.broadcast_handler.should_add_broadcast_data(&header.dst);
 
         if add_custom_broadcast {
             // Fill the remaining space in the buffer with custom
@@ -1566,9 +1568,13 @@ where
         #[cfg(feature = "tracing")]
         tracing::trace!("Message sent");
 
-        runtime.send_to(dst, &data);
+        #[cfg(not(feature = "unstable-notifications"))]
+        runtime.send_to(header.dst, &data);
         #[cfg(feature = "unstable-notifications")]
-        runtime.notify(Notification::DataSent(&header));
+        {
+            runtime.send_to(header.dst.clone(), &data);
+            runtime.notify(Notification::DataSent(&header));
+        }
 
         // absorb the buf into send_buf so we can reuse its capacity
         debug_assert_eq!(0, self.send_buf.capacity(), "send_buf modified while taken");

@@ -77,6 +77,23 @@ where
     }
 }
 
+/// Polls `check` until it returns `Ok`, failing the test after [`DEADLINE`] with what the last
+/// `Err` said (why the condition did not hold yet).
+pub async fn eventually_or<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(why) => assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}: {why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs `fut` with the test deadline.
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))

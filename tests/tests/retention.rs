@@ -87,7 +87,14 @@ async fn at_the_disk_cap_fetched_jobs_go_first_and_work_resumes() {
     let fetched: Vec<_> = within("results", client.results(&id).await.unwrap().collect::<Vec<_>>()).await;
     assert_eq!(fetched.len(), 3);
     eventually("the fetched job to be removed", || async { gone(&client, &id).await.then_some(()) }).await;
-    eventually("the peer to resume", || async { peer.node.paused().is_none().then_some(()) }).await;
+    // Said on a timeout: what the peer counts against its cap, and what takes the room.
+    eventually_or("the peer to resume", || async {
+        match peer.node.paused() {
+            None => Ok(()),
+            Some(why) => Err(format!("{why}; the data directory holds {:?}", sizes(dir.path()))),
+        }
+    })
+    .await;
     let later = client.submit(&next).await.expect("work is taken again");
     assert_eq!(within("job end", client.wait(&later)).await.unwrap().state, JobState::Completed);
     peer.shutdown().await;
@@ -176,4 +183,22 @@ async fn at_the_disk_cap_the_least_recently_used_compiled_modules_go() {
         assert!(!gone(&client, id).await, "jobs nobody fetched stay");
     }
     peer.shutdown().await;
+}
+
+/// Every file under `dir` with the disk blocks it takes, largest first.
+fn sizes(dir: &std::path::Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) => out.push((e.path().strip_prefix(dir).unwrap_or(&e.path()).display().to_string(), m.blocks() * 512)),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out
 }

@@ -6,8 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use spare_protocol::peer::host::{Write, verdict_write};
 use spare_protocol::peer::outputs::PendingOutputs;
-use spare_protocol::{Attestation, Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
+use spare_protocol::{Coordinator, Event, JobId, JobSpec, TaskId, Verdict};
 
 use crate::store::{Op, StoredResult};
 
@@ -77,15 +78,8 @@ pub enum Change {
 pub use spare_protocol::Detail;
 
 /// The output and detail of the run whose attestation is being reported, so a verdict it decides
-/// can keep the canonical output and say why.
-pub struct Evidence<'a> {
-    /// The attestation just reported.
-    pub attestation: &'a Attestation,
-    /// Its stdout.
-    pub output: &'a [u8],
-    /// What the run said (trap text, stderr).
-    pub detail: &'a Detail,
-}
+/// can keep the canonical output and say why (the protocol's, as `Hosts` uses it).
+pub use spare_protocol::peer::host::Evidence;
 
 /// The coordinator and job metadata.
 pub struct Core {
@@ -133,31 +127,22 @@ impl Core {
         (ops, changes)
     }
 
+    /// What the store keeps of a verdict, by the protocol's rule ([`verdict_write`]).
     fn result_of(&self, task: &TaskId, verdict: Verdict, evidence: Option<&Evidence<'_>>) -> StoredResult {
-        let view = self.coord.task(task);
-        let (verified_by, attestations) = view.map(|v| (v.verified_by, v.attestations)).unwrap_or_default();
-        // The attestation that completes a quorum always carries the agreed result, so the
-        // canonical output is the one that came with it.
-        let from_evidence = evidence.filter(|e| e.attestation.task == *task && verdict.agreed() == Some(&e.attestation.result));
-        // One replayed from another coordinator may come without it: then an agreeing
-        // attestation recorded earlier brought it (checked against its hash when it came).
-        let output = match &verdict {
-            Verdict::Verified(key) => from_evidence
-                .map(|e| e.output)
-                .filter(|o| !o.is_empty())
-                .or_else(|| self.outputs.get(task, &key.output_hash))
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let detail = from_evidence.map(|e| e.detail.clone()).unwrap_or_default();
-        StoredResult { verdict, verified_by, output, message: detail.message, attestations, stderr: detail.stderr }
+        let evidence: Vec<Evidence<'_>> = evidence.copied().into_iter().collect();
+        match verdict_write(&self.coord, &self.outputs, *task, &verdict, &evidence) {
+            Write::Verdict { verified_by, attestations, output, detail, .. } => {
+                StoredResult { verdict, verified_by, output, message: detail.message, attestations, stderr: detail.stderr }
+            }
+            // verdict_write gives only verdicts.
+            _ => StoredResult { verdict, verified_by: Vec::new(), output: Vec::new(), message: String::new(), attestations: 0, stderr: String::new() },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use spare_protocol::{BlobId, CoordinatorConfig, Outcome, PeerId, Policy, ResultKey};
+    use spare_protocol::{Attestation, BlobId, CoordinatorConfig, Outcome, PeerId, Policy, ResultKey};
 
     use super::*;
 
@@ -184,11 +169,11 @@ mod tests {
         // The first comes with its output and decides nothing.
         core.coord.restore_attestation_lone(att(1), false).expect("recorded");
         core.outputs.keep(task, result.output_hash, b"42\n");
-        let (ops, _) = core.drain(Some(&Evidence { attestation: &att(1), output: b"42\n", detail: &detail }));
+        let (ops, _) = core.drain(Some(&Evidence { att: &att(1), output: b"42\n", detail: &detail }));
         assert!(ops.is_empty(), "not final yet");
         // The second, replayed without its output, completes the quorum.
         core.coord.restore_attestation_lone(att(2), false).expect("recorded");
-        let (ops, _) = core.drain(Some(&Evidence { attestation: &att(2), output: b"", detail: &detail }));
+        let (ops, _) = core.drain(Some(&Evidence { att: &att(2), output: b"", detail: &detail }));
         let stored: Vec<&[u8]> = ops.iter().filter_map(|op| if let Op::PutResult(_, r) = op { Some(r.output.as_slice()) } else { None }).collect();
         assert_eq!(stored, vec![&b"42\n"[..]], "the verdict is stored with the agreed bytes");
         assert_eq!(core.outputs.bytes(), 0, "a final task's outputs are let go");

@@ -481,7 +481,7 @@ impl Node {
         // result (see `Core::drain`); otherwise they come empty.
         // Checked against its hash when it came (empty when the sender had none).
         core.outputs.keep(att.task, att.result.output_hash, output);
-        let evidence = Evidence { attestation: &att, output, detail };
+        let evidence = Evidence { att: &att, output, detail };
         let (mut ops, changes) = core.drain(Some(&evidence));
         ops.insert(0, Op::PutAttestation { ordinal, attestation: att.clone(), lone });
         let decided = changes.contains(&super::Change::TaskFinal(att.task));

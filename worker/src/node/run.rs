@@ -285,7 +285,7 @@ fn keep(core: &mut Core, taken: Taken, att: Attestation, output: &[u8], detail: 
         return;
     };
     core.outputs.keep(att.task, att.result.output_hash, output);
-    let evidence = Evidence { attestation: &att, output, detail };
+    let evidence = Evidence { att: &att, output, detail };
     let (ops, changes) = core.drain(Some(&evidence));
     let job = att.task.job;
     // Whether it streams is the stream's call (only the active coordinator's go out).

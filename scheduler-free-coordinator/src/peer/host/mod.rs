@@ -59,6 +59,7 @@ mod persist_tests;
 pub use hosts::{BatchVerifier, Hosts};
 pub use messages::{Adopt, AdoptKind, Logged, Members, Notice, Recorded, ReportItem, Streamed, Transmit, Write};
 pub use own::OwnHost;
+pub use persist::{Evidence, verdict_write};
 pub use serve::Tally;
 pub use stream::NotCoordinator;
 
@@ -68,7 +69,6 @@ use crate::peer::adoption::AdoptRound;
 use crate::peer::catchup::CatchUps;
 use crate::peer::handover::HandOver;
 use crate::peer::outputs::PendingOutputs;
-use persist::Evidence;
 use crate::peer::replicators::Replicators;
 use crate::peer::roles::Roles;
 use crate::peer::takeover::Sync;

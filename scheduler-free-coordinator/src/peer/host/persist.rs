@@ -6,17 +6,39 @@
 //!
 //! [`PendingOutputs`]: crate::peer::outputs::PendingOutputs
 
-use crate::{Attestation, Detail, Millis, TaskId, Verdict};
+use crate::peer::outputs::PendingOutputs;
+use crate::{Attestation, Coordinator, Detail, Millis, TaskId, Verdict};
 
 use super::{Host, Shared, Write};
 
 /// The output and detail of an attestation being recorded, so a verdict it completes keeps the
 /// agreed bytes and says why.
-#[derive(Clone, Copy)]
-pub(super) struct Evidence<'a> {
+#[derive(Clone, Copy, Debug)]
+pub struct Evidence<'a> {
     pub att: &'a Attestation,
     pub output: &'a [u8],
     pub detail: &'a Detail,
+}
+
+/// What the store keeps of `task`'s `verdict` ([`Write::Verdict`]): who verified it and how many
+/// attestations it took (from `coord`), the agreed output — from the attestation of `evidence`
+/// that completed the quorum when it came with it, else from an agreeing one kept in
+/// `outputs` — and the detail of the run that decided it.
+pub fn verdict_write(coord: &Coordinator, outputs: &PendingOutputs, task: TaskId, verdict: &Verdict, evidence: &[Evidence<'_>]) -> Write {
+    let (verified_by, attestations) = coord.task(&task).map(|v| (v.verified_by, v.attestations)).unwrap_or_default();
+    // The attestation that completes a quorum carries the agreed result.
+    let from = evidence.iter().rev().find(|e| e.att.task == task && verdict.agreed() == Some(&e.att.result));
+    let output = match verdict {
+        Verdict::Verified(key) => from
+            .map(|e| e.output)
+            .filter(|o| !o.is_empty())
+            .or_else(|| outputs.get(&task, &key.output_hash))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let detail = from.map(|e| e.detail.clone()).unwrap_or_default();
+    Write::Verdict { task, verdict: verdict.clone(), verified_by, attestations, output, detail }
 }
 
 impl super::Recorded {
@@ -29,21 +51,9 @@ impl super::Recorded {
 impl Host {
     /// `task` reached `verdict`: its write, with the outputs of the task let go.
     pub(super) fn write_verdict(&mut self, cx: &mut Shared, task: TaskId, verdict: &Verdict, evidence: &[Evidence<'_>]) {
-        let (verified_by, attestations) = cx.coord.task(&task).map(|v| (v.verified_by, v.attestations)).unwrap_or_default();
-        // The attestation that completes a quorum carries the agreed result.
-        let from = evidence.iter().rev().find(|e| e.att.task == task && verdict.agreed() == Some(&e.att.result));
-        let output = match verdict {
-            Verdict::Verified(key) => from
-                .map(|e| e.output)
-                .filter(|o| !o.is_empty())
-                .or_else(|| cx.outputs.get(&task, &key.output_hash))
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let detail = from.map(|e| e.detail.clone()).unwrap_or_default();
+        let write = verdict_write(&cx.coord, &cx.outputs, task, verdict, evidence);
         cx.outputs.forget(&task);
-        self.writes.push(Write::Verdict { task, verdict: verdict.clone(), verified_by, attestations, output, detail });
+        self.writes.push(write);
     }
 
     /// Cancels the job (false: it had ended already, and keeps its final state); the backups,

@@ -12,8 +12,11 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::{BlobId, TaskId};
 
-/// Most output bytes held for tasks not yet final.
+/// Most bytes held for tasks not yet final: outputs and their bookkeeping ([`ENTRY_BYTES`]).
 pub const PENDING_OUTPUT_BYTES: usize = 64 << 20;
+/// What holding one output costs beyond its bytes (its map slot, hash, vectors and place in the
+/// order), counted against the bound so a flood of tiny outputs cannot hold several times it.
+pub const ENTRY_BYTES: usize = 192;
 
 /// Outputs by task, each under its hash.
 #[derive(Debug, Default)]
@@ -31,7 +34,8 @@ impl PendingOutputs {
         if output.is_empty() || output.len() > PENDING_OUTPUT_BYTES {
             return;
         }
-        let held = self.tasks.entry(task).or_default();
+        // Room for one: most tasks hold one output (a first push would make room for four).
+        let held = self.tasks.entry(task).or_insert_with(|| Vec::with_capacity(1));
         if held.iter().any(|(h, _)| *h == hash) {
             return;
         }
@@ -39,7 +43,7 @@ impl PendingOutputs {
             self.order.push_back(task);
         }
         held.push((hash, output.to_vec()));
-        self.bytes += output.len();
+        self.bytes += output.len() + ENTRY_BYTES;
         while self.bytes > PENDING_OUTPUT_BYTES {
             let Some(oldest) = self.order.pop_front() else { break };
             self.forget(&oldest);
@@ -59,11 +63,11 @@ impl PendingOutputs {
     /// Drops what is held for `task` (it is final, or its job is gone).
     pub fn forget(&mut self, task: &TaskId) {
         if let Some(held) = self.tasks.remove(task) {
-            self.bytes -= held.iter().map(|(_, o)| o.len()).sum::<usize>();
+            self.bytes -= held.iter().map(|(_, o)| o.len() + ENTRY_BYTES).sum::<usize>();
         }
     }
 
-    /// Output bytes held.
+    /// Bytes held: outputs and their bookkeeping.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -89,7 +93,7 @@ mod tests {
         assert_eq!(p.get(&task(0), &a), Some(&b"42"[..]));
         assert_eq!(p.get(&task(0), &b), Some(&b"41"[..]));
         assert_eq!(p.get(&task(1), &BlobId::of(b"")), None, "empty outputs are not held");
-        assert_eq!(p.bytes(), 4, "one copy per hash");
+        assert_eq!(p.bytes(), 4 + 2 * ENTRY_BYTES, "one copy per hash, each with its bookkeeping");
         p.forget(&task(0));
         assert_eq!((p.get(&task(0), &a), p.bytes()), (None, 0));
     }
@@ -97,7 +101,7 @@ mod tests {
     #[test]
     fn past_the_bound_the_oldest_tasks_go_first() {
         let mut p = PendingOutputs::default();
-        let big = vec![7u8; PENDING_OUTPUT_BYTES / 4];
+        let big = vec![7u8; PENDING_OUTPUT_BYTES / 4 - ENTRY_BYTES];
         let h = BlobId::of(&big);
         for i in 0..5 {
             p.keep(task(i), h, &big);
@@ -105,5 +109,16 @@ mod tests {
         assert!(p.bytes() <= PENDING_OUTPUT_BYTES);
         assert_eq!(p.get(&task(0), &h), None, "the oldest went");
         assert!((1..5).all(|i| p.get(&task(i), &h).is_some()));
+    }
+
+    #[test]
+    fn tiny_outputs_count_their_bookkeeping_against_the_bound() {
+        let mut p = PendingOutputs::default();
+        let fits = PENDING_OUTPUT_BYTES / (1 + ENTRY_BYTES);
+        for i in 0..fits as u32 + 10 {
+            p.keep(task(i), BlobId::of(b"x"), b"x");
+        }
+        assert!(p.bytes() <= PENDING_OUTPUT_BYTES);
+        assert_eq!(p.get(&task(0), &BlobId::of(b"x")), None, "one-byte outputs are bounded by count too");
     }
 }

@@ -67,14 +67,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(what, || {
+        let fut = check();
+        async move { fut.await.ok_or(None) }
+    })
+    .await
 }
 
 /// Polls `check` until it returns `Ok`, failing the test after [`DEADLINE`] with what the last
@@ -84,11 +81,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
+    poll_until(what, || {
+        let fut = check();
+        async move { fut.await.map_err(Some) }
+    })
+    .await
+}
+
+/// The one polling loop: `check` every 20 ms until `Ok`, failing after [`DEADLINE`] with the
+/// last reason given, if any.
+async fn poll_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Option<String>>>,
+{
     let start = tokio::time::Instant::now();
     loop {
         match check().await {
             Ok(v) => return v,
-            Err(why) => assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}: {why}"),
+            Err(why) if start.elapsed() >= DEADLINE => match why {
+                Some(why) => panic!("timed out waiting for {what}: {why}"),
+                None => panic!("timed out waiting for {what}"),
+            },
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -21,7 +21,7 @@ use crate::peer::lease::Granted;
 use crate::peer::outputs::PendingOutputs;
 use crate::records::{JobAd, Verifier};
 use crate::requests::TICK_MS;
-use crate::{Attestation, Coordinator, Detail, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
+use crate::{Attestation, Coordinator, Event, JobId, JobSpec, Lease, Millis, NetPrefix, PeerId, SubmitError};
 
 use super::{Adopt, AdoptKind, Host, Logged, Members, NotCoordinator, Notice, Recorded, ReportItem, Shared, Streamed, Tally, Transmit, Write};
 
@@ -212,8 +212,7 @@ impl Hosts {
             }
         }
         if by_job.len() > 1 || (by_job.len() == 1 && tally.rejected > 0) {
-            let (accepted, rejected) = (0, tally.rejected);
-            self.parts.insert(batch, Parts { left: by_job.len(), accepted, rejected });
+            self.parts.insert(batch, Parts { left: by_job.len(), accepted: 0, rejected: tally.rejected });
         } else if by_job.is_empty() {
             self.transmits.push_back((self.written, Transmit::ReportAnswer { to: worker, batch, accepted: 0, rejected: tally.rejected }));
         }
@@ -309,13 +308,6 @@ impl Hosts {
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
     pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
         let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.shared, item, now)).unwrap_or_default();
-        self.collect();
-        tally
-    }
-
-    /// Records an attestation of this peer's own, with its `output` and `detail`.
-    pub fn record_own(&mut self, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
-        let tally = self.hosts.get_mut(&att.task.job).map(|h| h.record_own(&mut self.shared, att, output, detail, now)).unwrap_or_default();
         self.collect();
         tally
     }
@@ -430,8 +422,7 @@ impl Hosts {
         for (job, h) in &mut self.hosts {
             while let Some(t) = h.poll_transmit() {
                 match t {
-                    Transmit::ReportAnswer { to, batch, accepted, rejected } if self.parts.contains_key(&batch) => {
-                        let Some(p) = self.parts.get_mut(&batch) else { continue };
+                    Transmit::ReportAnswer { to, batch, accepted, rejected } if let Some(p) = self.parts.get_mut(&batch) => {
                         p.left -= 1;
                         p.accepted += accepted;
                         p.rejected += rejected;

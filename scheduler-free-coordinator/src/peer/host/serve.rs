@@ -77,7 +77,7 @@ impl Host {
 
     /// Records an attestation of this peer's own, with its `output` and `detail` (no signature
     /// check: it made it).
-    pub(super) fn record_own(&mut self, cx: &mut Shared, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
+    fn record_own(&mut self, cx: &mut Shared, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
         let mut tally = Tally::default();
         let taken = report::record(&mut cx.coord, att.clone());
         let evidence = Evidence { att: &att, output, detail };
@@ -99,17 +99,17 @@ impl Host {
     }
 
     /// This peer's own replica of `task` handed back.
-    pub(super) fn release_own(&mut self, cx: &mut Shared, task: TaskId, why: Release) {
+    fn release_own(&mut self, cx: &mut Shared, task: TaskId, why: Release) {
         cx.coord.release(task, self.me, why);
         self.drain(cx, &[]);
     }
 
     fn note_taken(&mut self, cx: &mut Shared, e: Evidence<'_>, taken: &Taken, now: Millis, tally: &mut Tally) {
         match taken {
-            Taken::Recorded { lone, decided, .. } => {
+            Taken::Recorded { ordinal, lone, decided } => {
                 cx.outputs.keep(e.att.task, e.att.result.output_hash, e.output);
                 let logged = Logged { att: Arc::new(e.att.clone()), lone: *lone };
-                self.note_recorded(cx, logged, e.output, decided.then_some(e.detail), now);
+                self.note_recorded(cx, logged, *ordinal, e.output, decided.then_some(e.detail), now);
             }
             Taken::Late => tally.late += 1,
             Taken::Invalid | Taken::Refused(_) => {}

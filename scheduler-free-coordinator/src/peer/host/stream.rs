@@ -62,10 +62,9 @@ impl Host {
         self.replicate_at = self.replicators.poll_timeout(now);
     }
 
-    /// This peer recorded an attestation: store it, log it, and stream it when it leads, with
-    /// its `output` and, when it decided its task, its `detail`.
-    pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, output: &[u8], decided: Option<&Detail>, now: Millis) {
-        let ordinal = cx.coord.task(&item.att.task).map_or(0, |t| t.attestations.saturating_sub(1));
+    /// This peer recorded an attestation, the `ordinal`-th of its task: store it, log it, and
+    /// stream it when it leads, with its `output` and, when it decided its task, its `detail`.
+    pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, ordinal: u32, output: &[u8], decided: Option<&Detail>, now: Millis) {
         self.writes.push(Write::Attestation { logged: item.clone(), ordinal });
         let seq = self.log.len() as u64 + 1;
         if self.leads(cx) {
@@ -140,7 +139,8 @@ impl Host {
         };
         let att = &r.logged.att;
         cx.outputs.keep(att.task, att.result.output_hash, &r.output);
-        self.note_recorded(cx, r.logged.clone(), &r.output, decided.then_some(&r.detail), now);
+        let ordinal = cx.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
+        self.note_recorded(cx, r.logged.clone(), ordinal, &r.output, decided.then_some(&r.detail), now);
         true
     }
 

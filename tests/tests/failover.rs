@@ -25,7 +25,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
     let origin = peers[0].node.peer_id();
 
     // The job has three coordinators, the origin first, and the backups hold it already.
-    let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+    let coordinators = peers[0].node.core().coordinators(&jid).map(<[_]>::to_vec).unwrap();
     assert_eq!(coordinators.len(), 3);
     assert_eq!(coordinators[0], origin);
     let holders: Vec<usize> = (1..4).filter(|i| coordinators.contains(&peers[*i].node.peer_id())).collect();
@@ -39,7 +39,7 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
     };
     let origin_node = peers[0].node.clone();
     eventually("some tasks verified", || {
-        let c = origin_node.core().coord.job(&jid).map(|v| v.counts);
+        let c = origin_node.core().coord().job(&jid).map(|v| v.counts);
         async move { c.filter(|c| c.verified >= 4 && c.verified < c.total).map(|_| ()) }
     })
     .await;
@@ -111,7 +111,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
         // A distinct job each round (the label is part of its content).
         let id = at_origin.submit(&job().label(format!("round {n}")).build().unwrap()).await.unwrap();
         let jid = job_id(&id);
-        let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+        let coordinators = peers[0].node.core().coordinators(&jid).map(<[_]>::to_vec).unwrap();
         assert_eq!(coordinators.len(), 3, "with three peers, each coordinates");
         // Round 0 cancels at the origin (the active coordinator), round 1 at a backup.
         let status = client(&peers[asked]).await.cancel(&id).await.expect("cancel");
@@ -119,7 +119,7 @@ async fn a_cancellation_reaches_every_coordinator_wherever_it_is_asked() {
         for p in &peers {
             let node = p.node.clone();
             eventually(&format!("the job cancelled at {} (round {n})", node.peer_id().short()), || {
-                let state = node.core().coord.job(&jid).map(|v| v.state);
+                let state = node.core().coord().job(&jid).map(|v| v.state);
                 async move { (state == Some(spare_protocol::JobState::Cancelled)).then_some(()) }
             })
             .await;
@@ -149,12 +149,12 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
     let jid = job_id(&id);
     let status = within("the job failing", at_origin.wait(&id)).await.unwrap();
     assert_eq!(status.state, JobState::Failed, "{status:?}");
-    let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+    let coordinators = peers[0].node.core().coordinators(&jid).map(<[_]>::to_vec).unwrap();
     assert_eq!(coordinators.len(), 3);
     for p in &peers {
         let node = p.node.clone();
         let view = eventually(&format!("the job failed at {}", node.peer_id().short()), || {
-            let v = node.core().coord.job(&jid);
+            let v = node.core().coord().job(&jid);
             async move { v.filter(|v| v.state == spare_protocol::JobState::Failed) }
         })
         .await;
@@ -168,8 +168,7 @@ async fn a_task_failed_by_deadline_misses_is_failed_at_every_coordinator() {
 
 /// Whether `node` is the active coordinator of `job`: first in its list, not in standby.
 fn leads(node: &spare_peer::Node, job: &spare_protocol::JobId) -> bool {
-    let core = node.core();
-    core.jobs.get(job).is_some_and(|m| m.coordinators.first() == Some(&node.peer_id())) && !core.coord.is_standby(job)
+    node.core().leads(job)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +182,7 @@ async fn a_restarted_origin_takes_its_job_back_and_one_coordinator_leads() {
     let origin = peers[0].node.peer_id();
     let origin_node = peers[0].node.clone();
     eventually("some tasks verified", || {
-        let c = origin_node.core().coord.job(&jid).map(|v| v.counts);
+        let c = origin_node.core().coord().job(&jid).map(|v| v.counts);
         async move { c.filter(|c| c.verified >= 4 && c.verified * 3 < c.total).map(|_| ()) }
     })
     .await;
@@ -205,7 +204,7 @@ async fn a_restarted_origin_takes_its_job_back_and_one_coordinator_leads() {
     assert_eq!(back.node.peer_id(), origin);
     peers.insert(0, back);
     let done = eventually("the job completed at the restarted origin", || {
-        let v = peers[0].node.core().coord.job(&jid);
+        let v = peers[0].node.core().coord().job(&jid);
         async move { v.filter(|v| v.state == spare_protocol::JobState::Completed) }
     })
     .await;

@@ -27,7 +27,7 @@ async fn ended_jobs_leave_room_and_are_served_from_the_store_also_after_a_restar
         ended.push(id);
     }
     let first: spare_protocol::JobId = ended[0].as_str().parse().unwrap();
-    eventually("the ended job's tasks to be let go", || async { peer.node.core().coord.is_shed(&first).then_some(()) }).await;
+    eventually("the ended job's tasks to be let go", || async { peer.node.core().coord().is_shed(&first).then_some(()) }).await;
     let check = |s: spare_sdk::JobStatus| {
         assert_eq!((s.state, s.task_list.len()), (JobState::Completed, 3));
         for (i, t) in s.task_list.iter().enumerate() {
@@ -43,7 +43,7 @@ async fn ended_jobs_leave_room_and_are_served_from_the_store_also_after_a_restar
     // After a restart: the ended jobs are restored without their task tables, and leave room.
     let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
-    assert!(ended.iter().all(|id| peer.node.core().coord.is_shed(&id.as_str().parse().unwrap())));
+    assert!(ended.iter().all(|id| peer.node.core().coord().is_shed(&id.as_str().parse().unwrap())));
     check(c.status_with_tasks(&ended[0]).await.unwrap());
     let a = c.submit(&job(7, 2)).await.expect("room after a restart");
     c.submit(&job(8, 2)).await.expect("room after a restart");
@@ -106,7 +106,7 @@ async fn no_task_is_leased_before_its_job_is_durable() {
     let submit = tokio::spawn(async move { node.submit(job).await });
     let mut seen = false;
     while !submit.is_finished() {
-        let held: Vec<spare_protocol::JobId> = peer.node.core().coord.job_ids().copied().collect();
+        let held: Vec<spare_protocol::JobId> = peer.node.core().coord().job_ids().copied().collect();
         for id in held {
             seen = true;
             assert!(peer.node.store().job(&id).unwrap().is_some(), "the coordinator holds job {id}, not stored yet");
@@ -116,6 +116,6 @@ async fn no_task_is_leased_before_its_job_is_durable() {
         tokio::task::yield_now().await;
     }
     let id = submit.await.unwrap().expect("accepted");
-    assert!(seen || peer.node.core().coord.job(&id).is_some());
+    assert!(seen || peer.node.core().coord().job(&id).is_some());
     peer.shutdown().await;
 }

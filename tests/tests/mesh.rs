@@ -134,7 +134,7 @@ async fn a_liar_is_outvoted_never_verifies_and_loses_reputation() {
 
     // The origin's coordinator saw the liar's wrong answers and ranks it lowest.
     let liar_id = peers[3].node.peer_id();
-    let records: Vec<_> = peers[0].node.core().coord.reputation().iter().map(|(p, r)| (*p, *r)).collect();
+    let records: Vec<_> = peers[0].node.core().coord().reputation().iter().map(|(p, r)| (*p, *r)).collect();
     let liar_rec = records.iter().find(|(p, _)| *p == liar_id).map(|(_, r)| *r).expect("the liar has a record");
     assert!(liar_rec.disagreed > 0, "the liar attested and was outvoted: {liar_rec:?}");
     assert_eq!(liar_rec.agreed, 0, "a liar never agrees: {liar_rec:?}");
@@ -164,7 +164,7 @@ async fn forged_attestations_are_dropped_and_counted() {
     check_primes(&status, &all, tasks, chunk, 2, std::slice::from_ref(&forger));
 
     assert!(peers[0].node.invalid_count() > 0, "the origin dropped forged attestations");
-    let rec = peers[0].node.core().coord.reputation().get(&peers[2].node.peer_id());
+    let rec = peers[0].node.core().coord().reputation().get(&peers[2].node.peer_id());
     assert!(rec.invalid > 0, "the forger is held to account: {rec:?}");
     assert_eq!(rec.agreed, 0, "no forged attestation counted: {rec:?}");
     stop_all(peers).await;
@@ -185,7 +185,7 @@ async fn a_silent_peer_holding_leases_does_not_stop_the_job() {
     let status = finished(&origin, &id).await;
     let all = results(&origin, &id).await;
     check_primes(&status, &all, tasks, chunk, 2, std::slice::from_ref(&silent));
-    let rec = peers[0].node.core().coord.reputation().get(&peers[3].node.peer_id());
+    let rec = peers[0].node.core().coord().reputation().get(&peers[3].node.peer_id());
     assert!(rec.lapsed > 0, "the silent peer took leases and let them lapse: {rec:?}");
     assert_eq!((rec.agreed, rec.disagreed), (0, 0), "{rec:?}");
     stop_all(peers).await;
@@ -207,8 +207,8 @@ async fn a_peer_killed_mid_job_loses_nothing() {
     let origin_node = peers[0].node.clone();
     eventually("the job half done with the victim holding leases", || {
         let core = origin_node.core();
-        let c = core.coord.job(&job_id).expect("job held").counts;
-        let held = core.coord.leases_of(&victim_id).len();
+        let c = core.coord().job(&job_id).expect("job held").counts;
+        let held = core.coord().leases_of(&victim_id).len();
         async move { (c.verified > 0 && c.verified < c.total && held > 0).then_some(()) }
     })
     .await;
@@ -225,8 +225,8 @@ async fn a_peer_killed_mid_job_loses_nothing() {
         async move { (state == Some(spare_protocol::membership::MemberState::Dead)).then_some(()) }
     })
     .await;
-    assert!(origin_node.core().coord.leases_of(&victim_id).is_empty(), "the dead peer holds no lease");
-    let rec = origin_node.core().coord.reputation().get(&victim_id);
+    assert!(origin_node.core().coord().leases_of(&victim_id).is_empty(), "the dead peer holds no lease");
+    let rec = origin_node.core().coord().reputation().get(&victim_id);
     assert_eq!(rec.lapsed, 0, "a crash is not held against the peer: {rec:?}");
     drop(origin_node); // a held clone would keep the origin from closing
     stop_all(peers).await;

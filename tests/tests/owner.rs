@@ -17,7 +17,7 @@ async fn client_as(peer: &spare_peer::NodeHandle, key: &ClientIdentity) -> Clien
 }
 
 fn state_at(peer: &spare_peer::NodeHandle, job: &spare_protocol::JobId) -> Option<spare_protocol::JobState> {
-    peer.node.core().coord.job(job).map(|v| v.state)
+    peer.node.core().coord().job(job).map(|v| v.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +29,7 @@ async fn only_the_owner_cancels_wherever_it_asks() {
     let job = Job::builder().module_bytes(guest("primes")).range(0..tasks * chunk, chunk).quorum(2).build().unwrap();
     let id = client(&peers[0]).await.submit(&job).await.unwrap();
     let jid = job_id(&id);
-    let coordinators = peers[0].node.core().jobs.get(&jid).map(|m| m.coordinators.clone()).unwrap();
+    let coordinators = peers[0].node.core().coordinators(&jid).map(<[_]>::to_vec).unwrap();
     assert_eq!(coordinators.len(), 3, "three of the four peers coordinate");
     let by_id = |p: &spare_protocol::PeerId| peers.iter().find(|h| h.node.peer_id() == *p).unwrap();
     let backup = by_id(&coordinators[1]);

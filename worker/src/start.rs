@@ -94,7 +94,6 @@ impl NodeHandle {
             let _ = t.await;
         }
         // Report and replication batchers end when their queues close.
-        self.node.close_queues();
         // Leaving comes last: the other coordinators of this peer's jobs must hold what it did
         // (replicated, handed back) before they hear it is gone and take over, or its late
         // messages would meet them leading. The batchers hold the node until they are done.

@@ -17,7 +17,7 @@ impl Node {
     /// Lets go of an ended job's task table; its end (and so every verdict) must be durable.
     pub(crate) fn shed(&self, job: &JobId) {
         let mut core = self.core();
-        if core.coord.shed(job)
+        if core.hosts.coordinator_mut().shed(job)
             && let Some(meta) = core.jobs.get_mut(job)
         {
             // Only runs need them (up to 64 KiB a job), and no task of it runs again; an
@@ -32,13 +32,13 @@ impl Node {
     pub fn task_view(&self, task: &TaskId) -> Option<TaskRecord> {
         let policy = {
             let core = self.core();
-            if !core.coord.is_shed(&task.job) {
-                let view = core.coord.task(task)?;
+            if !core.coord().is_shed(&task.job) {
+                let view = core.coord().task(task)?;
                 drop(core);
                 let stored = if view.state.is_final() { self.store().result(task).ok().flatten() } else { None };
                 return Some((view, stored));
             }
-            core.coord.job(&task.job)?.spec.policy
+            core.coord().job(&task.job)?.spec.policy
         };
         let stored = self.store().result_heads(&task.job, task.index, 1).ok()?.into_iter().find(|(i, _)| *i == task.index).map(|(_, r)| r);
         Some(ended_view(*task, stored, &policy))
@@ -49,10 +49,10 @@ impl Node {
     pub fn shed_task_views(&self, job: &JobId, n: u32) -> Option<Result<Vec<TaskRecord>, StoreError>> {
         let policy = {
             let core = self.core();
-            if !core.coord.is_shed(job) {
+            if !core.coord().is_shed(job) {
                 return None;
             }
-            core.coord.job(job)?.spec.policy
+            core.coord().job(job)?.spec.policy
         };
         let read = || {
             let mut rows = Vec::new();
@@ -79,8 +79,8 @@ impl Node {
     /// A job's tasks that failed by deadline misses, as (index, misses): from its coordinator
     /// or, once shed, from the store.
     pub(crate) fn timed_out_of(&self, job: &JobId) -> Vec<(u32, u32)> {
-        if !self.core().coord.is_shed(job) {
-            return self.core().coord.timed_out(job);
+        if !self.core().coord().is_shed(job) {
+            return self.core().coord().timed_out(job);
         }
         let mut out = Vec::new();
         let mut from = 0;

@@ -15,7 +15,7 @@ const FAILURE_SCAN: usize = 4096;
 impl Node {
     /// Logs how a job ended, with the first failure's reason when it failed.
     pub(super) fn log_job_end(&self, job: &JobId) {
-        let Some(v) = self.core().coord.job(job) else { return };
+        let Some(v) = self.core().coord().job(job) else { return };
         let c = v.counts;
         let took = Duration::from_millis(super::unix_ms().saturating_sub(v.spec.submitted_at_ms));
         let took = humantime::format_duration(took);

@@ -12,7 +12,7 @@ pub use spare_protocol::peer::mesh::MeshState;
 use spare_protocol::peer::mesh::{GOSSIP_SEND_TIMEOUT_MS, MAX_GOSSIP_SENDS};
 use spare_protocol::reachability::Route;
 use spare_protocol::records::{Advert, JobAd, Record, RecordKey, Signer, Verifier};
-use spare_protocol::{JobId, Millis, PeerId};
+use spare_protocol::{JobId, PeerId};
 use spare_proto as pb;
 use tokio::sync::Semaphore;
 
@@ -91,7 +91,7 @@ impl Node {
     /// Announces a job this peer is the active coordinator of (again, with `done` once it has
     /// ended, or with new coordinators after one was replaced).
     pub(crate) fn publish_job(&self, job: JobId, done: bool) {
-        let Some(coordinators) = self.core().jobs.get(&job).map(|m| m.coordinators.clone()) else {
+        let Some(coordinators) = self.core().coordinators(&job).map(<[PeerId]>::to_vec) else {
             return;
         };
         if coordinators.first() != Some(&self.peer_id()) {
@@ -186,7 +186,6 @@ impl Node {
         let sends = Arc::new(Semaphore::new(MAX_GOSSIP_SENDS));
         self.greet_bootstrap();
         self.publish_advert(true);
-        let mut next_roles: Millis = 0;
         use super::journal::{Backoff, UNREACHABLE_FIRST, UNREACHABLE_MAX_GAP};
         let mut unreachable = Backoff::new(UNREACHABLE_FIRST, UNREACHABLE_MAX_GAP);
         loop {
@@ -199,11 +198,6 @@ impl Node {
             };
             self.flush_mesh(&sends);
             self.publish_advert(false);
-            if now >= next_roles && self.roles_ready() {
-                next_roles = now + spare_protocol::peer::roles::ROLES_EVERY_MS;
-                let node = self.clone();
-                tokio::spawn(async move { node.evaluate_roles().await });
-            }
             if self.mesh().greet_due(now) {
                 self.greet_bootstrap();
             }
@@ -234,12 +228,6 @@ impl Node {
         let all = u32::try_from(MAX_GOSSIP_SENDS).unwrap_or(u32::MAX);
         let delivered = tokio::time::timeout(LEAVE_WAIT, sends.acquire_many(all)).await;
         tracing::info!(delivered = delivered.is_ok(), "left the mesh");
-    }
-
-    /// Whether membership has had time to learn who is alive (or there is nobody to learn of).
-    fn roles_ready(&self) -> bool {
-        let active = self.mesh().membership.active();
-        spare_protocol::peer::roles::ready(0, self.now(), !self.config().bootstrap.is_empty(), active)
     }
 
     fn greet_bootstrap(&self) {
@@ -309,26 +297,31 @@ impl Node {
         match event {
             MeshEvent::PeerUp(m) => {
                 tracing::info!(peer = %m.peer.short(), addr = %m.addr, "peer up");
-                self.peers_changed(None);
+                self.members_changed(None);
             }
             MeshEvent::PeerDown(m) => {
                 tracing::info!(peer = %m.peer.short(), addr = %m.addr, "peer down");
-                self.peers_changed(Some(m.peer));
-                let node = self.clone();
-                tokio::spawn(async move { node.evaluate_roles().await });
+                self.members_changed(Some(m.peer));
             }
             MeshEvent::Record(Record::JobAd(ad)) => {
                 tracing::debug!(job = %ad.job.short(), done = ad.done, "job ad");
-                self.follow_job_ad(&ad);
+                // A newer ad of a job held here, from another announcer.
+                if ad.announcer != self.peer_id() && self.core().hosts.holds(&ad.job) {
+                    self.with_hosts(|c, _| c.hosts.handle_ad(&ad));
+                }
                 self.0.work.notify_one();
             }
             MeshEvent::Record(Record::Advert(_)) => {}
-            MeshEvent::Rival(ad) => self.on_rival_ad(ad),
+            MeshEvent::Rival(ad) => {
+                if self.core().hosts.holds(&ad.job) {
+                    self.with_hosts(|c, _| c.hosts.handle_rival(&ad));
+                }
+            }
             MeshEvent::Invalid { sender } => {
                 self.0.invalid_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(sender = ?sender.map(|p| p.short()), "dropped a record with a bad signature");
                 if let Some(p) = sender {
-                    self.core().coord.penalize(p);
+                    self.with_hosts(|c, _| c.hosts.penalize(p));
                 }
             }
             MeshEvent::Joined => tracing::info!("joined the mesh"),
@@ -336,24 +329,6 @@ impl Node {
         }
     }
 
-    /// Membership changed: tell the coordinator how many peers there are, and hand a dead
-    /// peer's leases back to the pool.
-    fn peers_changed(&self, down: Option<PeerId>) {
-        let live = self.live_peers();
-        let now = self.now();
-        {
-            let mut core = self.core();
-            core.coord.set_live_peers(live);
-            if let Some(p) = down {
-                core.coord.peer_down(p, now);
-            }
-            let (ops, changes) = core.drain(None);
-            if !ops.is_empty() || !changes.is_empty() {
-                drop(self.announce(ops, changes));
-            }
-        }
-        self.0.work.notify_one();
-    }
 }
 
 /// `spare.v1.PeerState` of a member state.

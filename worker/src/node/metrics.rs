@@ -170,7 +170,7 @@ impl Node {
         let me = self.peer_id();
         let (leases, jobs) = {
             let core = self.core();
-            let leases = core.jobs.keys().filter_map(|j| core.coord.job(j)).map(|v| u64::from(v.counts.running)).sum::<u64>();
+            let leases = core.jobs.keys().filter_map(|j| core.coord().job(j)).map(|v| u64::from(v.counts.running)).sum::<u64>();
             let open = core.jobs.keys().filter(|j| !self.is_finished(j)).count();
             (leases, open)
         };

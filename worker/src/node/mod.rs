@@ -1,15 +1,15 @@
 //! A running peer, the driver of the sans-IO protocol: the store, the sandbox, the coordinator
-//! and membership behind their locks, the loops and timers that carry out what the rules of
-//! `spare_protocol::peer` decide (slots that pull work, reporters, replicators, roles, catch-ups,
-//! the mesh), and the channels to other peers. [`Node::start`] (in `start.rs`) brings one up on a
+//! side (`spare_protocol::peer::host::Hosts`, driven by `host.rs` and `transmit.rs`), the
+//! worker side (`spare_protocol::peer::work::Work`, driven by `work.rs`) and membership behind
+//! their locks, the loops and timers that carry out what they decide, and the channels to other
+//! peers. No protocol decision is made here. [`Node::start`] (in `start.rs`) brings one up on a
 //! data directory and a listening address and serves gRPC on it.
 
 mod clients;
-mod catchup;
 mod core;
 pub mod donation;
 mod ended;
-mod heal;
+mod host;
 mod journal;
 mod load;
 pub mod reach;
@@ -18,12 +18,11 @@ pub mod metrics;
 pub mod limits;
 pub mod mesh;
 pub mod remote;
-pub mod recorded;
 pub mod replay;
-pub mod replicate;
 pub mod retention;
 mod run;
 mod submit;
+mod transmit;
 mod upkeep;
 mod work;
 
@@ -33,25 +32,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use spare_protocol::peer::host::Logged;
 use spare_protocol::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 pub use self::core::{Change, Core, Detail, JobMeta};
 pub use crate::start::NodeHandle;
 pub use mesh::{MeshState, PeerView};
 pub use submit::{MAX_ARGS_BYTES, NewJob, SubmitFailure, digest};
-pub(crate) use run::ReportedAttestation;
 
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::Store;
 
-/// How often verdicts announced without a backup's confirmation are logged.
-const UNCONFIRMED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How often lapsed leases are looked for.
-const TICK: Duration = Duration::from_millis(spare_protocol::requests::TICK_MS);
-/// A queued store write.
 /// The peer's background loops.
 pub(crate) struct Loops {
     /// Those with work to do at shutdown (the slots hand back unfinished replicas); they end by
@@ -60,10 +53,6 @@ pub(crate) struct Loops {
     /// The rest, cut at shutdown.
     pub others: Vec<tokio::task::JoinHandle<()>>,
 }
-
-type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
-/// A write (and maybe a backup's confirmation) and the changes to announce once it is durable.
-type Announcement = (WriteFuture, Option<replicate::BackupAck>, Vec<Change>, oneshot::Sender<()>);
 
 /// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
@@ -162,8 +151,17 @@ struct Shared {
     /// Set for a stop that looks like a crash to the others: nothing handed back, no leave.
     crash: std::sync::atomic::AtomicBool,
     running: std::sync::atomic::AtomicUsize,
-    /// Writes whose changes are announced once durable, in order.
-    announcer: mpsc::UnboundedSender<Announcement>,
+    /// The coordinator side's writes, to the store in the order it asked (`host.rs`).
+    writes: mpsc::UnboundedSender<host::QueuedWrite>,
+    /// Every write of the coordinator side up to this id is durable.
+    durable: watch::Sender<u64>,
+    /// The coordinator side's notices, to be acted on in order.
+    notices: mpsc::UnboundedSender<(JobId, spare_protocol::peer::host::Notice)>,
+    /// Wakes the coordinator side's timer: a call moved its deadline earlier.
+    timer: Notify,
+    /// Changed whenever a job held here is announced (a submission waits for its list to
+    /// settle, which is announced).
+    announced: watch::Sender<()>,
     /// Jobs whose end is durable: every result they will have is in the store.
     finished: dashmap::DashSet<JobId>,
     /// Membership and what this peer published.
@@ -174,13 +172,6 @@ struct Shared {
     clients: clients::Clients,
     /// How this peer's port speaks TLS.
     tls_server: Arc<rustls::ServerConfig>,
-    /// Where the replication stream goes to the replicator (started at the first entry).
-    replicator: Mutex<Option<replicate::ReplSender>>,
-    /// Catch-ups of backup coordinators waiting to be sent.
-    catch_ups: Mutex<spare_protocol::peer::catchup::CatchUps>,
-    /// Serialises role changes (taking over a job, handing it to a new coordinator). Holds
-    /// when the periodic work of `evaluate_roles` was last done.
-    roles: tokio::sync::Mutex<spare_protocol::peer::roles::Roles>,
     /// The address other peers dial.
     advertised: String,
     /// Records and attestations dropped for bad signatures.
@@ -262,12 +253,14 @@ impl Node {
         let addr = listener.local_addr()?;
         let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let membership = mesh::new_membership(&identity, advertised.clone(), u64::from_le_bytes(secret[..8].try_into().unwrap_or_default()));
-        let (announcer, announcements) = mpsc::unbounded_channel();
+        let (writes, queued) = mpsc::unbounded_channel();
+        let (notices, noticed) = mpsc::unbounded_channel();
+        let hosts = host::hosts_of(&identity, coord);
         let node = Node(Arc::new(Shared {
             identity,
             store,
             sandbox,
-            core: Mutex::new(Core { coord, jobs: Default::default(), outputs: Default::default(), undurable: Default::default() }),
+            core: Mutex::new(Core::new(hosts)),
             changes,
             work: Notify::new(),
             prepare: tokio::sync::Mutex::new(()),
@@ -275,15 +268,16 @@ impl Node {
             shutdown: watch::channel(false).0,
             crash: std::sync::atomic::AtomicBool::new(false),
             running: Default::default(),
-            announcer,
+            writes,
+            durable: watch::channel(0).0,
+            notices,
+            timer: Notify::new(),
+            announced: watch::channel(()).0,
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
             clients,
             tls_server,
-            replicator: Default::default(),
-            catch_ups: Default::default(),
-            roles: tokio::sync::Mutex::new(spare_protocol::peer::roles::Roles::new(0)),
             advertised,
             invalid_records: Default::default(),
             submits: tokio::sync::Semaphore::new(config.bounds.max_pending_submits.max(1)),
@@ -301,11 +295,11 @@ impl Node {
         let restored = node.restore()?;
         tracing::info!(peer = %node.peer_id(), %addr, restored, "peer started");
         let loops = Loops {
-            leaving: vec![tokio::spawn(work::run(node.clone()))],
+            leaving: vec![tokio::spawn(work::run(node.clone())), tokio::spawn(node.clone().host_timer())],
             others: vec![
                 tokio::spawn(node.clone().mesh_loop()),
-                tokio::spawn(node.clone().announcer(announcements)),
-                tokio::spawn(node.clone().ticker()),
+                tokio::spawn(node.clone().writer(queued)),
+                tokio::spawn(node.clone().noticer(noticed)),
                 tokio::spawn(node.clone().reach_loop()),
                 tokio::spawn(upkeep::run(node.clone())),
                 tokio::spawn(journal::summaries(node.clone())),
@@ -321,181 +315,76 @@ impl Node {
             tracing::info!("removed the inputs of {orphans} submissions that were not stored whole when the peer stopped");
         }
         let jobs = self.0.store.jobs()?;
-        let mut core = self.core();
+        let now = self.now();
+        let mut guard = self.core();
+        // Field by field: the coordinator and the job table are borrowed at once below.
+        let core = &mut *guard;
         for (id, job) in &jobs {
-            core.coord
+            core.hosts
+                .coordinator_mut()
                 .restore(*id, job.spec.clone(), job.cancelled)
                 .with_context(|| format!("restoring job {id}"))?;
             core.jobs.insert(*id, JobMeta::of(job));
-            // Another coordinator may have taken over meanwhile: stand by until membership
-            // says who is alive.
-            if job.coordinators.len() > 1 {
-                core.coord.set_standby(id, true);
-            }
-            for rec in self.0.store.attestations(id)? {
-                if let Err(e) = core.coord.restore_attestation_lone(rec.attestation, rec.lone) {
-                    tracing::warn!(job = %id, "stored attestation not replayed: {e}");
-                }
-            }
-            // Tasks failed by deadline misses: no attestation says so, their stored results do.
-            let open = !core.coord.job(id).is_some_and(|v| v.state.is_final());
+            let log = self.0.store.attestations(id)?.into_iter().map(|rec| Logged { att: Arc::new(rec.attestation), lone: rec.lone }).collect();
+            // In standby if it has backups: another coordinator may lead meanwhile (the role
+            // rules decide once membership says who is alive).
+            core.hosts.restore(*id, job.coordinators.clone(), log, now);
+            let coord = core.hosts.coordinator_mut();
+            let open = !coord.job(id).is_some_and(|v| v.state.is_final());
             if !open {
-                // Ended: its tasks are read from the store (`ended.rs`), so a restart does not
-                // hold every task of every job kept.
-                core.coord.shed(id);
+                // Its verdicts are all stored: read from there, not held in memory.
+                coord.shed(id);
                 if let Some(meta) = core.jobs.get_mut(id) {
                     meta.args = Default::default();
                     meta.env = Default::default();
                 }
             }
-            let unfinished = if open { core.coord.unfinished(id) } else { Vec::new() };
+            let unfinished = if open { core.coord().unfinished(id) } else { Vec::new() };
             for index in unfinished {
                 let task = spare_protocol::TaskId { job: *id, index };
                 if let Some(r) = self.0.store.result(&task)?
                     && let spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(misses)) = r.verdict
                 {
-                    core.coord.restore_timed_out(task, misses);
+                    core.hosts.coordinator_mut().restore_timed_out(task, misses);
                 }
             }
+            // Their events describe the past; everything they record is already stored.
+            while core.hosts.coordinator_mut().poll_event().is_some() {}
         }
-        // Their events describe the past; everything they record is already stored.
-        while core.coord.poll_event().is_some() {}
+        // The standings as last stored replace what the replays above re-judged (which counted
+        // only the jobs still kept, and those a second time).
+        for (peer, standing) in self.0.store.standings()? {
+            core.hosts.coordinator_mut().set_standing(peer, standing);
+        }
+        let _ = core.hosts.coordinator_mut().take_changed_standings();
+        // Nothing the replays asked to write is new: it is all stored.
+        let mut replayed = 0;
+        while let Some((id, _)) = core.hosts.poll_persist() {
+            replayed = id;
+        }
+        core.hosts.handle_durable(replayed);
+        self.0.durable.send_replace(replayed);
         let mut open = Vec::new();
         // Jobs that ended before retention kept track (older stores) count as ending now.
         let ended: std::collections::HashSet<JobId> = self.0.store.finished()?.into_iter().map(|(j, _)| j).collect();
         for (id, _) in &jobs {
-            if core.coord.job(id).is_some_and(|v| v.state.is_final()) {
+            if core.coord().job(id).is_some_and(|v| v.state.is_final()) {
                 self.0.finished.insert(*id);
                 if !ended.contains(id) {
                     self.note_ended(*id);
                 }
             } else {
                 open.push(*id);
+                core.hosts.look_at_roles(id, now);
                 self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
             }
         }
-        // The standings as last stored replace what the replays above re-judged (which counted
-        // only the jobs still kept, and those a second time).
-        for (peer, standing) in self.0.store.standings()? {
-            core.coord.set_standing(peer, standing);
-        }
-        drop(core);
+        drop(guard);
         // Jobs still running are announced again, so peers come back to work on them.
         for id in open {
             self.publish_job(id, false);
         }
         Ok(jobs.len())
-    }
-
-    async fn ticker(self) {
-        let mut stop = self.shutdown_signal();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = stop.changed() => return,
-            }
-            let now = self.now();
-            let changed = {
-                let mut core = self.core();
-                core.coord.tick(now);
-                let (ops, changes) = core.drain(None);
-                let changed = !ops.is_empty() || !changes.is_empty();
-                if changed {
-                    drop(self.announce(ops, changes));
-                }
-                changed
-            };
-            self.send_due_catch_ups();
-            if changed {
-                self.0.work.notify_one();
-            }
-        }
-    }
-
-    /// Queues `ops` for the store and `changes` for watchers, to be announced once the write is
-    /// durable. Call it with the core lock held: writes and announcements then happen in the
-    /// order the coordinator made them. Await the receiver to know the write is durable.
-    pub(crate) fn announce(&self, ops: Vec<crate::store::Op>, changes: Vec<Change>) -> oneshot::Receiver<()> {
-        self.announce_with(ops, changes, None)
-    }
-
-    /// [`Node::announce`], also waiting (up to [`replicate::BACKUP_ACK_TIMEOUT`]) for `backup`:
-    /// another coordinator having the attestation durably, so an announced verdict is durable
-    /// on two peers.
-    pub(crate) fn announce_with(
-        &self,
-        ops: Vec<crate::store::Op>,
-        changes: Vec<Change>,
-        backup: Option<replicate::BackupAck>,
-    ) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let write: WriteFuture = Box::pin(self.0.store.write(ops));
-        let _ = self.0.announcer.send((write, backup, changes, tx));
-        rx
-    }
-
-    /// Announces durable changes in the order they were queued (writes commit in that order,
-    /// so waiting on each in turn costs nothing).
-    async fn announcer(self, mut rx: mpsc::UnboundedReceiver<Announcement>) {
-        // Verdicts announced without a backup's confirmation, and when that was last logged:
-        // once the backups are unreachable every verdict is, so it is logged once in a while.
-        let mut unconfirmed: u64 = 0;
-        let mut logged: Option<std::time::Instant> = None;
-        while let Some((write, backup, changes, done)) = rx.recv().await {
-            let queued = std::time::Instant::now();
-            match write.await {
-                Ok(()) => {
-                    self.0.metrics.store_writes.inc();
-                    self.0.metrics.store_write_seconds.observe(queued.elapsed().as_secs_f64());
-                    if let Some(backup) = backup {
-                        let held = tokio::time::timeout(replicate::BACKUP_ACK_TIMEOUT, backup).await;
-                        if !matches!(held, Ok(true)) && changes.iter().any(|c| matches!(c, Change::TaskFinal(_))) {
-                            unconfirmed += 1;
-                            if logged.is_none_or(|t| t.elapsed() >= UNCONFIRMED_LOG_EVERY) {
-                                tracing::warn!(verdicts = unconfirmed, "no other coordinator confirmed; announcing verdicts from this peer alone");
-                                unconfirmed = 0;
-                                logged = Some(std::time::Instant::now());
-                            }
-                        }
-                    }
-                    // What the write made true first, then who hears of it: a job whose end is
-                    // durable is finished before anyone hears of its last verdict (a Results
-                    // stream that sent every result asks then whether the job has ended).
-                    let mut ended = Vec::new();
-                    for c in &changes {
-                        match c {
-                            Change::TaskFinal(task) => {
-                                let mut core = self.core();
-                                core.undurable.remove(task);
-                                if let Some(t) = core.coord.task(task) {
-                                    self.0.metrics.decided(t.state);
-                                }
-                            }
-                            Change::JobFinished(job) => {
-                                if self.0.finished.insert(*job) {
-                                    ended.push(*job);
-                                }
-                            }
-                        }
-                    }
-                    for job in &ended {
-                        self.job_ended(job);
-                        self.note_ended(*job);
-                        self.log_job_end(job);
-                        // Every verdict is durable now: they are read from the store.
-                        self.shed(job);
-                    }
-                    for c in changes {
-                        if let Change::JobFinished(job) = c {
-                            self.publish_job(job, true);
-                        }
-                        let _ = self.0.changes.send(c);
-                    }
-                    let _ = done.send(());
-                }
-                Err(e) => tracing::error!("could not store results: {e}"),
-            }
-        }
     }
 
     /// The protocol state, locked. Never held across an await.
@@ -633,12 +522,6 @@ impl Node {
         self.0.work.notify_one();
     }
 
-    /// Ends the replicator (it ends when its queue closes; the worker loop flushes its reports
-    /// by itself).
-    pub(crate) fn close_queues(&self) {
-        self.0.replicator.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
-
     /// Handles to this peer still held (requests in flight hold one each).
     pub(crate) fn handles(&self) -> usize {
         Arc::strong_count(&self.0)
@@ -672,30 +555,18 @@ impl Node {
 
     /// Cancels a job; false when unknown. Durable before it returns. A job that has ended keeps
     /// its final state: nothing is stored, so a restart cannot turn it into a cancelled one.
+    /// The backups hear of it from the coordinator side (without it, a failover would run it
+    /// again).
     pub async fn cancel(&self, id: &JobId) -> anyhow::Result<bool> {
-        let durable = {
-            let mut core = self.core();
-            match core.coord.job(id) {
-                None => return Ok(false),
-                Some(v) if v.state.is_final() => return Ok(true),
-                Some(_) => {}
+        let (cancelled, written) = self.with_hosts(|c, now| (c.hosts.cancel(id, now), c.hosts.written()));
+        match cancelled {
+            None => Ok(false),
+            Some(false) => Ok(true),
+            Some(true) => {
+                self.durable(written).await.map_err(|_| anyhow::anyhow!("the cancellation could not be stored"))?;
+                Ok(true)
             }
-            if !core.coord.cancel(id) {
-                return Ok(false);
-            }
-            let (mut ops, changes) = core.drain(None);
-            let stored = self.0.store.job(id)?;
-            if let Some(mut job) = stored {
-                job.cancelled = true;
-                ops.push(crate::store::Op::PutJob(*id, job));
-            }
-            self.announce(ops, changes)
-        };
-        durable.await.map_err(|_| anyhow::anyhow!("the cancellation could not be stored"))?;
-        // The backups hold the job too: without this, a failover would run it again. The
-        // adoption carries `cancelled`.
-        self.catch_up_backups(*id);
-        Ok(true)
+        }
     }
 }
 

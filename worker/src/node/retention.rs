@@ -86,7 +86,7 @@ impl Node {
             let gone = {
                 let mut core = self.core();
                 let known = core.jobs.contains_key(&job);
-                let forgot = core.coord.forget(&job);
+                let forgot = core.hosts.forget(&job);
                 if known && !forgot {
                     continue; // running after all (restored, taken over): never removed
                 }

@@ -2,23 +2,16 @@
 //! input, the run, the signed attestation; and recording what this peer's own replicas produced
 //! with its own coordinator.
 
-use spare_protocol::peer::report::{self, Taken};
+use spare_protocol::peer::host::ReportItem;
 use spare_protocol::peer::slots::is_stale;
 use spare_protocol::peer::work::Replica;
-use spare_protocol::{Attestation, BlobId, Outcome, PeerId, Release, ResultKey, TaskId};
-use tokio::sync::oneshot;
+use spare_protocol::{Attestation, BlobId, Outcome, Release, ResultKey, TaskId};
 
-use futures::FutureExt;
-use spare_proto as pb;
-use spare_protocol::JobId;
-
-use super::core::{Core, Detail, Evidence};
-use super::replicate::recorded_entry;
-use super::Change;
+use super::core::Detail;
 use super::remote::{Payload, RemoteInput};
 use super::{Node, donation};
 use crate::sandbox::{RunOutcome, RunRequest, task_seed};
-use crate::store::{Op, StoredInput};
+use crate::store::StoredInput;
 
 /// How a replica given a slot ended.
 pub(super) enum Ended {
@@ -174,123 +167,14 @@ impl Node {
         (att, output)
     }
 
-    /// Records an attestation of one of this peer's own replicas ([`report::record`]); see
-    /// [`Node::take_reports`].
-    pub(crate) fn report(&self, att: Attestation, output: &[u8], detail: &Detail) {
-        let mut core = self.core();
-        let taken = report::record(&mut core.coord, att.clone());
-        let mut kept = Kept::default();
-        keep(&mut core, taken, att, output, detail, &mut kept);
-        drop(self.finish(&mut core, kept));
+    /// Records an attestation of one of this peer's own replicas with its coordinator side.
+    pub(crate) fn report(&self, att: Attestation, output: Vec<u8>, detail: Detail) {
+        self.with_hosts(|c, now| c.hosts.handle_own(ReportItem::Attest(att, output, detail), now));
     }
 
-    /// Takes the attestations of one report batch from `sender` ([`report::take`], each with the
-    /// verdict of its signature), stores them (and the verdicts they made), streams them to the
-    /// backups, and tells watchers once that is durable. With what was taken of each comes, when
-    /// any was recorded, what resolves once all is durable here and one backup of each job holds
-    /// it (or the wait for one gave up): the worker is answered only then, so it never lets go
-    /// of an attestation that no live coordinator has (a crash before streaming makes its report
-    /// go to the successor). The whole batch is one lock, one store write and one wait for the
-    /// backups: per attestation, they were most of the report path's allocations.
-    pub(crate) fn take_reports(&self, sender: PeerId, batch: Vec<ReportedAttestation>) -> (Vec<Taken>, Option<oneshot::Receiver<()>>) {
-        let mut core = self.core();
-        let mut kept = Kept::default();
-        let mut taken = Vec::with_capacity(batch.len());
-        for r in batch {
-            let t = report::take(&mut core.coord, sender, r.att.clone(), r.signed, &r.output);
-            taken.push(t.clone());
-            keep(&mut core, t, r.att, &r.output, &r.detail, &mut kept);
-        }
-        let held = self.finish(&mut core, kept);
-        (taken, held)
-    }
-
-    /// Streams what a batch recorded to the backups of the jobs this peer leads and queues its
-    /// writes and changes; the receiver resolves once they are durable and a backup of each job
-    /// has its entries. Call with the core lock held, so entries stream in recording order.
-    fn finish(&self, core: &mut super::core::Core, kept: Kept) -> Option<oneshot::Receiver<()>> {
-        if kept.ops.is_empty() {
-            return None;
-        }
-        // Each job's last entry asks for its backups' answer: a backup's stream is taken in
-        // order, so one that holds the last holds the batch's earlier ones too.
-        let lasts: Vec<bool> =
-            (0..kept.streamed.len()).map(|i| kept.streamed[i + 1..].iter().all(|(j, _)| *j != kept.streamed[i].0)).collect();
-        let mut acks = Vec::new();
-        for ((job, entry), last) in kept.streamed.into_iter().zip(lasts) {
-            let coordinators = core.jobs.get(&job).map_or(&[][..], |m| &m.coordinators[..]);
-            acks.extend(self.stream(coordinators, job, entry, last));
-        }
-        let backup: Option<super::replicate::BackupAck> = match acks.len() {
-            0 => None,
-            1 => acks.pop(),
-            _ => Some(Box::pin(futures::future::join_all(acks).map(|held| held.into_iter().all(|h| h)))),
-        };
-        // Queued in order; the caller need not wait for the disk.
-        Some(self.announce_with(kept.ops, kept.changes, backup))
-    }
-
-    /// Hands back a leased replica that produced no attestation.
-    pub(crate) fn release_task(&self, task: TaskId, peer: PeerId, why: Release) {
-        let timed_out = {
-            let mut core = self.core();
-            core.coord.release(task, peer, why);
-            if let Some(m) = core.jobs.get(&task.job) {
-                self.replicate_release(&m.coordinators, task, peer, why);
-            }
-            let (ops, changes) = core.drain(None);
-            let timed_out = ops.iter().any(|op| {
-                matches!(op, crate::store::Op::PutResult(_, r)
-                    if matches!(r.verdict, spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(_))))
-            });
-            if !ops.is_empty() || !changes.is_empty() {
-                drop(self.announce(ops, changes));
-            }
-            timed_out
-        };
-        // A task failed by deadline misses: no attestation carries that to the backups.
-        if timed_out {
-            self.catch_up_backups(task.job);
-        }
+    /// Hands back one of this peer's own leased replicas that produced no attestation.
+    pub(crate) fn release_own(&self, task: TaskId, why: Release) {
+        self.with_hosts(|c, now| c.hosts.handle_own(ReportItem::Release(task, why), now));
         self.0.work.notify_one();
     }
-}
-
-/// One attestation of a report batch, with the verdict of its signature check, its output and
-/// the run's detail.
-pub(crate) struct ReportedAttestation {
-    pub att: Attestation,
-    pub signed: bool,
-    pub output: Vec<u8>,
-    pub detail: Detail,
-}
-
-/// What the attestations of one batch recorded come to, in recording order: the store writes,
-/// the changes to announce once they are durable, and the entries for each job's backups.
-#[derive(Default)]
-struct Kept {
-    ops: Vec<Op>,
-    changes: Vec<Change>,
-    streamed: Vec<(JobId, pb::replication_entry::Entry)>,
-}
-
-/// Adds what [`report::take`] or [`report::record`] recorded of `att` to `kept`: the attestation
-/// and the verdicts it made as writes, and its stream entry with its output (and the run's detail
-/// when it decided the task).
-fn keep(core: &mut Core, taken: Taken, att: Attestation, output: &[u8], detail: &Detail, kept: &mut Kept) {
-    let Taken::Recorded { ordinal, lone, decided } = taken else {
-        if let Taken::Refused(e) = taken {
-            tracing::debug!("attestation not recorded: {e}");
-        }
-        return;
-    };
-    core.outputs.keep(att.task, att.result.output_hash, output);
-    let evidence = Evidence { att: &att, output, detail };
-    let (ops, changes) = core.drain(Some(&evidence));
-    let job = att.task.job;
-    // Whether it streams is the stream's call (only the active coordinator's go out).
-    kept.streamed.push((job, recorded_entry(&att, lone, output, decided.then_some(detail))));
-    kept.ops.push(Op::PutAttestation { ordinal, attestation: att, lone });
-    kept.ops.extend(ops);
-    kept.changes.extend(changes);
 }

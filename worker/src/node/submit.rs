@@ -4,6 +4,7 @@
 use spare_protocol::{BlobId, JobId, JobSpec, PeerId, Policy, SubmitError, derive_job_id};
 
 use super::{JobMeta, Node, unix_ms};
+use spare_protocol::peer::host::Members;
 use crate::sandbox::ModuleError;
 use crate::store::{Op, StoredInput, StoredJob};
 
@@ -193,7 +194,7 @@ impl Node {
         }
         // Checked early to refuse cheaply, and again where the counts are raised.
         self.within_caps(job.owner, job.inputs.len(), 0)?;
-        coordinator_room(&self.core().coord)?;
+        coordinator_room(self.core().coord())?;
         if job.nonce.is_empty() {
             // As the proto promises: two submissions of the same content without a nonce are
             // two jobs.
@@ -201,7 +202,7 @@ impl Node {
             getrandom::fill(&mut nonce).map_err(|e| SubmitFailure::Internal(anyhow::anyhow!("no randomness for a nonce: {e}")))?;
             job.nonce = nonce;
         }
-        let caps = *self.core().coord.caps();
+        let caps = *self.core().coord().caps();
         caps.check(&job.policy, job.inputs.len() as u64).map_err(|e| SubmitFailure::Invalid(e.to_string()))?;
         let arg_bytes: usize =
             job.args.iter().map(String::len).sum::<usize>() + job.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -249,7 +250,7 @@ impl Node {
             // concurrent submits all passed the early check, and one key held 258 of 256).
             // And the coordinator's room, before anything is written (it is checked again as
             // the job goes in, after the write).
-            if let Err(e) = self.within_caps(job.owner, job.inputs.len(), input_bytes).and_then(|()| coordinator_room(&core.coord)) {
+            if let Err(e) = self.within_caps(job.owner, job.inputs.len(), input_bytes).and_then(|()| coordinator_room(core.coord())) {
                 self.0.submitting.remove(&id);
                 return Err(e);
             }
@@ -260,15 +261,24 @@ impl Node {
         // stored (finding 11: tasks of a write still in progress were leased 3,722 times and
         // failed with "no stored input").
         let written = self.store_job(id, stored, job.inputs).await;
+        // Other coordinators, so the job outlives this peer: offered to the live peers that may
+        // coordinate; the list settles (and the job is announced) once they answered.
+        let members = self.members();
+        let candidates: Vec<PeerId> = members.live().into_iter().filter(|p| members.may_coordinate(p)).collect();
+        // Subscribed before the offer goes out, so its settling is not missed.
+        let mut announced = self.0.announced.subscribe();
         let accepted = written.map_err(|e| SubmitFailure::Internal(anyhow::anyhow!(e).context("storing the job"))).and_then(|()| {
-            let mut core = self.core();
-            core.coord.submit(id, spec).map_err(|e| match e {
-                SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
-                SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),
-                SubmitError::Full(_) => SubmitFailure::Full(e.to_string()),
-            })?;
-            core.jobs.insert(id, meta);
-            Ok(())
+            self.with_hosts(|c, now| {
+                c.hosts.submit(id, spec, vec![origin], 0).map_err(|e| match e {
+                    SubmitError::Policy(p) => SubmitFailure::Invalid(p.to_string()),
+                    SubmitError::Duplicate(_) => SubmitFailure::Exists(e.to_string()),
+                    SubmitError::Full(_) => SubmitFailure::Full(e.to_string()),
+                })?;
+                c.jobs.insert(id, meta);
+                c.hosts.offer(&id, &candidates);
+                c.hosts.look_at_roles(&id, now);
+                Ok(())
+            })
         });
         self.0.submitting.remove(&id);
         if let Err(e) = accepted {
@@ -282,9 +292,18 @@ impl Node {
         }
         self.0.metrics.jobs_accepted.inc();
         tracing::info!(job = %id, tasks = counted.tasks, "job accepted");
-        // Other coordinators, so the job outlives this peer.
-        self.add_coordinators(id).await;
-        self.publish_job(id, false);
+        // Answered once the list settled and is durable (the job is announced then): a job
+        // accepted here outlives this peer from the moment the submitter hears of it.
+        let settled = || self.core().hosts.host(&id).is_none_or(|h| !h.is_adopting());
+        let wait = std::time::Duration::from_millis(2 * spare_protocol::peer::replication::ADOPT_TIMEOUT_MS);
+        let _ = tokio::time::timeout(wait, async {
+            while !settled() {
+                if announced.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
         self.0.work.notify_one();
         Ok(id)
     }

@@ -218,9 +218,9 @@ impl Driver {
                 if self.node.config().chaos == Some(super::Chaos::Silent) {
                     return;
                 }
-                self.node.report(att, &output, &detail);
+                self.node.report(att, output, detail);
             }
-            Notice::Own(ReportItem::Release(task, why)) => self.node.release_task(task, self.node.peer_id(), why),
+            Notice::Own(ReportItem::Release(task, why)) => self.node.release_own(task, why),
             Notice::Held => self.node.0.running.store(self.work.held(), Ordering::Relaxed),
             Notice::Stale => tracing::debug!("a lease too close to lapsing was handed back"),
             Notice::ReportDropped => tracing::warn!("report given up: its lease lapses at the coordinator"),
@@ -369,7 +369,7 @@ struct OwnCore<'a> {
 impl Own for OwnCore<'_> {
     fn serves(&self, job: &JobId) -> bool {
         let core = self.node.core();
-        core.jobs.contains_key(job) && !core.coord.is_standby(job)
+        core.jobs.contains_key(job) && core.hosts.is_active(job)
     }
 
     fn lease(&mut self, max: usize, now: Millis) -> Vec<Replica> {
@@ -377,25 +377,17 @@ impl Own for OwnCore<'_> {
         // before the filters changed) are left to other peers' slots.
         let d = &self.node.config().donation;
         let serves = |spec: &spare_protocol::JobSpec| donation::serves(d, &spec.module, &spec.policy).is_ok();
-        let me = self.node.peer_id();
-        let mut replicas = Vec::new();
-        let mut orphans = Vec::new();
-        {
-            let mut core = self.node.core();
-            for l in core.coord.lease_where(me, max, now, serves) {
-                match core.jobs.get(&l.task.job) {
-                    Some(meta) => {
-                        let (timeout_ms, module) = (meta.spec.policy.limits.timeout_ms, meta.spec.module);
-                        replicas.push(Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module });
-                    }
-                    None => orphans.push(l.task),
-                }
-            }
-        }
-        // A lease of a job whose spec is not held here cannot run: back at once, not left to lapse.
-        for task in orphans {
-            self.node.release_task(task, me, Release::Abandoned);
-        }
-        replicas
+        self.node.with_hosts(|c, _| {
+            let leases = c.hosts.lease_own_where(max, now, serves);
+            let coord = c.hosts.coordinator();
+            leases
+                .into_iter()
+                .filter_map(|l| {
+                    let spec = &coord.job(&l.task.job)?.spec;
+                    let (timeout_ms, module) = (spec.policy.limits.timeout_ms, spec.module);
+                    Some(Replica { task: l.task, coordinator: None, expires_at: l.expires_at, timeout_ms, module })
+                })
+                .collect()
+        })
     }
 }

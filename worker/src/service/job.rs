@@ -77,7 +77,7 @@ fn active_of(node: &Node, id: &JobId, proxied: bool) -> Option<(PeerId, JobClien
         return None;
     }
     let me = node.peer_id();
-    let list = node.core().jobs.get(id).map(|m| m.coordinators.clone())?;
+    let list = node.core().coordinators(id).map(<[PeerId]>::to_vec)?;
     let (peer, addr) = list.iter().find_map(|c| if *c == me { Some(None) } else { node.addr_of(c).map(|a| Some((*c, a))) })??;
     Some((peer, node.client_jobs(&addr)?))
 }
@@ -90,7 +90,7 @@ type JobClient = pb::job_service_client::JobServiceClient<tonic::transport::Chan
 /// of a healed split).
 fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobClient)>, Status> {
     let me = node.peer_id();
-    let (held, named) = node.core().jobs.get(id).map_or((false, false), |m| (true, m.coordinators.contains(&me)));
+    let (held, named) = node.core().coordinators(id).map_or((false, false), |list| (true, list.contains(&me)));
     if named {
         return Ok(None);
     }
@@ -105,22 +105,22 @@ fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobCl
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
     let (mut s, views, coordinators, owner, n, undurable) = {
         let core = node.core();
-        let view = core.coord.job(id).ok_or_else(|| not_found(id))?;
+        let view = core.coord().job(id).ok_or_else(|| not_found(id))?;
         let mut s = convert::job_status(&view);
         // Verdicts not durable yet count as running: a crash could still take them back.
         let undurable: HashSet<u32> = core.undurable.iter().filter(|t| t.job == *id).map(|t| t.index).collect();
         if !undurable.is_empty() {
-            let states = undurable.iter().filter_map(|&index| core.coord.task(&TaskId { job: *id, index }).map(|t| t.state));
+            let states = undurable.iter().filter_map(|&index| core.coord().task(&TaskId { job: *id, index }).map(|t| t.state));
             as_running(&mut s, states);
         }
-        let coordinators = core.jobs.get(id).map(|m| m.coordinators.clone()).unwrap_or_default();
+        let coordinators = core.coordinators(id).map(<[PeerId]>::to_vec).unwrap_or_default();
         let owner = core.jobs.get(id).and_then(|m| m.owner);
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
         // An ended job's tasks are in the store (`node::ended`), read below without the lock.
-        let views: Vec<_> = if core.coord.is_shed(id) {
+        let views: Vec<_> = if core.coord().is_shed(id) {
             Vec::new()
         } else {
-            (0..n).filter_map(|index| core.coord.task(&TaskId { job: *id, index })).collect()
+            (0..n).filter_map(|index| core.coord().task(&TaskId { job: *id, index })).collect()
         };
         (s, views, coordinators, owner, n, undurable)
     };
@@ -326,7 +326,7 @@ impl pb::job_service_server::JobService for JobApi {
             return Ok(Response::new(Box::pin(stream)));
         }
         let r = req.into_inner();
-        let total = self.node.core().coord.job(&id).ok_or_else(|| not_found(&id))?.spec.task_count;
+        let total = self.node.core().coord().job(&id).ok_or_else(|| not_found(&id))?.spec.task_count;
         let mut changes = self.node.subscribe();
         let node = self.node.clone();
         let mut stop = self.node.shutdown_signal();
@@ -424,7 +424,7 @@ impl pb::job_service_server::JobService for JobApi {
             n => n.min(MAX_LIST),
         } as usize;
         let core = self.node.core();
-        let mut views: Vec<_> = core.jobs.keys().filter_map(|id| core.coord.job(id)).collect();
+        let mut views: Vec<_> = core.jobs.keys().filter_map(|id| core.coord().job(id)).collect();
         views.sort_by_key(|v| std::cmp::Reverse((v.spec.submitted_at_ms, v.id)));
         let jobs = views
             .iter()

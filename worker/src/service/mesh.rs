@@ -1,15 +1,15 @@
 //! `spare.v1.MeshService`: what peers say to each other. Gossip goes to membership; Lease and
 //! Report reach the coordinator of the jobs this peer holds, after their signatures are checked.
 
-use spare_protocol::peer::report::Taken;
-use spare_protocol::{Attestation, JobId, NetPrefix, PeerId, Release, TaskId};
+use spare_protocol::peer::host::ReportItem;
+use spare_protocol::{Detail, JobId, NetPrefix, PeerId, Release, TaskId};
 use spare_proto as pb;
 use tonic::{Request, Response, Status};
 
 use crate::wire::convert::{self, attestation, parse_id};
 use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
 use crate::identity;
-use crate::node::{Node, ReportedAttestation, unix_ms};
+use crate::node::{Node, unix_ms};
 use crate::store::StoredInput;
 
 use spare_protocol::requests::INLINE_INPUT_BYTES as INLINE_INPUT;
@@ -124,18 +124,12 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !self.node.peer_allowed(peer) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
-        let now = self.node.now();
-        let (meta, granted) = {
-            let mut core = self.node.core();
-            let meta = core.jobs.get(&job).cloned().ok_or_else(|| Status::not_found(format!("job {job} is not coordinated here")))?;
-            core.coord.note_prefix(peer, network);
-            let granted = spare_protocol::peer::lease::grant(&mut core.coord, &job, peer, r.max, now);
-            // The backups hold the leases too, so a report follows a takeover (in stream order:
-            // the lock is held).
-            for l in granted.to_stream(self.node.peer_id()) {
-                self.node.replicate_lease(&meta.coordinators, l, now);
-            }
-            (meta, granted)
+        let (now, meta, granted) = self.node.with_hosts(|c, now| {
+            let meta = c.jobs.get(&job).cloned();
+            (now, meta, c.hosts.handle_lease(&job, peer, r.max, network, now))
+        });
+        let (Some(meta), Some(granted)) = (meta, granted) else {
+            return Err(Status::not_found(format!("job {job} is not coordinated here")));
         };
         let leases = granted.leases;
         let mut tasks = Vec::with_capacity(leases.len());
@@ -183,47 +177,32 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         if !self.node.peer_allowed(sender) {
             return Err(Status::resource_exhausted("too many requests from this peer"));
         }
-        let mut reply = pb::ReportResponse::default();
-        // Parse everything first, so the signatures can be checked as one batch.
-        let mut parsed = Vec::with_capacity(r.items.len());
+        let mut rejected = 0;
+        let mut items = Vec::with_capacity(r.items.len() + r.released.len());
         for item in r.items {
             match item.attestation.as_ref().map(attestation) {
-                Some(Ok(att)) => parsed.push((att, item)),
-                _ => reply.rejected += 1,
-            }
-        }
-        let refs: Vec<&Attestation> = parsed.iter().map(|(a, _)| a).collect();
-        let valid = identity::verify_attestations(&refs);
-        let batch = parsed
-            .into_iter()
-            .zip(valid)
-            .map(|((att, item), signed)| {
-                let detail = crate::node::Detail::bounded(&item.message, &item.stderr);
-                ReportedAttestation { att, signed, output: item.output, detail }
-            })
-            .collect();
-        let (taken, durable) = self.node.take_reports(sender, batch);
-        for t in taken {
-            if t == Taken::Invalid {
-                self.node.count_invalid();
-            }
-            if t.accepted() {
-                reply.accepted += 1;
-            } else {
-                reply.rejected += 1;
+                Some(Ok(att)) => items.push(ReportItem::Attest(att, item.output, Detail::bounded(&item.message, &item.stderr))),
+                _ => rejected += 1,
             }
         }
         for rel in r.released {
             let job: JobId = parse_id("job_id", &rel.job_id)?;
             let why = if rel.deadline { Release::Deadline } else { Release::Abandoned };
-            self.node.release_task(TaskId { job, index: rel.index }, sender, why);
+            items.push(ReportItem::Release(TaskId { job, index: rel.index }, why));
         }
-        // Answered once what was recorded is durable here and a backup holds it (see
-        // `Node::take_reports`); a dropped wait is a shutdown, which the worker's retry covers.
-        if let Some(durable) = durable {
-            let _ = durable.await;
+        // Answered once what was recorded is durable here and a backup holds it (or the wait
+        // for one gave up): the worker never lets go of an attestation no live coordinator has.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tally = self.node.with_hosts(|c, now| {
+            let batch = c.await_report(tx);
+            c.hosts.handle_report(sender, batch, items, now)
+        });
+        for _ in 0..tally.invalid {
+            self.node.count_invalid();
         }
-        Ok(Response::new(reply))
+        // A dropped wait is a shutdown, which the worker's retry covers.
+        let (accepted, taken_rejected) = rx.await.map_err(|_| Status::unavailable("this peer is stopping"))?;
+        Ok(Response::new(pb::ReportResponse { accepted, rejected: rejected + taken_rejected }))
     }
 
     async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::AdoptResponse>, Status> {

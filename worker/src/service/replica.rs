@@ -2,15 +2,15 @@
 //! coordinator of a job) and `MeshService.Replicate` (the active coordinator's stream of
 //! recorded attestations). Both are signed by their sender, who must be a coordinator of the job.
 
+use spare_protocol::peer::host::{Adopt, AdoptKind, Streamed};
 use spare_protocol::{BlobId, JobId, JobSpec, PeerId, derive_job_id};
-use spare_protocol::peer::takeover::Carried;
 use spare_proto as pb;
 use tonic::Status;
 
 use crate::wire::convert::{self, parse_id};
 use crate::identity;
 use crate::wire::signing::{self, LEASE_CLOCK_SKEW_MS};
-use crate::node::recorded::{apply, entries_of, record_all};
+use crate::wire::stream;
 use crate::node::{JobMeta, NewJob, Node, unix_ms};
 use crate::store::{StoredInput, StoredJob};
 
@@ -75,9 +75,16 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse
     if derive_job_id(&origin, &content_digest, &new.nonce) != job {
         return Err(Status::invalid_argument("the job id does not match its origin and content"));
     }
-    let caps = *node.core().coord.caps();
+    let caps = *node.core().coord().caps();
     caps.check(&new.policy, new.inputs.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let held = node.core().jobs.contains_key(&job);
+    // Every attestation checked before anything is taken: a malformed one refuses the whole.
+    let mut log = Vec::with_capacity(r.attestations.len());
+    for item in r.attestations.iter().cloned() {
+        log.push(stream::recorded(item)?);
+    }
+    let log = node.signed_only(log);
+    let held = node.core().hosts.holds(&job);
+    let mut fresh = false;
     if !held {
         // The volunteer's filters hold for jobs handed here as for jobs submitted here: a
         // coordinator that takes a job over runs its tasks on its own slots.
@@ -92,29 +99,15 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse
         if !matches!(taken, Ok(true)) {
             node.unhold_tasks(count);
         }
-        taken?;
+        fresh = taken?;
     }
-    // A new leader's sync: what this peer recorded that the adoption does not carry, in this
-    // peer's order (only to a coordinator this peer names: the job is its to lead).
-    let carried = Carried::of(
-        r.attestations.iter().filter_map(|i| i.attestation.as_ref()).filter_map(|a| Some((a.index, parse_id::<PeerId>("peer_id", &a.peer_id).ok()?))),
-    );
-    let sync = r.sync && held && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender));
-    record_all(node, r.attestations).await?;
-    node.record_timed_out(job, &r.timed_out).await.map_err(|e| Status::internal(format!("{e:#}")))?;
-    let missing = if sync {
-        node.recorded_attestations(&job, false, |a| carried.lacks(a)).map_err(|e| Status::internal(format!("{e:#}")))?
-    } else {
-        Vec::new()
-    };
-    // A job its coordinator cancelled (the sender must be one of this peer's coordinators of
-    // it: anyone can sign an adoption naming itself).
-    if held && r.cancelled && node.core().jobs.get(&job).is_some_and(|m| m.coordinators.contains(&sender)) {
-        node.cancel(&job).await.map_err(|e| Status::internal(format!("{e:#}")))?;
-    }
-    if held {
-        node.adopted_from(job, sender, coordinators);
-    }
+    let timed_out = r.timed_out.iter().map(|t| (t.index, t.misses)).collect();
+    let kind = if r.sync { AdoptKind::Sync } else { AdoptKind::Join };
+    let adopt = Adopt { from: sender, job, coordinators, log, kind, timed_out, cancelled: r.cancelled };
+    let (missing, written) = node.with_hosts(|c, now| (c.hosts.handle_adopt(adopt, fresh, now), c.hosts.written()));
+    // Answered once what it brought is durable here.
+    node.durable(written).await?;
+    let missing = node.answer_of(&job, &missing).map_err(|e| Status::internal(format!("{e:#}")))?;
     Ok(pb::AdoptResponse { missing })
 }
 
@@ -162,26 +155,27 @@ async fn take_job(
     {
         // Room first, so nothing is written for a job that cannot be taken.
         let core = node.core();
-        if core.coord.open_jobs() >= core.coord.max_jobs() {
-            return Err(Status::resource_exhausted(spare_protocol::SubmitError::Full(core.coord.max_jobs()).to_string()));
+        let coord = core.coord();
+        if coord.open_jobs() >= coord.max_jobs() {
+            return Err(Status::resource_exhausted(spare_protocol::SubmitError::Full(coord.max_jobs()).to_string()));
         }
     }
     let meta = JobMeta::of(&stored);
     // Durable, inputs in chunks and the job record last, before the coordinator holds it (as a
     // submission: `Node::submit`, finding 11).
     node.store_job(job, stored, new.inputs).await.map_err(|e| Status::internal(format!("storing the job: {e}")))?;
-    let inserted = {
-        let mut core = node.core();
-        let inserted = !core.jobs.contains_key(&job);
-        if inserted {
-            core.coord.restore(job, spec, r.cancelled).map_err(|e| Status::resource_exhausted(e.to_string()))?;
-            core.coord.set_standby(&job, true);
-            while core.coord.poll_event().is_some() {}
-            core.jobs.insert(job, meta);
+    // In standby until the role rules decide; the adoption itself is taken by the caller.
+    let inserted = node.with_hosts(|c, _| {
+        if c.hosts.holds(&job) {
+            return Ok(false);
         }
-        inserted
-    };
-    tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
+        c.hosts.adopt(job, spec, coordinators.to_vec(), 0).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        c.jobs.insert(job, meta);
+        Ok::<_, Status>(true)
+    })?;
+    if inserted {
+        tracing::info!(job = %job.short(), from = %sender.short(), "adopted a job as one of its coordinators");
+    }
     Ok(inserted)
 }
 
@@ -193,13 +187,27 @@ pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Stat
         return Err(Status::resource_exhausted("too many requests from this peer"));
     }
     let job: JobId = parse_id("job_id", &r.job_id)?;
-    let coordinators = node.core().jobs.get(&job).map(|m| m.coordinators.clone());
-    let Some(coordinators) = coordinators else {
+    if !node.core().hosts.holds(&job) {
         return Err(Status::not_found(format!("job {job} is not held here")));
-    };
-    if !coordinators.contains(&sender) {
-        return Err(Status::permission_denied("the sender is not a coordinator of the job"));
     }
-    let entries = entries_of(job, r.entries, node.now())?;
-    apply(node, entries).await
+    let entries = stream::entries(job, r.entries)?;
+    // The attestations' signatures, in one batch: those that fail are dropped and counted.
+    let atts: Vec<&spare_protocol::Attestation> =
+        entries.iter().filter_map(|e| if let Streamed::Attestation(r, _) = e { Some(&*r.logged.att) } else { None }).collect();
+    let mut valid = identity::verify_attestations(&atts).into_iter();
+    let entries: Vec<Streamed> = entries
+        .into_iter()
+        .filter(|e| {
+            let ok = !matches!(e, Streamed::Attestation(..)) || valid.next().unwrap_or(false);
+            if !ok {
+                node.count_invalid();
+            }
+            ok
+        })
+        .collect();
+    let (recorded, written) = node.with_hosts(|c, now| (c.hosts.handle_replicate(sender, job, entries, now), c.hosts.written()));
+    let recorded = recorded.map_err(|e| Status::permission_denied(e.to_string()))?;
+    // Answered once what it recorded is durable here.
+    node.durable(written).await?;
+    Ok(recorded)
 }

@@ -147,7 +147,7 @@ fn status(node: &Node) -> Status {
         .collect();
     let mut views: Vec<_> = {
         let core = node.core();
-        core.jobs.keys().filter_map(|id| core.coord.job(id)).collect()
+        core.jobs.keys().filter_map(|id| core.coord().job(id)).collect()
     };
     views.sort_by_key(|v| std::cmp::Reverse((v.spec.submitted_at_ms, v.id)));
     let jobs = views

@@ -71,6 +71,9 @@ pub enum StoreError {
 pub enum Op {
     /// A job, new or updated (cancelled).
     PutJob(JobId, StoredJob),
+    /// A stored job's list of coordinators changed, or it was cancelled: changed in place (a
+    /// job no longer stored stays so), in the order the coordinator side asked.
+    UpdateJob { job: JobId, coordinators: Option<Vec<PeerId>>, cancelled: bool },
     /// Inputs of a job's tasks, from index `first` on.
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
     /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
@@ -340,6 +343,16 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
             match op {
                 Op::PutJob(id, job) => {
                     jobs.insert(id.0, records::encode_job(job).map_err(enc)?.as_slice()).map_err(db_err)?;
+                }
+                Op::UpdateJob { job, coordinators, cancelled } => {
+                    let stored = jobs.get(job.0).map_err(db_err)?.map(|v| job_in(v.value())).transpose()?;
+                    if let Some(mut stored) = stored {
+                        if let Some(list) = coordinators {
+                            stored.coordinators = list.clone();
+                        }
+                        stored.cancelled |= *cancelled;
+                        jobs.insert(job.0, records::encode_job(&stored).map_err(enc)?.as_slice()).map_err(db_err)?;
+                    }
                 }
                 Op::PutInputs { job, first, inputs: list } => {
                     for (i, input) in list.iter().enumerate() {

@@ -4,5 +4,6 @@
 
 pub mod convert;
 pub mod signing;
+pub mod stream;
 
 pub use spare_protocol::requests::MAX_MESSAGE_BYTES;

@@ -31,6 +31,7 @@ impl Host {
     /// here that the sender lacks, in this peer's order. `fresh` says the host was just made
     /// for this adoption.
     pub(super) fn handle_adopt(&mut self, cx: &mut Shared, a: Adopt, fresh: bool, now: Millis) -> Vec<Logged> {
+        self.clock = now;
         // Only to a coordinator this peer names: the job is its to lead (anyone can sign an
         // adoption naming itself).
         let named = self.coordinators.contains(&a.from);
@@ -62,6 +63,7 @@ impl Host {
     /// The answer to an `Adopt` this host sent to `to` (`None`: it failed); a sync's answer
     /// carries what `to` recorded that this peer lacked.
     pub(super) fn handle_adopted(&mut self, cx: &mut Shared, to: PeerId, answer: Option<Vec<Recorded>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+        self.clock = now;
         let ok = answer.is_some();
         match kind {
             AdoptKind::CatchUp => {}

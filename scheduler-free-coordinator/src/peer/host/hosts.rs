@@ -57,6 +57,8 @@ pub struct Hosts {
     transmits: VecDeque<(u64, Transmit)>,
     /// Notices, each with the write it waits for.
     notices: VecDeque<(u64, JobId, Notice)>,
+    /// The latest `now` a call gave (events handed on between hosts are dated by it).
+    now: Millis,
 }
 
 impl Hosts {
@@ -75,6 +77,7 @@ impl Hosts {
             durable: 0,
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
+            now: 0,
         }
     }
 
@@ -90,6 +93,14 @@ impl Hosts {
     pub fn coordinate(&mut self, job: JobId, coordinators: Vec<PeerId>, started: Millis) {
         let host = Host::new(self.me, &self.shared, job, coordinators, started);
         self.hosts.insert(job, host);
+    }
+
+    /// Starts coordinating `job`, submitted here now as `spec`, with `coordinators` as its list
+    /// (as [`Hosts::coordinate`]); refused when the coordinator cannot take it.
+    pub fn submit(&mut self, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, started: Millis) -> Result<(), SubmitError> {
+        self.shared.coord.submit(job, spec)?;
+        self.coordinate(job, coordinators, started);
+        Ok(())
     }
 
     /// Takes `job`, which this peer did not hold, as `spec` says when an `Adopt` hands it over:
@@ -117,6 +128,19 @@ impl Hosts {
         }).collect()
     }
 
+    /// The peer's coordinator, for what a driver sets up before its hosts exist (restoring
+    /// jobs, tasks failed by deadline misses and standings from its store) and for letting go of
+    /// an ended job's task table (`Coordinator::shed`). Decisions go through the `handle_*`
+    /// calls; events emitted here reach the job's host at its next call.
+    pub fn coordinator_mut(&mut self) -> &mut Coordinator {
+        &mut self.shared.coord
+    }
+
+    /// The output in hand of an attestation whose task is not final (`None`: not held).
+    pub fn pending_output(&self, task: &crate::TaskId, hash: &crate::BlobId) -> Option<&[u8]> {
+        self.shared.outputs.get(task, hash)
+    }
+
     /// The host of `job`, for reading its list and log.
     pub fn host(&self, job: &JobId) -> Option<&Host> {
         self.hosts.get(job)
@@ -140,6 +164,12 @@ impl Hosts {
     /// Whether `job`'s coordinator here is active (not in standby).
     pub fn is_active(&self, job: &JobId) -> bool {
         self.hosts.get(job).is_some_and(|h| h.is_active(&self.shared))
+    }
+
+    /// Whether a replication stream still holds entries to send or in flight (a peer that stops
+    /// cleanly sends them first: its backups must hold what it recorded before they take over).
+    pub fn is_streaming(&self) -> bool {
+        self.hosts.values().any(|h| !h.replicators.is_idle())
     }
 
     /// The workers whose report answers are held (they get none should this peer stop).
@@ -189,6 +219,7 @@ impl Hosts {
     /// `MeshService.Lease` of `job` from `worker`, whose connection comes from `network`: the
     /// answer (`None`: the job is not coordinated here).
     pub fn handle_lease(&mut self, job: &JobId, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Option<Granted> {
+        self.now = self.now.max(now);
         let granted = self.hosts.get_mut(job).map(|h| h.handle_lease(&mut self.shared, worker, max, network, now));
         self.collect();
         granted
@@ -198,6 +229,7 @@ impl Hosts {
     /// by its job's host (entries of jobs not coordinated here are turned down). Its answer
     /// comes out as one [`Transmit::ReportAnswer`] once every job's part may be answered.
     pub fn handle_report(&mut self, worker: PeerId, batch: u64, items: Vec<ReportItem>, now: Millis) -> Tally {
+        self.now = self.now.max(now);
         let mut by_job: Vec<(JobId, Vec<ReportItem>)> = Vec::new();
         let mut tally = Tally::default();
         for item in items {
@@ -224,6 +256,7 @@ impl Hosts {
                 tally.accepted += t.accepted;
                 tally.rejected += t.rejected;
                 tally.late += t.late;
+                tally.invalid += t.invalid;
             }
             self.collect();
         }
@@ -233,6 +266,7 @@ impl Hosts {
     /// `MeshService.Replicate` of `job` from `from`: the answer is how many attestations were
     /// new. Refused unless `from` is one of this peer's coordinators of `job`.
     pub fn handle_replicate(&mut self, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
+        self.now = self.now.max(now);
         let Some(h) = self.hosts.get_mut(&job) else { return Err(NotCoordinator) };
         let r = h.handle_replicate(&mut self.shared, from, job, items, now);
         self.collect();
@@ -251,6 +285,7 @@ impl Hosts {
     /// it. The answer: for a [`AdoptKind::Sync`] from one of this peer's coordinators of the
     /// job, what is recorded here that the sender lacks.
     pub fn handle_adopt(&mut self, a: Adopt, fresh: bool, now: Millis) -> Vec<Logged> {
+        self.now = self.now.max(now);
         let missing = self.hosts.get_mut(&a.job).map(|h| h.handle_adopt(&mut self.shared, a, fresh, now)).unwrap_or_default();
         self.collect();
         missing
@@ -283,6 +318,7 @@ impl Hosts {
     /// Membership changed: `live_peers` live now (this peer included); `down` was declared dead,
     /// so its leases come back and every job's roles are looked at at once.
     pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
+        self.now = self.now.max(now);
         self.shared.coord.set_live_peers(live_peers);
         if let Some(who) = down {
             self.shared.coord.peer_down(who, now);
@@ -299,7 +335,17 @@ impl Hosts {
     /// Leases this peer's own slots up to `max` replicas of the jobs it leads (they are not
     /// streamed: they end with the peer).
     pub fn lease_own(&mut self, max: usize, now: Millis) -> Vec<Lease> {
+        self.now = self.now.max(now);
         let leases = self.shared.coord.lease(self.me, max, now);
+        self.collect();
+        leases
+    }
+
+    /// [`Hosts::lease_own`], of the jobs whose spec `serves` (the donor's filters: a job taken
+    /// over that the volunteer does not serve is left to other peers' slots).
+    pub fn lease_own_where(&mut self, max: usize, now: Millis, serves: impl Fn(&JobSpec) -> bool) -> Vec<Lease> {
+        self.now = self.now.max(now);
+        let leases = self.shared.coord.lease_where(self.me, max, now, serves);
         self.collect();
         leases
     }
@@ -307,6 +353,7 @@ impl Hosts {
     /// The outcome of one of this peer's own replicas (what its
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
     pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
+        self.now = self.now.max(now);
         let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.shared, item, now)).unwrap_or_default();
         self.collect();
         tally
@@ -352,6 +399,7 @@ impl Hosts {
 
     /// Runs whatever timer is due at `now`: the coordinator's (lease expiries), then each job's.
     pub fn handle_timeout(&mut self, now: Millis, members: &dyn Members) {
+        self.now = self.now.max(now);
         if self.shared.coord.next_deadline().is_some_and(|d| d <= now) {
             self.shared.coord.tick(now);
             self.route_events();
@@ -394,6 +442,7 @@ impl Hosts {
         }
         for (job, events) in by_job {
             if let Some(h) = self.hosts.get_mut(&job) {
+                h.clock = h.clock.max(self.now);
                 h.on_events(&mut self.shared, events, &[]);
             }
         }

@@ -130,6 +130,15 @@ pub struct Host {
     replicate_at: Option<Millis>,
     transmits: VecDeque<Transmit>,
     notices: VecDeque<Notice>,
+    /// Notices held back, in order: a verdict this peer decided while leading goes out once a
+    /// backup holds its deciding attestation (the log position `upto`, from 1) or the wait gives
+    /// up at `until`, so an announced verdict survives the loss of this peer; what comes after
+    /// one waits behind it (`upto` 0).
+    gated: VecDeque<(u64, Millis, Notice)>,
+    /// The log position (from 1) a backup is known to hold, or that the wait for one gave up on.
+    acked: u64,
+    /// The latest `now` this host was called with (notices are gated from it).
+    clock: Millis,
     /// What the driver is to store, since the last call.
     writes: Vec<Write>,
     /// Events of the peer's other jobs met while draining the shared coordinator, for
@@ -164,6 +173,9 @@ impl Host {
             replicate_at: None,
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
+            gated: VecDeque::new(),
+            acked: 0,
+            clock: started,
             writes: Vec::new(),
             spill: Vec::new(),
         }
@@ -219,6 +231,11 @@ impl Host {
         &self.log
     }
 
+    /// Whether a round of adoptions to fill the list up is waiting for answers.
+    pub fn is_adopting(&self) -> bool {
+        self.adopting.is_some()
+    }
+
     /// The workers whose report answers are held (they get none should this peer stop).
     pub fn held_workers(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.held.iter().map(|h| h.worker)
@@ -260,7 +277,8 @@ impl Host {
         // Held answers wait in the order they came, so the first gives up first.
         let held = self.held.first().map(|h| h.until);
         let sync = self.syncing.as_ref().map(Sync::poll_timeout);
-        [held, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
+        let gated = self.gated.front().map(|(_, until, _)| *until);
+        [held, gated, self.replicate_at, self.catch_ups.poll_timeout(), self.roles_at, self.announce_at, self.hand_over_at, sync]
             .into_iter()
             .flatten()
             .min()
@@ -268,6 +286,8 @@ impl Host {
 
     /// Runs whatever timer of this job is due at `now`.
     fn handle_timeout(&mut self, cx: &mut Shared, now: Millis, members: &dyn Members) {
+        self.clock = now;
+        self.release_gated();
         if let Some(upto) = self.held.iter().take_while(|h| h.until <= now).map(|h| h.upto).max() {
             self.answer_held(upto);
         }
@@ -303,7 +323,32 @@ impl Host {
     /// Announce the job with this peer's list.
     fn announce(&mut self, cx: &Shared) {
         let done = self.is_done(cx);
-        self.notices.push_back(Notice::Announce { done });
+        self.notify(Notice::Announce { done }, None);
+    }
+
+    /// Tells the driver `n`, once a backup holds log position `upto` (if given, and if one may
+    /// not yet), and after every notice held before it.
+    fn notify(&mut self, n: Notice, upto: Option<u64>) {
+        match upto {
+            Some(upto) if upto > self.acked => {
+                let until = self.clock + crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
+                self.gated.push_back((upto, until, n));
+            }
+            _ if !self.gated.is_empty() => self.gated.push_back((0, 0, n)),
+            _ => self.notices.push_back(n),
+        }
+    }
+
+    /// Lets out the held notices whose wait is over, in order.
+    fn release_gated(&mut self) {
+        while let Some((upto, until, _)) = self.gated.front() {
+            if *upto > self.acked && *until > self.clock {
+                break;
+            }
+            if let Some((_, _, n)) = self.gated.pop_front() {
+                self.notices.push_back(n);
+            }
+        }
     }
 
     /// Takes what the coordinator emitted: this job's events become notices (and verdicts
@@ -325,22 +370,32 @@ impl Host {
     /// job's end is announced.
     fn on_events(&mut self, cx: &mut Shared, events: Vec<Event>, evidence: &[Evidence<'_>]) {
         let leads = self.is_active(cx);
+        // A verdict decided while leading, with backups, waits for one to hold what decided it.
+        let gate = (self.leads(cx) && self.coordinators.len() > 1).then_some(self.log.len() as u64);
         let (mut wake, mut finished) = (false, false);
         for event in events {
+            let mut upto = None;
             if let Event::TaskFinal { task, verdict } = &event {
                 self.write_verdict(cx, *task, verdict, evidence);
+                upto = gate;
             }
             let lone = leads && matches!(&event, Event::TaskFinal { task, .. } if cx.coord.task(task).is_some_and(|t| t.lone));
             wake |= matches!(event, Event::LeaseExpired { .. });
             finished |= leads && matches!(event, Event::JobFinished { .. });
-            self.notices.push_back(Notice::Coordinator { event, leads, lone });
+            let n = Notice::Coordinator { event, leads, lone };
+            match n {
+                // A lapse changes no verdict: nothing to keep in order with them.
+                Notice::Coordinator { event: Event::LeaseExpired { .. }, .. } => self.notices.push_back(n),
+                n => self.notify(n, upto),
+            }
         }
         if wake {
+            // The slots may pull at once, whatever waits for a backup.
             self.notices.push_back(Notice::Wake);
         }
         // The job's end is news: the leader announces it.
         if finished {
-            self.notices.push_back(Notice::Announce { done: true });
+            self.notify(Notice::Announce { done: true }, None);
         }
     }
 

@@ -59,6 +59,7 @@ impl Host {
     /// Cancels the job (false: it had ended already, and keeps its final state); the backups,
     /// when this peer leads, get the whole job again, which says it is cancelled.
     pub(super) fn cancel(&mut self, cx: &mut Shared, now: Millis) -> bool {
+        self.clock = now;
         if self.is_done(cx) {
             return false;
         }

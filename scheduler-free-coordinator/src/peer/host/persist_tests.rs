@@ -115,3 +115,36 @@ fn a_cancellation_is_written_and_the_backups_get_the_job_again() {
     assert!(!h.holds(&job));
     assert_eq!(h.cancel(&job, at), None);
 }
+
+/// Whether `h` told the job's one task final.
+fn told_final(h: &mut Hosts) -> bool {
+    std::iter::from_fn(|| h.poll_notice()).any(|(_, n)| matches!(n, Notice::Coordinator { event: Event::TaskFinal { .. }, .. }))
+}
+
+/// A verdict this peer decided while leading is announced only once a backup holds its
+/// deciding attestation (so it survives the loss of this peer), or once the wait gave up.
+#[test]
+fn a_leaders_verdict_is_told_once_a_backup_holds_what_decided_it() {
+    for backup_answers in [true, false] {
+        let (mut h, job) = hosts(A, &[A, B], false);
+        lease_and_report(&mut h, job, W1, b"42", 1, 0);
+        lease_and_report(&mut h, job, W2, b"42", 2, 10);
+        let last = writes(&mut h).last().map_or(0, |(id, _)| *id);
+        h.handle_durable(last);
+        assert!(!told_final(&mut h), "durable here, not yet at a backup");
+        let at = h.poll_timeout().expect("the stream's batch is due");
+        h.handle_timeout(at, &super::jobs_tests::NoMembers);
+        let sent = std::iter::from_fn(|| h.poll_transmit()).filter(|t| matches!(t, Transmit::Replicate { to: B, .. })).count();
+        assert_eq!(sent, 1, "both attestations stream to the backup in one batch");
+        if backup_answers {
+            h.handle_replicated(&job, B, true, at + 5);
+            assert!(told_final(&mut h), "told once the backup holds it");
+        } else {
+            let give_up = 11 + crate::peer::replication::BACKUP_ACK_TIMEOUT_MS;
+            h.handle_timeout(give_up - 1, &super::jobs_tests::NoMembers);
+            assert!(!told_final(&mut h), "still waiting for the backup");
+            h.handle_timeout(give_up, &super::jobs_tests::NoMembers);
+            assert!(told_final(&mut h), "told from this peer alone once the wait gives up");
+        }
+    }
+}

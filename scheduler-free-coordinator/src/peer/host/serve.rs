@@ -21,12 +21,16 @@ pub struct Tally {
     pub rejected: u32,
     /// Attestations that came after their task's verdict.
     pub late: u32,
+    /// Attestations refused for a bad signature or an output that does not match (counted in
+    /// `rejected` too): what a peer counts as invalid records.
+    pub invalid: u32,
 }
 
 impl Host {
     /// `MeshService.Lease` from `worker`, whose connection comes from `network`: the answer.
     /// The leases stream to the backups, so a report follows a takeover.
     pub(super) fn handle_lease(&mut self, cx: &mut Shared, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Granted {
+        self.clock = now;
         cx.coord.note_prefix(worker, network);
         let granted = lease::grant(&mut cx.coord, &self.job, worker, max, now);
         let streamed: Vec<Lease> = granted.to_stream(self.me).cloned().collect();
@@ -42,6 +46,7 @@ impl Host {
     /// or once a backup holds what was recorded (or the wait for one gives up).
     /// Each attestation comes with whether its signature checked out.
     pub(super) fn handle_report(&mut self, cx: &mut Shared, worker: PeerId, id: u64, batch: Vec<(ReportItem, bool)>, now: Millis) -> Tally {
+        self.clock = now;
         let mut tally = Tally::default();
         let mut released = false;
         let streamed = |h: &Host, cx: &Shared| if h.leads(cx) { h.log.len() as u64 } else { 0 };
@@ -59,6 +64,7 @@ impl Host {
                     self.note_released(cx, task, worker, why, now);
                     released = true;
                     self.drain(cx, &[]);
+                    self.after_release(cx, task, now);
                 }
             }
         }
@@ -89,19 +95,31 @@ impl Host {
     /// The outcome of one of this peer's own replicas (what its
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
     pub(super) fn handle_own(&mut self, cx: &mut Shared, item: ReportItem, now: Millis) -> Tally {
+        self.clock = now;
         match item {
             ReportItem::Attest(att, output, detail) => self.record_own(cx, att, &output, &detail, now),
             ReportItem::Release(task, why) => {
-                self.release_own(cx, task, why);
+                self.release_own(cx, task, why, now);
                 Tally::default()
             }
         }
     }
 
     /// This peer's own replica of `task` handed back.
-    fn release_own(&mut self, cx: &mut Shared, task: TaskId, why: Release) {
+    fn release_own(&mut self, cx: &mut Shared, task: TaskId, why: Release, now: Millis) {
         cx.coord.release(task, self.me, why);
         self.drain(cx, &[]);
+        self.after_release(cx, task, now);
+    }
+
+    /// A release failed `task` by deadline misses: no attestation carries that to the backups
+    /// (this peer's own misses are not streamed at all), so they get the whole job, which names
+    /// the tasks failed so.
+    fn after_release(&mut self, cx: &Shared, task: TaskId, now: Millis) {
+        let timed_out = cx.coord.task(&task).is_some_and(|t| matches!(t.verdict, crate::Verdict::Failed(crate::Failure::TimedOut(_))));
+        if timed_out {
+            self.catch_up_backups(cx, now);
+        }
     }
 
     fn note_taken(&mut self, cx: &mut Shared, e: Evidence<'_>, taken: &Taken, now: Millis, tally: &mut Tally) {
@@ -112,7 +130,8 @@ impl Host {
                 self.note_recorded(cx, logged, *ordinal, e.output, decided.then_some(e.detail), now);
             }
             Taken::Late => tally.late += 1,
-            Taken::Invalid | Taken::Refused(_) => {}
+            Taken::Invalid => tally.invalid += 1,
+            Taken::Refused(_) => {}
         }
         if taken.accepted() {
             tally.accepted += 1;

@@ -27,6 +27,7 @@ impl Host {
     /// `MeshService.Replicate` from `from`: the entries replayed here; the answer is how many
     /// attestations were new. Refused unless `from` is one of this peer's coordinators of `job`.
     pub(super) fn handle_replicate(&mut self, cx: &mut Shared, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
+        self.clock = now;
         if job != self.job || !self.coordinators.contains(&from) {
             return Err(NotCoordinator);
         }
@@ -47,6 +48,7 @@ impl Host {
 
     /// The batch sent to `to` came back, `taken` or not (lost, refused, the backup gone).
     pub(super) fn handle_replicated(&mut self, to: PeerId, taken: bool, now: Millis) {
+        self.clock = now;
         match self.replicators.handle_sent(&to, taken, now) {
             Some(Replicated::Taken(items)) => self.answer_held(last_seq(&items)),
             Some(Replicated::Failed { items, catch_up }) => {
@@ -113,6 +115,8 @@ impl Host {
 
     /// Sends the held report answers that wait for log positions up to `seq`.
     pub(super) fn answer_held(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq);
+        self.release_gated();
         let (due, keep): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|r| r.upto <= seq);
         self.held = keep;
         for r in due {
@@ -132,6 +136,11 @@ impl Host {
     /// Records what another coordinator recorded (its output, when it came with one, kept for
     /// the task's verdict); whether it was new here.
     fn replay(&mut self, cx: &mut Shared, r: &Recorded, now: Millis) -> bool {
+        // No honest run outputs more than the job allows: one that does is refused wherever it
+        // comes from.
+        if crate::peer::report::too_long(&cx.coord, &r.logged.att, &r.output) {
+            return false;
+        }
         let decided = match cx.coord.restore_attestation_lone((*r.logged.att).clone(), r.logged.lone) {
             Ok(Reported::Recorded) => false,
             Ok(Reported::Decided) => true,

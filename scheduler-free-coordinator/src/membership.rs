@@ -114,7 +114,7 @@ pub enum MeshEvent {
     Record(Record),
     /// A correctly signed ad of a known job from an announcer the known ad does not name: after
     /// a partition heals, each side's coordinator has announced the job alone. Not taken, and
-    /// nobody is blamed; the job's coordinators settle it (see `worker/src/node/heal.rs`).
+    /// nobody is blamed; the job's coordinators settle it (`peer::host`, by the rules of `peer::heal`).
     Rival(JobAd),
     /// A record with a bad or missing signature, or that did not decode, was dropped.
     Invalid {

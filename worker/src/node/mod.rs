@@ -6,6 +6,7 @@
 //! data directory and a listening address and serves gRPC on it.
 
 mod clients;
+mod config;
 mod core;
 pub mod donation;
 mod ended;
@@ -20,24 +21,25 @@ pub mod mesh;
 pub mod remote;
 pub mod replay;
 pub mod retention;
+mod restore;
 mod run;
 mod submit;
 mod transmit;
 mod upkeep;
 mod work;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use spare_protocol::peer::host::Logged;
-use spare_protocol::{Coordinator, CoordinatorConfig, JobId, Millis, PolicyCaps};
+use spare_protocol::{Coordinator, CoordinatorConfig, JobId, Millis};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 pub use self::core::{Change, Core, Detail, JobMeta};
 pub use crate::start::NodeHandle;
+#[cfg(feature = "chaos")]
+pub use config::Chaos;
+pub use config::NodeConfig;
 pub use mesh::{MeshState, PeerView};
 pub use submit::{MAX_ARGS_BYTES, NewJob, SubmitFailure, digest};
 
@@ -56,80 +58,6 @@ pub(crate) struct Loops {
 
 /// Changes kept for watchers that fall behind; past it they get a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
-
-/// What a peer is started with.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// Address to serve gRPC on (port 0 picks a free one).
-    pub listen: SocketAddr,
-    /// Where the store, blobs, compiled modules and key live.
-    pub data_dir: PathBuf,
-    /// Tasks run at once (sandbox threads).
-    pub cpus: usize,
-    /// Peers to join through (used by the mesh).
-    pub bootstrap: Vec<String>,
-    /// What submitters may ask for.
-    pub caps: PolicyCaps,
-    /// Largest module accepted.
-    pub max_module_bytes: usize,
-    /// Largest blob accepted by an upload.
-    pub max_blob_bytes: u64,
-    /// The address other peers dial (default: the listening address).
-    pub advertise: Option<String>,
-    /// Back-pressure: what one submitter or one peer may make this peer hold or do.
-    pub bounds: limits::Bounds,
-    /// The volunteer's controls: pausing, memory and disk caps, retention, whom to serve.
-    pub donation: donation::Donation,
-    /// Network diversity of the jobs submitted here that do not ask for one (they then carry
-    /// it), and of jobs stored before jobs could ask.
-    pub diversity: spare_protocol::Diversity,
-    /// Where to serve Prometheus metrics (`None`: nowhere).
-    pub metrics: Option<SocketAddr>,
-    /// Where to serve the status page (`None`: nowhere).
-    pub web: Option<SocketAddr>,
-    /// The executable that compiles modules in a compiler process (`SandboxConfig::compiler`;
-    /// `spare peer` sets its own binary). `None`: compile in the peer's process.
-    pub compiler: Option<PathBuf>,
-    /// Misbehaviour, for testing how the mesh copes with it.
-    #[cfg(feature = "chaos")]
-    pub chaos: Option<Chaos>,
-}
-
-/// How a `chaos` peer misbehaves.
-#[cfg(feature = "chaos")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Chaos {
-    /// Reports a wrong output (and its hash) for every task.
-    Lie,
-    /// Signs its attestations wrongly.
-    Forge,
-    /// Takes leases and never reports.
-    Silent,
-}
-
-impl NodeConfig {
-    /// Defaults for a peer on `listen` with data in `data_dir`, one slot per CPU.
-    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
-        NodeConfig {
-            listen,
-            data_dir,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            bootstrap: Vec::new(),
-            caps: PolicyCaps::default(),
-            max_module_bytes: 64 << 20,
-            max_blob_bytes: 1 << 30,
-            advertise: None,
-            bounds: limits::Bounds::default(),
-            donation: donation::Donation::default(),
-            diversity: spare_protocol::Diversity::default(),
-            metrics: None,
-            web: None,
-            compiler: None,
-            #[cfg(feature = "chaos")]
-            chaos: None,
-        }
-    }
-}
 
 /// A running peer; cheap to clone.
 #[derive(Clone)]
@@ -162,6 +90,9 @@ struct Shared {
     /// Changed whenever a job held here is announced (a submission waits for its list to
     /// settle, which is announced).
     announced: watch::Sender<()>,
+    /// Membership changes seen (a peer up or down): the host timer's view of members is
+    /// taken again after one.
+    member_changes: std::sync::atomic::AtomicU64,
     /// Jobs whose end is durable: every result they will have is in the store.
     finished: dashmap::DashSet<JobId>,
     /// Membership and what this peer published.
@@ -273,6 +204,7 @@ impl Node {
             notices,
             timer: Notify::new(),
             announced: watch::channel(()).0,
+            member_changes: Default::default(),
             finished: Default::default(),
             mesh: Mutex::new(mesh::MeshState::new(membership)),
             mesh_wake: Notify::new(),
@@ -306,85 +238,6 @@ impl Node {
             ],
         };
         Ok((node, listener, loops))
-    }
-
-    /// Loads every stored job and replays its attestations, so verdicts come back as they were.
-    fn restore(&self) -> anyhow::Result<usize> {
-        let orphans = self.0.store.remove_orphan_inputs()?;
-        if orphans > 0 {
-            tracing::info!("removed the inputs of {orphans} submissions that were not stored whole when the peer stopped");
-        }
-        let jobs = self.0.store.jobs()?;
-        let now = self.now();
-        let mut guard = self.core();
-        // Field by field: the coordinator and the job table are borrowed at once below.
-        let core = &mut *guard;
-        for (id, job) in &jobs {
-            core.hosts
-                .coordinator_mut()
-                .restore(*id, job.spec.clone(), job.cancelled)
-                .with_context(|| format!("restoring job {id}"))?;
-            core.jobs.insert(*id, JobMeta::of(job));
-            let log = self.0.store.attestations(id)?.into_iter().map(|rec| Logged { att: Arc::new(rec.attestation), lone: rec.lone }).collect();
-            // In standby if it has backups: another coordinator may lead meanwhile (the role
-            // rules decide once membership says who is alive).
-            core.hosts.restore(*id, job.coordinators.clone(), log, now);
-            let coord = core.hosts.coordinator_mut();
-            let open = !coord.job(id).is_some_and(|v| v.state.is_final());
-            if !open {
-                // Its verdicts are all stored: read from there, not held in memory.
-                coord.shed(id);
-                if let Some(meta) = core.jobs.get_mut(id) {
-                    meta.args = Default::default();
-                    meta.env = Default::default();
-                }
-            }
-            let unfinished = if open { core.coord().unfinished(id) } else { Vec::new() };
-            for index in unfinished {
-                let task = spare_protocol::TaskId { job: *id, index };
-                if let Some(r) = self.0.store.result(&task)?
-                    && let spare_protocol::Verdict::Failed(spare_protocol::Failure::TimedOut(misses)) = r.verdict
-                {
-                    core.hosts.coordinator_mut().restore_timed_out(task, misses);
-                }
-            }
-            // Their events describe the past; everything they record is already stored.
-            while core.hosts.coordinator_mut().poll_event().is_some() {}
-        }
-        // The standings as last stored replace what the replays above re-judged (which counted
-        // only the jobs still kept, and those a second time).
-        for (peer, standing) in self.0.store.standings()? {
-            core.hosts.coordinator_mut().set_standing(peer, standing);
-        }
-        let _ = core.hosts.coordinator_mut().take_changed_standings();
-        // Nothing the replays asked to write is new: it is all stored.
-        let mut replayed = 0;
-        while let Some((id, _)) = core.hosts.poll_persist() {
-            replayed = id;
-        }
-        core.hosts.handle_durable(replayed);
-        self.0.durable.send_replace(replayed);
-        let mut open = Vec::new();
-        // Jobs that ended before retention kept track (older stores) count as ending now.
-        let ended: std::collections::HashSet<JobId> = self.0.store.finished()?.into_iter().map(|(j, _)| j).collect();
-        for (id, _) in &jobs {
-            if core.coord().job(id).is_some_and(|v| v.state.is_final()) {
-                self.0.finished.insert(*id);
-                if !ended.contains(id) {
-                    self.note_ended(*id);
-                }
-            } else {
-                open.push(*id);
-                core.hosts.look_at_roles(id, now);
-                self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        drop(guard);
-        // Jobs still running are announced again, so peers come back to work on them.
-        for id in open {
-            self.publish_job(id, false);
-        }
-        Ok(jobs.len())
     }
 
     /// The protocol state, locked. Never held across an await.

@@ -15,7 +15,7 @@
 //! once. The answer a `handle_*` call returns (a
 //! `Replicate`'s, an `Adopt`'s) is sent only once [`Hosts::written`] is durable.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::peer::lease::Granted;
 use crate::peer::outputs::PendingOutputs;
@@ -59,6 +59,13 @@ pub struct Hosts {
     notices: VecDeque<(u64, JobId, Notice)>,
     /// The latest `now` a call gave (events handed on between hosts are dated by it).
     now: Millis,
+    /// Jobs whose host was called since the last collect: only those can have output, so a
+    /// call costs the same whether the peer holds one job or thousands (ended jobs stay held
+    /// until retention lets them go).
+    touched: Vec<JobId>,
+    /// When each host's timer is due, by time (and by job, to update it).
+    due: BTreeSet<(Millis, JobId)>,
+    due_at: HashMap<JobId, Millis>,
 }
 
 impl Hosts {
@@ -78,6 +85,9 @@ impl Hosts {
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
             now: 0,
+            touched: Vec::new(),
+            due: BTreeSet::new(),
+            due_at: HashMap::new(),
         }
     }
 
@@ -93,6 +103,7 @@ impl Hosts {
     pub fn coordinate(&mut self, job: JobId, coordinators: Vec<PeerId>, started: Millis) {
         let host = Host::new(self.me, &self.shared, job, coordinators, started);
         self.hosts.insert(job, host);
+        self.touched.push(job);
     }
 
     /// Starts coordinating `job`, submitted here now as `spec`, with `coordinators` as its list
@@ -109,6 +120,7 @@ impl Hosts {
     pub fn adopt(&mut self, job: JobId, spec: JobSpec, coordinators: Vec<PeerId>, started: Millis) -> Result<(), SubmitError> {
         let host = Host::adopt(self.me, &mut self.shared, job, spec, coordinators, started)?;
         self.hosts.insert(job, host);
+        self.touched.push(job);
         Ok(())
     }
 
@@ -117,6 +129,7 @@ impl Hosts {
     pub fn restore(&mut self, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, now: Millis) {
         let host = Host::restore(self.me, &mut self.shared, job, coordinators, log, now);
         self.hosts.insert(job, host);
+        self.touched.push(job);
         self.collect();
     }
 
@@ -185,6 +198,7 @@ impl Hosts {
     /// Cancels `job` (`None`: not held here; `Some(false)`: it had ended, and keeps its final
     /// state). Announced once durable, like any end of a job.
     pub fn cancel(&mut self, job: &JobId, now: Millis) -> Option<bool> {
+        self.touched.push(*job);
         let cancelled = self.hosts.get_mut(job).map(|h| h.cancel(&mut self.shared, now));
         self.collect();
         cancelled
@@ -197,19 +211,25 @@ impl Hosts {
             return false;
         }
         self.hosts.remove(job);
+        if let Some(at) = self.due_at.remove(job) {
+            self.due.remove(&(at, *job));
+        }
         true
     }
 
     /// Look at `job`'s roles at `at` at the latest.
     pub fn look_at_roles(&mut self, job: &JobId, at: Millis) {
+        self.touched.push(*job);
         if let Some(h) = self.hosts.get_mut(job) {
             h.look_at_roles(at);
         }
+        self.reindex(*job);
     }
 
     /// Offers `job` to the highest-ranked of `candidates` to fill its list up; the list
     /// settles, and the job is announced, once every one asked answered.
     pub fn offer(&mut self, job: &JobId, candidates: &[PeerId]) {
+        self.touched.push(*job);
         if let Some(h) = self.hosts.get_mut(job) {
             h.offer(&self.shared, candidates);
         }
@@ -220,6 +240,7 @@ impl Hosts {
     /// answer (`None`: the job is not coordinated here).
     pub fn handle_lease(&mut self, job: &JobId, worker: PeerId, max: u32, network: Option<NetPrefix>, now: Millis) -> Option<Granted> {
         self.now = self.now.max(now);
+        self.touched.push(*job);
         let granted = self.hosts.get_mut(job).map(|h| h.handle_lease(&mut self.shared, worker, max, network, now));
         self.collect();
         granted
@@ -251,6 +272,7 @@ impl Hosts {
         let mut signed = self.check(by_job.iter().flat_map(|(_, part)| part)).into_iter();
         for (job, part) in by_job {
             let part = part.into_iter().map(|i| (i, signed.next().unwrap_or(false))).collect();
+            self.touched.push(job);
             if let Some(h) = self.hosts.get_mut(&job) {
                 let t = h.handle_report(&mut self.shared, worker, batch, part, now);
                 tally.accepted += t.accepted;
@@ -267,6 +289,7 @@ impl Hosts {
     /// new. Refused unless `from` is one of this peer's coordinators of `job`.
     pub fn handle_replicate(&mut self, from: PeerId, job: JobId, items: Vec<Streamed>, now: Millis) -> Result<u32, NotCoordinator> {
         self.now = self.now.max(now);
+        self.touched.push(job);
         let Some(h) = self.hosts.get_mut(&job) else { return Err(NotCoordinator) };
         let r = h.handle_replicate(&mut self.shared, from, job, items, now);
         self.collect();
@@ -275,6 +298,7 @@ impl Hosts {
 
     /// The `Replicate` batch of `job` sent to `to` came back, `taken` or not.
     pub fn handle_replicated(&mut self, job: &JobId, to: PeerId, taken: bool, now: Millis) {
+        self.touched.push(*job);
         if let Some(h) = self.hosts.get_mut(job) {
             h.handle_replicated(to, taken, now);
         }
@@ -286,6 +310,7 @@ impl Hosts {
     /// job, what is recorded here that the sender lacks.
     pub fn handle_adopt(&mut self, a: Adopt, fresh: bool, now: Millis) -> Vec<Logged> {
         self.now = self.now.max(now);
+        self.touched.push(a.job);
         let missing = self.hosts.get_mut(&a.job).map(|h| h.handle_adopt(&mut self.shared, a, fresh, now)).unwrap_or_default();
         self.collect();
         missing
@@ -293,6 +318,7 @@ impl Hosts {
 
     /// The answer to an `Adopt` of `job` this peer sent to `to` (`None`: it failed).
     pub fn handle_adopted(&mut self, job: &JobId, to: PeerId, answer: Option<Vec<Recorded>>, kind: AdoptKind, now: Millis, members: &dyn Members) {
+        self.touched.push(*job);
         if let Some(h) = self.hosts.get_mut(job) {
             h.handle_adopted(&mut self.shared, to, answer, kind, now, members);
         }
@@ -301,6 +327,7 @@ impl Hosts {
 
     /// A newer ad of a job held here, from another announcer.
     pub fn handle_ad(&mut self, ad: &JobAd) {
+        self.touched.push(ad.job);
         if let Some(h) = self.hosts.get_mut(&ad.job) {
             h.handle_ad(&mut self.shared, ad);
         }
@@ -309,6 +336,7 @@ impl Hosts {
 
     /// A rival ad of a job held here (signed by an announcer the known ad does not name).
     pub fn handle_rival(&mut self, ad: &JobAd) {
+        self.touched.push(ad.job);
         if let Some(h) = self.hosts.get_mut(&ad.job) {
             h.handle_rival(&mut self.shared, ad);
         }
@@ -325,8 +353,9 @@ impl Hosts {
         }
         self.route_events();
         if down.is_some() {
-            for h in self.hosts.values_mut() {
+            for (job, h) in &mut self.hosts {
                 h.look_at_roles(now);
+                self.touched.push(*job);
             }
         }
         self.collect();
@@ -354,7 +383,7 @@ impl Hosts {
     /// [`Work`](crate::peer::work::Work) gives as [`Notice::Own`](crate::peer::work::Notice::Own)).
     pub fn handle_own(&mut self, item: ReportItem, now: Millis) -> Tally {
         self.now = self.now.max(now);
-        let tally = self.hosts.get_mut(&item.job()).map(|h| h.handle_own(&mut self.shared, item, now)).unwrap_or_default();
+        let tally = { self.touched.push(item.job()); self.hosts.get_mut(&item.job()) }.map(|h| h.handle_own(&mut self.shared, item, now)).unwrap_or_default();
         self.collect();
         tally
     }
@@ -394,7 +423,7 @@ impl Hosts {
     pub fn poll_timeout(&self) -> Option<Millis> {
         // The coordinator's ticker runs on 200 ms boundaries, as the peer's does.
         let tick = self.shared.coord.next_deadline().map(|d| d.div_ceil(TICK_MS) * TICK_MS);
-        self.hosts.values().filter_map(Host::poll_timeout).chain(tick).min()
+        self.due.first().map(|(at, _)| *at).into_iter().chain(tick).min()
     }
 
     /// Runs whatever timer is due at `now`: the coordinator's (lease expiries), then each job's.
@@ -404,9 +433,13 @@ impl Hosts {
             self.shared.coord.tick(now);
             self.route_events();
         }
-        for h in self.hosts.values_mut() {
-            if h.poll_timeout().is_some_and(|at| at <= now) {
+        // In job order, as every walk over the hosts.
+        let mut due: Vec<JobId> = self.due.iter().take_while(|(at, _)| *at <= now).map(|(_, job)| *job).collect();
+        due.sort();
+        for job in due {
+            if let Some(h) = self.hosts.get_mut(&job) {
                 h.handle_timeout(&mut self.shared, now, members);
+                self.touched.push(job);
             }
         }
         self.collect();
@@ -441,6 +474,7 @@ impl Hosts {
             by_job.entry(e.job()).or_default().push(e);
         }
         for (job, events) in by_job {
+            self.touched.push(job);
             if let Some(h) = self.hosts.get_mut(&job) {
                 h.clock = h.clock.max(self.now);
                 h.on_events(&mut self.shared, events, &[]);
@@ -452,11 +486,23 @@ impl Hosts {
     /// its output, move here (the output waiting for those writes), a report answer of a batch
     /// spanning jobs merged with its other parts.
     fn collect(&mut self) {
-        let spilled: Vec<Event> = self.hosts.values_mut().flat_map(Host::take_spill).collect();
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort();
+        touched.dedup();
+        let mut spilled: Vec<Event> = Vec::new();
+        for job in &touched {
+            if let Some(h) = self.hosts.get_mut(job) {
+                spilled.append(&mut h.take_spill());
+            }
+        }
         if !spilled.is_empty() {
             self.deliver(spilled);
+            touched.append(&mut self.touched);
+            touched.sort();
+            touched.dedup();
         }
-        for h in self.hosts.values_mut() {
+        for job in &touched {
+            let Some(h) = self.hosts.get_mut(job) else { continue };
             for w in h.take_writes() {
                 self.written += 1;
                 self.writes.push_back((self.written, w));
@@ -468,7 +514,8 @@ impl Hosts {
             self.writes.push_back((self.written, Write::Standings(standings)));
         }
         let after = self.written;
-        for (job, h) in &mut self.hosts {
+        for job in &touched {
+            let Some(h) = self.hosts.get_mut(job) else { continue };
             while let Some(t) = h.poll_transmit() {
                 match t {
                     Transmit::ReportAnswer { to, batch, accepted, rejected } if let Some(p) = self.parts.get_mut(&batch) => {
@@ -490,6 +537,20 @@ impl Hosts {
             while let Some(n) = h.poll_notice() {
                 self.notices.push_back((after, *job, n));
             }
+        }
+        for job in touched {
+            self.reindex(job);
+        }
+    }
+
+    /// Files `job`'s timer under when it is next due.
+    fn reindex(&mut self, job: JobId) {
+        if let Some(at) = self.due_at.remove(&job) {
+            self.due.remove(&(at, job));
+        }
+        if let Some(at) = self.hosts.get(&job).and_then(Host::poll_timeout) {
+            self.due.insert((at, job));
+            self.due_at.insert(job, at);
         }
     }
 }

@@ -28,6 +28,8 @@ async fn ended_jobs_leave_room_and_are_served_from_the_store_also_after_a_restar
     }
     let first: spare_protocol::JobId = ended[0].as_str().parse().unwrap();
     eventually("the ended job's tasks to be let go", || async { peer.node.core().coord().is_shed(&first).then_some(()) }).await;
+    // And its attestation log: the store keeps it.
+    assert!(peer.node.core().hosts.host(&first).is_some_and(|h| h.log().is_empty()), "the ended job's log is let go");
     let check = |s: spare_sdk::JobStatus| {
         assert_eq!((s.state, s.task_list.len()), (JobState::Completed, 3));
         for (i, t) in s.task_list.iter().enumerate() {
@@ -43,7 +45,11 @@ async fn ended_jobs_leave_room_and_are_served_from_the_store_also_after_a_restar
     // After a restart: the ended jobs are restored without their task tables, and leave room.
     let peer = spare_peer::Node::start(cfg).await.unwrap();
     let c = client(&peer).await;
-    assert!(ended.iter().all(|id| peer.node.core().coord().is_shed(&id.as_str().parse().unwrap())));
+    assert!(ended.iter().all(|id| {
+        let core = peer.node.core();
+        let job = id.as_str().parse().unwrap();
+        core.coord().is_shed(&job) && core.hosts.host(&job).is_some_and(|h| h.log().is_empty())
+    }));
     check(c.status_with_tasks(&ended[0]).await.unwrap());
     let a = c.submit(&job(7, 2)).await.expect("room after a restart");
     c.submit(&job(8, 2)).await.expect("room after a restart");

@@ -100,7 +100,7 @@ impl Sim {
                 let size = wire::replicate_request(&items, self.cfg.output_bytes, self.unix());
                 self.call(p, keys::index_of(&to), Request::Replicate { job, items }, size);
             }
-            Transmit::Adopt { to, job, coordinators, log, kind } => {
+            Transmit::Adopt { to, job, coordinators, log, kind, .. } => {
                 let items = self.recorded(p, &log);
                 let size = wire::adopt_request(&self.spec, self.cfg.input_bytes, coordinators.len(), &items, kind, self.unix());
                 self.call(p, keys::index_of(&to), Request::Adopt { job, coordinators, log, kind }, size);

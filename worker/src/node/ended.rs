@@ -17,7 +17,7 @@ impl Node {
     /// Lets go of an ended job's task table; its end (and so every verdict) must be durable.
     pub(crate) fn shed(&self, job: &JobId) {
         let mut core = self.core();
-        if core.hosts.coordinator_mut().shed(job)
+        if core.hosts.shed(job)
             && let Some(meta) = core.jobs.get_mut(job)
         {
             // Only runs need them (up to 64 KiB a job), and no task of it runs again; an

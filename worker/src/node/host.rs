@@ -63,7 +63,9 @@ impl Node {
                     }
                 }
                 Transmit::Replicate { to, job, items } => self.send_replicate(to, job, items),
-                Transmit::Adopt { to, job, coordinators, log, kind } => self.send_adopt(core, to, job, coordinators, log, kind),
+                Transmit::Adopt { to, job, coordinators, log, kind, shed } => {
+                    self.send_adopt(core, to, job, coordinators, (!shed).then_some(log), kind)
+                }
             }
         }
         while let Some(n) = core.hosts.poll_notice() {

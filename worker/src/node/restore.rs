@@ -32,11 +32,10 @@ impl Node {
             // In standby if it has backups: another coordinator may lead meanwhile (the role
             // rules decide once membership says who is alive).
             core.hosts.restore(*id, job.coordinators.clone(), log, now);
-            let coord = core.hosts.coordinator_mut();
-            let open = !coord.job(id).is_some_and(|v| v.state.is_final());
+            let open = !core.coord().job(id).is_some_and(|v| v.state.is_final());
             if !open {
-                // Its verdicts are all stored: read from there, not held in memory.
-                coord.shed(id);
+                // Its verdicts and log are all stored: read from there, not held in memory.
+                core.hosts.shed(id);
                 if let Some(meta) = core.jobs.get_mut(id) {
                     meta.args = Default::default();
                     meta.env = Default::default();

@@ -54,11 +54,14 @@ impl Node {
 
     /// Sends `to` the whole job naming `coordinators`, for `kind`; the hosts hear the answer.
     /// What is in memory only (outputs of tasks not final) is taken now, under the core lock:
-    /// the rest is read from the store, which holds every write asked before this call.
-    pub(super) fn send_adopt(&self, core: &Core, to: PeerId, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind) {
+    /// the rest is read from the store, which holds every write asked before this call, and
+    /// so does the log itself when the hosts let it go (`None`: an ended job's).
+    pub(super) fn send_adopt(&self, core: &Core, to: PeerId, job: JobId, coordinators: Vec<PeerId>, log: Option<Vec<Logged>>, kind: AdoptKind) {
         let coord = core.coord();
         let shed = coord.is_shed(&job);
+        let from_store = log.is_none();
         let carried: Vec<Carried> = log
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|l| {
                 let task = l.att.task;
@@ -78,7 +81,8 @@ impl Node {
         let cancelled = coord.job(&job).is_some_and(|v| v.state == JobState::Cancelled);
         let node = self.clone();
         tokio::spawn(async move {
-            let answer = match node.adopt_call(to, job, coordinators, carried, kind, cancelled).await {
+            let carried = if from_store { node.stored_log(&job) } else { Ok(carried) };
+            let answer = match async { node.adopt_call(to, job, coordinators, carried?, kind, cancelled).await }.await {
                 Ok(missing) => node.checked(missing),
                 Err(e) => {
                     tracing::warn!(job = %job.short(), peer = %to.short(), ?kind, "could not hand the job over: {e:#}");
@@ -151,6 +155,13 @@ impl Node {
         request.set_timeout(Duration::from_millis(ADOPT_TIMEOUT_MS));
         let answer = client.adopt(request).await.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
         Ok(answer.into_inner().missing)
+    }
+
+    /// An ended job's attestation log, as the store keeps it (every task final: outputs are
+    /// the store's too).
+    fn stored_log(&self, job: &JobId) -> anyhow::Result<Vec<Carried>> {
+        let log = self.store().attestations(job)?;
+        Ok(log.into_iter().map(|rec| (Logged { att: std::sync::Arc::new(rec.attestation), lone: rec.lone }, None)).collect())
     }
 
     /// One recorded attestation as `Adopt` carries it, with `output` (`None`: the agreed output

@@ -80,7 +80,7 @@ impl Host {
     /// Sends `to` the whole job with `list` as its coordinators.
     pub(super) fn send_adopt(&mut self, to: PeerId, list: Vec<PeerId>, kind: AdoptKind) {
         let log = self.log.clone();
-        self.transmits.push_back(Transmit::Adopt { to, job: self.job, coordinators: list, log, kind });
+        self.transmits.push_back(Transmit::Adopt { to, job: self.job, coordinators: list, log, kind, shed: self.shed });
     }
 
     /// Brings the list up to strength by an [`AdoptRound`]: `keep` (this peer first), then an

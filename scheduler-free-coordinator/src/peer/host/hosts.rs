@@ -217,6 +217,19 @@ impl Hosts {
         true
     }
 
+    /// Lets go of what an ended `job` holds in memory that its durable store keeps: the
+    /// coordinator's task table (`Coordinator::shed`) and the host's attestation log
+    /// ([`Host::shed`]). False when it is not held or has not ended.
+    pub fn shed(&mut self, job: &JobId) -> bool {
+        if !self.shared.coord.shed(job) {
+            return false;
+        }
+        if let Some(h) = self.hosts.get_mut(job) {
+            h.shed();
+        }
+        true
+    }
+
     /// Look at `job`'s roles at `at` at the latest.
     pub fn look_at_roles(&mut self, job: &JobId, at: Millis) {
         self.touched.push(*job);

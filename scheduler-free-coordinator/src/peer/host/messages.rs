@@ -127,7 +127,9 @@ pub enum Transmit {
     Replicate { to: PeerId, job: JobId, items: Vec<Streamed> },
     /// `MeshService.Adopt`: the whole job, the list it names and every attestation recorded. Its
     /// answer (or failure) comes back through [`Host::handle_adopted`](super::Host::handle_adopted).
-    Adopt { to: PeerId, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind },
+    /// `shed`: the host let go of its log ([`Host::shed`](super::Host::shed)): `log` is empty
+    /// and the driver sends the one its store keeps.
+    Adopt { to: PeerId, job: JobId, coordinators: Vec<PeerId>, log: Vec<Logged>, kind: AdoptKind, shed: bool },
 }
 
 /// Something the driver acts on or counts.

@@ -108,8 +108,13 @@ pub struct Host {
     named: BTreeSet<PeerId>,
     /// Rival ads of the job heard, by announcer and sequence number.
     rivals: BTreeSet<(PeerId, u64)>,
-    /// Every attestation recorded here, in order (the store's attestation log).
+    /// Every attestation recorded here, in order (the store's attestation log), until the job
+    /// ended and [`Host::shed`] let it go (the store keeps it).
     log: Vec<Logged>,
+    /// Attestations recorded here so far: the log's length, also once it is shed.
+    logged: u64,
+    /// The log was let go: what needs it reads the store.
+    shed: bool,
     /// Streams to the backups, while this peer leads.
     replicators: Replicators<PeerId, Streamed>,
     /// Whole adoptions owed to backups.
@@ -160,6 +165,8 @@ impl Host {
             coordinators,
             rivals: BTreeSet::new(),
             log: Vec::new(),
+            logged: 0,
+            shed: false,
             replicators: Replicators::default(),
             catch_ups: CatchUps::default(),
             adopting: None,
@@ -207,6 +214,7 @@ impl Host {
         if h.coordinators.len() > 1 {
             cx.coord.set_standby(&job, true);
         }
+        h.logged = log.len() as u64;
         h.log = log;
         h
     }
@@ -229,6 +237,15 @@ impl Host {
     /// Every attestation recorded here, in order.
     pub fn log(&self) -> &[Logged] {
         &self.log
+    }
+
+    /// Lets go of the attestation log of an ended job (its every verdict is durable, and the
+    /// store keeps the log): a peer holds ended jobs until retention removes them, and a
+    /// 200,000-task job's log is tens of megabytes. An `Adopt` of it then says so
+    /// (`Transmit::Adopt::shed`) and the driver reads the log from its store.
+    pub fn shed(&mut self) {
+        self.log = Vec::new();
+        self.shed = true;
     }
 
     /// Whether a round of adoptions to fill the list up is waiting for answers.
@@ -371,7 +388,7 @@ impl Host {
     fn on_events(&mut self, cx: &mut Shared, events: Vec<Event>, evidence: &[Evidence<'_>]) {
         let leads = self.is_active(cx);
         // A verdict decided while leading, with backups, waits for one to hold what decided it.
-        let gate = (self.leads(cx) && self.coordinators.len() > 1).then_some(self.log.len() as u64);
+        let gate = (self.leads(cx) && self.coordinators.len() > 1).then_some(self.logged);
         let (mut wake, mut finished) = (false, false);
         for event in events {
             let mut upto = None;

@@ -148,3 +148,25 @@ fn a_leaders_verdict_is_told_once_a_backup_holds_what_decided_it() {
         }
     }
 }
+
+/// An ended job's log is let go (the store keeps it); an `Adopt` of the job then says the driver
+/// must send the stored one.
+#[test]
+fn an_ended_jobs_log_is_let_go_and_its_adoptions_say_so() {
+    let (mut h, job) = hosts(A, &[A, B], false);
+    lease_and_report(&mut h, job, W1, b"42", 1, 0);
+    assert!(!h.shed(&job), "a running job keeps its log");
+    assert_eq!(h.cancel(&job, 20), Some(true));
+    let last = writes(&mut h).last().map_or(0, |(id, _)| *id);
+    h.handle_durable(last);
+    assert!(h.shed(&job));
+    assert!(h.host(&job).is_some_and(|host| host.log().is_empty()));
+    // The stream's batch first, then the catch-up the cancellation asked for.
+    let mut adopts: Vec<(Vec<Logged>, bool)> = Vec::new();
+    for _ in 0..3 {
+        let at = h.poll_timeout().expect("a timer runs");
+        h.handle_timeout(at, &super::jobs_tests::NoMembers);
+        adopts.extend(std::iter::from_fn(|| h.poll_transmit()).filter_map(|t| if let Transmit::Adopt { log, shed, .. } = t { Some((log, shed)) } else { None }));
+    }
+    assert_eq!(adopts, vec![(Vec::new(), true)]);
+}

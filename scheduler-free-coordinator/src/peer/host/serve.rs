@@ -49,7 +49,7 @@ impl Host {
         self.clock = now;
         let mut tally = Tally::default();
         let mut released = false;
-        let streamed = |h: &Host, cx: &Shared| if h.leads(cx) { h.log.len() as u64 } else { 0 };
+        let streamed = |h: &Host, cx: &Shared| if h.leads(cx) { h.logged } else { 0 };
         let before = streamed(self, cx);
         for (item, signed) in batch {
             match item {

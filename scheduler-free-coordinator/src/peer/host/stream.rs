@@ -68,12 +68,15 @@ impl Host {
     /// stream it when it leads, with its `output` and, when it decided its task, its `detail`.
     pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, ordinal: u32, output: &[u8], decided: Option<&Detail>, now: Millis) {
         self.writes.push(Write::Attestation { logged: item.clone(), ordinal });
-        let seq = self.log.len() as u64 + 1;
+        let seq = self.logged + 1;
         if self.leads(cx) {
             let entry = Recorded { logged: item.clone(), output: output.to_vec(), detail: decided.cloned().unwrap_or_default() };
             self.stream(cx, Streamed::Attestation(entry, seq), output.len(), now);
         }
-        self.log.push(item);
+        self.logged = seq;
+        if !self.shed {
+            self.log.push(item);
+        }
     }
 
     /// `peer` handed a replica of `task` back: streamed when it is another peer's.

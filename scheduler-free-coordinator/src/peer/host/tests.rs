@@ -182,7 +182,7 @@ impl Net {
                 self.call(from, |h, _, now| h.handle_replicated(&job, to, ok, now));
             }
             Transmit::Adopt { to, .. } if self.silent.contains(&to) => {}
-            Transmit::Adopt { to, job, coordinators, log, kind } => {
+            Transmit::Adopt { to, job, coordinators, log, kind, .. } => {
                 // What the driver adds from the sender's coordinator, as the peer's request does.
                 let sender = self.hosts[&from].coordinator();
                 let cancelled = sender.job(&job).is_some_and(|j| j.state == JobState::Cancelled);

@@ -210,7 +210,15 @@ impl Hosts {
         if !self.shared.coord.forget(job) {
             return false;
         }
-        self.hosts.remove(job);
+        // Report answers it still holds go now: their workers would wait for them in vain.
+        if let Some(mut h) = self.hosts.remove(job) {
+            h.answer_held(u64::MAX);
+            while let Some(t) = h.poll_transmit() {
+                if let Transmit::ReportAnswer { .. } = t {
+                    self.transmits.push_back((self.written, t));
+                }
+            }
+        }
         if let Some(at) = self.due_at.remove(job) {
             self.due.remove(&(at, *job));
         }

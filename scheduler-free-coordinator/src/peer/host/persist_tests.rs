@@ -170,3 +170,18 @@ fn an_ended_jobs_log_is_let_go_and_its_adoptions_say_so() {
     }
     assert_eq!(adopts, vec![(Vec::new(), true)]);
 }
+
+/// A job let go while it holds a report answer (waiting for a backup) answers it on the way
+/// out: the worker would otherwise wait for it in vain.
+#[test]
+fn a_job_let_go_answers_the_reports_it_held() {
+    let (mut h, job) = hosts(A, &[A, B], false);
+    lease_and_report(&mut h, job, W1, b"42", 7, 0);
+    assert_eq!(h.cancel(&job, 5), Some(true));
+    let last = writes(&mut h).last().map_or(0, |(id, _)| *id);
+    h.handle_durable(last);
+    let answered = |h: &mut Hosts| std::iter::from_fn(|| h.poll_transmit()).any(|t| matches!(t, Transmit::ReportAnswer { to: W1, batch: 7, .. }));
+    assert!(!answered(&mut h), "held until a backup holds the attestation");
+    assert!(h.forget(&job));
+    assert!(answered(&mut h), "answered as the job is let go");
+}

@@ -89,6 +89,12 @@ impl Roles {
         ready(self.started, now, joins_through_others, active_members)
     }
 
+    /// A member came up: a list short of coordinators is topped up at the next look rather than
+    /// the next [`TOP_UP_EVERY_MS`] (known gap 8: a job submitted while its origin was alone).
+    pub fn top_up_soon(&mut self) {
+        self.top_up_at = None;
+    }
+
     /// Whether the periodic look is due.
     pub fn due(&self, now: Millis) -> bool {
         now >= self.next_at

@@ -111,6 +111,18 @@ impl Host {
         self.notices.push_back(Notice::Wake);
     }
 
+    /// A member came up: a list this peer leads that is short of coordinators is topped up at
+    /// once, not at the next periodic top-up. Whether it will be.
+    pub(super) fn on_member_up(&mut self, cx: &Shared, now: Millis) -> bool {
+        let short = self.coordinators.len() < crate::rendezvous::DEFAULT_COORDINATORS;
+        if !short || !self.leads(cx) || self.is_done(cx) || self.adopting.is_some() {
+            return false;
+        }
+        self.roles.top_up_soon();
+        self.look_at_roles(now);
+        true
+    }
+
     /// The timer for roles ran out: look at them, unless the job is over, membership is not
     /// ready, or an adoption round or a hand-over of this peer's is in progress.
     pub(super) fn on_roles(&mut self, cx: &mut Shared, now: Millis, members: &dyn Members) {

@@ -59,6 +59,8 @@ pub struct Hosts {
     notices: VecDeque<(u64, JobId, Notice)>,
     /// The latest `now` a call gave (events handed on between hosts are dated by it).
     now: Millis,
+    /// Live peers as membership last said, this one included.
+    live_peers: usize,
     /// Jobs whose host was called since the last collect: only those can have output, so a
     /// call costs the same whether the peer holds one job or thousands (ended jobs stay held
     /// until retention lets them go).
@@ -85,6 +87,7 @@ impl Hosts {
             transmits: VecDeque::new(),
             notices: VecDeque::new(),
             now: 0,
+            live_peers: 1,
             touched: Vec::new(),
             due: BTreeSet::new(),
             due_at: HashMap::new(),
@@ -368,6 +371,15 @@ impl Hosts {
     /// so its leases come back and every job's roles are looked at at once.
     pub fn handle_members(&mut self, live_peers: usize, down: Option<PeerId>, now: Millis) {
         self.now = self.now.max(now);
+        // More live peers than before: a short list can grow now.
+        if live_peers > self.live_peers {
+            for (job, h) in &mut self.hosts {
+                if h.on_member_up(&self.shared, now) {
+                    self.touched.push(*job);
+                }
+            }
+        }
+        self.live_peers = live_peers;
         self.shared.coord.set_live_peers(live_peers);
         if let Some(who) = down {
             self.shared.coord.peer_down(who, now);

@@ -131,3 +131,41 @@ fn a_batch_verifier_checks_a_reports_attestations_at_once() {
     assert_eq!((tally.accepted, tally.rejected), (tasks.len() as u32 - refused, refused));
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1, "one check for the whole report");
 }
+
+/// Peers `live` besides A, every one of them heard from.
+struct Mesh(Vec<PeerId>);
+
+impl super::Members for Mesh {
+    fn is_live(&self, p: &PeerId) -> bool {
+        *p == A || self.0.contains(p)
+    }
+    fn live_peers(&self) -> usize {
+        1 + self.0.len()
+    }
+    fn active_members(&self) -> usize {
+        1
+    }
+    fn live(&self) -> Vec<PeerId> {
+        self.0.clone()
+    }
+}
+
+/// Known gap 8: a job submitted while its origin was alone gets a backup as soon as a peer comes
+/// up, not at the next periodic top-up 30 s on.
+#[test]
+fn a_lone_coordinator_offers_its_jobs_as_soon_as_a_peer_comes_up() {
+    let (mut hosts, j1) = two_jobs(&[A]);
+    hosts.look_at_roles(&j1, 0);
+    hosts.look_at_roles(&J2, 0);
+    hosts.handle_timeout(0, &Mesh(Vec::new()));
+    let offered = |t: &[Transmit]| t.iter().filter(|t| matches!(t, Transmit::Adopt { to: B, .. })).count();
+    assert_eq!(offered(&drain(&mut hosts).0), 0, "nobody to offer them to");
+    hosts.handle_members(2, None, 1_500);
+    // Roles are looked at every second; the periodic top-up would come 30 s after the first.
+    let mut sent = Vec::new();
+    while let Some(at) = hosts.poll_timeout().filter(|at| *at <= 2_000) {
+        hosts.handle_timeout(at, &Mesh(vec![B]));
+        sent.extend(drain(&mut hosts).0);
+    }
+    assert_eq!(offered(&sent), 2, "both jobs offered to the newcomer within a second");
+}

@@ -57,6 +57,8 @@ async fn quorum_two_on_a_lone_peer_waits_and_says_why() {
     assert_eq!(status.state, JobState::Running);
     assert_eq!(status.tasks.pending, 3);
     assert!(status.message.contains("needs 2 distinct peers"), "{}", status.message);
+    // The submitter hears that the job has one coordinator so far.
+    assert!(status.message.contains("one coordinator so far"), "{}", status.message);
     for t in &status.task_list {
         assert!(t.error.contains("more peers"), "{t:?}");
         assert!(t.verified_by.is_empty());

@@ -90,7 +90,7 @@ impl Roles {
     }
 
     /// A member came up: a list short of coordinators is topped up at the next look rather than
-    /// the next [`TOP_UP_EVERY_MS`] (known gap 8: a job submitted while its origin was alone).
+    /// the next [`TOP_UP_EVERY_MS`]: a job submitted while its origin was alone.
     pub fn top_up_soon(&mut self) {
         self.top_up_at = None;
     }

@@ -103,7 +103,7 @@ fn route(node: &Node, id: &JobId, proxied: bool) -> Result<Option<(PeerId, JobCl
 
 /// The status of a job, with its tasks when asked.
 pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobStatus, Status> {
-    let (mut s, views, coordinators, owner, n, undurable) = {
+    let (mut s, views, coordinators, owner, n, undurable, lone) = {
         let core = node.core();
         let view = core.coord().job(id).ok_or_else(|| not_found(id))?;
         let mut s = convert::job_status(&view);
@@ -114,6 +114,8 @@ pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobSta
             as_running(&mut s, states);
         }
         let coordinators = core.coordinators(id).map(<[PeerId]>::to_vec).unwrap_or_default();
+        // Until another peer takes the job, it lives on one peer's disk: the submitter hears so.
+        let lone = !view.state.is_final() && coordinators.len() == 1;
         let owner = core.jobs.get(id).and_then(|m| m.owner);
         let n = if include_tasks { view.spec.task_count.min(MAX_TASK_LIST) } else { 0 };
         // An ended job's tasks are in the store (`node::ended`), read below without the lock.
@@ -122,8 +124,12 @@ pub fn status(node: &Node, id: &JobId, include_tasks: bool) -> Result<pb::JobSta
         } else {
             (0..n).filter_map(|index| core.coord().task(&TaskId { job: *id, index })).collect()
         };
-        (s, views, coordinators, owner, n, undurable)
+        (s, views, coordinators, owner, n, undurable, lone)
     };
+    if lone {
+        let note = "one coordinator so far (no other peer has taken the job yet): it stops while that peer is down";
+        s.message = if s.message.is_empty() { note.to_string() } else { format!("{}; {note}", s.message) };
+    }
     s.owner = owner.map(|o| o.to_hex()).unwrap_or_default();
     s.coordinators = coordinators.iter().filter_map(|c| node.addr_of(c)).collect();
     if include_tasks && s.tasks.as_ref().is_some_and(|c| c.total > MAX_TASK_LIST) {

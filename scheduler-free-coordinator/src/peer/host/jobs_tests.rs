@@ -150,8 +150,8 @@ impl super::Members for Mesh {
     }
 }
 
-/// Known gap 8: a job submitted while its origin was alone gets a backup as soon as a peer comes
-/// up, not at the next periodic top-up 30 s on.
+/// A job submitted while its origin was alone (once known gap 8) gets a backup as soon as a
+/// peer comes up, not at the next periodic top-up 30 s on.
 #[test]
 fn a_lone_coordinator_offers_its_jobs_as_soon_as_a_peer_comes_up() {
     let (mut hosts, j1) = two_jobs(&[A]);

@@ -42,6 +42,8 @@ pub struct Held<'a> {
     pub coordinators: &'a [PeerId],
     /// Every peer ever named one of its coordinators here.
     pub named: &'a BTreeSet<PeerId>,
+    /// This peer led the job before a restart, and has not led it or followed another since.
+    pub restarted: bool,
 }
 
 /// How two leaders of one job settle, as seen by one of them.
@@ -128,14 +130,19 @@ pub fn newer_ad(me: &PeerId, held: Held<'_>, ad: &JobAd) -> FollowAd {
     if ad.announcer == *me || held.coordinators == ad.coordinators.as_slice() {
         return FollowAd::Same;
     }
-    if held.leads
-        && let Some(&first) = ad.coordinators.first().filter(|c| *c != me)
-    {
+    let Some(&first) = ad.coordinators.first().filter(|c| *c != me) else { return FollowAd::Follow };
+    if held.leads {
         return if outranks(&held.job, &held.origin, me, &first) {
             FollowAd::Announce
         } else {
             FollowAd::HandOver(ad.coordinators.clone())
         };
+    }
+    // A restarted leader, in standby until its roles are looked at, that outranks the ad's
+    // leader answers as a leader would, so the other hands the job back, instead of following a
+    // list that leaves it out (known gap 19).
+    if held.restarted && held.coordinators.first() == Some(me) && outranks(&held.job, &held.origin, me, &first) {
+        return FollowAd::Announce;
     }
     FollowAd::Follow
 }
@@ -173,7 +180,7 @@ mod tests {
     }
 
     fn held<'a>(leads: bool, coordinators: &'a [PeerId], named: &'a BTreeSet<PeerId>) -> Held<'a> {
-        Held { job: JOB, origin: p(1), leads, coordinators, named }
+        Held { job: JOB, origin: p(1), leads, coordinators, named, restarted: false }
     }
 
     /// Of peers 2 and 3, the one with the higher weight for `JOB`.
@@ -237,5 +244,13 @@ mod tests {
         assert_eq!(newer_ad(&lo, held(false, &[p(1), lo], &named), &ad(hi, vec![hi, lo])), FollowAd::Follow);
         assert_eq!(newer_ad(&lo, held(true, &[lo], &named), &ad(hi, vec![hi, lo])), FollowAd::HandOver(vec![hi, lo]));
         assert_eq!(newer_ad(&hi, held(true, &[hi], &named), &ad(lo, vec![lo, hi])), FollowAd::Announce);
+        // A restarted leader, in standby and first in its own list (known gap 19): it reclaims
+        // the job from a peer it outranks, and follows one that outranks it.
+        let (hi_first, lo_first) = ([hi, lo], [lo, hi]);
+        let restarted = |list| Held { restarted: true, ..held(false, list, &named) };
+        assert_eq!(newer_ad(&hi, restarted(&hi_first), &ad(lo, vec![lo])), FollowAd::Announce);
+        assert_eq!(newer_ad(&lo, restarted(&lo_first), &ad(hi, vec![hi])), FollowAd::Follow);
+        // A leader in standby for another reason (found unreachable) follows.
+        assert_eq!(newer_ad(&hi, held(false, &[hi, lo], &named), &ad(lo, vec![lo])), FollowAd::Follow);
     }
 }

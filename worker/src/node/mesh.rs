@@ -88,18 +88,6 @@ impl Node {
         self.0.mesh_wake.notify_one();
     }
 
-    /// Announces a job this peer is the active coordinator of (again, with `done` once it has
-    /// ended, or with new coordinators after one was replaced).
-    pub(crate) fn publish_job(&self, job: JobId, done: bool) {
-        let Some(coordinators) = self.core().coordinators(&job).map(<[PeerId]>::to_vec) else {
-            return;
-        };
-        if coordinators.first() != Some(&self.peer_id()) {
-            return;
-        }
-        self.publish_job_ad(job, coordinators, done);
-    }
-
     /// Announces the job's ad with this list of coordinators, signed by this peer (also when it
     /// hands the job to another: the peers that take this peer's ads then take the other's).
     pub(crate) fn publish_job_ad(&self, job: JobId, coordinators: Vec<PeerId>, done: bool) {

@@ -1,6 +1,6 @@
 //! Bringing a peer back on its data directory: every stored job into the coordinator side, its
 //! attestations replayed (their verdicts come back as they were, nothing written again), the
-//! standings as last stored, and the running jobs announced again.
+//! standings as last stored, and the running jobs' roles looked at (which announces them).
 
 use std::sync::Arc;
 
@@ -66,7 +66,6 @@ impl Node {
         }
         core.hosts.handle_durable(replayed);
         self.0.durable.send_replace(replayed);
-        let mut open = Vec::new();
         // Jobs that ended before retention kept track (older stores) count as ending now.
         let ended: std::collections::HashSet<JobId> = self.0.store.finished()?.into_iter().map(|(j, _)| j).collect();
         for (id, _) in &jobs {
@@ -76,17 +75,15 @@ impl Node {
                     self.note_ended(*id);
                 }
             } else {
-                open.push(*id);
+                // Nothing is announced until the role rules have looked (known gap 19): a job
+                // with backups is back in standby, and another may lead it now; the first look
+                // announces it again, as its leader, or a newer ad from a peer it outranks is
+                // answered with its own (`peer::heal::newer_ad`).
                 core.hosts.look_at_roles(id, now);
                 self.0.held_tasks.fetch_add(u64::from(core.jobs.get(id).map_or(0, |m| m.spec.task_count)), std::sync::atomic::Ordering::Relaxed);
             }
         }
         drop(guard);
-        // Jobs still running are announced again, so peers come back to work on them.
-        for id in open {
-            self.publish_job(id, false);
-        }
         Ok(jobs.len())
     }
-
 }

@@ -195,6 +195,7 @@ impl Host {
             return;
         }
         cx.coord.set_standby(&self.job, false);
+        self.restarted = false;
         let keep = self.coordinators.clone();
         if catch_up {
             for &b in &keep[1..] {

@@ -25,7 +25,10 @@ impl Host {
         let me = self.me;
         match heal::newer_ad(&me, self.held(cx), ad) {
             FollowAd::Same => {}
-            FollowAd::Follow => self.set_coordinators(ad.coordinators.clone()),
+            FollowAd::Follow => {
+                self.restarted = false;
+                self.set_coordinators(ad.coordinators.clone());
+            }
             FollowAd::Announce => self.announce(cx),
             FollowAd::HandOver(theirs) => self.hand_over(cx, theirs),
         }
@@ -44,7 +47,14 @@ impl Host {
 
     /// The job as the heal rules see it.
     fn held(&self, cx: &Shared) -> Held<'_> {
-        Held { job: self.job, origin: self.origin, leads: self.leads(cx), coordinators: &self.coordinators, named: &self.named }
+        Held {
+            job: self.job,
+            origin: self.origin,
+            leads: self.leads(cx),
+            coordinators: &self.coordinators,
+            named: &self.named,
+            restarted: self.restarted,
+        }
     }
 
     fn carry_out(&mut self, cx: &mut Shared, settle: Settle) {

@@ -115,6 +115,9 @@ pub struct Host {
     logged: u64,
     /// The log was let go: what needs it reads the store.
     shed: bool,
+    /// Restored after a restart with this peer first in its list, and it has neither led the
+    /// job nor followed another's list since (see `peer::heal::newer_ad`).
+    restarted: bool,
     /// Streams to the backups, while this peer leads.
     replicators: Replicators<PeerId, Streamed>,
     /// Whole adoptions owed to backups.
@@ -167,6 +170,7 @@ impl Host {
             log: Vec::new(),
             logged: 0,
             shed: false,
+            restarted: false,
             replicators: Replicators::default(),
             catch_ups: CatchUps::default(),
             adopting: None,
@@ -215,6 +219,7 @@ impl Host {
             cx.coord.set_standby(&job, true);
         }
         h.logged = log.len() as u64;
+        h.restarted = h.coordinators.first() == Some(&me);
         h.log = log;
         h
     }

@@ -74,9 +74,9 @@ fn a_restarted_leader_beside_its_replacement() {
     let named_at_origin: BTreeSet<PeerId> = stored.into();
     let named_at_2: BTreeSet<PeerId> = [p(1), p(2), p(3), p(4)].into();
     let theirs = vec![p(2), p(3), p(4)];
-    let at_origin = Held { job: JOB, origin: p(1), leads: true, coordinators: &stored, named: &named_at_origin };
+    let at_origin = Held { job: JOB, origin: p(1), leads: true, coordinators: &stored, named: &named_at_origin, restarted: false };
     assert_eq!(heal::newer_ad(&p(1), at_origin, &ad(p(2), theirs.clone())), FollowAd::Announce);
-    let at_2 = Held { job: JOB, origin: p(1), leads: true, coordinators: &theirs, named: &named_at_2 };
+    let at_2 = Held { job: JOB, origin: p(1), leads: true, coordinators: &theirs, named: &named_at_2, restarted: false };
     assert_eq!(heal::rival_ad(&p(2), Some(at_2), &ad(p(1), stored.to_vec())), Settle::HandOver(stored.to_vec()));
 }
 
@@ -89,8 +89,8 @@ fn two_leaders_meeting_after_a_split() {
     let named: BTreeSet<PeerId> = [p(1), a, b].into();
     let hi_list = [hi, p(7)];
     let lo_list = [lo, p(8)];
-    let at_hi = Held { job: JOB, origin: p(1), leads: true, coordinators: &hi_list, named: &named };
-    let at_lo = Held { job: JOB, origin: p(1), leads: true, coordinators: &lo_list, named: &named };
+    let at_hi = Held { job: JOB, origin: p(1), leads: true, coordinators: &hi_list, named: &named, restarted: false };
+    let at_lo = Held { job: JOB, origin: p(1), leads: true, coordinators: &lo_list, named: &named, restarted: false };
     // Rival ads, both ways.
     assert_eq!(heal::rival_ad(&hi, Some(at_hi), &ad(lo, lo_list.to_vec())), Settle::Announce);
     assert_eq!(heal::rival_ad(&lo, Some(at_lo), &ad(hi, hi_list.to_vec())), Settle::HandOver(hi_list.to_vec()));

@@ -140,7 +140,7 @@ pub fn newer_ad(me: &PeerId, held: Held<'_>, ad: &JobAd) -> FollowAd {
     }
     // A restarted leader, in standby until its roles are looked at, that outranks the ad's
     // leader answers as a leader would, so the other hands the job back, instead of following a
-    // list that leaves it out (known gap 19).
+    // list that leaves it out (once known gap 19).
     if held.restarted && held.coordinators.first() == Some(me) && outranks(&held.job, &held.origin, me, &first) {
         return FollowAd::Announce;
     }
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(newer_ad(&lo, held(false, &[p(1), lo], &named), &ad(hi, vec![hi, lo])), FollowAd::Follow);
         assert_eq!(newer_ad(&lo, held(true, &[lo], &named), &ad(hi, vec![hi, lo])), FollowAd::HandOver(vec![hi, lo]));
         assert_eq!(newer_ad(&hi, held(true, &[hi], &named), &ad(lo, vec![lo, hi])), FollowAd::Announce);
-        // A restarted leader, in standby and first in its own list (known gap 19): it reclaims
+        // A restarted leader, in standby and first in its own list (once known gap 19): it reclaims
         // the job from a peer it outranks, and follows one that outranks it.
         let (hi_first, lo_first) = ([hi, lo], [lo, hi]);
         let restarted = |list| Held { restarted: true, ..held(false, list, &named) };

@@ -75,7 +75,7 @@ impl Node {
                     self.note_ended(*id);
                 }
             } else {
-                // Nothing is announced until the role rules have looked (known gap 19): a job
+                // Nothing is announced until the role rules have looked (once known gap 19): a job
                 // with backups is back in standby, and another may lead it now; the first look
                 // announces it again, as its leader, or a newer ad from a peer it outranks is
                 // answered with its own (`peer::heal::newer_ad`).

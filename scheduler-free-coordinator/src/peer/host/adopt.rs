@@ -129,7 +129,10 @@ impl Host {
         if self.is_done(cx) {
             return;
         }
-        if !self.roles.ready(now, true, members.active_members()) || self.adopting.is_some() || self.handing_over.is_some() {
+        // A restarted leader waits out the whole grace (once known gap 19): the replacement's ad, if
+        // there is one, reaches it meanwhile and settles who leads without two leading.
+        let heard_from = if self.restarted { 0 } else { members.active_members() };
+        if !self.roles.ready(now, true, heard_from) || self.adopting.is_some() || self.handing_over.is_some() {
             self.look_at_roles(now + ROLES_EVERY_MS);
             return;
         }

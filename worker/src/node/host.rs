@@ -81,12 +81,18 @@ impl Node {
     /// What membership says of the mesh now, as the role rules ask it.
     pub(crate) fn members(&self) -> MemberView {
         let me = self.peer_id();
+        // Peers whose adverts say unreachable, this one too when it found itself so: one look
+        // at the mesh for all of them.
+        let mut barred: HashSet<PeerId> = HashSet::new();
+        if !self.may_coordinate_self() {
+            barred.insert(me);
+        }
         let (states, active): (HashMap<PeerId, MemberState>, usize) = {
             let mesh = self.mesh();
-            (mesh.membership.member_states().map(|(p, s)| (*p, s)).collect(), mesh.membership.active())
+            let states: HashMap<PeerId, MemberState> = mesh.membership.member_states().map(|(p, s)| (*p, s)).collect();
+            barred.extend(states.keys().filter(|p| **p != me && !super::reach::advert_allows(&mesh, p)));
+            (states, mesh.membership.active())
         };
-        // Peers whose adverts say unreachable, this one too when it found itself so.
-        let barred = states.keys().chain(std::iter::once(&me)).filter(|p| !self.may_coordinate(p)).copied().collect();
         // A peer with nobody to join through has nothing to wait for before it looks at roles
         // (`Roles::ready`): it counts as having heard from the mesh.
         let active = if self.config().bootstrap.is_empty() { active.max(1) } else { active };

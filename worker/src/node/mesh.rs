@@ -293,18 +293,14 @@ impl Node {
             }
             MeshEvent::Record(Record::JobAd(ad)) => {
                 tracing::debug!(job = %ad.job.short(), done = ad.done, "job ad");
-                // A newer ad of a job held here, from another announcer.
-                if ad.announcer != self.peer_id() && self.core().hosts.holds(&ad.job) {
+                // A newer ad of a job held here, from another announcer (`Hosts` ignores the rest).
+                if ad.announcer != self.peer_id() {
                     self.with_hosts(|c, _| c.hosts.handle_ad(&ad));
                 }
                 self.0.work.notify_one();
             }
             MeshEvent::Record(Record::Advert(_)) => {}
-            MeshEvent::Rival(ad) => {
-                if self.core().hosts.holds(&ad.job) {
-                    self.with_hosts(|c, _| c.hosts.handle_rival(&ad));
-                }
-            }
+            MeshEvent::Rival(ad) => self.with_hosts(|c, _| c.hosts.handle_rival(&ad)),
             MeshEvent::Invalid { sender } => {
                 self.0.invalid_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(sender = ?sender.map(|p| p.short()), "dropped a record with a bad signature");

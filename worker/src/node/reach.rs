@@ -102,12 +102,14 @@ impl Node {
     /// Whether `peer` may be chosen to coordinate a job (its advert does not say unreachable).
     pub(crate) fn may_coordinate(&self, peer: &PeerId) -> bool {
         if *peer == self.peer_id() {
-            return lock(&self.0.nat.rule).advertised();
+            return self.may_coordinate_self();
         }
-        match self.mesh().membership.record(&RecordKey::Advert(*peer)) {
-            Some(Record::Advert(a)) => spare_protocol::reachability::may_coordinate(Some(&a)),
-            _ => true,
-        }
+        advert_allows(&self.mesh(), peer)
+    }
+
+    /// Whether this peer may coordinate: it has not found itself unreachable.
+    pub(crate) fn may_coordinate_self(&self) -> bool {
+        lock(&self.0.nat.rule).advertised()
     }
 
     /// The address of some live peer that is reachable, to name in an error.
@@ -353,6 +355,14 @@ fn relayed_nonce(m: &pb::RelayedGossip) -> [u8; 16] {
     let mut nonce = [0; 16];
     nonce.copy_from_slice(&h.finalize().as_bytes()[..16]);
     nonce
+}
+
+/// Whether `peer`'s advert, as `mesh` holds it, lets it coordinate (no advert: yes).
+pub(crate) fn advert_allows(mesh: &super::mesh::MeshState, peer: &PeerId) -> bool {
+    match mesh.membership.record(&RecordKey::Advert(*peer)) {
+        Some(Record::Advert(a)) => spare_protocol::reachability::may_coordinate(Some(&a)),
+        _ => true,
+    }
 }
 
 #[cfg(test)]

@@ -16,24 +16,35 @@ use crate::wire::convert::{self, attestation_pb};
 use crate::wire::{signing, stream};
 
 /// An attestation an `Adopt` carries, and its output when it was in hand as the call was asked
-/// for (`None`: its task is final; its agreed output is read from the store).
+/// for (`None`: read from the store, which has it if the task is final).
 type Carried = (Logged, Option<Vec<u8>>);
+
+/// `log` with the outputs the hosts hold in memory, those of tasks not final yet: what the store
+/// cannot give later. Call under the core lock.
+fn in_hand(core: &Core, log: impl IntoIterator<Item = Logged>) -> Vec<Carried> {
+    log.into_iter()
+        .map(|l| {
+            let output = core.hosts.pending_output(&l.att.task, &l.att.result.output_hash).map(<[u8]>::to_vec);
+            (l, output)
+        })
+        .collect()
+}
 
 impl Node {
     /// Sends a batch of `job`'s stream to backup `to`; the hosts hear whether it holds it.
     pub(super) fn send_replicate(&self, to: PeerId, job: JobId, items: Vec<Streamed>) {
         let node = self.clone();
         tokio::spawn(async move {
-            let taken = node.replicate_call(to, job, &items).await;
+            let taken = node.replicate_call(to, job, items).await;
             node.with_hosts(|c, now| c.hosts.handle_replicated(&job, to, taken, now));
         });
     }
 
-    async fn replicate_call(&self, to: PeerId, job: JobId, items: &[Streamed]) -> bool {
+    async fn replicate_call(&self, to: PeerId, job: JobId, items: Vec<Streamed>) -> bool {
         let Some(addr) = self.addr_of(&to) else { return false };
         let mut req = pb::ReplicateRequest {
             job_id: job.to_hex(),
-            entries: items.iter().map(stream::entry_pb).collect(),
+            entries: items.into_iter().map(stream::entry_pb).collect(),
             peer_id: self.peer_id().to_hex(),
             timestamp_ms: unix_ms(),
             signature: Vec::new(),
@@ -57,27 +68,9 @@ impl Node {
     /// the rest is read from the store, which holds every write asked before this call, and
     /// so does the log itself when the hosts let it go (`None`: an ended job's).
     pub(super) fn send_adopt(&self, core: &Core, to: PeerId, job: JobId, coordinators: Vec<PeerId>, log: Option<Vec<Logged>>, kind: AdoptKind) {
-        let coord = core.coord();
-        let shed = coord.is_shed(&job);
         let from_store = log.is_none();
-        let carried: Vec<Carried> = log
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|l| {
-                let task = l.att.task;
-                if shed || coord.task(&task).is_some_and(|t| t.verdict.is_final()) {
-                    return Some((l, None));
-                }
-                match core.hosts.pending_output(&task, &l.att.result.output_hash) {
-                    Some(o) => Some((l, Some(o.to_vec()))),
-                    // A hand-over leaves out an attestation whose output is no longer in hand: a
-                    // peer with attestations of its own (the other side of a split) could
-                    // complete a quorum with one that carries no output.
-                    None if kind == AdoptKind::HandOver && l.att.result.output_hash != BlobId::of(&[]) => None,
-                    None => Some((l, Some(Vec::new()))),
-                }
-            })
-            .collect();
+        let carried = in_hand(core, log.unwrap_or_default());
+        let coord = core.coord();
         let cancelled = coord.job(&job).is_some_and(|v| v.state == JobState::Cancelled);
         let node = self.clone();
         tokio::spawn(async move {
@@ -117,7 +110,7 @@ impl Node {
         }
         let mut attestations = Vec::with_capacity(carried.len());
         for (l, output) in carried {
-            attestations.push(self.recorded_of(&l, output)?);
+            attestations.extend(self.recorded_of(&l, output, kind == AdoptKind::HandOver)?);
         }
         let mut names: Vec<String> = coordinators.iter().map(PeerId::to_hex).collect();
         // The new coordinator is named in the list it receives.
@@ -167,35 +160,32 @@ impl Node {
     /// One recorded attestation as `Adopt` carries it, with `output` (`None`: the agreed output
     /// of its final task, from the store, when it agrees). The run's detail goes with the
     /// agreed output, so whichever attestation completes the quorum on the other side says why.
-    pub(crate) fn recorded_of(&self, l: &Logged, output: Option<Vec<u8>>) -> anyhow::Result<pb::RecordedAttestation> {
+    /// `None` for one left out: with `final_only` (a hand-over), an attestation of a task not
+    /// final whose output is no longer in hand, since a peer with attestations of its own (the
+    /// other side of a split) could complete a quorum with one that carries no output.
+    fn recorded_of(&self, l: &Logged, output: Option<Vec<u8>>, final_only: bool) -> anyhow::Result<Option<pb::RecordedAttestation>> {
         let att: &Attestation = &l.att;
         let (output, message, stderr) = match output {
             Some(o) => (o, String::new(), String::new()),
             None => match self.store().result(&att.task)? {
                 Some(r) if r.verdict.agreed() == Some(&att.result) => (r.output, r.message, r.stderr),
-                _ => Default::default(),
+                Some(_) => Default::default(),
+                None if final_only && att.result.output_hash != BlobId::of(&[]) => return Ok(None),
+                None => Default::default(),
             },
         };
-        Ok(pb::RecordedAttestation { attestation: Some(attestation_pb(att)), output, message, lone: l.lone, stderr })
+        Ok(Some(pb::RecordedAttestation { attestation: Some(attestation_pb(att)), output, message, lone: l.lone, stderr }))
     }
 
     /// What this peer recorded that a new leader's sync lacks (`missing`, from its hosts), as
     /// the answer carries it: outputs of final tasks from the store, the others' from memory.
-    pub(crate) fn answer_of(&self, job: &JobId, missing: &[Logged]) -> anyhow::Result<Vec<pb::RecordedAttestation>> {
-        let carried: Vec<Carried> = {
-            let core = self.core();
-            let coord = core.coord();
-            missing
-                .iter()
-                .map(|l| {
-                    let task = l.att.task;
-                    let in_hand = (!coord.is_shed(job) && !coord.task(&task).is_some_and(|t| t.verdict.is_final()))
-                        .then(|| core.hosts.pending_output(&task, &l.att.result.output_hash).map_or_else(Vec::new, <[u8]>::to_vec));
-                    (l.clone(), in_hand)
-                })
-                .collect()
-        };
-        carried.into_iter().map(|(l, o)| self.recorded_of(&l, o)).collect()
+    pub(crate) fn answer_of(&self, missing: Vec<Logged>) -> anyhow::Result<Vec<pb::RecordedAttestation>> {
+        let carried = in_hand(&self.core(), missing);
+        let mut answer = Vec::with_capacity(carried.len());
+        for (l, output) in carried {
+            answer.extend(self.recorded_of(&l, output, false)?);
+        }
+        Ok(answer)
     }
 
     /// Recorded attestations from another coordinator, checked: `None` when one is malformed

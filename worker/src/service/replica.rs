@@ -26,7 +26,7 @@ fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]
 }
 
 /// `MeshService.Adopt`.
-pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse, Status> {
+pub async fn adopt(node: &Node, mut r: pb::AdoptRequest) -> Result<pb::AdoptResponse, Status> {
     let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
     super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     // Before the content is parsed and hashed again for the job id: a sender over its rate
@@ -79,7 +79,8 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse
     caps.check(&new.policy, new.inputs.len() as u64).map_err(|e| Status::invalid_argument(e.to_string()))?;
     // Every attestation checked before anything is taken: a malformed one refuses the whole.
     let mut log = Vec::with_capacity(r.attestations.len());
-    for item in r.attestations.iter().cloned() {
+    // Taken out of the request (it can carry every output of the job); nothing below reads them.
+    for item in std::mem::take(&mut r.attestations) {
         log.push(stream::recorded(item)?);
     }
     let log = node.signed_only(log);
@@ -107,7 +108,7 @@ pub async fn adopt(node: &Node, r: pb::AdoptRequest) -> Result<pb::AdoptResponse
     let (missing, written) = node.with_hosts(|c, now| (c.hosts.handle_adopt(adopt, fresh, now), c.hosts.written()));
     // Answered once what it brought is durable here.
     node.durable(written).await?;
-    let missing = node.answer_of(&job, &missing).map_err(|e| Status::internal(format!("{e:#}")))?;
+    let missing = node.answer_of(missing).map_err(|e| Status::internal(format!("{e:#}")))?;
     Ok(pb::AdoptResponse { missing })
 }
 

@@ -12,14 +12,15 @@ use tonic::Status;
 
 use super::convert::{attestation, attestation_pb, parse_id};
 
-/// One attestation a coordinator recorded, as `Replicate` and `Adopt` carry it.
-pub fn recorded_pb(r: &Recorded) -> pb::RecordedAttestation {
+/// One attestation a coordinator recorded, as `Replicate` and `Adopt` carry it (its output
+/// moved, not copied: a stream batch carries every output it recorded).
+pub fn recorded_pb(r: Recorded) -> pb::RecordedAttestation {
     pb::RecordedAttestation {
         attestation: Some(attestation_pb(&r.logged.att)),
-        output: r.output.clone(),
-        message: r.detail.message.clone(),
+        output: r.output,
+        message: r.detail.message,
         lone: r.logged.lone,
-        stderr: r.detail.stderr.clone(),
+        stderr: r.detail.stderr,
     }
 }
 
@@ -35,15 +36,15 @@ pub fn recorded(item: pb::RecordedAttestation) -> Result<Recorded, Status> {
 }
 
 /// One entry of the active coordinator's stream, as `Replicate` carries it.
-pub fn entry_pb(e: &Streamed) -> pb::ReplicationEntry {
+pub fn entry_pb(e: Streamed) -> pb::ReplicationEntry {
     use pb::replication_entry::Entry as E;
     let entry = match e {
         Streamed::Attestation(r, _) => E::Attestation(recorded_pb(r)),
         Streamed::Lease { task, peer, expires_in } => {
-            E::Lease(pb::ReplicatedLease { index: task.index, peer_id: peer.to_hex(), expires_in_ms: *expires_in })
+            E::Lease(pb::ReplicatedLease { index: task.index, peer_id: peer.to_hex(), expires_in_ms: expires_in })
         }
         Streamed::Release { task, peer, why } => {
-            E::Release(pb::ReplicatedRelease { index: task.index, peer_id: peer.to_hex(), deadline: *why == Release::Deadline })
+            E::Release(pb::ReplicatedRelease { index: task.index, peer_id: peer.to_hex(), deadline: why == Release::Deadline })
         }
     };
     pb::ReplicationEntry { entry: Some(entry) }
@@ -138,7 +139,7 @@ mod tests {
             let task = TaskId { job, index };
             let why = if deadline { Release::Deadline } else { Release::Abandoned };
             let sent = [Streamed::Lease { task, peer: PeerId(peer), expires_in }, Streamed::Release { task, peer: PeerId(peer), why }];
-            let back = entries(job, sent.iter().map(entry_pb).collect()).expect("taken");
+            let back = entries(job, sent.iter().cloned().map(entry_pb).collect()).expect("taken");
             prop_assert_eq!(format!("{back:?}"), format!("{sent:?}"));
         }
     }

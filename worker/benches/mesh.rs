@@ -1,12 +1,15 @@
 //! Mesh throughput, printed (`cargo bench -p spare-peer --bench mesh`): an in-process mesh of
 //! three peers on loopback runs tiny tasks (the `empty` guest) with quorum 2, and the bench
-//! prints verified tasks per second and the median time from submit to the first verified result.
+//! prints verified tasks per second and the median time from submit to the first verified result,
+//! once with the peers running tasks in slot processes (as `spare peer` does) and once on their
+//! slot threads.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use spare_sdk::{Client, Job, JobState};
+use spare_peer::sandbox::Isolation;
 use spare_peer::{Node, NodeConfig, NodeHandle};
 
 const PEERS: usize = 3;
@@ -19,11 +22,12 @@ fn empty_guest() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-async fn mesh(root: &Path) -> Vec<NodeHandle> {
+async fn mesh(root: &Path, isolation: &Isolation) -> Vec<NodeHandle> {
     let mut peers: Vec<NodeHandle> = Vec::new();
     for i in 0..PEERS {
         let mut c = NodeConfig::new("127.0.0.1:0".parse().expect("address"), root.join(format!("peer-{i}")));
         c.cpus = 1;
+        c.isolation = isolation.clone();
         if let Some(first) = peers.first() {
             c.bootstrap = vec![first.addr.to_string()];
         }
@@ -37,9 +41,9 @@ async fn mesh(root: &Path) -> Vec<NodeHandle> {
     peers
 }
 
-async fn run() {
+async fn run(isolation: Isolation) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let peers = mesh(dir.path()).await;
+    let peers = mesh(dir.path(), &isolation).await;
     let client = Client::connect(peers[0].addr.to_string()).await.expect("client");
     let wasm = empty_guest();
 
@@ -79,7 +83,11 @@ async fn run() {
     let ran = total - submitted;
 
     println!();
-    println!("mesh benchmark: {PEERS} in-process peers on loopback, 1 slot each, quorum {QUORUM}, `empty` guest");
+    let on = match isolation {
+        Isolation::Processes(_) => "tasks in slot processes",
+        _ => "tasks on slot threads",
+    };
+    println!("mesh benchmark: {PEERS} in-process peers on loopback, 1 slot each, quorum {QUORUM}, `empty` guest, {on}");
     println!("| figure | value |");
     println!("| --- | ---: |");
     println!("| tasks verified | {THROUGHPUT_TASKS} ({} replicas) |", THROUGHPUT_TASKS * QUORUM as usize);
@@ -102,5 +110,6 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    rt.block_on(run());
+    rt.block_on(run(Isolation::Processes(env!("CARGO_BIN_EXE_spare").into())));
+    rt.block_on(run(Isolation::Threads));
 }

@@ -3,8 +3,11 @@
 //! - the fixed cost of one task: `prepare` (cached) + instantiate + run + collect, for a WAT
 //!   module that just returns and for the `empty` example guest, with the default limits and
 //!   with a fuel budget;
+//! - the same through a slot process (`spare sandbox-slot`, as `spare peer` runs tasks), one
+//!   at a time and queued together (wall time: the work is in another process);
 //! - per example kernel (and a tight `f64` loop): the same Rust natively, through the sandbox
-//!   with a job's default limits (a wall deadline) and with a `--fuel` budget, and the ratios;
+//!   with a job's default limits (a wall deadline) as a slot process runs it (no checks in the
+//!   code), as slot threads run it (epoch checks), with a `--fuel` budget, and the ratios;
 //! - the designs measured for limits: each kernel on a bare engine with the sandbox's
 //!   configuration and no limits, epoch checks, fuel, both, and without NaN canonicalization
 //!   (without limits, and with epoch checks: what the sandbox's deadline engine runs, with the
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use spare_protocol::{BlobId, JobId, Limits, Outcome};
 use spare_peer::sandbox::{
-    Metering, RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space,
+    Isolation, Metering, RunOutcome, RunRequest, Sandbox, SandboxConfig, engine_config, reserved_address_space,
     task_seed,
 };
 use wasmtime::{Engine, Linker, Module, Store};
@@ -91,6 +94,64 @@ fn sandboxed_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, input: Vec<u8>, limit
         sample: Box::new(move || {
             let t = Clock::now();
             sb.prepare(id, &wasm).expect("prepare");
+            let r = sb.run_blocking(&req).expect("run");
+            let d = t.elapsed();
+            assert!(matches!(r.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. }), "{r:?}");
+            d
+        }),
+    }
+}
+
+/// `batch` runs of `wasm` queued at once on `sb` (slot processes), timed by the wall clock
+/// from the first queued to the last answered, per run: what a slot process costs a tiny task
+/// with its pipe round trips shared by a batch (`batch` 1: not shared).
+fn apart_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, batch: usize, samples: usize) -> Case {
+    let sb = sb.clone();
+    let id = BlobId::of(&wasm);
+    sb.prepare(id, &wasm).expect("prepare");
+    let req = RunRequest {
+        module: id,
+        input: Vec::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        limits: default_limits(),
+        seed: task_seed(&JobId([0; 32]), 0),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    Case {
+        name: name.into(),
+        samples,
+        sample: Box::new(move || {
+            let t = std::time::Instant::now();
+            let reports = rt.block_on(futures::future::join_all((0..batch).map(|_| sb.run(req.clone()))));
+            let d = t.elapsed() / batch as u32;
+            for r in reports {
+                let r = r.expect("run");
+                assert!(matches!(r.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. }), "{r:?}");
+            }
+            d
+        }),
+    }
+}
+
+/// One run of `wasm` through a slot process, by the wall clock (its CPU time is the process's).
+fn wall_case(sb: &Sandbox, wasm: Vec<u8>, input: Vec<u8>, samples: usize) -> Case {
+    let sb = sb.clone();
+    let id = BlobId::of(&wasm);
+    sb.prepare(id, &wasm).expect("prepare");
+    let req = RunRequest {
+        module: id,
+        input,
+        args: Vec::new(),
+        env: Vec::new(),
+        limits: default_limits(),
+        seed: task_seed(&JobId([0; 32]), 0),
+    };
+    Case {
+        name: "wall".into(),
+        samples,
+        sample: Box::new(move || {
+            let t = std::time::Instant::now();
             let r = sb.run_blocking(&req).expect("run");
             let d = t.elapsed();
             assert!(matches!(r.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. }), "{r:?}");
@@ -236,9 +297,19 @@ fn main() {
         })
         .collect();
     let sb = Sandbox::new(config.clone()).expect("sandbox");
+    // What a slot process runs (no checks in the code), here on the calling thread; and a
+    // sandbox of slot processes as `spare peer` has, with the disk cache they load from.
+    let in_slot = Sandbox::new(SandboxConfig { isolation: Isolation::SlotProcess, ..config.clone() }).expect("sandbox");
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let apart = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        isolation: Isolation::Processes(PathBuf::from(env!("CARGO_BIN_EXE_spare"))),
+        ..config.clone()
+    })
+    .expect("sandbox");
 
     println!();
-    println!("sandbox benchmark (least of repeated runs, thread CPU time; release build)");
+    println!("sandbox benchmark (least of repeated runs, thread CPU time unless said; release build)");
     for (slots, vm) in &measured {
         let computed = reserved_address_space(&SandboxConfig { slots: *slots, ..config.clone() });
         let vm = vm.map_or("n/a".to_string(), |v| format!("{:.2} GiB", gib(v)));
@@ -252,10 +323,13 @@ fn main() {
     let trivial = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
     let empty = example("empty");
     let fixed = [
-        sandboxed_case(&sb, "trivial WAT module, default limits", trivial.clone(), Vec::new(), default_limits(), 3000),
+        sandboxed_case(&sb, "trivial WAT module, default limits (threads)", trivial.clone(), Vec::new(), default_limits(), 3000),
         sandboxed_case(&sb, "trivial WAT module, --fuel budget", trivial, Vec::new(), fuel_limits(), 3000),
-        sandboxed_case(&sb, "empty guest, default limits", empty.clone(), Vec::new(), default_limits(), 3000),
-        sandboxed_case(&sb, "empty guest, --fuel budget", empty, Vec::new(), fuel_limits(), 3000),
+        sandboxed_case(&sb, "empty guest, default limits (threads)", empty.clone(), Vec::new(), default_limits(), 3000),
+        sandboxed_case(&in_slot, "empty guest, default limits, as a slot process runs it", empty.clone(), Vec::new(), default_limits(), 3000),
+        sandboxed_case(&sb, "empty guest, --fuel budget", empty.clone(), Vec::new(), fuel_limits(), 3000),
+        apart_case(&apart, "empty guest through a slot process, one at a time (wall)", empty.clone(), 1, 2000),
+        apart_case(&apart, "empty guest through a slot process, 32 queued (wall, per task)", empty, 32, 200),
     ];
     println!();
     println!("| one task: prepare (cached) + instantiate + run + collect | time |");
@@ -299,8 +373,10 @@ fn main() {
     // Per kernel: native, the sandbox with the default limits and with a fuel budget.
     let mut designs: Vec<(&str, Duration, Vec<Duration>)> = Vec::new();
     println!();
-    println!("| kernel | native | sandbox, default limits | ratio | sandbox, --fuel budget | ratio |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| kernel | native | sandbox, default limits (slot process) | ratio | through a slot process (wall) | ratio | slot threads (epoch checks) | ratio | sandbox, --fuel budget | ratio |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for k in &kernels {
         let (input, native_fn) = (k.input.clone(), k.native);
         let (_, native) = measure(Case {
@@ -313,15 +389,22 @@ fn main() {
             }),
         });
         let (_, limited) =
-            measure(sandboxed_case(&sb, "default", k.wasm.clone(), k.input.clone(), default_limits(), k.samples));
+            measure(sandboxed_case(&in_slot, "default", k.wasm.clone(), k.input.clone(), default_limits(), k.samples));
+        let (_, wall) = measure(wall_case(&apart, k.wasm.clone(), k.input.clone(), k.samples));
+        let (_, threads) =
+            measure(sandboxed_case(&sb, "threads", k.wasm.clone(), k.input.clone(), default_limits(), k.samples));
         let (_, fueled) =
             measure(sandboxed_case(&sb, "fuel", k.wasm.clone(), k.input.clone(), fuel_limits(), k.samples));
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k.name,
             fmt(native),
             fmt(limited),
             ratio(limited, native),
+            fmt(wall),
+            ratio(wall, native),
+            fmt(threads),
+            ratio(threads, native),
             fmt(fueled),
             ratio(fueled, native)
         );

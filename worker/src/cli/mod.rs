@@ -126,6 +126,10 @@ enum Command {
     /// peer's disk cache of compiled modules.
     #[command(hide = true)]
     CompileModule(crate::sandbox::CompileArgs),
+    /// A peer's slot process (not for people): runs the tasks its peer sends on stdin in the
+    /// sandbox, answering on stdout; the peer kills it at a task's deadline.
+    #[command(hide = true)]
+    SandboxSlot(crate::sandbox::SlotArgs),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -134,6 +138,9 @@ pub fn main() -> ExitCode {
     // Before any logging or async runtime: the compiler process needs neither, and starts fast.
     if let Command::CompileModule(a) = &cli.command {
         return crate::sandbox::compile_module(a);
+    }
+    if let Command::SandboxSlot(a) = &cli.command {
+        return crate::sandbox::serve_slot(a);
     }
     if let Some(path) = &cli.identity {
         let _ = IDENTITY.set(path.clone());
@@ -183,6 +190,7 @@ pub fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a).await,
             Command::Sim(a) => sim::run(a),
             Command::CompileModule(a) => Ok(crate::sandbox::compile_module(&a)),
+            Command::SandboxSlot(a) => Ok(crate::sandbox::serve_slot(&a)),
         }
     });
     match result {

@@ -162,10 +162,15 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
     }
     // Modules compile in a compiler process of this same binary, so that the compiler's code
     // and heap never stay resident in the long-running peer (docs/architecture.md, "Idle
-    // memory"). Without a path to it, they compile in the peer, as they always could.
+    // memory"), and tasks run in slot processes of it, killed at their deadlines, so that
+    // their code needs no deadline checks ("The sandbox"). Without a path to it, both happen
+    // in the peer, as they always could.
     match std::env::current_exe() {
-        Ok(exe) => config.compiler = Some(exe),
-        Err(e) => tracing::warn!("cannot find this executable ({e}); modules will compile in the peer's process"),
+        Ok(exe) => {
+            config.compiler = Some(exe.clone());
+            config.isolation = crate::sandbox::Isolation::Processes(exe);
+        }
+        Err(e) => tracing::warn!("cannot find this executable ({e}); modules will compile and run in the peer's process"),
     }
     let data_dir = config.data_dir.clone();
     let mut handle = Node::start(config.clone()).await?;

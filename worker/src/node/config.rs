@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// The executable that compiles modules in a compiler process (`SandboxConfig::compiler`;
     /// `spare peer` sets its own binary). `None`: compile in the peer's process.
     pub compiler: Option<PathBuf>,
+    /// Where tasks run (`SandboxConfig::isolation`; `spare peer` runs them in slot processes
+    /// of its own binary). Default: the sandbox's threads.
+    pub isolation: crate::sandbox::Isolation,
     /// Misbehaviour, for testing how the mesh copes with it.
     #[cfg(feature = "chaos")]
     pub chaos: Option<Chaos>,
@@ -75,6 +78,7 @@ impl NodeConfig {
             metrics: None,
             web: None,
             compiler: None,
+            isolation: crate::sandbox::Isolation::Threads,
             #[cfg(feature = "chaos")]
             chaos: None,
         }

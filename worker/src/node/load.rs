@@ -40,26 +40,45 @@ pub trait LoadSource: Send + Sync + fmt::Debug {
     fn other_load(&self) -> Option<f64>;
 }
 
-/// The machine's load from /proc: CPU time of every process but this one, between two calls.
+/// The machine's load from /proc: CPU time of every process but this one and its children
+/// (the slot processes that run its tasks, its compiler processes), between two calls.
 #[derive(Debug, Default)]
 pub struct MachineLoad {
     last: Mutex<Option<(u64, u64, u64)>>,
 }
 
 impl MachineLoad {
-    /// (busy, total) jiffies of all CPUs, and this process's own jiffies.
+    /// (busy, total) jiffies of all CPUs, and the jiffies of this process and its children.
     fn read() -> Option<(u64, u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
         let total: u64 = cpu.iter().take(8).sum();
         let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
-        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name (which may hold spaces) start at the state, field 3.
-        let rest = me.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // Its own time, and its ended children's once waited for (`cutime`, `cstime`), so that a
+        // slot process killed between two reads moves from the running children to here.
+        let own = jiffies("self", 4)? + running_children_jiffies();
         Some((total.saturating_sub(idle), total, own))
     }
+}
+
+/// The sum of `fields` fields of process `pid`'s stat from `utime` on: 2 is `utime + stime`,
+/// 4 adds its waited-for children's `cutime + cstime`.
+fn jiffies(pid: &str, fields: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime is field 14.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().skip(11).take(fields).map(|f| f.parse::<u64>().ok()).sum()
+}
+
+/// CPU time of this process's running children, from the lists of children its threads keep.
+fn running_children_jiffies() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|pid| jiffies(pid, 2)).collect::<Vec<_>>())
+        .sum()
 }
 
 impl LoadSource for MachineLoad {
@@ -99,5 +118,34 @@ impl LoadSource for ManualLoad {
     fn other_load(&self) -> Option<f64> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         Some(f64::from_bits(self.share.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A slot process's CPU is this peer's, not other programs' load the donor's
+    /// `--max-other-load` backs off from.
+    #[test]
+    fn a_busy_child_counts_as_this_process() {
+        let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh");
+        let pid = child.id().to_string();
+        let child_before = jiffies(&pid, 2).expect("the child's stat");
+        let before = MachineLoad::read().expect("/proc").2;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let child_mid = loop {
+            let j = jiffies(&pid, 2).expect("the child's stat");
+            if j >= child_before + 20 {
+                break j;
+            }
+            assert!(Instant::now() < deadline, "the child never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let after = MachineLoad::read().expect("/proc").2;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(after - before >= child_mid - child_before, "own {before}..{after}, child {child_before}..{child_mid}");
     }
 }

@@ -164,6 +164,7 @@ impl Node {
             max_memory_bytes: config.caps.limits.memory_bytes,
             idle_priority: config.donation.task_priority == donation::TaskPriority::Idle,
             compiler: config.compiler.clone(),
+            isolation: config.isolation.clone(),
             ..SandboxConfig::default()
         })
         .context("cannot start the sandbox")?;

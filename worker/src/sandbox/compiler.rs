@@ -47,6 +47,9 @@ pub struct CompileArgs {
     /// Whether the engine meters fuel.
     #[arg(long)]
     fuel: bool,
+    /// Whether the engine has no checks at all (for slot processes).
+    #[arg(long)]
+    unchecked: bool,
     /// Whether Cranelift canonicalises NaNs (modules the NaN rewrite does not model).
     #[arg(long)]
     engine_wide_nans: bool,
@@ -93,8 +96,14 @@ pub(crate) fn compile(exe: &Path, target: &Target<'_>, id: &BlobId, wasm: &[u8])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if target.metering.fuel() {
-        cmd.arg("--fuel");
+    match target.metering {
+        Metering::FuelAndDeadline => {
+            cmd.arg("--fuel");
+        }
+        Metering::Unchecked => {
+            cmd.arg("--unchecked");
+        }
+        Metering::Deadline => {}
     }
     if target.nans == Nans::EngineWide {
         cmd.arg("--engine-wide-nans");
@@ -200,7 +209,11 @@ fn serve_inner(args: &CompileArgs) -> Result<(), Failed> {
     }
     // The same engine as the peer's: built by the same code from the settings that shape it.
     let config = SandboxConfig { slots: args.slots.max(1), max_memory_bytes: args.max_memory_bytes, ..SandboxConfig::default() };
-    let metering = if args.fuel { Metering::FuelAndDeadline } else { Metering::Deadline };
+    let metering = match (args.fuel, args.unchecked) {
+        (true, _) => Metering::FuelAndDeadline,
+        (false, true) => Metering::Unchecked,
+        (false, false) => Metering::Deadline,
+    };
     let nans = if args.engine_wide_nans { Nans::EngineWide } else { Nans::Rewritten };
     let engine = engine::build_engine(&config, metering, nans).map_err(|e| Failed::Host(e.to_string()))?;
     let hash = engine::engine_hash(&engine, metering, nans);

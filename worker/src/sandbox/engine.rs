@@ -81,15 +81,24 @@ pub enum Metering {
     Deadline,
     /// Fuel and epoch checks: jobs with a deterministic budget (`--fuel`).
     FuelAndDeadline,
+    /// No checks in the code at all: jobs without a fuel budget run in a slot process
+    /// (`slot.rs`), which the peer kills at the deadline.
+    Unchecked,
 }
 
 impl Metering {
     /// Both, in a fixed order.
     pub const ALL: [Metering; 2] = [Metering::Deadline, Metering::FuelAndDeadline];
 
-    /// The engine a run with `limits` needs.
-    pub fn of(limits: &spare_protocol::Limits) -> Metering {
-        if limits.has_fuel_budget() { Metering::FuelAndDeadline } else { Metering::Deadline }
+    /// Whether a run with `limits` needs the metered engine (else the sandbox's deadline
+    /// engine: [`Metering::Deadline`], or [`Metering::Unchecked`] with slot processes).
+    pub fn metered(limits: &spare_protocol::Limits) -> bool {
+        limits.has_fuel_budget()
+    }
+
+    /// Whether the engine's code checks the epoch (the wall deadline in threads).
+    pub fn epoch(self) -> bool {
+        !matches!(self, Metering::Unchecked)
     }
 
     /// Whether the engine's code counts fuel.
@@ -102,6 +111,7 @@ impl Metering {
         match self {
             Metering::Deadline => "deadline",
             Metering::FuelAndDeadline => "fuel",
+            Metering::Unchecked => "unchecked",
         }
     }
 }
@@ -172,7 +182,7 @@ pub fn engine_config(config: &SandboxConfig, metering: Metering) -> Config {
     let mut c = Config::new();
     c.cache(None)
         .consume_fuel(metering.fuel())
-        .epoch_interruption(true)
+        .epoch_interruption(metering.epoch())
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true)
         .shared_memory(false)

@@ -45,7 +45,7 @@ impl Flavour {
         // name, which also tells the NaN handlings apart): the metered forms, which few jobs
         // need, under `fuel/`.
         let dir = config.cache_dir.as_ref().map(|d| match metering {
-            Metering::Deadline => d.clone(),
+            Metering::Deadline | Metering::Unchecked => d.clone(),
             Metering::FuelAndDeadline => d.join("fuel"),
         });
         let disk = match &dir {
@@ -104,6 +104,18 @@ impl Flavour {
         };
         let pre = self.linker.instantiate_pre(&module).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
         Ok((pre, how))
+    }
+
+    /// The module for this engine from the disk cache only (a slot process's load: its peer
+    /// compiled it there).
+    pub(crate) fn load(&self, id: &BlobId) -> Result<InstancePre<StoreData>, SandboxError> {
+        let Some(disk) = &self.disk else { return Err(SandboxError::NotPrepared(*id)) };
+        let module = match disk.load(&self.engine, id) {
+            Loaded::Hit(m) => m,
+            Loaded::Miss => return Err(SandboxError::NotPrepared(*id)),
+            Loaded::Bad(why) => return Err(SandboxError::CacheDir(format!("module {}: {why}", id.short()))),
+        };
+        self.linker.instantiate_pre(&module).map_err(|e| SandboxError::Host(format!("{e:#}")))
     }
 
     /// Compiles in this process and writes the disk cache (best effort).

@@ -45,6 +45,9 @@ mod poll;
 mod pool;
 mod priority;
 mod run;
+mod slot;
+mod slot_serve;
+mod slot_wire;
 mod trim;
 mod validate;
 
@@ -57,6 +60,7 @@ use spare_protocol::{BlobId, Limits, Outcome, ResultKey};
 use wasmtime::InstancePre;
 
 pub use compiler::{CompileArgs, serve as compile_module};
+pub use slot_serve::{SlotArgs, serve as serve_slot};
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
 pub use engine::{Metering, engine_config, reserved_address_space};
 pub use error::{ModuleError, SandboxError};
@@ -67,8 +71,10 @@ pub use trim::Trimmed;
 use cache::{Compiled, ModuleCache};
 use engine::{EpochTicker, Nans};
 use flavour::{Compiles, Flavour};
-use pool::Pool;
+use pool::{Job, Pool};
 use run::StoreData;
+use slot::{Apart, SlotCommand};
+use slot_wire::SlotRequest;
 use validate::AllowedImports;
 
 /// How a sandbox is sized. Build with `SandboxConfig { slots: 4, ..Default::default() }`.
@@ -100,6 +106,27 @@ pub struct SandboxConfig {
     /// process's. Only with a `cache_dir`, through which the compiled module comes back.
     /// Default `None`: compile in this process.
     pub compiler: Option<PathBuf>,
+    /// Where runs without a fuel budget run, and so how their wall deadline is enforced.
+    /// Default [`Isolation::Threads`].
+    pub isolation: Isolation,
+}
+
+/// Where a sandbox runs tasks without a fuel budget (runs with one always run on the slot
+/// threads: fuel and epoch checks are compiled into their code anyway).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// On the slot threads of this process; the wall deadline is an epoch check compiled into
+    /// every loop and function (up to ~1.5× on tight loops).
+    #[default]
+    Threads,
+    /// In a slot process per slot (`spare sandbox-slot`, run from this executable), which is
+    /// killed at a run's deadline, so the code has no checks; modules pass to it through the
+    /// disk cache, so this needs a [`SandboxConfig::cache_dir`]. The process is a second wall:
+    /// rlimits, no new privileges (`slot_serve.rs`).
+    Processes(PathBuf),
+    /// This process is a slot process: runs go on the calling thread with no deadline checks
+    /// at all (its peer kills it). For `spare sandbox-slot`, and benchmarks of what it runs.
+    SlotProcess,
 }
 
 impl Default for SandboxConfig {
@@ -115,6 +142,7 @@ impl Default for SandboxConfig {
             cached_modules: 256,
             idle_priority: true,
             compiler: None,
+            isolation: Isolation::Threads,
         }
     }
 }
@@ -215,6 +243,10 @@ struct Inner {
     building: Mutex<()>,
     /// The engine of runs with a fuel budget (engine-wide NaN canonicalisation).
     fueled: Flavour,
+    /// The deadline engines' checks: epoch checks, or none ([`Isolation`]).
+    unfueled: Metering,
+    /// Runs without a fuel budget go to slot processes.
+    apart: bool,
     allowed: AllowedImports,
     cache: ModuleCache,
     compiles: Compiles,
@@ -234,7 +266,7 @@ impl Inner {
         if let Some(f) = self.deadline_engine_wide.get() {
             return Ok(f);
         }
-        let f = Flavour::new(&self.config, Metering::Deadline, Nans::EngineWide)?;
+        let f = Flavour::new(&self.config, self.unfueled, Nans::EngineWide)?;
         self.ticker.add(f.engine.clone());
         Ok(self.deadline_engine_wide.get_or_init(|| f))
     }
@@ -265,11 +297,24 @@ impl Sandbox {
     pub fn new(mut config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         config.slots = config.slots.max(1);
         config.queue = config.queue.max(1);
-        let deadline = Flavour::new(&config, Metering::Deadline, Nans::Rewritten)?;
+        let (unfueled, apart, threads) = match (&config.isolation, &config.cache_dir) {
+            (Isolation::Threads, _) => (Metering::Deadline, None, config.slots),
+            (Isolation::Processes(exe), Some(dir)) => {
+                let args = slot_serve::SlotArgs::of(&config, dir);
+                (Metering::Unchecked, Some(SlotCommand { exe: exe.clone(), args }), config.slots)
+            }
+            (Isolation::Processes(_), None) => {
+                return Err(SandboxError::Engine("slot processes need a cache directory".into()));
+            }
+            // A slot process runs on its calling thread only.
+            (Isolation::SlotProcess, _) => (Metering::Unchecked, None, 0),
+        };
+        let deadline = Flavour::new(&config, unfueled, Nans::Rewritten)?;
         let fueled = Flavour::new(&config, Metering::FuelAndDeadline, Nans::EngineWide)?;
         let allowed = AllowedImports::from_linker(&deadline.engine, &deadline.linker)?;
         let cache = ModuleCache::new(config.cached_modules);
-        let pool = Pool::start(config.slots, config.queue, config.idle_priority)?;
+        let has_processes = apart.is_some();
+        let pool = Pool::start(threads, config.queue, config.idle_priority, apart)?;
         let ticker = EpochTicker::start(vec![deadline.engine.clone(), fueled.engine.clone()])?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -277,6 +322,8 @@ impl Sandbox {
                 deadline_engine_wide: OnceLock::new(),
                 building: Mutex::new(()),
                 fueled,
+                unfueled,
+                apart: has_processes,
                 allowed,
                 cache,
                 compiles: Compiles::default(),
@@ -361,22 +408,62 @@ impl Sandbox {
     /// for host problems (module not prepared, queue full, pool shut down, limit above this
     /// peer's maximum); everything the module does is in the [`RunReport`].
     pub async fn run(&self, req: RunRequest) -> Result<RunReport, SandboxError> {
-        self.check(&req)?;
+        self.submit(req)?.await.map_err(|_| SandboxError::ShutDown)?
+    }
+
+    /// Queues `req` on the pool: to a slot process, or to run on a slot thread.
+    fn submit(
+        &self,
+        req: RunRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<RunReport, SandboxError>>, SandboxError> {
+        let compiled = self.check(&req)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let inner = self.inner.clone();
-        self.inner.pool.submit(Box::new(move || {
-            let _ = tx.send(run_guarded(&inner, &req));
-        }))?;
-        rx.await.map_err(|_| SandboxError::ShutDown)?
+        let job = if self.inner.apart && !Metering::metered(&req.limits) {
+            Job::Apart(Apart { req: SlotRequest::new(&req, compiled.deadline_nans), reply: tx })
+        } else {
+            let inner = self.inner.clone();
+            Job::Here(Box::new(move || {
+                let _ = tx.send(run_guarded(&inner, &req));
+            }))
+        };
+        self.inner.pool.submit(job)?;
+        Ok(rx)
     }
 
     /// Same as [`Sandbox::run`], on the calling thread (for benchmarks and tools). Must not be
     /// called on a tokio runtime worker thread (WASI's sync bindings block on tokio), and its
     /// calls are not bounded by the pool: more concurrent callers than `slots + 2` minus running
     /// pool tasks get `Busy`.
+    ///
+    /// With slot processes, a run without a fuel budget goes through the pool's queue to one
+    /// and this waits for it.
     pub fn run_blocking(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
+        if self.inner.apart && !Metering::metered(&req.limits) {
+            return self.submit(req.clone())?.blocking_recv().map_err(|_| SandboxError::ShutDown)?;
+        }
         self.check(req)?;
         run_guarded(&self.inner, req)
+    }
+
+    /// A slot process's run, on the calling thread, with no deadline checks unless the run
+    /// is metered (`slot_serve.rs`).
+    pub(crate) fn run_here(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
+        self.check(req)?;
+        run_guarded(&self.inner, req)
+    }
+
+    /// A slot process's prepare: loads module `id`'s compiled form for `nans` from the disk
+    /// cache its peer wrote, unless it is in memory already. The peer validated, planned and
+    /// compiled it; only the peer's own cache directory is read.
+    pub(crate) fn load_compiled(&self, id: BlobId, nans: Nans) -> Result<(), SandboxError> {
+        let inner = &self.inner;
+        if inner.cache.contains(&id) {
+            return Ok(());
+        }
+        let flavour = inner.deadline_flavour(nans)?;
+        let pre = flavour.load(&id)?;
+        inner.cache.insert(id, (pre, nans), &[], 0);
+        Ok(())
     }
 
     /// Modules compiled so far, in a compiler process and in this process (loads from the
@@ -391,6 +478,12 @@ impl Sandbox {
         self.inner.pool.slots()
     }
 
+    /// The process ids of the slot processes running now ([`Isolation::Processes`]; none
+    /// before the first run, after [`SLOT_IDLE`](pool::SLOT_IDLE) without work, or on threads).
+    pub fn slot_processes(&self) -> Vec<u32> {
+        self.inner.pool.processes()
+    }
+
     /// Address space the engines reserved up front, in bytes.
     pub fn reserved_address_space(&self) -> u64 {
         let lazy = if self.inner.deadline_engine_wide.get().is_some() { 1 } else { 0 };
@@ -398,15 +491,12 @@ impl Sandbox {
             + lazy * engine::engine_address_space(&self.inner.config)
     }
 
-    fn check(&self, req: &RunRequest) -> Result<(), SandboxError> {
+    fn check(&self, req: &RunRequest) -> Result<Arc<Compiled>, SandboxError> {
         let max = self.inner.config.max_memory_bytes;
         if req.limits.memory_bytes > max {
             return Err(SandboxError::LimitTooLarge { asked: req.limits.memory_bytes, max });
         }
-        if !self.inner.cache.contains(&req.module) {
-            return Err(SandboxError::NotPrepared(req.module));
-        }
-        Ok(())
+        self.inner.cache.get(&req.module).ok_or(SandboxError::NotPrepared(req.module))
     }
 }
 
@@ -431,12 +521,12 @@ fn run_guarded(inner: &Inner, req: &RunRequest) -> Result<RunReport, SandboxErro
     let compiled = inner.cache.get(&req.module).ok_or(SandboxError::NotPrepared(req.module))?;
     let ran = catch_unwind(AssertUnwindSafe(|| {
         let started = std::time::Instant::now();
-        let (flavour, pre) = match Metering::of(&req.limits) {
-            Metering::Deadline => match inner.deadline_flavour(compiled.deadline_nans) {
+        let (flavour, pre) = match Metering::metered(&req.limits) {
+            false => match inner.deadline_flavour(compiled.deadline_nans) {
                 Ok(flavour) => (flavour, compiled.deadline.clone()),
                 Err(e) => return Err(e),
             },
-            Metering::FuelAndDeadline => match fueled_pre(inner, req.module, &compiled) {
+            true => match fueled_pre(inner, req.module, &compiled) {
                 Ok(pre) => (&inner.fueled, pre),
                 Err(e) => {
                     return Ok(RunReport {

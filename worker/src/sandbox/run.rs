@@ -95,7 +95,9 @@ pub(crate) fn run_one(
     if metered {
         store.set_fuel(req.limits.fuel).map_err(|e| SandboxError::Host(format!("set_fuel: {e:#}")))?;
     }
-    store.set_epoch_deadline(deadline_ticks(req.limits.timeout_ms));
+    if flavour.metering.epoch() {
+        store.set_epoch_deadline(deadline_ticks(req.limits.timeout_ms));
+    }
 
     let ended = match pre.instantiate(&mut store) {
         Err(e) => Ended::Instantiate(e),

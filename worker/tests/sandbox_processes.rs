@@ -119,8 +119,8 @@ fn a_slot_process_that_dies_fails_its_run_as_the_hosts_error() {
     assert_eq!(sb.run_blocking(&request(echo, b"y", 20_000)).expect("ran").stdout, b"y");
 }
 
-/// A slot process gives itself no core files, few descriptors and no new privileges, and is
-/// not dumpable.
+/// A slot process gives itself no core files, few descriptors, no new privileges and a seccomp
+/// filter.
 #[test]
 fn a_slot_process_narrows_what_it_may_do() {
     let sb = Sandbox::new(isolated(SandboxConfig { slots: 1, ..Default::default() })).expect("sandbox");
@@ -130,6 +130,8 @@ fn a_slot_process_narrows_what_it_may_do() {
     assert_eq!(pids.len(), 1, "{pids:?}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
     assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{status}");
+    // 2: a seccomp filter is installed.
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "{status}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", pids[0])).expect("limits");
     let line = |name: &str| limits.lines().find(|l| l.starts_with(name)).unwrap_or_default().split_whitespace().rev().nth(1).map(str::to_string);
     assert_eq!(line("Max core file size").as_deref(), Some("0"), "{limits}");
@@ -140,4 +142,26 @@ fn a_slot_process_narrows_what_it_may_do() {
         .and_then(|v| v.parse().ok())
         .expect("a limit of open files");
     assert!(files <= 1024, "{limits}");
+}
+
+/// What the slot process's seccomp filter forbids is refused once its walls are up, and what it
+/// needs (signalling itself, as `abort` does) is not: `spare sandbox-slot --check-walls` tries
+/// each in the real binary.
+#[test]
+fn a_slot_process_cannot_reach_past_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(spare())
+        .args(["sandbox-slot", "--cache-dir"])
+        .arg(dir.path())
+        .args(["--slots", "1", "--max-memory-bytes", "16777216", "--stderr-bytes", "1024", "--cached-modules", "4"])
+        .arg("--check-walls")
+        .output()
+        .expect("spare runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    for refused in ["socket", "open a file for writing", "fork", "execve", "signal the parent"] {
+        assert!(said.lines().any(|l| l == format!("{refused}: refused")), "{refused}: {said}");
+    }
+    assert!(said.lines().any(|l| l == "signal itself: allowed"), "{said}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").filter_map(Result::ok).filter(|e| e.file_name() == "walls-check").count(), 0);
 }

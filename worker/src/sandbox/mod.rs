@@ -47,6 +47,7 @@ mod priority;
 mod run;
 mod slot;
 mod slot_serve;
+mod slot_walls;
 mod slot_wire;
 mod trim;
 mod validate;
@@ -314,9 +315,10 @@ impl Sandbox {
         let allowed = AllowedImports::from_linker(&deadline.engine, &deadline.linker)?;
         let cache = ModuleCache::new(config.cached_modules);
         let has_processes = apart.is_some();
+        let slot_process = config.isolation == Isolation::SlotProcess;
         let pool = Pool::start(threads, config.queue, config.idle_priority, apart)?;
         let ticker = EpochTicker::start(vec![deadline.engine.clone(), fueled.engine.clone()])?;
-        Ok(Sandbox {
+        let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 deadline,
                 deadline_engine_wide: OnceLock::new(),
@@ -331,7 +333,12 @@ impl Sandbox {
                 pool,
                 ticker,
             }),
-        })
+        };
+        if slot_process {
+            // Its walls (`slot_walls.rs`) forbid making the cache directory later.
+            sandbox.inner.deadline_engine_wide()?;
+        }
+        Ok(sandbox)
     }
 
     /// Validates and compiles, once per module per peer: the memory cache, then the disk cache

@@ -5,19 +5,15 @@
 //! answering each run on stdout. The peer kills it at a run's deadline.
 //!
 //! Before it reads anything, it narrows what it may do (a second wall behind the sandbox's
-//! own): no new privileges, not dumpable (no ptrace by others), no core files, few
-//! descriptors, and it dies with its slot thread.
+//! own: `slot_walls.rs`).
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::slot_walls;
 use super::slot_wire::{SlotReply, SlotRequest, read_frame, write_frame};
 use super::{Isolation, Sandbox, SandboxConfig};
-
-/// Descriptors a slot process may hold beyond one per module kept in memory (wasmtime may
-/// hold a module's memory image in a memfd): its pipes, stderr, a cache file while it loads.
-const SLOT_FILES: u64 = 64;
 
 /// What a slot process is told on its command line: the settings that shape the peer's engine
 /// (so that the compiled forms it wrote load here).
@@ -41,6 +37,9 @@ pub struct SlotArgs {
     /// Run at the lowest scheduling priority.
     #[arg(long)]
     idle_priority: bool,
+    /// Put the walls up, try what they forbid, say how that went and exit (0: all refused).
+    #[arg(long, hide = true)]
+    check_walls: bool,
 }
 
 impl SlotArgs {
@@ -67,7 +66,6 @@ impl SlotArgs {
 
 /// The slot process's main: runs until its stdin closes (exit 0) or it cannot go on (1).
 pub fn serve(args: &SlotArgs) -> ExitCode {
-    narrow(SLOT_FILES.saturating_add(args.cached_modules as u64));
     if args.idle_priority {
         super::priority::lower_this_thread();
     }
@@ -88,6 +86,17 @@ pub fn serve(args: &SlotArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Up once the engines and their threads are: nothing after needs what they forbid.
+    let files = slot_walls::SLOT_FILES.saturating_add(args.cached_modules as u64);
+    if let Err(e) = slot_walls::put_up(files) {
+        // The sandbox is still the first wall; the peer's log says the second is thinner.
+        eprintln!("warning: slot process: {e}");
+    }
+    if args.check_walls {
+        let (lines, all) = slot_walls::check(&args.cache_dir);
+        println!("{}", lines.join("\n"));
+        return if all { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
     loop {
@@ -106,23 +115,6 @@ pub fn serve(args: &SlotArgs) -> ExitCode {
         if let Err(e) = write_frame(&mut output, &reply).and_then(|()| output.flush()) {
             eprintln!("error: slot process: an answer cannot be written: {e}");
             return ExitCode::FAILURE;
-        }
-    }
-}
-
-/// What this process gives up before it runs anything (best effort: each is a second wall,
-/// the sandbox is the first). `files`: descriptors it may hold.
-fn narrow(files: u64) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl and setrlimit take plain integers and a struct on this stack.
-    unsafe {
-        // Dies with the slot thread that started it, should the peer go without killing it.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-        for (resource, limit) in [(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, files)] {
-            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-            libc::setrlimit(resource, &lim);
         }
     }
 }

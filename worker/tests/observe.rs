@@ -2,7 +2,7 @@
 //! with a job; its log says, one line each, which jobs were accepted, completed and failed (and
 //! why), has no colour codes when it goes to a file, shows only Spare's own lines at
 //! `SPARE_LOG=debug`, and warns when the bootstrap peer cannot be reached. It compiles modules
-//! in a compiler process, not in itself.
+//! in a compiler process, not in itself, and runs tasks in slot processes.
 
 mod support;
 
@@ -82,6 +82,22 @@ fn metrics_and_log_lines_follow_a_job() {
         .filter(|n| n.ends_with(".cwasm"))
         .collect();
     assert!(cached.len() == 1 && cached[0].starts_with(&module.to_hex()), "{cached:?}");
+
+    // The tasks ran in slot processes (at most one per slot, started at its first run), which
+    // are the peer's children and still up a moment after.
+    let started = value(&after, "spare_slot_processes_started_total", None);
+    assert!((1.0..=2.0).contains(&started), "{started} slot processes started");
+    let running = value(&after, "spare_slot_processes", None);
+    assert!((1.0..=started).contains(&running), "{running} running");
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", peer.pid(), peer.pid())).unwrap_or_default();
+    let slots = std::fs::read_dir(format!("/proc/{}/task", peer.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+        .chain([children])
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().windows(12).any(|w| w == b"sandbox-slot"))
+        .collect::<std::collections::HashSet<_>>();
+    assert_eq!(slots.len() as f64, running, "the peer's slot processes: {slots:?}");
 
     // A job whose second task cannot parse its input fails, and the log says which and why.
     let lines = tmp.path().join("lines.txt");

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Modules compiled, by process (`compiler` or `peer`): brought up to the sandbox's own
     /// counts when scraped.
     modules_compiled: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Slot processes started (at a slot's first run, after one was killed at a deadline…).
+    slot_processes_started: Counter,
+    slot_processes: Gauge,
     // Read at scrape time.
     tasks_running: Gauge,
     leases_held: Gauge,
@@ -75,6 +78,8 @@ impl Default for Metrics {
             gossip_out_bytes: Counter::default(),
             gossip_relayed: Counter::default(),
             modules_compiled: Family::default(),
+            slot_processes_started: Counter::default(),
+            slot_processes: Gauge::default(),
             tasks_running: Gauge::default(),
             leases_held: Gauge::default(),
             jobs_coordinated: Gauge::default(),
@@ -101,6 +106,12 @@ impl Default for Metrics {
             "Modules compiled, by process: a compiler process (compiler) or, when that failed, the peer's own (peer)",
             m.modules_compiled.clone(),
         );
+        r.register(
+            "slot_processes_started",
+            "Slot processes started: one per slot at its first run or after 30 s idle, one after each killed at a task's deadline or dead",
+            m.slot_processes_started.clone(),
+        );
+        r.register("slot_processes", "Slot processes running now", m.slot_processes.clone());
         r.register("tasks_running", "Replicas leased to this peer's slots now", m.tasks_running.clone());
         r.register("tasks_leased", "Tasks this peer coordinates that are out on lease now", m.leases_held.clone());
         r.register("jobs_coordinated", "Unfinished jobs this peer coordinates (active or backup)", m.jobs_coordinated.clone());
@@ -194,6 +205,9 @@ impl Node {
             let c = m.modules_compiled.get_or_create(&[("process", process)]);
             c.inc_by(count.saturating_sub(c.get()));
         }
+        let started = self.sandbox().slot_processes_started();
+        m.slot_processes_started.inc_by(started.saturating_sub(m.slot_processes_started.get()));
+        m.slot_processes.set(self.sandbox().slot_processes().len() as i64);
         m.store_rolled_back.set(self.store().rollback().map_or(0, |r| r.lost()) as i64);
         let mut out = String::new();
         if encode(&mut out, &m.registry).is_err() {

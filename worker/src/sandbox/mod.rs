@@ -491,6 +491,13 @@ impl Sandbox {
         self.inner.pool.processes()
     }
 
+    /// Slot processes started so far: one per slot on its first run (and after
+    /// [`SLOT_IDLE`](pool::SLOT_IDLE) without work), and one after each killed at a deadline or
+    /// dead.
+    pub fn slot_processes_started(&self) -> u64 {
+        self.inner.pool.processes_started()
+    }
+
     /// Address space the engines reserved up front, in bytes.
     pub fn reserved_address_space(&self) -> u64 {
         let lazy = if self.inner.deadline_engine_wide.get().is_some() { 1 } else { 0 };

@@ -8,7 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +34,10 @@ pub(crate) struct Pool {
     /// Jobs queued and not yet taken: a slot takes its share of them as a batch, so that
     /// tiny runs go to a process together and long ones still spread over the slots.
     waiting: Arc<AtomicUsize>,
-    /// Each slot's process id (0: none), as of its last batch.
+    /// Each slot's process id (0: none).
     pids: Arc<[AtomicU32]>,
+    /// Slot processes started so far.
+    started: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -51,8 +53,10 @@ impl Pool {
         let rx = Arc::new(Mutex::new(rx));
         let waiting = Arc::new(AtomicUsize::new(0));
         let pids: Arc<[AtomicU32]> = (0..slots).map(|_| AtomicU32::new(0)).collect();
+        let started = Arc::new(AtomicU64::new(0));
         for i in 0..slots {
             let pids = pids.clone();
+            let started = started.clone();
             let rx = rx.clone();
             let apart = apart.clone();
             let waiting = waiting.clone();
@@ -63,20 +67,25 @@ impl Pool {
                     if idle {
                         super::priority::lower_this_thread();
                     }
-                    worker(&rx, &waiting, slots, apart.as_ref(), &pids[i])
+                    worker(&rx, &waiting, slots, apart.as_ref(), (&pids[i], &started))
                 })
                 .map_err(|e| SandboxError::Engine(format!("cannot start sandbox thread {i}: {e}")))?;
         }
-        Ok(Pool { tx, slots, waiting, pids })
+        Ok(Pool { tx, slots, waiting, pids, started })
     }
 
     pub(crate) fn slots(&self) -> usize {
         self.slots
     }
 
-    /// The slots' processes running now (as of each slot's last batch).
+    /// The slots' processes running now.
     pub(crate) fn processes(&self) -> Vec<u32> {
         self.pids.iter().map(|p| p.load(Ordering::Relaxed)).filter(|&p| p != 0).collect()
+    }
+
+    /// Slot processes started so far (one per slot at its first run, and one after each kill).
+    pub(crate) fn processes_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Queues a job, or refuses at once.
@@ -100,7 +109,7 @@ fn worker(
     waiting: &AtomicUsize,
     slots: usize,
     apart: Option<&SlotCommand>,
-    pid: &AtomicU32,
+    (pid, started): (&AtomicU32, &AtomicU64),
 ) {
     let mut process: Option<SlotProcess> = None;
     loop {
@@ -145,7 +154,7 @@ fn worker(
         }
         if !batch.is_empty() {
             match apart {
-                Some(cmd) => run_batch(&mut process, cmd, batch, pid),
+                Some(cmd) => run_batch(&mut process, cmd, batch, pid, started),
                 None => {
                     for a in batch {
                         let _ = a.reply.send(Err(SandboxError::Engine("this sandbox has no slot processes".into())));

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -140,8 +140,15 @@ impl Drop for SlotProcess {
 /// Runs `batch` in order in the slot's process, starting one when there is none and again
 /// after each kill, and answers every run. A run past its deadline is answered
 /// [`RunOutcome::Deadline`]; a run its process died under is a host error (not attestable).
-/// `pid` is kept as the process running (0: none) before any run is answered.
-pub(crate) fn run_batch(slot: &mut Option<SlotProcess>, cmd: &SlotCommand, batch: Vec<Apart>, pid: &AtomicU32) {
+/// `pid` is kept as the process running (0: none) before any run is answered; `started`
+/// counts the processes started.
+pub(crate) fn run_batch(
+    slot: &mut Option<SlotProcess>,
+    cmd: &SlotCommand,
+    batch: Vec<Apart>,
+    pid: &AtomicU32,
+    started: &AtomicU64,
+) {
     let mut pending: VecDeque<Apart> = batch.into();
     while !pending.is_empty() {
         let process = match slot.take() {
@@ -149,6 +156,7 @@ pub(crate) fn run_batch(slot: &mut Option<SlotProcess>, cmd: &SlotCommand, batch
             None => match SlotProcess::start(cmd) {
                 Ok(p) => {
                     pid.store(p.id(), Ordering::Relaxed);
+                    started.fetch_add(1, Ordering::Relaxed);
                     p
                 }
                 Err(e) => {

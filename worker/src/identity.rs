@@ -114,9 +114,30 @@ impl Identity {
     }
 }
 
+/// Peers' public keys as curve points, by id: making one from its 32 bytes is a point
+/// decompression (a field exponentiation), which cost as much as a tenth of a signature check
+/// when done for every attestation. Bounded: past [`KEYS_HELD`] it starts over (a flood of fresh
+/// keys only costs each its decompression, as without the cache).
+static KEYS: std::sync::LazyLock<dashmap::DashMap<PeerId, VerifyingKey>> = std::sync::LazyLock::new(dashmap::DashMap::new);
+/// Most keys [`KEYS`] holds.
+const KEYS_HELD: usize = 4096;
+
+/// `peer`'s public key as a point (`None`: not a valid key).
+fn key_of(peer: &PeerId) -> Option<VerifyingKey> {
+    if let Some(k) = KEYS.get(peer) {
+        return Some(*k);
+    }
+    let key = VerifyingKey::from_bytes(peer.as_bytes()).ok()?;
+    if KEYS.len() >= KEYS_HELD {
+        KEYS.clear();
+    }
+    KEYS.insert(*peer, key);
+    Some(key)
+}
+
 /// Whether `signature` is `peer`'s signature of `bytes`.
 pub fn verify(peer: &PeerId, bytes: &[u8], signature: &[u8]) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(peer.as_bytes()) else { return false };
+    let Some(key) = key_of(peer) else { return false };
     let Ok(sig) = Signature::from_slice(signature) else { return false };
     key.verify(bytes, &sig).is_ok()
 }
@@ -137,7 +158,7 @@ pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
         |(mut m, mut s, mut k), a| {
             m.push(a.signing_bytes());
             s.push(Signature::from_slice(&a.signature).ok()?);
-            k.push(VerifyingKey::from_bytes(a.peer.as_bytes()).ok()?);
+            k.push(key_of(&a.peer)?);
             Some((m, s, k))
         },
     );
@@ -205,5 +226,14 @@ mod tests {
         let mut garbage = good.clone();
         garbage.signature = vec![1, 2, 3];
         assert_eq!(verify_attestations(&[&garbage, &good]), vec![false, true]);
+        // Checked again with its key from the cache, and under another peer's name.
+        assert_eq!(verify_attestations(&[&good]), vec![true]);
+        let mut other = good.clone();
+        other.peer = Identity::generate().unwrap().peer_id();
+        assert!(!verify_attestation(&other));
+        // A peer id that is not a point on the curve is no key, however often it is tried.
+        let mut bad = good.clone();
+        bad.peer = (0..=255u8).map(|b| PeerId([b; 32])).find(|p| VerifyingKey::from_bytes(p.as_bytes()).is_err()).expect("a non-point");
+        assert_eq!((verify_attestation(&bad), verify_attestation(&bad)), (false, false));
     }
 }

@@ -1,6 +1,8 @@
-//! A real `spare peer` against a task that never ends: its slot process is killed at the task's
-//! deadline (a miss is not a result, so the task fails after its replicas all miss), a new
-//! slot process is started for what comes next, and the peer's next job completes as usual.
+//! A real `spare peer`'s slot processes: against a task that never ends, its slot process is
+//! killed at the task's deadline (a miss is not a result, so the task fails after its replicas
+//! all miss), a new slot process is started for what comes next, and the peer's next job
+//! completes as usual; and a peer whose executable was replaced on disk (an upgrade under a
+//! running service) still starts slot and compiler processes of its own build.
 
 mod support;
 
@@ -42,4 +44,29 @@ fn a_task_that_runs_forever_is_stopped_at_its_deadline_and_the_peer_goes_on() {
     for (i, (lo, hi)) in ranges.into_iter().enumerate() {
         assert_eq!(String::from_utf8_lossy(&got[&(i as u64)]), primes_output(lo, hi), "task {i}");
     }
+}
+
+#[test]
+fn a_peer_whose_binary_was_replaced_still_runs_tasks() {
+    let tmp = scratch();
+    let binary = tmp.path().join("spare");
+    std::fs::copy(SPARE, &binary).expect("copy the binary");
+    let peer = Peer::start(PeerSpec::new(&tmp.path().join("peer"), "127.0.0.1:0").cpus(1).binary(&binary));
+    // What a package upgrade does: a new file where the old one was (here one that cannot run).
+    std::fs::remove_file(&binary).expect("remove");
+    std::fs::write(&binary, "#!/bin/sh\nexit 1\n").expect("write");
+    let inputs = tmp.path().join("inputs");
+    let ranges = primes_inputs(&inputs, 2, 1000);
+    let out = peer.spare(&["submit", primes_wasm().to_str().expect("path"), "--inputs-dir", inputs.to_str().expect("path"), "--quorum", "1", "--wait", "--json"]);
+    let job = json_of("submit --wait", &out);
+    assert_eq!(job["state"], "completed", "{job}\n{}", peer.log_tail(20));
+    let results = tmp.path().join("results");
+    let out = peer.spare(&["results", job["job_id"].as_str().expect("job_id"), "--out", results.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = read_results(&results);
+    for (i, (lo, hi)) in ranges.into_iter().enumerate() {
+        assert_eq!(String::from_utf8_lossy(&got[&(i as u64)]), primes_output(lo, hi), "task {i}");
+    }
+    // Compiled in a compiler process (of the old build), not in the peer.
+    assert!(!peer.log_lines("module compiled in a compiler process").is_empty(), "{}", peer.log_tail(20));
 }

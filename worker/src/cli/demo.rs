@@ -49,7 +49,7 @@ async fn start_mesh(root: &std::path::Path, n: usize, cpus: usize) -> anyhow::Re
         let mut config = NodeConfig::new("127.0.0.1:0".parse()?, root.join(format!("peer-{i}")));
         config.cpus = cpus.max(1);
         // As `spare peer` does: compile in compiler processes, run tasks in slot processes.
-        if let Ok(exe) = std::env::current_exe() {
+        if let Ok(exe) = super::own_executable() {
             config.compiler = Some(exe.clone());
             config.isolation = crate::sandbox::Isolation::Processes(exe);
         }

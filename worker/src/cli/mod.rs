@@ -132,6 +132,18 @@ enum Command {
     SandboxSlot(crate::sandbox::SlotArgs),
 }
 
+/// The executable of this process, to start its compiler and slot processes from. On Linux
+/// `/proc/self/exe`, which execs the very file this process runs even once a package upgrade
+/// has replaced or removed it at its path: a slot process of a newer build would build another
+/// engine, and find none of the compiled modules this peer wrote.
+pub(crate) fn own_executable() -> std::io::Result<std::path::PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe()
+}
+
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

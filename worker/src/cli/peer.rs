@@ -165,7 +165,7 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
     // memory"), and tasks run in slot processes of it, killed at their deadlines, so that
     // their code needs no deadline checks ("The sandbox"). Without a path to it, both happen
     // in the peer, as they always could.
-    match std::env::current_exe() {
+    match super::own_executable() {
         Ok(exe) => {
             config.compiler = Some(exe.clone());
             config.isolation = crate::sandbox::Isolation::Processes(exe);

@@ -72,11 +72,27 @@ pub struct PeerSpec {
     pub args: Vec<String>,
     /// `SPARE_LOG` of the peer (default: the suite's filter, or `SPARE_TEST_LOG`).
     pub log: Option<String>,
+    /// The `spare` executable the peer runs (default: this package's).
+    pub binary: Option<PathBuf>,
 }
 
 impl PeerSpec {
     pub fn new(data: &Path, listen: &str) -> PeerSpec {
-        PeerSpec { data: data.to_path_buf(), listen: listen.to_string(), bootstrap: None, cpus: 1, netns: None, args: Vec::new(), log: None }
+        PeerSpec {
+            data: data.to_path_buf(),
+            listen: listen.to_string(),
+            bootstrap: None,
+            cpus: 1,
+            netns: None,
+            args: Vec::new(),
+            log: None,
+            binary: None,
+        }
+    }
+
+    pub fn binary(mut self, path: &Path) -> PeerSpec {
+        self.binary = Some(path.to_path_buf());
+        self
     }
 
     pub fn bootstrap(mut self, addr: &str) -> PeerSpec {
@@ -145,7 +161,8 @@ impl Peer {
     /// (its first stdout line: `spare peer ID listening on ADDR (…)`).
     pub fn start(spec: PeerSpec) -> Peer {
         let log = File::options().create(true).append(true).open(spec.log_path()).expect("open the peer's log");
-        let mut cmd = command_in(spec.netns.as_deref(), SPARE);
+        let binary = spec.binary.as_ref().map_or(SPARE.to_string(), |b| b.display().to_string());
+        let mut cmd = command_in(spec.netns.as_deref(), &binary);
         cmd.args(["peer", "--listen", &spec.listen, "--cpus", &spec.cpus.to_string(), "--data-dir"]).arg(&spec.data);
         if let Some(b) = &spec.bootstrap {
             cmd.args(["--bootstrap", b]);

@@ -74,20 +74,18 @@ fn fuel_limits() -> Limits {
     Limits { fuel: FUEL_BUDGET, ..Limits::default() }
 }
 
+/// A run of module `id` with `input` and `limits`.
+fn request(id: BlobId, input: Vec<u8>, limits: Limits) -> RunRequest {
+    RunRequest { module: id, input, args: Vec::new(), env: Vec::new(), limits, seed: task_seed(&JobId([0; 32]), 0) }
+}
+
 /// prepare (already cached) + instantiate + run + collect of `wasm` with `input` and `limits`,
 /// on the calling thread.
 fn sandboxed_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, input: Vec<u8>, limits: Limits, samples: usize) -> Case {
     let sb = sb.clone();
     let id = BlobId::of(&wasm);
     sb.prepare(id, &wasm).expect("prepare");
-    let req = RunRequest {
-        module: id,
-        input,
-        args: Vec::new(),
-        env: Vec::new(),
-        limits,
-        seed: task_seed(&JobId([0; 32]), 0),
-    };
+    let req = request(id, input, limits);
     Case {
         name: name.into(),
         samples,
@@ -109,14 +107,7 @@ fn apart_case(sb: &Sandbox, name: &str, wasm: Vec<u8>, batch: usize, samples: us
     let sb = sb.clone();
     let id = BlobId::of(&wasm);
     sb.prepare(id, &wasm).expect("prepare");
-    let req = RunRequest {
-        module: id,
-        input: Vec::new(),
-        args: Vec::new(),
-        env: Vec::new(),
-        limits: default_limits(),
-        seed: task_seed(&JobId([0; 32]), 0),
-    };
+    let req = request(id, Vec::new(), default_limits());
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     Case {
         name: name.into(),
@@ -139,14 +130,7 @@ fn wall_case(sb: &Sandbox, wasm: Vec<u8>, input: Vec<u8>, samples: usize) -> Cas
     let sb = sb.clone();
     let id = BlobId::of(&wasm);
     sb.prepare(id, &wasm).expect("prepare");
-    let req = RunRequest {
-        module: id,
-        input,
-        args: Vec::new(),
-        env: Vec::new(),
-        limits: default_limits(),
-        seed: task_seed(&JobId([0; 32]), 0),
-    };
+    let req = request(id, input, default_limits());
     Case {
         name: "wall".into(),
         samples,

@@ -45,7 +45,7 @@ pub(crate) struct Apart {
 #[derive(Clone, Debug)]
 pub(crate) struct SlotCommand {
     pub(crate) exe: PathBuf,
-    pub(crate) args: Vec<String>,
+    pub(crate) args: Vec<std::ffi::OsString>,
 }
 
 /// A running slot process and the threads that feed and drain its pipes (so that the slot

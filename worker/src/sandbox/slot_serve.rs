@@ -44,19 +44,17 @@ pub struct SlotArgs {
 
 impl SlotArgs {
     /// The arguments that start a slot process of a sandbox with `config`.
-    pub(crate) fn of(config: &SandboxConfig, cache_dir: &std::path::Path) -> Vec<String> {
-        let mut args = vec![
-            "--cache-dir".into(),
-            cache_dir.display().to_string(),
-            "--slots".into(),
-            config.slots.to_string(),
-            "--max-memory-bytes".into(),
-            config.max_memory_bytes.to_string(),
-            "--stderr-bytes".into(),
-            config.stderr_bytes.to_string(),
-            "--cached-modules".into(),
-            config.cached_modules.to_string(),
-        ];
+    pub(crate) fn of(config: &SandboxConfig, cache_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--cache-dir".into(), cache_dir.into()];
+        for (flag, value) in [
+            ("--slots", config.slots.to_string()),
+            ("--max-memory-bytes", config.max_memory_bytes.to_string()),
+            ("--stderr-bytes", config.stderr_bytes.to_string()),
+            ("--cached-modules", config.cached_modules.to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
         if config.idle_priority {
             args.push("--idle-priority".into());
         }

@@ -5,7 +5,9 @@
 //! A sandbox has two engines ([`Metering`]): one without fuel metering, for jobs with only a wall
 //! deadline (the default), and one with it, for jobs that set a deterministic budget
 //! (`--fuel`). Fuel is compiled into the code (a counter updated in every basic block), so the
-//! two cannot share compiled modules; the deadline is an epoch check in both.
+//! two cannot share compiled modules. The deadline is an epoch check in both on slot threads;
+//! with slot processes the first has no checks at all ([`Metering::Unchecked`]): the peer
+//! kills the process instead.
 //!
 //! Address space: with `n = slots + 2`, the pool reserves per engine `n` linear-memory slots of
 //! `memory_reservation` (4 GiB, or `max_memory_bytes` if larger) plus a 32 MiB guard each,

@@ -6,7 +6,10 @@
 //! ```text
 //! prepare(id, wasm) ── validate ─┬─ memory cache ── NaN rewrite ── disk cache ── compile ──> InstancePre
 //!                                                                  (in a compiler process, if set)
-//! run(req) ── bounded queue ── slot thread ── fresh Store + WASI ctx ── _start ──> RunReport
+//! run(req) ── bounded queue ── slot thread ─┬─ fresh Store + WASI ctx ── _start ──> RunReport
+//!                                           └─ (Isolation::Processes) its slot process, batched:
+//!                                              the same, with no deadline checks; killed at a
+//!                                              deadline (slot.rs, slot_serve.rs, slot_walls.rs)
 //! ```
 //!
 //! A peer compiles in a short-lived compiler process of its own binary

@@ -70,6 +70,10 @@ pub enum SandboxError {
     /// The task asks for more memory than this peer allows (`max_memory_bytes`).
     #[error("task memory limit of {asked} bytes is above this peer's maximum of {max}")]
     LimitTooLarge { asked: u64, max: u64 },
+    /// The run waited for a slot past the time it had to start by (its lease would lapse
+    /// before its deadline): not started, the caller's to hand back.
+    #[error("the run could not start in time: it waited for a slot past its start-by time")]
+    Stale,
     /// The host failed in a way that says nothing about the module (a bug): not attestable.
     #[error("sandbox host failure: {0}")]
     Host(String),

@@ -418,22 +418,30 @@ impl Sandbox {
     /// for host problems (module not prepared, queue full, pool shut down, limit above this
     /// peer's maximum); everything the module does is in the [`RunReport`].
     pub async fn run(&self, req: RunRequest) -> Result<RunReport, SandboxError> {
-        self.submit(req)?.await.map_err(|_| SandboxError::ShutDown)?
+        self.submit(req, None)?.await.map_err(|_| SandboxError::ShutDown)?
+    }
+
+    /// [`Sandbox::run`], unless it cannot start by `start_by` (it waited for a slot that
+    /// long): then [`SandboxError::Stale`], and it is not run.
+    pub async fn run_before(&self, req: RunRequest, start_by: std::time::Instant) -> Result<RunReport, SandboxError> {
+        self.submit(req, Some(start_by))?.await.map_err(|_| SandboxError::ShutDown)?
     }
 
     /// Queues `req` on the pool: to a slot process, or to run on a slot thread.
     fn submit(
         &self,
         req: RunRequest,
+        start_by: Option<std::time::Instant>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<RunReport, SandboxError>>, SandboxError> {
         let compiled = self.check(&req)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = if self.inner.apart && !Metering::metered(&req.limits) {
-            Job::Apart(Apart { req: SlotRequest::new(&req, compiled.deadline_nans), reply: tx })
+            Job::Apart(Apart { req: SlotRequest::new(&req, compiled.deadline_nans, start_by), reply: tx })
         } else {
             let inner = self.inner.clone();
             Job::Here(Box::new(move || {
-                let _ = tx.send(run_guarded(&inner, &req));
+                let stale = start_by.is_some_and(|by| std::time::Instant::now() > by);
+                let _ = tx.send(if stale { Err(SandboxError::Stale) } else { run_guarded(&inner, &req) });
             }))
         };
         self.inner.pool.submit(job)?;
@@ -449,7 +457,7 @@ impl Sandbox {
     /// and this waits for it.
     pub fn run_blocking(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
         if self.inner.apart && !Metering::metered(&req.limits) {
-            return self.submit(req.clone())?.blocking_recv().map_err(|_| SandboxError::ShutDown)?;
+            return self.submit(req.clone(), None)?.blocking_recv().map_err(|_| SandboxError::ShutDown)?;
         }
         self.check(req)?;
         run_guarded(&self.inner, req)

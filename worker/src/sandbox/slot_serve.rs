@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use super::slot_walls;
 use super::slot_wire::{SlotReply, SlotRequest, read_frame, write_frame};
-use super::{Isolation, Sandbox, SandboxConfig};
+use super::{Isolation, Sandbox, SandboxConfig, SandboxError};
 
 /// What a slot process is told on its command line: the settings that shape the peer's engine
 /// (so that the compiled forms it wrote load here).
@@ -106,9 +106,13 @@ pub fn serve(args: &SlotArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reply = match sandbox.load_compiled(req.module, req.nans()) {
-            Ok(()) => SlotReply::of(sandbox.run_here(&req.into_run())),
-            Err(e) => SlotReply::host(e.to_string()),
+        let reply = if req.is_stale() {
+            SlotReply::of(Err(SandboxError::Stale))
+        } else {
+            match sandbox.load_compiled(req.module, req.nans()) {
+                Ok(()) => SlotReply::of(sandbox.run_here(&req.into_run())),
+                Err(e) => SlotReply::host(e.to_string()),
+            }
         };
         if let Err(e) = write_frame(&mut output, &reply).and_then(|()| output.flush()) {
             eprintln!("error: slot process: an answer cannot be written: {e}");

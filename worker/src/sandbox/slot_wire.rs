@@ -29,10 +29,13 @@ pub(crate) struct SlotRequest {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) limits: Limits,
     pub(crate) seed: [u8; 32],
+    /// The run is not started past this reading of `CLOCK_MONOTONIC` (ns), which both
+    /// processes share: requests wait in the pipe while the ones before them run.
+    pub(crate) start_by_ns: Option<u64>,
 }
 
 impl SlotRequest {
-    pub(crate) fn new(req: &RunRequest, nans: Nans) -> SlotRequest {
+    pub(crate) fn new(req: &RunRequest, nans: Nans, start_by: Option<std::time::Instant>) -> SlotRequest {
         SlotRequest {
             module: req.module,
             engine_wide_nans: nans == Nans::EngineWide,
@@ -41,7 +44,16 @@ impl SlotRequest {
             env: req.env.clone(),
             limits: req.limits,
             seed: req.seed,
+            start_by_ns: start_by.map(|at| {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                monotonic_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+            }),
         }
+    }
+
+    /// Whether its start-by time has passed.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.start_by_ns.is_some_and(|by| monotonic_ns() > by)
     }
 
     pub(crate) fn nans(&self) -> Nans {
@@ -70,6 +82,8 @@ pub(crate) enum SlotOutcome {
     Unsupported(String),
     /// The slot process could not run it: not attestable.
     Host(String),
+    /// Not started: its start-by time had passed.
+    Stale,
 }
 
 /// What one run in a slot process produced.
@@ -86,6 +100,7 @@ impl SlotReply {
     pub(crate) fn of(ran: Result<RunReport, SandboxError>) -> SlotReply {
         let report = match ran {
             Ok(r) => r,
+            Err(SandboxError::Stale) => return SlotReply { outcome: SlotOutcome::Stale, ..SlotReply::host(String::new()) },
             Err(e) => return SlotReply::host(e.to_string()),
         };
         let outcome = match report.outcome {
@@ -114,6 +129,7 @@ impl SlotReply {
             SlotOutcome::BadStart(m) => RunOutcome::Invalid(ModuleError::BadStart(m)),
             SlotOutcome::Unsupported(m) => RunOutcome::Invalid(ModuleError::Unsupported(m)),
             SlotOutcome::Host(why) => return Err(SandboxError::Host(format!("slot process: {why}"))),
+            SlotOutcome::Stale => return Err(SandboxError::Stale),
         };
         Ok(RunReport {
             outcome,
@@ -123,6 +139,15 @@ impl SlotReply {
             elapsed: Duration::from_nanos(self.elapsed_ns),
         })
     }
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: the same clock in every process of this machine (Rust's
+/// `Instant` is that clock on Linux, but cannot be sent to another process).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec on this stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// Writes one frame (not flushed).

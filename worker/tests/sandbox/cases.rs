@@ -744,6 +744,32 @@ fn fifty_runs_through_a_two_slot_pool() {
     assert_eq!(sb.slots(), 2);
 }
 
+/// A run that waits for its slot past its start-by time is not started (`Stale`), and one
+/// behind it with time left still runs.
+#[test]
+fn a_run_that_cannot_start_in_time_is_not_started() {
+    let sb = Sandbox::new(super::isolated(SandboxConfig { slots: 1, queue: 8, ..Default::default() })).unwrap();
+    let (forever, echo) = (prepare(&sb, LOOP), prepare(&sb, &echo()));
+    let mut busy = request(forever);
+    busy.limits.fuel = Limits::NO_FUEL_BUDGET;
+    busy.limits.timeout_ms = 300;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (a, b, c) = rt.block_on(async {
+        let now = Instant::now();
+        tokio::join!(
+            sb.run(busy),
+            sb.run_before(RunRequest { input: b"late".to_vec(), ..request(echo) }, now + Duration::from_millis(100)),
+            sb.run_before(RunRequest { input: b"in time".to_vec(), ..request(echo) }, now + Duration::from_secs(60)),
+        )
+    });
+    assert_eq!(a.expect("ran").outcome, RunOutcome::Deadline);
+    assert_eq!(b, Err(SandboxError::Stale));
+    assert_eq!(c.expect("ran").stdout, b"in time");
+    // Already past: not started either.
+    let past = rt.block_on(sb.run_before(request(echo), Instant::now() - Duration::from_millis(1)));
+    assert_eq!(past, Err(SandboxError::Stale));
+}
+
 #[test]
 fn a_full_queue_is_refused() {
     let sb = Sandbox::new(super::isolated(SandboxConfig { slots: 1, queue: 1, ..Default::default() })).unwrap();

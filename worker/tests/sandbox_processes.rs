@@ -88,6 +88,32 @@ fn a_run_killed_at_its_deadline_does_not_take_the_rest_of_its_batch() {
     assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(10), "{took:?}");
 }
 
+/// A batch whose inputs overfill the pipe to the slot process while it runs a loop: the slot
+/// thread never blocks writing, so the loop is still stopped at its deadline, and the runs
+/// behind it get their whole inputs.
+#[test]
+fn a_batch_larger_than_the_pipe_does_not_hold_up_a_deadline() {
+    let sb = Sandbox::new(isolated(SandboxConfig { slots: 1, queue: 64, ..Default::default() })).expect("sandbox");
+    let (echo, forever) = (prepared(&sb, ECHO), prepared(&sb, LOOP));
+    let input = |i: u8| (0..256 << 10).map(|j: u32| (j as u8).wrapping_add(i)).collect::<Vec<u8>>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let started = Instant::now();
+    let reports = rt.block_on(async {
+        let runs = (0..9u8).map(|i| if i == 0 { sb.run(request(forever, b"", 200)) } else { sb.run(request(echo, &input(i), 20_000)) });
+        futures::future::join_all(runs).await
+    });
+    let took = started.elapsed();
+    for (i, r) in reports.into_iter().enumerate() {
+        let r = r.expect("the host ran it");
+        if i == 0 {
+            assert_eq!(r.outcome, RunOutcome::Deadline);
+        } else {
+            assert_eq!(r.stdout, input(i as u8)[..1024], "run {i}");
+        }
+    }
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
 /// A slot process killed from outside (as the kernel's OOM killer would) fails only the run it
 /// held, as the host's error, never as a result; the next run gets a new process.
 #[test]

@@ -49,6 +49,7 @@ mod pool;
 mod priority;
 mod run;
 mod slot;
+mod slot_pipes;
 mod slot_serve;
 mod slot_walls;
 mod slot_wire;

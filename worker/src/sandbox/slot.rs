@@ -14,16 +14,15 @@
 //! when it started.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::engine::EPOCH_TICK;
 use super::error::SandboxError;
-use super::slot_wire::{SlotReply, SlotRequest, read_frame, write_frame};
+use super::slot_pipes::Pipes;
+use super::slot_wire::{SlotRequest, write_frame};
 use super::{RunOutcome, RunReport};
 
 /// Given to a run past its timeout before its process is killed, as the epoch deadline gives
@@ -48,12 +47,11 @@ pub(crate) struct SlotCommand {
     pub(crate) args: Vec<std::ffi::OsString>,
 }
 
-/// A running slot process and the threads that feed and drain its pipes (so that the slot
-/// thread never blocks on a pipe and always sees a deadline pass).
+/// A running slot process and its pipes (`slot_pipes.rs`: driven from the slot thread, which
+/// so never blocks on a pipe and always sees a deadline pass).
 pub(crate) struct SlotProcess {
     child: Child,
-    to: Sender<Vec<u8>>,
-    from: Receiver<std::io::Result<SlotReply>>,
+    pipes: Pipes,
 }
 
 impl SlotProcess {
@@ -66,56 +64,28 @@ impl SlotProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| SandboxError::Engine(format!("cannot start a slot process ({}): {e}", cmd.exe.display())))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SandboxError::Engine("a slot process without pipes".into()));
+        let pipes = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Pipes::new(stdin, stdout).map_err(|e| e.to_string()),
+            _ => Err("no pipes".to_string()),
         };
-        let (to, frames) = channel::<Vec<u8>>();
-        let (replies, from) = channel();
-        let spawned = std::thread::Builder::new().name("spare-slot-in".into()).spawn(move || {
-            let mut w = BufWriter::new(stdin);
-            for frame in frames {
-                // A failed write means the process is gone: its reader sees that too.
-                if w.write_all(&frame).and_then(|()| w.flush()).is_err() {
-                    return;
-                }
+        match pipes {
+            Ok(pipes) => Ok(SlotProcess { child, pipes }),
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(SandboxError::Engine(format!("a slot process's pipes: {why}")))
             }
-        });
-        let spawned = spawned.and_then(|_| {
-            std::thread::Builder::new().name("spare-slot-out".into()).spawn(move || {
-                let mut r = BufReader::new(stdout);
-                loop {
-                    let next = read_frame::<SlotReply>(&mut r);
-                    let end = !matches!(next, Ok(Some(_)));
-                    let sent = match next {
-                        Ok(Some(reply)) => replies.send(Ok(reply)),
-                        Ok(None) => Ok(()),
-                        Err(e) => replies.send(Err(e)),
-                    };
-                    if end || sent.is_err() {
-                        return;
-                    }
-                }
-            })
-        });
-        if let Err(e) = spawned {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SandboxError::Engine(format!("cannot start a slot process's pipe thread: {e}")));
         }
-        Ok(SlotProcess { child, to, from })
     }
 
     pub(crate) fn id(&self) -> u32 {
         self.child.id()
     }
 
-    fn send(&self, req: &SlotRequest) -> Result<(), SandboxError> {
+    fn send(&mut self, req: &SlotRequest) -> Result<(), SandboxError> {
         let mut frame = Vec::new();
         write_frame(&mut frame, req).map_err(|e| SandboxError::Host(format!("slot request: {e}")))?;
-        // A closed channel means the writer saw the process go: the read below will say so.
-        let _ = self.to.send(frame);
+        self.pipes.send(&frame);
         Ok(())
     }
 
@@ -167,6 +137,7 @@ pub(crate) fn run_batch(
                 }
             },
         };
+        let mut process = process;
         let mut unsent = Vec::new();
         for (i, a) in pending.iter().enumerate() {
             if let Err(e) = process.send(&a.req) {
@@ -181,12 +152,11 @@ pub(crate) fn run_batch(
         }
         let mut started = Instant::now();
         let mut alive = Some(process);
-        while let (Some(a), Some(p)) = (pending.front(), alive.as_ref()) {
+        while let (Some(a), Some(p)) = (pending.front(), alive.as_mut()) {
             let timeout = Duration::from_millis(a.req.limits.timeout_ms).saturating_add(DEADLINE_SLACK);
-            let wait = (started + timeout).saturating_duration_since(Instant::now());
-            let answer = match p.from.recv_timeout(wait) {
-                Ok(Ok(reply)) => reply.into_report(),
-                Err(RecvTimeoutError::Timeout) => {
+            let answer = match p.pipes.next(started + timeout) {
+                Ok(Some(reply)) => reply.into_report(),
+                Ok(None) => {
                     let how = alive.take().map(SlotProcess::end).unwrap_or_default();
                     tracing::debug!(module = %a.req.module.short(), %how, "a slot process killed at a run's deadline");
                     Ok(RunReport {
@@ -197,13 +167,13 @@ pub(crate) fn run_batch(
                         elapsed: started.elapsed(),
                     })
                 }
-                Ok(Err(e)) => {
-                    let how = alive.take().map(SlotProcess::end).unwrap_or_default();
-                    Err(SandboxError::Host(format!("a slot process's answer cannot be read ({e}); it was killed: {how}")))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     let how = alive.take().map(SlotProcess::end).unwrap_or_default();
                     Err(SandboxError::Panicked(format!("the slot process running this task ended: {how}")))
+                }
+                Err(e) => {
+                    let how = alive.take().map(SlotProcess::end).unwrap_or_default();
+                    Err(SandboxError::Host(format!("a slot process's answer cannot be read ({e}); it was killed: {how}")))
                 }
             };
             if alive.is_none() {

@@ -450,6 +450,16 @@ impl Coordinator {
             // Late: the verdict stands; the report still tells us whether the peer is honest
             // (unless the verdict rests on one peer alone, which proves nothing).
             if need_lease && !leased {
+                // A replica whose lease lapsed before the verdict (known gap 1 was that this
+                // went unjudged): a wrong answer counts against its peer, once; an agreeing one
+                // counts for nothing, as it may be copied from the verified output. Either is
+                // still refused: it holds no lease, and nothing of it is kept.
+                let wrong = entry.lapsed.contains(&peer) && !entry.lone_verdict && key != &att.result;
+                if wrong {
+                    self.reputation.judged(peer, false);
+                    self.distrust(peer);
+                    self.mutate_task(task, |t, _| t.lapsed.retain(|p| *p != peer));
+                }
                 return Err(ReportError::NoLease { task, peer });
             }
             if !entry.lone_verdict {

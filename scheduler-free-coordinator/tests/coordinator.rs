@@ -558,3 +558,39 @@ fn the_job_cap_counts_unfinished_jobs_and_ended_ones_shed_their_tasks() {
     assert!(c.lease(peer(2), 10, 0).iter().all(|l| l.task.job != job(1)), "nothing of it is leased");
     assert!(c.forget(&job(1)), "retention can still forget it");
 }
+
+/// A replica whose lease lapsed before the verdict reports late: refused (it holds no lease),
+/// but a wrong answer counts against its peer, once (known gap 1 was that it went unjudged);
+/// an agreeing one counts for nothing, since it could be copied from the verified output.
+#[test]
+fn a_wrong_report_after_a_lapse_and_a_verdict_counts_against_its_peer_once() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    let mut s = spec(2, 2, 5);
+    s.policy.limits.timeout_ms = 1_000;
+    c.submit(job(1), s).unwrap();
+    let wrong = ResultKey { outcome: Outcome::Exited(0), output_hash: BlobId([66; 32]) };
+    let (slow, a, b) = (peer(1), peer(2), peer(3));
+    let mine = c.lease(slow, 2, 0);
+    assert_eq!(mine.len(), 2);
+    let expiry = mine[0].expires_at;
+    c.tick(expiry);
+    let lapsed = c.reputation().get(&slow);
+    for (p, now) in [(a, expiry), (b, expiry)] {
+        for l in c.lease(p, 2, now) {
+            c.report(att(l.task, p, honest(l.task.index))).unwrap();
+        }
+    }
+    let (t0, t1) = (mine[0].task, mine[1].task);
+    assert!(c.task(&t0).unwrap().verdict.agreed().is_some() && c.task(&t1).unwrap().verdict.agreed().is_some());
+    // Agreeing, late: nothing gained.
+    assert_eq!(c.report(att(t0, slow, honest(t0.index))), Err(ReportError::NoLease { task: t0, peer: slow }));
+    assert_eq!(c.reputation().get(&slow), lapsed);
+    // Wrong, late: judged, once.
+    assert_eq!(c.report(att(t1, slow, wrong)), Err(ReportError::NoLease { task: t1, peer: slow }));
+    assert_eq!(c.reputation().get(&slow).disagreed, lapsed.disagreed + 1);
+    assert_eq!(c.report(att(t1, slow, wrong)), Err(ReportError::NoLease { task: t1, peer: slow }));
+    assert_eq!(c.reputation().get(&slow).disagreed, lapsed.disagreed + 1);
+    // A peer that never held a lease on it is refused unjudged, as before.
+    assert_eq!(c.report(att(t1, peer(9), wrong)), Err(ReportError::NoLease { task: t1, peer: peer(9) }));
+    assert_eq!(c.reputation().get(&peer(9)).disagreed, 0);
+}

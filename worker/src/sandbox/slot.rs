@@ -6,7 +6,7 @@
 //! and epoch checks compiled into every loop, which cost up to 1.6× on tight kernels. A process
 //! can be stopped from outside, so the code it runs has no checks at all
 //! ([`Metering::Unchecked`](super::Metering::Unchecked)), and it is a second wall around a
-//! stranger's code (rlimits, no new privileges, `slot_serve.rs`).
+//! stranger's code (rlimits, a seccomp filter: `slot_walls.rs`).
 //!
 //! Runs go in batches: a slot thread hands its process every run queued for it at once, and
 //! the process answers each as it ends, in order. Run `i` starts when the answer to `i - 1`
@@ -121,7 +121,7 @@ pub(crate) fn run_batch(
 ) {
     let mut pending: VecDeque<Apart> = batch.into();
     while !pending.is_empty() {
-        let process = match slot.take() {
+        let mut process = match slot.take() {
             Some(p) => p,
             None => match SlotProcess::start(cmd) {
                 Ok(p) => {
@@ -137,7 +137,6 @@ pub(crate) fn run_batch(
                 }
             },
         };
-        let mut process = process;
         let mut unsent = Vec::new();
         for (i, a) in pending.iter().enumerate() {
             if let Err(e) = process.send(&a.req) {
@@ -150,11 +149,12 @@ pub(crate) fn run_batch(
                 let _ = a.reply.send(Err(e));
             }
         }
-        let mut started = Instant::now();
+        // When the run at the front started: when the one before it was answered.
+        let mut since = Instant::now();
         let mut alive = Some(process);
         while let (Some(a), Some(p)) = (pending.front(), alive.as_mut()) {
             let timeout = Duration::from_millis(a.req.limits.timeout_ms).saturating_add(DEADLINE_SLACK);
-            let answer = match p.pipes.next(started + timeout) {
+            let answer = match p.pipes.next(since + timeout) {
                 Ok(Some(reply)) => reply.into_report(),
                 Ok(None) => {
                     let how = alive.take().map(SlotProcess::end).unwrap_or_default();
@@ -164,7 +164,7 @@ pub(crate) fn run_batch(
                         stdout: Vec::new(),
                         stderr: Vec::new(),
                         fuel_used: 0,
-                        elapsed: started.elapsed(),
+                        elapsed: since.elapsed(),
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -182,7 +182,7 @@ pub(crate) fn run_batch(
             if let Some(a) = pending.pop_front() {
                 let _ = a.reply.send(answer);
             }
-            started = Instant::now();
+            since = Instant::now();
         }
         // The rest (if the process was killed) go to a new one.
         *slot = alive;

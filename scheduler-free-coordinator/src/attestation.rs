@@ -17,7 +17,8 @@ pub struct Attestation {
     pub result: ResultKey,
     /// Fuel the run consumed (informative; fuel is deterministic, so honest peers agree on it).
     pub fuel_used: u64,
-    /// ed25519 signature of [`Attestation::signing_bytes`] by `peer`.
+    /// ed25519 signature of [`Attestation::signing_bytes`] by `peer` (64 bytes), or of the
+    /// report batch it came in, with its path (`attestation_batch`).
     pub signature: Vec<u8>,
 }
 

@@ -18,6 +18,7 @@
 //! - peers whose attestations contradict verdicts lose reputation and, far enough down, work.
 
 mod attestation;
+pub mod attestation_batch;
 mod coordinator;
 pub mod detail;
 mod ids;

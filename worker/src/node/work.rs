@@ -13,7 +13,7 @@ use spare_protocol::peer::host::ReportItem;
 use spare_protocol::peer::reports::Delivery;
 use spare_protocol::peer::slots::LOOK_AGAIN_MS;
 use spare_protocol::peer::work::{Notice, Own, Replica, Transmit, Work};
-use spare_protocol::{BlobId, JobId, Millis, PeerId, Release, TaskId};
+use spare_protocol::{Attestation, BlobId, JobId, Millis, PeerId, Release, TaskId};
 use tokio::task::{Id, JoinSet};
 
 use super::remote::Payload;
@@ -335,11 +335,25 @@ impl Driver {
     fn report_request(&self, to: PeerId, items: &[ReportItem]) -> pb::ReportRequest {
         let node = &self.node;
         let mut req = pb::ReportRequest { peer_id: node.peer_id().to_hex(), ..Default::default() };
+        // The batch's attestations signed once, together (each was signed alone when its run
+        // ended, for this peer's own coordinator): the coordinator and its backups then check
+        // one signature for the batch instead of one each.
+        let mut atts: Vec<Attestation> =
+            items.iter().filter_map(|i| if let ReportItem::Attest(a, ..) = i { Some(a.clone()) } else { None }).collect();
+        #[cfg(feature = "chaos")]
+        let forging = node.config().chaos == Some(super::Chaos::Forge);
+        #[cfg(not(feature = "chaos"))]
+        let forging = false;
+        if !forging {
+            node.0.identity.sign_attestations(&mut atts);
+        }
+        let mut atts = atts.into_iter();
         for item in items {
             match item {
-                ReportItem::Attest(att, output, detail) => {
+                ReportItem::Attest(_, output, detail) => {
+                    let Some(att) = atts.next() else { continue };
                     req.items.push(pb::ReportItem {
-                        attestation: Some(crate::wire::convert::attestation_pb(att)),
+                        attestation: Some(crate::wire::convert::attestation_pb(&att)),
                         output: output.clone(),
                         message: detail.message.clone(),
                         stderr: detail.stderr.clone(),

@@ -484,7 +484,10 @@ impl Hosts {
         let atts: Vec<&Attestation> = items.iter().filter_map(|i| if let ReportItem::Attest(a, ..) = i { Some(a) } else { None }).collect();
         let mut valid = match &self.batch_verifier {
             Some(check) => check(&atts),
-            None => atts.iter().map(|a| (self.verifier)(&a.peer, &a.signing_bytes(), &a.signature)).collect(),
+            None => atts
+                .iter()
+                .map(|a| crate::attestation_batch::signed(a).is_some_and(|(m, sig)| (self.verifier)(&a.peer, &m, sig)))
+                .collect(),
         }
         .into_iter();
         items.iter().map(|i| matches!(i, ReportItem::Release(..)) || valid.next().unwrap_or(false)).collect()

@@ -22,6 +22,9 @@ pub const MAX_BATCH: u32 = 4096;
 /// Bytes of an ed25519 signature.
 pub const SIGNATURE_BYTES: usize = 64;
 
+/// An attestation's path to its batch's root: its siblings, leaf to root.
+pub type Path = Vec<[u8; 32]>;
+
 fn leaf(att: &Attestation) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(LEAF);
@@ -48,10 +51,10 @@ fn message(count: u32, root: &[u8; 32]) -> Vec<u8> {
 
 /// The message to sign for `atts` as one batch, and each attestation's path to the root (to
 /// go after the signature, see [`proof`]). `None` for an empty batch or one over [`MAX_BATCH`].
-pub fn batch(atts: &[Attestation]) -> Option<(Vec<u8>, Vec<Vec<[u8; 32]>>)> {
+pub fn batch(atts: &[Attestation]) -> Option<(Vec<u8>, Vec<Path>)> {
     let count = u32::try_from(atts.len()).ok().filter(|n| (1..=MAX_BATCH).contains(n))?;
     let mut level: Vec<[u8; 32]> = atts.iter().map(leaf).collect();
-    let mut paths: Vec<Vec<[u8; 32]>> = vec![Vec::new(); atts.len()];
+    let mut paths: Vec<Path> = vec![Vec::new(); atts.len()];
     // Where each leaf's ancestor sits in the current level.
     let mut at: Vec<usize> = (0..atts.len()).collect();
     while level.len() > 1 {

@@ -38,6 +38,7 @@
 
 mod cache;
 mod compiler;
+mod config;
 mod determinism;
 mod engine;
 mod error;
@@ -47,6 +48,7 @@ mod nan;
 mod poll;
 mod pool;
 mod priority;
+mod report;
 mod run;
 mod slot;
 mod slot_pipes;
@@ -57,14 +59,14 @@ mod trim;
 mod validate;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
-use spare_protocol::{BlobId, Limits, Outcome, ResultKey};
+use spare_protocol::BlobId;
 use wasmtime::InstancePre;
 
 pub use compiler::{CompileArgs, serve as compile_module};
+pub use config::{Isolation, SandboxConfig};
+pub use report::{Prepared, RunOutcome, RunReport, RunRequest, STDERR_TAIL_BYTES, tail_text};
 pub use slot_serve::{SlotArgs, serve as serve_slot};
 pub use determinism::{MONOTONIC_STEP_NS, WALL_CLOCK_SECS, task_seed};
 pub use engine::{Metering, engine_config, reserved_address_space};
@@ -81,161 +83,6 @@ use run::StoreData;
 use slot::{Apart, SlotCommand};
 use slot_wire::SlotRequest;
 use validate::AllowedImports;
-
-/// How a sandbox is sized. Build with `SandboxConfig { slots: 4, ..Default::default() }`.
-#[derive(Clone, Debug)]
-pub struct SandboxConfig {
-    /// Threads that run tasks (the peer's `--cpus`). At least 1.
-    pub slots: usize,
-    /// On-disk cache of compiled modules (`None`: memory only). Created if missing; must be
-    /// private to this peer.
-    pub cache_dir: Option<PathBuf>,
-    /// Modules above this size are refused. Default 64 MiB.
-    pub max_module_bytes: usize,
-    /// Largest per-task memory limit this peer accepts. Default 4 GiB.
-    pub max_memory_bytes: u64,
-    /// The tail of stderr kept per run (older bytes are dropped, never an error). Default
-    /// [`STDERR_TAIL_BYTES`].
-    pub stderr_bytes: usize,
-    /// Runs that may wait for a slot before `run` refuses with `QueueFull`. Default `slots * 64`
-    /// (computed from the default `slots`: set it when you set `slots`).
-    pub queue: usize,
-    /// Compiled modules kept in memory (least recently used evicted; a later `prepare`
-    /// reloads from disk). Default 256.
-    pub cached_modules: usize,
-    /// Run the slot threads at the lowest scheduling priority (`SCHED_IDLE`, else nice 19), so
-    /// the machine's own programs always come first. Default true.
-    pub idle_priority: bool,
-    /// The executable to compile modules with, as a compiler process (`spare compile-module`,
-    /// this same binary: see `compiler.rs`), so that the compiler's memory is never this
-    /// process's. Only with a `cache_dir`, through which the compiled module comes back.
-    /// Default `None`: compile in this process.
-    pub compiler: Option<PathBuf>,
-    /// Where runs without a fuel budget run, and so how their wall deadline is enforced.
-    /// Default [`Isolation::Threads`].
-    pub isolation: Isolation,
-}
-
-/// Where a sandbox runs tasks without a fuel budget (runs with one always run on the slot
-/// threads: fuel and epoch checks are compiled into their code anyway).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Isolation {
-    /// On the slot threads of this process; the wall deadline is an epoch check compiled into
-    /// every loop and function (up to ~1.5× on tight loops).
-    #[default]
-    Threads,
-    /// In a slot process per slot (`spare sandbox-slot`, run from this executable), which is
-    /// killed at a run's deadline, so the code has no checks; modules pass to it through the
-    /// disk cache, so this needs a [`SandboxConfig::cache_dir`]. The process is a second wall:
-    /// rlimits, no new privileges (`slot_serve.rs`).
-    Processes(PathBuf),
-    /// This process is a slot process: runs go on the calling thread with no deadline checks
-    /// at all (its peer kills it). For `spare sandbox-slot`, and benchmarks of what it runs.
-    SlotProcess,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        let slots = std::thread::available_parallelism().map_or(1, |n| n.get());
-        SandboxConfig {
-            slots,
-            cache_dir: None,
-            max_module_bytes: 64 << 20,
-            max_memory_bytes: 4 << 30,
-            stderr_bytes: STDERR_TAIL_BYTES,
-            queue: slots * 64,
-            cached_modules: 256,
-            idle_priority: true,
-            compiler: None,
-            isolation: Isolation::Threads,
-        }
-    }
-}
-
-/// How much of the end of a run's stderr is kept and travels with its attestation (for people:
-/// why a task failed; never compared by a quorum): a [`Detail`](spare_protocol::Detail)'s bound.
-pub const STDERR_TAIL_BYTES: usize = spare_protocol::detail::DETAIL_BYTES;
-
-pub use spare_protocol::detail::tail_text;
-
-/// One task to run.
-#[derive(Clone, Debug)]
-pub struct RunRequest {
-    /// A module prepared on this sandbox.
-    pub module: BlobId,
-    /// stdin.
-    pub input: Vec<u8>,
-    /// argv after argv\[0\] (which is the module's hex id).
-    pub args: Vec<String>,
-    /// The environment, exactly.
-    pub env: Vec<(String, String)>,
-    /// Fuel (metered only below [`Limits::NO_FUEL_BUDGET`]), memory, wall deadline and stdout cap.
-    pub limits: Limits,
-    /// Seed of `random_get`: [`task_seed`] of the task.
-    pub seed: [u8; 32],
-}
-
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// Deterministic: what a quorum compares. stdout is only meaningful for `Exited`.
-    /// `message` says which trap or limit (for people; never compared).
-    Done { outcome: Outcome, message: String },
-    /// The wall deadline passed (epoch interruption). Not deterministic: never attested.
-    Deadline,
-    /// The module cannot run here (it should have been refused at submission).
-    Invalid(ModuleError),
-}
-
-impl RunOutcome {
-    /// The attestable outcome, if any.
-    pub fn outcome(&self) -> Option<Outcome> {
-        match self {
-            RunOutcome::Done { outcome, .. } => Some(*outcome),
-            _ => None,
-        }
-    }
-}
-
-/// What a run produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunReport {
-    pub outcome: RunOutcome,
-    /// stdout (up to `limits.output_bytes`).
-    pub stdout: Vec<u8>,
-    /// stderr (up to `stderr_bytes`).
-    pub stderr: Vec<u8>,
-    /// Fuel given minus fuel left (also on traps). Deterministic. 0 when the job set no fuel
-    /// budget (its run was not metered).
-    pub fuel_used: u64,
-    /// Wall time of the run, for metrics (not deterministic).
-    pub elapsed: Duration,
-}
-
-impl RunReport {
-    /// What a quorum compares, for deterministic outcomes: the outcome and the BLAKE3 of stdout
-    /// for `Exited`, of the empty string for every other outcome (their partial stdout is not
-    /// part of the result). `None` for `Deadline` and `Invalid`.
-    pub fn result_key(&self) -> Option<ResultKey> {
-        let outcome = self.outcome.outcome()?;
-        let output: &[u8] = if matches!(outcome, Outcome::Exited(_)) { &self.stdout } else { b"" };
-        Some(ResultKey { outcome, output_hash: BlobId::of(output) })
-    }
-}
-
-/// Where `prepare` found the module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prepared {
-    /// Compiled now in this process (and written to the disk cache, if any).
-    Compiled,
-    /// Compiled now in a compiler process ([`SandboxConfig::compiler`]), and loaded from the
-    /// disk cache it wrote.
-    CompiledApart,
-    /// Loaded from the disk cache.
-    FromDisk,
-    /// Already prepared in this sandbox.
-    InMemory,
-}
 
 struct Inner {
     /// The engine of runs without a fuel budget, for rewritten modules (no engine NaN
@@ -498,13 +345,13 @@ impl Sandbox {
     }
 
     /// The process ids of the slot processes running now ([`Isolation::Processes`]; none
-    /// before the first run, after [`SLOT_IDLE`](pool::SLOT_IDLE) without work, or on threads).
+    /// before the first run, after 30 s without work, or on threads).
     pub fn slot_processes(&self) -> Vec<u32> {
         self.inner.pool.processes()
     }
 
     /// Slot processes started so far: one per slot on its first run (and after
-    /// [`SLOT_IDLE`](pool::SLOT_IDLE) without work), and one after each killed at a deadline or
+    /// 30 s without work), and one after each killed at a deadline or
     /// dead.
     pub fn slot_processes_started(&self) -> u64 {
         self.inner.pool.processes_started()

@@ -174,35 +174,35 @@ pub fn verify_attestation(att: &Attestation) -> bool {
 /// by one only when that fails.
 pub fn verify_attestations(atts: &[&Attestation]) -> Vec<bool> {
     // The distinct checks, and which each attestation needs (`None`: malformed, so invalid).
+    // A report batch holds at most a few hundred, most sharing one check: a scan finds it.
     let mut checks: Vec<(PeerId, Vec<u8>, Signature)> = Vec::new();
-    let mut index: std::collections::HashMap<(PeerId, Vec<u8>, [u8; 64]), usize> = std::collections::HashMap::new();
     let needs: Vec<Option<usize>> = atts
         .iter()
         .map(|a| {
             let (message, sig) = batch::signed(a)?;
-            let sig: [u8; 64] = sig.try_into().ok()?;
-            let key = (a.peer, message, sig);
-            if let Some(&i) = index.get(&key) {
-                return Some(i);
-            }
-            let i = checks.len();
-            checks.push((key.0, key.1.clone(), Signature::from_bytes(&key.2)));
-            index.insert(key, i);
-            Some(i)
+            let sig = Signature::from_slice(sig).ok()?;
+            let same = |(p, m, s): &(PeerId, Vec<u8>, Signature)| *p == a.peer && *s == sig && *m == message;
+            Some(checks.iter().position(same).unwrap_or_else(|| {
+                checks.push((a.peer, message, sig));
+                checks.len() - 1
+            }))
         })
         .collect();
+    let one_by_one = |checks: &[(PeerId, Vec<u8>, Signature)]| -> Vec<bool> {
+        checks.iter().map(|(p, m, s)| key_of(p).is_some_and(|k| k.verify(m, s).is_ok())).collect()
+    };
     let keys: Option<Vec<VerifyingKey>> = checks.iter().map(|(p, _, _)| key_of(p)).collect();
-    let valid: Vec<bool> = match keys {
+    let valid = match keys {
         Some(keys) if !checks.is_empty() => {
             let messages: Vec<&[u8]> = checks.iter().map(|(_, m, _)| m.as_slice()).collect();
             let signatures: Vec<Signature> = checks.iter().map(|(_, _, s)| *s).collect();
             if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
                 vec![true; checks.len()]
             } else {
-                checks.iter().map(|(p, m, s)| key_of(p).is_some_and(|k| k.verify(m, s).is_ok())).collect()
+                one_by_one(&checks)
             }
         }
-        _ => checks.iter().map(|(p, m, s)| key_of(p).is_some_and(|k| k.verify(m, s).is_ok())).collect(),
+        _ => one_by_one(&checks),
     };
     needs.into_iter().map(|n| n.is_some_and(|i| valid[i])).collect()
 }

@@ -50,8 +50,7 @@ async fn start_mesh(root: &std::path::Path, n: usize, cpus: usize) -> anyhow::Re
         config.cpus = cpus.max(1);
         // As `spare peer` does: compile in compiler processes, run tasks in slot processes.
         if let Ok(exe) = super::own_executable() {
-            config.compiler = Some(exe.clone());
-            config.isolation = crate::sandbox::Isolation::Processes(exe);
+            config = config.with_helpers_from(exe);
         }
         if let Some(first) = peers.first() {
             config.bootstrap = vec![first.addr.to_string()];

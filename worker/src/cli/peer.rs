@@ -166,10 +166,7 @@ pub async fn run(a: PeerArgs) -> anyhow::Result<ExitCode> {
     // their code needs no deadline checks ("The sandbox"). Without a path to it, both happen
     // in the peer, as they always could.
     match super::own_executable() {
-        Ok(exe) => {
-            config.compiler = Some(exe.clone());
-            config.isolation = crate::sandbox::Isolation::Processes(exe);
-        }
+        Ok(exe) => config = config.with_helpers_from(exe),
         Err(e) => tracing::warn!("cannot find this executable ({e}); modules will compile and run in the peer's process"),
     }
     let data_dir = config.data_dir.clone();

@@ -61,6 +61,14 @@ pub enum Chaos {
 }
 
 impl NodeConfig {
+    /// Compiles modules in compiler processes, and runs tasks in slot processes, of `exe`
+    /// (`spare peer` and `spare demo` give their own binary).
+    pub fn with_helpers_from(mut self, exe: PathBuf) -> NodeConfig {
+        self.compiler = Some(exe.clone());
+        self.isolation = crate::sandbox::Isolation::Processes(exe);
+        self
+    }
+
     /// Defaults for a peer on `listen` with data in `data_dir`, one slot per CPU.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::STDERR_TAIL_BYTES;
+use super::engine::Metering;
 
 /// How a sandbox is sized. Build with `SandboxConfig { slots: 4, ..Default::default() }`.
 #[derive(Clone, Debug)]
@@ -49,11 +50,27 @@ pub enum Isolation {
     /// In a slot process per slot (`spare sandbox-slot`, run from this executable), which is
     /// killed at a run's deadline, so the code has no checks; modules pass to it through the
     /// disk cache, so this needs a [`SandboxConfig::cache_dir`]. The process is a second wall:
-    /// rlimits, no new privileges (`slot_serve.rs`).
+    /// rlimits, a seccomp filter (`slot_walls.rs`).
     Processes(PathBuf),
     /// This process is a slot process: runs go on the calling thread with no deadline checks
     /// at all (its peer kills it). For `spare sandbox-slot`, and benchmarks of what it runs.
     SlotProcess,
+}
+
+impl Isolation {
+    /// What the code of runs without a fuel budget checks: epoch checks on threads, nothing
+    /// where a process is killed instead.
+    pub(crate) fn unfueled(&self) -> Metering {
+        match self {
+            Isolation::Threads => Metering::Deadline,
+            Isolation::Processes(_) | Isolation::SlotProcess => Metering::Unchecked,
+        }
+    }
+
+    /// Whether runs without a fuel budget go to slot processes.
+    pub(crate) fn apart(&self) -> bool {
+        matches!(self, Isolation::Processes(_))
+    }
 }
 
 impl Default for SandboxConfig {

@@ -95,10 +95,6 @@ struct Inner {
     building: Mutex<()>,
     /// The engine of runs with a fuel budget (engine-wide NaN canonicalisation).
     fueled: Flavour,
-    /// The deadline engines' checks: epoch checks, or none ([`Isolation`]).
-    unfueled: Metering,
-    /// Runs without a fuel budget go to slot processes.
-    apart: bool,
     allowed: AllowedImports,
     cache: ModuleCache,
     compiles: Compiles,
@@ -118,7 +114,7 @@ impl Inner {
         if let Some(f) = self.deadline_engine_wide.get() {
             return Ok(f);
         }
-        let f = Flavour::new(&self.config, self.unfueled, Nans::EngineWide)?;
+        let f = Flavour::new(&self.config, self.config.isolation.unfueled(), Nans::EngineWide)?;
         self.ticker.add(f.engine.clone());
         Ok(self.deadline_engine_wide.get_or_init(|| f))
     }
@@ -149,23 +145,21 @@ impl Sandbox {
     pub fn new(mut config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         config.slots = config.slots.max(1);
         config.queue = config.queue.max(1);
-        let (unfueled, apart, threads) = match (&config.isolation, &config.cache_dir) {
-            (Isolation::Threads, _) => (Metering::Deadline, None, config.slots),
+        let (apart, threads) = match (&config.isolation, &config.cache_dir) {
+            (Isolation::Threads, _) => (None, config.slots),
             (Isolation::Processes(exe), Some(dir)) => {
-                let args = slot_serve::SlotArgs::of(&config, dir);
-                (Metering::Unchecked, Some(SlotCommand { exe: exe.clone(), args }), config.slots)
+                (Some(SlotCommand { exe: exe.clone(), args: slot_serve::SlotArgs::of(&config, dir) }), config.slots)
             }
             (Isolation::Processes(_), None) => {
                 return Err(SandboxError::Engine("slot processes need a cache directory".into()));
             }
             // A slot process runs on its calling thread only.
-            (Isolation::SlotProcess, _) => (Metering::Unchecked, None, 0),
+            (Isolation::SlotProcess, _) => (None, 0),
         };
-        let deadline = Flavour::new(&config, unfueled, Nans::Rewritten)?;
+        let deadline = Flavour::new(&config, config.isolation.unfueled(), Nans::Rewritten)?;
         let fueled = Flavour::new(&config, Metering::FuelAndDeadline, Nans::EngineWide)?;
         let allowed = AllowedImports::from_linker(&deadline.engine, &deadline.linker)?;
         let cache = ModuleCache::new(config.cached_modules);
-        let has_processes = apart.is_some();
         let slot_process = config.isolation == Isolation::SlotProcess;
         let pool = Pool::start(threads, config.queue, config.idle_priority, apart)?;
         let ticker = EpochTicker::start(vec![deadline.engine.clone(), fueled.engine.clone()])?;
@@ -175,8 +169,6 @@ impl Sandbox {
                 deadline_engine_wide: OnceLock::new(),
                 building: Mutex::new(()),
                 fueled,
-                unfueled,
-                apart: has_processes,
                 allowed,
                 cache,
                 compiles: Compiles::default(),
@@ -283,8 +275,8 @@ impl Sandbox {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<RunReport, SandboxError>>, SandboxError> {
         let compiled = self.check(&req)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = if self.inner.apart && !Metering::metered(&req.limits) {
-            Job::Apart(Apart { req: SlotRequest::new(&req, compiled.deadline_nans, start_by), reply: tx })
+        let job = if self.goes_apart(&req) {
+            Job::Apart(Apart { req: SlotRequest::new(req, compiled.deadline_nans, start_by), reply: tx })
         } else {
             let inner = self.inner.clone();
             Job::Here(Box::new(move || {
@@ -304,11 +296,16 @@ impl Sandbox {
     /// With slot processes, a run without a fuel budget goes through the pool's queue to one
     /// and this waits for it.
     pub fn run_blocking(&self, req: &RunRequest) -> Result<RunReport, SandboxError> {
-        if self.inner.apart && !Metering::metered(&req.limits) {
+        if self.goes_apart(req) {
             return self.submit(req.clone(), None)?.blocking_recv().map_err(|_| SandboxError::ShutDown)?;
         }
         self.check(req)?;
         run_guarded(&self.inner, req)
+    }
+
+    /// Whether `req` runs in a slot process: a sandbox with them, a run without a fuel budget.
+    fn goes_apart(&self, req: &RunRequest) -> bool {
+        self.inner.config.isolation.apart() && !Metering::metered(&req.limits)
     }
 
     /// A slot process's run, on the calling thread, with no deadline checks unless the run

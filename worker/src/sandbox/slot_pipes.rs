@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::process::{ChildStdin, ChildStdout};
 use std::time::Instant;
 
-use super::slot_wire::{MAX_FRAME_BYTES, SlotReply};
+use super::slot_wire::{SlotReply, decode, frame_len};
 
 /// Bytes read from the process at once.
 const READ_CHUNK: usize = 64 << 10;
@@ -122,15 +122,12 @@ impl Pipes {
     /// A whole reply from what was read, if there is one.
     fn take(&mut self) -> io::Result<Option<SlotReply>> {
         let Some(head) = self.inbuf.first_chunk::<4>() else { return Ok(None) };
-        let len = u32::from_le_bytes(*head) as usize;
-        if len > MAX_FRAME_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes announced")));
-        }
-        if self.inbuf.len() < 4 + len {
+        let end = 4 + frame_len(*head)?;
+        if self.inbuf.len() < end {
             return Ok(None);
         }
-        let reply = postcard::from_bytes(&self.inbuf[4..4 + len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        self.inbuf.drain(..4 + len);
+        let reply = decode(&self.inbuf[4..end]);
+        self.inbuf.drain(..end);
         reply.map(Some)
     }
 }

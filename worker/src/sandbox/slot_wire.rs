@@ -35,13 +35,13 @@ pub(crate) struct SlotRequest {
 }
 
 impl SlotRequest {
-    pub(crate) fn new(req: &RunRequest, nans: Nans, start_by: Option<std::time::Instant>) -> SlotRequest {
+    pub(crate) fn new(req: RunRequest, nans: Nans, start_by: Option<std::time::Instant>) -> SlotRequest {
         SlotRequest {
             module: req.module,
             engine_wide_nans: nans == Nans::EngineWide,
-            input: req.input.clone(),
-            args: req.args.clone(),
-            env: req.env.clone(),
+            input: req.input,
+            args: req.args,
+            env: req.env,
             limits: req.limits,
             seed: req.seed,
             start_by_ns: start_by.map(|at| {
@@ -100,7 +100,7 @@ impl SlotReply {
     pub(crate) fn of(ran: Result<RunReport, SandboxError>) -> SlotReply {
         let report = match ran {
             Ok(r) => r,
-            Err(SandboxError::Stale) => return SlotReply { outcome: SlotOutcome::Stale, ..SlotReply::host(String::new()) },
+            Err(SandboxError::Stale) => return SlotReply::not_run(SlotOutcome::Stale),
             Err(e) => return SlotReply::host(e.to_string()),
         };
         let outcome = match report.outcome {
@@ -120,7 +120,12 @@ impl SlotReply {
     }
 
     pub(crate) fn host(why: String) -> SlotReply {
-        SlotReply { outcome: SlotOutcome::Host(why), stdout: Vec::new(), stderr: Vec::new(), fuel_used: 0, elapsed_ns: 0 }
+        SlotReply::not_run(SlotOutcome::Host(why))
+    }
+
+    /// A reply with nothing run.
+    fn not_run(outcome: SlotOutcome) -> SlotReply {
+        SlotReply { outcome, stdout: Vec::new(), stderr: Vec::new(), fuel_used: 0, elapsed_ns: 0 }
     }
 
     pub(crate) fn into_report(self) -> Result<RunReport, SandboxError> {
@@ -161,21 +166,31 @@ pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Resu
     w.write_all(&bytes)
 }
 
+/// The length a frame's 4-byte head announces, refused past [`MAX_FRAME_BYTES`].
+pub(crate) fn frame_len(head: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_le_bytes(head) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes announced")));
+    }
+    Ok(len)
+}
+
+/// A frame's body decoded.
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Reads one frame; `None` at a clean end of stream (between frames).
 pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes announced")));
-    }
-    let mut bytes = vec![0u8; len];
+    let mut bytes = vec![0u8; frame_len(head)?];
     r.read_exact(&mut bytes)?;
-    postcard::from_bytes(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    decode(&bytes).map(Some)
 }
 
 #[cfg(test)]

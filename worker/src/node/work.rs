@@ -16,6 +16,7 @@ use spare_protocol::peer::work::{Notice, Own, Replica, Transmit, Work};
 use spare_protocol::{Attestation, BlobId, JobId, Millis, PeerId, Release, TaskId};
 use tokio::task::{Id, JoinSet};
 
+use super::core::Detail;
 use super::remote::Payload;
 use super::run::Ended;
 use super::{Node, donation, unix_ms};
@@ -65,6 +66,9 @@ struct Driver {
     allowance: Option<usize>,
     /// Stopping: replicas given a slot are handed back instead of run.
     stopping: bool,
+    /// Attestations of replicas the own coordinator leased, unsigned until the drain that
+    /// hands them over (at most the replicas held).
+    own: Vec<(Attestation, Vec<u8>, Detail)>,
 }
 
 /// Pulls and runs work until the peer shuts down, then hands back what it holds and sends the
@@ -86,6 +90,7 @@ pub(super) async fn run(node: Node) {
         running: HashMap::new(),
         allowance: None,
         stopping: false,
+        own: Vec::new(),
     };
     let mut stop = d.node.shutdown_signal();
     // Whether the mesh's ads and members are read again on this pass: at first, on a work notice
@@ -105,7 +110,14 @@ pub(super) async fn run(node: Node) {
         tokio::select! {
             _ = d.node.0.work.notified() => look = true,
             Some(a) = d.calls.join_next_with_id(), if !d.calls.is_empty() => d.answered(a),
-            Some(e) = d.runs.join_next_with_id(), if !d.runs.is_empty() => d.ended(e),
+            Some(e) = d.runs.join_next_with_id(), if !d.runs.is_empty() => {
+                d.ended(e);
+                // Every run that ended meanwhile too, so that their attestations are signed
+                // together.
+                while let Some(e) = d.runs.try_join_next_with_id() {
+                    d.ended(e);
+                }
+            }
             _ = tokio::time::sleep(nap) => look = true,
             _ = stop.changed() => break,
         }
@@ -164,9 +176,34 @@ impl Driver {
             } else if let Some(n) = self.work.poll_notice() {
                 self.notice(n);
             } else {
-                return;
+                break;
             }
         }
+        self.report_own();
+    }
+
+    /// Hands the own coordinator the attestations of its replicas that ended since the last
+    /// drain, signed together (one signature over a batch, as a report batch is).
+    fn report_own(&mut self) {
+        if self.own.is_empty() {
+            return;
+        }
+        let own = std::mem::take(&mut self.own);
+        let mut atts: Vec<Attestation> = own.iter().map(|(a, ..)| a.clone()).collect();
+        if !self.forging() {
+            self.node.0.identity.sign_attestations(&mut atts);
+        }
+        for (att, (_, output, detail)) in atts.into_iter().zip(own) {
+            self.node.report(att, output, detail);
+        }
+    }
+
+    /// Whether this peer forges its signatures (a chaos test's liar).
+    fn forging(&self) -> bool {
+        #[cfg(feature = "chaos")]
+        return self.node.config().chaos == Some(super::Chaos::Forge);
+        #[cfg(not(feature = "chaos"))]
+        false
     }
 
     fn transmit(&mut self, t: Transmit) {
@@ -218,7 +255,7 @@ impl Driver {
                 if self.node.config().chaos == Some(super::Chaos::Silent) {
                     return;
                 }
-                self.node.report(att, output, detail);
+                self.own.push((att, output, detail));
             }
             Notice::Own(ReportItem::Release(task, why)) => self.node.release_own(task, why),
             Notice::Held => self.node.0.running.store(self.work.held(), Ordering::Relaxed),
@@ -335,16 +372,12 @@ impl Driver {
     fn report_request(&self, to: PeerId, items: &[ReportItem]) -> pb::ReportRequest {
         let node = &self.node;
         let mut req = pb::ReportRequest { peer_id: node.peer_id().to_hex(), ..Default::default() };
-        // The batch's attestations signed once, together (each was signed alone when its run
-        // ended, for this peer's own coordinator): the coordinator and its backups then check
-        // one signature for the batch instead of one each.
+        // The batch's attestations signed once, together: the coordinator and its backups then
+        // check one signature for the batch instead of one each. A batch sent again is signed
+        // again (its copies are kept unsigned).
         let mut atts: Vec<Attestation> =
             items.iter().filter_map(|i| if let ReportItem::Attest(a, ..) = i { Some(a.clone()) } else { None }).collect();
-        #[cfg(feature = "chaos")]
-        let forging = node.config().chaos == Some(super::Chaos::Forge);
-        #[cfg(not(feature = "chaos"))]
-        let forging = false;
-        if !forging {
+        if !self.forging() {
             node.0.identity.sign_attestations(&mut atts);
         }
         let mut atts = atts.into_iter();

@@ -133,16 +133,17 @@ impl pb::mesh_service_server::MeshService for MeshApi {
         };
         let leases = granted.leases;
         let mut tasks = Vec::with_capacity(leases.len());
-        for l in &leases {
-            let input = match self.node.store().input(&l.task) {
-                Ok(Some(StoredInput::Inline(b))) if b.len() <= INLINE_INPUT => pb::task_input::Source::Inline(b),
-                Ok(Some(StoredInput::Inline(b))) => {
+        let ids: Vec<TaskId> = leases.iter().map(|l| l.task).collect();
+        let inputs = self.node.store().inputs(&ids).map_err(|e| Status::internal(e.to_string()))?;
+        for (l, input) in leases.iter().zip(inputs) {
+            let input = match input {
+                Some(StoredInput::Inline(b)) if b.len() <= INLINE_INPUT => pb::task_input::Source::Inline(b),
+                Some(StoredInput::Inline(b)) => {
                     let (id, _) = self.node.store().blobs().put(&b).await.map_err(|e| Status::internal(e.to_string()))?;
                     pb::task_input::Source::BlobId(id.to_hex())
                 }
-                Ok(Some(StoredInput::Blob(id))) => pb::task_input::Source::BlobId(id.to_hex()),
-                Ok(None) => return Err(Status::internal(format!("task {} has no stored input", l.task))),
-                Err(e) => return Err(Status::internal(e.to_string())),
+                Some(StoredInput::Blob(id)) => pb::task_input::Source::BlobId(id.to_hex()),
+                None => return Err(Status::internal(format!("task {} has no stored input", l.task))),
             };
             tasks.push(pb::LeasedTask {
                 index: l.task.index,

@@ -43,12 +43,42 @@ pub(super) fn bump(t: &mut Table<&str, u64>) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-/// Records `n` as made durable. Not fsynced: a crash may leave the side file behind the
-/// database (no warning then, which is right) but never ahead of it, since it is written only
-/// after the commit returned.
-pub(super) fn record(side: &Path, n: u64) {
-    if let Err(e) = std::fs::write(side, n.to_string()) {
-        tracing::warn!("cannot write {}: {e} (a rollback of the store would go unnoticed)", side.display());
+/// The side file, kept open by the writer thread: a commit's count is written in place, the
+/// same 20 digits each time, because opening and truncating the file per commit took 3 % of a
+/// busy peer's CPU.
+pub(super) struct Side {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Whether a longer file left by an earlier version has been cut to the 20 digits.
+    cut: bool,
+}
+
+impl Side {
+    pub(super) fn new(path: PathBuf) -> Side {
+        Side { path, file: None, cut: false }
+    }
+
+    /// Records `n` as made durable. Not fsynced: a crash may leave the side file behind the
+    /// database (no warning then, which is right) but never ahead of it, since it is written
+    /// only after the commit returned. A torn write reads as unreadable: a warning, no error.
+    pub(super) fn record(&mut self, n: u64) {
+        use std::os::unix::fs::FileExt;
+        let written = (|| {
+            if self.file.is_none() {
+                self.file = Some(std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.path)?);
+            }
+            let Some(file) = &self.file else { return Ok(()) };
+            file.write_all_at(format!("{n:020}").as_bytes(), 0)?;
+            if !self.cut {
+                file.set_len(20)?;
+                self.cut = true;
+            }
+            Ok::<(), std::io::Error>(())
+        })();
+        if let Err(e) = written {
+            self.file = None;
+            tracing::warn!("cannot write {}: {e} (a rollback of the store would go unnoticed)", self.path.display());
+        }
     }
 }
 

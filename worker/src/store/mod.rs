@@ -231,6 +231,13 @@ impl Store {
         t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("inputs", v.value())).transpose()
     }
 
+    /// The inputs of several tasks, in order, read in one transaction (a lease grants many).
+    pub fn inputs(&self, tasks: &[TaskId]) -> Result<Vec<Option<StoredInput>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(INPUTS).map_err(db_err)?;
+        tasks.iter().map(|task| t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("inputs", v.value())).transpose()).collect()
+    }
+
     /// Every attestation of a job, by task and then in the order the coordinator recorded them.
     pub fn attestations(&self, job: &JobId) -> Result<Vec<StoredAttestation>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
@@ -302,6 +309,7 @@ fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]
 /// The writer thread: takes every batch that has queued up, applies them in one transaction,
 /// commits once, then answers each sender.
 fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::path::PathBuf) {
+    let mut side = commits::Side::new(side);
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -312,7 +320,7 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::
         }
         let result = apply(&db, group.iter().flat_map(|(ops, _)| ops.iter()));
         if let Ok(n) = &result {
-            commits::record(&side, *n);
+            side.record(*n);
         }
         for (_, reply) in group {
             if let Some(reply) = reply {

@@ -5,6 +5,7 @@
 
 pub mod blobs;
 mod commits;
+mod key;
 pub mod records;
 mod retention;
 mod runs;
@@ -21,20 +22,22 @@ use tokio::sync::{mpsc, oneshot};
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use commits::{Rollback, SIDE_FILE};
 pub use records::{StoredAttestation, StoredInput, StoredJob, StoredResult};
-use records::{AttestationKey, JobKey, TaskKey, attestation_key, decode, encode, task_key, task_of};
+use key::Fixed;
+use records::{attestation_key, decode, encode, task_key, task_of};
 
-const JOBS: TableDefinition<JobKey, &[u8]> = TableDefinition::new("jobs");
-const INPUTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("inputs");
-const ATTESTATIONS: TableDefinition<AttestationKey, &[u8]> = TableDefinition::new("attestations");
-const RESULTS: TableDefinition<TaskKey, &[u8]> = TableDefinition::new("results");
+// Keys are `Fixed` byte strings (`key.rs`): a job's 32 bytes, a task's 36, an attestation's 40.
+const JOBS: TableDefinition<Fixed<32>, &[u8]> = TableDefinition::new("jobs");
+const INPUTS: TableDefinition<Fixed<36>, &[u8]> = TableDefinition::new("inputs");
+const ATTESTATIONS: TableDefinition<Fixed<40>, &[u8]> = TableDefinition::new("attestations");
+const RESULTS: TableDefinition<Fixed<36>, &[u8]> = TableDefinition::new("results");
 /// When each ended job ended here (Unix ms), for retention.
-const FINISHED: TableDefinition<JobKey, u64> = TableDefinition::new("finished");
+const FINISHED: TableDefinition<Fixed<32>, u64> = TableDefinition::new("finished");
 /// What this peer's coordinator has seen of each peer (postcard `Standing`), so reputation
 /// survives a restart.
-const STANDINGS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("standings");
+const STANDINGS: TableDefinition<Fixed<32>, &[u8]> = TableDefinition::new("standings");
 /// Ended jobs whose results a submitter fetched from here, beside their end: retention removes
 /// them first at the disk cap, also after a restart.
-const FETCHED: TableDefinition<JobKey, ()> = TableDefinition::new("fetched");
+const FETCHED: TableDefinition<Fixed<32>, ()> = TableDefinition::new("fetched");
 /// Replicas this peer ran per local calendar day (YYYYMMDD): (all, those that did not succeed).
 const RUNS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("runs_per_day");
 
@@ -140,8 +143,19 @@ impl Store {
             .map_err(db_err)?;
         let db = Arc::new(db);
         let found = {
-            // Make every table exist, so readers never meet a missing one.
             let tx = db.begin_write().map_err(db_err)?;
+            // Tables an earlier version keyed by `[u8; N]` move to `Fixed` keys first, once.
+            let moved = key::migrate(&tx, JOBS)?
+                + key::migrate(&tx, INPUTS)?
+                + key::migrate(&tx, ATTESTATIONS)?
+                + key::migrate(&tx, RESULTS)?
+                + key::migrate(&tx, FINISHED)?
+                + key::migrate(&tx, STANDINGS)?
+                + key::migrate(&tx, FETCHED)?;
+            if moved > 0 {
+                tracing::info!(rows = moved, "moved the store's tables to byte-string keys");
+            }
+            // Make every table exist, so readers never meet a missing one.
             tx.open_table(JOBS).map_err(db_err)?;
             tx.open_table(INPUTS).map_err(db_err)?;
             tx.open_table(ATTESTATIONS).map_err(db_err)?;

@@ -47,23 +47,23 @@ fn decode_all(bytes: &[u8]) {
             }
         }
     }
-    if let Ok(r) = pb::AdoptRequest::decode(bytes) {
+    if let Ok(mut r) = pb::AdoptRequest::decode(bytes) {
         let _ = convert::policy(r.policy.as_ref());
         ids(&r.coordinators);
         r.attestations.iter().filter_map(|a| a.attestation.as_ref()).for_each(attestation);
-        let _ = signing::adopt(&r);
+        let _ = signing::adopt(&mut r);
     }
-    if let Ok(r) = pb::ReplicateRequest::decode(bytes) {
+    if let Ok(mut r) = pb::ReplicateRequest::decode(bytes) {
         for e in &r.entries {
             if let Some(pb::replication_entry::Entry::Attestation(a)) = &e.entry {
                 a.attestation.as_ref().map(attestation);
             }
         }
-        let _ = signing::replicate(&r);
+        let _ = signing::replicate(&mut r);
     }
-    if let Ok(r) = pb::ReportRequest::decode(bytes) {
+    if let Ok(mut r) = pb::ReportRequest::decode(bytes) {
         r.items.iter().filter_map(|i| i.attestation.as_ref()).for_each(attestation);
-        let _ = signing::report(&r);
+        let _ = signing::report(&mut r);
     }
     if let Ok(r) = pb::LeaseRequest::decode(bytes)
         && let Ok(job) = convert::parse_id::<spare_protocol::JobId>("job_id", &r.job_id)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use spare_proto as pb;
 use spare_protocol::peer::host::{AdoptKind, Logged, Recorded, Streamed};
 use spare_protocol::peer::replication::ADOPT_TIMEOUT_MS;
-use spare_protocol::{Attestation, BlobId, JobId, JobState, PeerId};
+use spare_protocol::{Attestation, BlobId, JobId, JobState, PeerId, TaskId};
 
 use super::core::Core;
 use super::{Node, unix_ms};
@@ -51,7 +51,8 @@ impl Node {
             receiver: to.to_hex(),
             request_nonce: signing::request_nonce(),
         };
-        req.signature = self.sign(&signing::replicate(&req)).to_vec();
+        let bytes = signing::replicate(&mut req);
+        req.signature = self.sign(&bytes).to_vec();
         let Some(mut client) = self.0.clients.mesh(&addr) else { return false };
         match client.replicate(req).await {
             Ok(_) => true,
@@ -98,10 +99,11 @@ impl Node {
     ) -> anyhow::Result<Vec<pb::RecordedAttestation>> {
         let addr = self.addr_of(&to).ok_or_else(|| anyhow::anyhow!("no address"))?;
         let stored = self.store().job(&job)?.ok_or_else(|| anyhow::anyhow!("job {job} is not stored"))?;
-        let mut tasks = Vec::with_capacity(stored.spec.task_count as usize);
-        for index in 0..stored.spec.task_count {
-            let task = spare_protocol::TaskId { job, index };
-            let source = match self.store().input(&task)? {
+        // Every input in one read transaction (a job holds up to 100,000 of them).
+        let ids: Vec<TaskId> = (0..stored.spec.task_count).map(|index| TaskId { job, index }).collect();
+        let mut tasks = Vec::with_capacity(ids.len());
+        for (task, input) in ids.iter().zip(self.store().inputs(&ids)?) {
+            let source = match input {
                 Some(StoredInput::Inline(b)) => pb::task_input::Source::Inline(b),
                 Some(StoredInput::Blob(id)) => pb::task_input::Source::BlobId(id.to_hex()),
                 None => anyhow::bail!("task {task} has no stored input"),
@@ -142,7 +144,8 @@ impl Node {
             receiver: to.to_hex(),
             request_nonce: signing::request_nonce(),
         };
-        req.signature = self.sign(&signing::adopt(&req)).to_vec();
+        let bytes = signing::adopt(&mut req);
+        req.signature = self.sign(&bytes).to_vec();
         let mut client = self.0.clients.mesh(&addr).ok_or_else(|| anyhow::anyhow!("bad address {addr}"))?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(Duration::from_millis(ADOPT_TIMEOUT_MS));

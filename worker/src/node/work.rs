@@ -26,6 +26,13 @@ use crate::wire::signing;
 /// (`peer::slots::leases_per_slot` of quick replicas).
 const RUN_AHEAD_PER_SLOT: usize = 32;
 
+/// The own coordinator's attestations wait for others to share one signature, while other runs
+/// are still going: at most this many of them...
+const OWN_BATCH: usize = 32;
+/// ...and at most this long. A lone run, or the last of a burst, is handed over at once, so a
+/// small job's first result waits for nothing.
+const OWN_WAIT: Duration = Duration::from_millis(2);
+
 /// The answer to one call [`Work`] asked for.
 enum Answer {
     /// A lease request: when it was asked, and the replicas granted (with their payloads).
@@ -66,9 +73,10 @@ struct Driver {
     allowance: Option<usize>,
     /// Stopping: replicas given a slot are handed back instead of run.
     stopping: bool,
-    /// Attestations of replicas the own coordinator leased, unsigned until the drain that
-    /// hands them over (at most the replicas held).
+    /// Attestations of replicas the own coordinator leased, unsigned until they are handed over
+    /// (at most [`OWN_BATCH`]), and since when the first of them waits.
     own: Vec<(Attestation, Vec<u8>, Detail)>,
+    own_since: Option<tokio::time::Instant>,
 }
 
 /// Pulls and runs work until the peer shuts down, then hands back what it holds and sends the
@@ -91,6 +99,7 @@ pub(super) async fn run(node: Node) {
         allowance: None,
         stopping: false,
         own: Vec::new(),
+        own_since: None,
     };
     let mut stop = d.node.shutdown_signal();
     // Whether the mesh's ads and members are read again on this pass: at first, on a work notice
@@ -106,6 +115,7 @@ pub(super) async fn run(node: Node) {
         // now and then anyway.
         let at = d.work.poll_timeout().map_or(now + LOOK_AGAIN_MS, |at| at.min(now + LOOK_AGAIN_MS));
         let nap = Duration::from_millis(at.saturating_sub(now));
+        let own_due = d.own_since.map(|since| since + OWN_WAIT);
         look = false;
         tokio::select! {
             _ = d.node.0.work.notified() => look = true,
@@ -119,6 +129,7 @@ pub(super) async fn run(node: Node) {
                 }
             }
             _ = tokio::time::sleep(nap) => look = true,
+            _ = tokio::time::sleep_until(own_due.unwrap_or_else(tokio::time::Instant::now)), if own_due.is_some() => {}
             _ = stop.changed() => break,
         }
     }
@@ -179,12 +190,22 @@ impl Driver {
                 break;
             }
         }
-        self.report_own();
+        let due = self.own.len() >= OWN_BATCH
+            || self.runs.is_empty()
+            || self.stopping
+            || self.own_since.is_some_and(|since| since.elapsed() >= OWN_WAIT);
+        if due {
+            self.report_own();
+        } else if !self.own.is_empty() && self.own_since.is_none() {
+            self.own_since = Some(tokio::time::Instant::now());
+        }
     }
 
-    /// Hands the own coordinator the attestations of its replicas that ended since the last
-    /// drain, signed together (one signature over a batch, as a report batch is).
+    /// Hands the own coordinator the attestations of its replicas that ended, signed together
+    /// (one signature over a batch, as a report batch is): its backups then check one signature
+    /// for the batch too.
     fn report_own(&mut self) {
+        self.own_since = None;
         if self.own.is_empty() {
             return;
         }
@@ -402,7 +423,8 @@ impl Driver {
         req.timestamp_ms = unix_ms();
         req.receiver = to.to_hex();
         req.request_nonce = signing::request_nonce();
-        req.signature = node.0.identity.sign(&signing::report(&req)).to_vec();
+        let bytes = signing::report(&mut req);
+        req.signature = node.0.identity.sign(&bytes).to_vec();
         req
     }
 }

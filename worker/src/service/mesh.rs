@@ -166,12 +166,13 @@ impl pb::mesh_service_server::MeshService for MeshApi {
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
         from_its_peer(&req, &req.get_ref().peer_id)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let sender: PeerId = parse_id("peer_id", &r.peer_id)?;
         if unix_ms().abs_diff(r.timestamp_ms) > LEASE_CLOCK_SKEW_MS {
             return Err(Status::invalid_argument("timestamp_ms is too far from this peer's clock"));
         }
-        if !identity::verify(&sender, &signing::report(&r), &r.signature) {
+        let bytes = signing::report(&mut r);
+        if !identity::verify(&sender, &bytes, &r.signature) {
             return Err(Status::unauthenticated("the report is not signed by peer_id"));
         }
         first_and_for_me(&self.node, sender, &r.receiver, &r.request_nonce)?;

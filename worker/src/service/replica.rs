@@ -27,7 +27,8 @@ fn check_sender(peer_id: &str, timestamp_ms: u64, bytes: &[u8], signature: &[u8]
 
 /// `MeshService.Adopt`.
 pub async fn adopt(node: &Node, mut r: pb::AdoptRequest) -> Result<pb::AdoptResponse, Status> {
-    let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::adopt(&r), &r.signature)?;
+    let bytes = signing::adopt(&mut r);
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &bytes, &r.signature)?;
     super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     // Before the content is parsed and hashed again for the job id: a sender over its rate
     // costs this peer one signature check and no more.
@@ -181,8 +182,9 @@ async fn take_job(
 }
 
 /// `MeshService.Replicate`.
-pub async fn replicate(node: &Node, r: pb::ReplicateRequest) -> Result<u32, Status> {
-    let sender = check_sender(&r.peer_id, r.timestamp_ms, &signing::replicate(&r), &r.signature)?;
+pub async fn replicate(node: &Node, mut r: pb::ReplicateRequest) -> Result<u32, Status> {
+    let bytes = signing::replicate(&mut r);
+    let sender = check_sender(&r.peer_id, r.timestamp_ms, &bytes, &r.signature)?;
     super::mesh::first_and_for_me(node, sender, &r.receiver, &r.request_nonce)?;
     if !node.peer_allowed(sender) {
         return Err(Status::resource_exhausted("too many requests from this peer"));

@@ -361,6 +361,8 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
         let mut fetched = tx.open_table(FETCHED).map_err(db_err)?;
         let mut runs = tx.open_table(RUNS).map_err(db_err)?;
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
+        // Run counts are summed over the commit and written once; no other write reads them.
+        let mut counted = runs::Counts::default();
         for op in ops {
             match op {
                 Op::PutJob(id, job) => {
@@ -402,7 +404,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                 Op::PutFetched(job) => {
                     fetched.insert(job.0, ()).map_err(db_err)?;
                 }
-                Op::CountRun { day, ok } => runs::count(&mut runs, *day, *ok)?,
+                Op::CountRun { day, ok } => counted.add(*day, *ok),
                 Op::DeleteJob(job) => {
                     let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
                     inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
@@ -414,6 +416,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                 }
             }
         }
+        counted.write(&mut runs)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(n)

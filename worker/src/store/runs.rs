@@ -9,11 +9,38 @@ use super::{RUNS, StoreError, db_err};
 /// Days of counts kept: a year and a little, the older rows go as new days come.
 pub const DAYS_KEPT: usize = 400;
 
-/// Counts one run on `day` (YYYYMMDD), inside the writer's transaction.
-pub(super) fn count(t: &mut Table<u32, (u64, u64)>, day: u32, ok: bool) -> Result<(), StoreError> {
+/// The runs a commit's writes count, by day: added to the table once per commit, not once per
+/// run (a busy peer ends thousands of runs a second). Days are few in one commit.
+#[derive(Default)]
+pub(super) struct Counts(Vec<(u32, u64, u64)>);
+
+impl Counts {
+    /// One run on `day` (YYYYMMDD); `ok`: it exited 0.
+    pub(super) fn add(&mut self, day: u32, ok: bool) {
+        let not_ok = u64::from(!ok);
+        match self.0.iter_mut().find(|(d, ..)| *d == day) {
+            Some((_, all, n)) => {
+                *all += 1;
+                *n += not_ok;
+            }
+            None => self.0.push((day, 1, not_ok)),
+        }
+    }
+
+    /// Adds the counts to the table, inside the writer's transaction.
+    pub(super) fn write(self, t: &mut Table<u32, (u64, u64)>) -> Result<(), StoreError> {
+        for (day, runs, failed) in self.0 {
+            count(t, day, runs, failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts `runs` runs on `day` (YYYYMMDD), `failed` of them not successful.
+fn count(t: &mut Table<u32, (u64, u64)>, day: u32, runs: u64, failed: u64) -> Result<(), StoreError> {
     let (all, not_ok) = t.get(day).map_err(db_err)?.map_or((0, 0), |v| v.value());
     let fresh = all == 0;
-    t.insert(day, (all + 1, not_ok + u64::from(!ok))).map_err(db_err)?;
+    t.insert(day, (all + runs, not_ok + failed)).map_err(db_err)?;
     // A new day's first run trims the oldest rows past the bound.
     if fresh {
         let rows = t.len().map_err(db_err)? as usize;

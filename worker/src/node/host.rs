@@ -237,7 +237,7 @@ impl Node {
 fn op_of(core: &mut Core, w: Write) -> Op {
     match w {
         Write::Attestation { logged, ordinal } => {
-            Op::PutAttestation { ordinal, attestation: (*logged.att).clone(), lone: logged.lone }
+            Op::PutAttestation { ordinal, attestation: logged.att, lone: logged.lone }
         }
         Write::Verdict { task, verdict, verified_by, attestations, output, detail } => {
             core.undurable.insert(task);

@@ -81,7 +81,7 @@ pub enum Op {
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
     /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
     /// alone (adaptive replication).
-    PutAttestation { ordinal: u32, attestation: Attestation, lone: bool },
+    PutAttestation { ordinal: u32, attestation: Arc<Attestation>, lone: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
     /// When a job ended here (Unix ms).
@@ -386,8 +386,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                 }
                 Op::PutAttestation { ordinal, attestation, lone } => {
                     let k = attestation_key(&attestation.task, *ordinal);
-                    // The record owns its attestation; a clone per write is cheap beside the fsync.
-                    let rec = StoredAttestation { attestation: attestation.clone(), lone: *lone };
+                    let rec = records::StoredAttestationRef { attestation: attestation.as_ref(), lone: *lone };
                     atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
                 Op::PutResult(task, result) => {
@@ -463,9 +462,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).expect("open");
             let ops = vec![
-                Op::PutAttestation { ordinal: 0, attestation: att(0, 1), lone: true },
-                Op::PutAttestation { ordinal: 0, attestation: att(1, 1), lone: false },
-                Op::PutAttestation { ordinal: 1, attestation: att(1, 2), lone: false },
+                Op::PutAttestation { ordinal: 0, attestation: Arc::new(att(0, 1)), lone: true },
+                Op::PutAttestation { ordinal: 0, attestation: Arc::new(att(1, 1)), lone: false },
+                Op::PutAttestation { ordinal: 1, attestation: Arc::new(att(1, 2)), lone: false },
             ];
             store.write(ops).await.expect("write");
         }

@@ -197,6 +197,14 @@ pub struct StoredAttestation {
     pub lone: bool,
 }
 
+/// A [`StoredAttestation`] to encode, borrowing its attestation: postcard encodes a reference as
+/// what it refers to, so the bytes are the same and the writer need not copy the attestation.
+#[derive(Serialize)]
+pub struct StoredAttestationRef<'a> {
+    pub attestation: &'a Attestation,
+    pub lone: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +296,20 @@ mod tests {
             job.spec.policy.diversity = d;
             assert_eq!(decode_job(&encode_job(&job).unwrap()).unwrap(), job, "{d:?}");
         }
+    }
+
+    #[test]
+    fn an_attestation_encodes_the_same_borrowed_or_owned() {
+        let attestation = Attestation {
+            task: TaskId { job: JobId([3; 32]), index: 9 },
+            peer: PeerId([4; 32]),
+            result: spare_protocol::ResultKey { outcome: spare_protocol::Outcome::Exited(0), output_hash: BlobId::of(b"out") },
+            fuel_used: 77,
+            signature: vec![5; 64],
+        };
+        let owned = encode(&StoredAttestation { attestation: attestation.clone(), lone: true }).unwrap();
+        assert_eq!(encode(&StoredAttestationRef { attestation: &attestation, lone: true }).unwrap(), owned);
+        assert_eq!(decode::<StoredAttestation>(&owned).unwrap().attestation, attestation);
     }
 
     #[test]

@@ -21,9 +21,14 @@ macro_rules! id32 {
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0
             }
-            /// Lowercase hex, 64 characters.
+            /// Lowercase hex, 64 characters. Written into a buffer: `hex::encode` collects one
+            /// `char` at a time, and ids are encoded for every message on the wire (4 % of a
+            /// busy peer's async CPU).
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                let mut buf = [0u8; 64];
+                // 32 bytes always fill exactly 64 digits, which are ASCII.
+                let _ = hex::encode_to_slice(self.0, &mut buf);
+                std::str::from_utf8(&buf).map(str::to_owned).unwrap_or_default()
             }
             /// The first 8 hex characters, for logs and summaries.
             pub fn short(&self) -> String {
@@ -92,6 +97,14 @@ impl fmt::Display for TaskId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_hex_is_lowercase_hex_of_every_byte() {
+        let mut bytes = [0u8; 32];
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8).wrapping_mul(37).wrapping_add(250));
+        assert_eq!(PeerId(bytes).to_hex(), hex::encode(bytes));
+        assert_eq!(JobId([0xab; 32]).to_hex(), "ab".repeat(32));
+    }
 
     #[test]
     fn hex_round_trip_and_errors() {

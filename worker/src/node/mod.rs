@@ -18,6 +18,7 @@ pub mod relay;
 pub mod metrics;
 pub mod limits;
 pub mod mesh;
+mod own_batch;
 pub mod remote;
 pub mod replay;
 pub mod retention;

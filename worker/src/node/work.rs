@@ -16,7 +16,7 @@ use spare_protocol::peer::work::{Notice, Own, Replica, Transmit, Work};
 use spare_protocol::{Attestation, BlobId, JobId, Millis, PeerId, Release, TaskId};
 use tokio::task::{Id, JoinSet};
 
-use super::core::Detail;
+use super::own_batch::{OwnBatch, OwnItem};
 use super::remote::Payload;
 use super::run::Ended;
 use super::{Node, donation, unix_ms};
@@ -25,13 +25,6 @@ use crate::wire::signing;
 /// Replicas handed to the sandbox pool per slot at most: as many as a slot may hold leased
 /// (`peer::slots::leases_per_slot` of quick replicas).
 const RUN_AHEAD_PER_SLOT: usize = 32;
-
-/// The own coordinator's attestations wait for others to share one signature, while other runs
-/// are still going: at most this many of them...
-const OWN_BATCH: usize = 32;
-/// ...and at most this long. A lone run, or the last of a burst, is handed over at once, so a
-/// small job's first result waits for nothing.
-const OWN_WAIT: Duration = Duration::from_millis(2);
 
 /// The answer to one call [`Work`] asked for.
 enum Answer {
@@ -74,9 +67,8 @@ struct Driver {
     /// Stopping: replicas given a slot are handed back instead of run.
     stopping: bool,
     /// Attestations of replicas the own coordinator leased, unsigned until they are handed over
-    /// (at most [`OWN_BATCH`]), and since when the first of them waits.
-    own: Vec<(Attestation, Vec<u8>, Detail)>,
-    own_since: Option<tokio::time::Instant>,
+    /// together (`own_batch.rs`).
+    own: OwnBatch,
 }
 
 /// Pulls and runs work until the peer shuts down, then hands back what it holds and sends the
@@ -98,8 +90,7 @@ pub(super) async fn run(node: Node) {
         running: HashMap::new(),
         allowance: None,
         stopping: false,
-        own: Vec::new(),
-        own_since: None,
+        own: OwnBatch::default(),
     };
     let mut stop = d.node.shutdown_signal();
     // Whether the mesh's ads and members are read again on this pass: at first, on a work notice
@@ -115,7 +106,7 @@ pub(super) async fn run(node: Node) {
         // now and then anyway.
         let at = d.work.poll_timeout().map_or(now + LOOK_AGAIN_MS, |at| at.min(now + LOOK_AGAIN_MS));
         let nap = Duration::from_millis(at.saturating_sub(now));
-        let own_due = d.own_since.map(|since| since + OWN_WAIT);
+        let own_due = d.own.deadline().map(tokio::time::Instant::from_std);
         look = false;
         tokio::select! {
             _ = d.node.0.work.notified() => look = true,
@@ -190,26 +181,15 @@ impl Driver {
                 break;
             }
         }
-        let due = self.own.len() >= OWN_BATCH
-            || self.runs.is_empty()
-            || self.stopping
-            || self.own_since.is_some_and(|since| since.elapsed() >= OWN_WAIT);
-        if due {
-            self.report_own();
-        } else if !self.own.is_empty() && self.own_since.is_none() {
-            self.own_since = Some(tokio::time::Instant::now());
+        if let Some(own) = self.own.poll_due(!self.runs.is_empty(), self.stopping, std::time::Instant::now()) {
+            self.report_own(own);
         }
     }
 
     /// Hands the own coordinator the attestations of its replicas that ended, signed together
     /// (one signature over a batch, as a report batch is): its backups then check one signature
     /// for the batch too.
-    fn report_own(&mut self) {
-        self.own_since = None;
-        if self.own.is_empty() {
-            return;
-        }
-        let own = std::mem::take(&mut self.own);
+    fn report_own(&mut self, own: Vec<OwnItem>) {
         let mut atts: Vec<Attestation> = own.iter().map(|(a, ..)| a.clone()).collect();
         if !self.forging() {
             self.node.0.identity.sign_attestations(&mut atts);

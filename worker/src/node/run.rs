@@ -156,8 +156,9 @@ impl Node {
     }
 
     /// The attestation of a run, unsigned, and the output that goes with it. It is signed with
-    /// the others that end about the same time: for the own coordinator by the work loop's
-    /// drain, for another by its report batch (`work.rs`), one signature over many.
+    /// the others that end about the same time, one signature over many: for the own
+    /// coordinator by the work loop (`own_batch.rs`), for another in its report batch
+    /// (`work.rs`).
     fn attest(&self, task: TaskId, outcome: Outcome, output: Vec<u8>, fuel: u64) -> (Attestation, Vec<u8>) {
         // Only a successful run's stdout is a result; a failure is its outcome alone.
         #[allow(unused_mut)]

@@ -190,11 +190,11 @@ impl Driver {
     /// (one signature over a batch, as a report batch is): its backups then check one signature
     /// for the batch too.
     fn report_own(&mut self, own: Vec<OwnItem>) {
-        let mut atts: Vec<Attestation> = own.iter().map(|(a, ..)| a.clone()).collect();
+        let (mut atts, rest): (Vec<Attestation>, Vec<_>) = own.into_iter().map(|(a, output, detail)| (a, (output, detail))).unzip();
         if !self.forging() {
             self.node.0.identity.sign_attestations(&mut atts);
         }
-        for (att, (_, output, detail)) in atts.into_iter().zip(own) {
+        for (att, (output, detail)) in atts.into_iter().zip(rest) {
             self.node.report(att, output, detail);
         }
     }

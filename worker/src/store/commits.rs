@@ -62,23 +62,25 @@ impl Side {
     /// database (no warning then, which is right) but never ahead of it, since it is written
     /// only after the commit returned. A torn write reads as unreadable: a warning, no error.
     pub(super) fn record(&mut self, n: u64) {
-        use std::os::unix::fs::FileExt;
-        let written = (|| {
-            if self.file.is_none() {
-                self.file = Some(std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.path)?);
-            }
-            let Some(file) = &self.file else { return Ok(()) };
-            file.write_all_at(format!("{n:020}").as_bytes(), 0)?;
-            if !self.cut {
-                file.set_len(20)?;
-                self.cut = true;
-            }
-            Ok::<(), std::io::Error>(())
-        })();
-        if let Err(e) = written {
-            self.file = None;
+        if let Err(e) = self.write(n) {
             tracing::warn!("cannot write {}: {e} (a rollback of the store would go unnoticed)", self.path.display());
         }
+    }
+
+    /// Writes `n` over the file's 20 digits; a file that failed is opened again next time.
+    fn write(&mut self, n: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.path)?,
+        };
+        file.write_all_at(format!("{n:020}").as_bytes(), 0)?;
+        if !self.cut {
+            file.set_len(20)?;
+            self.cut = true;
+        }
+        self.file = Some(file);
+        Ok(())
     }
 }
 

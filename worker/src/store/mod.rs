@@ -240,9 +240,7 @@ impl Store {
 
     /// One task's input.
     pub fn input(&self, task: &TaskId) -> Result<Option<StoredInput>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(INPUTS).map_err(db_err)?;
-        t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("inputs", v.value())).transpose()
+        Ok(self.inputs(std::slice::from_ref(task))?.pop().flatten())
     }
 
     /// The inputs of several tasks, in order, read in one transaction (a lease grants many).

@@ -3,13 +3,15 @@
 //! events it emits. It does no I/O and reads no clock.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::{JobTable, LeaseIndex};
 use crate::prefix::{Diversity, NetPrefix};
 pub use crate::job::JobView;
+use crate::expiries::Expiries;
 use crate::task::TaskEntry;
 pub use crate::task::TaskView;
 use crate::{
@@ -150,7 +152,8 @@ pub struct Coordinator {
     standby: std::collections::HashSet<JobId>,
     /// Rotates which of equally ranked jobs is served first, for fairness.
     turn: usize,
-    expiries: BinaryHeap<Reverse<(Millis, TaskId, PeerId)>>,
+    /// When the leases given run out (stale ones swept as they pile up).
+    expiries: Expiries,
     /// Live leases by peer, kept true by every change of a task's leases.
     held: LeaseIndex,
     reputation: Reputation,
@@ -209,7 +212,7 @@ impl Coordinator {
             networks: HashMap::new(),
             cooling: HashMap::new(),
             turn: 0,
-            expiries: BinaryHeap::new(),
+            expiries: Expiries::default(),
             held: LeaseIndex::default(),
             reputation: Reputation::default(),
             live_peers: 1,
@@ -406,35 +409,36 @@ impl Coordinator {
                 t.lease(peer, expires_at);
             });
             self.held.hold(peer, task);
-            self.expiries.push(Reverse((expires_at, task, peer)));
+            self.expiries.push(expires_at, task, peer);
             out.push(Lease { task, peer, expires_at });
         }
+        self.sweep_expiries_if_due();
         out
     }
 
     /// Records an attestation whose signature the driver has checked. The peer must hold a live
     /// lease on the task. Whether it was taken alone (adaptive replication) is in
     /// [`TaskView::lone`] afterwards: store and replicate that mark with it.
-    pub fn report(&mut self, att: Attestation) -> Result<Reported, ReportError> {
-        self.record(att, None)
+    pub fn report(&mut self, att: impl Into<Arc<Attestation>>) -> Result<Reported, ReportError> {
+        self.record(att.into(), None)
     }
 
     /// Replays an attestation recorded before a restart (no lease needed), as not taken alone.
-    pub fn restore_attestation(&mut self, att: Attestation) -> Result<Reported, ReportError> {
-        self.record(att, Some(false))
+    pub fn restore_attestation(&mut self, att: impl Into<Arc<Attestation>>) -> Result<Reported, ReportError> {
+        self.record(att.into(), Some(false))
     }
 
     /// Replays an attestation recorded before a restart or by another coordinator of the job,
     /// with the recorder's decision whether it was taken alone. Reputation tables differ between
     /// coordinators, so the decision travels with the attestation and replay reaches the same
     /// verdicts. A `lone` mark the job's policy or the task's state rules out is refused.
-    pub fn restore_attestation_lone(&mut self, att: Attestation, lone: bool) -> Result<Reported, ReportError> {
-        self.record(att, Some(lone))
+    pub fn restore_attestation_lone(&mut self, att: impl Into<Arc<Attestation>>, lone: bool) -> Result<Reported, ReportError> {
+        self.record(att.into(), Some(lone))
     }
 
     /// `replay` is `None` for a live report (lease needed, this coordinator decides whether it
     /// is taken alone) and `Some(lone)` for a replay.
-    fn record(&mut self, att: Attestation, replay: Option<bool>) -> Result<Reported, ReportError> {
+    fn record(&mut self, att: Arc<Attestation>, replay: Option<bool>) -> Result<Reported, ReportError> {
         let need_lease = replay.is_none();
         let task = att.task;
         let job = self.jobs.get_mut(&task.job).ok_or(ReportError::UnknownJob(task.job))?;
@@ -565,8 +569,22 @@ impl Coordinator {
             return false;
         }
         self.mutate_task(task, |t, _| t.lease(peer, expires_at));
-        self.expiries.push(Reverse((expires_at, task, peer)));
+        self.expiries.push(expires_at, task, peer);
+        self.sweep_expiries_if_due();
         true
+    }
+
+    /// Sweeps the expiries of leases already ended once they pile up (which only spares the
+    /// wake-ups they would have caused: `tick` skips them).
+    fn sweep_expiries_if_due(&mut self) {
+        if self.expiries.due_for_sweep() {
+            let jobs = &self.jobs;
+            self.expiries.sweep(|at, task, peer| {
+                jobs.get(&task.job)
+                    .and_then(|j| j.tasks.get(task.index as usize))
+                    .is_some_and(|t| t.leases.iter().any(|(p, e)| p == peer && *e == at))
+            });
+        }
     }
 
     /// Replays a task that failed because `misses` replicas missed their deadline (a verdict no
@@ -608,11 +626,7 @@ impl Coordinator {
     /// lost answers before any of its results was judged.
     pub fn tick(&mut self, now: Millis) {
         let mut blamed: std::collections::BTreeSet<(PeerId, Millis)> = std::collections::BTreeSet::new();
-        while let Some(Reverse((at, task, peer))) = self.expiries.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.expiries.pop();
+        while let Some((at, task, peer)) = self.expiries.pop_due(now) {
             let first = !blamed.contains(&(peer, at));
             if self.lapse(task, peer, Some(at), first) && first {
                 blamed.insert((peer, at));
@@ -668,7 +682,7 @@ impl Coordinator {
 
     /// When the next lease lapses, so the driver knows when to tick.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.expiries.peek().map(|Reverse((at, _, _))| *at)
+        self.expiries.next()
     }
 
     /// Cancels a job: no more leases, outstanding ones void. Returns false for an unknown job.
@@ -877,7 +891,7 @@ impl Coordinator {
     pub fn agreed_attestation(&self, id: &TaskId) -> Option<&Attestation> {
         let t = self.jobs.get(&id.job)?.tasks.get(id.index as usize)?;
         let key = t.verdict().agreed()?;
-        t.attestations.iter().find(|a| &a.result == key)
+        t.attestations.iter().find(|a| &a.result == key).map(|a| &**a)
     }
 }
 

@@ -20,6 +20,7 @@
 mod attestation;
 pub mod attestation_batch;
 mod coordinator;
+mod expiries;
 pub mod detail;
 mod ids;
 mod job;

@@ -1,6 +1,8 @@
 //! One task's replicas: the attestations received (one per distinct peer, in arrival order), the
 //! leases out, the peers that let a lease lapse, and the verdict they give.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::{agreeing_peers, best_group, decide};
@@ -77,7 +79,9 @@ fn final_note(verdict: &Verdict, attestations: u32, policy: &Policy) -> Option<S
 /// One task's state inside a job table.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TaskEntry {
-    pub attestations: Vec<Attestation>,
+    /// Shared with the host's log and the streams to its backups, which hold the same ones:
+    /// a copy each was 224 bytes an attestation at each coordinator.
+    pub attestations: Vec<Arc<Attestation>>,
     /// (peer, lease expiry); never two for one peer, never for a peer that attested.
     pub leases: Vec<(PeerId, Millis)>,
     pub verdict: VerdictSlot,
@@ -133,7 +137,7 @@ impl TaskEntry {
     /// lease, and recomputes the verdict; a final verdict voids the replicas still out (their
     /// reports will be late). With `lone` (the caller checked it is the first attestation), it
     /// decides the task alone, as with a quorum of one. Returns the verdict.
-    pub fn attest(&mut self, att: Attestation, policy: &Policy, lone: bool) -> Verdict {
+    pub fn attest(&mut self, att: Arc<Attestation>, policy: &Policy, lone: bool) -> Verdict {
         self.leases.retain(|(p, _)| *p != att.peer);
         self.let_go_of_leases_if_none();
         // Whoever held a lone lease, it is lone no more: the task has an attestation now.

@@ -1,6 +1,8 @@
 //! Verdicts: the decision about one task, a pure function of its attestations in arrival order
 //! and the policy. A final verdict never changes.
 
+use std::borrow::Borrow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Attestation, PeerId, Policy, ResultKey};
@@ -44,10 +46,10 @@ impl Verdict {
 
 /// The largest group of attestations that agree, as (result, count). Ties go to the group that
 /// reached its size first, so the answer depends only on arrival order.
-pub(crate) fn best_group(attestations: &[Attestation]) -> Option<(ResultKey, u32)> {
+pub(crate) fn best_group<A: Borrow<Attestation>>(attestations: &[A]) -> Option<(ResultKey, u32)> {
     let mut best: Option<(ResultKey, u32)> = None;
-    for a in attestations {
-        let n = attestations.iter().filter(|b| b.result == a.result).count() as u32;
+    for a in attestations.iter().map(Borrow::borrow) {
+        let n = attestations.iter().filter(|b| result_of(*b) == a.result).count() as u32;
         if best.is_none_or(|(_, m)| n > m) {
             best = Some((a.result, n));
         }
@@ -56,12 +58,12 @@ pub(crate) fn best_group(attestations: &[Attestation]) -> Option<(ResultKey, u32
 }
 
 /// The verdict these attestations (distinct peers, arrival order) give under `policy`.
-pub(crate) fn decide(attestations: &[Attestation], policy: &Policy) -> Verdict {
+pub(crate) fn decide<A: Borrow<Attestation>>(attestations: &[A], policy: &Policy) -> Verdict {
     // Walk in arrival order so the first key to reach quorum wins, whatever arrives later.
     for end in 1..=attestations.len() {
         let seen = &attestations[..end];
-        let key = seen[end - 1].result;
-        let n = seen.iter().filter(|a| a.result == key).count() as u32;
+        let key = result_of(&seen[end - 1]);
+        let n = seen.iter().filter(|a| result_of(*a) == key).count() as u32;
         if n >= policy.quorum {
             return if key.outcome.is_success() {
                 Verdict::Verified(key)
@@ -77,9 +79,14 @@ pub(crate) fn decide(attestations: &[Attestation], policy: &Policy) -> Verdict {
     }
 }
 
+/// What an attestation, held by value or shared, says was produced.
+fn result_of<A: Borrow<Attestation>>(a: &A) -> ResultKey {
+    a.borrow().result
+}
+
 /// Peers whose attestations carry `key`, in arrival order.
-pub(crate) fn agreeing_peers(attestations: &[Attestation], key: &ResultKey) -> Vec<PeerId> {
-    attestations.iter().filter(|a| &a.result == key).map(|a| a.peer).collect()
+pub(crate) fn agreeing_peers<A: Borrow<Attestation>>(attestations: &[A], key: &ResultKey) -> Vec<PeerId> {
+    attestations.iter().map(Borrow::borrow).filter(|a| &a.result == key).map(|a| a.peer).collect()
 }
 
 #[cfg(test)]

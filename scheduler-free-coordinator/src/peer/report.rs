@@ -6,6 +6,8 @@
 //! service and the simulator both take reports through [`take`], and a coordinator's own
 //! replicas through [`record`].
 
+use std::sync::Arc;
+
 use crate::{Attestation, BlobId, Coordinator, PeerId, ReportError, Reported};
 
 /// What became of one reported attestation.
@@ -40,7 +42,8 @@ impl Taken {
 
 /// Takes `att` as reported by `sender` with `output`, and whether its signature verified
 /// (`signed`: checked by the driver, in batches, behind its verifier).
-pub fn take(coord: &mut Coordinator, sender: PeerId, att: Attestation, signed: bool, output: &[u8]) -> Taken {
+pub fn take(coord: &mut Coordinator, sender: PeerId, att: impl Into<Arc<Attestation>>, signed: bool, output: &[u8]) -> Taken {
+    let att = att.into();
     if att.peer != sender || !signed || too_long(coord, &att, output) || BlobId::of(output) != att.result.output_hash {
         coord.penalize(sender);
         return Taken::Invalid;
@@ -56,7 +59,7 @@ pub fn too_long(coord: &Coordinator, att: &Attestation, output: &[u8]) -> bool {
 
 /// Records an attestation known to be good: a checked report, or one of this coordinator's own
 /// replicas.
-pub fn record(coord: &mut Coordinator, att: Attestation) -> Taken {
+pub fn record(coord: &mut Coordinator, att: Arc<Attestation>) -> Taken {
     let task = att.task;
     let decided = match coord.report(att) {
         Ok(Reported::Recorded) => false,

@@ -64,6 +64,7 @@ pub use serve::Tally;
 pub use stream::NotCoordinator;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use crate::peer::adoption::AdoptRound;
 use crate::peer::catchup::CatchUps;
@@ -208,7 +209,7 @@ impl Host {
         let mut h = Host::new(me, cx, job, coordinators, now);
         for l in &log {
             // A log of this very coordinator: what it cannot take again it took before.
-            let _ = cx.coord.restore_attestation_lone((*l.att).clone(), l.lone);
+            let _ = cx.coord.restore_attestation_lone(Arc::clone(&l.att), l.lone);
         }
         while let Some(event) = cx.coord.poll_event() {
             if event.job() != job {

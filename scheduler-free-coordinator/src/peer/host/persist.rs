@@ -6,6 +6,8 @@
 //!
 //! [`PendingOutputs`]: crate::peer::outputs::PendingOutputs
 
+use std::sync::Arc;
+
 use crate::peer::outputs::PendingOutputs;
 use crate::{Attestation, Coordinator, Detail, Millis, TaskId, Verdict};
 
@@ -15,7 +17,8 @@ use super::{Host, Shared, Write};
 /// agreed bytes and says why.
 #[derive(Clone, Copy, Debug)]
 pub struct Evidence<'a> {
-    pub att: &'a Attestation,
+    /// Shared: the log entry made of it holds the same one.
+    pub att: &'a Arc<Attestation>,
     pub output: &'a [u8],
     pub detail: &'a Detail,
 }

@@ -54,7 +54,8 @@ impl Host {
         for (item, signed) in batch {
             match item {
                 ReportItem::Attest(att, output, detail) => {
-                    let taken = report::take(&mut cx.coord, worker, att.clone(), signed, &output);
+                    let att = Arc::new(att);
+                    let taken = report::take(&mut cx.coord, worker, Arc::clone(&att), signed, &output);
                     let evidence = Evidence { att: &att, output: &output, detail: &detail };
                     self.note_taken(cx, evidence, &taken, now, &mut tally);
                     self.drain(cx, &[evidence]);
@@ -85,7 +86,8 @@ impl Host {
     /// check: it made it).
     fn record_own(&mut self, cx: &mut Shared, att: Attestation, output: &[u8], detail: &Detail, now: Millis) -> Tally {
         let mut tally = Tally::default();
-        let taken = report::record(&mut cx.coord, att.clone());
+        let att = Arc::new(att);
+        let taken = report::record(&mut cx.coord, Arc::clone(&att));
         let evidence = Evidence { att: &att, output, detail };
         self.note_taken(cx, evidence, &taken, now, &mut tally);
         self.drain(cx, &[evidence]);
@@ -126,7 +128,7 @@ impl Host {
         match taken {
             Taken::Recorded { ordinal, lone, decided } => {
                 cx.outputs.keep(e.att.task, e.att.result.output_hash, e.output);
-                let logged = Logged { att: Arc::new(e.att.clone()), lone: *lone };
+                let logged = Logged { att: Arc::clone(e.att), lone: *lone };
                 self.note_recorded(cx, logged, *ordinal, e.output, decided.then_some(e.detail), now);
             }
             Taken::Late => tally.late += 1,

@@ -12,6 +12,8 @@
 //! backup is still in its list. An adoption carries attestations only: leases lost with a
 //! failed batch are not repaired, and those tasks run again should the backup take over.
 
+use std::sync::Arc;
+
 use crate::peer::replication::Replicated;
 use crate::{Detail, JobId, Lease, Millis, PeerId, Release, Reported, TaskId};
 
@@ -144,7 +146,7 @@ impl Host {
         if crate::peer::report::too_long(&cx.coord, &r.logged.att, &r.output) {
             return false;
         }
-        let decided = match cx.coord.restore_attestation_lone((*r.logged.att).clone(), r.logged.lone) {
+        let decided = match cx.coord.restore_attestation_lone(Arc::clone(&r.logged.att), r.logged.lone) {
             Ok(Reported::Recorded) => false,
             Ok(Reported::Decided) => true,
             Ok(Reported::Late) | Err(_) => return false,

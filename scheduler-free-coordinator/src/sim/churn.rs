@@ -74,7 +74,7 @@ impl Sim {
         // Its held report answers never come: the workers' calls fail.
         let held: Vec<PeerId> = self.peers[p as usize].hosts.as_ref().map(|h| h.held_workers().collect()).unwrap_or_default();
         for worker in held {
-            self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: keys::index_of(&worker), kind: CallKind::Report(p) });
+            self.queue.push(now + self.cfg.rpc_fail_ms, Event::RpcFailed { peer: keys::index_of(&worker), kind: Box::new(CallKind::Report(p)) });
         }
         let peer = &mut self.peers[p as usize];
         peer.crash(now);

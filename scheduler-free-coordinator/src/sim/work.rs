@@ -84,7 +84,7 @@ impl Sim {
         match n {
             Notice::Run(r) => {
                 let ran = self.rng.range(self.cfg.run_ms.0, self.cfg.run_ms.1);
-                self.queue.push(self.now + ran, Event::RunDone { peer: p, ran_ms: ran as u32, task: Box::new(r.task) });
+                self.queue.push(self.now + ran, Event::RunDone { peer: p, run: Box::new((r.task, ran as u32)) });
             }
             Notice::Own(item) => {
                 let now = self.now;

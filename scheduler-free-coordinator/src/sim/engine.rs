@@ -13,6 +13,7 @@ use super::config::{SimConfig, SimError};
 use super::keys::{self, UNIX_BASE_MS};
 use super::metrics::Metrics;
 use super::peer::{NEVER, View, VirtualPeer};
+use super::net::Packet;
 use super::queue::{Event, Queue};
 use super::report::Report;
 use super::rng::{Rng, mix};
@@ -78,6 +79,8 @@ pub struct Sim {
     pub m: Metrics,
     /// Buffers the membership driver reuses between calls.
     pub scratch: (Vec<(Member, Vec<u8>)>, Vec<MeshEvent>),
+    /// The packet being delivered, copied out of the queue (its buffer reused).
+    pub packet: Packet,
 }
 
 /// Runs one simulation.
@@ -170,6 +173,7 @@ impl Sim {
             pool: RecordPool::new(),
             m: Metrics::default(),
             scratch: Default::default(),
+            packet: Packet::default(),
             queue: Queue::default(),
             now: 0,
             cells,
@@ -264,7 +268,14 @@ impl Sim {
     fn handle(&mut self, event: Event) {
         match event {
             Event::MeshTick { peer, view } => self.on_mesh_tick(peer, view as usize),
-            Event::Gossip(pkt) => self.on_gossip(*pkt),
+            Event::Gossip(offset) => {
+                // The packet's bytes are copied out of the queue into a buffer kept for it.
+                let mut pkt = std::mem::take(&mut self.packet);
+                (pkt.from, pkt.to, pkt.cell) = self.queue.take_packet(offset, &mut pkt.data);
+                self.on_gossip(&pkt);
+                self.packet = pkt;
+            }
+            Event::FarGossip(pkt) => self.on_gossip(&pkt),
             Event::Rpc(msg) => self.on_rpc(*msg),
             Event::RpcFailed { peer, kind } => self.answered(peer, *kind, Err(false)),
             Event::House { peer } => self.on_house(peer),

@@ -96,6 +96,7 @@ pub mod keys;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod packets;
 pub mod peer;
 pub mod queue;
 pub mod report;

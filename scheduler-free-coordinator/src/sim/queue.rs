@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::{Millis, TaskId};
 
 use super::net::{CallKind, Packet, RpcMsg};
+use super::packets::{Handle, Packets};
 
 /// Something that happens to the simulated mesh at a virtual time. 16 bytes: what is larger or
 /// rare is boxed, since the join wave holds about a million of them at once (at 48 bytes, with
@@ -14,8 +15,11 @@ use super::net::{CallKind, Packet, RpcMsg};
 pub enum Event {
     /// A membership timer of `peer`'s view number `view` may be due.
     MeshTick { peer: u32, view: u16 },
-    /// A gossip message arrives.
-    Gossip(Box<Packet>),
+    /// A gossip message arrives: its packet is kept with its bucket ([`Queue::take_packet`]).
+    Gossip(Handle),
+    /// A gossip message further ahead than the ring: its packet moves into its bucket's bytes,
+    /// and the event becomes a [`Event::Gossip`], when the ring reaches it.
+    FarGossip(Box<Packet>),
     /// An RPC request or reply arrives.
     Rpc(Box<RpcMsg>),
     /// The caller gives up on an RPC (request or reply lost, or the callee is gone).
@@ -49,8 +53,10 @@ const RING: u64 = 8_192;
 const KEEP_PER_BUCKET: usize = 64;
 
 /// Events waiting to happen, earliest first; ties in the order they were scheduled.
+/// The bytes of the near future's gossip packets are kept by bucket ([`Packets`]).
 pub struct Queue {
     ring: Vec<VecDeque<Event>>,
+    packets: Packets,
     /// The millisecond the ring's cursor is at: every bucket holds events of `cursor..cursor + RING`.
     cursor: Millis,
     near: usize,
@@ -61,7 +67,15 @@ pub struct Queue {
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue { ring: (0..RING).map(|_| VecDeque::new()).collect(), cursor: 0, near: 0, far: BTreeMap::new(), seq: 0, handled: 0 }
+        Queue {
+            ring: (0..RING).map(|_| VecDeque::new()).collect(),
+            packets: Packets::new(RING as usize),
+            cursor: 0,
+            near: 0,
+            far: BTreeMap::new(),
+            seq: 0,
+            handled: 0,
+        }
     }
 }
 
@@ -71,11 +85,42 @@ impl Queue {
         let at = at.max(self.cursor);
         self.seq += 1;
         if at < self.cursor + RING {
+            let event = self.near_event(at, event);
             self.ring[(at % RING) as usize].push_back(event);
             self.near += 1;
         } else {
             self.far.insert((at, self.seq), event);
         }
+    }
+
+    /// Schedules the arrival of gossip `data` from `from` to `to` in `cell` at `at`.
+    pub fn push_packet(&mut self, at: Millis, from: u32, to: u32, cell: u32, data: &[u8]) {
+        let at = at.max(self.cursor);
+        if at < self.cursor + RING {
+            let offset = self.append(at, from, to, cell, data);
+            self.push(at, Event::Gossip(offset));
+        } else {
+            self.push(at, Event::FarGossip(Box::new(Packet { from, to, cell, data: data.to_vec() })));
+        }
+    }
+
+    /// `event` as it waits in the ring: a far packet's bytes move into its bucket.
+    fn near_event(&mut self, at: Millis, event: Event) -> Event {
+        match event {
+            Event::FarGossip(p) => Event::Gossip(self.append(at, p.from, p.to, p.cell, &p.data)),
+            e => e,
+        }
+    }
+
+    /// Appends a packet to the bytes of `at`'s bucket, returning where it is there.
+    fn append(&mut self, at: Millis, from: u32, to: u32, cell: u32, data: &[u8]) -> Handle {
+        self.packets.append((at % RING) as usize, from, to, cell, data)
+    }
+
+    /// Copies the packet of the [`Event::Gossip`] just popped into `into` (its bytes replaced),
+    /// returning (sender, receiver, cell).
+    pub fn take_packet(&self, handle: Handle, into: &mut Vec<u8>) -> (u32, u32, u32) {
+        self.packets.read((self.cursor % RING) as usize, handle, into)
     }
 
     /// The next event, earliest first.
@@ -86,10 +131,12 @@ impl Queue {
                 self.handled += 1;
                 return Some((self.cursor, e));
             }
-            let bucket = &mut self.ring[(self.cursor % RING) as usize];
-            if bucket.capacity() > KEEP_PER_BUCKET {
-                *bucket = VecDeque::new();
+            let b = (self.cursor % RING) as usize;
+            if self.ring[b].capacity() > KEEP_PER_BUCKET {
+                self.ring[b] = VecDeque::new();
             }
+            // Passed: its packets were all handled.
+            self.packets.clear(b);
             if self.near == 0 {
                 // Jump straight to the next far event.
                 let (&(next, _), _) = self.far.first_key_value()?;
@@ -101,6 +148,7 @@ impl Queue {
             // before anything else can be pushed there.
             while let Some(f) = self.far.first_entry().filter(|f| f.key().0 < self.cursor + RING) {
                 let ((at, _), event) = f.remove_entry();
+                let event = self.near_event(at, event);
                 self.ring[(at % RING) as usize].push_back(event);
                 self.near += 1;
             }

@@ -20,6 +20,7 @@ use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use compact_str::CompactString;
 use foca::{BroadcastHandler, Config, Foca, Identity, Invalidates, Notification, PostcardCodec, Runtime, State, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -70,8 +71,9 @@ pub const MAX_LEAVE_NOTICES: usize = 64;
 pub struct Member {
     /// The peer.
     pub peer: PeerId,
-    /// Its gRPC address (host:port).
-    pub addr: String,
+    /// Its gRPC address (host:port), inline when up to 24 bytes (any IPv4 address with its
+    /// port): each membership holds one per member, and cloning it allocates nothing.
+    pub addr: CompactString,
     /// Larger for a later run of the same peer.
     pub epoch: u64,
 }
@@ -506,7 +508,7 @@ impl Membership {
             // A peer greeted by address is now known by identity: announcing to it brings its
             // feed of members, so a joiner learns the mesh in one round trip rather than one
             // probe at a time.
-            if self.greeted.remove(&m.addr) {
+            if self.greeted.remove(m.addr.as_str()) {
                 self.announce_to(m.clone(), now);
             }
             self.sync_to(m);
@@ -523,7 +525,7 @@ impl Membership {
     /// Joins the mesh through a peer known only by its address: says hello, and the peer there
     /// announces itself back (SWIM only accepts an announce addressed to its own identity).
     pub fn join(&mut self, addr: &str, _now: Millis) {
-        let placeholder = Member { peer: PeerId([0; 32]), addr: addr.to_string(), epoch: 0 };
+        let placeholder = Member { peer: PeerId([0; 32]), addr: addr.into(), epoch: 0 };
         let hello = postcard::to_stdvec(self.foca.identity()).unwrap_or_default();
         self.out.push_back((placeholder, frame(TAG_HELLO, &hello)));
         if self.greeted.len() >= MAX_GREETED {
@@ -744,7 +746,7 @@ impl Membership {
     /// addressed to the identity it knew and are dropped there, while a hello makes the member
     /// announce itself back with its current identity.
     fn greet_dead_members(&mut self) {
-        let dead: Vec<String> =
+        let dead: Vec<CompactString> =
             self.foca.iter_membership_state().filter(|m| m.state() == State::Down).map(|m| m.id().addr.clone()).collect();
         if dead.is_empty() {
             return;

@@ -33,7 +33,7 @@ fn verifier() -> Verifier {
 }
 
 fn member(i: u8) -> Member {
-    Member { peer: PeerId([i; 32]), addr: format!("10.0.0.{i}:7070"), epoch: 1 }
+    Member { peer: PeerId([i; 32]), addr: format!("10.0.0.{i}:7070").into(), epoch: 1 }
 }
 
 fn membership(i: u8) -> Membership {

@@ -61,7 +61,7 @@ impl MemberRef<'_> {
     }
 
     fn to_member(&self) -> Member {
-        Member { peer: self.peer, addr: self.addr.to_string(), epoch: self.epoch }
+        Member { peer: self.peer, addr: self.addr.into(), epoch: self.epoch }
     }
 }
 
@@ -147,7 +147,7 @@ impl Membership {
             if let Some(addr) = addr
                 && addr != m.addr
             {
-                m.addr = addr.to_string();
+                m.addr = addr.into();
             }
         });
         m

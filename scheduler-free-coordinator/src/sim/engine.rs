@@ -200,7 +200,7 @@ impl Sim {
 
     /// A fresh membership of peer `index` for `cell`, started at `born`.
     pub(super) fn view(&self, index: u32, cell: u32, born: Millis, bootstrap: &[u32]) -> View {
-        let me = Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index), epoch: UNIX_BASE_MS + born };
+        let me = Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index).into(), epoch: UNIX_BASE_MS + born };
         let seed = mix(self.cfg.seed ^ (u64::from(index) << 20) ^ u64::from(cell));
         let mut m = Membership::new(me, membership_config(), seed, self.verifier.clone());
         m.share_records(self.pool.clone());

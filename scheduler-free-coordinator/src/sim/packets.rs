@@ -81,12 +81,13 @@ mod tests {
     #[test]
     fn packets_come_back_as_appended_across_chunks_and_alone_when_large() {
         let mut p = Packets::new(2);
-        let small: Vec<u8> = (0..1_000u32).map(|i| i as u8).collect();
+        let small: Vec<u8> = (0..2_000u32).map(|i| i as u8).collect();
         let large = vec![7u8; CHUNK + 5];
         let mut handles = Vec::new();
-        // 100 small packets take two chunks; the large one one of its own.
+        // 100 small packets (0 to 1,980 bytes, 100 KB in all) take two chunks; the large one
+        // one of its own.
         for i in 0..100u32 {
-            handles.push((i, p.append(1, i, i + 1, 3, &small[..(i as usize * 10)])));
+            handles.push((i, p.append(1, i, i + 1, 3, &small[..(i as usize * 20)])));
         }
         let big = p.append(1, 9, 8, 7, &large);
         assert_eq!(big >> 16, 2, "a chunk of its own");
@@ -94,7 +95,7 @@ mod tests {
         let mut into = vec![1, 2, 3];
         for (i, h) in handles {
             assert_eq!(p.read(1, h, &mut into), (i, i + 1, 3));
-            assert_eq!(into, &small[..(i as usize * 10)]);
+            assert_eq!(into, &small[..(i as usize * 20)]);
         }
         assert_eq!(p.read(1, big, &mut into), (9, 8, 7));
         assert_eq!(into, large);

@@ -181,4 +181,34 @@ mod tests {
     fn an_event_takes_16_bytes() {
         assert_eq!(std::mem::size_of::<Event>(), 16);
     }
+
+    #[test]
+    fn packets_near_and_far_arrive_in_order_with_their_bytes() {
+        let mut q = Queue::default();
+        q.push_packet(RING + 50, 1, 2, 3, b"far");
+        q.push_packet(5, 4, 5, 6, b"near");
+        q.push(5, Event::Check);
+        q.push_packet(5, 7, 8, 9, b"");
+        let mut into = Vec::new();
+        let mut seen = Vec::new();
+        while let Some((at, e)) = q.pop() {
+            match e {
+                Event::Gossip(h) => {
+                    let who = q.take_packet(h, &mut into);
+                    seen.push((at, Some(who), into.clone()));
+                }
+                Event::Check => seen.push((at, None, Vec::new())),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (5, Some((4, 5, 6)), b"near".to_vec()),
+                (5, None, Vec::new()),
+                (5, Some((7, 8, 9)), Vec::new()),
+                (RING + 50, Some((1, 2, 3)), b"far".to_vec()),
+            ]
+        );
+    }
 }

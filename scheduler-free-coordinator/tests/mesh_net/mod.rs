@@ -32,7 +32,7 @@ impl Net {
     pub fn new(n: usize) -> Net {
         let peers = (0..n)
             .map(|i| {
-                let me = Member { peer: PeerId([i as u8 + 1; 32]), addr: format!("peer{i}"), epoch: 1 };
+                let me = Member { peer: PeerId([i as u8 + 1; 32]), addr: format!("peer{i}").into(), epoch: 1 };
                 Membership::new(me, MembershipConfig::lan(n as u32), i as u64, verifier())
             })
             .collect();
@@ -40,7 +40,7 @@ impl Net {
     }
 
     pub fn index(&self) -> HashMap<String, usize> {
-        self.peers.iter().enumerate().map(|(i, p)| (p.me().addr.clone(), i)).collect()
+        self.peers.iter().enumerate().map(|(i, p)| (p.me().addr.to_string(), i)).collect()
     }
 
     /// Delivers every queued message (to peers that are up) and fires timers, in 10 ms steps.
@@ -59,7 +59,7 @@ impl Net {
                 for i in 0..self.peers.len() {
                     while let Some((to, bytes)) = self.peers[i].poll_send() {
                         moved = true;
-                        let Some(&j) = index.get(&to.addr) else { continue };
+                        let Some(&j) = index.get(to.addr.as_str()) else { continue };
                         if self.down[i] || self.down[j] {
                             continue;
                         }

@@ -131,7 +131,7 @@ impl Node {
         // The signed advert's address first: membership's is whatever a packet claimed.
         let addr = match (alive, mesh.membership.record(&RecordKey::Advert(*peer))) {
             (Some(_), Some(Record::Advert(a))) => Some(a.addr),
-            (Some((m, _)), _) => Some(m.addr),
+            (Some((m, _)), _) => Some(m.addr.into_string()),
             (None, _) => None,
         }?;
         drop(mesh);
@@ -156,7 +156,7 @@ impl Node {
             .membership
             .members()
             .into_iter()
-            .map(|(m, state)| PeerView { advert: adverts.get(&m.peer).cloned(), peer: m.peer, addr: m.addr, state })
+            .map(|(m, state)| PeerView { advert: adverts.get(&m.peer).cloned(), peer: m.peer, addr: m.addr.into_string(), state })
             .collect();
         others.sort_by(|a, b| a.addr.cmp(&b.addr));
         out.extend(others);
@@ -241,7 +241,7 @@ impl Node {
             };
             // A peer nobody can dial is reached down its stream, here or at one of its relays.
             let (addr, via) = match self.gossip_route(&to.peer) {
-                Route::Direct => (to.addr.clone(), String::new()),
+                Route::Direct => (to.addr.to_string(), String::new()),
                 Route::Attached => {
                     self.0.metrics.gossip_out_bytes.inc_by(data.len() as u64);
                     let sent_at_ms = super::unix_ms();
@@ -326,6 +326,6 @@ pub fn peer_state(s: MemberState) -> pb::PeerState {
 
 /// A fresh membership for this node's identity.
 pub fn new_membership(identity: &crate::identity::Identity, addr: String, seed: u64) -> Membership {
-    let me = spare_protocol::membership::Member { peer: identity.peer_id(), addr, epoch: unix_ms() };
+    let me = spare_protocol::membership::Member { peer: identity.peer_id(), addr: addr.into(), epoch: unix_ms() };
     Membership::new(me, spare_protocol::peer::mesh::membership_config(), seed, crypto(identity).1)
 }

@@ -594,3 +594,37 @@ fn a_wrong_report_after_a_lapse_and_a_verdict_counts_against_its_peer_once() {
     assert_eq!(c.report(att(t1, peer(9), wrong)), Err(ReportError::NoLease { task: t1, peer: peer(9) }));
     assert_eq!(c.reputation().get(&peer(9)).disagreed, 0);
 }
+
+/// Leases that end before they expire leave entries that are swept once they pile up (past
+/// 1,024): the sweep must keep every live lease, which still lapses on time.
+#[test]
+fn leases_still_lapse_on_time_after_ended_ones_are_swept() {
+    let mut c = Coordinator::new(CoordinatorConfig::default());
+    c.submit(job(1), spec(3_000, 1, 1)).unwrap();
+    let mut live = Vec::new();
+    for p in 1..=200u8 {
+        let leases = c.lease(peer(p), 10, u64::from(p));
+        assert!(!leases.is_empty(), "peer {p} got work");
+        if p % 50 == 0 {
+            // Kept: these four peers never report.
+            live.extend(leases.iter().map(|l| (l.task, l.peer)));
+            continue;
+        }
+        for l in leases {
+            assert_eq!(c.report(att(l.task, l.peer, honest(l.task.index))), Ok(Reported::Decided));
+        }
+    }
+    drain(&mut c);
+    c.tick(u64::MAX / 2);
+    let mut lapsed: Vec<(TaskId, PeerId)> = drain(&mut c)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::LeaseExpired { task, peer } => Some((task, peer)),
+            _ => None,
+        })
+        .collect();
+    lapsed.sort();
+    live.sort();
+    assert_eq!(lapsed, live, "exactly the leases never reported lapsed");
+    assert_eq!(c.next_deadline(), None, "nothing left to wake for");
+}

@@ -39,7 +39,8 @@
 //!
 //! The pieces:
 //! - [`engine`]: the state and the main loop; [`queue`]: the event queue (by virtual time, then
-//!   scheduling order: a ring of millisecond buckets, with a map for the far future);
+//!   scheduling order: a ring of millisecond buckets, with a map for the far future) and
+//!   [`packets`]: the bytes of its gossip packets, in chunks per bucket;
 //! - [`net`]: loss, partitions, delay, byte counts (sized by [`crate::peer::wire`]), the RPCs;
 //! - [`peer`]: a virtual peer; [`mesh`]: driving its memberships and what it publishes
 //!   ([`crate::peer::mesh`]);

@@ -361,6 +361,9 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
         let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
         // Run counts are summed over the commit and written once; no other write reads them.
         let mut counted = runs::Counts::default();
+        // Standings are whole values, and a commit carries a peer's many times (every verdict
+        // judges its peers): only the last of each is written, once, in key order.
+        let mut standing_of: std::collections::BTreeMap<PeerId, &Standing> = std::collections::BTreeMap::new();
         for op in ops {
             match op {
                 Op::PutJob(id, job) => {
@@ -393,11 +396,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                 Op::PutFinished(job, at) => {
                     finished.insert(job.0, at).map_err(db_err)?;
                 }
-                Op::PutStandings(list) => {
-                    for (peer, standing) in list {
-                        standings.insert(peer.0, encode(standing).map_err(enc)?.as_slice()).map_err(db_err)?;
-                    }
-                }
+                Op::PutStandings(list) => standing_of.extend(list.iter().map(|(peer, standing)| (*peer, standing))),
                 Op::PutFetched(job) => {
                     fetched.insert(job.0, ()).map_err(db_err)?;
                 }
@@ -414,6 +413,9 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
             }
         }
         counted.write(&mut runs)?;
+        for (peer, standing) in standing_of {
+            standings.insert(peer.0, encode(standing).map_err(enc)?.as_slice()).map_err(db_err)?;
+        }
     }
     tx.commit().map_err(db_err)?;
     Ok(n)
@@ -444,6 +446,23 @@ mod tests {
         let got = store.standings().expect("read");
         assert_eq!(got, vec![(liar, Standing { disagreed: 4, ..Standing::default() }), (honest, Standing { agreed: 9, ..Standing::default() })]);
         assert!(got[0].1.is_banned(), "a banned liar stays banned after a restart");
+    }
+
+    /// A commit that carries a peer's standing several times keeps the last.
+    #[tokio::test]
+    async fn the_last_standing_of_a_commit_wins() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let s = |agreed| Standing { agreed, ..Standing::default() };
+        let ops = vec![
+            Op::PutStandings(vec![(a, s(1)), (b, s(1))]),
+            Op::PutStandings(vec![(a, s(2))]),
+            Op::PutFetched(JobId([3; 32])),
+            Op::PutStandings(vec![(a, s(3))]),
+        ];
+        store.write(ops).await.expect("write");
+        assert_eq!(store.standings().expect("read"), vec![(a, s(3)), (b, s(1))]);
     }
 
     #[tokio::test]

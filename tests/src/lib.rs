@@ -150,6 +150,7 @@ pub fn honest_peers(n: usize, cpus: usize) -> Vec<PeerSpec> {
 /// every peer sees all the others alive, and returns them in spec order.
 pub async fn start_mesh(dir: &Path, specs: &[PeerSpec]) -> Vec<NodeHandle> {
     assert!(!specs.is_empty(), "a mesh needs at least one peer");
+    log_if_asked();
     let mut peers: Vec<NodeHandle> = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let mut c = config(&dir.join(format!("peer-{i}")), spec.cpus);
@@ -161,6 +162,18 @@ pub async fn start_mesh(dir: &Path, specs: &[PeerSpec]) -> Vec<NodeHandle> {
     }
     wait_until_joined(&peers).await;
     peers
+}
+
+/// Logs the peers' tracing events to the test's output when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=spare_peer=debug`), to see what a failing test's peers did; silent otherwise.
+pub fn log_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Another test of this binary may have installed it already.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// Whether `node` sees every peer of `ids` other than itself as alive.

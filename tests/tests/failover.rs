@@ -86,10 +86,18 @@ async fn the_origin_dies_mid_job_and_the_others_finish_it() {
             let c = client(p).await;
             // A backup holds the verdicts once the stream (or a catch-up) brings them, which may
             // trail the leader's announcement by a batch: wait for it.
-            eventually("every coordinator to hold the job completed", || {
+            let at = p.node.peer_id();
+            let role = if survivors.contains(&at) { "a backup" } else { "the new coordinator" };
+            eventually_or(&format!("{role} {} to hold the job completed", at.short()), || {
                 let c = c.clone();
                 let id = id.clone();
-                async move { c.status(&id).await.ok().filter(|s| s.state == JobState::Completed).map(|_| ()) }
+                async move {
+                    match c.status(&id).await {
+                        Ok(s) if s.state == JobState::Completed => Ok(()),
+                        Ok(s) => Err(format!("{:?} {:?} {}", s.state, s.tasks, s.message)),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
             })
             .await;
             let mine: Vec<_> = within("results at a coordinator", c.results(&id).await.unwrap().map(|r| r.unwrap()).collect()).await;

@@ -29,14 +29,18 @@ pub struct Sync {
     deadline: Millis,
     /// Attestations the answers brought that the new leader lacked.
     pulled: usize,
+    /// The new leader's log length when the sync began: what it records while it waits (the
+    /// reports of workers that already follow it, its own replicas) is in no adoption sent and
+    /// not streamed either, since it does not lead yet.
+    logged_at_start: u64,
 }
 
 impl Sync {
-    /// A sync for a new leader whose list is `list` (itself first): asks the backups it kept.
-    /// `None` when there is nobody to ask.
-    pub fn start(list: &[PeerId], now: Millis) -> Option<Sync> {
+    /// A sync for a new leader whose list is `list` (itself first) and whose log holds `logged`
+    /// attestations: asks the backups it kept. `None` when there is nobody to ask.
+    pub fn start(list: &[PeerId], logged: u64, now: Millis) -> Option<Sync> {
         let waiting: Vec<PeerId> = list.iter().skip(1).copied().collect();
-        (!waiting.is_empty()).then_some(Sync { waiting, deadline: now.saturating_add(SYNC_TIMEOUT_MS), pulled: 0 })
+        (!waiting.is_empty()).then_some(Sync { waiting, deadline: now.saturating_add(SYNC_TIMEOUT_MS), pulled: 0, logged_at_start: logged })
     }
 
     /// The backups to send the job to (marked `sync`).
@@ -59,10 +63,11 @@ impl Sync {
         self.deadline
     }
 
-    /// Whether the backups may lack what the new leader pulled from another one: then each is
-    /// caught up once more (otherwise the sync's adoption brought each everything already).
-    pub fn needs_catch_up(&self) -> bool {
-        self.pulled > 0
+    /// Whether the backups may lack what the new leader pulled from another one, or what it
+    /// recorded while it waited (its log holds `logged` now): then each is caught up once more
+    /// (otherwise the sync's adoption brought each everything already).
+    pub fn needs_catch_up(&self, logged: u64) -> bool {
+        self.pulled > 0 || logged > self.logged_at_start
     }
 }
 
@@ -115,14 +120,15 @@ mod tests {
     #[test]
     fn the_round_ends_with_the_last_answer_or_at_its_deadline() {
         let (me, a, b) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
-        assert_eq!(Sync::start(&[me], 0), None, "no backup kept: nothing to wait for");
-        let mut s = Sync::start(&[me, a, b], 100).unwrap();
+        assert_eq!(Sync::start(&[me], 0, 0), None, "no backup kept: nothing to wait for");
+        let mut s = Sync::start(&[me, a, b], 7, 100).unwrap();
         assert_eq!(s.asked(), &[a, b]);
         assert_eq!(s.poll_timeout(), 100 + SYNC_TIMEOUT_MS);
         assert!(!s.handle_answer(PeerId([9; 32]), Some(5)), "a stranger's answer counts for nothing");
         assert!(!s.handle_answer(a, None));
-        assert!(!s.needs_catch_up());
+        assert!(!s.needs_catch_up(7));
+        assert!(s.needs_catch_up(8), "recorded while it waited");
         assert!(s.handle_answer(b, Some(2)));
-        assert!(s.needs_catch_up());
+        assert!(s.needs_catch_up(9));
     }
 }

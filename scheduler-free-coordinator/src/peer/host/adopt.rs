@@ -2,11 +2,12 @@
 //! it recorded) and roles. A round of adoptions ([`AdoptRound`]) brings the list up to
 //! strength; the role rules ([`crate::peer::roles`]) decide, once membership has had time to
 //! learn who is alive and then every second (at once when a peer is declared dead), whether
-//! this peer leads or stands by. Taking over: this peer first in its list at once, so what it
-//! records from now on streams to the backups kept; those heard the dead leader's stream
-//! separately, so each gets the whole job and answers with what it recorded that this peer
-//! lacks ([`Sync`]); the peer leads once they answered (or the sync timed out), catches them
-//! up if one brought something (or one did not answer), and replaces the dead.
+//! this peer leads or stands by. Taking over: this peer first in its list at once (workers
+//! follow it there and report to it), streaming to the backups kept once it leads; those heard
+//! the dead leader's stream separately, so each gets the whole job and answers with what it
+//! recorded that this peer lacks ([`Sync`]); the peer leads once they answered (or the sync
+//! timed out), catches them up if one brought something, one did not answer, or it recorded
+//! something while it waited, and replaces the dead.
 
 use crate::peer::adoption::{AdoptRound, Settled};
 use crate::peer::roles::{ROLES_EVERY_MS, RoleChange, RoleView};
@@ -172,7 +173,7 @@ impl Host {
         if was_standby {
             self.notices.push_back(Notice::TookOver);
         }
-        let Some(sync) = Sync::start(&keep, now) else { return self.lead(cx, false, now, members) };
+        let Some(sync) = Sync::start(&keep, self.logged, now) else { return self.lead(cx, false, now, members) };
         let asked = sync.asked().to_vec();
         self.syncing = Some(sync);
         for b in asked {
@@ -185,7 +186,7 @@ impl Host {
         let pulled = answer.map(|missing| self.record_replicated(cx, &missing, now) as usize);
         let Some(sync) = self.syncing.as_mut() else { return };
         if sync.handle_answer(from, pulled) {
-            let catch_up = sync.needs_catch_up();
+            let catch_up = sync.needs_catch_up(self.logged);
             self.syncing = None;
             self.lead(cx, catch_up, now, members);
         }

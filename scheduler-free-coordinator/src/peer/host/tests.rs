@@ -66,6 +66,9 @@ struct Net {
     down: BTreeSet<PeerId>,
     /// Members whose calls get no answer at all (neither an answer nor a failure).
     silent: BTreeSet<PeerId>,
+    /// Members whose adoptions wait in `parked` until [`Net::unpark`] delivers them.
+    slow: BTreeSet<PeerId>,
+    parked: Vec<(PeerId, Transmit)>,
     /// Members whose adverts say they are unreachable (they may not coordinate).
     unreachable: BTreeSet<PeerId>,
     /// Who each host holds dead.
@@ -91,6 +94,8 @@ impl Net {
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
             silent: BTreeSet::new(),
+            slow: BTreeSet::new(),
+            parked: Vec::new(),
             unreachable: BTreeSet::new(),
             dead: BTreeMap::new(),
             ads: BTreeMap::new(),
@@ -182,6 +187,7 @@ impl Net {
                 self.call(from, |h, _, now| h.handle_replicated(&job, to, ok, now));
             }
             Transmit::Adopt { to, .. } if self.silent.contains(&to) => {}
+            Transmit::Adopt { to, .. } if self.slow.contains(&to) => self.parked.push((from, t)),
             Transmit::Adopt { to, job, coordinators, log, kind, .. } => {
                 // What the driver adds from the sender's coordinator, as the peer's request does.
                 let sender = self.hosts[&from].coordinator();
@@ -203,6 +209,17 @@ impl Net {
                 let missing = missing.map(|m| m.into_iter().map(Recorded::bare).collect());
                 self.call(from, |h, v, now| h.handle_adopted(&job, to, missing, kind, now, v));
             }
+        }
+    }
+
+    /// `who`'s adoptions are delivered from now on, those parked first.
+    fn unpark(&mut self, who: PeerId) {
+        self.slow.remove(&who);
+        let (due, keep) = std::mem::take(&mut self.parked).into_iter().partition(|(_, t)| matches!(t, Transmit::Adopt { to, .. } if *to == who));
+        self.parked = keep;
+        for (from, t) in due {
+            self.deliver(from, t);
+            self.settle();
         }
     }
 
@@ -436,6 +453,26 @@ fn a_takeover_leads_when_a_backup_never_answers_its_sync() {
     assert!(net.leaders().is_empty(), "{next:?} waits for {mute:?}'s sync answer");
     net.run_until(net.now + SYNC_TIMEOUT_MS + 1_500);
     assert_eq!(net.leaders(), vec![next], "it leads once the sync timed out");
+}
+
+#[test]
+fn what_a_new_leader_records_while_it_syncs_reaches_the_backups() {
+    let (mut net, backups) = formed();
+    let (next, slow) = (backups[0], backups[1]);
+    let task = net.lease(A);
+    net.run_until(net.now + 1_000);
+    net.slow.insert(slow);
+    net.crash(A);
+    net.run_until(net.now + 1_500);
+    assert!(net.leaders().is_empty(), "{next:?} waits for {slow:?}'s sync answer");
+    // W reports A's lease to the peer it now takes for the leader, before the sync is over:
+    // the sync's adoption, sent already, does not carry it, and the stream is not yet running.
+    assert_eq!(net.report(next, task), (1, 0));
+    net.unpark(slow);
+    assert_eq!(net.leaders(), vec![next], "the sync is over");
+    net.run_until(net.now + 5_000);
+    assert_eq!(net.host(slow).log().len(), 1, "{slow:?} caught up with what {next:?} recorded meanwhile");
+    assert_eq!(net.host(slow).log(), net.host(next).log());
 }
 
 #[test]

@@ -399,7 +399,7 @@ impl Coordinator {
                 if t.load() == 0 {
                     match spot {
                         Some(false) if *used < Self::LONE_BUDGET => {
-                            t.lone = Some(peer);
+                            t.set_lone(Some(peer));
                             *used += 1;
                         }
                         Some(true) => t.check = true,
@@ -458,11 +458,11 @@ impl Coordinator {
                 // went unjudged): a wrong answer counts against its peer, once; an agreeing one
                 // counts for nothing, as it may be copied from the verified output. Either is
                 // still refused: it holds no lease, and nothing of it is kept.
-                let wrong = entry.lapsed.contains(&peer) && !entry.lone_verdict && key != &att.result;
+                let wrong = entry.lapsed().contains(&peer) && !entry.lone_verdict && key != &att.result;
                 if wrong {
                     self.reputation.judged(peer, false);
                     self.distrust(peer);
-                    self.mutate_task(task, |t, _| t.lapsed.retain(|p| *p != peer));
+                    self.mutate_task(task, |t, _| t.forget_lapse(&peer));
                 }
                 return Err(ReportError::NoLease { task, peer });
             }
@@ -487,7 +487,7 @@ impl Coordinator {
             // Taken alone only if the peer still holds the lone lease and is still trusted:
             // evidence against it since the lease was given ends its lone replicas too.
             None => {
-                entry.lone == Some(peer)
+                entry.lone() == Some(peer)
                     && entry.attestations.is_empty()
                     && adaptive.is_some_and(|a| self.reputation.is_trusted(&peer, a.min_agreed))
             }
@@ -838,12 +838,12 @@ impl Coordinator {
             .held
             .of(&peer)
             .filter(|t| {
-                self.jobs.get(&t.job).and_then(|j| j.tasks.get(t.index as usize)).is_some_and(|e| e.lone == Some(peer))
+                self.jobs.get(&t.job).and_then(|j| j.tasks.get(t.index as usize)).is_some_and(|e| e.lone() == Some(peer))
             })
             .copied()
             .collect();
         for task in lone {
-            self.mutate_task(task, |t, _| t.lone = None);
+            self.mutate_task(task, |t, _| t.set_lone(None));
         }
     }
 

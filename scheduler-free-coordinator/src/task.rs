@@ -87,18 +87,26 @@ pub(crate) struct TaskEntry {
     pub verdict: VerdictSlot,
     /// Replicas that missed their wall deadline.
     pub timeouts: u32,
-    /// Peers that let a lease on this task lapse, oldest first; they never get it again (while
-    /// remembered: only the newest [`TaskEntry::lapse`]'s `bound` are kept).
-    pub lapsed: Vec<PeerId>,
-    /// The trusted peer holding this task's only lease as a lone replica (adaptive replication):
-    /// no other replica is leased while it lives. Cleared when that lease ends (see
-    /// [`TaskEntry::settle_lone`]) or trust in the peer ends.
-    pub lone: Option<PeerId>,
+    /// What few tasks ever have (lapsed peers, a lone lease), boxed: 8 bytes instead of 57 for
+    /// the many without it, at each of every task's coordinators. `None` once both are empty.
+    rare: Option<Box<Rare>>,
     /// The first attestation was taken alone and decided the task.
     pub lone_verdict: bool,
     /// A trusted peer took this untouched task as a spot check: its further replicas are leased
     /// before other tasks', so a trusted liar is caught before many lone lies of its pass.
     pub check: bool,
+}
+
+/// The part of a [`TaskEntry`] few tasks ever need.
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    /// Peers that let a lease on this task lapse, oldest first; they never get it again (while
+    /// remembered: only the newest [`TaskEntry::lapse`]'s `bound` are kept).
+    lapsed: Vec<PeerId>,
+    /// The trusted peer holding this task's only lease as a lone replica (adaptive replication):
+    /// no other replica is leased while it lives. Cleared when that lease ends (see
+    /// [`TaskEntry::settle_lone`]) or trust in the peer ends.
+    lone: Option<PeerId>,
 }
 
 /// `Verdict` with a `Default`, so a fresh table is cheap to build.
@@ -126,11 +134,45 @@ impl TaskEntry {
         }
     }
 
+    /// Peers that let a lease on this task lapse (the newest few), oldest first.
+    pub fn lapsed(&self) -> &[PeerId] {
+        self.rare.as_ref().map_or(&[], |r| &r.lapsed)
+    }
+
+    /// The peer holding this task's lone lease, if one does.
+    pub fn lone(&self) -> Option<PeerId> {
+        self.rare.as_ref().and_then(|r| r.lone)
+    }
+
+    /// Marks `peer`'s lease as the task's lone replica, or (`None`) ends the mark.
+    pub fn set_lone(&mut self, peer: Option<PeerId>) {
+        if peer.is_none() && self.rare.is_none() {
+            return;
+        }
+        self.rare.get_or_insert_default().lone = peer;
+        self.tidy_rare();
+    }
+
+    /// Forgets that `peer` let a lease lapse (its late report was judged).
+    pub fn forget_lapse(&mut self, peer: &PeerId) {
+        if let Some(r) = self.rare.as_mut() {
+            r.lapsed.retain(|p| p != peer);
+        }
+        self.tidy_rare();
+    }
+
+    /// Lets go of the box once it holds nothing.
+    fn tidy_rare(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.lapsed.is_empty() && r.lone.is_none()) {
+            self.rare = None;
+        }
+    }
+
     /// Whether `peer` already holds or ran a replica of this task, or let a lease on it lapse.
     pub fn involves(&self, peer: &PeerId) -> bool {
         self.leases.iter().any(|(p, _)| p == peer)
             || self.attestations.iter().any(|a| &a.peer == peer)
-            || self.lapsed.contains(peer)
+            || self.lapsed().contains(peer)
     }
 
     /// Records an attestation from a peer that holds no other (checked by the caller): ends its
@@ -141,7 +183,7 @@ impl TaskEntry {
         self.leases.retain(|(p, _)| *p != att.peer);
         self.let_go_of_leases_if_none();
         // Whoever held a lone lease, it is lone no more: the task has an attestation now.
-        self.lone = None;
+        self.set_lone(None);
         let lone = lone && self.attestations.is_empty();
         self.lone_verdict = lone;
         // Room for a quorum, not the 4 a first push makes: a coordinator holds every task's.
@@ -191,11 +233,12 @@ impl TaskEntry {
         };
         self.leases.remove(i);
         self.let_go_of_leases_if_none();
-        if !self.lapsed.contains(peer) {
-            if self.lapsed.len() >= bound.max(1) {
-                self.lapsed.remove(0);
+        let lapsed = &mut self.rare.get_or_insert_default().lapsed;
+        if !lapsed.contains(peer) {
+            if lapsed.len() >= bound.max(1) {
+                lapsed.remove(0);
             }
-            self.lapsed.push(*peer);
+            lapsed.push(*peer);
         }
         true
     }
@@ -203,10 +246,10 @@ impl TaskEntry {
     /// Drops the lone-lease mark once its peer's lease is gone or the task has an attestation,
     /// so a lapsed or released lone replica sends the task back to normal replication.
     pub fn settle_lone(&mut self) {
-        if let Some(p) = self.lone
+        if let Some(p) = self.lone()
             && (!self.attestations.is_empty() || !self.leases.iter().any(|(q, _)| *q == p))
         {
-            self.lone = None;
+            self.set_lone(None);
         }
     }
 
@@ -218,7 +261,7 @@ impl TaskEntry {
     /// How many more replicas should be leased now: enough to reach the quorum if the running
     /// ones agree with the best group, never past `max_replicas`.
     pub fn wanted(&self, policy: &Policy) -> u32 {
-        if self.verdict.0.is_final() || self.lone.is_some() {
+        if self.verdict.0.is_final() || self.lone().is_some() {
             return 0;
         }
         let best = best_group(&self.attestations).map_or(0, |(_, n)| n);
@@ -267,4 +310,37 @@ impl TaskEntry {
 /// The message shown while a quorum cannot be reached for lack of distinct peers.
 pub(crate) fn needs_peers(quorum: u32, live_peers: usize) -> String {
     format!("waiting for more peers: quorum {quorum} needs {quorum} distinct peers, {live_peers} known")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coordinator holds one entry for every task of every job it coordinates (the simulator's
+    /// 10,000 peers hold ~300,000): the rare fields stay out of line.
+    #[test]
+    fn a_task_entry_stays_small() {
+        assert!(std::mem::size_of::<TaskEntry>() <= 112, "{} bytes", std::mem::size_of::<TaskEntry>());
+    }
+
+    #[test]
+    fn the_rare_part_is_let_go_once_empty() {
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let mut t = TaskEntry::default();
+        t.set_lone(None);
+        assert!(t.rare.is_none());
+        t.lease(a, 10);
+        t.set_lone(Some(a));
+        assert_eq!(t.lone(), Some(a));
+        assert!(t.lapse(&a, None, 2));
+        t.settle_lone();
+        assert_eq!((t.lone(), t.lapsed()), (None, &[a][..]), "the lone lease lapsed; its peer is remembered");
+        t.lease(b, 20);
+        assert!(t.lapse(&b, Some(20), 2));
+        assert_eq!(t.lapsed(), &[a, b]);
+        t.forget_lapse(&a);
+        t.forget_lapse(&b);
+        assert!(t.rare.is_none(), "nothing rare left: the box is gone");
+        assert!(!t.involves(&a));
+    }
 }

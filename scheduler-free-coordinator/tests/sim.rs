@@ -183,6 +183,7 @@ fn the_job_survives_its_origin_crashing() {
     assert_eq!(r.wrong_verified, 0, "{r:?}");
     assert_eq!(r.verified + r.failed + r.inconclusive, r.tasks, "one verdict per task: {r:?}");
     assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided twice agrees: {r:?}");
+    assert_eq!(r.verdicts_missing, 0, "every verdict reached every coordinator: {r:?}");
     let ms = r.takeover_ms.unwrap_or(u64::MAX);
     // SWIM declares a peer dead 4 s after suspecting it; backups look at roles from 6 s on.
     assert!((3_000..20_000).contains(&ms), "takeover took {ms} ms: {r:?}");
@@ -207,6 +208,7 @@ fn after_a_takeover_every_coordinator_holds_the_same_verdicts() {
     let r = run(&c);
     assert!(r.coordinator_takeovers >= 1 && r.completed, "{r:?}");
     assert_eq!(r.verdicts_differing, 0, "{r:?}");
+    assert_eq!(r.verdicts_missing, 0, "every verdict reached every coordinator: {r:?}");
 }
 
 /// The simulated twin of `tests/tests/failover.rs`'s restarted origin: the origin crashes two
@@ -228,6 +230,7 @@ fn a_restarted_origin_comes_back_beside_its_replacement_and_one_coordinator_lead
     assert!(r.job_seconds.is_some_and(|s| s > 12.0), "the job outlasted the restart: {r:?}");
     assert_eq!((r.verified, r.wrong_verified), (r.tasks, 0), "{r:?}");
     assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided twice agrees: {r:?}");
+    assert_eq!(r.verdicts_missing, 0, "every verdict reached every coordinator: {r:?}");
     let mut early = c.clone();
     early.restart_origin_at_ms = Some(3_000);
     assert!(sim::run(&early).is_err(), "a restart must wait out what was in flight");
@@ -256,6 +259,7 @@ fn reports_follow_the_job_to_its_new_leader() {
     assert!(r.reports_dropped <= 20, "reports are not dropped en masse: {r:?}");
     assert_eq!(r.lease_lapses, 0, "every report the origin took reached a live coordinator: {r:?}");
     assert!(r.replicas_per_task <= 2.05, "close to the quorum of 2: {r:?}");
+    assert_eq!(r.verdicts_missing, 0, "every verdict reached every coordinator: {r:?}");
 }
 
 /// The same seed gives the same report with the origin crashing, in several cells and with
@@ -298,6 +302,7 @@ fn a_partition_and_its_healing_lose_nothing() {
     assert_eq!((r.verified, r.wrong_verified, r.inconclusive, r.failed), (c.tasks, 0, 0, 0), "{r:?}");
     assert_eq!(r.verdicts_overturned, 0, "honest peers: a task decided on both sides agrees: {r:?}");
     assert_eq!(r.leaders_at_end, 1, "the two leaders settled: {r:?}");
+    assert_eq!(r.verdicts_missing, 0, "every verdict reached both sides' coordinators: {r:?}");
     // SWIM declares the far side dead about 5 s after the cut; the backup there then leases.
     let ms = r.takeover_ms.unwrap_or(u64::MAX);
     assert!((3_000..20_000).contains(&ms), "the far side led again {ms} ms after the cut: {r:?}");

@@ -136,6 +136,25 @@ impl Sim {
             .count() as u32
     }
 
+    /// Tasks that one live coordinator holds final and another does not, among the live peers
+    /// that name themselves coordinators of the job: a verdict that never reached a backup (a
+    /// new leader's reports taken while its takeover sync was out were once never streamed).
+    fn verdicts_missing(&self) -> u32 {
+        let hosts: Vec<&crate::peer::host::Hosts> = self
+            .peers
+            .iter()
+            .filter(|p| p.alive)
+            .filter_map(|p| p.hosts.as_deref().filter(|h| h.host(&self.job).is_some_and(|j| j.coordinators().contains(&p.id))))
+            .collect();
+        (0..self.spec.task_count)
+            .filter(|&index| {
+                let task = crate::TaskId { job: self.job, index };
+                let fin = |h: &&crate::peer::host::Hosts| h.coordinator().task(&task).is_some_and(|t| t.verdict.is_final());
+                hosts.iter().any(fin) && !hosts.iter().all(fin)
+            })
+            .count() as u32
+    }
+
     /// The report of the run so far.
     pub(super) fn report(&self) -> Report {
         let end = self.now.max(1);
@@ -228,6 +247,7 @@ impl Sim {
             leaders_at_end: self.peers.iter().filter(|p| p.alive && p.hosts.as_ref().is_some_and(|h| h.leads(&self.job))).count() as u32,
             verdicts_overturned: self.m.overturned,
             verdicts_differing: self.verdicts_differing(),
+            verdicts_missing: self.verdicts_missing(),
             replication_dropped: self.m.replication_dropped,
         }
     }

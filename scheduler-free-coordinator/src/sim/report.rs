@@ -133,6 +133,9 @@ pub struct Report {
     /// Tasks that two live coordinators hold final with different verdicts at the end (0: every
     /// coordinator answers alike).
     pub verdicts_differing: u32,
+    /// Tasks that one live coordinator holds final and another that names itself in its list
+    /// does not, at the end (0: every verdict reached every coordinator).
+    pub verdicts_missing: u32,
     /// Replication batches to a backup given up after their tries (the backup then got the whole
     /// job instead).
     pub replication_dropped: u64,

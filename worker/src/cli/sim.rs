@@ -241,7 +241,7 @@ fn table(r: &Report) -> String {
         ),
         ("leaders at the end", r.leaders_at_end.to_string()),
         ("overturned / repl. dropped", format!("{} / {}", r.verdicts_overturned, r.replication_dropped)),
-        ("verdicts differing", r.verdicts_differing.to_string()),
+        ("verdicts differing / missing", format!("{} / {}", r.verdicts_differing, r.verdicts_missing)),
     ];
     let mut out = format!("spare sim, seed {}\n", r.seed);
     for (k, v) in rows {

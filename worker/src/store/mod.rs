@@ -6,6 +6,7 @@
 pub mod blobs;
 mod commits;
 mod key;
+mod log;
 pub mod records;
 mod retention;
 mod runs;
@@ -23,12 +24,12 @@ pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use commits::{Rollback, SIDE_FILE};
 pub use records::{StoredAttestation, StoredInput, StoredJob, StoredResult};
 use key::Fixed;
-use records::{attestation_key, decode, encode, task_key, task_of};
+use log::ATTESTATION_LOG;
+use records::{decode, encode, task_key, task_of};
 
 // Keys are `Fixed` byte strings (`key.rs`): a job's 32 bytes, a task's 36, an attestation's 40.
 const JOBS: TableDefinition<Fixed<32>, &[u8]> = TableDefinition::new("jobs");
 const INPUTS: TableDefinition<Fixed<36>, &[u8]> = TableDefinition::new("inputs");
-const ATTESTATIONS: TableDefinition<Fixed<40>, &[u8]> = TableDefinition::new("attestations");
 const RESULTS: TableDefinition<Fixed<36>, &[u8]> = TableDefinition::new("results");
 /// When each ended job ended here (Unix ms), for retention.
 const FINISHED: TableDefinition<Fixed<32>, u64> = TableDefinition::new("finished");
@@ -79,9 +80,9 @@ pub enum Op {
     UpdateJob { job: JobId, coordinators: Option<Vec<PeerId>>, cancelled: bool },
     /// Inputs of a job's tasks, from index `first` on.
     PutInputs { job: JobId, first: u32, inputs: Vec<StoredInput> },
-    /// The `ordinal`-th attestation the coordinator recorded for its task, and whether it took it
-    /// alone (adaptive replication).
-    PutAttestation { ordinal: u32, attestation: Arc<Attestation>, lone: bool },
+    /// An attestation the coordinator recorded, appended to its job's log ([`log`]), and
+    /// whether it took it alone (adaptive replication).
+    PutAttestation { attestation: Arc<Attestation>, lone: bool },
     /// A task's final verdict.
     PutResult(TaskId, StoredResult),
     /// When a job ended here (Unix ms).
@@ -147,7 +148,7 @@ impl Store {
             // Tables an earlier version keyed by `[u8; N]` move to `Fixed` keys first, once.
             let moved = key::migrate(&tx, JOBS)?
                 + key::migrate(&tx, INPUTS)?
-                + key::migrate(&tx, ATTESTATIONS)?
+                + key::migrate(&tx, log::BY_TASK)?
                 + key::migrate(&tx, RESULTS)?
                 + key::migrate(&tx, FINISHED)?
                 + key::migrate(&tx, STANDINGS)?
@@ -155,10 +156,14 @@ impl Store {
             if moved > 0 {
                 tracing::info!(rows = moved, "moved the store's tables to byte-string keys");
             }
+            let logged = log::migrate(&tx)?;
+            if logged > 0 {
+                tracing::info!(rows = logged, "moved the store's attestations into the attestation log");
+            }
             // Make every table exist, so readers never meet a missing one.
             tx.open_table(JOBS).map_err(db_err)?;
             tx.open_table(INPUTS).map_err(db_err)?;
-            tx.open_table(ATTESTATIONS).map_err(db_err)?;
+            tx.open_table(ATTESTATION_LOG).map_err(db_err)?;
             tx.open_table(RESULTS).map_err(db_err)?;
             tx.open_table(FINISHED).map_err(db_err)?;
             tx.open_table(STANDINGS).map_err(db_err)?;
@@ -250,14 +255,12 @@ impl Store {
         tasks.iter().map(|task| t.get(task_key(task)).map_err(db_err)?.map(|v| decode_in("inputs", v.value())).transpose()).collect()
     }
 
-    /// Every attestation of a job, by task and then in the order the coordinator recorded them.
+    /// Every attestation of a job, in the order the coordinator recorded them.
     pub fn attestations(&self, job: &JobId) -> Result<Vec<StoredAttestation>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(ATTESTATIONS).map_err(db_err)?;
-        let lo = attestation_key(&TaskId { job: *job, index: 0 }, 0);
-        let hi = attestation_key(&TaskId { job: *job, index: u32::MAX }, u32::MAX);
+        let t = tx.open_table(ATTESTATION_LOG).map_err(db_err)?;
         let mut out = Vec::new();
-        for row in t.range(lo..=hi).map_err(db_err)? {
+        for row in t.range(log::range(job)).map_err(db_err)? {
             let (_, v) = row.map_err(db_err)?;
             out.push(decode_in("attestations", v.value())?);
         }
@@ -322,6 +325,7 @@ fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]
 /// commits once, then answers each sender.
 fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::path::PathBuf) {
     let mut side = commits::Side::new(side);
+    let mut positions = log::Positions::default();
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -330,7 +334,11 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::
                 Err(_) => break,
             }
         }
-        let result = apply(&db, group.iter().flat_map(|(ops, _)| ops.iter()));
+        let result = apply(&db, &mut positions, group.iter().flat_map(|(ops, _)| ops.iter()));
+        if result.is_err() {
+            // Positions taken in a transaction that did not commit are free again.
+            positions = log::Positions::default();
+        }
         if let Ok(n) = &result {
             side.record(*n);
         }
@@ -346,13 +354,13 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::
 }
 
 /// Applies `ops` in one transaction; returns the commit's number ([`commits`]).
-fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, StoreError> {
+fn apply<'a>(db: &Database, positions: &mut log::Positions, ops: impl Iterator<Item = &'a Op>) -> Result<u64, StoreError> {
     let tx = db.begin_write().map_err(db_err)?;
     let n = commits::bump(&mut tx.open_table(commits::META).map_err(db_err)?)?;
     {
         let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
         let mut inputs = tx.open_table(INPUTS).map_err(db_err)?;
-        let mut atts = tx.open_table(ATTESTATIONS).map_err(db_err)?;
+        let mut atts = tx.open_table(ATTESTATION_LOG).map_err(db_err)?;
         let mut results = tx.open_table(RESULTS).map_err(db_err)?;
         let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
         let mut standings = tx.open_table(STANDINGS).map_err(db_err)?;
@@ -385,8 +393,8 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                         inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
                     }
                 }
-                Op::PutAttestation { ordinal, attestation, lone } => {
-                    let k = attestation_key(&attestation.task, *ordinal);
+                Op::PutAttestation { attestation, lone } => {
+                    let k = log::key(&attestation.task.job, positions.take(&atts, &attestation.task.job)?);
                     let rec = records::StoredAttestationRef { attestation: attestation.as_ref(), lone: *lone };
                     atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
                 }
@@ -405,7 +413,8 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<u64, St
                     let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
                     inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
                     results.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
-                    atts.retain_in(attestation_key(&first, 0)..=attestation_key(&last, u32::MAX), |_, _| false).map_err(db_err)?;
+                    atts.retain_in(log::range(job), |_, _| false).map_err(db_err)?;
+                    positions.forget(job);
                     finished.remove(job.0).map_err(db_err)?;
                     fetched.remove(job.0).map_err(db_err)?;
                     jobs.remove(job.0).map_err(db_err)?;
@@ -479,9 +488,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).expect("open");
             let ops = vec![
-                Op::PutAttestation { ordinal: 0, attestation: Arc::new(att(0, 1)), lone: true },
-                Op::PutAttestation { ordinal: 0, attestation: Arc::new(att(1, 1)), lone: false },
-                Op::PutAttestation { ordinal: 1, attestation: Arc::new(att(1, 2)), lone: false },
+                Op::PutAttestation { attestation: Arc::new(att(0, 1)), lone: true },
+                Op::PutAttestation { attestation: Arc::new(att(1, 1)), lone: false },
+                Op::PutAttestation { attestation: Arc::new(att(1, 2)), lone: false },
             ];
             store.write(ops).await.expect("write");
         }

@@ -149,8 +149,6 @@ pub fn decode_result_head(bytes: &[u8]) -> Result<StoredResult, postcard::Error>
 pub type JobKey = [u8; 32];
 /// Key of a task: job ++ index (big-endian).
 pub type TaskKey = [u8; 36];
-/// Key of an attestation: job ++ index ++ arrival ordinal (both big-endian).
-pub type AttestationKey = [u8; 40];
 
 /// The key of a task.
 pub fn task_key(task: &TaskId) -> TaskKey {
@@ -169,14 +167,6 @@ pub fn task_of(k: &TaskKey) -> TaskId {
     TaskId { job: JobId(job), index: u32::from_be_bytes(idx) }
 }
 
-/// The key of the `ordinal`-th attestation of a task.
-pub fn attestation_key(task: &TaskId, ordinal: u32) -> AttestationKey {
-    let mut k = [0u8; 40];
-    k[..36].copy_from_slice(&task_key(task));
-    k[36..].copy_from_slice(&ordinal.to_be_bytes());
-    k
-}
-
 /// Encodes a record.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(value)
@@ -187,7 +177,7 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Er
     postcard::from_bytes(bytes)
 }
 
-/// An attestation as stored (its arrival ordinal is in the key), with whether the coordinator
+/// An attestation as stored (its place in its job's log is in the key), with whether the coordinator
 /// took it alone (adaptive replication), so a replay reaches the verdict it reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredAttestation {
@@ -313,11 +303,9 @@ mod tests {
     }
 
     #[test]
-    fn keys_sort_by_job_then_index_then_ordinal() {
+    fn task_keys_sort_by_job_then_index() {
         let t = |i| TaskId { job: JobId([7; 32]), index: i };
         assert!(task_key(&t(1)) < task_key(&t(256)));
-        assert!(attestation_key(&t(1), 2) < attestation_key(&t(2), 0));
-        assert!(attestation_key(&t(1), 1) < attestation_key(&t(1), 2));
         assert_eq!(task_of(&task_key(&t(300))), t(300));
     }
 }

@@ -11,6 +11,7 @@ pub mod records;
 mod retention;
 mod runs;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -371,7 +372,7 @@ fn apply<'a>(db: &Database, positions: &mut log::Positions, ops: impl Iterator<I
         let mut counted = runs::Counts::default();
         // Standings are whole values, and a commit carries a peer's many times (every verdict
         // judges its peers): only the last of each is written, once, in key order.
-        let mut standing_of: std::collections::BTreeMap<PeerId, &Standing> = std::collections::BTreeMap::new();
+        let mut standing_of: BTreeMap<PeerId, &Standing> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::PutJob(id, job) => {

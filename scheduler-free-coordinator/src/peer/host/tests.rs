@@ -219,7 +219,6 @@ impl Net {
         self.parked = keep;
         for (from, t) in due {
             self.deliver(from, t);
-            self.settle();
         }
     }
 

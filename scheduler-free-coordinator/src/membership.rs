@@ -61,6 +61,9 @@ const SUSPECT_SCAN_EVERY_MS: Millis = 1_000;
 const FIRST_DIGEST_MS: Millis = 3_000;
 /// How often a few members held dead are greeted at their address.
 const DEAD_HELLO_EVERY_MS: Millis = 20_000;
+/// Least time between two pushes of news heard (a job's ad, new or changed) straight to
+/// random members: news in between goes with the push after or the periodic gossip.
+pub const NEWS_PUSH_EVERY_MS: Millis = 50;
 /// Most members told directly that this peer leaves ([`Membership::leave`]); the rest hear it
 /// from them.
 pub const MAX_LEAVE_NOTICES: usize = 64;
@@ -221,6 +224,8 @@ struct RecordState {
     sender: Option<PeerId>,
     /// Who may add records, and how many each signer holds.
     admission: quota::Admission,
+    /// A job's ad was taken since the last push of news ([`Membership::push_news`]).
+    news: bool,
 }
 
 impl RecordState {
@@ -291,6 +296,7 @@ impl RecordState {
             None => Arc::new(held::Keyed::new(record.clone())),
         };
         self.records.insert(held);
+        self.news |= matches!(record, Record::JobAd(_));
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
     }
@@ -393,6 +399,8 @@ pub struct Membership {
     first_digest_in: Millis,
     /// Set at the first tick.
     next_digest: Option<Millis>,
+    /// When news heard may next be pushed ([`NEWS_PUSH_EVERY_MS`]).
+    next_news_push: Millis,
     /// Picks the digest's member (seeded, so a simulated run repeats).
     rng: SmallRng,
     /// Where the next round of greetings starts among the dead members.
@@ -428,6 +436,7 @@ impl Membership {
             rivals_seen: HashSet::new(),
             sender: None,
             admission: quota::Admission::default(),
+            news: false,
         }));
         shared.lock().unwrap_or_else(|p| p.into_inner()).admission.know(me.peer);
         let foca_config = config.foca();
@@ -457,6 +466,7 @@ impl Membership {
             // do not send theirs together.
             first_digest_in: FIRST_DIGEST_MS + seed % FIRST_DIGEST_MS,
             next_digest: None,
+            next_news_push: 0,
             rng: SmallRng::seed_from_u64(seed ^ 0x00d1_6e57),
             down_cursor: 0,
             greeted: HashSet::new(),
@@ -485,6 +495,26 @@ impl Membership {
     }
 
     fn with<R>(&mut self, now: Millis, f: impl FnOnce(&mut Foca<Member, PostcardCodec, SmallRng, Handler>, &mut Collect<'_>) -> R) -> R {
+        let (r, newcomers) = self.drive(now, f);
+        for m in newcomers {
+            // A peer greeted by address is now known by identity: announcing to it brings its
+            // feed of members, so a joiner learns the mesh in one round trip rather than one
+            // probe at a time.
+            if self.greeted.remove(m.addr.as_str()) {
+                self.announce_to(m.clone(), now);
+            }
+            self.sync_to(m);
+        }
+        r
+    }
+
+    /// Calls `f` on foca with this membership's runtime; returns what it returned and the
+    /// members that came up meanwhile (admitted to the record quota already).
+    fn drive<R>(
+        &mut self,
+        now: Millis,
+        f: impl FnOnce(&mut Foca<Member, PostcardCodec, SmallRng, Handler>, &mut Collect<'_>) -> R,
+    ) -> (R, Vec<Member>) {
         let mut newcomers = Vec::new();
         let r = {
             let mut rt = Collect {
@@ -504,16 +534,28 @@ impl Membership {
             shared.admission.know(m.peer);
         }
         drop(shared);
-        for m in newcomers {
-            // A peer greeted by address is now known by identity: announcing to it brings its
-            // feed of members, so a joiner learns the mesh in one round trip rather than one
-            // probe at a time.
-            if self.greeted.remove(m.addr.as_str()) {
-                self.announce_to(m.clone(), now);
+        (r, newcomers)
+    }
+
+    /// Takes `members` (alive) and signed `records` as known already, by this peer and by the
+    /// mesh: nothing is sent and nothing queued for gossip, as foca's `apply_many` without
+    /// broadcast restores a view. Each is taken as any other, records through their signature
+    /// check; the members come up as events. For a view whose mesh formed before (the
+    /// simulator's start, `spare sim` without `--cold-start`), not for news: news is gossiped.
+    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[&[u8]], now: Millis) {
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            for bytes in records {
+                shared.accept(bytes, None);
             }
-            self.sync_to(m);
+            // Known to the mesh already: nothing to push.
+            shared.news = false;
+            move_events(&mut shared.events, &mut self.events);
         }
-        r
+        let me = self.foca.identity().peer;
+        let updates = members.into_iter().filter(|m| m.peer != me).map(foca::Member::alive);
+        // Only this peer's own member could be refused, and it was filtered out.
+        let _ = self.drive(now, |foca, rt| foca.apply_many(updates, false, rt));
     }
 
     /// SWIM's announce to `m` (answered with a feed of its members). Not generic, so the call
@@ -539,8 +581,28 @@ impl Membership {
     pub fn handle_data(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).sender = sender;
         let r = self.dispatch(data, sender, now);
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).sender = None;
+        let news = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared.sender = None;
+            std::mem::take(&mut shared.news)
+        };
+        if news {
+            self.push_news(now);
+        }
         r
+    }
+
+    /// Sends a job's ad just heard on to random members now (foca's gossip, which carries it
+    /// with whatever else is due), rather than only with the next message that goes anyway: it
+    /// is what idle peers wait for, and in a calm mesh the next message is a probe period
+    /// away, so an ad crossed a hundred peers in four seconds. At most one push per
+    /// [`NEWS_PUSH_EVERY_MS`]; a news held back goes with the next push or gossip.
+    fn push_news(&mut self, now: Millis) {
+        if now < self.next_news_push || self.foca.num_members() == 0 {
+            return;
+        }
+        self.next_news_push = now.saturating_add(NEWS_PUSH_EVERY_MS);
+        let _ = self.with(now, |foca, rt| foca.gossip(rt));
     }
 
     fn dispatch(&mut self, data: &[u8], sender: Option<PeerId>, now: Millis) -> Result<(), MembershipError> {
@@ -779,6 +841,8 @@ impl Membership {
             let fresh = shared.accept(&bytes, None).is_some();
             // Our own news is not news to us.
             shared.events.retain(|e| !matches!(e, MeshEvent::Record(r) if r.key() == key));
+            // …and goes out below, not as news heard.
+            shared.news = false;
             fresh
         };
         if fresh {

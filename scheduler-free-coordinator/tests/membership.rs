@@ -263,3 +263,57 @@ fn a_restarted_member_gets_every_advert_again() {
     net.run(1_000);
     assert_eq!(net.peers[3].adverts().len(), 4, "{:?}", net.peers[3].adverts());
 }
+
+#[test]
+fn a_restored_view_sends_nothing_and_holds_every_member_and_advert() {
+    let mut net = Net::new(6);
+    let members: Vec<Member> = net.peers.iter().map(|p| p.me().clone()).collect();
+    let adverts: Vec<Vec<u8>> = members.iter().map(|m| advert(m.peer, 1, 4).encode()).collect();
+    let adverts: Vec<&[u8]> = adverts.iter().map(Vec::as_slice).collect();
+    for p in &mut net.peers {
+        p.restore(members.iter().cloned(), &adverts, 0);
+    }
+    for (i, p) in net.peers.iter_mut().enumerate() {
+        assert_eq!(p.poll_send(), None, "peer {i} sends nothing");
+        assert_eq!(p.adverts().len(), 6, "peer {i}");
+        let ups = std::iter::from_fn(|| p.poll_event()).filter(|e| matches!(e, MeshEvent::PeerUp(_))).count();
+        assert_eq!(ups, 5, "peer {i}: the others came up");
+    }
+    for i in 0..6 {
+        assert_eq!(net.alive_seen_by(i), 5, "peer {i}");
+    }
+    // It is a mesh like any other: a silent member is found dead by the probes.
+    net.down[5] = true;
+    net.run(15_000);
+    let gone = members[5].peer;
+    for i in 0..5 {
+        assert_eq!(net.alive_seen_by(i), 4, "peer {i}");
+        assert!(net.events[i].iter().any(|e| matches!(e, MeshEvent::PeerDown(m) if m.peer == gone)), "peer {i}");
+    }
+}
+
+#[test]
+fn a_jobs_ad_heard_is_pushed_on_at_once_and_pushes_are_spaced() {
+    let mut net = Net::new(8);
+    let members: Vec<Member> = net.peers.iter().map(|p| p.me().clone()).collect();
+    for p in &mut net.peers {
+        p.restore(members.iter().cloned(), &[], 0);
+    }
+    // Peer 1 hears a job's ad (from its origin, peer 0) and sends it on before any timer.
+    let origin = members[0].peer;
+    let ad = job_ad(origin, 7).encode();
+    // As a records message (tag 1, then the records), the way a digest's answer brings ads.
+    let from_origin = |p: &mut Membership, ad: &[u8], now| {
+        let body = postcard::to_stdvec(&vec![ad.to_vec()]).unwrap();
+        let mut msg = vec![1u8];
+        msg.extend_from_slice(&body);
+        p.handle_data(&msg, Some(origin), now).unwrap();
+        std::iter::from_fn(|| p.poll_send()).count()
+    };
+    assert!(from_origin(&mut net.peers[1], &ad, 0) >= 2, "pushed to random members at once");
+    // Another ad 10 ms later waits for the next push or gossip.
+    let second = job_ad(origin, 8).encode();
+    assert_eq!(from_origin(&mut net.peers[1], &second, 10), 0);
+    let third = job_ad(origin, 9).encode();
+    assert!(from_origin(&mut net.peers[1], &third, 60) >= 2, "and the next one goes");
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::membership::{Membership, MembershipConfig};
+use crate::membership::{Member, Membership, MembershipConfig};
 use crate::records::{Advert, JobAd, Record, Signer};
 use crate::{JobId, JobSpec, Millis, PeerId};
 
@@ -166,6 +166,14 @@ impl MeshState {
     /// The sequence number of this peer's last ad of `job`, if it published one.
     pub fn job_seq(&self, job: &JobId) -> Option<u64> {
         self.job_seq.get(job).copied()
+    }
+
+    /// Takes a view of the mesh formed before (`members` and their signed `records`, known to
+    /// the mesh already: [`Membership::restore`]), as a peer that joined through its bootstrap
+    /// peers at `now`: its next greeting is the periodic one.
+    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[&[u8]], now: Millis) {
+        self.membership.restore(members, records, now);
+        self.last_greet = Some(now);
     }
 
     /// Whether the peers joined through are due a greeting.

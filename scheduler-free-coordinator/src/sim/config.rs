@@ -8,6 +8,10 @@ use crate::{Adaptive, Diversity, Limits, Millis, Policy, PolicyCaps};
 pub struct SimConfig {
     /// Peers at the start, the job's origin included.
     pub peers: u32,
+    /// Every peer starts at once and joins through its cell's bootstrap peers, the job with
+    /// them; otherwise (the default) the job comes to a mesh that formed before: each peer
+    /// holds its cell's members and their adverts, as gossip had left them.
+    pub cold_start: bool,
     /// Tasks of the one job (default 10 × peers).
     pub tasks: u32,
     /// Distinct agreeing peers needed to verify a task.
@@ -89,6 +93,7 @@ impl SimConfig {
     pub fn new(peers: u32) -> SimConfig {
         SimConfig {
             peers,
+            cold_start: false,
             tasks: peers.saturating_mul(10),
             quorum: 2,
             max_replicas: 5,

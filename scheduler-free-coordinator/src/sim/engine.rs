@@ -5,7 +5,7 @@
 use crate::peer::host::Hosts;
 use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
-use crate::records::Verifier;
+use crate::records::{RecordKey, Verifier};
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
 use crate::{JobId, JobSpec, Millis, PeerId, Standing, Verdict, derive_job_id};
 
@@ -224,15 +224,19 @@ impl Sim {
         Ok(())
     }
 
-    /// Every peer starts at once: greets its bootstrap peers and publishes its advert; the origin
-    /// hands the job to its backups (and announces it once they answered), and its own slots
-    /// start on it.
+    /// The mesh is there (formed before, or with `cold_start` every peer starts at once: greets
+    /// its bootstrap peers and publishes its advert); the origin hands the job to its backups
+    /// (and announces it once they answered), and its own slots start on it.
     fn start(&mut self) {
         let origin = self.origin;
         // The origin publishes no advert: see the module docs.
         self.peers[origin as usize].advertises = false;
-        for p in 0..self.peers.len() as u32 {
-            self.boot(p);
+        if self.cfg.cold_start {
+            for p in 0..self.peers.len() as u32 {
+                self.boot(p);
+            }
+        } else {
+            self.form_mesh();
         }
         let backups: Vec<PeerId> = self.backups.iter().map(|&b| self.peers[b as usize].id).collect();
         let job = self.job;
@@ -249,6 +253,48 @@ impl Sim {
         if let Some(at) = self.cfg.restart_origin_at_ms {
             self.queue.push(at, Event::RestartOrigin);
         }
+    }
+
+    /// The mesh as gossip left it before the job came: every peer publishes its advert (alone,
+    /// so to nobody), then each of its views takes the cell's members, the bridges among them,
+    /// and their adverts as known ([`MeshState::restore`]), and its mesh loop starts. What the
+    /// join wave of a cold start sends (every peer checks every member it hears of before its
+    /// advert: half a million pings and acks at 10,000 peers) is then never simulated, and the
+    /// job meets the mesh the origin chose its backups from.
+    fn form_mesh(&mut self) {
+        let n = self.peers.len() as u32;
+        for p in 0..n {
+            self.publish_advert(p);
+        }
+        for c in 0..self.cells.len() as u32 {
+            let mut members = self.cells[c as usize].members.clone();
+            members.extend(self.bridges.iter().copied());
+            members.sort_unstable();
+            members.dedup();
+            let ids: Vec<Member> = members.iter().map(|&i| self.member(i)).collect();
+            let adverts: Vec<Vec<u8>> = members
+                .iter()
+                .filter_map(|&i| {
+                    let peer = &self.peers[i as usize];
+                    peer.views.first()?.mesh.membership.record(&RecordKey::Advert(peer.id)).map(|r| r.encode())
+                })
+                .collect();
+            let adverts: Vec<&[u8]> = adverts.iter().map(Vec::as_slice).collect();
+            for &i in &members {
+                let Some(v) = self.peers[i as usize].view_of(c) else { continue };
+                self.peers[i as usize].views[v].mesh.restore(ids.iter().cloned(), &adverts, self.now);
+                self.after_mesh(i, v);
+            }
+        }
+        for p in 0..n {
+            self.schedule_house(p);
+        }
+    }
+
+    /// Peer `index` as a member, in the run it started with.
+    fn member(&self, index: u32) -> Member {
+        let born = self.peers[index as usize].born;
+        Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index).into(), epoch: UNIX_BASE_MS + born }
     }
 
     /// A peer's first moments: greet, advertise, start its mesh loop.

@@ -199,6 +199,7 @@ impl Sim {
             max_replicas: self.cfg.max_replicas,
             liars,
             collude: self.cfg.collude,
+            cold_start: self.cfg.cold_start,
             liars_honest_for: self.cfg.liars_honest_for,
             liar_networks: self.cfg.liar_networks,
             diversity: self.cfg.diversity,

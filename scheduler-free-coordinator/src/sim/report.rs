@@ -20,6 +20,9 @@ pub struct Rate {
 pub struct Report {
     /// Peers at the start, the origin included.
     pub peers: u32,
+    /// Whether every peer started at once and joined with the job (`--cold-start`), rather
+    /// than the job coming to a mesh formed before.
+    pub cold_start: bool,
     /// Tasks of the job.
     pub tasks: u32,
     /// The job's quorum.

@@ -20,6 +20,10 @@ pub struct SimArgs {
     /// Virtual peers at the start, the job's origin included.
     #[arg(long, default_value_t = 1000)]
     peers: u32,
+    /// Every peer starts at once and joins through its cell's bootstrap peers while the job
+    /// starts (the join wave), instead of the job coming to a mesh that formed before.
+    #[arg(long)]
+    cold_start: bool,
     /// Tasks in the job [default: 10 × peers, at most the 100,000 a job may have].
     #[arg(long)]
     tasks: Option<u32>,
@@ -115,6 +119,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     cfg.max_replicas = a.max_replicas;
     cfg.liars = a.liars;
     cfg.collude = a.collude;
+    cfg.cold_start = a.cold_start;
     cfg.liars_honest_for = a.liars_honest_for;
     cfg.liar_networks = a.liar_networks;
     cfg.diversity = Diversity::from(a.diversity);
@@ -177,7 +182,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
 fn table(r: &Report) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows: Vec<(&str, String)> = vec![
-        ("peers / tasks", format!("{} / {}", r.peers, r.tasks)),
+        ("peers / tasks", format!("{} / {}{}", r.peers, r.tasks, if r.cold_start { " (cold start)" } else { "" })),
         ("quorum / max replicas", format!("{} / {}", r.quorum, r.max_replicas)),
         (
             "liars",

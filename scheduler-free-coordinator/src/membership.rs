@@ -235,6 +235,11 @@ impl RecordState {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
         };
+        self.take(record, sender)
+    }
+
+    /// [`RecordState::accept`] for a record decoded already.
+    fn take(&mut self, record: Record, sender: Option<PeerId>) -> Option<(RecordKey, u64)> {
         let key = record.key();
         let known = self.records.get(&key);
         // A job's ad is replaced only by its announcer or a coordinator it names; an ad from
@@ -264,7 +269,9 @@ impl RecordState {
         if !self.admission.admits(&record, replacing, sender, has_advert) {
             return None;
         }
-        if !record.verify(&self.verifier) {
+        // A copy of a record another membership of this process checked needs no second check.
+        let checked = self.pool.as_ref().and_then(|pool| pool.checked(&record, &self.verifier));
+        if checked.is_none() && !record.verify(&self.verifier) {
             self.events.push_back(MeshEvent::Invalid { sender });
             return None;
         }
@@ -291,9 +298,10 @@ impl RecordState {
         }
         let seq = record.seq();
         self.admission.stored(&record, replacing);
-        let held = match &self.pool {
-            Some(pool) => pool.intern(&record),
-            None => Arc::new(held::Keyed::new(record.clone())),
+        let held = match (checked, &self.pool) {
+            (Some(held), _) => held,
+            (None, Some(pool)) => pool.intern(&record, &self.verifier),
+            (None, None) => Arc::new(held::Keyed::new(record.clone())),
         };
         self.records.insert(held);
         self.news |= matches!(record, Record::JobAd(_));
@@ -542,11 +550,11 @@ impl Membership {
     /// broadcast restores a view. Each is taken as any other, records through their signature
     /// check; the members come up as events. For a view whose mesh formed before (the
     /// simulator's start, `spare sim` without `--cold-start`), not for news: news is gossiped.
-    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[&[u8]], now: Millis) {
+    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[Record], now: Millis) {
         {
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            for bytes in records {
-                shared.accept(bytes, None);
+            for record in records {
+                shared.take(record.clone(), None);
             }
             // Known to the mesh already: nothing to push.
             shared.news = false;

@@ -268,8 +268,7 @@ fn a_restarted_member_gets_every_advert_again() {
 fn a_restored_view_sends_nothing_and_holds_every_member_and_advert() {
     let mut net = Net::new(6);
     let members: Vec<Member> = net.peers.iter().map(|p| p.me().clone()).collect();
-    let adverts: Vec<Vec<u8>> = members.iter().map(|m| advert(m.peer, 1, 4).encode()).collect();
-    let adverts: Vec<&[u8]> = adverts.iter().map(Vec::as_slice).collect();
+    let adverts: Vec<Record> = members.iter().map(|m| advert(m.peer, 1, 4)).collect();
     for p in &mut net.peers {
         p.restore(members.iter().cloned(), &adverts, 0);
     }

@@ -171,7 +171,7 @@ impl MeshState {
     /// Takes a view of the mesh formed before (`members` and their signed `records`, known to
     /// the mesh already: [`Membership::restore`]), as a peer that joined through its bootstrap
     /// peers at `now`: its next greeting is the periodic one.
-    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[&[u8]], now: Millis) {
+    pub fn restore(&mut self, members: impl IntoIterator<Item = Member>, records: &[Record], now: Millis) {
         self.membership.restore(members, records, now);
         self.last_greet = Some(now);
     }

@@ -5,7 +5,7 @@
 use crate::peer::host::Hosts;
 use crate::membership::{Member, Membership, MeshEvent, RecordPool};
 use crate::peer::mesh::{MeshState, membership_config};
-use crate::records::{RecordKey, Verifier};
+use crate::records::{Record, RecordKey, Verifier};
 use crate::rendezvous::{self, DEFAULT_COORDINATORS};
 use crate::{JobId, JobSpec, Millis, PeerId, Standing, Verdict, derive_job_id};
 
@@ -272,14 +272,13 @@ impl Sim {
             members.sort_unstable();
             members.dedup();
             let ids: Vec<Member> = members.iter().map(|&i| self.member(i)).collect();
-            let adverts: Vec<Vec<u8>> = members
+            let adverts: Vec<Record> = members
                 .iter()
                 .filter_map(|&i| {
                     let peer = &self.peers[i as usize];
-                    peer.views.first()?.mesh.membership.record(&RecordKey::Advert(peer.id)).map(|r| r.encode())
+                    peer.views.first()?.mesh.membership.record(&RecordKey::Advert(peer.id))
                 })
                 .collect();
-            let adverts: Vec<&[u8]> = adverts.iter().map(Vec::as_slice).collect();
             for &i in &members {
                 let Some(v) = self.peers[i as usize].view_of(c) else { continue };
                 self.peers[i as usize].views[v].mesh.restore(ids.iter().cloned(), &adverts, self.now);

@@ -4,6 +4,7 @@
 //! whose coordinator had nothing to give is left alone for a while (exponential backoff), so idle
 //! peers do not hammer coordinators of jobs that are fully leased.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use crate::records::JobAd;
@@ -46,12 +47,13 @@ impl Puller {
 
     /// The job to ask next for up to `free` replicas, and how many to ask for; `None` when no
     /// announced job wants work now.
-    pub fn pick(&mut self, ads: &[JobAd], free: u32, now: Millis) -> Option<(JobId, u32)> {
+    pub fn pick<A: Borrow<JobAd>>(&mut self, ads: &[A], free: u32, now: Millis) -> Option<(JobId, u32)> {
         if free == 0 {
             return None;
         }
         let mut open: Vec<&JobAd> = ads
             .iter()
+            .map(Borrow::borrow)
             .filter(|a| !a.done && !a.coordinators.is_empty() && a.policy.limits.memory_bytes <= self.memory_cap)
             .filter(|a| self.backoff.get(&a.job).is_none_or(|(until, _)| *until <= now))
             .collect();

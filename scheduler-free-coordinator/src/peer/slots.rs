@@ -3,6 +3,8 @@
 //! [`Puller`]), and the slot loop's other rules (a lease too close to lapsing is handed back; a
 //! failing peer pauses).
 
+use std::borrow::Borrow;
+
 use crate::pull::Puller;
 use crate::records::JobAd;
 use crate::{JobId, Millis};
@@ -152,15 +154,15 @@ impl Slots {
 
     /// The job to ask a coordinator for replicas, and how many; `ads` are the announced jobs this
     /// peer does not lead itself. `None` while a request is out or nothing is free.
-    pub fn poll_ask(&mut self, ads: &[JobAd], now: Millis) -> Option<(JobId, u32)> {
+    pub fn poll_ask<A: Borrow<JobAd>>(&mut self, ads: &[A], now: Millis) -> Option<(JobId, u32)> {
         if !self.may_ask(now) {
             // Full or waiting for an answer: only that, not time, frees the slots.
             self.open = false;
             return None;
         }
         let free = self.free(now);
-        self.open = ads.iter().any(|a| !a.done);
-        self.puller.retain(|j| ads.iter().any(|a| a.job == *j && !a.done));
+        self.open = ads.iter().any(|a| !a.borrow().done);
+        self.puller.retain(|j| ads.iter().map(Borrow::borrow).any(|a: &JobAd| a.job == *j && !a.done));
         let (job, n) = self.puller.pick(ads, u32::try_from(free).unwrap_or(u32::MAX), now)?;
         self.asking = Some(n);
         Some((job, n))

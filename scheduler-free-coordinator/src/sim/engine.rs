@@ -140,9 +140,8 @@ impl Sim {
             c.bootstrap = c.members.iter().take(cfg.bootstrap_peers as usize).copied().collect();
         }
         let verifier = keys::verifier();
-        // The origin hands the job to the live peers that rank highest for it. Every peer starts
-        // at once, so they are taken from every worker rather than from the origin's view, as if
-        // the mesh had formed before the job came (see the module docs).
+        // The origin hands the job to the live peers that rank highest for it, taken from every
+        // worker: the mesh it sees formed before the job (with a cold start, as if it had).
         let origin = keys::peer_id(cfg.seed, 0);
         let job = derive_job_id(&origin, &job_digest(cfg.seed), JOB_NONCE);
         let all: Vec<PeerId> = (1..n).map(|i| keys::peer_id(cfg.seed, i)).collect();

@@ -13,8 +13,12 @@
 //! coordinator ([`peer::members`](crate::peer::members)) and the sizes of its messages
 //! ([`peer::wire`](crate::peer::wire)). The simulator keeps no copy of their constants.
 //!
-//! One run: `peers` peers start at once and join through the bootstrap peers of their cell;
-//! peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
+//! One run: the job comes to a mesh of `peers` peers that formed before it, each holding its
+//! cell's members and their adverts as gossip had left them
+//! ([`MeshState::restore`](crate::peer::mesh::MeshState::restore): nothing sent); with
+//! `cold_start` they all start with the job instead and join through the bootstrap peers of
+//! their cell (the join wave: every peer checks each member it hears of before that member's
+//! advert reaches it). Peer 0, the *origin*, accepts one job of `tasks` tasks, hands it to two backup coordinators
 //! and announces it; every peer pulls leases for it from the first live coordinator the ad
 //! names, "runs" each replica for a random 50–200 ms on one of its slots, and reports a signed
 //! attestation. A task's honest output is BLAKE3 of its index; liars answer their own wrong
@@ -79,9 +83,8 @@
 //!   the backups, which are workers too, advertise and announce the job alike);
 //! - RPC transport overhead is an estimate ([`crate::peer::wire`]); a lost RPC message fails
 //!   the call after `rpc_fail_ms` ([`net`]);
-//! - the origin picks its backups among every initial peer, as if the mesh had formed before
-//!   the job came (in the simulation the job starts with the mesh, and the origin knows nobody
-//!   yet);
+//! - the origin picks its backups among every initial peer, from the mesh formed before the
+//!   job (with `cold_start` too, though the origin then knows nobody yet);
 //! - liveness at a coordinator is simplified ([`coord`]);
 //! - reputation is not replicated (no peer replicates it), and `history` is given to the
 //!   origin's coordinator only;

@@ -30,7 +30,11 @@ pub struct Evidence<'a> {
 pub fn verdict_write(coord: &Coordinator, outputs: &PendingOutputs, task: TaskId, verdict: &Verdict, evidence: &[Evidence<'_>]) -> Write {
     let (verified_by, attestations) = coord.task(&task).map(|v| (v.verified_by, v.attestations)).unwrap_or_default();
     // The attestation that completes a quorum carries the agreed result.
-    let from = evidence.iter().rev().find(|e| e.att.task == task && verdict.agreed() == Some(&e.att.result));
+    // The index first: a batch's evidence is all of one job, and this runs for every verdict.
+    let from = evidence
+        .iter()
+        .rev()
+        .find(|e| e.att.task.index == task.index && e.att.task == task && verdict.agreed() == Some(&e.att.result));
     let output = match verdict {
         Verdict::Verified(key) => from
             .map(|e| e.output)

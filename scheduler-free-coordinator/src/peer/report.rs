@@ -13,11 +13,10 @@ use crate::{Attestation, BlobId, Coordinator, PeerId, ReportError, Reported};
 /// What became of one reported attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Taken {
-    /// Recorded: store it at `ordinal` (its place among the task's attestations) with its
-    /// `lone` mark, and stream it to the backups (with the output when it `decided` the task).
+    /// Recorded: store it with its `lone` mark (the store keeps a job's attestations in the
+    /// order they were recorded), and stream it to the backups (with the output when it
+    /// `decided` the task).
     Recorded {
-        /// Its place among the task's attestations, from 0.
-        ordinal: u32,
         /// Taken alone (adaptive replication): the backups replay it so.
         lone: bool,
         /// It made the task's verdict.
@@ -67,10 +66,8 @@ pub fn record(coord: &mut Coordinator, att: Arc<Attestation>) -> Taken {
         Ok(Reported::Late) => return Taken::Late,
         Err(e) => return Taken::Refused(e),
     };
-    let (ordinal, lone) = coord
-        .task(&task)
-        .map_or((0, false), |t| (t.attestations.saturating_sub(1), t.lone && t.attestations == 1));
-    Taken::Recorded { ordinal, lone, decided }
+    let lone = coord.task(&task).is_some_and(|t| t.lone && t.attestations == 1);
+    Taken::Recorded { lone, decided }
 }
 
 #[cfg(test)]
@@ -102,10 +99,10 @@ mod tests {
         assert_eq!(take(&mut coord, a, att(task, a, b"12345"), true, b"12345"), Taken::Invalid);
         assert_eq!(coord.task(&task).map(|t| t.attestations), Some(0), "nothing recorded");
         let first = take(&mut coord, a, good.clone(), true, b"42");
-        assert_eq!(first, Taken::Recorded { ordinal: 0, lone: false, decided: false });
+        assert_eq!(first, Taken::Recorded { lone: false, decided: false });
         assert!(matches!(take(&mut coord, a, good, true, b"42"), Taken::Refused(_)), "one per peer");
         let second = take(&mut coord, b, att(task, b, b"42"), true, b"42");
-        assert_eq!(second, Taken::Recorded { ordinal: 1, lone: false, decided: true });
+        assert_eq!(second, Taken::Recorded { lone: false, decided: true });
         // c holds no lease: refused, unjudged.
         let after = take(&mut coord, c, att(task, c, b"42"), true, b"42");
         assert_eq!(after, Taken::Refused(ReportError::NoLease { task, peer: c }));

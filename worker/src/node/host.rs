@@ -236,8 +236,8 @@ impl Node {
 /// The store's record of one [`Write`].
 fn op_of(core: &mut Core, w: Write) -> Op {
     match w {
-        // The store appends it to its job's log; the task's ordinal is implied by that order.
-        Write::Attestation { logged, ordinal: _ } => Op::PutAttestation { attestation: logged.att, lone: logged.lone },
+        // The store appends it to its job's log.
+        Write::Attestation { logged } => Op::PutAttestation { attestation: logged.att, lone: logged.lone },
         Write::Verdict { task, verdict, verified_by, attestations, output, detail } => {
             core.undurable.insert(task);
             // Known gap 15: completed by an attestation replayed without its output, none held.

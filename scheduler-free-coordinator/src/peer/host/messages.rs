@@ -59,8 +59,9 @@ impl Recorded {
 /// one (report answers, notices) comes out of [`Hosts`](super::Hosts) only once it is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    /// An attestation recorded: the `ordinal`-th of its task here (from 0), with its `lone` mark.
-    Attestation { logged: Logged, ordinal: u32 },
+    /// An attestation recorded, with its `lone` mark: appended to its job's log, whose order is
+    /// the recording order (a restart replays it so).
+    Attestation { logged: Logged },
     /// A task's final verdict, as the store keeps it: who verified it, how many attestations it
     /// took, the agreed output and the detail of the run that decided it.
     Verdict { task: TaskId, verdict: Verdict, verified_by: Vec<PeerId>, attestations: u32, output: Vec<u8>, detail: Detail },

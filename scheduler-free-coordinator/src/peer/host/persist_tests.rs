@@ -48,7 +48,7 @@ fn a_report_answer_waits_until_its_attestation_is_durable() {
     lease_and_report(&mut h, job, W1, b"42", 5, 0);
     let w = writes(&mut h);
     assert_eq!(w.len(), 1);
-    assert!(matches!(&w[0], (1, Write::Attestation { logged, ordinal: 0 }) if logged.att.peer == W1));
+    assert!(matches!(&w[0], (1, Write::Attestation { logged }) if logged.att.peer == W1));
     assert!(h.poll_transmit().is_none(), "not before the write is durable");
     h.handle_durable(1);
     assert!(matches!(h.poll_transmit(), Some(Transmit::ReportAnswer { to: W1, batch: 5, accepted: 1, rejected: 0 })));

@@ -126,10 +126,10 @@ impl Host {
 
     fn note_taken(&mut self, cx: &mut Shared, e: Evidence<'_>, taken: &Taken, now: Millis, tally: &mut Tally) {
         match taken {
-            Taken::Recorded { ordinal, lone, decided } => {
+            Taken::Recorded { lone, decided } => {
                 cx.outputs.keep(e.att.task, e.att.result.output_hash, e.output);
                 let logged = Logged { att: Arc::clone(e.att), lone: *lone };
-                self.note_recorded(cx, logged, *ordinal, e.output, decided.then_some(e.detail), now);
+                self.note_recorded(cx, logged, e.output, decided.then_some(e.detail), now);
             }
             Taken::Late => tally.late += 1,
             Taken::Invalid => tally.invalid += 1,

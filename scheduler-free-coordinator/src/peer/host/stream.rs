@@ -66,10 +66,10 @@ impl Host {
         self.replicate_at = self.replicators.poll_timeout(now);
     }
 
-    /// This peer recorded an attestation, the `ordinal`-th of its task: store it, log it, and
-    /// stream it when it leads, with its `output` and, when it decided its task, its `detail`.
-    pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, ordinal: u32, output: &[u8], decided: Option<&Detail>, now: Millis) {
-        self.writes.push(Write::Attestation { logged: item.clone(), ordinal });
+    /// This peer recorded an attestation: store it, log it, and stream it when it leads, with its
+    /// `output` and, when it decided its task, its `detail`.
+    pub(super) fn note_recorded(&mut self, cx: &Shared, item: Logged, output: &[u8], decided: Option<&Detail>, now: Millis) {
+        self.writes.push(Write::Attestation { logged: item.clone() });
         let seq = self.logged + 1;
         if self.leads(cx) {
             let entry = Recorded { logged: item.clone(), output: output.to_vec(), detail: decided.cloned().unwrap_or_default() };
@@ -153,8 +153,7 @@ impl Host {
         };
         let att = &r.logged.att;
         cx.outputs.keep(att.task, att.result.output_hash, &r.output);
-        let ordinal = cx.coord.task(&att.task).map_or(0, |t| t.attestations.saturating_sub(1));
-        self.note_recorded(cx, r.logged.clone(), ordinal, &r.output, decided.then_some(&r.detail), now);
+        self.note_recorded(cx, r.logged.clone(), &r.output, decided.then_some(&r.detail), now);
         true
     }
 

@@ -10,6 +10,7 @@ mod log;
 pub mod records;
 mod retention;
 mod runs;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,6 +67,11 @@ pub enum StoreError {
     /// A blob operation failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The data directory was written by a newer build, whose tables this one could misread.
+    #[error(
+        "{path} was written by a newer Spare (store schema {found}; this build reads up to {supported}): run that version, or give this one another data directory"
+    )]
+    Newer { path: String, found: u64, supported: u64 },
 }
 
 /// One change to the store.
@@ -133,6 +139,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
         let path = dir.join(DB_FILE);
         let shown = path.display().to_string();
+        let named = shown.clone();
         let db = Database::builder()
             .set_repair_callback(move |s| {
                 // A repair follows an unclean shutdown or damage; a rollback it causes is reported
@@ -146,6 +153,8 @@ impl Store {
         let db = Arc::new(db);
         let found = {
             let tx = db.begin_write().map_err(db_err)?;
+            // A newer build's store is left as it is (the transaction is dropped, not committed).
+            schema::check(&tx.open_table(commits::META).map_err(db_err)?, &named)?;
             // Tables an earlier version keyed by `[u8; N]` move to `Fixed` keys first, once.
             let moved = key::migrate(&tx, JOBS)?
                 + key::migrate(&tx, INPUTS)?
@@ -170,7 +179,11 @@ impl Store {
             tx.open_table(STANDINGS).map_err(db_err)?;
             tx.open_table(FETCHED).map_err(db_err)?;
             tx.open_table(RUNS).map_err(db_err)?;
-            let found = commits::read(&tx.open_table(commits::META).map_err(db_err)?)?;
+            let found = {
+                let mut meta = tx.open_table(commits::META).map_err(db_err)?;
+                schema::stamp(&mut meta)?;
+                commits::read(&meta)?
+            };
             tx.commit().map_err(db_err)?;
             found
         };

@@ -224,7 +224,8 @@ struct RecordState {
     sender: Option<PeerId>,
     /// Who may add records, and how many each signer holds.
     admission: quota::Admission,
-    /// A job's ad was taken since the last push of news ([`Membership::push_news`]).
+    /// A job's ad was heard from another peer and taken since the last push of news
+    /// ([`Membership::push_news`]); set where records are heard, not where they are taken.
     news: bool,
 }
 
@@ -304,7 +305,6 @@ impl RecordState {
             (None, None) => Arc::new(held::Keyed::new(record.clone())),
         };
         self.records.insert(held);
-        self.news |= matches!(record, Record::JobAd(_));
         self.events.push_back(MeshEvent::Record(record));
         Some((key, seq))
     }
@@ -331,7 +331,9 @@ impl BroadcastHandler<Member> for Handler {
             return Ok(Record::decode(data).map(|r| Versioned(r.key(), r.seq())));
         }
         let sender = state.sender;
-        Ok(state.accept(data, sender).map(|(k, s)| Versioned(k, s)))
+        let taken = state.accept(data, sender);
+        state.news |= matches!(taken, Some((RecordKey::JobAd(_), _)));
+        Ok(taken.map(|(k, s)| Versioned(k, s)))
     }
 }
 
@@ -556,8 +558,6 @@ impl Membership {
             for record in records {
                 shared.take(record.clone(), None);
             }
-            // Known to the mesh already: nothing to push.
-            shared.news = false;
             move_events(&mut shared.events, &mut self.events);
         }
         let me = self.foca.identity().peer;
@@ -648,6 +648,7 @@ impl Membership {
                         news.push(bytes);
                     }
                 }
+                shared.news |= !news.is_empty();
                 move_events(&mut shared.events, &mut self.events);
                 drop(shared);
                 for bytes in news {
@@ -849,8 +850,6 @@ impl Membership {
             let fresh = shared.accept(&bytes, None).is_some();
             // Our own news is not news to us.
             shared.events.retain(|e| !matches!(e, MeshEvent::Record(r) if r.key() == key));
-            // …and goes out below, not as news heard.
-            shared.news = false;
             fresh
         };
         if fresh {

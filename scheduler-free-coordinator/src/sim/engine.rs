@@ -270,14 +270,14 @@ impl Sim {
             members.extend(self.bridges.iter().copied());
             members.sort_unstable();
             members.dedup();
-            let ids: Vec<Member> = members.iter().map(|&i| self.member(i)).collect();
-            let adverts: Vec<Record> = members
-                .iter()
-                .filter_map(|&i| {
-                    let peer = &self.peers[i as usize];
-                    peer.views.first()?.mesh.membership.record(&RecordKey::Advert(peer.id))
-                })
-                .collect();
+            // Each member as its own membership names it, and its advert (the origin has none).
+            let (mut ids, mut adverts): (Vec<Member>, Vec<Record>) = (Vec::new(), Vec::new());
+            for &i in &members {
+                let peer = &self.peers[i as usize];
+                let Some(own) = peer.views.first().map(|v| &v.mesh.membership) else { continue };
+                ids.push(own.me().clone());
+                adverts.extend(own.record(&RecordKey::Advert(peer.id)));
+            }
             for &i in &members {
                 let Some(v) = self.peers[i as usize].view_of(c) else { continue };
                 self.peers[i as usize].views[v].mesh.restore(ids.iter().cloned(), &adverts, self.now);
@@ -287,12 +287,6 @@ impl Sim {
         for p in 0..n {
             self.schedule_house(p);
         }
-    }
-
-    /// Peer `index` as a member, in the run it started with.
-    fn member(&self, index: u32) -> Member {
-        let born = self.peers[index as usize].born;
-        Member { peer: keys::peer_id(self.cfg.seed, index), addr: keys::addr(index).into(), epoch: UNIX_BASE_MS + born }
     }
 
     /// A peer's first moments: greet, advertise, start its mesh loop.

@@ -89,14 +89,23 @@ pub struct JobView {
     pub message: Option<String>,
 }
 
+/// A task's place among those that want replicas: spot check first, then fewest replicas, then
+/// (past the first replica) its block of task indices, then the keyed shuffle.
+type OpenKey = (bool, u32, u32, u64, u32);
+
+/// Tasks past their first replica are handed out a block of this many indices at a time.
+pub const FURTHER_BLOCK: u32 = 256;
+
 pub(crate) struct JobTable {
     pub spec: JobSpec,
     pub tasks: Vec<TaskEntry>,
     /// Tasks that want more replicas: spot checks of trusted peers first (adaptive replication:
     /// a trusted liar's lone lies are accepted until a check catches it, so checks must not
     /// wait), then fewest replicas first, then in an order peers cannot predict (a keyed
-    /// shuffle), so colluders cannot arrange to pair up on a task.
-    open: BTreeSet<(bool, u32, u64, u32)>,
+    /// shuffle), so colluders cannot arrange to pair up on a task. Further replicas are shuffled
+    /// within blocks of [`FURTHER_BLOCK`] tasks: their verdicts, written as each task reaches
+    /// its quorum, then land on a few pages of a store keyed by task instead of one page each.
+    open: BTreeSet<OpenKey>,
     shuffle_key: u64,
     running: u32,
     verified: u32,
@@ -135,9 +144,12 @@ impl JobTable {
         t
     }
 
-    fn key(&self, i: u32) -> (bool, u32, u64, u32) {
+    fn key(&self, i: u32) -> OpenKey {
         let t = &self.tasks[i as usize];
-        (!t.check, t.load(), mix(self.shuffle_key ^ u64::from(i)), i)
+        let load = t.load();
+        // First replicas in one shuffle over the whole job; further ones block by block.
+        let block = if load == 0 { 0 } else { i / FURTHER_BLOCK };
+        (!t.check, load, block, mix(self.shuffle_key ^ u64::from(i)), i)
     }
 
     fn index(&mut self, i: u32) {
@@ -178,12 +190,12 @@ impl JobTable {
     pub fn pick(&self, peer: &PeerId, max: usize, near: impl Fn(&PeerId) -> bool) -> Vec<u32> {
         self.open
             .iter()
-            .filter(|&&(_, _, _, i)| {
+            .filter(|&&(_, _, _, _, i)| {
                 let t = &self.tasks[i as usize];
                 !t.involves(peer) && !t.leases.iter().map(|(p, _)| p).chain(t.attestations.iter().map(|a| &a.peer)).any(&near)
             })
             .take(max)
-            .map(|&(_, _, _, i)| i)
+            .map(|&(_, _, _, _, i)| i)
             .collect()
     }
 

@@ -141,7 +141,7 @@ impl Node {
                 self.0.metrics.ran(&report.outcome, report.elapsed);
                 // Counted durably per local day too, for "tasks run today" on the status page.
                 let ok = matches!(report.outcome, RunOutcome::Done { outcome: Outcome::Exited(0), .. });
-                drop(self.store().write(vec![crate::store::Op::CountRun { day: donation::local_day(), ok }]));
+                self.store().count_run(donation::local_day(), ok);
                 match report.outcome {
                     RunOutcome::Done { outcome, message } => {
                         let stderr = crate::sandbox::tail_text(&report.stderr, crate::sandbox::STDERR_TAIL_BYTES);

@@ -11,8 +11,8 @@ pub mod records;
 mod retention;
 mod runs;
 mod schema;
+mod writer;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use spare_protocol::{Attestation, JobId, PeerId, Standing, TaskId};
 use std::future::Future;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use commits::{Rollback, SIDE_FILE};
@@ -113,7 +113,7 @@ type Batch = (Vec<Op>, Option<oneshot::Sender<Result<(), StoreError>>>);
 pub struct Store {
     db: Arc<Database>,
     blobs: BlobStore,
-    writer: mpsc::UnboundedSender<Batch>,
+    writer: std::sync::mpsc::Sender<Batch>,
     /// Set when the open found the database behind the commits made durable before.
     rollback: Option<Rollback>,
     _closer: Arc<Closer>,
@@ -190,12 +190,12 @@ impl Store {
         let side = commits::side_file(dir);
         let rollback = commits::check(&path, &side, found);
         let blobs = BlobStore::open(&dir.join("blobs"))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         // The writer owns the database's other handle; it drops it when the queue closes.
         let wdb = db.clone();
         let thread = std::thread::Builder::new()
             .name("spare-store".into())
-            .spawn(move || writer(wdb, rx, side))
+            .spawn(move || writer::writer(wdb, rx, side))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         let closer = Closer { thread: std::sync::Mutex::new(Some(thread)) };
         Ok(Store { db, blobs, writer: tx, rollback, _closer: Arc::new(closer) })
@@ -224,6 +224,13 @@ impl Store {
             }
             rx.await.map_err(|_| StoreError::Closed)?
         }
+    }
+
+    /// Counts one replica run on local day `day` (YYYYMMDD; `ok`: it exited 0) for "tasks run
+    /// today". Not awaited: sent alone, it waits up to [`writer::RUN_COUNTS_HELD`] for another
+    /// commit to go with, so a crash may lose that last second of counts.
+    pub fn count_run(&self, day: u32, ok: bool) {
+        let _ = self.writer.send((vec![Op::CountRun { day, ok }], None));
     }
 
     /// Every stored standing, for a restart.
@@ -333,115 +340,6 @@ fn result_in(bytes: &[u8]) -> Result<StoredResult, StoreError> {
 
 fn decode_in<'a, T: serde::Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T, StoreError> {
     decode(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
-}
-
-/// The writer thread: takes every batch that has queued up, applies them in one transaction,
-/// commits once, then answers each sender.
-fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>, side: std::path::PathBuf) {
-    let mut side = commits::Side::new(side);
-    let mut positions = log::Positions::default();
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(b) => group.push(b),
-                Err(_) => break,
-            }
-        }
-        let result = apply(&db, &mut positions, group.iter().flat_map(|(ops, _)| ops.iter()));
-        if result.is_err() {
-            // Positions taken in a transaction that did not commit are free again.
-            positions = log::Positions::default();
-        }
-        if let Ok(n) = &result {
-            side.record(*n);
-        }
-        for (_, reply) in group {
-            if let Some(reply) = reply {
-                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Db(e.to_string())));
-            }
-        }
-        if let Err(e) = result {
-            tracing::error!("store write failed: {e}");
-        }
-    }
-}
-
-/// Applies `ops` in one transaction; returns the commit's number ([`commits`]).
-fn apply<'a>(db: &Database, positions: &mut log::Positions, ops: impl Iterator<Item = &'a Op>) -> Result<u64, StoreError> {
-    let tx = db.begin_write().map_err(db_err)?;
-    let n = commits::bump(&mut tx.open_table(commits::META).map_err(db_err)?)?;
-    {
-        let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
-        let mut inputs = tx.open_table(INPUTS).map_err(db_err)?;
-        let mut atts = tx.open_table(ATTESTATION_LOG).map_err(db_err)?;
-        let mut results = tx.open_table(RESULTS).map_err(db_err)?;
-        let mut finished = tx.open_table(FINISHED).map_err(db_err)?;
-        let mut standings = tx.open_table(STANDINGS).map_err(db_err)?;
-        let mut fetched = tx.open_table(FETCHED).map_err(db_err)?;
-        let mut runs = tx.open_table(RUNS).map_err(db_err)?;
-        let enc = |e: postcard::Error| StoreError::Db(format!("encode: {e}"));
-        // Run counts are summed over the commit and written once; no other write reads them.
-        let mut counted = runs::Counts::default();
-        // Standings are whole values, and a commit carries a peer's many times (every verdict
-        // judges its peers): only the last of each is written, once, in key order.
-        let mut standing_of: BTreeMap<PeerId, &Standing> = BTreeMap::new();
-        for op in ops {
-            match op {
-                Op::PutJob(id, job) => {
-                    jobs.insert(id.0, records::encode_job(job).map_err(enc)?.as_slice()).map_err(db_err)?;
-                }
-                Op::UpdateJob { job, coordinators, cancelled } => {
-                    let stored = jobs.get(job.0).map_err(db_err)?.map(|v| job_in(v.value())).transpose()?;
-                    if let Some(mut stored) = stored {
-                        if let Some(list) = coordinators {
-                            stored.coordinators = list.clone();
-                        }
-                        stored.cancelled |= *cancelled;
-                        jobs.insert(job.0, records::encode_job(&stored).map_err(enc)?.as_slice()).map_err(db_err)?;
-                    }
-                }
-                Op::PutInputs { job, first, inputs: list } => {
-                    for (i, input) in list.iter().enumerate() {
-                        let task = TaskId { job: *job, index: first + i as u32 };
-                        inputs.insert(task_key(&task), encode(input).map_err(enc)?.as_slice()).map_err(db_err)?;
-                    }
-                }
-                Op::PutAttestation { attestation, lone } => {
-                    let k = log::key(&attestation.task.job, positions.take(&atts, &attestation.task.job)?);
-                    let rec = records::StoredAttestationRef { attestation: attestation.as_ref(), lone: *lone };
-                    atts.insert(k, encode(&rec).map_err(enc)?.as_slice()).map_err(db_err)?;
-                }
-                Op::PutResult(task, result) => {
-                    results.insert(task_key(task), encode(result).map_err(enc)?.as_slice()).map_err(db_err)?;
-                }
-                Op::PutFinished(job, at) => {
-                    finished.insert(job.0, at).map_err(db_err)?;
-                }
-                Op::PutStandings(list) => standing_of.extend(list.iter().map(|(peer, standing)| (*peer, standing))),
-                Op::PutFetched(job) => {
-                    fetched.insert(job.0, ()).map_err(db_err)?;
-                }
-                Op::CountRun { day, ok } => counted.add(*day, *ok),
-                Op::DeleteJob(job) => {
-                    let (first, last) = (TaskId { job: *job, index: 0 }, TaskId { job: *job, index: u32::MAX });
-                    inputs.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
-                    results.retain_in(task_key(&first)..=task_key(&last), |_, _| false).map_err(db_err)?;
-                    atts.retain_in(log::range(job), |_, _| false).map_err(db_err)?;
-                    positions.forget(job);
-                    finished.remove(job.0).map_err(db_err)?;
-                    fetched.remove(job.0).map_err(db_err)?;
-                    jobs.remove(job.0).map_err(db_err)?;
-                }
-            }
-        }
-        counted.write(&mut runs)?;
-        for (peer, standing) in standing_of {
-            standings.insert(peer.0, encode(standing).map_err(enc)?.as_slice()).map_err(db_err)?;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(n)
 }
 
 fn db_err<E: std::fmt::Display>(e: E) -> StoreError {

@@ -27,6 +27,15 @@ impl Counts {
         }
     }
 
+    /// The runs that `ops` count.
+    pub(super) fn add_ops(&mut self, ops: &[super::Op]) {
+        for op in ops {
+            if let super::Op::CountRun { day, ok } = op {
+                self.add(*day, *ok);
+            }
+        }
+    }
+
     /// Adds the counts to the table, inside the writer's transaction.
     pub(super) fn write(self, t: &mut Table<u32, (u64, u64)>) -> Result<(), StoreError> {
         for (day, runs, failed) in self.0 {
@@ -85,5 +94,31 @@ mod tests {
         store.write(later).await.expect("write");
         assert_eq!(store.runs_on(20261130).expect("read"), (0, 0), "the oldest day went");
         assert_eq!(store.runs_on(20270000).expect("read"), (1, 0));
+    }
+
+    /// Run counts sent alone wait for another commit, or at most `RUN_COUNTS_HELD`, and are
+    /// never lost at a clean close.
+    #[tokio::test]
+    async fn held_run_counts_go_with_the_next_commit_by_their_deadline_and_at_close() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.count_run(20261204, true);
+            store.count_run(20261204, false);
+            // No other write comes: the held counts are committed by their deadline.
+            let deadline = std::time::Instant::now() + super::super::writer::RUN_COUNTS_HELD * 10;
+            while store.runs_on(20261204).expect("read") != (2, 1) {
+                assert!(std::time::Instant::now() < deadline, "held run counts never committed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // Another write takes held counts along with it.
+            store.count_run(20261204, true);
+            store.write(vec![Op::PutFetched(spare_protocol::JobId([7; 32]))]).await.expect("write");
+            store.count_run(20261205, true);
+        }
+        // The store closed before the last count's deadline: it was written at the close.
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.runs_on(20261204).expect("read"), (3, 1));
+        assert_eq!(store.runs_on(20261205).expect("read"), (1, 0));
     }
 }
